@@ -1,0 +1,229 @@
+"""Functional attention ops with one backend switch.
+
+Two ops share every convention:
+
+* :func:`attention` -- one softmax map, ``softmax(q k^T * scale) v``.
+* :func:`diff_attention` -- the differential map of Diff Transformer,
+  ``softmax(q1 k1^T * scale) v - lam * softmax(q2 k2^T * scale) v``.
+
+Conventions (all backends):
+
+* Layout ``[batch, heads, time, head_dim]``. ``q*`` has ``H`` heads, ``k*``/``v`` have ``Hkv``
+  heads with ``H % Hkv == 0`` (GQA). Query head ``h`` reads KV group ``h // (H // Hkv)``; in
+  :func:`diff_attention` its map 1 uses that group's ``k1`` and its map 2 that group's ``k2``.
+* ``causal=True`` aligns the mask bottom-right: query ``i`` sits at absolute position
+  ``Tk - Tq + i``, so a query block appended to a KV cache sees the whole cache.
+* ``key_mask``: bool ``[batch, Tk]``, ``True`` where the key is a real token. A query with no
+  visible key at all (e.g. a padded query under a causal mask) returns zeros.
+* ``lam`` is a tensor broadcastable to ``[batch, H, Tq, 1]`` (a scalar, ``[H, 1, 1]``, or per
+  token ``[batch, H, Tq, 1]``) and stays differentiable.
+
+Backends: ``naive`` (materialized fp32 softmax, the reference), ``sdpa``
+(``torch.nn.functional.scaled_dot_product_attention``), ``triton`` (the fused kernel in
+``zoo.kernels``; CUDA, or CPU under ``TRITON_INTERPRET=1``), and ``auto``, which picks Triton when
+the kernel supports the call and SDPA otherwise. The choice comes from the ``backend`` argument,
+else the ``ZOO_ATTN_BACKEND`` environment variable, else ``auto``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "naive", "sdpa", "triton")
+ENV_VAR = "ZOO_ATTN_BACKEND"
+
+
+def resolve_backend(backend: Optional[str] = None) -> str:
+    """Return the requested backend name: the argument, else ``$ZOO_ATTN_BACKEND``, else ``auto``."""
+    name = backend or os.environ.get(ENV_VAR) or "auto"
+    name = name.lower()
+    if name not in BACKENDS:
+        raise ValueError(
+            f"unknown attention backend {name!r} (from {'argument' if backend else ENV_VAR}); "
+            f"choose one of {BACKENDS}"
+        )
+    return name
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "attention expects [batch, heads, time, head_dim] tensors, got "
+            f"q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
+        )
+    B, H, _, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"q{tuple(q.shape)}, k{tuple(k.shape)} and v{tuple(v.shape)} disagree on batch, KV heads or key length"
+        )
+    if k.shape[3] != D:
+        raise ValueError(f"q and k head dims differ: {D} vs {k.shape[3]}")
+    if H % k.shape[1] != 0:
+        raise ValueError(f"query heads ({H}) must be a multiple of KV heads ({k.shape[1]})")
+    if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, k.shape[2])):
+        raise ValueError(
+            f"key_mask must be a bool tensor of shape [batch, Tk] = {(B, k.shape[2])}, "
+            f"got {key_mask.dtype} {tuple(key_mask.shape)}"
+        )
+
+
+def visibility_mask(
+    tq: int, tk: int, causal: bool, key_mask: Optional[Tensor], device: torch.device
+) -> Optional[Tensor]:
+    """Bool mask broadcastable to ``[B, 1, Tq, Tk]`` (True = visible), or None when all is visible."""
+    mask = None
+    if causal and not (tq == 1):
+        qpos = torch.arange(tk - tq, tk, device=device)[:, None]
+        kpos = torch.arange(tk, device=device)[None, :]
+        mask = (kpos <= qpos)[None, None]
+    if key_mask is not None:
+        km = key_mask[:, None, None, :]
+        mask = km if mask is None else (mask & km)
+    return mask
+
+
+def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def _naive_single(q, k, v, mask, scale, dropout_p, training) -> Tensor:
+    """Materialized fp32 softmax attention; the reference every backend is tested against."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = torch.nan_to_num(p, nan=0.0)  # rows with no visible key
+    if dropout_p > 0.0 and training:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p, v.float())
+
+
+def _sdpa_single(q, k, v, mask, scale, dropout_p, causal_only) -> Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        # enable_gqa exists from torch 2.5; repeat is the portable fallback.
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    if causal_only:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    # A finite additive mask keeps fully masked rows NaN-free; they are zeroed afterwards.
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+    bias = bias.masked_fill(~mask, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    return out * mask.any(dim=-1, keepdim=True).to(out.dtype)
+
+
+def _triton_impl():
+    try:
+        from zoo.kernels import diff_attn as impl  # noqa: WPS433 (optional, heavy import)
+    except Exception as exc:  # noqa: BLE001 -- any import failure means "no kernel"
+        log.debug("triton backend unavailable: %s", exc)
+        return None
+    return impl
+
+
+def _pick(backend: str, on_cuda: bool, supported_by_triton) -> str:
+    if backend != "auto":
+        return backend
+    if not on_cuda:
+        return "sdpa"  # CPU tensors take the PyTorch path (Triton on CPU is the slow interpreter)
+    impl = _triton_impl()
+    if impl is not None:
+        ok, why = supported_by_triton(impl)
+        if ok:
+            return "triton"
+        log.debug("auto backend: triton skipped (%s); using sdpa", why)
+    return "sdpa"
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Single-map multi-head attention ``softmax(q k^T * scale) v`` (see module docstring)."""
+    _check_shapes(q, k, v, key_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    name = resolve_backend(backend)
+    if name in ("auto", "triton"):
+        # The fused kernel is differential; vanilla attention is served by SDPA.
+        name = "sdpa" if name == "auto" else name
+        if name == "triton":
+            raise ValueError("the triton backend implements diff_attention only; use sdpa or naive")
+    tq, tk = q.shape[2], k.shape[2]
+    mask = visibility_mask(tq, tk, causal, key_mask, q.device)
+    p = dropout_p if training else 0.0
+    if name == "naive":
+        return _naive_single(q, k, v, mask, scale, p, training).to(q.dtype)
+    return _sdpa_single(q, k, v, mask, scale, p, causal and key_mask is None and tq == tk and tq > 1)
+
+
+def diff_attention(
+    q1: Tensor,
+    q2: Tensor,
+    k1: Tensor,
+    k2: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    *,
+    causal: bool = False,
+    key_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Differential attention ``A1 v - lam * A2 v`` with ``Ai = softmax(qi ki^T * scale)``.
+
+    Returns ``[batch, H, Tq, v_dim]`` in the dtype of ``q1``. See the module docstring for
+    shapes, masks and backends.
+    """
+    _check_shapes(q1, k1, v, key_mask)
+    _check_shapes(q2, k2, v, key_mask)
+    scale = 1.0 / math.sqrt(q1.shape[-1]) if scale is None else scale
+    if not torch.is_tensor(lam):
+        lam = torch.tensor(float(lam), device=q1.device)
+    p = dropout_p if training else 0.0
+    name = _pick(
+        resolve_backend(backend),
+        q1.is_cuda,
+        lambda impl: impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p),
+    )
+    if name == "triton":
+        impl = _triton_impl()
+        if impl is None:
+            raise RuntimeError("backend 'triton' was requested but zoo.kernels.diff_attn could not be imported")
+        ok, why = impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p)
+        if not ok:
+            raise ValueError(f"backend 'triton' cannot run this call: {why}")
+        return impl.diff_attention(q1, q2, k1, k2, v, lam, causal=causal, key_mask=key_mask, scale=scale)
+    tq, tk = q1.shape[2], k1.shape[2]
+    mask = visibility_mask(tq, tk, causal, key_mask, q1.device)
+    if name == "naive":
+        o1 = _naive_single(q1, k1, v, mask, scale, p, training)
+        o2 = _naive_single(q2, k2, v, mask, scale, p, training)
+        return (o1 - lam.float() * o2).to(q1.dtype)
+    causal_only = causal and key_mask is None and tq == tk and tq > 1
+    o1 = _sdpa_single(q1, k1, v, mask, scale, p, causal_only)
+    o2 = _sdpa_single(q2, k2, v, mask, scale, p, causal_only)
+    return o1 - lam.to(o1.dtype) * o2

@@ -1,0 +1,41 @@
+"""Rotary position embedding (RoPE), in the rotate-half convention of Llama / Hugging Face."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RotaryEmbedding(nn.Module):
+    """Caches cos/sin tables up to ``max_seq_len`` and rotates ``[B, H, T, D]`` tensors.
+
+    Rotate-half pairs channel ``i`` with ``i + D/2``, the layout of Hugging Face Llama checkpoints,
+    so converted weights need no permutation.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int = 2048, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[Tensor, Tensor] | None = None
+
+    def _tables(self, end: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self._cache is None or self._cache[0].shape[0] < end or self._cache[0].device != device:
+            n = max(end, self.max_seq_len)
+            t = torch.arange(n, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self._cache = (emb.cos(), emb.sin())
+        return self._cache
+
+    def forward(self, x: Tensor, start_pos: int = 0) -> Tensor:
+        """Rotate ``x`` ([B, H, T, D]) whose first token sits at absolute position ``start_pos``."""
+        t = x.shape[-2]
+        cos, sin = self._tables(start_pos + t, x.device)
+        cos = cos[start_pos : start_pos + t].to(x.dtype)
+        sin = sin[start_pos : start_pos + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
