@@ -282,6 +282,7 @@ class DiffAttentionV2(AttentionBase):
         self.lambda_proj = nn.Linear(dim, n_heads, bias=True)
         nn.init.zeros_(self.lambda_proj.weight)
         nn.init.zeros_(self.lambda_proj.bias)
+        self.lambda_proj._zoo_keep_init = True  # model-wide re-inits leave it alone
 
     def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
         q = self._rope(q, start, is_self)

@@ -1,0 +1,100 @@
+"""Decoder-only LM: shapes, cache decoding, registry sizes, bad input."""
+
+import pytest
+import torch
+
+import zoo
+from zoo.models.lm import DiffTransformerLM, LMConfig
+
+
+def tiny(attn="diff", **kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=64, attn_type=attn)
+    cfg.update(kw)
+    return DiffTransformerLM(LMConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("attn", ["diff", "vanilla", "diff_v2"])
+def test_cached_greedy_decoding_matches_full_recompute(attn):
+    model = tiny(attn, n_heads=4, n_kv_heads=2)
+    prompt = torch.randint(0, 50, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, temperature=0)
+    # Reference: no cache, recompute the whole prefix at each step.
+    ids = prompt
+    for _ in range(8):
+        nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+    assert torch.equal(out, ids)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = tiny()
+    a = torch.randint(0, 50, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 50
+    assert torch.allclose(model(a)[:, :8], model(b)[:, :8], atol=1e-6)
+    assert not torch.allclose(model(a)[:, 8:], model(b)[:, 8:], atol=1e-6)
+
+
+def test_padding_mask_hides_padded_keys():
+    model = tiny()
+    ids = torch.randint(0, 50, (1, 10))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)  # left padding
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 10)], 1)
+    # RoPE is relative, so shifting all real tokens by 3 positions leaves their logits unchanged.
+    ref = model(ids)
+    got = model(padded, attention_mask=mask)[:, 3:]
+    assert torch.allclose(ref, got, atol=1e-4)
+
+
+def test_weight_tying_and_param_parity():
+    d, v = zoo.create_model("lm-diff-tiny"), zoo.create_model("lm-vanilla-tiny")
+    assert d.lm_head.weight is d.embed.weight
+    cfg = d.config
+    head = cfg.dim // cfg.n_heads
+    extra = cfg.n_layers * (4 * (head // 2) + head)  # lambda vectors + subln weight per layer
+    assert d.num_params() - v.num_params() == extra
+
+
+def _closed_form_params(dim, layers, vocab, hidden):
+    attn = 4 * dim * dim
+    mlp = 3 * dim * hidden
+    norms = 2 * dim
+    return vocab * dim + layers * (attn + mlp + norms) + dim
+
+
+@pytest.mark.parametrize("name,approx", [("lm-diff-830m", 830e6), ("lm-diff-1.4b", 1.4e9), ("lm-vanilla-830m", 830e6)])
+def test_paper_sizes_on_meta(name, approx):
+    with torch.device("meta"):
+        m = zoo.create_model(name)
+    c = m.config
+    expected = _closed_form_params(c.dim, c.n_layers, c.vocab_size, c.mlp_hidden)
+    if c.attn_type == "diff":
+        head = c.dim // c.n_heads
+        expected += c.n_layers * (4 * (head // 2) + head)
+    assert m.num_params() == expected
+    assert abs(m.num_params() - approx) / approx < 0.03
+
+
+def test_bad_input_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        model(torch.full((1, 4), 50))
+    with pytest.raises(ValueError, match="unknown attention type 'difff'.*known types"):
+        LMConfig(attn_type="difff")
+    with pytest.raises(ValueError, match="unknown model 'lm-diff-huge'"):
+        zoo.create_model("lm-diff-huge")
+    with pytest.raises(ValueError, match="text prompts need a tokenizer"):
+        model.generate("hi")
+
+
+def test_sampling_respects_top_k():
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    logits = model(prompt)[:, -1]
+    allowed = set(torch.topk(logits, 3, dim=-1).indices[0].tolist())
+    for seed in range(20):
+        tok = model.generate(prompt, max_new_tokens=1, temperature=1.5, top_k=3, seed=seed)[0, -1].item()
+        assert tok in allowed

@@ -1,0 +1,92 @@
+"""Export / load_pretrained / create_model(pretrained=...) and their errors."""
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.hub import export_model, load_pretrained
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return zoo.create_model("lm-diff-tiny", dim=32, n_layers=2, n_heads=2, vocab_size=40, **kw)
+
+
+def test_export_load_roundtrip(tmp_path):
+    m = _model()
+    export_model(m, tmp_path / "exp", arch="lm-diff-tiny")
+    files = sorted(p.name for p in (tmp_path / "exp").iterdir())
+    assert files == ["config.json", "model.safetensors"]
+    loaded = load_pretrained(tmp_path / "exp")
+    assert not loaded.training
+    x = torch.randint(0, 40, (2, 9))
+    assert torch.equal(m.eval()(x), loaded(x))
+    assert loaded.lm_head.weight is loaded.embed.weight  # tying survives
+    again = zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2, vocab_size=40)
+    assert torch.equal(again.eval()(x), loaded(x))
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    m = _model()
+    export_model(m, tmp_path / "exp")
+    before = (tmp_path / "exp" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_model(_model(dropout=0.1), tmp_path / "exp")
+    assert (tmp_path / "exp" / "model.safetensors").read_bytes() == before
+
+
+def test_architecture_mismatch_names_fields(tmp_path):
+    export_model(_model(), tmp_path / "exp")
+    with pytest.raises(ValueError, match=r"dim: checkpoint=32 config=64"):
+        zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", dim=64, n_layers=2, n_heads=2, vocab_size=40)
+    with pytest.raises(ValueError, match=r"attn_type: checkpoint='diff' config='vanilla'"):
+        zoo.create_model(
+            "lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2, vocab_size=40,
+            attn_type="vanilla",
+        )
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    export_model(_model(), tmp_path / "exp")
+    w = tmp_path / "exp" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_pretrained(tmp_path / "exp")
+    w.unlink()
+    with pytest.raises(FileNotFoundError, match="has no weights"):
+        load_pretrained(tmp_path / "exp")
+    with pytest.raises(FileNotFoundError, match="neither an exported model folder"):
+        load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a zoo export"):
+        load_pretrained(tmp_path / "hf")
+
+
+def test_missing_and_misshaped_tensors_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    export_model(_model(), tmp_path / "exp")
+    path = tmp_path / "exp" / "model.safetensors"
+    state = load_file(str(path))
+    del state["layers.1.attn.lambda_q1"]
+    state["layers.0.attn.q_proj.weight"] = torch.zeros(3, 3)
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"missing tensors \['layers.1.attn.lambda_q1'\].*layers.0.attn.q_proj.weight"):
+        load_pretrained(tmp_path / "exp")
+
+
+def test_load_pretrained_only_overrides_runtime_fields(tmp_path):
+    export_model(_model(), tmp_path / "exp")
+    m = load_pretrained(tmp_path / "exp", dropout=0.2, attn_backend="naive")
+    assert m.config.dropout == 0.2
+    with pytest.raises(ValueError, match="runtime fields"):
+        load_pretrained(tmp_path / "exp", dim=64)
+
+
+def test_list_models_filters():
+    names = zoo.list_models("lm-*")
+    assert "lm-diff-tiny" in names and "lm-vanilla-1.4b" in names
+    assert zoo.list_models("lm-vanilla-*") == sorted(n for n in names if n.startswith("lm-vanilla-"))

@@ -1,0 +1,4 @@
+from zoo.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""``python -m zoo {fit,validate,test,predict,export}``: LightningCLI over every domain.
+
+The YAML names the LightningModule (``model.class_path``) and the datamodule (``data.class_path``);
+the datamodule's ``data_info`` (vocab size, number of variables, charset...) is handed to the
+model's ``data_info`` argument, so datamodules know nothing of models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
+
+
+class ZooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.data_info", "model.init_args.data_info", apply_on="instantiate")
+        parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+
+
+def export_main(argv: Sequence[str]) -> None:
+    """``python -m zoo export CKPT OUT``: turn a Lightning checkpoint into an exported folder."""
+    p = argparse.ArgumentParser(prog="python -m zoo export", description=export_main.__doc__)
+    p.add_argument("ckpt", help="Lightning .ckpt written by `python -m zoo fit`")
+    p.add_argument("out", help="new folder for config.json + model.safetensors + assets")
+    args = p.parse_args(argv)
+    ckpt_path = Path(args.ckpt)
+    if not ckpt_path.is_file():
+        raise SystemExit(f"error: checkpoint {ckpt_path} not found")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
+        raise SystemExit(f"error: cannot read {ckpt_path} ({exc}); is it a Lightning checkpoint?") from exc
+    cls_path = ckpt.get("zoo_task_class")
+    if not cls_path:
+        raise SystemExit(f"error: {ckpt_path} was not written by a zoo task (no zoo_task_class entry)")
+    module, _, name = cls_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    task = cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+    folder = task.export(args.out)
+    print(f"exported {cls_path} from {ckpt_path} to {folder}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
+    ZooCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        args=argv,
+        auto_configure_optimizers=False,
+    )

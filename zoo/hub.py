@@ -1,0 +1,306 @@
+"""Model registry, export and loading.
+
+* ``register_model(name, model_cls, ...)`` names an architecture (a model class plus default config).
+* ``list_models()`` / ``create_model(name, pretrained=None, **overrides)`` build them.
+* ``export_model(model, folder)`` writes ``config.json`` + ``model.safetensors`` + the model's
+  assets (tokenizer, scaler statistics, charset...); ``load_pretrained(folder_or_name)`` reads it
+  back. Named weights shipped inside the package live under ``zoo/pretrained/<name>/``.
+
+A zoo model class has a ``family`` string, a ``config_class`` dataclass, a ``config`` instance,
+``from_config(dict)``, and optionally ``save_assets(folder)`` / ``load_assets(folder)`` and a set
+``runtime_fields`` of config keys that may differ from a checkpoint (dropout, backend, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from torch import nn
+
+FORMAT = "zoo-export"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_RUNTIME_FIELDS = frozenset({"dropout", "attn_dropout", "attn_backend", "max_seq_len", "drop_path"})
+
+
+@dataclass
+class ModelSpec:
+    """A named architecture: model class, default config, and optional shipped weights."""
+
+    name: str
+    model_cls: type
+    config: dict[str, Any]
+    description: str = ""
+    pretrained: Optional[str] = None  # folder name under zoo/pretrained
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def family(self) -> str:
+        return self.model_cls.family
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    model_cls: type,
+    description: str = "",
+    pretrained: Optional[str] = None,
+    **config: Any,
+) -> ModelSpec:
+    """Register ``name`` -> ``model_cls`` with default ``config`` kwargs."""
+    if name in _MODELS:
+        raise ValueError(f"model name {name!r} is already registered")
+    spec = ModelSpec(name, model_cls, dict(config), description, pretrained)
+    _MODELS[name] = spec
+    return spec
+
+
+def _ensure_registered() -> None:
+    importlib.import_module("zoo.models")
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_registered()
+    if name not in _MODELS:
+        close = fnmatch.filter(_MODELS, f"*{name.split('-')[-1]}*") if "-" in name else []
+        hint = f" Similar: {close}." if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} See zoo.list_models() for all names.")
+    return _MODELS[name]
+
+
+def list_models(pattern: str = "*", family: Optional[str] = None, pretrained: bool = False) -> list[str]:
+    """Registered model names matching a glob ``pattern`` (and ``family``; with shipped weights only)."""
+    _ensure_registered()
+    return sorted(
+        n
+        for n, s in _MODELS.items()
+        if fnmatch.fnmatch(n, pattern)
+        and (family is None or s.family == family)
+        and (not pretrained or (s.pretrained is not None and (PRETRAINED_DIR / s.pretrained).is_dir()))
+    )
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"{type(model).__name__} has no dataclass `config`; it is not a zoo model")
+    return dataclasses.asdict(cfg)
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    if not module.startswith("zoo."):
+        raise ValueError(f"refusing to import model class {path!r}: exported zoo models name a class under zoo.")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model class {path!r} named in {CONFIG_FILE} does not exist in this zoo version") from exc
+
+
+def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **overrides: Any) -> nn.Module:
+    """Build the registered architecture ``name`` with ``overrides``; load weights from ``pretrained``.
+
+    ``pretrained`` is an exported folder (or a registered name with shipped weights); its config
+    must match the built architecture except for runtime fields (dropout, backend, ...), else a
+    ``ValueError`` lists the differing fields.
+    """
+    spec = get_spec(name)
+    model = spec.model_cls.from_config({**spec.config, **overrides})
+    if pretrained is not None:
+        folder = resolve_pretrained(pretrained)
+        meta = read_export_config(folder)
+        check_compatible(model, meta, folder)
+        _load_weights(model, folder)
+        _load_assets(model, folder)
+    return model
+
+
+def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
+    """An exported folder for a path or for the name of a model with shipped weights."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    _ensure_registered()
+    spec = _MODELS.get(str(name_or_path))
+    if spec is not None:
+        if spec.pretrained is None or not (PRETRAINED_DIR / spec.pretrained).is_dir():
+            raise ValueError(
+                f"model {spec.name!r} has no shipped weights; names with weights: {list_models(pretrained=True)}"
+            )
+        return PRETRAINED_DIR / spec.pretrained
+    raise FileNotFoundError(
+        f"{str(name_or_path)!r} is neither an exported model folder nor a model name with shipped weights "
+        f"({list_models(pretrained=True)}); export one with zoo.export_model or `python -m zoo export`"
+    )
+
+
+def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
+    """Parse and validate ``folder/config.json``."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: {folder} is not an exported zoo model folder")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path} is not valid JSON ({exc}); the export is corrupt") from exc
+    if meta.get("format") != FORMAT or "model_class" not in meta or "config" not in meta:
+        raise ValueError(
+            f"{cfg_path} is not a zoo export (needs format={FORMAT!r}, model_class, config); "
+            "Hugging Face folders are imported through zoo.convert"
+        )
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{cfg_path} has format_version {meta['format_version']}; upgrade zoo to read it")
+    return meta
+
+
+def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, Path] = "") -> None:
+    """Raise ``ValueError`` naming every architecture field where ``model`` and the export differ."""
+    ours_cls = _class_path(type(model))
+    if meta["model_class"] != ours_cls:
+        raise ValueError(
+            f"checkpoint {folder} holds a {meta['model_class']} but the config builds a {ours_cls}; "
+            "pick the matching architecture or another checkpoint"
+        )
+    runtime = getattr(model, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
+    ours = _config_dict(model)
+    diffs = [
+        f"{k}: checkpoint={meta['config'].get(k)!r} config={v!r}"
+        for k, v in ours.items()
+        if k not in runtime and meta["config"].get(k, v) != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoint {folder} does not match the configured architecture ({'; '.join(diffs)}); "
+            "remove these overrides or use a checkpoint trained with them"
+        )
+
+
+def _load_weights(model: nn.Module, folder: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the export in {folder} has no weights")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}; the file is corrupt or truncated, re-export it") from exc
+    load_state_dict_checked(model, state, str(path))
+
+
+def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped tensor.
+
+    Tensors tied to another (e.g. ``lm_head.weight`` to the embedding) may be absent.
+    """
+    own = model.state_dict()
+    tied = _tied_names(model)
+    missing = [k for k in own if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes[:8]}")
+    if problems:
+        raise ValueError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """State-dict names whose tensor is shared with an earlier name (saved once)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = id(t)
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+def _load_assets(model: nn.Module, folder: Path) -> None:
+    if hasattr(model, "load_assets"):
+        model.load_assets(folder)
+
+
+def load_pretrained(name_or_path: Union[str, Path], map_location: str = "cpu", **overrides: Any) -> nn.Module:
+    """Load an exported model (folder, or registered name with shipped weights), in eval mode.
+
+    ``overrides`` may change runtime fields only (dropout, attention backend, ...).
+    """
+    folder = resolve_pretrained(name_or_path)
+    meta = read_export_config(folder)
+    cls = _import_class(meta["model_class"])
+    runtime = getattr(cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
+    bad = sorted(set(overrides) - set(runtime))
+    if bad:
+        raise ValueError(f"load_pretrained can only override runtime fields {sorted(runtime)}, not {bad}")
+    model = cls.from_config({**meta["config"], **overrides})
+    _load_weights(model, folder)
+    _load_assets(model, folder)
+    model.pretrained_meta = meta
+    return model.to(map_location).eval()
+
+
+def export_model(
+    model: nn.Module,
+    folder: Union[str, Path],
+    *,
+    arch: Optional[str] = None,
+    extra: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and assets to ``folder``.
+
+    Refuses a non-empty ``folder`` unless ``overwrite=True`` (nothing is silently replaced).
+    """
+    from safetensors.torch import save_file
+
+    import zoo
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; choose a new folder or pass overwrite=True")
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = _tied_names(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "zoo_version": zoo.__version__,
+        "family": getattr(model, "family", None),
+        "model_class": _class_path(type(model)),
+        "arch": arch,
+        "config": _config_dict(model),
+        "extra": extra or {},
+    }
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if hasattr(model, "save_assets"):
+        model.save_assets(folder)
+    return folder

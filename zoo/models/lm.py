@@ -1,0 +1,258 @@
+"""Decoder-only language model (Diff Transformer / Llama-style), readable in one sitting.
+
+Pre-norm blocks of ``RMSNorm -> attention -> RMSNorm -> SwiGLU`` with RoPE; the attention type is a
+string (``diff``, ``vanilla``, ``diff_v2``, ...) resolved by :func:`zoo.nn.build_attention`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
+
+
+@dataclass
+class LMConfig:
+    """Architecture of :class:`DiffTransformerLM`.
+
+    ``n_heads`` counts attention heads of output width ``dim // n_heads``; for ``diff`` each head
+    holds two q/k sub-heads of half that width (the paper's h heads of 2d). Baselines with the
+    same parameter count use ``attn_type="vanilla"`` and, to match the paper's baseline head
+    size, ``2 * n_heads``.
+    """
+
+    vocab_size: int = 259
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None
+    mlp_hidden: Optional[int] = None
+    max_seq_len: int = 512
+    attn_type: str = "diff"
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    attn_backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.attn_type not in list_attention_types():
+            raise ValueError(
+                f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}"
+            )
+        if self.vocab_size <= 0 or self.dim <= 0 or self.n_layers <= 0 or self.max_seq_len <= 0:
+            raise ValueError(f"vocab_size, dim, n_layers and max_seq_len must be positive: {self}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = swiglu_hidden(self.dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: LMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = build_attention(
+            cfg.attn_type,
+            cfg.dim,
+            cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            layer_idx=layer_idx,
+            causal=True,
+            rope=True,
+            rope_theta=cfg.rope_theta,
+            max_seq_len=cfg.max_seq_len,
+            dropout=cfg.attn_dropout,
+            backend=cfg.attn_backend,
+        )
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, cache: Optional[KVCache] = None) -> Tensor:
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), key_mask=key_mask, cache=cache))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DiffTransformerLM(nn.Module):
+    """Decoder-only LM. ``forward(input_ids) -> logits``; ``generate`` decodes with a KV cache.
+
+    A loaded model carries its tokenizer (``model.tokenizer``) so ``generate`` accepts text.
+    """
+
+    family = "lm"
+    config_class = LMConfig
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = None  # attached by load_pretrained / the training task
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(self._init_weights)
+        # GPT-2 style: shrink residual output projections by depth.
+        for name, p in self.named_parameters():
+            if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if getattr(m, "_zoo_keep_init", False):
+            return  # a layer that sets its own init (e.g. diff_v2's lambda projection)
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: Union[LMConfig, dict]) -> "DiffTransformerLM":
+        return cls(config if isinstance(config, LMConfig) else LMConfig(**config))
+
+    def new_caches(self, max_len: Optional[int] = None) -> list[KVCache]:
+        """One empty KV cache per layer."""
+        return [KVCache(max_len or self.config.max_seq_len) for _ in self.layers]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Optional[Tensor] = None,
+        caches: Optional[Sequence[KVCache]] = None,
+    ) -> Tensor:
+        """Logits ``[B, T, vocab]`` for ``input_ids`` ``[B, T]``.
+
+        ``attention_mask`` (``[B, T_total]``, 1 = real token, Hugging Face convention) masks padded
+        keys; with ``caches`` it covers cached plus new tokens.
+        """
+        B, T = input_ids.shape
+        start = caches[0].pos if caches else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the model's max_seq_len {self.config.max_seq_len}; "
+                "use shorter blocks (data.block_size) or a model with a larger max_seq_len"
+            )
+        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
+                f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"
+            )
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        x = self.drop(self.embed(input_ids))
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_mask=key_mask, cache=caches[i] if caches else None)
+        return self.lm_head(self.norm(x))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+        return n
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Union[str, Sequence[int], Tensor],
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        eos_id: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> Union[str, Tensor]:
+        """Sample a continuation with the KV cache.
+
+        ``prompt``: text (needs ``self.tokenizer``), a list of ids, or a ``[B, T]`` id tensor.
+        ``temperature=0`` is greedy. Returns text for a text prompt, else the ``[B, T + new]`` ids.
+        Stops early when every sequence produced ``eos_id`` (default: the tokenizer's eos).
+        """
+        as_text = isinstance(prompt, str)
+        if as_text:
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer: load the model with zoo.load_pretrained(folder)")
+            ids = torch.tensor([self.tokenizer.encode(prompt, add_bos=True)], dtype=torch.long)
+            if eos_id is None:
+                eos_id = self.tokenizer.eos_id
+        elif torch.is_tensor(prompt):
+            ids = prompt if prompt.dim() == 2 else prompt[None]
+        else:
+            ids = torch.tensor([list(prompt)], dtype=torch.long)
+        if ids.shape[1] == 0:
+            raise ValueError("empty prompt: give at least one token (text prompts get a BOS token)")
+        device = next(self.parameters()).device
+        ids = ids.to(device)
+        total = ids.shape[1] + max_new_tokens
+        if total > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                f"{self.config.max_seq_len}"
+            )
+        gen = torch.Generator(device=device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        else:
+            gen.seed()
+        was_training = self.training
+        self.eval()
+        caches = self.new_caches(total)
+        logits = self(ids, caches=caches)[:, -1]
+        out = [ids]
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, gen)
+            out.append(nxt)
+            if eos_id is not None:
+                done |= nxt.squeeze(1) == eos_id
+                if bool(done.all()):
+                    break
+            logits = self(nxt, caches=caches)[:, -1]
+        self.train(was_training)
+        result = torch.cat(out, dim=1)
+        if as_text:
+            return self.tokenizer.decode(result[0, ids.shape[1] :].tolist())
+        return result
+
+    # -- assets saved beside the weights (see zoo.hub.export_model)
+    def save_assets(self, folder) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save(folder)
+
+    def load_assets(self, folder) -> None:
+        from pathlib import Path
+
+        from zoo.data.tokenizers import load_tokenizer
+
+        if (Path(folder) / "tokenizer_config.json").exists():
+            self.tokenizer = load_tokenizer(folder)
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> Tensor:
+    """Pick the next token ``[B, 1]`` from last-position logits ``[B, V]``."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)

@@ -1,0 +1,101 @@
+"""What every domain's LightningModule shares: optimizer and schedule, assets in checkpoints, export."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from zoo.hub import export_model
+
+
+class ZooTask(L.LightningModule):
+    """Base LightningModule: holds ``self.model`` (a zoo model) and trains it with AdamW.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW decay, applied to matrices only (not norms, biases, lambdas).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        scheduler: ``cosine`` (decay to ``min_lr_ratio * lr`` over the run) or ``constant``.
+        min_lr_ratio: floor of the cosine schedule.
+    """
+
+    model: nn.Module
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        scheduler: str = "cosine",
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if scheduler not in ("cosine", "constant"):
+            raise ValueError(f"scheduler must be 'cosine' or 'constant', got {scheduler!r}")
+        self.opt_args = dict(
+            lr=lr, weight_decay=weight_decay, betas=tuple(betas), warmup_steps=warmup_steps,
+            scheduler=scheduler, min_lr_ratio=min_lr_ratio,
+        )
+
+    # -- optimization
+    def configure_optimizers(self) -> Any:
+        a = self.opt_args
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": a["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=a["lr"],
+            betas=a["betas"],
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        warm, floor, cosine = a["warmup_steps"], a["min_lr_ratio"], a["scheduler"] == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            t = min((step - warm) / max(total - warm, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- assets (tokenizer, scaler, charset) travel inside .ckpt files too
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if hasattr(self.model, "save_assets"):
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_assets(tmp)
+                checkpoint["zoo_assets"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assets = checkpoint.get("zoo_assets")
+        if assets and hasattr(self.model, "load_assets"):
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in assets.items():
+                    (Path(tmp) / name).write_bytes(data)
+                self.model.load_assets(tmp)
+
+    # -- sharing
+    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Export the model (config.json + model.safetensors + assets) for ``zoo.load_pretrained``."""
+        return export_model(self.model, folder, arch=getattr(self, "arch", None), overwrite=overwrite)
+
+    def summary_lines(self) -> list[str]:
+        """Extra lines for the end-of-run summary (domain specific)."""
+        return []
+
+
+def data_info_value(data_info: Optional[dict], key: str, default: Any = None) -> Any:
+    return (data_info or {}).get(key, default)

@@ -1,0 +1,123 @@
+"""Callbacks the CLI always adds: end-of-run summary, export after fit, prediction writer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder (``lightning_logs/version_N`` by default)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class ExportOnFitEnd(L.Callback):
+    """After ``fit``, export the model to ``<run dir>/export`` for ``zoo.load_pretrained``.
+
+    Args:
+        enabled: turn the export off.
+        folder: export folder; default ``<run dir>/export``. An existing non-empty folder is an error.
+    """
+
+    def __init__(self, enabled: bool = True, folder: Optional[str] = None) -> None:
+        self.enabled, self.folder = enabled, folder
+        self.exported: Optional[Path] = None
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or not hasattr(pl_module, "export"):
+            return
+        folder = Path(self.folder) if self.folder else run_dir(trainer) / "export"
+        self.exported = pl_module.export(folder)
+
+
+class RunSummary(L.Callback):
+    """Prints a readable summary when fit / validate / test ends.
+
+    Args:
+        enabled: turn the summary off.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._t0 = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.time()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.state.fn == "fit":
+            self._t0 = time.time()
+
+    on_test_start = on_validation_start
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(trainer, pl_module, "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._print(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(trainer, pl_module, "test")
+
+    @rank_zero_only
+    def _print(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        lines = [f"zoo {stage} summary", "-" * 60]
+        lines += getattr(pl_module, "summary_lines", lambda: [])()
+        lines.append(
+            f"steps: {trainer.global_step}  epochs: {trainer.current_epoch}  "
+            f"time: {time.time() - self._t0:.1f}s  device: {pl_module.device}"
+        )
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        width = max((len(k) for k in metrics), default=0)
+        for k in sorted(metrics):
+            lines.append(f"  {k:<{width}}  {metrics[k]:.4f}")
+        for cb in trainer.callbacks:
+            if isinstance(cb, ExportOnFitEnd) and cb.exported is not None and stage == "fit":
+                lines.append(f"exported model: {cb.exported}")
+                lines.append(f"  load it with: zoo.load_pretrained({str(cb.exported)!r})")
+            best = getattr(cb, "best_model_path", "")
+            if best:
+                lines.append(f"best checkpoint: {best} (resume with --ckpt_path)")
+        lines.append(f"logs: {run_dir(trainer)}")
+        print("\n" + "\n".join(lines) + "\n", flush=True)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict_step`` returns (lists of dicts) to ``<run dir>/predictions.jsonl``.
+
+    Args:
+        output: output file; default ``<run dir>/predictions.jsonl``. An existing file is an error.
+        echo: also print each prediction.
+    """
+
+    def __init__(self, output: Optional[str] = None, echo: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.echo = output, echo
+        self.path: Optional[Path] = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path = Path(self.output) if self.output else run_dir(trainer) / "predictions.jsonl"
+        if trainer.is_global_zero:
+            if self.path.exists():
+                raise FileExistsError(f"{self.path} exists; choose another --predict_writer.output")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
+        if not isinstance(prediction, list) or not trainer.is_global_zero:
+            return
+        with open(self.path, "a") as f:
+            for row in prediction:
+                f.write(json.dumps(row, default=str) + "\n")
+                if self.echo:
+                    print(json.dumps(row, default=str, ensure_ascii=False), flush=True)

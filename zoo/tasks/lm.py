@@ -1,0 +1,185 @@
+"""Language modeling task: next-token loss, perplexity, bits per byte, retrieval accuracy, generation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import SumMetric
+
+from zoo.hub import create_model, read_export_config, resolve_pretrained
+from zoo.tasks.base import ZooTask
+
+IGNORE = -100
+
+
+class LanguageModelTask(ZooTask):
+    """Train or fine-tune a decoder-only LM from the registry.
+
+    Args:
+        arch: registered architecture name (``zoo.list_models("lm-*")``).
+        attn_type: attention type override (``diff``, ``vanilla``, ``diff_v2``, ...).
+        model_args: further architecture overrides (``dim``, ``n_layers``, ``max_seq_len``...).
+        pretrained: exported model folder (or shipped name) to fine-tune from; its architecture is
+            used and ``arch``/``attn_type`` must agree with it.
+        data_info: filled in from the datamodule by the CLI (vocab size, data kind).
+        max_new_tokens, temperature, top_k: generation settings for ``predict``.
+        lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
+    """
+
+    def __init__(
+        self,
+        arch: str = "lm-diff-tiny",
+        attn_type: Optional[str] = None,
+        model_args: Optional[dict[str, Any]] = None,
+        pretrained: Optional[str] = None,
+        data_info: Optional[dict[str, Any]] = None,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: Optional[int] = 50,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        scheduler: str = "cosine",
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
+        self.save_hyperparameters()
+        self.arch = arch
+        self.data_info = dict(data_info or {})
+        overrides = dict(model_args or {})
+        if attn_type is not None:
+            overrides["attn_type"] = attn_type
+        data_vocab = self.data_info.get("vocab_size")
+        if pretrained is not None:
+            folder = resolve_pretrained(pretrained)
+            cfg = read_export_config(folder)["config"]
+            if data_vocab is not None and data_vocab != cfg["vocab_size"]:
+                raise ValueError(
+                    f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
+                    f"{cfg['vocab_size']}; set data.tokenizer to the checkpoint folder so both use its tokenizer"
+                )
+            # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
+            self.model = create_model(arch, pretrained=folder, **{**_arch_fields(cfg), **overrides})
+        else:
+            if data_vocab is not None:
+                overrides.setdefault("vocab_size", data_vocab)
+            self.model = create_model(arch, **overrides)
+        max_len = self.data_info.get("max_len")
+        if max_len is not None and max_len > self.model.config.max_seq_len:
+            raise ValueError(
+                f"the data yields sequences of {max_len} tokens but the model's max_seq_len is "
+                f"{self.model.config.max_seq_len}; lower the data's block_size/seq_len or set "
+                "model.model_args.max_seq_len"
+            )
+        self._metrics = torch.nn.ModuleDict()
+
+    # -- data hand-over: the tokenizer lives on the datamodule, travels with the model
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tok = getattr(dm, "tokenizer", None)
+        if tok is None:
+            return
+        if self.model.tokenizer is not None and _tok_signature(self.model.tokenizer) != _tok_signature(tok):
+            raise ValueError(
+                "the datamodule's tokenizer differs from the checkpoint's tokenizer; set data.tokenizer to the "
+                "checkpoint folder (an exported model folder holds its tokenizer)"
+            )
+        if tok.vocab_size > self.model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {self.model.config.vocab_size}"
+            )
+        self.model.tokenizer = tok
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.model(input_ids, **kwargs)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        mask = labels != IGNORE
+        correct = ((logits.argmax(-1) == labels) & mask).sum()
+        return nll, mask.sum(), correct
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nll, n, correct = self._loss(batch)
+        loss = nll / n.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if self.data_info.get("kind") == "retrieval":
+            self.log("train/acc", correct / n.clamp(min=1), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _accumulate(self, prefix: str, batch: dict[str, torch.Tensor]) -> None:
+        nll, n, correct = self._loss(batch)
+        for name, value in (("nll", nll), ("n", n), ("correct", correct)):
+            key = f"{prefix.replace('/', '|')}|{name}"
+            if key not in self._metrics:
+                self._metrics[key] = SumMetric().to(self.device)
+            self._metrics[key].update(value.float())
+
+    def _report(self, stage: str) -> None:
+        prefixes = sorted({k.rsplit("|", 1)[0] for k in self._metrics if k.startswith(stage)})
+        bpt = getattr(getattr(self.trainer, "datamodule", None), "val_bytes_per_token", None)
+        for p in prefixes:
+            nll = self._metrics[f"{p}|nll"].compute()
+            n = self._metrics[f"{p}|n"].compute().clamp(min=1)
+            correct = self._metrics[f"{p}|correct"].compute()
+            name = p.replace("|", "/")
+            loss = nll / n
+            self.log(f"{name}/loss", loss, prog_bar=stage == "val")
+            self.log(f"{name}/ppl", torch.exp(loss.clamp(max=30)))
+            if self.data_info.get("kind") == "retrieval":
+                self.log(f"{name}/acc", correct / n, prog_bar=stage == "val")
+            elif bpt:
+                self.log(f"{name}/bpb", loss / (math.log(2) * bpt))
+            for k in ("nll", "n", "correct"):
+                self._metrics[f"{p}|{k}"].reset()
+
+    def _eval_prefix(self, stage: str, dataloader_idx: int) -> str:
+        lens = getattr(getattr(self.trainer, "datamodule", None), "test_seq_lens", None)
+        if stage == "test" and lens:
+            return f"test/len{lens[dataloader_idx]}"
+        return stage if dataloader_idx == 0 else f"{stage}/{dataloader_idx}"
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._accumulate(self._eval_prefix("val", dataloader_idx), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._accumulate(self._eval_prefix("test", dataloader_idx), batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
+        hp = self.hparams
+        out = []
+        for prompt in batch["prompt"]:
+            text = self.model.generate(
+                prompt, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_k=hp.top_k
+            )
+            out.append({"prompt": prompt, "completion": text})
+        return out
+
+    def summary_lines(self) -> list[str]:
+        c = self.model.config
+        return [
+            f"model: {self.arch} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
+            f"{self.model.num_params() / 1e6:.2f}M parameters"
+        ]
+
+
+def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in ("dropout", "attn_dropout", "attn_backend")}
+
+
+def _tok_signature(tok: Any) -> tuple:
+    enc = getattr(tok, "encode", None)
+    sample = tuple(enc("Hello, zoo! 123")) if enc else ()
+    return (type(tok).__name__, tok.vocab_size, sample)
