@@ -20,7 +20,20 @@ from lightning.pytorch.cli import LightningCLI
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
+# Settings that only steer inference: the config / command line wins over the values stored in a
+# --ckpt_path checkpoint (LightningCLI otherwise lets the checkpoint's hyper-parameters win).
+INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k")
+
+
 class ZooCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        keys = [f"{sub}.model.init_args.{k}" for k in INFERENCE_ARGS] if sub else []
+        keep = {k: self.config.get(k) for k in keys if self.config.get(k) is not None}
+        super()._parse_ckpt_path()
+        for k, v in keep.items():
+            self.config[k] = v
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_info", "model.init_args.data_info", apply_on="instantiate")
         parser.add_lightning_class_args(RunSummary, "summary")
@@ -61,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         args=argv,
         auto_configure_optimizers=False,
     )

@@ -12,14 +12,16 @@ from zoo.nn.attention import (
     list_attention_types,
     register_attention,
 )
-from zoo.nn.functional import BACKENDS, attention, diff_attention, resolve_backend
+# `attention` (the single-map op) stays in zoo.nn.functional: exporting it here would shadow
+# the zoo.nn.attention submodule.
+from zoo.nn.functional import BACKENDS, diff_attention, resolve_backend
 from zoo.nn.mlp import GeluMlp, SwiGLU, swiglu_hidden
 from zoo.nn.norm import RMSNorm
 from zoo.nn.rotary import RotaryEmbedding
 
 __all__ = [
     "ATTENTION_TYPES", "AttentionBase", "BACKENDS", "DiffAttention", "DiffAttentionV2", "GeluMlp",
-    "KVCache", "RMSNorm", "RotaryEmbedding", "SwiGLU", "VanillaAttention", "attention",
+    "KVCache", "RMSNorm", "RotaryEmbedding", "SwiGLU", "VanillaAttention",
     "build_attention", "diff_attention", "lambda_init_fn", "list_attention_types",
     "register_attention", "resolve_backend", "swiglu_hidden",
 ]

@@ -10,11 +10,13 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_only
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's log folder (``lightning_logs/version_N`` by default)."""
+    """The run's log folder (``lightning_logs/version_N`` by default).
+
+    ``trainer.log_dir`` is a collective under DDP: call this on every rank, never in rank-zero-only code.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -30,12 +32,12 @@ class ExportOnFitEnd(L.Callback):
         self.enabled, self.folder = enabled, folder
         self.exported: Optional[Path] = None
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or trainer.sanity_checking or not hasattr(pl_module, "export"):
+        if not self.enabled or not hasattr(pl_module, "export"):
             return
         folder = Path(self.folder) if self.folder else run_dir(trainer) / "export"
-        self.exported = pl_module.export(folder)
+        if trainer.is_global_zero:
+            self.exported = pl_module.export(folder)
 
 
 class RunSummary(L.Callback):
@@ -68,9 +70,11 @@ class RunSummary(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(trainer, pl_module, "test")
 
-    @rank_zero_only
     def _print(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.enabled or trainer.sanity_checking:
+            return
+        logs = run_dir(trainer)  # collective: every rank
+        if not trainer.is_global_zero:
             return
         lines = [f"zoo {stage} summary", "-" * 60]
         lines += getattr(pl_module, "summary_lines", lambda: [])()
@@ -89,7 +93,7 @@ class RunSummary(L.Callback):
             best = getattr(cb, "best_model_path", "")
             if best:
                 lines.append(f"best checkpoint: {best} (resume with --ckpt_path)")
-        lines.append(f"logs: {run_dir(trainer)}")
+        lines.append(f"logs: {logs}")
         print("\n" + "\n".join(lines) + "\n", flush=True)
 
 

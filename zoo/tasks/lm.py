@@ -56,7 +56,9 @@ class LanguageModelTask(ZooTask):
         data_vocab = self.data_info.get("vocab_size")
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
-            cfg = read_export_config(folder)["config"]
+            meta = read_export_config(folder)
+            cfg = meta["config"]
+            self.arch = meta.get("arch") or arch
             if data_vocab is not None and data_vocab != cfg["vocab_size"]:
                 raise ValueError(
                     f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
@@ -68,7 +70,7 @@ class LanguageModelTask(ZooTask):
             if data_vocab is not None:
                 overrides.setdefault("vocab_size", data_vocab)
             self.model = create_model(arch, **overrides)
-        max_len = self.data_info.get("max_len")
+        max_len = self.data_info.get("max_len", self.data_info.get("block_size"))
         if max_len is not None and max_len > self.model.config.max_seq_len:
             raise ValueError(
                 f"the data yields sequences of {max_len} tokens but the model's max_seq_len is "

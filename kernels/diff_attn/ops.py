@@ -1,0 +1,411 @@
+"""Launchers, the autograd wrapper and the capability check of the fused differential-attention kernel.
+
+Public entry points (re-exported by ``zoo.kernels.diff_attn``):
+
+* :func:`supports` -- can the kernel run this call? ``(ok, reason)``; ``zoo.nn.functional`` falls back
+  to SDPA when it says no.
+* :func:`diff_attention` -- ``softmax(q1 k1^T s) v - lam * softmax(q2 k2^T s) v`` with autograd.
+* :func:`diff_attention_decode` -- split-K (flash-decoding) path for one query token per sequence.
+
+Conventions are those of ``zoo.nn.functional.diff_attention``: layout ``[B, H, T, D]``, GQA by index
+(query head ``h`` reads KV group ``h // (H // Hkv)``, map 1 from ``k1``, map 2 from ``k2``), causal
+mask aligned bottom-right, ``key_mask`` bool ``[B, Tk]`` (True = real key), ``lam`` broadcastable to
+``[B, H, Tq, 1]`` and differentiable. Rows without a visible key return 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import triton_kernels as _K
+
+MAX_HEAD_DIM = 128  # q/k head dim; the register budget of the two accumulators sets the limits
+MAX_V_HEAD_DIM = 256
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel module (compiled or interpreted) and launch configurations
+
+
+def _interpreted(fn) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(fn, InterpretedFunction)
+
+
+def interpreter_state() -> tuple[bool, str]:
+    """``(interpreted, problem)``: do the kernels run in the Triton interpreter, and is the setup broken?
+
+    ``@triton.jit`` decides between compiling and interpreting when a module is imported, for
+    triton's own library functions as well as for ours, so ``TRITON_INTERPRET=1`` must be set before
+    ``triton`` is first imported (lightning and ``torch._dynamo`` import it too). A process that set
+    it in between has a mix that cannot run; ``problem`` then names the fix.
+    """
+    ours = _interpreted(_K._fwd_kernel)
+    theirs = _interpreted(tl.zeros)
+    if ours != theirs:
+        return ours, ("TRITON_INTERPRET changed between importing triton and importing zoo.kernels "
+                      "(triton was imported " + ("compiled" if ours else "interpreted") + "); set "
+                      "TRITON_INTERPRET=1 before anything imports triton, e.g. at the very top of the "
+                      "script or in the environment")
+    return ours, ""
+
+
+def interpret_requested() -> bool:
+    """True when the kernels run in the Triton interpreter (fixed when triton was imported)."""
+    return interpreter_state()[0]
+
+
+def _cfg(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates; BLOCK_M indexes queries, BLOCK_N keys.
+# Two fp32 accumulators of width BLOCK_DV live in registers, so wide value heads get smaller tiles.
+_FWD = {
+    "small": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
+    "wide": [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (32, 32, 4, 1)],
+}
+_DKDV = {  # the key tile (BLOCK_N) holds dK1, dK2, dV accumulators
+    "small": [(32, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (16, 64, 4, 2)],
+    "wide": [(16, 64, 4, 2), (32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 8, 1), (16, 32, 4, 1)],
+}
+_DQ = {
+    "small": [(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)],
+    "wide": [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (16, 32, 4, 1)],
+}
+# The last "wide" entries are small enough to fit shared memory anywhere; the autotuner skips
+# candidates that fail to compile for lack of resources.
+_INTERPRET_BLOCK = 16  # small tiles keep the CPU interpreter fast and exercise multi-tile loops
+_TUNE_KEY = ["D", "DV", "CAUSAL", "HAS_KM", "TUNE_TQ", "TUNE_TK"]
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(name: str, table: str, width: str):
+    """``triton.autotune`` over the candidate tiles (a single fixed tile under the interpreter)."""
+    if _K.INTERPRET:
+        configs = [_cfg(_INTERPRET_BLOCK, _INTERPRET_BLOCK, 4, 1)]
+    else:
+        configs = [_cfg(*c) for c in {"fwd": _FWD, "dkdv": _DKDV, "dq": _DQ}[table][width]]
+    return triton.autotune(configs=configs, key=_TUNE_KEY)(getattr(_K, name))
+
+
+def _block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
+
+
+def _width(block_dv: int) -> str:
+    return "wide" if block_dv > 128 else "small"
+
+
+def _bucket(n: int) -> int:
+    """Autotuning key for a length: retune per power of two, not per exact length."""
+    return triton.next_power_of_2(max(n, 1))
+
+
+def _dot_precision(dtype: torch.dtype) -> Optional[str]:
+    """fp32 inputs follow torch's own matmul switch (exact "ieee" by default); half types use the
+    backend default (None)."""
+    if dtype != torch.float32:
+        return None
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _strides3(x: Tensor):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _lam_view(lam: Tensor, shape) -> Tensor:
+    """fp32 ``[B, H, Tq]`` broadcast view of ``lam`` (stride 0 on broadcast dims, no copy)."""
+    B, H, tq = shape
+    return torch.broadcast_to(lam.detach().to(torch.float32), (B, H, tq, 1))[..., 0]
+
+
+def _key_mask_args(key_mask: Optional[Tensor], dummy: Tensor):
+    if key_mask is None:
+        return dummy, 0, 0, False
+    km = key_mask.view(torch.uint8)  # same bytes as bool; Triton reads it as integers
+    return km, km.stride(0), km.stride(1), True
+
+
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _on_device(t: Tensor):
+    """Launch on the tensor's CUDA device (no-op on CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, store_stats):
+    """Launch the fused forward. Returns ``(out, o2, lse1, lse2)`` (the last three None unless stats)."""
+    B, H, tq, d = q1.shape
+    hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
+    out = torch.empty(B, H, tq, dv, device=q1.device, dtype=q1.dtype)
+    if store_stats:
+        o2 = torch.empty_like(out)  # input dtype, like the saved o2 of the two-SDPA path
+        lse1 = torch.empty(B, H, tq, device=q1.device, dtype=torch.float32)
+        lse2 = torch.empty_like(lse1)
+    else:
+        o2, lse1, lse2 = out, out, out  # never written (STORE_STATS=False)
+    km, s_kmb, s_kmt, has_km = _key_mask_args(key_mask, q1)
+    bd, bdv = _block(d), _block(dv)
+    kernel = _tuned("_fwd_kernel", "fwd", _width(bdv))
+    grid = lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), H, B)  # noqa: E731
+    with _on_device(q1):
+        kernel[grid](
+            q1, q2, k1, k2, v, lam_v, km, out, o2, lse1, lse2,
+            *_strides3(q1), *_strides3(q2), *_strides3(k1), *_strides3(k2), *_strides3(v),
+            *lam_v.stride(), s_kmb, s_kmt, *_strides3(out),
+            H, H // hkv, tq, tk, scale * math.log2(math.e), _bucket(tq), _bucket(tk),
+            D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=bool(causal), HAS_KM=has_km,
+            STORE_STATS=store_stats, DOT_PREC=_dot_precision(q1.dtype),
+        )
+    if not store_stats:
+        return out, None, None, None
+    return out, o2, lse1, lse2
+
+
+def _backward(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, causal, key_mask, scale):
+    """Launch preprocess, dK/dV and dQ kernels. Returns the five input grads and ``delta2``."""
+    B, H, tq, d = q1.shape
+    hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
+    delta1 = torch.empty(B, H, tq, device=q1.device, dtype=torch.float32)
+    delta2 = torch.empty_like(delta1)
+    bd, bdv = _block(d), _block(dv)
+    km, s_kmb, s_kmt, has_km = _key_mask_args(key_mask, q1)
+    # fresh contiguous buffers: the kernels store dq2 / dk2 with dq1's / dk1's strides
+    dq1 = torch.empty(q1.shape, device=q1.device, dtype=q1.dtype)
+    dq2 = torch.empty(q2.shape, device=q2.device, dtype=q2.dtype)
+    dk1 = torch.empty(k1.shape, device=k1.device, dtype=k1.dtype)
+    dk2 = torch.empty(k2.shape, device=k2.device, dtype=k2.dtype)
+    dvv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    qk_scale = scale * math.log2(math.e)
+    common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=bool(causal), HAS_KM=has_km,
+                  DOT_PREC=_dot_precision(q1.dtype))
+    pre_block = _INTERPRET_BLOCK if _K.INTERPRET else 64
+    with _on_device(q1):
+        _K._bwd_preprocess_kernel[(triton.cdiv(tq, pre_block), H, B)](
+            out, o2, do, lam_v, delta1, delta2, *_strides3(out), *_strides3(do), *lam_v.stride(),
+            H, tq, DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_block,
+        )
+        inputs = (q1, q2, k1, k2, v, do, lam_v, km, lse1, lse2, delta1, delta2)
+        in_strides = (*_strides3(q1), *_strides3(q2), *_strides3(k1), *_strides3(k2), *_strides3(v),
+                      *_strides3(do), *lam_v.stride(), s_kmb, s_kmt)
+        tail = (H, H // hkv, tq, tk, scale, qk_scale, _bucket(tq), _bucket(tk))
+        _tuned("_bwd_dkdv_kernel", "dkdv", _width(bdv))[
+            lambda meta: (triton.cdiv(tk, meta["BLOCK_N"]), hkv, B)
+        ](*inputs, dk1, dk2, dvv, *in_strides, *_strides3(dk1), *_strides3(dvv), *tail, **common)
+        _tuned("_bwd_dq_kernel", "dq", _width(bdv))[
+            lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), H, B)
+        ](*inputs, dq1, dq2, *in_strides, *_strides3(dq1), *tail, **common)
+    return dq1, dq2, dk1, dk2, dvv, delta2
+
+
+class DiffAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: fused forward saves ``O``, ``O2`` and both LSEs; backward recomputes."""
+
+    @staticmethod
+    def forward(ctx, q1, q2, k1, k2, v, lam, causal, key_mask, scale):
+        lam_v = _lam_view(lam, (q1.shape[0], q1.shape[1], q1.shape[2]))
+        out, o2, lse1, lse2 = _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, True)
+        ctx.save_for_backward(q1, q2, k1, k2, v, lam, out, o2, lse1, lse2, key_mask)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        q1, q2, k1, k2, v, lam, out, o2, lse1, lse2, key_mask = ctx.saved_tensors
+        B, H, tq = q1.shape[:3]
+        lam_v = _lam_view(lam, (B, H, tq))
+        dq1, dq2, dk1, dk2, dv, delta2 = _backward(
+            _last_dim_contiguous(do), q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2,
+            ctx.causal, key_mask, ctx.scale,
+        )
+        dlam = None
+        if ctx.needs_input_grad[5]:
+            # d out / d lam_i = -O2_i, so dlam_i = -rowsum(dO * O2) = -delta2, summed to lam's shape.
+            dlam = (-delta2).unsqueeze(-1).sum_to_size(lam.shape).to(lam.dtype)
+        return dq1, dq2, dk1, dk2, dv, dlam, None, None, None
+
+
+def _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits: Optional[int]) -> Tensor:
+    B, H, _, d = q1.shape
+    hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
+    n_rep = H // hkv
+    block_n = _INTERPRET_BLOCK if _K.INTERPRET else 64
+    n_tiles = triton.cdiv(tk, block_n)
+    if num_splits is None:
+        # Enough programs to fill the device, but at least 4 tiles (256 keys) of work per split.
+        n_sm = torch.cuda.get_device_properties(q1.device).multi_processor_count if q1.is_cuda else 4
+        num_splits = min(triton.cdiv(2 * n_sm, B * hkv), triton.cdiv(n_tiles, 4), 128)
+    num_splits = max(1, min(int(num_splits), n_tiles))
+    chunk = triton.cdiv(n_tiles, num_splits) * block_n
+    num_splits = triton.cdiv(tk, chunk)  # drop splits that would start past the end
+    po1 = torch.empty(B, H, num_splits, dv, device=q1.device, dtype=torch.float32)
+    po2 = torch.empty_like(po1)
+    plse1 = torch.empty(B, H, num_splits, device=q1.device, dtype=torch.float32)
+    plse2 = torch.empty_like(plse1)
+    km, s_kmb, s_kmt, has_km = _key_mask_args(key_mask, q1)
+    lam_v = _lam_view(lam, (B, H, 1))
+    out = torch.empty(B, H, 1, dv, device=q1.device, dtype=q1.dtype)
+    bd, bdv = _block(d), _block(dv)
+    with _on_device(q1):
+        _K._decode_split_kernel[(num_splits, hkv, B)](
+            q1, q2, k1, k2, v, km, po1, po2, plse1, plse2,
+            q1.stride(0), q1.stride(1), q2.stride(0), q2.stride(1),
+            *_strides3(k1), *_strides3(k2), *_strides3(v), s_kmb, s_kmt,
+            H, n_rep, tk, chunk, num_splits, scale * math.log2(math.e),
+            D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, HAS_KM=has_km, DOT_PREC=_dot_precision(q1.dtype),
+            BLOCK_R=max(16, triton.next_power_of_2(n_rep)), BLOCK_N=block_n,
+            num_warps=4, num_stages=2,
+        )
+        _K._decode_reduce_kernel[(H, B)](
+            po1, po2, plse1, plse2, lam_v, out, lam_v.stride(0), lam_v.stride(1),
+            out.stride(0), out.stride(1), H, num_splits,
+            DV=dv, BLOCK_DV=bdv, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4,
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def supports(q: Tensor, k: Tensor, v: Tensor, lam, *, causal: bool, key_mask: Optional[Tensor],
+             dropout_p: float) -> tuple[bool, str]:
+    """Whether the fused kernel can run this call, and if not, why (for the SDPA fallback's log).
+
+    ``q``/``k``/``v`` stand for both maps (``q1``/``q2`` and ``k1``/``k2`` must match in shape and
+    dtype, which :func:`diff_attention` checks).
+    """
+    if dropout_p and dropout_p > 0.0:
+        return False, f"attention dropout (dropout_p={dropout_p}) is not implemented in the fused kernel"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False, "expects 4-d [batch, heads, time, head_dim] tensors"
+    devices = {q.device, k.device, v.device}
+    if len(devices) != 1:
+        return False, f"q, k, v are on different devices ({sorted(map(str, devices))})"
+    if q.dtype not in DTYPES:
+        return False, f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return False, f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one dtype"
+    B, H, tq, d = q.shape
+    hkv, tk, dv = k.shape[1], k.shape[2], v.shape[3]
+    if k.shape[0] != B or v.shape[0] != B or v.shape[1] != hkv or v.shape[2] != tk or k.shape[3] != d:
+        return False, f"inconsistent shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
+    if hkv == 0 or H % hkv:
+        return False, f"query heads ({H}) must be a multiple of KV heads ({hkv})"
+    if min(B, H, tq, tk, d, dv) == 0:
+        return False, "empty tensors"
+    if d > MAX_HEAD_DIM:
+        return False, f"q/k head dim {d} > {MAX_HEAD_DIM} is not supported by the fused kernel"
+    if dv > MAX_V_HEAD_DIM:
+        return False, f"v head dim {dv} > {MAX_V_HEAD_DIM} is not supported by the fused kernel"
+    if not torch.is_tensor(lam):
+        lam = torch.tensor(float(lam))
+    if not lam.is_floating_point():
+        return False, f"lambda must be a floating tensor, got {lam.dtype}"
+    if lam.device != q.device and lam.dim() != 0:
+        return False, f"lambda is on {lam.device} but q on {q.device}"
+    try:
+        torch.broadcast_shapes(tuple(lam.shape), (B, H, tq, 1))
+    except RuntimeError:
+        return False, f"lambda of shape {tuple(lam.shape)} does not broadcast to [B, H, Tq, 1] = {(B, H, tq, 1)}"
+    if lam.dim() > 4:
+        return False, f"lambda has {lam.dim()} dims; expected at most 4 ([B, H, Tq, 1])"
+    if key_mask is not None:
+        if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, tk):
+            return False, f"key_mask must be bool [B, Tk] = {(B, tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}"
+        if key_mask.device != q.device:
+            return False, f"key_mask is on {key_mask.device} but q on {q.device}"
+    # Device policy last, so that shape and dtype problems are reported wherever the call runs.
+    interpreted, problem = interpreter_state()
+    if problem:
+        return False, problem
+    if q.is_cuda:
+        # Under the interpreter CUDA tensors also work (slowly, via host copies): the user asked for it.
+        if not interpreted and torch.cuda.get_device_capability(q.device) < (8, 0) and q.dtype == torch.bfloat16:
+            return False, "bf16 tl.dot needs compute capability >= 8.0"
+    elif q.device.type == "cpu":
+        if not interpreted:
+            return False, ("CPU tensors run only under the Triton interpreter; set TRITON_INTERPRET=1 before "
+                           "triton is imported (slow, for tests) or use a CUDA device")
+    else:
+        return False, f"device type {q.device.type!r} is not supported (CUDA, or CPU under TRITON_INTERPRET=1)"
+    return True, ""
+
+
+def _prepare(q1, q2, k1, k2, v, lam, key_mask, scale, causal=False):
+    if q1.shape != q2.shape or k1.shape != k2.shape:
+        raise ValueError(f"the two maps disagree: q1{tuple(q1.shape)} q2{tuple(q2.shape)} "
+                         f"k1{tuple(k1.shape)} k2{tuple(k2.shape)}; pass equally shaped q1/q2 and k1/k2")
+    if len({q1.dtype, q2.dtype, k1.dtype, k2.dtype, v.dtype}) != 1:
+        raise ValueError(f"q1, q2, k1, k2, v must share one dtype, got "
+                         f"{[t.dtype for t in (q1, q2, k1, k2, v)]}; cast them first")
+    ok, why = supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=0.0)
+    if not ok:
+        raise ValueError(f"the fused diff-attention kernel cannot run this call: {why}")
+    if not torch.is_tensor(lam):
+        lam = torch.tensor(float(lam), device=q1.device)
+    lam = lam.to(q1.device)
+    q1, q2, k1, k2, v = (_last_dim_contiguous(t) for t in (q1, q2, k1, k2, v))
+    if key_mask is not None:
+        key_mask = key_mask.contiguous()
+    scale = 1.0 / math.sqrt(q1.shape[-1]) if scale is None else float(scale)
+    return q1, q2, k1, k2, v, lam, key_mask, scale
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def diff_attention(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam, *,
+                   causal: bool = False, key_mask: Optional[Tensor] = None,
+                   scale: Optional[float] = None) -> Tensor:
+    """Fused ``softmax(q1 k1^T s) v - lam * softmax(q2 k2^T s) v``, differentiable in all tensors.
+
+    Returns ``[B, H, Tq, Dv]`` in q1's dtype. A single query token without gradients takes the
+    split-K decode path (:func:`diff_attention_decode`).
+    """
+    q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale, causal)
+    if not _needs_grad(q1, q2, k1, k2, v, lam):
+        if q1.shape[2] == 1:  # causal or not, one bottom-right query sees the whole cache
+            return _decode(q1, q2, k1, k2, v, lam, key_mask, scale, None)
+        lam_v = _lam_view(lam, q1.shape[:3])
+        return _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, False)[0]
+    return DiffAttentionFunction.apply(q1, q2, k1, k2, v, lam, bool(causal), key_mask, scale)
+
+
+def diff_attention_decode(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam, *,
+                          key_mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                          num_splits: Optional[int] = None) -> Tensor:
+    """One query token (``Tq == 1``) against a KV cache, split over the keys (flash-decoding).
+
+    Pass 1 computes both maps' partial softmax results per KV split (all query heads of a GQA group
+    in one tile); pass 2 merges them by their log-sum-exps and subtracts. ``num_splits`` overrides
+    the heuristic (enough programs to fill the GPU, at least 4 key tiles per split). Inference only:
+    when gradients are needed the call goes through the autograd kernel instead.
+    """
+    if q1.dim() != 4 or q1.shape[2] != 1:
+        raise ValueError(f"diff_attention_decode takes one query token per sequence ([B, H, 1, D]), "
+                         f"got q1{tuple(q1.shape)}; use diff_attention for longer query blocks")
+    q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale)
+    if _needs_grad(q1, q2, k1, k2, v, lam):
+        return DiffAttentionFunction.apply(q1, q2, k1, k2, v, lam, False, key_mask, scale)
+    return _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits)

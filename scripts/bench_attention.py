@@ -1,0 +1,477 @@
+"""Benchmark the fused Triton differential-attention kernel against its baselines (CUDA only).
+
+Measured in one run on one device:
+
+* training shapes -- forward and forward+backward time, achieved TFLOP/s and peak extra memory, for
+  T = 512 .. 32k at a fixed number of tokens per batch, qk head dim d = 64 and 128 (v head dim 2d,
+  the Diff Transformer layout), causal and not. Columns: ``triton`` (zoo.kernels.diff_attn),
+  ``naive`` (materialized maps in PyTorch), ``sdpa x2`` (the official fast path: two
+  scaled_dot_product_attention calls), ``timm`` (timm.layers.DiffAttention, when timm has it: the
+  whole module, so it includes its qkv/out projections and sub-norm), ``vanilla sdpa`` (one SDPA
+  call of the same width: 2H heads of size d, the baseline Transformer).
+* decode -- one query token against a KV cache, batch 1..64, cache 1k..32k: the split-K kernel, two
+  SDPA calls and the naive PyTorch math.
+* ``matmul`` -- a plain bf16 GEMM, the reachable peak the TFLOP/s columns should be read against.
+
+FLOPs follow the FlashAttention convention: forward = 2 maps x (2 T^2 d + 2 T^2 dv) per head,
+halved when causal; backward = 2.5 x forward. Times are from ``triton.testing.do_bench`` (median).
+
+Writes ``results.json`` (with the device name), ``results.md`` and ``results.png`` to ``--out``
+(default scripts/results/attention/). ``--quick`` runs a small subset; ``--check`` only verifies
+correctness at a few sizes and writes nothing.
+
+    python scripts/bench_attention.py [--quick] [--check] [--out DIR] [--dtype bf16|fp16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention"
+MODEL_WIDTH = 2048  # H differential heads of qk dim d and v dim 2d: H * 2d = MODEL_WIDTH
+
+
+# ----------------------------------------------------------------------------------------------
+# implementations under test (all take q1, q2, k1, k2 [B, H, T, d], v [B, H, T, 2d], lam)
+
+
+def triton_diff(q1, q2, k1, k2, v, lam, causal):
+    from zoo.kernels.diff_attn import diff_attention
+
+    return diff_attention(q1, q2, k1, k2, v, lam, causal=causal)
+
+
+def naive_diff(q1, q2, k1, k2, v, lam, causal):
+    from zoo.kernels.diff_attn import diff_attention_reference
+
+    # upcast=False: the plain PyTorch math in the inputs' dtype (materialized T x T maps)
+    return diff_attention_reference(q1, q2, k1, k2, v, lam, causal=causal, upcast=False)
+
+
+def sdpa_x2_diff(q1, q2, k1, k2, v, lam, causal):
+    gqa = {"enable_gqa": True} if k1.shape[1] != q1.shape[1] else {}
+    o1 = F.scaled_dot_product_attention(q1, k1, v, is_causal=causal, **gqa)
+    o2 = F.scaled_dot_product_attention(q2, k2, v, is_causal=causal, **gqa)
+    return o1 - lam.to(o1.dtype) * o2
+
+
+def timm_diff_module(n_heads: int, dtype):
+    """timm's DiffAttention module (or None when this timm has none)."""
+    try:
+        from timm.layers import DiffAttention
+    except ImportError:
+        return None
+    return DiffAttention(MODEL_WIDTH, num_heads=n_heads).to(device="cuda", dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+def do_bench(fn: Callable[[], object], quick: bool) -> float:
+    """Median milliseconds of fn (CUDA graph-free, L2 flushed between runs by do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100,
+                                         return_mode="median"))
+
+
+def measure(fn: Callable[[], object], quick: bool) -> dict:
+    """Time and peak extra memory of fn; {'error': ...} on OOM or failure."""
+    try:
+        fn()  # compile / autotune outside the timed region
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        ms = do_bench(fn, quick)
+        return {"ms": ms, "peak_mib": peak / 2**20}
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"error": "OOM"}
+    except Exception as exc:  # noqa: BLE001 -- a failing baseline must not end the run
+        torch.cuda.empty_cache()
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def diff_flops(B, H, Tq, Tk, d, dv, causal) -> float:
+    f = B * H * 2 * (2 * Tq * Tk * d + 2 * Tq * Tk * dv)
+    return f / 2 if causal and Tq == Tk else f
+
+
+def vanilla_flops(B, H2, T, d, causal) -> float:
+    f = B * H2 * (2 * T * T * d + 2 * T * T * d)
+    return f / 2 if causal else f
+
+
+def with_tflops(res: dict, flops: float) -> dict:
+    if "ms" in res:
+        res["tflops"] = flops / (res["ms"] * 1e-3) / 1e12
+    return res
+
+
+def fwd_bwd(make_out: Callable[[], torch.Tensor], params: list, grad: torch.Tensor) -> Callable[[], None]:
+    def run():
+        for p in params:
+            p.grad = None
+        make_out().backward(grad)
+
+    return run
+
+
+def naive_fits(B, H, Tq, Tk, elem_bytes, backward) -> bool:
+    """Skip the naive baseline when its T x T maps (two maps, scores + probs, grads) cannot fit."""
+    need = B * H * Tq * Tk * elem_bytes * 2 * (4 if backward else 2)
+    free, _ = torch.cuda.mem_get_info()
+    return need < 0.8 * free
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmarks
+
+
+def bench_matmul(dtype, quick: bool) -> dict:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    res = measure(lambda: a @ b, quick)
+    return with_tflops(res, 2 * n**3)
+
+
+def bench_training(seqlens, dims, causals, tokens, dtype, quick: bool) -> list[dict]:
+    rows = []
+    for d in dims:
+        H = MODEL_WIDTH // (2 * d)
+        timm_mod = timm_diff_module(H, dtype)
+        for causal in causals:
+            for T in seqlens:
+                B = max(1, tokens // T)
+                g = torch.Generator(device="cuda").manual_seed(0)
+
+                def rnd(*shape):
+                    return torch.randn(*shape, device="cuda", dtype=dtype, generator=g).requires_grad_()
+
+                q1, q2, k1, k2 = (rnd(B, H, T, d) for _ in range(4))
+                v = rnd(B, H, T, 2 * d)
+                lam = torch.tensor(0.8, device="cuda", requires_grad=True)
+                grad = torch.randn(B, H, T, 2 * d, device="cuda", dtype=dtype, generator=g)
+                params = [q1, q2, k1, k2, v, lam]
+                flops = diff_flops(B, H, T, T, d, 2 * d, causal)
+                row = {"d": d, "dv": 2 * d, "H": H, "B": B, "T": T, "causal": causal, "flops_fwd": flops}
+
+                impls = {"triton": triton_diff, "naive": naive_diff, "sdpa_x2": sdpa_x2_diff}
+                for name, impl in impls.items():
+                    if name == "naive" and not naive_fits(B, H, T, T, q1.element_size(), True):
+                        row[name] = {"fwd": {"error": "skipped (T x T maps would not fit)"},
+                                     "fwd_bwd": {"error": "skipped (T x T maps would not fit)"}}
+                        continue
+
+                    def out(impl=impl):
+                        return impl(q1, q2, k1, k2, v, lam, causal)
+
+                    with torch.no_grad():
+                        fwd = measure(out, quick)
+                    both = measure(fwd_bwd(out, params, grad), quick)
+                    row[name] = {"fwd": with_tflops(fwd, flops), "fwd_bwd": with_tflops(both, 3.5 * flops)}
+
+                # one SDPA call of the same width: 2H heads of size d
+                vq, vk, vv = rnd(B, 2 * H, T, d), rnd(B, 2 * H, T, d), rnd(B, 2 * H, T, d)
+                vgrad = torch.randn(B, 2 * H, T, d, device="cuda", dtype=dtype, generator=g)
+                vflops = vanilla_flops(B, 2 * H, T, d, causal)
+
+                def vout():
+                    return F.scaled_dot_product_attention(vq, vk, vv, is_causal=causal)
+
+                with torch.no_grad():
+                    fwd = measure(vout, quick)
+                both = measure(fwd_bwd(vout, [vq, vk, vv], vgrad), quick)
+                row["vanilla_sdpa"] = {"fwd": with_tflops(fwd, vflops), "fwd_bwd": with_tflops(both, 3.5 * vflops)}
+
+                if timm_mod is not None:
+                    x = rnd(B, T, MODEL_WIDTH)
+                    xgrad = torch.randn(B, T, MODEL_WIDTH, device="cuda", dtype=dtype, generator=g)
+
+                    def tout():
+                        return timm_mod(x, is_causal=causal)
+
+                    with torch.no_grad():
+                        fwd = measure(tout, quick)
+                    both = measure(fwd_bwd(tout, [x, *timm_mod.parameters()], xgrad), quick)
+                    # attention FLOPs only (projections excluded), so its TFLOP/s understate it
+                    row["timm"] = {"fwd": with_tflops(fwd, flops), "fwd_bwd": with_tflops(both, 3.5 * flops)}
+                rows.append(row)
+                print(format_training_row(row), flush=True)
+                del q1, q2, k1, k2, v, vq, vk, vv
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(batches, caches, dims, dtype, quick: bool) -> list[dict]:
+    from zoo.kernels.diff_attn import diff_attention_decode
+
+    rows = []
+    for d in dims:
+        H = MODEL_WIDTH // (2 * d)
+        hkv = max(1, H // 2)  # maintainers' advice: half the baseline's KV heads
+        for B in batches:
+            for Tk in caches:
+                g = torch.Generator(device="cuda").manual_seed(0)
+
+                def rnd(*shape):
+                    return torch.randn(*shape, device="cuda", dtype=dtype, generator=g)
+
+                try:
+                    q1, q2 = rnd(B, H, 1, d), rnd(B, H, 1, d)
+                    k1, k2, v = rnd(B, hkv, Tk, d), rnd(B, hkv, Tk, d), rnd(B, hkv, Tk, 2 * d)
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    rows.append({"d": d, "H": H, "Hkv": hkv, "B": B, "Tk": Tk, "error": "OOM allocating the cache"})
+                    continue
+                lam = torch.tensor(0.8, device="cuda")
+                row = {"d": d, "dv": 2 * d, "H": H, "Hkv": hkv, "B": B, "Tk": Tk,
+                       "cache_mib": (k1.numel() + k2.numel() + v.numel()) * k1.element_size() / 2**20}
+                with torch.no_grad():
+                    row["triton"] = measure(lambda: diff_attention_decode(q1, q2, k1, k2, v, lam), quick)
+                    row["sdpa_x2"] = measure(lambda: sdpa_x2_diff(q1, q2, k1, k2, v, lam, False), quick)
+                    row["naive"] = measure(lambda: naive_diff(q1, q2, k1, k2, v, lam, False), quick)
+                if "ms" in row["triton"]:
+                    # bytes that must be read at least once: K1, K2, V
+                    nbytes = (k1.numel() + k2.numel() + v.numel()) * k1.element_size()
+                    row["triton"]["gbps"] = nbytes / (row["triton"]["ms"] * 1e-3) / 1e9
+                rows.append(row)
+                print(format_decode_row(row), flush=True)
+                del q1, q2, k1, k2, v
+                torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# correctness check (--check)
+
+
+def run_check(dtype) -> bool:
+    from zoo.kernels.diff_attn import diff_attention, diff_attention_decode, diff_attention_reference
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    ok = True
+    # (B, H, Hkv, Tq, Tk, d, causal)
+    for B, H, hkv, tq, tk, d, causal in [(2, 8, 4, 1000, 1000, 64, True), (1, 8, 8, 777, 777, 128, False),
+                                         (2, 4, 2, 129, 2000, 128, True), (1, 16, 16, 2048, 2048, 32, True),
+                                         (1, 8, 4, 511, 511, 96, True)]:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        mk = lambda *s: torch.randn(*s, device="cuda", dtype=dtype, generator=g).requires_grad_()  # noqa: E731
+        ins = [mk(B, H, tq, d), mk(B, H, tq, d), mk(B, hkv, tk, d), mk(B, hkv, tk, d), mk(B, hkv, tk, 2 * d),
+               torch.rand(B, H, tq, 1, device="cuda", generator=g).requires_grad_()]
+        dout = torch.randn(B, H, tq, 2 * d, device="cuda", dtype=dtype, generator=g)
+        out = diff_attention(*ins, causal=causal)
+        grads = torch.autograd.grad(out, ins, dout)
+        f_in = [t.detach().float().requires_grad_() for t in ins]
+        ref = diff_attention_reference(*f_in, causal=causal)
+        ref_grads = torch.autograd.grad(ref, f_in, dout.float())
+        l_in = [t.detach().clone().requires_grad_() for t in ins]
+        low = diff_attention_reference(*l_in, causal=causal, upcast=False)
+        low_grads = torch.autograd.grad(low, l_in, dout)
+        floor = 4 * (2.0**-8 if dtype == torch.bfloat16 else 2.0**-11)
+        names = ["out", "dq1", "dq2", "dk1", "dk2", "dv", "dlam"]
+        for n, a, lo, r in zip(names, (out, *grads), (low, *low_grads), (ref, *ref_grads)):
+            e, e_low = rel(a, r), rel(lo, r)
+            good = e <= max(2 * e_low, floor)
+            ok &= good
+            print(f"{'ok ' if good else 'BAD'} B={B} H={H} Hkv={hkv} Tq={tq} Tk={tk} d={d} causal={causal} "
+                  f"{n:5s} rel_err={e:.2e} (plain {dtype}: {e_low:.2e})")
+        q1, q2, k1, k2, v, lam = (t.detach() for t in ins)
+        with torch.no_grad():
+            full = diff_attention(q1, q2, k1, k2, v, lam, causal=False)  # every row sees the whole cache
+            dec = diff_attention_decode(q1[:, :, -1:], q2[:, :, -1:], k1, k2, v, lam[:, :, -1:])
+        e = rel(dec, full[:, :, -1:])
+        ok &= e <= floor
+        print(f"{'ok ' if e <= floor else 'BAD'} decode vs full forward's last row rel_err={e:.2e}")
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting
+
+
+def _fmt(res: Optional[dict], key: str = "ms") -> str:
+    if res is None:
+        return "-"
+    if "error" in res:
+        return "OOM" if res["error"].startswith("OOM") else "n/a"
+    return f"{res[key]:.3f}" if key == "ms" else f"{res[key]:.0f}" if key == "peak_mib" else f"{res[key]:.1f}"
+
+
+def _ms(res: Optional[dict]) -> str:
+    text = _fmt(res)
+    return f"{text} ms" if res is not None and "ms" in res else text
+
+
+TRAIN_COLS = ["triton", "naive", "sdpa_x2", "timm", "vanilla_sdpa"]
+
+
+def format_training_row(row: dict) -> str:
+    parts = [f"d={row['d']} T={row['T']} B={row['B']} causal={row['causal']}"]
+    for c in TRAIN_COLS:
+        if c in row:
+            parts.append(f"{c}: fwd {_ms(row[c]['fwd'])}, fwd+bwd {_ms(row[c]['fwd_bwd'])}")
+    return " | ".join(parts)
+
+
+def format_decode_row(row: dict) -> str:
+    if "error" in row:
+        return f"d={row['d']} B={row['B']} Tk={row['Tk']}: {row['error']}"
+    return (f"d={row['d']} B={row['B']} Tk={row['Tk']} | triton {_ms(row['triton'])} | "
+            f"sdpa_x2 {_ms(row['sdpa_x2'])} | naive {_ms(row['naive'])}")
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Differential attention benchmark", "",
+             f"Device: **{result['device']}**, dtype {result['dtype']}, torch {result['torch']}, "
+             f"triton {result['triton']}, {result['tokens_per_batch']} tokens per batch, model width "
+             f"{MODEL_WIDTH} (H = width / 2d, v head dim 2d).", "",
+             f"Reachable peak (bf16 matmul 8192^3): {_fmt(result['matmul'], 'tflops')} TFLOP/s.", ""]
+    cols = [c for c in TRAIN_COLS if any(c in r for r in result["training"])]
+    for phase in ("fwd", "fwd_bwd"):
+        lines += [f"## Training shapes, {phase.replace('_', '+')}: ms (TFLOP/s) [peak extra MiB]", "",
+                  "| d | causal | T | B | " + " | ".join(cols) + " |",
+                  "|---|---|---|---|" + "---|" * len(cols)]
+        for r in result["training"]:
+            cells = []
+            for c in cols:
+                res = r.get(c, {}).get(phase)
+                cells.append("-" if res is None else
+                             f"{_fmt(res)} ({_fmt(res, 'tflops')}) [{_fmt(res, 'peak_mib')}]" if "ms" in res
+                             else _fmt(res))
+            lines.append(f"| {r['d']} | {r['causal']} | {r['T']} | {r['B']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "timm" in cols:
+        lines += ["`timm` is the whole timm.layers.DiffAttention module (qkv/out projections and sub-norm "
+                  "included); its TFLOP/s count attention FLOPs only.", ""]
+    lines += ["## Decode (one query token): ms", "",
+              "| d | B | cache | triton | triton GB/s | sdpa_x2 | naive |", "|---|---|---|---|---|---|---|"]
+    for r in result["decode"]:
+        if "error" in r:
+            lines.append(f"| {r['d']} | {r['B']} | {r['Tk']} | {r['error']} | | | |")
+            continue
+        gbps = r["triton"].get("gbps")
+        lines.append(f"| {r['d']} | {r['B']} | {r['Tk']} | {_fmt(r['triton'])} | "
+                     f"{'-' if gbps is None else f'{gbps:.0f}'} | {_fmt(r['sdpa_x2'])} | {_fmt(r['naive'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = sorted({(r["d"], r["causal"]) for r in result["training"]})
+    ncols = max(1, len(combos))
+    fig, axes = plt.subplots(2, ncols + 1, figsize=(4.5 * (ncols + 1), 8), squeeze=False)
+    for j, (d, causal) in enumerate(combos):
+        rows = [r for r in result["training"] if r["d"] == d and r["causal"] == causal]
+        for i, phase in enumerate(("fwd", "fwd_bwd")):
+            ax = axes[i][j]
+            for c in TRAIN_COLS:
+                pts = [(r["T"], r[c][phase]["tflops"]) for r in rows if c in r and "tflops" in r[c][phase]]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=c)
+            if "tflops" in result["matmul"]:
+                ax.axhline(result["matmul"]["tflops"], color="gray", ls="--", lw=0.8, label="bf16 matmul")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{phase.replace('_', '+')}, d={d}, {'causal' if causal else 'full'}")
+            ax.set_xlabel("sequence length T")
+            ax.set_ylabel("TFLOP/s")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    for i, d in enumerate(sorted({r["d"] for r in result["decode"]})[:2]):
+        ax = axes[i][ncols]
+        rows = [r for r in result["decode"] if r["d"] == d and "error" not in r]
+        for B in sorted({r["B"] for r in rows}):
+            for c, ls in (("triton", "-"), ("sdpa_x2", ":")):
+                pts = [(r["Tk"], r[c]["ms"]) for r in rows if r["B"] == B and "ms" in r[c]]
+                if pts:
+                    ax.plot(*zip(*pts), ls=ls, marker="o", label=f"{c} B={B}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"decode latency, d={d}")
+        ax.set_xlabel("KV cache length")
+        ax.set_ylabel("ms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Differential attention on {result['device']} ({result['dtype']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="short run: few lengths, d=128, fewer repeats")
+    ap.add_argument("--check", action="store_true", help="only verify correctness on the GPU; writes nothing")
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    ap.add_argument("--tokens", type=int, default=32768, help="tokens per batch (B = tokens // T)")
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("bench_attention: no CUDA device found; this benchmark needs a GPU. Nothing was written.",
+              file=sys.stderr)
+        return 2
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+
+    if args.check:
+        ok = run_check(dtype)
+        print("check passed" if ok else "check FAILED")
+        return 0 if ok else 1
+
+    if args.quick:
+        seqlens, dims, causals = [512, 2048, 8192], [128], [True]
+        batches, caches = [1, 16], [1024, 8192]
+    else:
+        seqlens, dims, causals = [512, 1024, 2048, 4096, 8192, 16384, 32768], [64, 128], [False, True]
+        batches, caches = [1, 4, 16, 64], [1024, 4096, 16384, 32768]
+
+    import triton
+
+    t0 = time.time()
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+        "dtype": args.dtype, "tokens_per_batch": args.tokens, "model_width": MODEL_WIDTH, "quick": args.quick,
+        "flops_convention": "fwd = 2 maps * (2*T*T*d + 2*T*T*dv) per head, /2 if causal; fwd+bwd = 3.5 * fwd",
+    }
+    result["matmul"] = bench_matmul(dtype, args.quick)
+    print(f"bf16 matmul peak: {_fmt(result['matmul'], 'tflops')} TFLOP/s", flush=True)
+    result["training"] = bench_training(seqlens, dims, causals, args.tokens, dtype, args.quick)
+    result["decode"] = bench_decode(batches, caches, dims, dtype, args.quick)
+    result["seconds"] = time.time() - t0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out / "results.md").write_text(markdown(result))
+    plot(result, args.out / "results.png")
+    print(f"wrote {args.out / 'results.json'}, results.md, results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Diff vs vanilla Transformer LMs at equal parameter count and equal step budget.
+
+(a) key-information retrieval (synthetic multi-query associative recall): answer accuracy at
+    several context lengths (one model trained per length);
+(b) tinyshakespeare, byte level: validation loss and bits per byte.
+
+Every run goes through the same LanguageModelTask + datamodules as ``python -m zoo fit``.
+Writes ``<out>/bench_lm.json``, ``<out>/bench_lm.md`` and ``<out>/bench_lm_loss.png``.
+
+    python scripts/bench_lm.py                      # the README numbers (CPU, ~1 h on 2 cores)
+    python scripts/bench_lm.py --quick              # smoke run, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from zoo.data import RetrievalDataModule, TextDataModule
+from zoo.tasks import LanguageModelTask
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+
+
+class Curve(L.Callback):
+    """Records (step, train loss) and (step, val loss / acc)."""
+
+    def __init__(self) -> None:
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, dict[str, float]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % 10 == 0:
+            self.train.append((trainer.global_step, float(outputs["loss"])))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.val.append((trainer.global_step, m))
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps: int, lr: float,
+        val_every: int, limit_val: int | None) -> dict:
+    L.seed_everything(seed, verbose=False)
+    heads = model_args["n_heads"] if attn == "diff" else 2 * model_args["n_heads"]
+    task = LanguageModelTask(
+        arch=f"lm-{attn}-tiny", model_args={**model_args, "n_heads": heads}, data_info=dm.data_info,
+        lr=lr, warmup_steps=min(100, steps // 10),
+    )
+    curve = Curve()
+    trainer = L.Trainer(
+        max_steps=steps, val_check_interval=val_every, limit_val_batches=limit_val, check_val_every_n_epoch=None,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[curve], accelerator="auto", devices=1,
+    )
+    t0 = time.time()
+    trainer.fit(task, datamodule=dm)
+    secs = time.time() - t0
+    final = curve.val[-1][1] if curve.val else {}
+    return {
+        "attn": attn, "seed": seed, "params": task.model.num_params(), "steps": trainer.global_step,
+        "seconds": round(secs, 1), "final": final, "val_curve": curve.val, "train_curve": curve.train,
+    }
+
+
+def summarize(runs: list[dict], key: str) -> dict:
+    vals = [r["final"][key] for r in runs if key in r["final"]]
+    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "lm"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--lens", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--retrieval-steps", type=int, default=1500)
+    ap.add_argument("--text-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    ap.add_argument("--skip-text", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.retrieval_steps, args.text_steps, args.lens, args.seeds = 4, 4, [32], [0]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    result: dict = {"machine": machine(), "args": vars(args), "retrieval": {}, "text": {}}
+
+    # (a) retrieval accuracy vs context length
+    retr_model = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": max(args.lens)}
+    for length in args.lens:
+        pairs = max(4, length // 8)
+        for attn in ("diff", "vanilla"):
+            runs = []
+            for seed in args.seeds:
+                dm = RetrievalDataModule(
+                    task="mqar", seq_len=length, n_pairs=pairs, n_keys=64, n_values=64,
+                    train_size=args.retrieval_steps * 64, val_size=512, batch_size=64, seed=seed,
+                )
+                r = run(attn, seed, dm, retr_model, args.retrieval_steps, 3e-3, max(args.retrieval_steps // 5, 1), None)
+                print(f"[retrieval L={length} pairs={pairs}] {attn} seed {seed}: acc {r['final'].get('val/acc')}", flush=True)
+                runs.append(r)
+            result["retrieval"][f"{length}/{attn}"] = {
+                "seq_len": length, "n_pairs": pairs, "attn": attn, "params": runs[0]["params"],
+                "acc": summarize(runs, "val/acc"), "runs": runs,
+            }
+
+    # (b) tinyshakespeare byte-level validation loss
+    if not args.skip_text:
+        if not SHAKESPEARE.is_file():
+            raise SystemExit(f"{SHAKESPEARE} not found: (b) needs ../shared/data (or pass --skip-text)")
+        text_model = {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128}
+        for attn in ("diff", "vanilla"):
+            runs = []
+            for seed in args.seeds:
+                dm = TextDataModule(train_path=str(SHAKESPEARE), block_size=128, batch_size=16, tokenizer="byte")
+                r = run(attn, seed, dm, text_model, args.text_steps, 2e-3, max(args.text_steps // 6, 1), 40)
+                print(f"[shakespeare] {attn} seed {seed}: val loss {r['final'].get('val/loss')}", flush=True)
+                runs.append(r)
+            result["text"][attn] = {
+                "params": runs[0]["params"], "loss": summarize(runs, "val/loss"), "bpb": summarize(runs, "val/bpb"),
+                "runs": runs,
+            }
+    result["total_seconds"] = round(time.time() - t_start, 1)
+    (out / "bench_lm.json").write_text(json.dumps(result, indent=1))
+    md = table(result)
+    (out / "bench_lm.md").write_text(md)
+    plot(result, out / "bench_lm_loss.png")
+    print(md)
+
+
+def table(res: dict) -> str:
+    m = res["machine"]
+    a = res["args"]
+    lines = [
+        f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
+        f"torch {m['torch']}; seeds {a['seeds']}; total {res['total_seconds'] / 60:.1f} min.",
+        "",
+        f"(a) Multi-query associative recall, answer accuracy after {a['retrieval_steps']} steps (batch 64):",
+        "",
+        "| context | pairs | diff acc | vanilla acc | params diff / vanilla |",
+        "|---|---|---|---|---|",
+    ]
+    for length in a["lens"]:
+        d, v = res["retrieval"][f"{length}/diff"], res["retrieval"][f"{length}/vanilla"]
+        lines.append(
+            f"| {length} | {d['n_pairs']} | {d['acc']['mean']:.3f} ± {d['acc']['std']:.3f} | "
+            f"{v['acc']['mean']:.3f} ± {v['acc']['std']:.3f} | {d['params']:,} / {v['params']:,} |"
+        )
+    if res["text"]:
+        d, v = res["text"]["diff"], res["text"]["vanilla"]
+        lines += [
+            "",
+            f"(b) tinyshakespeare, byte level, validation after {a['text_steps']} steps (batch 16 x 128):",
+            "",
+            "| model | params | val loss | val bits/byte |",
+            "|---|---|---|---|",
+            f"| diff | {d['params']:,} | {d['loss']['mean']:.4f} ± {d['loss']['std']:.4f} | {d['bpb']['mean']:.4f} |",
+            f"| vanilla | {v['params']:,} | {v['loss']['mean']:.4f} ± {v['loss']['std']:.4f} | {v['bpb']['mean']:.4f} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for attn, color in (("diff", "tab:red"), ("vanilla", "tab:blue")):
+        for r in res["text"].get(attn, {}).get("runs", []):
+            xs, ys = zip(*r["train_curve"]) if r["train_curve"] else ([], [])
+            axes[0].plot(xs, ys, color=color, alpha=0.5, label=f"{attn} seed {r['seed']}")
+        lens = res["args"]["lens"]
+        accs = [res["retrieval"][f"{n}/{attn}"]["acc"]["mean"] for n in lens]
+        axes[1].plot(lens, accs, marker="o", color=color, label=attn)
+    axes[0].set(title="tinyshakespeare train loss", xlabel="step", ylabel="loss (nats/byte)")
+    axes[1].set(title="MQAR accuracy vs context length", xlabel="context length", ylabel="accuracy", ylim=(0, 1))
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

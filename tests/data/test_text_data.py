@@ -1,0 +1,215 @@
+"""TextDataModule: readers, block packing, splits, bits-per-byte, predict prompts, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.data.text import TextDataModule
+from zoo.data.tokenizers import BPETokenizer, ByteTokenizer
+
+EOS = 258  # ByteTokenizer's separator, written out so the tests do not lean on the code
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared/data/text/tinyshakespeare.txt"
+
+
+def rows(loader):
+    """Every (input_ids, labels) row of a loader, checking the batch format on the way."""
+    out = []
+    for batch in loader:
+        assert set(batch) == {"input_ids", "labels"}
+        x, y = batch["input_ids"], batch["labels"]
+        assert x.dtype == torch.long and y.dtype == torch.long and x.shape == y.shape and x.dim() == 2
+        out += list(zip(x.tolist(), y.tolist()))
+    return out
+
+
+def blocks_by_hand(stream, block_size):
+    """Non-overlapping (block_size + 1)-token windows, as (inputs, labels) pairs."""
+    n = len(stream) // (block_size + 1)
+    assert n == sum(1 for start in range(0, len(stream) - block_size, block_size + 1))
+    windows = [stream[i * (block_size + 1) : (i + 1) * (block_size + 1)] for i in range(n)]
+    return [(w[:-1], w[1:]) for w in windows]
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("utf-8"))
+    return str(path)
+
+
+def test_txt_packing_and_val_split(tmp_path):
+    text = "".join(f"line {i}: the cat sat on the mat, ünïcödé {i * i}\n" for i in range(40))
+    stream = list(text.encode("utf-8"))
+    dm = TextDataModule(write(tmp_path / "c.txt", text), val_fraction=0.25, block_size=8, batch_size=5)
+    assert dm.data_info == {
+        "kind": "text", "vocab_size": 259, "tokenizer": "byte",
+        "pad_id": 256, "bos_id": 257, "eos_id": 258, "block_size": 8,
+    }
+    assert dm.max_len == 8 and isinstance(dm.tokenizer, ByteTokenizer)
+    dm.setup("fit")
+    n_val = round(len(stream) * 0.25)
+    train, val = stream[: len(stream) - n_val], stream[len(stream) - n_val :]
+
+    got = rows(dm.train_dataloader())
+    expected = blocks_by_hand(train, 8)
+    assert len(got) == len(train) // 9
+    assert sorted(got) == sorted(expected)
+    for x, y in got:
+        assert x[1:] == y[:-1]  # labels are the inputs shifted by one
+    # validation is the contiguous tail, in order, starting right at the split point
+    val_rows = rows(dm.val_dataloader())
+    assert val_rows == blocks_by_hand(val, 8)
+    assert val_rows[0][0][:8] == stream[len(stream) - n_val : len(stream) - n_val + 8]
+    assert rows(dm.test_dataloader()) == val_rows  # no test_path: test = validation
+    assert dm.val_bytes_per_token == 1.0
+
+
+def test_train_is_shuffled(tmp_path):
+    text = "abcdefghij" * 200
+    dm = TextDataModule(write(tmp_path / "c.txt", text), block_size=4, batch_size=400)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    first = rows(dm.train_dataloader())
+    assert first != blocks_by_hand(list(text.encode())[: len(text) - 200], 4)
+
+
+def test_folder_recursive_sorted_with_separators(tmp_path):
+    root = tmp_path / "corpus"
+    write(root / "b" / "2.txt", "second file\n")
+    write(root / "a.txt", "first file\n")
+    write(root / "c" / "d" / "3.txt", "third — file")
+    write(root / "c" / "empty.txt", "")
+    write(root / "notes.md", "not text corpus")
+    val = write(tmp_path / "val.txt", "held out text, long enough")
+    dm = TextDataModule(str(root), val_path=val, block_size=4)
+    streams = dm.token_streams()
+    expected = list(b"first file\n") + [EOS] + list(b"second file\n") + [EOS] + list("third — file".encode())
+    assert streams["train"].tolist() == expected
+    assert streams["val"].tolist() == list(b"held out text, long enough")
+    assert rows(dm.val_dataloader()) == blocks_by_hand(streams["val"].tolist(), 4)
+    # separators count as tokens but carry no bytes
+    assert dm.val_bytes_per_token == 1.0
+
+
+def test_jsonl_and_test_path(tmp_path):
+    records = [{"text": "alpha beta"}, {"text": "ümlaut\u2028line"}, {"text": "", "id": 3}, {"text": "gamma", "x": 1}]
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    path = write(tmp_path / "d.jsonl", "\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")
+    test = write(tmp_path / "t.txt", "test text here")
+    dm = TextDataModule(path, val_path=write(tmp_path / "v.jsonl", '{"text": "v1"}\n{"text": "v2"}'),
+                        test_path=test, block_size=2)
+    s = dm.token_streams()
+    assert s["train"].tolist() == list(b"alpha beta") + [EOS] + list("ümlaut\u2028line".encode()) + [EOS] + list(b"gamma")
+    assert s["val"].tolist() == list(b"v1") + [EOS] + list(b"v2")
+    assert s["test"].tolist() == list(b"test text here")
+    assert rows(dm.test_dataloader()) == blocks_by_hand(list(b"test text here"), 2)
+    # bytes per token with a separator: 4 bytes over 5 tokens
+    assert dm.val_bytes_per_token == pytest.approx(4 / 5)
+
+
+def test_bpe_datamodule(tmp_path):
+    train_text = "the rain in spain stays mainly in the plain. " * 60
+    val_text = "the plain rain in spain."
+    dm = TextDataModule(write(tmp_path / "tr.txt", train_text), val_path=write(tmp_path / "va.txt", val_text),
+                        tokenizer="bpe", bpe_vocab_size=300, block_size=4)
+    info = dm.data_info  # available right after construction
+    assert json.loads(json.dumps(info)) == info
+    assert info["tokenizer"] == "bpe" and 259 < info["vocab_size"] <= 300
+    assert (info["pad_id"], info["bos_id"], info["eos_id"]) == (0, 1, 2)
+    assert isinstance(dm.tokenizer, BPETokenizer)
+    s = dm.token_streams()
+    assert dm.tokenizer.decode(s["train"]) == train_text
+    assert dm.tokenizer.decode(s["val"]) == val_text
+    assert dm.val_bytes_per_token == pytest.approx(len(val_text.encode()) / len(s["val"]))
+    assert dm.val_bytes_per_token > 1.5  # merges happened
+
+
+def test_tokenizer_folder_spec(tmp_path):
+    ByteTokenizer().save(tmp_path / "exported")
+    dm = TextDataModule(write(tmp_path / "c.txt", "x" * 50), tokenizer=str(tmp_path / "exported"), block_size=4)
+    assert isinstance(dm.tokenizer, ByteTokenizer)
+
+
+def test_predict_prompts(tmp_path):
+    dm = TextDataModule(str(tmp_path / "unused.txt"), prompts=["Once upon", "ROMEO:"])
+    dm.setup("predict")  # predict does not read the corpus
+    assert list(dm.predict_dataloader()) == [{"prompt": ["Once upon"]}, {"prompt": ["ROMEO:"]}]
+    assert list(TextDataModule("x.txt").predict_dataloader()) == [{"prompt": ["\n"]}]
+
+
+def test_bad_input_errors(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(FileNotFoundError, match=r"data\.train_path: .*nope\.txt does not exist; point it at a \.txt"):
+        TextDataModule(str(missing)).setup("fit")
+    good = write(tmp_path / "good.txt", "y" * 100)
+    with pytest.raises(FileNotFoundError, match=r"data\.val_path: .*vnope\.txt does not exist"):
+        TextDataModule(good, val_path=str(tmp_path / "vnope.txt"), block_size=4).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"data\.test_path: .*tnope does not exist"):
+        TextDataModule(good, test_path=str(tmp_path / "tnope"), block_size=4).setup("fit")
+    with pytest.raises(ValueError, match=r"empty\.txt is empty"):
+        TextDataModule(write(tmp_path / "empty.txt", "")).setup("fit")
+    (tmp_path / "nofiles").mkdir()
+    write(tmp_path / "nofiles" / "x.csv", "a,b")
+    with pytest.raises(ValueError, match="holds no .txt files"):
+        TextDataModule(str(tmp_path / "nofiles")).setup("fit")
+    write(tmp_path / "blank" / "a.txt", "")
+    with pytest.raises(ValueError, match="every .txt file under .*blank is empty"):
+        TextDataModule(str(tmp_path / "blank")).setup("fit")
+    bad = write(tmp_path / "bad.jsonl", '{"text": "ok"}\n{"text": "unterminated\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        TextDataModule(bad).setup("fit")
+    notext = write(tmp_path / "notext.jsonl", '{"text": "a"}\n\n{"body": "b"}\n')
+    with pytest.raises(ValueError, match=r"notext\.jsonl, line 3: expected a JSON object with a 'text' field"):
+        TextDataModule(notext).setup("fit")
+    numtext = write(tmp_path / "num.jsonl", '{"text": 5}\n')
+    with pytest.raises(ValueError, match=r"num\.jsonl, line 1: 'text' is int"):
+        TextDataModule(numtext).setup("fit")
+    with pytest.raises(ValueError, match=r"has suffix '\.csv'"):
+        TextDataModule(write(tmp_path / "c.csv", "a,b")).setup("fit")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(ValueError, match="not valid UTF-8.*re-encode it as UTF-8"):
+        TextDataModule(str(tmp_path / "latin1.txt")).setup("fit")
+    short = write(tmp_path / "short.txt", "z" * 100)  # 90 train / 10 val tokens
+    with pytest.raises(ValueError, match=r"training split has 90 tokens but one block needs block_size \+ 1 = 257; lower data\.block_size"):
+        TextDataModule(short).setup("fit")
+    with pytest.raises(ValueError, match=r"validation split has 10 tokens but one block needs block_size \+ 1 = 17; lower data\.block_size .*val_fraction"):
+        TextDataModule(short, block_size=16).setup("fit")
+    with pytest.raises(ValueError, match=r"data\.val_fraction must be in \(0, 1\)"):
+        TextDataModule(short, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"data\.block_size must be an integer >= 1"):
+        TextDataModule(short, block_size=0)
+    with pytest.raises(ValueError, match="unknown tokenizer 'sentencepiece'"):
+        _ = TextDataModule(short, tokenizer="sentencepiece").data_info
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data not present (CI provides it)")
+def test_tinyshakespeare_byte_counts(tmp_path):
+    raw = SHAKESPEARE.read_bytes()
+    dm = TextDataModule(str(SHAKESPEARE), block_size=256, val_fraction=0.1)
+    s = dm.token_streams()
+    assert len(s["train"]) + len(s["val"]) == len(raw)  # one document: no separators
+    assert s["val"].tolist()[:1000] == list(raw[len(s["train"]) : len(s["train"]) + 1000])
+    assert len(dm._dataset("train")) == len(s["train"]) // 257
+    assert dm.val_bytes_per_token == 1.0
+    # the same text as two documents gains exactly one separator
+    text = raw.decode("utf-8")
+    cut = text.index("\n", len(text) // 2) + 1
+    write(tmp_path / "two" / "part1.txt", text[:cut])
+    write(tmp_path / "two" / "part2.txt", text[cut:])
+    s2 = TextDataModule(str(tmp_path / "two"), val_path=str(SHAKESPEARE)).token_streams()
+    assert len(s2["train"]) == len(raw) + 1
+    assert s2["train"][len(text[:cut].encode())] == EOS
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data not present (CI provides it)")
+def test_tinyshakespeare_bpe_is_lossless():
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    dm = TextDataModule(str(SHAKESPEARE), tokenizer="bpe", bpe_vocab_size=512, block_size=256)
+    s = dm.token_streams()
+    tok = dm.tokenizer
+    assert dm.data_info["vocab_size"] == tok.vocab_size <= 512
+    assert tok.decode(s["train"]) + tok.decode(s["val"]) == text  # ASCII text: a split cannot cut a character
+    n_val_bytes = len(tok.decode(s["val"]).encode("utf-8"))
+    assert dm.val_bytes_per_token == pytest.approx(n_val_bytes / len(s["val"]))
+    assert 1.5 < dm.val_bytes_per_token < 4

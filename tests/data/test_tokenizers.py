@@ -1,0 +1,116 @@
+"""Tokenizers: round trips, save/load, and the errors of load_tokenizer/build_tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.data.tokenizers import BPETokenizer, ByteTokenizer, build_tokenizer, load_tokenizer
+
+UNICODE = "Grüße, 世界! naïve café — 😀 \t\r\n\n  end"
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog. " * 20,
+    "to be, or not to be, that is the question:\nwhether 'tis nobler in the mind to suffer\n" * 10,
+    "Grüße aus München und Köln. " * 10,
+]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(CORPUS, vocab_size=300, min_frequency=2)
+
+
+def test_byte_ids_are_utf8_bytes():
+    tok = ByteTokenizer()
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.vocab_size) == (256, 257, 258, 259)
+    assert tok.encode(UNICODE) == list(UNICODE.encode("utf-8"))
+    assert tok.encode("é", add_bos=True, add_eos=True) == [257, 0xC3, 0xA9, 258]
+    assert tok.decode(tok.encode(UNICODE)) == UNICODE
+    assert tok.decode([257, 104, 256, 105, 258]) == "hi"
+    assert tok.decode(torch.tensor([104, 105])) == "hi"
+    assert tok.decode([0xC3]) == "\ufffd"  # a lone lead byte is not silently dropped
+    assert tok.encode_batch(["a", "bc"]) == [[97], [98, 99]]
+    assert tok.token_byte_lengths().tolist() == [1] * 256 + [0, 0, 0]
+
+
+def test_byte_decode_rejects_out_of_vocab_ids():
+    with pytest.raises(ValueError, match=r"outside this tokenizer's vocabulary \[0, 259\)"):
+        ByteTokenizer().decode([65, 300])
+
+
+def test_byte_save_and_load(tmp_path):
+    ByteTokenizer().save(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text()) == {"type": "byte"}
+    assert isinstance(load_tokenizer(tmp_path / "tok"), ByteTokenizer)
+
+
+def test_bpe_trains_merges_and_round_trips(bpe):
+    assert (bpe.pad_id, bpe.bos_id, bpe.eos_id) == (0, 1, 2)
+    assert [bpe.backend.id_to_token(i) for i in range(3)] == ["<pad>", "<bos>", "<eos>"]
+    assert 259 < bpe.vocab_size <= 300
+    # merges happen: the training text needs far fewer tokens than bytes
+    assert len(bpe.encode(CORPUS[0])) < len(CORPUS[0].encode("utf-8")) / 2
+    texts = CORPUS + [UNICODE, "unseen ✓ symbols ∑ and <eos> <pad> literally", ""]
+    for text in texts:
+        ids = bpe.encode(text)
+        assert all(i > 2 for i in ids), "text (even a literal '<eos>') must not produce special ids"
+        assert bpe.decode(ids) == text
+    ids = bpe.encode("hello", add_bos=True, add_eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and bpe.decode(ids) == "hello"
+    assert bpe.encode_batch(texts) == [bpe.encode(t) for t in texts]
+
+
+def test_bpe_token_byte_lengths_sum_to_utf8_length(bpe):
+    lengths = bpe.token_byte_lengths()
+    assert lengths[:3].tolist() == [0, 0, 0]
+    for text in CORPUS + [UNICODE]:
+        assert lengths[np.array(bpe.encode(text))].sum() == len(text.encode("utf-8"))
+
+
+def test_bpe_save_load_gives_identical_ids(bpe, tmp_path):
+    bpe.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "tokenizer_config.json").read_text()) == {"type": "bpe"}
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    loaded = load_tokenizer(tmp_path / "m")
+    assert isinstance(loaded, BPETokenizer) and loaded.vocab_size == bpe.vocab_size
+    for text in CORPUS + [UNICODE, "a <eos> b"]:
+        assert loaded.encode(text) == bpe.encode(text)
+    via_build = build_tokenizer(str(tmp_path / "m"))
+    assert via_build.encode(UNICODE) == bpe.encode(UNICODE)
+
+
+def test_bpe_vocab_too_small():
+    with pytest.raises(ValueError, match="vocab_size=100 is too small"):
+        BPETokenizer.train(CORPUS, vocab_size=100)
+
+
+def test_load_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.*no tokenizer_config.json"):
+        load_tokenizer(tmp_path / "nowhere")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "tokenizer_config.json").write_text('{"type": "sentencepiece"}')
+    with pytest.raises(ValueError, match="unknown tokenizer type 'sentencepiece'"):
+        load_tokenizer(tmp_path / "odd")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "tokenizer_config.json").write_text('{"type": "bpe"}')
+    with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
+        load_tokenizer(tmp_path / "half")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_tokenizer(tmp_path / "broken")
+
+
+def test_build_tokenizer(tmp_path):
+    assert isinstance(build_tokenizer("byte"), ByteTokenizer)
+    assert isinstance(build_tokenizer("bpe", CORPUS, vocab_size=280), BPETokenizer)
+    with pytest.raises(ValueError, match="'bpe' must be trained: pass texts"):
+        build_tokenizer("bpe")
+    with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'.*'byte', 'bpe'"):
+        build_tokenizer("wordpiece")
+    (tmp_path / "f.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a file; pass the folder"):
+        build_tokenizer(str(tmp_path / "f.json"))
+    with pytest.raises(FileNotFoundError, match="no tokenizer_config.json"):
+        build_tokenizer(str(tmp_path))  # an existing folder without a tokenizer

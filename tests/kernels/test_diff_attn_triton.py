@@ -1,0 +1,373 @@
+"""Fused Triton differential attention (zoo.kernels.diff_attn) against the naive fp32 reference.
+
+Without a GPU the kernels run in the Triton interpreter (``TRITON_INTERPRET=1``) on CPU tensors at
+tiny shapes; that choice is made when triton is first imported, so it is set here before anything
+imports triton. If another test module imported triton first (lightning does), the interpreter
+tests re-run in a fresh process instead (``test_interpreter_suite_in_fresh_process``).
+With a GPU the same small-shape suite runs compiled on CUDA, and the ``gpu`` section adds real sizes
+in bf16 / fp16.
+"""
+
+import os
+import subprocess
+import sys
+
+_TRITON_ALREADY_IMPORTED = "triton" in sys.modules
+
+import torch  # noqa: E402  (importing torch does not import triton)
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and not _TRITON_ALREADY_IMPORTED:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from zoo.kernels.diff_attn import (  # noqa: E402
+    diff_attention,
+    diff_attention_decode,
+    diff_attention_reference,
+    supports,
+)
+from zoo.kernels.diff_attn import ops  # noqa: E402
+
+_INTERPRETED, _PROBLEM = ops.interpreter_state()
+if _INTERPRETED and not _PROBLEM:
+    DEVICE = "cpu"
+elif HAS_CUDA and not _INTERPRETED:
+    DEVICE = "cuda"
+else:
+    DEVICE = None  # triton was imported compiled on a machine without a GPU: see the fresh-process test
+
+needs_kernel = pytest.mark.skipif(
+    DEVICE is None,
+    reason="triton was imported before TRITON_INTERPRET=1 could be set; covered by "
+    "test_interpreter_suite_in_fresh_process",
+)
+
+# fp32 tolerance (relative Frobenius error). The interpreter's tl.dot is an exact fp32 matmul, so
+# kernel and reference differ only in summation order and in exp2-with-running-max versus exp:
+# a few fp32 ulps (eps = 1.2e-7) amplified by sums over <= 63 keys and <= 64 channels, observed
+# <= 7e-7. 1e-5 keeps a >10x margin; any masking, indexing or GQA-pairing bug is an O(1) error.
+# (On a GPU, fp32 tl.dot follows torch.backends.cuda.matmul.allow_tf32, which is off by default.)
+FP32_RTOL = 1e-5
+
+# Half-precision tolerance: the kernel rounds P (and dS) to the input dtype before the tensor-core
+# dots and its output/grads to the input dtype, like FlashAttention. Its error against the fp32
+# reference must stay within 2x the error of the same math done plainly in that dtype
+# (reference(upcast=False)), the criterion of the FlashAttention test suite; the floor (relative
+# error of 4 unit roundoffs: bf16 4 * 2^-8 = 1.6e-2, fp16 4 * 2^-11 = 2e-3) covers quantities the
+# plain half-precision math happens to get almost exactly right.
+LOWP_FACTOR = 2.0
+LOWP_FLOOR = {torch.bfloat16: 4 * 2.0 ** -8, torch.float16: 4 * 2.0 ** -11}
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in fp64 (absolute error when the reference is exactly zero)."""
+    x, ref = x.double(), ref.double()
+    den = ref.norm().item()
+    num = (x - ref).norm().item()
+    return num / den if den > 0 else num
+
+
+def make_inputs(B, H, Hkv, Tq, Tk, D, DV, lam_kind, *, dtype=torch.float32, device=None, seed=0):
+    device = device or DEVICE
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    q1, q2 = rnd(B, H, Tq, D), rnd(B, H, Tq, D)
+    k1, k2 = rnd(B, Hkv, Tk, D), rnd(B, Hkv, Tk, D)
+    v = rnd(B, Hkv, Tk, DV)
+    if lam_kind == "scalar":
+        lam = torch.tensor(0.65, device=device)
+    elif lam_kind == "head":
+        lam = (torch.rand(H, 1, 1, generator=g) * 0.8 + 0.1).to(device)
+    else:  # per token, as DiffAttentionV2: sigmoid(Linear(x)) -> [B, H, Tq, 1]
+        lam = torch.rand(B, H, Tq, 1, generator=g).to(device)
+    return [q1, q2, k1, k2, v, lam]
+
+
+def make_key_mask(kind, B, Tk, device=None):
+    if kind is None:
+        return None
+    km = torch.ones(B, Tk, dtype=torch.bool)
+    if kind == "left_pad":  # batch 1 left-padded: under a causal mask its first queries see no key
+        km[1, :5] = False
+        km[0, Tk // 2 + 1:] = False  # batch 0 right-padded
+    elif kind == "holes_and_empty":  # batch 1 fully padded: every row of it has no visible key
+        km[0, ::3] = False
+        km[1, :] = False
+    return km.to(device or DEVICE)
+
+
+def check_fwd_bwd(inputs, *, causal, key_mask, rtol, lowp_factor=None):
+    """Output and the gradients of all six inputs vs the reference (fp32 upcast of the same inputs)."""
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = diff_attention(*inputs, causal=causal, key_mask=key_mask)
+    assert out.dtype == inputs[0].dtype and out.shape == (*inputs[0].shape[:3], inputs[4].shape[-1])
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, inputs, dout)
+
+    f_in = [t.detach().float().requires_grad_() for t in inputs]
+    ref_f = diff_attention_reference(*f_in, causal=causal, key_mask=key_mask)
+    ref_grads = torch.autograd.grad(ref_f, f_in, dout.float())
+
+    names = ["out", "dq1", "dq2", "dk1", "dk2", "dv", "dlam"]
+    errs = {n: rel_err(a, b) for n, a, b in zip(names, (out, *grads), (ref_f, *ref_grads))}
+    for name, g, t in zip(names[1:], grads, inputs):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        assert torch.isfinite(g).all(), name
+    if lowp_factor is None:
+        bad = {n: e for n, e in errs.items() if e > rtol}
+    else:
+        # half precision: at most lowp_factor x the error of the same math in plain half precision
+        lp_in = [t.detach().clone().requires_grad_() for t in inputs]
+        lp = diff_attention_reference(*lp_in, causal=causal, key_mask=key_mask, upcast=False)
+        lp_grads = torch.autograd.grad(lp, lp_in, dout)
+        lp_errs = {n: rel_err(a, b) for n, a, b in zip(names, (lp, *lp_grads), (ref_f, *ref_grads))}
+        bad = {n: (e, lp_errs[n]) for n, e in errs.items() if e > max(lowp_factor * lp_errs[n], rtol)}
+    assert not bad, f"relative errors above tolerance: {bad} (all: {errs})"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# small shapes: interpreter on CPU, compiled on CUDA
+
+CASES = {
+    # id: (B, H, Hkv, Tq, Tk, D, DV, causal, key_mask kind, lambda kind)
+    "causal-T17-D16": (2, 2, 2, 17, 17, 16, 32, True, None, "scalar"),
+    "noncausal-gqa-T63-D32-token_lam": (1, 4, 2, 63, 63, 32, 64, False, None, "token"),
+    "causal-gqa-T63-D32-head_lam": (1, 4, 2, 63, 63, 32, 64, True, None, "head"),
+    "kvcache-Tq17-Tk63-mqa-padded": (2, 2, 1, 17, 63, 16, 32, True, "left_pad", "token"),
+    "cross-Tq63-Tk17-empty_batch": (2, 2, 1, 63, 17, 16, 32, False, "holes_and_empty", "scalar"),
+    "causal-Tq63-Tk17": (1, 2, 1, 63, 17, 16, 32, True, None, "token"),
+    "causal-padded-T17-D32": (2, 2, 2, 17, 17, 32, 64, True, "left_pad", "scalar"),
+    "T1": (1, 2, 2, 1, 1, 16, 32, True, None, "scalar"),
+    "odd_dims-D24-DV40": (1, 2, 1, 17, 17, 24, 40, False, None, "token"),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_forward_and_all_gradients_match_reference(case):
+    B, H, Hkv, Tq, Tk, D, DV, causal, km_kind, lam_kind = CASES[case]
+    inputs = make_inputs(B, H, Hkv, Tq, Tk, D, DV, lam_kind)
+    out = check_fwd_bwd(inputs, causal=causal, key_mask=make_key_mask(km_kind, B, Tk), rtol=FP32_RTOL)
+    if km_kind == "holes_and_empty":
+        assert out[1].abs().max().item() == 0.0  # a fully padded sequence returns zeros
+    if km_kind == "left_pad" and causal and Tq == Tk:
+        assert out[1, :, :5].abs().max().item() == 0.0  # queries with no visible key return zeros
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", ["causal-gqa-T63-D32-head_lam", "kvcache-Tq17-Tk63-mqa-padded"])
+def test_fp16_forward_and_gradients(case):
+    """The half-precision casts (P and dS rounded for the dots, fp16 outputs and grads).
+
+    bf16 is covered by the GPU section only: the Triton 3.8 interpreter multiplies the raw bf16 bit
+    patterns in tl.dot (numpy has no bfloat16), so bf16 kernels cannot be checked on CPU.
+    """
+    B, H, Hkv, Tq, Tk, D, DV, causal, km_kind, lam_kind = CASES[case]
+    inputs = make_inputs(B, H, Hkv, Tq, Tk, D, DV, lam_kind, dtype=torch.float16)
+    check_fwd_bwd(inputs, causal=causal, key_mask=make_key_mask(km_kind, B, Tk),
+                  rtol=LOWP_FLOOR[torch.float16], lowp_factor=LOWP_FACTOR)
+
+
+@needs_kernel
+def test_strided_views_as_the_attention_modules_pass_them():
+    """q/k sub-heads interleaved per head ([B, H, T, 2, d] views, as DiffAttention) and a [B, T, H, D]
+    value transposed to [B, H, T, D]: read through strides, gradients land on the base tensors."""
+    B, H, Hkv, T, d, DV = 2, 4, 2, 17, 16, 32
+    g = torch.Generator().manual_seed(21)
+    q = torch.randn(B, H, T, 2, d, generator=g).to(DEVICE).requires_grad_()
+    k = torch.randn(B, Hkv, T, 2, d, generator=g).to(DEVICE).requires_grad_()
+    v = torch.randn(B, T, Hkv, DV, generator=g).to(DEVICE).requires_grad_()
+    lam = torch.tensor(0.4, device=DEVICE, requires_grad=True)
+    dout = torch.randn(B, H, T, DV, generator=g).to(DEVICE)
+
+    def run(fn):
+        out = fn(q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :], v.transpose(1, 2), lam, causal=True)
+        return (out, *torch.autograd.grad(out, (q, k, v, lam), dout))
+
+    got, want = run(diff_attention), run(diff_attention_reference)
+    for name, a, b in zip(["out", "dq", "dk", "dv", "dlam"], got, want):
+        assert rel_err(a, b) < FP32_RTOL, name
+
+
+@needs_kernel
+def test_gqa_pairing_map2_uses_its_groups_k2():
+    """Query head h uses KV group h // (H // Hkv), map 1 with k1[g] and map 2 with k2[g]."""
+    B, H, Hkv, T, D, DV = 1, 4, 2, 17, 16, 32
+    q1, q2, k1, k2, v, lam = make_inputs(B, H, Hkv, T, T, D, DV, "scalar", seed=3)
+    out = diff_attention(q1, q2, k1, k2, v, lam)
+    scale = D ** -0.5
+    for h in range(H):
+        g = h // (H // Hkv)
+        a1 = torch.softmax(q1[0, h] @ k1[0, g].T * scale, -1)
+        a2 = torch.softmax(q2[0, h] @ k2[0, g].T * scale, -1)
+        expected = (a1 - lam * a2) @ v[0, g]
+        assert rel_err(out[0, h], expected) < FP32_RTOL, h
+
+
+@needs_kernel
+def test_no_grad_forward_equals_autograd_forward():
+    inputs = make_inputs(2, 4, 2, 17, 40, 16, 32, "token")
+    km = make_key_mask("left_pad", 2, 40)
+    with torch.no_grad():
+        plain = diff_attention(*inputs, causal=True, key_mask=km)
+    graded = diff_attention(*[t.clone().requires_grad_() for t in inputs], causal=True, key_mask=km)
+    assert torch.equal(plain, graded.detach())
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 4])
+def test_decode_equals_last_row_of_full_forward(num_splits):
+    B, H, Hkv, T, D, DV = 2, 4, 2, 63, 16, 32
+    q1, q2, k1, k2, v, lam = make_inputs(B, H, Hkv, T, T, D, DV, "token", seed=5)
+    km = make_key_mask("holes_and_empty", B, T)
+    with torch.no_grad():
+        full = diff_attention(q1, q2, k1, k2, v, lam, causal=False, key_mask=km)
+        dec = diff_attention_decode(q1[:, :, -1:], q2[:, :, -1:], k1, k2, v, lam[:, :, -1:], key_mask=km,
+                                    num_splits=num_splits)
+    ref = diff_attention_reference(q1[:, :, -1:], q2[:, :, -1:], k1, k2, v, lam[:, :, -1:], key_mask=km)
+    assert dec.shape == (B, H, 1, DV)
+    assert rel_err(dec, full[:, :, -1:]) < FP32_RTOL
+    assert rel_err(dec, ref) < FP32_RTOL
+    assert dec[1].abs().max().item() == 0.0  # fully padded cache
+
+
+@needs_kernel
+def test_decode_short_cache_and_single_query_dispatch():
+    q1, q2, k1, k2, v, lam = make_inputs(2, 2, 1, 1, 1, 16, 32, "scalar", seed=7)
+    with torch.no_grad():
+        dec = diff_attention_decode(q1, q2, k1, k2, v, lam)
+    assert rel_err(dec, diff_attention_reference(q1, q2, k1, k2, v, lam)) < FP32_RTOL
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 2, 1, 33, 16, 16, "scalar", seed=8)
+    with torch.no_grad():  # Tq == 1 without grad goes through the decode kernels
+        out = diff_attention(q1, q2, k1, k2, v, lam, causal=True)
+    assert rel_err(out, diff_attention_reference(q1, q2, k1, k2, v, lam, causal=True)) < FP32_RTOL
+
+
+@needs_kernel
+def test_functional_triton_backend_matches_naive_backend():
+    from zoo.nn.functional import diff_attention as functional_diff_attention
+
+    q1, q2, k1, k2, v, lam = make_inputs(2, 4, 2, 17, 17, 16, 32, "scalar", seed=11)
+    km = make_key_mask("left_pad", 2, 17)
+    tri = functional_diff_attention(q1, q2, k1, k2, v, lam, causal=True, key_mask=km, backend="triton")
+    naive = functional_diff_attention(q1, q2, k1, k2, v, lam, causal=True, key_mask=km, backend="naive")
+    assert rel_err(tri, naive) < FP32_RTOL
+
+
+# ----------------------------------------------------------------------------------------------
+# supports(): refusals name their reason
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype, device=DEVICE or "cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(dropout_p=0.1), "dropout"),
+        (dict(q=_t(1, 2, 8, 256), k=_t(1, 2, 8, 256), v=_t(1, 2, 8, 512)), "head dim 256"),
+        (dict(v=_t(1, 2, 8, 512)), "v head dim 512"),
+        (dict(q=_t(1, 2, 8, 16, dtype=torch.float64), k=_t(1, 2, 8, 16, dtype=torch.float64),
+              v=_t(1, 2, 8, 32, dtype=torch.float64)), "dtype"),
+        (dict(k=_t(1, 2, 8, 16, dtype=torch.float16)), "dtypes differ"),
+        (dict(q=_t(1, 3, 8, 16)), "multiple of KV heads"),
+        (dict(lam=_t(1, 5, 8, 1)), "broadcast"),
+        (dict(key_mask=_t(1, 8)), "key_mask"),
+        (dict(q=_t(1, 2, 0, 16)), "empty"),
+        (dict(q=_t(2, 8, 16)), "4-d"),
+    ],
+    ids=["dropout", "qk_dim", "v_dim", "float64", "mixed_dtype", "heads", "lambda_shape", "mask_dtype",
+         "empty", "rank"],
+)
+def test_supports_refuses_with_reason(kwargs, needle):
+    args = dict(q=_t(1, 2, 8, 16), k=_t(1, 2, 8, 16), v=_t(1, 2, 8, 32), lam=_t(), key_mask=None,
+                dropout_p=0.0)
+    args.update(kwargs)
+    ok, why = supports(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("lam"), causal=True, **args)
+    assert not ok and needle in why, why
+
+
+def test_supports_accepts_and_reports_cpu_policy(monkeypatch):
+    q, k, v = _t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 32)
+    if DEVICE is not None:
+        assert supports(q, k, v, _t(1, 2, 8, 1), causal=True, key_mask=None, dropout_p=0.0) == (True, "")
+    # A CPU tensor without the interpreter is refused with the fix in the reason.
+    monkeypatch.setattr(ops, "interpreter_state", lambda: (False, ""))
+    ok, why = supports(q.cpu(), k.cpu(), v.cpu(), _t().cpu(), causal=False, key_mask=None, dropout_p=0.0)
+    assert not ok and "TRITON_INTERPRET=1" in why
+    # diff_attention itself refuses what supports() refuses, naming the problem.
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        diff_attention(q.cpu(), q.cpu(), k.cpu(), k.cpu(), v.cpu(), 0.5)
+
+
+def test_mismatched_maps_raise():
+    q, k, v = _t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 32)
+    with pytest.raises(ValueError, match="two maps disagree"):
+        diff_attention(q, _t(1, 2, 9, 16), k, k, v, 0.5)
+
+
+@pytest.mark.skipif(DEVICE is not None, reason="the interpreter suite ran in this process")
+def test_interpreter_suite_in_fresh_process():
+    """triton was imported (compiled) before this module could ask for the interpreter: re-run."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-m", "not gpu"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: real sizes in half precision
+
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+compiled = pytest.mark.skipif(HAS_CUDA and DEVICE != "cuda", reason="TRITON_INTERPRET=1 is set: kernels are interpreted")
+
+GPU_CASES = {
+    # id: (B, H, Hkv, Tq, Tk, D, causal, key_mask kind, lambda kind)  -- DV = 2 * D
+    "d32-causal-T1000": (2, 8, 4, 1000, 1000, 32, True, None, "scalar"),
+    "d64-noncausal-T1023-token": (2, 8, 8, 1023, 1023, 64, False, None, "token"),
+    "d96-causal-gqa-T777-padded": (2, 8, 2, 777, 777, 96, True, "left_pad", "scalar"),
+    "d128-causal-T2048": (1, 8, 4, 2048, 2048, 128, True, None, "head"),
+    "d128-kvcache-Tq129-Tk2000": (2, 4, 2, 129, 2000, 128, True, "left_pad", "token"),
+}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@compiled
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", list(GPU_CASES), ids=list(GPU_CASES))
+def test_gpu_forward_backward_half(case, dtype):
+    B, H, Hkv, Tq, Tk, D, causal, km_kind, lam_kind = GPU_CASES[case]
+    inputs = make_inputs(B, H, Hkv, Tq, Tk, D, 2 * D, lam_kind, dtype=dtype, device="cuda")
+    check_fwd_bwd(inputs, causal=causal, key_mask=make_key_mask(km_kind, B, Tk, "cuda"),
+                  rtol=LOWP_FLOOR[dtype], lowp_factor=LOWP_FACTOR)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@compiled
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D, Tk", [(64, 4097), (128, 16000)])
+def test_gpu_decode_equals_last_row_of_full_forward(dtype, D, Tk):
+    B, H, Hkv = 4, 16, 4
+    # 64 queries at the end of the cache: causal and bottom-right aligned, the last one sees it all
+    q1, q2, k1, k2, v, lam = make_inputs(B, H, Hkv, 64, Tk, D, 2 * D, "token", dtype=dtype, device="cuda")
+    km = make_key_mask("left_pad", B, Tk, "cuda")
+    with torch.no_grad():
+        full = diff_attention(q1, q2, k1, k2, v, lam, causal=True, key_mask=km)  # last row sees all
+        dec = diff_attention_decode(q1[:, :, -1:], q2[:, :, -1:], k1, k2, v, lam[:, :, -1:], key_mask=km)
+    ref = diff_attention_reference(q1[:, :, -1:], q2[:, :, -1:], k1, k2, v, lam[:, :, -1:], key_mask=km)
+    # Both kernels accumulate in fp32 but round P to the input dtype against different running
+    # maxima (whole row vs per split); the output itself is rounded to the dtype: a few units of eps.
+    tol = LOWP_FLOOR[dtype]
+    assert rel_err(dec, full[:, :, -1:]) < tol
+    assert rel_err(dec, ref) < tol

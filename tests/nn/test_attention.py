@@ -1,0 +1,454 @@
+"""Tests of the attention layers built by ``zoo.nn.build_attention`` (vanilla, diff, diff_v2).
+
+References are re-implemented here from the layers' own weights in float64 (explicit per-head
+loops, hand-built masks, rotate-half RoPE written out channel by channel), or from PyTorch's own
+``F.scaled_dot_product_attention`` / ``F.rms_norm`` / ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.nn import KVCache, build_attention, lambda_init_fn
+
+TYPES = ["vanilla", "diff", "diff_v2"]
+BACKENDS = ["naive", "sdpa"]
+DIM, HEADS, KV_HEADS = 32, 4, 2  # head_dim 8; diff sub-heads d = 4; GQA n_rep = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread is faster, and far faster on a loaded 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Independent float64 references
+# --------------------------------------------------------------------------------------------
+
+
+def lin(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    y = x.double() @ layer.weight.double().T
+    return y if layer.bias is None else y + layer.bias.double()
+
+
+def rope_ref(x: torch.Tensor, start: int = 0, theta: float = 10000.0) -> torch.Tensor:
+    """Rotate-half RoPE (channel i pairs with i + D/2), written out per channel; x [B, H, T, D]."""
+    D, T = x.shape[-1], x.shape[-2]
+    half = D // 2
+    out = torch.empty_like(x)
+    for i in range(half):
+        freq = theta ** (-2.0 * i / D)
+        ang = torch.tensor([(start + t) * freq for t in range(T)], dtype=torch.float64)
+        c, s = ang.cos(), ang.sin()
+        a, b = x[..., i], x[..., i + half]
+        out[..., i] = a * c - b * s
+        out[..., i + half] = b * c + a * s
+    return out
+
+
+def visible(batch: int, tq: int, tk: int, causal: bool, key_mask) -> torch.Tensor:
+    """[B, Tq, Tk] bool; causal is bottom-right: query i sits at absolute position tk - tq + i."""
+    vis = torch.ones(batch, tq, tk, dtype=torch.bool)
+    if causal:
+        for i in range(tq):
+            for j in range(tk):
+                if j > tk - tq + i:
+                    vis[:, i, j] = False
+    if key_mask is not None:
+        vis &= key_mask[:, None, :]
+    return vis
+
+
+def softmax_ref(s: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    """Softmax over visible keys; a row with none visible gives zeros."""
+    s = s.masked_fill(~vis, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.where(vis, torch.exp(s - m), torch.zeros_like(s))
+    den = e.sum(-1, keepdim=True)
+    return e / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def paper_lambda_init(layer_idx: int) -> float:
+    l = layer_idx + 1  # the paper's 1-based layer index
+    return 0.8 - 0.6 * math.exp(-0.3 * (l - 1))
+
+
+def naive_vanilla(layer, x, context=None, key_mask=None, rope=False):
+    src = x if context is None else context
+    B, tq, _ = x.shape
+    tk = src.shape[1]
+    H, hkv, hd = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    q = lin(x, layer.q_proj).view(B, tq, H, hd).transpose(1, 2)
+    k = lin(src, layer.k_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    v = lin(src, layer.v_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    if rope and context is None:
+        q, k = rope_ref(q), rope_ref(k)
+    vis = visible(B, tq, tk, layer.causal, key_mask)
+    heads = []
+    for h in range(H):
+        g = h // (H // hkv)
+        a = softmax_ref(q[:, h] @ k[:, g].mT / math.sqrt(hd), vis)
+        heads.append(a @ v[:, g])
+    return lin(torch.cat(heads, -1), layer.o_proj)
+
+
+def naive_diff(layer, x, context=None, key_mask=None, rope=False):
+    """Diff Transformer layer from its weights: per head (A1 - lam A2) V, subln, (1 - lambda_init)."""
+    src = x if context is None else context
+    B, tq, _ = x.shape
+    tk = src.shape[1]
+    H, hkv, hd = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    d = hd // 2
+    # projections store sub-heads interleaved per head: [H, 2, d], sub-head 0 is map 1
+    q = lin(x, layer.q_proj).view(B, tq, H, 2, d)
+    k = lin(src, layer.k_proj).view(B, tk, hkv, 2, d)
+    v = lin(src, layer.v_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    q1, q2 = q[:, :, :, 0].transpose(1, 2), q[:, :, :, 1].transpose(1, 2)
+    k1, k2 = k[:, :, :, 0].transpose(1, 2), k[:, :, :, 1].transpose(1, 2)
+    if rope and context is None:
+        q1, q2, k1, k2 = rope_ref(q1), rope_ref(q2), rope_ref(k1), rope_ref(k2)
+    lam_init = paper_lambda_init(layer.layer_idx)
+    lam = (
+        torch.exp((layer.lambda_q1.double() * layer.lambda_k1.double()).sum())
+        - torch.exp((layer.lambda_q2.double() * layer.lambda_k2.double()).sum())
+        + lam_init
+    )
+    vis = visible(B, tq, tk, layer.causal, key_mask)
+    w = layer.subln.weight.double()
+    heads = []
+    for h in range(H):
+        g = h // (H // hkv)
+        a1 = softmax_ref(q1[:, h] @ k1[:, g].mT / math.sqrt(d), vis)
+        a2 = softmax_ref(q2[:, h] @ k2[:, g].mT / math.sqrt(d), vis)
+        o = a1 @ v[:, g] - lam * (a2 @ v[:, g])  # [B, Tq, 2d]
+        o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+        heads.append(o * (1.0 - lam_init))
+    return lin(torch.cat(heads, -1), layer.o_proj)
+
+
+def naive_diff_v2(layer, x, context=None, key_mask=None, rope=False):
+    """V2 from its weights: 2H query heads over ordinary K/V, pairs (0::2, 1::2), sigmoid lambda."""
+    src = x if context is None else context
+    B, tq, _ = x.shape
+    tk = src.shape[1]
+    H, hkv, hd = layer.n_heads, layer.n_kv_heads, layer.head_dim
+    q = lin(x, layer.q_proj).view(B, tq, 2 * H, hd).transpose(1, 2)
+    k = lin(src, layer.k_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    v = lin(src, layer.v_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    if rope and context is None:
+        q, k = rope_ref(q), rope_ref(k)
+    lam = torch.sigmoid(lin(x, layer.lambda_proj))  # [B, Tq, H]
+    vis = visible(B, tq, tk, layer.causal, key_mask)
+    n_rep2 = (2 * H) // hkv  # GQA over the 2H query heads, as the V2 reference does it
+    heads = []
+    for h in range(H):
+        j1, j2 = 2 * h, 2 * h + 1
+        g = j1 // n_rep2
+        assert j2 // n_rep2 == g  # the pair shares one KV group
+        a1 = softmax_ref(q[:, j1] @ k[:, g].mT / math.sqrt(hd), vis)
+        a2 = softmax_ref(q[:, j2] @ k[:, g].mT / math.sqrt(hd), vis)
+        heads.append(a1 @ v[:, g] - lam[:, :, h : h + 1] * (a2 @ v[:, g]))
+    return lin(torch.cat(heads, -1), layer.o_proj)
+
+
+NAIVE = {"vanilla": naive_vanilla, "diff": naive_diff, "diff_v2": naive_diff_v2}
+
+
+def make_layer(attn_type: str, seed: int = 0, **kw):
+    """Build a layer and randomize every parameter that starts at a constant (so none is a no-op)."""
+    torch.manual_seed(seed)
+    kw.setdefault("n_kv_heads", KV_HEADS)
+    layer = build_attention(attn_type, kw.pop("dim", DIM), kw.pop("n_heads", HEADS), **kw)
+    with torch.no_grad():
+        if attn_type == "diff":
+            layer.subln.weight.uniform_(0.5, 1.5)
+        if attn_type == "diff_v2":
+            layer.lambda_proj.weight.normal_(0.0, 0.3)
+            layer.lambda_proj.bias.normal_(0.0, 0.5)
+        for m in layer.modules():
+            if isinstance(m, torch.nn.Linear) and m.bias is not None and m is not getattr(layer, "lambda_proj", None):
+                m.bias.normal_(0.0, 0.1)
+    return layer.eval()
+
+
+def close(actual, expected, atol=1e-5, rtol=1e-5, what=""):
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+# --------------------------------------------------------------------------------------------
+# Forward against the naive references
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_self_attention_matches_naive_reference(attn_type, backend, bias):
+    """Causal self-attention with RoPE, GQA and a key padding mask (incl. a left-padded row)."""
+    layer = make_layer(attn_type, seed=1, causal=True, rope=True, layer_idx=3, backend=backend, bias=bias)
+    torch.manual_seed(2)
+    x = torch.randn(2, 11, DIM)
+    key_mask = torch.ones(2, 11, dtype=torch.bool)
+    key_mask[1, :3] = False  # left padding: row 1's first queries see no key at all
+    key_mask[0, 7] = False
+    with torch.no_grad():
+        out = layer(x, key_mask=key_mask)
+        out_nomask = layer(x)
+    close(out, NAIVE[attn_type](layer, x, key_mask=key_mask, rope=True), what="masked")
+    close(out_nomask, NAIVE[attn_type](layer, x, rope=True), what="unmasked")
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_attention_matches_naive_reference(attn_type, backend):
+    """Tq != Tk, kv_dim != dim, key mask with a fully padded context row, rope ignored for cross."""
+    layer = make_layer(attn_type, seed=3, kv_dim=24, rope=True, layer_idx=1, backend=backend)
+    torch.manual_seed(4)
+    x, ctx = torch.randn(3, 5, DIM), torch.randn(3, 9, 24)
+    key_mask = torch.ones(3, 9, dtype=torch.bool)
+    key_mask[1, 6:] = False
+    key_mask[2] = False
+    with torch.no_grad():
+        out = layer(x, ctx, key_mask=key_mask)
+    assert out.shape == (3, 5, DIM)
+    close(out, NAIVE[attn_type](layer, x, context=ctx, key_mask=key_mask), what="cross")
+    # the fully padded context row attends to nothing: the layer outputs o_proj(0) = 0 (no bias)
+    assert out[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["self", "cross"])
+def test_diff_with_cancelled_second_map_is_standard_attention(backend, mode):
+    """lambda = 0 and lambda_init = 0: the layer is attention over (q1, k1, v), then subln, o_proj."""
+    cross = mode == "cross"
+    layer = make_layer("diff", seed=5, causal=not cross, kv_dim=24 if cross else None, backend=backend)
+    with torch.no_grad():
+        layer.lambda_q1.zero_()
+        layer.lambda_q2.zero_()  # exp(0) - exp(0) = 0
+    layer.lambda_init = 0.0  # lambda = 0 and the (1 - lambda_init) scale = 1
+    assert layer.lambda_full().item() == 0.0
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 10, DIM)
+    src = torch.randn(2, 7, 24) if cross else x
+    key_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3]) if cross else None
+    B, tq, tk = 2, x.shape[1], src.shape[1]
+    H, hkv, hd = HEADS, KV_HEADS, layer.head_dim
+    d = hd // 2
+    # reference from PyTorch ops, in float64; sub-head 0 of the interleaved [H, 2, d] layout
+    q1 = F.linear(x.double(), layer.q_proj.weight.double()).view(B, tq, H, 2, d)[:, :, :, 0].transpose(1, 2)
+    k1 = F.linear(src.double(), layer.k_proj.weight.double()).view(B, tk, hkv, 2, d)[:, :, :, 0].transpose(1, 2)
+    v = F.linear(src.double(), layer.v_proj.weight.double()).view(B, tk, hkv, hd).transpose(1, 2)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    a = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, is_causal=not cross, enable_gqa=True)
+    a = F.rms_norm(a, (hd,), weight=layer.subln.weight.double(), eps=1e-5)
+    expected = F.linear(a.transpose(1, 2).reshape(B, tq, H * hd), layer.o_proj.weight.double())
+    with torch.no_grad():
+        out = layer(x, None if not cross else src, key_mask=key_mask)
+    close(out, expected, what="cancelled second map")
+
+
+@pytest.mark.parametrize("layer_idx", [0, 1, 2, 5, 11, 23])
+def test_lambda_init_follows_paper_formula(layer_idx):
+    layer = build_attention("diff", DIM, HEADS, layer_idx=layer_idx)
+    expected = paper_lambda_init(layer_idx)
+    assert layer.lambda_init == pytest.approx(expected, abs=1e-12)
+    assert lambda_init_fn(layer_idx) == pytest.approx(expected, abs=1e-12)
+
+
+def test_lambda_init_literal_values():
+    # 0.8 - 0.6 exp(-0.3 (l - 1)) at l = 1, 2, 24 (0-based layer_idx 0, 1, 23)
+    assert lambda_init_fn(0) == pytest.approx(0.2, abs=1e-9)
+    assert lambda_init_fn(1) == pytest.approx(0.3555090676, abs=1e-9)
+    assert lambda_init_fn(23) == pytest.approx(0.7993953287, abs=1e-9)
+
+
+def test_diff_lambda_is_reparametrized_and_differentiable():
+    layer = make_layer("diff", seed=7, layer_idx=4)
+    lam = layer.lambda_full()
+    expected = (
+        math.exp(float((layer.lambda_q1.double() * layer.lambda_k1.double()).sum().detach()))
+        - math.exp(float((layer.lambda_q2.double() * layer.lambda_k2.double()).sum().detach()))
+        + paper_lambda_init(4)
+    )
+    assert lam.dtype == torch.float32 and lam.dim() == 0
+    assert lam.item() == pytest.approx(expected, abs=1e-6)
+    for p in (layer.lambda_q1, layer.lambda_k1, layer.lambda_q2, layer.lambda_k2):
+        assert p.dtype == torch.float32 and p.shape == (layer.head_dim // 2,)
+    # lambda gets gradient through a forward pass
+    layer.train()
+    layer(torch.randn(1, 4, DIM)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (layer.lambda_q1, layer.lambda_k2))
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache decoding
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunks", [[1] * 12, [5] + [1] * 7, [5, 3, 1, 2, 1], [12]], ids=["1by1", "5then1", "5-3-1-2-1", "all"])
+def test_kv_cache_decoding_matches_full_causal_forward(attn_type, backend, chunks):
+    layer = make_layer(attn_type, seed=8, causal=True, rope=True, backend=backend, max_seq_len=16, layer_idx=2)
+    torch.manual_seed(9)
+    x = torch.randn(2, 12, DIM)
+    cache = KVCache(max_len=12)
+    outs, t = [], 0
+    with torch.no_grad():
+        full = layer(x)
+        for c in chunks:
+            outs.append(layer(x[:, t : t + c], cache=cache))
+            t += c
+    inc = torch.cat(outs, 1)
+    assert cache.pos == 12
+    close(inc, full, what="incremental vs full")
+    close(inc, NAIVE[attn_type](layer, x, rope=True), what="incremental vs naive")
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+def test_kv_cache_decoding_with_key_mask_over_cached_keys(attn_type):
+    """A left-padded batch decoded in chunks: key_mask covers the cached keys too."""
+    layer = make_layer(attn_type, seed=10, causal=True, rope=True, max_seq_len=16)
+    torch.manual_seed(11)
+    x = torch.randn(2, 9, DIM)
+    key_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_mask[1, :3] = False
+    cache = KVCache(max_len=9)
+    outs, t = [], 0
+    with torch.no_grad():
+        for c in [4, 1, 1, 3]:
+            outs.append(layer(x[:, t : t + c], cache=cache, key_mask=key_mask[:, : t + c]))
+            t += c
+    close(torch.cat(outs, 1), NAIVE[attn_type](layer, x, key_mask=key_mask, rope=True), what="masked decoding")
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+def test_kv_cache_overflow_raises(attn_type):
+    layer = make_layer(attn_type, causal=True)
+    cache = KVCache(max_len=4)
+    x = torch.randn(1, 5, DIM)
+    with torch.no_grad():
+        layer(x[:, :3], cache=cache)
+        with pytest.raises(ValueError, match="overflow"):
+            layer(x[:, 3:5], cache=cache)
+
+
+def test_kv_cache_unit():
+    cache = KVCache(max_len=5)
+    a = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    b = -a
+    k, v = cache.update(a, b)
+    assert torch.equal(k, a) and torch.equal(v, b)
+    k, v = cache.update(a[:, :, :1] + 100, b[:, :, :1] - 100)
+    assert k.shape == (2, 3, 3, 4) and torch.equal(k[:, :, :2], a) and torch.equal(k[:, :, 2:], a[:, :, :1] + 100)
+    assert torch.equal(v[:, :, 2:], b[:, :, :1] - 100)
+    with pytest.raises(ValueError, match="max_len"):
+        cache.update(a, b)  # 3 + 2 fits ...
+        cache.update(a[:, :, :1], b[:, :, :1])  # ... 5 + 1 does not
+    cache.reset()
+    assert cache.pos == 0
+    k, _ = cache.update(a, b)
+    assert torch.equal(k, a)
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+def test_cache_with_context_raises(attn_type):
+    layer = make_layer(attn_type, kv_dim=24)
+    with pytest.raises(ValueError, match="cache"):
+        layer(torch.randn(1, 2, DIM), torch.randn(1, 3, 24), cache=KVCache(8))
+
+
+# --------------------------------------------------------------------------------------------
+# Construction, parameters, errors
+# --------------------------------------------------------------------------------------------
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dim,n_heads,n_kv_heads,bias", [(48, 4, 2, False), (64, 8, 8, True), (96, 6, 3, False)])
+def test_vanilla_and_diff_parameter_parity(dim, n_heads, n_kv_heads, bias):
+    van = build_attention("vanilla", dim, n_heads, n_kv_heads=n_kv_heads, bias=bias)
+    dif = build_attention("diff", dim, n_heads, n_kv_heads=n_kv_heads, bias=bias)
+    hd = dim // n_heads
+    kv = n_kv_heads * hd
+    expected_vanilla = dim * dim + 2 * dim * kv + dim * dim + (bias * (dim + 2 * kv + dim))
+    assert n_params(van) == expected_vanilla
+    # extra: four lambda vectors of size d = hd / 2 and the subln weight over 2d = hd channels
+    assert n_params(dif) - n_params(van) == 4 * (hd // 2) + hd
+    pv, pd = dict(van.named_parameters()), dict(dif.named_parameters())
+    assert set(pd) - set(pv) == {"lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "subln.weight"}
+    assert set(pv) <= set(pd)
+    for name in pv:
+        assert pv[name].shape == pd[name].shape, name
+
+
+def test_diff_v2_parameter_overhead():
+    dim, h, hkv = 48, 4, 2
+    van = build_attention("vanilla", dim, h, n_kv_heads=hkv)
+    v2 = build_attention("diff_v2", dim, h, n_kv_heads=hkv)
+    hd = dim // h
+    # H extra query heads of hd, plus lambda_proj (dim -> H, with bias)
+    assert n_params(v2) - n_params(van) == dim * h * hd + dim * h + h
+
+
+def test_unknown_attention_type_lists_known_types():
+    with pytest.raises(ValueError) as exc:
+        build_attention("difff", DIM, HEADS)
+    msg = str(exc.value)
+    assert "difff" in msg
+    for name in TYPES:
+        assert repr(name) in msg or name in msg
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+def test_dim_not_divisible_by_heads_raises(attn_type):
+    with pytest.raises(ValueError, match="divisible"):
+        build_attention(attn_type, 30, 4)
+    with pytest.raises(ValueError, match="multiple"):
+        build_attention(attn_type, 32, 4, n_kv_heads=3)
+
+
+def test_diff_odd_head_dim_raises():
+    with pytest.raises(ValueError, match="even"):
+        build_attention("diff", 36, 4)  # head_dim 9
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+def test_cross_attention_shapes(attn_type):
+    layer = make_layer(attn_type, kv_dim=20, n_kv_heads=1)
+    x, ctx = torch.randn(2, 3, DIM), torch.randn(2, 17, 20)
+    assert layer(x, ctx).shape == (2, 3, DIM)
+    with pytest.raises(ValueError, match="kv_dim"):
+        layer(x, torch.randn(2, 17, DIM))
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_inactive_in_eval(attn_type, backend):
+    drop = make_layer(attn_type, seed=12, causal=True, dropout=0.5, backend=backend)
+    plain = make_layer(attn_type, seed=99, causal=True, dropout=0.0, backend=backend)
+    plain.load_state_dict(drop.state_dict())
+    torch.manual_seed(13)
+    x = torch.randn(2, 8, DIM)
+    drop.eval()
+    plain.eval()
+    with torch.no_grad():
+        a, b, ref = drop(x), drop(x), plain(x)
+    assert torch.equal(a, b)
+    close(a, ref, atol=1e-6, rtol=1e-6, what="eval dropout")
+    # in training mode the same layer does drop (so the eval check is not vacuous)
+    drop.train()
+    with torch.no_grad():
+        assert not torch.allclose(drop(x), ref, atol=1e-3)

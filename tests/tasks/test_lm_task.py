@@ -1,0 +1,161 @@
+"""Language modeling end to end through the CLI: fit, export, load, generate, predict, resume,
+export from a checkpoint, fine-tune (and its errors), metrics against hand computation."""
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--model.init_args.model_args", "{dim: 32, n_layers: 2, n_heads: 2, max_seq_len: 64}"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    words = "the king queen speaks to a fool and his horse in thy house of good night".split()
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+def fit_args(corpus, root, steps=4, extra=()):
+    return [
+        "fit", "--config", "configs/lm/shakespeare_char.yaml",
+        f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+        *SMALL, f"--trainer.max_steps={steps}", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
+        f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        main(fit_args(corpus, root))
+    finally:
+        os.chdir(cwd)
+    run = root / "lightning_logs" / "version_0"
+    return run
+
+
+def test_fit_exports_loadable_model_with_tokenizer(trained):
+    m = zoo.load_pretrained(trained / "export")
+    assert m.tokenizer is not None and m.tokenizer.vocab_size == 259
+    text = m.generate("the king", max_new_tokens=10, temperature=0, eos_id=-1)
+    ids = m.generate(torch.tensor([[m.tokenizer.bos_id, *m.tokenizer.encode("the king")]]), max_new_tokens=10,
+                     temperature=0, eos_id=-1)
+    assert ids.shape == (1, 9 + 10)
+    assert text == m.tokenizer.decode(ids[0, 9:].tolist())
+
+
+def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
+    monkeypatch.chdir(ROOT)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    out = tmp_path / "pred.jsonl"
+    main([
+        "predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+        "--data.init_args.block_size=32",
+        *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={out}", "--predict_writer.echo=false",
+        "--data.init_args.prompts=[\"the \", \"a \"]", "--model.init_args.max_new_tokens=5",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["the ", "a "]
+    # 5 byte tokens decode to at most 5 characters (invalid UTF-8 bytes become one U+FFFD each)
+    assert all(len(r["completion"]) <= 5 for r in rows)
+
+
+def test_resume_from_checkpoint_continues_steps(trained, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 4
+    main(fit_args(corpus, tmp_path, steps=6, extra=[f"--ckpt_path={ckpt}", "--export.enabled=false"]))
+    new = next((tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
+    assert torch.load(new, weights_only=False)["global_step"] == 6
+
+
+def test_export_command_from_checkpoint(trained, tmp_path):
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    main(["export", str(ckpt), str(tmp_path / "exp")])
+    a, b = zoo.load_pretrained(tmp_path / "exp"), zoo.load_pretrained(trained / "export")
+    x = torch.randint(0, 259, (1, 16))
+    assert torch.equal(a(x), b(x))  # same weights: both come from the last step
+    assert a.tokenizer is not None
+    with pytest.raises(SystemExit, match="not found"):
+        main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "x")])
+
+
+def _hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
+def test_finetune_reads_but_never_writes_the_source(trained, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    src = trained / "export"
+    before = _hashes(src)
+    main([
+        "fit", "--config", "configs/lm/finetune.yaml", f"--model.init_args.pretrained={src}",
+        f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    assert _hashes(src) == before
+    tuned = zoo.load_pretrained(tmp_path / "lightning_logs" / "version_0" / "export")
+    base = zoo.load_pretrained(src)
+    assert tuned.config == base.config
+    assert not torch.equal(tuned.embed.weight, base.embed.weight)  # it trained
+
+
+def test_finetune_vocab_mismatch_is_explained(trained, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="tokenizer has 300 tokens but checkpoint .* 259"):
+        main([
+            "fit", "--config", "configs/lm/finetune.yaml", f"--model.init_args.pretrained={trained / 'export'}",
+            f"--data.init_args.train_path={corpus}", "--data.init_args.tokenizer=bpe",
+            "--data.init_args.bpe_vocab_size=300", "--data.init_args.block_size=32",
+            f"--trainer.default_root_dir={tmp_path}",
+        ])
+
+
+def test_finetune_architecture_mismatch_is_explained(trained, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="attn_type: checkpoint='diff' config='vanilla'"):
+        main([
+            "fit", "--config", "configs/lm/finetune.yaml", f"--model.init_args.pretrained={trained / 'export'}",
+            f"--data.init_args.train_path={corpus}", "--model.init_args.attn_type=vanilla",
+            f"--trainer.default_root_dir={tmp_path}",
+        ])
+
+
+def test_metrics_match_hand_computation():
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=64, val_size=64, batch_size=32)
+    task = LanguageModelTask(model_args={"dim": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+                             data_info=dm.data_info).eval()
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    nll, n, correct = task._loss(batch)
+    logits = task.model(batch["input_ids"])
+    mask = batch["labels"] != -100
+    ref_nll = -torch.log_softmax(logits.double(), -1).gather(-1, batch["labels"].clamp(min=0)[..., None])[..., 0][mask].sum()
+    assert torch.allclose(nll.double(), ref_nll, rtol=1e-5)
+    assert int(n) == int(mask.sum())
+    assert int(correct) == int((logits.argmax(-1)[mask] == batch["labels"][mask]).sum())
+    loss = nll / n
+    assert math.isclose(float(loss), float(F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())), rel_tol=1e-5)

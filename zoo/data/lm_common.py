@@ -1,0 +1,26 @@
+"""Pieces shared by the token-sequence datamodules (text and synthetic retrieval)."""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, Dataset
+
+IGNORE_INDEX = -100  # label value that contributes no loss (torch cross_entropy's default ignore_index)
+
+__all__ = ["IGNORE_INDEX", "make_loader", "check_at_least"]
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """DataLoader with the settings every sequence datamodule uses."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def check_at_least(name: str, value: int, minimum: int) -> None:
+    """Raise a ValueError naming the argument when ``value < minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,314 @@
+"""Language-modelling data: read a corpus, tokenize it, pack it into fixed-length blocks.
+
+A corpus is a ``.txt`` file (one document), a folder (every ``*.txt`` below it, recursively, in
+sorted path order; one document per file) or a ``.jsonl`` file (one document per line, in its
+``"text"`` field). Documents are encoded and joined with one eos token *between* consecutive
+documents (n documents -> n - 1 separators); empty documents are skipped.
+
+The token stream is cut into non-overlapping blocks of ``block_size + 1`` tokens (a trailing
+remainder shorter than a block is not used); each block gives ``input_ids = block[:-1]`` and
+``labels = block[1:]``. Without ``val_path`` the last ``val_fraction`` of the training stream is the
+validation split. A "bpe" tokenizer is trained on the documents of ``train_path`` (so, without
+``val_path``, the held-out tail takes part in building the vocabulary, as in the usual char-level
+set-ups; pass ``val_path`` for a strictly unseen validation set).
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import chain
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .lm_common import check_at_least, make_loader
+from .tokenizers import TokenizerLike, build_tokenizer
+
+__all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", "pack_blocks"]
+
+_FIX = "point it at a .txt file, a folder of .txt files or a .jsonl file with a 'text' field"
+_CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the batch API can parallelize
+
+
+def _read_utf8(path: Path, key: str) -> str:
+    try:
+        # Bytes, not read_text: newline translation would change the text (and the byte count).
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{key}: {path} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8, "
+            "e.g. iconv -f <its charset> -t utf-8"
+        ) from err
+
+
+def _read_jsonl(path: Path, key: str) -> list[str]:
+    docs = []
+    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and friends.
+    for lineno, line in enumerate(_read_utf8(path, key).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{key}: {path.name}, line {lineno}: not valid JSON ({err.msg}); fix or remove the line") from err
+        if not isinstance(record, dict) or "text" not in record:
+            raise ValueError(
+                f"{key}: {path.name}, line {lineno}: expected a JSON object with a 'text' field; "
+                "every line of a .jsonl corpus needs one"
+            )
+        if not isinstance(record["text"], str):
+            raise ValueError(
+                f"{key}: {path.name}, line {lineno}: 'text' is {type(record['text']).__name__}, expected a string"
+            )
+        if record["text"]:
+            docs.append(record["text"])
+    return docs
+
+
+def read_documents(path: str, key: str = "data.train_path") -> list[str]:
+    """Documents of a .txt file, a folder of .txt files or a .jsonl file; ``key`` names the setting in errors."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{key}: {path} does not exist; {_FIX}")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        if not files:
+            raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
+        docs = [text for text in (_read_utf8(f, key) for f in files) if text]
+        where = f"every .txt file under {path}"
+    elif p.suffix == ".txt":
+        docs = [text] if (text := _read_utf8(p, key)) else []
+        where = str(path)
+    elif p.suffix == ".jsonl":
+        docs = _read_jsonl(p, key)
+        where = f"{path} (no line with a non-empty 'text')"
+    else:
+        raise ValueError(f"{key}: {path} has suffix {p.suffix!r}, which is not a corpus format; {_FIX}")
+    if not docs:
+        raise ValueError(f"{key}: {where} is empty; add text or {_FIX}")
+    return docs
+
+
+def _line_chunks(doc: str) -> list[str]:
+    """Split ``doc`` after newlines into pieces of about ``_CHUNK_CHARS`` characters (lossless)."""
+    chunks, start = [], 0
+    while start < len(doc):
+        cut = doc.find("\n", start + _CHUNK_CHARS)
+        end = len(doc) if cut < 0 else cut + 1
+        chunks.append(doc[start:end])
+        start = end
+    return chunks
+
+
+def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
+    """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``."""
+    pieces: list[str] = []
+    owner: list[int] = []  # document index of each piece
+    for i, doc in enumerate(docs):
+        chunks = _line_chunks(doc)
+        pieces += chunks
+        owner += [i] * len(chunks)
+    encoded = tokenizer.encode_batch(pieces)
+    sep = [tokenizer.eos_id]
+    parts = []
+    for j, ids in enumerate(encoded):
+        if j and owner[j] != owner[j - 1]:
+            parts.append(sep)
+        parts.append(ids)
+    total = sum(len(p) for p in parts)
+    return np.fromiter(chain.from_iterable(parts), dtype=np.int32, count=total)
+
+
+def pack_blocks(stream: np.ndarray, block_size: int) -> torch.Tensor:
+    """Non-overlapping blocks of ``block_size + 1`` tokens, shape [n_blocks, block_size + 1]."""
+    n = len(stream) // (block_size + 1)
+    return torch.from_numpy(np.ascontiguousarray(stream[: n * (block_size + 1)]).reshape(n, block_size + 1))
+
+
+class BlockDataset(Dataset):
+    """Items {"input_ids": block[:-1], "labels": block[1:]} of packed token blocks."""
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        block = self.blocks[i].long()
+        return {"input_ids": block[:-1], "labels": block[1:]}
+
+
+class _PromptDataset(Dataset):
+    def __init__(self, prompts: list[str]) -> None:
+        self.prompts = prompts
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> dict[str, str]:
+        return {"prompt": self.prompts[i]}
+
+
+class TextDataModule(L.LightningDataModule):
+    """Next-token prediction on a text corpus, packed into blocks of ``block_size`` tokens.
+
+    Batches are {"input_ids": LongTensor [B, T], "labels": LongTensor [B, T]} with labels the inputs
+    shifted by one; predict batches are {"prompt": [str]} with one prompt each.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        val_fraction: float = 0.1,
+        block_size: int = 256,
+        batch_size: int = 32,
+        tokenizer: str = "byte",
+        bpe_vocab_size: int = 4096,
+        num_workers: int = 0,
+        prompts: Optional[list[str]] = None,
+    ) -> None:
+        """
+        Args:
+            train_path: Training corpus: a .txt file, a folder of .txt files (recursive) or a .jsonl
+                file whose lines are objects with a "text" field.
+            val_path: Validation corpus in the same formats; when unset, the last ``val_fraction`` of
+                the training token stream is held out instead.
+            test_path: Test corpus in the same formats; when unset, the validation split is used.
+            val_fraction: Fraction of the training token stream held out for validation when
+                ``val_path`` is unset (0 < val_fraction < 1).
+            block_size: Tokens per training sequence (the model's context length).
+            batch_size: Sequences per batch.
+            tokenizer: "byte" (UTF-8 bytes), "bpe" (byte-level BPE trained on ``train_path``) or a
+                folder containing tokenizer_config.json, e.g. an exported model.
+            bpe_vocab_size: Vocabulary size of the trained BPE (only for tokenizer="bpe").
+            num_workers: DataLoader worker processes.
+            prompts: Prompts for ``predict`` (one per batch); default ["\\n"].
+        """
+        super().__init__()
+        check_at_least("data.block_size", block_size, 1)
+        check_at_least("data.batch_size", batch_size, 1)
+        check_at_least("data.num_workers", num_workers, 0)
+        if val_path is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(
+                f"data.val_fraction must be in (0, 1) when data.val_path is unset, got {val_fraction}; "
+                "e.g. 0.1, or give data.val_path"
+            )
+        if prompts is not None and (not prompts or not all(isinstance(p, str) for p in prompts)):
+            raise ValueError(f"data.prompts must be a non-empty list of strings or unset, got {prompts!r}")
+        self.save_hyperparameters()
+        self.train_path = train_path
+        self.val_path = val_path
+        self.test_path = test_path
+        self.val_fraction = val_fraction
+        self.block_size = block_size
+        self.max_len = block_size
+        self.batch_size = batch_size
+        self.tokenizer_spec = tokenizer
+        self.bpe_vocab_size = bpe_vocab_size
+        self.num_workers = num_workers
+        self.prompts = list(prompts) if prompts is not None else ["\n"]
+        self._tokenizer: Optional[TokenizerLike] = None
+        self._train_docs: Optional[list[str]] = None
+        self._streams: Optional[dict[str, np.ndarray]] = None
+        self._datasets: dict[str, BlockDataset] = {}
+        self._data_info: Optional[dict] = None
+
+    # -- lazily built state -------------------------------------------------------------------
+    def _documents(self) -> list[str]:
+        if self._train_docs is None:
+            self._train_docs = read_documents(self.train_path, "data.train_path")
+        return self._train_docs
+
+    @property
+    def tokenizer(self) -> TokenizerLike:
+        """The tokenizer; a "bpe" spec trains it on the training documents at first access."""
+        if self._tokenizer is None:
+            texts = self._documents() if self.tokenizer_spec == "bpe" else None
+            self._tokenizer = build_tokenizer(self.tokenizer_spec, texts, self.bpe_vocab_size)
+        return self._tokenizer
+
+    @property
+    def data_info(self) -> dict:
+        """JSON-able facts a model needs: vocab_size, kind, tokenizer type and special ids."""
+        if self._data_info is None:
+            tok = self.tokenizer
+            self._data_info = {
+                "kind": "text",
+                "vocab_size": int(tok.vocab_size),
+                "tokenizer": tok.kind,
+                "pad_id": int(tok.pad_id),
+                "bos_id": int(tok.bos_id),
+                "eos_id": int(tok.eos_id),
+                "block_size": int(self.block_size),
+            }
+        return self._data_info
+
+    def _check_length(self, split: str, stream: np.ndarray, key: str, advice: str) -> None:
+        need = self.block_size + 1
+        if len(stream) < need:
+            raise ValueError(
+                f"{key}: the {split} split has {len(stream)} tokens but one block needs block_size + 1 = "
+                f"{need}; lower data.block_size (to at most {max(len(stream) - 1, 1)}){advice}"
+            )
+
+    def token_streams(self) -> dict[str, np.ndarray]:
+        """The int32 token streams of the train, val and test splits (tokenized once, cached)."""
+        if self._streams is not None:
+            return self._streams
+        tok = self.tokenizer
+        train = encode_corpus(tok, self._documents())
+        self._train_docs = None  # the text is no longer needed
+        if self.val_path is None:
+            n_val = int(round(len(train) * self.val_fraction))
+            train, val = train[: len(train) - n_val], train[len(train) - n_val :]
+            self._check_length("training", train, "data.train_path", ", lower data.val_fraction or use a longer corpus")
+            self._check_length(
+                "validation", val, "data.val_fraction", ", raise data.val_fraction or give data.val_path"
+            )
+        else:
+            self._check_length("training", train, "data.train_path", " or use a longer corpus")
+            val = encode_corpus(tok, read_documents(self.val_path, "data.val_path"))
+            self._check_length("validation", val, "data.val_path", " or use a longer validation corpus")
+        if self.test_path is None:
+            test = val
+        else:
+            test = encode_corpus(tok, read_documents(self.test_path, "data.test_path"))
+            self._check_length("test", test, "data.test_path", " or use a longer test corpus")
+        self._streams = {"train": train, "val": val, "test": test}
+        return self._streams
+
+    @property
+    def val_bytes_per_token(self) -> float:
+        """UTF-8 bytes of the validation text per validation token (loss/token -> bits/byte)."""
+        val = self.token_streams()["val"]
+        return float(self.tokenizer.token_byte_lengths()[val].sum() / len(val))
+
+    def _dataset(self, split: str) -> BlockDataset:
+        if split not in self._datasets:
+            self._datasets[split] = BlockDataset(pack_blocks(self.token_streams()[split], self.block_size))
+        return self._datasets[split]
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Tokenize the corpora (not needed for predict, which only uses prompts)."""
+        if stage != "predict":
+            self.token_streams()
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self._dataset("train"), self.batch_size, True, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self._dataset("val"), self.batch_size, False, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return make_loader(self._dataset("test"), self.batch_size, False, self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return make_loader(_PromptDataset(self.prompts), 1, False, 0)

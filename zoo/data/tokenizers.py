@@ -1,0 +1,237 @@
+"""Tokenizers for the language domains: raw UTF-8 bytes, or a byte-level BPE trained on the corpus.
+
+Both classes share one small interface, so datamodules and tasks never branch on the kind:
+``pad_id``, ``bos_id``, ``eos_id``, ``vocab_size``, ``kind``, ``encode``, ``encode_batch``, ``decode``,
+``token_byte_lengths`` and ``save``. A saved tokenizer is a folder with ``tokenizer_config.json``
+(``{"type": "byte"}`` or ``{"type": "bpe"}``) plus, for BPE, the Hugging Face ``tokenizer.json``;
+an exported model folder carries the same files, so ``load_tokenizer(model_folder)`` works on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+CONFIG_NAME = "tokenizer_config.json"
+BPE_NAME = "tokenizer.json"
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in a BPE vocabulary
+
+__all__ = [
+    "ByteTokenizer",
+    "BPETokenizer",
+    "TokenizerLike",
+    "load_tokenizer",
+    "build_tokenizer",
+    "CONFIG_NAME",
+]
+
+
+def _as_int_list(ids) -> list[int]:
+    """Accept a list, a numpy array or a torch tensor of ids."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return [int(i) for i in ids]
+
+
+def _check_range(ids: list[int], vocab_size: int) -> None:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(
+            f"token ids {bad[:5]} are outside this tokenizer's vocabulary [0, {vocab_size}); "
+            "the model's vocabulary is larger than the tokenizer's - decode with the tokenizer the "
+            "model was trained with"
+        )
+
+
+def _with_specials(ids: list[int], tok: "TokenizerLike", add_bos: bool, add_eos: bool) -> list[int]:
+    if add_bos:
+        ids = [tok.bos_id] + ids
+    if add_eos:
+        ids = ids + [tok.eos_id]
+    return ids
+
+
+def _write_config(folder: Union[str, Path], kind: str) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps({"type": kind}) + "\n", encoding="utf-8")
+    return folder
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: ids 0..255 are bytes, then pad (256), bos (257) and eos (258)."""
+
+    kind = "byte"
+    pad_id = 256
+    bos_id = 257
+    eos_id = 258
+    vocab_size = 259
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text`` (its UTF-8 bytes), optionally wrapped in bos/eos."""
+        return _with_specials(list(text.encode("utf-8")), self, add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """``encode`` applied to each text."""
+        return [self.encode(t, add_bos, add_eos) for t in texts]
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``; special ids are dropped, invalid UTF-8 becomes U+FFFD."""
+        ids = _as_int_list(ids)
+        _check_range(ids, self.vocab_size)
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (0 for special ids); used for bits-per-byte."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        lengths[:256] = 1
+        return lengths
+
+    def save(self, folder: Union[str, Path]) -> Path:
+        """Write ``tokenizer_config.json`` into ``folder`` (created if needed)."""
+        return _write_config(folder, self.kind)
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=259)"
+
+
+class BPETokenizer:
+    """Byte-level BPE (a ``tokenizers.Tokenizer``) with "<pad>", "<bos>", "<eos>" at ids 0, 1, 2."""
+
+    kind = "bpe"
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+
+    def __init__(self, tokenizer) -> None:
+        """Wrap a trained ``tokenizers.Tokenizer``; its special tokens must sit at ids 0, 1, 2."""
+        ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+        if ids != [0, 1, 2]:
+            raise ValueError(
+                f"BPE tokenizer has special tokens {dict(zip(SPECIAL_TOKENS, ids))}; expected "
+                "<pad>=0, <bos>=1, <eos>=2 - train it with BPETokenizer.train"
+            )
+        # Literal "<eos>" in a corpus is text, not a document boundary.
+        tokenizer.encode_special_tokens = True
+        self.backend = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "BPETokenizer":
+        """Train a byte-level BPE with ``vocab_size`` entries (specials and 256 bytes included)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        floor = 256 + len(SPECIAL_TOKENS)
+        if vocab_size < floor:
+            raise ValueError(
+                f"bpe vocab_size={vocab_size} is too small: the 256 byte tokens and 3 special tokens "
+                f"alone need {floor}; raise it (e.g. 4096) or use the 'byte' tokenizer"
+            )
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, folder: Union[str, Path]) -> "BPETokenizer":
+        """Read ``tokenizer.json`` from ``folder``."""
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / BPE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{folder}: {CONFIG_NAME} says 'bpe' but {BPE_NAME} is missing; re-save the tokenizer "
+                "with BPETokenizer.save(folder)"
+            )
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
+            raise ValueError(f"{path} is not a valid tokenizers file ({err}); re-save the tokenizer") from err
+        return cls(backend)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text``, optionally wrapped in bos/eos."""
+        return _with_specials(self.backend.encode(text, add_special_tokens=False).ids, self, add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """Encode many texts at once with the parallel Rust batch API."""
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [_with_specials(e.ids, self, add_bos, add_eos) for e in encodings]
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``; special ids are dropped, invalid UTF-8 becomes U+FFFD."""
+        ids = _as_int_list(ids)
+        _check_range(ids, self.vocab_size)
+        return self.backend.decode(ids, skip_special_tokens=True)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (0 for special ids); used for bits-per-byte."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        # Byte-level tokens are spelled with one alphabet character per byte.
+        for token, i in self.backend.get_vocab(with_added_tokens=False).items():
+            lengths[i] = len(token)
+        lengths[[self.pad_id, self.bos_id, self.eos_id]] = 0
+        return lengths
+
+    def save(self, folder: Union[str, Path]) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``folder`` (created if needed)."""
+        folder = _write_config(folder, self.kind)
+        self.backend.save(str(folder / BPE_NAME))
+        return folder
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+TokenizerLike = Union[ByteTokenizer, BPETokenizer]
+
+
+def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
+    """Load a tokenizer saved with ``save`` (or the one inside an exported model folder)."""
+    folder = Path(folder).expanduser()
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{folder}: no {CONFIG_NAME} there; point at a folder written by tokenizer.save() or an "
+            "exported model folder, or use tokenizer 'byte' / 'bpe'"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err}); re-save the tokenizer") from err
+    kind = config.get("type") if isinstance(config, dict) else None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        return BPETokenizer.load(folder)
+    raise ValueError(f"{config_path}: unknown tokenizer type {kind!r}; expected 'byte' or 'bpe'")
+
+
+def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size: int = 4096) -> TokenizerLike:
+    """Tokenizer from a spec: "byte", "bpe" (trained on ``texts``) or a folder to load from."""
+    if spec == "byte":
+        return ByteTokenizer()
+    if spec == "bpe":
+        if texts is None:
+            raise ValueError("tokenizer 'bpe' must be trained: pass texts=... (the training corpus)")
+        return BPETokenizer.train(texts, vocab_size)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_tokenizer(path)
+    if path.is_file():
+        raise ValueError(f"tokenizer {spec!r} is a file; pass the folder that contains {CONFIG_NAME}")
+    raise ValueError(
+        f"unknown tokenizer {spec!r}: use 'byte', 'bpe', or an existing folder containing {CONFIG_NAME} "
+        "(e.g. an exported model)"
+    )
