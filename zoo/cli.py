@@ -65,16 +65,16 @@ def export_main(argv: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["export"]:
-        export_main(argv[1:])
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["export"]:
+        export_main(args[1:])
         return
     ZooCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        args=argv,
+        parser_kwargs={"parser_mode": "omegaconf+", "prog": "python -m zoo"},
+        args=None if argv is None else args,
         auto_configure_optimizers=False,
     )

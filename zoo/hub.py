@@ -248,9 +248,13 @@ def _load_assets(model: nn.Module, folder: Path) -> None:
         model.load_assets(folder)
 
 
-def load_pretrained(name_or_path: Union[str, Path], map_location: str = "cpu", **overrides: Any) -> nn.Module:
+def load_pretrained(
+    name_or_path: Union[str, Path], map_location: str = "cpu", adapter: bool = True, **overrides: Any
+) -> nn.Module:
     """Load an exported model (folder, or registered name with shipped weights), in eval mode.
 
+    A folder that also holds ``adapter.safetensors`` (written by an adapted run, see
+    ``zoo.nn.adapters``) gets its adapter applied; ``adapter=False`` returns the plain base.
     ``overrides`` may change runtime fields only (dropout, attention backend, ...).
     """
     folder = resolve_pretrained(name_or_path)
@@ -263,6 +267,11 @@ def load_pretrained(name_or_path: Union[str, Path], map_location: str = "cpu", *
     model = cls.from_config({**meta["config"], **overrides})
     _load_weights(model, folder)
     _load_assets(model, folder)
+    if adapter:
+        from zoo.nn.adapters import ADAPTER_FILE, load_adapter
+
+        if (folder / ADAPTER_FILE).is_file():
+            load_adapter(model, folder)
     model.pretrained_meta = meta
     return model.to(map_location).eval()
 

@@ -25,3 +25,4 @@ __all__ = [
     "build_attention", "diff_attention", "lambda_init_fn", "list_attention_types",
     "register_attention", "resolve_backend", "swiglu_hidden",
 ]
+import zoo.nn.variants  # noqa: F401,E402

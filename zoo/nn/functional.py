@@ -165,11 +165,8 @@ def attention(
     _check_shapes(q, k, v, key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     name = resolve_backend(backend)
-    if name in ("auto", "triton"):
-        # The fused kernel is differential; vanilla attention is served by SDPA.
-        name = "sdpa" if name == "auto" else name
-        if name == "triton":
-            raise ValueError("the triton backend implements diff_attention only; use sdpa or naive")
+    if name == "triton":  # the fused kernel is differential; single-map attention is SDPA's job
+        raise ValueError("the triton backend implements diff_attention only; use sdpa or naive")
     tq, tk = q.shape[2], k.shape[2]
     mask = visibility_mask(tq, tk, causal, key_mask, q.device)
     p = dropout_p if training else 0.0

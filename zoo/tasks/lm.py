@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from zoo.hub import create_model, read_export_config, resolve_pretrained
+from zoo.hub import create_model, export_model, read_export_config, resolve_pretrained
+from zoo.nn.adapters import METHODS as ADAPTER_METHODS
+from zoo.nn.adapters import apply_adapter, remove_adapters, save_adapter, step_adapters
 from zoo.tasks.base import ZooTask
 
 IGNORE = -100
@@ -25,6 +29,11 @@ class LanguageModelTask(ZooTask):
         pretrained: exported model folder (or shipped name) to fine-tune from; its architecture is
             used and ``arch``/``attn_type`` must agree with it.
         data_info: filled in from the datamodule by the CLI (vocab size, data kind).
+        adapter: adapt the (pretrained) model with differential attention instead of training all of it:
+            ``{method: dex | difflora | opamp, layers: null | [indices], ...method kwargs}`` (see
+            :func:`zoo.nn.adapters.apply_adapter`). The base is frozen; only adapter weights train, and
+            ``export`` writes the base plus ``adapter.safetensors`` / ``adapter_config.json``
+            (``zoo.load_pretrained(folder)`` applies it; ``adapter=False`` gives the base).
         max_new_tokens, temperature, top_k: generation settings for ``predict``.
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
@@ -36,6 +45,7 @@ class LanguageModelTask(ZooTask):
         model_args: Optional[dict[str, Any]] = None,
         pretrained: Optional[str] = None,
         data_info: Optional[dict[str, Any]] = None,
+        adapter: Optional[dict[str, Any]] = None,
         max_new_tokens: int = 200,
         temperature: float = 0.8,
         top_k: Optional[int] = 50,
@@ -77,7 +87,26 @@ class LanguageModelTask(ZooTask):
                 f"{self.model.config.max_seq_len}; lower the data's block_size/seq_len or set "
                 "model.model_args.max_seq_len"
             )
+        if adapter:
+            spec = dict(adapter)
+            if "method" not in spec:
+                raise ValueError(f"adapter needs a method (one of {list(ADAPTER_METHODS)}), got {adapter}")
+            apply_adapter(self.model, spec.pop("method"), layers=spec.pop("layers", None), **spec)
         self._metrics = torch.nn.ModuleDict()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if getattr(self.model, "adapter_config", None):
+            step_adapters(self.model, self.global_step)  # DEX's lambda annealing
+
+    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Export; with an adapter: the frozen base as a plain model plus the adapter weights only."""
+        if not getattr(self.model, "adapter_config", None):
+            return super().export(folder, overwrite=overwrite)
+        base = remove_adapters(copy.deepcopy(self.model))
+        out = export_model(base, folder, arch=self.arch, overwrite=overwrite,
+                           extra={"adapter": self.model.adapter_config["method"]})
+        save_adapter(self.model, out)
+        return out
 
     # -- data hand-over: the tokenizer lives on the datamodule, travels with the model
     def setup(self, stage: str) -> None:

@@ -1,0 +1,236 @@
+"""DEX / DiffLoRA / OpAmp adapters: start at the pretrained function, formulas vs float64 math,
+frozen base, merge, checkpoints that refuse the wrong base."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zoo.models.lm import DiffTransformerLM, LMConfig
+from zoo.nn import build_attention
+from zoo.nn import adapters as A
+
+DIM, H = 32, 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def lm(seed=0, attn_type="vanilla", **over):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=50, dim=DIM, n_layers=2, n_heads=H, n_kv_heads=2, attn_type=attn_type, max_seq_len=32)
+    cfg.update(over)
+    return DiffTransformerLM(LMConfig(**cfg)).eval()
+
+
+def perturb(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            if ".adapter." in f".{k}":
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+KW = {"dex": {"heads": [0, 2], "anneal_steps": 10}, "difflora": {"rank": 2}, "opamp": {"rank": 2, "cmrr": 3.0}}
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_adapted_equals_pretrained_at_start_and_only_adapters_train(method):
+    model = lm()
+    ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask)
+    A.apply_adapter(model, method, **KW[method])
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask)
+    if method == "opamp":  # c1*A1V - c2*A2V with A1 = A2: equal up to rounding
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
+    else:
+        assert torch.equal(got, ref)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapter." in k for k in trainable)
+    model.train()
+    model(ids).float().logsumexp(-1).mean().backward()
+    for k, p in model.named_parameters():
+        assert (p.grad is not None) == (k in trainable), k
+    # the base state dict is untouched: it still loads into the plain architecture
+    plain = lm(seed=5)
+    plain.load_state_dict(A.base_state_dict(model))
+
+
+def test_dex_on_a_diff_model_and_encoder_starts_exact():
+    from zoo.models.encoder import EncoderConfig, TextEncoder
+
+    model = lm(attn_type="diff")
+    ids = torch.randint(0, 50, (1, 9))
+    ref = model(ids)
+    A.apply_adapter(model, "dex", layers=[1])
+    assert torch.equal(model(ids), ref)
+    torch.manual_seed(0)
+    enc = TextEncoder(EncoderConfig(vocab_size=60, dim=DIM, n_layers=2, n_heads=H, mlp_hidden=48, max_seq_len=16)).eval()
+    ref = enc(ids % 60)
+    A.apply_adapter(enc, "difflora", rank=2)
+    assert torch.equal(enc(ids % 60), ref)
+
+
+def test_difflora_refuses_non_softmax_base():
+    with pytest.raises(ValueError, match="vanilla.*'diff'"):
+        A.apply_adapter(lm(attn_type="diff"), "difflora")
+
+
+# ------------------------------------------------------------------------- formulas (float64 math)
+
+
+def lin(x, w, b=None):
+    y = x.double() @ w.double().T
+    return y if b is None else y + b.double()
+
+
+def sm(q, k):
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+
+def split(t, n):
+    B, T, _ = t.shape
+    return t.view(B, T, n, -1).transpose(1, 2)
+
+
+def merge_heads(o):
+    B, h, T, d = o.shape
+    return o.transpose(1, 2).reshape(B, T, h * d)
+
+
+def plain_attn():
+    torch.manual_seed(3)
+    return build_attention("vanilla", DIM, H, n_kv_heads=2, causal=False, rope=False, bias=True).eval()
+
+
+def kv_rep(t):  # 2 KV heads serve 4 query heads
+    return t.repeat_interleave(2, dim=1)
+
+
+def test_dex_formula():
+    base = plain_attn()
+    layer = A.DexAttention(base, heads=[1, 3], lambda_max=0.7, anneal_steps=4)
+    perturb(layer)
+    layer.set_step(2)  # anneal 0.5
+    x = torch.randn(2, 6, DIM)
+    q, k, v = split(lin(x, base.q_proj.weight, base.q_proj.bias), H), split(lin(x, base.k_proj.weight, base.k_proj.bias), 2), \
+        split(lin(x, base.v_proj.weight, base.v_proj.bias), 2)
+    a = sm(q, kv_rep(k))
+    o = a @ kv_rep(v)
+    lam = 0.5 * layer.adapter.lam.double()
+    for j, h in enumerate([1, 3]):  # O = A V - lambda_t A (V W_n)
+        o[:, h] = a[:, h] @ kv_rep(v)[:, h] - lam * a[:, h] @ (kv_rep(v)[:, h] @ layer.adapter.w_n[j].double())
+    ref = lin(merge_heads(o), base.o_proj.weight, base.o_proj.bias)
+    torch.testing.assert_close(layer(x).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_difflora_formula_and_merge():
+    base = plain_attn()
+    layer = A.DiffLoRAAttention(base, rank=3, alpha=6.0, neg_rank=2, lambda_init=0.0)
+    perturb(layer)
+    ad = layer.adapter
+    x = torch.randn(2, 6, DIM)
+    s = 6.0 / 3
+    wq = base.q_proj.weight.double() + s * ad.q_lora.b.double() @ ad.q_lora.a.double()
+    wk = base.k_proj.weight.double() + s * ad.k_lora.b.double() @ ad.k_lora.a.double()
+    q1, k1 = split(lin(x, wq, base.q_proj.bias), H), split(lin(x, wk, base.k_proj.bias), 2)
+    q2 = split(lin(lin(x, ad.q_neg.a), ad.q_neg.b), H)
+    k2 = split(lin(lin(x, ad.k_neg.a), ad.k_neg.b), 2)
+    v = kv_rep(split(lin(x, base.v_proj.weight, base.v_proj.bias), 2))
+    o = (sm(q1, kv_rep(k1)) - ad.lam.double() * sm(q2, kv_rep(k2))) @ v
+    ref = lin(merge_heads(o), base.o_proj.weight, base.o_proj.bias)
+    got = layer(x)
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    w0 = base.q_proj.weight.detach().clone()
+    model = torch.nn.Sequential(layer)
+    A.merge_adapters(model)
+    assert not torch.equal(base.q_proj.weight, w0)
+    torch.testing.assert_close(layer(x), got, atol=1e-5, rtol=1e-5)
+    A.unmerge_adapters(model)
+    torch.testing.assert_close(base.q_proj.weight, w0, atol=1e-6, rtol=0)
+
+
+def test_opamp_formula():
+    base = plain_attn()
+    layer = A.OpAmpAttention(base, rank=2, alpha=2.0, cmrr=5.0, common_gain=0.8)
+    perturb(layer)
+    ad = layer.adapter
+    x = torch.randn(2, 6, DIM)
+
+    def proj(lin_layer, lora, n):
+        return split(lin(x, lin_layer.weight, lin_layer.bias) + lin(lin(x, lora.a), lora.b), n)
+
+    a1 = sm(proj(base.q_proj, ad.q1, H), kv_rep(proj(base.k_proj, ad.k1, 2)))
+    a2 = sm(proj(base.q_proj, ad.q2, H), kv_rep(proj(base.k_proj, ad.k2, 2)))
+    gc, gd = 0.8, 5.0 * 0.8
+    v = kv_rep(split(lin(x, base.v_proj.weight, base.v_proj.bias), 2))
+    o = (gd * (a1 - a2) + gc * (a1 + a2) / 2) @ v
+    ref = lin(merge_heads(o), base.o_proj.weight, base.o_proj.bias)
+    torch.testing.assert_close(layer(x).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["difflora", "opamp", "dex"])
+def test_kv_cache_decoding_matches_full_forward(method):
+    model = A.apply_adapter(lm(), method, **KW[method])
+    perturb(model)
+    A.step_adapters(model, 5)
+    ids = torch.randint(0, 50, (1, 8))
+    full = model(ids)
+    caches = model.new_caches(16)
+    steps = torch.cat([model(ids[:, :5], caches=caches)] + [model(ids[:, t : t + 1], caches=caches) for t in range(5, 8)], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_adapter_checkpoint_round_trip(method, tmp_path):
+    model = A.apply_adapter(lm(), method, **KW[method])
+    perturb(model)
+    A.step_adapters(model, 3)
+    ids = torch.randint(0, 50, (2, 7))
+    want = model(ids)
+    A.save_adapter(model, tmp_path)
+    fresh = A.load_adapter(lm(), tmp_path)  # same seed -> same base weights
+    assert fresh.adapter_config["method"] == method
+    torch.testing.assert_close(fresh(ids), want, atol=0, rtol=0)
+    # a bare state dict loads onto an adapted model
+    other = A.apply_adapter(lm(), method, **KW[method])
+    A.load_adapter(other, A.adapter_state_dict(model))
+    torch.testing.assert_close(other(ids), want, atol=0, rtol=0)
+
+
+def test_adapter_refuses_wrong_base(tmp_path):
+    model = A.apply_adapter(lm(), "difflora", rank=2)
+    A.save_adapter(model, tmp_path)
+    with pytest.raises(ValueError, match=r"different base.*tensor .*checksum"):
+        A.load_adapter(lm(seed=7), tmp_path)  # same architecture, other weights
+    with pytest.raises(ValueError, match=r"different base.*n_layers: adapter base=2 model=3"):
+        A.load_adapter(lm(n_layers=3), tmp_path)
+    state = A.adapter_state_dict(model)
+    state.pop("layers.1.attn.adapter.k_neg.a")
+    state["layers.0.attn.adapter.q_lora.a"] = torch.zeros(5, DIM)
+    with pytest.raises(ValueError) as exc:
+        A.load_adapter(A.apply_adapter(lm(), "difflora", rank=2), state)
+    assert "layers.1.attn.adapter.k_neg.a" in str(exc.value) and "(5, 32) vs model (2, 32)" in str(exc.value)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown adapter method 'lora'"):
+        A.apply_adapter(lm(), "lora")
+    with pytest.raises(ValueError, match=r"layers \[5\] out of range"):
+        A.apply_adapter(lm(), "dex", layers=[5])
+    with pytest.raises(ValueError, match="heads"):
+        A.apply_adapter(lm(), "dex", heads=[9])

@@ -1,0 +1,72 @@
+"""Adapting a pretrained vanilla LM from YAML (configs/lm/adapt_*.yaml): the base stays frozen,
+the export holds the unchanged base plus adapter weights only, and they load back."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from zoo.cli import main
+from zoo.nn.adapters import ADAPTER_CONFIG_FILE, ADAPTER_FILE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base_export(tmp_path_factory):
+    rng = random.Random(0)
+    words = "the king queen speaks to a fool and his horse in thy house".split()
+    corpus = tmp_path_factory.mktemp("c") / "c.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(200)))
+    root = tmp_path_factory.mktemp("base")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        main(["fit", "--config", "configs/lm/shakespeare_char_vanilla.yaml", f"--data.init_args.train_path={corpus}",
+              "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+              "--model.init_args.model_args", "{dim: 32, n_layers: 2, n_heads: 4, max_seq_len: 64}",
+              "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
+              f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"])
+    finally:
+        os.chdir(cwd)
+    return root / "lightning_logs" / "version_0" / "export", corpus
+
+
+@pytest.mark.parametrize("method", ["dex", "difflora", "opamp"])
+def test_adapt_from_yaml_exports_adapter_only(method, base_export, tmp_path, monkeypatch):
+    src, corpus = base_export
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", f"configs/lm/adapt_{method}.yaml", f"--model.init_args.pretrained={src}",
+          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+          "--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
+          "--model.init_args.warmup_steps=1", "--model.init_args.lr=0.05",
+          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    out = tmp_path / "lightning_logs" / "version_0" / "export"
+    assert (out / ADAPTER_FILE).is_file() and (out / ADAPTER_CONFIG_FILE).is_file()
+    base_w, out_w = load_file(str(src / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert base_w.keys() == out_w.keys()
+    for k in base_w:  # the base did not train
+        assert torch.equal(base_w[k], out_w[k]), k
+    adapter_w = load_file(str(out / ADAPTER_FILE))
+    assert adapter_w and all(".adapter." in k for k in adapter_w)
+    base = zoo.load_pretrained(out, adapter=False)  # the adapter is a separate file
+    adapted = zoo.load_pretrained(out)
+    assert adapted.adapter_config["method"] == method
+    ids = torch.randint(0, 259, (1, 16))
+    with torch.no_grad():
+        assert not torch.allclose(adapted(ids), base(ids))  # the adapter trained and changed the function
+    if method == "dex":
+        assert float(adapter_w["layers.0.attn.adapter.anneal"]) > 0  # annealed away from 0
+
+
+def test_adapter_without_method_is_explained(base_export):
+    from zoo.tasks import LanguageModelTask
+
+    with pytest.raises(ValueError, match="adapter needs a method"):
+        LanguageModelTask(pretrained=str(base_export[0]), adapter={"rank": 4})

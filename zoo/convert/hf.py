@@ -1,0 +1,341 @@
+"""Hugging Face <-> zoo converters with an explicit weight map per family.
+
+* Llama-family decoders (``LlamaForCausalLM``; ``config.json`` + ``model.safetensors`` or sharded
+  ``model-*.safetensors`` with an index) <-> :class:`zoo.models.lm.DiffTransformerLM` (vanilla).
+* BERT-family encoders (``BertModel``) <-> :class:`zoo.models.encoder.TextEncoder` (vanilla).
+
+Reading needs only ``safetensors`` (not ``transformers``); the written folders load with
+``transformers.AutoModel*.from_pretrained``. Every unsupported feature, missing tensor, left-over
+tensor or shape mismatch raises a ``ValueError`` that names it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+from torch import nn
+
+from zoo.models.encoder import EncoderConfig, TextEncoder
+from zoo.models.lm import DiffTransformerLM, LMConfig
+
+PathLike = Union[str, Path]
+
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM",)
+LLAMA_MODEL_TYPES = ("llama",)
+BERT_ARCHITECTURES = ("BertModel",)
+BERT_MODEL_TYPES = ("bert",)
+# HF tensors that carry no weights (buffers some versions save); skipped on import.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
+
+
+# ------------------------------------------------------------------------------------ weight maps
+
+
+def llama_weight_map(n_layers: int, tied: bool) -> dict[str, str]:
+    """HF Llama tensor name -> zoo ``DiffTransformerLM`` state-dict name."""
+    m = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
+    if not tied:
+        m["lm_head.weight"] = "lm_head.weight"
+    for i in range(n_layers):
+        hf, zo = f"model.layers.{i}.", f"layers.{i}."
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            m[f"{hf}self_attn.{p}.weight"] = f"{zo}attn.{p}.weight"
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            m[f"{hf}mlp.{p}.weight"] = f"{zo}mlp.{p}.weight"
+        m[f"{hf}input_layernorm.weight"] = f"{zo}attn_norm.weight"
+        m[f"{hf}post_attention_layernorm.weight"] = f"{zo}mlp_norm.weight"
+    return m
+
+
+def bert_weight_map(n_layers: int, pooler: bool) -> dict[str, str]:
+    """HF ``BertModel`` tensor name -> zoo ``TextEncoder`` state-dict name."""
+    m = {
+        "embeddings.word_embeddings.weight": "word_embed.weight",
+        "embeddings.position_embeddings.weight": "pos_embed.weight",
+        "embeddings.token_type_embeddings.weight": "type_embed.weight",
+        "embeddings.LayerNorm.weight": "embed_norm.weight",
+        "embeddings.LayerNorm.bias": "embed_norm.bias",
+    }
+    if pooler:
+        m["pooler.dense.weight"] = "pooler.weight"
+        m["pooler.dense.bias"] = "pooler.bias"
+    for i in range(n_layers):
+        hf, zo = f"encoder.layer.{i}.", f"layers.{i}."
+        pairs = {
+            "attention.self.query": "attn.q_proj",
+            "attention.self.key": "attn.k_proj",
+            "attention.self.value": "attn.v_proj",
+            "attention.output.dense": "attn.o_proj",
+            "attention.output.LayerNorm": "attn_norm",
+            "intermediate.dense": "mlp.fc1",
+            "output.dense": "mlp.fc2",
+            "output.LayerNorm": "mlp_norm",
+        }
+        for a, b in pairs.items():
+            for t in ("weight", "bias"):
+                m[f"{hf}{a}.{t}"] = f"{zo}{b}.{t}"
+    return m
+
+
+# ------------------------------------------------------------------------------------------ I/O
+
+
+def read_hf_config(folder: PathLike) -> dict[str, Any]:
+    """Parse ``folder/config.json`` of a Hugging Face model."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: give a local Hugging Face model folder (config.json + safetensors)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def read_hf_weights(folder: PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / s for s in shards]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shards listed in {index} are missing: {missing}")
+    else:
+        bins = sorted(p.name for p in folder.glob("*.bin"))
+        hint = f" (found {bins}: re-save with safe_serialization=True)" if bins else ""
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _check_arch(cfg: dict[str, Any], folder: PathLike, archs: tuple[str, ...], types: tuple[str, ...], fn: str) -> None:
+    got_archs = cfg.get("architectures") or []
+    mtype = cfg.get("model_type")
+    if mtype not in types or (got_archs and not set(got_archs) & set(archs)):
+        raise ValueError(
+            f"{fn} cannot convert {folder}: config.json has model_type={mtype!r}, architectures={got_archs}; "
+            f"supported: model_type in {list(types)} with architectures {list(archs)}"
+        )
+
+
+def _refuse(folder: PathLike, cfg: dict[str, Any], key: str, ok: Callable[[Any], bool], why: str) -> None:
+    if key in cfg and not ok(cfg[key]):
+        raise ValueError(f"{folder}: config.json {key}={cfg[key]!r} is not supported ({why})")
+
+
+def _load_mapped(model: nn.Module, hf_state: dict[str, torch.Tensor], wmap: dict[str, str], source: PathLike) -> None:
+    """Copy ``hf_state`` into ``model`` through ``wmap``; name every missing, extra or mis-shaped tensor."""
+    own = model.state_dict()
+    missing = [k for k in wmap if k not in hf_state]
+    extra = [k for k in hf_state if k not in wmap and not k.endswith(_IGNORED_SUFFIXES)]
+    shapes = [
+        f"{k} (-> {v}): file {tuple(hf_state[k].shape)} vs model {tuple(own[v].shape)}"
+        for k, v in wmap.items()
+        if k in hf_state and tuple(hf_state[k].shape) != tuple(own[v].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if extra:
+        problems.append(f"unexpected tensors (no mapping) {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes[:8]}")
+    if problems:
+        raise ValueError(
+            f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems)
+            + ". The checkpoint is truncated or config.json does not describe it."
+        )
+    with torch.no_grad():
+        for k, v in wmap.items():
+            own[v].copy_(hf_state[k].to(own[v].dtype))
+
+
+def _save_mapped(model: nn.Module, wmap: dict[str, str], cfg: dict[str, Any], folder: PathLike) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    own = model.state_dict()
+    state = {k: own[v].detach().contiguous().cpu().clone() for k, v in wmap.items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------- Llama
+
+
+def _rope_theta(cfg: dict[str, Any], folder: PathLike) -> float:
+    """``rope_theta`` from either config layout (transformers 4: top level; 5: ``rope_parameters``)."""
+    rp = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling")
+    rtype = rp.get("rope_type", (scaling or {}).get("rope_type", (scaling or {}).get("type", "default")))
+    if rtype != "default" or (scaling and scaling.get("rope_type", scaling.get("type")) != "default"):
+        raise ValueError(
+            f"{folder}: RoPE scaling {rtype!r} (rope_scaling/rope_parameters) is not supported; "
+            "only default RoPE converts exactly"
+        )
+    return float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+
+
+def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
+    """Map a HF Llama ``config.json`` to :class:`LMConfig` (``attn_type="vanilla"``)."""
+    _check_arch(cfg, folder, LLAMA_ARCHITECTURES, LLAMA_MODEL_TYPES, "from_hf_llama")
+    _refuse(folder, cfg, "hidden_act", lambda v: v == "silu", "zoo's SwiGLU uses silu")
+    _refuse(folder, cfg, "attention_bias", lambda v: not v, "zoo's Llama attention has no biases")
+    _refuse(folder, cfg, "mlp_bias", lambda v: not v, "zoo's SwiGLU has no biases")
+    _refuse(folder, cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing changes numerics")
+    dim, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    _refuse(folder, cfg, "head_dim", lambda v: v in (None, dim // heads),
+            f"LMConfig uses head_dim = hidden_size / num_attention_heads = {dim // heads}")
+    return LMConfig(
+        vocab_size=cfg["vocab_size"],
+        dim=dim,
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or heads,
+        mlp_hidden=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        attn_type="vanilla",
+        rope_theta=_rope_theta(cfg, folder),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+    )
+
+
+def from_hf_llama(folder: PathLike) -> DiffTransformerLM:
+    """Load a local Hugging Face Llama-family checkpoint as a vanilla :class:`DiffTransformerLM` (fp32)."""
+    cfg = read_hf_config(folder)
+    zcfg = llama_config_to_zoo(cfg, folder)
+    model = DiffTransformerLM(zcfg)
+    _load_mapped(model, read_hf_weights(folder), llama_weight_map(zcfg.n_layers, zcfg.tie_embeddings), folder)
+    return model.eval()
+
+
+def to_hf_llama(model: DiffTransformerLM, folder: PathLike) -> Path:
+    """Write ``model`` (vanilla attention) as a Hugging Face ``LlamaForCausalLM`` folder."""
+    c = model.config
+    if not isinstance(model, DiffTransformerLM) or c.attn_type != "vanilla":
+        raise ValueError(
+            f"to_hf_llama writes vanilla-attention DiffTransformerLM models; got {type(model).__name__} "
+            f"with attn_type={getattr(c, 'attn_type', None)!r} (Llama has no {getattr(c, 'attn_type', None)} attention)"
+        )
+    _check_no_adapters(model, "to_hf_llama")
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.dim,
+        "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads or c.n_heads,
+        "head_dim": c.dim // c.n_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": c.tie_embeddings,
+        "torch_dtype": "float32",
+    }
+    return _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings), cfg, folder)
+
+
+# ----------------------------------------------------------------------------------------- BERT
+
+
+def bert_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "", pooler: bool = True) -> EncoderConfig:
+    """Map a HF BERT ``config.json`` to :class:`EncoderConfig` (``attn_type="vanilla"``)."""
+    _check_arch(cfg, folder, BERT_ARCHITECTURES, BERT_MODEL_TYPES, "from_hf_bert")
+    _refuse(folder, cfg, "hidden_act", lambda v: v == "gelu", "zoo's GeluMlp uses exact (erf) gelu")
+    _refuse(folder, cfg, "position_embedding_type", lambda v: v == "absolute", "only absolute positions")
+    _refuse(folder, cfg, "is_decoder", lambda v: not v, "only bidirectional encoders")
+    return EncoderConfig(
+        vocab_size=cfg["vocab_size"],
+        dim=cfg["hidden_size"],
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=cfg["num_attention_heads"],
+        mlp_hidden=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 512),
+        type_vocab_size=cfg.get("type_vocab_size", 2),
+        attn_type="vanilla",
+        norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+        bias=True,
+        pooler=pooler,
+        pad_token_id=cfg.get("pad_token_id") or 0,
+    )
+
+
+def from_hf_bert(folder: PathLike) -> TextEncoder:
+    """Load a local Hugging Face ``BertModel`` checkpoint as a :class:`TextEncoder` (fp32).
+
+    The pooler is kept when the checkpoint has one. Checkpoints saved from a task model
+    (``bert.``-prefixed names) are refused by the architecture check: save ``model.bert`` instead.
+    """
+    cfg = read_hf_config(folder)
+    state = read_hf_weights(folder)
+    zcfg = bert_config_to_zoo(cfg, folder, pooler="pooler.dense.weight" in state)
+    model = TextEncoder(zcfg)
+    _load_mapped(model, state, bert_weight_map(zcfg.n_layers, zcfg.pooler), folder)
+    return model.eval()
+
+
+def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
+    """Write ``model`` (vanilla attention with biases) as a Hugging Face ``BertModel`` folder."""
+    c = model.config
+    if not isinstance(model, TextEncoder) or c.attn_type != "vanilla" or not c.bias:
+        raise ValueError(
+            f"to_hf_bert writes TextEncoder models with vanilla attention and biases; got {type(model).__name__} "
+            f"(attn_type={getattr(c, 'attn_type', None)!r}, bias={getattr(c, 'bias', None)})"
+        )
+    _check_no_adapters(model, "to_hf_bert")
+    cfg = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "intermediate_size": c.mlp_hidden,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": c.max_seq_len,
+        "type_vocab_size": c.type_vocab_size,
+        "layer_norm_eps": c.norm_eps,
+        "pad_token_id": c.pad_token_id,
+        "position_embedding_type": "absolute",
+        "add_pooling_layer": c.pooler,
+        "torch_dtype": "float32",
+    }
+    return _save_mapped(model, bert_weight_map(c.n_layers, c.pooler), cfg, folder)
+
+
+def _check_no_adapters(model: nn.Module, fn: str) -> None:
+    if any(".adapter." in k for k in model.state_dict()):
+        raise ValueError(
+            f"{fn}: the model carries adapters (zoo.nn.adapters); merge them into a plain model or export the "
+            "base without them first -- Hugging Face layouts have no slot for adapter weights"
+        )
+
+
+__all__ = [
+    "bert_config_to_zoo", "bert_weight_map", "from_hf_bert", "from_hf_llama", "llama_config_to_zoo",
+    "llama_weight_map", "read_hf_config", "read_hf_weights", "to_hf_bert", "to_hf_llama",
+]

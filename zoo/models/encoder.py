@@ -1,0 +1,163 @@
+"""BERT-style text encoder (post-norm), the target of :func:`zoo.convert.from_hf_bert`.
+
+``embeddings (word + position + token type) -> LayerNorm -> n_layers x [x = LN(x + attn(x));
+x = LN(x + mlp(x))]``; the attention type is a string, so a converted encoder uses ``vanilla``
+(with biases, as BERT) and a scratch one may pick any registered type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from zoo.hub import register_model
+from zoo.nn import GeluMlp, build_attention, list_attention_types
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture of :class:`TextEncoder` (field names follow zoo, see the converter for BERT's)."""
+
+    vocab_size: int = 30522
+    dim: int = 384
+    n_layers: int = 6
+    n_heads: int = 12
+    mlp_hidden: int = 1536
+    max_seq_len: int = 512
+    type_vocab_size: int = 2
+    attn_type: str = "vanilla"
+    norm_eps: float = 1e-12
+    bias: bool = True
+    pooler: bool = True
+    pad_token_id: int = 0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    attn_backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.attn_type not in list_attention_types():
+            raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm block: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``."""
+
+    def __init__(self, cfg: EncoderConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = build_attention(
+            cfg.attn_type, cfg.dim, cfg.n_heads, layer_idx=layer_idx, causal=False, rope=False,
+            dropout=cfg.attn_dropout, bias=cfg.bias, backend=cfg.attn_backend,
+        )
+        self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, bias=cfg.bias, dropout=cfg.dropout)
+        self.mlp_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        x = self.attn_norm(x + self.drop(self.attn(x, key_mask=key_mask)))
+        return self.mlp_norm(x + self.mlp(x))
+
+
+class TextEncoder(nn.Module):
+    """Bidirectional text encoder: ``forward(input_ids, attention_mask, token_type_ids) -> [B, T, dim]``.
+
+    ``pool(hidden)`` gives BERT's pooler output (tanh of a linear map of the first token) when the
+    config has ``pooler=True``; ``mean_pool(hidden, attention_mask)`` the sentence-transformers one.
+    """
+
+    family = "encoder"
+    config_class = EncoderConfig
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.word_embed = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
+        self.pos_embed = nn.Embedding(config.max_seq_len, config.dim)
+        self.type_embed = nn.Embedding(config.type_vocab_size, config.dim)
+        self.embed_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.n_layers))
+        self.pooler = nn.Linear(config.dim, config.dim) if config.pooler else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if getattr(m, "_zoo_keep_init", False):
+            return
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: Union[EncoderConfig, dict]) -> "TextEncoder":
+        return cls(config if isinstance(config, EncoderConfig) else EncoderConfig(**config))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Optional[Tensor] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Last hidden states ``[B, T, dim]``; ``attention_mask`` (1 = real token) masks padded keys."""
+        B, T = input_ids.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}; truncate the input")
+        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
+                f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.word_embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(pos)[None]
+        x = self.drop(self.embed_norm(x))
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        for layer in self.layers:
+            x = layer(x, key_mask=key_mask)
+        return x
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """BERT pooler output ``tanh(W h[:, 0] + b)``."""
+        if self.pooler is None:
+            raise ValueError("this encoder was built with pooler=False; use mean_pool instead")
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    @staticmethod
+    def mean_pool(hidden: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Mean over real tokens (sentence-transformers pooling)."""
+        if attention_mask is None:
+            return hidden.mean(1)
+        m = attention_mask.to(hidden.dtype)[..., None]
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+register_model(
+    "encoder-minilm-l6",
+    TextEncoder,
+    description="BERT-style encoder, 6x384, 12 heads (all-MiniLM-L6-v2 layout; weights via zoo.convert.from_hf_bert)",
+    vocab_size=30522, dim=384, n_layers=6, n_heads=12, mlp_hidden=1536, max_seq_len=512,
+)
+register_model(
+    "encoder-tiny",
+    TextEncoder,
+    description="BERT-style encoder, 2x64, 4 heads, any attention type (for tests and ablations)",
+    vocab_size=1000, dim=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=128,
+)
+
+__all__ = ["EncoderConfig", "TextEncoder"]

@@ -1,0 +1,551 @@
+"""Adapt a pretrained softmax model with differential attention: DEX, DiffLoRA, OpAmp.
+
+``apply_adapter(model, method, ...)`` wraps attention layers of any zoo model in place. A wrapper
+adopts the base layer's submodules and parameters under their original names and keeps its own
+weights under ``<layer>.adapter.*``, so
+
+* the base state dict is unchanged (``model.state_dict()`` minus ``*.adapter.*`` loads into the plain
+  model), and :func:`adapter_state_dict` is exactly the new weights;
+* :func:`save_adapter` / :func:`load_adapter` move adapter weights only, with a fingerprint of the base
+  (config + checksums of a few base tensors) that refuses the wrong base by name.
+
+Methods (METHODS.md section 2):
+
+* ``dex``: ``O_h = A_h V_h - lambda_t A_h (V_h W_n)`` on selected heads, computed on the output side
+  (``(A V) W_n = A (V W_n)``), so it works on any attention type and the base op is unchanged.
+  ``lambda_t = anneal(step) * lambda``; paper leaves the schedule open; we use a linear ramp of
+  ``anneal`` from 0 to 1 over ``anneal_steps`` (advanced by :func:`step_adapters`, which the LM
+  task calls every training step) times a learnable ``lambda`` (init ``lambda_max``). At step 0
+  the model is exactly the pretrained one.
+* ``difflora``: positive map from the pretrained Q, K plus LoRA; negative map from low-rank
+  ``Q2 = X A_q B_q``, ``K2 = X A_k B_k``; learnable scalar lambda per layer, init ``lambda_init``
+  (default 0, so the start is the pretrained function; paper says "near 0").
+  :func:`merge_adapters` folds the LoRA into ``q_proj``/``k_proj`` for inference.
+* ``opamp``: two adapted maps ``A1``, ``A2`` (pretrained Q, K plus their own LoRA each) combined as
+  ``g_d (A1 - A2) + g_c (A1 + A2) / 2`` with ``g_c = common_gain`` and ``g_d = cmrr * g_c``.
+  Paper leaves the gains' parametrization open; we fix them (CMRR is a hyper-parameter) and
+  zero-init the LoRA up-projections, so the start is ``g_c * A``: the pretrained map for
+  ``common_gain=1``.
+
+``difflora`` and ``opamp`` run on :func:`zoo.nn.diff_attention` (fused kernel where it applies:
+OpAmp's output is ``c1 * (A1 V - (c2/c1) A2 V)``); ``dex`` keeps the base layer's op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from zoo.nn.attention import AttentionBase, KVCache
+from zoo.nn.functional import diff_attention
+
+METHODS = ("dex", "difflora", "opamp")
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+def is_adapter_key(name: str) -> bool:
+    """True for state-dict / parameter names of adapter weights (``...adapter.*``)."""
+    return ".adapter." in f".{name}"
+
+
+_RUNTIME_FIELDS = {"dropout", "attn_dropout", "attn_backend", "max_seq_len", "drop_path"}
+
+
+# ------------------------------------------------------------------------------------- wrappers
+
+
+class AdaptedAttention(nn.Module):
+    """Wraps a base attention layer; subclasses add ``self.adapter`` and implement ``forward``.
+
+    The base layer's children and direct parameters are registered here under their own names, so
+    state-dict keys of the base stay as they were (``...attn.q_proj.weight``).
+    """
+
+    method = "base"
+
+    def __init__(self, base: AttentionBase) -> None:
+        super().__init__()
+        object.__setattr__(self, "base", base)  # not a submodule: its tensors are adopted below
+        for name, mod in base.named_children():
+            self.add_module(name, mod)
+        for name, p in base.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in base.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.n_heads, self.n_kv_heads, self.head_dim = base.n_heads, base.n_kv_heads, base.head_dim
+
+    def _sync(self) -> AttentionBase:
+        self.base.training = self.training
+        return self.base
+
+    def _finish(self, out: Tensor) -> Tensor:
+        B, _, tq, _ = out.shape
+        return self.base.o_proj(out.transpose(1, 2).reshape(B, tq, -1))
+
+
+class DexAdapter(nn.Module):
+    """DEX weights of one layer: ``W_n`` per selected head, learnable lambda, annealing factor."""
+
+    def __init__(self, n_sel: int, head_dim: int, lambda_max: float, init_std: float) -> None:
+        super().__init__()
+        self.w_n = nn.Parameter(torch.randn(n_sel, head_dim, head_dim) * init_std)
+        self.lam = nn.Parameter(torch.tensor(float(lambda_max)))
+        self.register_buffer("anneal", torch.tensor(0.0))  # saved: the schedule's position travels
+
+
+class DexAttention(AdaptedAttention):
+    """DEX on the selected heads of a pretrained layer (see module docstring)."""
+
+    method = "dex"
+
+    def __init__(self, base: AttentionBase, heads: Optional[Sequence[int]] = None, lambda_max: float = 0.5,
+                 anneal_steps: int = 1000, init_std: float = 0.02) -> None:
+        super().__init__(base)
+        sel = list(range(base.n_heads)) if heads is None else sorted(int(h) for h in heads)
+        bad = [h for h in sel if not 0 <= h < base.n_heads]
+        if bad or not sel:
+            raise ValueError(f"dex heads {bad or sel} out of range for a layer with {base.n_heads} heads")
+        self.register_buffer("heads", torch.tensor(sel, dtype=torch.long), persistent=False)
+        self.anneal_steps = int(anneal_steps)
+        self.adapter = DexAdapter(len(sel), base.head_dim, lambda_max, init_std)
+
+    def lambda_t(self) -> Tensor:
+        return self.adapter.anneal * self.adapter.lam
+
+    def set_step(self, step: int) -> None:
+        self.adapter.anneal.fill_(min(1.0, step / max(self.anneal_steps, 1)))
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
+                cache: Optional[KVCache] = None) -> Tensor:
+        base = self._sync()
+        start = cache.pos if cache is not None else 0
+        q, k, v = base._project(x, context)
+        out = base._attend(q, k, v, x, start, context is None, key_mask, cache)  # [B, H, Tq, hd]
+        sel = out[:, self.heads]
+        noise = torch.einsum("bhtd,hde->bhte", sel, self.adapter.w_n.to(sel.dtype))
+        out = out.index_copy(1, self.heads, sel - self.lambda_t().to(sel.dtype) * noise)
+        return self._finish(out)
+
+
+class LoRA(nn.Module):
+    """Low-rank map ``x -> (x A^T) B^T * scale``; ``A`` random, ``B`` zero (or random if asked)."""
+
+    def __init__(self, inp: int, out: int, rank: int, scale: float = 1.0, zero_b: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(rank, inp) / math.sqrt(inp))
+        self.b = nn.Parameter(torch.zeros(out, rank) if zero_b else torch.randn(out, rank) / math.sqrt(rank))
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x @ self.a.T.to(x.dtype)) @ self.b.T.to(x.dtype) * self.scale
+
+    def delta(self) -> Tensor:
+        """The dense weight update ``scale * B A`` (``[out, in]``)."""
+        return (self.b @ self.a) * self.scale
+
+
+def _need_vanilla(base: AttentionBase, method: str) -> None:
+    if base.attn_type != "vanilla":
+        raise ValueError(
+            f"{method} adapts softmax (vanilla) attention; this layer is {base.attn_type!r}. "
+            "Use method 'dex' (works on any type) or start from a vanilla model"
+        )
+
+
+def _heads(t: Tensor, n: int, hd: int) -> Tensor:
+    B, T, _ = t.shape
+    return t.view(B, T, n, hd).transpose(1, 2)
+
+
+class DiffLoRAAdapter(nn.Module):
+    def __init__(self, base: AttentionBase, rank: int, alpha: float, neg_rank: int, lambda_init: float) -> None:
+        super().__init__()
+        hd, H, Hkv = base.head_dim, base.n_heads, base.n_kv_heads
+        self.q_lora = LoRA(base.dim, H * hd, rank, alpha / rank)
+        self.k_lora = LoRA(base.kv_dim, Hkv * hd, rank, alpha / rank)
+        self.q_neg = LoRA(base.dim, H * hd, neg_rank, 1.0, zero_b=False)
+        self.k_neg = LoRA(base.kv_dim, Hkv * hd, neg_rank, 1.0, zero_b=False)
+        self.lam = nn.Parameter(torch.tensor(float(lambda_init)))
+
+
+class DiffLoRAAttention(AdaptedAttention):
+    """DiffLoRA (arXiv 2507.23588) on a pretrained vanilla layer (see module docstring)."""
+
+    method = "difflora"
+
+    def __init__(self, base: AttentionBase, rank: int = 8, alpha: float = 16.0, neg_rank: Optional[int] = None,
+                 lambda_init: float = 0.0) -> None:
+        _need_vanilla(base, "difflora")
+        super().__init__(base)
+        self.adapter = DiffLoRAAdapter(base, rank, alpha, neg_rank or rank, lambda_init)
+        self.merged = False
+
+    def merge(self) -> None:
+        """Fold the positive-term LoRA into ``q_proj``/``k_proj`` (inference speed, same outputs)."""
+        if not self.merged:
+            with torch.no_grad():
+                self.base.q_proj.weight += self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
+                self.base.k_proj.weight += self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:
+            with torch.no_grad():
+                self.base.q_proj.weight -= self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
+                self.base.k_proj.weight -= self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
+            self.merged = False
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
+                cache: Optional[KVCache] = None) -> Tensor:
+        base, ad = self._sync(), self.adapter
+        src = x if context is None else context
+        start, is_self = (cache.pos if cache is not None else 0), context is None
+        q, k, v = base._project(x, context)
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if not self.merged:
+            q = q + _heads(ad.q_lora(x), H, hd)
+            k = k + _heads(ad.k_lora(src), Hkv, hd)
+        q2, k2 = _heads(ad.q_neg(x), H, hd), _heads(ad.k_neg(src), Hkv, hd)
+        q, q2 = base._rope(q, start, is_self), base._rope(q2, start, is_self)
+        k, k2 = base._rope(k, start, is_self), base._rope(k2, start, is_self)
+        if cache is not None:
+            k, k2, v = cache.update(k, k2, v)
+        out = diff_attention(q, q2, k, k2, v, ad.lam, **base._op_kwargs(key_mask))
+        return self._finish(out)
+
+
+class OpAmpAdapter(nn.Module):
+    def __init__(self, base: AttentionBase, rank: int, alpha: float) -> None:
+        super().__init__()
+        hd, H, Hkv = base.head_dim, base.n_heads, base.n_kv_heads
+        s = alpha / rank
+        self.q1, self.q2 = LoRA(base.dim, H * hd, rank, s), LoRA(base.dim, H * hd, rank, s)
+        self.k1, self.k2 = LoRA(base.kv_dim, Hkv * hd, rank, s), LoRA(base.kv_dim, Hkv * hd, rank, s)
+
+
+class OpAmpAttention(AdaptedAttention):
+    """OpAmp adaptation: ``g_d (A1 - A2) + g_c (A1 + A2)/2`` with ``g_d = cmrr * g_c`` (module docstring)."""
+
+    method = "opamp"
+
+    def __init__(self, base: AttentionBase, rank: int = 8, alpha: float = 16.0, cmrr: float = 8.0,
+                 common_gain: float = 1.0) -> None:
+        _need_vanilla(base, "opamp")
+        if cmrr < 0 or common_gain <= 0:
+            raise ValueError(f"opamp needs cmrr >= 0 and common_gain > 0, got cmrr={cmrr}, common_gain={common_gain}")
+        super().__init__(base)
+        self.cmrr, self.common_gain = float(cmrr), float(common_gain)
+        self.adapter = OpAmpAdapter(base, rank, alpha)
+
+    def gains(self) -> tuple[float, float]:
+        """(coefficient of A1 V, coefficient of A2 V) = (g_d + g_c/2, g_d - g_c/2)."""
+        gc = self.common_gain
+        gd = self.cmrr * gc
+        return gd + gc / 2, gd - gc / 2
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
+                cache: Optional[KVCache] = None) -> Tensor:
+        base, ad = self._sync(), self.adapter
+        src = x if context is None else context
+        start, is_self = (cache.pos if cache is not None else 0), context is None
+        q, k, v = base._project(x, context)
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q1, q2 = q + _heads(ad.q1(x), H, hd), q + _heads(ad.q2(x), H, hd)
+        k1, k2 = k + _heads(ad.k1(src), Hkv, hd), k + _heads(ad.k2(src), Hkv, hd)
+        q1, q2 = base._rope(q1, start, is_self), base._rope(q2, start, is_self)
+        k1, k2 = base._rope(k1, start, is_self), base._rope(k2, start, is_self)
+        if cache is not None:
+            k1, k2, v = cache.update(k1, k2, v)
+        c1, c2 = self.gains()
+        lam = torch.tensor(c2 / c1, device=x.device)
+        return self._finish(c1 * diff_attention(q1, q2, k1, k2, v, lam, **base._op_kwargs(key_mask)))
+
+
+_WRAPPERS: dict[str, type[AdaptedAttention]] = {"dex": DexAttention, "difflora": DiffLoRAAttention, "opamp": OpAmpAttention}
+
+
+# ------------------------------------------------------------------------------- model-level API
+
+
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every attention layer (base or adapted) in forward order."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, AdaptedAttention) or (isinstance(m, AttentionBase) and not _inside_adapted(model, name)):
+            out.append((name, m))
+    return out
+
+
+def _inside_adapted(model: nn.Module, name: str) -> bool:
+    parent = name.rpartition(".")[0]
+    while parent:
+        if isinstance(model.get_submodule(parent), AdaptedAttention):
+            return True
+        parent = parent.rpartition(".")[0]
+    return False
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return {}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
+
+
+def base_fingerprint(model: nn.Module, n_tensors: int = 4) -> dict[str, Any]:
+    """Identify the base a set of adapter weights belongs to: class, config, checksums of a few tensors.
+
+    The checksummed tensors skip ``q_proj``/``k_proj`` (DiffLoRA's merge edits them) and adapter
+    weights; they are picked evenly over the state dict (embeddings, middle layers, final norm).
+    """
+    state = model.state_dict()
+    names = [k for k in state if not is_adapter_key(k) and not k.endswith(("q_proj.weight", "k_proj.weight"))
+             and state[k].is_floating_point()]
+    pick = sorted({names[round(i * (len(names) - 1) / max(n_tensors - 1, 1))] for i in range(n_tensors)}) if names else []
+    sums = {}
+    for k in pick:
+        t = state[k].detach().double()
+        sums[k] = {"shape": list(t.shape), "sum": float(t.sum()), "sumsq": float((t * t).sum())}
+    cfg = _config_dict(model)
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+    cls = _class_of(model)
+    return {"model_class": f"{cls.__module__}.{cls.__qualname__}", "config": cfg,
+            "config_sha256": digest, "checksums": sums}
+
+
+def check_base(model: nn.Module, fingerprint: Mapping[str, Any], source: str = "adapter") -> None:
+    """Raise ``ValueError`` naming the first differences between ``model`` and the adapter's base."""
+    ours = base_fingerprint(model)
+    problems = []
+    if fingerprint.get("model_class") != ours["model_class"]:
+        problems.append(f"model class: adapter base={fingerprint.get('model_class')} model={ours['model_class']}")
+    theirs_cfg = fingerprint.get("config", {})
+    diffs = [f"{k}: adapter base={theirs_cfg.get(k)!r} model={ours['config'].get(k)!r}"
+             for k in sorted(set(theirs_cfg) | set(ours["config"])) if theirs_cfg.get(k) != ours["config"].get(k)]
+    if diffs:
+        problems.append("config " + "; ".join(diffs[:8]))
+    if not problems:
+        state = model.state_dict()
+        for k, ref in fingerprint.get("checksums", {}).items():
+            if k not in state:
+                problems.append(f"tensor {k} of the adapter's base is missing from the model")
+                continue
+            t = state[k].detach().double()
+            if list(t.shape) != ref["shape"]:
+                problems.append(f"tensor {k}: adapter base shape {tuple(ref['shape'])} vs model {tuple(t.shape)}")
+                continue
+            for stat, val in (("sum", float(t.sum())), ("sumsq", float((t * t).sum()))):
+                if not math.isclose(val, ref[stat], rel_tol=1e-5, abs_tol=1e-6):
+                    problems.append(f"tensor {k}: checksum {stat} adapter base={ref[stat]:.6g} model={val:.6g}")
+                    break
+    if problems:
+        raise ValueError(
+            f"{source} was trained on a different base model: " + "; ".join(problems)
+            + ". Load it onto the base it was trained on (same config and weights)"
+        )
+
+
+def apply_adapter(
+    model: nn.Module,
+    method: str,
+    layers: Optional[Sequence[int]] = None,
+    freeze_base: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Wrap attention layers of ``model`` in place with ``method`` (``dex`` | ``difflora`` | ``opamp``).
+
+    ``layers``: indices into the model's attention layers in forward order (default all).
+    ``kwargs`` go to the wrapper: dex ``heads, lambda_max, anneal_steps, init_std``; difflora
+    ``rank, alpha, neg_rank, lambda_init``; opamp ``rank, alpha, cmrr, common_gain``.
+    With ``freeze_base`` only adapter weights train. Returns ``model``.
+    """
+    if method not in _WRAPPERS:
+        raise ValueError(f"unknown adapter method {method!r}; choose one of {list(METHODS)}")
+    if getattr(model, "adapter_config", None):
+        raise ValueError(
+            f"model already carries a {model.adapter_config['method']!r} adapter; use a fresh base model"
+        )
+    found = attention_layers(model)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no zoo attention layers to adapt")
+    idx = list(range(len(found))) if layers is None else [int(i) for i in layers]
+    bad = [i for i in idx if not 0 <= i < len(found)]
+    if bad:
+        raise ValueError(f"adapter layers {bad} out of range: the model has {len(found)} attention layers")
+    fingerprint = base_fingerprint(model)
+    for i in idx:
+        name, base = found[i]
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapped = _WRAPPERS[method](base, **kwargs)
+        ref = next(base.parameters())
+        wrapped.adapter.to(device=ref.device)
+        setattr(parent, attr, wrapped)
+    model.adapter_config = {"method": method, "layers": idx, "kwargs": _jsonable(kwargs), "base": fingerprint}
+    if freeze_base:
+        mark_only_adapters_trainable(model)
+    return model
+
+
+def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, (tuple, range)) else v) for k, v in kwargs.items()}
+
+
+def adapted_layers(model: nn.Module) -> list[AdaptedAttention]:
+    return [m for m in model.modules() if isinstance(m, AdaptedAttention)]
+
+
+def mark_only_adapters_trainable(model: nn.Module) -> None:
+    """``requires_grad`` on adapter weights only (``*.adapter.*``); everything else frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_key(name))
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The adapter weights (and DEX's annealing position) only, keyed as in ``model.state_dict()``."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if is_adapter_key(k)}
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The base weights only, loadable into the plain model; refuses merged DiffLoRA layers."""
+    if any(getattr(m, "merged", False) for m in adapted_layers(model)):
+        raise ValueError("DiffLoRA adapters are merged into q_proj/k_proj; call unmerge_adapters(model) first")
+    return {k: v for k, v in model.state_dict().items() if not is_adapter_key(k)}
+
+
+def step_adapters(model: nn.Module, step: int) -> None:
+    """Advance step-dependent schedules (DEX's lambda annealing) to ``step``."""
+    for m in adapted_layers(model):
+        if hasattr(m, "set_step"):
+            m.set_step(step)
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """Fold DiffLoRA's positive-term LoRA into the base projections (outputs unchanged)."""
+    layers = adapted_layers(model)
+    if not layers or any(not hasattr(m, "merge") for m in layers):
+        raise ValueError("merge_adapters needs DiffLoRA adapters (dex and opamp have nothing to fold)")
+    for m in layers:
+        m.merge()
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Undo :func:`merge_adapters`."""
+    for m in adapted_layers(model):
+        if hasattr(m, "unmerge"):
+            m.unmerge()
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Put the base attention layers back (unmerging first); returns ``model``."""
+    unmerge_adapters(model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, AdaptedAttention):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, m.base)
+    model.adapter_config = None
+    return model
+
+
+def save_adapter(model: nn.Module, folder: Union[str, Path]) -> Path:
+    """Write ``adapter.safetensors`` + ``adapter_config.json`` (method, layers, kwargs, base fingerprint)."""
+    from safetensors.torch import save_file
+
+    cfg = getattr(model, "adapter_config", None)
+    if not cfg:
+        raise ValueError("the model has no adapter; call apply_adapter first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(cfg, indent=2)
+    save_file(adapter_state_dict(model), str(folder / ADAPTER_FILE), metadata={"adapter_config": text})
+    (folder / ADAPTER_CONFIG_FILE).write_text(text + "\n")
+    return folder
+
+
+def read_adapter(source: Union[str, Path]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(config, state)`` from an adapter folder or ``adapter.safetensors`` file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    file = path / ADAPTER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: save adapters with zoo.nn.adapters.save_adapter")
+    try:
+        with safe_open(str(file), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {file}: {exc}; the adapter file is corrupt or truncated") from exc
+    if "adapter_config" not in meta:
+        raise ValueError(f"{file} carries no adapter_config metadata: it was not written by save_adapter")
+    return json.loads(meta["adapter_config"]), state
+
+
+def load_adapter(model: nn.Module, source: Union[str, Path, Mapping[str, Tensor]]) -> nn.Module:
+    """Load adapter weights onto ``model``.
+
+    ``source``: a folder / ``adapter.safetensors`` from :func:`save_adapter` (the adapter is applied
+    first if the model has none, after checking the base fingerprint), or a state dict from
+    :func:`adapter_state_dict` for a model that already carries the same adapter. Missing,
+    unexpected or mis-shaped keys are named.
+    """
+    if isinstance(source, Mapping):
+        if not getattr(model, "adapter_config", None):
+            raise ValueError("a bare adapter state dict needs a model with the adapter applied; pass the folder instead")
+        cfg, state, name = None, dict(source), "adapter state dict"
+    else:
+        cfg, state = read_adapter(source)
+        name = str(source)
+        check_base(model if not getattr(model, "adapter_config", None) else _BaseView(model), cfg["base"], name)
+        if getattr(model, "adapter_config", None):
+            ours = {k: model.adapter_config[k] for k in ("method", "layers", "kwargs")}
+            theirs = {k: cfg[k] for k in ("method", "layers", "kwargs")}
+            if ours != theirs:
+                raise ValueError(f"{name} holds adapter {theirs} but the model carries {ours}; use a fresh base")
+        else:
+            apply_adapter(model, cfg["method"], layers=cfg["layers"], **cfg["kwargs"])
+    own = {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{what} {lst[:8]}" for what, lst in
+                (("missing adapter tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes)) if lst]
+    if problems:
+        raise ValueError(f"{name} does not fit this model's adapter: " + "; ".join(problems))
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+    return model
+
+
+class _BaseView(nn.Module):
+    """The fingerprint view of an adapted model: same class/config, state dict without adapters."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_m", model)
+        self.config = getattr(model, "config", None)
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return base_state_dict(self._m)
+
+
+def _class_of(view: nn.Module) -> type:
+    return type(view._m) if isinstance(view, _BaseView) else type(view)
+
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE", "ADAPTER_FILE", "METHODS", "AdaptedAttention", "DexAttention", "DiffLoRAAttention",
+    "OpAmpAttention", "adapter_state_dict", "apply_adapter", "attention_layers", "base_fingerprint",
+    "base_state_dict", "check_base", "is_adapter_key", "load_adapter",
+    "mark_only_adapters_trainable", "merge_adapters", "read_adapter", "remove_adapters", "save_adapter",
+    "step_adapters", "unmerge_adapters",
+]
