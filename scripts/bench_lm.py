@@ -62,9 +62,11 @@ def machine() -> dict:
 def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps: int, lr: float,
         val_every: int, limit_val: int | None) -> dict:
     L.seed_everything(seed, verbose=False)
-    heads = model_args["n_heads"] if attn == "diff" else 2 * model_args["n_heads"]
+    # vanilla gets 2x heads of half width: the paper's baseline layout, same parameter count
+    heads = 2 * model_args["n_heads"] if attn == "vanilla" else model_args["n_heads"]
     task = LanguageModelTask(
-        arch=f"lm-{attn}-tiny", model_args={**model_args, "n_heads": heads}, data_info=dm.data_info,
+        arch="lm-vanilla-tiny" if attn == "vanilla" else "lm-diff-tiny", attn_type=attn,
+        model_args={**model_args, "n_heads": heads}, data_info=dm.data_info,
         lr=lr, warmup_steps=min(100, steps // 10),
     )
     curve = Curve()

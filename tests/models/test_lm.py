@@ -98,3 +98,10 @@ def test_sampling_respects_top_k():
     for seed in range(20):
         tok = model.generate(prompt, max_new_tokens=1, temperature=1.5, top_k=3, seed=seed)[0, -1].item()
         assert tok in allowed
+
+
+def test_attn_args_reach_the_attention_layer():
+    m = zoo.create_model("lm-diff-tiny", attn_type="gda", n_heads=4, attn_args={"signal_ratio": 2})
+    assert all(layer.attn.n_noise_heads == 2 for layer in m.layers)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'signal_ratio'"):
+        zoo.create_model("lm-diff-tiny", attn_args={"signal_ratio": 2})  # plain diff has no such knob

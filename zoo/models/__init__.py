@@ -28,3 +28,4 @@ for _size, (_dim, _layers, _heads, _vocab, _len) in _LM_SIZES.items():
         )
 
 __all__ = ["DiffTransformerLM", "LMConfig"]
+import zoo.models.encoder  # noqa: F401,E402

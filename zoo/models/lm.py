@@ -36,6 +36,7 @@ class LMConfig:
     mlp_hidden: Optional[int] = None
     max_seq_len: int = 512
     attn_type: str = "diff"
+    attn_args: Optional[dict[str, Any]] = None  # extra kwargs of the attention type, e.g. {signal_ratio: 4}
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
@@ -80,6 +81,7 @@ class Block(nn.Module):
             max_seq_len=cfg.max_seq_len,
             dropout=cfg.attn_dropout,
             backend=cfg.attn_backend,
+            **(cfg.attn_args or {}),
         )
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout)

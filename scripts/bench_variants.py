@@ -1,0 +1,176 @@
+"""Attention variants and adaptation methods, measured through the same task/datamodules as the CLI.
+
+(a) every attention type (vanilla, diff, diff_v2, shared_diff, dint, gda) with the same width, depth
+    and heads, the same step budget: MQAR retrieval accuracy and tinyshakespeare validation loss,
+    parameters, training tokens/s (and peak GPU memory on CUDA);
+(b) adaptation: pretrain a small vanilla LM on tinyshakespeare, then adapt it with DEX / DiffLoRA /
+    OpAmp on at most 1% of the pretraining tokens, against continuing vanilla training on the same
+    tokens: validation loss.
+
+Writes ``<out>/bench_variants.json`` and ``<out>/bench_variants.md``.
+
+    python scripts/bench_variants.py            # README numbers (CPU)
+    python scripts/bench_variants.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from bench_lm import SHAKESPEARE, machine, run, summarize  # scripts/ is on sys.path when run as a script
+from zoo.data import RetrievalDataModule, TextDataModule
+from zoo.tasks import LanguageModelTask
+
+ROOT = Path(__file__).resolve().parents[1]
+TYPES = ("vanilla", "diff", "diff_v2", "shared_diff", "dint", "gda")
+# gda at 2:1 signal:noise heads: the benchmark shapes have 2 and 4 heads (3:1 needs multiples of 3)
+ATTN_ARGS = {"gda": {"signal_ratio": 2}}
+ADAPTERS = {"dex": {}, "difflora": {"rank": 8}, "opamp": {"rank": 8}}
+
+
+def text_dm() -> TextDataModule:
+    return TextDataModule(train_path=str(SHAKESPEARE), block_size=128, batch_size=16, tokenizer="byte")
+
+
+def with_peak(fn):
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    r = fn()
+    r["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return r
+
+
+def adapt_run(src: Path, method: str | None, seed: int, steps: int, lr: float) -> dict:
+    """Continue (method None) or adapt the exported base for ``steps`` steps; return val loss."""
+    L.seed_everything(seed, verbose=False)
+    dm = text_dm()
+    adapter = {"method": method, **ADAPTERS[method]} if method else None
+    if method == "dex":
+        adapter["anneal_steps"] = max(steps // 2, 1)
+    task = LanguageModelTask(pretrained=str(src), data_info=dm.data_info, adapter=adapter, lr=lr,
+                             warmup_steps=1, scheduler="constant")
+    trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+    trainer = L.Trainer(max_steps=steps, limit_val_batches=40, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=dm)
+    val = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    return {"method": method or "continue-vanilla", "seed": seed, "trainable_params": trainable,
+            "val_loss": val["val/loss"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "variants"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=300, help="steps per run in (a)")
+    ap.add_argument("--pretrain-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["types", "adapt"], help="run one half of the benchmark")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.pretrain_steps, args.seeds = 3, 100, [0]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not SHAKESPEARE.is_file():
+        raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared/data")
+    t0 = time.time()
+    res: dict = {"machine": machine(), "args": vars(args), "types": {}, "adaptation": {}}
+
+    # (a) every attention type at the same shape and step budget
+    retr = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32}
+    text = {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128}
+    for attn in TYPES if args.only != "adapt" else ():
+        entry = {}
+        for name, shape, make_dm, key, lr in (
+            ("mqar", retr, lambda s: RetrievalDataModule(seq_len=32, n_pairs=4, train_size=args.steps * 64,
+                                                         val_size=512, batch_size=64, seed=s), "val/acc", 3e-3),
+            ("shakespeare", text, lambda s: text_dm(), "val/loss", 2e-3),
+        ):
+            runs = []
+            for seed in args.seeds:
+                dm = make_dm(seed)
+                r = with_peak(lambda: run(attn, seed, dm, {**shape, "attn_args": ATTN_ARGS.get(attn)}, args.steps, lr,
+                                          args.steps, 40))
+                tokens = r["steps"] * (64 * 32 if name == "mqar" else 16 * 128)
+                r["tokens_per_s"] = tokens / r["seconds"]
+                r.pop("train_curve")
+                print(f"[{name}] {attn} seed {seed}: {key} {r['final'].get(key)}", flush=True)
+                runs.append(r)
+            entry[name] = {"params": runs[0]["params"], key.split("/")[1]: summarize(runs, key),
+                           "tokens_per_s": sum(r["tokens_per_s"] for r in runs) / len(runs),
+                           "peak_gpu_mem_mb": runs[0]["peak_gpu_mem_mb"], "runs": runs}
+        res["types"][attn] = entry
+
+    # (b) adaptation of a pretrained vanilla LM with <= 1% of its pretraining tokens
+    if args.only != "types":
+        tmp = tempfile.mkdtemp(prefix="bench_variants_")
+        L.seed_everything(0, verbose=False)
+        dm = text_dm()
+        base = LanguageModelTask(arch="lm-vanilla-tiny", model_args={**text, "n_heads": 8}, data_info=dm.data_info,
+                                 lr=2e-3, warmup_steps=50)
+        trainer = L.Trainer(max_steps=args.pretrain_steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=40,
+                            num_sanity_val_steps=0)
+        trainer.fit(base, datamodule=dm)
+        base_val = trainer.validate(base, datamodule=dm, verbose=False)[0]["val/loss"]
+        src = base.export(Path(tmp) / "base")
+        adapt_steps = max(args.pretrain_steps // 100, 1)  # 1% of the pretraining tokens (same batch shape)
+        res["adaptation"] = {"pretrain_steps": args.pretrain_steps, "adapt_steps": adapt_steps,
+                             "base_val_loss": base_val, "methods": {}}
+        for method in (None, "dex", "difflora", "opamp"):
+            runs = [adapt_run(src, method, seed, adapt_steps, 1e-3) for seed in args.seeds]
+            label = method or "continue-vanilla"
+            print(f"[adapt] {label}: {[r['val_loss'] for r in runs]}", flush=True)
+            res["adaptation"]["methods"][label] = {
+                "trainable_params": runs[0]["trainable_params"],
+                "val_loss": summarize([{"final": {"l": r["val_loss"]}} for r in runs], "l"), "runs": runs,
+            }
+    res["total_seconds"] = round(time.time() - t0, 1)
+    (out / "bench_variants.json").write_text(json.dumps(res, indent=1))
+    md = table(res)
+    (out / "bench_variants.md").write_text(md)
+    print(md)
+
+
+def table(res: dict) -> str:
+    m, a = res["machine"], res["args"]
+    lines = [
+        f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
+        f"torch {m['torch']}; seeds {a['seeds']}; {a['steps']} steps per run; total {res['total_seconds'] / 60:.1f} min.",
+        "",
+        "| attention | params (mqar / text) | MQAR acc | text val loss | tokens/s (mqar / text) |",
+        "|---|---|---|---|---|",
+    ]
+    for attn, e in res["types"].items():  # empty with --only adapt
+        q, t = e["mqar"], e["shakespeare"]
+        lines.append(
+            f"| {attn} | {q['params']:,} / {t['params']:,} | {q['acc']['mean']:.3f} ± {q['acc']['std']:.3f} | "
+            f"{t['loss']['mean']:.3f} ± {t['loss']['std']:.3f} | {q['tokens_per_s']:,.0f} / {t['tokens_per_s']:,.0f} |"
+        )
+    ad = res["adaptation"]
+    if not ad:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        f"Adaptation: vanilla base pretrained {ad['pretrain_steps']} steps (val loss {ad['base_val_loss']:.3f}), "
+        f"then {ad['adapt_steps']} steps (1% of the pretraining tokens):",
+        "",
+        "| method | trainable params | val loss |",
+        "|---|---|---|",
+    ]
+    for label, e in ad["methods"].items():
+        lines.append(f"| {label} | {e['trainable_params']:,} | {e['val_loss']['mean']:.4f} ± {e['val_loss']['std']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
