@@ -2,5 +2,6 @@
 
 from zoo.tasks.base import ZooTask
 from zoo.tasks.lm import LanguageModelTask
+from zoo.tasks.ts import ForecastTask
 
-__all__ = ["LanguageModelTask", "ZooTask"]
+__all__ = ["ForecastTask", "LanguageModelTask", "ZooTask"]

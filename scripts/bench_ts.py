@@ -1,0 +1,360 @@
+"""Long-term forecasting benchmark: Diff vs vanilla iTransformer and PatchTST on ETTh1 / ETTh2.
+
+Protocol (shared/data/ett/README.md, METHODS section 5): lookback 96, horizons 96/192/336/720,
+features M, ETT hourly splits 12/4/4 months, scaler fitted on the training rows, MSE/MAE on the
+scaled test windows averaged over all variates. Training: Adam (lr 1e-4), batch 32, MSE loss, at most
+``--max-epochs`` epochs, learning rate halved every epoch (``lradj=type1``), early stopping on the
+validation MSE with ``--patience``; the test is run with the best-validation weights.
+
+Sizes follow iTransformer's scripts: ETTh1 d_model = d_ff = 256 for horizons 96/192 and 512 for
+336/720 (``ts-itransformer-*-base`` / ``-large``), ETTh2 128 (``-small``), 2 layers, 8 vanilla heads;
+each Diff twin has 4 differential heads of twice the width (equal parameters up to the lambda
+vectors and subln weights). PatchTST uses ``ts-patchtst-*-small`` (patch 16, stride 8) everywhere.
+
+Every finished run is appended to ``runs.jsonl`` (so the script resumes, and disjoint ``--shard``
+processes can share the machine); ``--report`` (also run at the end) aggregates them into
+``bench_ts.json``, ``bench_ts.md`` and ``bench_ts.png``. ``--export`` trains the shipped ETTh1
+models and writes them to ``zoo/pretrained/<name>/``.
+
+    python scripts/bench_ts.py --horizons 96                 # the anchor column first
+    python scripts/bench_ts.py --shard 0/2 & python scripts/bench_ts.py --shard 1/2 &
+    python scripts/bench_ts.py --report
+    python scripts/bench_ts.py --export
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from zoo.data.ts import CSVTSDataModule  # noqa: E402
+from zoo.tasks.ts import ForecastTask  # noqa: E402
+
+DATA_DIR = ROOT.parent / "shared" / "data" / "ett"
+OUT_DIR = ROOT / "scripts" / "results" / "ts"
+HORIZONS = (96, 192, 336, 720)
+DATASETS = ("ETTh1", "ETTh2")
+MODELS = {
+    # key: (label, family, attention)
+    "itr-diff": ("Diff-iTransformer", "itransformer", "diff"),
+    "itr-vanilla": ("iTransformer (vanilla)", "itransformer", "vanilla"),
+    "patch-diff": ("Diff-PatchTST", "patchtst", "diff"),
+    "patch-vanilla": ("PatchTST (vanilla)", "patchtst", "vanilla"),
+}
+# METHODS.md section 5: published MSE / MAE at lookback 96, horizon 96 (iTransformer paper's table).
+PUBLISHED = {
+    ("ETTh1", 96, "itransformer"): (0.386, 0.405),
+    ("ETTh1", 96, "patchtst"): (0.414, 0.419),
+    ("ETTh2", 96, "itransformer"): (0.297, 0.349),
+    ("ETTh2", 96, "patchtst"): (0.302, 0.348),
+}
+TARGET = {"ETTh1": 0.386, "ETTh2": 0.297}  # Diff-iTransformer at horizon 96 should reach these MSEs
+SHIPPED = {"ts-itransformer-diff-etth1": True, "ts-patchtst-diff-etth1": False}  # name -> time features
+
+
+def arch_for(family: str, attn: str, dataset: str, horizon: int) -> str:
+    if family == "patchtst":
+        return f"ts-patchtst-{attn}-small"
+    if dataset == "ETTh1":
+        return f"ts-itransformer-{attn}-{'base' if horizon <= 192 else 'large'}"
+    return f"ts-itransformer-{attn}-small"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+    }
+
+
+def train_one(
+    dataset: str, horizon: int, arch: str, seed: int, time_features: bool, args: argparse.Namespace
+) -> tuple[dict[str, Any], ForecastTask]:
+    """Train with early stopping, test with the best-validation weights (the task restores them)."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = CSVTSDataModule(
+        str(args.data_dir / f"{dataset}.csv"), lookback=96, horizon=horizon, features="M",
+        time_features=time_features, batch_size=32, eval_batch_size=256,
+    )
+    task = ForecastTask(
+        arch=arch, data_info=dm.data_info, model_args=dict(args.model_args), lr=args.lr, scheduler="halving",
+        weight_decay=0.0,
+    )
+    scratch = tempfile.mkdtemp(prefix="bench_ts_")  # the task writes test_metrics.json into the run folder
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=args.max_epochs, logger=False, enable_checkpointing=False,
+        default_root_dir=scratch,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[L.pytorch.callbacks.EarlyStopping("val/loss", patience=args.patience, mode="min")],
+    )
+    t0 = time.time()
+    trainer.fit(task, datamodule=dm)
+    fit_s = time.time() - t0
+    trainer.test(task, datamodule=dm, verbose=False)
+    test = task.results["test"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    record = {
+        "dataset": dataset, "horizon": horizon, "lookback": 96, "arch": arch, "seed": seed,
+        "attn_type": task.model.config.attn_type, "params": task.model.num_params(),
+        "config": dataclasses.asdict(task.model.config),
+        "time_features": time_features, "lr": args.lr, "model_args": dict(args.model_args), "epochs_run": trainer.current_epoch,
+        "best_epoch": task.best_val[1] + 1, "best_val_mse": task.best_val[0],
+        "mse": test["mse"], "mae": test["mae"], "mse_orig": test["mse_orig"], "mae_orig": test["mae_orig"],
+        "mse_per_step": [round(v, 5) for v in test["mse_per_step"]],
+        "train_s": round(fit_s, 1), "total_s": round(time.time() - t0, 1),
+    }
+    return record, task
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    runs_path = args.out / "runs.jsonl"
+    done = set()
+    if runs_path.exists():
+        for line in runs_path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["dataset"], r["horizon"], r["arch"], r["seed"]))
+    grid = [
+        (d, h, k, s) for h in args.horizons for d in args.datasets for k in args.models for s in args.seeds
+    ]
+    index, count = (int(v) for v in args.shard.split("/"))
+    grid = [g for i, g in enumerate(grid) if i % count == index]
+    for dataset, horizon, key, seed in grid:
+        label, family, attn = MODELS[key]
+        arch = arch_for(family, attn, dataset, horizon)
+        if (dataset, horizon, arch, seed) in done:
+            continue
+        tf = family == "itransformer" and args.time_features == "itransformer"
+        rec, _ = train_one(dataset, horizon, arch, seed, tf, args)
+        rec.update(model=label, model_key=key, machine=machine())
+        with open(runs_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(
+            f"{dataset} H={horizon} {label:24s} seed {seed}: mse {rec['mse']:.4f} mae {rec['mae']:.4f} "
+            f"({rec['epochs_run']} epochs, best {rec['best_epoch']}, {rec['total_s']:.0f}s)", flush=True,
+        )
+
+
+def export_shipped(args: argparse.Namespace) -> None:
+    """Train the shipped ETTh1 models (L=96, H=96, seed 0) and export them into zoo/pretrained."""
+    records = []
+    for name, tf in SHIPPED.items():
+        rec, task = train_one("ETTh1", 96, name, 0, tf, args)
+        folder = ROOT / "zoo" / "pretrained" / name
+        task.model.meta["source"] = "ETTh1.csv"  # not this machine's absolute path
+        task.export(folder, overwrite=True)
+        sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+        rec.update(model=name, export=str(folder.relative_to(ROOT)), file_bytes=sizes)
+        records.append(rec)
+        print(f"exported {name}: test mse {rec['mse']:.4f} mae {rec['mae']:.4f}, files {sizes}", flush=True)
+    (args.out / "exports.json").write_text(json.dumps({"machine": machine(), "exports": records}, indent=2) + "\n")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, Optional[float]]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def report(args: argparse.Namespace) -> None:
+    runs_path = args.out / "runs.jsonl"
+    runs = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.exists() else []
+    if not runs:
+        raise SystemExit(f"no runs in {runs_path}; run the benchmark first")
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["horizon"], r["model_key"]), []).append(r)
+    summary = []
+    for (dataset, horizon, key), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(MODELS).index(kv[0][2]))):
+        label, family, _ = MODELS[key]
+        mse, mse_sd = _mean_sd([r["mse"] for r in rs])
+        mae, mae_sd = _mean_sd([r["mae"] for r in rs])
+        pub = PUBLISHED.get((dataset, horizon, family))
+        summary.append({
+            "dataset": dataset, "horizon": horizon, "model": label, "model_key": key, "arch": rs[0]["arch"],
+            "params": rs[0]["params"], "seeds": sorted(r["seed"] for r in rs),
+            "mse_mean": mse, "mse_sd": mse_sd, "mae_mean": mae, "mae_sd": mae_sd,
+            "mse_min": min(r["mse"] for r in rs), "mse_max": max(r["mse"] for r in rs),
+            "mse_orig_mean": statistics.fmean(r["mse_orig"] for r in rs),
+            "mae_orig_mean": statistics.fmean(r["mae_orig"] for r in rs),
+            "epochs_run": [r["epochs_run"] for r in rs],
+            "published_mse": pub[0] if pub else None, "published_mae": pub[1] if pub else None,
+            "mean_run_s": statistics.fmean(r["total_s"] for r in rs),
+        })
+    targets = {}
+    for dataset, goal in TARGET.items():
+        row = next((s for s in summary if s["dataset"] == dataset and s["horizon"] == 96 and s["model_key"] == "itr-diff"), None)
+        if row is not None:
+            targets[dataset] = {
+                "target_mse": goal, "mean_mse": row["mse_mean"], "met_by_mean": row["mse_mean"] <= goal,
+                "met_by_best_seed": row["mse_min"] <= goal,
+            }
+    pilots_path = args.out / "pilots.jsonl"
+    pilots = [
+        {k: r.get(k) for k in ("dataset", "horizon", "model", "arch", "seed", "lr", "model_args", "time_features",
+                               "pilot_note", "best_val_mse", "mse", "mae", "epochs_run", "best_epoch", "total_s")}
+        for r in (json.loads(line) for line in pilots_path.read_text().splitlines())
+    ] if pilots_path.exists() else []
+    result = {
+        "benchmark": "long-term forecasting, lookback 96, features M, ETT hourly protocol 12/4/4 months",
+        "machines": sorted({json.dumps(r["machine"], sort_keys=True) for r in runs}),
+        "report_machine": machine(),
+        "settings": {
+            "optimizer": "Adam (AdamW, weight_decay 0), betas (0.9, 0.999)", "batch_size": 32,
+            "lr": sorted({r["lr"] for r in runs}), "lr_schedule": "halved every epoch (type1)",
+            "max_epochs": args.max_epochs, "early_stopping": f"val MSE, patience {args.patience}",
+            "test": "best-validation weights, every test window (no drop_last)",
+            "itransformer_sizes": "ETTh1: base (256) for H<=192, large (512) for H>=336; ETTh2: small (128)",
+            "patchtst_size": "small (dim 64, 2 layers, patch 16, stride 8)",
+            "time_features": "iTransformer: calendar tokens (timeF); PatchTST: none",
+        },
+        "published_source": "METHODS.md section 5 (iTransformer paper table, horizon 96 only)",
+        "target": targets,
+        "total_compute_s": round(sum(r["total_s"] for r in runs), 1),
+        "n_runs": len(runs),
+        "summary": summary,
+        "runs": runs,
+        "pilot_runs_note": (
+            "single-seed ETTh1 H=96 runs made before the grid to pick the shared training setting by validation "
+            "MSE (lr, attention dropout, size, calendar tokens); not part of the table"
+        ),
+        "pilot_runs": pilots,
+    }
+    (args.out / "bench_ts.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bench_ts.md").write_text(markdown(result))
+    plot(summary, args.out / "bench_ts.png")
+    print((args.out / "bench_ts.md").read_text())
+
+
+def _fmt(mean: float, sd: Optional[float]) -> str:
+    return f"{mean:.3f} ± {sd:.4f}" if sd is not None else f"{mean:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = json.loads(result["machines"][0])
+    lines = [
+        "| dataset | H | model | params | MSE (mean ± sd) | MAE (mean ± sd) | seeds | published MSE / MAE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in result["summary"]:
+        pub = f"{s['published_mse']:.3f} / {s['published_mae']:.3f}" if s["published_mse"] is not None else "—"
+        lines.append(
+            f"| {s['dataset']} | {s['horizon']} | {s['model']} | {s['params'] / 1e3:.0f}k | "
+            f"{_fmt(s['mse_mean'], s['mse_sd'])} | {_fmt(s['mae_mean'], s['mae_sd'])} | {len(s['seeds'])} | {pub} |"
+        )
+    lines.append("")
+    for dataset, t in result["target"].items():
+        lines.append(
+            f"- Target {dataset} Diff-iTransformer H=96 MSE <= {t['target_mse']}: mean {t['mean_mse']:.3f} -> "
+            f"{'met' if t['met_by_mean'] else 'not met'} (best seed {'meets' if t['met_by_best_seed'] else 'misses'} it)"
+        )
+    lines.append(
+        f"- Machine: {result['report_machine']['cpu_model']} ({m['processor']}), {m['cpu_count']} CPU cores, torch {m['torch']} ({m['torch_threads']} thread(s) "
+        f"per run), {result['n_runs']} runs, {result['total_compute_s'] / 3600:.2f} h of run time in total (wall "
+        "times; two runs in parallel, sharing the cores with other jobs)."
+    )
+    lines.append("- Published numbers: METHODS.md section 5 (horizon 96 only); '—' = none given there.")
+    if result["pilot_runs"]:
+        lines.append(
+            f"- The shared setting (lr 1e-4 halved per epoch, attention dropout 0.1, calendar tokens for iTransformer) "
+            f"was picked by validation MSE in {len(result['pilot_runs'])} single-seed ETTh1 H=96 pilot runs "
+            "(listed in bench_ts.json, `pilot_runs`)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({s["dataset"] for s in summary})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for key, (label, _, attn) in MODELS.items():
+            rows = sorted((s for s in summary if s["dataset"] == dataset and s["model_key"] == key), key=lambda s: s["horizon"])
+            if rows:
+                ax.errorbar(
+                    [s["horizon"] for s in rows], [s["mse_mean"] for s in rows],
+                    yerr=[s["mse_sd"] or 0.0 for s in rows], marker="o", capsize=3, label=label,
+                    linestyle="-" if attn == "diff" else "--",
+                )
+        for (d, h, fam), (mse, _) in PUBLISHED.items():
+            if d == dataset:
+                ax.scatter([h], [mse], marker="x", color="k", zorder=5)
+        ax.set_title(f"{dataset} (lookback 96; x = published)")
+        ax.set_xlabel("horizon")
+        ax.set_ylabel("test MSE (scaled)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--horizons", nargs="+", type=int, default=list(HORIZONS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--max-epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (iTransformer's run.py default)")
+    p.add_argument("--model-args", type=json.loads, default={}, help="JSON architecture overrides for every model")
+    p.add_argument("--time-features", choices=["itransformer", "none"], default="itransformer",
+                   help="calendar tokens for iTransformer (as its reference code) or for no model")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th grid point starting at i")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--report", action="store_true", help="only aggregate runs.jsonl into the JSON/markdown/PNG")
+    p.add_argument("--export", action="store_true", help="train and export the shipped ETTh1 models")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report and not args.data_dir.is_dir():
+        raise SystemExit(f"data folder {args.data_dir} not found; pass --data-dir with ETTh1.csv and ETTh2.csv")
+    if args.export:
+        export_shipped(args)
+        return
+    if not args.report:
+        run_grid(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The time-series configs through the CLI: fit (fast_dev_run), export, predict with CSV + PNG output."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from zoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs" / "ts").glob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"synthetic.yaml", "synthetic_vanilla.yaml", "finetune_etth2.yaml"} <= names
+    assert sum(n.startswith("etth1_") for n in names) >= 4
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "zoo.tasks.ForecastTask" in printed and "zoo.data.ts." in printed
+
+
+def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = str(ROOT / "configs" / "ts" / "synthetic.yaml")
+    fit_dir = tmp_path / "fit"
+    main(["fit", "--config", cfg, "--trainer.fast_dev_run=1", "--trainer.default_root_dir", str(fit_dir)])
+    export = next(fit_dir.rglob("export"))
+    assert (export / "ts_meta.json").is_file()
+
+    pred_dir = tmp_path / "pred"
+    main([
+        "predict", "--config", cfg, "--trainer.default_root_dir", str(pred_dir), "--trainer.logger=false",
+        "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
+    ])
+    csv = next(pred_dir.rglob("forecast.csv"))
+    assert (csv.parent / "forecast.png").stat().st_size > 1000
+    fc = pd.read_csv(csv, parse_dates=["date"])
+    meta = json.loads((export / "ts_meta.json").read_text())
+    assert list(fc.columns) == ["date"] + meta["columns"] and len(fc) == 96
+    # The synthetic series has 4000 hourly rows from 2020-01-01; the forecast starts one hour later.
+    assert fc["date"].iloc[0] == pd.Timestamp("2020-01-01") + pd.Timedelta(hours=4000)
+    assert (fc["date"].diff().dropna() == pd.Timedelta(hours=1)).all()
+    lines = next(pred_dir.rglob("predictions.jsonl")).read_text().splitlines()
+    assert len(lines) == 96

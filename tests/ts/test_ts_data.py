@@ -1,0 +1,212 @@
+"""CSV / synthetic forecasting data: split protocol, scaler, feature modes, time features, bad input."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from zoo.data.ts import CSVTSDataModule, SyntheticTSDataModule, make_synthetic_frame, time_features
+
+ETTH1 = Path(__file__).resolve().parents[3] / "shared/data/ett/ETTh1.csv"
+
+
+def write_csv(path, n_rows, n_vars=3, freq="h", seed=0, names=None):
+    rng = np.random.default_rng(seed)
+    names = names or [f"c{j}" for j in range(n_vars)]
+    values = rng.normal(size=(n_rows, len(names))).cumsum(0) + np.arange(len(names)) * 10
+    df = pd.DataFrame(values, columns=names)
+    df.insert(0, "date", pd.date_range("2016-07-01", periods=n_rows, freq=freq).strftime("%Y-%m-%d %H:%M:%S"))
+    df.to_csv(path, index=False)
+    return values
+
+
+def test_ett_hour_borders_follow_the_protocol(tmp_path):
+    L, H = 24, 12
+    values = write_csv(tmp_path / "ETTh9.csv", 14500)
+    dm = CSVTSDataModule(str(tmp_path / "ETTh9.csv"), lookback=L, horizon=H)
+    month = 30 * 24
+    expected = {"train": [0, 12 * month], "val": [12 * month - L, 16 * month], "test": [16 * month - L, 20 * month]}
+    assert dm.data_info["borders"] == expected
+    assert dm.data_info["split"] == "ett_hour"
+    mean, std = values[: 12 * month].mean(0), values[: 12 * month].std(0)
+    for split, (b1, b2) in expected.items():
+        ds = dm.dataset(split)
+        assert len(ds) == (b2 - b1) - L - H + 1
+        first, last = ds[0], ds[len(ds) - 1]
+        np.testing.assert_allclose(first["x"].numpy(), (values[b1 : b1 + L] - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(first["y"].numpy(), (values[b1 + L : b1 + L + H] - mean) / std, rtol=1e-5, atol=1e-5)
+        # The last target row is the last row of the split (rows after 20 months are never used).
+        np.testing.assert_allclose(last["y"][-1].numpy(), (values[b2 - 1] - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_ett_minute_borders_are_four_times_the_hourly_ones(tmp_path):
+    write_csv(tmp_path / "ETTm7.csv", 57700, n_vars=1, freq="15min")
+    dm = CSVTSDataModule(str(tmp_path / "ETTm7.csv"), lookback=96, horizon=96)
+    m = 4 * 30 * 24
+    assert dm.data_info["borders"] == {"train": [0, 12 * m], "val": [12 * m - 96, 16 * m], "test": [16 * m - 96, 20 * m]}
+    assert dm.data_info["freq"] == "15min"
+
+
+def test_other_files_split_0_7_0_1_0_2(tmp_path):
+    write_csv(tmp_path / "custom.csv", 1001)
+    dm = CSVTSDataModule(str(tmp_path / "custom.csv"), lookback=30, horizon=10)
+    n_train, n_test = 700, 200  # int(0.7 * 1001), int(0.2 * 1001)
+    n_val = 1001 - n_train - n_test
+    assert dm.data_info["split"] == "ratio"
+    assert dm.data_info["borders"] == {
+        "train": [0, n_train], "val": [n_train - 30, n_train + n_val], "test": [1001 - n_test - 30, 1001],
+    }
+
+
+def test_scaler_is_fitted_on_training_rows_only(tmp_path):
+    values = write_csv(tmp_path / "data.csv", 500)
+    values[350:] += 100.0  # a level shift after the training rows must not leak into the scaler
+    df = pd.read_csv(tmp_path / "data.csv")
+    df.iloc[350:, 1:] += 100.0
+    df.to_csv(tmp_path / "data.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "data.csv"), lookback=20, horizon=5)
+    np.testing.assert_allclose(dm.data_info["mean"], values[:350].mean(0), rtol=1e-9)
+    np.testing.assert_allclose(dm.data_info["std"], values[:350].std(0), rtol=1e-9)
+    test = dm.dataset("test")
+    b1 = dm.data_info["borders"]["test"][0]
+    np.testing.assert_allclose(test[3]["x"].numpy(), (values[b1 + 3 : b1 + 23] - values[:350].mean(0)) / values[:350].std(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("features,n_in,n_out", [("M", 4, 4), ("S", 1, 1), ("MS", 4, 1)])
+def test_feature_modes_shapes_and_target(tmp_path, features, n_in, n_out):
+    values = write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT", "d"])
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features=features, target="OT", batch_size=5)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape == (5, 16, n_in)
+    assert batch["y"].shape == (5, 8, n_out)
+    info = dm.data_info
+    assert info["n_vars"] == n_in and info["n_out"] == n_out
+    if features != "M":
+        assert info["out_columns"] == ["OT"]
+        item = dm.dataset("train")[7]
+        mean, std = values[:210, 2].mean(), values[:210, 2].std()
+        np.testing.assert_allclose(item["y"][:, 0].numpy(), (values[7 + 16 : 7 + 24, 2] - mean) / std, rtol=1e-4, atol=1e-5)
+
+
+def test_target_defaults_to_the_last_column(tmp_path):
+    write_csv(tmp_path / "d.csv", 300, names=["a", "b", "z"])
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features="MS")
+    assert dm.data_info["target"] == "z" and dm.data_info["out_index"] == [2]
+
+
+def test_time_features_match_calendar(tmp_path):
+    dates = pd.DatetimeIndex(["2016-01-01 00:00", "2016-07-04 23:00", "2016-12-31 12:00"])
+    got = time_features(dates, ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"])
+    # 2016-01-01 is a Friday (weekday 4), 2016-07-04 a Monday, 2016-12-31 (leap year) day 366.
+    expected = np.array([
+        [0 / 23, 4 / 6, 0 / 30, 0 / 365],
+        [23 / 23, 0 / 6, 3 / 30, 185 / 365],
+        [12 / 23, 5 / 6, 30 / 30, 365 / 365],
+    ]) - 0.5
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    write_csv(tmp_path / "d.csv", 300)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, time_features=True)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["x_mark"].shape == (batch["x"].shape[0], 16, 4)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def _frame(n=200):
+    df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=n, freq="h"), "a": np.arange(n, dtype=float),
+                       "b": np.sin(np.arange(n))})
+    return df
+
+
+def _dm(tmp_path, df, **kw):
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    return CSVTSDataModule(str(tmp_path / "bad.csv"), lookback=12, horizon=6, **kw)
+
+
+def test_missing_date_column(tmp_path):
+    with pytest.raises(ValueError, match=r"no date column 'date'.*data.date_col"):
+        _dm(tmp_path, _frame().rename(columns={"date": "time"})).data_info
+    assert _dm(tmp_path, _frame().rename(columns={"date": "time"}), date_col="time").data_info["n_vars"] == 2
+
+
+def test_missing_target_column(tmp_path):
+    with pytest.raises(ValueError, match=r"target column 'OT' not found"):
+        _dm(tmp_path, _frame(), features="MS", target="OT").data_info
+
+
+def test_non_numeric_column(tmp_path):
+    df = _frame()
+    df["b"] = df["b"].astype(object)
+    df.loc[17, "b"] = "n/a?"
+    with pytest.raises(ValueError, match=r"column 'b' .*not numeric.*'n/a\?' at row 17"):
+        _dm(tmp_path, df).data_info
+
+
+def test_nan_gap_raises_or_is_interpolated(tmp_path):
+    df = _frame()
+    df.loc[40:42, "a"] = np.nan
+    with pytest.raises(ValueError, match=r"3 missing \(NaN\).*column 'a' at row 40.*interpolate"):
+        _dm(tmp_path, df).data_info
+    dm = _dm(tmp_path, df, interpolate=True)
+    raw = dm.prepared()["values"]
+    np.testing.assert_allclose(raw[39:44, 0], [39, 40, 41, 42, 43])  # linear between rows 39 and 43
+
+
+def test_too_few_rows(tmp_path):
+    with pytest.raises(ValueError, match=r"too few rows.*lookback \+ horizon = 12 \+ 6 = 18"):
+        _dm(tmp_path, _frame(40)).data_info
+    write_csv(tmp_path / "ETTh1.csv", 1000)
+    with pytest.raises(ValueError, match=r"needs 14400 rows but the data has 1000.*split: ratio"):
+        CSVTSDataModule(str(tmp_path / "ETTh1.csv")).data_info
+
+
+def test_unordered_dates_and_missing_file(tmp_path):
+    df = _frame()
+    df.loc[[5, 6], "date"] = df.loc[[6, 5], "date"].to_numpy()
+    with pytest.raises(ValueError, match=r"goes back in time at row 6"):
+        _dm(tmp_path, df).data_info
+    with pytest.raises(FileNotFoundError, match="nothere.csv not found"):
+        CSVTSDataModule(str(tmp_path / "nothere.csv")).data_info
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="features must be one of"):
+        SyntheticTSDataModule(features="X")
+    with pytest.raises(ValueError, match="lookback must be an integer >= 1"):
+        SyntheticTSDataModule(lookback=0)
+
+
+# -- synthetic ---------------------------------------------------------------------------------
+def test_synthetic_is_deterministic_seasonal_and_coupled():
+    a, b, c = make_synthetic_frame(3000, 4, seed=0), make_synthetic_frame(3000, 4, seed=0), make_synthetic_frame(3000, 4, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["v1"], c["v1"])
+    v = a["v0"].to_numpy()
+    v = v - np.convolve(v, np.ones(168) / 168, mode="same")  # remove the trend
+    v = v[200:-200]
+
+    def ac(lag):
+        return np.corrcoef(v[:-lag], v[lag:])[0, 1]
+
+    assert ac(24) > 0.5 and ac(12) < -0.3  # a daily cycle
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=24, horizon=12)
+    info = dm.data_info
+    assert info["kind"] == "ts" and info["n_vars"] == 3 and info["freq"] == "h"
+    assert torch.isfinite(next(iter(dm.train_dataloader()))["x"]).all()
+
+
+# -- the real benchmark file -------------------------------------------------------------------
+@pytest.mark.skipif(not ETTH1.is_file(), reason="../shared/data not present (CI provides it)")
+def test_real_etth1_protocol():
+    with open(ETTH1) as f:
+        rows = list(csv.reader(f))
+    header, data = rows[0], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    dm = CSVTSDataModule(str(ETTH1), lookback=96, horizon=96)
+    info = dm.data_info
+    assert info["columns"] == header[1:] and info["n_rows"] == 17420
+    assert info["borders"] == {"train": [0, 8640], "val": [8544, 11520], "test": [11424, 14400]}
+    np.testing.assert_allclose(info["mean"], data[:8640].mean(0), rtol=1e-9)
+    np.testing.assert_allclose(info["std"], data[:8640].std(0), rtol=1e-9)
+    assert len(dm.dataset("train")) == 8449 and len(dm.dataset("val")) == 2785 and len(dm.dataset("test")) == 2785

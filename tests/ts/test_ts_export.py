@@ -1,0 +1,142 @@
+"""Export -> load_pretrained -> forecast(df) round trip, checkpoints with assets, shipped ETTh1 models."""
+
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from zoo.data.ts import CSVTSDataModule
+from zoo.hub import PRETRAINED_DIR
+from zoo.tasks.ts import ForecastTask
+
+LB, H = 24, 8
+ETT_COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+def _write(tmp_path, n=300, freq="15min"):
+    rng = np.random.default_rng(2)
+    t = np.arange(n)
+    values = np.stack([np.sin(t / 4) * 5 + 20, rng.normal(size=n).cumsum() + 3, np.cos(t / 9) * 2 - 7], 1)
+    df = pd.DataFrame(values, columns=["a", "b", "tgt"])
+    df.insert(0, "date", pd.date_range("2022-02-27 22:00", periods=n, freq=freq))
+    df.to_csv(tmp_path / "series.csv", index=False)
+    return df
+
+
+def _trained(tmp_path, features="M", arch="ts-itransformer-diff-tiny"):
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, features=features, target="tgt",
+                         time_features=True, batch_size=16)
+    torch.manual_seed(0)
+    task = ForecastTask(arch=arch, data_info=dm.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=2,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    return task, trainer
+
+
+def _calendar_15min(dates):
+    d = pd.DatetimeIndex(dates)
+    cols = [d.minute / 59, d.hour / 23, d.day_of_week / 6, (d.day - 1) / 30, (d.day_of_year - 1) / 365]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], 1) - 0.5
+
+
+@pytest.mark.parametrize("features", ["M", "MS"])
+def test_export_load_forecast_round_trip(tmp_path, features):
+    df = _write(tmp_path)
+    task, _ = _trained(tmp_path, features)
+    task.export(tmp_path / "exp")
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.json", "model.safetensors", "ts_meta.json"]
+    fc = zoo.load_pretrained(tmp_path / "exp")
+    history = df.iloc[:250]  # any frame with the same columns; its last LB rows are the input
+    out = fc.forecast(history)
+
+    # Timestamps continue the input's 15-minute steps.
+    expected_dates = pd.date_range(history["date"].iloc[-1], periods=H + 1, freq="15min")[1:]
+    assert list(out["date"]) == list(expected_dates)
+    # Values: the model's scaled output times std plus mean, with the scaler computed here.
+    raw = df[["a", "b", "tgt"]].to_numpy()
+    n_train = int(len(df) * 0.7)
+    mean, std = raw[:n_train].mean(0), raw[:n_train].std(0)
+    x = torch.tensor((raw[250 - LB : 250] - mean) / std, dtype=torch.float32)[None]
+    marks = torch.tensor(_calendar_15min(history["date"].iloc[-LB:]), dtype=torch.float32)[None]
+    with torch.no_grad():
+        y = fc(x, marks)[0].double().numpy()
+    cols = ["a", "b", "tgt"] if features == "M" else ["tgt"]
+    idx = [["a", "b", "tgt"].index(c) for c in cols]
+    assert list(out.columns) == ["date"] + cols
+    np.testing.assert_allclose(out[cols].to_numpy(), y[:, idx] * std[idx] + mean[idx], rtol=1e-5, atol=1e-5)
+    # The same from a CSV path.
+    history.to_csv(tmp_path / "hist.csv", index=False)
+    np.testing.assert_allclose(fc.forecast(tmp_path / "hist.csv")[cols].to_numpy(), out[cols].to_numpy(), rtol=1e-6)
+
+
+def test_forecast_bad_input(tmp_path):
+    df = _write(tmp_path)
+    task, _ = _trained(tmp_path)
+    fc = task.model.eval()
+    with pytest.raises(ValueError, match=r"column\(s\) \['b'\] not found"):
+        fc.forecast(df.drop(columns=["b"]))
+    with pytest.raises(ValueError, match="too few rows to forecast.*lookback is 24"):
+        fc.forecast(df.iloc[:10])
+    gappy = df.copy()
+    gappy.loc[290, "a"] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        fc.forecast(gappy)
+    assert len(fc.forecast(gappy, interpolate=True)) == H
+    bare = zoo.create_model("ts-itransformer-diff-tiny", lookback=LB, horizon=H)
+    with pytest.raises(ValueError, match="carries no data facts"):
+        bare.forecast(df)
+
+
+def test_checkpoint_carries_scaler_assets(tmp_path):
+    _write(tmp_path)
+    task, trainer = _trained(tmp_path)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = ForecastTask.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    assert loaded.model.meta == task.model.meta
+    ckpt = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=False)
+    assert "ts_meta.json" in ckpt["zoo_assets"]
+    for k, v in task.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v)
+
+
+SHIPPED = ["ts-itransformer-diff-etth1", "ts-patchtst-diff-etth1"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_by_name_offline(name):
+    assert name in zoo.list_models("ts-*", pretrained=True)
+    folder = PRETRAINED_DIR / name
+    for f in folder.iterdir():
+        assert f.stat().st_size < 2 * 1024 * 1024, f"{f} is larger than 2 MB"
+    fc = zoo.load_pretrained(name)
+    assert fc.meta["columns"] == ETT_COLUMNS and fc.meta["freq"] == "h"
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(120, 7)) + 10, columns=ETT_COLUMNS)
+    df.insert(0, "date", pd.date_range("2018-01-01", periods=120, freq="h"))
+    out = fc.forecast(df)
+    assert out.shape == (96, 8)
+    assert out["date"].iloc[0] == pd.Timestamp("2018-01-06 00:00")
+    assert np.isfinite(out[ETT_COLUMNS].to_numpy()).all()
+
+
+def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):
+    n = 2000
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame(rng.normal(size=(n, 7)).cumsum(0), columns=ETT_COLUMNS)
+    df.insert(0, "date", pd.date_range("2019-01-01", periods=n, freq="h"))
+    df.to_csv(tmp_path / "other.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=96, time_features=True)
+    name = "ts-itransformer-diff-etth1"
+    task = ForecastTask(arch=name, pretrained=name, data_info=dm.data_info)
+    shipped = zoo.load_pretrained(name)
+    for k, v in shipped.state_dict().items():
+        torch.testing.assert_close(task.model.state_dict()[k], v)
+    np.testing.assert_allclose(task.model.meta["mean"], df[ETT_COLUMNS].to_numpy()[: int(0.7 * n)].mean(0))
+    short = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=48, time_features=True)
+    with pytest.raises(ValueError, match=r"does not fit the data \(horizon: checkpoint=96 data=48\)"):
+        ForecastTask(arch=name, pretrained=name, data_info=short.data_info)

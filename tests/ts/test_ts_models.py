@@ -1,0 +1,133 @@
+"""iTransformer / PatchTST forecasters: shapes, structure (variates vs channels), RevIN, parameter parity."""
+
+import pytest
+import torch
+
+import zoo
+from zoo.hub import get_spec
+from zoo.models.ts import ITransformer, ITransformerConfig, PatchTST, PatchTSTConfig
+
+L, H, N = 32, 7, 4
+
+
+def build(kind, attn="diff", **kw):
+    torch.manual_seed(0)
+    if kind == "itr":
+        cfg = ITransformerConfig(lookback=L, horizon=H, dim=32, n_layers=2, n_heads=2, mlp_hidden=48, attn_type=attn, **kw)
+        return ITransformer(cfg).eval()
+    cfg = PatchTSTConfig(lookback=L, horizon=H, dim=32, n_layers=2, n_heads=2, mlp_hidden=48, patch_len=8, stride=4,
+                         attn_type=attn, **kw)
+    return PatchTST(cfg).eval()
+
+
+def randomize_norms(model):
+    """LayerNorms start at identity; perturb them so no structure hides behind constants."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+
+
+@pytest.mark.parametrize("kind", ["itr", "patch"])
+@pytest.mark.parametrize("attn", ["diff", "vanilla", "diff_v2"])
+def test_output_shape_and_backward(kind, attn):
+    model = build(kind, attn).train()
+    x = torch.randn(3, L, N, requires_grad=True)
+    y = model(x)
+    assert y.shape == (3, H, N)
+    y.square().mean().backward()
+    assert x.grad is not None and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_patch_count_matches_end_padding():
+    # Reference PatchTST: pad `stride` copies of the last value, then unfold -> (L - P) / S + 2 patches.
+    m = build("patch")
+    assert m.config.n_patches == (L - 8) // 4 + 2 == 8
+    assert m.head.in_features == 8 * 32
+
+
+def test_itransformer_attends_across_variates_permutation_equivariant():
+    model = build("itr", revin=True)
+    randomize_norms(model)
+    x = torch.randn(2, L, 6)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    y, y_perm = model(x), model(x[..., perm])
+    torch.testing.assert_close(y_perm, y[..., perm], atol=1e-5, rtol=1e-5)
+    # ... and the variates do interact: changing one variate changes the others' forecasts.
+    x2 = x.clone()
+    x2[..., 0] = torch.randn(2, L)
+    assert not torch.allclose(model(x2)[..., 1:], y[..., 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["diff", "vanilla"])
+def test_patchtst_channel_independence(attn):
+    model = build("patch", attn)
+    randomize_norms(model)
+    x = torch.randn(2, L, N)
+    x2 = x.clone()
+    x2[..., 2] = torch.randn(2, L) * 3
+    y, y2 = model(x), model(x2)
+    keep = [0, 1, 3]
+    torch.testing.assert_close(y2[..., keep], y[..., keep], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(y2[..., 2], y[..., 2], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["itr", "patch"])
+def test_revin_shifts_forecast_by_input_offset(kind):
+    model = build(kind, revin=True)
+    x = torch.randn(2, L, N)
+    offset = torch.tensor([5.0, -3.0, 100.0, 0.5])
+    torch.testing.assert_close(model(x + offset), model(x) + offset, atol=1e-3, rtol=1e-5)
+    plain = build(kind, revin=False)
+    assert not torch.allclose(plain(x + offset), plain(x) + offset, atol=1e-2)
+
+
+def test_itransformer_time_feature_tokens():
+    model = build("itr", n_time_features=3)
+    x, marks = torch.randn(2, L, N), torch.rand(2, L, 3) - 0.5
+    y = model(x, marks)
+    assert y.shape == (2, H, N)
+    assert not torch.allclose(y, model(x, marks.flip(1)), atol=1e-5)  # the calendar tokens are read
+    with pytest.raises(ValueError, match="reads 3 time features"):
+        model(x)
+
+
+def test_wrong_lookback_and_bad_config():
+    with pytest.raises(ValueError, match="lookback=32"):
+        build("itr")(torch.randn(1, L + 1, N))
+    with pytest.raises(ValueError, match="unknown attention type 'difff'"):
+        ITransformerConfig(attn_type="difff")
+    with pytest.raises(ValueError, match="even head width"):
+        ITransformerConfig(dim=30, n_heads=10)
+    with pytest.raises(ValueError, match="unknown ITransformer config field"):
+        ITransformer.from_config({"dimm": 3})
+
+
+@pytest.mark.parametrize("family", ["itransformer", "patchtst"])
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_diff_vanilla_parameter_parity(family, size):
+    d, v = zoo.create_model(f"ts-{family}-diff-{size}"), zoo.create_model(f"ts-{family}-vanilla-{size}")
+    c = d.config
+    assert v.config.n_heads == 2 * c.n_heads and v.config.attn_type == "vanilla"
+    head = c.dim // c.n_heads
+    extra = c.n_layers * (4 * (head // 2) + head)  # lambda vectors + subln weight per layer
+    assert d.num_params() - v.num_params() == extra
+
+
+def test_itransformer_closed_form_parameter_count():
+    m = zoo.create_model("ts-itransformer-vanilla-base")
+    c = m.config  # lookback 96, horizon 96, dim 256, 2 layers, mlp 256; biases everywhere
+    layer = 4 * (c.dim * c.dim + c.dim) + (c.dim * c.mlp_hidden + c.mlp_hidden) + (c.mlp_hidden * c.dim + c.dim) + 4 * c.dim
+    expected = (c.lookback * c.dim + c.dim) + c.n_layers * layer + 2 * c.dim + (c.dim * c.horizon + c.horizon)
+    assert m.num_params() == expected
+
+
+@pytest.mark.parametrize("name", zoo.list_models("ts-*"))
+def test_every_registered_forecaster_runs(name):
+    model = zoo.create_model(name)
+    c = model.config
+    marks = torch.zeros(2, c.lookback, c.n_time_features) if getattr(c, "n_time_features", 0) else None
+    y = model(torch.randn(2, c.lookback, 3), marks)
+    assert y.shape == (2, c.horizon, 3)
+    assert get_spec(name).family == "ts"

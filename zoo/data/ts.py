@@ -1,0 +1,655 @@
+"""Time-series forecasting data: CSV files in the standard benchmark layout, and a synthetic generator.
+
+A CSV holds a date column (``date`` by default) followed by the variables, one row per time step,
+as the ETT / Electricity / Weather files of the long-term-forecasting benchmarks. Windows of
+``lookback`` rows are the input, the next ``horizon`` rows the target.
+
+Splits follow the standard protocol (Informer / iTransformer / Time-Series-Library ``data_loader.py``):
+
+* ``ett_hour``: train / val / test = the first 12 / next 4 / next 4 months of 30 days x 24 rows,
+  i.e. rows ``[0, 8640)``, ``[8640 - L, 11520)``, ``[11520 - L, 14400)`` with ``L = lookback``
+  (the validation and test inputs may reach back into the previous split; their targets never do).
+* ``ett_minute``: the same months at 15-minute resolution (all borders x 4).
+* ``ratio``: ``n_train = int(0.7 n)``, ``n_test = int(0.2 n)``, ``n_val = n - n_train - n_test``;
+  rows ``[0, n_train)``, ``[n_train - L, n_train + n_val)``, ``[n - n_test - L, n)``.
+* ``auto`` (default): ``ett_hour`` for files named ``ETTh*``, ``ett_minute`` for ``ETTm*``, else ``ratio``.
+
+The standard scaler (mean and population std, as scikit-learn's ``StandardScaler``) is fitted on the
+training rows only and applied to every split. Features: ``M`` (all variables to all), ``S`` (the
+target alone to itself), ``MS`` (all variables to the target). Optional time features encode the
+date as in Time-Series-Library's ``timeF`` embedding (each in ``[-0.5, 0.5]``).
+
+Batches are dicts: ``x`` ``[B, lookback, n_vars]``, ``y`` ``[B, horizon, n_out]`` (scaled) and, with
+time features, ``x_mark`` ``[B, lookback, n_time_features]``. Predict batches hold the last
+``lookback`` rows of the file (``x``, ``x_mark``) and ``last_date`` (a string).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "CSVTSDataModule",
+    "SyntheticTSDataModule",
+    "TSDataModule",
+    "WindowDataset",
+    "compute_borders",
+    "fit_scaler",
+    "future_dates",
+    "infer_freq",
+    "make_synthetic_frame",
+    "prepare_frame",
+    "read_ts_csv",
+    "time_feature_names",
+    "time_features",
+]
+
+FEATURES = ("M", "S", "MS")
+SPLITS = ("auto", "ett_hour", "ett_minute", "ratio")
+_ETT_MONTH_ROWS = 30 * 24  # one "month" of the ETT protocol in hourly rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating a frame (shared by the datamodules and ``model.forecast``)
+# ---------------------------------------------------------------------------------------------
+def read_ts_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"time-series CSV {path} not found (working directory {Path.cwd()}); pass data.path to a CSV "
+            "file with a date column followed by the variables"
+        )
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
+
+
+def prepare_frame(
+    df: pd.DataFrame,
+    *,
+    date_col: str = "date",
+    columns: Optional[Sequence[str]] = None,
+    target: Optional[str] = None,
+    interpolate: bool = False,
+    source: str = "the data",
+) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
+    """Validate a raw frame; return its parsed dates and the numeric variables (float64).
+
+    ``columns`` selects the variables (default: every column but the date). Raises ``ValueError``
+    naming the problem for a missing date / target / selected column, unparsable or unordered dates,
+    non-numeric values and missing values (unless ``interpolate``, which fills gaps linearly in
+    time and extends the edge values outward).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if date_col not in df.columns:
+        raise ValueError(
+            f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); set data.date_col "
+            "to the column holding the timestamps, or add one"
+        )
+    others = [c for c in df.columns if c != date_col]
+    if columns is None:
+        columns = others
+    else:
+        columns = list(columns)
+        absent = [c for c in columns if c not in df.columns]
+        if absent:
+            raise ValueError(f"column(s) {absent} not found in {source}; available: {others}")
+    if target is not None and target not in df.columns:
+        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}")
+    if target is not None and target not in columns:
+        raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
+    if not columns:
+        raise ValueError(f"{source} has no variables besides the date column {date_col!r}")
+
+    raw_dates = df[date_col]
+    dates = pd.to_datetime(raw_dates, errors="coerce")
+    if dates.isna().any():
+        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        raise ValueError(
+            f"date column {date_col!r} of {source} has an unparsable or empty value {raw_dates.iloc[i]!r} at row {i} "
+            f"(CSV line {i + 2}); fix the timestamp or remove the row"
+        )
+    dates = pd.DatetimeIndex(dates)
+    if len(dates) > 1:
+        steps = np.diff(dates.asi8)
+        if (steps <= 0).any():
+            i = int(np.flatnonzero(steps <= 0)[0]) + 1
+            what = "repeats" if steps[i - 1] == 0 else "goes back in time"
+            raise ValueError(
+                f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
+                "sort the rows by date and remove duplicates"
+            )
+
+    values = {}
+    for c in columns:
+        col = df[c]
+        if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+            num = pd.to_numeric(col, errors="coerce")
+            wrong = num.isna() & col.notna()
+            if wrong.any() or pd.api.types.is_bool_dtype(col):
+                i = int(np.flatnonzero(wrong.to_numpy())[0]) if wrong.any() else 0
+                raise ValueError(
+                    f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line {i + 2}); "
+                    "convert it to numbers or leave it out with data.columns"
+                )
+            col = num
+        values[c] = col.astype("float64")
+    frame = pd.DataFrame(values)
+    frame.index = pd.RangeIndex(len(frame))
+
+    missing = frame.isna()
+    if missing.to_numpy().any():
+        empty = [c for c in columns if missing[c].all()]
+        if empty:
+            raise ValueError(f"column(s) {empty} of {source} hold no values at all; remove them with data.columns")
+        if not interpolate:
+            c = next(c for c in columns if missing[c].any())
+            i = int(np.flatnonzero(missing[c].to_numpy())[0])
+            total = int(missing.to_numpy().sum())
+            raise ValueError(
+                f"{source} has {total} missing (NaN) value(s); the first is in column {c!r} at row {i} "
+                f"({dates[i]}); set data.interpolate=true to fill gaps by linear interpolation, or clean the file"
+            )
+        frame = frame.interpolate(method="linear", limit_direction="both")
+    return dates, frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates: frequency, time features, future timestamps
+# ---------------------------------------------------------------------------------------------
+def infer_freq(dates: pd.DatetimeIndex) -> str:
+    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``...).
+
+    Falls back to the most common step when the series has gaps.
+    """
+    if len(dates) < 2:
+        raise ValueError("need at least two timestamps to infer the series frequency")
+    freq = None
+    if len(dates) >= 3:
+        head = dates[: min(len(dates), 1000)]
+        try:  # pandas >= 3 announces offsets instead of strings; ask for them and take freqstr
+            with pd.option_context("future.infer_freq_returns_offset", True):
+                freq = pd.infer_freq(head)
+        except (KeyError, pd.errors.OptionError):
+            freq = pd.infer_freq(head)
+        freq = getattr(freq, "freqstr", freq)
+    if freq is None:
+        steps = pd.Series(np.diff(dates.asi8))
+        step = pd.Timedelta(int(steps.mode().iloc[0]))
+        freq = pd.tseries.frequencies.to_offset(step).freqstr
+    return freq
+
+
+def _step(freq: str) -> pd.Timedelta:
+    start = pd.Timestamp("2001-01-01")
+    rng = pd.date_range(start, periods=2, freq=freq)
+    return rng[1] - rng[0]
+
+
+def time_feature_names(freq: str) -> list[str]:
+    """The ``timeF`` features of Time-Series-Library for a series of frequency ``freq``."""
+    step = _step(freq)
+    if step < pd.Timedelta(minutes=1):
+        return ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
+    if step < pd.Timedelta(hours=1):
+        return ["minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
+    if step < pd.Timedelta(days=1):
+        return ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
+    if step < pd.Timedelta(days=7):
+        return ["day_of_week", "day_of_month", "day_of_year"]
+    if step < pd.Timedelta(days=28):
+        return ["day_of_month", "week_of_year"]
+    return ["month_of_year"]
+
+
+def time_features(dates: pd.DatetimeIndex, names: Sequence[str]) -> np.ndarray:
+    """``[len(dates), len(names)]`` float32 calendar features, each scaled to ``[-0.5, 0.5]``."""
+    d = pd.DatetimeIndex(dates)
+    table = {
+        "second_of_minute": lambda: d.second / 59.0,
+        "minute_of_hour": lambda: d.minute / 59.0,
+        "hour_of_day": lambda: d.hour / 23.0,
+        "day_of_week": lambda: d.day_of_week / 6.0,
+        "day_of_month": lambda: (d.day - 1) / 30.0,
+        "day_of_year": lambda: (d.day_of_year - 1) / 365.0,
+        "month_of_year": lambda: (d.month - 1) / 11.0,
+        "week_of_year": lambda: (d.isocalendar().week.to_numpy() - 1) / 52.0,
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown time features {unknown}; known: {sorted(table)}")
+    if not names:
+        return np.zeros((len(d), 0), dtype=np.float32)
+    return np.stack([np.asarray(table[n](), dtype=np.float64) - 0.5 for n in names], axis=1).astype(np.float32)
+
+
+def future_dates(last: pd.Timestamp | str, horizon: int, freq: str) -> pd.DatetimeIndex:
+    """The ``horizon`` timestamps after ``last`` at frequency ``freq``."""
+    return pd.date_range(pd.Timestamp(last), periods=horizon + 1, freq=freq)[1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and scaling
+# ---------------------------------------------------------------------------------------------
+def resolve_split(split: str, source_name: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"data.split must be one of {SPLITS}, got {split!r}")
+    if split != "auto":
+        return split
+    stem = Path(source_name).name.lower()
+    if stem.startswith("etth"):
+        return "ett_hour"
+    if stem.startswith("ettm"):
+        return "ett_minute"
+    return "ratio"
+
+
+def compute_borders(
+    n_rows: int, lookback: int, split: str = "ratio", ratios: Sequence[float] = (0.7, 0.1, 0.2)
+) -> dict[str, tuple[int, int]]:
+    """Row ranges ``[start, end)`` of the train / val / test splits (see the module docstring)."""
+    if split in ("ett_hour", "ett_minute"):
+        per_month = _ETT_MONTH_ROWS * (4 if split == "ett_minute" else 1)
+        tr, va, te = 12 * per_month, 4 * per_month, 4 * per_month
+        if n_rows < tr + va + te:
+            raise ValueError(
+                f"the {split} protocol (12/4/4 months) needs {tr + va + te} rows but the data has {n_rows}; "
+                "set data.split: ratio for other files"
+            )
+        return {"train": (0, tr), "val": (tr - lookback, tr + va), "test": (tr + va - lookback, tr + va + te)}
+    if split != "ratio":
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(f"data.ratios must be three positive fractions summing to 1, got {list(ratios)}")
+    r_train, _, r_test = ratios
+    n_train, n_test = int(n_rows * r_train), int(n_rows * r_test)
+    n_val = n_rows - n_train - n_test
+    return {
+        "train": (0, n_train),
+        "val": (max(n_train - lookback, 0), n_train + n_val),
+        "test": (max(n_rows - n_test - lookback, 0), n_rows),
+    }
+
+
+def fit_scaler(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std per column (a zero std becomes 1, as scikit-learn's StandardScaler)."""
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+class WindowDataset(Dataset):
+    """Sliding windows over one split: ``x = rows[i : i+L]``, ``y = rows[i+L : i+L+H, out_idx]``."""
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        lookback: int,
+        horizon: int,
+        out_idx: Sequence[int],
+        marks: Optional[np.ndarray] = None,
+    ) -> None:
+        self.data = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32)
+        self.target = self.data[:, list(out_idx)].contiguous()
+        self.marks = None if marks is None or marks.shape[1] == 0 else torch.as_tensor(marks, dtype=torch.float32)
+        self.lookback, self.horizon = lookback, horizon
+
+    def __len__(self) -> int:
+        return max(len(self.data) - self.lookback - self.horizon + 1, 0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        L, H = self.lookback, self.horizon
+        item = {"x": self.data[i : i + L], "y": self.target[i + L : i + L + H]}
+        if self.marks is not None:
+            item["x_mark"] = self.marks[i : i + L]
+        return item
+
+
+class _PredictDataset(Dataset):
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.item = item
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.item
+
+
+# ---------------------------------------------------------------------------------------------
+# Datamodules
+# ---------------------------------------------------------------------------------------------
+class TSDataModule(L.LightningDataModule):
+    """Shared windowing / splitting / scaling over a frame; subclasses say where the frame comes from."""
+
+    source_name = "data"
+
+    def __init__(
+        self,
+        lookback: int = 96,
+        horizon: int = 96,
+        features: str = "M",
+        target: Optional[str] = None,
+        columns: Optional[list[str]] = None,
+        date_col: str = "date",
+        split: str = "auto",
+        ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        time_features: bool = False,
+        interpolate: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        predict_path: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (("lookback", lookback, 1), ("horizon", horizon, 1), ("batch_size", batch_size, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"data.{name} must be an integer >= {low}, got {value!r}")
+        if features not in FEATURES:
+            raise ValueError(
+                f"data.features must be one of {FEATURES} (M: all->all, S: target->target, MS: all->target), "
+                f"got {features!r}"
+            )
+        if split not in SPLITS:
+            raise ValueError(f"data.split must be one of {SPLITS}, got {split!r}")
+        self.lookback, self.horizon, self.features = lookback, horizon, features
+        self.target, self.columns, self.date_col = target, columns, date_col
+        self.split, self.ratios = split, tuple(ratios)
+        self.use_time_features, self.interpolate = time_features, interpolate
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.predict_path = num_workers, predict_path
+        self._prep: Optional[dict[str, Any]] = None
+        self._data_info: Optional[dict[str, Any]] = None
+
+    # -- subclasses
+    def load_frame(self) -> pd.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- preparation (lazy, once)
+    def _select_columns(self, df: pd.DataFrame) -> tuple[Optional[list[str]], Optional[str]]:
+        """Columns to read and the target, following the features mode."""
+        target = self.target
+        if self.features in ("S", "MS") and target is None:
+            candidates = [c for c in (self.columns or df.columns) if c != self.date_col]
+            target = candidates[-1] if candidates else None  # Time-Series-Library convention: target last
+        if self.features == "S":
+            return ([target] if target is not None else self.columns), target
+        return self.columns, target
+
+    def prepared(self) -> dict[str, Any]:
+        """Validated, split and scaled arrays (computed at first use, then cached)."""
+        if self._prep is not None:
+            return self._prep
+        df = self.load_frame()
+        columns, target = self._select_columns(df)
+        dates, frame = prepare_frame(
+            df, date_col=self.date_col, columns=columns, target=target, interpolate=self.interpolate,
+            source=self.source_name,
+        )
+        columns = list(frame.columns)
+        split = resolve_split(self.split, self.source_name)
+        borders = compute_borders(len(frame), self.lookback, split, self.ratios)
+        need = self.lookback + self.horizon
+        for name, (b1, b2) in borders.items():
+            if b2 - b1 < need:
+                raise ValueError(
+                    f"too few rows in {self.source_name}: the {name} split has {b2 - b1} rows (rows [{b1}, {b2}) of "
+                    f"{len(frame)}) but lookback + horizon = {self.lookback} + {self.horizon} = {need} rows are needed "
+                    "for one window; use a longer series or a shorter data.lookback / data.horizon"
+                )
+        values = frame.to_numpy(dtype=np.float64)
+        tr0, tr1 = borders["train"]
+        mean, std = fit_scaler(values[tr0:tr1])
+        scaled = ((values - mean) / std).astype(np.float32)
+        freq = infer_freq(dates)
+        tf_names = time_feature_names(freq) if self.use_time_features else []
+        marks = time_features(dates, tf_names) if tf_names else None
+        target_index = columns.index(target) if target is not None else None
+        out_idx = list(range(len(columns))) if self.features == "M" else [target_index]
+        self._prep = dict(
+            dates=dates, values=values, scaled=scaled, marks=marks, columns=columns, target=target,
+            target_index=target_index, out_idx=out_idx, mean=mean, std=std, borders=borders, split=split,
+            freq=freq, time_feature_names=tf_names,
+        )
+        return self._prep
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        """JSON-able facts the model needs (variables, scaler, lookback, horizon, frequency...)."""
+        if self._data_info is None:
+            p = self.prepared()
+            self._data_info = {
+                "kind": "ts",
+                "source": self.source_name,
+                "n_vars": len(p["columns"]),
+                "n_out": len(p["out_idx"]),
+                "columns": list(p["columns"]),
+                "out_columns": [p["columns"][i] for i in p["out_idx"]],
+                "out_index": list(p["out_idx"]),
+                "target": p["target"],
+                "target_index": p["target_index"],
+                "features": self.features,
+                "lookback": self.lookback,
+                "horizon": self.horizon,
+                "date_col": self.date_col,
+                "freq": p["freq"],
+                "time_features": list(p["time_feature_names"]),
+                "n_time_features": len(p["time_feature_names"]),
+                "mean": [float(v) for v in p["mean"]],
+                "std": [float(v) for v in p["std"]],
+                "split": p["split"],
+                "borders": {k: [int(a), int(b)] for k, (a, b) in p["borders"].items()},
+                "n_rows": int(len(p["values"])),
+            }
+        return self._data_info
+
+    def dataset(self, split: str) -> WindowDataset:
+        """The windows of ``split`` (train / val / test)."""
+        p = self.prepared()
+        b1, b2 = p["borders"][split]
+        marks = p["marks"][b1:b2] if p["marks"] is not None else None
+        return WindowDataset(p["scaled"][b1:b2], self.lookback, self.horizon, p["out_idx"], marks)
+
+    def predict_item(self) -> dict[str, Any]:
+        """The last ``lookback`` rows (of ``predict_path`` when set) as one scaled input window."""
+        p = self.prepared()
+        if self.predict_path is None:
+            dates, values = p["dates"], p["values"]
+            source = self.source_name
+        else:
+            source = str(self.predict_path)
+            dates, frame = prepare_frame(
+                read_ts_csv(self.predict_path), date_col=self.date_col, columns=p["columns"],
+                interpolate=self.interpolate, source=source,
+            )
+            values = frame.to_numpy(dtype=np.float64)
+        if len(values) < self.lookback:
+            raise ValueError(
+                f"too few rows in {source} to forecast: {len(values)} rows but lookback is {self.lookback}"
+            )
+        x = ((values[-self.lookback :] - p["mean"]) / p["std"]).astype(np.float32)
+        item: dict[str, Any] = {"x": torch.from_numpy(x), "last_date": str(dates[-1])}
+        if p["time_feature_names"]:
+            item["x_mark"] = torch.from_numpy(time_features(dates[-self.lookback :], p["time_feature_names"]))
+        return item
+
+    # -- Lightning hooks
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.prepared()
+
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_PredictDataset(self.predict_item()), batch_size=1)
+
+
+class CSVTSDataModule(TSDataModule):
+    """Forecasting windows from a CSV file (a date column, then the variables).
+
+    Args:
+        path: the CSV file (e.g. ``../shared/data/ett/ETTh1.csv``).
+        lookback: input rows per window (L).
+        horizon: forecast rows per window (H).
+        features: ``M`` (all variables to all), ``S`` (target only), ``MS`` (all variables to the target).
+        target: target column for ``S`` / ``MS`` (default: the last column, the benchmarks' convention).
+        columns: variables to use (default: every column except the date).
+        date_col: name of the timestamp column.
+        split: ``auto`` | ``ett_hour`` | ``ett_minute`` | ``ratio`` (see the module docstring).
+        ratios: train / val / test fractions for ``split: ratio``.
+        time_features: add calendar features of the dates (``x_mark``).
+        interpolate: fill missing values by linear interpolation instead of raising.
+        batch_size: training batch size.
+        eval_batch_size: validation / test batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        predict_path: CSV whose last ``lookback`` rows ``predict`` forecasts from (default ``path``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        lookback: int = 96,
+        horizon: int = 96,
+        features: str = "M",
+        target: Optional[str] = None,
+        columns: Optional[list[str]] = None,
+        date_col: str = "date",
+        split: str = "auto",
+        ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        time_features: bool = False,
+        interpolate: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        predict_path: Optional[str] = None,
+    ) -> None:
+        super().__init__(
+            lookback, horizon, features, target, columns, date_col, split, ratios, time_features, interpolate,
+            batch_size, eval_batch_size, num_workers, predict_path,
+        )
+        self.path = path
+        self.source_name = str(path)
+
+    def load_frame(self) -> pd.DataFrame:
+        return read_ts_csv(self.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data
+# ---------------------------------------------------------------------------------------------
+def make_synthetic_frame(
+    n_rows: int = 4000,
+    n_vars: int = 5,
+    seed: int = 0,
+    freq: str = "h",
+    start: str = "2020-01-01",
+    noise: float = 0.3,
+) -> pd.DataFrame:
+    """A multivariate series with trends, several seasonalities, cross-variate lags and noise.
+
+    Variable ``v0`` is a driver (daily + weekly cycles, a slow trend, a random-period cycle); every
+    further variable ``vj`` mixes its own cycles and trend with a copy of ``v(j-1)`` delayed by a
+    few steps, plus AR(1) noise. Deterministic for a given ``seed``.
+    """
+    if n_rows < 2 or n_vars < 1:
+        raise ValueError(f"n_rows must be >= 2 and n_vars >= 1, got {n_rows}, {n_vars}")
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_rows, dtype=np.float64)
+    step_hours = _step(freq) / pd.Timedelta(hours=1)
+    day, week = 24.0 / step_hours, 168.0 / step_hours  # periods in rows
+    out = np.zeros((n_rows, n_vars))
+    for j in range(n_vars):
+        a_day, a_week, a_other = rng.uniform(0.5, 2.0), rng.uniform(0.2, 1.0), rng.uniform(0.1, 0.6)
+        period = rng.uniform(8.0, 60.0)
+        phases = rng.uniform(0, 2 * math.pi, size=3)
+        trend = rng.uniform(-1.0, 1.0) * t / n_rows + rng.uniform(-0.5, 0.5) * (t / n_rows) ** 2
+        season = (
+            a_day * np.sin(2 * math.pi * t / day + phases[0])
+            + a_week * np.sin(2 * math.pi * t / week + phases[1])
+            + a_other * np.sin(2 * math.pi * t / period + phases[2])
+        )
+        eps = rng.normal(0.0, noise, size=n_rows)
+        ar = np.zeros(n_rows)
+        for i in range(1, n_rows):
+            ar[i] = 0.7 * ar[i - 1] + eps[i]
+        series = season + trend + ar
+        if j > 0:
+            lag = int(rng.integers(1, 13))
+            lagged = np.concatenate([np.full(lag, out[0, j - 1]), out[:-lag, j - 1]])
+            series = series + rng.uniform(0.4, 0.9) * lagged
+        out[:, j] = series * rng.uniform(0.5, 3.0) + rng.uniform(-5, 5)
+    frame = pd.DataFrame(out, columns=[f"v{j}" for j in range(n_vars)])
+    frame.insert(0, "date", pd.date_range(start, periods=n_rows, freq=freq))
+    return frame
+
+
+class SyntheticTSDataModule(TSDataModule):
+    """The embedded default: a synthetic multivariate series (see :func:`make_synthetic_frame`).
+
+    Splits 0.7 / 0.1 / 0.2 of the rows; other arguments as :class:`CSVTSDataModule`.
+
+    Args:
+        n_rows: series length.
+        n_vars: number of variables (``v0`` ... ``v{n-1}``; the target defaults to the last).
+        seed: generator seed (the data is a pure function of the arguments).
+        freq: pandas frequency of the timestamps.
+        start: first timestamp.
+        noise: standard deviation of the innovations of the AR(1) noise.
+    """
+
+    source_name = "synthetic"
+
+    def __init__(
+        self,
+        n_rows: int = 4000,
+        n_vars: int = 5,
+        seed: int = 0,
+        freq: str = "h",
+        start: str = "2020-01-01",
+        noise: float = 0.3,
+        lookback: int = 96,
+        horizon: int = 96,
+        features: str = "M",
+        target: Optional[str] = None,
+        time_features: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    ) -> None:
+        super().__init__(
+            lookback, horizon, features, target, None, "date", "ratio", ratios, time_features, False,
+            batch_size, eval_batch_size, num_workers, None,
+        )
+        self.gen_args = dict(n_rows=n_rows, n_vars=n_vars, seed=seed, freq=freq, start=start, noise=noise)
+        self.source_name = "synthetic(" + ", ".join(f"{k}={v}" for k, v in self.gen_args.items()) + ")"
+
+    def load_frame(self) -> pd.DataFrame:
+        return make_synthetic_frame(**self.gen_args)

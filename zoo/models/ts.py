@@ -1,0 +1,388 @@
+"""Time-series forecasters with differential attention: iTransformer and PatchTST.
+
+* :class:`ITransformer` (Liu et al., "iTransformer", ICLR 2024): each variate's whole lookback window
+  is one token (``Linear(lookback, dim)``), attention runs across variates, a linear head maps each
+  token to the horizon. Optional calendar features enter as extra tokens, as in the reference code.
+* :class:`PatchTST` (Nie et al., ICLR 2023): every channel is forecast on its own (channel
+  independence); its lookback is cut into patches (``patch_len``, ``stride``; the series is padded at
+  the end by repeating its last value ``stride`` times, as the reference ``padding_patch="end"``),
+  patches are the tokens, a flatten head maps them to the horizon.
+
+Both share one post-norm encoder block (attention -> add -> LayerNorm -> GELU MLP -> add -> LayerNorm,
+the block of the reference iTransformer code) whose attention type is a string (``diff``,
+``vanilla``, ``diff_v2``...) resolved by :func:`zoo.nn.build_attention`, and optional RevIN-style
+instance normalization (per window and channel: subtract the mean, divide by the std, undo both on
+the forecast; non-affine, as iTransformer's ``use_norm``).
+
+A trained model carries its data facts as assets (``ts_meta.json``: column names, scaler mean/std,
+date column, frequency, time features), so ``zoo.load_pretrained(path).forecast(df)`` turns a raw
+frame into future rows with timestamps on the original scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.nn import GeluMlp, build_attention, list_attention_types
+
+META_FILE = "ts_meta.json"
+_META_KEYS = (
+    "source", "columns", "out_columns", "out_index", "target", "target_index", "features", "date_col",
+    "freq", "time_features", "mean", "std",
+)
+
+
+@dataclass
+class TSEncoderConfig:
+    """Fields shared by the forecasters (see :class:`ITransformerConfig`, :class:`PatchTSTConfig`).
+
+    ``n_heads`` counts attention heads of width ``dim // n_heads``; a ``diff`` head holds two q/k
+    sub-heads of half that width, so a ``vanilla`` twin with equal parameters uses ``2 * n_heads``.
+    """
+
+    lookback: int = 96
+    horizon: int = 96
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_hidden: int = 128
+    attn_type: str = "diff"
+    revin: bool = True
+    dropout: float = 0.1
+    attn_dropout: float = 0.1  # the reference FullAttention drops attention probabilities with p = dropout
+    attn_backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.attn_type not in list_attention_types():
+            raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
+        for name in ("lookback", "horizon", "dim", "n_layers", "n_heads", "mlp_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.attn_type == "diff" and (self.dim // self.n_heads) % 2:
+            raise ValueError(f"diff attention needs an even head width; dim / n_heads = {self.dim // self.n_heads}")
+
+
+@dataclass
+class ITransformerConfig(TSEncoderConfig):
+    """Architecture of :class:`ITransformer`; ``n_time_features`` calendar tokens join the variates."""
+
+    n_time_features: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_time_features < 0:
+            raise ValueError(f"n_time_features must be >= 0, got {self.n_time_features}")
+
+
+@dataclass
+class PatchTSTConfig(TSEncoderConfig):
+    """Architecture of :class:`PatchTST`; ``head_dropout`` acts before the flatten head."""
+
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    mlp_hidden: int = 128
+    patch_len: int = 16
+    stride: int = 8
+    head_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patch_len <= 0 or self.stride <= 0:
+            raise ValueError(f"patch_len and stride must be positive, got {self.patch_len}, {self.stride}")
+        if self.patch_len > self.lookback + self.stride:
+            raise ValueError(
+                f"patch_len ({self.patch_len}) is longer than the padded lookback ({self.lookback} + {self.stride})"
+            )
+
+    @property
+    def n_patches(self) -> int:
+        return (self.lookback + self.stride - self.patch_len) // self.stride + 1
+
+
+class EncoderBlock(nn.Module):
+    """Post-norm block of the reference iTransformer encoder, with a pluggable attention type."""
+
+    def __init__(self, cfg: TSEncoderConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = build_attention(
+            cfg.attn_type, cfg.dim, cfg.n_heads, layer_idx=layer_idx, dropout=cfg.attn_dropout, bias=True,
+            backend=cfg.attn_backend,
+        )
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm1(x + self.drop(self.attn(x)))
+        return self.norm2(x + self.mlp(x))
+
+
+class TSEncoder(nn.Module):
+    """A stack of :class:`EncoderBlock` and a final LayerNorm; tokens ``[B, T, dim]`` in and out."""
+
+    def __init__(self, cfg: TSEncoderConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+def revin_stats(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Per-window, per-channel mean and std over time of ``x`` ``[B, L, N]`` (shapes ``[B, 1, N]``)."""
+    mean = x.mean(dim=1, keepdim=True).detach()
+    std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + eps).detach()
+    return mean, std
+
+
+class Forecaster(nn.Module):
+    """Shared parts: config handling, RevIN, assets, and the pandas-level :meth:`forecast`."""
+
+    family = "ts"
+    config_class: type = TSEncoderConfig
+    runtime_fields = DEFAULT_RUNTIME_FIELDS | {"head_dropout"}
+
+    def __init__(self, config: TSEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.meta: Optional[dict[str, Any]] = None  # data facts (scaler, columns, freq); see set_meta
+
+    @classmethod
+    def from_config(cls, config: Union[TSEncoderConfig, dict]) -> "Forecaster":
+        if isinstance(config, cls.config_class):
+            return cls(config)
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} config field(s) {unknown}; known: {sorted(names)}")
+        return cls(cls.config_class(**config))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.config.lookback:
+            raise ValueError(
+                f"expected input [batch, lookback={self.config.lookback}, n_vars], got {tuple(x.shape)}; "
+                "the data's lookback must match the model's"
+            )
+
+    def forward(self, x: Tensor, x_mark: Optional[Tensor] = None) -> Tensor:
+        """Forecast ``[B, horizon, N]`` from ``x`` ``[B, lookback, N]`` (scaled values)."""
+        self._check_input(x)
+        if self.config.revin:
+            mean, std = revin_stats(x)
+            x = (x - mean) / std
+        y = self._forward(x, x_mark)
+        if self.config.revin:
+            y = y * std + mean
+        return y
+
+    def _forward(self, x: Tensor, x_mark: Optional[Tensor]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- data facts carried with the weights
+    def set_meta(self, info: dict[str, Any]) -> None:
+        """Attach the data facts (a datamodule's ``data_info``) used by :meth:`forecast`."""
+        missing = [k for k in ("columns", "mean", "std", "freq", "date_col") if k not in info]
+        if missing:
+            raise ValueError(f"data facts lack {missing}; pass a time-series datamodule's data_info")
+        self.meta = {k: info.get(k) for k in _META_KEYS}
+        if self.meta["out_index"] is None:
+            self.meta["out_index"] = list(range(len(info["columns"])))
+            self.meta["out_columns"] = list(info["columns"])
+
+    def save_assets(self, folder: Union[str, Path]) -> None:
+        if self.meta is not None:
+            (Path(folder) / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
+
+    def load_assets(self, folder: Union[str, Path]) -> None:
+        path = Path(folder) / META_FILE
+        if path.is_file():
+            try:
+                self.meta = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON ({exc}); the export is corrupt") from exc
+
+    # -- pandas in, pandas out
+    @torch.no_grad()
+    def forecast(self, data: Any, interpolate: bool = False) -> "Any":
+        """Forecast the ``horizon`` rows after the end of ``data`` on the original scale.
+
+        ``data``: a DataFrame (or CSV path) with the model's date column and input columns; its last
+        ``lookback`` rows are the input. Returns a DataFrame with the future timestamps (continuing
+        the input's frequency) and one column per forecast variable.
+        """
+        import numpy as np
+        import pandas as pd
+
+        from zoo.data.ts import future_dates, infer_freq, prepare_frame, read_ts_csv, time_features
+
+        meta = self.meta
+        if meta is None:
+            raise ValueError(
+                "this model carries no data facts (scaler, columns, frequency); train it with ForecastTask or "
+                "load an export with zoo.load_pretrained"
+            )
+        if not isinstance(data, pd.DataFrame):
+            data = read_ts_csv(data)
+        dates, frame = prepare_frame(
+            data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input"
+        )
+        L = self.config.lookback
+        if len(frame) < L:
+            raise ValueError(f"too few rows to forecast: the input has {len(frame)} rows but the lookback is {L}")
+        mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+        x = (frame.to_numpy(dtype=np.float64)[-L:] - mean) / std
+        param = next(self.parameters())
+        xt = torch.as_tensor(x, dtype=param.dtype, device=param.device)[None]
+        x_mark = None
+        if meta.get("time_features"):
+            marks = time_features(dates[-L:], meta["time_features"])
+            x_mark = torch.as_tensor(marks, dtype=param.dtype, device=param.device)[None]
+        was_training = self.training
+        self.eval()
+        y = self(xt, x_mark)[0].double().cpu().numpy()
+        self.train(was_training)
+        idx = list(meta["out_index"])
+        y = y[:, idx] * std[idx] + mean[idx]
+        try:
+            freq = infer_freq(dates)
+        except ValueError:
+            freq = meta["freq"]
+        out = pd.DataFrame(y, columns=list(meta["out_columns"]))
+        out.insert(0, meta["date_col"], future_dates(dates[-1], self.config.horizon, freq))
+        return out
+
+
+class ITransformer(Forecaster):
+    """iTransformer: variates as tokens, (differential) attention across them, linear horizon head."""
+
+    config_class = ITransformerConfig
+
+    def __init__(self, config: ITransformerConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Linear(config.lookback, config.dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.encoder = TSEncoder(config)
+        self.head = nn.Linear(config.dim, config.horizon)
+
+    def _forward(self, x: Tensor, x_mark: Optional[Tensor]) -> Tensor:
+        n_vars = x.shape[2]
+        tokens = x.transpose(1, 2)  # [B, N, L]
+        n_tf = self.config.n_time_features
+        if n_tf:
+            if x_mark is None or x_mark.shape[-1] != n_tf or x_mark.shape[:2] != x.shape[:2]:
+                got = None if x_mark is None else tuple(x_mark.shape)
+                raise ValueError(
+                    f"this model reads {n_tf} time features: pass x_mark [batch, lookback, {n_tf}], got {got} "
+                    "(set data.time_features=true)"
+                )
+            tokens = torch.cat([tokens, x_mark.transpose(1, 2).to(tokens.dtype)], dim=1)
+        h = self.encoder(self.drop(self.embed(tokens)))
+        return self.head(h)[:, :n_vars].transpose(1, 2)  # [B, H, N]; calendar tokens are not forecast
+
+
+class PatchTST(Forecaster):
+    """PatchTST: channel-independent patch tokens, (differential) attention across patches."""
+
+    config_class = PatchTSTConfig
+
+    def __init__(self, config: PatchTSTConfig) -> None:
+        super().__init__(config)
+        n_patches = config.n_patches
+        self.patch_embed = nn.Linear(config.patch_len, config.dim)
+        self.pos = nn.Parameter(torch.empty(n_patches, config.dim).uniform_(-0.02, 0.02))
+        self.drop = nn.Dropout(config.dropout)
+        self.encoder = TSEncoder(config)
+        self.head_drop = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(n_patches * config.dim, config.horizon)
+
+    def _forward(self, x: Tensor, x_mark: Optional[Tensor]) -> Tensor:
+        # x_mark is ignored: PatchTST forecasts each channel from its own history only.
+        B, L, N = x.shape
+        c = self.config
+        series = x.transpose(1, 2).reshape(B * N, L)
+        series = torch.cat([series, series[:, -1:].expand(-1, c.stride)], dim=1)  # pad end: repeat last value
+        patches = series.unfold(-1, c.patch_len, c.stride)  # [B*N, P, patch_len]
+        h = self.encoder(self.drop(self.patch_embed(patches) + self.pos))
+        y = self.head(self.head_drop(h.flatten(1)))  # [B*N, H]
+        return y.view(B, N, -1).transpose(1, 2)
+
+
+# -- registry ---------------------------------------------------------------------------------
+# Diff sizes use h heads of width 2d; each vanilla twin has 2h heads of width d (same projection
+# parameters; the diff model adds its lambda vectors and subln weights).
+_ITRANSFORMER_SIZES = {
+    # name: (dim, n_layers, mlp_hidden, diff heads)  -- iTransformer's scripts: ETTh2 128/128, ETTh1 256/256
+    "tiny": (32, 1, 64, 2),
+    "small": (128, 2, 128, 4),
+    "base": (256, 2, 256, 4),
+    "large": (512, 2, 512, 4),
+}
+_PATCHTST_SIZES = {
+    # name: (dim, n_layers, mlp_hidden, diff heads)
+    "tiny": (32, 1, 64, 2),
+    "small": (64, 2, 128, 2),
+    "base": (128, 3, 256, 4),
+}
+_DESCRIPTIONS = {
+    ITransformer: "iTransformer forecaster (variates as tokens)",
+    PatchTST: "PatchTST forecaster (channel-independent patches)",
+}
+_FAMILIES = (("itransformer", ITransformer, _ITRANSFORMER_SIZES), ("patchtst", PatchTST, _PATCHTST_SIZES))
+for _family, _cls, _sizes in _FAMILIES:
+    for _size, (_dim, _layers, _hidden, _heads) in _sizes.items():
+        for _attn, _h in (("diff", _heads), ("vanilla", 2 * _heads)):
+            register_model(
+                f"ts-{_family}-{_attn}-{_size}",
+                _cls,
+                description=f"{_DESCRIPTIONS[_cls]}, {_attn} attention, {_layers}x{_dim}",
+                dim=_dim,
+                n_layers=_layers,
+                mlp_hidden=_hidden,
+                n_heads=_h,
+                attn_type=_attn,
+            )
+
+# Shipped weights (made by scripts/bench_ts.py --export): ETTh1, lookback 96, horizon 96, features M.
+SHIPPED = {
+    "ts-itransformer-diff-etth1": (ITransformer, _ITRANSFORMER_SIZES["small"], {"n_time_features": 4}),
+    "ts-patchtst-diff-etth1": (PatchTST, _PATCHTST_SIZES["small"], {}),
+}
+for _name, (_cls, (_dim, _layers, _hidden, _heads), _extra) in SHIPPED.items():
+    register_model(
+        _name,
+        _cls,
+        description=f"{_DESCRIPTIONS[_cls]}, diff attention, {_layers}x{_dim}, trained on ETTh1 (L=96, H=96, M)",
+        pretrained=_name,
+        lookback=96,
+        horizon=96,
+        dim=_dim,
+        n_layers=_layers,
+        mlp_hidden=_hidden,
+        n_heads=_heads,
+        attn_type="diff",
+        **_extra,
+    )
+
+__all__ = [
+    "EncoderBlock", "Forecaster", "ITransformer", "ITransformerConfig", "PatchTST", "PatchTSTConfig",
+    "TSEncoder", "TSEncoderConfig", "revin_stats",
+]

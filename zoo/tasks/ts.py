@@ -1,0 +1,314 @@
+"""Time-series forecasting task: MSE/MAE on the scaled and the original scale, per horizon step, forecast files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from zoo.hub import create_model, get_spec, read_export_config, resolve_pretrained
+from zoo.tasks.base import ZooTask
+
+_DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
+
+
+class ForecastMetrics(Metric):
+    """Sums of squared and absolute errors per horizon step, on the scaled and on the original scale.
+
+    ``update(pred, target, std)`` takes scaled ``[B, H, C]`` tensors and the scaler std ``[C]`` of the
+    forecast columns; on the original scale the error is ``(pred - target) * std`` (the means
+    cancel). ``compute()`` returns overall ``mse``/``mae``/``mse_orig``/``mae_orig`` (averaged over
+    every step, sample and column, as the benchmarks) and per-step lists ``*_per_step``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__()
+        for name in ("se", "ae", "se_orig", "ae_orig"):
+            self.add_state(name, default=torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor, std: Optional[Tensor] = None) -> None:  # type: ignore[override]
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        err = pred.detach().double() - target.double()
+        err_orig = err * (std.double() if std is not None else 1.0)
+        self.se += err.pow(2).sum(dim=(0, 2))
+        self.ae += err.abs().sum(dim=(0, 2))
+        self.se_orig += err_orig.pow(2).sum(dim=(0, 2))
+        self.ae_orig += err_orig.abs().sum(dim=(0, 2))
+        self.count += pred.shape[0] * pred.shape[2]
+
+    def compute(self) -> dict[str, Any]:
+        n = self.count.clamp(min=1)
+        out: dict[str, Any] = {}
+        for key, state in (("mse", self.se), ("mae", self.ae), ("mse_orig", self.se_orig), ("mae_orig", self.ae_orig)):
+            out[key] = state.sum() / (n * state.numel())
+            out[f"{key}_per_step"] = (state / n).tolist()
+        return out
+
+
+class ForecastTask(ZooTask):
+    """Train, evaluate or fine-tune a forecaster from the registry (``zoo.list_models("ts-*")``).
+
+    Args:
+        arch: registered architecture name, e.g. ``ts-itransformer-diff-small``, ``ts-patchtst-vanilla-small``.
+        attn_type: attention type override (``diff``, ``vanilla``, ``diff_v2``...).
+        model_args: further architecture overrides (``dim``, ``n_layers``, ``revin``, ``patch_len``...).
+        pretrained: exported model folder (or shipped name, e.g. ``ts-itransformer-diff-etth1``) to
+            fine-tune from; its architecture is used, and the data's lookback / horizon / time
+            features must agree with it. The model then carries the new data's scaler.
+        data_info: filled in from the datamodule by the CLI (variables, scaler, lookback, horizon...).
+        loss: ``mse`` (the benchmarks' loss) or ``mae``.
+        restore_best: at the end of ``fit``, put back the weights of the epoch with the lowest
+            ``val/loss`` (kept in memory), so the export and a following test use them.
+        plot_columns: at most this many forecast columns are drawn in ``forecast.png``.
+        lr, weight_decay, betas, warmup_steps, min_lr_ratio: see :class:`ZooTask`.
+        scheduler: ``cosine`` / ``constant`` (see :class:`ZooTask`) or ``halving`` (the learning rate
+            halves after every epoch: ``lradj=type1`` of the iTransformer / Time-Series-Library code).
+    """
+
+    def __init__(
+        self,
+        arch: str = "ts-itransformer-diff-small",
+        attn_type: Optional[str] = None,
+        model_args: Optional[dict[str, Any]] = None,
+        pretrained: Optional[str] = None,
+        data_info: Optional[dict[str, Any]] = None,
+        loss: str = "mse",
+        restore_best: bool = True,
+        plot_columns: int = 8,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        scheduler: str = "cosine",
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        if scheduler not in ("cosine", "constant", "halving"):
+            raise ValueError(f"scheduler must be 'cosine', 'constant' or 'halving', got {scheduler!r}")
+        if loss not in ("mse", "mae"):
+            raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
+        base_scheduler = "constant" if scheduler == "halving" else scheduler
+        super().__init__(lr, weight_decay, betas, warmup_steps, base_scheduler, min_lr_ratio)
+        self.save_hyperparameters()
+        self.arch, self.loss_name, self.halving = arch, loss, scheduler == "halving"
+        self.data_info = dict(data_info or {})
+        if self.data_info and self.data_info.get("kind") != "ts":
+            raise ValueError(
+                f"ForecastTask needs a time-series datamodule (data_info kind 'ts'), got kind "
+                f"{self.data_info.get('kind')!r}; use zoo.data.ts.CSVTSDataModule or SyntheticTSDataModule"
+            )
+        self.model = self._build_model(arch, attn_type, dict(model_args or {}), pretrained)
+        if self.data_info:
+            self.model.set_meta(self.data_info)
+        out_index = self.data_info.get("out_index")
+        self.out_index: Optional[list[int]] = list(out_index) if out_index is not None else None
+        std = self.data_info.get("std")
+        out_std = [std[i] for i in out_index] if std is not None and out_index is not None else None
+        self.register_buffer("out_std", torch.tensor(out_std or [], dtype=torch.float64), persistent=False)
+        self.metrics = torch.nn.ModuleDict(
+            {s: ForecastMetrics(self.model.config.horizon) for s in ("val", "test")}
+        )
+        self.results: dict[str, dict[str, Any]] = {}
+        self.restore_best = restore_best
+        self.best_val: Optional[tuple[float, int]] = None  # (val loss, epoch)
+        self._best_state: Optional[dict[str, Tensor]] = None
+        self._forecasts: list[tuple[Any, Any]] = []
+
+    # -- model construction
+    def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
+        if attn_type is not None:
+            overrides["attn_type"] = attn_type
+        spec = get_spec(arch)
+        fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
+        info = self.data_info
+        from_data = {k: info[k] for k in _DATA_FIELDS if k in fields and k in info}
+        for k, v in from_data.items():
+            if k in overrides and overrides[k] != v:
+                raise ValueError(
+                    f"model_args.{k}={overrides[k]} disagrees with the data's {k}={v}; set it on the data "
+                    f"(data.init_args.{'time_features' if k == 'n_time_features' else k}) only"
+                )
+        if pretrained is None:
+            return create_model(arch, **{**from_data, **overrides})
+        folder = resolve_pretrained(pretrained)
+        cfg = read_export_config(folder)["config"]
+        wrong = [f"{k}: checkpoint={cfg.get(k)} data={v}" for k, v in from_data.items() if cfg.get(k, 0) != v]
+        if wrong:
+            raise ValueError(
+                f"checkpoint {folder} does not fit the data ({'; '.join(wrong)}); set data.lookback / data.horizon "
+                "/ data.time_features to match the checkpoint, or train from scratch"
+            )
+        runtime = getattr(spec.model_cls, "runtime_fields", ())
+        arch_fields = {k: v for k, v in cfg.items() if k not in runtime and k in fields}
+        # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
+        return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+
+    # -- optimization
+    def configure_optimizers(self) -> Any:
+        cfg = super().configure_optimizers()
+        if self.halving:
+            sched = torch.optim.lr_scheduler.LambdaLR(cfg["optimizer"], lambda epoch: 0.5**epoch)
+            cfg["lr_scheduler"] = {"scheduler": sched, "interval": "epoch"}
+        return cfg
+
+    # -- steps
+    def forward(self, x: Tensor, x_mark: Optional[Tensor] = None) -> Tensor:
+        return self.model(x, x_mark)
+
+    def _predict(self, batch: dict[str, Tensor]) -> Tensor:
+        out = self.model(batch["x"], batch.get("x_mark"))
+        if self.out_index is not None and len(self.out_index) != out.shape[-1]:
+            out = out[..., self.out_index]
+        return out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        pred = self._predict(batch)
+        loss = F.mse_loss(pred, batch["y"]) if self.loss_name == "mse" else F.l1_loss(pred, batch["y"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        pred = self._predict(batch)
+        self.metrics[stage].update(pred, batch["y"], self.out_std if self.out_std.numel() else None)
+
+    def _report(self, stage: str) -> None:
+        res = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        self.results[stage] = {k: (float(v) if torch.is_tensor(v) else v) for k, v in res.items()}
+        if stage == "val" and not self.trainer.sanity_checking:
+            loss = float(res[self.loss_name])
+            if self.best_val is None or loss < self.best_val[0]:
+                self.best_val = (loss, int(self.current_epoch))
+                if self.restore_best:
+                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.log(f"{stage}/loss", res[self.loss_name], prog_bar=stage == "val")
+        for key in ("mse", "mae", "mse_orig", "mae_orig"):
+            self.log(f"{stage}/{key}", res[key], prog_bar=stage == "val" and key == "mae")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_train_end(self) -> None:
+        # Runs before the callbacks' on_fit_end, so the export after fit holds the best weights.
+        if self.restore_best and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+            loss, epoch = self.best_val
+            print(f"restored the weights of epoch {epoch} (val/loss {loss:.4f}) (restore_best=True)", flush=True)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+        folder = self._run_dir()
+        if folder is not None and self.trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "test_metrics.json").write_text(json.dumps(self.results["test"], indent=2) + "\n")
+
+    # -- predict: future rows (predictions.jsonl via the CLI's writer), forecast CSV and PNG
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        import numpy as np
+        import pandas as pd
+
+        from zoo.data.ts import future_dates
+
+        meta = self.model.meta
+        if meta is None:
+            raise ValueError("the model carries no data facts (scaler, columns); train it or load an export first")
+        y = self.model(batch["x"], batch.get("x_mark")).double().cpu().numpy()
+        x = batch["x"].double().cpu().numpy()
+        mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+        idx = list(meta["out_index"])
+        L, H = self.model.config.lookback, self.model.config.horizon
+        rows: list[dict[str, Any]] = []
+        for b in range(x.shape[0]):
+            last = pd.Timestamp(batch["last_date"][b])
+            hist = pd.DataFrame(x[b] * std + mean, columns=meta["columns"])
+            hist.insert(0, meta["date_col"], pd.date_range(end=last, periods=L, freq=meta["freq"]))
+            fc = pd.DataFrame(y[b][:, idx] * std[idx] + mean[idx], columns=meta["out_columns"])
+            fc.insert(0, meta["date_col"], future_dates(last, H, meta["freq"]))
+            self._forecasts.append((hist, fc))
+            for r in fc.to_dict("records"):
+                rows.append({k: (str(v) if k == meta["date_col"] else float(v)) for k, v in r.items()})
+        return rows
+
+    def on_predict_epoch_start(self) -> None:
+        self._forecasts = []
+
+    def on_predict_epoch_end(self) -> None:
+        folder = self._run_dir()
+        if folder is None or not self._forecasts or not self.trainer.is_global_zero:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        date_col = self.model.meta["date_col"]
+        for i, (hist, fc) in enumerate(self._forecasts):
+            stem = "forecast" if len(self._forecasts) == 1 else f"forecast_{i}"
+            csv, png = folder / f"{stem}.csv", folder / f"{stem}.png"
+            for p in (csv, png):
+                if p.exists():
+                    raise FileExistsError(f"{p} exists; predict into a new run folder (--trainer.default_root_dir)")
+            fc.to_csv(csv, index=False)
+            plot_forecast(hist, fc, png, date_col=date_col, max_columns=self.hparams.plot_columns)
+            print(f"forecast written to {csv} and {png}", flush=True)
+
+    def _run_dir(self) -> Optional[Path]:
+        if self._trainer is None:
+            return None
+        from zoo.tasks.callbacks import run_dir
+
+        return run_dir(self.trainer)
+
+    def summary_lines(self) -> list[str]:
+        c = self.model.config
+        lines = [
+            f"model: {self.arch} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads, "
+            f"revin={c.revin}), {self.model.num_params() / 1e6:.3f}M parameters",
+            f"lookback {c.lookback} -> horizon {c.horizon}",
+        ]
+        info = self.data_info
+        if info:
+            lines.append(
+                f"data: {info.get('source')} ({info.get('n_vars')} variables, features {info.get('features')}, "
+                f"split {info.get('split')}, time features {info.get('time_features') or 'none'})"
+            )
+        return lines
+
+
+def plot_forecast(
+    history: Any, forecast: Any, path: str | Path, date_col: str = "date", max_columns: int = 8,
+    columns: Optional[Sequence[str]] = None,
+) -> Path:
+    """Draw the input history and the forecast of each forecast column into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = list(columns or [c for c in forecast.columns if c != date_col])[:max_columns]
+    fig, axes = plt.subplots(len(cols), 1, figsize=(10, 2.2 * len(cols)), sharex=True, squeeze=False)
+    for ax, col in zip(axes[:, 0], cols):
+        if col in history.columns:
+            ax.plot(history[date_col], history[col], color="0.3", lw=1.0, label="history")
+        ax.plot(forecast[date_col], forecast[col], color="tab:red", lw=1.2, label="forecast")
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    axes[0, 0].set_title("history and forecast")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
