@@ -218,16 +218,15 @@ def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if shapes:
-        problems.append(f"shape mismatches {shapes[:8]}")
+    problems = tensor_problems(("missing tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes))
     if problems:
         raise ValueError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
+
+
+def tensor_problems(*groups: tuple[str, list[str]]) -> list[str]:
+    """``"<label> [names...]"`` for each non-empty group (first 8 names), for weight-loading errors."""
+    return [f"{label} {names[:8]}{' ...' if len(names) > 8 else ''}" for label, names in groups if names]
 
 
 def _tied_names(model: nn.Module) -> set[str]:

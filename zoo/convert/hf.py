@@ -18,6 +18,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import nn
 
+from zoo.hub import tensor_problems
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.models.lm import DiffTransformerLM, LMConfig
 
@@ -143,13 +144,9 @@ def _load_mapped(model: nn.Module, hf_state: dict[str, torch.Tensor], wmap: dict
         for k, v in wmap.items()
         if k in hf_state and tuple(hf_state[k].shape) != tuple(own[v].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if extra:
-        problems.append(f"unexpected tensors (no mapping) {extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    if shapes:
-        problems.append(f"shape mismatches {shapes[:8]}")
+    problems = tensor_problems(
+        ("missing tensors", missing), ("unexpected tensors (no mapping)", extra), ("shape mismatches", shapes)
+    )
     if problems:
         raise ValueError(
             f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems)

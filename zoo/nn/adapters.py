@@ -43,6 +43,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from zoo.hub import tensor_problems
 from zoo.nn.attention import AttentionBase, KVCache
 from zoo.nn.functional import diff_attention
 
@@ -516,8 +517,9 @@ def load_adapter(model: nn.Module, source: Union[str, Path, Mapping[str, Tensor]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
-    problems = [f"{what} {lst[:8]}" for what, lst in
-                (("missing adapter tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes)) if lst]
+    problems = tensor_problems(
+        ("missing adapter tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes)
+    )
     if problems:
         raise ValueError(f"{name} does not fit this model's adapter: " + "; ".join(problems))
     with torch.no_grad():
