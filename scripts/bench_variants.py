@@ -5,7 +5,10 @@
     parameters, training tokens/s (and peak GPU memory on CUDA);
 (b) adaptation: pretrain a small vanilla LM on tinyshakespeare, then adapt it with DEX / DiffLoRA /
     OpAmp on at most 1% of the pretraining tokens, against continuing vanilla training on the same
-    tokens: validation loss.
+    tokens: validation loss and in-context retrieval accuracy. Retrieval is measured with the copy
+    probe (``zoo.data.retrieval.make_copy_probe``): a random validation-text segment shown twice, scored
+    on the second copy's tokens, which the model can only get right by retrieving them from context
+    (MQAR would need its own vocabulary, which a text-pretrained LM does not have).
 
 Writes ``<out>/bench_variants.json`` and ``<out>/bench_variants.md``.
 
@@ -26,6 +29,7 @@ import torch
 
 from bench_lm import SHAKESPEARE, machine, run, summarize  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
+from zoo.data.retrieval import make_copy_probe
 from zoo.tasks import LanguageModelTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +51,26 @@ def with_peak(fn):
     return r
 
 
+PROBE = {"n_samples": 256, "seg_len": 64, "seed": 1234}  # 2 * seg_len = the benchmark's block size
+
+
+@torch.no_grad()
+def copy_accuracy(model: torch.nn.Module, dm: TextDataModule) -> float:
+    """Share of the copy probe's labelled tokens (second copy) that ``model`` predicts by argmax."""
+    ids, labels = make_copy_probe(dm.token_streams()["val"], **PROBE)
+    model.eval()
+    hits = total = 0
+    for i in range(0, len(ids), 64):
+        x, y = torch.from_numpy(ids[i : i + 64]), torch.from_numpy(labels[i : i + 64])
+        pred = model(x).argmax(-1)
+        keep = y != -100
+        hits += int((pred[keep] == y[keep]).sum())
+        total += int(keep.sum())
+    return hits / total
+
+
 def adapt_run(src: Path, method: str | None, seed: int, steps: int, lr: float) -> dict:
-    """Continue (method None) or adapt the exported base for ``steps`` steps; return val loss."""
+    """Continue (method None) or adapt the exported base for ``steps`` steps; val loss and copy accuracy."""
     L.seed_everything(seed, verbose=False)
     dm = text_dm()
     adapter = {"method": method, **ADAPTERS[method]} if method else None
@@ -62,7 +84,7 @@ def adapt_run(src: Path, method: str | None, seed: int, steps: int, lr: float) -
     trainer.fit(task, datamodule=dm)
     val = trainer.validate(task, datamodule=dm, verbose=False)[0]
     return {"method": method or "continue-vanilla", "seed": seed, "trainable_params": trainable,
-            "val_loss": val["val/loss"]}
+            "val_loss": val["val/loss"], "copy_acc": copy_accuracy(task.model, dm)}
 
 
 def main() -> None:
@@ -84,6 +106,11 @@ def main() -> None:
         raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared/data")
     t0 = time.time()
     res: dict = {"machine": machine(), "args": vars(args), "types": {}, "adaptation": {}}
+    previous = out / "bench_variants.json"
+    if args.only and previous.is_file():  # rerunning one half keeps the other half's results
+        kept = json.loads(previous.read_text())
+        res["types" if args.only == "adapt" else "adaptation"] = kept["types" if args.only == "adapt" else "adaptation"]
+        res["other_half"] = {k: kept.get(k) for k in ("machine", "args", "total_seconds")}
 
     # (a) every attention type at the same shape and step budget
     retr = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32}
@@ -122,17 +149,19 @@ def main() -> None:
                             num_sanity_val_steps=0)
         trainer.fit(base, datamodule=dm)
         base_val = trainer.validate(base, datamodule=dm, verbose=False)[0]["val/loss"]
+        base_copy = copy_accuracy(base.model, dm)
         src = base.export(Path(tmp) / "base")
         adapt_steps = max(args.pretrain_steps // 100, 1)  # 1% of the pretraining tokens (same batch shape)
         res["adaptation"] = {"pretrain_steps": args.pretrain_steps, "adapt_steps": adapt_steps,
-                             "base_val_loss": base_val, "methods": {}}
+                             "base_val_loss": base_val, "base_copy_acc": base_copy, "probe": PROBE, "methods": {}}
         for method in (None, "dex", "difflora", "opamp"):
             runs = [adapt_run(src, method, seed, adapt_steps, 1e-3) for seed in args.seeds]
             label = method or "continue-vanilla"
-            print(f"[adapt] {label}: {[r['val_loss'] for r in runs]}", flush=True)
+            print(f"[adapt] {label}: {[(r['val_loss'], r['copy_acc']) for r in runs]}", flush=True)
             res["adaptation"]["methods"][label] = {
                 "trainable_params": runs[0]["trainable_params"],
-                "val_loss": summarize([{"final": {"l": r["val_loss"]}} for r in runs], "l"), "runs": runs,
+                "val_loss": summarize([{"final": {"l": r["val_loss"]}} for r in runs], "l"),
+                "copy_acc": summarize([{"final": {"a": r["copy_acc"]}} for r in runs], "a"), "runs": runs,
             }
     res["total_seconds"] = round(time.time() - t0, 1)
     (out / "bench_variants.json").write_text(json.dumps(res, indent=1))
@@ -141,11 +170,21 @@ def main() -> None:
     print(md)
 
 
-def table(res: dict) -> str:
-    m, a = res["machine"], res["args"]
-    lines = [
+def _measured(meta: dict) -> str:
+    m, a = meta["machine"], meta["args"]
+    return (
         f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
-        f"torch {m['torch']}; seeds {a['seeds']}; {a['steps']} steps per run; total {res['total_seconds'] / 60:.1f} min.",
+        f"torch {m['torch']}; seeds {a['seeds']}; {a['steps']} steps per run; total {meta['total_seconds'] / 60:.1f} min."
+    )
+
+
+def table(res: dict) -> str:
+    here = {k: res[k] for k in ("machine", "args", "total_seconds")}
+    other = res.get("other_half")  # the half kept from an earlier run (``--only``)
+    types_meta = other if other and res["args"]["only"] == "adapt" else here
+    adapt_meta = other if other and res["args"]["only"] == "types" else here
+    lines = [
+        _measured(types_meta),
         "",
         "| attention | params (mqar / text) | MQAR acc | text val loss | tokens/s (mqar / text) |",
         "|---|---|---|---|---|",
@@ -161,14 +200,21 @@ def table(res: dict) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        f"Adaptation: vanilla base pretrained {ad['pretrain_steps']} steps (val loss {ad['base_val_loss']:.3f}), "
-        f"then {ad['adapt_steps']} steps (1% of the pretraining tokens):",
+        _measured(adapt_meta) + f" Adaptation: {adapt_meta['args']['pretrain_steps']} pretraining steps.",
         "",
-        "| method | trainable params | val loss |",
-        "|---|---|---|",
+        f"Adaptation: vanilla base pretrained {ad['pretrain_steps']} steps (val loss {ad['base_val_loss']:.3f}, "
+        f"copy-retrieval accuracy {ad['base_copy_acc']:.3f}), then {ad['adapt_steps']} steps (1% of the pretraining "
+        f"tokens). Copy retrieval: {ad['probe']['n_samples']} validation segments of {ad['probe']['seg_len']} bytes "
+        "shown twice, accuracy on the second copy:",
+        "",
+        "| method | trainable params | val loss | copy-retrieval acc |",
+        "|---|---|---|---|",
     ]
     for label, e in ad["methods"].items():
-        lines.append(f"| {label} | {e['trainable_params']:,} | {e['val_loss']['mean']:.4f} ± {e['val_loss']['std']:.4f} |")
+        lines.append(
+            f"| {label} | {e['trainable_params']:,} | {e['val_loss']['mean']:.4f} ± {e['val_loss']['std']:.4f} | "
+            f"{e['copy_acc']['mean']:.3f} ± {e['copy_acc']['std']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

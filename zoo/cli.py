@@ -1,4 +1,4 @@
-"""``python -m zoo {fit,validate,test,predict,export}``: LightningCLI over every domain.
+"""``python -m zoo {fit,validate,test,predict,export,convert}``: LightningCLI over every domain.
 
 The YAML names the LightningModule (``model.class_path``) and the datamodule (``data.class_path``);
 the datamodule's ``data_info`` (vocab size, number of variables, charset...) is handed to the
@@ -64,10 +64,28 @@ def export_main(argv: Sequence[str]) -> None:
     print(f"exported {cls_path} from {ckpt_path} to {folder}")
 
 
+def convert_main(argv: Sequence[str]) -> None:
+    """``python -m zoo convert HF_FOLDER OUT``: a local Hugging Face model folder -> zoo export."""
+    from zoo.convert import convert_hf
+
+    p = argparse.ArgumentParser(prog="python -m zoo convert", description=convert_main.__doc__)
+    p.add_argument("src", help="local Hugging Face folder (config.json + safetensors/.bin [+ tokenizer.json])")
+    p.add_argument("out", help="new folder for the zoo export")
+    args = p.parse_args(argv)
+    try:
+        folder = convert_hf(args.src, args.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(f"converted {args.src} to {folder}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["export"]:
         export_main(args[1:])
+        return
+    if args[:1] == ["convert"]:
+        convert_main(args[1:])
         return
     ZooCLI(
         LightningModule,

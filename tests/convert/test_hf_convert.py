@@ -141,8 +141,8 @@ def test_unsupported_features_are_refused(tmp_path):
     _edit_config(folder, rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ValueError, match="RoPE scaling"):
         from_hf_llama(folder)
-    _edit_config(folder, rope_scaling=None, attention_bias=True)
-    with pytest.raises(ValueError, match="attention_bias"):
+    _edit_config(folder, rope_scaling=None, mlp_bias=True)
+    with pytest.raises(ValueError, match="mlp_bias"):
         from_hf_llama(folder)
 
 
@@ -165,7 +165,7 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
 def test_missing_weights_file(tmp_path):
     _, folder = tiny_bert(tmp_path)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match="model.safetensors, pytorch_model.bin"):
         from_hf_bert(folder)
 
 

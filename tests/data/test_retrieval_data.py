@@ -169,3 +169,23 @@ def test_generator_argument_errors():
         RetrievalSpec().sample(split="dev")
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         RetrievalSpec().sample(seed=-1)
+
+
+def test_copy_probe_repeats_a_text_segment_and_labels_only_the_retrievable_part():
+    from zoo.data.retrieval import make_copy_probe
+
+    stream = np.arange(1000) * 7 % 251  # no repeated 2-grams inside a segment
+    ids, labels = make_copy_probe(stream, n_samples=5, seg_len=16, seed=3)
+    assert ids.shape == labels.shape == (5, 32)
+    for row, lab in zip(ids, labels):
+        start = int(np.flatnonzero(stream == row[0])[0])
+        np.testing.assert_array_equal(row[:16], stream[start : start + 16])  # a real segment of the stream
+        np.testing.assert_array_equal(row[16:], row[:16])
+        # the prediction at t (second copy) must name the token after the one it copies
+        expected = np.full(32, -100)
+        expected[16:31] = row[1:16]
+        np.testing.assert_array_equal(lab, expected)
+    again, _ = make_copy_probe(stream, n_samples=5, seg_len=16, seed=3)
+    np.testing.assert_array_equal(ids, again)
+    with pytest.raises(ValueError, match="fewer than seg_len"):
+        make_copy_probe(stream[:10], n_samples=1, seg_len=16)

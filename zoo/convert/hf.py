@@ -1,10 +1,20 @@
 """Hugging Face <-> zoo converters with an explicit weight map per family.
 
-* Llama-family decoders (``LlamaForCausalLM``; ``config.json`` + ``model.safetensors`` or sharded
-  ``model-*.safetensors`` with an index) <-> :class:`zoo.models.lm.DiffTransformerLM` (vanilla).
-* BERT-family encoders (``BertModel``) <-> :class:`zoo.models.encoder.TextEncoder` (vanilla).
+* Llama-family decoders (``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``) <->
+  :class:`zoo.models.lm.DiffTransformerLM` (vanilla). Qwen2's query/key/value biases map to
+  ``attn_bias="qkv"``; a sliding window shorter than the context caps ``max_seq_len`` at the window
+  (inside it full attention is exact; longer inputs are refused rather than silently different).
+* BERT-family encoders (``BertModel``, ``RobertaModel``) <-> :class:`zoo.models.encoder.TextEncoder`
+  (vanilla). RoBERTa's position ids start at ``pad_token_id + 1`` (``pos_offset``); padded positions
+  (right padding) are masked keys, so real tokens match exactly.
 
-Reading needs only ``safetensors`` (not ``transformers``); the written folders load with
+Weights: ``model.safetensors``, sharded safetensors with ``model.safetensors.index.json``, or
+``pytorch_model.bin`` (sharded with its index), read with ``torch.load(weights_only=True)``.
+A folder's ``tokenizer.json`` comes along as :class:`zoo.data.tokenizers.HFTokenizer`, so
+:func:`convert_hf` writes a zoo export that training configs can point both ``pretrained`` and
+``data.tokenizer`` at (``python -m zoo convert HF_FOLDER OUT``).
+
+Reading needs ``safetensors``/``torch`` only (not ``transformers``); the written folders load with
 ``transformers.AutoModel*.from_pretrained``. Every unsupported feature, missing tensor, left-over
 tensor or shape mismatch raises a ``ValueError`` that names it.
 """
@@ -12,8 +22,9 @@ tensor or shape mismatch raises a ``ValueError`` that names it.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -24,10 +35,12 @@ from zoo.models.lm import DiffTransformerLM, LMConfig
 
 PathLike = Union[str, Path]
 
-LLAMA_ARCHITECTURES = ("LlamaForCausalLM",)
-LLAMA_MODEL_TYPES = ("llama",)
-BERT_ARCHITECTURES = ("BertModel",)
-BERT_MODEL_TYPES = ("bert",)
+log = logging.getLogger(__name__)
+
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+BERT_ARCHITECTURES = ("BertModel", "RobertaModel")
+BERT_MODEL_TYPES = ("bert", "roberta")
 # HF tensors that carry no weights (buffers some versions save); skipped on import.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
@@ -35,8 +48,9 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 # ------------------------------------------------------------------------------------ weight maps
 
 
-def llama_weight_map(n_layers: int, tied: bool) -> dict[str, str]:
-    """HF Llama tensor name -> zoo ``DiffTransformerLM`` state-dict name."""
+def llama_weight_map(n_layers: int, tied: bool, attn_bias: Union[bool, str] = False) -> dict[str, str]:
+    """HF Llama / Mistral / Qwen2 tensor name -> zoo ``DiffTransformerLM`` state-dict name."""
+    biased = {True: ("q_proj", "k_proj", "v_proj", "o_proj"), "qkv": ("q_proj", "k_proj", "v_proj")}.get(attn_bias, ())
     m = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
     if not tied:
         m["lm_head.weight"] = "lm_head.weight"
@@ -44,6 +58,8 @@ def llama_weight_map(n_layers: int, tied: bool) -> dict[str, str]:
         hf, zo = f"model.layers.{i}.", f"layers.{i}."
         for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
             m[f"{hf}self_attn.{p}.weight"] = f"{zo}attn.{p}.weight"
+        for p in biased:
+            m[f"{hf}self_attn.{p}.bias"] = f"{zo}attn.{p}.bias"
         for p in ("gate_proj", "up_proj", "down_proj"):
             m[f"{hf}mlp.{p}.weight"] = f"{zo}mlp.{p}.weight"
         m[f"{hf}input_layernorm.weight"] = f"{zo}attn_norm.weight"
@@ -95,27 +111,52 @@ def read_hf_config(folder: PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
 
 
+def _weight_files(folder: Path, single: str) -> list[Path]:
+    """``folder/single`` or the shards its ``.index.json`` lists; [] when neither exists."""
+    index = folder / f"{single}.index.json"
+    if (folder / single).is_file():
+        return [folder / single]
+    if not index.is_file():
+        return []
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{index} is not a valid shard index (needs a 'weight_map' object): {exc}") from exc
+    files = [folder / s for s in shards]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"shards listed in {index} are missing: {missing}")
+    return files
+
+
 def read_hf_weights(folder: PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
+    """All tensors of ``model.safetensors`` / ``pytorch_model.bin``, or of the shards their index lists.
+
+    Safetensors win when both exist. ``.bin`` files are read with ``weights_only=True`` (no code runs).
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"shards listed in {index} are missing: {missing}")
-    else:
-        bins = sorted(p.name for p in folder.glob("*.bin"))
-        hint = f" (found {bins}: re-save with safe_serialization=True)" if bins else ""
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}{hint}")
     state: dict[str, torch.Tensor] = {}
+    files = _weight_files(folder, "model.safetensors")
+    if files:
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    files = _weight_files(folder, "pytorch_model.bin")
+    if not files:
+        raise FileNotFoundError(
+            f"no model.safetensors, pytorch_model.bin or their .index.json in {folder}: give a local Hugging Face "
+            "model folder"
+        )
     for f in files:
-        state.update(load_file(str(f)))
+        try:
+            part = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated zip, non-tensor payloads
+            raise ValueError(f"{f} could not be read as a PyTorch state dict ({exc})") from exc
+        if not isinstance(part, dict):
+            raise ValueError(f"{f} holds a {type(part).__name__}, not a state dict of tensors")
+        state.update(part)
     return state
 
 
@@ -187,12 +228,34 @@ def _rope_theta(cfg: dict[str, Any], folder: PathLike) -> float:
     return float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
 
 
+def _window_cap(cfg: dict[str, Any], folder: PathLike, max_len: int) -> int:
+    """``max_seq_len`` for a sliding-window model: the window when it is shorter than the context."""
+    mtype, window = cfg.get("model_type"), cfg.get("sliding_window")
+    active = (mtype == "mistral" and window) or (mtype == "qwen2" and cfg.get("use_sliding_window") and window)
+    if not active or window >= max_len:
+        return max_len
+    if mtype == "qwen2" and cfg.get("max_window_layers", 0) < cfg["num_hidden_layers"]:
+        log.warning("%s: Qwen2 sliding window on some layers; capping max_seq_len at the window %d", folder, window)
+    else:
+        log.warning(
+            "%s: sliding_window=%d < max_position_embeddings=%d; zoo attends fully, which equals the window "
+            "up to %d tokens, so max_seq_len is capped there", folder, window, max_len, window,
+        )
+    return int(window)
+
+
 def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
-    """Map a HF Llama ``config.json`` to :class:`LMConfig` (``attn_type="vanilla"``)."""
+    """Map a HF Llama / Mistral / Qwen2 ``config.json`` to :class:`LMConfig` (``attn_type="vanilla"``)."""
     _check_arch(cfg, folder, LLAMA_ARCHITECTURES, LLAMA_MODEL_TYPES, "from_hf_llama")
     _refuse(folder, cfg, "hidden_act", lambda v: v == "silu", "zoo's SwiGLU uses silu")
-    _refuse(folder, cfg, "attention_bias", lambda v: not v, "zoo's Llama attention has no biases")
     _refuse(folder, cfg, "mlp_bias", lambda v: not v, "zoo's SwiGLU has no biases")
+    mtype = cfg["model_type"]
+    if mtype == "qwen2":
+        attn_bias: Union[bool, str] = "qkv"  # Qwen2 always has q/k/v biases and none on o_proj
+    else:
+        attn_bias = bool(cfg.get("attention_bias", False))
+        if mtype == "mistral" and attn_bias:
+            raise ValueError(f"{folder}: config.json attention_bias=True is not a Mistral layout")
     _refuse(folder, cfg, "pretraining_tp", lambda v: v in (None, 1), "tensor-parallel slicing changes numerics")
     dim, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     _refuse(folder, cfg, "head_dim", lambda v: v in (None, dim // heads),
@@ -204,8 +267,9 @@ def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
         n_heads=heads,
         n_kv_heads=cfg.get("num_key_value_heads") or heads,
         mlp_hidden=cfg["intermediate_size"],
-        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        max_seq_len=_window_cap(cfg, folder, cfg.get("max_position_embeddings", 2048)),
         attn_type="vanilla",
+        attn_bias=attn_bias,
         rope_theta=_rope_theta(cfg, folder),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
@@ -213,16 +277,31 @@ def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
 
 
 def from_hf_llama(folder: PathLike) -> DiffTransformerLM:
-    """Load a local Hugging Face Llama-family checkpoint as a vanilla :class:`DiffTransformerLM` (fp32)."""
+    """Load a local Hugging Face Llama / Mistral / Qwen2 checkpoint as a vanilla :class:`DiffTransformerLM`
+    (fp32). The folder's ``tokenizer.json``, when present, becomes ``model.tokenizer``."""
     cfg = read_hf_config(folder)
     zcfg = llama_config_to_zoo(cfg, folder)
     model = DiffTransformerLM(zcfg)
-    _load_mapped(model, read_hf_weights(folder), llama_weight_map(zcfg.n_layers, zcfg.tie_embeddings), folder)
+    wmap = llama_weight_map(zcfg.n_layers, zcfg.tie_embeddings, zcfg.attn_bias)
+    _load_mapped(model, read_hf_weights(folder), wmap, folder)
+    model.tokenizer = _hf_tokenizer(folder)
     return model.eval()
 
 
-def to_hf_llama(model: DiffTransformerLM, folder: PathLike) -> Path:
-    """Write ``model`` (vanilla attention) as a Hugging Face ``LlamaForCausalLM`` folder."""
+def _hf_tokenizer(folder: PathLike) -> Any:
+    from zoo.data.tokenizers import BPE_NAME, HFTokenizer
+
+    return HFTokenizer.from_hf_folder(folder) if (Path(folder) / BPE_NAME).is_file() else None
+
+
+_HF_DECODERS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def to_hf_llama(model: DiffTransformerLM, folder: PathLike, model_type: Optional[str] = None) -> Path:
+    """Write ``model`` (vanilla attention) as a Hugging Face Llama / Mistral / Qwen2 folder.
+
+    ``model_type`` defaults to ``qwen2`` for q/k/v-biased attention and ``llama`` otherwise.
+    """
     c = model.config
     if not isinstance(model, DiffTransformerLM) or c.attn_type != "vanilla":
         raise ValueError(
@@ -230,9 +309,16 @@ def to_hf_llama(model: DiffTransformerLM, folder: PathLike) -> Path:
             f"with attn_type={getattr(c, 'attn_type', None)!r} (Llama has no {getattr(c, 'attn_type', None)} attention)"
         )
     _check_no_adapters(model, "to_hf_llama")
+    model_type = model_type or ("qwen2" if c.attn_bias == "qkv" else "llama")
+    allowed = {"llama": (False, True), "mistral": (False,), "qwen2": ("qkv",)}
+    if model_type not in allowed or c.attn_bias not in allowed[model_type]:
+        raise ValueError(
+            f"to_hf_llama: cannot write attn_bias={c.attn_bias!r} as model_type={model_type!r}; "
+            f"supported: {allowed}"
+        )
     cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [_HF_DECODERS[model_type]],
+        "model_type": model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.dim,
         "intermediate_size": c.mlp_hidden,
@@ -246,20 +332,24 @@ def to_hf_llama(model: DiffTransformerLM, folder: PathLike) -> Path:
         "rope_theta": c.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
         "rope_scaling": None,
-        "attention_bias": False,
+        "attention_bias": c.attn_bias is True,
         "mlp_bias": False,
         "tie_word_embeddings": c.tie_embeddings,
         "torch_dtype": "float32",
     }
-    return _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings), cfg, folder)
+    if model_type != "llama":
+        cfg.update(sliding_window=None, use_sliding_window=False)
+    return _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings, c.attn_bias), cfg, folder)
 
 
 # ----------------------------------------------------------------------------------------- BERT
 
 
 def bert_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "", pooler: bool = True) -> EncoderConfig:
-    """Map a HF BERT ``config.json`` to :class:`EncoderConfig` (``attn_type="vanilla"``)."""
+    """Map a HF BERT / RoBERTa ``config.json`` to :class:`EncoderConfig` (``attn_type="vanilla"``)."""
     _check_arch(cfg, folder, BERT_ARCHITECTURES, BERT_MODEL_TYPES, "from_hf_bert")
+    pad = cfg.get("pad_token_id") or 0
+    offset = pad + 1 if cfg["model_type"] == "roberta" else 0  # RoBERTa numbers positions from padding_idx + 1
     _refuse(folder, cfg, "hidden_act", lambda v: v == "gelu", "zoo's GeluMlp uses exact (erf) gelu")
     _refuse(folder, cfg, "position_embedding_type", lambda v: v == "absolute", "only absolute positions")
     _refuse(folder, cfg, "is_decoder", lambda v: not v, "only bidirectional encoders")
@@ -269,18 +359,19 @@ def bert_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "", pooler: bool 
         n_layers=cfg["num_hidden_layers"],
         n_heads=cfg["num_attention_heads"],
         mlp_hidden=cfg["intermediate_size"],
-        max_seq_len=cfg.get("max_position_embeddings", 512),
+        max_seq_len=cfg.get("max_position_embeddings", 512) - offset,
+        pos_offset=offset,
         type_vocab_size=cfg.get("type_vocab_size", 2),
         attn_type="vanilla",
         norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
         bias=True,
         pooler=pooler,
-        pad_token_id=cfg.get("pad_token_id") or 0,
+        pad_token_id=pad,
     )
 
 
 def from_hf_bert(folder: PathLike) -> TextEncoder:
-    """Load a local Hugging Face ``BertModel`` checkpoint as a :class:`TextEncoder` (fp32).
+    """Load a local Hugging Face ``BertModel`` / ``RobertaModel`` checkpoint as a :class:`TextEncoder` (fp32).
 
     The pooler is kept when the checkpoint has one. Checkpoints saved from a task model
     (``bert.``-prefixed names) are refused by the architecture check: save ``model.bert`` instead.
@@ -294,7 +385,8 @@ def from_hf_bert(folder: PathLike) -> TextEncoder:
 
 
 def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
-    """Write ``model`` (vanilla attention with biases) as a Hugging Face ``BertModel`` folder."""
+    """Write ``model`` (vanilla attention with biases) as a Hugging Face ``BertModel`` folder, or a
+    ``RobertaModel`` one when its positions start at ``pad_token_id + 1``."""
     c = model.config
     if not isinstance(model, TextEncoder) or c.attn_type != "vanilla" or not c.bias:
         raise ValueError(
@@ -302,9 +394,15 @@ def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
             f"(attn_type={getattr(c, 'attn_type', None)!r}, bias={getattr(c, 'bias', None)})"
         )
     _check_no_adapters(model, "to_hf_bert")
+    if c.pos_offset not in (0, c.pad_token_id + 1):
+        raise ValueError(
+            f"to_hf_bert: pos_offset={c.pos_offset} fits neither BERT (0) nor RoBERTa (pad_token_id + 1 = "
+            f"{c.pad_token_id + 1})"
+        )
+    kind = "roberta" if c.pos_offset else "bert"
     cfg = {
-        "architectures": ["BertModel"],
-        "model_type": "bert",
+        "architectures": ["RobertaModel" if c.pos_offset else "BertModel"],
+        "model_type": kind,
         "vocab_size": c.vocab_size,
         "hidden_size": c.dim,
         "num_hidden_layers": c.n_layers,
@@ -313,7 +411,7 @@ def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": c.max_seq_len,
+        "max_position_embeddings": c.max_seq_len + c.pos_offset,
         "type_vocab_size": c.type_vocab_size,
         "layer_norm_eps": c.norm_eps,
         "pad_token_id": c.pad_token_id,
@@ -322,6 +420,31 @@ def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
         "torch_dtype": "float32",
     }
     return _save_mapped(model, bert_weight_map(c.n_layers, c.pooler), cfg, folder)
+
+
+def from_hf(folder: PathLike) -> nn.Module:
+    """Load any supported local Hugging Face folder: decoders as ``DiffTransformerLM``, encoders as ``TextEncoder``."""
+    mtype = read_hf_config(folder).get("model_type")
+    if mtype in LLAMA_MODEL_TYPES:
+        return from_hf_llama(folder)
+    if mtype in BERT_MODEL_TYPES:
+        return from_hf_bert(folder)
+    raise ValueError(
+        f"{folder}: config.json model_type={mtype!r} has no converter; supported: "
+        f"{list(LLAMA_MODEL_TYPES + BERT_MODEL_TYPES)}"
+    )
+
+
+def convert_hf(folder: PathLike, out: PathLike, overwrite: bool = False) -> Path:
+    """Convert a Hugging Face folder into a zoo export (config.json + model.safetensors + tokenizer).
+
+    The export is what ``zoo.load_pretrained``, ``LanguageModelTask(pretrained=...)`` and the adapter
+    configs read; its tokenizer serves ``data.tokenizer`` too.
+    """
+    from zoo.hub import export_model
+
+    model = from_hf(folder)
+    return export_model(model, out, extra={"converted_from": str(folder)}, overwrite=overwrite)
 
 
 def _check_no_adapters(model: nn.Module, fn: str) -> None:
@@ -333,6 +456,6 @@ def _check_no_adapters(model: nn.Module, fn: str) -> None:
 
 
 __all__ = [
-    "bert_config_to_zoo", "bert_weight_map", "from_hf_bert", "from_hf_llama", "llama_config_to_zoo",
+    "bert_config_to_zoo", "bert_weight_map", "convert_hf", "from_hf", "from_hf_bert", "from_hf_llama", "llama_config_to_zoo",
     "llama_weight_map", "read_hf_config", "read_hf_weights", "to_hf_bert", "to_hf_llama",
 ]

@@ -50,6 +50,7 @@ __all__ = [
     "RetrievalSpec",
     "RetrievalDataset",
     "RetrievalDataModule",
+    "make_copy_probe",
     "make_mqar",
     "make_needles",
     "PAD_ID",
@@ -245,6 +246,32 @@ def make_needles(
         "needle", seq_len, n_needles=n_needles, n_queries=n_queries, n_keys=n_keys, n_values=n_values, n_filler=n_filler
     )
     return spec.batch(n_samples, seed, split, start)
+
+
+def make_copy_probe(
+    stream: np.ndarray, n_samples: int, seg_len: int = 64, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """In-context copy (induction) retrieval probe over a natural-text token ``stream``.
+
+    Each sample is a random segment of ``stream`` followed by the same segment again
+    (``[n_samples, 2 * seg_len]``). Labels (already shifted: ``labels[t]`` is the target of the
+    prediction at ``t``) mark only the second copy after its first token, which can be retrieved from
+    the first copy but not predicted from the language alone; everything else is ``IGNORE_INDEX``.
+    Accuracy on these labels measures retrieval from context in the model's own vocabulary, so it
+    applies to any LM trained on text (unlike MQAR, which needs its own vocabulary).
+    """
+    stream = np.asarray(stream, dtype=np.int64)
+    if seg_len < 2 or n_samples < 1:
+        raise ValueError(f"need seg_len >= 2 and n_samples >= 1, got seg_len={seg_len}, n_samples={n_samples}")
+    if len(stream) < seg_len:
+        raise ValueError(f"the token stream has {len(stream)} tokens, fewer than seg_len={seg_len}")
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(stream) - seg_len + 1, size=n_samples)
+    segs = stream[starts[:, None] + np.arange(seg_len)]
+    ids = np.concatenate([segs, segs], axis=1)
+    labels = np.full_like(ids, IGNORE_INDEX)
+    labels[:, seg_len:-1] = ids[:, seg_len + 1 :]
+    return ids, labels
 
 
 class RetrievalDataset(Dataset):

@@ -1,9 +1,10 @@
-"""Tokenizers for the language domains: raw UTF-8 bytes, or a byte-level BPE trained on the corpus.
+"""Tokenizers for the language domains: raw UTF-8 bytes, a byte-level BPE trained on the corpus, or a
+converted pretrained model's own Hugging Face tokenizer (:class:`HFTokenizer`).
 
-Both classes share one small interface, so datamodules and tasks never branch on the kind:
+All share one small interface, so datamodules and tasks never branch on the kind:
 ``pad_id``, ``bos_id``, ``eos_id``, ``vocab_size``, ``kind``, ``encode``, ``encode_batch``, ``decode``,
 ``token_byte_lengths`` and ``save``. A saved tokenizer is a folder with ``tokenizer_config.json``
-(``{"type": "byte"}`` or ``{"type": "bpe"}``) plus, for BPE, the Hugging Face ``tokenizer.json``;
+(``{"type": "byte" | "bpe" | "hf"}``) plus, for BPE and HF, the Hugging Face ``tokenizer.json``;
 an exported model folder carries the same files, so ``load_tokenizer(model_folder)`` works on it.
 """
 
@@ -22,6 +23,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in a BPE vocabulary
 __all__ = [
     "ByteTokenizer",
     "BPETokenizer",
+    "HFTokenizer",
     "TokenizerLike",
     "load_tokenizer",
     "build_tokenizer",
@@ -194,13 +196,124 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
-TokenizerLike = Union[ByteTokenizer, BPETokenizer]
+class HFTokenizer:
+    """A pretrained model's own Hugging Face ``tokenizer.json`` (Llama, Mistral, Qwen2, BERT...).
+
+    Special ids come from the source folder (``tokenizer_config.json`` token strings, else
+    ``config.json`` ids); a missing pad token falls back to eos (as ``transformers`` users usually set).
+    Saved as ``tokenizer.json`` + zoo's ``tokenizer_config.json`` with ``{"type": "hf", ...ids}``, so a
+    converted model's export carries it and ``load_tokenizer(export_folder)`` works.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer, bos_id: Optional[int], eos_id: Optional[int], pad_id: Optional[int]) -> None:
+        # Saved tokenizers may pad/truncate to a fixed length (MiniLM: 128); zoo packs and pads itself,
+        # and truncating a corpus would silently lose text.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.backend = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if eos_id is None:
+            raise ValueError("the Hugging Face tokenizer names no eos token; set eos_token in tokenizer_config.json")
+        self.bos_id = bos_id if bos_id is not None else eos_id
+        self.eos_id = eos_id
+        self.pad_id = pad_id if pad_id is not None else eos_id
+
+    @classmethod
+    def from_hf_folder(cls, folder: Union[str, Path]) -> "HFTokenizer":
+        """Read a Hugging Face model folder's ``tokenizer.json`` and its special tokens."""
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        path = folder / BPE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{folder}: no {BPE_NAME}; only fast (tokenizers-format) Hugging Face tokenizers are supported "
+                "- re-save it with transformers' AutoTokenizer(...).save_pretrained(folder)"
+            )
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
+            raise ValueError(f"{path} is not a valid tokenizers file ({err})") from err
+
+        def read(name: str) -> dict:
+            f = folder / name
+            try:
+                return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{f} is not valid JSON ({err})") from err
+
+        tok_cfg, model_cfg = read(CONFIG_NAME), read("config.json")
+
+        def special(role: str) -> Optional[int]:
+            token = tok_cfg.get(f"{role}_token")
+            if isinstance(token, dict):  # AddedToken serialization
+                token = token.get("content")
+            if isinstance(token, str):
+                tid = backend.token_to_id(token)
+                if tid is None:
+                    raise ValueError(f"{folder}: {role}_token {token!r} is not in {BPE_NAME}'s vocabulary")
+                return tid
+            tid = model_cfg.get(f"{role}_token_id")
+            return tid[0] if isinstance(tid, list) else tid
+
+        if special("eos") is None and special("sep") is not None:  # BERT-style: [SEP] ends a sequence
+            return cls(backend, special("cls"), special("sep"), special("pad"))
+        return cls(backend, special("bos"), special("eos"), special("pad"))
+
+    @classmethod
+    def load(cls, folder: Union[str, Path], config: dict) -> "HFTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / BPE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: {CONFIG_NAME} says 'hf' but {BPE_NAME} is missing")
+        return cls(Tokenizer.from_file(str(path)), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"))
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text`` without the tokenizer's own template, optionally wrapped in bos/eos."""
+        return _with_specials(self.backend.encode(text, add_special_tokens=False).ids, self, add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [_with_specials(e.ids, self, add_bos, add_eos) for e in encodings]
+
+    def decode(self, ids) -> str:
+        ids = _as_int_list(ids)
+        _check_range(ids, self.vocab_size)
+        return self.backend.decode(ids, skip_special_tokens=True)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes of each id decoded alone (specials 0); approximate for word-initial pieces whose
+        leading space some decoders strip, so bits-per-byte is a close estimate for these tokenizers."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            lengths[i] = len(self.backend.decode([i], skip_special_tokens=True).encode("utf-8"))
+        lengths[[self.pad_id, self.bos_id, self.eos_id]] = 0
+        return lengths
+
+    def save(self, folder: Union[str, Path]) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"type": self.kind, "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        (folder / CONFIG_NAME).write_text(json.dumps(config) + "\n", encoding="utf-8")
+        self.backend.save(str(folder / BPE_NAME))
+        return folder
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})"
+
+
+TokenizerLike = Union[ByteTokenizer, BPETokenizer, HFTokenizer]
 
 
 def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
     """Load a tokenizer saved with ``save`` (or the one inside an exported model folder)."""
     folder = Path(folder).expanduser()
     config_path = folder / CONFIG_NAME
+    if not config_path.is_file() and (folder / BPE_NAME).is_file():
+        return HFTokenizer.from_hf_folder(folder)
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{folder}: no {CONFIG_NAME} there; point at a folder written by tokenizer.save() or an "
@@ -215,7 +328,11 @@ def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
         return ByteTokenizer()
     if kind == "bpe":
         return BPETokenizer.load(folder)
-    raise ValueError(f"{config_path}: unknown tokenizer type {kind!r}; expected 'byte' or 'bpe'")
+    if kind == "hf":
+        return HFTokenizer.load(folder, config)
+    if kind is None and (folder / BPE_NAME).is_file():  # a Hugging Face model folder's own tokenizer
+        return HFTokenizer.from_hf_folder(folder)
+    raise ValueError(f"{config_path}: unknown tokenizer type {kind!r}; expected 'byte', 'bpe' or 'hf'")
 
 
 def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size: int = 4096) -> TokenizerLike:

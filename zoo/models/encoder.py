@@ -34,6 +34,7 @@ class EncoderConfig:
     bias: bool = True
     pooler: bool = True
     pad_token_id: int = 0
+    pos_offset: int = 0  # first position id (RoBERTa: pad_token_id + 1); the table holds max_seq_len + pos_offset rows
     dropout: float = 0.0
     attn_dropout: float = 0.0
     attn_backend: Optional[str] = None
@@ -43,6 +44,8 @@ class EncoderConfig:
             raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.pos_offset < 0:
+            raise ValueError(f"pos_offset must be >= 0, got {self.pos_offset}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +84,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.word_embed = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
-        self.pos_embed = nn.Embedding(config.max_seq_len, config.dim)
+        self.pos_embed = nn.Embedding(config.max_seq_len + config.pos_offset, config.dim)
         self.type_embed = nn.Embedding(config.type_vocab_size, config.dim)
         self.embed_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.drop = nn.Dropout(config.dropout)
@@ -121,7 +124,7 @@ class TextEncoder(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        pos = torch.arange(T, device=input_ids.device)
+        pos = torch.arange(T, device=input_ids.device) + self.config.pos_offset
         x = self.word_embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(pos)[None]
         x = self.drop(self.embed_norm(x))
         key_mask = attention_mask.bool() if attention_mask is not None else None

@@ -38,6 +38,7 @@ class LMConfig:
     attn_type: str = "diff"
     attn_args: Optional[dict[str, Any]] = None  # extra kwargs of the attention type, e.g. {signal_ratio: 4}
     rope_theta: float = 10000.0
+    attn_bias: Union[bool, str] = False  # projection biases: False, True or "qkv" (Qwen2)
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -80,6 +81,7 @@ class Block(nn.Module):
             rope_theta=cfg.rope_theta,
             max_seq_len=cfg.max_seq_len,
             dropout=cfg.attn_dropout,
+            bias=cfg.attn_bias,
             backend=cfg.attn_backend,
             **(cfg.attn_args or {}),
         )

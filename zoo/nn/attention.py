@@ -17,7 +17,7 @@ arguments have the same projection parameters; the paper's layout (baseline with
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +108,8 @@ class AttentionBase(nn.Module):
         rope: rotate queries/keys (self-attention only).
         rope_theta, max_seq_len: RoPE base and table length.
         dropout: attention-probability dropout.
-        bias: biases on the projections.
+        bias: biases on the projections: ``True`` (all four), ``False``, or ``"qkv"`` (query, key and
+            value only, as in Qwen2).
         backend: force ``naive`` / ``sdpa`` / ``triton`` (default: ``ZOO_ATTN_BACKEND`` or auto).
     """
 
@@ -129,10 +130,12 @@ class AttentionBase(nn.Module):
         rope_theta: float = 10000.0,
         max_seq_len: int = 2048,
         dropout: float = 0.0,
-        bias: bool = False,
+        bias: Union[bool, str] = False,
         backend: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if bias not in (True, False, "qkv"):
+            raise ValueError(f"bias must be True, False or 'qkv', got {bias!r}")
         n_kv_heads = n_kv_heads or n_heads
         if n_heads <= 0 or n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})")
@@ -143,10 +146,11 @@ class AttentionBase(nn.Module):
         self.dim, self.n_heads, self.n_kv_heads, self.head_dim = dim, n_heads, n_kv_heads, head_dim
         self.kv_dim = kv_dim or dim
         self.layer_idx, self.causal, self.dropout, self.backend = layer_idx, causal, dropout, backend
-        self.q_proj = nn.Linear(dim, self.q_mult * n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kv_dim, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(self.kv_dim, n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+        qkv_bias = bool(bias)
+        self.q_proj = nn.Linear(dim, self.q_mult * n_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(self.kv_dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(self.kv_dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=bias is True)
         self.rotary = RotaryEmbedding(self.rope_dim, max_seq_len, rope_theta) if rope else None
 
     @property

