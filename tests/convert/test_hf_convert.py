@@ -19,12 +19,7 @@ import transformers  # noqa: E402  (a dev dependency)
 from zoo.convert import from_hf_bert, from_hf_llama, to_hf_bert, to_hf_llama  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def tiny_llama(tmp_path, **over):

@@ -15,12 +15,7 @@ from zoo.nn import adapters as A
 DIM, H = 32, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def lm(seed=0, attn_type="vanilla", **over):

@@ -20,13 +20,7 @@ BACKENDS = ["naive", "sdpa"]
 DIM, HEADS, KV_HEADS = 32, 4, 2  # head_dim 8; diff sub-heads d = 4; GQA n_rep = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and far faster on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------------

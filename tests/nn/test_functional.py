@@ -24,13 +24,7 @@ SHAPES = [(1, 1), (63, 63), (200, 200), (1, 200), (63, 200), (200, 63)]
 HEAD_DIMS = [16, 60]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and far faster on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,12 +17,7 @@ from zoo.nn.variants import dint_attention
 DIM, HEADS = 48, 6  # head_dim 8, sub-heads d = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
 
 
 def lin(x, layer):

@@ -80,3 +80,30 @@ def test_task_test_metrics_cover_every_window(tmp_path, features):
     np.testing.assert_allclose(res["mae"], np.mean(ae), rtol=1e-4)
     np.testing.assert_allclose(res["mse_orig"], np.mean(se_o), rtol=1e-4)
     assert (tmp_path / "test_metrics.json").is_file()
+
+
+def test_halving_schedule_follows_the_reference_type1_loop():
+    """lradj=type1 as the iTransformer loop applies it: after epoch e (0-based) it sets
+    lr * 0.5 ** ((e + 1) - 1), so the first two epochs share the full rate."""
+    import lightning as L
+
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=24, horizon=12, batch_size=8)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=1e-3, scheduler="halving",
+                        model_args={"lookback": 24, "horizon": 12}, warmup_steps=0)
+    seen: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=5, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Record()])
+    trainer.fit(task, datamodule=dm)
+    expected, lr = [], 1e-3
+    for epoch in range(5):  # the reference loop, written out
+        expected.append(lr)
+        lr = 1e-3 * 0.5 ** ((epoch + 1 - 1) // 1)
+    assert seen == pytest.approx(expected)

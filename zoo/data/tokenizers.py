@@ -100,7 +100,39 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=259)"
 
 
-class BPETokenizer:
+def _read_backend(path: Path):
+    """A ``tokenizers.Tokenizer`` from ``path``, with a clear error for a malformed file."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
+        raise ValueError(f"{path} is not a valid tokenizers file ({err}); re-save the tokenizer") from err
+
+
+class _BackendTokenizer:
+    """encode / decode through a ``tokenizers.Tokenizer`` in ``self.backend`` (no template specials)."""
+
+    backend: object
+    vocab_size: int
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text``, optionally wrapped in bos/eos."""
+        return _with_specials(self.backend.encode(text, add_special_tokens=False).ids, self, add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        """Encode many texts at once with the parallel Rust batch API."""
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [_with_specials(e.ids, self, add_bos, add_eos) for e in encodings]
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``; special ids are dropped, invalid UTF-8 becomes U+FFFD."""
+        ids = _as_int_list(ids)
+        _check_range(ids, self.vocab_size)
+        return self.backend.decode(ids, skip_special_tokens=True)
+
+
+class BPETokenizer(_BackendTokenizer):
     """Byte-level BPE (a ``tokenizers.Tokenizer``) with "<pad>", "<bos>", "<eos>" at ids 0, 1, 2."""
 
     kind = "bpe"
@@ -148,34 +180,13 @@ class BPETokenizer:
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "BPETokenizer":
         """Read ``tokenizer.json`` from ``folder``."""
-        from tokenizers import Tokenizer
-
         path = Path(folder) / BPE_NAME
         if not path.is_file():
             raise FileNotFoundError(
                 f"{folder}: {CONFIG_NAME} says 'bpe' but {BPE_NAME} is missing; re-save the tokenizer "
                 "with BPETokenizer.save(folder)"
             )
-        try:
-            backend = Tokenizer.from_file(str(path))
-        except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
-            raise ValueError(f"{path} is not a valid tokenizers file ({err}); re-save the tokenizer") from err
-        return cls(backend)
-
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of ``text``, optionally wrapped in bos/eos."""
-        return _with_specials(self.backend.encode(text, add_special_tokens=False).ids, self, add_bos, add_eos)
-
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        """Encode many texts at once with the parallel Rust batch API."""
-        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
-        return [_with_specials(e.ids, self, add_bos, add_eos) for e in encodings]
-
-    def decode(self, ids) -> str:
-        """Text of ``ids``; special ids are dropped, invalid UTF-8 becomes U+FFFD."""
-        ids = _as_int_list(ids)
-        _check_range(ids, self.vocab_size)
-        return self.backend.decode(ids, skip_special_tokens=True)
+        return cls(_read_backend(path))
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (0 for special ids); used for bits-per-byte."""
@@ -196,7 +207,7 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
-class HFTokenizer:
+class HFTokenizer(_BackendTokenizer):
     """A pretrained model's own Hugging Face ``tokenizer.json`` (Llama, Mistral, Qwen2, BERT...).
 
     Special ids come from the source folder (``tokenizer_config.json`` token strings, else
@@ -223,8 +234,6 @@ class HFTokenizer:
     @classmethod
     def from_hf_folder(cls, folder: Union[str, Path]) -> "HFTokenizer":
         """Read a Hugging Face model folder's ``tokenizer.json`` and its special tokens."""
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
         path = folder / BPE_NAME
         if not path.is_file():
@@ -232,10 +241,7 @@ class HFTokenizer:
                 f"{folder}: no {BPE_NAME}; only fast (tokenizers-format) Hugging Face tokenizers are supported "
                 "- re-save it with transformers' AutoTokenizer(...).save_pretrained(folder)"
             )
-        try:
-            backend = Tokenizer.from_file(str(path))
-        except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
-            raise ValueError(f"{path} is not a valid tokenizers file ({err})") from err
+        backend = _read_backend(path)
 
         def read(name: str) -> dict:
             f = folder / name
@@ -264,25 +270,11 @@ class HFTokenizer:
 
     @classmethod
     def load(cls, folder: Union[str, Path], config: dict) -> "HFTokenizer":
-        from tokenizers import Tokenizer
-
+        """Read a tokenizer saved by :meth:`save` (``config``: its ``tokenizer_config.json``)."""
         path = Path(folder) / BPE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: {CONFIG_NAME} says 'hf' but {BPE_NAME} is missing")
-        return cls(Tokenizer.from_file(str(path)), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"))
-
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of ``text`` without the tokenizer's own template, optionally wrapped in bos/eos."""
-        return _with_specials(self.backend.encode(text, add_special_tokens=False).ids, self, add_bos, add_eos)
-
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
-        return [_with_specials(e.ids, self, add_bos, add_eos) for e in encodings]
-
-    def decode(self, ids) -> str:
-        ids = _as_int_list(ids)
-        _check_range(ids, self.vocab_size)
-        return self.backend.decode(ids, skip_special_tokens=True)
+        return cls(_read_backend(path), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"))
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes of each id decoded alone (specials 0); approximate for word-initial pieces whose

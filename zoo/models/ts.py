@@ -58,6 +58,7 @@ class TSEncoderConfig:
     revin: bool = True
     dropout: float = 0.1
     attn_dropout: float = 0.1  # the reference FullAttention drops attention probabilities with p = dropout
+    act_dropout: float = 0.0  # dropout on the FFN's hidden activations (the reference FFN uses p = dropout)
     attn_backend: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class EncoderBlock(nn.Module):
             backend=cfg.attn_backend,
         )
         self.norm1 = nn.LayerNorm(cfg.dim)
-        self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout)
+        self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout, act_dropout=cfg.act_dropout)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -156,7 +157,7 @@ class Forecaster(nn.Module):
 
     family = "ts"
     config_class: type = TSEncoderConfig
-    runtime_fields = DEFAULT_RUNTIME_FIELDS | {"head_dropout"}
+    runtime_fields = DEFAULT_RUNTIME_FIELDS | {"head_dropout", "act_dropout"}
 
     def __init__(self, config: TSEncoderConfig) -> None:
         super().__init__()

@@ -27,13 +27,18 @@ class SwiGLU(nn.Module):
 
 
 class GeluMlp(nn.Module):
-    """Two-layer GELU MLP (ViT / BERT style)."""
+    """Two-layer GELU MLP (ViT / BERT style).
 
-    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0) -> None:
+    ``dropout`` acts on the output; ``act_dropout`` on the hidden activations (timm's ``drop`` after the
+    activation, the reference iTransformer's FFN), off by default as in BERT.
+    """
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0, act_dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act_dropout = nn.Dropout(act_dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return self.dropout(self.fc2(self.act_dropout(F.gelu(self.fc1(x)))))

@@ -71,8 +71,8 @@ class ForecastTask(ZooTask):
             ``val/loss`` (kept in memory), so the export and a following test use them.
         plot_columns: at most this many forecast columns are drawn in ``forecast.png``.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: see :class:`ZooTask`.
-        scheduler: ``cosine`` / ``constant`` (see :class:`ZooTask`) or ``halving`` (the learning rate
-            halves after every epoch: ``lradj=type1`` of the iTransformer / Time-Series-Library code).
+        scheduler: ``cosine`` / ``constant`` (see :class:`ZooTask`) or ``halving`` (``lradj=type1`` of the
+            iTransformer / Time-Series-Library code: full rate for two epochs, then halved every epoch).
     """
 
     def __init__(
@@ -156,7 +156,9 @@ class ForecastTask(ZooTask):
     def configure_optimizers(self) -> Any:
         cfg = super().configure_optimizers()
         if self.halving:
-            sched = torch.optim.lr_scheduler.LambdaLR(cfg["optimizer"], lambda epoch: 0.5**epoch)
+            # The reference calls adjust_learning_rate(epoch + 1) after each epoch with
+            # lr * 0.5 ** (epoch - 1): epochs 1 and 2 both run at the full rate, then it halves.
+            sched = torch.optim.lr_scheduler.LambdaLR(cfg["optimizer"], lambda epoch: 0.5 ** max(epoch - 1, 0))
             cfg["lr_scheduler"] = {"scheduler": sched, "interval": "epoch"}
         return cfg
 
