@@ -170,11 +170,12 @@ def main() -> None:
     print(md)
 
 
-def _measured(meta: dict) -> str:
+def _measured(meta: dict, steps: bool = True) -> str:
     m, a = meta["machine"], meta["args"]
+    per_run = f"{a['steps']} steps per run; " if steps else ""
     return (
         f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
-        f"torch {m['torch']}; seeds {a['seeds']}; {a['steps']} steps per run; total {meta['total_seconds'] / 60:.1f} min."
+        f"torch {m['torch']}; seeds {a['seeds']}; {per_run}total {meta['total_seconds'] / 60:.1f} min."
     )
 
 
@@ -200,7 +201,7 @@ def table(res: dict) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        _measured(adapt_meta) + f" Adaptation: {adapt_meta['args']['pretrain_steps']} pretraining steps.",
+        _measured(adapt_meta, steps=False) + f" Adaptation: {adapt_meta['args']['pretrain_steps']} pretraining steps.",
         "",
         f"Adaptation: vanilla base pretrained {ad['pretrain_steps']} steps (val loss {ad['base_val_loss']:.3f}, "
         f"copy-retrieval accuracy {ad['base_copy_acc']:.3f}), then {ad['adapt_steps']} steps (1% of the pretraining "
