@@ -296,7 +296,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{'met' if t['met_by_mean'] else 'not met'} (best seed {'meets' if t['met_by_best_seed'] else 'misses'} it)"
         )
     lines.append(
-        f"- Machine: {result['report_machine']['cpu_model']} ({m['processor']}), {m['cpu_count']} CPU cores, torch {m['torch']} ({m['torch_threads']} thread(s) "
+        f"- Machines: {'; '.join(sorted({json.loads(x).get('cpu_model', 'unrecorded CPU') for x in result['machines']}))} ({m['processor']}), "
+        f"{m['cpu_count']} CPU cores, torch {m['torch']} ({m['torch_threads']} thread(s) "
         f"per run), {result['n_runs']} runs, {result['total_compute_s'] / 3600:.2f} h of run time in total (wall "
         "times; two runs in parallel, sharing the cores with other jobs)."
     )
@@ -310,7 +311,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"- The shared setting (lr 1e-4 with the type1 halving, attention dropout 0.1, calendar tokens for iTransformer) "
             f"was picked by validation MSE in {len(result['pilot_runs'])} single-seed ETTh1 H=96 pilot runs "
-            "(listed in bench_ts.json, `pilot_runs`)."
+            "(listed in bench_ts.json, `pilot_runs`; run with the earlier schedule)."
         )
     return "\n".join(lines) + "\n"
 
