@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from benchmachine import machine  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
 from zoo.tasks import LanguageModelTask
 
@@ -46,17 +45,6 @@ class Curve(L.Callback):
         if not trainer.sanity_checking:
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             self.val.append((trainer.global_step, m))
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-    }
 
 
 def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps: int, lr: float,

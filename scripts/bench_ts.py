@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
+from benchmachine import machine  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from zoo.data.ts import CSVTSDataModule  # noqa: E402
 from zoo.tasks.ts import ForecastTask  # noqa: E402
 
@@ -78,30 +77,6 @@ def arch_for(family: str, attn: str, dataset: str, horizon: int) -> str:
     if dataset == "ETTh1":
         return f"ts-itransformer-{attn}-{'base' if horizon <= 192 else 'large'}"
     return f"ts-itransformer-{attn}-small"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
-    }
 
 
 def train_one(

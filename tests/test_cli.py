@@ -12,6 +12,8 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 DEFAULTS = {
     "lm": "configs/lm/tiny.yaml",
     "ts": "configs/ts/synthetic.yaml",
+    "vlm": "configs/vlm/synthetic.yaml",
+    "str": "configs/str/synthetic.yaml",
 }
 
 

@@ -30,3 +30,5 @@ for _size, (_dim, _layers, _heads, _vocab, _len) in _LM_SIZES.items():
 __all__ = ["DiffTransformerLM", "LMConfig"]
 import zoo.models.ts  # noqa: F401,E402
 import zoo.models.encoder  # noqa: F401,E402
+import zoo.models.str  # noqa: F401,E402
+import zoo.models.vlm  # noqa: F401,E402

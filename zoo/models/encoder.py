@@ -114,6 +114,14 @@ class TextEncoder(nn.Module):
         token_type_ids: Optional[Tensor] = None,
     ) -> Tensor:
         """Last hidden states ``[B, T, dim]``; ``attention_mask`` (1 = real token) masks padded keys."""
+        x = self.embed(input_ids, token_type_ids)
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        for layer in self.layers:
+            x = layer(x, key_mask=key_mask)
+        return x
+
+    def embed(self, input_ids: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+        """Embedding-layer output ``[B, T, dim]`` (word + position + token type, LayerNorm, dropout)."""
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}; truncate the input")
@@ -126,11 +134,7 @@ class TextEncoder(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         pos = torch.arange(T, device=input_ids.device) + self.config.pos_offset
         x = self.word_embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(pos)[None]
-        x = self.drop(self.embed_norm(x))
-        key_mask = attention_mask.bool() if attention_mask is not None else None
-        for layer in self.layers:
-            x = layer(x, key_mask=key_mask)
-        return x
+        return self.drop(self.embed_norm(x))
 
     def pool(self, hidden: Tensor) -> Tensor:
         """BERT pooler output ``tanh(W h[:, 0] + b)``."""

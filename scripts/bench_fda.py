@@ -1,0 +1,217 @@
+"""FDA benchmark: the same image-text model trained with and without FDA, then attacked.
+
+    python scripts/bench_fda.py                      # train 2 x 2 runs, evaluate, write results
+    python scripts/bench_fda.py --phase train        # only train (exports under --work)
+    python scripts/bench_fda.py --phase eval         # only evaluate existing exports
+    python scripts/bench_fda.py --export             # also copy the FDA seed-0 model to zoo/pretrained/vlm-fda-tiny
+
+Equal budget: both variants see the same synthetic scenes (data seed 0), the same number of steps,
+batch size and schedule; the training seed (init and data order) is 0, 1, ... for both. Evaluation
+on the test split (distinct captions): clean R@1 (ITC ranking, ITM re-rank of the top k) and the
+attack success rate (ASR, share of originally correct top-1 retrievals the attack makes wrong)
+under image PGD, the greedy text attack and the co-attack (zoo.attacks). Writes
+scripts/results/vlm/bench_fda.json and bench_fda.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from benchmachine import cpu_model  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "scripts" / "results" / "vlm"
+
+
+def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """Train one run with the Lightning Trainer and export it to ``out``."""
+    import lightning as L
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    L.seed_everything(seed, workers=True)
+    dm = SyntheticVLMDataModule(n_train=args.n_train, n_val=args.n_test, n_test=args.n_test, seed=0,
+                                image_size=64, batch_size=args.batch_size)
+    task = VLMTask(arch="vlm-fda-tiny" if fda else "vlm-tiny", fda=fda, data_info=dm.data_info, lr=args.lr,
+                   warmup_steps=args.warmup, eval_k=args.k)
+    trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    t0 = time.time()
+    trainer.fit(task, datamodule=dm)
+    wall = time.time() - t0
+    task.export(out, overwrite=True)
+    meta = {"fda": fda, "seed": seed, "steps": args.steps, "batch_size": args.batch_size, "train_wall_s": wall,
+            "params": task.model.num_params()}
+    (out / "bench_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"trained fda={fda} seed={seed}: {wall:.0f}s", flush=True)
+    return meta
+
+
+def evaluate_one(folder: Path, args: argparse.Namespace) -> dict:
+    """Clean retrieval and ASR under each attack for the export in ``folder``."""
+    import zoo
+    from zoo.attacks import AttackConfig, run_attack_suite
+    from zoo.data.vlm import SyntheticVLMDataModule
+
+    model = zoo.load_pretrained(folder)
+    dm = SyntheticVLMDataModule(n_train=1, n_val=args.n_test, n_test=args.n_test, seed=0, image_size=64)
+    ds = dm.splits()["test"]
+    items = [ds[i] for i in range(len(ds))]
+    images = torch.stack([it["image"] for it in items])
+    captions = [it["captions"] for it in items]
+    cfg = AttackConfig(eps=args.eps / 255.0, steps=args.pgd_steps, text_changes=args.text_changes, k=args.k)
+    t0 = time.time()
+    res = run_attack_suite(model, images, captions, cfg)
+    res["eval_wall_s"] = time.time() - t0
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--n-train", type=int, default=12000)
+    p.add_argument("--n-test", type=int, default=256)
+    p.add_argument("--k", type=int, default=16, help="ITM re-ranks the ITC top k")
+    p.add_argument("--eps", type=float, default=4.0, help="PGD L-inf budget in 1/255 units (2..8)")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--text-changes", type=int, default=1, help="words the text attack may change")
+    p.add_argument("--work", default="/tmp/vlm_bench")
+    p.add_argument("--export", action="store_true", help="ship the FDA seed-0 model as zoo/pretrained/vlm-fda-tiny")
+    p.add_argument("--results", default=str(RESULTS), help="folder for bench_fda.json / bench_fda.md")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    runs = [(fda, s) for s in args.seeds for fda in (False, True)]
+    if args.phase in ("all", "train"):
+        for fda, s in runs:
+            out = work / f"{'fda' if fda else 'nofda'}_s{s}"
+            if (out / "bench_meta.json").is_file():
+                print(f"skip {out} (already trained)", flush=True)
+                continue
+            train_one(fda, s, args, out)
+    if args.phase == "train":
+        return
+    rows = []
+    for fda, s in runs:
+        folder = work / f"{'fda' if fda else 'nofda'}_s{s}"
+        meta = json.loads((folder / "bench_meta.json").read_text())
+        cache = folder / f"eval_eps{args.eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
+        if cache.is_file():
+            res = json.loads(cache.read_text())
+        else:
+            res = evaluate_one(folder, args)
+            cache.write_text(json.dumps(res, indent=2) + "\n")
+        rows.append({**meta, **res})
+        print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
+    write_results(rows, args)
+    if args.export:
+        dst = ROOT / "zoo" / "pretrained" / "vlm-fda-tiny"
+        src = work / f"fda_s{args.seeds[0]}"
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            shutil.copy2(src / name, dst / name)
+        print(f"shipped {src} -> {dst}", flush=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    attacks = [k for k in rows[0]["asr"]]
+    summary = {}
+    for fda in (False, True):
+        rs = [r for r in rows if r["fda"] == fda]
+        summary["fda" if fda else "nofda"] = {
+            "clean_r1_itm": _mean([r["clean"]["itm_r1"] for r in rs]),
+            "clean_r1_itc": _mean([r["clean"]["itc_r1"] for r in rs]),
+            "clean_r1_itm_only": _mean([r["clean"]["itm_only_r1"] for r in rs]),
+            "asr": {a: _mean([r["asr"][a]["mean"] for r in rs]) for a in attacks},
+            "asr_itm_only": {a: _mean([r["asr_itm_only"][a]["mean"] for r in rs]) for a in attacks},
+            "asr_itc": {a: _mean([r["asr_itc"][a]["mean"] for r in rs]) for a in attacks},
+        }
+    def drop(key: str) -> dict[str, float]:
+        return {a: (summary["nofda"][key][a] - summary["fda"][key][a]) / max(summary["nofda"][key][a], 1e-9) * 100
+                for a in attacks}
+
+    rel, rel_itm_only = drop("asr"), drop("asr_itm_only")
+    machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "note": "2-core machine shared with other jobs; wall times are indicative only"}
+    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("phase", "results", "work")}, "machine": machine, "runs": rows,
+           "summary": summary, "asr_relative_drop_pct": rel, "asr_itm_only_relative_drop_pct": rel_itm_only,
+           "target": "FDA lowers image-PGD ASR by >= 15% relative with clean R@1 within 1 point (paper)"}
+    (results / "bench_fda.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        "# FDA benchmark (synthetic scenes)",
+        "",
+        f"Machine: {machine['cpu']}, {machine['threads']} thread(s), torch {machine['torch']} ({machine['note']}).",
+        f"Budget per run: {rows[0]['steps']} steps x batch {rows[0]['batch_size']}, lr {args.lr}; seeds {args.seeds}; "
+        f"test gallery {args.n_test} images / captions; ITM re-rank of the ITC top {args.k}.",
+        f"Attacks: image PGD L-inf eps {args.eps}/255, {args.pgd_steps} steps; text: greedy, "
+        f"{args.text_changes} word(s) changed (character edits and word swaps); co-attack: text then PGD.",
+        "R@1 = mean of image-to-text and text-to-image R@1 (%). ASR = share (%) of originally correct top-1 "
+        "retrievals made wrong, mean of both directions (ITM re-ranked retrieval; ASR under ITC ranking, which "
+        "FDA does not touch at inference, is in the JSON as asr_itc).",
+        "",
+        "Two rankings: **re-ranked** = ITC top k re-scored by ITC/temperature + ITM (the default, and the score "
+        "the attacks lower); **ITM only** = ALBEF's re-ranking by the ITM logit alone (FDA acts only there).",
+        "",
+        "| model | seed | clean R@1 re-ranked | clean R@1 ITC | clean R@1 ITM only | "
+        + " | ".join(f"ASR {a}" for a in attacks) + " | " + " | ".join(f"ASR {a} (ITM only)" for a in attacks) + " |",
+        "|---|---|---|---|---|" + "---|" * (2 * len(attacks)),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {'FDA' if r['fda'] else 'no FDA'} | {r['seed']} | {r['clean']['itm_r1']:.1f} | {r['clean']['itc_r1']:.1f} | "
+            f"{r['clean']['itm_only_r1']:.1f} | " + " | ".join(f"{r['asr'][a]['mean']:.1f}" for a in attacks) + " | "
+            + " | ".join(f"{r['asr_itm_only'][a]['mean']:.1f}" for a in attacks) + " |"
+        )
+    for key, name in (("nofda", "no FDA (mean)"), ("fda", "FDA (mean)")):
+        s = summary[key]
+        lines.append(f"| **{name}** | | {s['clean_r1_itm']:.1f} | {s['clean_r1_itc']:.1f} | {s['clean_r1_itm_only']:.1f} | "
+                     + " | ".join(f"{s['asr'][a]:.1f}" for a in attacks) + " | "
+                     + " | ".join(f"{s['asr_itm_only'][a]:.1f}" for a in attacks) + " |")
+    lines += [
+        "",
+        "Relative ASR change with FDA (positive = FDA lowers ASR), re-ranked: "
+        + ", ".join(f"{a} {rel[a]:+.1f}%" for a in attacks) + "; ITM only: "
+        + ", ".join(f"{a} {rel_itm_only[a]:+.1f}%" for a in attacks) + ".",
+        f"Clean R@1 difference FDA - no FDA: re-ranked {summary['fda']['clean_r1_itm'] - summary['nofda']['clean_r1_itm']:+.1f}, "
+        f"ITM only {summary['fda']['clean_r1_itm_only'] - summary['nofda']['clean_r1_itm_only']:+.1f} points.",
+        "Paper target: >= 15% relative ASR drop on image PGD with clean R@1 within 1 point.",
+        "",
+        "Notes: the attacks lower the re-ranked score, so the ITM-only ASR measures transfer; the clean ITM-only "
+        "R@1 differs a lot between the variants and seeds (the ITM heads are under-trained at this budget), so "
+        "those ASRs are taken over different sets of originally correct queries. Two seeds only: differences of a "
+        "few points are within seed noise (compare the per-seed rows).",
+        "",
+    ]
+    (results / "bench_fda.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

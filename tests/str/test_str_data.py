@@ -1,0 +1,158 @@
+"""Image loading, LMDB (PARSeq layout) reader and builder, image folders, augmentation, bad input."""
+
+from __future__ import annotations
+
+import io
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoo.data.charsets import Charset
+from zoo.data.str import STRDataModule, load_image, to_tensor
+from zoo.data.str_real import LMDBDataset, RandAugment, build_lmdb, open_source, read_labels
+
+CS = Charset("36", 8)
+
+
+def _word_image(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(20, 60, 3), dtype=np.uint8))
+
+
+def _folder(tmp_path, labels: list[tuple[str, str]], name="imgs", csv=False):
+    d = tmp_path / name
+    d.mkdir()
+    for i, (p, _) in enumerate(labels):
+        _word_image(i).save(d / p)
+    if csv:
+        (d / "labels.csv").write_text("path,text\n" + "".join(f"{p},{t}\n" for p, t in labels))
+    else:
+        (d / "labels.txt").write_text("".join(f"{p}\t{t}\n" for p, t in labels))
+    return d
+
+
+def test_load_image_conversions(tmp_path):
+    gray = Image.fromarray(np.arange(200, dtype=np.uint8).reshape(10, 20))
+    assert np.array_equal(np.asarray(load_image(gray)), np.asarray(gray.convert("RGB")))
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:2, :, 3] = 255  # top half opaque red-ish, bottom transparent -> white
+    out = np.asarray(load_image(rgba))
+    assert (out[:2, :, 0] == 200).all() and (out[:2, :, 1] == 0).all() and (out[2:] == 255).all()
+    f = np.full((5, 6), 0.5, dtype=np.float32)
+    assert (np.asarray(load_image(f)) == 128).all()
+    p = tmp_path / "x.png"
+    gray.save(p)
+    assert np.array_equal(np.asarray(load_image(str(p))), np.asarray(gray.convert("RGB")))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="corrupt or not an image"):
+        load_image(tmp_path / "bad.png")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="HxW"):
+        load_image(np.zeros((3, 4, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        load_image(np.full((3, 4), 7.0))
+
+
+def test_to_tensor_matches_pil_resize():
+    img = _word_image(1)
+    t = to_tensor(img)
+    ref = np.asarray(img.resize((128, 32), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
+    assert t.shape == (3, 32, 128)
+    np.testing.assert_allclose(t.permute(1, 2, 0).numpy(), ref, atol=1e-6)
+
+
+def test_lmdb_roundtrip_and_counted_skips(tmp_path):
+    labels = [("a.png", "Hello"), ("b.png", "wo rld!"), ("c.png", ""), ("d.png", "toolongword1"), ("e.png", "ok")]
+    d = _folder(tmp_path, labels)
+    out = tmp_path / "lmdb"
+    assert build_lmdb(d, out) == 5
+    # the layout, read back with the lmdb library directly
+    env = lmdb.open(str(out), readonly=True, lock=False)
+    with env.begin() as txn:
+        assert txn.get(b"num-samples") == b"5"
+        assert txn.get(b"image-000000001") == (d / "a.png").read_bytes()
+        assert txn.get(b"label-000000002").decode() == "wo rld!"
+        assert txn.get(b"label-000000000") is None  # 1-based
+    env.close()
+    ds = LMDBDataset(out, CS)
+    assert [t for _, t in ds.index] == ["hello", "world", "ok"]
+    st = ds.stats
+    assert (st.seen, st.kept, st.empty, st.too_long, st.labels_with_dropped) == (5, 3, 1, 1, 1)
+    img, text = ds[0]
+    assert text == "hello" and np.array_equal(np.asarray(img), np.asarray(_word_image(0)))
+    with pytest.raises(FileExistsError):
+        build_lmdb(d, out)
+
+
+def test_several_lmdbs_under_a_root(tmp_path):
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    build_lmdb(d, tmp_path / "root" / "setA")
+    build_lmdb(d, tmp_path / "root" / "sub" / "setB")
+    sets = open_source(tmp_path / "root", CS)
+    assert [n for n, _ in sets] == ["setA", "sub/setB"] and all(len(s) == 2 for _, s in sets)
+    dm = STRDataModule(charset="36", max_length=8, test_dirs=[str(tmp_path / "root")], synthetic={"test": 0}, eval_batch_size=8)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["set"] == ["setA", "setA", "sub/setB", "sub/setB"] and batch["texts"] == ["abc", "de", "abc", "de"]
+    assert batch["targets"][1].tolist() == [CS.index["d"], CS.index["e"], 0] + [-100] * 6
+
+
+def test_wrong_layout_and_corrupt_lmdb(tmp_path):
+    bad = tmp_path / "zero_based"
+    env = lmdb.open(str(bad), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", b"1")
+        txn.put(b"image-000000000", b"x")
+        txn.put(b"label-000000000", b"a")
+    env.close()
+    with pytest.raises(ValueError, match="1-based"):
+        LMDBDataset(bad, CS)
+    nokey = tmp_path / "nokey"
+    env = lmdb.open(str(nokey), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"img1", b"x")
+    env.close()
+    with pytest.raises(ValueError, match="num-samples"):
+        LMDBDataset(nokey, CS)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "data.mdb").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match="corrupt"):
+        LMDBDataset(corrupt, CS)
+    # a label whose image bytes are not an image: error at read time naming the key
+    broken = tmp_path / "broken"
+    env = lmdb.open(str(broken), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", b"1")
+        txn.put(b"image-000000001", b"junk")
+        txn.put(b"label-000000001", b"ab")
+    env.close()
+    with pytest.raises(ValueError, match="image-000000001"):
+        LMDBDataset(broken, CS)[0]
+
+
+def test_image_folder_csv_and_missing_files(tmp_path):
+    d = _folder(tmp_path, [("a.png", "Ab1"), ("b.png", "c-d")], csv=True)
+    assert read_labels(d) == [("a.png", "Ab1"), ("b.png", "c-d")]
+    (name, ds), = open_source(d, CS)
+    assert name == "imgs" and [t for _, t in ds.items] == ["ab1", "cd"] and ds.stats.dropped_chars == {"-": 1}
+    (d / "labels.csv").write_text("path,text\nmissing.png,x\n")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        open_source(d, CS)
+    empty = tmp_path / "nolabels"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="labels.txt"):
+        read_labels(empty)
+
+
+def test_randaugment_keeps_size_and_is_seeded():
+    img = _word_image(3).resize((128, 32))
+    a = RandAugment(seed=0)(img)
+    b = RandAugment(seed=0)(img)
+    assert a.size == img.size and a.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError):
+        RandAugment(m=11)

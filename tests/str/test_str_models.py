@@ -1,0 +1,183 @@
+"""Recognizer: masks against naive definitions, the folded masked attention against a hand-written
+masked softmax, mask semantics end to end, registry forward/backward, parameter parity, charset transfer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoo
+from zoo.models.str import STRConfig, SceneTextRecognizer, transfer_charset, visibility
+
+TINY = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2, max_length=6, dropout=0.0)
+
+
+def tiny(**kw) -> SceneTextRecognizer:
+    torch.manual_seed(0)
+    return SceneTextRecognizer.from_config({**TINY, **kw}).eval()
+
+
+def test_visibility_masks_match_definitions():
+    T = 5
+    ar, nar, cl = visibility("ar", T), visibility("nar", T), visibility("cloze", T)
+    for i in range(T):
+        for j in range(T):
+            assert ar[i, j] == (j <= i)
+            assert nar[i, j] == (j == 0)
+            assert cl[i, j] == (j != i + 1)
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    pm = visibility(perm, T)
+    order = perm.tolist()
+    for i in range(T):
+        before = order[: order.index(i)]  # positions decoded before i
+        for j in range(T):
+            assert pm[i, j] == (j == 0 or (j - 1) in before)
+    # the left-to-right permutation is the AR mask
+    assert torch.equal(visibility(torch.arange(T), T), ar)
+
+
+def test_folded_self_attention_equals_masked_softmax():
+    """The decoder layer's per-query masking (queries folded into the batch) against an explicit
+    [T, T]-masked softmax computed from the vanilla layer's own projection weights."""
+    m = tiny(self_attn_type="vanilla")
+    layer = m.layers[0]
+    attn = layer.self_attn
+    B, T, D = 2, 7, 32
+    torch.manual_seed(1)
+    q, c = torch.randn(B, T, D), torch.randn(B, T, D)
+    mask = visibility(torch.randperm(T), T)
+    km = mask.expand(B, T, T).reshape(B * T, T)
+    got = attn(q.reshape(B * T, 1, D), c.unsqueeze(1).expand(B, T, T, D).reshape(B * T, T, D), key_mask=km).view(B, T, D)
+    H, hd = attn.n_heads, attn.head_dim
+    Q = attn.q_proj(q).view(B, T, H, hd).transpose(1, 2)
+    K = attn.k_proj(c).view(B, T, H, hd).transpose(1, 2)
+    V = attn.v_proj(c).view(B, T, H, hd).transpose(1, 2)
+    s = (Q @ K.transpose(-1, -2)) / math.sqrt(hd)
+    s = s.masked_fill(~mask, float("-inf"))
+    ref = attn.o_proj((s.softmax(-1) @ V).transpose(1, 2).reshape(B, T, H * hd))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("self_attn", ["vanilla", "diff"])
+def test_mask_semantics_end_to_end(self_attn):
+    m = tiny(self_attn_type=self_attn, dec_depth=2)
+    imgs = torch.randn(2, 3, 32, 128)
+    mem = m.encode(imgs)
+    T = m.num_slots
+    tokens = torch.randint(1, m.num_classes, (2, T))
+    tokens[:, 0] = m.bos_id
+    for mode in ("ar", "cloze"):
+        base = m.decode_step(mem, tokens, visibility(mode, T))
+        for i in range(T - 1):
+            changed = tokens.clone()
+            changed[:, i + 1] = (changed[:, i + 1] % (m.num_classes - 1)) + 1  # character i (target of query i)
+            out = m.decode_step(mem, changed, visibility(mode, T))
+            # query i never sees its own character; under AR it sees none after it either
+            torch.testing.assert_close(out[:, i], base[:, i])
+            if mode == "ar":
+                torch.testing.assert_close(out[:, :i + 1], base[:, :i + 1])
+                assert not torch.allclose(out[:, i + 1 :], base[:, i + 1 :])
+            else:
+                others = [k for k in range(T) if k != i]
+                assert not torch.allclose(out[:, others], base[:, others])
+
+
+def test_ar_decoding_is_greedy_on_its_own_prefix():
+    m = tiny(refine_iters=0)
+    imgs = torch.randn(3, 3, 32, 128)
+    with torch.no_grad():
+        probs = m(imgs)
+        ids = probs.argmax(-1)
+        mem = m.encode(imgs)
+        T = m.num_slots
+        tokens = torch.cat([torch.full((3, 1), m.bos_id), ids[:, :-1]], 1)
+        ref = m.decode_step(mem, tokens, visibility("ar", T)).softmax(-1)
+    for b in range(3):
+        row = ids[b].tolist()
+        n = row.index(0) + 1 if 0 in row else T  # slots up to the first EOS are decoded; after it, padding
+        torch.testing.assert_close(probs[b, :n], ref[b, :n], rtol=1e-5, atol=1e-6)
+
+
+def test_confidence_is_product_up_to_eos():
+    m = tiny()
+    probs = torch.full((1, 7, m.num_classes), 0.0)
+    probs[0, 0, 3], probs[0, 0, 1] = 0.9, 0.1  # char '2'
+    probs[0, 1, 12], probs[0, 1, 2] = 0.8, 0.2  # 'b'
+    probs[0, 2, 0], probs[0, 2, 5] = 0.5, 0.4  # EOS
+    probs[0, 3:, 7] = 0.3  # after EOS: ignored
+    r = m.decode_probs(probs)[0]
+    assert r.text == "2b" and r.confidence == pytest.approx(0.9 * 0.8 * 0.5)
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_models("str-*") if n.endswith("tiny")])
+def test_registered_tiny_forward_backward(name):
+    m = zoo.create_model(name, max_length=5)
+    m.train()
+    imgs = torch.randn(2, 3, 32, 128)
+    targets = torch.tensor([[1, 2, 0, -100, -100, -100], [3, 4, 5, 6, 7, 0]])
+    mem = m.encode(imgs)
+    tokens, valid = m.content_tokens(targets)
+    logits = m.decode_step(mem, tokens, visibility("cloze", 6), valid)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in m.named_parameters() if "lambda" not in n and p.requires_grad)
+
+
+def test_all_registered_sizes_and_equal_params():
+    names = zoo.list_models("str-*")
+    assert {"str-diff-tiny", "str-vanilla-tiny", "str-diff-small", "str-vanilla-small", "str-diff-base", "str-vanilla-base"} <= set(names)
+    for size in ("tiny", "small"):
+        d, v = zoo.create_model(f"str-diff-{size}"), zoo.create_model(f"str-vanilla-{size}")
+        c = d.config
+        half = c.dec_dim // c.dec_heads // 2
+        # diff adds per decoder layer: 4 lambda vectors of d = head_dim / 2 and the subln weight (2d)
+        extra = c.dec_depth * (4 * half + 2 * half)
+        assert d.num_params() - v.num_params() == extra
+        assert d.layers[0].cross_attn.attn_type == "diff" and v.layers[0].cross_attn.attn_type == "vanilla"
+        assert v.config.dec_heads == 2 * c.dec_heads
+    with pytest.raises(ValueError, match="unknown attn_type"):
+        STRConfig(attn_type="nope")
+    with pytest.raises(ValueError, match="divisible"):
+        STRConfig(img_size=[30, 128])
+
+
+def test_transfer_charset_keeps_known_rows():
+    src = tiny(charset="abc")
+    dst = tiny(charset="bcxd")
+    fresh = {k: v.clone() for k, v in dst.state_dict().items()}
+    rep = transfer_charset(src, dst)
+    assert rep["reinitialized_chars"] == ["x", "d"] and rep["dropped_chars"] == ["a"] and rep["kept_char_rows"] == 2
+    s, d = src.state_dict(), dst.state_dict()
+    # class ids: EOS=0, then the charset in order
+    for key in ("head.weight", "head.bias", "text_embed.weight"):
+        torch.testing.assert_close(d[key][0], s[key][0])  # EOS
+        torch.testing.assert_close(d[key][1], s[key][2])  # 'b'
+        torch.testing.assert_close(d[key][2], s[key][3])  # 'c'
+        torch.testing.assert_close(d[key][3], fresh[key][3])  # 'x' new
+        torch.testing.assert_close(d[key][4], fresh[key][4])  # 'd' new
+    torch.testing.assert_close(d["text_embed.weight"][dst.bos_id], s["text_embed.weight"][src.bos_id])
+    torch.testing.assert_close(d["pos_queries"], s["pos_queries"])
+    with pytest.raises(ValueError, match="architectures differ"):
+        transfer_charset(src, tiny(charset="ab", dec_dim=64, dec_heads=2))
+
+
+def test_sincos_position_init_formula():
+    from zoo.models.str import sincos_2d
+
+    h, w, dim = 3, 5, 8
+    pe = sincos_2d(h, w, dim)
+    q = dim // 4
+    for r in range(h):
+        for c in range(w):
+            row = pe[r * w + c]
+            for k in range(q):
+                om = 10000 ** (-k / q)
+                assert row[k].item() == pytest.approx(math.sin(r * om), abs=1e-6)
+                assert row[q + k].item() == pytest.approx(math.cos(r * om), abs=1e-6)
+                assert row[2 * q + k].item() == pytest.approx(math.sin(c * om), abs=1e-6)
+                assert row[3 * q + k].item() == pytest.approx(math.cos(c * om), abs=1e-6)
+    m = tiny()
+    torch.testing.assert_close(m.encoder.pos_embed[0], sincos_2d(8, 16, 32))

@@ -1,0 +1,114 @@
+"""Task pieces: CSD targets and KL against the formula, charset fine-tuning through the task,
+ONNX against onnxruntime, export / load_pretrained / reader API, predict-folder CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from zoo.data.str import to_tensor
+from zoo.hub import export_model
+from zoo.models.str import SceneTextRecognizer, _NARRefine, export_onnx
+from zoo.tasks.str import RecognitionTask, read_folder
+
+TINY = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2, dropout=0.0)
+INFO = {"kind": "str", "charset": "0123456789abcdefghijklmnopqrstuvwxyz", "max_length": 6, "img_size": [32, 128]}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    m = SceneTextRecognizer.from_config({**TINY, "max_length": 6})
+    return export_model(m, tmp_path_factory.mktemp("exp") / "tiny")
+
+
+def test_csd_teacher_targets_and_kl(exported):
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(exported), csd_temperature=2.0)
+    imgs = torch.randn(3, 3, 32, 128)
+    targets, soft = task._teacher_targets(imgs)
+    with torch.no_grad():
+        ids = task.teacher(imgs).argmax(-1)
+    for b in range(3):
+        row = ids[b].tolist()
+        n = row.index(0) + 1 if 0 in row else len(row)
+        assert targets[b, :n].tolist() == row[:n] and (targets[b, n:] == -100).all()
+    # KL(teacher || student) at temperature tau, times tau^2, averaged over the valid slots: by hand
+    logits = torch.randn_like(soft)
+    tau, valid = 2.0, targets != -100
+    q = (soft[valid] / tau).softmax(-1)
+    p = (logits[valid] / tau).softmax(-1)
+    ref = (q * (q.log() - p.log())).sum(-1).mean() * tau**2
+    torch.testing.assert_close(task._kl(logits, soft, targets), ref, rtol=1e-5, atol=1e-6)
+    # a training step runs and the teacher gets no gradient
+    batch = {"images": imgs, "targets": torch.full((3, 7), -100)}
+    loss = task.training_step(batch, 0)
+    loss.backward()
+    assert all(p.grad is None for p in task.teacher.parameters())
+    assert "teacher" not in dict(task.named_modules())
+
+
+def test_teacher_must_share_charset(exported):
+    with pytest.raises(ValueError, match="charset"):
+        RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info={**INFO, "charset": "abc"}, teacher=str(exported))
+
+
+def test_finetune_new_charset_reports(exported, capsys):
+    info = {**INFO, "charset": "abcXYZ"}
+    task = RecognitionTask(arch="str-diff-tiny", data_info=info, pretrained=str(exported))
+    rep = task.transfer_report
+    assert rep["reinitialized_chars"] == ["X", "Y", "Z"] and rep["kept_char_rows"] == 3
+    assert "reinitialized 3 new characters" in capsys.readouterr().out
+    src = zoo.load_pretrained(exported)
+    torch.testing.assert_close(task.model.head.weight[1], src.head.weight[src.charset.index["a"]])
+    torch.testing.assert_close(task.model.encoder.patch_embed.proj.weight, src.encoder.patch_embed.proj.weight)
+
+
+def test_onnx_matches_pytorch(exported, tmp_path):
+    m = zoo.load_pretrained(exported)
+    path = export_onnx(m, tmp_path / "str.onnx", batch_size=2, refine_iters=1)
+    x = torch.randn(2, 3, 32, 128)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = _NARRefine(m, 1)(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "str.onnx.charset.txt").read_text().split() == list(m.charset.chars)
+
+
+def test_reader_inputs_and_errors(exported, tmp_path):
+    reader = zoo.load_pretrained(exported)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (32, 128, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    as_array, as_pil, as_path = reader.read([rgb, Image.fromarray(rgb), str(tmp_path / "a.png")])
+    assert as_array == as_pil == as_path
+    one = reader.read(rgb)
+    assert one.text == as_array.text and 0.0 <= one.confidence <= 1.0
+    # the reading equals the model on the hand-normalized tensor
+    with torch.no_grad():
+        ref = reader.decode_probs(reader(((torch.from_numpy(rgb).float() / 255 - 0.5) / 0.5).permute(2, 0, 1)[None]))[0]
+    assert one == ref
+    gray = rgb[..., 0]
+    assert reader.read(gray) == reader.read(np.stack([gray] * 3, -1))
+    (tmp_path / "bad.png").write_bytes(b"xx")
+    with pytest.raises(ValueError, match="bad.png"):
+        reader.read(str(tmp_path / "bad.png"))
+    rows = read_folder(reader, _only_good(tmp_path), tmp_path / "out.csv")
+    with open(tmp_path / "out.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [r["image"] for r in got] == ["a.png"] and got[0]["text"] == as_path.text and len(rows) == 1
+    with pytest.raises(FileExistsError):
+        read_folder(reader, _only_good(tmp_path), tmp_path / "out.csv")
+
+
+def _only_good(tmp_path):
+    d = tmp_path / "good"
+    if not d.exists():
+        d.mkdir()
+        (d / "a.png").write_bytes((tmp_path / "a.png").read_bytes())
+    return d

@@ -1,0 +1,105 @@
+"""Charsets, label normalization and metrics against independent references."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+import torch
+from torchmetrics.functional.text import edit_distance as tm_edit_distance
+
+from zoo.data.charsets import CHARSETS, Charset, NormStats, load_charset
+from zoo.tasks.str import TextMetrics, edit_distance, format_table, one_minus_ned
+
+
+def naive_levenshtein(a: str, b: str) -> int:
+    """Full-matrix Wagner-Fischer, written independently of the code under test."""
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return d[-1][-1]
+
+
+def test_named_charsets():
+    assert len(CHARSETS["36"]) == 36 and len(CHARSETS["62"]) == 62 and len(CHARSETS["94"]) == 94
+    assert set(CHARSETS["94"]) == set(string.printable[:94])
+
+
+def test_normalization_parseq_rules():
+    cs = Charset("36", max_length=5)
+    st = NormStats()
+    # whitespace removed, NFKD to ASCII, lower-cased for a lowercase charset
+    assert cs.normalize(" Ca fé ", st) == "cafe"
+    # out-of-charset characters dropped and counted
+    assert cs.normalize("a-b!", st) == "ab"
+    # too long after cleaning -> rejected, counted
+    assert cs.normalize("abcdef", st) is None
+    # empty (or empty after cleaning) -> rejected, counted
+    assert cs.normalize("", st) is None
+    assert cs.normalize("!!", st) is None
+    assert (st.seen, st.kept, st.too_long, st.empty) == (5, 2, 1, 2)
+    assert st.labels_with_dropped == 2 and st.dropped_chars == {"-": 1, "!": 3}
+    assert "kept 2/5" in st.report("x")
+    mixed = Charset("62")
+    assert mixed.normalize("AbC") == "AbC"
+    assert Charset("94").normalize("ﬁ½") == "fi12"  # NFKD of the ligature / fraction, then ASCII; '⁄' dropped
+
+
+def test_unicode_charset_file(tmp_path):
+    f = tmp_path / "cs.txt"
+    f.write_text("ä\nö\nß\n字\n", encoding="utf-8")
+    cs = Charset(str(f), 10)
+    assert cs.chars == "äöß字" and not cs.is_ascii
+    # no NFKD folding for a non-ASCII set; lower-cased because the set has no upper case; x dropped
+    assert cs.normalize("Äß 字x") == "äß字"
+    assert cs.decode(cs.encode("ß字")) == "ß字"
+    (tmp_path / "dup.txt").write_text("a\na\n")
+    with pytest.raises(ValueError, match="more than once"):
+        load_charset(str(tmp_path / "dup.txt"))
+    with pytest.raises(ValueError, match="unknown charset"):
+        load_charset("nope")
+
+
+def test_edit_distance_matches_references():
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("abc") for _ in range(rng.randint(0, 7)))
+        b = "".join(rng.choice("abc") for _ in range(rng.randint(0, 7)))
+        assert edit_distance(a, b) == naive_levenshtein(a, b)
+        if a and b:
+            assert edit_distance(a, b) == int(tm_edit_distance([a], [b]))
+
+
+def test_one_minus_ned_formula():
+    assert one_minus_ned("", "") == 1.0
+    assert one_minus_ned("abc", "abc") == 1.0
+    assert one_minus_ned("abd", "abc") == pytest.approx(1 - 1 / 3)
+    assert one_minus_ned("ab", "abcd") == pytest.approx(1 - 2 / 4)
+    assert one_minus_ned("", "xy") == 0.0
+
+
+def test_text_metrics_weighted_by_count():
+    m = TextMetrics()
+    preds = ["abc", "abd", "x", "hello", "hallo"]
+    gts = ["abc", "abc", "y", "hello", "hello"]
+    sets = ["a", "a", "a", "b", "b"]
+    m.update(preds, gts, sets)
+    r = m.compute()
+    naive = {s: [] for s in "ab"}
+    for p, g, s in zip(preds, gts, sets):
+        naive[s].append((p == g, 1 - naive_levenshtein(p, g) / max(len(p), len(g))))
+    for s in "ab":
+        assert r[s]["count"] == len(naive[s])
+        assert r[s]["accuracy"] == pytest.approx(100 * sum(x for x, _ in naive[s]) / len(naive[s]))
+        assert r[s]["one_minus_ned"] == pytest.approx(100 * sum(y for _, y in naive[s]) / len(naive[s]))
+    allv = naive["a"] + naive["b"]
+    assert r["combined"]["accuracy"] == pytest.approx(100 * sum(x for x, _ in allv) / 5)
+    assert r["combined"]["one_minus_ned"] == pytest.approx(100 * sum(y for _, y in allv) / 5)
+    table = format_table(r)
+    assert "combined" in table and "word acc" in table

@@ -1,0 +1,79 @@
+"""Attacks: PGD stays in the eps ball and lowers the score; the text attack; ASR by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.attacks import (
+    AttackConfig,
+    attack_success_rate,
+    char_edits,
+    co_attack,
+    pair_score,
+    pgd_attack,
+    run_attack_suite,
+    text_attack,
+    text_candidates,
+)
+from vlm_helpers import scene_batch, tiny_model
+
+
+def scores(m, images, caps):
+    with torch.no_grad():
+        return pair_score(m, images, *m.tokenize(caps))
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
+def test_pgd_inside_eps_ball_and_raises_loss(eps):
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(4)
+    adv = pgd_attack(m, images, caps, eps=eps, steps=5, random_start=False)
+    assert (adv - images).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    before, after = scores(m, images, caps), scores(m, adv, caps)
+    assert (after < before).all()  # the loss (= -score) went up for every pair
+    rnd = pgd_attack(m, images, caps, eps=eps, steps=1, step_size=0.0, random_start=True)
+    assert 0 < (rnd - images).abs().max() <= eps + 1e-6
+
+
+def test_asr_by_hand():
+    clean = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    adv = torch.tensor([0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    # originally correct: 0, 1, 3, 5; made wrong: 0, 3 -> 2 / 4
+    assert attack_success_rate(clean, adv) == pytest.approx(50.0)
+    assert np.isnan(attack_success_rate(torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)))
+
+
+def test_char_edits_and_candidates():
+    rng = np.random.default_rng(0)
+    e = char_edits("abc", rng)
+    assert {"bc", "ac", "ab", "bac", "acb"} <= set(e) and "abc" not in e
+    assert char_edits("a", rng) == [] and char_edits("2", rng) == []
+    cands = text_candidates(["a", "large", "circle"], {"large": ["big"]}, rng, 1000)
+    assert ["a", "big", "circle"] in cands and ["large", "a", "circle"] in cands
+    assert all(sum(x != y for x, y in zip(c, ["a", "large", "circle"])) in (1, 2) for c in cands)
+    assert len(text_candidates(["a", "large", "circle"], {}, rng, 3)) == 3
+
+
+def test_text_attack_lowers_score_within_budget():
+    m = tiny_model(seed=4)
+    images, caps = scene_batch(4)
+    adv = text_attack(m, images, caps, changes=1, max_candidates=200)
+    before, after = scores(m, images, caps), scores(m, images, adv)
+    assert (after <= before + 1e-6).all() and (after < before).any()
+    for a, c in zip(adv, caps):
+        diff = sum(x != y for x, y in zip(a.split(), c.split()))
+        assert len(a.split()) == len(c.split()) and diff <= 2  # one edit (a neighbour swap touches 2 slots)
+
+
+def test_co_attack_and_suite():
+    m = tiny_model(seed=5)
+    images, caps = scene_batch(5)
+    cfg = AttackConfig(eps=4 / 255, steps=2, max_candidates=20, k=2)
+    adv_i, adv_t = co_attack(m, images, caps, cfg)
+    assert (adv_i - images).abs().max() <= 4 / 255 + 1e-6 and len(adv_t) == 5
+    res = run_attack_suite(m, images, [[c] for c in caps], cfg)
+    assert set(res["asr"]) == {"image_pgd", "text", "co_attack"}
+    assert res["asr"]["image_pgd"]["linf"] <= 4 + 1e-3 and res["asr"]["text"]["linf"] == 0
+    with pytest.raises(ValueError, match="L-inf budget"):
+        AttackConfig(eps=4)

@@ -1,0 +1,171 @@
+"""FDA cross-attention against hand-written naive math (vanilla and diff cores, every direction)."""
+
+import math
+
+import pytest
+import torch
+
+from zoo.nn import build_attention
+from zoo.nn.fda import FDACrossAttention
+
+B, TQ, TK, DIM, KV, H = 2, 5, 7, 32, 24, 4
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make(attn_type, **kw):
+    core = build_attention(attn_type, DIM, H, kv_dim=KV, bias=True, layer_idx=1, backend="naive")
+    with torch.no_grad():  # non-trivial lambda / subln so their use is checked
+        for p in core.parameters():
+            if p.dim() == 1:
+                p.normal_(0.0, 0.3)
+    return FDACrossAttention(core, **kw).eval()
+
+
+def inputs(query_pad=False):
+    x, fw, ctx = torch.randn(B, TQ, DIM), torch.randn(B, TQ, DIM), torch.randn(B, TK, KV)
+    qmask = torch.ones(B, TQ, dtype=torch.bool)
+    if query_pad:
+        qmask[1, -2:] = False
+    return x, fw, ctx, qmask
+
+
+def naive_maps(q, qf, k, qmask, g, heads, direction):
+    """One softmax map pair written out with explicit formulas (float64)."""
+    d = q.shape[-1]
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d)
+    sf = torch.einsum("bhqd,bhkd->bhqk", qf, k) / math.sqrt(d)
+    a_k, af_k = s.softmax(-1), sf.softmax(-1)
+    m = qmask[:, None, :, None]
+    a_q = s.masked_fill(~m, -math.inf).softmax(-2).nan_to_num(0.0)
+    af_q = sf.masked_fill(~m, -math.inf).softmax(-2).nan_to_num(0.0)
+    out = a_k.clone()
+    for h in range(q.shape[1]):
+        if direction == "reference":
+            gh = g if h in heads else 0.0
+            out[:, h] = torch.minimum((a_q[:, h] - gh * af_q[:, h]).clamp(min=0), (a_k[:, h] - gh * af_k[:, h]).clamp(min=0))
+            continue
+        if h not in heads:
+            continue
+        sub_k = (a_k[:, h] - g * af_k[:, h]).clamp(min=0)
+        if direction == "keys":
+            out[:, h] = sub_k
+        else:
+            share = torch.where(a_q[:, h] > 0, (a_q[:, h] - g * af_q[:, h]).clamp(min=0) / a_q[:, h], torch.ones_like(a_q[:, h]))
+            out[:, h] = torch.minimum(sub_k, a_k[:, h] * share)
+    return out
+
+
+def naive_forward(mod, x, fw, ctx, qmask, g, heads, direction):
+    core = mod.attn
+    W = lambda lin, t: t.double() @ lin.weight.double().T + lin.bias.double()  # noqa: E731
+    hd = core.head_dim
+    q = W(core.q_proj, x).view(B, TQ, H, hd).transpose(1, 2)
+    qf = W(core.q_proj, fw).view(B, TQ, H, hd).transpose(1, 2)
+    k = W(core.k_proj, ctx).view(B, TK, H, hd).transpose(1, 2)
+    v = W(core.v_proj, ctx).view(B, TK, H, hd).transpose(1, 2)
+    if core.attn_type == "vanilla":
+        o = naive_maps(q, qf, k, qmask, g, heads, direction) @ v
+    else:
+        d = hd // 2
+        # interleaved [H, 2, d] sub-heads, as the core's projections store them
+        q1, q2 = q.view(B, H, TQ, 2, d).unbind(3)
+        qf1, qf2 = qf.view(B, H, TQ, 2, d).unbind(3)
+        k1, k2 = k.view(B, H, TK, 2, d).unbind(3)
+        lq1, lk1, lq2, lk2 = (t.detach().double() for t in (core.lambda_q1, core.lambda_k1, core.lambda_q2, core.lambda_k2))
+        lam = math.exp(float(lq1 @ lk1)) - math.exp(float(lq2 @ lk2)) + core.lambda_init
+        o = naive_maps(q1, qf1, k1, qmask, g, heads, direction) @ v - lam * (naive_maps(q2, qf2, k2, qmask, g, heads, direction) @ v)
+        o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * core.subln.weight.double()
+        o = o * (1 - core.lambda_init)
+    return W(core.o_proj, o.transpose(1, 2).reshape(B, TQ, H * hd))
+
+
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff"])
+@pytest.mark.parametrize("direction", ["both", "keys"])
+def test_g_zero_is_plain_cross_attention(attn_type, direction):
+    mod = make(attn_type, direction=direction)
+    with torch.no_grad():
+        mod.g.zero_()
+    x, fw, ctx, qmask = inputs(query_pad=True)
+    got = mod(x, ctx, fw=fw, query_mask=qmask)
+    # reference 1: the core layer itself (no FDA); reference 2: naive float64 math with g = 0
+    torch.testing.assert_close(got, mod.attn(x, ctx), rtol=1e-5, atol=1e-5)
+    ref = naive_forward(mod, x, fw, ctx, qmask, 0.0, {0, 1}, direction).float()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff"])
+@pytest.mark.parametrize("direction", ["both", "keys", "reference"])
+@pytest.mark.parametrize("heads", [None, [1, 3]])
+def test_matches_naive_math(attn_type, direction, heads):
+    mod = make(attn_type, direction=direction, heads=heads)
+    with torch.no_grad():
+        mod.g.fill_(0.8)
+    x, fw, ctx, qmask = inputs(query_pad=True)
+    got = mod(x, ctx, fw=fw, query_mask=qmask)
+    want = naive_forward(mod, x, fw, ctx, qmask, 0.8, set(heads or [0, 1]), direction).float()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # FDA at g = 0.8 really changes the output (the test would notice a no-op)
+    assert (got - mod.attn(x, ctx)).abs().max() > 1e-3
+
+
+def test_reference_direction_is_not_plain_at_g_zero():
+    """The reference code's min over both directions touches every head even at g = 0 (documented)."""
+    mod = make("vanilla", direction="reference")
+    with torch.no_grad():
+        mod.g.zero_()
+    x, fw, ctx, qmask = inputs()
+    assert (mod(x, ctx, fw=fw, query_mask=qmask) - mod.attn(x, ctx)).abs().max() > 1e-4
+
+
+def test_other_heads_untouched_and_maps_nonnegative():
+    mod = make("vanilla", direction="both", heads=[0])
+    with torch.no_grad():
+        mod.g.fill_(1.0)
+    x, fw, ctx, qmask = inputs()
+    _, maps = mod(x, ctx, fw=fw, query_mask=qmask, return_maps=True)
+    core = mod.attn
+    q = core.q_proj(x).view(B, TQ, H, -1).transpose(1, 2)
+    k = core.k_proj(ctx).view(B, TK, H, -1).transpose(1, 2)
+    plain = (q @ k.transpose(-1, -2) / math.sqrt(core.head_dim)).softmax(-1)
+    torch.testing.assert_close(maps[0][:, 1:], plain[:, 1:], rtol=1e-5, atol=1e-6)
+    assert (maps[0] >= 0).all()
+    assert (maps[0][:, 0] <= plain[:, 0] + 1e-6).all()  # de-attention only removes mass
+    assert (maps[0][:, 0] < plain[:, 0] - 1e-4).any()
+
+
+def test_padded_queries_do_not_change_real_rows():
+    mod = make("vanilla", direction="both")
+    x, fw, ctx, qmask = inputs()
+    qmask[:, -1] = False
+    a = mod(x, ctx, fw=fw, query_mask=qmask)
+    x2, fw2 = x.clone(), fw.clone()
+    x2[:, -1] += 5.0
+    fw2[:, -1] -= 5.0
+    b = mod(x2, ctx, fw=fw2, query_mask=qmask)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_reaches_gate_and_queries():
+    mod = make("diff").train()
+    x, fw, ctx, qmask = inputs()
+    fw.requires_grad_(True)
+    mod(x, ctx, fw=fw, query_mask=qmask).square().sum().backward()
+    assert mod.g.grad is not None and mod.g.grad.abs() > 0
+    assert fw.grad.abs().sum() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="vanilla' or 'diff"):
+        FDACrossAttention(build_attention("diff_v2", DIM, H, kv_dim=KV))
+    with pytest.raises(ValueError, match="subset"):
+        make("vanilla", heads=[4])
+    with pytest.raises(ValueError, match="direction"):
+        make("vanilla", direction="rows")
+    mod = make("vanilla")
+    x, fw, ctx, _ = inputs()
+    with pytest.raises(ValueError, match="shape"):
+        mod(x, ctx, fw=fw[:, :-1])

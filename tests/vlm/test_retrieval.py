@@ -1,0 +1,74 @@
+"""Retrieval R@K both ways (against torchmetrics) and the ITM re-ranking of the ITC top k (against a loop)."""
+
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate
+
+from zoo.tasks.vlm import correct_ranks, evaluate_retrieval, recall_at_k, relevance, retrieval_scores
+from vlm_helpers import scene_batch, tiny_model
+
+
+def torchmetrics_recall(scores, relevant, k):
+    q, n = scores.shape
+    metric = RetrievalHitRate(top_k=k)
+    idx = torch.arange(q)[:, None].expand(q, n).reshape(-1)
+    return float(metric(scores.reshape(-1), relevant.reshape(-1), indexes=idx)) * 100
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recall_matches_torchmetrics_both_ways(seed):
+    g = torch.Generator().manual_seed(seed)
+    ni = 30
+    owner = torch.cat([torch.arange(ni), torch.randint(0, ni, (25,), generator=g)])  # some images have 2+ captions
+    scores = torch.randn(ni, len(owner), generator=g)
+    rel = relevance(owner, ni)
+    ri = recall_at_k(correct_ranks(scores, rel))
+    rt = recall_at_k(correct_ranks(scores.T, rel.T))
+    for k in (1, 5, 10):
+        assert ri[k] == pytest.approx(torchmetrics_recall(scores, rel, k), abs=1e-4)
+        assert rt[k] == pytest.approx(torchmetrics_recall(scores.T, rel.T, k), abs=1e-4)
+
+
+def test_ties_count_against_the_query():
+    scores = torch.tensor([[1.0, 1.0, 0.0]])
+    rel = torch.tensor([[False, True, False]])
+    assert correct_ranks(scores, rel).tolist() == [1]
+    with pytest.raises(ValueError, match="relevant"):
+        correct_ranks(scores, torch.zeros_like(rel))
+
+
+@pytest.mark.parametrize("rerank", ["itm", "itc+itm"])
+def test_itm_rerank_matches_a_loop(rerank):
+    m = tiny_model(seed=1)
+    images, caps = scene_batch(6)
+    k = 3
+    out = retrieval_scores(m, images, caps, k=k, rerank=rerank)
+    w = 0.0 if rerank == "itm" else 1.0 / float(m.temperature)
+    with torch.no_grad():
+        # one image / one caption at a time: no padding, so the text mean is a plain mean
+        itc = torch.stack([
+            torch.stack([torch.nn.functional.cosine_similarity(
+                m.vision_proj(m.encode_image(images[i : i + 1])[:, 1:].mean(1)),
+                m.text_proj(m.encode_text(*m.tokenize([c])).mean(1))).squeeze() for c in caps])
+            for i in range(6)])
+        torch.testing.assert_close(out["itc"], itc, rtol=1e-4, atol=1e-5)
+        for i in range(6):
+            top = itc[i].topk(k).indices.tolist()
+            for j in range(6):
+                want = m.itm_score(images[i : i + 1], [caps[j]])[0] + w * itc[i, j] if j in top else itc[i, j] - 1e4
+                assert out["i2t"][i, j] == pytest.approx(float(want), abs=1e-3)
+            topt = itc[:, i].topk(k).indices.tolist()
+            for j in range(6):
+                want = m.itm_score(images[j : j + 1], [caps[i]])[0] + w * itc[j, i] if j in topt else itc[j, i] - 1e4
+                assert out["t2i"][i, j] == pytest.approx(float(want), abs=1e-3)
+
+
+def test_evaluate_retrieval_keys():
+    m = tiny_model()
+    images, caps = scene_batch(5)
+    res = evaluate_retrieval(m, images, [[c] for c in caps], k=2)
+    for name in ("itc", "itm"):
+        for d in ("i2t", "t2i"):
+            vals = [res[f"{name}/{d}_r{k}"] for k in (1, 5, 10)]
+            assert vals == sorted(vals) and vals[-1] == 100.0  # 5 items: R@5 = R@10 = 100
+        assert res[f"{name}/i2t_top1"].shape == (5,)

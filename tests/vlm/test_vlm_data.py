@@ -1,0 +1,179 @@
+"""Synthetic scenes, tokenizer, function words and user image-caption files (with bad input)."""
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoo.data import scenes as sc
+from zoo.data.vlm import (
+    ImageCaptionDataModule,
+    SyntheticVLMDataModule,
+    VLMTokenizer,
+    function_word_ids,
+    read_caption_file,
+    read_function_words,
+)
+
+
+def test_scenes_deterministic_by_seed():
+    a = [sc.render(s) for s in sc.make_scenes(3, 0, 5)]
+    b = [sc.render(s) for s in sc.make_scenes(3, 0, 5)]
+    c = [sc.render(s) for s in sc.make_scenes(4, 0, 5)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert [s.caption() for s in sc.make_scenes(3, 0, 5)] == [s.caption() for s in sc.make_scenes(3, 0, 5)]
+
+
+def _centroid(img, rgb):
+    ys, xs = np.nonzero((np.abs(img.astype(int) - np.array(rgb)).sum(-1) < 30))
+    return xs.mean(), ys.mean(), len(xs)
+
+
+def test_rendered_relation_matches_caption():
+    """Pixel centroids of the two colors (independent of the generator's layout code) obey the relation."""
+    checked = 0
+    for s in sc.make_scenes(7, 0, 200):
+        if s.a.color == s.b.color:
+            continue
+        img = sc.render(s)
+        ax, ay, na = _centroid(img, sc.COLORS[s.a.color])
+        bx, by, nb = _centroid(img, sc.COLORS[s.b.color])
+        assert na > 5 and nb > 5
+        cap = s.caption()
+        if "to the left of" in cap:
+            assert ax < bx
+        elif "to the right of" in cap:
+            assert ax > bx
+        elif " above " in cap:
+            assert ay < by
+        else:
+            assert " below " in cap and ay > by
+        checked += 1
+    assert checked > 100
+
+
+def test_hard_negative_changes_one_attribute():
+    for s in sc.make_scenes(1, 0, 100):
+        n = sc.hard_negative(s, 0)
+        pos, neg = s.caption().split(), n.caption().split()
+        assert pos != neg
+        diffs = sum(getattr(s.a, f) != getattr(n.a, f) for f in ("shape", "color", "size"))
+        diffs += sum(getattr(s.b, f) != getattr(n.b, f) for f in ("shape", "color", "size"))
+        diffs += (s.count != n.count) + (s.relation != n.relation)
+        assert diffs == 1
+        if s.count == n.count:  # only a count change also touches number agreement
+            assert len(pos) == len(neg) and sum(p != q for p, q in zip(pos, neg)) == 1
+
+
+def test_synthetic_datamodule_info_and_batches():
+    dm = SyntheticVLMDataModule(n_train=16, n_val=8, n_test=8, batch_size=4)
+    info = dm.data_info
+    json.dumps(info)
+    vocab = set(info["vocab"])
+    assert set(sc.vocabulary()) <= vocab and {"the", "of", "with"} <= vocab
+    val = [dm.splits()["val"][i]["captions"][0] for i in range(8)]
+    test = [dm.splits()["test"][i]["captions"][0] for i in range(8)]
+    assert len(set(val)) == 8 and not set(val) & set(test)
+    b = next(iter(dm.train_dataloader()))
+    assert b["image"].shape == (4, 3, 64, 64) and 0 <= float(b["image"].min()) and float(b["image"].max()) <= 1
+    assert len(b["caption"]) == 4 and len(b["neg_caption"]) == 4
+
+
+def test_tokenizer_truncates_with_counted_warning():
+    tok = VLMTokenizer.word_level(["a", "red", "circle"], max_len=5)
+    with pytest.warns(UserWarning, match=r"1 of 2 captions are longer than 5 tokens.*\(1 of 2 captions so far\)"):
+        ids, mask = tok.encode(["a red circle a red circle", "a circle"])
+    assert ids.shape == (2, 5) and ids[0, -1] == tok.sep_id and ids[0, 0] == tok.cls_id
+    assert mask[1].tolist() == [True, True, True, True, False]
+    with pytest.warns(UserWarning, match=r"\(2 of 3 captions so far\)"):
+        tok.encode(["red red red red red"])
+    assert tok.n_truncated == 2
+    ids, _ = tok.encode(["A Red   blob"])  # lower-cased; unknown word -> [UNK]
+    assert ids[0].tolist() == [tok.cls_id, 5, 6, tok.unk_id, tok.sep_id]
+
+
+def test_function_words_unknown_tokens():
+    words = read_function_words("en")
+    assert 80 <= len(words) <= 110 and "the" in words and "circle" not in words
+    tok = VLMTokenizer.word_level(["the", "of", "circle"])
+    with pytest.warns(UserWarning, match=rf"{len(words) - 2} of {len(words)} function words are not single tokens"):
+        ids, unknown = function_word_ids(tok, words)
+    assert sorted(ids) == sorted([tok.token_to_id("the"), tok.token_to_id("of")]) and "with" in unknown
+    with pytest.raises(ValueError, match="strict=True"):
+        function_word_ids(tok, words, strict=True)
+    with pytest.raises(FileNotFoundError, match="shipped names"):
+        read_function_words("klingon")
+
+
+def test_minilm_wordpiece_function_words_are_single_tokens():
+    from zoo.data.vlm import minilm_folder
+
+    tok = VLMTokenizer.from_folder(minilm_folder())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids, unknown = function_word_ids(tok, read_function_words("en"))
+    assert not unknown and tok.token_to_id("the") in ids and tok.vocab_size == 30522
+
+
+def _images(root, names):
+    root.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(root / n)
+
+
+def test_karpathy_json_and_csv(tmp_path):
+    root = tmp_path / "imgs"
+    _images(root, ["val2014/a.jpg", "val2014/b.jpg", "train2014/c.jpg"])
+    karpathy = {"images": [
+        {"filepath": "val2014", "filename": "a.jpg", "split": "test", "sentences": [{"raw": "A dog."}, {"raw": "A pet."}]},
+        {"filepath": "val2014", "filename": "b.jpg", "split": "val", "sentences": [{"raw": "A cat."}]},
+        {"filepath": "train2014", "filename": "c.jpg", "split": "restval", "sentences": [{"raw": "A cow."}]},
+    ]}
+    kj = tmp_path / "dataset_coco.json"
+    kj.write_text(json.dumps(karpathy))
+    assert read_caption_file(kj, "test") == [("val2014/a.jpg", ["A dog.", "A pet."])]
+    assert read_caption_file(kj, "train") == [("train2014/c.jpg", ["A cow."])]
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16, batch_size=2)
+    assert dm.data_info["sizes"] == {"train": 1, "val": 1, "test": 1}
+    assert {"a", "cow", "the"} <= set(dm.data_info["vocab"])
+    item = dm.splits()["test"][0]
+    assert item["image"].shape == (3, 16, 16) and item["captions"] == ["A dog.", "A pet."]
+    albef = tmp_path / "train.json"
+    albef.write_text(json.dumps([{"image": "val2014/a.jpg", "caption": ["x", "y"]}, {"image": "val2014/b.jpg", "caption": "z"}]))
+    assert read_caption_file(albef, "train") == [("val2014/a.jpg", ["x", "y"]), ("val2014/b.jpg", ["z"])]
+    cp = tmp_path / "caps.csv"
+    with open(cp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "text"])
+        w.writerows([["val2014/a.jpg", "one"], ["val2014/a.jpg", "two"], ["train2014/c.jpg", "three"]])
+    assert read_caption_file(cp, "train", image_col="path", caption_col="text") == [
+        ("val2014/a.jpg", ["one", "two"]), ("train2014/c.jpg", ["three"])]
+    with pytest.raises(ValueError, match="needs 'image' and 'caption'"):
+        read_caption_file(cp, "train")
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), image_col="path", caption_col="text", batch_size=2,
+                                image_size=16)
+    b = next(iter(dm.train_dataloader()))
+    assert b["image"].shape == (2, 3, 16, 16)
+
+
+def test_bad_image_paths(tmp_path):
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg"])
+    (tmp_path / "secret.jpg").write_bytes((root / "a.jpg").read_bytes())
+    cp = tmp_path / "caps.csv"
+    cp.write_text("image,caption\na.jpg,fine\nmissing.jpg,gone\nother.jpg,gone too\n")
+    with pytest.raises(FileNotFoundError, match=r"2 of 3 images listed .* missing.*on_missing=skip"):
+        ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info
+    with pytest.warns(UserWarning, match="2 of 3 images listed .* skipped"):
+        dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), on_missing="skip")
+        assert dm.data_info["sizes"]["train"] == 1
+    cp.write_text("image,caption\na.jpg,fine\n../secret.jpg,escape\n")
+    with pytest.raises(ValueError, match="outside the image root"):
+        ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info
+    with pytest.raises(FileNotFoundError, match="caption file"):
+        read_caption_file(tmp_path / "nope.json", "train")

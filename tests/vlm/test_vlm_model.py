@@ -1,0 +1,116 @@
+"""The image-text model: FDA at g = 0 equals the plain model, function-word queries, MiniLM text init, export."""
+
+import os
+
+import pytest
+import torch
+
+import zoo
+from zoo.models.vlm import VisionLanguageModel, VLMConfig, text_config_from_hf
+from vlm_helpers import TINY, scene_batch, tiny_model
+
+
+@pytest.mark.parametrize("fusion", ["vanilla", "diff"])
+def test_fda_with_g_zero_equals_plain_model(fusion):
+    fda = tiny_model(fusion_attn_type=fusion, fda=True)
+    plain = VisionLanguageModel(VLMConfig(**{**TINY, "vocab_size": fda.config.vocab_size, "fusion_attn_type": fusion,
+                                             "fda": False}))
+    plain.set_tokenizer(fda.tokenizer)
+    # same weights: the FDA wrapper only adds a prefix (cross.attn.*) and the gates g
+    state = {k.replace("cross.attn.", "cross."): v for k, v in fda.state_dict().items() if not k.endswith("cross.g")}
+    plain.load_state_dict(state, strict=True)
+    plain.eval()
+    images, caps = scene_batch(4)
+    with torch.no_grad():
+        for layer in fda.fusion:
+            layer.cross.g.zero_()
+        torch.testing.assert_close(fda.itm_score(images, caps), plain.itm_score(images, caps), rtol=1e-5, atol=1e-5)
+        for layer in fda.fusion:
+            layer.cross.g.fill_(1.0)
+        assert (fda.itm_score(images, caps) - plain.itm_score(images, caps)).abs().max() > 1e-4
+
+
+def test_function_word_caption():
+    m = tiny_model()
+    tok = m.tokenizer
+    cap = "there is a small red circle to the left of the blue square"
+    ids, mask = tok.encode([cap])
+    keep = {"there", "is", "a", "to", "the", "of"}  # function words of the caption (by hand)
+    want = [tok.cls_id] + [tok.token_to_id(w) if w in keep else tok.pad_id for w in cap.split()] + [tok.sep_id]
+    fw_ids = torch.where(m.fw_table[ids], ids, torch.zeros_like(ids))
+    assert fw_ids[0].tolist() == want
+    t = m.text
+    pos = torch.arange(len(want))
+    ref = t.embed_norm(t.word_embed(torch.tensor([want])) + t.type_embed.weight[0] + t.pos_embed(pos))
+    torch.testing.assert_close(m.fw_states(ids), ref)
+
+
+def test_fda_layers_and_heads_config():
+    m = tiny_model(fda_layers=[1], fda_heads=[0, 3])
+    assert [l.fda for l in m.fusion] == [False, True]
+    assert m.fusion[1].cross.head_mask.tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="fda_layers"):
+        VLMConfig(**TINY, fda_layers=[2])
+    with pytest.raises(ValueError, match="fusion_attn_type"):
+        VLMConfig(**TINY, fusion_attn_type="diff_v2")
+
+
+def test_similarity_is_pairwise_itm_and_export_roundtrip(tmp_path):
+    m = tiny_model(seed=3)
+    images, caps = scene_batch(3)
+    sim = m.similarity(images, caps + ["a red circle"])
+    itm, itc = m.similarity(images, caps + ["a red circle"], score="itm"), m.similarity(images, caps + ["a red circle"], score="itc")
+    assert sim.shape == (3, 4)
+    with torch.no_grad():
+        for i in range(3):
+            for j, c in enumerate(caps + ["a red circle"]):
+                want_itm = m.itm_score(images[i : i + 1], [c])[0]
+                want_itc = m.itc_similarity(images[i : i + 1], [c])[0, 0]
+                torch.testing.assert_close(itm[i, j], want_itm, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(itc[i, j], want_itc, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(sim[i, j], want_itm + want_itc / m.temperature, rtol=1e-5, atol=1e-4)
+    folder = zoo.export_model(m, tmp_path / "vlm")
+    assert (folder / "tokenizer.json").is_file()
+    back = zoo.load_pretrained(folder)
+    assert torch.equal(back.fw_table, m.fw_table)
+    torch.testing.assert_close(back.similarity(images, caps), sim[:, :3])
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
+        m.similarity(images[:, :, :16], caps)
+
+
+def test_minilm_text_encoder_matches_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    from zoo.data.vlm import VLMTokenizer, minilm_folder
+
+    folder = minilm_folder()
+    tok = VLMTokenizer.from_folder(folder)
+    m = VisionLanguageModel(VLMConfig(**{**TINY, **text_config_from_hf(folder), "fusion_heads": 12, "max_text_len": 32}))
+    m.set_tokenizer(tok)
+    m.init_text_from_hf(folder)
+    m.eval()
+    caps = ["A small red circle to the left of the blue square.", "two dogs"]
+    ids, mask = m.tokenize(caps)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    hf_ids = hf_tok(caps, padding=True, return_tensors="pt")
+    assert torch.equal(ids, hf_ids["input_ids"]) and torch.equal(mask.long(), hf_ids["attention_mask"])
+    ref = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        want = ref(**hf_ids).last_hidden_state
+        got = m.encode_text(ids, mask)
+    real = mask[..., None]
+    torch.testing.assert_close(got * real, want * real, rtol=1e-4, atol=1e-4)
+
+
+def test_task_with_minilm_text_init_uses_wordpiece_and_weights():
+    from zoo.convert import from_hf_bert
+    from zoo.data.vlm import SyntheticVLMDataModule, minilm_folder
+    from zoo.tasks.vlm import VLMTask
+
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4).data_info
+    task = VLMTask(arch="vlm-fda-tiny", text_init="minilm", data_info=info, model_args={"fusion_heads": 12})
+    m = task.model
+    assert m.config.vocab_size == 30522 and m.config.text_dim == 384 and m.tokenizer.vocab_size == 30522
+    ref = from_hf_bert(minilm_folder())
+    torch.testing.assert_close(m.text.layers[3].mlp.fc1.weight, ref.layers[3].mlp.fc1.weight)
+    assert not m.fw_unknown  # every function word is one WordPiece token

@@ -1,0 +1,246 @@
+"""Cross-modal adversarial attacks on image-text retrieval and the attack success rate (ASR).
+
+* :func:`pgd_attack`: image PGD in pixel space ([0, 1]) under an L-infinity budget ``eps``
+  (2/255 to 8/255 in the FDA paper), ``steps`` signed-gradient steps of ``step_size`` (default
+  ``2.5 eps / steps``, Madry et al.) from a random start, lowering the score of each image with its
+  own caption.
+* :func:`text_attack`: greedy word substitution: each step tries every single-word edit of the
+  caption (character edits: delete, swap neighbours, substitute, insert; word swaps: a near-synonym
+  from a table, or swapping two neighbouring words), keeps the one that lowers the image-text score
+  most, and stops after ``changes`` words or when no edit lowers the score.
+* :func:`co_attack`: the text attack, then PGD against the adversarial caption (Co-Attack order).
+
+The attacked score (:func:`pair_score`) is what retrieval re-ranks with by default: the ITC
+similarity over the temperature plus the ITM matched-minus-unmatched logit. ASR is reported for
+that ranking (``asr``), for ITC alone (``asr_itc``) and for ALBEF's ITM-alone re-ranking
+(``asr_itm_only``). White-box: gradients flow through the
+whole model, FDA included.
+
+ASR (METHODS section 4): the share of originally correct top-1 retrievals that the attack makes
+wrong, ``|correct_clean & ~correct_adv| / |correct_clean|``, per direction (image-to-text with the
+attacked images or texts as gallery / queries, text-to-image likewise).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoo.data.scenes import SYNONYMS
+from zoo.tasks.vlm import flatten_captions, retrieval_metrics, retrieval_scores
+
+
+@dataclass
+class AttackConfig:
+    """Budgets of the attacks (see the module docstring)."""
+
+    eps: float = 4 / 255
+    steps: int = 10
+    step_size: Optional[float] = None
+    random_start: bool = True
+    text_changes: int = 1
+    max_candidates: int = 64
+    synonyms: dict[str, list[str]] = field(default_factory=lambda: dict(SYNONYMS))
+    k: int = 16
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {self.eps}")
+        if self.steps < 1 or self.text_changes < 0 or self.max_candidates < 1:
+            raise ValueError("steps and max_candidates must be >= 1, text_changes >= 0")
+
+
+def pair_score(model: Any, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Score of aligned pairs ``(images[i], caption i)``: ITC cosine / temperature + ITM logit margin."""
+    img = model.encode_image(images)
+    txt = model.encode_text(ids, mask)
+    itc = (model.image_feat(img) * model.text_feat(txt, mask)).sum(-1) / model.temperature
+    lg = model.itm_logits(txt, mask, img, ids)
+    return itc + lg[:, 1] - lg[:, 0]
+
+
+def text_score(model: Any, images: Tensor, texts: Sequence[str], batch_size: int = 128) -> Tensor:
+    """:func:`pair_score` of aligned ``images`` and ``texts`` without gradients."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch_size):
+            ids, mask = model.tokenize(texts[s : s + batch_size])
+            out.append(pair_score(model, images[s : s + batch_size], ids, mask))
+    return torch.cat(out)
+
+
+def pgd_attack(
+    model: Any,
+    images: Tensor,
+    texts: Sequence[str],
+    eps: float = 4 / 255,
+    steps: int = 10,
+    step_size: Optional[float] = None,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> Tensor:
+    """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball."""
+    if images.shape[0] != len(texts):
+        raise ValueError(f"pgd_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for s in range(0, len(texts), batch_size):
+        x0 = images[s : s + batch_size].detach()
+        ids, mask = model.tokenize(texts[s : s + batch_size])
+        x = x0.clone()
+        if random_start:
+            x = (x + (torch.rand(x.shape, generator=gen) * 2 - 1).to(x) * eps).clamp(0, 1)
+        for _ in range(steps):
+            x.requires_grad_(True)
+            loss = -pair_score(model, x, ids, mask).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            x = x.detach() + alpha * grad.sign()
+            x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
+        out.append(x.detach())
+    return torch.cat(out)
+
+
+def char_edits(word: str, rng: np.random.Generator) -> list[str]:
+    """Character-level typos of ``word``: every deletion and neighbour swap, one substitution, one insertion."""
+    if len(word) < 2 or not word.isalpha():
+        return []
+    letters = string.ascii_lowercase
+    out = {word[:i] + word[i + 1 :] for i in range(len(word))}
+    out |= {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(len(word) - 1)}
+    i = int(rng.integers(len(word)))
+    out.add(word[:i] + letters[int(rng.integers(26))] + word[i + 1 :])
+    i = int(rng.integers(len(word) + 1))
+    out.add(word[:i] + letters[int(rng.integers(26))] + word[i:])
+    out.discard(word)
+    return sorted(out)
+
+
+def text_candidates(words: list[str], synonyms: dict[str, list[str]], rng: np.random.Generator,
+                    max_candidates: int) -> list[list[str]]:
+    """All single-word edits of ``words`` (character edits and word swaps), at most ``max_candidates``."""
+    cands: list[list[str]] = []
+    for i, w in enumerate(words):
+        for e in char_edits(w, rng) + list(synonyms.get(w, [])):
+            cands.append(words[:i] + [e] + words[i + 1 :])
+        if i + 1 < len(words) and words[i + 1] != w:
+            cands.append(words[:i] + [words[i + 1], w] + words[i + 2 :])
+    if len(cands) > max_candidates:
+        keep = rng.choice(len(cands), size=max_candidates, replace=False)
+        cands = [cands[j] for j in sorted(keep)]
+    return cands
+
+
+def text_attack(
+    model: Any,
+    images: Tensor,
+    texts: Sequence[str],
+    changes: int = 1,
+    max_candidates: int = 64,
+    synonyms: Optional[dict[str, list[str]]] = None,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> list[str]:
+    """Greedy word substitution lowering the score of each ``(images[i], texts[i])`` pair."""
+    if images.shape[0] != len(texts):
+        raise ValueError(f"text_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+    synonyms = dict(SYNONYMS) if synonyms is None else synonyms
+    rng = np.random.default_rng(seed)
+    words = [t.lower().split() for t in texts]
+    best = text_score(model, images, texts, batch_size)
+    for _ in range(changes):
+        flat, owner = [], []
+        for i, ws in enumerate(words):
+            for c in text_candidates(ws, synonyms, rng, max_candidates):
+                flat.append(" ".join(c))
+                owner.append(i)
+        if not flat:
+            break
+        owner_t = torch.tensor(owner)
+        scores = text_score(model, images[owner_t], flat, batch_size)
+        changed = False
+        for i in range(len(words)):
+            sel = (owner_t == i).nonzero().squeeze(1)
+            if len(sel) == 0:
+                continue
+            j = sel[scores[sel].argmin()]
+            if scores[j] < best[i]:
+                best[i], words[i], changed = scores[j], flat[j].split(), True
+        if not changed:
+            break
+    return [" ".join(ws) for ws in words]
+
+
+def co_attack(model: Any, images: Tensor, texts: Sequence[str], cfg: AttackConfig) -> tuple[Tensor, list[str]]:
+    """Text attack first, then PGD on the images against the adversarial captions."""
+    adv_t = text_attack(model, images, texts, cfg.text_changes, cfg.max_candidates, cfg.synonyms, cfg.seed, cfg.batch_size)
+    adv_i = pgd_attack(model, images, adv_t, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start, cfg.seed, cfg.batch_size)
+    return adv_i, adv_t
+
+
+def attack_success_rate(correct_clean: Tensor, correct_adv: Tensor) -> float:
+    """Percent of originally correct queries (``correct_clean``) that are wrong after the attack."""
+    c, a = correct_clean.bool(), correct_adv.bool()
+    if c.shape != a.shape:
+        raise ValueError(f"clean and attacked correctness differ in shape: {tuple(c.shape)} vs {tuple(a.shape)}")
+    n = int(c.sum())
+    return float((c & ~a).sum()) / n * 100.0 if n else float("nan")
+
+
+def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str]], cfg: AttackConfig) -> dict[str, Any]:
+    """Clean retrieval and ASR (ITM re-ranked and ITC) under image PGD, the text attack and the co-attack.
+
+    Each image is attacked against its first caption; each caption against its image.
+    """
+    model.eval()
+    texts, owner = flatten_captions(captions)
+    first = [c[0] for c in captions]
+
+    def metrics(imgs: Tensor, txts: Sequence[str]) -> dict[str, Any]:
+        return retrieval_metrics(retrieval_scores(model, imgs, txts, k=cfg.k, batch_size=cfg.batch_size), owner)
+
+    clean = metrics(images, texts)
+    adv: dict[str, tuple[Tensor, list[str]]] = {}
+    adv["image_pgd"] = (pgd_attack(model, images, first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
+                                   cfg.seed, cfg.batch_size), list(texts))
+    adv_t = text_attack(model, images[owner], texts, cfg.text_changes, cfg.max_candidates, cfg.synonyms, cfg.seed,
+                        cfg.batch_size)
+    adv["text"] = (images, adv_t)
+    adv_first = [adv_t[int((owner == i).nonzero()[0])] for i in range(len(captions))]
+    adv["co_attack"] = (pgd_attack(model, images, adv_first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
+                                   cfg.seed, cfg.batch_size), adv_t)
+    out: dict[str, Any] = {
+        "clean": {
+            "itm_r1": (clean["itm/i2t_r1"] + clean["itm/t2i_r1"]) / 2,
+            "itc_r1": (clean["itc/i2t_r1"] + clean["itc/t2i_r1"]) / 2,
+            "itm_only_r1": (clean["itm_only/i2t_r1"] + clean["itm_only/t2i_r1"]) / 2,
+            **{k: v for k, v in clean.items() if isinstance(v, float)},
+        },
+        "asr": {},
+        "asr_itc": {},
+        "asr_itm_only": {},
+        "examples": {},
+    }
+    for name, (imgs, txts) in adv.items():
+        m = metrics(imgs, txts)
+        for rank, key in (("itm", "asr"), ("itc", "asr_itc"), ("itm_only", "asr_itm_only")):
+            i2t = attack_success_rate(clean[f"{rank}/i2t_top1"], m[f"{rank}/i2t_top1"])
+            t2i = attack_success_rate(clean[f"{rank}/t2i_top1"], m[f"{rank}/t2i_top1"])
+            both = [v for v in (i2t, t2i) if v == v]  # a direction with no correct query has no ASR (nan)
+            out[key][name] = {"i2t": i2t, "t2i": t2i, "mean": sum(both) / len(both) if both else float("nan"),
+                              "adv_r1": (m[f"{rank}/i2t_r1"] + m[f"{rank}/t2i_r1"]) / 2}
+        out["examples"][name] = [[t, a] for t, a in zip(texts[:3], txts[:3])]
+        out["asr"][name]["linf"] = float((imgs - images).abs().max() * 255)
+    return out
+
+
+__all__ = ["AttackConfig", "attack_success_rate", "char_edits", "co_attack", "pair_score", "pgd_attack",
+           "run_attack_suite", "text_attack", "text_candidates", "text_score"]

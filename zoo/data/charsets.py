@@ -1,0 +1,172 @@
+"""Character sets and PARSeq label normalization for scene-text recognition.
+
+Named charsets: ``"36"`` (lowercase letters + digits), ``"62"`` (mixed case + digits), ``"94"``
+(printable ASCII without space, PARSeq's ``charset_train``). Any other string is read as a UTF-8
+file with one character per line (or one line holding all characters), so any Unicode set works.
+
+Normalization follows PARSeq's ``CharsetAdapter`` / LMDB reader: whitespace removed, NFKD folded to
+ASCII when the charset is pure ASCII, lower-cased when the charset has no upper case (upper-cased
+when it has no lower case), out-of-charset characters dropped (and counted), labels longer than
+``max_length`` rejected (PARSeq drops them; we count them and report).
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+CHARSETS: dict[str, str] = {
+    "36": string.digits + string.ascii_lowercase,
+    "62": string.digits + string.ascii_lowercase + string.ascii_uppercase,
+    "94": string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation,
+}
+
+
+def load_charset(spec: Union[str, Path]) -> str:
+    """The characters of a named charset (``36``/``62``/``94``) or of a UTF-8 charset file.
+
+    A file holds one character per line, or a single line with every character; duplicates and
+    whitespace are errors because they make the class index ambiguous.
+    """
+    key = str(spec)
+    if key in CHARSETS:
+        return CHARSETS[key]
+    path = Path(key).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"unknown charset {key!r}: use one of {sorted(CHARSETS)} or the path of a UTF-8 file "
+            "with one character per line"
+        )
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln != ""]
+    chars = "".join(lines) if len(lines) > 1 else (lines[0] if lines else "")
+    if len(lines) > 1 and any(len(ln) != 1 for ln in lines):
+        bad = [ln for ln in lines if len(ln) != 1][:5]
+        raise ValueError(f"charset file {path}: every line must hold exactly one character, got {bad}")
+    return check_charset(chars, str(path))
+
+
+def check_charset(chars: str, source: str = "charset") -> str:
+    """Validate a charset string: non-empty, no whitespace, no duplicates."""
+    if not chars:
+        raise ValueError(f"{source} is empty; a charset needs at least one character")
+    if any(c.isspace() for c in chars):
+        raise ValueError(f"{source} contains whitespace; labels have whitespace removed, so drop it from the charset")
+    dup = [c for c, n in Counter(chars).items() if n > 1]
+    if dup:
+        raise ValueError(f"{source} lists characters more than once: {dup[:10]}")
+    return chars
+
+
+@dataclass
+class NormStats:
+    """Counts of what normalization changed or rejected (reported by the datamodules)."""
+
+    seen: int = 0
+    kept: int = 0
+    empty: int = 0  # empty after normalization (or empty to begin with)
+    too_long: int = 0
+    labels_with_dropped: int = 0
+    dropped_chars: Counter = field(default_factory=Counter)
+
+    def merge(self, other: "NormStats") -> None:
+        self.seen += other.seen
+        self.kept += other.kept
+        self.empty += other.empty
+        self.too_long += other.too_long
+        self.labels_with_dropped += other.labels_with_dropped
+        self.dropped_chars.update(other.dropped_chars)
+
+    def as_dict(self) -> dict:
+        return {
+            "seen": self.seen, "kept": self.kept, "skipped_empty": self.empty, "skipped_too_long": self.too_long,
+            "labels_with_dropped_chars": self.labels_with_dropped,
+            "dropped_chars": dict(self.dropped_chars.most_common(20)),
+        }
+
+    def report(self, source: str) -> str:
+        top = ", ".join(f"{c!r}x{n}" for c, n in self.dropped_chars.most_common(8)) or "none"
+        return (
+            f"{source}: kept {self.kept}/{self.seen} labels; skipped {self.empty} empty and {self.too_long} "
+            f"too long; {self.labels_with_dropped} labels lost out-of-charset characters ({top})"
+        )
+
+
+class Charset:
+    """A recognizer's character set: normalization, and class ids (``0`` = EOS, ``1..n`` = chars)."""
+
+    EOS = 0
+
+    def __init__(self, chars: Union[str, Path], max_length: int = 25) -> None:
+        self.spec = str(chars)
+        self.chars = load_charset(chars) if (str(chars) in CHARSETS or Path(str(chars)).is_file()) else check_charset(str(chars))
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.max_length = max_length
+        self.index = {c: i + 1 for i, c in enumerate(self.chars)}
+        self.is_ascii = all(ord(c) < 128 for c in self.chars)
+        self.has_lower = any(c.islower() for c in self.chars)
+        self.has_upper = any(c.isupper() for c in self.chars)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @property
+    def num_classes(self) -> int:
+        """EOS + characters."""
+        return len(self.chars) + 1
+
+    def clean(self, label: str) -> tuple[str, str]:
+        """PARSeq normalization without the length check: ``(kept text, dropped characters)``."""
+        label = "".join(label.split())
+        if self.is_ascii:
+            label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+        if not self.has_upper:
+            label = label.lower()
+        elif not self.has_lower:
+            label = label.upper()
+        kept = "".join(c for c in label if c in self.index)
+        dropped = "".join(c for c in label if c not in self.index)
+        return kept, dropped
+
+    def normalize(self, label: str, stats: Optional[NormStats] = None) -> Optional[str]:
+        """Normalized label, or ``None`` when it is empty or longer than ``max_length`` (counted in ``stats``)."""
+        kept, dropped = self.clean(label)
+        if stats is not None:
+            stats.seen += 1
+            if dropped:
+                stats.labels_with_dropped += 1
+                stats.dropped_chars.update(dropped)
+        if not kept:
+            if stats is not None:
+                stats.empty += 1
+            return None
+        if len(kept) > self.max_length:
+            if stats is not None:
+                stats.too_long += 1
+            return None
+        if stats is not None:
+            stats.kept += 1
+        return kept
+
+    def encode(self, text: str) -> list[int]:
+        """Class ids of ``text`` (which must be normalized) followed by EOS."""
+        try:
+            return [self.index[c] for c in text] + [self.EOS]
+        except KeyError as exc:
+            raise ValueError(f"character {exc.args[0]!r} of {text!r} is not in the charset; normalize the label first") from exc
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of class ids up to the first EOS."""
+        out = []
+        for i in ids:
+            if i == self.EOS:
+                break
+            out.append(self.chars[i - 1])
+        return "".join(out)
+
+
+__all__ = ["CHARSETS", "Charset", "NormStats", "check_charset", "load_charset"]

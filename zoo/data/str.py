@@ -1,0 +1,289 @@
+"""Scene-text recognition data: synthetic crops (the embedded default), LMDB in the PARSeq layout,
+and image folders with a labels file; one datamodule that combines them.
+
+Batches are dicts: ``images`` float ``[B, 3, 32, 128]`` normalized to ``[-1, 1]`` (PARSeq), ``targets``
+long ``[B, max_length + 1]`` (class ids, EOS after the text, ``-100`` padding), ``texts`` (list of
+str) and ``set`` (list of the test-set names, for per-set tables).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from zoo.data.charsets import Charset, NormStats
+from zoo.data.str_synth import make_sample, usable_fonts, TEST_FONTS, TRAIN_FONTS
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images in
+# ---------------------------------------------------------------------------------------------
+def load_image(x: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image, a numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]),
+    a path, or encoded bytes. Grayscale and RGBA are converted (RGBA composited on white)."""
+    if isinstance(x, (str, Path)):
+        path = Path(x).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} not found")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _to_rgb(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(x)) as im:
+                im.load()
+                return _to_rgb(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
+    if isinstance(x, Image.Image):
+        return _to_rgb(x)
+    if isinstance(x, np.ndarray) or torch.is_tensor(x):
+        arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.floating) or arr.size and (arr.min() < 0 or arr.max() > 1):
+                raise ValueError(f"a non-uint8 image array must be float in [0, 1], got {arr.dtype}")
+            arr = (arr * 255).round().astype(np.uint8)
+        return _to_rgb(Image.fromarray(arr))
+    raise TypeError(f"cannot read an image from {type(x).__name__}; pass a PIL image, numpy array, path or bytes")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
+    """``[3, H, W]`` float in ``[-1, 1]``: bicubic resize to ``size`` (height, width), as PARSeq."""
+    H, W = size
+    if img.size != (W, H):
+        img = img.resize((W, H), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1).contiguous()
+
+
+def encode_targets(charset: Charset, texts: Sequence[str]) -> torch.Tensor:
+    """``[B, max_length + 1]`` class ids with EOS after each text and ``-100`` padding."""
+    T = charset.max_length + 1
+    out = torch.full((len(texts), T), -100, dtype=torch.long)
+    for b, t in enumerate(texts):
+        ids = charset.encode(t)
+        out[b, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: every item is (PIL image, normalized text)
+# ---------------------------------------------------------------------------------------------
+class SyntheticSTRDataset(Dataset):
+    """``n`` rendered words of ``split`` (see :mod:`zoo.data.str_synth`); item ``i`` is a pure function of ``(seed, split, i)``."""
+
+    def __init__(
+        self, n: int, charset: Charset, split: str = "train", seed: int = 0, min_len: int = 1,
+        max_len: Optional[int] = None, strength: float = 1.0, fonts: Optional[Sequence[str]] = None,
+        img_size: tuple[int, int] = (32, 128),
+    ) -> None:
+        self.n, self.charset, self.split, self.seed = int(n), charset, split, int(seed)
+        self.min_len, self.max_len = int(min_len), int(max_len or charset.max_length)
+        if not 1 <= self.min_len <= self.max_len <= charset.max_length:
+            raise ValueError(f"need 1 <= min_len <= max_len <= charset max_length ({charset.max_length}), got {min_len}, {max_len}")
+        self.strength, self.img_size = strength, tuple(img_size)
+        self.fonts = usable_fonts(fonts or (TEST_FONTS if split == "test" else TRAIN_FONTS), charset.chars)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, str]:
+        img, text = make_sample(
+            self.seed, self.split, i, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
+            strength=self.strength, size=self.img_size, fonts=self.fonts,
+        )
+        return img, text
+
+
+class TensorizedDataset(Dataset):
+    """Wraps an (image, text) dataset: optional augmentation, tensor conversion, set name."""
+
+    def __init__(self, base: Dataset, name: str, img_size: tuple[int, int], augment: Any = None) -> None:
+        self.base, self.name, self.img_size, self.augment = base, name, tuple(img_size), augment
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+        img, text = self.base[i]
+        if self.augment is not None:
+            img = self.augment(img)
+        return to_tensor(img, self.img_size), text, self.name
+
+
+class ImageFolderDataset(Dataset):
+    """Every image file in a folder (sorted, by extension), for prediction: items ``(tensor, path)``.
+
+    An unreadable image raises naming the file, so no prediction is silently missing."""
+
+    def __init__(self, folder: str | Path, img_size: tuple[int, int] = (32, 128)) -> None:
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"predict folder {self.folder} not found")
+        self.paths = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if not self.paths:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
+        self.img_size = tuple(img_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        return to_tensor(load_image(self.paths[i]), self.img_size), str(self.paths[i].relative_to(self.folder))
+
+
+def collate_predict(items: list) -> dict[str, Any]:
+    images, paths = zip(*items)
+    return {"images": torch.stack(images), "paths": list(paths)}
+
+
+class Collate:
+    """Stacks images and encodes targets with the charset."""
+
+    def __init__(self, charset: Charset) -> None:
+        self.charset = charset
+
+    def __call__(self, items: list) -> dict[str, Any]:
+        images, texts, names = zip(*items)
+        return {
+            "images": torch.stack(images), "targets": encode_targets(self.charset, texts),
+            "texts": list(texts), "set": list(names),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Datamodule
+# ---------------------------------------------------------------------------------------------
+class STRDataModule(L.LightningDataModule):
+    """Scene-text data for ``RecognitionTask``: synthetic by default, or LMDB / image-folder sources.
+
+    Args:
+        charset: ``36`` / ``62`` / ``94`` or a charset file (see :mod:`zoo.data.charsets`).
+        max_length: label length cap (PARSeq: 25).
+        synthetic: sizes of the synthetic splits ``{train, val, test}`` (0 = none); used when no
+            real source is given for that split.
+        synth_seed, synth_min_len, synth_max_len, synth_strength: the generator's knobs.
+        train_dirs / val_dirs / test_dirs: real sources (an LMDB folder, a root holding several
+            LMDBs, or an image folder with ``labels.txt``/``labels.csv``); each test source is its
+            own set in the per-set table.
+        predict_dir: a folder of images to read with ``python -m zoo predict`` (labels not needed).
+        augment: RandAugment-style augmentation on real training images.
+        batch_size, eval_batch_size, num_workers.
+    """
+
+    def __init__(
+        self,
+        charset: str = "36",
+        max_length: int = 25,
+        synthetic: Optional[dict[str, int]] = None,
+        synth_seed: int = 0,
+        synth_min_len: int = 1,
+        synth_max_len: Optional[int] = None,
+        synth_strength: float = 1.0,
+        train_dirs: Optional[list[str]] = None,
+        val_dirs: Optional[list[str]] = None,
+        test_dirs: Optional[list[str]] = None,
+        predict_dir: Optional[str] = None,
+        augment: bool = True,
+        img_size: tuple[int, int] = (32, 128),
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.charset = Charset(charset, max_length)
+        self.synthetic = {"train": 20000, "val": 500, "test": 1000, **(synthetic or {})}
+        bad = sorted(set(self.synthetic) - {"train", "val", "test"})
+        if bad:
+            raise ValueError(f"synthetic split sizes take keys train/val/test, got {bad}")
+        self.synth_kw = dict(seed=synth_seed, min_len=synth_min_len, max_len=synth_max_len, strength=synth_strength)
+        self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
+        self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.norm_stats: dict[str, NormStats] = {}
+        self._sets: dict[str, list[TensorizedDataset]] = {}
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        """Facts the task needs: the charset and the label length cap."""
+        return {"kind": "str", "charset": self.charset.chars, "max_length": self.charset.max_length, "img_size": list(self.img_size)}
+
+    def _sources(self, split: str) -> list[TensorizedDataset]:
+        if split in self._sets:
+            return self._sets[split]
+        sets: list[TensorizedDataset] = []
+        aug = None
+        if split == "train" and self.augment and self.dirs["train"]:
+            from zoo.data.str_real import RandAugment
+
+            aug = RandAugment()
+        for d in self.dirs[split]:
+            from zoo.data.str_real import open_source
+
+            for name, ds in open_source(d, self.charset):
+                self.norm_stats[f"{split}:{name}"] = ds.stats
+                print(ds.stats.report(f"{split} set {name}"), file=sys.stderr, flush=True)
+                sets.append(TensorizedDataset(ds, name, self.img_size, aug))
+        if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
+            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, **self.synth_kw)
+            sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size))
+        self._sets[split] = sets
+        return sets
+
+    def _loader(self, split: str, shuffle: bool) -> Optional[DataLoader]:
+        sets = self._sources(split)
+        if not sets:
+            return None
+        ds = sets[0] if len(sets) == 1 else ConcatDataset(sets)
+        bs = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, collate_fn=Collate(self.charset),
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        dl = self._loader("train", True)
+        if dl is None:
+            raise ValueError("no training data: give data.train_dirs or a positive data.synthetic.train")
+        return dl
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", False) or []
+
+    def test_dataloader(self) -> Any:
+        dl = self._loader("test", False)
+        if dl is None:
+            raise ValueError("no test data: give data.test_dirs or a positive data.synthetic.test")
+        return dl
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_dir is None:
+            raise ValueError("set data.predict_dir to a folder of images to read")
+        ds = ImageFolderDataset(self.predict_dir, self.img_size)
+        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate_predict)
+
+
+__all__ = ["Collate", "ImageFolderDataset", "collate_predict", "STRDataModule", "SyntheticSTRDataset", "TensorizedDataset", "encode_targets", "load_image", "to_tensor"]

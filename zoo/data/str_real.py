@@ -1,0 +1,287 @@
+"""Real scene-text data: LMDB in the PARSeq layout, image folders with a labels file, an LMDB
+builder, and RandAugment-style augmentation.
+
+LMDB layout (PARSeq / ASTER / deep-text-recognition-benchmark): keys ``num-samples`` (decimal
+count), ``image-%09d`` (encoded image bytes) and ``label-%09d`` (UTF-8 text), 1-based. A root
+folder may hold several LMDBs (any depth); each one is a set of its own.
+
+Image folder: ``labels.txt`` (``path<TAB>text`` or ``path text`` per line: the first whitespace
+splits) or ``labels.csv`` (header with ``path`` / ``text`` columns, or two columns). Paths are
+relative to the folder.
+
+Build an LMDB:  ``python -m zoo.data.str_real build IMAGE_FOLDER OUT_LMDB [--labels labels.txt]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from torch.utils.data import Dataset
+
+from zoo.data.charsets import Charset, NormStats
+
+
+# ---------------------------------------------------------------------------------------------
+# LMDB
+# ---------------------------------------------------------------------------------------------
+def _open_env(path: Path):
+    import lmdb
+
+    if not (path / "data.mdb").is_file():
+        raise FileNotFoundError(f"{path} is not an LMDB folder (no data.mdb); build one with `python -m zoo.data.str_real build`")
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=32)
+    except lmdb.Error as exc:
+        raise ValueError(f"cannot open LMDB {path} ({exc}); the database is corrupt, rebuild it") from exc
+
+
+class LMDBDataset(Dataset):
+    """One PARSeq-layout LMDB; labels are normalized up front (skips counted in ``stats``).
+
+    Images are decoded lazily; an undecodable image raises naming the key.
+    """
+
+    def __init__(self, path: str | Path, charset: Charset) -> None:
+        import lmdb
+
+        self.path, self.charset = Path(path), charset
+        self.stats = NormStats()
+        env = _open_env(self.path)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(b"num-samples")
+                if raw is None:
+                    raise ValueError(
+                        f"LMDB {self.path} has no 'num-samples' key: it is not in the PARSeq layout "
+                        "(num-samples, image-%09d, label-%09d, 1-based)"
+                    )
+                try:
+                    n = int(raw.decode())
+                except ValueError as exc:
+                    raise ValueError(f"LMDB {self.path}: 'num-samples' is {raw[:20]!r}, not an integer; the database is corrupt") from exc
+                self.index: list[tuple[int, str]] = []
+                for i in range(1, n + 1):
+                    label = txn.get(b"label-%09d" % i)
+                    if label is None:
+                        raise ValueError(
+                            f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}; wrong layout "
+                            "(keys must be 1-based, zero-padded to 9 digits) or truncated database"
+                        )
+                    text = self.charset.normalize(label.decode("utf-8", errors="replace"), self.stats)
+                    if text is not None:
+                        self.index.append((i, text))
+        except lmdb.Error as exc:
+            raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
+        finally:
+            env.close()
+        self._env = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> tuple[Image.Image, str]:
+        from zoo.data.str import load_image
+
+        if self._env is None:  # opened per process (DataLoader workers)
+            self._env = _open_env(self.path)
+        i, text = self.index[k]
+        with self._env.begin() as txn:
+            data = txn.get(b"image-%09d" % i)
+        if data is None:
+            raise ValueError(f"LMDB {self.path} lacks key image-{i:09d} although label-{i:09d} exists; rebuild the database")
+        try:
+            return load_image(bytes(data)), text
+        except ValueError as exc:
+            raise ValueError(f"LMDB {self.path}, image-{i:09d}: {exc}") from exc
+
+
+def find_lmdbs(root: str | Path) -> list[Path]:
+    """Every LMDB folder (holding ``data.mdb``) under ``root``, sorted."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {root} not found")
+    return sorted({p.parent for p in root.rglob("data.mdb")})
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder + labels file
+# ---------------------------------------------------------------------------------------------
+def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list[tuple[str, str]]:
+    """``(relative path, text)`` pairs from ``labels.txt`` or ``labels.csv`` in ``folder`` (or ``labels``)."""
+    folder = Path(folder)
+    path = Path(labels) if labels else next((folder / n for n in ("labels.txt", "labels.csv", "gt.txt") if (folder / n).is_file()), None)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"no labels file in {folder}: add labels.txt ('path<TAB>text' per line) or labels.csv (columns path,text)"
+        )
+    pairs: list[tuple[str, str]] = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
+            rows = rows[1:]
+        for n, row in enumerate(rows, 1):
+            if len(row) < 2:
+                raise ValueError(f"{path}, row {n}: expected two columns (path, text), got {row}")
+            pairs.append((row[0].strip(), row[1]))
+    else:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
+            # a line with a path and no text is an empty label: kept, normalized and counted as skipped
+            pairs.append((parts[0].strip(), parts[1] if len(parts) > 1 else ""))
+    return pairs
+
+
+class FolderDataset(Dataset):
+    """Images of a folder listed in its labels file; missing image files are an error naming them."""
+
+    def __init__(self, folder: str | Path, charset: Charset, labels: Optional[str | Path] = None) -> None:
+        self.folder, self.charset = Path(folder), charset
+        self.stats = NormStats()
+        pairs = read_labels(self.folder, labels)
+        missing = [p for p, _ in pairs if not (self.folder / p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} images named in the labels of {self.folder} do not exist, e.g. {missing[:5]}")
+        self.items = [(p, t) for p, raw in pairs if (t := charset.normalize(raw, self.stats)) is not None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[Image.Image, str]:
+        from zoo.data.str import load_image
+
+        p, text = self.items[k]
+        return load_image(self.folder / p), text
+
+
+def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]:
+    """``(set name, dataset)`` for an LMDB, a root of LMDBs, or an image folder with labels."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data source {path} not found")
+    lmdbs = find_lmdbs(path) if path.is_dir() else []
+    if lmdbs:
+        return [(str(p.relative_to(path)) if p != path else path.name, LMDBDataset(p, charset)) for p in lmdbs]
+    if path.is_dir():
+        return [(path.name, FolderDataset(path, charset))]
+    raise ValueError(f"{path} is neither an LMDB folder, a folder of LMDBs, nor an image folder with labels.txt/labels.csv")
+
+
+def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path] = None, map_size: int = 1 << 32) -> int:
+    """Write the images of ``folder`` (listed in its labels file) into a PARSeq-layout LMDB at ``out``.
+
+    Labels are stored as given (normalization happens when reading, with the model's charset);
+    unreadable images are an error naming the file. Returns the sample count.
+    """
+    import lmdb
+
+    from zoo.data.str import load_image
+
+    folder, out = Path(folder), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
+    pairs = read_labels(folder, labels)
+    if not pairs:
+        raise ValueError(f"the labels file of {folder} lists no images")
+    out.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(out), map_size=map_size)
+    with env.begin(write=True) as txn:
+        for i, (p, text) in enumerate(pairs, 1):
+            data = (folder / p).read_bytes()
+            _check_image(folder / p, data)
+            txn.put(b"image-%09d" % i, data)
+            txn.put(b"label-%09d" % i, text.encode("utf-8"))
+        txn.put(b"num-samples", str(len(pairs)).encode())
+    env.close()
+    return len(pairs)
+
+
+def _check_image(path: Path, data: bytes) -> None:
+    from zoo.data.str import load_image
+
+    try:
+        load_image(data)
+    except ValueError as exc:
+        raise ValueError(f"cannot add {path} to the LMDB: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------------------------
+class RandAugment:
+    """RandAugment-style policy for text crops (as PARSeq): ``n`` ops drawn uniformly from a list
+    of photometric and mild geometric ops, each at magnitude ``m`` of 10 with a random sign; then
+    Gaussian blur or noise with probability ``p_blur``. PARSeq adds its own op list; we keep the
+    ops that do not destroy text (no flips, no large rotations)."""
+
+    OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast", "sharpness",
+           "color", "posterize", "solarize", "autocontrast", "equalize", "invert")
+
+    def __init__(self, n: int = 3, m: int = 5, p_blur: float = 0.3, seed: Optional[int] = None) -> None:
+        if not 0 <= m <= 10 or n < 0:
+            raise ValueError(f"RandAugment needs n >= 0 and 0 <= m <= 10, got n={n}, m={m}")
+        self.n, self.m, self.p_blur = n, m, p_blur
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        r = self.rng
+        for op in r.choice(self.OPS, size=self.n):
+            img = self._apply(str(op), img, self.m / 10 * (1 if r.random() < 0.5 else -1))
+        if r.random() < self.p_blur:
+            img = img.filter(ImageFilter.GaussianBlur(float(r.uniform(0.1, 1.2))))
+        return img
+
+    def _apply(self, op: str, img: Image.Image, v: float) -> Image.Image:
+        w, h = img.size
+        fill = (128, 128, 128)
+        if op == "rotate":
+            return img.rotate(15 * v, resample=Image.BILINEAR, fillcolor=fill)
+        if op == "shear_x":
+            return img.transform(img.size, Image.AFFINE, (1, 0.3 * v, 0, 0, 1, 0), Image.BILINEAR, fillcolor=fill)
+        if op == "shear_y":
+            return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0.3 * v, 1, 0), Image.BILINEAR, fillcolor=fill)
+        if op == "translate_x":
+            return img.transform(img.size, Image.AFFINE, (1, 0, 0.1 * v * w, 0, 1, 0), Image.BILINEAR, fillcolor=fill)
+        if op == "translate_y":
+            return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, 0.2 * v * h), Image.BILINEAR, fillcolor=fill)
+        if op in ("brightness", "contrast", "sharpness", "color"):
+            enh = {"brightness": ImageEnhance.Brightness, "contrast": ImageEnhance.Contrast,
+                   "sharpness": ImageEnhance.Sharpness, "color": ImageEnhance.Color}[op]
+            return enh(img).enhance(1 + 0.9 * v)
+        if op == "posterize":
+            return ImageOps.posterize(img, int(8 - 4 * abs(v)))
+        if op == "solarize":
+            return ImageOps.solarize(img, int(256 - 256 * abs(v)))
+        if op == "autocontrast":
+            return ImageOps.autocontrast(img)
+        if op == "equalize":
+            return ImageOps.equalize(img)
+        if op == "invert":
+            return ImageOps.invert(img)
+        raise ValueError(f"unknown augmentation op {op!r}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m zoo.data.str_real", description="scene-text data tools")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build a PARSeq-layout LMDB from an image folder + labels file")
+    b.add_argument("folder")
+    b.add_argument("out")
+    b.add_argument("--labels", default=None, help="labels file (default: FOLDER/labels.txt or labels.csv)")
+    args = p.parse_args(argv)
+    n = build_lmdb(args.folder, args.out, args.labels)
+    print(f"wrote {n} samples to {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
+__all__ = ["FolderDataset", "LMDBDataset", "RandAugment", "build_lmdb", "find_lmdbs", "open_source", "read_labels"]

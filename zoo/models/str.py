@@ -1,0 +1,439 @@
+"""Scene-text recognizer: ViT encoder over 32x128 crops and a PARSeq-style decoder whose
+cross-attention to the image tokens is differential (CSD, arXiv 2503.16184; PARSeq, arXiv 2207.06966).
+
+Encoder: a timm ``VisionTransformer`` (patch 4x8 -> 8x16 = 128 image tokens, no class token).
+Decoder: ``dec_depth`` pre-norm layers over ``max_length + 1`` position queries (the last slot is for
+EOS). Each layer: the query stream attends to the *content* stream (BOS + character embeddings,
+each carrying the position embedding of the query it answers) under a per-query visibility mask,
+then cross-attends to the image tokens, then an MLP. The cross-attention type is ``attn_type``
+(``diff`` by default, ``vanilla`` as the baseline), the self-attention type ``self_attn_type``.
+
+Visibility masks (query ``i`` predicts character ``i``; content ``0`` is BOS, content ``j`` is
+character ``j - 1``):
+
+* ``ar``: left-to-right, query ``i`` sees contents ``0..i`` (autoregressive decoding);
+* ``nar``: every query sees BOS only (one-pass decoding);
+* ``cloze``: query ``i`` sees every content except its own character ``i + 1`` (refinement and the
+  CSD teacher: each character predicted from all the others);
+* a permutation (PARSeq's permutation language modelling).
+
+Choices the papers leave open or that we simplify, the simplest one taken: the content stream is
+not updated across layers (so no layer can leak a character into its own query); the per-query mask
+is applied by folding queries into the batch, since :func:`zoo.nn.build_attention` takes a key mask
+per sequence only; autoregressive decoding re-runs the decoder once per step (no cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from zoo.data.charsets import CHARSETS, Charset, check_charset
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.nn import GeluMlp, build_attention, list_attention_types
+
+DECODE_MODES = ("ar", "nar")
+
+
+@dataclass
+class STRConfig:
+    """Architecture of :class:`SceneTextRecognizer`.
+
+    ``charset`` is a named set (``36``, ``62``, ``94``) or the characters themselves (any Unicode);
+    it is stored expanded, so an export carries its charset. Encoder and decoder sizes are separate
+    knobs (CSD finds scaling the decoder pays more than scaling the encoder). A ``diff`` head splits
+    its width into two q/k sub-heads, so ``vanilla`` twins at equal parameters use ``2 * dec_heads``.
+    """
+
+    charset: str = "36"
+    max_length: int = 25
+    img_size: list[int] = field(default_factory=lambda: [32, 128])
+    patch_size: list[int] = field(default_factory=lambda: [4, 8])
+    enc_dim: int = 192
+    enc_depth: int = 12
+    enc_heads: int = 3
+    enc_mlp_ratio: float = 4.0
+    dec_dim: int = 192
+    dec_depth: int = 1
+    dec_heads: int = 3
+    dec_mlp_ratio: float = 4.0
+    attn_type: str = "diff"
+    self_attn_type: str = "vanilla"
+    dropout: float = 0.1
+    drop_path: float = 0.0
+    attn_backend: Optional[str] = None
+    decode: str = "ar"
+    refine_iters: int = 1
+
+    def __post_init__(self) -> None:
+        self.charset = CHARSETS.get(str(self.charset), str(self.charset))
+        check_charset(self.charset, "config charset")
+        for name in ("attn_type", "self_attn_type"):
+            if getattr(self, name) not in list_attention_types():
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; known types: {list_attention_types()}")
+        for name in ("max_length", "enc_dim", "enc_depth", "enc_heads", "dec_dim", "dec_depth", "dec_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.img_size, self.patch_size = list(self.img_size), list(self.patch_size)
+        if any(i % p for i, p in zip(self.img_size, self.patch_size)) or len(self.img_size) != 2:
+            raise ValueError(f"img_size {self.img_size} must be [H, W] divisible by patch_size {self.patch_size}")
+        if self.enc_dim % self.enc_heads or self.dec_dim % self.dec_heads:
+            raise ValueError("enc_dim / dec_dim must be divisible by enc_heads / dec_heads")
+        if "diff" in (self.attn_type, self.self_attn_type) and (self.dec_dim // self.dec_heads) % 2:
+            raise ValueError(f"diff attention needs an even head width; dec_dim / dec_heads = {self.dec_dim // self.dec_heads}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.refine_iters < 0:
+            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+
+
+class Reading(NamedTuple):
+    """One recognized crop: the text and its confidence (product of the per-character probabilities, EOS included)."""
+
+    text: str
+    confidence: float
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm query-stream layer: masked attention to the content, cross-attention to the image, MLP."""
+
+    def __init__(self, cfg: STRConfig, layer_idx: int) -> None:
+        super().__init__()
+        d = cfg.dec_dim
+        common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
+        self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.dec_heads, **common)
+        self.norm_x = nn.LayerNorm(d)
+        self.cross_attn = build_attention(cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common)
+        self.norm_m = nn.LayerNorm(d)
+        self.mlp = GeluMlp(d, int(d * cfg.dec_mlp_ratio), dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, q: Tensor, content: Tensor, key_mask: Tensor, memory: Tensor) -> Tensor:
+        """``q`` [B, T, D], ``content`` [B, T, D], ``key_mask`` bool [B, T(query), T(content)], ``memory`` [B, N, E]."""
+        B, T, D = q.shape
+        c = self.norm_c(content)
+        # One query per folded sequence, so each query gets its own key mask.
+        qf = self.norm_q(q).reshape(B * T, 1, D)
+        cf = c.unsqueeze(1).expand(B, T, T, D).reshape(B * T, T, D)
+        sa = self.self_attn(qf, cf, key_mask=key_mask.reshape(B * T, T)).view(B, T, D)
+        q = q + self.drop(sa)
+        q = q + self.drop(self.cross_attn(self.norm_x(q), memory))
+        return q + self.mlp(self.norm_m(q))
+
+
+def visibility(mode: Union[str, Tensor], T: int, device: Optional[torch.device] = None) -> Tensor:
+    """Bool ``[T, T]`` mask (query, content) for ``ar`` / ``nar`` / ``cloze`` or a permutation of ``range(T)``."""
+    q = torch.arange(T, device=device)[:, None]
+    c = torch.arange(T, device=device)[None, :]
+    if isinstance(mode, Tensor):
+        rank = torch.empty(T, dtype=torch.long, device=device)
+        rank[mode.to(device)] = torch.arange(T, device=device)
+        # content j >= 1 is the character of query j - 1; visible once that query came earlier.
+        prev = torch.cat([torch.full((1,), -1, device=device), rank[:-1]])
+        return (c == 0) | (prev[None, :] < rank[:, None]) & (c > 0)
+    if mode == "ar":
+        return c <= q
+    if mode == "nar":
+        return (c == 0).expand(T, T)
+    if mode == "cloze":
+        return c != q + 1
+    raise ValueError(f"unknown mask mode {mode!r}; use ar, nar, cloze or a permutation tensor")
+
+
+def sincos_2d(h: int, w: int, dim: int) -> Tensor:
+    """``[h * w, dim]`` 2D sine-cosine position codes (MAE): half the channels encode the row, half the column."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos codes need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    parts = []
+    for grid in (ys.reshape(-1), xs.reshape(-1)):
+        ang = grid[:, None] * omega[None, :]
+        parts += [ang.sin(), ang.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+class SceneTextRecognizer(nn.Module):
+    """PARSeq-style recognizer with a (differential) cross-attention decoder; see the module docstring."""
+
+    family = "str"
+    config_class = STRConfig
+    runtime_fields = DEFAULT_RUNTIME_FIELDS | {"decode", "refine_iters"}
+
+    def __init__(self, config: STRConfig) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.config = c = config
+        self.charset = Charset(c.charset, c.max_length)
+        self.num_classes = self.charset.num_classes  # EOS + chars
+        self.bos_id, self.pad_id = self.num_classes, self.num_classes + 1
+        self.encoder = VisionTransformer(
+            img_size=tuple(c.img_size), patch_size=tuple(c.patch_size), embed_dim=c.enc_dim, depth=c.enc_depth,
+            num_heads=c.enc_heads, mlp_ratio=c.enc_mlp_ratio, num_classes=0, global_pool="", class_token=False,
+            drop_path_rate=c.drop_path,
+        )
+        with torch.no_grad():
+            # timm's learned position embedding starts at std 0.02, far below the patch features, so the
+            # position queries have nothing to align to; a 2D sin-cos start (MAE) gives image tokens their
+            # position from step 0 (it stays learnable). The papers leave this init open.
+            gh, gw = c.img_size[0] // c.patch_size[0], c.img_size[1] // c.patch_size[1]
+            self.encoder.pos_embed.copy_(sincos_2d(gh, gw, c.enc_dim)[None])
+        self.text_embed = nn.Embedding(self.num_classes + 2, c.dec_dim)
+        self.pos_queries = nn.Parameter(torch.empty(1, c.max_length + 1, c.dec_dim).normal_(std=0.02))
+        self.drop = nn.Dropout(c.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.dec_depth))
+        self.norm = nn.LayerNorm(c.dec_dim)
+        self.head = nn.Linear(c.dec_dim, self.num_classes)
+        nn.init.normal_(self.text_embed.weight, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: Union[STRConfig, dict]) -> "SceneTextRecognizer":
+        if isinstance(config, STRConfig):
+            return cls(config)
+        names = {f.name for f in dataclasses.fields(STRConfig)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} config field(s) {unknown}; known: {sorted(names)}")
+        return cls(STRConfig(**config))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def num_slots(self) -> int:
+        return self.config.max_length + 1
+
+    # -- pieces
+    def encode(self, images: Tensor) -> Tensor:
+        """Image tokens ``[B, 128, enc_dim]`` of normalized images ``[B, 3, 32, 128]``."""
+        H, W = self.config.img_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, H, W):
+            raise ValueError(
+                f"expected images [batch, 3, {H}, {W}], got {tuple(images.shape)}; preprocess with zoo.data.str.to_tensor"
+            )
+        return self.encoder.forward_features(images)
+
+    def decode_step(self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+        """Logits ``[B, T, classes]`` for every query slot.
+
+        ``tokens`` [B, T]: BOS then the known / predicted characters (content ids); ``mask`` [T, T] or
+        [B, T, T] visibility; ``key_valid`` [B, T] marks real content (False after the end of the text).
+        """
+        B, T = tokens.shape
+        emb = self.text_embed(tokens)
+        pos = self.pos_queries[:, :T]
+        content = torch.cat([emb[:, :1], emb[:, 1:] + pos[:, : T - 1]], dim=1)
+        content = self.drop(content)
+        key_mask = mask.expand(B, T, T) if mask.dim() == 2 else mask
+        if key_valid is not None:
+            key_mask = key_mask & key_valid[:, None, :]
+        q = self.drop(pos.expand(B, T, -1))
+        for layer in self.layers:
+            q = layer(q, content, key_mask, memory)
+        return self.head(self.norm(q))
+
+    def content_tokens(self, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Content ids ``[BOS, chars..., EOS, PAD...]`` and validity (True up to the last character) from targets [B, T] (-100 = pad)."""
+        B, T = targets.shape
+        tgt = targets.clamp(min=0)
+        tokens = torch.cat([torch.full((B, 1), self.bos_id, dtype=torch.long, device=targets.device), tgt[:, :-1]], 1)
+        return self._mask_after_eos(tokens)
+
+    def _mask_after_eos(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        # PARSeq: content from the first EOS on is padding (cumsum of EOS hits > 0).
+        ended = (tokens == self.charset.EOS).long().cumsum(-1) > 0
+        return tokens.masked_fill(ended, self.pad_id), ~ended
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Per-slot class probabilities ``[B, max_length + 1, classes]`` with the configured decoding."""
+        memory = self.encode(images)
+        if self.config.decode == "ar":
+            probs = self._decode_ar(memory)
+        else:
+            probs = self.decode_step(memory, self._blank(memory.shape[0], memory.device), visibility("nar", self.num_slots, memory.device)).softmax(-1)
+        for _ in range(self.config.refine_iters):
+            probs = self.refine(memory, probs)
+        return probs
+
+    def _blank(self, B: int, device: torch.device) -> Tensor:
+        tokens = torch.full((B, self.num_slots), self.pad_id, dtype=torch.long, device=device)
+        tokens[:, 0] = self.bos_id
+        return tokens
+
+    def _decode_ar(self, memory: Tensor) -> Tensor:
+        B, T = memory.shape[0], self.num_slots
+        tokens = self._blank(B, memory.device)
+        mask = visibility("ar", T, memory.device)
+        probs = []
+        for i in range(T):
+            p = self.decode_step(memory, tokens, mask)[:, i].softmax(-1)
+            probs.append(p)
+            if i + 1 < T:
+                tokens[:, i + 1] = p.argmax(-1)
+                if not torch.onnx.is_in_onnx_export() and (tokens[:, 1 : i + 2] == self.charset.EOS).any(-1).all():
+                    # every sequence has ended; the rest are padding slots
+                    probs.extend([torch.nn.functional.one_hot(torch.zeros(B, dtype=torch.long, device=memory.device), self.num_classes).float()] * (T - i - 1))
+                    break
+        return torch.stack(probs, 1)
+
+    def refine(self, memory: Tensor, probs: Tensor) -> Tensor:
+        """One cloze pass: every character re-predicted with all the others (the current guess) visible."""
+        B, T, _ = probs.shape
+        tokens = torch.cat([torch.full((B, 1), self.bos_id, dtype=torch.long, device=probs.device), probs.argmax(-1)[:, :-1]], 1)
+        tokens, valid = self._mask_after_eos(tokens)
+        return self.decode_step(memory, tokens, visibility("cloze", T, probs.device), valid).softmax(-1)
+
+    def cloze_logits(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Cloze logits ``[B, T, classes]`` given the (pseudo)labels ``targets`` (-100 = padding); used by CSD."""
+        memory = self.encode(images)
+        tokens, valid = self.content_tokens(targets)
+        return self.decode_step(memory, tokens, visibility("cloze", targets.shape[1], images.device), valid)
+
+    # -- text out
+    def decode_probs(self, probs: Tensor) -> list[Reading]:
+        """Texts (up to the first EOS) and confidences from per-slot probabilities."""
+        out = []
+        pmax, ids = probs.max(-1)
+        for p, i in zip(pmax.tolist(), ids.tolist()):
+            n = i.index(self.charset.EOS) if self.charset.EOS in i else len(i)
+            conf = 1.0
+            for v in p[: min(n + 1, len(p))]:
+                conf *= v
+            out.append(Reading(self.charset.decode(i), float(conf)))
+        return out
+
+    @torch.no_grad()
+    def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
+        """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
+        float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises."""
+        from zoo.data.str import load_image, to_tensor
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out: list[Reading] = []
+        for s in range(0, len(items), batch_size):
+            batch = torch.stack([to_tensor(load_image(x), tuple(self.config.img_size)) for x in items[s : s + batch_size]])
+            out.extend(self.decode_probs(self(batch.to(device))))
+        self.train(was_training)
+        return out[0] if single else out
+
+
+# -- registry ---------------------------------------------------------------------------------
+_SIZES = {
+    # name: (enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, diff dec heads)
+    "tiny": (96, 3, 2, 96, 1, 2),  # CPU-trainable; the shipped str-diff-tiny
+    "small": (384, 12, 6, 384, 1, 6),  # PARSeq-S
+    "base": (768, 12, 12, 768, 1, 6),
+}
+for _size, (_ed, _edep, _eh, _dd, _ddep, _dh) in _SIZES.items():
+    for _attn, _h in (("diff", _dh), ("vanilla", 2 * _dh)):
+        _shipped = f"str-{_attn}-{_size}" if (_attn, _size) == ("diff", "tiny") else None
+        register_model(
+            f"str-{_attn}-{_size}",
+            SceneTextRecognizer,
+            description=f"PARSeq-style recognizer, {_attn} cross-attention, ViT {_edep}x{_ed} / decoder {_ddep}x{_dd}",
+            pretrained=_shipped,  # str-diff-tiny ships weights (scripts/bench_str.py --export): charset 36, max_length 6
+            enc_dim=_ed, enc_depth=_edep, enc_heads=_eh, dec_dim=_dd, dec_depth=_ddep, dec_heads=_h, attn_type=_attn,
+        )
+
+__all__ = ["DecoderLayer", "Reading", "STRConfig", "SceneTextRecognizer", "sincos_2d", "visibility"]
+
+
+def transfer_charset(src: SceneTextRecognizer, dst: SceneTextRecognizer) -> dict[str, Any]:
+    """Copy every weight of ``src`` into ``dst`` (a model with another charset); the rows of the
+    character embedding and the classifier for characters ``src`` knows are copied by character,
+    rows of new characters keep ``dst``'s fresh init. Returns a report of what was kept / reinitialized."""
+    src_state, dst_state = src.state_dict(), dst.state_dict()
+    row_keyed = {"text_embed.weight", "head.weight", "head.bias"}
+    other = [k for k in dst_state if k not in row_keyed]
+    problems = [
+        f"{k}: {tuple(src_state[k].shape) if k in src_state else 'missing'} vs {tuple(dst_state[k].shape)}"
+        for k in other
+        if k not in src_state or src_state[k].shape != dst_state[k].shape
+    ]
+    if problems:
+        raise ValueError(
+            f"cannot transfer weights between these recognizers (architectures differ beyond the charset): {problems[:6]}; "
+            "fine-tune from a checkpoint of the same size"
+        )
+    new_state = {k: src_state[k].clone() for k in other}
+    s_chars, d_chars = src.charset.chars, dst.charset.chars
+    s_index = {c: i + 1 for i, c in enumerate(s_chars)}
+    # class rows: 0 = EOS, 1..n chars; embedding rows additionally hold BOS (n+1) and PAD (n+2)
+    row_map = {0: 0}
+    for j, c in enumerate(d_chars):
+        if c in s_index:
+            row_map[j + 1] = s_index[c]
+    emb_map = dict(row_map)
+    emb_map[dst.bos_id], emb_map[dst.pad_id] = src.bos_id, src.pad_id
+    with torch.no_grad():
+        for key, mapping in (("text_embed.weight", emb_map), ("head.weight", row_map), ("head.bias", row_map)):
+            t = dst_state[key].clone()
+            for d_row, s_row in mapping.items():
+                t[d_row] = src_state[key][s_row]
+            new_state[key] = t
+    dst.load_state_dict(new_state)
+    new_chars = [c for c in d_chars if c not in s_index]
+    return {
+        "kept_tensors": len(other) + 3,
+        "kept_char_rows": len(d_chars) - len(new_chars),
+        "reinitialized_chars": new_chars,
+        "dropped_chars": [c for c in s_chars if c not in set(d_chars)],
+    }
+
+
+__all__.append("transfer_charset")
+
+
+class _NARRefine(nn.Module):
+    """Export wrapper: non-autoregressive decoding plus ``refine_iters`` cloze passes, probabilities out."""
+
+    def __init__(self, model: SceneTextRecognizer, refine_iters: int) -> None:
+        super().__init__()
+        self.model, self.refine_iters = model, refine_iters
+
+    def forward(self, images: Tensor) -> Tensor:
+        m = self.model
+        memory = m.encode(images)
+        T = m.num_slots
+        tokens = torch.full((images.shape[0], T), m.pad_id, dtype=torch.long, device=images.device)
+        tokens[:, 0] = m.bos_id
+        probs = m.decode_step(memory, tokens, visibility("nar", T, images.device)).softmax(-1)
+        for _ in range(self.refine_iters):
+            probs = m.refine(memory, probs)
+        return probs
+
+
+def export_onnx(
+    model: SceneTextRecognizer, path: Union[str, Path], batch_size: int = 1, refine_iters: Optional[int] = None, opset: int = 18
+) -> Path:
+    """Write the non-autoregressive + refinement recognizer to ONNX at fixed shapes.
+
+    Input ``images`` float ``[batch_size, 3, 32, 128]`` in ``[-1, 1]`` (:func:`zoo.data.str.to_tensor`);
+    output ``probs`` ``[batch_size, max_length + 1, classes]`` (class 0 = EOS, then the charset; the
+    charset is written next to the file as ``<path>.charset.txt``). Decode with the charset up to
+    the first EOS. The autoregressive loop is not exported (data-dependent control flow).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _NARRefine(model, model.config.refine_iters if refine_iters is None else refine_iters).eval()
+    H, W = model.config.img_size
+    dummy = torch.zeros(batch_size, 3, H, W)
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
+    Path(str(path) + ".charset.txt").write_text("\n".join(model.charset.chars) + "\n", encoding="utf-8")
+    return path
+
+
+__all__.append("export_onnx")

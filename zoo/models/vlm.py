@@ -1,0 +1,362 @@
+"""ALBEF-style vision-language model with Function-word De-Attention (FDA) in the fusion layers.
+
+* Image encoder: a timm ViT (``vit_name`` scaled by ``image_size``, ``patch_size``, ``vit_dim``,
+  ``vit_depth``, ``vit_heads``), all tokens out (CLS first).
+* Text encoder: :class:`zoo.models.encoder.TextEncoder` (BERT-style); from scratch, or from a Hugging
+  Face BERT folder such as all-MiniLM-L6-v2 (:meth:`VisionLanguageModel.init_text_from_hf`).
+* Fusion: ``fusion_layers`` post-norm blocks (ALBEF / BERT layout): text self-attention, text-to-image
+  cross-attention, MLP, each ``LN(x + f(x))``; attention types from :func:`zoo.nn.build_attention`
+  (``fusion_attn_type`` = ``vanilla`` or ``diff``).
+* FDA (``fda=True``): the cross-attention of the fusion layers in ``fda_layers`` is wrapped in
+  :class:`zoo.nn.fda.FDACrossAttention`. Its function-word queries are, as in the reference code,
+  the text-embedding output (word + position + type embeddings, LayerNorm) of the caption with every
+  content token replaced by [PAD]; [CLS] and [SEP] are kept (paper leaves them open).
+* Heads: ITC (``vision_proj`` / ``text_proj`` of pooled tokens, cosine similarity over a learnable
+  temperature clamped to [0.001, 0.5] as ALBEF) and ITM (a linear head on the pooled fused text).
+  Pooling (``pool``): ALBEF takes the CLS tokens of pretrained encoders; trained from scratch, our
+  tiny models with CLS pooling stayed at chance for 600 steps (image and text CLS features barely
+  depend on the input at init), so the default is the mean over patch tokens / real text tokens.
+
+Scores: :meth:`itc_similarity` ``[Ni, Nt]`` (cosine), :meth:`itm_score` per pair (matched-minus-
+unmatched logit), :meth:`similarity` ``(images, texts) -> [Ni, Nt]`` (the API score: ITC / temperature
++ ITM on every pair by default, as the retrieval re-ranking).
+The model carries its tokenizer (``tokenizer.json`` asset) and a ``fw_table`` buffer (which token ids
+are function words) in its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.models.encoder import EncoderConfig, TextEncoder
+from zoo.nn import GeluMlp, build_attention
+from zoo.nn.fda import DIRECTIONS, FDACrossAttention
+
+FUSION_ATTN_TYPES = ("vanilla", "diff")
+
+
+@dataclass
+class VLMConfig:
+    """Architecture of :class:`VisionLanguageModel` (see the module docstring)."""
+
+    # image encoder (timm)
+    vit_name: str = "vit_tiny_patch16_224"
+    image_size: int = 64
+    patch_size: int = 16
+    vit_dim: int = 96
+    vit_depth: int = 3
+    vit_heads: int = 4
+    # text encoder (zoo TextEncoder)
+    vocab_size: int = 128
+    text_dim: int = 96
+    text_layers: int = 2
+    text_heads: int = 4
+    text_mlp: int = 192
+    max_text_len: int = 32
+    text_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # fusion
+    fusion_layers: int = 2
+    fusion_heads: int = 4
+    fusion_mlp: int = 192
+    fusion_attn_type: str = "vanilla"
+    embed_dim: int = 64
+    temp_init: float = 0.07
+    pool: str = "mean"  # ITC / ITM features: "mean" over tokens, or "cls" (ALBEF, with pretrained encoders)
+    # FDA
+    fda: bool = True
+    fda_layers: Optional[list[int]] = None  # fusion-layer indices; None = all
+    fda_heads: Optional[list[int]] = None  # None = the first half of the heads
+    fda_direction: str = "both"
+    fda_g_init: float = 1.0
+    function_words: str = "en"
+    dropout: float = 0.0
+    attn_backend: Optional[str] = None
+    # text_init only records where the text weights came from (not an architecture field)
+    text_init: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "vit_dim", "vit_depth", "vit_heads", "vocab_size", "text_dim",
+                     "text_layers", "text_heads", "text_mlp", "max_text_len", "fusion_layers", "fusion_heads",
+                     "fusion_mlp", "embed_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.fusion_attn_type not in FUSION_ATTN_TYPES:
+            raise ValueError(f"fusion_attn_type must be one of {FUSION_ATTN_TYPES} (FDA needs explicit maps), "
+                             f"got {self.fusion_attn_type!r}")
+        if self.text_dim % self.fusion_heads or (self.fusion_attn_type == "diff" and (self.text_dim // self.fusion_heads) % 2):
+            raise ValueError(f"text_dim ({self.text_dim}) must split into {self.fusion_heads} fusion heads "
+                             "(of even width for diff attention)")
+        if self.fda_direction not in DIRECTIONS:
+            raise ValueError(f"fda_direction must be one of {DIRECTIONS}, got {self.fda_direction!r}")
+        if self.fda_layers is not None:
+            bad = [i for i in self.fda_layers if not 0 <= i < self.fusion_layers]
+            if bad:
+                raise ValueError(f"fda_layers {self.fda_layers} must index the {self.fusion_layers} fusion layers")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if not 0.001 <= self.temp_init <= 0.5:
+            raise ValueError(f"temp_init must lie in [0.001, 0.5], got {self.temp_init}")
+
+    def text_config(self) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=self.vocab_size, dim=self.text_dim, n_layers=self.text_layers, n_heads=self.text_heads,
+            mlp_hidden=self.text_mlp, max_seq_len=max(self.max_text_len, 2), attn_type="vanilla",
+            norm_eps=self.text_norm_eps, pooler=False, pad_token_id=self.pad_token_id, dropout=self.dropout,
+            attn_backend=self.attn_backend,
+        )
+
+    @property
+    def fda_layer_set(self) -> set[int]:
+        if not self.fda:
+            return set()
+        return set(range(self.fusion_layers)) if self.fda_layers is None else set(self.fda_layers)
+
+
+class FusionLayer(nn.Module):
+    """``x = LN(x + self_attn(x)); x = LN(x + cross(x, image)); x = LN(x + mlp(x))`` (BERT post-norm)."""
+
+    def __init__(self, cfg: VLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        kw = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
+        d, h = cfg.text_dim, cfg.fusion_heads
+        self.self_attn = build_attention(cfg.fusion_attn_type, d, h, **kw)
+        cross = build_attention(cfg.fusion_attn_type, d, h, kv_dim=cfg.vit_dim, **kw)
+        self.fda = layer_idx in cfg.fda_layer_set
+        self.cross = FDACrossAttention(cross, cfg.fda_heads, cfg.fda_direction, cfg.fda_g_init) if self.fda else cross
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d, eps=1e-12) for _ in range(3))
+        self.mlp = GeluMlp(d, cfg.fusion_mlp, dropout=cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, image: Tensor, fw: Optional[Tensor] = None) -> Tensor:
+        x = self.norm1(x + self.drop(self.self_attn(x, key_mask=mask)))
+        if self.fda:
+            c = self.cross(x, image, fw=fw, query_mask=mask)
+        else:
+            c = self.cross(x, image)
+        x = self.norm2(x + self.drop(c))
+        return self.norm3(x + self.mlp(x))
+
+
+class VisionLanguageModel(nn.Module):
+    """ALBEF-style image-text model (ITC + ITM) with optional FDA; see the module docstring."""
+
+    family = "vlm"
+    config_class = VLMConfig
+    runtime_fields = DEFAULT_RUNTIME_FIELDS | {"text_init"}
+
+    def __init__(self, config: VLMConfig) -> None:
+        super().__init__()
+        import timm
+
+        self.config = c = config
+        self.vit = timm.create_model(
+            c.vit_name, pretrained=False, num_classes=0, global_pool="", img_size=c.image_size,
+            patch_size=c.patch_size, embed_dim=c.vit_dim, depth=c.vit_depth, num_heads=c.vit_heads,
+            drop_rate=c.dropout,
+        )
+        self.text = TextEncoder(c.text_config())
+        self.fusion = nn.ModuleList(FusionLayer(c, i) for i in range(c.fusion_layers))
+        self.vision_proj = nn.Linear(c.vit_dim, c.embed_dim)
+        self.text_proj = nn.Linear(c.text_dim, c.embed_dim)
+        self.itm_head = nn.Linear(c.text_dim, 2)
+        self.temp = nn.Parameter(torch.tensor(float(c.temp_init)))
+        # ViT input normalization ([0, 1] pixels in; attacks work in pixel space).
+        self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("fw_table", torch.zeros(c.vocab_size, dtype=torch.bool))
+        for m in (self.fusion, self.vision_proj, self.text_proj, self.itm_head):
+            m.apply(TextEncoder._init_weights)
+        self.tokenizer = None  # a zoo.data.vlm.VLMTokenizer, set by set_tokenizer / load_assets
+        self.fw_unknown: list[str] = []
+
+    @classmethod
+    def from_config(cls, config: Union[VLMConfig, dict]) -> "VisionLanguageModel":
+        return cls(config if isinstance(config, VLMConfig) else VLMConfig(**config))
+
+    # -- tokenizer and function words
+    def set_tokenizer(self, tokenizer: Any, strict: bool = False) -> None:
+        """Attach the tokenizer and mark its function-word ids (``config.function_words``) in ``fw_table``."""
+        from zoo.data.vlm import function_word_ids, read_function_words
+
+        if tokenizer.vocab_size != self.config.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                             f"{self.config.vocab_size}; build the model with the tokenizer's vocabulary")
+        if tokenizer.pad_id != self.config.pad_token_id:
+            raise ValueError(f"tokenizer [PAD] id {tokenizer.pad_id} != model pad_token_id {self.config.pad_token_id}")
+        tokenizer.max_len = self.config.max_text_len
+        self.tokenizer = tokenizer
+        ids, self.fw_unknown = function_word_ids(tokenizer, read_function_words(self.config.function_words), strict)
+        table = torch.zeros_like(self.fw_table)
+        table[torch.tensor(ids, dtype=torch.long)] = True
+        table[[tokenizer.cls_id, tokenizer.sep_id]] = True
+        self.fw_table.copy_(table)
+
+    def save_assets(self, folder: Union[str, Path]) -> None:
+        if self.tokenizer is None:
+            raise ValueError("the model has no tokenizer; call set_tokenizer before exporting")
+        self.tokenizer.save(folder)
+
+    def load_assets(self, folder: Union[str, Path]) -> None:
+        from zoo.data.vlm import VLMTokenizer
+
+        tok = VLMTokenizer.from_folder(folder, self.config.max_text_len)
+        if tok.vocab_size != self.config.vocab_size:
+            raise ValueError(f"tokenizer in {folder} has {tok.vocab_size} tokens, the model {self.config.vocab_size}")
+        tok.max_len = self.config.max_text_len
+        self.tokenizer = tok
+
+    def init_text_from_hf(self, folder: Union[str, Path]) -> None:
+        """Copy a Hugging Face BERT encoder (e.g. all-MiniLM-L6-v2) into the text encoder.
+
+        The model must have been built with that encoder's sizes (see :func:`text_config_from_hf`).
+        """
+        from zoo.convert import from_hf_bert
+        from zoo.hub import load_state_dict_checked
+
+        enc = from_hf_bert(folder)
+        state = {k: v for k, v in enc.state_dict().items() if not k.startswith("pooler.")}
+        n = self.text.pos_embed.num_embeddings  # positions beyond max_text_len are never used
+        if state["pos_embed.weight"].shape[0] < n:
+            raise ValueError(f"{folder} has {state['pos_embed.weight'].shape[0]} positions; max_text_len is {n}")
+        state["pos_embed.weight"] = state["pos_embed.weight"][:n]
+        load_state_dict_checked(self.text, state, str(folder))
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        if self.tokenizer is None:
+            raise ValueError("the model has no tokenizer; load an export or call set_tokenizer")
+        return self.tokenizer.encode(texts, device=self.fw_table.device)
+
+    # -- encoders
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Image tokens ``[B, 1 + N, vit_dim]`` from pixels in [0, 1] ``[B, 3, S, S]``."""
+        s = self.config.image_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
+            raise ValueError(f"images must be [B, 3, {s}, {s}] in [0, 1], got {tuple(images.shape)}")
+        return self.vit.forward_features((images - self.pixel_mean) / self.pixel_std)
+
+    def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.text(ids, mask.long())
+
+    def fw_states(self, ids: Tensor) -> Tensor:
+        """Embedding-layer output of the function-word caption (content tokens -> [PAD])."""
+        fw_ids = torch.where(self.fw_table[ids], ids, torch.full_like(ids, self.config.pad_token_id))
+        return self.text.embed(fw_ids)
+
+    def _pool_text(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        if self.config.pool == "cls":
+            return hidden[:, 0]
+        return TextEncoder.mean_pool(hidden, mask)
+
+    def image_feat(self, img_tokens: Tensor) -> Tensor:
+        """Normalized ITC image embedding (CLS, or the mean of the patch tokens)."""
+        pooled = img_tokens[:, 0] if self.config.pool == "cls" else img_tokens[:, 1:].mean(1)
+        return F.normalize(self.vision_proj(pooled), dim=-1)
+
+    def text_feat(self, txt_hidden: Tensor, mask: Tensor) -> Tensor:
+        """Normalized ITC text embedding (CLS, or the mean over real tokens)."""
+        return F.normalize(self.text_proj(self._pool_text(txt_hidden, mask)), dim=-1)
+
+    def fuse(self, txt_hidden: Tensor, mask: Tensor, img_tokens: Tensor, fw: Optional[Tensor] = None) -> Tensor:
+        """Fused text states ``[B, T, text_dim]`` (FDA layers use ``fw`` when given)."""
+        x = txt_hidden
+        for layer in self.fusion:
+            x = layer(x, mask, img_tokens, fw)
+        return x
+
+    def itm_logits(self, txt_hidden: Tensor, mask: Tensor, img_tokens: Tensor, ids: Tensor) -> Tensor:
+        """ITM logits ``[B, 2]`` (index 1 = match) for aligned rows of text and image."""
+        fw = self.fw_states(ids) if self.config.fda_layer_set else None
+        return self.itm_head(self._pool_text(self.fuse(txt_hidden, mask, img_tokens, fw), mask))
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.temp.clamp(0.001, 0.5)
+
+    # -- scores
+    def itc_similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """Cosine similarity of every image with every text, ``[Ni, Nt]`` (ITC ranking)."""
+        ids, mask = self.tokenize(texts)
+        return self.image_feat(self.encode_image(images)) @ self.text_feat(self.encode_text(ids, mask), mask).T
+
+    def itm_score(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        """Matching score of aligned pairs ``(images[i], texts[i])``: logit(match) - logit(no match)."""
+        if images.shape[0] != len(texts):
+            raise ValueError(f"itm_score pairs images and texts row by row: {images.shape[0]} images, {len(texts)} texts")
+        ids, mask = self.tokenize(texts)
+        logits = self.itm_logits(self.encode_text(ids, mask), mask, self.encode_image(images), ids)
+        return logits[:, 1] - logits[:, 0]
+
+    @torch.no_grad()
+    def similarity(self, images: Tensor, texts: Sequence[str], score: str = "itc+itm", batch_size: int = 256) -> Tensor:
+        """Score matrix ``[Ni, Nt]`` of every image-text pair (higher = better match).
+
+        ``score``: ``itc+itm`` (default; ITC cosine / temperature + ITM margin, the retrieval re-ranking
+        score of :mod:`zoo.tasks.vlm`), ``itm`` (ITM margin alone, ALBEF) or ``itc`` (cosine).
+        """
+        if score not in ("itc+itm", "itm", "itc"):
+            raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
+        ids, mask = self.tokenize(texts)
+        img = self.encode_image(images.to(self.fw_table.device))
+        txt = self.encode_text(ids, mask)
+        itc = self.image_feat(img) @ self.text_feat(txt, mask).T
+        if score == "itc":
+            return itc
+        ni, nt = img.shape[0], txt.shape[0]
+        ii, tt = torch.meshgrid(torch.arange(ni), torch.arange(nt), indexing="ij")
+        ii, tt = ii.reshape(-1), tt.reshape(-1)
+        out = torch.empty(ni * nt, device=img.device)
+        for s in range(0, ni * nt, batch_size):
+            i, t = ii[s : s + batch_size], tt[s : s + batch_size]
+            lg = self.itm_logits(txt[t], mask[t], img[i], ids[t])
+            out[s : s + batch_size] = lg[:, 1] - lg[:, 0]
+        out = out.view(ni, nt)
+        return out + itc / self.temperature if score == "itc+itm" else out
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def text_config_from_hf(folder: Union[str, Path]) -> dict[str, Any]:
+    """VLMConfig text fields (``vocab_size``, ``text_dim``...) of a Hugging Face BERT folder."""
+    from zoo.convert.hf import bert_config_to_zoo, read_hf_config
+
+    e = bert_config_to_zoo(read_hf_config(folder), folder, pooler=False)
+    return dict(vocab_size=e.vocab_size, text_dim=e.dim, text_layers=e.n_layers, text_heads=e.n_heads,
+                text_mlp=e.mlp_hidden, text_norm_eps=e.norm_eps, pad_token_id=e.pad_token_id)
+
+
+register_model(
+    "vlm-fda-tiny", VisionLanguageModel, pretrained="vlm-fda-tiny",
+    description="ALBEF-style VLM, ViT 3x96 on 64x64 (patch 16), text 2x96, 2 fusion layers (vanilla), FDA on",
+    fda=True,
+)
+register_model(
+    "vlm-tiny", VisionLanguageModel,
+    description="ALBEF-style VLM, ViT 3x96 on 64x64 (patch 16), text 2x96, 2 fusion layers (vanilla), no FDA",
+    fda=False,
+)
+register_model(
+    "vlm-diff-fda-tiny", VisionLanguageModel,
+    description="ALBEF-style VLM, tiny, differential fusion attention with FDA",
+    fda=True, fusion_attn_type="diff",
+)
+register_model(
+    "vlm-fda-minilm", VisionLanguageModel,
+    description="ALBEF-style VLM, ViT 6x192 on 224x224 (patch 16), all-MiniLM-L6-v2 text encoder (6x384), "
+    "2 fusion layers with FDA; train with text_init=minilm",
+    image_size=224, patch_size=16, vit_dim=192, vit_depth=6, vit_heads=3, vocab_size=30522, text_dim=384,
+    text_layers=6, text_heads=12, text_mlp=1536, fusion_heads=12, fusion_mlp=1536, embed_dim=256, max_text_len=40,
+)
+
+__all__ = ["FusionLayer", "VLMConfig", "VisionLanguageModel", "text_config_from_hf"]

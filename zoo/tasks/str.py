@@ -1,0 +1,335 @@
+"""Scene-text recognition task: PARSeq-style multi-mask training, word accuracy and 1-NED per test
+set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict over folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.hub import create_model, get_spec, read_export_config, resolve_pretrained
+from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
+from zoo.tasks.base import ZooTask
+
+MASK_MODES = ("ar", "nar", "cloze", "perm")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (unit insert / delete / substitute), two-row dynamic programme."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def one_minus_ned(pred: str, gt: str) -> float:
+    """``1 - edit_distance / max(len(pred), len(gt))`` (METHODS section 3); 1 for two empty strings."""
+    n = max(len(pred), len(gt))
+    return 1.0 if n == 0 else 1.0 - edit_distance(pred, gt) / n
+
+
+class TextMetrics:
+    """Word accuracy and mean 1-NED per named set, plus the combination weighted by sample count."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, list[float]] = {}  # name -> [correct, sum of 1-NED, count]
+
+    def reset(self) -> None:
+        self.sets = {}
+
+    def update(self, preds: Sequence[str], gts: Sequence[str], names: Sequence[str]) -> None:
+        for p, g, n in zip(preds, gts, names, strict=True):
+            s = self.sets.setdefault(n, [0.0, 0.0, 0.0])
+            s[0] += float(p == g)
+            s[1] += one_minus_ned(p, g)
+            s[2] += 1
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{set: {accuracy, one_minus_ned, count}}`` in percent, and ``combined``."""
+        out = {n: {"accuracy": 100 * c / k, "one_minus_ned": 100 * e / k, "count": int(k)} for n, (c, e, k) in sorted(self.sets.items())}
+        if self.sets:
+            C, E, K = (sum(v[i] for v in self.sets.values()) for i in range(3))
+            out["combined"] = {"accuracy": 100 * C / K, "one_minus_ned": 100 * E / K, "count": int(K)}
+        return out
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """The per-set table printed by ``python -m zoo test``."""
+    width = max([len(k) for k in results] + [8])
+    lines = [f"{'set':<{width}}  {'word acc':>8}  {'1-NED':>7}  {'count':>7}", "-" * (width + 28)]
+    for name, r in results.items():
+        lines.append(f"{name:<{width}}  {r['accuracy']:8.2f}  {r['one_minus_ned']:7.2f}  {r['count']:7d}")
+    return "\n".join(lines)
+
+
+def _load_recognizer(source: str) -> SceneTextRecognizer:
+    """An exported folder / shipped name, or a Lightning ``.ckpt`` of :class:`RecognitionTask`."""
+    if str(source).endswith(".ckpt"):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        return RecognitionTask.load_from_checkpoint(path, map_location="cpu").model
+    import zoo
+
+    return zoo.load_pretrained(source)
+
+
+def write_predictions_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write ``image,text,confidence`` rows; an existing file is an error (nothing is overwritten)."""
+    import csv
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; predict into a new run folder (--trainer.default_root_dir) or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "text", "confidence"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def read_folder(model: Any, folder: str | Path, out_csv: Optional[str | Path] = None, batch_size: int = 64) -> list[dict[str, Any]]:
+    """Read every image of ``folder`` with a recognizer (or exported name/path); optionally write a CSV."""
+    from zoo.data.str import ImageFolderDataset
+
+    if not isinstance(model, SceneTextRecognizer):
+        model = _load_recognizer(str(model))
+    ds = ImageFolderDataset(folder)
+    readings = model.read([str(p) for p in ds.paths], batch_size=batch_size)
+    rows = [{"image": str(p.relative_to(ds.folder)), "text": r.text, "confidence": round(r.confidence, 6)} for p, r in zip(ds.paths, readings)]
+    if out_csv is not None:
+        write_predictions_csv(rows, out_csv)
+    return rows
+
+
+class RecognitionTask(ZooTask):
+    """Train / evaluate a scene-text recognizer from the registry (``zoo.list_models("str-*")``).
+
+    Args:
+        arch: registered name, e.g. ``str-diff-tiny``, ``str-vanilla-small``.
+        attn_type: cross-attention type override (``diff`` / ``vanilla`` / ...).
+        model_args: further architecture overrides (``dec_depth``, ``dec_dim``, ``self_attn_type``...).
+        pretrained: exported folder or shipped name to start from. When the data's charset differs,
+            every weight is kept except the rows of new characters (a report is printed).
+        data_info: from the datamodule (charset, max_length); filled in by the CLI.
+        masks: visibility masks trained each step (``ar``, ``nar``, ``cloze``, ``perm`` = one random
+            permutation per batch, as PARSeq's permutation LM); the loss is their mean.
+        label_smoothing: cross-entropy label smoothing.
+        teacher: CSD teacher (exported folder, shipped name or ``.ckpt``). With it, training targets
+            are the teacher's pseudolabels and a KL term pulls every mask's prediction towards the
+            teacher's cloze distribution.
+        csd_temperature: softmax temperature of the KL term (scaled by ``T^2``).
+        csd_kl_weight: weight of the KL term; the pseudolabel cross-entropy has weight 1.
+        lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
+    """
+
+    def __init__(
+        self,
+        arch: str = "str-diff-tiny",
+        attn_type: Optional[str] = None,
+        model_args: Optional[dict[str, Any]] = None,
+        pretrained: Optional[str] = None,
+        data_info: Optional[dict[str, Any]] = None,
+        masks: Sequence[str] = MASK_MODES,
+        label_smoothing: float = 0.0,
+        teacher: Optional[str] = None,
+        csd_temperature: float = 2.0,
+        csd_kl_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 200,
+        scheduler: str = "cosine",
+        min_lr_ratio: float = 0.01,
+    ) -> None:
+        super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
+        self.save_hyperparameters()
+        bad = [m for m in masks if m not in MASK_MODES]
+        if bad or not masks:
+            raise ValueError(f"masks must be a non-empty subset of {MASK_MODES}, got {list(masks)}")
+        if csd_temperature <= 0:
+            raise ValueError(f"csd_temperature must be positive, got {csd_temperature}")
+        self.arch, self.masks, self.label_smoothing = arch, list(masks), label_smoothing
+        self.data_info = dict(data_info or {})
+        if self.data_info and self.data_info.get("kind") != "str":
+            raise ValueError(
+                f"RecognitionTask needs a scene-text datamodule (data_info kind 'str'), got {self.data_info.get('kind')!r}; "
+                "use zoo.data.str.STRDataModule"
+            )
+        self.transfer_report: Optional[dict[str, Any]] = None
+        self.model = self._build_model(arch, attn_type, dict(model_args or {}), pretrained)
+        self.teacher: Optional[SceneTextRecognizer] = None
+        if teacher is not None:
+            t = _load_recognizer(teacher).eval()
+            if t.charset.chars != self.model.charset.chars or t.num_slots != self.model.num_slots:
+                raise ValueError(
+                    f"CSD teacher {teacher} has another charset or max_length than the student; train both on the same data"
+                )
+            for p in t.parameters():
+                p.requires_grad_(False)
+            object.__setattr__(self, "teacher", t)  # not a submodule: stays out of checkpoints and optimizers
+        self.metrics = {"val": TextMetrics(), "test": TextMetrics()}
+        self.results: dict[str, Any] = {}
+        self._predictions: list[dict[str, Any]] = []
+
+    # -- model construction
+    def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
+        if attn_type is not None:
+            overrides["attn_type"] = attn_type
+        info = self.data_info
+        from_data = {k: info[k] for k in ("charset", "max_length", "img_size") if k in info}
+        for k, v in from_data.items():
+            if k in overrides and overrides[k] != v:
+                raise ValueError(f"model_args.{k}={overrides[k]!r} disagrees with the data's {k}; set it on the data only")
+        if pretrained is None:
+            return create_model(arch, **{**from_data, **overrides})
+        folder = resolve_pretrained(pretrained)
+        cfg = read_export_config(folder)["config"]
+        spec = get_spec(arch)
+        runtime = spec.model_cls.runtime_fields
+        fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
+        arch_cfg = {k: v for k, v in cfg.items() if k in fields and k not in runtime}
+        if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
+            raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
+        if "charset" not in from_data or from_data["charset"] == cfg["charset"]:
+            return create_model(arch, pretrained=folder, **{**arch_cfg, **overrides})
+        src = create_model(arch, pretrained=folder, **arch_cfg)
+        dst = create_model(arch, **{**arch_cfg, **from_data, **overrides})
+        self.transfer_report = transfer_charset(src, dst)
+        r = self.transfer_report
+        print(
+            f"fine-tuning {folder} on a new charset: kept {r['kept_tensors']} tensors and {r['kept_char_rows']} character rows; "
+            f"reinitialized {len(r['reinitialized_chars'])} new characters {''.join(r['reinitialized_chars'])!r}; "
+            f"dropped {len(r['dropped_chars'])} characters the data's charset lacks {''.join(r['dropped_chars'])!r}",
+            flush=True,
+        )
+        return dst
+
+    # -- training
+    def _mask(self, mode: str, T: int) -> Tensor:
+        if mode == "perm":
+            return visibility(torch.randperm(T), T, self.device)
+        return visibility(mode, T, self.device)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images, targets = batch["images"], batch["targets"]
+        soft = None
+        if self.teacher is not None:
+            targets, soft = self._teacher_targets(images)
+        memory = self.model.encode(images)
+        tokens, valid = self.model.content_tokens(targets)
+        T, C = targets.shape[1], self.model.num_classes
+        ce = kl = torch.zeros((), device=images.device)
+        for mode in self.masks:
+            logits = self.model.decode_step(memory, tokens, self._mask(mode, T), valid)
+            ce = ce + F.cross_entropy(logits.reshape(-1, C), targets.reshape(-1), ignore_index=-100, label_smoothing=self.label_smoothing)
+            if soft is not None:
+                kl = kl + self._kl(logits, soft, targets)
+        loss = (ce + self.hparams.csd_kl_weight * kl) / len(self.masks)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        if soft is not None:
+            self.log("train/kl", kl / len(self.masks), batch_size=images.shape[0])
+        return loss
+
+    @torch.no_grad()
+    def _teacher_targets(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher pseudolabels (its decoding + refinement) and its cloze logits given them."""
+        t = self.teacher.to(images.device).eval()
+        probs = t(images)
+        ids = probs.argmax(-1)
+        ended = (ids == t.charset.EOS).long().cumsum(-1)
+        # keep up to and including the first EOS; the rest is padding
+        targets = ids.masked_fill(ended - (ids == t.charset.EOS).long() > 0, -100)
+        return targets, t.cloze_logits(images, targets)
+
+    def _kl(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+        tau = self.hparams.csd_temperature
+        valid = targets != -100
+        log_p = F.log_softmax(logits[valid] / tau, -1)
+        q = F.softmax(teacher_logits[valid] / tau, -1)
+        return F.kl_div(log_p, q, reduction="batchmean") * tau * tau
+
+    # -- evaluation
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        readings = self.model.decode_probs(self.model(batch["images"]))
+        self.metrics[stage].update([r.text for r in readings], batch["texts"], batch["set"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _report(self, stage: str) -> None:
+        res = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        if not res:
+            return
+        self.results[stage] = res
+        comb = res["combined"]
+        self.log(f"{stage}/accuracy", comb["accuracy"], prog_bar=True)
+        self.log(f"{stage}/one_minus_ned", comb["one_minus_ned"])
+        if stage == "test" and self._trainer is not None and not self.trainer.sanity_checking:
+            print("\n" + format_table(res) + "\n", flush=True)
+            from zoo.tasks.callbacks import run_dir
+
+            folder = run_dir(self.trainer)
+            if self.trainer.is_global_zero:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "test_metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    # -- predict: one row per image (the CLI writes predictions.jsonl; predict_folder writes CSV)
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        readings = self.model.decode_probs(self.model(batch["images"]))
+        keys = batch.get("paths") or batch.get("texts")
+        return [{"image": k, "text": r.text, "confidence": round(r.confidence, 6)} for k, r in zip(keys, readings)]
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(outputs, list):
+            self._predictions.extend(outputs)
+
+    def on_predict_epoch_end(self) -> None:
+        if self._trainer is None or not self._predictions or not self.trainer.is_global_zero:
+            return
+        from zoo.tasks.callbacks import run_dir
+
+        path = run_dir(self.trainer) / "predictions.csv"
+        write_predictions_csv(self._predictions, path)
+        print(f"{len(self._predictions)} predictions written to {path}", flush=True)
+
+    def summary_lines(self) -> list[str]:
+        c = self.model.config
+        lines = [
+            f"model: {self.arch} (ViT {c.enc_depth}x{c.enc_dim}, decoder {c.dec_depth}x{c.dec_dim}, {c.attn_type} "
+            f"cross-attention, {c.self_attn_type} self-attention), {self.model.num_params() / 1e6:.3f}M parameters",
+            f"charset: {len(c.charset)} characters, max length {c.max_length}; decoding {c.decode} + {c.refine_iters} refinement",
+        ]
+        if self.teacher is not None:
+            lines.append(f"CSD teacher: {self.hparams.teacher} (T={self.hparams.csd_temperature}, KL weight {self.hparams.csd_kl_weight})")
+        if self.transfer_report:
+            r = self.transfer_report
+            lines.append(f"charset transfer: kept {r['kept_char_rows']} rows, reinitialized {r['reinitialized_chars']}")
+        return lines
+
+
+__all__ = ["MASK_MODES", "RecognitionTask", "read_folder", "write_predictions_csv", "TextMetrics", "edit_distance", "format_table", "one_minus_ned"]
