@@ -101,21 +101,22 @@ def test_several_lmdbs_under_a_root(tmp_path):
     assert batch["targets"][1].tolist() == [CS.index["d"], CS.index["e"], 0] + [-100] * 6
 
 
+def _raw_lmdb(path, items: dict) -> None:
+    """An LMDB holding exactly ``items`` (str keys -> str values), bypassing the zoo writer."""
+    env = lmdb.open(str(path), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k.encode(), v.encode())
+    env.close()
+
+
 def test_wrong_layout_and_corrupt_lmdb(tmp_path):
     bad = tmp_path / "zero_based"
-    env = lmdb.open(str(bad), map_size=1 << 20)
-    with env.begin(write=True) as txn:
-        txn.put(b"num-samples", b"1")
-        txn.put(b"image-000000000", b"x")
-        txn.put(b"label-000000000", b"a")
-    env.close()
+    _raw_lmdb(bad, {"num-samples": "1", "image-000000000": "x", "label-000000000": "a"})
     with pytest.raises(ValueError, match="1-based"):
         LMDBDataset(bad, CS)
     nokey = tmp_path / "nokey"
-    env = lmdb.open(str(nokey), map_size=1 << 20)
-    with env.begin(write=True) as txn:
-        txn.put(b"img1", b"x")
-    env.close()
+    _raw_lmdb(nokey, {"img1": "x"})
     with pytest.raises(ValueError, match="num-samples"):
         LMDBDataset(nokey, CS)
     corrupt = tmp_path / "corrupt"
@@ -125,12 +126,7 @@ def test_wrong_layout_and_corrupt_lmdb(tmp_path):
         LMDBDataset(corrupt, CS)
     # a label whose image bytes are not an image: error at read time naming the key
     broken = tmp_path / "broken"
-    env = lmdb.open(str(broken), map_size=1 << 20)
-    with env.begin(write=True) as txn:
-        txn.put(b"num-samples", b"1")
-        txn.put(b"image-000000001", b"junk")
-        txn.put(b"label-000000001", b"ab")
-    env.close()
+    _raw_lmdb(broken, {"num-samples": "1", "image-000000001": "junk", "label-000000001": "ab"})
     with pytest.raises(ValueError, match="image-000000001"):
         LMDBDataset(broken, CS)[0]
 
