@@ -173,14 +173,21 @@ def report(args: argparse.Namespace) -> None:
     current, earlier = read(runs_path), read(args.out / "runs_v1.jsonl")
     if not current and not earlier:
         raise SystemExit(f"no runs in {runs_path}; run the benchmark first")
-    groups: dict[tuple, list[dict]] = {}
+    def key(r: dict) -> tuple:
+        return (r["dataset"], r["horizon"], r["model_key"])
+
+    new: dict[tuple, list[dict]] = {}
+    old: dict[tuple, list[dict]] = {}
     for r in current:
-        groups.setdefault((r["dataset"], r["horizon"], r["model_key"]), []).append(r)
-    # grid points not yet rerun with the current schedule keep their earlier runs, marked in the table
+        new.setdefault(key(r), []).append(r)
     for r in earlier:
-        key = (r["dataset"], r["horizon"], r["model_key"])
-        if not any(c["dataset"] == key[0] and c["horizon"] == key[1] and c["model_key"] == key[2] for c in current):
-            groups.setdefault(key, []).append({**r, "lr_schedule": "v1"})
+        old.setdefault(key(r), []).append({**r, "lr_schedule": "v1"})
+    # a grid point shows its current-schedule runs once they cover the seeds it had before; until
+    # then it keeps its earlier runs, marked in the table
+    groups = {
+        k: new[k] if k in new and {r["seed"] for r in new[k]} >= {r["seed"] for r in old.get(k, [])} else old[k]
+        for k in set(new) | set(old)
+    }
     runs = [r for rs in groups.values() for r in rs]
     summary = []
     for (dataset, horizon, key), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(MODELS).index(kv[0][2]))):
