@@ -168,6 +168,15 @@ def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
     return meta
 
 
+def export_arch_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The architecture fields of an export's ``config`` that ``arch``'s config class takes (runtime
+    fields such as dropout left out), to rebuild the checkpoint's shape under a registered name."""
+    spec = get_spec(arch)
+    fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
+    runtime = getattr(spec.model_cls, "runtime_fields", ())
+    return {k: v for k, v in config.items() if k in fields and k not in runtime}
+
+
 def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, Path] = "") -> None:
     """Raise ``ValueError`` naming every architecture field where ``model`` and the export differ."""
     ours_cls = _class_path(type(model))

@@ -3,7 +3,6 @@ set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict ove
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import create_model, get_spec, read_export_config, resolve_pretrained
+from zoo.hub import create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
 from zoo.tasks.base import ZooTask
 
@@ -196,10 +195,7 @@ class RecognitionTask(ZooTask):
             return create_model(arch, **{**from_data, **overrides})
         folder = resolve_pretrained(pretrained)
         cfg = read_export_config(folder)["config"]
-        spec = get_spec(arch)
-        runtime = spec.model_cls.runtime_fields
-        fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
-        arch_cfg = {k: v for k, v in cfg.items() if k in fields and k not in runtime}
+        arch_cfg = export_arch_config(arch, cfg)
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
             raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
         if "charset" not in from_data or from_data["charset"] == cfg["charset"]:

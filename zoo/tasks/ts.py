@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from zoo.hub import create_model, get_spec, read_export_config, resolve_pretrained
+from zoo.hub import create_model, export_arch_config, get_spec, read_export_config, resolve_pretrained
 from zoo.tasks.base import ZooTask
 
 _DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
@@ -147,10 +147,8 @@ class ForecastTask(ZooTask):
                 f"checkpoint {folder} does not fit the data ({'; '.join(wrong)}); set data.lookback / data.horizon "
                 "/ data.time_features to match the checkpoint, or train from scratch"
             )
-        runtime = getattr(spec.model_cls, "runtime_fields", ())
-        arch_fields = {k: v for k, v in cfg.items() if k not in runtime and k in fields}
         # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
-        return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+        return create_model(arch, pretrained=folder, **{**export_arch_config(arch, cfg), **overrides})
 
     # -- optimization
     def configure_optimizers(self) -> Any:

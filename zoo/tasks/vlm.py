@@ -13,7 +13,6 @@ have several captions (i2t: any of them counts). Ties count against the query (p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import create_model, get_spec, read_export_config, resolve_pretrained
+from zoo.hub import create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.tasks.base import ZooTask
 
 KS = (1, 5, 10)
@@ -210,11 +209,7 @@ class VLMTask(ZooTask):
             overrides["image_size"] = info["image_size"]
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
-            cfg = read_export_config(folder)["config"]
-            spec = get_spec(arch)
-            runtime = getattr(spec.model_cls, "runtime_fields", ())
-            fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
-            arch_fields = {k: v for k, v in cfg.items() if k not in runtime and k in fields}
+            arch_fields = export_arch_config(arch, read_export_config(folder)["config"])
             return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
         tok_src = text_init or (info.get("tokenizer") if info.get("tokenizer", "word") != "word" else None)
         if tok_src is not None:
