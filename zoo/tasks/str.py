@@ -305,11 +305,13 @@ class RecognitionTask(ZooTask):
             self._predictions.extend(outputs)
 
     def on_predict_epoch_end(self) -> None:
-        if self._trainer is None or not self._predictions or not self.trainer.is_global_zero:
+        if self._trainer is None:
             return
         from zoo.tasks.callbacks import run_dir
 
-        path = run_dir(self.trainer) / "predictions.csv"
+        path = run_dir(self.trainer) / "predictions.csv"  # a DDP collective: every rank computes it
+        if not self._predictions or not self.trainer.is_global_zero:
+            return
         write_predictions_csv(self._predictions, path)
         print(f"{len(self._predictions)} predictions written to {path}", flush=True)
 

@@ -298,10 +298,12 @@ class VLMTask(ZooTask):
 
     def on_test_epoch_end(self) -> None:
         scalars = self._finish("test")
-        if self._trainer is not None and self.trainer.is_global_zero and scalars:
-            from zoo.tasks.callbacks import run_dir
+        if self._trainer is None:
+            return
+        from zoo.tasks.callbacks import run_dir
 
-            folder = run_dir(self.trainer)
+        folder = run_dir(self.trainer)  # a DDP collective: every rank computes it
+        if self.trainer.is_global_zero and scalars:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "test_metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
 
