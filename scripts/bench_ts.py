@@ -64,9 +64,20 @@ PUBLISHED = {
     ("ETTh2", 96, "itransformer"): (0.297, 0.349),
     ("ETTh2", 96, "patchtst"): (0.302, 0.348),
 }
-# runs.jsonl records which schedule a run used: "type1" (as the reference loop applies it: the first two
-# epochs at the full rate, then halved per epoch); earlier runs halved one epoch early (runs_v1.jsonl).
+# runs.jsonl holds the runs of the current protocol (PROTOCOL); earlier protocols' runs stay in their own
+# files and show in the table, footnoted, until the current protocol covers their seeds.
+#   v1 (runs_v1.jsonl): learning rate halved from epoch 2 on (one epoch earlier than the reference loop)
+#   v2 (runs_v2.jsonl): type1 as the reference loop applies it (full rate for epochs 1-2, then halved per
+#       epoch), but the last incomplete training batch kept (a batch of one window on ETT)
+#   v3 (runs.jsonl): v2 plus the reference's drop_last=True training loader
 SCHEDULE = "type1"
+PROTOCOL = "v3"
+EARLIER = {
+    "v1": ("runs_v1.jsonl", "†", "learning rate halved one epoch earlier than the reference loop (which keeps the full "
+           "rate for two epochs)"),
+    "v2": ("runs_v2.jsonl", "‡", "reference schedule, but the last incomplete training batch (one window) kept, where "
+           "the reference loader drops it"),
+}
 TARGET = {"ETTh1": 0.386, "ETTh2": 0.297}  # Diff-iTransformer at horizon 96 should reach these MSEs
 SHIPPED = {"ts-itransformer-diff-etth1": True, "ts-patchtst-diff-etth1": False}  # name -> time features
 
@@ -109,7 +120,7 @@ def train_one(
         "dataset": dataset, "horizon": horizon, "lookback": 96, "arch": arch, "seed": seed,
         "attn_type": task.model.config.attn_type, "params": task.model.num_params(),
         "config": dataclasses.asdict(task.model.config),
-        "time_features": time_features, "lr": args.lr, "lr_schedule": SCHEDULE, "model_args": dict(args.model_args), "epochs_run": trainer.current_epoch,
+        "time_features": time_features, "lr": args.lr, "lr_schedule": SCHEDULE, "protocol": PROTOCOL, "model_args": dict(args.model_args), "epochs_run": trainer.current_epoch,
         "best_epoch": task.best_val[1] + 1, "best_val_mse": task.best_val[0],
         "mse": test["mse"], "mae": test["mae"], "mse_orig": test["mse_orig"], "mae_orig": test["mae_orig"],
         "mse_per_step": [round(v, 5) for v in test["mse_per_step"]],
@@ -119,9 +130,10 @@ def train_one(
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    runs_path = args.out / "runs.jsonl"
+    # pilots (--pilot NOTE) try a setting off the table's: they go to pilots.jsonl and never resume
+    runs_path = args.out / ("pilots.jsonl" if args.pilot else "runs.jsonl")
     done = set()
-    if runs_path.exists():
+    if runs_path.exists() and not args.pilot:
         for line in runs_path.read_text().splitlines():
             r = json.loads(line)
             done.add((r["dataset"], r["horizon"], r["arch"], r["seed"]))
@@ -138,6 +150,8 @@ def run_grid(args: argparse.Namespace) -> None:
         tf = family == "itransformer" and args.time_features == "itransformer"
         rec, _ = train_one(dataset, horizon, arch, seed, tf, args)
         rec.update(model=label, model_key=key, machine=machine())
+        if args.pilot:
+            rec["pilot_note"] = args.pilot
         with open(runs_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(
@@ -170,24 +184,29 @@ def report(args: argparse.Namespace) -> None:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     runs_path = args.out / "runs.jsonl"
-    current, earlier = read(runs_path), read(args.out / "runs_v1.jsonl")
-    if not current and not earlier:
+    by_protocol = {PROTOCOL: read(runs_path)}
+    for version, (name, _, _) in EARLIER.items():
+        by_protocol[version] = read(args.out / name)
+    if not any(by_protocol.values()):
         raise SystemExit(f"no runs in {runs_path}; run the benchmark first")
+
     def key(r: dict) -> tuple:
         return (r["dataset"], r["horizon"], r["model_key"])
 
-    new: dict[tuple, list[dict]] = {}
-    old: dict[tuple, list[dict]] = {}
-    for r in current:
-        new.setdefault(key(r), []).append(r)
-    for r in earlier:
-        old.setdefault(key(r), []).append({**r, "lr_schedule": "v1"})
-    # a grid point shows its current-schedule runs once they cover the seeds it had before; until
-    # then it keeps its earlier runs, marked in the table
-    groups = {
-        k: new[k] if k in new and {r["seed"] for r in new[k]} >= {r["seed"] for r in old.get(k, [])} else old[k]
-        for k in set(new) | set(old)
-    }
+    found: dict[tuple, dict[str, list[dict]]] = {}
+    for version, rs in by_protocol.items():
+        for r in rs:
+            found.setdefault(key(r), {}).setdefault(version, []).append({**r, "protocol": version})
+    # a grid point shows the newest protocol's runs once they cover every seed an earlier protocol ran;
+    # until then it keeps the newest runs that do, footnoted in the table
+    groups = {}
+    for k, versions in found.items():
+        order = sorted(versions, reverse=True)  # "v3" > "v2" > "v1"
+        for i, version in enumerate(order):
+            seeds = {r["seed"] for r in versions[version]}
+            if all(seeds >= {r["seed"] for r in versions[v]} for v in order[i + 1 :]):
+                groups[k] = versions[version]
+                break
     runs = [r for rs in groups.values() for r in rs]
     summary = []
     for (dataset, horizon, key), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(MODELS).index(kv[0][2]))):
@@ -204,7 +223,7 @@ def report(args: argparse.Namespace) -> None:
             "mae_orig_mean": statistics.fmean(r["mae_orig"] for r in rs),
             "epochs_run": [r["epochs_run"] for r in rs],
             "published_mse": pub[0] if pub else None, "published_mae": pub[1] if pub else None,
-            "lr_schedule": rs[0].get("lr_schedule", "v1"),
+            "protocol": rs[0]["protocol"],
             "mean_run_s": statistics.fmean(r["total_s"] for r in rs),
         })
     targets = {}
@@ -218,7 +237,7 @@ def report(args: argparse.Namespace) -> None:
     pilots_path = args.out / "pilots.jsonl"
     pilots = [
         {k: r.get(k) for k in ("dataset", "horizon", "model", "arch", "seed", "lr", "model_args", "time_features",
-                               "pilot_note", "best_val_mse", "mse", "mae", "epochs_run", "best_epoch", "total_s")}
+                               "pilot_note", "protocol", "best_val_mse", "mse", "mae", "epochs_run", "best_epoch", "total_s")}
         for r in (json.loads(line) for line in pilots_path.read_text().splitlines())
     ] if pilots_path.exists() else []
     result = {
@@ -228,8 +247,10 @@ def report(args: argparse.Namespace) -> None:
         "settings": {
             "optimizer": "Adam (AdamW, weight_decay 0), betas (0.9, 0.999)", "batch_size": 32,
             "lr": sorted({r["lr"] for r in runs}),
-            "lr_schedule": "type1 as the reference loop applies it: full rate for epochs 1-2, then halved per epoch; "
-                           "rows marked v1 are earlier runs that halved from epoch 2 on (not yet rerun)",
+            "lr_schedule": "type1 as the reference loop applies it: full rate for epochs 1-2, then halved per epoch",
+            "train_loader": "shuffled, last incomplete batch dropped (as the reference)",
+            "protocol": PROTOCOL,
+            "earlier_protocols": {v: note for v, (_, _, note) in EARLIER.items()},
             "max_epochs": args.max_epochs, "early_stopping": f"val MSE, patience {args.patience}",
             "test": "best-validation weights, every test window (no drop_last)",
             "itransformer_sizes": "ETTh1: base (256) for H<=192, large (512) for H>=336; ETTh2: small (128)",
@@ -266,7 +287,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for s in result["summary"]:
         pub = f"{s['published_mse']:.3f} / {s['published_mae']:.3f}" if s["published_mse"] is not None else "—"
-        mark = " †" if s["lr_schedule"] == "v1" else ""
+        mark = f" {EARLIER[s['protocol']][1]}" if s["protocol"] in EARLIER else ""
         lines.append(
             f"| {s['dataset']} | {s['horizon']} | {s['model']}{mark} | {s['params'] / 1e3:.0f}k | "
             f"{_fmt(s['mse_mean'], s['mse_sd'])} | {_fmt(s['mae_mean'], s['mae_sd'])} | {len(s['seeds'])} | {pub} |"
@@ -284,11 +305,9 @@ def markdown(result: dict[str, Any]) -> str:
         "times; two runs in parallel, sharing the cores with other jobs)."
     )
     lines.append("- Published numbers: METHODS.md section 5 (horizon 96 only); '—' = none given there.")
-    if any(s["lr_schedule"] == "v1" for s in result["summary"]):
-        lines.append(
-            "- † Earlier runs (`runs_v1.jsonl`) whose learning rate halved one epoch earlier than the reference "
-            "loop (which keeps the full rate for two epochs); not yet rerun with the corrected schedule."
-        )
+    for version, (name, mark, note) in EARLIER.items():
+        if any(s["protocol"] == version for s in result["summary"]):
+            lines.append(f"- {mark} Earlier runs (`{name}`): {note}; not yet rerun with the current protocol.")
     if result["pilot_runs"]:
         lines.append(
             f"- The shared setting (lr 1e-4 with the type1 halving, attention dropout 0.1, calendar tokens for iTransformer) "
@@ -344,6 +363,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th grid point starting at i")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--pilot", metavar="NOTE", help="write the runs to pilots.jsonl with this note (a setting "
+                   "tried off the table's, picked or rejected by validation MSE); the table is not touched")
     p.add_argument("--report", action="store_true", help="only aggregate runs.jsonl into the JSON/markdown/PNG")
     p.add_argument("--export", action="store_true", help="train and export the shipped ETTh1 models")
     args = p.parse_args(argv)
@@ -357,7 +378,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     if not args.report:
         run_grid(args)
-    report(args)
+    if not args.pilot:
+        report(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +36,74 @@ def test_ddp_two_processes_identical_weights(tmp_path):
     init = zoo.create_model("lm-diff-tiny", dim=64, n_layers=2, n_heads=2, max_seq_len=128,
                             vocab_size=r0["state"]["model.embed.weight"].shape[0])
     assert not torch.equal(init.embed.weight, r0["state"]["model.embed.weight"])
+
+
+def _zoo(args, tmp_path, devices):
+    """``python -m zoo ARGS`` on ``devices`` CPU processes (gloo DDP when 2), in a fresh root folder."""
+    root = tmp_path / f"devices{devices}"
+    cmd = [
+        sys.executable, "-m", "zoo", *args, "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+        f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}", "--trainer.logger=true",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def _only(root, name):
+    found = list(root.rglob(name))
+    assert len(found) == 1, f"expected one {name} under {root}, found {found}"
+    return found[0]
+
+
+def test_ddp_str_test_metrics_and_predictions_cover_every_sample_once(tmp_path):
+    # 51 test crops: the distributed sampler gives each rank 26, repeating one; predictions use the
+    # unrepeated sampler (26 + 25). The reference is the same command in one process.
+    from PIL import Image
+
+    from zoo.data.str_synth import make_sample
+
+    pred_dir = tmp_path / "crops"
+    pred_dir.mkdir()
+    for i in range(7):
+        img, _ = make_sample(3, "test", i, "0123456789abcdefghijklmnopqrstuvwxyz", min_len=2, max_len=5, strength=0.2)
+        img.save(pred_dir / f"crop{i:02d}.png")
+    data = [
+        "--config", "configs/str/synthetic.yaml", "--model.init_args.pretrained=str-diff-tiny",
+        "--data.init_args.synthetic={train: 0, val: 0, test: 51}", "--data.init_args.eval_batch_size=8",
+    ]
+    results = {}
+    for devices in (1, 2):
+        root = _zoo(["test", *data], tmp_path / "test", devices)
+        results[devices] = json.loads(_only(root, "test_metrics.json").read_text())
+    assert results[1]["combined"]["count"] == results[2]["combined"]["count"] == 51
+    assert results[2].keys() == results[1].keys()
+    for name, row in results[1].items():
+        assert results[2][name] == pytest.approx(row, abs=1e-9), name  # summation order only
+    # predictions: the reader API in this process is the reference for the 2-process CLI's CSV
+    from zoo.tasks.str import read_folder
+
+    read_folder("str-diff-tiny", pred_dir, tmp_path / "reference.csv")
+    root = _zoo(["predict", *data, f"--data.init_args.predict_dir={pred_dir}"], tmp_path / "predict", 2)
+    got = _only(root, "predictions.csv").read_text()
+    assert got == (tmp_path / "reference.csv").read_text()
+    assert got.count("crop") == 7
+
+
+def test_ddp_vlm_retrieval_is_scored_against_the_whole_gallery(tmp_path):
+    # 51 test scenes over 2 ranks: each rank holds 26 (one repeated); retrieval must still rank every
+    # query against all 51 items once, as the one-process run does.
+    data = [
+        "--config", "configs/vlm/synthetic.yaml", "--model.init_args.pretrained=vlm-fda-tiny",
+        "--data.init_args.n_train=64", "--data.init_args.n_val=16", "--data.init_args.n_test=51",
+        "--data.init_args.batch_size=16",
+    ]
+    metrics = {}
+    for devices in (1, 2):
+        root = _zoo(["test", *data], tmp_path, devices)
+        metrics[devices] = json.loads(_only(root, "test_metrics.json").read_text())
+    assert metrics[1].keys() == metrics[2].keys()
+    for k, v in metrics[1].items():
+        assert abs(metrics[2][k] - v) < 1e-6, (k, v, metrics[2][k])

@@ -210,3 +210,27 @@ def test_real_etth1_protocol():
     np.testing.assert_allclose(info["mean"], data[:8640].mean(0), rtol=1e-9)
     np.testing.assert_allclose(info["std"], data[:8640].std(0), rtol=1e-9)
     assert len(dm.dataset("train")) == 8449 and len(dm.dataset("val")) == 2785 and len(dm.dataset("test")) == 2785
+
+
+def test_training_loader_drops_the_last_incomplete_batch_like_the_reference(tmp_path):
+    # 12-month train split of an hourly ETT-shaped file, L=24, H=12: 8640 - 36 + 1 = 8605 windows,
+    # 8605 = 268 * 32 + 29, so the reference loader (drop_last=True) runs 268 full batches.
+    write_csv(tmp_path / "ETTh9.csv", 14500)
+    dm = CSVTSDataModule(str(tmp_path / "ETTh9.csv"), lookback=24, horizon=12, batch_size=32)
+    n = len(dm.dataset("train"))
+    assert n == 8605
+    sizes = [len(b["x"]) for b in dm.train_dataloader()]
+    assert len(sizes) == n // 32 and set(sizes) == {32}
+    # validation / test keep every window; drop_last=False keeps the short training batch
+    assert sum(len(b["x"]) for b in dm.val_dataloader()) == len(dm.dataset("val"))
+    keep = CSVTSDataModule(str(tmp_path / "ETTh9.csv"), lookback=24, horizon=12, batch_size=32, drop_last=False)
+    assert sum(len(b["x"]) for b in keep.train_dataloader()) == n
+
+
+def test_training_split_smaller_than_a_batch_keeps_its_short_batch_with_a_warning():
+    dm = SyntheticTSDataModule(n_rows=200, n_vars=2, lookback=24, horizon=12, batch_size=256)
+    n = len(dm.dataset("train"))
+    assert 0 < n < 256
+    with pytest.warns(UserWarning, match="fewer than data.batch_size"):
+        loader = dm.train_dataloader()
+    assert sum(len(b["x"]) for b in loader) == n

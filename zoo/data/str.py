@@ -121,19 +121,22 @@ class SyntheticSTRDataset(Dataset):
 
 
 class TensorizedDataset(Dataset):
-    """Wraps an (image, text) dataset: optional augmentation, tensor conversion, set name."""
+    """Wraps an (image, text) dataset: optional augmentation, tensor conversion, set name.
 
-    def __init__(self, base: Dataset, name: str, img_size: tuple[int, int], augment: Any = None) -> None:
-        self.base, self.name, self.img_size, self.augment = base, name, tuple(img_size), augment
+    Items are ``(tensor, text, set name, offset + i)``: the last is the sample's index in the
+    split's concatenated sets, which lets evaluation count each sample once across DDP ranks."""
+
+    def __init__(self, base: Dataset, name: str, img_size: tuple[int, int], augment: Any = None, offset: int = 0) -> None:
+        self.base, self.name, self.img_size, self.augment, self.offset = base, name, tuple(img_size), augment, offset
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, int]:
         img, text = self.base[i]
         if self.augment is not None:
             img = self.augment(img)
-        return to_tensor(img, self.img_size), text, self.name
+        return to_tensor(img, self.img_size), text, self.name, self.offset + i
 
 
 class ImageFolderDataset(Dataset):
@@ -169,11 +172,14 @@ class Collate:
         self.charset = charset
 
     def __call__(self, items: list) -> dict[str, Any]:
-        images, texts, names = zip(*items)
-        return {
+        images, texts, names, *index = zip(*items)
+        out = {
             "images": torch.stack(images), "targets": encode_targets(self.charset, texts),
             "texts": list(texts), "set": list(names),
         }
+        if index:
+            out["index"] = list(index[0])
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,10 +254,10 @@ class STRDataModule(L.LightningDataModule):
             for name, ds in open_source(d, self.charset):
                 self.norm_stats[f"{split}:{name}"] = ds.stats
                 print(ds.stats.report(f"{split} set {name}"), file=sys.stderr, flush=True)
-                sets.append(TensorizedDataset(ds, name, self.img_size, aug))
+                sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
         if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
             ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, **self.synth_kw)
-            sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size))
+            sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size, offset=sum(map(len, sets))))
         self._sets[split] = sets
         return sets
 

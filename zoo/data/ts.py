@@ -27,6 +27,7 @@ time features, ``x_mark`` ``[B, lookback, n_time_features]``. Predict batches ho
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -355,6 +356,7 @@ class TSDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         predict_path: Optional[str] = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         for name, value, low in (("lookback", lookback, 1), ("horizon", horizon, 1), ("batch_size", batch_size, 1)):
@@ -373,6 +375,7 @@ class TSDataModule(L.LightningDataModule):
         self.use_time_features, self.interpolate = time_features, interpolate
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.predict_path = num_workers, predict_path
+        self.drop_last = drop_last
         self._prep: Optional[dict[str, Any]] = None
         self._data_info: Optional[dict[str, Any]] = None
 
@@ -492,14 +495,25 @@ class TSDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepared()
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), self.batch_size, True)
+        # The reference loaders drop the last incomplete training batch (on ETTh1 a batch of a single
+        # window, which would otherwise weigh as much as a full one in its step). A training split with
+        # fewer windows than one batch keeps its one short batch instead of training on nothing.
+        ds = self.dataset("train")
+        drop = self.drop_last and len(ds) >= self.batch_size
+        if self.drop_last and not drop:
+            warnings.warn(
+                f"the training split has {len(ds)} windows, fewer than data.batch_size = {self.batch_size}: "
+                "training on one short batch per epoch (data.drop_last needs at least one full batch)",
+                stacklevel=2,
+            )
+        return self._loader(ds, self.batch_size, True, drop)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size, False)
@@ -530,6 +544,8 @@ class CSVTSDataModule(TSDataModule):
         eval_batch_size: validation / test batch size (default ``batch_size``).
         num_workers: DataLoader worker processes.
         predict_path: CSV whose last ``lookback`` rows ``predict`` forecasts from (default ``path``).
+        drop_last: drop the last incomplete training batch, as the reference loaders do (validation and
+            test always use every window).
     """
 
     def __init__(
@@ -549,10 +565,11 @@ class CSVTSDataModule(TSDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         predict_path: Optional[str] = None,
+        drop_last: bool = True,
     ) -> None:
         super().__init__(
             lookback, horizon, features, target, columns, date_col, split, ratios, time_features, interpolate,
-            batch_size, eval_batch_size, num_workers, predict_path,
+            batch_size, eval_batch_size, num_workers, predict_path, drop_last,
         )
         self.path = path
         self.source_name = str(path)
@@ -643,10 +660,11 @@ class SyntheticTSDataModule(TSDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        drop_last: bool = True,
     ) -> None:
         super().__init__(
             lookback, horizon, features, target, None, "date", "ratio", ratios, time_features, False,
-            batch_size, eval_batch_size, num_workers, None,
+            batch_size, eval_batch_size, num_workers, None, drop_last,
         )
         self.gen_args = dict(n_rows=n_rows, n_vars=n_vars, seed=seed, freq=freq, start=start, noise=noise)
         self.source_name = "synthetic(" + ", ".join(f"{k}={v}" for k, v in self.gen_args.items()) + ")"

@@ -245,7 +245,7 @@ class SceneDataset(Dataset):
         img = to_tensor(sc.render(s, self.image_size))
         if self.train:
             return {"image": img, "caption": s.caption(), "neg_caption": sc.hard_negative(s, self.seed).caption()}
-        return {"image": img, "captions": [s.caption()]}
+        return {"image": img, "captions": [s.caption()], "index": i}
 
 
 class ImageCaptionDataset(Dataset):
@@ -274,7 +274,7 @@ class ImageCaptionDataset(Dataset):
             path, caps = self.entries[i]
             return {"image": self._image(path), "caption": caps[j]}
         path, caps = self.entries[k]
-        return {"image": self._image(path), "captions": list(caps)}
+        return {"image": self._image(path), "captions": list(caps), "index": k}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -99,3 +99,18 @@ class ZooTask(L.LightningModule):
 
 def data_info_value(data_info: Optional[dict], key: str, default: Any = None) -> Any:
     return (data_info or {}).get(key, default)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` under torch.distributed (a collective), else ``[obj]``.
+
+    For evaluation state that is not a tensor metric (retrieval galleries, per-sample readings):
+    every rank must call it, and every rank gets the whole list.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

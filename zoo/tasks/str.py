@@ -38,26 +38,48 @@ def one_minus_ned(pred: str, gt: str) -> float:
 
 
 class TextMetrics:
-    """Word accuracy and mean 1-NED per named set, plus the combination weighted by sample count."""
+    """Word accuracy and mean 1-NED per named set, plus the combination weighted by sample count.
+
+    Readings are kept per sample, keyed by ``(set, index)``: :meth:`sync` merges the ranks' readings
+    under DDP, where the distributed sampler hands some samples to two ranks to even out the
+    shards, so each sample still counts once.
+    """
 
     def __init__(self) -> None:
-        self.sets: dict[str, list[float]] = {}  # name -> [correct, sum of 1-NED, count]
+        self.samples: dict[tuple[str, int], tuple[float, float]] = {}  # (set, index) -> (correct, 1-NED)
+        self._auto = 0
 
     def reset(self) -> None:
-        self.sets = {}
+        self.samples, self._auto = {}, 0
 
-    def update(self, preds: Sequence[str], gts: Sequence[str], names: Sequence[str]) -> None:
-        for p, g, n in zip(preds, gts, names, strict=True):
-            s = self.sets.setdefault(n, [0.0, 0.0, 0.0])
-            s[0] += float(p == g)
-            s[1] += one_minus_ned(p, g)
-            s[2] += 1
+    def update(self, preds: Sequence[str], gts: Sequence[str], names: Sequence[str],
+               indices: Optional[Sequence[int]] = None) -> None:
+        if indices is None:  # no dataset indices: number the samples in arrival order
+            indices = range(self._auto, self._auto + len(preds))
+            self._auto += len(preds)
+        for p, g, n, i in zip(preds, gts, names, indices, strict=True):
+            self.samples[(n, int(i))] = (float(p == g), one_minus_ned(p, g))
+
+    def sync(self) -> None:
+        """Merge every rank's readings (a collective under DDP; nothing to do in one process)."""
+        from zoo.tasks.base import gather_objects
+
+        merged: dict[tuple[str, int], tuple[float, float]] = {}
+        for part in gather_objects(self.samples):
+            merged.update(part)
+        self.samples = merged
 
     def compute(self) -> dict[str, dict[str, float]]:
         """``{set: {accuracy, one_minus_ned, count}}`` in percent, and ``combined``."""
-        out = {n: {"accuracy": 100 * c / k, "one_minus_ned": 100 * e / k, "count": int(k)} for n, (c, e, k) in sorted(self.sets.items())}
-        if self.sets:
-            C, E, K = (sum(v[i] for v in self.sets.values()) for i in range(3))
+        sets: dict[str, list[float]] = {}
+        for (name, _), (correct, ned) in self.samples.items():
+            s = sets.setdefault(name, [0.0, 0.0, 0.0])
+            s[0] += correct
+            s[1] += ned
+            s[2] += 1
+        out = {n: {"accuracy": 100 * c / k, "one_minus_ned": 100 * e / k, "count": int(k)} for n, (c, e, k) in sorted(sets.items())}
+        if sets:
+            C, E, K = (sum(v[i] for v in sets.values()) for i in range(3))
             out["combined"] = {"accuracy": 100 * C / K, "one_minus_ned": 100 * E / K, "count": int(K)}
         return out
 
@@ -259,7 +281,7 @@ class RecognitionTask(ZooTask):
     # -- evaluation
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         readings = self.model.decode_probs(self.model(batch["images"]))
-        self.metrics[stage].update([r.text for r in readings], batch["texts"], batch["set"])
+        self.metrics[stage].update([r.text for r in readings], batch["texts"], batch["set"], batch.get("index"))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -268,6 +290,7 @@ class RecognitionTask(ZooTask):
         self._eval_step("test", batch)
 
     def _report(self, stage: str) -> None:
+        self.metrics[stage].sync()  # a DDP collective: every rank calls it
         res = self.metrics[stage].compute()
         self.metrics[stage].reset()
         if not res:
@@ -309,11 +332,19 @@ class RecognitionTask(ZooTask):
             return
         from zoo.tasks.callbacks import run_dir
 
-        path = run_dir(self.trainer) / "predictions.csv"  # a DDP collective: every rank computes it
-        if not self._predictions or not self.trainer.is_global_zero:
+        from zoo.tasks.base import gather_objects
+
+        path = run_dir(self.trainer) / "predictions.csv"  # DDP collectives: every rank runs both
+        parts = gather_objects(self._predictions)
+        if not self.trainer.is_global_zero:
             return
-        write_predictions_csv(self._predictions, path)
-        print(f"{len(self._predictions)} predictions written to {path}", flush=True)
+        # Lightning shards prediction with an unrepeated sampler: rank r reads samples r, r + W, ...
+        # so interleaving the ranks' rows restores the dataset order.
+        rows = [parts[r][i] for i in range(max(map(len, parts), default=0)) for r in range(len(parts)) if i < len(parts[r])]
+        if not rows:
+            return
+        write_predictions_csv(rows, path)
+        print(f"{len(rows)} predictions written to {path}", flush=True)
 
     def summary_lines(self) -> list[str]:
         c = self.model.config

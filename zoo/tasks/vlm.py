@@ -195,7 +195,7 @@ class VLMTask(ZooTask):
             overrides["fda"] = fda
         self.model = self._build_model(arch, overrides, text_init, pretrained)
         self.results: dict[str, dict[str, Any]] = {}
-        self._eval: dict[str, list] = {"images": [], "captions": []}
+        self._eval: dict[str, list] = {"images": [], "captions": [], "index": []}
 
     def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str]):
         from zoo.data.vlm import VLMTokenizer, resolve_text_folder
@@ -267,11 +267,37 @@ class VLMTask(ZooTask):
     def _collect(self, batch: dict[str, Any]) -> None:
         self._eval["images"].append(batch["image"].detach().cpu())
         self._eval["captions"].extend(batch["captions"])
+        # dataset indices (None for a batch without them: fine in one process, an error under DDP)
+        self._eval["index"].extend(batch.get("index") or [None] * len(batch["captions"]))
+
+    def _gallery(self) -> tuple[Tensor, list[list[str]]]:
+        """Every rank's evaluation items (a DDP collective), each dataset item once, in dataset order.
+
+        Retrieval ranks each query against the whole gallery, so the ranks' shards are merged before
+        scoring; the distributed sampler's padding repeats a few items, dropped by their index."""
+        from zoo.tasks.base import gather_objects
+
+        images = torch.cat(self._eval["images"]) if self._eval["images"] else torch.zeros(0)
+        parts = gather_objects((self._eval["index"], images, self._eval["captions"]))
+        self._eval = {"images": [], "captions": [], "index": []}
+        if len(parts) == 1:
+            return images, parts[0][2]
+        if any(i is None for index, _, _ in parts for i in index):
+            raise ValueError(
+                "evaluating on several processes needs each evaluation item's dataset index (an 'index' key, "
+                "as the zoo VLM datasets give): without it the ranks' shards cannot be merged into one gallery"
+            )
+        seen: dict[int, tuple[Tensor, list[str]]] = {}
+        for index, imgs, caps in parts:
+            for j, i in enumerate(index):
+                seen.setdefault(int(i), (imgs[j], caps[j]))
+        order = sorted(seen)
+        if not order:
+            return images, []
+        return torch.stack([seen[i][0] for i in order]).to(images), [seen[i][1] for i in order]
 
     def _finish(self, stage: str) -> dict[str, Any]:
-        images = torch.cat(self._eval["images"]) if self._eval["images"] else torch.zeros(0)
-        captions = self._eval["captions"]
-        self._eval = {"images": [], "captions": []}
+        images, captions = self._gallery()
         if not captions:
             return {}
         res = evaluate_retrieval(self.model, images, captions, k=self.eval_k, rerank=self.rerank)
@@ -282,7 +308,7 @@ class VLMTask(ZooTask):
         return scalars
 
     def on_validation_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": []}
+        self._eval = {"images": [], "captions": [], "index": []}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
@@ -291,7 +317,7 @@ class VLMTask(ZooTask):
         self._finish("val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": []}
+        self._eval = {"images": [], "captions": [], "index": []}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
