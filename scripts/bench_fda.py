@@ -60,7 +60,7 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     return meta
 
 
-def evaluate_one(folder: Path, args: argparse.Namespace) -> dict:
+def evaluate_one(folder: Path, args: argparse.Namespace, eps: float) -> dict:
     """Clean retrieval and ASR under each attack for the export in ``folder``."""
     import zoo
     from zoo.attacks import AttackConfig, run_attack_suite
@@ -72,7 +72,7 @@ def evaluate_one(folder: Path, args: argparse.Namespace) -> dict:
     items = [ds[i] for i in range(len(ds))]
     images = torch.stack([it["image"] for it in items])
     captions = [it["captions"] for it in items]
-    cfg = AttackConfig(eps=args.eps / 255.0, steps=args.pgd_steps, text_changes=args.text_changes, k=args.k)
+    cfg = AttackConfig(eps=eps / 255.0, steps=args.pgd_steps, text_changes=args.text_changes, k=args.k)
     t0 = time.time()
     res = run_attack_suite(model, images, captions, cfg)
     res["eval_wall_s"] = time.time() - t0
@@ -90,7 +90,8 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=12000)
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--k", type=int, default=16, help="ITM re-ranks the ITC top k")
-    p.add_argument("--eps", type=float, default=4.0, help="PGD L-inf budget in 1/255 units (2..8)")
+    p.add_argument("--eps", type=float, nargs="+", default=[4.0],
+                   help="PGD L-inf budgets in 1/255 units (2..8); one table per budget")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--text-changes", type=int, default=1, help="words the text attack may change")
     p.add_argument("--work", default="/tmp/vlm_bench")
@@ -111,17 +112,18 @@ def main() -> None:
     if args.phase == "train":
         return
     rows = []
-    for fda, s in runs:
-        folder = work / f"{'fda' if fda else 'nofda'}_s{s}"
-        meta = json.loads((folder / "bench_meta.json").read_text())
-        cache = folder / f"eval_eps{args.eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
-        if cache.is_file():
-            res = json.loads(cache.read_text())
-        else:
-            res = evaluate_one(folder, args)
-            cache.write_text(json.dumps(res, indent=2) + "\n")
-        rows.append({**meta, **res})
-        print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
+    for eps in args.eps:
+        for fda, s in runs:
+            folder = work / f"{'fda' if fda else 'nofda'}_s{s}"
+            meta = json.loads((folder / "bench_meta.json").read_text())
+            cache = folder / f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
+            if cache.is_file():
+                res = json.loads(cache.read_text())
+            else:
+                res = evaluate_one(folder, args, eps)
+                cache.write_text(json.dumps(res, indent=2) + "\n")
+            rows.append({**meta, "eps": eps, **res})
+            print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
     write_results(rows, args)
     if args.export:
         dst = ROOT / "zoo" / "pretrained" / "vlm-fda-tiny"
@@ -138,9 +140,8 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def write_results(rows: list[dict], args: argparse.Namespace) -> None:
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
+def summarize(rows: list[dict]) -> tuple[dict, dict, dict]:
+    """Means over seeds per variant, and the relative ASR drop with FDA (re-ranked, ITM only)."""
     attacks = [k for k in rows[0]["asr"]]
     summary = {}
     for fda in (False, True):
@@ -153,15 +154,27 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
             "asr_itm_only": {a: _mean([r["asr_itm_only"][a]["mean"] for r in rs]) for a in attacks},
             "asr_itc": {a: _mean([r["asr_itc"][a]["mean"] for r in rs]) for a in attacks},
         }
+
     def drop(key: str) -> dict[str, float]:
         return {a: (summary["nofda"][key][a] - summary["fda"][key][a]) / max(summary["nofda"][key][a], 1e-9) * 100
                 for a in attacks}
 
-    rel, rel_itm_only = drop("asr"), drop("asr_itm_only")
+    return summary, drop("asr"), drop("asr_itm_only")
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    attacks = [k for k in rows[0]["asr"]]
     machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "note": "2-core machine shared with other jobs; wall times are indicative only"}
-    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("phase", "results", "work")}, "machine": machine, "runs": rows,
-           "summary": summary, "asr_relative_drop_pct": rel, "asr_itm_only_relative_drop_pct": rel_itm_only,
+    per_eps = {}
+    for eps in args.eps:
+        summary, rel, rel_itm_only = summarize([r for r in rows if r["eps"] == eps])
+        per_eps[f"{eps:g}"] = {"summary": summary, "asr_relative_drop_pct": rel,
+                               "asr_itm_only_relative_drop_pct": rel_itm_only}
+    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("phase", "results", "work")}, "machine": machine,
+           "runs": rows, "by_eps": per_eps,
            "target": "FDA lowers image-PGD ASR by >= 15% relative with clean R@1 within 1 point (paper)"}
     (results / "bench_fda.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
@@ -170,37 +183,47 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         f"Machine: {machine['cpu']}, {machine['threads']} thread(s), torch {machine['torch']} ({machine['note']}).",
         f"Budget per run: {rows[0]['steps']} steps x batch {rows[0]['batch_size']}, lr {args.lr}; seeds {args.seeds}; "
         f"test gallery {args.n_test} images / captions; ITM re-rank of the ITC top {args.k}.",
-        f"Attacks: image PGD L-inf eps {args.eps}/255, {args.pgd_steps} steps; text: greedy, "
-        f"{args.text_changes} word(s) changed (character edits and word swaps); co-attack: text then PGD.",
+        f"Attacks: image PGD L-inf eps {', '.join(f'{e:g}' for e in args.eps)} (/255), {args.pgd_steps} steps; text: greedy, "
+        f"{args.text_changes} word(s) changed (character edits and word swaps; independent of eps); co-attack: text then PGD.",
         "R@1 = mean of image-to-text and text-to-image R@1 (%). ASR = share (%) of originally correct top-1 "
         "retrievals made wrong, mean of both directions (ITM re-ranked retrieval; ASR under ITC ranking, which "
         "FDA does not touch at inference, is in the JSON as asr_itc).",
         "",
         "Two rankings: **re-ranked** = ITC top k re-scored by ITC/temperature + ITM (the default, and the score "
         "the attacks lower); **ITM only** = ALBEF's re-ranking by the ITM logit alone (FDA acts only there).",
-        "",
-        "| model | seed | clean R@1 re-ranked | clean R@1 ITC | clean R@1 ITM only | "
-        + " | ".join(f"ASR {a}" for a in attacks) + " | " + " | ".join(f"ASR {a} (ITM only)" for a in attacks) + " |",
-        "|---|---|---|---|---|" + "---|" * (2 * len(attacks)),
     ]
-    for r in rows:
-        lines.append(
-            f"| {'FDA' if r['fda'] else 'no FDA'} | {r['seed']} | {r['clean']['itm_r1']:.1f} | {r['clean']['itc_r1']:.1f} | "
-            f"{r['clean']['itm_only_r1']:.1f} | " + " | ".join(f"{r['asr'][a]['mean']:.1f}" for a in attacks) + " | "
-            + " | ".join(f"{r['asr_itm_only'][a]['mean']:.1f}" for a in attacks) + " |"
-        )
-    for key, name in (("nofda", "no FDA (mean)"), ("fda", "FDA (mean)")):
-        s = summary[key]
-        lines.append(f"| **{name}** | | {s['clean_r1_itm']:.1f} | {s['clean_r1_itc']:.1f} | {s['clean_r1_itm_only']:.1f} | "
-                     + " | ".join(f"{s['asr'][a]:.1f}" for a in attacks) + " | "
-                     + " | ".join(f"{s['asr_itm_only'][a]:.1f}" for a in attacks) + " |")
+    for eps in args.eps:
+        e = per_eps[f"{eps:g}"]
+        summary, rel, rel_itm_only = e["summary"], e["asr_relative_drop_pct"], e["asr_itm_only_relative_drop_pct"]
+        lines += [
+            "",
+            f"## PGD eps {eps:g}/255",
+            "",
+            "| model | seed | clean R@1 re-ranked | clean R@1 ITC | clean R@1 ITM only | "
+            + " | ".join(f"ASR {a}" for a in attacks) + " | " + " | ".join(f"ASR {a} (ITM only)" for a in attacks) + " |",
+            "|---|---|---|---|---|" + "---|" * (2 * len(attacks)),
+        ]
+        for r in (r for r in rows if r["eps"] == eps):
+            lines.append(
+                f"| {'FDA' if r['fda'] else 'no FDA'} | {r['seed']} | {r['clean']['itm_r1']:.1f} | {r['clean']['itc_r1']:.1f} | "
+                f"{r['clean']['itm_only_r1']:.1f} | " + " | ".join(f"{r['asr'][a]['mean']:.1f}" for a in attacks) + " | "
+                + " | ".join(f"{r['asr_itm_only'][a]['mean']:.1f}" for a in attacks) + " |"
+            )
+        for key, name in (("nofda", "no FDA (mean)"), ("fda", "FDA (mean)")):
+            s = summary[key]
+            lines.append(f"| **{name}** | | {s['clean_r1_itm']:.1f} | {s['clean_r1_itc']:.1f} | {s['clean_r1_itm_only']:.1f} | "
+                         + " | ".join(f"{s['asr'][a]:.1f}" for a in attacks) + " | "
+                         + " | ".join(f"{s['asr_itm_only'][a]:.1f}" for a in attacks) + " |")
+        lines += [
+            "",
+            "Relative ASR change with FDA (positive = FDA lowers ASR), re-ranked: "
+            + ", ".join(f"{a} {rel[a]:+.1f}%" for a in attacks) + "; ITM only: "
+            + ", ".join(f"{a} {rel_itm_only[a]:+.1f}%" for a in attacks) + ".",
+            f"Clean R@1 difference FDA - no FDA: re-ranked {summary['fda']['clean_r1_itm'] - summary['nofda']['clean_r1_itm']:+.1f}, "
+            f"ITM only {summary['fda']['clean_r1_itm_only'] - summary['nofda']['clean_r1_itm_only']:+.1f} points.",
+        ]
     lines += [
         "",
-        "Relative ASR change with FDA (positive = FDA lowers ASR), re-ranked: "
-        + ", ".join(f"{a} {rel[a]:+.1f}%" for a in attacks) + "; ITM only: "
-        + ", ".join(f"{a} {rel_itm_only[a]:+.1f}%" for a in attacks) + ".",
-        f"Clean R@1 difference FDA - no FDA: re-ranked {summary['fda']['clean_r1_itm'] - summary['nofda']['clean_r1_itm']:+.1f}, "
-        f"ITM only {summary['fda']['clean_r1_itm_only'] - summary['nofda']['clean_r1_itm_only']:+.1f} points.",
         "Paper target: >= 15% relative ASR drop on image PGD with clean R@1 within 1 point.",
         "",
         "Notes: the attacks lower the re-ranked score, so the ITM-only ASR measures transfer; the clean ITM-only "

@@ -152,3 +152,34 @@ def test_randaugment_keeps_size_and_is_seeded():
     assert a.size == img.size and a.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError):
         RandAugment(m=11)
+
+
+class _SameImage(torch.utils.data.Dataset):
+    def __init__(self, img, aug):
+        self.img, self.aug = img, aug
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.asarray(self.aug(self.img)).copy())
+
+
+def test_randaugment_workers_draw_their_own_augmentations():
+    # Forked workers hold copies of the parent's generator; without reseeding, worker 0 and worker 1
+    # (and each epoch's fresh workers) would replay the same augmentation sequence.
+    img = _word_image(3).resize((128, 32))
+    loader = torch.utils.data.DataLoader(_SameImage(img, RandAugment(n=3, m=8, seed=0)), batch_size=4, num_workers=2)
+    epochs = [[b.numpy() for b in loader] for _ in range(2)]
+    for batches in epochs:  # batch 0 came from worker 0, batch 1 from worker 1
+        assert not np.array_equal(batches[0], batches[1])
+    assert not np.array_equal(epochs[0][0], epochs[1][0])
+
+
+def test_build_lmdb_checks_every_image_before_writing(tmp_path):
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    (d / "b.png").write_bytes(b"not an image")
+    out = tmp_path / "lmdb"
+    with pytest.raises(ValueError, match="b.png"):
+        build_lmdb(d, out)
+    assert not out.exists()  # nothing half-written: a corrected rerun can use the same folder

@@ -114,3 +114,18 @@ def test_task_with_minilm_text_init_uses_wordpiece_and_weights():
     ref = from_hf_bert(minilm_folder())
     torch.testing.assert_close(m.text.layers[3].mlp.fc1.weight, ref.layers[3].mlp.fc1.weight)
     assert not m.fw_unknown  # every function word is one WordPiece token
+
+
+def test_task_function_words_strict_switch(tmp_path):
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    words = tmp_path / "fw.txt"
+    words.write_text("the\nof\nzyzzyva  # not in the scenes' vocabulary\n")
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4).data_info
+    with pytest.warns(UserWarning, match="zyzzyva"):
+        task = VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": str(words)})
+    assert task.model.fw_unknown == ["zyzzyva"]
+    with pytest.raises(ValueError, match="zyzzyva"):
+        VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": str(words)},
+                function_words_strict=True)

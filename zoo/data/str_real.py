@@ -191,12 +191,15 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     pairs = read_labels(folder, labels)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")
+    for p, _ in pairs:  # every image is checked before anything is written
+        if not (folder / p).is_file():
+            raise FileNotFoundError(f"{folder / p} (listed in the labels of {folder}) does not exist")
+        _check_image(folder / p, (folder / p).read_bytes())
     out.mkdir(parents=True, exist_ok=True)
     env = lmdb.open(str(out), map_size=map_size)
     with env.begin(write=True) as txn:
         for i, (p, text) in enumerate(pairs, 1):
             data = (folder / p).read_bytes()
-            _check_image(folder / p, data)
             txn.put(b"image-%09d" % i, data)
             txn.put(b"label-%09d" % i, text.encode("utf-8"))
         txn.put(b"num-samples", str(len(pairs)).encode())
@@ -220,7 +223,12 @@ class RandAugment:
     """RandAugment-style policy for text crops (as PARSeq): ``n`` ops drawn uniformly from a list
     of photometric and mild geometric ops, each at magnitude ``m`` of 10 with a random sign; then
     Gaussian blur or noise with probability ``p_blur``. PARSeq adds its own op list; we keep the
-    ops that do not destroy text (no flips, no large rotations)."""
+    ops that do not destroy text (no flips, no large rotations).
+
+    Random state: in the main process a generator seeded with ``seed`` (entropy when ``None``); in a
+    DataLoader worker a generator seeded from the worker's torch seed, so the workers (and each
+    epoch's new workers) draw different augmentations instead of replaying the parent's copy, and
+    ``seed_everything`` makes them reproducible."""
 
     OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast", "sharpness",
            "color", "posterize", "solarize", "autocontrast", "equalize", "invert")
@@ -228,11 +236,21 @@ class RandAugment:
     def __init__(self, n: int = 3, m: int = 5, p_blur: float = 0.3, seed: Optional[int] = None) -> None:
         if not 0 <= m <= 10 or n < 0:
             raise ValueError(f"RandAugment needs n >= 0 and 0 <= m <= 10, got n={n}, m={m}")
-        self.n, self.m, self.p_blur = n, m, p_blur
+        self.n, self.m, self.p_blur, self.seed = n, m, p_blur, seed
         self.rng = np.random.default_rng(seed)
+        self._worker_seed: Optional[int] = None
+
+    def _generator(self) -> np.random.Generator:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self.rng = np.random.default_rng([info.seed, self.seed or 0])
+        return self.rng
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        r = self.rng
+        r = self._generator()
         for op in r.choice(self.OPS, size=self.n):
             img = self._apply(str(op), img, self.m / 10 * (1 if r.random() < 0.5 else -1))
         if r.random() < self.p_blur:

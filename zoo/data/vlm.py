@@ -149,12 +149,14 @@ class VLMTokenizer:
             rows.append(ids)
         self.n_encoded += len(rows)
         if cut:
+            if not self.n_truncated:  # once per tokenizer; the count goes on (n_truncated, the run summary)
+                warnings.warn(
+                    f"{cut} of {len(rows)} captions are longer than {self.max_len} tokens and were truncated; "
+                    "further truncations are counted (tokenizer.n_truncated, shown in the run summary) without "
+                    "warning again; raise max_text_len to keep captions whole",
+                    stacklevel=2,
+                )
             self.n_truncated += cut
-            warnings.warn(
-                f"{cut} of {len(rows)} captions are longer than {self.max_len} tokens and were truncated "
-                f"({self.n_truncated} of {self.n_encoded} captions so far); raise max_text_len to keep them whole",
-                stacklevel=2,
-            )
         T = max((len(r) for r in rows), default=1)
         ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -538,6 +540,14 @@ class ImageCaptionDataModule(VLMDataModule):
                 )
                 for split, f in self.files.items()
             }
+            for split in ("val", "test"):
+                if self.files[split] == self.files["train"] and self._entries[split] == self._entries["train"]:
+                    warnings.warn(
+                        f"data.{split} is not set and {self.files['train']} has no '{split}' split (only a Karpathy "
+                        f"JSON says which images are {split}): {split} metrics are measured on the training images; "
+                        f"give data.{split} for a held-out measure",
+                        stacklevel=2,
+                    )
         return self._entries
 
     def build_splits(self) -> dict[str, Dataset]:

@@ -156,6 +156,8 @@ class VLMTask(ZooTask):
         caption_negatives: add the datamodule's one-word hard-negative captions as extra ITM negatives.
         eval_k: the ITC top ``eval_k`` are re-scored in validation / test.
         rerank: ``itc+itm`` (default) or ``itm`` (ALBEF): the re-scoring (module docstring).
+        function_words_strict: a function word that is not one token of the tokenizer is an error
+            (default: it is ignored by FDA, with a warning naming the words).
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
@@ -171,6 +173,7 @@ class VLMTask(ZooTask):
         caption_negatives: bool = True,
         eval_k: int = 16,
         rerank: str = "itc+itm",
+        function_words_strict: bool = False,
         lr: float = 5e-4,
         weight_decay: float = 0.02,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -194,6 +197,8 @@ class VLMTask(ZooTask):
         if fda is not None:
             overrides["fda"] = fda
         self.model = self._build_model(arch, overrides, text_init, pretrained)
+        if function_words_strict and self.model.config.fda:
+            self.model.set_tokenizer(self.model.tokenizer, strict=True)  # raises naming the unknown words
         self.results: dict[str, dict[str, Any]] = {}
         self._eval: dict[str, list] = {"images": [], "captions": [], "index": []}
 
