@@ -162,6 +162,15 @@ def merge_main(args: argparse.Namespace) -> None:
     rows, machines = [], []
     for attn in ("diff", "vanilla"):
         path = RESULTS / f"arm_{attn}_{args.steps}.json"
+        shipped = RESULTS / "shipped_tiny.json"
+        if not path.is_file() and attn == "diff" and shipped.is_file():
+            # the shipped model's training (--export) is the diff arm when it used the same steps, batch, lr and data
+            payload = json.loads(shipped.read_text())
+            run_ = payload["runs"][0]
+            if (run_["steps"], run_["batch_size"], run_["lr"], payload["data"]) == (args.steps, args.batch_size, args.lr, DATA):
+                rows.append({**run_, "label": "diff cross-attention (the shipped model's run)"})
+                machines.append(payload["machine"])
+                continue
         if not path.is_file():
             raise SystemExit(f"{path} is missing; run --attn {attn} --steps {args.steps} first")
         payload = json.loads(path.read_text())
