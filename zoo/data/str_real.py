@@ -191,18 +191,24 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     pairs = read_labels(folder, labels)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")
-    for p, _ in pairs:  # every image is checked before anything is written
-        if not (folder / p).is_file():
-            raise FileNotFoundError(f"{folder / p} (listed in the labels of {folder}) does not exist")
-        _check_image(folder / p, (folder / p).read_bytes())
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     env = lmdb.open(str(out), map_size=map_size)
-    with env.begin(write=True) as txn:
-        for i, (p, text) in enumerate(pairs, 1):
-            data = (folder / p).read_bytes()
-            txn.put(b"image-%09d" % i, data)
-            txn.put(b"label-%09d" % i, text.encode("utf-8"))
-        txn.put(b"num-samples", str(len(pairs)).encode())
+    try:
+        with env.begin(write=True) as txn:  # one read per image; a bad one aborts the transaction
+            for i, (p, text) in enumerate(pairs, 1):
+                data = (folder / p).read_bytes()
+                _check_image(folder / p, data)
+                txn.put(b"image-%09d" % i, data)
+                txn.put(b"label-%09d" % i, text.encode("utf-8"))
+            txn.put(b"num-samples", str(len(pairs)).encode())
+    except BaseException:
+        env.close()  # nothing half-written stays behind: a corrected rerun can use the same folder
+        for f in out.iterdir():
+            f.unlink()
+        if created:
+            out.rmdir()
+        raise
     env.close()
     return len(pairs)
 
