@@ -44,7 +44,7 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     L.seed_everything(seed, workers=True)
     dm = SyntheticVLMDataModule(n_train=args.n_train, n_val=args.n_test, n_test=args.n_test, seed=0,
                                 image_size=64, batch_size=args.batch_size)
-    task = VLMTask(arch="vlm-fda-tiny" if fda else "vlm-tiny", fda=fda, data_info=dm.data_info, lr=args.lr,
+    task = VLMTask(arch="vlm-fda-tiny" if fda else "vlm-tiny", fda=fda, data_info=dm.data_info, lr=args.lr, itm_weight=args.itm_weight,
                    warmup_steps=args.warmup, eval_k=args.k)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--itm-weight", type=float, default=1.0, help="weight of the ITM loss next to ITC")
     p.add_argument("--n-train", type=int, default=12000)
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--k", type=int, default=16, help="ITM re-ranks the ITC top k")

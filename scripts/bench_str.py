@@ -120,9 +120,15 @@ def bench_main(args: argparse.Namespace) -> None:
     rows, teacher = [], args.teacher
     if args.attn != "both":
         # one arm per process (run the two arms side by side on two cores), merged by --merge
+        name = arm_name(args.attn, args.steps, args.seed)
+        if (RESULTS / f"{name}.json").is_file() and not args.overwrite:
+            raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size)
         row["label"] = f"{args.attn} cross-attention"
-        write(f"arm_{args.attn}_{args.steps}", {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
+        write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
+        return
+    if args.csd:
+        csd_main(args, teacher or str(Path(args.export_dir)))
         return
     for attn in ("diff", "vanilla"):
         row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size)
@@ -135,9 +141,15 @@ def bench_main(args: argparse.Namespace) -> None:
     write("diff_vs_vanilla", {"machine": machine(), "data": DATA, "runs": rows}, table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)"))
     if args.skip_csd:
         return
+    csd_main(args, teacher, student_seed=args.seed + 1)
+
+
+def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int] = None) -> None:
+    """Train a CSD student (same size and budget, other data seed) from ``teacher``; compare both on the test set."""
     csd_rows = []
-    row, _ = run("str-diff-tiny", args.steps, seed=args.seed + 1, n_test=args.n_test, lr=args.lr, teacher=teacher, data_seed=1,
-                 batch_size=args.batch_size)
+    seed = args.seed if student_seed is None else student_seed
+    row, _ = run("str-diff-tiny", args.steps, seed=seed, n_test=args.n_test, lr=args.lr, teacher=teacher, data_seed=1,
+                 batch_size=args.batch_size, val_every=args.val_every)
     row["label"] = f"CSD student (teacher {Path(teacher).name})"
     csd_rows.append(row)
     from zoo.data.str import STRDataModule
@@ -161,23 +173,47 @@ def merge_main(args: argparse.Namespace) -> None:
     """Combine the per-arm results of ``--attn diff`` and ``--attn vanilla`` runs into diff_vs_vanilla.*."""
     rows, machines = [], []
     for attn in ("diff", "vanilla"):
-        path = RESULTS / f"arm_{attn}_{args.steps}.json"
+        found = []
+        for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
+            payload = json.loads(path.read_text())
+            found += [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)]
+            machines.append(payload["machine"])
         shipped = RESULTS / "shipped_tiny.json"
-        if not path.is_file() and attn == "diff" and shipped.is_file():
-            # the shipped model's training (--export) is the diff arm when it used the same steps, batch, lr and data
+        if attn == "diff" and shipped.is_file():
+            # the shipped model's training (--export) is a diff run when it used the same steps, batch, lr and data
             payload = json.loads(shipped.read_text())
             run_ = payload["runs"][0]
-            if (run_["steps"], run_["batch_size"], run_["lr"], payload["data"]) == (args.steps, args.batch_size, args.lr, DATA):
-                rows.append({**run_, "label": "diff cross-attention (the shipped model's run)"})
+            same = (run_["steps"], run_["batch_size"], run_["lr"], payload["data"]) == (args.steps, args.batch_size, args.lr, DATA)
+            if same and run_["seed"] not in {r["seed"] for r in found}:
+                found.append({**run_, "label": "diff cross-attention (the shipped model's run)"})
                 machines.append(payload["machine"])
-                continue
-        if not path.is_file():
-            raise SystemExit(f"{path} is missing; run --attn {attn} --steps {args.steps} first")
-        payload = json.loads(path.read_text())
-        rows += payload["runs"]
-        machines.append(payload["machine"])
-    write("diff_vs_vanilla", {"machine": machines[0], "data": DATA, "runs": rows},
-          table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)"))
+        if not found:
+            raise SystemExit(f"no {attn} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps} first")
+        rows += sorted(found, key=lambda r: r["seed"])
+    summary = arm_summary(rows)
+    text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)")
+    text += "\n\n" + "\n".join(
+        f"- {attn}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")
+        for attn, s in summary.items()
+    )
+    write("diff_vs_vanilla", {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
+
+
+def arm_name(attn: str, steps: int, seed: int) -> str:
+    return f"arm_{attn}_{steps}_s{seed}"
+
+
+def arm_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation of word accuracy per arm (sd is None for a single seed)."""
+    import statistics
+
+    out: dict[str, dict[str, Any]] = {}
+    for attn in ("diff", "vanilla"):
+        acc = [r["test_accuracy"] for r in rows if r["label"].startswith(attn)]
+        seeds = [r["seed"] for r in rows if r["label"].startswith(attn)]
+        if acc:
+            out[attn] = {"mean": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None, "seeds": seeds}
+    return out
 
 
 def main() -> None:
@@ -193,7 +229,9 @@ def main() -> None:
     p.add_argument("--teacher", default=None, help="CSD teacher (default: the diff model trained by this bench)")
     p.add_argument("--skip-csd", action="store_true")
     p.add_argument("--attn", choices=("both", "diff", "vanilla"), default="both", help="run one arm only (no CSD)")
-    p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps into diff_vs_vanilla.*")
+    p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
+    p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing arm result of the same steps and seed")
     args = p.parse_args()
     if args.steps is None:
         args.steps = 4000 if args.export else 600

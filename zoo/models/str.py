@@ -254,7 +254,10 @@ class SceneTextRecognizer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Per-slot class probabilities ``[B, max_length + 1, classes]`` with the configured decoding."""
-        memory = self.encode(images)
+        return self.decode(self.encode(images))
+
+    def decode(self, memory: Tensor) -> Tensor:
+        """:meth:`forward` after the encoder: per-slot probabilities from image tokens ``memory``."""
         if self.config.decode == "ar":
             probs = self._decode_ar(memory)
         else:
@@ -291,9 +294,11 @@ class SceneTextRecognizer(nn.Module):
         tokens, valid = self._mask_after_eos(tokens)
         return self.decode_step(memory, tokens, visibility("cloze", T, probs.device), valid).softmax(-1)
 
-    def cloze_logits(self, images: Tensor, targets: Tensor) -> Tensor:
-        """Cloze logits ``[B, T, classes]`` given the (pseudo)labels ``targets`` (-100 = padding); used by CSD."""
-        memory = self.encode(images)
+    def cloze_logits(self, images: Tensor, targets: Tensor, memory: Optional[Tensor] = None) -> Tensor:
+        """Cloze logits ``[B, T, classes]`` given the (pseudo)labels ``targets`` (-100 = padding); used by CSD.
+        ``memory``: the images' encoding when the caller has it already (saves an encoder pass)."""
+        if memory is None:
+            memory = self.encode(images)
         tokens, valid = self.content_tokens(targets)
         return self.decode_step(memory, tokens, visibility("cloze", targets.shape[1], images.device), valid)
 

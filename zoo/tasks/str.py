@@ -264,12 +264,13 @@ class RecognitionTask(ZooTask):
     def _teacher_targets(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher pseudolabels (its decoding + refinement) and its cloze logits given them."""
         t = self.teacher.to(images.device).eval()
-        probs = t(images)
+        memory = t.encode(images)
+        probs = t.decode(memory)
         ids = probs.argmax(-1)
         ended = (ids == t.charset.EOS).long().cumsum(-1)
         # keep up to and including the first EOS; the rest is padding
         targets = ids.masked_fill(ended - (ids == t.charset.EOS).long() > 0, -100)
-        return targets, t.cloze_logits(images, targets)
+        return targets, t.cloze_logits(images, targets, memory=memory)
 
     def _kl(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
         tau = self.hparams.csd_temperature

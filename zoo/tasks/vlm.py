@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.hub import create_model, export_arch_config, read_export_config, resolve_pretrained
-from zoo.tasks.base import ZooTask
+from zoo.tasks.base import ZooTask, gather_objects
 
 KS = (1, 5, 10)
 RERANK = ("itc+itm", "itm")
@@ -120,6 +120,47 @@ def retrieval_metrics(scores: dict[str, Tensor], img_of_text: Tensor) -> dict[st
         out[f"{name}/i2t_top1"] = (r_i == 0).cpu()
         out[f"{name}/t2i_top1"] = (r_t == 0).cpu()
     return out
+
+
+def _all_gather_rows(x: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Concatenate every rank's ``x`` (rows may differ in number: padded for the collective, then cut);
+    gradients flow back to the rank that owns each row (``torch.distributed.nn.functional.all_gather``)."""
+    from torch.distributed.nn.functional import all_gather
+
+    pad = max(sizes) - x.shape[0]
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+    return torch.cat([part[:n] for part, n in zip(all_gather(x), sizes)])
+
+
+def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Image-text contrastive loss; returns ``(loss, sim, same)`` with ``sim``/``same`` this rank's ``[B, B]`` block.
+
+    ``fi``/``ft``: normalized image / text features of one batch, ``captions`` its texts (pairs whose
+    captions are equal are all positives, with the target mass shared). Under torch.distributed every
+    rank's features are gathered (with gradient) so each image is contrasted with the texts of the whole
+    global batch and vice versa, as ALBEF / CLIP do across GPUs; each rank's loss covers its own rows and
+    columns, so the ranks' mean (what DDP's gradient averaging optimizes) equals the one-process loss
+    on the concatenated batch.
+    """
+    B = len(captions)
+    parts = gather_objects(list(captions))
+    if len(parts) == 1:
+        fi_all, ft_all, caps_all, start = fi, ft, list(captions), 0
+    else:
+        import torch.distributed as dist
+
+        sizes = [len(p) for p in parts]
+        start = sum(sizes[: dist.get_rank()])
+        fi_all, ft_all = _all_gather_rows(fi, sizes), _all_gather_rows(ft, sizes)
+        caps_all = [c for p in parts for c in p]
+    same = torch.tensor([[a == b for b in caps_all] for a in captions], device=fi.device)  # [B, N]
+    tgt = same.float() / same.float().sum(1, keepdim=True)
+    i2t = fi @ ft_all.T / temperature  # this rank's images against every text
+    t2i = ft @ fi_all.T / temperature  # this rank's texts against every image
+    loss = -0.5 * ((F.log_softmax(i2t, 1) * tgt).sum(1).mean() + (F.log_softmax(t2i, 1) * tgt).sum(1).mean())
+    local = slice(start, start + B)
+    return loss, i2t[:, local], same[:, local]
 
 
 def flatten_captions(captions: Sequence[Sequence[str]]) -> tuple[list[str], Tensor]:
@@ -242,11 +283,8 @@ class VLMTask(ZooTask):
         img = m.encode_image(batch["image"])
         txt = m.encode_text(ids, mask)
         fi, ft = m.image_feat(img), m.text_feat(txt[:B], mask[:B])
-        sim = fi @ ft.T / m.temperature
-        same = torch.tensor([[a == b for b in caps] for a in caps], device=sim.device)
-        tgt = same.float() / same.float().sum(1, keepdim=True)
-        loss_itc = -0.5 * ((F.log_softmax(sim, 1) * tgt).sum(1).mean() + (F.log_softmax(sim.T, 1) * tgt).sum(1).mean())
-        # ITM with hard negatives drawn from the ITC similarities (ALBEF)
+        loss_itc, sim, same = itc_loss(fi, ft, caps, m.temperature)
+        # ITM with hard negatives drawn from this rank's ITC similarities (ALBEF)
         with torch.no_grad():
             w_i2t = F.softmax(sim.float(), 1).masked_fill(same, 0) + 1e-9 * (~same)
             w_t2i = F.softmax(sim.T.float(), 1).masked_fill(same, 0) + 1e-9 * (~same)
@@ -280,8 +318,6 @@ class VLMTask(ZooTask):
 
         Retrieval ranks each query against the whole gallery, so the ranks' shards are merged before
         scoring; the distributed sampler's padding repeats a few items, dropped by their index."""
-        from zoo.tasks.base import gather_objects
-
         images = torch.cat(self._eval["images"]) if self._eval["images"] else torch.zeros(0)
         parts = gather_objects((self._eval["index"], images, self._eval["captions"]))
         self._eval = {"images": [], "captions": [], "index": []}

@@ -1,0 +1,73 @@
+"""scripts/bench_str.py --merge: every seed's arm result is kept (none overwritten) and summarized."""
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_str_under_test", ROOT / "scripts" / "bench_str.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    monkeypatch.setattr(mod, "machine", lambda: {"cpu_model": "test CPU", "torch_threads": 1, "torch": "2.x"})
+    return mod
+
+
+def _row(attn, seed, acc, steps=8000, lr=7e-4, batch=32):
+    return {"label": f"{attn} cross-attention", "params": 1000, "steps": steps, "batch_size": batch, "lr": lr, "seed": seed,
+            "test_accuracy": acc, "test_one_minus_ned": acc + 10, "test_count": 1000, "train_s": 1.0}
+
+
+def _write(bench, name, rows, data=None):
+    payload = {"machine": {"cpu_model": "test CPU"}, "data": data or bench.DATA, "runs": rows}
+    (bench.RESULTS / f"{name}.json").write_text(json.dumps(payload))
+
+
+def _merge(bench, steps=8000):
+    bench.merge_main(argparse.Namespace(steps=steps, batch_size=32, lr=7e-4))
+    return json.loads((bench.RESULTS / "diff_vs_vanilla.json").read_text())
+
+
+def test_merge_keeps_every_seed_and_reports_mean_and_sd(bench):
+    _write(bench, "arm_vanilla_8000_s0", [_row("vanilla", 0, 71.3)])
+    _write(bench, "arm_vanilla_8000_s1", [_row("vanilla", 1, 69.1)])
+    _write(bench, "arm_diff_8000_s1", [_row("diff", 1, 70.0)])
+    # the shipped model's run is seed 0 of the diff arm (same steps, batch, lr and data)
+    _write(bench, "shipped_tiny", [_row("diff", 0, 65.9)])
+    _write(bench, "arm_diff_2500_s0", [_row("diff", 0, 10.0, steps=2500)])  # another budget: not merged
+    out = _merge(bench)
+    got = sorted((r["label"].split()[0], r["seed"], r["test_accuracy"]) for r in out["runs"])
+    assert got == [("diff", 0, 65.9), ("diff", 1, 70.0), ("vanilla", 0, 71.3), ("vanilla", 1, 69.1)]
+    assert out["summary"]["diff"]["seeds"] == [0, 1]
+    assert out["summary"]["vanilla"]["mean"] == pytest.approx((71.3 + 69.1) / 2)
+    assert out["summary"]["diff"]["sd"] == pytest.approx(statistics.stdev([65.9, 70.0]))
+    assert "over seeds [0, 1]" in (bench.RESULTS / "diff_vs_vanilla.md").read_text()
+
+
+def test_merge_skips_runs_of_other_settings_and_names_a_missing_arm(bench):
+    _write(bench, "arm_vanilla_8000_s0", [_row("vanilla", 0, 71.3)])
+    _write(bench, "shipped_tiny", [_row("diff", 0, 65.9, lr=1e-3)])  # another lr: not the diff arm
+    with pytest.raises(SystemExit, match="no diff arm at 8000 steps"):
+        _merge(bench)
+
+
+def test_an_arm_result_is_not_overwritten(bench, monkeypatch):
+    _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 5.0, steps=600)])
+    monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("vanilla", 0, 6.0, steps=600), None))
+    args = argparse.Namespace(attn="vanilla", steps=600, seed=0, n_test=10, lr=7e-4, batch_size=32, teacher=None,
+                              overwrite=False, csd=False)
+    with pytest.raises(SystemExit, match="exists"):
+        bench.bench_main(args)
+    assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 5.0
+    bench.bench_main(argparse.Namespace(**{**vars(args), "overwrite": True}))
+    assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 6.0
