@@ -11,6 +11,7 @@ thread count, seeds and wall time. Single-threaded by default (OMP_NUM_THREADS=1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -76,7 +77,8 @@ def run(
     trainer.test(task, datamodule=dm, verbose=False)
     res = task.results["test"]["combined"]
     return {
-        "arch": arch, "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
+        "arch": arch, "arch_config": {k: v for k, v in dataclasses.asdict(task.model.config).items() if k != "charset"},
+        "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": round(train_s, 1), "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
     }, task

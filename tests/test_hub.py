@@ -48,6 +48,24 @@ def test_architecture_mismatch_names_fields(tmp_path):
         )
 
 
+def test_a_field_missing_from_an_older_export_counts_as_its_default(tmp_path):
+    # An export written before a config field existed lacks it; load_pretrained builds the class
+    # default there, so create_model must compare against that default, not accept any value.
+    from zoo.models.lm import LMConfig
+
+    export_model(_model(), tmp_path / "exp")
+    cfg_path = tmp_path / "exp" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    default = LMConfig.__dataclass_fields__["norm_eps"].default
+    del meta["config"]["norm_eps"]
+    cfg_path.write_text(json.dumps(meta))
+    assert load_pretrained(tmp_path / "exp").config.norm_eps == default
+    args = dict(dim=32, n_layers=2, n_heads=2, vocab_size=40)
+    zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", **args)  # the default: accepted
+    with pytest.raises(ValueError, match=rf"norm_eps: checkpoint={default!r} config=0.5"):
+        zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", norm_eps=0.5, **args)
+
+
 def test_corrupt_and_missing_files(tmp_path):
     export_model(_model(), tmp_path / "exp")
     w = tmp_path / "exp" / "model.safetensors"

@@ -97,6 +97,17 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _config_defaults(config_cls: type) -> dict[str, Any]:
+    """Default value of every field of a config dataclass that has one."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -187,10 +198,13 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
         )
     runtime = getattr(model, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
     ours = _config_dict(model)
+    # a field the checkpoint lacks (an export older than the field) has the value load_pretrained
+    # builds for it: the config class's default
+    saved = {**_config_defaults(type(model.config)), **meta["config"]}
     diffs = [
-        f"{k}: checkpoint={meta['config'].get(k)!r} config={v!r}"
+        f"{k}: checkpoint={saved.get(k)!r} config={v!r}"
         for k, v in ours.items()
-        if k not in runtime and meta["config"].get(k, v) != v
+        if k not in runtime and saved.get(k, v) != v
     ]
     if diffs:
         raise ValueError(

@@ -138,6 +138,10 @@ def test_all_registered_sizes_and_equal_params():
         assert d.num_params() - v.num_params() == extra
         assert d.layers[0].cross_attn.attn_type == "diff" and v.layers[0].cross_attn.attn_type == "vanilla"
         assert v.config.dec_heads == 2 * c.dec_heads
+        # the twins differ in the cross-attention only: one self-attention layout (PARSeq's head count)
+        assert d.layers[0].self_attn.n_heads == v.layers[0].self_attn.n_heads == 2 * c.dec_heads
+        assert {k: t.shape for k, t in d.layers[0].self_attn.state_dict().items()} == {
+            k: t.shape for k, t in v.layers[0].self_attn.state_dict().items()}
     with pytest.raises(ValueError, match="unknown attn_type"):
         STRConfig(attn_type="nope")
     with pytest.raises(ValueError, match="divisible"):
@@ -181,3 +185,25 @@ def test_sincos_position_init_formula():
                 assert row[3 * q + k].item() == pytest.approx(math.cos(c * om), abs=1e-6)
     m = tiny()
     torch.testing.assert_close(m.encoder.pos_embed[0], sincos_2d(8, 16, 32))
+
+
+def test_export_without_dec_self_heads_keeps_its_layout(tmp_path):
+    # exports made before dec_self_heads existed used dec_heads for the self-attention
+    import json
+
+    from zoo.hub import export_model
+
+    m = tiny(dec_heads=2, dec_self_heads=None)
+    export_model(m, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["config"]["dec_self_heads"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    loaded = zoo.load_pretrained(tmp_path / "old")
+    assert loaded.layers[0].self_attn.n_heads == 2
+    x = torch.rand(2, 3, 32, 128)
+    torch.testing.assert_close(loaded(x), m.eval()(x))
+    with pytest.raises(ValueError, match="dec_self_heads: checkpoint=None config=4"):
+        zoo.create_model("str-diff-tiny", pretrained=tmp_path / "old", **{k: v for k, v in TINY.items() if k != "dropout"},
+                         dec_self_heads=4)
+    with pytest.raises(ValueError, match="dec_self_heads must be a positive divisor"):
+        STRConfig(dec_dim=96, dec_self_heads=5)

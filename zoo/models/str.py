@@ -48,6 +48,9 @@ class STRConfig:
     it is stored expanded, so an export carries its charset. Encoder and decoder sizes are separate
     knobs (CSD finds scaling the decoder pays more than scaling the encoder). A ``diff`` head splits
     its width into two q/k sub-heads, so ``vanilla`` twins at equal parameters use ``2 * dec_heads``.
+    ``dec_heads`` sizes the cross-attention; the decoder's self-attention has ``dec_self_heads`` heads
+    (``None``: ``dec_heads``), so the registered diff / vanilla twins share one self-attention and
+    differ in the cross-attention only.
     """
 
     charset: str = "36"
@@ -61,6 +64,7 @@ class STRConfig:
     dec_dim: int = 192
     dec_depth: int = 1
     dec_heads: int = 3
+    dec_self_heads: Optional[int] = None
     dec_mlp_ratio: float = 4.0
     attn_type: str = "diff"
     self_attn_type: str = "vanilla"
@@ -85,8 +89,18 @@ class STRConfig:
             raise ValueError(f"img_size {self.img_size} must be [H, W] divisible by patch_size {self.patch_size}")
         if self.enc_dim % self.enc_heads or self.dec_dim % self.dec_heads:
             raise ValueError("enc_dim / dec_dim must be divisible by enc_heads / dec_heads")
-        if "diff" in (self.attn_type, self.self_attn_type) and (self.dec_dim // self.dec_heads) % 2:
-            raise ValueError(f"diff attention needs an even head width; dec_dim / dec_heads = {self.dec_dim // self.dec_heads}")
+        if self.dec_self_heads is not None and (
+            not isinstance(self.dec_self_heads, int) or self.dec_self_heads <= 0 or self.dec_dim % self.dec_self_heads
+        ):
+            raise ValueError(f"dec_self_heads must be a positive divisor of dec_dim ({self.dec_dim}), got {self.dec_self_heads!r}")
+        for kind, heads in ((self.attn_type, self.dec_heads), (self.self_attn_type, self.self_heads)):
+            if kind.startswith("diff") and (self.dec_dim // heads) % 2:
+                raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
+
+    @property
+    def self_heads(self) -> int:
+        """Heads of the decoder's self-attention."""
+        return self.dec_heads if self.dec_self_heads is None else self.dec_self_heads
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.refine_iters < 0:
@@ -108,7 +122,7 @@ class DecoderLayer(nn.Module):
         d = cfg.dec_dim
         common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
         self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.dec_heads, **common)
+        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.self_heads, **common)
         self.norm_x = nn.LayerNorm(d)
         self.cross_attn = build_attention(cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common)
         self.norm_m = nn.LayerNorm(d)
@@ -350,6 +364,7 @@ for _size, (_ed, _edep, _eh, _dd, _ddep, _dh) in _SIZES.items():
             description=f"PARSeq-style recognizer, {_attn} cross-attention, ViT {_edep}x{_ed} / decoder {_ddep}x{_dd}",
             pretrained=_shipped,  # str-diff-tiny ships weights (scripts/bench_str.py --export): charset 36, max_length 6
             enc_dim=_ed, enc_depth=_edep, enc_heads=_eh, dec_dim=_dd, dec_depth=_ddep, dec_heads=_h, attn_type=_attn,
+            dec_self_heads=2 * _dh,  # one self-attention (PARSeq's head width) for both twins: only the cross-attention differs
         )
 
 __all__ = ["DecoderLayer", "Reading", "STRConfig", "SceneTextRecognizer", "sincos_2d", "visibility"]
