@@ -183,3 +183,7 @@ def test_build_lmdb_checks_every_image_before_writing(tmp_path):
     with pytest.raises(ValueError, match="b.png"):
         build_lmdb(d, out)
     assert not out.exists()  # nothing half-written: a corrected rerun can use the same folder
+    (d / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labels of .* do not exist, e.g. \['b.png'\]"):
+        build_lmdb(d, out)
+    assert not out.exists()

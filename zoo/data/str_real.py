@@ -140,6 +140,13 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     return pairs
 
 
+def _require_images(folder: Path, pairs: list[tuple[str, str]]) -> None:
+    """Raise naming the images that ``folder``'s labels list but that do not exist."""
+    missing = [p for p, _ in pairs if not (folder / p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images named in the labels of {folder} do not exist, e.g. {missing[:5]}")
+
+
 class FolderDataset(Dataset):
     """Images of a folder listed in its labels file; missing image files are an error naming them."""
 
@@ -147,9 +154,7 @@ class FolderDataset(Dataset):
         self.folder, self.charset = Path(folder), charset
         self.stats = NormStats()
         pairs = read_labels(self.folder, labels)
-        missing = [p for p, _ in pairs if not (self.folder / p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} images named in the labels of {self.folder} do not exist, e.g. {missing[:5]}")
+        _require_images(self.folder, pairs)
         self.items = [(p, t) for p, raw in pairs if (t := charset.normalize(raw, self.stats)) is not None]
 
     def __len__(self) -> int:
@@ -183,14 +188,13 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     """
     import lmdb
 
-    from zoo.data.str import load_image
-
     folder, out = Path(folder), Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
     pairs = read_labels(folder, labels)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")
+    _require_images(folder, pairs)  # a stat per file, before anything is created
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     env = lmdb.open(str(out), map_size=map_size)

@@ -94,7 +94,7 @@ class STRConfig:
         ):
             raise ValueError(f"dec_self_heads must be a positive divisor of dec_dim ({self.dec_dim}), got {self.dec_self_heads!r}")
         for kind, heads in ((self.attn_type, self.dec_heads), (self.self_attn_type, self.self_heads)):
-            if kind.startswith("diff") and (self.dec_dim // heads) % 2:
+            if kind == "diff" and (self.dec_dim // heads) % 2:
                 raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
 
     @property

@@ -145,15 +145,15 @@ def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tenso
     """
     B = len(captions)
     parts = gather_objects(list(captions))
+    caps_all = [c for p in parts for c in p]
     if len(parts) == 1:
-        fi_all, ft_all, caps_all, start = fi, ft, list(captions), 0
+        fi_all, ft_all, start = fi, ft, 0
     else:
         import torch.distributed as dist
 
         sizes = [len(p) for p in parts]
         start = sum(sizes[: dist.get_rank()])
         fi_all, ft_all = _all_gather_rows(fi, sizes), _all_gather_rows(ft, sizes)
-        caps_all = [c for p in parts for c in p]
     same = torch.tensor([[a == b for b in caps_all] for a in captions], device=fi.device)  # [B, N]
     tgt = same.float() / same.float().sum(1, keepdim=True)
     i2t = fi @ ft_all.T / temperature  # this rank's images against every text
