@@ -1,5 +1,6 @@
 """Export / load_pretrained / create_model(pretrained=...) and their errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -108,3 +109,29 @@ def test_list_models_filters():
     names = zoo.list_models("lm-*")
     assert "lm-diff-tiny" in names and "lm-vanilla-1.4b" in names
     assert zoo.list_models("lm-vanilla-*") == sorted(n for n in names if n.startswith("lm-vanilla-"))
+
+
+def test_every_shipped_model_builds_by_name_with_its_weights():
+    # create_model(name, pretrained=name) must give the same model as load_pretrained(name); fields the
+    # training data fixed (charset / max length, tokenizer vocabulary) come from the checkpoint
+    shipped = zoo.list_models(pretrained=True)
+    assert {"str-diff-tiny", "vlm-fda-tiny"} <= set(shipped)
+    for name in shipped:
+        built = zoo.create_model(name, pretrained=name)
+        ref = load_pretrained(name)
+        runtime = built.runtime_fields
+        arch = lambda m: {k: v for k, v in dataclasses.asdict(m.config).items() if k not in runtime}  # noqa: E731
+        assert arch(built) == arch(ref), name
+        ref_state = ref.state_dict()
+        assert all(torch.equal(t, ref_state[k]) for k, t in built.state_dict().items()), name
+
+
+def test_data_fields_passed_explicitly_still_must_match():
+    with pytest.raises(ValueError, match=r"max_length: checkpoint=6 config=25.*drop the overrides \['max_length'\]"):
+        zoo.create_model("str-diff-tiny", pretrained="str-diff-tiny", max_length=25)
+
+
+def test_mismatch_with_the_registered_architecture_says_so(tmp_path):
+    export_model(_model(), tmp_path / "exp")  # dim 32, 2 layers: not lm-diff-tiny's registered shape
+    with pytest.raises(ValueError, match=r"registered 'lm-diff-tiny' values: the checkpoint is another architecture"):
+        zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", vocab_size=40)

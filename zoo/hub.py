@@ -127,14 +127,22 @@ def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **ove
 
     ``pretrained`` is an exported folder (or a registered name with shipped weights); its config
     must match the built architecture except for runtime fields (dropout, backend, ...), else a
-    ``ValueError`` lists the differing fields.
+    ``ValueError`` lists the differing fields. Fields the training data fixes (the model class's
+    ``data_fields``: a recognizer's charset and maximum length, a tokenizer's vocabulary size) come
+    from the checkpoint unless passed in ``overrides`` (as timm takes ``num_classes`` from the
+    pretrained config).
     """
     spec = get_spec(name)
-    model = spec.model_cls.from_config({**spec.config, **overrides})
+    config = {**spec.config, **overrides}
+    meta = folder = None
     if pretrained is not None:
         folder = resolve_pretrained(pretrained)
         meta = read_export_config(folder)
-        check_compatible(model, meta, folder)
+        data_fields = getattr(spec.model_cls, "data_fields", ())
+        config.update({k: v for k, v in meta["config"].items() if k in data_fields and k not in overrides})
+    model = spec.model_cls.from_config(config)
+    if meta is not None:
+        check_compatible(model, meta, folder, overrides=set(overrides), arch=name)
         _load_weights(model, folder)
         _load_assets(model, folder)
     return model
@@ -188,8 +196,18 @@ def export_arch_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in fields and k not in runtime}
 
 
-def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, Path] = "") -> None:
-    """Raise ``ValueError`` naming every architecture field where ``model`` and the export differ."""
+def check_compatible(
+    model: nn.Module,
+    meta: dict[str, Any],
+    folder: Union[str, Path] = "",
+    overrides: Optional[set[str]] = None,
+    arch: Optional[str] = None,
+) -> None:
+    """Raise ``ValueError`` naming every architecture field where ``model`` and the export differ.
+
+    ``overrides`` / ``arch`` (from :func:`create_model`) let the message say whether a differing
+    value was passed by the caller or is the registered architecture's.
+    """
     ours_cls = _class_path(type(model))
     if meta["model_class"] != ours_cls:
         raise ValueError(
@@ -201,16 +219,25 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
     # a field the checkpoint lacks (an export older than the field) has the value load_pretrained
     # builds for it: the config class's default
     saved = {**_config_defaults(type(model.config)), **meta["config"]}
-    diffs = [
-        f"{k}: checkpoint={saved.get(k)!r} config={v!r}"
-        for k, v in ours.items()
-        if k not in runtime and saved.get(k, v) != v
-    ]
-    if diffs:
-        raise ValueError(
-            f"checkpoint {folder} does not match the configured architecture ({'; '.join(diffs)}); "
-            "remove these overrides or use a checkpoint trained with them"
-        )
+    differing = [k for k, v in ours.items() if k not in runtime and saved.get(k, v) != v]
+    if not differing:
+        return
+    diffs = "; ".join(f"{k}: checkpoint={saved.get(k)!r} config={ours[k]!r}" for k in differing)
+    if overrides is None:
+        hint = "remove these overrides or use a checkpoint trained with them"
+    else:
+        passed = [k for k in differing if k in overrides]
+        registered = [k for k in differing if k not in overrides]
+        hints = []
+        if passed:
+            hints.append(f"drop the overrides {passed} or use a checkpoint trained with them")
+        if registered:
+            hints.append(
+                f"{registered} are the registered {arch!r} values: the checkpoint is another architecture; "
+                "create the matching name or read it with zoo.load_pretrained"
+            )
+        hint = "; ".join(hints)
+    raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}); {hint}")
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:

@@ -180,6 +180,7 @@ class SceneTextRecognizer(nn.Module):
     family = "str"
     config_class = STRConfig
     runtime_fields = DEFAULT_RUNTIME_FIELDS | {"decode", "refine_iters"}
+    data_fields = frozenset({"charset", "max_length"})  # create_model(pretrained=...) takes these from the checkpoint
 
     def __init__(self, config: STRConfig) -> None:
         super().__init__()

@@ -154,6 +154,7 @@ class VisionLanguageModel(nn.Module):
     family = "vlm"
     config_class = VLMConfig
     runtime_fields = DEFAULT_RUNTIME_FIELDS | {"text_init"}
+    data_fields = frozenset({"vocab_size", "pad_token_id"})  # the tokenizer's; create_model(pretrained=...) reads them
 
     def __init__(self, config: VLMConfig) -> None:
         super().__init__()
