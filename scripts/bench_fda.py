@@ -4,6 +4,11 @@
     python scripts/bench_fda.py --phase train        # only train (exports under --work)
     python scripts/bench_fda.py --phase eval         # only evaluate existing exports
     python scripts/bench_fda.py --export             # also copy the FDA seed-0 model to zoo/pretrained/vlm-fda-tiny
+    python scripts/bench_fda.py --phase train --arms fda & python scripts/bench_fda.py --phase train --arms nofda
+                                                     # one arm per process (cores), then --phase eval
+
+A run trained under --work is reused only with the settings it was trained with (steps, batch size,
+lr, warmup, ITM weight, scenes); other settings stop with an error that names them.
 
 Equal budget: both variants see the same synthetic scenes (data seed 0), the same number of steps,
 batch size and schedule; the training seed (init and data order) is 0, 1, ... for both. Evaluation
@@ -53,10 +58,30 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     trainer.fit(task, datamodule=dm)
     wall = time.time() - t0
     task.export(out, overwrite=True)
-    meta = {"fda": fda, "seed": seed, "steps": args.steps, "batch_size": args.batch_size, "train_wall_s": wall,
-            "params": task.model.num_params()}
+    meta = {"fda": fda, "seed": seed, **train_settings(args), "train_wall_s": wall, "params": task.model.num_params()}
     (out / "bench_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"trained fda={fda} seed={seed}: {wall:.0f}s", flush=True)
+    return meta
+
+
+TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000}  # of runs whose meta predates the field
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """The settings a trained run depends on (recorded in its bench_meta.json)."""
+    return {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+            "itm_weight": args.itm_weight, "n_train": args.n_train}
+
+
+def check_trained(folder: Path, args: argparse.Namespace) -> dict:
+    """The meta of the run trained in ``folder``; ``SystemExit`` if it was trained with other settings
+    (a rerun with new settings must not report an old run under them)."""
+    meta = json.loads((folder / "bench_meta.json").read_text())
+    differ = [f"{k}: trained {meta.get(k, TRAIN_DEFAULTS.get(k))!r}, asked {v!r}"
+              for k, v in train_settings(args).items() if meta.get(k, TRAIN_DEFAULTS.get(k)) != v]
+    if differ:
+        raise SystemExit(f"{folder} holds a run trained with other settings ({'; '.join(differ)}); "
+                         "pass another --work folder or remove it")
     return meta
 
 
@@ -83,6 +108,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--arms", nargs="+", choices=["nofda", "fda"], default=["nofda", "fda"],
+                   help="train only these arms (e.g. one per process); the tables need both")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -102,21 +129,26 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    runs = [(fda, s) for s in args.seeds for fda in (False, True)]
+    runs = [(fda, s) for s in args.seeds for fda in (False, True) if ("fda" if fda else "nofda") in args.arms]
     if args.phase in ("all", "train"):
         for fda, s in runs:
             out = work / f"{'fda' if fda else 'nofda'}_s{s}"
             if (out / "bench_meta.json").is_file():
-                print(f"skip {out} (already trained)", flush=True)
+                check_trained(out, args)
+                print(f"skip {out} (already trained with these settings)", flush=True)
                 continue
             train_one(fda, s, args, out)
     if args.phase == "train":
         return
+    if set(args.arms) != {"nofda", "fda"}:
+        raise SystemExit("the tables compare both arms: evaluate with --arms nofda fda (the default)")
     rows = []
     for eps in args.eps:
         for fda, s in runs:
             folder = work / f"{'fda' if fda else 'nofda'}_s{s}"
-            meta = json.loads((folder / "bench_meta.json").read_text())
+            if not (folder / "bench_meta.json").is_file():
+                raise SystemExit(f"{folder} has no trained run: train it first (--phase train)")
+            meta = check_trained(folder, args)
             cache = folder / f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
             if cache.is_file():
                 res = json.loads(cache.read_text())

@@ -1,0 +1,59 @@
+"""scripts/bench_fda.py: a trained run in the work folder is reused only under the settings it was trained with."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_fda_under_test", ROOT / "scripts" / "bench_fda.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    trained = []
+    monkeypatch.setattr(mod, "train_one", lambda fda, seed, args, out: trained.append((fda, seed)))
+    monkeypatch.setattr(mod, "evaluate_one", lambda *a: pytest.fail("must not evaluate a mismatched run"))
+    mod.trained = trained
+    return mod
+
+
+def _main(mod, monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["bench_fda.py", *argv])
+    mod.main()
+
+
+def _trained_run(folder: Path, **meta):
+    folder.mkdir(parents=True)
+    (folder / "bench_meta.json").write_text(json.dumps({"fda": True, "seed": 0, **meta}))
+
+
+def test_an_old_run_is_not_reported_under_new_settings(bench, monkeypatch, tmp_path):
+    # written before lr / itm_weight were recorded: those count as the defaults of the time
+    _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
+    with pytest.raises(SystemExit, match=r"other settings \(steps: trained 600, asked 2000\)"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "2000")
+    with pytest.raises(SystemExit, match=r"itm_weight: trained 1.0, asked 2.0"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train",
+              "--steps", "600", "--itm-weight", "2")
+    with pytest.raises(SystemExit, match="nofda_s0 has no trained run"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--steps", "600")
+    _trained_run(tmp_path / "nofda_s0", steps=600, batch_size=64)
+    with pytest.raises(SystemExit, match="steps: trained 600, asked 2000"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--steps", "2000")
+    assert bench.trained == []
+    # the same settings: reused, nothing retrained
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600")
+    assert bench.trained == []
+
+
+def test_arms_train_one_variant_and_eval_needs_both(bench, monkeypatch, tmp_path):
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "1", "--arms", "nofda", "--phase", "train")
+    assert bench.trained == [(False, 0), (False, 1)]
+    with pytest.raises(SystemExit, match="compare both arms"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda")
