@@ -138,7 +138,8 @@ def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **ove
     if pretrained is not None:
         folder = resolve_pretrained(pretrained)
         meta = read_export_config(folder)
-        data_fields = getattr(spec.model_cls, "data_fields", ())
+        # (from a checkpoint of the same class only: another class fails in check_compatible below)
+        data_fields = getattr(spec.model_cls, "data_fields", ()) if meta["model_class"] == _class_path(spec.model_cls) else ()
         config.update({k: v for k, v in meta["config"].items() if k in data_fields and k not in overrides})
     model = spec.model_cls.from_config(config)
     if meta is not None:
