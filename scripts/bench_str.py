@@ -1,6 +1,9 @@
 """Scene-text recognition benchmark and the training of the shipped ``str-diff-tiny``.
 
     python scripts/bench_str.py --export            # train str-diff-tiny, export to zoo/pretrained/str-diff-tiny
+    python scripts/bench_str.py --export --steps 40000 --resume-dir scripts/results/str/long --budget-min 60
+                                                    # a long run over several sessions: each call trains 60 min,
+                                                    # checkpoints, and the last one tests and exports
     python scripts/bench_str.py --steps 600         # diff vs vanilla decoder (equal params, equal budget),
                                                     # then CSD student vs its teacher
 Everything runs on the synthetic data (zoo.data.str_synth): training fonts for train/val, held-out
@@ -17,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,49 +42,98 @@ SHIPPED = ROOT / "zoo" / "pretrained" / "str-diff-tiny"
 DATA = dict(charset="36", max_length=6, synth_min_len=1, synth_max_len=6, synth_strength=0.4)
 
 
+RESUME_CKPT, RESUME_STATE = "last.ckpt", "progress.json"
+
+
 def run(
     arch: str, steps: int, seed: int = 0, batch_size: int = 32, n_test: int = 1000, lr: float = 7e-4,
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
-) -> tuple[dict[str, Any], Any]:
-    """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task."""
+    resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
+) -> tuple[Optional[dict[str, Any]], Any]:
+    """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task.
+
+    With ``resume_dir`` the run can span several processes: it stops at a step boundary once ``budget_s``
+    seconds of training have passed (or at step ``stop_at``), saves a Lightning checkpoint (weights,
+    optimizer, schedule position) there and returns ``(None, task)``; the same call later resumes it on the
+    synthetic words after the ones already seen, under the same schedule over ``steps``.
+    """
     import lightning as L
 
     from zoo.data.str import STRDataModule
     from zoo.tasks.str import RecognitionTask
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    L.seed_everything(seed, workers=True)
+    settings = {"arch": arch, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "teacher": teacher,
+                "val_every": val_every, "data_seed": data_seed, "data": DATA}
+    ckpt, state = None, {"settings": settings, "done": 0, "train_s": 0.0, "val": []}
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        if (resume_dir / RESUME_STATE).is_file():
+            state = json.loads((resume_dir / RESUME_STATE).read_text())
+            if state["settings"] != settings:
+                differ = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+                raise SystemExit(f"{resume_dir} holds a run with other settings ({differ}); pass another --resume-dir")
+            ckpt = resume_dir / RESUME_CKPT
+            print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
+    done = state["done"]
+    L.seed_everything(seed + done, workers=True)
     dm = STRDataModule(
-        **DATA, synthetic={"train": steps * batch_size, "val": 256 if val_every else 0, "test": n_test},
-        synth_seed=data_seed, batch_size=batch_size, eval_batch_size=128,
+        **DATA, synthetic={"train": (steps - done) * batch_size, "val": 256 if val_every else 0, "test": n_test},
+        synth_seed=data_seed, synth_train_start=done * batch_size, batch_size=batch_size, eval_batch_size=128,
     )
+
     class Progress(L.Callback):
-        """Prints loss / validation accuracy (the bar is off in logs)."""
+        """Prints loss / validation accuracy (the bar is off in logs), records validation, stops on budget."""
 
         def on_train_batch_end(self, trainer, *_: Any) -> None:
             if trainer.global_step % 100 == 0:
                 m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
                 print(f"step {trainer.global_step} {time.time() - t0:.0f}s {m}", flush=True)
+            over = (budget_s is not None and time.time() - t0 > budget_s) or (stop_at is not None and trainer.global_step >= stop_at)
+            if resume_dir is not None and over and trainer.global_step < steps:
+                trainer.should_stop = True
+
+        def on_validation_end(self, trainer, *_: Any) -> None:
+            if not trainer.sanity_checking:
+                m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+                state["val"].append({"step": trainer.global_step, **m})
 
     task = RecognitionTask(arch=arch, data_info=dm.data_info, lr=lr, warmup_steps=min(100, steps // 10), teacher=teacher,
                            model_args={"dropout": 0.0})
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
+        # max_epochs=-1: the schedule's length is max_steps also when a resumed run's loader holds only the rest
+        accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
-        val_check_interval=val_every or None, limit_val_batches=1.0 if val_every else 0,
+        val_check_interval=val_every or None, check_val_every_n_epoch=None if val_every else 1,
+        limit_val_batches=1.0 if val_every else 0, num_sanity_val_steps=0,
         default_root_dir=str(out_dir or tempfile.mkdtemp(prefix="bench_str_")), callbacks=[Progress()],
     )
     t0 = time.time()
-    trainer.fit(task, datamodule=dm)
-    train_s = time.time() - t0
+    with warnings.catch_warnings():
+        # the resumed loader deliberately holds only the words not seen yet (synth_train_start), so
+        # Lightning's warning about restarting a non-resumable loader mid-epoch does not apply
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    state["train_s"] = round(state["train_s"] + time.time() - t0, 1)
+    if resume_dir is not None:
+        state["done"] = trainer.global_step
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.global_step < steps:
+            trainer.save_checkpoint(resume_dir / RESUME_CKPT)
+        (resume_dir / RESUME_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        if trainer.global_step < steps:
+            print(f"stopped at step {trainer.global_step} of {steps} ({state['train_s']:.0f} s of training so far); "
+                  f"run the same command again to continue from {resume_dir}", flush=True)
+            return None, task
     t0 = time.time()
     trainer.test(task, datamodule=dm, verbose=False)
     res = task.results["test"]["combined"]
     return {
         "arch": arch, "arch_config": {k: v for k, v in dataclasses.asdict(task.model.config).items() if k != "charset"},
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": round(train_s, 1), "test_s": round(time.time() - t0, 1),
+        "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
+        **({"val_history": state["val"], "sessions_resumed_from": ckpt is not None} if resume_dir is not None else {}),
     }, task
 
 
@@ -107,7 +160,10 @@ def export_main(args: argparse.Namespace) -> None:
     from zoo.hub import export_model
 
     row, task = run("str-diff-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, val_every=args.val_every,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, resume_dir=args.resume_dir,
+                    budget_s=None if args.budget_min is None else 60 * args.budget_min)
+    if row is None:  # stopped on its budget; the next call continues
+        return
     row["label"] = "str-diff-tiny (shipped)"
     folder = Path(args.export_dir)
     export_model(task.model, folder, arch="str-diff-tiny", overwrite=True,
@@ -239,7 +295,15 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
     p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing arm result of the same steps and seed")
+    p.add_argument("--resume-dir", type=Path, default=None,
+                   help="--export only: keep a resumable checkpoint here; the same command continues the run")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help="with --resume-dir: stop after this many minutes of training, checkpointed")
     args = p.parse_args()
+    if (args.resume_dir is not None or args.budget_min is not None) and not args.export:
+        p.error("--resume-dir / --budget-min go with --export")
+    if args.budget_min is not None and args.resume_dir is None:
+        p.error("--budget-min needs --resume-dir (where the stopped run is kept)")
     if args.steps is None:
         args.steps = 4000 if args.export else 600
     if args.merge:

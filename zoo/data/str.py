@@ -95,14 +95,17 @@ def encode_targets(charset: Charset, texts: Sequence[str]) -> torch.Tensor:
 # Datasets: every item is (PIL image, normalized text)
 # ---------------------------------------------------------------------------------------------
 class SyntheticSTRDataset(Dataset):
-    """``n`` rendered words of ``split`` (see :mod:`zoo.data.str_synth`); item ``i`` is a pure function of ``(seed, split, i)``."""
+    """``n`` rendered words of ``split`` (see :mod:`zoo.data.str_synth`); item ``i`` is sample ``start + i``,
+    a pure function of ``(seed, split, start + i)`` (``start`` continues a stream, e.g. a resumed run)."""
 
     def __init__(
         self, n: int, charset: Charset, split: str = "train", seed: int = 0, min_len: int = 1,
         max_len: Optional[int] = None, strength: float = 1.0, fonts: Optional[Sequence[str]] = None,
-        img_size: tuple[int, int] = (32, 128),
+        img_size: tuple[int, int] = (32, 128), start: int = 0,
     ) -> None:
-        self.n, self.charset, self.split, self.seed = int(n), charset, split, int(seed)
+        if int(start) < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.n, self.charset, self.split, self.seed, self.start = int(n), charset, split, int(seed), int(start)
         self.min_len, self.max_len = int(min_len), int(max_len or charset.max_length)
         if not 1 <= self.min_len <= self.max_len <= charset.max_length:
             raise ValueError(f"need 1 <= min_len <= max_len <= charset max_length ({charset.max_length}), got {min_len}, {max_len}")
@@ -113,8 +116,10 @@ class SyntheticSTRDataset(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[Image.Image, str]:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} samples")
         img, text = make_sample(
-            self.seed, self.split, i, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
+            self.seed, self.split, self.start + i, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
             strength=self.strength, size=self.img_size, fonts=self.fonts,
         )
         return img, text
@@ -194,6 +199,8 @@ class STRDataModule(L.LightningDataModule):
         synthetic: sizes of the synthetic splits ``{train, val, test}`` (0 = none); used when no
             real source is given for that split.
         synth_seed, synth_min_len, synth_max_len, synth_strength: the generator's knobs.
+        synth_train_start: index of the first synthetic training sample (a resumed run continues on
+            words it has not seen).
         train_dirs / val_dirs / test_dirs: real sources (an LMDB folder, a root holding several
             LMDBs, or an image folder with ``labels.txt``/``labels.csv``); each test source is its
             own set in the per-set table.
@@ -211,6 +218,7 @@ class STRDataModule(L.LightningDataModule):
         synth_min_len: int = 1,
         synth_max_len: Optional[int] = None,
         synth_strength: float = 1.0,
+        synth_train_start: int = 0,
         train_dirs: Optional[list[str]] = None,
         val_dirs: Optional[list[str]] = None,
         test_dirs: Optional[list[str]] = None,
@@ -228,6 +236,7 @@ class STRDataModule(L.LightningDataModule):
         if bad:
             raise ValueError(f"synthetic split sizes take keys train/val/test, got {bad}")
         self.synth_kw = dict(seed=synth_seed, min_len=synth_min_len, max_len=synth_max_len, strength=synth_strength)
+        self.synth_train_start = int(synth_train_start)
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -256,7 +265,8 @@ class STRDataModule(L.LightningDataModule):
                 print(ds.stats.report(f"{split} set {name}"), file=sys.stderr, flush=True)
                 sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
         if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
-            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, **self.synth_kw)
+            start = self.synth_train_start if split == "train" else 0
+            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start, **self.synth_kw)
             sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size, offset=sum(map(len, sets))))
         self._sets[split] = sets
         return sets

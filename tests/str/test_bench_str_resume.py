@@ -1,0 +1,68 @@
+"""scripts/bench_str.py --resume-dir: a long run split over several processes continues where it stopped."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo.data.str as str_data
+from zoo.data.charsets import Charset
+from zoo.data.str import SyntheticSTRDataset
+from zoo.data.str_synth import make_sample
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("bench_str_resume_under_test", ROOT / "scripts" / "bench_str.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
+    return mod
+
+
+def test_synthetic_start_continues_the_stream():
+    cs = Charset("36", 6)
+    ds = SyntheticSTRDataset(3, cs, "train", seed=4, min_len=1, max_len=6, strength=0.4, start=5)
+    img, text = ds[0]
+    ref_img, ref_text = make_sample(4, "train", 5, cs.chars, min_len=1, max_len=6, strength=0.4, size=(32, 128), fonts=ds.fonts)
+    assert text == ref_text and np.array_equal(np.asarray(img), np.asarray(ref_img))
+    with pytest.raises(IndexError):
+        ds[3]
+    with pytest.raises(ValueError, match="start"):
+        SyntheticSTRDataset(3, cs, start=-1)
+
+
+def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_path, monkeypatch):
+    starts = []
+    real = str_data.STRDataModule
+
+    def recording(*a, **kw):
+        starts.append((kw.get("synth_train_start", 0), kw["synthetic"]["train"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(str_data, "STRDataModule", recording)
+    kw = dict(arch="str-diff-tiny", steps=6, batch_size=4, n_test=8, lr=1e-3, resume_dir=tmp_path / "long")
+    row, task = bench.run(**kw, stop_at=2)
+    assert row is None and (tmp_path / "long" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "long" / "progress.json").read_text())["done"] == 2
+    row, task = bench.run(**kw, stop_at=4)
+    assert row is None
+    # the cosine schedule over all 6 steps (no warm-up at this length), not restarted over the remaining ones
+    floor = task.hparams["min_lr_ratio"]
+    expected = 1e-3 * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 4 / 6)))
+    assert task.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+    row, task = bench.run(**kw)
+    assert row["steps"] == 6 and row["test_count"] == 8 and row["sessions_resumed_from"]
+    assert task.trainer.global_step == 6
+    # every part trains on the words after the ones already seen
+    assert starts == [(0, 24), (8, 16), (16, 8)]
+    # another setting cannot continue this run
+    with pytest.raises(SystemExit, match=r"other settings \(\['lr'\]\)"):
+        bench.run(**{**kw, "lr": 2e-3})
