@@ -43,6 +43,7 @@ DATA = dict(charset="36", max_length=6, synth_min_len=1, synth_max_len=6, synth_
 
 
 RESUME_CKPT, RESUME_STATE = "last.ckpt", "progress.json"
+SAVE_EVERY = 1000  # steps between checkpoints of a resumable run
 
 
 def run(
@@ -73,8 +74,12 @@ def run(
             if state["settings"] != settings:
                 differ = sorted(k for k in settings if state["settings"].get(k) != settings[k])
                 raise SystemExit(f"{resume_dir} holds a run with other settings ({differ}); pass another --resume-dir")
+            if state["done"] >= steps:
+                raise SystemExit(f"the run in {resume_dir} is complete ({steps} steps, tested and exported); "
+                                 "remove the folder to train again")
             ckpt = resume_dir / RESUME_CKPT
             print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
+        state["parts"] = state.get("parts", 0) + 1
     done = state["done"]
     L.seed_everything(seed + done, workers=True)
     dm = STRDataModule(
@@ -82,13 +87,24 @@ def run(
         synth_seed=data_seed, synth_train_start=done * batch_size, batch_size=batch_size, eval_batch_size=128,
     )
 
+    def save_state(trainer: Any, train_s: float) -> None:
+        """Checkpoint (when the run is not over) and progress file of a resumable run."""
+        state["done"] = trainer.global_step
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.global_step < steps:
+            trainer.save_checkpoint(resume_dir / RESUME_CKPT)
+        (resume_dir / RESUME_STATE).write_text(json.dumps({**state, "train_s": round(train_s, 1)}, indent=2) + "\n")
+
     class Progress(L.Callback):
-        """Prints loss / validation accuracy (the bar is off in logs), records validation, stops on budget."""
+        """Prints loss / validation accuracy (the bar is off in logs), records validation, stops on budget,
+        checkpoints a resumable run every SAVE_EVERY steps (a killed part loses at most that)."""
 
         def on_train_batch_end(self, trainer, *_: Any) -> None:
             if trainer.global_step % 100 == 0:
                 m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
                 print(f"step {trainer.global_step} {time.time() - t0:.0f}s {m}", flush=True)
+            if resume_dir is not None and trainer.global_step % SAVE_EVERY == 0 and trainer.global_step < steps:
+                save_state(trainer, state["train_s"] + time.time() - t0)
             over = (budget_s is not None and time.time() - t0 > budget_s) or (stop_at is not None and trainer.global_step >= stop_at)
             if resume_dir is not None and over and trainer.global_step < steps:
                 trainer.should_stop = True
@@ -116,11 +132,7 @@ def run(
         trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     state["train_s"] = round(state["train_s"] + time.time() - t0, 1)
     if resume_dir is not None:
-        state["done"] = trainer.global_step
-        resume_dir.mkdir(parents=True, exist_ok=True)
-        if trainer.global_step < steps:
-            trainer.save_checkpoint(resume_dir / RESUME_CKPT)
-        (resume_dir / RESUME_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        save_state(trainer, state["train_s"])
         if trainer.global_step < steps:
             print(f"stopped at step {trainer.global_step} of {steps} ({state['train_s']:.0f} s of training so far); "
                   f"run the same command again to continue from {resume_dir}", flush=True)
@@ -133,7 +145,7 @@ def run(
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
-        **({"val_history": state["val"], "sessions_resumed_from": ckpt is not None} if resume_dir is not None else {}),
+        **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
     }, task
 
 

@@ -59,10 +59,33 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
     expected = 1e-3 * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 4 / 6)))
     assert task.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
     row, task = bench.run(**kw)
-    assert row["steps"] == 6 and row["test_count"] == 8 and row["sessions_resumed_from"]
+    assert row["steps"] == 6 and row["test_count"] == 8 and row["parts"] == 3
     assert task.trainer.global_step == 6
     # every part trains on the words after the ones already seen
     assert starts == [(0, 24), (8, 16), (16, 8)]
+    with pytest.raises(SystemExit, match="is complete"):
+        bench.run(**kw)
     # another setting cannot continue this run
     with pytest.raises(SystemExit, match=r"other settings \(\['lr'\]\)"):
         bench.run(**{**kw, "lr": 2e-3})
+
+
+def test_a_killed_part_resumes_from_its_last_periodic_checkpoint(bench, tmp_path, monkeypatch):
+    from zoo.tasks.str import RecognitionTask
+
+    monkeypatch.setattr(bench, "SAVE_EVERY", 2)
+    real_step = RecognitionTask.training_step
+
+    def dies_at_step_3(self, batch, batch_idx):
+        if self.trainer.global_step == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(RecognitionTask, "training_step", dies_at_step_3)
+    kw = dict(arch="str-diff-tiny", steps=5, batch_size=4, n_test=8, lr=1e-3, resume_dir=tmp_path / "long")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        bench.run(**kw)
+    assert json.loads((tmp_path / "long" / "progress.json").read_text())["done"] == 2
+    monkeypatch.setattr(RecognitionTask, "training_step", real_step)
+    row, task = bench.run(**kw)
+    assert task.trainer.global_step == 5 and row["parts"] == 2
