@@ -78,6 +78,9 @@ def run(
                 raise SystemExit(f"the run in {resume_dir} is complete ({steps} steps, tested and exported); "
                                  "remove the folder to train again")
             ckpt = resume_dir / RESUME_CKPT
+            if not ckpt.is_file():
+                raise SystemExit(f"{resume_dir / RESUME_STATE} records step {state['done']} but {ckpt} is missing "
+                                 "(checkpoints are git-ignored: a fresh clone has none); pass another --resume-dir")
             print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
         state["parts"] = state.get("parts", 0) + 1
     done = state["done"]

@@ -58,6 +58,10 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
     floor = task.hparams["min_lr_ratio"]
     expected = 1e-3 * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 4 / 6)))
     assert task.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+    (tmp_path / "long" / "last.ckpt").rename(tmp_path / "moved.ckpt")
+    with pytest.raises(SystemExit, match="last.ckpt is missing"):
+        bench.run(**kw)
+    (tmp_path / "moved.ckpt").rename(tmp_path / "long" / "last.ckpt")
     row, task = bench.run(**kw)
     assert row["steps"] == 6 and row["test_count"] == 8 and row["parts"] == 3
     assert task.trainer.global_step == 6
