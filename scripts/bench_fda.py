@@ -64,6 +64,11 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     return meta
 
 
+def arm(fda: bool) -> str:
+    """The variant's name: in --arms, run folders (``<arm>_s<seed>``) and the summary."""
+    return "fda" if fda else "nofda"
+
+
 TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000}  # of runs whose meta predates the field
 
 
@@ -129,10 +134,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    runs = [(fda, s) for s in args.seeds for fda in (False, True) if ("fda" if fda else "nofda") in args.arms]
+    runs = [(fda, s) for s in args.seeds for fda in (False, True) if arm(fda) in args.arms]
     if args.phase in ("all", "train"):
         for fda, s in runs:
-            out = work / f"{'fda' if fda else 'nofda'}_s{s}"
+            out = work / f"{arm(fda)}_s{s}"
             if (out / "bench_meta.json").is_file():
                 check_trained(out, args)
                 print(f"skip {out} (already trained with these settings)", flush=True)
@@ -145,7 +150,7 @@ def main() -> None:
     rows = []
     for eps in args.eps:
         for fda, s in runs:
-            folder = work / f"{'fda' if fda else 'nofda'}_s{s}"
+            folder = work / f"{arm(fda)}_s{s}"
             if not (folder / "bench_meta.json").is_file():
                 raise SystemExit(f"{folder} has no trained run: train it first (--phase train)")
             meta = check_trained(folder, args)
@@ -179,7 +184,7 @@ def summarize(rows: list[dict]) -> tuple[dict, dict, dict]:
     summary = {}
     for fda in (False, True):
         rs = [r for r in rows if r["fda"] == fda]
-        summary["fda" if fda else "nofda"] = {
+        summary[arm(fda)] = {
             "clean_r1_itm": _mean([r["clean"]["itm_r1"] for r in rs]),
             "clean_r1_itc": _mean([r["clean"]["itc_r1"] for r in rs]),
             "clean_r1_itm_only": _mean([r["clean"]["itm_only_r1"] for r in rs]),

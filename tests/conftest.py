@@ -4,7 +4,10 @@ Without CUDA, Triton kernels can only run in the interpreter, which must be chos
 imports triton (lightning does): set it here, first.
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch  # importing torch does not import triton
 
@@ -25,3 +28,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("bench_str")``: a fresh module object of ``scripts/bench_str.py`` (scripts are not a
+    package; their own ``from benchmachine import ...`` needs ``scripts/`` on ``sys.path``)."""
+
+    def load(name: str):
+        if str(SCRIPTS) not in sys.path:
+            sys.path.insert(0, str(SCRIPTS))
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", SCRIPTS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

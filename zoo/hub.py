@@ -197,18 +197,10 @@ def export_arch_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in fields and k not in runtime}
 
 
-def check_compatible(
-    model: nn.Module,
-    meta: dict[str, Any],
-    folder: Union[str, Path] = "",
-    overrides: Optional[set[str]] = None,
-    arch: Optional[str] = None,
-) -> None:
-    """Raise ``ValueError`` naming every architecture field where ``model`` and the export differ.
-
-    ``overrides`` / ``arch`` (from :func:`create_model`) let the message say whether a differing
-    value was passed by the caller or is the registered architecture's.
-    """
+def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, Path], overrides: set[str], arch: str) -> None:
+    """Raise ``ValueError`` naming every architecture field where ``model`` (built by :func:`create_model`
+    as ``arch`` with ``overrides``) and the export differ, and whether each value was passed by the
+    caller or is the registered architecture's."""
     ours_cls = _class_path(type(model))
     if meta["model_class"] != ours_cls:
         raise ValueError(
@@ -224,21 +216,17 @@ def check_compatible(
     if not differing:
         return
     diffs = "; ".join(f"{k}: checkpoint={saved.get(k)!r} config={ours[k]!r}" for k in differing)
-    if overrides is None:
-        hint = "remove these overrides or use a checkpoint trained with them"
-    else:
-        passed = [k for k in differing if k in overrides]
-        registered = [k for k in differing if k not in overrides]
-        hints = []
-        if passed:
-            hints.append(f"drop the overrides {passed} or use a checkpoint trained with them")
-        if registered:
-            hints.append(
-                f"{registered} are the registered {arch!r} values: the checkpoint is another architecture; "
-                "create the matching name or read it with zoo.load_pretrained"
-            )
-        hint = "; ".join(hints)
-    raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}); {hint}")
+    passed = [k for k in differing if k in overrides]
+    registered = [k for k in differing if k not in overrides]
+    hints = []
+    if passed:
+        hints.append(f"drop the overrides {passed} or use a checkpoint trained with them")
+    if registered:
+        hints.append(
+            f"{registered} are the registered {arch!r} values: the checkpoint is another architecture; "
+            "create the matching name or read it with zoo.load_pretrained"
+        )
+    raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}); {'; '.join(hints)}")
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:

@@ -1,23 +1,15 @@
 """scripts/bench_str.py --merge: every seed's arm result is kept (none overwritten) and summarized."""
 
 import argparse
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_str_under_test", ROOT / "scripts" / "bench_str.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def bench(tmp_path, monkeypatch, load_script):
+    mod = load_script("bench_str")
     monkeypatch.setattr(mod, "RESULTS", tmp_path)
     monkeypatch.setattr(mod, "machine", lambda: {"cpu_model": "test CPU", "torch_threads": 1, "torch": "2.x"})
     return mod

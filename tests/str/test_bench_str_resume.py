@@ -1,10 +1,7 @@
 """scripts/bench_str.py --resume-dir: a long run split over several processes continues where it stopped."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +11,10 @@ from zoo.data.charsets import Charset
 from zoo.data.str import SyntheticSTRDataset
 from zoo.data.str_synth import make_sample
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture()
-def bench(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_str_resume_under_test", ROOT / "scripts" / "bench_str.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def bench(tmp_path, monkeypatch, load_script):
+    mod = load_script("bench_str")
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "results")
     return mod
 

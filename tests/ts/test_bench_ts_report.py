@@ -1,23 +1,14 @@
 """scripts/bench_ts.py --report: a grid point shows the newest protocol's runs once they cover its seeds."""
 
 import argparse
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_ts_under_test", ROOT / "scripts" / "bench_ts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_script):
+    return load_script("bench_ts")
 
 
 def _run(dataset, horizon, key, seed, mse, **extra):

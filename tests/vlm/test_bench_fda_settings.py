@@ -1,21 +1,15 @@
 """scripts/bench_fda.py: a trained run in the work folder is reused only under the settings it was trained with."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_fda_under_test", ROOT / "scripts" / "bench_fda.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def bench(monkeypatch, load_script):
+    mod = load_script("bench_fda")
     trained = []
     monkeypatch.setattr(mod, "train_one", lambda fda, seed, args, out: trained.append((fda, seed)))
     monkeypatch.setattr(mod, "evaluate_one", lambda *a: pytest.fail("must not evaluate a mismatched run"))
