@@ -82,6 +82,8 @@ def run(
                 raise SystemExit(f"{resume_dir / RESUME_STATE} records step {state['done']} but {ckpt} is missing "
                                  "(checkpoints are git-ignored: a fresh clone has none); pass another --resume-dir")
             print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
+            # validations after the checkpoint belong to the lost stretch that this part trains again
+            state["val"] = [v for v in state["val"] if v["step"] <= state["done"]]
         state["parts"] = state.get("parts", 0) + 1
     done = state["done"]
     L.seed_everything(seed + done, workers=True)
@@ -90,13 +92,17 @@ def run(
         synth_seed=data_seed, synth_train_start=done * batch_size, batch_size=batch_size, eval_batch_size=128,
     )
 
+    def write_state(train_s: float) -> None:
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        (resume_dir / RESUME_STATE).write_text(json.dumps({**state, "train_s": round(train_s, 1)}, indent=2) + "\n")
+
     def save_state(trainer: Any, train_s: float) -> None:
         """Checkpoint (when the run is not over) and progress file of a resumable run."""
         state["done"] = trainer.global_step
         resume_dir.mkdir(parents=True, exist_ok=True)
         if trainer.global_step < steps:
             trainer.save_checkpoint(resume_dir / RESUME_CKPT)
-        (resume_dir / RESUME_STATE).write_text(json.dumps({**state, "train_s": round(train_s, 1)}, indent=2) + "\n")
+        write_state(train_s)
 
     class Progress(L.Callback):
         """Prints loss / validation accuracy (the bar is off in logs), records validation, stops on budget,
@@ -116,6 +122,8 @@ def run(
             if not trainer.sanity_checking:
                 m = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
                 state["val"].append({"step": trainer.global_step, **m})
+                if resume_dir is not None:  # kept even if the part is killed before its next checkpoint
+                    write_state(state["train_s"] + time.time() - t0)
 
     task = RecognitionTask(arch=arch, data_info=dm.data_info, lr=lr, warmup_steps=min(100, steps // 10), teacher=teacher,
                            model_args={"dropout": 0.0})
