@@ -151,13 +151,30 @@ def run(
     t0 = time.time()
     trainer.test(task, datamodule=dm, verbose=False)
     res = task.results["test"]["combined"]
+    by_font = accuracy_by_font(task.readings["test"], data_seed)
     return {
         "arch": arch, "arch_config": {k: v for k, v in dataclasses.asdict(task.model.config).items() if k != "charset"},
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
+        "test_by_font": by_font,
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
     }, task
+
+
+def accuracy_by_font(readings: dict[tuple[str, int], tuple[float, float]], data_seed: int) -> dict[str, dict[str, Any]]:
+    """Word accuracy / 1-NED (%) and count per held-out font, from the test's per-sample readings."""
+    from zoo.data.charsets import Charset
+    from zoo.data.str_synth import sample_font
+
+    chars = Charset(DATA["charset"], DATA["max_length"]).chars
+    sums: dict[str, list[float]] = {}
+    for (_, index), (correct, ned) in readings.items():
+        stem = sample_font(data_seed, "test", index, chars, min_len=DATA["synth_min_len"], max_len=DATA["synth_max_len"])
+        s = sums.setdefault(stem, [0.0, 0.0, 0])
+        s[0], s[1], s[2] = s[0] + correct, s[1] + ned, s[2] + 1
+    return {f: {"accuracy": round(100 * c / k, 2), "one_minus_ned": round(100 * e / k, 2), "count": k}
+            for f, (c, e, k) in sorted(sums.items())}
 
 
 def write(name: str, payload: dict[str, Any], table: str) -> None:
@@ -174,6 +191,13 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
             f"| {r['label']} | {r['params']:,} | {r['steps']} | {r['seed']} | {r['test_accuracy']:.2f} | "
             f"{r['test_one_minus_ned']:.2f} | {r['test_count']} | {r['train_s']:.0f} |"
         )
+    fonts = sorted({f for r in rows for f in r.get("test_by_font", {})})
+    if fonts:  # runs from before the per-font breakdown show a dash
+        lines += ["", "Word accuracy (%) by held-out font:", "", "| model | seed | " + " | ".join(fonts) + " |",
+                  "|---|---|" + "---|" * len(fonts)]
+        for r in rows:
+            acc = [f"{r['test_by_font'][f]['accuracy']:.1f}" if f in r.get("test_by_font", {}) else "-" for f in fonts]
+            lines.append(f"| {r['label']} | {r['seed']} | " + " | ".join(acc) + " |")
     m = machine()
     lines += ["", f"Synthetic data {DATA}; test = held-out fonts. Machine: {m['cpu_model']}, {m['torch_threads']} thread(s), torch {m['torch']}."]
     return "\n".join(lines)
@@ -241,10 +265,11 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
     t0 = time.time()
     for batch in dm.test_dataloader():
         with torch.no_grad():
-            metrics.update([r.text for r in model.decode_probs(model(batch["images"]))], batch["texts"], batch["set"])
+            metrics.update([r.text for r in model.decode_probs(model(batch["images"]))], batch["texts"], batch["set"], batch["index"])
     res = metrics.compute()["combined"]
     csd_rows = [{"label": f"teacher {Path(teacher).name}", "params": model.num_params(), "steps": "-", "seed": "-",
                  "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
+                 "test_by_font": accuracy_by_font(metrics.samples, data_seed),
                  "train_s": 0.0, "test_s": round(time.time() - t0, 1)}]
     print(csd_rows[0], flush=True)
     row, _ = run("str-diff-tiny", args.steps, seed=seed, n_test=args.n_test, lr=args.lr, teacher=teacher, data_seed=data_seed,

@@ -56,6 +56,10 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
     (tmp_path / "moved.ckpt").rename(tmp_path / "long" / "last.ckpt")
     row, task = bench.run(**kw)
     assert row["steps"] == 6 and row["test_count"] == 8 and row["parts"] == 3
+    # the per-font breakdown covers the same test crops as the combined figure
+    by_font = row["test_by_font"]
+    assert sum(f["count"] for f in by_font.values()) == 8
+    assert sum(f["one_minus_ned"] * f["count"] for f in by_font.values()) / 8 == pytest.approx(row["test_one_minus_ned"], abs=0.01)
     assert task.trainer.global_step == 6
     # every part trains on the words after the ones already seen
     assert starts == [(0, 24), (8, 16), (16, 8)]
@@ -117,3 +121,23 @@ def test_validation_history_survives_a_kill_and_is_not_repeated(bench, tmp_path,
     row, _ = bench.run(**kw)
     assert [v["step"] for v in row["val_history"]] == [1, 2, 3, 4, 5]
     assert all("val/accuracy" in v for v in row["val_history"])
+
+
+def test_accuracy_by_font_groups_readings_by_the_rendered_font(bench, monkeypatch):
+    import zoo.data.str_synth as synth
+
+    used = []
+    real = synth._font
+    monkeypatch.setattr(synth, "_font", lambda stem, size: used.append(stem) or real(stem, size))
+    d = bench.DATA
+    chars = Charset(d["charset"], d["max_length"]).chars
+    for i in range(30):
+        make_sample(3, "test", i, chars, min_len=d["synth_min_len"], max_len=d["synth_max_len"])
+    readings = {("synthetic", i): (float(i % 3 == 0), 0.5 + 0.01 * i) for i in range(30)}
+    got = bench.accuracy_by_font(readings, data_seed=3)
+    assert set(got) == set(used)
+    for font, r in got.items():
+        idx = [i for i in range(30) if used[i] == font]
+        assert r["count"] == len(idx)
+        assert r["accuracy"] == pytest.approx(100 * sum(i % 3 == 0 for i in idx) / len(idx), abs=0.01)
+        assert r["one_minus_ned"] == pytest.approx(100 * sum(0.5 + 0.01 * i for i in idx) / len(idx), abs=0.01)

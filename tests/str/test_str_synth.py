@@ -8,7 +8,7 @@ from PIL import ImageFont
 
 from zoo.data.charsets import CHARSETS
 from zoo.data.str_synth import (
-    TEST_FONTS, TRAIN_FONTS, font_covers, font_path, make_sample, render_word, sample_rng, usable_fonts,
+    TEST_FONTS, TRAIN_FONTS, font_covers, font_path, make_sample, render_word, sample_font, sample_rng, usable_fonts,
 )
 
 
@@ -56,3 +56,17 @@ def test_strength_scales_distortion():
     noisy = np.asarray(render_word("hello", rng(0), ("DejaVuSans",), strength=1.0), dtype=float)
     assert clean.shape == noisy.shape == (32, 128, 3)
     assert not np.array_equal(clean, noisy)
+
+
+def test_sample_font_names_the_font_make_sample_renders_with(monkeypatch):
+    import zoo.data.str_synth as synth
+
+    used = []
+    real = synth._font
+    monkeypatch.setattr(synth, "_font", lambda stem, size: used.append(stem) or real(stem, size))
+    for split in ("train", "test"):
+        for i in range(40):
+            make_sample(5, split, i, CHARSETS["36"], min_len=1, max_len=6)
+            assert sample_font(5, split, i, CHARSETS["36"], min_len=1, max_len=6) == used[-1]
+    assert set(used[:40]) <= set(TRAIN_FONTS) and set(used[40:]) <= set(TEST_FONTS)
+    assert len(set(used[40:])) == len(TEST_FONTS)  # every held-out font drawn within 40 samples

@@ -136,6 +136,10 @@ def _perspective_coeffs(src: np.ndarray, dst: np.ndarray) -> list[float]:
     return np.linalg.solve(np.asarray(a, dtype=np.float64), src.reshape(8)).tolist()
 
 
+def _pick_font(rng: np.random.Generator, fonts: Sequence[str]) -> str:
+    return fonts[int(rng.integers(len(fonts)))]
+
+
 def render_word(
     text: str,
     rng: np.random.Generator,
@@ -146,7 +150,7 @@ def render_word(
     """Render ``text`` into an RGB crop of ``size`` (height, width) with distortions scaled by ``strength``."""
     H, W = size
     s = float(np.clip(strength, 0.0, 1.0))
-    stem = fonts[int(rng.integers(len(fonts)))]
+    stem = _pick_font(rng, fonts)
     font = _font(stem, int(rng.integers(28, 44)))
     left, top, right, bottom = font.getbbox(text)
     tw, th = max(right - left, 1), max(bottom - top, 1)
@@ -190,13 +194,29 @@ def make_sample(
     strength: float = 1.0, size: tuple[int, int] = (32, 128), fonts: Optional[Sequence[str]] = None,
 ) -> tuple[Image.Image, str]:
     """Sample ``index`` of ``split``: ``(image, text)``; test uses the held-out fonts unless ``fonts`` is given."""
+    rng, fonts, text = _start(seed, split, index, chars, min_len, max_len, fonts)
+    return render_word(text, rng, fonts, size, strength), text
+
+
+def sample_font(
+    seed: int, split: str, index: int, chars: str, *, min_len: int = 1, max_len: int = 10,
+    fonts: Optional[Sequence[str]] = None,
+) -> str:
+    """The font (file stem) that :func:`make_sample` renders sample ``index`` with, without rendering it."""
+    rng, fonts, _ = _start(seed, split, index, chars, min_len, max_len, fonts)
+    return _pick_font(rng, fonts)
+
+
+def _start(
+    seed: int, split: str, index: int, chars: str, min_len: int, max_len: int, fonts: Optional[Sequence[str]],
+) -> tuple[np.random.Generator, tuple[str, ...], str]:
+    """A sample's generator after drawing its word, its usable fonts and the word."""
     rng = sample_rng(seed, split, index)
     fonts = usable_fonts(fonts or (TEST_FONTS if split == "test" else TRAIN_FONTS), chars)
-    text = random_word(rng, chars, min_len, max_len)
-    return render_word(text, rng, fonts, size, strength), text
+    return rng, fonts, random_word(rng, chars, min_len, max_len)
 
 
 __all__ = [
     "SPLITS", "TEST_FONTS", "TRAIN_FONTS", "font_covers", "font_dir", "make_sample", "random_word",
-    "render_word", "sample_rng", "usable_fonts",
+    "render_word", "sample_font", "sample_rng", "usable_fonts",
 ]

@@ -202,6 +202,8 @@ class RecognitionTask(ZooTask):
             object.__setattr__(self, "teacher", t)  # not a submodule: stays out of checkpoints and optimizers
         self.metrics = {"val": TextMetrics(), "test": TextMetrics()}
         self.results: dict[str, Any] = {}
+        # the last evaluation's per-sample readings: {stage: {(set, index): (correct, 1-NED)}}
+        self.readings: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
         self._predictions: list[dict[str, Any]] = []
 
     # -- model construction
@@ -293,6 +295,7 @@ class RecognitionTask(ZooTask):
     def _report(self, stage: str) -> None:
         self.metrics[stage].sync()  # a DDP collective: every rank calls it
         res = self.metrics[stage].compute()
+        self.readings[stage] = self.metrics[stage].samples
         self.metrics[stage].reset()
         if not res:
             return
