@@ -8,7 +8,8 @@
                                                      # one arm per process (cores), then --phase eval
 
 A run trained under --work is reused only with the settings it was trained with (steps, batch size,
-lr, warmup, ITM weight, scenes); other settings stop with an error that names them.
+lr, warmup, ITM weight, scenes, and for the FDA arm --fda-args); other settings stop with an error that
+names them. The no-FDA runs do not depend on --fda-args, so FDA variants can share them (link them in).
 
 Equal budget: both variants see the same synthetic scenes (data seed 0), the same number of steps,
 batch size and schedule; the training seed (init and data order) is 0, 1, ... for both. Evaluation
@@ -50,6 +51,7 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     dm = SyntheticVLMDataModule(n_train=args.n_train, n_val=args.n_test, n_test=args.n_test, seed=0,
                                 image_size=64, batch_size=args.batch_size)
     task = VLMTask(arch="vlm-fda-tiny" if fda else "vlm-tiny", fda=fda, data_info=dm.data_info, lr=args.lr, itm_weight=args.itm_weight,
+                   model_args=dict(args.fda_args) if fda else None,
                    warmup_steps=args.warmup, eval_k=args.k)
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -58,10 +60,24 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     trainer.fit(task, datamodule=dm)
     wall = time.time() - t0
     task.export(out, overwrite=True)
-    meta = {"fda": fda, "seed": seed, **train_settings(args), "train_wall_s": wall, "params": task.model.num_params()}
+    meta = {"fda": fda, "seed": seed, **train_settings(args, fda), "train_wall_s": wall, "params": task.model.num_params()}
     (out / "bench_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"trained fda={fda} seed={seed}: {wall:.0f}s", flush=True)
     return meta
+
+
+FDA_KEYS = ("fda_layers", "fda_heads", "fda_direction", "fda_g_init")
+
+
+def fda_args_type(text: str) -> dict:
+    """``--fda-args``: a JSON object of FDA settings (the no-FDA arm has none to match)."""
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--fda-args is not JSON: {e}") from None
+    if not isinstance(out, dict) or set(out) - set(FDA_KEYS):
+        raise argparse.ArgumentTypeError(f"--fda-args takes a JSON object with keys from {list(FDA_KEYS)}, got {text!r}")
+    return out
 
 
 def arm(fda: bool) -> str:
@@ -69,21 +85,24 @@ def arm(fda: bool) -> str:
     return "fda" if fda else "nofda"
 
 
-TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000}  # of runs whose meta predates the field
+# of runs whose meta predates the field
+TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000, "fda_args": {}}
 
 
-def train_settings(args: argparse.Namespace) -> dict:
-    """The settings a trained run depends on (recorded in its bench_meta.json)."""
-    return {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
-            "itm_weight": args.itm_weight, "n_train": args.n_train}
+def train_settings(args: argparse.Namespace, fda: bool) -> dict:
+    """The settings a trained run depends on (recorded in its bench_meta.json); ``fda_args`` only shape
+    the FDA arm, so the no-FDA runs are shared by every FDA variant."""
+    out = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+           "itm_weight": args.itm_weight, "n_train": args.n_train}
+    return {**out, "fda_args": dict(args.fda_args)} if fda else out
 
 
-def check_trained(folder: Path, args: argparse.Namespace) -> dict:
+def check_trained(folder: Path, args: argparse.Namespace, fda: bool) -> dict:
     """The meta of the run trained in ``folder``; ``SystemExit`` if it was trained with other settings
     (a rerun with new settings must not report an old run under them)."""
     meta = json.loads((folder / "bench_meta.json").read_text())
     differ = [f"{k}: trained {meta.get(k, TRAIN_DEFAULTS.get(k))!r}, asked {v!r}"
-              for k, v in train_settings(args).items() if meta.get(k, TRAIN_DEFAULTS.get(k)) != v]
+              for k, v in train_settings(args, fda).items() if meta.get(k, TRAIN_DEFAULTS.get(k)) != v]
     if differ:
         raise SystemExit(f"{folder} holds a run trained with other settings ({'; '.join(differ)}); "
                          "pass another --work folder or remove it")
@@ -121,6 +140,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--itm-weight", type=float, default=1.0, help="weight of the ITM loss next to ITC")
     p.add_argument("--n-train", type=int, default=12000)
+    p.add_argument("--fda-args", type=fda_args_type, default={},
+                   help='JSON of FDA-arm architecture overrides, e.g. \'{"fda_direction": "keys", "fda_layers": [0]}\'')
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--k", type=int, default=16, help="ITM re-ranks the ITC top k")
     p.add_argument("--eps", type=float, nargs="+", default=[4.0],
@@ -139,7 +160,7 @@ def main() -> None:
         for fda, s in runs:
             out = work / f"{arm(fda)}_s{s}"
             if (out / "bench_meta.json").is_file():
-                check_trained(out, args)
+                check_trained(out, args, fda)
                 print(f"skip {out} (already trained with these settings)", flush=True)
                 continue
             train_one(fda, s, args, out)
@@ -153,7 +174,7 @@ def main() -> None:
             folder = work / f"{arm(fda)}_s{s}"
             if not (folder / "bench_meta.json").is_file():
                 raise SystemExit(f"{folder} has no trained run: train it first (--phase train)")
-            meta = check_trained(folder, args)
+            meta = check_trained(folder, args, fda)
             cache = folder / f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
             if cache.is_file():
                 res = json.loads(cache.read_text())
@@ -220,7 +241,8 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "",
         f"Machine: {machine['cpu']}, {machine['threads']} thread(s), torch {machine['torch']} ({machine['note']}).",
         f"Budget per run: {rows[0]['steps']} steps x batch {rows[0]['batch_size']}, lr {args.lr}; seeds {args.seeds}; "
-        f"test gallery {args.n_test} images / captions; ITM re-rank of the ITC top {args.k}.",
+        f"test gallery {args.n_test} images / captions; ITM re-rank of the ITC top {args.k}; "
+        f"ITM loss weight {args.itm_weight:g}; FDA arm {json.dumps(args.fda_args) if args.fda_args else 'as registered (vlm-fda-tiny)'}.",
         f"Attacks: image PGD L-inf eps {', '.join(f'{e:g}' for e in args.eps)} (/255), {args.pgd_steps} steps; text: greedy, "
         f"{args.text_changes} word(s) changed (character edits and word swaps; independent of eps); co-attack: text then PGD.",
         "R@1 = mean of image-to-text and text-to-image R@1 (%). ASR = share (%) of originally correct top-1 "

@@ -51,3 +51,35 @@ def test_arms_train_one_variant_and_eval_needs_both(bench, monkeypatch, tmp_path
     assert bench.trained == [(False, 0), (False, 1)]
     with pytest.raises(SystemExit, match="compare both arms"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda")
+
+
+def test_fda_args_shape_only_the_fda_arm(bench, monkeypatch, tmp_path, capsys):
+    # runs from before --fda-args count as the registered FDA settings ({})
+    _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
+    (tmp_path / "nofda_s0").mkdir()
+    (tmp_path / "nofda_s0" / "bench_meta.json").write_text(json.dumps({"fda": False, "seed": 0, "steps": 600, "batch_size": 64}))
+    variant = ["--fda-args", '{"fda_direction": "keys"}']
+    with pytest.raises(SystemExit, match=r"fda_args: trained \{\}, asked \{'fda_direction': 'keys'\}"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "train", "--steps", "600", *variant)
+    # the no-FDA run does not depend on them: reused as it is
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "nofda", "--phase", "train", "--steps", "600", *variant)
+    assert bench.trained == []
+    for bad, msg in (('{"fda_direction": ', "not JSON"), ('{"lr": 1}', "keys from"), ('["keys"]', "JSON object")):
+        with pytest.raises(SystemExit):
+            _main(bench, monkeypatch, "--work", str(tmp_path), "--fda-args", bad)
+        assert msg in capsys.readouterr().err
+
+
+def test_fda_args_reach_the_fda_model(load_script, tmp_path):
+    import argparse
+
+    mod = load_script("bench_fda")
+    args = argparse.Namespace(steps=1, batch_size=4, lr=5e-4, warmup=0, itm_weight=1.0, n_train=8, n_test=8, k=4,
+                              fda_args={"fda_direction": "keys", "fda_layers": [1]})
+    meta = mod.train_one(True, 0, args, tmp_path / "fda_s0")
+    cfg = json.loads((tmp_path / "fda_s0" / "config.json").read_text())["config"]
+    assert cfg["fda_direction"] == "keys" and cfg["fda_layers"] == [1] and cfg["fda"] is True
+    assert meta["fda_args"] == {"fda_direction": "keys", "fda_layers": [1]}
+    meta = mod.train_one(False, 0, args, tmp_path / "nofda_s0")
+    cfg = json.loads((tmp_path / "nofda_s0" / "config.json").read_text())["config"]
+    assert cfg["fda"] is False and "fda_args" not in meta
