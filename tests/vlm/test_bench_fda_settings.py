@@ -30,19 +30,19 @@ def _trained_run(folder: Path, **meta):
 def test_an_old_run_is_not_reported_under_new_settings(bench, monkeypatch, tmp_path):
     # written before lr / itm_weight were recorded: those count as the defaults of the time
     _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
-    with pytest.raises(SystemExit, match=r"other settings \(steps: trained 600, asked 2000\)"):
-        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "2000")
+    with pytest.raises(SystemExit, match=r"other settings \(steps: trained 600, asked 2000; itm_weight: trained 1.0, asked 2.0\)"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train")
     with pytest.raises(SystemExit, match=r"itm_weight: trained 1.0, asked 2.0"):
-        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train",
-              "--steps", "600", "--itm-weight", "2")
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600")
     with pytest.raises(SystemExit, match="nofda_s0 has no trained run"):
-        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--steps", "600")
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--steps", "600", "--itm-weight", "1")
     _trained_run(tmp_path / "nofda_s0", steps=600, batch_size=64)
     with pytest.raises(SystemExit, match="steps: trained 600, asked 2000"):
-        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--steps", "2000")
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval")
     assert bench.trained == []
     # the same settings: reused, nothing retrained
-    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600")
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600",
+          "--itm-weight", "1")
     assert bench.trained == []
 
 
@@ -58,7 +58,7 @@ def test_fda_args_shape_only_the_fda_arm(bench, monkeypatch, tmp_path, capsys):
     _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
     (tmp_path / "nofda_s0").mkdir()
     (tmp_path / "nofda_s0" / "bench_meta.json").write_text(json.dumps({"fda": False, "seed": 0, "steps": 600, "batch_size": 64}))
-    variant = ["--fda-args", '{"fda_direction": "keys"}']
+    variant = ["--fda-args", '{"fda_direction": "keys"}', "--itm-weight", "1"]
     with pytest.raises(SystemExit, match=r"fda_args: trained \{\}, asked \{'fda_direction': 'keys'\}"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "train", "--steps", "600", *variant)
     # the no-FDA run does not depend on them: reused as it is
@@ -75,7 +75,7 @@ def test_fda_args_reach_the_fda_model(load_script, tmp_path):
 
     mod = load_script("bench_fda")
     args = argparse.Namespace(steps=1, batch_size=4, lr=5e-4, warmup=0, itm_weight=1.0, n_train=8, n_test=8, k=4,
-                              fda_args={"fda_direction": "keys", "fda_layers": [1]})
+                              fda_args={"fda_direction": "keys", "fda_layers": [1]}, init_from=None)
     meta = mod.train_one(True, 0, args, tmp_path / "fda_s0")
     cfg = json.loads((tmp_path / "fda_s0" / "config.json").read_text())["config"]
     assert cfg["fda_direction"] == "keys" and cfg["fda_layers"] == [1] and cfg["fda"] is True
@@ -83,3 +83,16 @@ def test_fda_args_reach_the_fda_model(load_script, tmp_path):
     meta = mod.train_one(False, 0, args, tmp_path / "nofda_s0")
     cfg = json.loads((tmp_path / "nofda_s0" / "config.json").read_text())["config"]
     assert cfg["fda"] is False and "fda_args" not in meta
+
+    # fine-tuning protocol: both arms start from that no-FDA run; the FDA arm gets FDA added to it
+    ft = argparse.Namespace(**{**vars(args), "fda_args": {}, "init_from": str(tmp_path)})
+    meta = mod.train_one(True, 0, ft, tmp_path / "ft" / "fda_s0")
+    assert meta["init_from"] == str(tmp_path.resolve())
+    assert json.loads((tmp_path / "ft" / "fda_s0" / "config.json").read_text())["config"]["fda"] is True
+
+
+def test_a_run_from_another_init_is_not_reused(bench, monkeypatch, tmp_path):
+    _trained_run(tmp_path / "fda_s0", steps=2000, batch_size=64, itm_weight=2.0)
+    with pytest.raises(SystemExit, match=r"init_from: trained None, asked '.*base'"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train",
+              "--init-from", str(tmp_path / "base"))

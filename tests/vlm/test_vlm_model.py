@@ -129,3 +129,41 @@ def test_task_function_words_strict_switch(tmp_path):
     with pytest.raises(ValueError, match="zyzzyva"):
         VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": str(words)},
                 function_words_strict=True)
+
+
+@pytest.mark.parametrize("fusion", ["vanilla", "diff"])
+def test_with_fda_adds_fda_to_a_plain_model_keeping_every_weight(fusion):
+    plain = tiny_model(fusion_attn_type=fusion, fda=False, seed=4)
+    images, caps = scene_batch(4)
+    at_zero = plain.with_fda(g_init=0.0).eval()
+    assert at_zero.config.fda and at_zero.tokenizer is plain.tokenizer
+    with torch.no_grad():
+        torch.testing.assert_close(at_zero.itm_score(images, caps), plain.itm_score(images, caps), rtol=1e-5, atol=1e-5)
+    m = plain.with_fda(layers=[1], heads=[0], direction="keys").eval()
+    assert [layer.fda for layer in m.fusion] == [False, True] and m.fusion[1].cross.head_mask.tolist() == [True, False, False, False]
+    assert float(m.fusion[1].cross.g) == 1.0 and m.config.fda_direction == "keys"
+    new = m.state_dict()
+    for k, v in plain.state_dict().items():  # layer 1's cross-attention moved under the wrapper (cross.attn.*)
+        torch.testing.assert_close(new[k.replace("fusion.1.cross.", "fusion.1.cross.attn.")], v, rtol=0, atol=0)
+    with torch.no_grad():
+        assert (m.itm_score(images, caps) - plain.itm_score(images, caps)).abs().max() > 1e-4  # g = 1 acts
+    with pytest.raises(ValueError, match="already has FDA"):
+        m.with_fda()
+
+
+def test_task_fine_tunes_a_plain_checkpoint_with_fda_switched_on(tmp_path):
+    from zoo.tasks.vlm import VLMTask
+
+    plain = tiny_model(fda=False, seed=6)
+    folder = zoo.export_model(plain, tmp_path / "plain")
+    info = {"kind": "vlm", "image_size": TINY["image_size"]}
+    task = VLMTask(arch="vlm-fda-tiny", fda=True, pretrained=str(folder), data_info=info,
+                   model_args={"fda_layers": [0], "fda_g_init": 0.5})
+    m = task.model.eval()
+    assert m.config.fda and m.config.fda_layers == [0] and float(m.fusion[0].cross.g) == 0.5
+    torch.testing.assert_close(m.fusion[0].cross.attn.q_proj.weight, plain.fusion[0].cross.q_proj.weight, rtol=0, atol=0)
+    # without the switch the plain checkpoint stays plain; an FDA checkpoint cannot be read as plain
+    assert not VLMTask(arch="vlm-tiny", pretrained=str(folder), data_info=info).model.config.fda
+    fda_folder = zoo.export_model(tiny_model(fda=True), tmp_path / "fda")
+    with pytest.raises(ValueError, match="fda: checkpoint=True config=False"):
+        VLMTask(arch="vlm-fda-tiny", fda=False, pretrained=str(fda_folder), data_info=info)

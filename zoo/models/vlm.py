@@ -26,6 +26,7 @@ are function words) in its weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -184,6 +185,34 @@ class VisionLanguageModel(nn.Module):
     @classmethod
     def from_config(cls, config: Union[VLMConfig, dict]) -> "VisionLanguageModel":
         return cls(config if isinstance(config, VLMConfig) else VLMConfig(**config))
+
+    def with_fda(
+        self, layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None, direction: str = "both",
+        g_init: float = 1.0,
+    ) -> "VisionLanguageModel":
+        """A copy of this plain (no-FDA) model with FDA in the fusion ``layers`` (None = all), as the paper
+        adds FDA when fine-tuning a pretrained ALBEF: every weight and the tokenizer are kept, each FDA
+        layer's cross-attention is wrapped and gets its gate ``g = g_init`` (at 0 the copy computes exactly
+        what this model computes)."""
+        if self.config.fda:
+            raise ValueError("the model already has FDA (config.fda=True); with_fda starts from a plain model")
+        cfg = dataclasses.replace(self.config, fda=True, fda_layers=None if layers is None else list(layers),
+                                  fda_heads=None if heads is None else list(heads), fda_direction=direction,
+                                  fda_g_init=float(g_init))
+        new = type(self)(cfg).to(self.temp.device)
+        state = {}
+        for k, v in self.state_dict().items():
+            parts = k.split(".")
+            if parts[0] == "fusion" and parts[2] == "cross" and int(parts[1]) in cfg.fda_layer_set:
+                k = ".".join(parts[:3] + ["attn"] + parts[3:])
+            state[k] = v
+        missing, unexpected = new.load_state_dict(state, strict=False)
+        gates = {f"fusion.{i}.cross.g" for i in cfg.fda_layer_set}
+        if unexpected or set(missing) != gates:  # only the new gates may be missing
+            raise RuntimeError(f"with_fda: weights did not map (missing {sorted(set(missing) - gates)}, unexpected {unexpected})")
+        if self.tokenizer is not None:
+            new.tokenizer, new.fw_unknown = self.tokenizer, list(self.fw_unknown)
+        return new
 
     # -- tokenizer and function words
     def set_tokenizer(self, tokenizer: Any, strict: bool = False) -> None:

@@ -182,6 +182,9 @@ def evaluate_retrieval(model: Any, images: Tensor, captions: Sequence[Sequence[s
 # ---------------------------------------------------------------------------------------------
 # LightningModule
 # ---------------------------------------------------------------------------------------------
+FDA_FIELDS = ("fda", "fda_layers", "fda_heads", "fda_direction", "fda_g_init")
+
+
 class VLMTask(ZooTask):
     """Train / evaluate an image-text model from the registry (``zoo.list_models("vlm-*")``).
 
@@ -191,7 +194,9 @@ class VLMTask(ZooTask):
         model_args: further architecture overrides (``fusion_attn_type``, ``fda_heads``, ``fda_direction``...).
         text_init: ``minilm`` or a Hugging Face BERT folder: the text encoder starts from it (sizes and
             WordPiece tokenizer too).
-        pretrained: exported folder or shipped name to fine-tune from (its tokenizer is kept).
+        pretrained: exported folder or shipped name to fine-tune from (its tokenizer is kept). With
+            ``fda=True`` over a checkpoint trained without FDA, FDA is added for the fine-tuning
+            (:meth:`~zoo.models.vlm.VisionLanguageModel.with_fda`, settings from ``model_args``).
         data_info: filled in from the datamodule by the CLI (image size, vocabulary...).
         itm_weight: weight of the ITM loss next to ITC.
         caption_negatives: add the datamodule's one-word hard-negative captions as extra ITM negatives.
@@ -256,6 +261,12 @@ class VLMTask(ZooTask):
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
             arch_fields = export_arch_config(arch, read_export_config(folder)["config"])
+            if overrides.get("fda") and not arch_fields.get("fda", True):
+                # FDA switched on over a plain checkpoint: FDA as a fine-tuning plug-in (as the paper uses it)
+                fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
+                plain = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+                return plain.with_fda(fda.get("fda_layers"), fda.get("fda_heads"), fda.get("fda_direction", "both"),
+                                      fda.get("fda_g_init", 1.0))
             return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
         tok_src = text_init or (info.get("tokenizer") if info.get("tokenizer", "word") != "word" else None)
         if tok_src is not None:
