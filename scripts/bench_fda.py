@@ -67,17 +67,17 @@ def train_one(fda: bool, seed: int, args: argparse.Namespace, out: Path) -> dict
     return meta
 
 
-FDA_KEYS = ("fda_layers", "fda_heads", "fda_direction", "fda_g_init")
-
-
 def fda_args_type(text: str) -> dict:
     """``--fda-args``: a JSON object of FDA settings (the no-FDA arm has none to match)."""
+    from zoo.tasks.vlm import FDA_FIELDS
+
+    keys = [k for k in FDA_FIELDS if k != "fda"]
     try:
         out = json.loads(text)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"--fda-args is not JSON: {e}") from None
-    if not isinstance(out, dict) or set(out) - set(FDA_KEYS):
-        raise argparse.ArgumentTypeError(f"--fda-args takes a JSON object with keys from {list(FDA_KEYS)}, got {text!r}")
+    if not isinstance(out, dict) or set(out) - set(keys):
+        raise argparse.ArgumentTypeError(f"--fda-args takes a JSON object with keys from {keys}, got {text!r}")
     return out
 
 
@@ -293,10 +293,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "",
         "Paper target: >= 15% relative ASR drop on image PGD with clean R@1 within 1 point.",
         "",
-        "Notes: the attacks lower the re-ranked score, so the ITM-only ASR measures transfer; the clean ITM-only "
-        "R@1 differs a lot between the variants and seeds (the ITM heads are under-trained at this budget), so "
-        "those ASRs are taken over different sets of originally correct queries. Two seeds only: differences of a "
-        "few points are within seed noise (compare the per-seed rows).",
+        "Notes: the attacks lower the re-ranked score (ITC / temperature + ITM), so the ITM-only ASR measures "
+        "transfer to ALBEF's ranking; each ASR is taken over the queries its own model got right, which differ "
+        "between variants and seeds as the clean R@1 does. Two seeds only: differences of a few points are within "
+        "seed noise (compare the per-seed rows).",
         "",
     ]
     (results / "bench_fda.md").write_text("\n".join(lines))
