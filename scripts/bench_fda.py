@@ -295,8 +295,8 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "",
         "Notes: the attacks lower the re-ranked score (ITC / temperature + ITM), so the ITM-only ASR measures "
         "transfer to ALBEF's ranking; each ASR is taken over the queries its own model got right, which differ "
-        "between variants and seeds as the clean R@1 does. Two seeds only: differences of a few points are within "
-        "seed noise (compare the per-seed rows).",
+        f"between variants and seeds as the clean R@1 does. {len(args.seeds)} seed(s) only: differences of a few "
+        "points are within seed noise (compare the per-seed rows).",
         "",
     ]
     (results / "bench_fda.md").write_text("\n".join(lines))
