@@ -70,7 +70,9 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
         bench.run(**{**kw, "lr": 2e-3})
 
 
-def test_a_killed_part_resumes_from_its_last_periodic_checkpoint(bench, tmp_path, monkeypatch):
+def kill_at_step_3(bench, monkeypatch):
+    """Checkpoints every 2 steps and a training step that raises at step 3 (a killed part); returns the
+    function that puts the real training step back."""
     from zoo.tasks.str import RecognitionTask
 
     monkeypatch.setattr(bench, "SAVE_EVERY", 2)
@@ -82,19 +84,22 @@ def test_a_killed_part_resumes_from_its_last_periodic_checkpoint(bench, tmp_path
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(RecognitionTask, "training_step", dies_at_step_3)
+    return lambda: monkeypatch.setattr(RecognitionTask, "training_step", real_step)
+
+
+def test_a_killed_part_resumes_from_its_last_periodic_checkpoint(bench, tmp_path, monkeypatch):
+    revive = kill_at_step_3(bench, monkeypatch)
     kw = dict(arch="str-diff-tiny", steps=5, batch_size=4, n_test=8, lr=1e-3, resume_dir=tmp_path / "long")
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         bench.run(**kw)
     assert json.loads((tmp_path / "long" / "progress.json").read_text())["done"] == 2
-    monkeypatch.setattr(RecognitionTask, "training_step", real_step)
+    revive()
     row, task = bench.run(**kw)
     assert task.trainer.global_step == 5 and row["parts"] == 2
 
 
 def test_validation_history_survives_a_kill_and_is_not_repeated(bench, tmp_path, monkeypatch):
     """A validation after the last checkpoint is on disk at once; the resumed part drops it and trains again."""
-    from zoo.tasks.str import RecognitionTask
-
     real_dm = str_data.STRDataModule
 
     def small_val(*a, **kw):  # 8 validation crops instead of 256 keep the test fast
@@ -102,22 +107,14 @@ def test_validation_history_survives_a_kill_and_is_not_repeated(bench, tmp_path,
         return real_dm(*a, **kw)
 
     monkeypatch.setattr(str_data, "STRDataModule", small_val)
-    monkeypatch.setattr(bench, "SAVE_EVERY", 2)
-    real_step = RecognitionTask.training_step
-
-    def dies_at_step_3(self, batch, batch_idx):
-        if self.trainer.global_step == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(RecognitionTask, "training_step", dies_at_step_3)
+    revive = kill_at_step_3(bench, monkeypatch)
     kw = dict(arch="str-diff-tiny", steps=5, batch_size=4, n_test=8, lr=1e-3, val_every=1, resume_dir=tmp_path / "long")
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         bench.run(**kw)
     state = json.loads((tmp_path / "long" / "progress.json").read_text())
     # checkpoint at step 2; the validation at step 3 came after it and is recorded all the same
     assert state["done"] == 2 and [v["step"] for v in state["val"]] == [1, 2, 3]
-    monkeypatch.setattr(RecognitionTask, "training_step", real_step)
+    revive()
     row, _ = bench.run(**kw)
     assert [v["step"] for v in row["val_history"]] == [1, 2, 3, 4, 5]
     assert all("val/accuracy" in v for v in row["val_history"])
