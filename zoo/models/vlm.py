@@ -199,7 +199,7 @@ class VisionLanguageModel(nn.Module):
         cfg = dataclasses.replace(self.config, fda=True, fda_layers=None if layers is None else list(layers),
                                   fda_heads=None if heads is None else list(heads), fda_direction=direction,
                                   fda_g_init=float(g_init))
-        new = type(self)(cfg).to(self.temp.device)
+        new = type(self)(cfg).to(device=self.temp.device, dtype=self.temp.dtype)
         state = {}
         for k, v in self.state_dict().items():
             parts = k.split(".")
