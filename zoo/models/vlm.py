@@ -199,17 +199,17 @@ class VisionLanguageModel(nn.Module):
         cfg = dataclasses.replace(self.config, fda=True, fda_layers=None if layers is None else list(layers),
                                   fda_heads=None if heads is None else list(heads), fda_direction=direction,
                                   fda_g_init=float(g_init))
+        from zoo.hub import load_state_dict_checked
+
         new = type(self)(cfg).to(device=self.temp.device, dtype=self.temp.dtype)
-        state = {}
+        own = new.state_dict()
+        state = {f"fusion.{i}.cross.g": own[f"fusion.{i}.cross.g"] for i in cfg.fda_layer_set}  # the new gates
         for k, v in self.state_dict().items():
             parts = k.split(".")
             if parts[0] == "fusion" and parts[2] == "cross" and int(parts[1]) in cfg.fda_layer_set:
                 k = ".".join(parts[:3] + ["attn"] + parts[3:])
             state[k] = v
-        missing, unexpected = new.load_state_dict(state, strict=False)
-        gates = {f"fusion.{i}.cross.g" for i in cfg.fda_layer_set}
-        if unexpected or set(missing) != gates:  # only the new gates may be missing
-            raise RuntimeError(f"with_fda: weights did not map (missing {sorted(set(missing) - gates)}, unexpected {unexpected})")
+        load_state_dict_checked(new, state, "the plain model (with_fda)")
         if self.tokenizer is not None:
             new.tokenizer, new.fw_unknown = self.tokenizer, list(self.fw_unknown)
         return new

@@ -265,8 +265,8 @@ class VLMTask(ZooTask):
                 # FDA switched on over a plain checkpoint: FDA as a fine-tuning plug-in (as the paper uses it)
                 fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
                 plain = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
-                return plain.with_fda(fda.get("fda_layers"), fda.get("fda_heads"), fda.get("fda_direction", "both"),
-                                      fda.get("fda_g_init", 1.0))
+                # with_fda's arguments are the config fields without their "fda_" prefix (its defaults otherwise)
+                return plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
             return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
         tok_src = text_init or (info.get("tokenizer") if info.get("tokenizer", "word") != "word" else None)
         if tok_src is not None:
