@@ -11,6 +11,9 @@ Measured in one run on one device:
   call of the same width: 2H heads of size d, the baseline Transformer).
 * decode -- one query token against a KV cache, batch 1..64, cache 1k..32k: the split-K kernel, two
   SDPA calls and the naive PyTorch math.
+* LM step -- one forward+backward of a zoo DiffTransformerLM (dim 2048, 4 layers) under autocast with
+  attn_backend triton / sdpa / naive, and the equal-parameter vanilla Transformer: the kernel's share
+  at the model level.
 * ``matmul`` -- a plain bf16 GEMM, the reachable peak the TFLOP/s columns should be read against.
 
 FLOPs follow the FlashAttention convention: forward = 2 maps x (2 T^2 d + 2 T^2 dv) per head,
@@ -21,6 +24,9 @@ Writes ``results.json`` (with the device name), ``results.md`` and ``results.png
 correctness at a few sizes and writes nothing.
 
     python scripts/bench_attention.py [--quick] [--check] [--out DIR] [--dtype bf16|fp16]
+                                      [--parts training,decode,lm] [--render]
+
+Results are written after every row, so a run cut short keeps what it measured ("complete": false).
 """
 
 from __future__ import annotations
@@ -150,7 +156,8 @@ def bench_matmul(dtype, quick: bool) -> dict:
     return with_tflops(res, 2 * n**3)
 
 
-def bench_training(seqlens, dims, causals, tokens, dtype, quick: bool) -> list[dict]:
+def bench_training(seqlens, dims, causals, tokens, dtype, quick: bool,
+                   on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
     rows = []
     for d in dims:
         H = MODEL_WIDTH // (2 * d)
@@ -212,13 +219,15 @@ def bench_training(seqlens, dims, causals, tokens, dtype, quick: bool) -> list[d
                     # attention FLOPs only (projections excluded), so its TFLOP/s understate it
                     row["timm"] = {"fwd": with_tflops(fwd, flops), "fwd_bwd": with_tflops(both, 3.5 * flops)}
                 rows.append(row)
+                on_row(rows)
                 print(format_training_row(row), flush=True)
                 del q1, q2, k1, k2, v, vq, vk, vv
                 torch.cuda.empty_cache()
     return rows
 
 
-def bench_decode(batches, caches, dims, dtype, quick: bool) -> list[dict]:
+def bench_decode(batches, caches, dims, dtype, quick: bool,
+                 on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
     from zoo.kernels.diff_attn import diff_attention_decode
 
     rows = []
@@ -251,9 +260,60 @@ def bench_decode(batches, caches, dims, dtype, quick: bool) -> list[dict]:
                     nbytes = (k1.numel() + k2.numel() + v.numel()) * k1.element_size()
                     row["triton"]["gbps"] = nbytes / (row["triton"]["ms"] * 1e-3) / 1e9
                 rows.append(row)
+                on_row(rows)
                 print(format_decode_row(row), flush=True)
                 del q1, q2, k1, k2, v
                 torch.cuda.empty_cache()
+    return rows
+
+
+LM_SHAPES = {"dim": 2048, "n_layers": 4, "n_heads": 8, "vocab_size": 32000}  # diff heads: qk 128, v 256
+
+
+def bench_lm_step(seqlens, tokens, dtype, quick: bool, on_row: Callable[[list], None] = lambda rows: None) -> list[dict]:
+    """One training step (forward + backward, no optimizer) of a zoo DiffTransformerLM under autocast.
+
+    The same model per backend (``attn_backend`` = triton / sdpa / naive), plus the vanilla
+    Transformer of equal parameters (2 * n_heads softmax heads, SDPA): the end-to-end share of the
+    attention kernel at the model level.
+    """
+    from zoo.models.lm import DiffTransformerLM, LMConfig
+
+    rows = []
+    arms = [("diff", "triton"), ("diff", "sdpa"), ("diff", "naive"), ("vanilla", "sdpa")]
+    for T in seqlens:
+        B = max(1, tokens // T)
+        row = {"T": T, "B": B, **LM_SHAPES}
+        for attn_type, backend in arms:
+            heads = LM_SHAPES["n_heads"] * (2 if attn_type == "vanilla" else 1)
+            cfg = LMConfig(**{**LM_SHAPES, "n_heads": heads}, max_seq_len=T, attn_type=attn_type,
+                           attn_backend=backend)
+            torch.manual_seed(0)
+            model = DiffTransformerLM(cfg).cuda()
+            ids = torch.randint(0, cfg.vocab_size, (B, T + 1), device="cuda")
+
+            def step(model=model, ids=ids):
+                for p in model.parameters():
+                    p.grad = None
+                with torch.autocast("cuda", dtype=dtype):
+                    logits = model(ids[:, :-1])
+                F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
+
+            name = f"{attn_type}_{backend}"
+            if backend == "naive" and not naive_fits(B, heads, T, T, 2, True):
+                row[name] = {"error": "skipped (T x T maps would not fit)"}
+            else:
+                res = measure(step, quick)
+                if "ms" in res:
+                    res["tokens_per_s"] = B * T / (res["ms"] * 1e-3)
+                row[name] = res
+            row["params"] = sum(p.numel() for p in model.parameters())
+            del model, ids
+            torch.cuda.empty_cache()
+        rows.append(row)
+        on_row(rows)
+        print(" | ".join([f"LM step T={T} B={B}"] + [f"{k}: {_ms(v)}" for k, v in row.items()
+                                                     if isinstance(v, dict)]), flush=True)
     return rows
 
 
@@ -344,12 +404,21 @@ def markdown(result: dict) -> str:
              f"triton {result['triton']}, {result['tokens_per_batch']} tokens per batch, model width "
              f"{MODEL_WIDTH} (H = width / 2d, v head dim 2d).", "",
              f"Reachable peak (bf16 matmul 8192^3): {_fmt(result['matmul'], 'tflops')} TFLOP/s.", ""]
-    cols = [c for c in TRAIN_COLS if any(c in r for r in result["training"])]
-    for phase in ("fwd", "fwd_bwd"):
+    if result.get("machine"):
+        lines += [f"Machine: {result['machine']}.", ""]
+    for part, how in result.get("runs", {}).items():
+        lines.append(f"- `{part}`: {how}")
+    if result.get("runs"):
+        lines.append("")
+    if not result.get("complete", True):
+        lines += ["**Partial run**: the run stopped before every shape was measured; the rows below are "
+                  "all it measured.", ""]
+    cols = [c for c in TRAIN_COLS if any(c in r for r in result.get("training", []))]
+    for phase in ("fwd", "fwd_bwd") if result.get("training") else ():
         lines += [f"## Training shapes, {phase.replace('_', '+')}: ms (TFLOP/s) [peak extra MiB]", "",
                   "| d | causal | T | B | " + " | ".join(cols) + " |",
                   "|---|---|---|---|" + "---|" * len(cols)]
-        for r in result["training"]:
+        for r in result.get("training", []):
             cells = []
             for c in cols:
                 res = r.get(c, {}).get(phase)
@@ -361,9 +430,21 @@ def markdown(result: dict) -> str:
     if "timm" in cols:
         lines += ["`timm` is the whole timm.layers.DiffAttention module (qkv/out projections and sub-norm "
                   "included); its TFLOP/s count attention FLOPs only.", ""]
-    lines += ["## Decode (one query token): ms", "",
-              "| d | B | cache | triton | triton GB/s | sdpa_x2 | naive |", "|---|---|---|---|---|---|---|"]
-    for r in result["decode"]:
+    if result.get("lm_step"):
+        arms = ["diff_triton", "diff_sdpa", "diff_naive", "vanilla_sdpa"]
+        lines += [f"## LM training step (forward + backward under autocast, no optimizer): ms [k tokens/s]", "",
+                  f"zoo DiffTransformerLM {LM_SHAPES} per backend; `vanilla_sdpa` is the equal-parameter "
+                  "softmax Transformer (2x heads).", "",
+                  "| T | B | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+        for r in result["lm_step"]:
+            cells = [f"{_fmt(r[a])} [{r[a]['tokens_per_s'] / 1e3:.0f}]" if "ms" in r.get(a, {}) else
+                     _fmt(r.get(a)) for a in arms]
+            lines.append(f"| {r['T']} | {r['B']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("decode"):
+        lines += ["## Decode (one query token): ms", "",
+                  "| d | B | cache | triton | triton GB/s | sdpa_x2 | naive |", "|---|---|---|---|---|---|---|"]
+    for r in result.get("decode", []):
         if "error" in r:
             lines.append(f"| {r['d']} | {r['B']} | {r['Tk']} | {r['error']} | | | |")
             continue
@@ -379,6 +460,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    result = {"training": [], "decode": [], **result}
     combos = sorted({(r["d"], r["causal"]) for r in result["training"]})
     ncols = max(1, len(combos))
     fig, axes = plt.subplots(2, ncols + 1, figsize=(4.5 * (ncols + 1), 8), squeeze=False)
@@ -429,8 +511,25 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="only verify correctness on the GPU; writes nothing")
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     ap.add_argument("--tokens", type=int, default=32768, help="tokens per batch (B = tokens // T)")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-write results.md and results.png from the results.json in --out (no GPU)")
+    ap.add_argument("--parts", default="training,decode,lm",
+                    help="comma-separated sections to run: training, decode, lm (default: %(default)s)")
     args = ap.parse_args(argv)
 
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - {"training", "decode", "lm"})
+    if unknown or not parts:
+        ap.error(f"--parts: unknown section(s) {unknown or parts}; choose from training, decode, lm")
+    if args.render:
+        src = args.out / "results.json"
+        if not src.is_file():
+            ap.error(f"--render: {src} does not exist")
+        result = json.loads(src.read_text())
+        (args.out / "results.md").write_text(markdown(result))
+        plot(result, args.out / "results.png")
+        print(f"wrote {args.out / 'results.md'}, results.png from {src}")
+        return 0
     if not torch.cuda.is_available():
         print("bench_attention: no CUDA device found; this benchmark needs a GPU. Nothing was written.",
               file=sys.stderr)
@@ -445,8 +544,11 @@ def main(argv=None) -> int:
     if args.quick:
         seqlens, dims, causals = [512, 2048, 8192], [128], [True]
         batches, caches = [1, 16], [1024, 8192]
+        lm_seqlens = [2048]
     else:
-        seqlens, dims, causals = [512, 1024, 2048, 4096, 8192, 16384, 32768], [64, 128], [False, True]
+        lm_seqlens = [2048, 8192]
+        # d=128 causal (the Diff Transformer LM's layout) first: a run cut short keeps the rows that matter most
+        seqlens, dims, causals = [512, 1024, 2048, 4096, 8192, 16384, 32768], [128, 64], [True, False]
         batches, caches = [1, 4, 16, 64], [1024, 4096, 16384, 32768]
 
     import triton
@@ -459,13 +561,29 @@ def main(argv=None) -> int:
         "dtype": args.dtype, "tokens_per_batch": args.tokens, "model_width": MODEL_WIDTH, "quick": args.quick,
         "flops_convention": "fwd = 2 maps * (2*T*T*d + 2*T*T*dv) per head, /2 if causal; fwd+bwd = 3.5 * fwd",
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(key: str, rows: list) -> None:
+        """Write what has been measured so far: a run cut short still leaves its rows."""
+        result[key] = rows
+        result["complete"] = False
+        (args.out / "results.json").write_text(json.dumps(result, indent=2))
+
     result["matmul"] = bench_matmul(dtype, args.quick)
     print(f"bf16 matmul peak: {_fmt(result['matmul'], 'tflops')} TFLOP/s", flush=True)
-    result["training"] = bench_training(seqlens, dims, causals, args.tokens, dtype, args.quick)
-    result["decode"] = bench_decode(batches, caches, dims, dtype, args.quick)
+    result["parts"] = parts
+    if "lm" in parts:
+        result["lm_step"] = bench_lm_step(lm_seqlens, args.tokens // 2, dtype, args.quick,
+                                          on_row=lambda rows: save("lm_step", rows))
+    if "decode" in parts:
+        result["decode"] = bench_decode(batches, caches, dims, dtype, args.quick,
+                                        on_row=lambda rows: save("decode", rows))
+    if "training" in parts:
+        result["training"] = bench_training(seqlens, dims, causals, args.tokens, dtype, args.quick,
+                                            on_row=lambda rows: save("training", rows))
     result["seconds"] = time.time() - t0
+    result["complete"] = True
 
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.out / "results.md").write_text(markdown(result))
     plot(result, args.out / "results.png")

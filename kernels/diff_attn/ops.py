@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -90,14 +91,35 @@ _INTERPRET_BLOCK = 16  # small tiles keep the CPU interpreter fast and exercise 
 _TUNE_KEY = ["D", "DV", "CAUSAL", "HAS_KM", "TUNE_TQ", "TUNE_TK"]
 
 
+AUTOTUNE_ENV = "ZOO_DIFF_ATTN_AUTOTUNE"
+
+
+def autotune_enabled() -> bool:
+    """False when ``$ZOO_DIFF_ATTN_AUTOTUNE`` is 0 / false / off / no: each kernel then compiles one
+    tile (the last candidate, which fits shared memory anywhere) instead of tuning over all of them,
+    a faster start for tests and short jobs at some cost in speed. Read when a kernel is first used."""
+    value = os.environ.get(AUTOTUNE_ENV, "1").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes", ""):
+        return True
+    raise ValueError(f"{AUTOTUNE_ENV}={value!r}: use 1 (tune over the candidate tiles, default) or 0 (one tile)")
+
+
+def candidates(table: str, width: str, interpret: bool, autotune: bool) -> list[tuple[int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) tiles the autotuner chooses from."""
+    if interpret:
+        return [(_INTERPRET_BLOCK, _INTERPRET_BLOCK, 4, 1)]
+    tiles = {"fwd": _FWD, "dkdv": _DKDV, "dq": _DQ}[table][width]
+    return tiles if autotune else tiles[-1:]
+
+
 @functools.lru_cache(maxsize=None)
 def _tuned(name: str, table: str, width: str):
-    """``triton.autotune`` over the candidate tiles (a single fixed tile under the interpreter)."""
-    if _K.INTERPRET:
-        configs = [_cfg(_INTERPRET_BLOCK, _INTERPRET_BLOCK, 4, 1)]
-    else:
-        configs = [_cfg(*c) for c in {"fwd": _FWD, "dkdv": _DKDV, "dq": _DQ}[table][width]]
-    return triton.autotune(configs=configs, key=_TUNE_KEY)(getattr(_K, name))
+    """``triton.autotune`` over the candidate tiles (a single fixed tile under the interpreter or
+    with autotuning switched off)."""
+    tiles = candidates(table, width, _K.INTERPRET, autotune_enabled())
+    return triton.autotune(configs=[_cfg(*c) for c in tiles], key=_TUNE_KEY)(getattr(_K, name))
 
 
 def _block(d: int) -> int:

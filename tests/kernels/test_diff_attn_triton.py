@@ -371,3 +371,58 @@ def test_gpu_decode_equals_last_row_of_full_forward(dtype, D, Tk):
     tol = LOWP_FLOOR[dtype]
     assert rel_err(dec, full[:, :, -1:]) < tol
     assert rel_err(dec, ref) < tol
+
+
+@pytest.mark.gpu
+@needs_cuda
+@compiled
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_lm_step_triton_backend(dtype):
+    """The whole path a user trains through: a zoo LM (GQA, RoPE, per-head lambda, padded keys)
+    under autocast with attn_backend="triton" against the same model in fp32 with the naive
+    backend. Its logits and every parameter gradient must be as close as SDPA's in the same dtype."""
+    from zoo.models.lm import DiffTransformerLM, LMConfig
+
+    B, T = 2, 600
+    ids = torch.randint(0, 300, (B, T + 1), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    mask = torch.ones(B, T, dtype=torch.long, device="cuda")
+    mask[1, :37] = 0  # left padding
+
+    def run(backend, autocast):
+        torch.manual_seed(0)
+        cfg = LMConfig(vocab_size=300, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=T,
+                       attn_backend=backend)
+        model = DiffTransformerLM(cfg).cuda()
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast):
+            logits = model(ids[:, :-1], attention_mask=mask)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(),
+                                                 reduction="none")
+        (loss * mask.flatten()).sum().div(mask.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return logits.float()[mask.bool()], grads
+
+    ref_logits, ref_grads = run("naive", autocast=False)
+    sdpa_logits, sdpa_grads = run("sdpa", autocast=True)
+    tri_logits, tri_grads = run("triton", autocast=True)
+    floor = LOWP_FLOOR[dtype]
+    for name, got, plain, ref in (("logits", tri_logits, sdpa_logits, ref_logits),
+                                  ("grads", tri_grads, sdpa_grads, ref_grads)):
+        e, e_plain = rel_err(got, ref), rel_err(plain, ref)
+        assert e <= max(LOWP_FACTOR * e_plain, floor), f"{name}: triton {e:.2e} vs sdpa {e_plain:.2e}"
+
+
+def test_autotune_switch(monkeypatch):
+    """ZOO_DIFF_ATTN_AUTOTUNE=0 compiles one tile per kernel; anything unknown is refused by name."""
+    for table, width in [("fwd", "small"), ("fwd", "wide"), ("dkdv", "wide"), ("dq", "small")]:
+        full = ops.candidates(table, width, interpret=False, autotune=True)
+        assert len(full) > 1
+        assert ops.candidates(table, width, interpret=False, autotune=False) == [full[-1]]
+        assert len(ops.candidates(table, width, interpret=True, autotune=True)) == 1
+    monkeypatch.delenv(ops.AUTOTUNE_ENV, raising=False)
+    assert ops.autotune_enabled()
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(ops.AUTOTUNE_ENV, off)
+        assert not ops.autotune_enabled()
+    monkeypatch.setenv(ops.AUTOTUNE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="ZOO_DIFF_ATTN_AUTOTUNE='sometimes'"):
+        ops.autotune_enabled()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one call, for a lent CUDA machine with no network:
+# the kernel's correctness check, the GPU tests, then the benchmarks (each step under its own
+# time limit; the benchmarks write their rows as they go, so a step cut short keeps what it measured).
+#
+#   OUT=<folder> bash scripts/gpu_checks.sh [BUDGET_SECONDS]      # from the repository root
+#   STEPS="gpu-tests bench-decode" OUT=<folder> bash scripts/gpu_checks.sh 250   # some steps only
+#
+# Steps: check, gpu-tests, bench-lm, bench-decode, bench-training. The GPU tests run with
+# ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel
+# 4-6 times per shape family, which on an H100 took longer than the tests themselves.
+#
+# Python packages the machine lacks travel as wheels in .whl/ (git-ignored): see README "GPU".
+set -u
+OUT=${OUT:-/tmp/zoo_gpu}
+BUDGET=${1:-540}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - t0) )); }
+STEPS=${STEPS:-check gpu-tests bench-lm bench-decode bench-training}
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  case " $STEPS " in *" $name "*) ;; *) return ;; esac
+  local rest; rest=$(left)
+  (( limit > rest - 5 )) && limit=$(( rest - 5 ))
+  if (( limit < 20 )); then echo "== $name: skipped, ${rest}s of the budget left" | tee -a "$LOG"; return; fi
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local s=$(date +%s)
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  echo "== $name: exit ${PIPESTATUS[0]} after $(( $(date +%s) - s ))s" | tee -a "$LOG"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+} 2>&1 | tee -a "$LOG"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3 | tee -a "$LOG"
+if ! python3 -c "import zoo.kernels.diff_attn" 2>/dev/null; then  # no build backend there: run from the tree
+  echo "editable install failed; using the source tree (zoo/kernels -> kernels)" | tee -a "$LOG"
+  [ -e zoo/kernels ] || ln -s ../kernels zoo/kernels
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file__, k.__file__)" 2>&1 | tee -a "$LOG"
+
+step check 90 python3 scripts/bench_attention.py --check
+step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels -m gpu
+step bench-lm 100 python3 scripts/bench_attention.py --parts lm --out "$OUT/lm"
+step bench-decode 100 python3 scripts/bench_attention.py --parts decode --out "$OUT/decode"
+step bench-training 100000 python3 scripts/bench_attention.py --parts training --out "$OUT/training"
+echo "== done after $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
