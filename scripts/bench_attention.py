@@ -432,7 +432,7 @@ def markdown(result: dict) -> str:
                   "included); its TFLOP/s count attention FLOPs only.", ""]
     if result.get("lm_step"):
         arms = ["diff_triton", "diff_sdpa", "diff_naive", "vanilla_sdpa"]
-        lines += [f"## LM training step (forward + backward under autocast, no optimizer): ms [k tokens/s]", "",
+        lines += ["## LM training step (forward + backward under autocast, no optimizer): ms [k tokens/s]", "",
                   f"zoo DiffTransformerLM {LM_SHAPES} per backend; `vanilla_sdpa` is the equal-parameter "
                   "softmax Transformer (2x heads).", "",
                   "| T | B | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]

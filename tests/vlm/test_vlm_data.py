@@ -110,10 +110,8 @@ def test_function_words_unknown_tokens():
         read_function_words("klingon")
 
 
-def test_minilm_wordpiece_function_words_are_single_tokens():
-    from zoo.data.vlm import minilm_folder
-
-    tok = VLMTokenizer.from_folder(minilm_folder())
+def test_minilm_wordpiece_function_words_are_single_tokens(minilm_dir):
+    tok = VLMTokenizer.from_folder(minilm_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ids, unknown = function_word_ids(tok, read_function_words("en"))

@@ -78,12 +78,13 @@ def test_similarity_is_pairwise_itm_and_export_roundtrip(tmp_path):
         m.similarity(images[:, :, :16], caps)
 
 
-def test_minilm_text_encoder_matches_transformers():
+def test_minilm_text_encoder_matches_transformers(minilm_dir):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
     from zoo.data.vlm import VLMTokenizer, minilm_folder
 
-    folder = minilm_folder()
+    folder = minilm_folder()  # the folder text_init="minilm" finds: the fixture's
+    assert folder == minilm_dir
     tok = VLMTokenizer.from_folder(folder)
     m = VisionLanguageModel(VLMConfig(**{**TINY, **text_config_from_hf(folder), "fusion_heads": 12, "max_text_len": 32}))
     m.set_tokenizer(tok)
@@ -102,16 +103,16 @@ def test_minilm_text_encoder_matches_transformers():
     torch.testing.assert_close(got * real, want * real, rtol=1e-4, atol=1e-4)
 
 
-def test_task_with_minilm_text_init_uses_wordpiece_and_weights():
+def test_task_with_minilm_text_init_uses_wordpiece_and_weights(minilm_dir):
     from zoo.convert import from_hf_bert
-    from zoo.data.vlm import SyntheticVLMDataModule, minilm_folder
+    from zoo.data.vlm import SyntheticVLMDataModule
     from zoo.tasks.vlm import VLMTask
 
     info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4).data_info
     task = VLMTask(arch="vlm-fda-tiny", text_init="minilm", data_info=info, model_args={"fusion_heads": 12})
     m = task.model
     assert m.config.vocab_size == 30522 and m.config.text_dim == 384 and m.tokenizer.vocab_size == 30522
-    ref = from_hf_bert(minilm_folder())
+    ref = from_hf_bert(minilm_dir)
     torch.testing.assert_close(m.text.layers[3].mlp.fc1.weight, ref.layers[3].mlp.fc1.weight)
     assert not m.fw_unknown  # every function word is one WordPiece token
 
