@@ -63,3 +63,22 @@ def test_an_arm_result_is_not_overwritten(bench, monkeypatch):
     assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 5.0
     bench.bench_main(argparse.Namespace(**{**vars(args), "overwrite": True}))
     assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 6.0
+
+
+def test_shear_runs_are_kept_apart_from_plain_runs(bench, monkeypatch):
+    """--shear records the training slant in the data settings and names its arm results apart, so a
+    sheared arm neither overwrites nor merges with the plain arm of the same steps and seed."""
+    import sys
+
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: calls.append(dict(bench.DATA)) or (_row("vanilla", 0, 6.0, steps=600), None))
+    _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 5.0, steps=600)])
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "vanilla", "--steps", "600", "--shear", "0.3"])
+    bench.main()
+    assert calls[0]["synth_train_shear"] == 0.3
+    sheared = json.loads((bench.RESULTS / "arm_vanilla_600_s0_shear0.3.json").read_text())
+    assert sheared["data"]["synth_train_shear"] == 0.3
+    assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 5.0
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "vanilla", "--steps", "600", "--shear", "2"])
+    with pytest.raises(SystemExit):
+        bench.main()

@@ -8,7 +8,8 @@ from PIL import ImageFont
 
 from zoo.data.charsets import CHARSETS
 from zoo.data.str_synth import (
-    TEST_FONTS, TRAIN_FONTS, font_covers, font_path, make_sample, render_word, sample_font, sample_rng, usable_fonts,
+    TEST_FONTS, TRAIN_FONTS, font_covers, font_path, make_sample, render_word, sample_font, sample_rng, shear_image,
+    usable_fonts,
 )
 
 
@@ -70,3 +71,58 @@ def test_sample_font_names_the_font_make_sample_renders_with(monkeypatch):
             assert sample_font(5, split, i, CHARSETS["36"], min_len=1, max_len=6) == used[-1]
     assert set(used[:40]) <= set(TRAIN_FONTS) and set(used[40:]) <= set(TEST_FONTS)
     assert len(set(used[40:])) == len(TEST_FONTS)  # every held-out font drawn within 40 samples
+
+
+def test_shear_image_slants_a_vertical_bar_by_k_per_row():
+    from PIL import Image
+
+    h, w, x0, k = 20, 30, 5, 0.5
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, x0] = 255
+    out = np.asarray(shear_image(Image.fromarray(a), k, (0, 0, 0)), dtype=float)[..., 0]
+    assert out.shape == (h, w + int(np.ceil(k * (h - 1))))
+    cols = np.arange(out.shape[1])
+    for y in range(h):
+        centre = (out[y] * cols).sum() / out[y].sum()
+        assert abs(centre - (x0 + k * (h - 1 - y))) < 0.05, (y, centre)  # bottom row stays, top row moves k*(h-1)
+    with pytest.raises(ValueError, match="right slant"):
+        shear_image(Image.fromarray(a), -0.1, (0, 0, 0))
+
+
+def test_train_shear_slants_training_words_only():
+    from zoo.data.str import STRDataModule
+
+    kw = dict(charset="36", max_length=6, synthetic={"train": 40, "val": 8, "test": 8}, synth_strength=0.4)
+    plain, sheared = STRDataModule(**kw), STRDataModule(**kw, synth_train_shear=0.3)
+    for split in ("val", "test"):  # the benchmark's numbers stay comparable
+        for (a, ta), (b, tb) in zip(plain._sources(split)[0].base, sheared._sources(split)[0].base):
+            assert ta == tb and np.array_equal(np.asarray(a), np.asarray(b))
+    pairs = list(zip(plain._sources("train")[0].base, sheared._sources("train")[0].base))
+    assert all(ta == tb for (_, ta), (_, tb) in pairs)  # same words
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), (b, _) in pairs)
+
+
+def test_shear_slants_about_half_the_words(monkeypatch):
+    import zoo.data.str_synth as synth
+
+    ks = []
+    real = synth.shear_image
+    monkeypatch.setattr(synth, "shear_image", lambda img, k, fill: ks.append(k) or real(img, k, fill))
+    for i in range(60):
+        make_sample(0, "train", i, CHARSETS["36"], max_len=6, strength=0.4, shear=0.3)
+    assert 15 <= len(ks) <= 45  # binomial(60, 0.5): outside this range with probability < 1e-4
+    assert all(0.3 / 4 <= k <= 0.3 for k in ks)
+    n = len(ks)
+    for i in range(20):
+        make_sample(0, "train", i, CHARSETS["36"], max_len=6, strength=0.4, shear=0.0)
+    assert len(ks) == n  # shear 0 never slants
+
+
+def test_bad_shear_is_refused():
+    from zoo.data.str import STRDataModule
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="synth_train_shear"):
+            STRDataModule(charset="36", synth_train_shear=bad)
+        with pytest.raises(ValueError, match="shear"):
+            render_word("ab", np.random.default_rng(0), ("DejaVuSans",), shear=bad)

@@ -101,7 +101,7 @@ class SyntheticSTRDataset(Dataset):
     def __init__(
         self, n: int, charset: Charset, split: str = "train", seed: int = 0, min_len: int = 1,
         max_len: Optional[int] = None, strength: float = 1.0, fonts: Optional[Sequence[str]] = None,
-        img_size: tuple[int, int] = (32, 128), start: int = 0,
+        img_size: tuple[int, int] = (32, 128), start: int = 0, shear: float = 0.0,
     ) -> None:
         if int(start) < 0:
             raise ValueError(f"start must be >= 0, got {start}")
@@ -109,7 +109,9 @@ class SyntheticSTRDataset(Dataset):
         self.min_len, self.max_len = int(min_len), int(max_len or charset.max_length)
         if not 1 <= self.min_len <= self.max_len <= charset.max_length:
             raise ValueError(f"need 1 <= min_len <= max_len <= charset max_length ({charset.max_length}), got {min_len}, {max_len}")
-        self.strength, self.img_size = strength, tuple(img_size)
+        if not 0.0 <= shear <= 1.0:
+            raise ValueError(f"shear must lie in [0, 1] (horizontal shift per unit height), got {shear}")
+        self.strength, self.img_size, self.shear = strength, tuple(img_size), float(shear)
         self.fonts = usable_fonts(fonts or (TEST_FONTS if split == "test" else TRAIN_FONTS), charset.chars)
 
     def __len__(self) -> int:
@@ -120,7 +122,7 @@ class SyntheticSTRDataset(Dataset):
             raise IndexError(f"index {i} out of range for {self.n} samples")
         img, text = make_sample(
             self.seed, self.split, self.start + i, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
-            strength=self.strength, size=self.img_size, fonts=self.fonts,
+            strength=self.strength, size=self.img_size, fonts=self.fonts, shear=self.shear,
         )
         return img, text
 
@@ -199,6 +201,9 @@ class STRDataModule(L.LightningDataModule):
         synthetic: sizes of the synthetic splits ``{train, val, test}`` (0 = none); used when no
             real source is given for that split.
         synth_seed, synth_min_len, synth_max_len, synth_strength: the generator's knobs.
+        synth_train_shear: right slant (italic-like) of half the synthetic training words, up to this
+            horizontal shift per unit height (0.3 is about 17 degrees; 0 = off). Training split only:
+            validation and the held-out-font test stay as they are.
         synth_train_start: index of the first synthetic training sample (a resumed run continues on
             words it has not seen).
         train_dirs / val_dirs / test_dirs: real sources (an LMDB folder, a root holding several
@@ -218,6 +223,7 @@ class STRDataModule(L.LightningDataModule):
         synth_min_len: int = 1,
         synth_max_len: Optional[int] = None,
         synth_strength: float = 1.0,
+        synth_train_shear: float = 0.0,
         synth_train_start: int = 0,
         train_dirs: Optional[list[str]] = None,
         val_dirs: Optional[list[str]] = None,
@@ -236,6 +242,9 @@ class STRDataModule(L.LightningDataModule):
         if bad:
             raise ValueError(f"synthetic split sizes take keys train/val/test, got {bad}")
         self.synth_kw = dict(seed=synth_seed, min_len=synth_min_len, max_len=synth_max_len, strength=synth_strength)
+        if not 0.0 <= synth_train_shear <= 1.0:
+            raise ValueError(f"synth_train_shear must lie in [0, 1] (horizontal shift per unit height), got {synth_train_shear}")
+        self.synth_train_shear = float(synth_train_shear)
         self.synth_train_start = int(synth_train_start)
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
@@ -266,7 +275,9 @@ class STRDataModule(L.LightningDataModule):
                 sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
         if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
             start = self.synth_train_start if split == "train" else 0
-            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start, **self.synth_kw)
+            shear = self.synth_train_shear if split == "train" else 0.0
+            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
+                                     shear=shear, **self.synth_kw)
             sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size, offset=sum(map(len, sets))))
         self._sets[split] = sets
         return sets
