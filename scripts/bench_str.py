@@ -50,6 +50,7 @@ def run(
     arch: str, steps: int, seed: int = 0, batch_size: int = 32, n_test: int = 1000, lr: float = 7e-4,
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
     resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
+    init_from: Optional[str] = None,
 ) -> tuple[Optional[dict[str, Any]], Any]:
     """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task.
 
@@ -57,6 +58,8 @@ def run(
     seconds of training have passed (or at step ``stop_at``), saves a Lightning checkpoint (weights,
     optimizer, schedule position) there and returns ``(None, task)``; the same call later resumes it on the
     synthetic words after the ones already seen, under the same schedule over ``steps``.
+    ``init_from`` (an exported folder or shipped name) starts from those weights instead of a fresh
+    model: a fine-tuning stage with its own warmup and schedule.
     """
     import lightning as L
 
@@ -65,7 +68,8 @@ def run(
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     settings = {"arch": arch, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "teacher": teacher,
-                "val_every": val_every, "data_seed": data_seed, "data": DATA}
+                "val_every": val_every, "data_seed": data_seed, "data": dict(DATA),
+                **({"init_from": str(init_from)} if init_from else {})}
     ckpt, state = None, {"settings": settings, "done": 0, "train_s": 0.0, "val": []}
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
@@ -126,7 +130,7 @@ def run(
                     write_state(state["train_s"] + time.time() - t0)
 
     task = RecognitionTask(arch=arch, data_info=dm.data_info, lr=lr, warmup_steps=min(100, steps // 10), teacher=teacher,
-                           model_args={"dropout": 0.0})
+                           model_args={"dropout": 0.0}, pretrained=init_from)
     trainer = L.Trainer(
         # max_epochs=-1: the schedule's length is max_steps also when a resumed run's loader holds only the rest
         accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
@@ -157,7 +161,7 @@ def run(
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
-        "test_by_font": by_font,
+        "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
     }, task
 
@@ -208,7 +212,7 @@ def export_main(args: argparse.Namespace) -> None:
 
     row, task = run("str-diff-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, val_every=args.val_every,
                     batch_size=args.batch_size, resume_dir=args.resume_dir,
-                    budget_s=None if args.budget_min is None else 60 * args.budget_min)
+                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from)
     if row is None:  # stopped on its budget; the next call continues
         return
     row["label"] = "str-diff-tiny (shipped)"
@@ -225,11 +229,12 @@ def bench_main(args: argparse.Namespace) -> None:
     rows, teacher = [], args.teacher
     if args.attn != "both":
         # one arm per process (run the two arms side by side on two cores), merged by --merge
-        name = arm_name(args.attn, args.steps, args.seed)
+        name = arm_name(args.attn, args.steps, args.seed, args.init_from)
         if (RESULTS / f"{name}.json").is_file() and not args.overwrite:
             raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
-        row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size)
-        row["label"] = f"{args.attn} cross-attention"
+        row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
+                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from)
+        row["label"] = f"{args.attn} cross-attention" + (f" (from {Path(args.init_from).name})" if args.init_from else "")
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
         return
     if args.csd:
@@ -287,7 +292,8 @@ def merge_main(args: argparse.Namespace) -> None:
         found = []
         for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
             payload = json.loads(path.read_text())
-            found += [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)]
+            found += [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
+                      and not r.get("init_from")]  # fine-tuning stages are not from-scratch arms
             machines.append(payload["machine"])
         shipped = RESULTS / "shipped_tiny.json"
         if attn == "diff" and shipped.is_file():
@@ -310,9 +316,10 @@ def merge_main(args: argparse.Namespace) -> None:
     write("diff_vs_vanilla", {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
 
 
-def arm_name(attn: str, steps: int, seed: int) -> str:
+def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None) -> str:
     shear = DATA.get("synth_train_shear")
-    return f"arm_{attn}_{steps}_s{seed}" + (f"_shear{shear:g}" if shear else "")
+    return (f"arm_{attn}_{steps}_s{seed}" + (f"_shear{shear:g}" if shear else "")
+            + (f"_from-{Path(init_from).name}" if init_from else ""))
 
 
 def arm_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -348,11 +355,16 @@ def main() -> None:
                    help="--export only: keep a resumable checkpoint here; the same command continues the run")
     p.add_argument("--budget-min", type=float, default=None,
                    help="with --resume-dir: stop after this many minutes of training, checkpointed")
+    p.add_argument("--init-from", default=None,
+                   help="--export / --attn: start from these weights (exported folder or shipped name) and train "
+                        "--steps more with a fresh schedule (a fine-tuning stage); arm results get a _from-<name> suffix")
     p.add_argument("--shear", type=float, default=0.0,
                    help="slant half the synthetic training words right by up to this shift per unit height "
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
                         "results' data settings; arm results get a _shear<S> suffix")
     args = p.parse_args()
+    if args.init_from and not (args.export or args.attn != "both") or args.init_from and (args.merge or args.csd):
+        p.error("--init-from goes with --export or a single arm (--attn diff|vanilla)")
     if not 0.0 <= args.shear <= 1.0:
         p.error(f"--shear must lie in [0, 1], got {args.shear}")
     if args.shear:

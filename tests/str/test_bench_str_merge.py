@@ -57,7 +57,7 @@ def test_an_arm_result_is_not_overwritten(bench, monkeypatch):
     _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 5.0, steps=600)])
     monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("vanilla", 0, 6.0, steps=600), None))
     args = argparse.Namespace(attn="vanilla", steps=600, seed=0, n_test=10, lr=7e-4, batch_size=32, teacher=None,
-                              overwrite=False, csd=False)
+                              overwrite=False, csd=False, init_from=None, val_every=0)
     with pytest.raises(SystemExit, match="exists"):
         bench.bench_main(args)
     assert json.loads((bench.RESULTS / "arm_vanilla_600_s0.json").read_text())["runs"][0]["test_accuracy"] == 5.0
@@ -82,3 +82,22 @@ def test_shear_runs_are_kept_apart_from_plain_runs(bench, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "vanilla", "--steps", "600", "--shear", "2"])
     with pytest.raises(SystemExit):
         bench.main()
+
+
+def test_init_from_runs_are_named_recorded_and_not_merged(bench, monkeypatch):
+    import sys
+
+    seen = {}
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: seen.update(k) or
+                        ({**_row("diff", 0, 90.0, steps=600), "init_from": k["init_from"]}, None))
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "diff", "--steps", "600", "--init-from", "/w/str22k"])
+    bench.main()
+    assert seen["init_from"] == "/w/str22k"
+    assert (bench.RESULTS / "arm_diff_600_s0_from-str22k.json").is_file()
+    _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 5.0, steps=600)])
+    with pytest.raises(SystemExit, match="no diff arm at 600 steps"):  # a fine-tuning stage is no from-scratch arm
+        _merge(bench, steps=600)
+    for argv in (["--init-from", "x"], ["--init-from", "x", "--attn", "diff", "--merge"]):
+        monkeypatch.setattr(sys, "argv", ["bench_str.py", *argv])
+        with pytest.raises(SystemExit):
+            bench.main()
