@@ -595,3 +595,22 @@ def test_bad_shapes_raise():
         attention(q, k, k, backend="naive")
     with pytest.raises(ValueError, match="key_mask"):
         attention(q, q, q, key_mask=torch.ones(1, 3), backend="naive")  # not bool
+
+
+def test_auto_sends_small_decode_steps_to_sdpa():
+    """auto on CUDA: the fused kernel except for gradient-free single-token steps over fewer than
+    AUTO_DECODE_MIN_KEYS keys (the H100 crossover); forced backends are never overridden."""
+    import zoo.nn.functional as zf
+
+    supported = lambda impl: (True, "")  # noqa: E731
+    n = zf.AUTO_DECODE_MIN_KEYS
+    assert zf.small_decode(1, 1, n - 1, needs_grad=False)
+    assert not zf.small_decode(1, 1, n, needs_grad=False)
+    assert not zf.small_decode(n // 1024, 1, 1024, needs_grad=False)  # batch counts: 32 x 1024 keys
+    assert not zf.small_decode(1, 2, 16, needs_grad=False)  # a prefill, not a decode step
+    assert not zf.small_decode(1, 1, 16, needs_grad=True)  # training through one token keeps the kernel
+    if zf._triton_impl() is not None:
+        assert zf._pick("auto", True, supported, small_decode_step=False) == "triton"
+    assert zf._pick("auto", True, supported, small_decode_step=True) == "sdpa"
+    assert zf._pick("triton", True, supported, small_decode_step=True) == "triton"
+    assert zf._pick("auto", False, supported, small_decode_step=False) == "sdpa"

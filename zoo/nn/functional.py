@@ -21,7 +21,8 @@ Conventions (all backends):
 Backends: ``naive`` (materialized fp32 softmax, the reference), ``sdpa``
 (``torch.nn.functional.scaled_dot_product_attention``), ``triton`` (the fused kernel in
 ``zoo.kernels``; CUDA, or CPU under ``TRITON_INTERPRET=1``), and ``auto``, which picks Triton when
-the kernel supports the call and SDPA otherwise. The choice comes from the ``backend`` argument,
+the kernel supports the call and SDPA otherwise, except for small single-token decode steps
+(batch x cache < ``AUTO_DECODE_MIN_KEYS``), where two SDPA calls were faster on an H100. The choice comes from the ``backend`` argument,
 else the ``ZOO_ATTN_BACKEND`` environment variable, else ``auto``.
 """
 
@@ -135,11 +136,24 @@ def _triton_impl():
     return impl
 
 
-def _pick(backend: str, on_cuda: bool, supported_by_triton) -> str:
+# Single-token decode below this many keys over the batch (batch x cache length) goes to SDPA under
+# ``auto``: on an H100 (bf16, scripts/results/attention) the split-K kernel sat at a ~0.09 ms launch
+# floor while two SDPA calls took 0.03-0.08 ms there, and it won from 32k keys on (1.2-1.5x).
+AUTO_DECODE_MIN_KEYS = 32768
+
+
+def small_decode(batch: int, tq: int, tk: int, needs_grad: bool) -> bool:
+    """True for a single-token, gradient-free step over fewer than ``AUTO_DECODE_MIN_KEYS`` keys."""
+    return tq == 1 and not needs_grad and batch * tk < AUTO_DECODE_MIN_KEYS
+
+
+def _pick(backend: str, on_cuda: bool, supported_by_triton, small_decode_step: bool = False) -> str:
     if backend != "auto":
         return backend
     if not on_cuda:
         return "sdpa"  # CPU tensors take the PyTorch path (Triton on CPU is the slow interpreter)
+    if small_decode_step:
+        return "sdpa"
     impl = _triton_impl()
     if impl is not None:
         ok, why = supported_by_triton(impl)
@@ -201,10 +215,12 @@ def diff_attention(
     if not torch.is_tensor(lam):
         lam = torch.tensor(float(lam), device=q1.device)
     p = dropout_p if training else 0.0
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q1, q2, k1, k2, v, lam))
     name = _pick(
         resolve_backend(backend),
         q1.is_cuda,
         lambda impl: impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p),
+        small_decode(q1.shape[0], q1.shape[2], k1.shape[2], grad),
     )
     if name == "triton":
         impl = _triton_impl()
