@@ -318,7 +318,11 @@ def merge_main(args: argparse.Namespace) -> None:
 
 def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None) -> str:
     shear = DATA.get("synth_train_shear")
+    from zoo.data.str_synth import TRAIN_FONTS
+
+    extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
     return (f"arm_{attn}_{steps}_s{seed}" + (f"_shear{shear:g}" if shear else "")
+            + (f"_fonts+{'+'.join(extra)}" if extra else "")
             + (f"_from-{Path(init_from).name}" if init_from else ""))
 
 
@@ -358,6 +362,10 @@ def main() -> None:
     p.add_argument("--init-from", default=None,
                    help="--export / --attn: start from these weights (exported folder or shipped name) and train "
                         "--steps more with a fresh schedule (a fine-tuning stage); arm results get a _from-<name> suffix")
+    p.add_argument("--add-train-fonts", nargs="+", default=[], metavar="STEM",
+                   help="train (and validate) on these matplotlib fonts besides str_synth.TRAIN_FONTS, e.g. cmmi10 "
+                        "(Computer Modern math italic); the held-out test fonts are refused. Recorded in the data "
+                        "settings; arm results get a _fonts+<stems> suffix")
     p.add_argument("--shear", type=float, default=0.0,
                    help="slant half the synthetic training words right by up to this shift per unit height "
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
@@ -369,6 +377,17 @@ def main() -> None:
         p.error(f"--shear must lie in [0, 1], got {args.shear}")
     if args.shear:
         DATA["synth_train_shear"] = args.shear
+    if args.add_train_fonts:
+        from zoo.data.charsets import Charset
+        from zoo.data.str import check_train_fonts
+        from zoo.data.str_synth import TRAIN_FONTS
+
+        fonts = [*TRAIN_FONTS, *[f for f in args.add_train_fonts if f not in TRAIN_FONTS]]
+        try:
+            check_train_fonts(fonts, Charset(DATA["charset"], DATA["max_length"]).chars)
+        except (ValueError, FileNotFoundError) as exc:
+            p.error(f"--add-train-fonts: {exc}")
+        DATA["synth_train_fonts"] = fonts
     if (args.resume_dir is not None or args.budget_min is not None) and not args.export:
         p.error("--resume-dir / --budget-min go with --export")
     if args.budget_min is not None and args.resume_dir is None:

@@ -101,3 +101,17 @@ def test_init_from_runs_are_named_recorded_and_not_merged(bench, monkeypatch):
         monkeypatch.setattr(sys, "argv", ["bench_str.py", *argv])
         with pytest.raises(SystemExit):
             bench.main()
+
+
+def test_added_train_fonts_are_recorded_and_named(bench, monkeypatch):
+    import sys
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: seen.append(dict(bench.DATA)) or (_row("diff", 0, 9.0, steps=600), None))
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "diff", "--steps", "600", "--add-train-fonts", "cmmi10"])
+    bench.main()
+    assert seen[0]["synth_train_fonts"][-1] == "cmmi10" and "cmr10" in seen[0]["synth_train_fonts"]
+    assert (bench.RESULTS / "arm_diff_600_s0_fonts+cmmi10.json").is_file()
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "diff", "--steps", "600", "--add-train-fonts", "cmti10"])
+    with pytest.raises(SystemExit):  # a held-out test font
+        bench.main()

@@ -126,3 +126,25 @@ def test_bad_shear_is_refused():
             STRDataModule(charset="36", synth_train_shear=bad)
         with pytest.raises(ValueError, match="shear"):
             render_word("ab", np.random.default_rng(0), ("DejaVuSans",), shear=bad)
+
+
+def test_train_fonts_option_trains_on_them_and_refuses_leaks():
+    from zoo.data.str import STRDataModule
+    import zoo.data.str_synth as synth
+
+    kw = dict(charset="36", max_length=6, synthetic={"train": 30, "val": 10, "test": 10})
+    dm = STRDataModule(**kw, synth_train_fonts=["cmmi10", "DejaVuSans"])
+    for split, allowed in (("train", {"cmmi10", "DejaVuSans"}), ("val", {"cmmi10", "DejaVuSans"}), ("test", set(TEST_FONTS))):
+        ds = dm._sources(split)[0].base
+        used = {sample_font(0, split, i, CHARSETS["36"], max_len=6, fonts=ds.fonts) for i in range(len(ds))}
+        assert used <= allowed and (split == "test" or used == allowed), (split, used)
+    plain = STRDataModule(**kw)
+    for (a, ta), (b, tb) in zip(plain._sources("test")[0].base, dm._sources("test")[0].base):
+        assert ta == tb and np.array_equal(np.asarray(a), np.asarray(b))  # the held-out test is untouched
+    with pytest.raises(ValueError, match="held-out test font"):
+        STRDataModule(**kw, synth_train_fonts=["cmr10", "cmti10"])
+    with pytest.raises(FileNotFoundError, match="NoSuchFont"):
+        STRDataModule(**kw, synth_train_fonts=["NoSuchFont"])
+    with pytest.raises(ValueError, match="cannot render"):  # OT1 Computer Modern draws '<' as an inverted '!'
+        STRDataModule(charset="94", synth_train_fonts=["cmr10", "DejaVuSans"])
+    assert synth.font_covers("cmmi10", CHARSETS["36"])

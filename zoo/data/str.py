@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.str_synth import make_sample, usable_fonts, TEST_FONTS, TRAIN_FONTS
+from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, font_path, make_sample, usable_fonts
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -94,6 +94,24 @@ def encode_targets(charset: Charset, texts: Sequence[str]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Datasets: every item is (PIL image, normalized text)
 # ---------------------------------------------------------------------------------------------
+def check_train_fonts(stems: Sequence[str], chars: str) -> tuple[str, ...]:
+    """Training fonts as given, or an error naming a held-out test font, a missing font or one that
+    cannot render ``chars`` (nothing is dropped silently)."""
+    stems = tuple(stems)
+    if not stems:
+        raise ValueError("synth_train_fonts is empty; leave it unset for the default training fonts")
+    leak = sorted(set(stems) & set(TEST_FONTS))
+    if leak:
+        raise ValueError(f"synth_train_fonts holds held-out test font(s) {leak}: the test split must use fonts unseen in training")
+    for s in stems:
+        font_path(s)  # FileNotFoundError naming the font
+    usable = usable_fonts(stems, chars)
+    dropped = [s for s in stems if s not in usable]
+    if dropped:
+        raise ValueError(f"synth_train_fonts {dropped} cannot render every character of the charset")
+    return stems
+
+
 class SyntheticSTRDataset(Dataset):
     """``n`` rendered words of ``split`` (see :mod:`zoo.data.str_synth`); item ``i`` is sample ``start + i``,
     a pure function of ``(seed, split, start + i)`` (``start`` continues a stream, e.g. a resumed run)."""
@@ -201,6 +219,9 @@ class STRDataModule(L.LightningDataModule):
         synthetic: sizes of the synthetic splits ``{train, val, test}`` (0 = none); used when no
             real source is given for that split.
         synth_seed, synth_min_len, synth_max_len, synth_strength: the generator's knobs.
+        synth_train_fonts: the fonts (matplotlib file stems) of the synthetic training and validation
+            words instead of ``str_synth.TRAIN_FONTS``; a held-out test font is refused, and so is a
+            font that cannot render the charset.
         synth_train_shear: right slant (italic-like) of half the synthetic training words, up to this
             horizontal shift per unit height (0.3 is about 17 degrees; 0 = off). Training split only:
             validation and the held-out-font test stay as they are.
@@ -224,6 +245,7 @@ class STRDataModule(L.LightningDataModule):
         synth_max_len: Optional[int] = None,
         synth_strength: float = 1.0,
         synth_train_shear: float = 0.0,
+        synth_train_fonts: Optional[list[str]] = None,
         synth_train_start: int = 0,
         train_dirs: Optional[list[str]] = None,
         val_dirs: Optional[list[str]] = None,
@@ -245,6 +267,7 @@ class STRDataModule(L.LightningDataModule):
         if not 0.0 <= synth_train_shear <= 1.0:
             raise ValueError(f"synth_train_shear must lie in [0, 1] (horizontal shift per unit height), got {synth_train_shear}")
         self.synth_train_shear = float(synth_train_shear)
+        self.synth_train_fonts = None if synth_train_fonts is None else check_train_fonts(synth_train_fonts, self.charset.chars)
         self.synth_train_start = int(synth_train_start)
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
@@ -276,8 +299,9 @@ class STRDataModule(L.LightningDataModule):
         if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
             start = self.synth_train_start if split == "train" else 0
             shear = self.synth_train_shear if split == "train" else 0.0
+            fonts = self.synth_train_fonts if split != "test" else None
             ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
-                                     shear=shear, **self.synth_kw)
+                                     shear=shear, fonts=fonts, **self.synth_kw)
             sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size, offset=sum(map(len, sets))))
         self._sets[split] = sets
         return sets
