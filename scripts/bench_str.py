@@ -216,11 +216,26 @@ def export_main(args: argparse.Namespace) -> None:
     if row is None:  # stopped on its budget; the next call continues
         return
     row["label"] = "str-diff-tiny (shipped)"
-    folder = Path(args.export_dir)
+    folder, name = Path(args.export_dir), "shipped_tiny"
+    before = shipped_accuracy(folder)
+    if before is not None and row["test_accuracy"] < before and not args.overwrite:
+        # a weaker model never silently replaces the shipped one
+        folder, name = RESULTS / "export_candidate", "export_candidate"
+        row["label"] = "str-diff-tiny (candidate, not shipped)"
+        print(f"test accuracy {row['test_accuracy']:.1f}% is below the shipped model's {before:.1f}%: exporting to "
+              f"{folder} instead (pass --overwrite to replace the shipped model)", flush=True)
     export_model(task.model, folder, arch="str-diff-tiny", overwrite=True,
                  extra={"trained_by": "scripts/bench_str.py --export", "data": DATA, "test": row, "machine": machine()})
-    write("shipped_tiny", {"machine": machine(), "data": DATA, "runs": [row]}, table([row], "Shipped str-diff-tiny (held-out-font synthetic test)"))
+    write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{row['label']} (held-out-font synthetic test)"))
     print(f"exported to {folder}", flush=True)
+
+
+def shipped_accuracy(folder: Path) -> Optional[float]:
+    """Held-out-font word accuracy recorded in an exported folder's config (None when there is none)."""
+    cfg = Path(folder) / "config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("extra", {}).get("test", {}).get("test_accuracy")
 
 
 def bench_main(args: argparse.Namespace) -> None:
@@ -354,7 +369,9 @@ def main() -> None:
     p.add_argument("--attn", choices=("both", "diff", "vanilla"), default="both", help="run one arm only (no CSD)")
     p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
     p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing arm result of the same steps and seed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing arm result of the same steps and seed; with --export, replace the shipped "
+                        "model even when the new one tests lower")
     p.add_argument("--resume-dir", type=Path, default=None,
                    help="--export only: keep a resumable checkpoint here; the same command continues the run")
     p.add_argument("--budget-min", type=float, default=None,

@@ -1,6 +1,7 @@
 """scripts/bench_str.py --merge: every seed's arm result is kept (none overwritten) and summarized."""
 
 import argparse
+from pathlib import Path
 import json
 import statistics
 
@@ -115,3 +116,24 @@ def test_added_train_fonts_are_recorded_and_named(bench, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "diff", "--steps", "600", "--add-train-fonts", "cmti10"])
     with pytest.raises(SystemExit):  # a held-out test font
         bench.main()
+
+
+def test_export_never_silently_replaces_a_better_shipped_model(bench, monkeypatch, tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "config.json").write_text(json.dumps({"extra": {"test": {"test_accuracy": 93.2}}}))
+    exported = []
+    import zoo.hub
+
+    monkeypatch.setattr(zoo.hub, "export_model", lambda model, folder, **k: exported.append(Path(folder)) or folder)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("diff", 0, 90.0), type("T", (), {"model": None})()))
+    args = argparse.Namespace(steps=10, seed=0, n_test=10, lr=7e-4, val_every=0, batch_size=32, resume_dir=None,
+                              budget_min=None, init_from=None, export_dir=str(shipped), overwrite=False)
+    bench.export_main(args)
+    assert exported[-1] == bench.RESULTS / "export_candidate"  # 90.0 < 93.2: kept apart
+    assert not (bench.RESULTS / "shipped_tiny.json").exists()
+    bench.export_main(argparse.Namespace(**{**vars(args), "overwrite": True}))
+    assert exported[-1] == shipped
+    monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("diff", 0, 95.0), type("T", (), {"model": None})()))
+    bench.export_main(args)
+    assert exported[-1] == shipped  # better: shipped
