@@ -307,7 +307,7 @@ def bench_lm_step(seqlens, tokens, dtype, quick: bool, on_row: Callable[[list], 
                 if "ms" in res:
                     res["tokens_per_s"] = B * T / (res["ms"] * 1e-3)
                 row[name] = res
-            row["params"] = sum(p.numel() for p in model.parameters())
+            row[name]["params"] = sum(p.numel() for p in model.parameters())
             del model, ids
             torch.cuda.empty_cache()
         rows.append(row)
