@@ -332,9 +332,9 @@ def merge_main(args: argparse.Namespace) -> None:
 
 
 def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None) -> str:
-    shear = DATA.get("synth_train_shear")
     from zoo.data.str_synth import TRAIN_FONTS
 
+    shear = DATA.get("synth_train_shear")
     extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
     return (f"arm_{attn}_{steps}_s{seed}" + (f"_shear{shear:g}" if shear else "")
             + (f"_fonts+{'+'.join(extra)}" if extra else "")
@@ -388,7 +388,7 @@ def main() -> None:
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
                         "results' data settings; arm results get a _shear<S> suffix")
     args = p.parse_args()
-    if args.init_from and not (args.export or args.attn != "both") or args.init_from and (args.merge or args.csd):
+    if args.init_from and (args.merge or args.csd or not (args.export or args.attn != "both")):
         p.error("--init-from goes with --export or a single arm (--attn diff|vanilla)")
     if not 0.0 <= args.shear <= 1.0:
         p.error(f"--shear must lie in [0, 1], got {args.shear}")

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, font_path, make_sample, usable_fonts
+from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -127,9 +127,7 @@ class SyntheticSTRDataset(Dataset):
         self.min_len, self.max_len = int(min_len), int(max_len or charset.max_length)
         if not 1 <= self.min_len <= self.max_len <= charset.max_length:
             raise ValueError(f"need 1 <= min_len <= max_len <= charset max_length ({charset.max_length}), got {min_len}, {max_len}")
-        if not 0.0 <= shear <= 1.0:
-            raise ValueError(f"shear must lie in [0, 1] (horizontal shift per unit height), got {shear}")
-        self.strength, self.img_size, self.shear = strength, tuple(img_size), float(shear)
+        self.strength, self.img_size, self.shear = strength, tuple(img_size), check_shear(shear)
         self.fonts = usable_fonts(fonts or (TEST_FONTS if split == "test" else TRAIN_FONTS), charset.chars)
 
     def __len__(self) -> int:
@@ -264,9 +262,7 @@ class STRDataModule(L.LightningDataModule):
         if bad:
             raise ValueError(f"synthetic split sizes take keys train/val/test, got {bad}")
         self.synth_kw = dict(seed=synth_seed, min_len=synth_min_len, max_len=synth_max_len, strength=synth_strength)
-        if not 0.0 <= synth_train_shear <= 1.0:
-            raise ValueError(f"synth_train_shear must lie in [0, 1] (horizontal shift per unit height), got {synth_train_shear}")
-        self.synth_train_shear = float(synth_train_shear)
+        self.synth_train_shear = check_shear(synth_train_shear, "synth_train_shear")
         self.synth_train_fonts = None if synth_train_fonts is None else check_train_fonts(synth_train_fonts, self.charset.chars)
         self.synth_train_start = int(synth_train_start)
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}

@@ -141,6 +141,13 @@ def _pick_font(rng: np.random.Generator, fonts: Sequence[str]) -> str:
     return fonts[int(rng.integers(len(fonts)))]
 
 
+def check_shear(shear: float, name: str = "shear") -> float:
+    """``shear`` as a float, or an error naming ``name`` when it lies outside ``[0, 1]``."""
+    if not 0.0 <= shear <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1] (horizontal shift per unit height), got {shear}")
+    return float(shear)
+
+
 def shear_image(img: Image.Image, k: float, fill: tuple[int, ...]) -> Image.Image:
     """Slant ``img`` to the right by ``k`` (horizontal shift per unit of height): a pixel at height
     ``y`` from the top moves right by ``k * (h - 1 - y)``, so the bottom row stays and the top row
@@ -168,8 +175,7 @@ def render_word(
     calls (0.3 is about 17 degrees); with ``shear`` = 0 no random number is drawn for it, so every
     other distortion is as without the option.
     """
-    if not 0.0 <= shear <= 1.0:
-        raise ValueError(f"shear must lie in [0, 1] (horizontal shift per unit height), got {shear}")
+    check_shear(shear)
     H, W = size
     s = float(np.clip(strength, 0.0, 1.0))
     stem = _pick_font(rng, fonts)
@@ -243,5 +249,5 @@ def _start(
 
 __all__ = [
     "SPLITS", "TEST_FONTS", "TRAIN_FONTS", "font_covers", "font_dir", "make_sample", "random_word",
-    "render_word", "sample_font", "sample_rng", "shear_image", "usable_fonts",
+    "check_shear", "render_word", "sample_font", "sample_rng", "shear_image", "usable_fonts",
 ]
