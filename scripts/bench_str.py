@@ -50,7 +50,7 @@ def run(
     arch: str, steps: int, seed: int = 0, batch_size: int = 32, n_test: int = 1000, lr: float = 7e-4,
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
     resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
-    init_from: Optional[str] = None,
+    init_from: Optional[str] = None, accelerator: str = "cpu", num_workers: int = 0,
 ) -> tuple[Optional[dict[str, Any]], Any]:
     """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task.
 
@@ -59,7 +59,9 @@ def run(
     optimizer, schedule position) there and returns ``(None, task)``; the same call later resumes it on the
     synthetic words after the ones already seen, under the same schedule over ``steps``.
     ``init_from`` (an exported folder or shipped name) starts from those weights instead of a fresh
-    model: a fine-tuning stage with its own warmup and schedule.
+    model: a fine-tuning stage with its own warmup and schedule. ``accelerator`` is Lightning's ("gpu" on a
+    CUDA machine, where ``num_workers`` loader processes render the synthetic crops); neither changes the
+    data or the schedule, so runs on different machines compare step for step.
     """
     import lightning as L
 
@@ -67,6 +69,8 @@ def run(
     from zoo.tasks.str import RecognitionTask
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if accelerator != "cpu":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU
     settings = {"arch": arch, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "teacher": teacher,
                 "val_every": val_every, "data_seed": data_seed, "data": dict(DATA),
                 **({"init_from": str(init_from)} if init_from else {})}
@@ -94,6 +98,7 @@ def run(
     dm = STRDataModule(
         **DATA, synthetic={"train": (steps - done) * batch_size, "val": 256 if val_every else 0, "test": n_test},
         synth_seed=data_seed, synth_train_start=done * batch_size, batch_size=batch_size, eval_batch_size=128,
+        num_workers=num_workers,
     )
 
     def write_state(train_s: float) -> None:
@@ -133,7 +138,7 @@ def run(
                            model_args={"dropout": 0.0}, pretrained=init_from)
     trainer = L.Trainer(
         # max_epochs=-1: the schedule's length is max_steps also when a resumed run's loader holds only the rest
-        accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+        accelerator=accelerator, devices=1, max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
         val_check_interval=val_every or None, check_val_every_n_epoch=None if val_every else 1,
         limit_val_batches=1.0 if val_every else 0, num_sanity_val_steps=0,
@@ -159,7 +164,7 @@ def run(
     return {
         "arch": arch, "arch_config": {k: v for k, v in dataclasses.asdict(task.model.config).items() if k != "charset"},
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "data_seed": data_seed, "lr": lr, "teacher": teacher, "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
+        "data_seed": data_seed, "lr": lr, "teacher": teacher, "device": machine().get("device", "cpu"), "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
         "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
@@ -188,7 +193,8 @@ def write(name: str, payload: dict[str, Any], table: str) -> None:
     print(table, flush=True)
 
 
-def table(rows: list[dict[str, Any]], title: str) -> str:
+def table(rows: list[dict[str, Any]], title: str, machine_info: Optional[dict[str, Any]] = None) -> str:
+    """Markdown table of runs; the footer names ``machine_info`` (default: this machine, where the runs trained)."""
     lines = [f"### {title}", "", "| model | params | steps | seed | word acc (%) | 1-NED (%) | test n | train s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -202,8 +208,9 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
         for r in rows:
             acc = [f"{r['test_by_font'][f]['accuracy']:.1f}" if f in r.get("test_by_font", {}) else "-" for f in fonts]
             lines.append(f"| {r['label']} | {r['seed']} | " + " | ".join(acc) + " |")
-    m = machine()
-    lines += ["", f"Synthetic data {DATA}; test = held-out fonts. Machine: {m['cpu_model']}, {m['torch_threads']} thread(s), torch {m['torch']}."]
+    m = machine_info or machine()
+    gpu = f", {m['device']}" if m.get("device", "cpu") != "cpu" else ""
+    lines += ["", f"Synthetic data {DATA}; test = held-out fonts. Machine: {m.get('cpu_model', '?')}, {m.get('torch_threads', '?')} thread(s){gpu}, torch {m.get('torch', '?')}."]
     return "\n".join(lines)
 
 
@@ -212,7 +219,7 @@ def export_main(args: argparse.Namespace) -> None:
 
     row, task = run("str-diff-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, val_every=args.val_every,
                     batch_size=args.batch_size, resume_dir=args.resume_dir,
-                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from)
+                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from, **device_args(args))
     if row is None:  # stopped on its budget; the next call continues
         return
     row["label"] = "str-diff-tiny (shipped)"
@@ -244,11 +251,11 @@ def bench_main(args: argparse.Namespace) -> None:
     rows, teacher = [], args.teacher
     if args.attn != "both":
         # one arm per process (run the two arms side by side on two cores), merged by --merge
-        name = arm_name(args.attn, args.steps, args.seed, args.init_from)
+        name = arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size)
         if (RESULTS / f"{name}.json").is_file() and not args.overwrite:
             raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from)
+                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **device_args(args))
         row["label"] = f"{args.attn} cross-attention" + (f" (from {Path(args.init_from).name})" if args.init_from else "")
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
         return
@@ -256,7 +263,8 @@ def bench_main(args: argparse.Namespace) -> None:
         csd_main(args, teacher or str(Path(args.export_dir)))
         return
     for attn in ("diff", "vanilla"):
-        row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size)
+        row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
+                        **device_args(args))
         row["label"] = f"{attn} cross-attention"
         rows.append(row)
         print(row, flush=True)
@@ -293,7 +301,7 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
                  "train_s": 0.0, "test_s": round(time.time() - t0, 1)}]
     print(csd_rows[0], flush=True)
     row, _ = run("str-diff-tiny", args.steps, seed=seed, n_test=args.n_test, lr=args.lr, teacher=teacher, data_seed=data_seed,
-                 batch_size=args.batch_size, val_every=args.val_every)
+                 batch_size=args.batch_size, val_every=args.val_every, **device_args(args))
     row["label"] = f"CSD student (teacher {Path(teacher).name})"
     csd_rows.append(row)
     write("csd", {"machine": machine(), "data": DATA, "test_data_seed": data_seed, "runs": csd_rows},
@@ -307,9 +315,10 @@ def merge_main(args: argparse.Namespace) -> None:
         found = []
         for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
             payload = json.loads(path.read_text())
-            found += [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
-                      and not r.get("init_from")]  # fine-tuning stages are not from-scratch arms
-            machines.append(payload["machine"])
+            mine = [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
+                    and not r.get("init_from")]  # fine-tuning stages are not from-scratch arms
+            found += mine
+            machines += [payload["machine"]] if mine else []
         shipped = RESULTS / "shipped_tiny.json"
         if attn == "diff" and shipped.is_file():
             # the shipped model's training (--export) is a diff run when it used the same steps, batch, lr and data
@@ -323,20 +332,32 @@ def merge_main(args: argparse.Namespace) -> None:
             raise SystemExit(f"no {attn} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps} first")
         rows += sorted(found, key=lambda r: r["seed"])
     summary = arm_summary(rows)
-    text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)")
+    text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)", machines[0])
     text += "\n\n" + "\n".join(
         f"- {attn}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")
         for attn, s in summary.items()
     )
-    write("diff_vs_vanilla", {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
+    devices = sorted({r.get("device", "cpu") for r in rows})
+    text += f"\n- batch {args.batch_size}, lr {args.lr:g}; trained on: {', '.join(devices)}"
+    write(merged_name(args.batch_size), {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
 
 
-def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None) -> str:
+def merged_name(batch_size: int) -> str:
+    """The merged table of one batch size: diff_vs_vanilla (batch 32, the CPU runs) or diff_vs_vanilla_b<N>."""
+    return "diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "")
+
+
+def device_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a run trains (argparse's --accelerator / --num-workers; CPU and no loader processes when absent)."""
+    return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0)}
+
+
+def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, batch_size: int = 32) -> str:
     from zoo.data.str_synth import TRAIN_FONTS
 
     shear = DATA.get("synth_train_shear")
     extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
-    return (f"arm_{attn}_{steps}_s{seed}" + (f"_shear{shear:g}" if shear else "")
+    return (f"arm_{attn}_{steps}_s{seed}" + (f"_b{batch_size}" if batch_size != 32 else "") + (f"_shear{shear:g}" if shear else "")
             + (f"_fonts+{'+'.join(extra)}" if extra else "")
             + (f"_from-{Path(init_from).name}" if init_from else ""))
 
@@ -366,6 +387,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--teacher", default=None, help="CSD teacher (default: the diff model trained by this bench)")
     p.add_argument("--skip-csd", action="store_true")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default, one thread) or gpu")
+    p.add_argument("--num-workers", type=int, default=0, help="loader processes rendering the synthetic crops")
     p.add_argument("--attn", choices=("both", "diff", "vanilla"), default="both", help="run one arm only (no CSD)")
     p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
     p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")

@@ -6,7 +6,7 @@
 #   OUT=<folder> bash scripts/gpu_checks.sh [BUDGET_SECONDS]      # from the repository root
 #   STEPS="gpu-tests bench-decode" OUT=<folder> bash scripts/gpu_checks.sh 250   # some steps only
 #
-# Steps, in order: gpu-tests, suite, bench-decode, bench-lm, check, bench-training. The tests run with
+# Steps, in order: str-train (only when named), gpu-tests, suite, bench-decode, bench-lm, check, bench-training. The tests run with
 # ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel 4-6
 # times per shape family, which on an H100 took longer than the tests themselves. Seen on an H100
 # (2026-11-26): gpu-tests 79 s, bench-decode 31 s, bench-lm ~100 s for T=2048, check > 90 s (autotuned),
@@ -52,12 +52,37 @@ if ! python3 -c "import zoo.kernels.diff_attn" 2>/dev/null; then  # no build bac
 fi
 python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file__, k.__file__)" 2>&1 | tee -a "$LOG"
 
+# scene text on the GPU (issue 4): the shipped str-diff-tiny's next fine-tuning stage (cmmi10 among the training
+# fonts, resumable in $OUT/str_ft when its budget runs out) and the diff / vanilla arms from scratch at equal
+# steps and batch, the three side by side (the loader processes that render the crops are the bottleneck);
+# results and the exported model come back in $OUT/str.tar.gz
+str_train() {
+  local lim=$1 g="--accelerator gpu --batch-size 64"
+  timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
+    --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers 5 --resume-dir "$OUT/str_ft" \
+    --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
+  for attn in diff vanilla; do
+    timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "${STR_ARM_STEPS:-8000}" --num-workers 4 $g \
+      > "$OUT/str_$attn.log" 2>&1 &
+  done
+  wait
+  tail -n 3 "$OUT"/str_*.log
+  tar czf "$OUT/str.tar.gz" scripts/results/str/*.json scripts/results/str/*.md zoo/pretrained/str-diff-tiny \
+    $(ls -d scripts/results/str/export_candidate 2>/dev/null)
+}
+export -f str_train
+step str-train 470 bash -c 'str_train 460'
+
 XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 12)
 step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels -m gpu
-# the whole non-slow suite on a CUDA machine (Lightning picks the GPU where a test does not pin the CPU);
-# -rfE names every failure and error, and pytest's own timeout stays under the step's
-step suite 170 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider "${XDIST[@]}" -rfE \
-  -m "not slow" --timeout 100 tests
+# the whole non-slow suite on a CUDA machine (Lightning picks the GPU where a test does not pin the CPU).
+# One torch thread per xdist worker: with the default (one per core) 12 workers would oversubscribe the 16 cores
+# and likely slow CPU-bound tests down many times over. -v writes each result as it comes into $OUT/log.txt,
+# so a run cut at the step's limit still names its failures (-rfE prints them at the end).
+# Seen on an H100 (2026-11-26, before the one-thread setting, 60 s per-test timeout): the two-process DDP
+# tests (28-71 s on one core here) and the shipped STR reader test (3 s here) failed; causes not captured
+step suite 240 env ZOO_DIFF_ATTN_AUTOTUNE=0 OMP_NUM_THREADS=1 python3 -m pytest -v -p no:cacheprovider "${XDIST[@]}" \
+  -rfE -m "not slow" --timeout 200 -o console_output_style=classic tests
 step bench-decode 100 python3 scripts/bench_attention.py --parts decode --out "$OUT/decode"
 step bench-lm 120 python3 scripts/bench_attention.py --parts lm --out "$OUT/lm"
 step check 150 python3 scripts/bench_attention.py --check

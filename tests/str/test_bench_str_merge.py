@@ -137,3 +137,23 @@ def test_export_never_silently_replaces_a_better_shipped_model(bench, monkeypatc
     monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("diff", 0, 95.0), type("T", (), {"model": None})()))
     bench.export_main(args)
     assert exported[-1] == shipped  # better: shipped
+
+
+def test_other_batch_sizes_are_named_and_merged_apart(bench, monkeypatch):
+    """A run at another batch size (the GPU arms use 64) gets a _b<N> arm name and its own merged table;
+    the batch-32 table is left as it was."""
+    import sys
+
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: (
+        {**_row(arch.split("-")[1], 0, 80.0, steps=steps, batch=64), "device": "NVIDIA H100"}, None))
+    for attn in ("diff", "vanilla"):
+        monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", attn, "--steps", "600", "--batch-size", "64"])
+        bench.main()
+        assert (bench.RESULTS / f"arm_{attn}_600_s0_b64.json").is_file()
+    _write(bench, "arm_diff_600_s1", [_row("diff", 1, 50.0, steps=600)])  # batch 32: not in the batch-64 table
+    _write(bench, "arm_vanilla_600_s1", [_row("vanilla", 1, 55.0, steps=600)])
+    bench.merge_main(argparse.Namespace(steps=600, batch_size=64, lr=7e-4))
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_b64.json").read_text())
+    assert sorted((r["label"].split()[0], r["seed"]) for r in out["runs"]) == [("diff", 0), ("vanilla", 0)]
+    assert "trained on: NVIDIA H100" in (bench.RESULTS / "diff_vs_vanilla_b64.md").read_text()
+    assert not (bench.RESULTS / "diff_vs_vanilla.json").exists()
