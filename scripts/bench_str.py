@@ -164,7 +164,7 @@ def run(
     return {
         "arch": arch, "arch_config": {k: v for k, v in dataclasses.asdict(task.model.config).items() if k != "charset"},
         "params": task.model.num_params(), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "data_seed": data_seed, "lr": lr, "teacher": teacher, "device": machine().get("device", "cpu"), "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
+        "data_seed": data_seed, "lr": lr, "teacher": teacher, "device": machine().get("device", "cpu") if accelerator != "cpu" else "cpu", "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
         "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),

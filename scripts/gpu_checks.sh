@@ -53,17 +53,25 @@ fi
 python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file__, k.__file__)" 2>&1 | tee -a "$LOG"
 
 # scene text on the GPU (issue 4): the shipped str-diff-tiny's next fine-tuning stage (cmmi10 among the training
-# fonts, resumable in $OUT/str_ft when its budget runs out) and the diff / vanilla arms from scratch at equal
-# steps and batch, the three side by side (the loader processes that render the crops are the bottleneck);
-# results and the exported model come back in $OUT/str.tar.gz
+# fonts, resumable in $OUT/str_ft when its budget runs out; STR_FT_STEPS=0 leaves it out) and the diff / vanilla
+# arms from scratch at equal steps and batch (seeds STR_ARM_SEEDS, default 0), all side by side: the loader
+# processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
+# Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26): with the three
+# default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s vanilla, 395 s diff).
 str_train() {
-  local lim=$1 g="--accelerator gpu --batch-size 64"
-  timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
-    --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers 5 --resume-dir "$OUT/str_ft" \
-    --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
-  for attn in diff vanilla; do
-    timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "${STR_ARM_STEPS:-8000}" --num-workers 4 $g \
-      > "$OUT/str_$attn.log" 2>&1 &
+  local lim=$1 g="--accelerator gpu --batch-size 64" seeds=${STR_ARM_SEEDS:-0}
+  local runs=$(( ${STR_FT_STEPS:-10000} > 0 ? 1 : 0 )); for s in $seeds; do runs=$(( runs + 2 )); done
+  local w=$(( 14 / runs > 1 ? 14 / runs : 1 ))
+  if (( ${STR_FT_STEPS:-10000} > 0 )); then
+    timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
+      --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers $(( w + 1 )) --resume-dir "$OUT/str_ft" \
+      --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
+  fi
+  for seed in $seeds; do
+    for attn in diff vanilla; do
+      timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "${STR_ARM_STEPS:-8000}" --seed "$seed" --num-workers $w $g \
+        > "$OUT/str_${attn}_s$seed.log" 2>&1 &
+    done
   done
   wait
   tail -n 3 "$OUT"/str_*.log

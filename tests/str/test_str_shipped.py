@@ -13,7 +13,7 @@ from pathlib import Path
 import zoo
 from zoo.data.str_synth import make_sample
 
-MIN_ACCURACY = 88.0  # measured 93.2% on 1000 crops (94.5% on these 200); ~3 sd of 200-crop noise below
+MIN_ACCURACY = 92.0  # measured 96.1% on 1000 crops (96.5% on these 200); ~3 sd of 200-crop noise below
 
 
 def test_shipped_tiny_reads_held_out_fonts():
