@@ -51,6 +51,7 @@ def run(
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
     resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
     init_from: Optional[str] = None, accelerator: str = "cpu", num_workers: int = 0,
+    model_args: Optional[dict[str, Any]] = None,
 ) -> tuple[Optional[dict[str, Any]], Any]:
     """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task.
 
@@ -61,7 +62,8 @@ def run(
     ``init_from`` (an exported folder or shipped name) starts from those weights instead of a fresh
     model: a fine-tuning stage with its own warmup and schedule. ``accelerator`` is Lightning's ("gpu" on a
     CUDA machine, where ``num_workers`` loader processes render the synthetic crops); neither changes the
-    data or the schedule, so runs on different machines compare step for step.
+    data or the schedule, so runs on different machines compare step for step. ``model_args`` overrides
+    the registered architecture (e.g. ``{"dec_heads": 1}``) and is recorded in the result.
     """
     import lightning as L
 
@@ -73,7 +75,7 @@ def run(
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU
     settings = {"arch": arch, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "teacher": teacher,
                 "val_every": val_every, "data_seed": data_seed, "data": dict(DATA),
-                **({"init_from": str(init_from)} if init_from else {})}
+                **({"init_from": str(init_from)} if init_from else {}), **({"model_args": model_args} if model_args else {})}
     ckpt, state = None, {"settings": settings, "done": 0, "train_s": 0.0, "val": []}
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
@@ -135,7 +137,7 @@ def run(
                     write_state(state["train_s"] + time.time() - t0)
 
     task = RecognitionTask(arch=arch, data_info=dm.data_info, lr=lr, warmup_steps=min(100, steps // 10), teacher=teacher,
-                           model_args={"dropout": 0.0}, pretrained=init_from)
+                           model_args={"dropout": 0.0, **(model_args or {})}, pretrained=init_from)
     trainer = L.Trainer(
         # max_epochs=-1: the schedule's length is max_steps also when a resumed run's loader holds only the rest
         accelerator=accelerator, devices=1, max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
@@ -167,6 +169,7 @@ def run(
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "device": machine().get("device", "cpu") if accelerator != "cpu" else "cpu", "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
         "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
+        **({"model_args": model_args} if model_args else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
     }, task
 
@@ -251,12 +254,13 @@ def bench_main(args: argparse.Namespace) -> None:
     rows, teacher = [], args.teacher
     if args.attn != "both":
         # one arm per process (run the two arms side by side on two cores), merged by --merge
-        name = arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size)
+        name = arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, getattr(args, "model_args", None))
         if (RESULTS / f"{name}.json").is_file() and not args.overwrite:
             raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
                      val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **device_args(args))
-        row["label"] = f"{args.attn} cross-attention" + (f" (from {Path(args.init_from).name})" if args.init_from else "")
+        row["label"] = (f"{args.attn} cross-attention" + "".join(f" {k}={v}" for k, v in sorted((getattr(args, "model_args", None) or {}).items()))
+                        + (f" (from {Path(args.init_from).name})" if args.init_from else ""))
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
         return
     if args.csd:
@@ -316,7 +320,8 @@ def merge_main(args: argparse.Namespace) -> None:
         for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
             payload = json.loads(path.read_text())
             mine = [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
-                    and not r.get("init_from")]  # fine-tuning stages are not from-scratch arms
+                    and not r.get("init_from")  # fine-tuning stages are not from-scratch arms
+                    and not r.get("model_args")]  # nor are variants of the registered twins
             found += mine
             machines += [payload["machine"]] if mine else []
         shipped = RESULTS / "shipped_tiny.json"
@@ -349,15 +354,18 @@ def merged_name(batch_size: int) -> str:
 
 def device_args(args: argparse.Namespace) -> dict[str, Any]:
     """Where a run trains (argparse's --accelerator / --num-workers; CPU and no loader processes when absent)."""
-    return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0)}
+    return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0),
+            "model_args": getattr(args, "model_args", None) or None}
 
 
-def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, batch_size: int = 32) -> str:
+def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, batch_size: int = 32,
+             model_args: Optional[dict[str, Any]] = None) -> str:
     from zoo.data.str_synth import TRAIN_FONTS
 
     shear = DATA.get("synth_train_shear")
     extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
     return (f"arm_{attn}_{steps}_s{seed}" + (f"_b{batch_size}" if batch_size != 32 else "") + (f"_shear{shear:g}" if shear else "")
+            + "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items()))
             + (f"_fonts+{'+'.join(extra)}" if extra else "")
             + (f"_from-{Path(init_from).name}" if init_from else ""))
 
@@ -389,6 +397,9 @@ def main() -> None:
     p.add_argument("--skip-csd", action="store_true")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default, one thread) or gpu")
     p.add_argument("--num-workers", type=int, default=0, help="loader processes rendering the synthetic crops")
+    p.add_argument("--model-args", type=json.loads, default={}, metavar="JSON",
+                   help='architecture overrides for the trained model(s), e.g. \'{"dec_heads": 1}\' (a one-head diff '
+                        "cross-attention); recorded in the results and suffixed to arm names; such variants stay out of --merge")
     p.add_argument("--attn", choices=("both", "diff", "vanilla"), default="both", help="run one arm only (no CSD)")
     p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
     p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")
@@ -411,6 +422,10 @@ def main() -> None:
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
                         "results' data settings; arm results get a _shear<S> suffix")
     args = p.parse_args()
+    if not isinstance(args.model_args, dict):
+        p.error(f"--model-args must be a JSON object of architecture fields, got {args.model_args!r}")
+    if args.model_args and args.merge:
+        p.error("--merge takes the registered twins only; variants (--model-args) stay in their arm files")
     if args.init_from and (args.merge or args.csd or not (args.export or args.attn != "both")):
         p.error("--init-from goes with --export or a single arm (--attn diff|vanilla)")
     if not 0.0 <= args.shear <= 1.0:

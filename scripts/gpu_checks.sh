@@ -56,11 +56,13 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # fonts, resumable in $OUT/str_ft when its budget runs out; STR_FT_STEPS=0 leaves it out) and the diff / vanilla
 # arms from scratch at equal steps and batch (seeds STR_ARM_SEEDS, default 0), all side by side: the loader
 # processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
+# STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins.
 # Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26): with the three
 # default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s vanilla, 395 s diff).
 str_train() {
   local lim=$1 g="--accelerator gpu --batch-size 64" seeds=${STR_ARM_SEEDS:-0}
-  local runs=$(( ${STR_FT_STEPS:-10000} > 0 ? 1 : 0 )); for s in $seeds; do runs=$(( runs + 2 )); done
+  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( ${STR_FT_STEPS:-10000} > 0 ? 1 : 0 ))
+  for s in $seeds; do runs=$(( runs + per )); done
   local w=$(( 14 / runs > 1 ? 14 / runs : 1 ))
   if (( ${STR_FT_STEPS:-10000} > 0 )); then
     timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
@@ -72,6 +74,10 @@ str_train() {
       timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "${STR_ARM_STEPS:-8000}" --seed "$seed" --num-workers $w $g \
         > "$OUT/str_${attn}_s$seed.log" 2>&1 &
     done
+    if [ -n "${STR_DIFF_ARGS:-}" ]; then
+      timeout "$lim" python3 scripts/bench_str.py --attn diff --model-args "$STR_DIFF_ARGS" --steps "${STR_ARM_STEPS:-8000}" \
+        --seed "$seed" --num-workers $w $g > "$OUT/str_diffvar_s$seed.log" 2>&1 &
+    fi
   done
   wait
   tail -n 3 "$OUT"/str_*.log

@@ -157,3 +157,27 @@ def test_other_batch_sizes_are_named_and_merged_apart(bench, monkeypatch):
     assert sorted((r["label"].split()[0], r["seed"]) for r in out["runs"]) == [("diff", 0), ("vanilla", 0)]
     assert "trained on: NVIDIA H100" in (bench.RESULTS / "diff_vs_vanilla_b64.md").read_text()
     assert not (bench.RESULTS / "diff_vs_vanilla.json").exists()
+
+
+def test_model_args_variants_are_recorded_named_and_not_merged(bench, monkeypatch, capsys):
+    """--model-args (e.g. a one-head diff cross-attention) reaches the run, names the arm file and its
+    label, and the variant stays out of the merged table of the registered twins."""
+    import sys
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: seen.append(k["model_args"]) or (
+        {**_row(arch.split("-")[1], 0, 90.0, steps=steps), "model_args": k["model_args"]}, None))
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "diff", "--steps", "600", "--model-args", '{"dec_heads": 1}'])
+    bench.main()
+    assert seen == [{"dec_heads": 1}]
+    variant = json.loads((bench.RESULTS / "arm_diff_600_s0_dec_heads1.json").read_text())["runs"][0]
+    assert variant["label"] == "diff cross-attention dec_heads=1" and variant["model_args"] == {"dec_heads": 1}
+    _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 55.0, steps=600)])
+    with pytest.raises(SystemExit, match="no diff arm at 600 steps"):  # the variant is not the diff twin
+        bench.merge_main(argparse.Namespace(steps=600, batch_size=32, lr=7e-4))
+    for bad, msg in (("[1]", "must be a JSON object"), ('{"dec_heads": 1}', "variants")):
+        extra = ["--merge"] if msg == "variants" else []
+        monkeypatch.setattr(sys, "argv", ["bench_str.py", "--steps", "600", "--model-args", bad, *extra])
+        with pytest.raises(SystemExit):
+            bench.main()
+        assert msg in capsys.readouterr().err
