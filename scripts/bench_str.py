@@ -291,6 +291,9 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
 
     data_seed = 1
     seed = args.seed if student_seed is None else student_seed
+    name = f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}"
+    if (RESULTS / f"{name}.json").is_file() and not getattr(args, "overwrite", False):
+        raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
     dm = STRDataModule(**DATA, synthetic={"train": 0, "val": 0, "test": args.n_test}, synth_seed=data_seed, eval_batch_size=128)
     dm.setup("test")
     model, metrics = load_pretrained(teacher), TextMetrics()
@@ -308,7 +311,7 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
                  batch_size=args.batch_size, val_every=args.val_every, **device_args(args))
     row["label"] = f"CSD student (teacher {Path(teacher).name})"
     csd_rows.append(row)
-    write("csd", {"machine": machine(), "data": DATA, "test_data_seed": data_seed, "runs": csd_rows},
+    write(name, {"machine": machine(), "data": DATA, "test_data_seed": data_seed, "runs": csd_rows},
           table(csd_rows, "CSD student vs teacher (same test crops)"))
 
 

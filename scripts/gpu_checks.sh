@@ -56,18 +56,23 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # fonts, resumable in $OUT/str_ft when its budget runs out; STR_FT_STEPS=0 leaves it out) and the diff / vanilla
 # arms from scratch at equal steps and batch (seeds STR_ARM_SEEDS, default 0), all side by side: the loader
 # processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
-# STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins.
+# STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins;
+# STR_CSD_STEPS=N a CSD student of N steps from the shipped model as teacher (bench_str --csd).
 # Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26): with the three
 # default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s vanilla, 395 s diff).
 str_train() {
   local lim=$1 g="--accelerator gpu --batch-size 64" seeds=${STR_ARM_SEEDS:-0}
-  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( ${STR_FT_STEPS:-10000} > 0 ? 1 : 0 ))
+  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (${STR_FT_STEPS:-10000} > 0) + (${STR_CSD_STEPS:-0} > 0) ))
   for s in $seeds; do runs=$(( runs + per )); done
   local w=$(( 14 / runs > 1 ? 14 / runs : 1 ))
   if (( ${STR_FT_STEPS:-10000} > 0 )); then
     timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
       --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers $(( w + 1 )) --resume-dir "$OUT/str_ft" \
       --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
+  fi
+  if (( ${STR_CSD_STEPS:-0} > 0 )); then
+    timeout "$lim" python3 scripts/bench_str.py --csd --steps "$STR_CSD_STEPS" --val-every 2000 --num-workers $w $g \
+      > "$OUT/str_csd.log" 2>&1 &
   fi
   for seed in $seeds; do
     for attn in diff vanilla; do

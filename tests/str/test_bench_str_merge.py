@@ -181,3 +181,18 @@ def test_model_args_variants_are_recorded_named_and_not_merged(bench, monkeypatc
         with pytest.raises(SystemExit):
             bench.main()
         assert msg in capsys.readouterr().err
+
+
+def test_csd_results_are_named_by_budget_and_teacher_and_not_overwritten(bench, monkeypatch):
+    """--csd writes csd_<steps>_b<batch>_s<seed>_teacher-<name>.*: the earlier csd.json and a run with
+    another teacher or budget are kept; the same run again is refused unless --overwrite."""
+    (bench.RESULTS / "csd.json").write_text("{}")
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: ({**_row("diff", 0, 50.0, steps=steps), "teacher": k["teacher"]}, None))
+    args = argparse.Namespace(steps=600, batch_size=32, seed=0, n_test=8, lr=7e-4, val_every=0, overwrite=False)
+    bench.csd_main(args, "str-diff-tiny")
+    out = json.loads((bench.RESULTS / "csd_600_b32_s0_teacher-str-diff-tiny.json").read_text())
+    assert out["runs"][0]["label"] == "teacher str-diff-tiny" and out["runs"][0]["test_count"] == 8
+    assert out["runs"][1]["teacher"] == "str-diff-tiny"
+    with pytest.raises(SystemExit, match="exists"):
+        bench.csd_main(args, "str-diff-tiny")
+    assert (bench.RESULTS / "csd.json").read_text() == "{}"
