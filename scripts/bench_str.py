@@ -266,6 +266,8 @@ def bench_main(args: argparse.Namespace) -> None:
     if args.csd:
         csd_main(args, teacher or str(Path(args.export_dir)))
         return
+    if not args.skip_csd:  # before the arms train: a CSD result that exists stops the run now, not after them
+        csd_name(args, teacher or str(RESULTS / "bench_teacher"), args.seed + 1)
     for attn in ("diff", "vanilla"):
         row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
                         **device_args(args))
@@ -281,6 +283,14 @@ def bench_main(args: argparse.Namespace) -> None:
     csd_main(args, teacher, student_seed=args.seed + 1)
 
 
+def csd_name(args: argparse.Namespace, teacher: str, seed: int) -> str:
+    """Result name of a CSD run; stops when that result exists and --overwrite is not given."""
+    name = f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}"
+    if (RESULTS / f"{name}.json").is_file() and not getattr(args, "overwrite", False):
+        raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
+    return name
+
+
 def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int] = None) -> None:
     """Train a CSD student (same size and budget, other training words: data seed 1) from ``teacher``;
     both are tested on the same crops (the student run's held-out-font test split, data seed 1). The
@@ -291,9 +301,7 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
 
     data_seed = 1
     seed = args.seed if student_seed is None else student_seed
-    name = f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}"
-    if (RESULTS / f"{name}.json").is_file() and not getattr(args, "overwrite", False):
-        raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
+    name = csd_name(args, teacher, seed)
     dm = STRDataModule(**DATA, synthetic={"train": 0, "val": 0, "test": args.n_test}, synth_seed=data_seed, eval_batch_size=128)
     dm.setup("test")
     model, metrics = load_pretrained(teacher), TextMetrics()

@@ -196,3 +196,14 @@ def test_csd_results_are_named_by_budget_and_teacher_and_not_overwritten(bench, 
     with pytest.raises(SystemExit, match="exists"):
         bench.csd_main(args, "str-diff-tiny")
     assert (bench.RESULTS / "csd.json").read_text() == "{}"
+
+
+def test_the_default_bench_stops_before_training_when_its_csd_result_exists(bench, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda *a, **k: calls.append(a) or (_row("diff", 0, 1.0), None))
+    (bench.RESULTS / "csd_600_b32_s1_teacher-bench_teacher.json").write_text("{}")
+    args = argparse.Namespace(attn="both", steps=600, seed=0, n_test=10, lr=7e-4, batch_size=32, teacher=None,
+                              overwrite=False, csd=False, init_from=None, val_every=0, skip_csd=False)
+    with pytest.raises(SystemExit, match="csd_600_b32_s1_teacher-bench_teacher.json exists"):
+        bench.bench_main(args)
+    assert calls == []
