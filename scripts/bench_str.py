@@ -222,7 +222,7 @@ def export_main(args: argparse.Namespace) -> None:
 
     row, task = run("str-diff-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, val_every=args.val_every,
                     batch_size=args.batch_size, resume_dir=args.resume_dir,
-                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from, **device_args(args))
+                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from, **run_args(args))
     if row is None:  # stopped on its budget; the next call continues
         return
     row["label"] = "str-diff-tiny (shipped)"
@@ -254,12 +254,11 @@ def bench_main(args: argparse.Namespace) -> None:
     rows, teacher = [], args.teacher
     if args.attn != "both":
         # one arm per process (run the two arms side by side on two cores), merged by --merge
-        name = arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, getattr(args, "model_args", None))
-        if (RESULTS / f"{name}.json").is_file() and not args.overwrite:
-            raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
+        kw = run_args(args)
+        name = free_name(arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, kw["model_args"]), args.overwrite)
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **device_args(args))
-        row["label"] = (f"{args.attn} cross-attention" + "".join(f" {k}={v}" for k, v in sorted((getattr(args, "model_args", None) or {}).items()))
+                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **kw)
+        row["label"] = (f"{args.attn} cross-attention" + "".join(f" {k}={v}" for k, v in sorted((kw["model_args"] or {}).items()))
                         + (f" (from {Path(args.init_from).name})" if args.init_from else ""))
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
         return
@@ -270,7 +269,7 @@ def bench_main(args: argparse.Namespace) -> None:
         csd_name(args, teacher or str(RESULTS / "bench_teacher"), args.seed + 1)
     for attn in ("diff", "vanilla"):
         row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                        **device_args(args))
+                        **run_args(args))
         row["label"] = f"{attn} cross-attention"
         rows.append(row)
         print(row, flush=True)
@@ -285,8 +284,12 @@ def bench_main(args: argparse.Namespace) -> None:
 
 def csd_name(args: argparse.Namespace, teacher: str, seed: int) -> str:
     """Result name of a CSD run; stops when that result exists and --overwrite is not given."""
-    name = f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}"
-    if (RESULTS / f"{name}.json").is_file() and not getattr(args, "overwrite", False):
+    return free_name(f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}", getattr(args, "overwrite", False))
+
+
+def free_name(name: str, overwrite: bool) -> str:
+    """``name`` of a result to write; stops when RESULTS already holds it and ``overwrite`` is not set."""
+    if (RESULTS / f"{name}.json").is_file() and not overwrite:
         raise SystemExit(f"{RESULTS / name}.json exists (pass --overwrite to replace it)")
     return name
 
@@ -316,7 +319,7 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
                  "train_s": 0.0, "test_s": round(time.time() - t0, 1)}]
     print(csd_rows[0], flush=True)
     row, _ = run("str-diff-tiny", args.steps, seed=seed, n_test=args.n_test, lr=args.lr, teacher=teacher, data_seed=data_seed,
-                 batch_size=args.batch_size, val_every=args.val_every, **device_args(args))
+                 batch_size=args.batch_size, val_every=args.val_every, **run_args(args))
     row["label"] = f"CSD student (teacher {Path(teacher).name})"
     csd_rows.append(row)
     write(name, {"machine": machine(), "data": DATA, "test_data_seed": data_seed, "runs": csd_rows},
@@ -363,8 +366,9 @@ def merged_name(batch_size: int) -> str:
     return "diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "")
 
 
-def device_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Where a run trains (argparse's --accelerator / --num-workers; CPU and no loader processes when absent)."""
+def run_args(args: argparse.Namespace) -> dict[str, Any]:
+    """run()'s keywords from the command line: where it trains (--accelerator / --num-workers) and the
+    architecture overrides (--model-args); CPU, no loader processes and no overrides when absent."""
     return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0),
             "model_args": getattr(args, "model_args", None) or None}
 

@@ -62,25 +62,26 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s vanilla, 395 s diff).
 str_train() {
   local lim=$1 g="--accelerator gpu --batch-size 64" seeds=${STR_ARM_SEEDS:-0}
-  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (${STR_FT_STEPS:-10000} > 0) + (${STR_CSD_STEPS:-0} > 0) ))
+  local ft=${STR_FT_STEPS:-10000} csd=${STR_CSD_STEPS:-0} steps=${STR_ARM_STEPS:-8000}
+  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (ft > 0) + (csd > 0) ))
   for s in $seeds; do runs=$(( runs + per )); done
   local w=$(( 14 / runs > 1 ? 14 / runs : 1 ))
-  if (( ${STR_FT_STEPS:-10000} > 0 )); then
-    timeout "$lim" python3 scripts/bench_str.py --export --steps "${STR_FT_STEPS:-10000}" --init-from zoo/pretrained/str-diff-tiny \
+  if (( ft > 0 )); then
+    timeout "$lim" python3 scripts/bench_str.py --export --steps "$ft" --init-from zoo/pretrained/str-diff-tiny \
       --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers $(( w + 1 )) --resume-dir "$OUT/str_ft" \
       --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
   fi
-  if (( ${STR_CSD_STEPS:-0} > 0 )); then
-    timeout "$lim" python3 scripts/bench_str.py --csd --steps "$STR_CSD_STEPS" --val-every 2000 --num-workers $w $g \
+  if (( csd > 0 )); then
+    timeout "$lim" python3 scripts/bench_str.py --csd --steps "$csd" --val-every 2000 --num-workers $w $g \
       > "$OUT/str_csd.log" 2>&1 &
   fi
   for seed in $seeds; do
     for attn in diff vanilla; do
-      timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "${STR_ARM_STEPS:-8000}" --seed "$seed" --num-workers $w $g \
+      timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "$steps" --seed "$seed" --num-workers $w $g \
         > "$OUT/str_${attn}_s$seed.log" 2>&1 &
     done
     if [ -n "${STR_DIFF_ARGS:-}" ]; then
-      timeout "$lim" python3 scripts/bench_str.py --attn diff --model-args "$STR_DIFF_ARGS" --steps "${STR_ARM_STEPS:-8000}" \
+      timeout "$lim" python3 scripts/bench_str.py --attn diff --model-args "$STR_DIFF_ARGS" --steps "$steps" \
         --seed "$seed" --num-workers $w $g > "$OUT/str_diffvar_s$seed.log" 2>&1 &
     fi
   done
