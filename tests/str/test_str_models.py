@@ -146,6 +146,11 @@ def test_all_registered_sizes_and_equal_params():
         STRConfig(attn_type="nope")
     with pytest.raises(ValueError, match="divisible"):
         STRConfig(img_size=[30, 128])
+    # a misspelt decode mode must not fall through to one-pass decoding
+    with pytest.raises(ValueError, match="decode must be one of"):
+        STRConfig(decode="AR")
+    with pytest.raises(ValueError, match="refine_iters must be a non-negative integer"):
+        STRConfig(refine_iters=-1)
 
 
 def test_transfer_charset_keeps_known_rows():

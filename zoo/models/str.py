@@ -96,15 +96,15 @@ class STRConfig:
         for kind, heads in ((self.attn_type, self.dec_heads), (self.self_attn_type, self.self_heads)):
             if kind == "diff" and (self.dec_dim // heads) % 2:
                 raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if not isinstance(self.refine_iters, int) or self.refine_iters < 0:
+            raise ValueError(f"refine_iters must be a non-negative integer, got {self.refine_iters!r}")
 
     @property
     def self_heads(self) -> int:
         """Heads of the decoder's self-attention."""
         return self.dec_heads if self.dec_self_heads is None else self.dec_self_heads
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
-        if self.refine_iters < 0:
-            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
 
 
 class Reading(NamedTuple):
