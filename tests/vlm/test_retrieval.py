@@ -37,6 +37,31 @@ def test_ties_count_against_the_query():
         correct_ranks(scores, torch.zeros_like(rel))
 
 
+def naive_ranks(scores, relevant):
+    """Per row: position of the first relevant item when the row is sorted by score, ties broken against
+    the query (irrelevant before relevant) -- the number of irrelevant items ranked above it."""
+    out = []
+    for s, r in zip(scores.tolist(), relevant.tolist()):
+        order = sorted(range(len(s)), key=lambda j: (-s[j], r[j]))
+        out.append(next(p for p, j in enumerate(order) if r[j]))
+    return out
+
+
+def test_duplicate_captions_of_one_image_do_not_push_each_other_down():
+    # image 0 has the same caption twice (COCO has such duplicates): both score alike and both are right
+    scores = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.2, 0.8]])
+    rel = relevance(torch.tensor([0, 0, 1]), 2)
+    assert correct_ranks(scores, rel).tolist() == naive_ranks(scores, rel) == [0, 0]
+    assert recall_at_k(correct_ranks(scores, rel))[1] == 100.0
+    g = torch.Generator().manual_seed(3)  # many ties: scores on a coarse grid
+    owner = torch.randint(0, 6, (20,), generator=g)
+    owner[:6] = torch.arange(6)
+    scores = torch.randint(0, 4, (6, 20), generator=g).float()
+    rel = relevance(owner, 6)
+    assert correct_ranks(scores, rel).tolist() == naive_ranks(scores, rel)
+    assert correct_ranks(scores.T, rel.T).tolist() == naive_ranks(scores.T, rel.T)
+
+
 @pytest.mark.parametrize("rerank", ["itm", "itc+itm"])
 def test_itm_rerank_matches_a_loop(rerank):
     m = tiny_model(seed=1)

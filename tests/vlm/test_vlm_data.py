@@ -181,3 +181,19 @@ def test_bad_image_paths(tmp_path):
         ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info
     with pytest.raises(FileNotFoundError, match="caption file"):
         read_caption_file(tmp_path / "nope.json", "train")
+
+
+def test_linked_folders_empty_captions_and_bom(tmp_path):
+    elsewhere = tmp_path / "mnt" / "coco"
+    _images(elsewhere, ["a.jpg", "b.jpg"])
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "images").symlink_to(elsewhere, target_is_directory=True)  # root/images -> /mnt/coco: the user's layout
+    cp = tmp_path / "caps.csv"
+    cp.write_text("\ufeffimage,caption\nimages/a.jpg,a dog\nimages/a.jpg,  \nimages/b.jpg,\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="2 empty captions .* skipped, and 1 images left with no caption"):
+        dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp))
+        assert dm.data_info["sizes"]["train"] == 1
+    cp.write_text("image,caption\nimages/../../mnt/coco/a.jpg,escape\n")  # "../" still may not leave the root
+    with pytest.raises(ValueError, match="outside the image root"):
+        ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info

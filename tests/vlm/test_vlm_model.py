@@ -168,3 +168,41 @@ def test_task_fine_tunes_a_plain_checkpoint_with_fda_switched_on(tmp_path):
     fda_folder = zoo.export_model(tiny_model(fda=True), tmp_path / "fda")
     with pytest.raises(ValueError, match="fda: checkpoint=True config=False"):
         VLMTask(arch="vlm-fda-tiny", fda=False, pretrained=str(fda_folder), data_info=info)
+
+
+@pytest.mark.parametrize("kind", ["one", "same_captions"])
+def test_training_step_survives_a_batch_without_itm_negatives(kind):
+    # the last batch of an epoch can hold one caption, or captions that all equal each other: no row has
+    # an ITM hard negative there, which must not stop training (torch.multinomial over all-zero weights)
+    import warnings
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, batch_size=3, image_size=32)
+    task = VLMTask(arch="vlm-fda-tiny", data_info=dm.data_info, model_args={k: v for k, v in TINY.items() if k != "image_size"})
+    b = next(iter(dm.train_dataloader()))
+    if kind == "one":
+        b = {"image": b["image"][:1], "caption": b["caption"][:1], "neg_caption": b["neg_caption"][:1]}
+    else:
+        b = {"image": b["image"][:2], "caption": [b["caption"][0]] * 2, "neg_caption": b["neg_caption"][:2]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = task.training_step(b, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def test_data_function_words_reach_fda(tmp_path):
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    words = tmp_path / "fw.txt"
+    words.write_text("the\nof\nzyzzyva\n")
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, function_words=str(words)).data_info
+    m = VLMTask(arch="vlm-fda-tiny", data_info=info).model  # (the data put zyzzyva in the vocabulary)
+    assert m.config.function_words == str(words) and not m.fw_unknown
+    ids, _ = m.tokenizer.encode(["the of zyzzyva red a"])
+    assert m.fw_table[ids[0, 1:-1]].tolist() == [True, True, True, False, False]  # "a" is not in this list
+    with pytest.raises(ValueError, match="disagrees with data.function_words"):
+        VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": "en"})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -432,7 +433,7 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
         raise FileNotFoundError(f"caption file {path} not found (working directory {Path.cwd()})")
     grouped: dict[str, list[str]] = {}
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSVs) is not a column name
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             if image_col not in cols or caption_col not in cols:
@@ -470,19 +471,24 @@ def resolve_images(
     rows: list[tuple[str, list[str]]], root: Path, source: str, on_missing: str = "error"
 ) -> list[tuple[Path, list[str]]]:
     """Absolute image paths under ``root``; a path outside it raises, a missing file raises or is counted."""
-    root = root.resolve()
-    out, missing, outside = [], [], []
+    # containment is checked on the normalized path, not the symlink-resolved one: folders linked into
+    # the root (root/images -> /mnt/coco) are the user's layout; "../" still cannot leave it
+    root = Path(os.path.abspath(root))
+    out, missing, outside, empty, bare = [], [], [], 0, 0
     for rel, caps in rows:
-        p = (root / rel).resolve()
+        p = Path(os.path.normpath(root / rel))
         if p != root and root not in p.parents:
             outside.append(rel)
             continue
         if not p.is_file():
             missing.append(rel)
             continue
-        caps = [c for c in caps if c and c.strip()]
-        if caps:
-            out.append((p, caps))
+        kept = [c for c in caps if c and c.strip()]
+        empty += len(caps) - len(kept)
+        if kept:
+            out.append((p, kept))
+        else:
+            bare += 1
     if outside:
         raise ValueError(
             f"{len(outside)} image paths in {source} point outside the image root {root} (e.g. {outside[:3]}); "
@@ -493,6 +499,8 @@ def resolve_images(
         if on_missing == "error":
             raise FileNotFoundError(msg + "; fix data.image_root or pass data.on_missing=skip to leave them out")
         warnings.warn(msg + "; they are skipped (data.on_missing=skip)", stacklevel=2)
+    if empty:
+        warnings.warn(f"{empty} empty captions in {source} are skipped, and {bare} images left with no caption", stacklevel=2)
     if not out:
         raise ValueError(f"no usable image-caption pairs in {source}")
     return out

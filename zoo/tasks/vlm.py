@@ -32,16 +32,17 @@ RERANK = ("itc+itm", "itm")
 # Retrieval metrics
 # ---------------------------------------------------------------------------------------------
 def correct_ranks(scores: Tensor, relevant: Tensor) -> Tensor:
-    """Best rank (0-based) of a relevant item per query row; ties with other items count against it.
+    """Best rank (0-based) of a relevant item per query row: the number of irrelevant items scoring at
+    least as high (ties with them count against it; other relevant items, e.g. an image's duplicate
+    captions, do not).
 
     ``scores`` ``[Q, N]``, ``relevant`` bool ``[Q, N]`` (at least one True per row).
     """
     if not bool(relevant.any(1).all()):
         raise ValueError("every query needs at least one relevant item")
     s = scores.float()
-    # the best relevant item is the highest-scored one; its rank = other items scoring >= it
     best = s.masked_fill(~relevant, float("-inf")).max(1, keepdim=True).values
-    return (s >= best).sum(1) - 1
+    return ((s >= best) & ~relevant).sum(1)
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
@@ -250,7 +251,7 @@ class VLMTask(ZooTask):
 
     def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str]):
         from zoo.data.vlm import VLMTokenizer, resolve_text_folder
-        from zoo.models.vlm import text_config_from_hf
+        from zoo.models.vlm import VLMConfig, text_config_from_hf
 
         info = self.data_info
         if "image_size" in info:
@@ -258,6 +259,14 @@ class VLMTask(ZooTask):
                 raise ValueError(f"model_args.image_size={overrides['image_size']} disagrees with data.image_size="
                                  f"{info['image_size']}; set it on the data only")
             overrides["image_size"] = info["image_size"]
+        # a data.function_words list of the user's (it extends a word-level vocabulary) is also the one FDA
+        # marks, unless model_args.function_words names the same or the default list is in use
+        fw_data, fw_default = info.get("function_words"), VLMConfig.__dataclass_fields__["function_words"].default
+        if fw_data is not None and fw_data != fw_default:
+            if overrides.get("function_words", fw_data) != fw_data:
+                raise ValueError(f"model_args.function_words={overrides['function_words']!r} disagrees with "
+                                 f"data.function_words={fw_data!r}; set one of them")
+            overrides["function_words"] = fw_data
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
             arch_fields = export_arch_config(arch, read_export_config(folder)["config"])
@@ -296,14 +305,18 @@ class VLMTask(ZooTask):
         fi, ft = m.image_feat(img), m.text_feat(txt[:B], mask[:B])
         loss_itc, sim, same = itc_loss(fi, ft, caps, m.temperature)
         # ITM with hard negatives drawn from this rank's ITC similarities (ALBEF)
+        # (a row whose captions all equal its own, e.g. a batch of one, has no negative and is left out)
         with torch.no_grad():
+            has_neg = (~same).any(1)
             w_i2t = F.softmax(sim.float(), 1).masked_fill(same, 0) + 1e-9 * (~same)
             w_t2i = F.softmax(sim.T.float(), 1).masked_fill(same, 0) + 1e-9 * (~same)
+            w_i2t[~has_neg], w_t2i[~has_neg] = 1.0, 1.0  # any draw; dropped below
             neg_txt = torch.multinomial(w_i2t, 1).squeeze(1)
             neg_img = torch.multinomial(w_t2i, 1).squeeze(1)
         ar = torch.arange(B, device=sim.device)
-        ii = [ar, neg_img, ar]
-        tt = [ar, ar, neg_txt]
+        rows = ar[has_neg]
+        ii = [ar, neg_img[has_neg], rows]
+        tt = [ar, rows, neg_txt[has_neg]]
         if negs:
             ii.append(ar)
             tt.append(ar + B)
