@@ -1,11 +1,14 @@
 """Character sets and PARSeq label normalization for scene-text recognition.
 
 Named charsets: ``"36"`` (lowercase letters + digits), ``"62"`` (mixed case + digits), ``"94"``
-(printable ASCII without space, PARSeq's ``charset_train``). Any other string is read as a UTF-8
-file with one character per line (or one line holding all characters), so any Unicode set works.
+(printable ASCII without space, PARSeq's ``charset_train``). Any other string is the path of a UTF-8
+file with one character per line (or one line holding all characters), so any Unicode set works, or,
+when no such file exists and it does not look like a file name or a set name, the characters
+themselves (:func:`resolve_charset`).
 
 Normalization follows PARSeq's ``CharsetAdapter`` / LMDB reader: whitespace removed, NFKD folded to
-ASCII when the charset is pure ASCII, lower-cased when the charset has no upper case (upper-cased
+ASCII when the charset is pure ASCII (accents go silently; other non-ASCII characters are dropped
+and counted), lower-cased when the charset has no upper case (upper-cased
 when it has no lower case), out-of-charset characters dropped (and counted), labels longer than
 ``max_length`` rejected (PARSeq drops them; we count them and report).
 """
@@ -41,12 +44,38 @@ def load_charset(spec: Union[str, Path]) -> str:
             f"unknown charset {key!r}: use one of {sorted(CHARSETS)} or the path of a UTF-8 file "
             "with one character per line"
         )
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln != ""]
+    lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln != ""]  # -sig: a BOM is no character
     chars = "".join(lines) if len(lines) > 1 else (lines[0] if lines else "")
     if len(lines) > 1 and any(len(ln) != 1 for ln in lines):
         bad = [ln for ln in lines if len(ln) != 1][:5]
         raise ValueError(f"charset file {path}: every line must hold exactly one character, got {bad}")
     return check_charset(chars, str(path))
+
+
+CHARSET_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".chars")
+
+
+def _is_file(key: str) -> bool:
+    try:
+        return Path(key).expanduser().is_file()
+    except (OSError, ValueError):  # a long charset is no file name ("File name too long"); NUL bytes neither
+        return False
+
+
+def resolve_charset(spec: Union[str, Path]) -> str:
+    """The characters of ``spec``: a named set, a charset file, or the characters themselves.
+
+    A name that is not a known set (``"95"``) and a path to a missing file (``"ja.txt"``,
+    ``"charsets/ja.csv"``) raise instead of becoming a charset of their own characters.
+    """
+    key = str(spec)
+    if key in CHARSETS or _is_file(key):
+        return load_charset(key)
+    if key.isdigit() and len(key) <= 3:
+        raise ValueError(f"unknown named charset {key!r}; the named sets are {sorted(CHARSETS)}")
+    if key.lower().endswith(CHARSET_FILE_SUFFIXES) or key.startswith("~"):
+        raise FileNotFoundError(f"charset file {key} not found (working directory {Path.cwd()})")
+    return check_charset(key)
 
 
 def check_charset(chars: str, source: str = "charset") -> str:
@@ -100,9 +129,11 @@ class Charset:
 
     EOS = 0
 
-    def __init__(self, chars: Union[str, Path], max_length: int = 25) -> None:
+    def __init__(self, chars: Union[str, Path], max_length: int = 25, literal: bool = False) -> None:
+        """``chars``: a spec for :func:`resolve_charset`, or with ``literal`` the characters themselves
+        (a model's stored charset: never read as a name or a file)."""
         self.spec = str(chars)
-        self.chars = load_charset(chars) if (str(chars) in CHARSETS or Path(str(chars)).is_file()) else check_charset(str(chars))
+        self.chars = check_charset(str(chars)) if literal else resolve_charset(chars)
         if max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.max_length = max_length
@@ -123,7 +154,9 @@ class Charset:
         """PARSeq normalization without the length check: ``(kept text, dropped characters)``."""
         label = "".join(label.split())
         if self.is_ascii:
-            label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+            # NFKD then ASCII: accents split off and go silently (é -> e); any other non-ASCII character
+            # (中, an undecodable byte's U+FFFD) is out of the charset and counted as dropped below
+            label = "".join(c for c in unicodedata.normalize("NFKD", label) if not unicodedata.combining(c))
         if not self.has_upper:
             label = label.lower()
         elif not self.has_lower:

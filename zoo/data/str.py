@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
@@ -30,7 +30,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # ---------------------------------------------------------------------------------------------
 def load_image(x: Any) -> Image.Image:
     """An RGB PIL image from a PIL image, a numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]),
-    a path, or encoded bytes. Grayscale and RGBA are converted (RGBA composited on white)."""
+    a path, or encoded bytes. Grayscale and RGBA are converted (RGBA composited on white), 16-bit and
+    float images scaled to 8 bits; a file's EXIF orientation is applied (as a photo viewer shows it)."""
     if isinstance(x, (str, Path)):
         path = Path(x).expanduser()
         if not path.is_file():
@@ -38,14 +39,14 @@ def load_image(x: Any) -> Image.Image:
         try:
             with Image.open(path) as im:
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(ImageOps.exif_transpose(im))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
     if isinstance(x, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(x)) as im:
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(ImageOps.exif_transpose(im))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
     if isinstance(x, Image.Image):
@@ -65,11 +66,28 @@ def load_image(x: Any) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float: Pillow's convert would clip
+        im = _to_8bit(im)
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")
     return im.convert("RGB")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """An ``L`` image from Pillow's ``I;16*`` (0..65535), ``I`` (0..255 or 0..65535) or ``F`` (0..1 or 0..255)."""
+    arr = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"the {im.mode} image holds NaN or infinite values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        arr = arr * 255
+    elif im.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+        arr = arr / 257
+    elif lo < 0 or hi > 255:
+        raise ValueError(f"cannot map the {im.mode} image's values {lo:g}..{hi:g} to 8 bits; expected 0..1, 0..255 or 0..65535")
+    return Image.fromarray(arr.round().astype(np.uint8))
 
 
 def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
@@ -289,8 +307,13 @@ class STRDataModule(L.LightningDataModule):
             from zoo.data.str_real import open_source
 
             for name, ds in open_source(d, self.charset):
+                taken = {t.name for t in sets} | {"combined"}  # "combined" names the weighted row of the table
+                if name in taken:  # two sources under one folder name (A/IIIT5k, B/IIIT5k): each keeps a row
+                    name = next(f"{name}_{k}" for k in range(2, len(taken) + 3) if f"{name}_{k}" not in taken)
                 self.norm_stats[f"{split}:{name}"] = ds.stats
-                print(ds.stats.report(f"{split} set {name}"), file=sys.stderr, flush=True)
+                print(ds.stats.report(f"{split} set {name} ({d})"), file=sys.stderr, flush=True)
+                if len(ds) == 0:
+                    raise ValueError(f"{split} source {d} (set {name}) has no usable sample: {ds.stats.report(name)}")
                 sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
         if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
             start = self.synth_train_start if split == "train" else 0

@@ -65,6 +65,8 @@ class LMDBDataset(Dataset):
                     n = int(raw.decode())
                 except ValueError as exc:
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {raw[:20]!r}, not an integer; the database is corrupt") from exc
+                if n < 0:
+                    raise ValueError(f"LMDB {self.path}: 'num-samples' is {n}; the database is corrupt")
                 self.index: list[tuple[int, str]] = []
                 for i in range(1, n + 1):
                     label = txn.get(b"label-%09d" % i)
@@ -122,7 +124,7 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         )
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.reader(f))
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
             rows = rows[1:]
@@ -131,7 +133,7 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
                 raise ValueError(f"{path}, row {n}: expected two columns (path, text), got {row}")
             pairs.append((row[0].strip(), row[1]))
     else:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)

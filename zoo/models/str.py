@@ -187,7 +187,7 @@ class SceneTextRecognizer(nn.Module):
         from timm.models.vision_transformer import VisionTransformer
 
         self.config = c = config
-        self.charset = Charset(c.charset, c.max_length)
+        self.charset = Charset(c.charset, c.max_length, literal=True)
         self.num_classes = self.charset.num_classes  # EOS + chars
         self.bos_id, self.pad_id = self.num_classes, self.num_classes + 1
         self.encoder = VisionTransformer(

@@ -1,0 +1,113 @@
+"""Plausible user input that used to be misread: 16-bit and float images, EXIF orientation, BOM-led
+labels files, long and misspelt charsets, non-ASCII labels under an ASCII charset, clashing set names,
+corrupt sample counts."""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoo.data.charsets import Charset, NormStats
+from zoo.data.str import STRDataModule, load_image
+from zoo.data.str_real import LMDBDataset, build_lmdb, read_labels
+
+from test_str_data import _folder, _raw_lmdb
+
+
+def _gradient16() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 65536, size=(20, 60), dtype=np.uint16)
+
+
+def test_16_bit_and_float_images_keep_their_contrast(tmp_path):
+    a16 = _gradient16()
+    want = np.round(a16 / 257.0).astype(np.uint8)  # 65535 -> 255, the same scale as 8-bit
+    path = tmp_path / "deep.png"
+    Image.fromarray(a16).save(path)  # a 16-bit grayscale PNG
+    got = np.asarray(load_image(path))
+    assert got.shape == (20, 60, 3) and np.array_equal(got[..., 0], want) and np.array_equal(got[..., 2], want)
+    f = Image.fromarray((a16 / 65535.0).astype(np.float32))  # mode F, values in [0, 1]
+    assert np.abs(np.asarray(load_image(f))[..., 0].astype(int) - want).max() <= 1
+    with pytest.raises(ValueError, match="cannot map"):
+        load_image(Image.fromarray(np.full((4, 4), -3.0, dtype=np.float32)))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    shown = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(20, 60, 3), dtype=np.uint8))
+    stored = shown.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "sideways.png"
+    stored.save(path, exif=exif)
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(shown))
+    assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(shown))
+
+
+def test_labels_files_with_a_bom(tmp_path):
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    (d / "labels.txt").write_text("\ufeffa.png\tabc\nb.png\tde\n", encoding="utf-8")
+    assert read_labels(d) == [("a.png", "abc"), ("b.png", "de")]
+    (d / "labels.txt").unlink()
+    (d / "labels.csv").write_text("\ufeffpath,text\na.png,abc\n", encoding="utf-8")
+    assert read_labels(d) == [("a.png", "abc")]
+    chars = tmp_path / "chars.txt"
+    chars.write_text("\ufeffabc", encoding="utf-8")
+    assert Charset(str(chars)).chars == "abc"
+
+
+def test_long_unicode_charsets_and_misspelt_ones(tmp_path):
+    from zoo.hub import create_model
+
+    cjk = "".join(chr(0x4E00 + i) for i in range(300))  # longer than a file name may be
+    assert Charset(cjk).chars == cjk
+    path = tmp_path / "cjk.txt"
+    path.write_text("\n".join(cjk), encoding="utf-8")
+    dm = STRDataModule(charset=str(path), max_length=4, synthetic={"train": 0, "val": 0, "test": 0})
+    model = create_model("str-diff-tiny", charset=dm.data_info["charset"], max_length=4)
+    assert model.charset.chars == cjk
+    with pytest.raises(ValueError, match="unknown named charset '95'"):
+        STRDataModule(charset="95")
+    with pytest.raises(FileNotFoundError, match="charset file .*ja.csv not found"):
+        STRDataModule(charset=str(tmp_path / "ja.csv"))
+    assert Charset("0123456789").chars == "0123456789"  # characters given directly still work
+
+
+@pytest.mark.parametrize("label", ["café中x", "中文", "ßtraße", "Ｗｏｒｄ"])
+def test_non_ascii_characters_an_ascii_charset_cannot_hold_are_counted(label):
+    cs = Charset("36", 25)
+    stats = NormStats()
+    kept = cs.normalize(label, stats)
+    # reference: NFKD, accents (combining marks) removed silently, lower-cased; what is left outside the
+    # charset is dropped and must be counted
+    base = "".join(c for c in unicodedata.normalize("NFKD", label) if not unicodedata.combining(c)).lower()
+    want_kept = "".join(c for c in base if c in cs.index)
+    want_dropped = [c for c in base if c not in cs.index]
+    assert (kept or "") == want_kept
+    assert sum(stats.dropped_chars.values()) == len(want_dropped) and set(stats.dropped_chars) == set(want_dropped)
+    assert stats.labels_with_dropped == (1 if want_dropped else 0)
+
+
+def test_test_sets_with_one_folder_name_keep_their_own_rows(tmp_path):
+    for parent, labels in (("A", [("a.png", "abc")]), ("B", [("b.png", "de"), ("c.png", "fg")])):
+        (tmp_path / parent).mkdir()
+        _folder(tmp_path / parent, labels, name="IIIT5k")
+    dm = STRDataModule(charset="36", max_length=8, test_dirs=[str(tmp_path / "A" / "IIIT5k"), str(tmp_path / "B" / "IIIT5k")],
+                       synthetic={"test": 0}, eval_batch_size=8)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["set"] == ["IIIT5k", "IIIT5k_2", "IIIT5k_2"]
+    assert set(dm.norm_stats) == {"test:IIIT5k", "test:IIIT5k_2"}
+
+
+def test_corrupt_sample_counts_and_empty_sources(tmp_path):
+    neg = tmp_path / "neg"
+    _raw_lmdb(neg, {"num-samples": "-3", "image-000000001": "x", "label-000000001": "a"})
+    with pytest.raises(ValueError, match="'num-samples' is -3"):
+        LMDBDataset(neg, Charset("36", 8))
+    d = _folder(tmp_path, [("a.png", "中"), ("b.png", "!!")])
+    build_lmdb(d, tmp_path / "lm")
+    with pytest.raises(ValueError, match="has no usable sample: .*kept 0/2"):
+        next(iter(STRDataModule(charset="36", test_dirs=[str(tmp_path / "lm")], synthetic={"test": 0}).test_dataloader()))
