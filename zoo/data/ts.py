@@ -83,13 +83,14 @@ def prepare_frame(
     target: Optional[str] = None,
     interpolate: bool = False,
     source: str = "the data",
+    date_format: Optional[str] = None,
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
     """Validate a raw frame; return its parsed dates and the numeric variables (float64).
 
     ``columns`` selects the variables (default: every column but the date). Raises ``ValueError``
     naming the problem for a missing date / target / selected column, unparsable or unordered dates,
-    non-numeric values and missing values (unless ``interpolate``, which fills gaps linearly in
-    time and extends the edge values outward).
+    non-numeric or infinite values and missing values (unless ``interpolate``, which fills gaps
+    linearly in time and extends the edge values outward). Dates: see :func:`parse_dates`.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -113,15 +114,7 @@ def prepare_frame(
     if not columns:
         raise ValueError(f"{source} has no variables besides the date column {date_col!r}")
 
-    raw_dates = df[date_col]
-    dates = pd.to_datetime(raw_dates, errors="coerce")
-    if dates.isna().any():
-        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        raise ValueError(
-            f"date column {date_col!r} of {source} has an unparsable or empty value {raw_dates.iloc[i]!r} at row {i} "
-            f"(CSV line {i + 2}); fix the timestamp or remove the row"
-        )
-    dates = pd.DatetimeIndex(dates)
+    dates = parse_dates(df[date_col], date_col=date_col, source=source, date_format=date_format)
     if len(dates) > 1:
         steps = np.diff(dates.asi8)
         if (steps <= 0).any():
@@ -148,6 +141,15 @@ def prepare_frame(
         values[c] = col.astype("float64")
     frame = pd.DataFrame(values)
     frame.index = pd.RangeIndex(len(frame))
+    infinite = np.isinf(frame.to_numpy())
+    if infinite.any():
+        r, c = (int(v[0]) for v in np.nonzero(infinite))
+        if not interpolate:
+            raise ValueError(
+                f"{source} has {int(infinite.sum())} infinite value(s); the first is in column {columns[c]!r} at row {r} "
+                f"({dates[r]}); set data.interpolate=true to treat them as gaps, or clean the file"
+            )
+        frame = frame.mask(np.isinf(frame))  # gaps, filled below
 
     missing = frame.isna()
     if missing.to_numpy().any():
@@ -167,8 +169,66 @@ def prepare_frame(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dates: frequency, time features, future timestamps
+# Dates: parsing, frequency, time features, future timestamps
 # ---------------------------------------------------------------------------------------------
+DATE_FORMAT_HINT = "set data.date_format (e.g. '%d/%m/%Y %H:%M' for day-first dates; Python strptime codes)"
+
+
+def parse_dates(
+    raw: pd.Series, *, date_col: str = "date", source: str = "the data", date_format: Optional[str] = None
+) -> pd.DatetimeIndex:
+    """The timestamps of a date column.
+
+    With ``date_format`` every value must match it. Without, pandas infers one layout from the
+    first value (month-first when ambiguous); values it cannot read are retried as ISO 8601, so
+    midnight written as a bare date (``2016-07-01`` among ``2016-07-01 01:00:00``) is fine.
+    Timestamps with UTC offsets (which change across daylight saving) are converted to UTC and kept
+    as naive UTC times. Numbers are refused: they are not timestamps without a unit.
+    """
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_datetime64_any_dtype(raw):
+        raise ValueError(
+            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; convert "
+            "them first (epoch seconds: pd.to_datetime(values, unit='s')) or point data.date_col at the timestamps"
+        )
+
+    def parse(**kw: Any) -> pd.Series:
+        try:
+            return pd.to_datetime(raw, errors="coerce", **kw)
+        except (ValueError, TypeError) as exc:  # mixed UTC offsets across daylight saving, mostly
+            if kw.get("utc"):
+                raise ValueError(f"date column {date_col!r} of {source} cannot be parsed ({exc}); {DATE_FORMAT_HINT}") from exc
+            return parse(**kw, utc=True)
+
+    if date_format is not None:
+        dates = parse(format=date_format)
+    else:
+        dates = parse()
+        if dates.isna().any() and raw[dates.isna()].notna().any():
+            iso = parse(format="ISO8601")
+            if int(iso.isna().sum()) < int(dates.isna().sum()):
+                dates = iso
+    if dates.isna().any():
+        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        layout = f"does not match data.date_format {date_format!r}" if date_format else "is unparsable or empty"
+        raise ValueError(
+            f"date column {date_col!r} of {source} {layout}: value {raw.iloc[i]!r} at row {i} (CSV line {i + 2}); "
+            f"fix the timestamp or remove the row" + ("" if date_format else f", or {DATE_FORMAT_HINT}")
+        )
+    dates = pd.DatetimeIndex(dates)
+    if dates.tz is not None:
+        dates = dates.tz_convert("UTC").tz_localize(None)
+    return dates
+
+
+def irregular_steps(dates: pd.DatetimeIndex) -> tuple[int, Optional[pd.Timedelta]]:
+    """``(number of steps that differ from the most common one, that step)``."""
+    if len(dates) < 3:
+        return 0, None
+    steps = dates.to_series().diff().iloc[1:]
+    step = steps.mode().iloc[0]
+    return int((steps != step).sum()), step
+
+
 def infer_freq(dates: pd.DatetimeIndex) -> str:
     """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``...).
 
@@ -186,9 +246,17 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
             freq = pd.infer_freq(head)
         freq = getattr(freq, "freqstr", freq)
     if freq is None:
-        steps = pd.Series(np.diff(dates.asi8))
-        step = pd.Timedelta(int(steps.mode().iloc[0]))
-        freq = pd.tseries.frequencies.to_offset(step).freqstr
+        # the steps as Timedeltas: raw integers would be in the index's unit (pandas 3 parses strings at
+        # microsecond resolution), which pd.Timedelta(int) would read as nanoseconds
+        n_odd, step = irregular_steps(dates)
+        freq = pd.tseries.frequencies.to_offset(step if step is not None else dates[1] - dates[0]).freqstr
+        if n_odd:
+            warnings.warn(
+                f"{n_odd} of {len(dates) - 1} time steps differ from the most common step {step} (missing rows, a "
+                f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
+                f"taken as {freq}-spaced",
+                stacklevel=2,
+            )
     return freq
 
 
@@ -357,6 +425,7 @@ class TSDataModule(L.LightningDataModule):
         num_workers: int = 0,
         predict_path: Optional[str] = None,
         drop_last: bool = True,
+        date_format: Optional[str] = None,
     ) -> None:
         super().__init__()
         for name, value, low in (("lookback", lookback, 1), ("horizon", horizon, 1), ("batch_size", batch_size, 1)):
@@ -375,7 +444,7 @@ class TSDataModule(L.LightningDataModule):
         self.use_time_features, self.interpolate = time_features, interpolate
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.predict_path = num_workers, predict_path
-        self.drop_last = drop_last
+        self.drop_last, self.date_format = drop_last, date_format
         self._prep: Optional[dict[str, Any]] = None
         self._data_info: Optional[dict[str, Any]] = None
 
@@ -402,7 +471,7 @@ class TSDataModule(L.LightningDataModule):
         columns, target = self._select_columns(df)
         dates, frame = prepare_frame(
             df, date_col=self.date_col, columns=columns, target=target, interpolate=self.interpolate,
-            source=self.source_name,
+            source=self.source_name, date_format=self.date_format,
         )
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
@@ -450,6 +519,7 @@ class TSDataModule(L.LightningDataModule):
                 "lookback": self.lookback,
                 "horizon": self.horizon,
                 "date_col": self.date_col,
+                "date_format": self.date_format,
                 "freq": p["freq"],
                 "time_features": list(p["time_feature_names"]),
                 "n_time_features": len(p["time_feature_names"]),
@@ -478,7 +548,7 @@ class TSDataModule(L.LightningDataModule):
             source = str(self.predict_path)
             dates, frame = prepare_frame(
                 read_ts_csv(self.predict_path), date_col=self.date_col, columns=p["columns"],
-                interpolate=self.interpolate, source=source,
+                interpolate=self.interpolate, source=source, date_format=self.date_format,
             )
             values = frame.to_numpy(dtype=np.float64)
         if len(values) < self.lookback:
@@ -546,6 +616,8 @@ class CSVTSDataModule(TSDataModule):
         predict_path: CSV whose last ``lookback`` rows ``predict`` forecasts from (default ``path``).
         drop_last: drop the last incomplete training batch, as the reference loaders do (validation and
             test always use every window).
+        date_format: strptime layout of the date column (e.g. ``%d/%m/%Y %H:%M``); default: inferred,
+            month-first when ambiguous (:func:`parse_dates`). Saved with the model for its forecasts.
     """
 
     def __init__(
@@ -566,10 +638,11 @@ class CSVTSDataModule(TSDataModule):
         num_workers: int = 0,
         predict_path: Optional[str] = None,
         drop_last: bool = True,
+        date_format: Optional[str] = None,
     ) -> None:
         super().__init__(
             lookback, horizon, features, target, columns, date_col, split, ratios, time_features, interpolate,
-            batch_size, eval_batch_size, num_workers, predict_path, drop_last,
+            batch_size, eval_batch_size, num_workers, predict_path, drop_last, date_format,
         )
         self.path = path
         self.source_name = str(path)

@@ -36,7 +36,7 @@ from zoo.nn import GeluMlp, build_attention, list_attention_types
 META_FILE = "ts_meta.json"
 _META_KEYS = (
     "source", "columns", "out_columns", "out_index", "target", "target_index", "features", "date_col",
-    "freq", "time_features", "mean", "std",
+    "date_format", "freq", "time_features", "mean", "std",
 )
 
 
@@ -223,12 +223,13 @@ class Forecaster(nn.Module):
 
     # -- pandas in, pandas out
     @torch.no_grad()
-    def forecast(self, data: Any, interpolate: bool = False) -> "Any":
+    def forecast(self, data: Any, interpolate: bool = False, date_format: Optional[str] = None) -> "Any":
         """Forecast the ``horizon`` rows after the end of ``data`` on the original scale.
 
         ``data``: a DataFrame (or CSV path) with the model's date column and input columns; its last
-        ``lookback`` rows are the input. Returns a DataFrame with the future timestamps (continuing
-        the input's frequency) and one column per forecast variable.
+        ``lookback`` rows are the input. ``date_format``: the strptime layout of its dates (default:
+        the training data's ``data.date_format``, else inferred). Returns a DataFrame with the future
+        timestamps (continuing the input's frequency) and one column per forecast variable.
         """
         import numpy as np
         import pandas as pd
@@ -244,7 +245,8 @@ class Forecaster(nn.Module):
         if not isinstance(data, pd.DataFrame):
             data = read_ts_csv(data)
         dates, frame = prepare_frame(
-            data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input"
+            data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
+            date_format=date_format or meta.get("date_format"),
         )
         L = self.config.lookback
         if len(frame) < L:

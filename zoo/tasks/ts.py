@@ -164,8 +164,35 @@ class ForecastTask(ZooTask):
     def forward(self, x: Tensor, x_mark: Optional[Tensor] = None) -> Tensor:
         return self.model(x, x_mark)
 
+    def _data_to_model_scale(self) -> Optional[tuple[Tensor, Tensor]]:
+        """Per-variate ``(a, b)`` with ``model-scaled = a * data-scaled + b``, or None when they agree.
+
+        The model owns its scaler (``model.meta``, saved with it). A checkpoint restored with
+        ``--ckpt_path`` over another file (``data.path`` with more rows, another series of the same
+        variables) keeps its own; the batches come scaled by the file's, so they are carried over.
+        """
+        meta, info = self.model.meta, self.data_info
+        if meta is None or info.get("mean") is None or (meta["mean"], meta["std"]) == (info["mean"], info["std"]):
+            return None
+        if list(meta["columns"]) != list(info["columns"]):
+            raise ValueError(
+                f"the model was trained on the variables {meta['columns']} but the data has {info['columns']}; "
+                "point data.path at a file with the same columns"
+            )
+        md, sd = torch.tensor(info["mean"], dtype=torch.float64), torch.tensor(info["std"], dtype=torch.float64)
+        mm, sm = torch.tensor(meta["mean"], dtype=torch.float64), torch.tensor(meta["std"], dtype=torch.float64)
+        return sd / sm, (md - mm) / sm
+
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
-        out = self.model(batch["x"], batch.get("x_mark"))
+        """The forecast in the data's scale (the batches' own), whatever scaler the model was trained with."""
+        x, conv = batch["x"], self._data_to_model_scale()
+        if conv is not None:
+            a, b = (t.to(x.device, x.dtype) for t in conv)
+            x = x * a + b
+        out = self.model(x, batch.get("x_mark"))
+        if conv is not None:  # back: data-scaled = (model-scaled - b) / a, on the channels the model returns
+            keep = slice(None) if out.shape[-1] == len(a) else list(self.out_index or [])
+            out = (out - b[keep].to(out.dtype)) / a[keep].to(out.dtype)
         if self.out_index is not None and len(self.out_index) != out.shape[-1]:
             out = out[..., self.out_index]
         return out
@@ -227,8 +254,10 @@ class ForecastTask(ZooTask):
         meta = self.model.meta
         if meta is None:
             raise ValueError("the model carries no data facts (scaler, columns); train it or load an export first")
-        y = self.model(batch["x"], batch.get("x_mark")).double().cpu().numpy()
-        x = batch["x"].double().cpu().numpy()
+        conv = self._data_to_model_scale()  # the window comes scaled by the data's scaler; the model wants its own
+        x_in = batch["x"] if conv is None else batch["x"] * conv[0].to(batch["x"]) + conv[1].to(batch["x"])
+        y = self.model(x_in, batch.get("x_mark")).double().cpu().numpy()
+        x = x_in.double().cpu().numpy()
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
         idx = list(meta["out_index"])
         L, H = self.model.config.lookback, self.model.config.horizon

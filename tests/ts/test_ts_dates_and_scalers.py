@@ -1,0 +1,115 @@
+"""Dates users' CSVs really hold (gaps, day-first, bare midnights, UTC offsets, numbers), infinite
+values, and a checkpoint restored over another file: the model keeps its own scaler."""
+
+import warnings
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from zoo.data.ts import CSVTSDataModule, infer_freq, prepare_frame
+from zoo.tasks.ts import ForecastTask
+
+LB, H = 24, 8
+
+
+def _frame(n=200, start="2021-01-01", freq="h", seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    df = pd.DataFrame({"a": np.sin(t / 5) * 4 + 10 + rng.normal(0, 0.1, n), "b": rng.normal(size=n).cumsum()})
+    df.insert(0, "date", pd.date_range(start, periods=n, freq=freq))
+    return df
+
+
+def test_a_missing_row_keeps_the_hourly_step_and_warns():
+    df = _frame(40)
+    df["date"] = df["date"].astype(str)
+    df = df.drop(index=[5]).reset_index(drop=True)
+    dates, _ = prepare_frame(df)
+    with pytest.warns(UserWarning, match="1 of 38 time steps differ from the most common step"):
+        freq = infer_freq(dates)
+    assert pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) == pd.Timedelta(hours=1)
+
+
+def test_forecast_timestamps_after_a_gap_are_hourly(tmp_path):
+    df = _frame(120)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    gap = df.drop(index=[3]).astype({"date": str})
+    with pytest.warns(UserWarning, match="differ from the most common step"):
+        out = model.forecast(gap)
+    want = pd.date_range(df["date"].iloc[-1] + pd.Timedelta(hours=1), periods=H, freq="h")
+    assert list(pd.DatetimeIndex(out["date"])) == list(want)
+
+
+def test_date_layouts():
+    iso = _frame(30)
+    want = pd.DatetimeIndex(iso["date"])
+    dayfirst = iso.assign(date=iso["date"].dt.strftime("%d/%m/%Y %H:%M"))
+    got, _ = prepare_frame(dayfirst, date_format="%d/%m/%Y %H:%M")
+    assert list(got) == list(want)
+    long = _frame(24 * 14).assign(date=lambda d: d["date"].dt.strftime("%d/%m/%Y %H:%M"))  # day 13 is no month
+    with pytest.raises(ValueError, match="13/01/2021 00:00.*data.date_format"):
+        prepare_frame(long)
+    with pytest.raises(ValueError, match="does not match data.date_format"):
+        prepare_frame(iso.assign(date=iso["date"].astype(str)), date_format="%d/%m/%Y %H:%M")
+    # midnight written as a bare date among full timestamps
+    bare = iso.assign(date=[str(d.date()) if d.hour == 0 else str(d) for d in iso["date"]])
+    assert list(prepare_frame(bare)[0]) == list(want)
+    # UTC offsets that change across daylight saving: converted to UTC, one hour apart
+    local = pd.date_range("2021-03-27 22:00", periods=8, freq="h", tz="UTC").tz_convert("Europe/Berlin")
+    got, _ = prepare_frame(pd.DataFrame({"date": [d.isoformat() for d in local], "a": range(8)}))
+    assert list(got) == list(pd.date_range("2021-03-27 22:00", periods=8, freq="h"))
+    with pytest.raises(ValueError, match="holds numbers .* not timestamps"):
+        prepare_frame(pd.DataFrame({"date": 1_600_000_000 + 3600 * np.arange(5), "a": range(5)}))
+
+
+def test_infinite_values_are_errors_or_gaps():
+    df = _frame(20)
+    df.loc[4, "b"] = np.inf
+    with pytest.raises(ValueError, match=r"1 infinite value\(s\); the first is in column 'b' at row 4"):
+        prepare_frame(df)
+    _, frame = prepare_frame(df, interpolate=True)
+    assert frame["b"].iloc[4] == pytest.approx((df["b"].iloc[3] + df["b"].iloc[5]) / 2)
+
+
+def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
+    old, new = _frame(240, seed=1), _frame(240, seed=2)
+    new[["a", "b"]] = new[["a", "b"]] * 3 + 50  # another scale altogether
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    kw = dict(lookback=LB, horizon=H, split="ratio", batch_size=8)
+    dm_old, dm_new = CSVTSDataModule(str(tmp_path / "old.csv"), **kw), CSVTSDataModule(str(tmp_path / "new.csv"), **kw)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_old.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, limit_val_batches=1, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm_old)
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    export = task.export(tmp_path / "export")
+    want = zoo.load_pretrained(export).forecast(tmp_path / "new.csv")  # the API scales with the model's scaler
+
+    fresh = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_new.data_info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "p").predict(
+            fresh, datamodule=dm_new, ckpt_path=ckpt)
+    got = pd.DataFrame(rows[0])
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), want[["a", "b"]].to_numpy(), rtol=1e-4, atol=1e-4)
+    # the test metrics on the new file's scale: the model's output carried back to that scale
+    batch = next(iter(dm_new.test_dataloader()))
+    fresh.eval()
+    with torch.no_grad():
+        pred = fresh._predict(batch).double()
+        m, s = (np.asarray(fresh.model.meta[k]) for k in ("mean", "std"))
+        md, sd = (np.asarray(dm_new.data_info[k]) for k in ("mean", "std"))
+        raw = batch["x"].double().numpy() * sd + md  # reference: rescale by hand
+        ref = fresh.model(torch.as_tensor((raw - m) / s, dtype=torch.float32), batch.get("x_mark")).double().numpy()
+        ref = (ref * s + m - md) / sd
+    np.testing.assert_allclose(pred.numpy(), ref, rtol=1e-4, atol=1e-4)
