@@ -55,6 +55,11 @@ class AttackConfig:
             raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {self.eps}")
         if self.steps < 1 or self.text_changes < 0 or self.max_candidates < 1:
             raise ValueError("steps and max_candidates must be >= 1, text_changes >= 0")
+        if self.k < 1 or self.batch_size < 1:
+            raise ValueError(f"k (ITC candidates re-ranked by ITM) and batch_size must be >= 1, got k={self.k}, "
+                             f"batch_size={self.batch_size}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0 (or None for the default), got {self.step_size}")
 
 
 def pair_score(model: Any, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:

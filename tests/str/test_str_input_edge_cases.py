@@ -111,3 +111,11 @@ def test_corrupt_sample_counts_and_empty_sources(tmp_path):
     build_lmdb(d, tmp_path / "lm")
     with pytest.raises(ValueError, match="has no usable sample: .*kept 0/2"):
         next(iter(STRDataModule(charset="36", test_dirs=[str(tmp_path / "lm")], synthetic={"test": 0}).test_dataloader()))
+
+
+def test_build_lmdb_sizes_its_map_for_the_images(tmp_path):
+    d = _folder(tmp_path, [(f"{i}.png", "ab") for i in range(12)])  # ~3.6 kB of noise per image
+    total = sum(p.stat().st_size for p in d.glob("*.png"))
+    assert total > 1 << 15
+    assert build_lmdb(d, tmp_path / "lm", map_size=1 << 15) == 12  # a map smaller than the images: grown
+    assert len(LMDBDataset(tmp_path / "lm", Charset("36", 8))) == 12

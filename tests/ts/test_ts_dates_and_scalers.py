@@ -113,3 +113,15 @@ def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
         ref = fresh.model(torch.as_tensor((raw - m) / s, dtype=torch.float32), batch.get("x_mark")).double().numpy()
         ref = (ref * s + m - md) / sd
     np.testing.assert_allclose(pred.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_saved_row_index_is_not_a_variable(tmp_path):
+    df = _frame(30)
+    df.to_csv(tmp_path / "with_index.csv")  # index=True: pandas reads it back as "Unnamed: 0"
+    from zoo.data.ts import read_ts_csv
+
+    with pytest.warns(UserWarning, match=r"\['Unnamed: 0'\] look like a saved row index"):
+        _, frame = prepare_frame(read_ts_csv(tmp_path / "with_index.csv"))
+    assert list(frame.columns) == ["a", "b"]
+    _, frame = prepare_frame(read_ts_csv(tmp_path / "with_index.csv"), columns=["Unnamed: 0", "a"])
+    assert list(frame.columns) == ["Unnamed: 0", "a"]

@@ -77,3 +77,15 @@ def test_co_attack_and_suite():
     assert res["asr"]["image_pgd"]["linf"] <= 4 + 1e-3 and res["asr"]["text"]["linf"] == 0
     with pytest.raises(ValueError, match="L-inf budget"):
         AttackConfig(eps=4)
+
+
+def test_attack_and_eval_candidate_counts_must_be_positive():
+    from zoo.attacks import AttackConfig
+    from zoo.tasks.vlm import VLMTask
+
+    with pytest.raises(ValueError, match="k \\(ITC candidates"):
+        AttackConfig(k=0)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        AttackConfig(step_size=0.0)
+    with pytest.raises(ValueError, match="eval_k"):
+        VLMTask(arch="vlm-fda-tiny", eval_k=0)

@@ -199,7 +199,9 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     _require_images(folder, pairs)  # a stat per file, before anything is created
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(out), map_size=map_size)
+    # the map is address space, not disk: size it for every image and label with room for page overhead
+    payload = sum((folder / p).stat().st_size + len(t.encode("utf-8")) for p, t in pairs)
+    env = lmdb.open(str(out), map_size=max(map_size, 2 * payload + (64 << 20)))
     try:
         with env.begin(write=True) as txn:  # one read per image; a bad one aborts the transaction
             for i, (p, text) in enumerate(pairs, 1):

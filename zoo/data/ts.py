@@ -101,7 +101,12 @@ def prepare_frame(
         )
     others = [c for c in df.columns if c != date_col]
     if columns is None:
-        columns = others
+        # "Unnamed: 0" is what pandas calls a saved row index (df.to_csv without index=False): no variable
+        index_like = [c for c in others if str(c).startswith("Unnamed: ")]
+        if index_like:
+            warnings.warn(f"{source}: column(s) {index_like} look like a saved row index and are left out; "
+                          "list them in data.columns to use them as variables", stacklevel=2)
+        columns = [c for c in others if c not in index_like]
     else:
         columns = list(columns)
         absent = [c for c in columns if c not in df.columns]

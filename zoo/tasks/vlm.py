@@ -238,6 +238,8 @@ class VLMTask(ZooTask):
             )
         if rerank not in RERANK:
             raise ValueError(f"rerank must be one of {RERANK}, got {rerank!r}")
+        if not isinstance(eval_k, int) or eval_k < 1:
+            raise ValueError(f"eval_k (ITC candidates re-ranked by ITM) must be an integer >= 1, got {eval_k!r}")
         self.arch, self.itm_weight, self.caption_negatives, self.eval_k = arch, itm_weight, caption_negatives, eval_k
         self.rerank = rerank
         overrides = dict(model_args or {})
