@@ -99,7 +99,7 @@ def pgd_attack(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for s in range(0, len(texts), batch_size):
-        x0 = images[s : s + batch_size].detach()
+        x0 = images[s : s + batch_size].detach().to(model.fw_table.device)  # the model's device (tokenize's too)
         ids, mask = model.tokenize(texts[s : s + batch_size])
         x = x0.clone()
         if random_start:
@@ -110,7 +110,7 @@ def pgd_attack(
             (grad,) = torch.autograd.grad(loss, x)
             x = x.detach() + alpha * grad.sign()
             x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
-        out.append(x.detach())
+        out.append(x.detach().to(images.device))
     return torch.cat(out)
 
 

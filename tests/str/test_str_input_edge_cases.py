@@ -119,3 +119,20 @@ def test_build_lmdb_sizes_its_map_for_the_images(tmp_path):
     assert total > 1 << 15
     assert build_lmdb(d, tmp_path / "lm", map_size=1 << 15) == 12  # a map smaller than the images: grown
     assert len(LMDBDataset(tmp_path / "lm", Charset("36", 8))) == 12
+
+
+def _parseq_label(label: str, charset: str, max_len: int):
+    """PARSeq's LmdbDataset filter, written out: whitespace removed, NFKD to ASCII, length checked, then
+    the CharsetAdapter (lower-case for a lower-case-only charset, unsupported characters removed)."""
+    label = "".join(label.split())
+    label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    if len(label) > max_len:
+        return None
+    label = "".join(c for c in label.lower() if c in charset)
+    return label or None
+
+
+@pytest.mark.parametrize("label", ["ab-cd-e", "abcdef", "a.b.c", "é-é-é-é", "中中中中中中中ab", "A B C D E F G", "--"])
+def test_length_cap_is_applied_before_out_of_charset_characters_go(label):
+    cs = Charset("36", 6)
+    assert cs.normalize(label) == _parseq_label(label, cs.chars, 6)

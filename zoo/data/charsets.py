@@ -10,7 +10,8 @@ Normalization follows PARSeq's ``CharsetAdapter`` / LMDB reader: whitespace remo
 ASCII when the charset is pure ASCII (accents go silently; other non-ASCII characters are dropped
 and counted), lower-cased when the charset has no upper case (upper-cased
 when it has no lower case), out-of-charset characters dropped (and counted), labels longer than
-``max_length`` rejected (PARSeq drops them; we count them and report).
+``max_length`` rejected (PARSeq drops them; we count them and report), their length taken before
+out-of-charset characters are dropped, as PARSeq does.
 """
 
 from __future__ import annotations
@@ -173,13 +174,16 @@ class Charset:
             if dropped:
                 stats.labels_with_dropped += 1
                 stats.dropped_chars.update(dropped)
+        # PARSeq measures the length before it drops out-of-charset characters (after whitespace removal
+        # and, for an ASCII charset, NFKD to ASCII): "ab-cd-e" is too long for 6 characters under "36"
+        length = len(kept) + (sum(c.isascii() for c in dropped) if self.is_ascii else len(dropped))
+        if length > self.max_length:
+            if stats is not None:
+                stats.too_long += 1
+            return None
         if not kept:
             if stats is not None:
                 stats.empty += 1
-            return None
-        if len(kept) > self.max_length:
-            if stats is not None:
-                stats.too_long += 1
             return None
         if stats is not None:
             stats.kept += 1

@@ -412,7 +412,8 @@ class VLMTask(ZooTask):
                          f"image {self.data_info.get('image_size')}px, tokenizer {self.data_info.get('tokenizer')}")
         tok = self.model.tokenizer
         if tok is not None and tok.n_truncated:
-            lines.append(f"truncated captions: {tok.n_truncated} of {tok.n_encoded} (max_text_len {c.max_text_len})")
+            lines.append(f"truncated caption encodings: {tok.n_truncated} of {tok.n_encoded} (max_text_len "
+                         f"{c.max_text_len}; a caption counts each time it is encoded, once per epoch and evaluation)")
         return lines
 
 
