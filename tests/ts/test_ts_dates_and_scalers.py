@@ -125,3 +125,16 @@ def test_a_saved_row_index_is_not_a_variable(tmp_path):
     assert list(frame.columns) == ["a", "b"]
     _, frame = prepare_frame(read_ts_csv(tmp_path / "with_index.csv"), columns=["Unnamed: 0", "a"])
     assert list(frame.columns) == ["Unnamed: 0", "a"]
+
+
+def test_forecasting_data_of_another_spacing_warns(tmp_path):
+    df = _frame(120)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training spacing: no warning
+        model.forecast(df)
+    quarter = _frame(60, freq="15min")
+    with pytest.warns(UserWarning, match="input is 15min-spaced but the model was trained on h-spaced data"):
+        model.forecast(quarter)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -269,6 +270,12 @@ class Forecaster(nn.Module):
             freq = infer_freq(dates)
         except ValueError:
             freq = meta["freq"]
+        if meta.get("freq") and pd.tseries.frequencies.to_offset(freq) != pd.tseries.frequencies.to_offset(meta["freq"]):
+            warnings.warn(
+                f"the input is {freq}-spaced but the model was trained on {meta['freq']}-spaced data: its forecast "
+                f"is of {meta['freq']} steps, stamped here at the input's {freq} spacing; resample the input to "
+                f"{meta['freq']}", stacklevel=2,
+            )
         out = pd.DataFrame(y, columns=list(meta["out_columns"]))
         out.insert(0, meta["date_col"], future_dates(dates[-1], self.config.horizon, freq))
         return out
