@@ -43,3 +43,59 @@ def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch):
     main(["fit", "--config", rel, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
           "--trainer.enable_progress_bar=false"])
     assert any(tmp_path.rglob("model.safetensors")), "fit did not export the model"
+
+
+def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, monkeypatch):
+    """With --ckpt_path, top_k / temperature / max_new_tokens the user gives (null too) beat the
+    checkpoint's; the ones left at their defaults take the checkpoint's stored values."""
+    import torch
+
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the king speaks to a fool and his horse\n" * 60)
+    common = ["--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+              "--data.init_args.block_size=16", "--data.init_args.batch_size=4",
+              "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 32}",
+              "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
+    main(["fit", *common, "--model.init_args.top_k=7", "--model.init_args.temperature=0.3",
+          "--model.init_args.max_new_tokens=3", "--trainer.max_steps=1", "--trainer.val_check_interval=1",
+          "--trainer.limit_val_batches=1",
+          "--export.enabled=false", f"--trainer.default_root_dir={tmp_path / 'fit'}"])
+    ckpt = next((tmp_path / "fit").rglob("*.ckpt"))
+    stored = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    assert (stored["top_k"], stored["temperature"], stored["max_new_tokens"]) == (7, 0.3, 3)
+
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "predict_step", lambda self, batch, i: seen.append(
+        (self.hparams.top_k, self.hparams.temperature, self.hparams.max_new_tokens)) or [])
+
+    def predict(i, *extra):
+        main(["predict", *common, f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path / str(i)}",
+              *extra])
+        return seen[-1]
+
+    # the YAML gives max_new_tokens: 300 (a config file counts as given); top_k and temperature it leaves
+    assert predict(0, "--model.init_args.top_k=null") == (None, 0.3, 300)
+    assert predict(1, "--model.init_args.top_k=0", "--model.init_args.temperature=1.5") == (0, 1.5, 300)
+    assert predict(2) == (7, 0.3, 300)  # top_k, temperature not given: the checkpoint's values
+
+
+def test_fit_summary_names_the_export_folder(tmp_path, monkeypatch, capsys):
+    """README: the end-of-fit summary tells where the exported model is (the export runs first)."""
+    monkeypatch.chdir(ROOT)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the king speaks to a fool and his horse\n" * 60)
+    main(["fit", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+          "--data.init_args.block_size=16", "--data.init_args.batch_size=4",
+          "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 32}",
+          "--trainer.max_steps=1", "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1",
+          "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path / 'runs'}"])
+    out = capsys.readouterr().out
+    exported = [p.parent for p in (tmp_path / "runs").rglob("model.safetensors")]
+    assert len(exported) == 1
+    assert "zoo fit summary" in out
+    assert f"exported model: {exported[0]}" in out
+    assert f"zoo.load_pretrained({str(exported[0])!r})" in out

@@ -1,5 +1,6 @@
 """Export / load_pretrained / create_model(pretrained=...) and their errors."""
 
+import copy
 import dataclasses
 import json
 
@@ -135,3 +136,42 @@ def test_mismatch_with_the_registered_architecture_says_so(tmp_path):
     export_model(_model(), tmp_path / "exp")  # dim 32, 2 layers: not lm-diff-tiny's registered shape
     with pytest.raises(ValueError, match=r"registered 'lm-diff-tiny' values: the checkpoint is another architecture"):
         zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", vocab_size=40)
+
+
+def test_overwrite_removes_what_the_previous_export_wrote_and_keeps_other_files(tmp_path):
+    from zoo.data.tokenizers import ByteTokenizer
+    from zoo.nn.adapters import apply_adapter, remove_adapters, save_adapter
+
+    folder = tmp_path / "exp"
+    old = zoo.create_model("lm-vanilla-tiny", dim=32, n_layers=2, n_heads=4, max_seq_len=64)
+    old.tokenizer = ByteTokenizer()
+    apply_adapter(old, "opamp")
+    export_model(remove_adapters(copy.deepcopy(old)), folder)
+    save_adapter(old, folder)
+    (folder / "NOTES.md").write_text("my notes")  # not written by the zoo: must survive
+    assert {"adapter.safetensors", "adapter_config.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+
+    new = _model()  # no tokenizer, no adapter, another vocabulary
+    export_model(new, folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["NOTES.md", "config.json", "model.safetensors"]
+    loaded = load_pretrained(folder)
+    assert loaded.tokenizer is None and getattr(loaded, "adapter_config", None) is None
+    x = torch.randint(0, 40, (1, 7))
+    assert torch.equal(loaded(x), new.eval()(x))
+
+
+def test_overwrite_of_an_export_without_an_asset_record_refuses_leftovers(tmp_path):
+    from zoo.data.tokenizers import ByteTokenizer
+
+    folder = tmp_path / "exp"
+    old = zoo.create_model("lm-diff-tiny", dim=32, n_layers=2, n_heads=2)
+    old.tokenizer = ByteTokenizer()
+    export_model(old, folder)
+    cfg = folder / "config.json"
+    meta = json.loads(cfg.read_text())
+    del meta["assets"]  # as an older zoo wrote it
+    cfg.write_text(json.dumps(meta))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(FileExistsError, match=r"older zoo .*\['tokenizer_config.json'\]"):
+        export_model(_model(), folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched

@@ -14,30 +14,44 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
-# Settings that only steer inference: the config / command line wins over the values stored in a
-# --ckpt_path checkpoint (LightningCLI otherwise lets the checkpoint's hyper-parameters win).
+# Settings that only steer inference: a value the user gives (config file or command line, null
+# included: `--model.init_args.top_k null` turns top-k off) wins over the one stored in a --ckpt_path
+# checkpoint; one the user leaves at its default takes the checkpoint's (LightningCLI's rule).
 INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k")
 
 
 class ZooCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # The same input parsed without the parser's defaults holds exactly the keys the user gave
+        # (a default and an explicit value, null or not, cannot be told apart in self.config).
+        if isinstance(args, (dict, Namespace)):
+            self._given = parser.parse_object(args, defaults=False)
+        else:
+            self._given = parser.parse_args(args, defaults=False)
+
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
         keys = [f"{sub}.model.init_args.{k}" for k in INFERENCE_ARGS] if sub else []
-        keep = {k: self.config.get(k) for k in keys if self.config.get(k) is not None}
+        given = getattr(self, "_given", None)
+        keep = {k: self.config.get(k) for k in keys if given is not None and k in given}
         super()._parse_ckpt_path()
         for k, v in keep.items():
             self.config[k] = v
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_info", "model.init_args.data_info", apply_on="instantiate")
-        parser.add_lightning_class_args(RunSummary, "summary")
+        # Callbacks run in the order they are added here: the export must exist before the fit summary
+        # is printed, since the summary names the export folder.
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
+        parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
 
 

@@ -17,6 +17,9 @@ import dataclasses
 import fnmatch
 import importlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -324,7 +327,14 @@ def export_model(
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and assets to ``folder``.
 
-    Refuses a non-empty ``folder`` unless ``overwrite=True`` (nothing is silently replaced).
+    Refuses a non-empty ``folder`` unless ``overwrite=True`` (nothing is silently replaced). With
+    ``overwrite=True`` over an earlier zoo export, the files that export wrote (weights, config, the
+    asset files its ``config.json`` lists under ``"assets"``, an adapter from
+    :func:`zoo.nn.adapters.save_adapter`) are removed first, so no stale tokenizer or adapter is
+    loaded with the new model; files the zoo did not write stay. An export from an older zoo that
+    did not list its assets is refused when other files would be left beside the new one.
+    Everything is written to a staging folder first, so a failing ``save_assets`` leaves the old
+    export as it was.
     """
     from safetensors.torch import save_file
 
@@ -336,18 +346,57 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     tied = _tied_names(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "zoo_version": zoo.__version__,
-        "family": getattr(model, "family", None),
-        "model_class": _class_path(type(model)),
-        "arch": arch,
-        "config": _config_dict(model),
-        "extra": extra or {},
-    }
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if hasattr(model, "save_assets"):
-        model.save_assets(folder)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.export-") as tmp:
+        stage = Path(tmp)
+        if hasattr(model, "save_assets"):
+            model.save_assets(stage)
+        assets = sorted(p.name for p in stage.iterdir())
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "zoo_version": zoo.__version__,
+            "family": getattr(model, "family", None),
+            "model_class": _class_path(type(model)),
+            "arch": arch,
+            "config": _config_dict(model),
+            "extra": extra or {},
+            "assets": assets,  # what an overwrite removes again (see _remove_previous_export)
+        }
+        save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt"})
+        (stage / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        written = [WEIGHTS_FILE, CONFIG_FILE, *assets]
+        _remove_previous_export(folder, set(written))
+        for name in written:
+            os.replace(stage / name, folder / name)
     return folder
+
+
+def _remove_previous_export(folder: Path, new_names: set[str]) -> None:
+    """Delete the files an earlier zoo export wrote into ``folder`` (nothing else)."""
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return  # not a zoo export: only files of the same names get replaced
+    from zoo.nn.adapters import ADAPTER_CONFIG_FILE, ADAPTER_FILE
+
+    ours = {CONFIG_FILE, WEIGHTS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE}
+    assets = meta.get("assets")
+    if assets is None:
+        left = sorted(p.name for p in folder.iterdir() if p.name not in ours | new_names)
+        if left:
+            raise FileExistsError(
+                f"{folder} holds an export from an older zoo that did not record its asset files; {left} would "
+                "stay beside the new export (a stale tokenizer or metadata file would be loaded with it): "
+                "remove them or choose a new folder"
+            )
+    else:
+        # Plain names only: a hand-edited list must not reach outside the folder.
+        ours |= {a for a in assets if isinstance(a, str) and a not in ("", ".", "..") and Path(a).name == a}
+    for name in sorted(ours):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()

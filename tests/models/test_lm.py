@@ -105,3 +105,73 @@ def test_attn_args_reach_the_attention_layer():
     assert all(layer.attn.n_noise_heads == 2 for layer in m.layers)
     with pytest.raises(TypeError, match="unexpected keyword argument 'signal_ratio'"):
         zoo.create_model("lm-diff-tiny", attn_args={"signal_ratio": 2})  # plain diff has no such knob
+
+
+def _fed_prompt(model, prompt):
+    """The token ids ``generate`` feeds the model for ``prompt`` (its first embedding call)."""
+    seen = []
+    handle = model.embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].tolist()))
+    try:
+        model.generate(prompt, max_new_tokens=1, temperature=0)
+    finally:
+        handle.remove()
+    return seen[0][0]
+
+
+def test_text_prompt_is_fed_as_the_training_stream_holds_it():
+    """Training streams are documents joined by eos, never a BOS; a prompt must look like that."""
+    from zoo.data.text import encode_corpus
+    from zoo.data.tokenizers import BPETokenizer, ByteTokenizer
+
+    corpus = ["the king speaks to a fool\n", "and his horse in thy house of good night\n"] * 20
+    for tok in (ByteTokenizer(), BPETokenizer.train(corpus, 280)):
+        model = tiny(vocab_size=tok.vocab_size)
+        model.tokenizer = tok
+        prompt = "and his horse"
+        # reference 1: the tokenizer's own encoding, no specials
+        assert _fed_prompt(model, prompt) == tok.encode(prompt)
+        # reference 2: the corpus layout -- after the separator, a document's tokens follow directly
+        stream = encode_corpus(tok, ["a fool", prompt]).tolist()
+        sep = stream.index(tok.eos_id)
+        assert _fed_prompt(model, prompt) == stream[sep + 1:]
+        assert tok.bos_id not in stream
+        # an empty prompt is "a new document starts": the separator that precedes one in the stream
+        assert _fed_prompt(model, "") == [stream[sep]] == [tok.eos_id]
+
+
+def test_hf_tokenizer_whose_template_adds_bos_keeps_it(tmp_path):
+    """A converted Llama-style tokenizer ("<s> $A" post-processor) was pretrained with BOS: keep it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from zoo.data.tokenizers import HFTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 40)}}
+    for template, expect_bos in (("<s> $A", True), (None, False)):
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        if template:
+            backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 1)])
+        tok = HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=None)
+        model = tiny(vocab_size=40)
+        model.tokenizer = tok
+        words = [5, 17, 3]
+        text = " ".join(f"w{i}" for i in words)
+        assert _fed_prompt(model, text) == ([1] if expect_bos else []) + words
+
+
+def test_top_k_zero_or_none_samples_the_whole_vocabulary():
+    """Hugging Face's convention: top_k=0 disables top-k; reference is a plain multinomial draw."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    probs = torch.softmax(model(prompt)[:, -1].float() / 1.3, dim=-1)
+    for top_k in (0, None, 50, 1000):
+        for seed in range(5):
+            ref = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).item()
+            got = model.generate(prompt, max_new_tokens=1, temperature=1.3, top_k=top_k, seed=seed)[0, -1].item()
+            assert got == ref
+    with pytest.raises(ValueError, match="top_k must be a positive integer, or 0 / null"):
+        model.generate(prompt, max_new_tokens=1, top_k=-1)
+    from zoo.tasks import LanguageModelTask
+
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, top_k=-5)

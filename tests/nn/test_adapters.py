@@ -229,3 +229,35 @@ def test_bad_arguments_are_named():
         A.apply_adapter(lm(), "dex", layers=[5])
     with pytest.raises(ValueError, match="heads"):
         A.apply_adapter(lm(), "dex", heads=[9])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adapter_loads_onto_its_own_base_in_half_precision_but_not_onto_another(dtype, tmp_path):
+    import json
+
+    model = A.apply_adapter(lm(), "opamp", rank=2)  # trained on the fp32 base
+    perturb(model)
+    A.save_adapter(model, tmp_path)
+    want = A.adapter_state_dict(model)
+    own = A.load_adapter(lm().to(dtype), tmp_path)  # the same base, held in half precision
+    got = A.adapter_state_dict(own)
+    assert got.keys() == want.keys()
+    for k, v in got.items():
+        torch.testing.assert_close(v.float(), want[k].float(), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"different base.*checksum"):
+        A.load_adapter(lm(seed=7).to(dtype), tmp_path)  # other weights
+    drifted = lm()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the base fine-tuned a little further: 2% relative change per weight
+        for p in drifted.parameters():
+            p.mul_(1 + 0.02 * torch.randn(p.shape, generator=g))
+    with pytest.raises(ValueError, match=r"different base.*checksum"):
+        A.load_adapter(drifted.to(dtype), tmp_path)
+
+    # an adapter_config.json from before dtypes were recorded: rounding bound instead of exact match
+    cfg = json.loads((tmp_path / A.ADAPTER_CONFIG_FILE).read_text())
+    for ref in cfg["base"]["checksums"].values():
+        ref.pop("dtype"), ref.pop("rounded")
+    A.check_base(lm().to(dtype), cfg["base"])
+    with pytest.raises(ValueError, match=r"different base.*checksum"):
+        A.check_base(lm(seed=7).to(dtype), cfg["base"])

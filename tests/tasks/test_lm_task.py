@@ -56,10 +56,10 @@ def test_fit_exports_loadable_model_with_tokenizer(trained):
     m = zoo.load_pretrained(trained / "export")
     assert m.tokenizer is not None and m.tokenizer.vocab_size == 259
     text = m.generate("the king", max_new_tokens=10, temperature=0, eos_id=-1)
-    ids = m.generate(torch.tensor([[m.tokenizer.bos_id, *m.tokenizer.encode("the king")]]), max_new_tokens=10,
-                     temperature=0, eos_id=-1)
-    assert ids.shape == (1, 9 + 10)
-    assert text == m.tokenizer.decode(ids[0, 9:].tolist())
+    # a text prompt is fed as the training stream holds text: its bytes, no BOS
+    ids = m.generate(torch.tensor([m.tokenizer.encode("the king")]), max_new_tokens=10, temperature=0, eos_id=-1)
+    assert ids.shape == (1, 8 + 10)
+    assert text == m.tokenizer.decode(ids[0, 8:].tolist())
 
 
 def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
@@ -159,3 +159,63 @@ def test_metrics_match_hand_computation():
     assert int(correct) == int((logits.argmax(-1)[mask] == batch["labels"][mask]).sum())
     loss = nll / n
     assert math.isclose(float(loss), float(F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())), rel_tol=1e-5)
+
+
+def _quiet_trainer(**kw):
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=False, **kw)
+
+
+def test_test_bits_per_byte_uses_the_test_splits_bytes_per_token(corpus, tmp_path):
+    """bpb = loss / (ln 2 * bytes per token of the reported split): a digits test file packs ~1 byte
+    per BPE token (trained on words), the word validation split far more."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    rng = random.Random(1)
+    digits = "\n".join("".join(rng.choice("0123456789") for _ in range(60)) for _ in range(40))
+    test_file = tmp_path / "digits.txt"
+    test_file.write_text(digits)
+    dm = TextDataModule(str(corpus), test_path=str(test_file), block_size=16, batch_size=8, tokenizer="bpe",
+                        bpe_vocab_size=300)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    res = _quiet_trainer(limit_test_batches=2).test(task, dm, verbose=False)[0]
+    # independent reference: UTF-8 bytes of the test text over its token count
+    test_bpt = len(digits.encode("utf-8")) / len(dm.tokenizer.encode(digits))
+    val_bpt = dm.val_bytes_per_token
+    assert abs(test_bpt - val_bpt) > 0.5  # the two splits really differ
+    assert res["test/bpb"] == pytest.approx(res["test/loss"] / (math.log(2) * test_bpt), rel=1e-5)
+
+
+def test_ckpt_path_with_another_tokenizer_is_refused(corpus, tmp_path):
+    """--ckpt_path restores the checkpoint's tokenizer after setup: a datamodule whose BPE was trained on
+    other text (same vocab size, different merges) must still be refused, not silently evaluated."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    rng = random.Random(2)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(" ".join(rng.choice(["xylophone", "quartz", "zephyr", "jumbo", "vex"])
+                                        for _ in range(12)) for _ in range(300)))
+    kw = dict(block_size=16, batch_size=4, tokenizer="bpe", bpe_vocab_size=280)
+    dm_a, dm_b = TextDataModule(str(corpus), **kw), TextDataModule(str(other), **kw)
+    sample = "the king speaks"
+    # independent evidence the two tokenizers differ while their vocab sizes agree
+    assert dm_a.tokenizer.vocab_size == dm_b.tokenizer.vocab_size
+    assert dm_a.tokenizer.encode(sample) != dm_b.tokenizer.encode(sample)
+    margs = {"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16}
+    trainer = _quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(LanguageModelTask(model_args=margs, data_info=dm_a.data_info), dm_a)
+    ckpt = tmp_path / "a.ckpt"
+    trainer.save_checkpoint(ckpt)
+    task_b = LanguageModelTask(model_args=margs, data_info=dm_b.data_info)
+    with pytest.raises(ValueError, match="datamodule's tokenizer differs from the checkpoint's tokenizer"):
+        _quiet_trainer(limit_test_batches=1).test(task_b, dm_b, ckpt_path=str(ckpt), verbose=False)
+    # the same tokenizer (retrained on the same text) restores and evaluates with the checkpoint's
+    dm_a2 = TextDataModule(str(corpus), **kw)
+    task_a = LanguageModelTask(model_args=margs, data_info=dm_a2.data_info)
+    _quiet_trainer(limit_test_batches=1).test(task_a, dm_a2, ckpt_path=str(ckpt), verbose=False)
+    assert task_a.model.tokenizer.encode(sample) == dm_a.tokenizer.encode(sample)

@@ -284,11 +284,23 @@ class TextDataModule(L.LightningDataModule):
         self._streams = {"train": train, "val": val, "test": test}
         return self._streams
 
+    def bytes_per_token(self, split: str) -> float:
+        """UTF-8 bytes of ``split``'s text per token of that split (loss/token -> bits/byte).
+
+        Each split has its own ratio (a test corpus of digits packs fewer bytes per BPE token than
+        the prose it was trained on), so bits per byte of a split must use that split's ratio.
+        ``split`` is "train", "val" or "test".
+        """
+        streams = self.token_streams()
+        if split not in streams:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(streams)}")
+        stream = streams[split]
+        return float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
+
     @property
     def val_bytes_per_token(self) -> float:
-        """UTF-8 bytes of the validation text per validation token (loss/token -> bits/byte)."""
-        val = self.token_streams()["val"]
-        return float(self.tokenizer.token_byte_lengths()[val].sum() / len(val))
+        """UTF-8 bytes of the validation text per validation token (``bytes_per_token("val")``)."""
+        return self.bytes_per_token("val")
 
     def _dataset(self, split: str) -> BlockDataset:
         if split not in self._datasets:

@@ -186,15 +186,24 @@ class DiffTransformerLM(nn.Module):
     ) -> Union[str, Tensor]:
         """Sample a continuation with the KV cache.
 
-        ``prompt``: text (needs ``self.tokenizer``), a list of ids, or a ``[B, T]`` id tensor.
-        ``temperature=0`` is greedy. Returns text for a text prompt, else the ``[B, T + new]`` ids.
-        Stops early when every sequence produced ``eos_id`` (default: the tokenizer's eos).
+        ``prompt``: text (needs ``self.tokenizer``), a list of ids, or a ``[B, T]`` id tensor (fed as
+        given). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
+        vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
+        text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
+        ``eos_id`` (default: the tokenizer's eos).
+
+        A text prompt is encoded the way the training stream holds text (see
+        :func:`zoo.data.text.encode_corpus`): its tokens without a BOS, since zoo corpora never hold
+        one; an empty prompt becomes the document separator (eos), i.e. "a new document starts". A
+        converted Hugging Face tokenizer whose ``tokenizer.json`` prepends BOS (Llama's
+        ``<s> $A`` template), or any tokenizer with ``add_bos = True``, keeps its BOS: the model was
+        pretrained that way.
         """
         as_text = isinstance(prompt, str)
         if as_text:
             if self.tokenizer is None:
                 raise ValueError("text prompts need a tokenizer: load the model with zoo.load_pretrained(folder)")
-            ids = torch.tensor([self.tokenizer.encode(prompt, add_bos=True)], dtype=torch.long)
+            ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
             if eos_id is None:
                 eos_id = self.tokenizer.eos_id
         elif torch.is_tensor(prompt):
@@ -202,7 +211,7 @@ class DiffTransformerLM(nn.Module):
         else:
             ids = torch.tensor([list(prompt)], dtype=torch.long)
         if ids.shape[1] == 0:
-            raise ValueError("empty prompt: give at least one token (text prompts get a BOS token)")
+            raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
         device = next(self.parameters()).device
         ids = ids.to(device)
         total = ids.shape[1] + max_new_tokens
@@ -250,12 +259,55 @@ class DiffTransformerLM(nn.Module):
             self.tokenizer = load_tokenizer(folder)
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether prompts for a model with this tokenizer start with BOS.
+
+    An explicit ``tokenizer.add_bos`` wins. A Hugging Face tokenizer (``kind == "hf"``) adds BOS when
+    its ``tokenizer.json`` post-processor puts ``bos_id`` in front of a text (Llama / Mistral
+    templates; GPT-2 and Qwen2 have none). Zoo's byte and BPE tokenizers never do: their corpora
+    hold no BOS (:func:`zoo.data.text.encode_corpus` joins documents with eos only).
+    """
+    explicit = getattr(tokenizer, "add_bos", None)
+    if explicit is not None:
+        return bool(explicit)
+    backend = getattr(tokenizer, "backend", None)
+    if getattr(tokenizer, "kind", None) != "hf" or backend is None:
+        return False
+    with_specials = backend.encode("a", add_special_tokens=True).ids
+    plain = backend.encode("a", add_special_tokens=False).ids
+    return len(with_specials) > len(plain) and with_specials[0] == tokenizer.bos_id
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids a text prompt is fed as: as in the training stream (no BOS); "" -> the eos separator.
+
+    Tokenizers that declare BOS (see :func:`tokenizer_adds_bos`) get it prepended instead.
+    """
+    if tokenizer_adds_bos(tokenizer):
+        return tokenizer.encode(text, add_bos=True)
+    ids = tokenizer.encode(text)
+    return ids if ids else [tokenizer.eos_id]
+
+
+def check_top_k(top_k: Optional[int]) -> None:
+    """``top_k`` must be None, 0 (both: no top-k filtering) or a positive integer."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(
+            f"top_k must be a positive integer, or 0 / null for no top-k filtering; got {top_k!r}"
+        )
+
+
 def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> Tensor:
-    """Pick the next token ``[B, 1]`` from last-position logits ``[B, V]``."""
+    """Pick the next token ``[B, 1]`` from last-position logits ``[B, V]``.
+
+    ``top_k`` ``None`` or ``0`` keeps the whole vocabulary (as Hugging Face's ``generate``); a
+    ``top_k`` at least the vocabulary size does too.
+    """
+    check_top_k(top_k)
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)

@@ -299,11 +299,28 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
 
 
+# Half-precision copies of a base (model.to(torch.bfloat16)) must still match an adapter trained on
+# the fp32 base: a fingerprint also records each tensor's checksums after rounding to these dtypes.
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _stats(t: Tensor) -> dict[str, float]:
+    t = t.detach().double()
+    return {"sum": float(t.sum()), "sumsq": float((t * t).sum())}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def base_fingerprint(model: nn.Module, n_tensors: int = 4) -> dict[str, Any]:
     """Identify the base a set of adapter weights belongs to: class, config, checksums of a few tensors.
 
     The checksummed tensors skip ``q_proj``/``k_proj`` (DiffLoRA's merge edits them) and adapter
     weights; they are picked evenly over the state dict (embeddings, middle layers, final norm).
+    Each records its dtype, its sum and sum of squares as stored, and (``"rounded"``) the same after
+    rounding to each coarser half dtype, so :func:`check_base` compares a bf16/fp16 copy of the base
+    exactly instead of with a tolerance loose enough to pass a different base.
     """
     state = model.state_dict()
     names = [k for k in state if not is_adapter_key(k) and not k.endswith(("q_proj.weight", "k_proj.weight"))
@@ -311,8 +328,10 @@ def base_fingerprint(model: nn.Module, n_tensors: int = 4) -> dict[str, Any]:
     pick = sorted({names[round(i * (len(names) - 1) / max(n_tensors - 1, 1))] for i in range(n_tensors)}) if names else []
     sums = {}
     for k in pick:
-        t = state[k].detach().double()
-        sums[k] = {"shape": list(t.shape), "sum": float(t.sum()), "sumsq": float((t * t).sum())}
+        t = state[k].detach()
+        eps = torch.finfo(t.dtype).eps
+        rounded = {_dtype_name(d): _stats(t.to(d)) for d in _HALF_DTYPES if torch.finfo(d).eps > eps}
+        sums[k] = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype), **_stats(t), "rounded": rounded}
     cfg = _config_dict(model)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
     cls = _class_of(model)
@@ -320,8 +339,45 @@ def base_fingerprint(model: nn.Module, n_tensors: int = 4) -> dict[str, Any]:
             "config_sha256": digest, "checksums": sums}
 
 
+def _checksum_problem(name: str, t: Tensor, ref: Mapping[str, Any]) -> Optional[str]:
+    """Why tensor ``t`` (as the model holds it) is not the adapter base's tensor ``name``, or None.
+
+    Exact comparison (up to float64 summation order) at a common dtype when the fingerprint allows
+    it: the model's dtype among the recorded roundings, or the fingerprint's own coarser dtype (a
+    float32 model, adapter trained on its bf16 copy). Otherwise (fingerprints without dtypes, or
+    bf16 against fp16) a bound on rounding: every element may move by ``eps`` of its size, so the
+    sum by ``eps * sum|x|`` and the sum of squares by ``2 * eps * sum x^2``, eps the coarser dtype's.
+    """
+    ours_dtype = _dtype_name(t.dtype)
+    ref_name = ref.get("dtype", "float32")  # fingerprints before dtypes were recorded came from fp32 bases
+    ref_dtype = getattr(torch, str(ref_name), None)
+    ref_dtype = ref_dtype if isinstance(ref_dtype, torch.dtype) and ref_dtype.is_floating_point else None
+    candidates = {ref_name: ref, **ref.get("rounded", {})}
+    exact = {"sum": 0.0, "sumsq": 0.0}
+    if ours_dtype in candidates:
+        target, ours, tol = candidates[ours_dtype], _stats(t), exact
+    elif ref_dtype is not None and torch.finfo(ref_dtype).eps > torch.finfo(t.dtype).eps:
+        target, ours, tol = ref, _stats(t.to(ref_dtype)), exact
+    else:
+        finfo = [torch.finfo(t.dtype)] + ([torch.finfo(ref_dtype)] if ref_dtype is not None else [])
+        eps = max(f.eps for f in finfo)
+        tiny = max(f.smallest_normal for f in finfo) * t.numel()  # subnormals round absolutely, not relatively
+        x = t.detach().double()
+        target, ours = ref, _stats(t)
+        tol = {"sum": eps * (float(x.abs().sum()) + tiny), "sumsq": 2 * eps * (float((x * x).sum()) + tiny)}
+    for stat in ("sum", "sumsq"):
+        if not math.isclose(ours[stat], target[stat], rel_tol=1e-5, abs_tol=1e-6 + tol[stat]):
+            return (f"tensor {name}: checksum {stat} adapter base={target[stat]:.6g} "
+                    f"model={ours[stat]:.6g} ({ours_dtype})")
+    return None
+
+
 def check_base(model: nn.Module, fingerprint: Mapping[str, Any], source: str = "adapter") -> None:
-    """Raise ``ValueError`` naming the first differences between ``model`` and the adapter's base."""
+    """Raise ``ValueError`` naming the first differences between ``model`` and the adapter's base.
+
+    The base may be held in another float dtype than the one the adapter was trained on (see
+    :func:`_checksum_problem`).
+    """
     ours = base_fingerprint(model)
     problems = []
     if fingerprint.get("model_class") != ours["model_class"]:
@@ -337,14 +393,13 @@ def check_base(model: nn.Module, fingerprint: Mapping[str, Any], source: str = "
             if k not in state:
                 problems.append(f"tensor {k} of the adapter's base is missing from the model")
                 continue
-            t = state[k].detach().double()
+            t = state[k].detach()
             if list(t.shape) != ref["shape"]:
                 problems.append(f"tensor {k}: adapter base shape {tuple(ref['shape'])} vs model {tuple(t.shape)}")
                 continue
-            for stat, val in (("sum", float(t.sum())), ("sumsq", float((t * t).sum()))):
-                if not math.isclose(val, ref[stat], rel_tol=1e-5, abs_tol=1e-6):
-                    problems.append(f"tensor {k}: checksum {stat} adapter base={ref[stat]:.6g} model={val:.6g}")
-                    break
+            problem = _checksum_problem(k, t, ref)
+            if problem:
+                problems.append(problem)
     if problems:
         raise ValueError(
             f"{source} was trained on a different base model: " + "; ".join(problems)

@@ -43,6 +43,9 @@ class ExportOnFitEnd(L.Callback):
 class RunSummary(L.Callback):
     """Prints a readable summary when fit / validate / test ends.
 
+    The fit summary names the folder an :class:`ExportOnFitEnd` wrote, so that callback must come
+    before this one in ``trainer.callbacks`` (hooks run in list order; ``zoo.cli`` adds them so).
+
     Args:
         enabled: turn the summary off.
     """

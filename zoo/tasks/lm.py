@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from zoo.hub import create_model, export_model, read_export_config, resolve_pretrained
+from zoo.models.lm import check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, remove_adapters, save_adapter, step_adapters
 from zoo.tasks.base import ZooTask
@@ -34,7 +35,8 @@ class LanguageModelTask(ZooTask):
             :func:`zoo.nn.adapters.apply_adapter`). The base is frozen; only adapter weights train, and
             ``export`` writes the base plus ``adapter.safetensors`` / ``adapter_config.json``
             (``zoo.load_pretrained(folder)`` applies it; ``adapter=False`` gives the base).
-        max_new_tokens, temperature, top_k: generation settings for ``predict``.
+        max_new_tokens, temperature, top_k: generation settings for ``predict``; ``top_k`` null or 0
+            samples from the whole vocabulary (Hugging Face's convention), negative is an error.
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
@@ -57,6 +59,7 @@ class LanguageModelTask(ZooTask):
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
+        check_top_k(top_k)  # at config time, not after a whole fit
         self.save_hyperparameters()
         self.arch = arch
         self.data_info = dict(data_info or {})
@@ -109,21 +112,44 @@ class LanguageModelTask(ZooTask):
         return out
 
     # -- data hand-over: the tokenizer lives on the datamodule, travels with the model
-    def setup(self, stage: str) -> None:
+    def _datamodule_tokenizer(self) -> Any:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tok = getattr(dm, "tokenizer", None)
-        if tok is None:
-            return
+        return getattr(dm, "tokenizer", None)
+
+    def _check_tokenizer(self, tok: Any) -> None:
+        """The datamodule's tokenizer ``tok`` must be the one the model was trained with."""
         if self.model.tokenizer is not None and _tok_signature(self.model.tokenizer) != _tok_signature(tok):
             raise ValueError(
                 "the datamodule's tokenizer differs from the checkpoint's tokenizer; set data.tokenizer to the "
                 "checkpoint folder (an exported model folder holds its tokenizer)"
             )
+
+    def setup(self, stage: str) -> None:
+        tok = self._datamodule_tokenizer()
+        if tok is None:
+            return
+        self._check_tokenizer(tok)
         if tok.vocab_size > self.model.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {self.model.config.vocab_size}"
             )
         self.model.tokenizer = tok
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the checkpoint's tokenizer, then check it against the datamodule's.
+
+        With ``--ckpt_path`` Lightning runs ``setup`` before it restores the checkpoint, so the check in
+        ``setup`` only saw the datamodule's own tokenizer (or a ``pretrained`` one); the checkpoint's
+        tokenizer arrives here and gets the same check.
+        """
+        tok = self._datamodule_tokenizer()
+        if tok is not None:
+            self.model.tokenizer = None  # setup attached the datamodule's; only the checkpoint's counts now
+        super().on_load_checkpoint(checkpoint)
+        if tok is not None:
+            self._check_tokenizer(tok)
+            if self.model.tokenizer is None:  # a checkpoint without a tokenizer keeps the datamodule's
+                self.model.tokenizer = tok
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.model(input_ids, **kwargs)
@@ -154,7 +180,10 @@ class LanguageModelTask(ZooTask):
 
     def _report(self, stage: str) -> None:
         prefixes = sorted({k.rsplit("|", 1)[0] for k in self._metrics if k.startswith(stage)})
-        bpt = getattr(getattr(self.trainer, "datamodule", None), "val_bytes_per_token", None)
+        # Bits per byte divides by the bytes per token of the split being reported (val or test),
+        # never another split's: the ratio depends on the text, not only on the tokenizer.
+        per_split = getattr(getattr(self.trainer, "datamodule", None), "bytes_per_token", None)
+        bpt = per_split(stage) if callable(per_split) else None
         for p in prefixes:
             nll = self._metrics[f"{p}|nll"].compute()
             n = self._metrics[f"{p}|n"].compute().clamp(min=1)
