@@ -67,6 +67,8 @@ def test_date_layouts():
     assert list(got) == list(pd.date_range("2021-03-27 22:00", periods=8, freq="h"))
     with pytest.raises(ValueError, match="holds numbers .* not timestamps"):
         prepare_frame(pd.DataFrame({"date": 1_600_000_000 + 3600 * np.arange(5), "a": range(5)}))
+    days = pd.DataFrame({"date": [20160701 + i for i in range(5)], "a": range(5)})  # read_csv makes these ints
+    assert list(prepare_frame(days, date_format="%Y%m%d")[0]) == list(pd.date_range("2016-07-01", periods=5, freq="D"))
 
 
 def test_infinite_values_are_errors_or_gaps():

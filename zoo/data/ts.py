@@ -188,9 +188,13 @@ def parse_dates(
     first value (month-first when ambiguous); values it cannot read are retried as ISO 8601, so
     midnight written as a bare date (``2016-07-01`` among ``2016-07-01 01:00:00``) is fine.
     Timestamps with UTC offsets (which change across daylight saving) are converted to UTC and kept
-    as naive UTC times. Numbers are refused: they are not timestamps without a unit.
+    as naive UTC times. Numbers are refused (they are not timestamps without a unit) unless
+    ``date_format`` reads their digits (``%Y%m%d``).
     """
-    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_datetime64_any_dtype(raw):
+    numbers = pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_datetime64_any_dtype(raw)
+    if numbers and date_format is not None:
+        raw = raw.astype(str)  # 20160701 read as a number: date_format (%Y%m%d) reads its digits
+    elif numbers:
         raise ValueError(
             f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; convert "
             "them first (epoch seconds: pd.to_datetime(values, unit='s')) or point data.date_col at the timestamps"

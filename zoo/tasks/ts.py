@@ -183,14 +183,20 @@ class ForecastTask(ZooTask):
         mm, sm = torch.tensor(meta["mean"], dtype=torch.float64), torch.tensor(meta["std"], dtype=torch.float64)
         return sd / sm, (md - mm) / sm
 
+    def _model_input(self, x: Tensor) -> tuple[Tensor, Optional[tuple[Tensor, Tensor]]]:
+        """``x`` (data-scaled) in the model's scale, and the ``(a, b)`` used (None: the scalers agree)."""
+        conv = self._data_to_model_scale()
+        if conv is None:
+            return x, None
+        a, b = (t.to(x.device, x.dtype) for t in conv)
+        return x * a + b, (a, b)
+
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
         """The forecast in the data's scale (the batches' own), whatever scaler the model was trained with."""
-        x, conv = batch["x"], self._data_to_model_scale()
-        if conv is not None:
-            a, b = (t.to(x.device, x.dtype) for t in conv)
-            x = x * a + b
+        x, conv = self._model_input(batch["x"])
         out = self.model(x, batch.get("x_mark"))
         if conv is not None:  # back: data-scaled = (model-scaled - b) / a, on the channels the model returns
+            a, b = conv
             keep = slice(None) if out.shape[-1] == len(a) else list(self.out_index or [])
             out = (out - b[keep].to(out.dtype)) / a[keep].to(out.dtype)
         if self.out_index is not None and len(self.out_index) != out.shape[-1]:
@@ -254,8 +260,7 @@ class ForecastTask(ZooTask):
         meta = self.model.meta
         if meta is None:
             raise ValueError("the model carries no data facts (scaler, columns); train it or load an export first")
-        conv = self._data_to_model_scale()  # the window comes scaled by the data's scaler; the model wants its own
-        x_in = batch["x"] if conv is None else batch["x"] * conv[0].to(batch["x"]) + conv[1].to(batch["x"])
+        x_in, _ = self._model_input(batch["x"])  # the window comes scaled by the data's scaler; the model wants its own
         y = self.model(x_in, batch.get("x_mark")).double().cpu().numpy()
         x = x_in.double().cpu().numpy()
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
