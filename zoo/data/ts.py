@@ -154,7 +154,7 @@ def prepare_frame(
                 f"{source} has {int(infinite.sum())} infinite value(s); the first is in column {columns[c]!r} at row {r} "
                 f"({dates[r]}); set data.interpolate=true to treat them as gaps, or clean the file"
             )
-        frame = frame.mask(np.isinf(frame))  # gaps, filled below
+        frame = frame.mask(infinite)  # gaps, filled below
 
     missing = frame.isna()
     if missing.to_numpy().any():
