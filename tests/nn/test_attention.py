@@ -95,7 +95,7 @@ def naive_vanilla(layer, x, context=None, key_mask=None, rope=False):
     return lin(torch.cat(heads, -1), layer.o_proj)
 
 
-def naive_diff(layer, x, context=None, key_mask=None, rope=False):
+def naive_diff(layer, x, context=None, key_mask=None, rope=False, lam_init=None):
     """Diff Transformer layer from its weights: per head (A1 - lam A2) V, subln, (1 - lambda_init)."""
     src = x if context is None else context
     B, tq, _ = x.shape
@@ -110,7 +110,7 @@ def naive_diff(layer, x, context=None, key_mask=None, rope=False):
     k1, k2 = k[:, :, :, 0].transpose(1, 2), k[:, :, :, 1].transpose(1, 2)
     if rope and context is None:
         q1, q2, k1, k2 = rope_ref(q1), rope_ref(q2), rope_ref(k1), rope_ref(k2)
-    lam_init = paper_lambda_init(layer.layer_idx)
+    lam_init = paper_lambda_init(layer.layer_idx) if lam_init is None else lam_init
     lam = (
         torch.exp((layer.lambda_q1.double() * layer.lambda_k1.double()).sum())
         - torch.exp((layer.lambda_q2.double() * layer.lambda_k2.double()).sum())
@@ -259,11 +259,35 @@ def test_lambda_init_follows_paper_formula(layer_idx):
     assert lambda_init_fn(layer_idx) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("value", [0.0, 0.5, 0.8])
+def test_fixed_lambda_init_replaces_the_schedule(value):
+    """The paper's constant-lambda_init ablation: the layer equals the naive layer with that constant."""
+    layer = make_layer("diff", seed=3, layer_idx=5, lambda_init=value)
+    x, ctx = torch.randn(2, 5, DIM), torch.randn(2, 7, DIM)
+    close(layer(x, ctx), naive_diff(layer, x, ctx, lam_init=value), what=f"lambda_init={value}")
+    assert layer.lambda_full().item() == pytest.approx(float(naive_lambda(layer)) - lambda_init_fn(5) + value, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 2, "0.5", True])
+def test_fixed_lambda_init_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="lambda_init"):
+        build_attention("diff", DIM, HEADS, lambda_init=bad)
+
+
 def test_lambda_init_literal_values():
     # 0.8 - 0.6 exp(-0.3 (l - 1)) at l = 1, 2, 24 (0-based layer_idx 0, 1, 23)
     assert lambda_init_fn(0) == pytest.approx(0.2, abs=1e-9)
     assert lambda_init_fn(1) == pytest.approx(0.3555090676, abs=1e-9)
     assert lambda_init_fn(23) == pytest.approx(0.7993953287, abs=1e-9)
+
+
+def naive_lambda(layer):
+    """exp(lq1.lk1) - exp(lq2.lk2) + the paper's depth schedule, in float64."""
+    return (
+        torch.exp((layer.lambda_q1.double() * layer.lambda_k1.double()).sum())
+        - torch.exp((layer.lambda_q2.double() * layer.lambda_k2.double()).sum())
+        + paper_lambda_init(layer.layer_idx)
+    ).detach()
 
 
 def test_diff_lambda_is_reparametrized_and_differentiable():

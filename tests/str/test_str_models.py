@@ -212,3 +212,23 @@ def test_export_without_dec_self_heads_keeps_its_layout(tmp_path):
                          dec_self_heads=4)
     with pytest.raises(ValueError, match="dec_self_heads must be a positive divisor"):
         STRConfig(dec_dim=96, dec_self_heads=5)
+
+
+def test_lambda_init_reaches_the_decoders_differential_attentions(tmp_path):
+    from zoo.hub import export_model
+    from zoo.nn import lambda_init_fn
+
+    m = tiny(lambda_init=0.8, self_attn_type="diff")
+    assert m.layers[0].cross_attn.lambda_init == 0.8 and m.layers[0].self_attn.lambda_init == 0.8
+    assert tiny().layers[0].cross_attn.lambda_init == pytest.approx(lambda_init_fn(0))  # default: depth schedule
+    # a vanilla self-attention beside a diff cross-attention takes no lambda_init
+    assert not hasattr(tiny(lambda_init=0.5).layers[0].self_attn, "lambda_init")
+    export_model(m, tmp_path / "m")
+    loaded = zoo.load_pretrained(tmp_path / "m")
+    assert loaded.layers[0].cross_attn.lambda_init == 0.8
+    x = torch.rand(2, 3, 32, 128)
+    torch.testing.assert_close(loaded(x), m(x))
+    with pytest.raises(ValueError, match="lambda_init applies to differential attention"):
+        STRConfig(attn_type="vanilla", lambda_init=0.5)
+    with pytest.raises(ValueError, match=r"lambda_init must be a number in \[0, 1\)"):
+        STRConfig(lambda_init=1.5)

@@ -20,7 +20,9 @@ def _ddp_fit(config, args, tmp_path, steps):
         "--trainer.accelerator=cpu", f"--trainer.max_steps={steps}", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.callbacks={json.dumps(cb)}", *args,
     ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    # the probe's folder joins (not replaces) PYTHONPATH, which may hold the install itself
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))

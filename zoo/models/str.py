@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
-from zoo.nn import GeluMlp, build_attention, list_attention_types
+from zoo.nn import ATTENTION_TYPES, DiffAttention, GeluMlp, build_attention, list_attention_types
 
 DECODE_MODES = ("ar", "nar")
 
@@ -50,7 +50,8 @@ class STRConfig:
     its width into two q/k sub-heads, so ``vanilla`` twins at equal parameters use ``2 * dec_heads``.
     ``dec_heads`` sizes the cross-attention; the decoder's self-attention has ``dec_self_heads`` heads
     (``None``: ``dec_heads``), so the registered diff / vanilla twins share one self-attention and
-    differ in the cross-attention only.
+    differ in the cross-attention only. ``lambda_init`` fixes Diff Transformer's lambda constant for the
+    decoder's differential attentions (``None``: the depth schedule, 0.2 for a one-layer decoder).
     """
 
     charset: str = "36"
@@ -68,6 +69,7 @@ class STRConfig:
     dec_mlp_ratio: float = 4.0
     attn_type: str = "diff"
     self_attn_type: str = "vanilla"
+    lambda_init: Optional[float] = None
     dropout: float = 0.1
     drop_path: float = 0.0
     attn_backend: Optional[str] = None
@@ -96,6 +98,16 @@ class STRConfig:
         for kind, heads in ((self.attn_type, self.dec_heads), (self.self_attn_type, self.self_heads)):
             if kind == "diff" and (self.dec_dim // heads) % 2:
                 raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
+        if self.lambda_init is not None:
+            if not any(_takes_lambda_init(t) for t in (self.attn_type, self.self_attn_type)):
+                raise ValueError(
+                    f"lambda_init applies to differential attention; attn_type {self.attn_type!r} and "
+                    f"self_attn_type {self.self_attn_type!r} have none"
+                )
+            if isinstance(self.lambda_init, bool) or not isinstance(self.lambda_init, (int, float)) or not (
+                0 <= self.lambda_init < 1
+            ):
+                raise ValueError(f"lambda_init must be a number in [0, 1), got {self.lambda_init!r}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if not isinstance(self.refine_iters, int) or self.refine_iters < 0:
@@ -114,6 +126,16 @@ class Reading(NamedTuple):
     confidence: float
 
 
+def _takes_lambda_init(attn_type: str) -> bool:
+    return issubclass(ATTENTION_TYPES[attn_type], DiffAttention)
+
+
+def _attn_kwargs(cfg: STRConfig, attn_type: str, common: dict) -> dict:
+    if cfg.lambda_init is not None and _takes_lambda_init(attn_type):
+        return dict(common, lambda_init=cfg.lambda_init)
+    return common
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm query-stream layer: masked attention to the content, cross-attention to the image, MLP."""
 
@@ -122,9 +144,11 @@ class DecoderLayer(nn.Module):
         d = cfg.dec_dim
         common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
         self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.self_heads, **common)
+        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.self_heads, **_attn_kwargs(cfg, cfg.self_attn_type, common))
         self.norm_x = nn.LayerNorm(d)
-        self.cross_attn = build_attention(cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common)
+        self.cross_attn = build_attention(
+            cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **_attn_kwargs(cfg, cfg.attn_type, common)
+        )
         self.norm_m = nn.LayerNorm(d)
         self.mlp = GeluMlp(d, int(d * cfg.dec_mlp_ratio), dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)

@@ -226,14 +226,23 @@ class DiffAttention(AttentionBase):
     RMSNorm over the ``2d`` value channels and a ``(1 - lambda_init)`` scale.
     ``lambda = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init`` with four fp32 vectors of size ``d``.
     The projections store sub-heads interleaved per head (``[H, 2, d]``), as the reference code.
+    ``lambda_init`` fixes the constant in ``[0, 1)`` (the paper's ablation uses 0.5 and 0.8); ``None``
+    takes the depth-dependent schedule :func:`lambda_init_fn`.
     """
 
-    def __init__(self, dim: int, n_heads: int, **kwargs) -> None:
+    def __init__(self, dim: int, n_heads: int, *, lambda_init: Optional[float] = None, **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
         if self.head_dim % 2:
             raise ValueError(f"diff attention needs an even head_dim (two q/k sub-heads), got {self.head_dim}")
         d = self.head_dim // 2
-        self.lambda_init = lambda_init_fn(self.layer_idx)
+        if lambda_init is None:
+            self.lambda_init = lambda_init_fn(self.layer_idx)
+        elif isinstance(lambda_init, bool) or not isinstance(lambda_init, (int, float)) or not 0 <= lambda_init < 1:
+            raise ValueError(
+                f"lambda_init must be a number in [0, 1) (the output is scaled by 1 - lambda_init), got {lambda_init!r}"
+            )
+        else:
+            self.lambda_init = float(lambda_init)
         self.lambda_q1 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_k1 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_q2 = nn.Parameter(torch.empty(d, dtype=torch.float32))
