@@ -45,6 +45,23 @@ def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch):
     assert any(tmp_path.rglob("model.safetensors")), "fit did not export the model"
 
 
+def test_occupied_export_folder_is_refused_before_training(tmp_path, monkeypatch):
+    """--export.folder that holds files fails when fit starts: no step runs, the files stay."""
+    from zoo.tasks import ForecastTask
+
+    monkeypatch.chdir(ROOT)
+    occupied = tmp_path / "exp"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    steps = []
+    monkeypatch.setattr(ForecastTask, "training_step", lambda self, batch, i: steps.append(i))
+    with pytest.raises(FileExistsError, match=r"export folder .*exp exists and is not empty"):
+        main(["fit", "--config", DEFAULTS["ts"], "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.enable_progress_bar=false", f"--export.folder={occupied}"])
+    assert steps == [] and (occupied / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in occupied.iterdir()) == ["notes.txt"]
+
+
 def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, monkeypatch):
     """With --ckpt_path, top_k / temperature / max_new_tokens the user gives (null too) beat the
     checkpoint's; the ones left at their defaults take the checkpoint's stored values."""

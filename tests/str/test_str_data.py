@@ -131,11 +131,18 @@ def test_wrong_layout_and_corrupt_lmdb(tmp_path):
         LMDBDataset(broken, CS)[0]
 
 
-def test_image_folder_csv_and_missing_files(tmp_path):
+def test_image_folder_csv_and_missing_files(tmp_path, monkeypatch):
     d = _folder(tmp_path, [("a.png", "Ab1"), ("b.png", "c-d")], csv=True)
     assert read_labels(d) == [("a.png", "Ab1"), ("b.png", "c-d")]
     (name, ds), = open_source(d, CS)
     assert name == "imgs" and [t for _, t in ds.items] == ["ab1", "cd"] and ds.stats.dropped_chars == {"-": 1}
+    monkeypatch.chdir(d)  # a source given as "." (or through "..") is named by the folder it resolves to
+    assert [n for n, _ in open_source(".", CS)] == ["imgs"]
+    (d / "sub").mkdir()
+    assert [n for n, _ in open_source("sub/..", CS)] == ["imgs"]
+    build_lmdb(d, tmp_path / "lm")
+    monkeypatch.chdir(tmp_path / "lm")
+    assert [n for n, _ in open_source(".", CS)] == ["lm"]
     (d / "labels.csv").write_text("path,text\nmissing.png,x\n")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         open_source(d, CS)

@@ -50,3 +50,17 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
     assert (fc["date"].diff().dropna() == pd.Timedelta(hours=1)).all()
     lines = next(pred_dir.rglob("predictions.jsonl")).read_text().splitlines()
     assert len(lines) == 96
+
+    # predicting again into that folder: refused before any prediction is written (predictions.jsonl and
+    # Lightning's config.yaml moved aside, so only the forecast files stand in the way), and the earlier
+    # forecast stays as it was
+    jsonl = next(pred_dir.rglob("predictions.jsonl"))
+    jsonl.rename(jsonl.with_suffix(".old"))
+    (pred_dir / "config.yaml").rename(pred_dir / "config.old")
+    before = csv.read_bytes()
+    with pytest.raises(FileExistsError, match=r"forecast\.(csv|png) exists"):
+        main([
+            "predict", "--config", cfg, "--trainer.default_root_dir", str(pred_dir), "--trainer.logger=false",
+            "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
+        ])
+    assert not jsonl.exists() and csv.read_bytes() == before

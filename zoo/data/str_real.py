@@ -174,11 +174,13 @@ def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data source {path} not found")
+    # "." and "sets/.." are named by the folder they mean (a link keeps its own name)
+    label = path.name if path.name not in ("", "..") else path.resolve().name or str(path)
     lmdbs = find_lmdbs(path) if path.is_dir() else []
     if lmdbs:
-        return [(str(p.relative_to(path)) if p != path else path.name, LMDBDataset(p, charset)) for p in lmdbs]
+        return [(str(p.relative_to(path)) if p != path else label, LMDBDataset(p, charset)) for p in lmdbs]
     if path.is_dir():
-        return [(path.name, FolderDataset(path, charset))]
+        return [(label, FolderDataset(path, charset))]
     raise ValueError(f"{path} is neither an LMDB folder, a folder of LMDBs, nor an image folder with labels.txt/labels.csv")
 
 

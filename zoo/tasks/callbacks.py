@@ -25,17 +25,31 @@ class ExportOnFitEnd(L.Callback):
 
     Args:
         enabled: turn the export off.
-        folder: export folder; default ``<run dir>/export``. An existing non-empty folder is an error.
+        folder: export folder; default ``<run dir>/export``. An existing non-empty folder is an error,
+            raised when fit starts (before any training), not when it ends.
     """
 
     def __init__(self, enabled: bool = True, folder: Optional[str] = None) -> None:
         self.enabled, self.folder = enabled, folder
         self.exported: Optional[Path] = None
 
+    def _target(self, trainer: L.Trainer) -> Path:
+        return Path(self.folder).expanduser() if self.folder else run_dir(trainer) / "export"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self.enabled or not hasattr(pl_module, "export"):
+            return
+        folder = self._target(trainer)  # every rank (run_dir is a collective) and every rank raises alike
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise FileExistsError(
+                f"export folder {folder} exists and is not empty: the model is exported there when fit ends and "
+                "nothing is overwritten; choose a new --export.folder or pass --export.enabled=false"
+            )
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not hasattr(pl_module, "export"):
             return
-        folder = Path(self.folder) if self.folder else run_dir(trainer) / "export"
+        folder = self._target(trainer)
         if trainer.is_global_zero:
             self.exported = pl_module.export(folder)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -277,6 +278,17 @@ class ForecastTask(ZooTask):
             for r in fc.to_dict("records"):
                 rows.append({k: (str(v) if k == meta["date_col"] else float(v)) for k, v in r.items()})
         return rows
+
+    def on_predict_start(self) -> None:
+        # Refuse earlier forecast files before predicting, so a refused run leaves no predictions.jsonl behind.
+        folder = self._run_dir()
+        if folder is None or not folder.is_dir():
+            return
+        taken = sorted(p for p in folder.iterdir() if re.fullmatch(r"forecast(_\d+)?\.(csv|png)", p.name))
+        if taken:
+            raise FileExistsError(
+                f"{taken[0]} exists; predict into a new run folder (--trainer.default_root_dir)"
+            )
 
     def on_predict_epoch_start(self) -> None:
         self._forecasts = []
