@@ -190,6 +190,33 @@ def test_test_bits_per_byte_uses_the_test_splits_bytes_per_token(corpus, tmp_pat
     assert res["test/bpb"] == pytest.approx(res["test/loss"] / (math.log(2) * test_bpt), rel=1e-5)
 
 
+def test_tokenizer_check_sees_the_whole_vocabulary(corpus):
+    """Two BPE tokenizers that encode the check's sample alike but map two other tokens to swapped ids
+    are different tokenizers (the model's rows would be read for the wrong tokens)."""
+    from tokenizers import Tokenizer
+
+    from zoo.data import TextDataModule
+    from zoo.data.tokenizers import BPETokenizer
+    from zoo.tasks import LanguageModelTask
+
+    a = TextDataModule(str(corpus), block_size=16, batch_size=4, tokenizer="bpe", bpe_vocab_size=280).tokenizer
+    spec = json.loads(a.backend.to_str())
+    vocab = spec["model"]["vocab"]
+    used = set(a.encode("Hello, zoo! 123")) | {a.bos_id, a.eos_id, a.pad_id}
+    t1, t2 = [t for t, i in sorted(vocab.items(), key=lambda kv: -kv[1]) if i not in used][:2]
+    vocab[t1], vocab[t2] = vocab[t2], vocab[t1]
+    b = BPETokenizer(Tokenizer.from_str(json.dumps(spec)))
+    # independent evidence: same size and sample, but a token's id differs
+    assert b.vocab_size == a.vocab_size and b.encode("Hello, zoo! 123") == a.encode("Hello, zoo! 123")
+    assert b.backend.token_to_id(t1) == a.backend.token_to_id(t2) != a.backend.token_to_id(t1)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16,
+                                         "vocab_size": a.vocab_size})
+    task.model.tokenizer = a
+    task._check_tokenizer(BPETokenizer(Tokenizer.from_str(a.backend.to_str())))  # an identical copy passes
+    with pytest.raises(ValueError, match="datamodule's tokenizer differs from the checkpoint's tokenizer"):
+        task._check_tokenizer(b)
+
+
 def test_ckpt_path_with_another_tokenizer_is_refused(corpus, tmp_path):
     """--ckpt_path restores the checkpoint's tokenizer after setup: a datamodule whose BPE was trained on
     other text (same vocab size, different merges) must still be refused, not silently evaluated."""

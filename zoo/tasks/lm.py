@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -240,6 +242,14 @@ def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tok_signature(tok: Any) -> tuple:
+    """What identifies a tokenizer: its kind, size, special ids, one encoded sample and, for the
+    ``tokenizers`` backends (BPE, Hugging Face), a digest of the whole token -> id table."""
     enc = getattr(tok, "encode", None)
     sample = tuple(enc("Hello, zoo! 123")) if enc else ()
-    return (type(tok).__name__, tok.vocab_size, sample)
+    get_vocab = getattr(getattr(tok, "backend", None), "get_vocab", None)
+    table = None
+    if get_vocab is not None:
+        vocab = sorted(get_vocab(with_added_tokens=True).items())
+        table = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+    specials = tuple(getattr(tok, k, None) for k in ("bos_id", "eos_id", "pad_id"))
+    return (type(tok).__name__, tok.vocab_size, specials, sample, table)
