@@ -80,6 +80,20 @@ def test_infinite_values_are_errors_or_gaps():
     assert frame["b"].iloc[4] == pytest.approx((df["b"].iloc[3] + df["b"].iloc[5]) / 2)
 
 
+def test_interpolation_is_linear_in_time_not_in_rows():
+    """Hourly rows with three missing hours (06:00-08:00 absent): a NaN at 05:00 between 04:00 and 09:00
+    is filled at 1/5 of the way, as numpy's interp over the timestamps says; the edges take the nearest value."""
+    dates = pd.DatetimeIndex(["2020-01-01 03:00", "2020-01-01 04:00", "2020-01-01 05:00", "2020-01-01 09:00",
+                              "2020-01-01 10:00", "2020-01-01 11:00"])
+    a = np.array([np.nan, 10.0, np.nan, 20.0, np.nan, 26.0])
+    df = pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"), "a": a})
+    _, frame = prepare_frame(df, interpolate=True)
+    t = dates.asi8.astype(float)
+    ok = ~np.isnan(a)
+    np.testing.assert_allclose(frame["a"].to_numpy(), np.interp(t, t[ok], a[ok]))
+    assert frame["a"].iloc[2] == pytest.approx(12.0) and list(frame.index) == list(range(6))
+
+
 def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
     old, new = _frame(240, seed=1), _frame(240, seed=2)
     new[["a", "b"]] = new[["a", "b"]] * 3 + 50  # another scale altogether

@@ -169,7 +169,10 @@ def prepare_frame(
                 f"{source} has {total} missing (NaN) value(s); the first is in column {c!r} at row {i} "
                 f"({dates[i]}); set data.interpolate=true to fill gaps by linear interpolation, or clean the file"
             )
-        frame = frame.interpolate(method="linear", limit_direction="both")
+        # linear in time, not in rows: a gap next to a missing row is weighted by the real spacing
+        frame.index = dates
+        frame = frame.interpolate(method="time", limit_direction="both")
+        frame.index = pd.RangeIndex(len(frame))
     return dates, frame
 
 
