@@ -62,6 +62,18 @@ def test_adapted_equals_pretrained_at_start_and_only_adapters_train(method):
     plain.load_state_dict(A.base_state_dict(model))
 
 
+@pytest.mark.parametrize("method", A.METHODS)
+def test_adapter_follows_the_base_models_device(method, monkeypatch):
+    """Adapting a model that already sits on a device (here PyTorch's meta device, standing in for CUDA)
+    puts every adapter parameter and buffer (DEX's head index too) on that device."""
+    monkeypatch.setattr(A, "base_fingerprint", lambda model: {})  # checksums read values, which meta has none of
+    with torch.device("meta"):
+        model = lm()
+    A.apply_adapter(model, method, **KW[method])
+    placed = {k: t.device.type for k, t in [*model.named_parameters(), *model.named_buffers()]}
+    assert placed and set(placed.values()) == {"meta"}, {k: d for k, d in placed.items() if d != "meta"}
+
+
 def test_dex_on_a_diff_model_and_encoder_starts_exact():
     from zoo.models.encoder import EncoderConfig, TextEncoder
 

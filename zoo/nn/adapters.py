@@ -441,7 +441,7 @@ def apply_adapter(
         parent = model.get_submodule(parent_name) if parent_name else model
         wrapped = _WRAPPERS[method](base, **kwargs)
         ref = next(base.parameters())
-        wrapped.adapter.to(device=ref.device)
+        wrapped.to(device=ref.device)  # the adapter and the wrapper's own buffers (DEX's head index)
         setattr(parent, attr, wrapped)
     model.adapter_config = {"method": method, "layers": idx, "kwargs": _jsonable(kwargs), "base": fingerprint}
     if freeze_base:
