@@ -100,7 +100,9 @@ step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cache
 # and likely slow CPU-bound tests down many times over. -v writes each result as it comes into $OUT/log.txt,
 # so a run cut at the step's limit still names its failures (-rfE prints them at the end).
 # Seen on an H100 (2026-11-26, before the one-thread setting, 60 s per-test timeout): the two-process DDP
-# tests (28-71 s on one core here) and the shipped STR reader test (3 s here) failed; causes not captured
+# tests and the shipped STR reader test failed. On 2026-11-27 all five passed there when run alone (DDP 151 s for
+# three): one DDP test had replaced PYTHONPATH (dropping the wheels in /tmp/site) and now extends it; the
+# others fit the 200 s timeout
 step suite 240 env ZOO_DIFF_ATTN_AUTOTUNE=0 OMP_NUM_THREADS=1 python3 -m pytest -v -p no:cacheprovider "${XDIST[@]}" \
   -rfE -m "not slow" --timeout 200 -o console_output_style=classic tests
 step bench-decode 100 python3 scripts/bench_attention.py --parts decode --out "$OUT/decode"
