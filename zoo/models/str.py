@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
 from zoo.nn import ATTENTION_TYPES, DiffAttention, GeluMlp, build_attention, list_attention_types
+from zoo.nn.attention import check_lambda_init
 
 DECODE_MODES = ("ar", "nar")
 
@@ -104,10 +105,7 @@ class STRConfig:
                     f"lambda_init applies to differential attention; attn_type {self.attn_type!r} and "
                     f"self_attn_type {self.self_attn_type!r} have none"
                 )
-            if isinstance(self.lambda_init, bool) or not isinstance(self.lambda_init, (int, float)) or not (
-                0 <= self.lambda_init < 1
-            ):
-                raise ValueError(f"lambda_init must be a number in [0, 1), got {self.lambda_init!r}")
+            self.lambda_init = check_lambda_init(self.lambda_init)
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if not isinstance(self.refine_iters, int) or self.refine_iters < 0:
@@ -144,7 +142,9 @@ class DecoderLayer(nn.Module):
         d = cfg.dec_dim
         common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
         self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.self_heads, **_attn_kwargs(cfg, cfg.self_attn_type, common))
+        self.self_attn = build_attention(
+            cfg.self_attn_type, d, cfg.self_heads, **_attn_kwargs(cfg, cfg.self_attn_type, common)
+        )
         self.norm_x = nn.LayerNorm(d)
         self.cross_attn = build_attention(
             cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **_attn_kwargs(cfg, cfg.attn_type, common)

@@ -17,7 +17,7 @@ arguments have the same projection parameters; the paper's layout (baseline with
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,15 @@ def build_attention(attn_type: str, dim: int, n_heads: int, **kwargs) -> "Attent
 def lambda_init_fn(layer_idx: int) -> float:
     """Depth-dependent lambda_init of Diff Transformer; ``layer_idx`` is 0-based (paper's l - 1)."""
     return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+
+
+def check_lambda_init(value: Any) -> float:
+    """A fixed lambda_init: a number in ``[0, 1)`` (the output is scaled by ``1 - lambda_init``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(
+            f"lambda_init must be a number in [0, 1) (the output is scaled by 1 - lambda_init), got {value!r}"
+        )
+    return float(value)
 
 
 class KVCache:
@@ -235,14 +244,7 @@ class DiffAttention(AttentionBase):
         if self.head_dim % 2:
             raise ValueError(f"diff attention needs an even head_dim (two q/k sub-heads), got {self.head_dim}")
         d = self.head_dim // 2
-        if lambda_init is None:
-            self.lambda_init = lambda_init_fn(self.layer_idx)
-        elif isinstance(lambda_init, bool) or not isinstance(lambda_init, (int, float)) or not 0 <= lambda_init < 1:
-            raise ValueError(
-                f"lambda_init must be a number in [0, 1) (the output is scaled by 1 - lambda_init), got {lambda_init!r}"
-            )
-        else:
-            self.lambda_init = float(lambda_init)
+        self.lambda_init = lambda_init_fn(self.layer_idx) if lambda_init is None else check_lambda_init(lambda_init)
         self.lambda_q1 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_k1 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_q2 = nn.Parameter(torch.empty(d, dtype=torch.float32))
