@@ -317,6 +317,13 @@ def load_pretrained(
     return model.to(map_location).eval()
 
 
+def refuse_occupied(folder: Path, hint: str, what: str = "") -> None:
+    """``FileExistsError`` when ``folder`` exists as a file or a non-empty folder: nothing is overwritten.
+    ``hint`` says what to do instead; ``what`` names the folder's role at the start of the message."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{what + ' ' if what else ''}{folder} exists and is not empty; {hint}")
+
+
 def export_model(
     model: nn.Module,
     folder: Union[str, Path],
@@ -341,8 +348,8 @@ def export_model(
     import zoo
 
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} exists and is not empty; choose a new folder or pass overwrite=True")
+    if not overwrite:
+        refuse_occupied(folder, "choose a new folder or pass overwrite=True")
     folder.mkdir(parents=True, exist_ok=True)
     tied = _tied_names(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}

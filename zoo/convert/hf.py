@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from zoo.hub import tensor_problems
+from zoo.hub import refuse_occupied, tensor_problems
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.models.lm import DiffTransformerLM, LMConfig
 
@@ -202,8 +202,7 @@ def _save_mapped(model: nn.Module, wmap: dict[str, str], cfg: dict[str, Any], fo
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not empty; choose a new folder")
+    refuse_occupied(folder, "choose a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     own = model.state_dict()
     state = {k: own[v].detach().contiguous().cpu().clone() for k, v in wmap.items()}

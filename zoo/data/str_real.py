@@ -192,9 +192,10 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     """
     import lmdb
 
+    from zoo.hub import refuse_occupied
+
     folder, out = Path(folder), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
+    refuse_occupied(out, "choose a new output folder")
     pairs = read_labels(folder, labels)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")

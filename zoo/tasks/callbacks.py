@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from zoo.hub import refuse_occupied
+
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run's log folder (``lightning_logs/version_N`` by default).
@@ -39,12 +41,13 @@ class ExportOnFitEnd(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.enabled or not hasattr(pl_module, "export"):
             return
-        folder = self._target(trainer)  # every rank (run_dir is a collective) and every rank raises alike
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise FileExistsError(
-                f"export folder {folder} exists and is not empty: the model is exported there when fit ends and "
-                "nothing is overwritten; choose a new --export.folder or pass --export.enabled=false"
-            )
+        # every rank (run_dir is a collective), and every rank raises alike
+        refuse_occupied(
+            self._target(trainer),
+            "the model is exported there when fit ends and nothing is overwritten; choose a new --export.folder "
+            "or pass --export.enabled=false",
+            what="export folder",
+        )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not hasattr(pl_module, "export"):
