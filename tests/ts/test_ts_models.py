@@ -104,6 +104,31 @@ def test_wrong_lookback_and_bad_config():
         ITransformer.from_config({"dimm": 3})
 
 
+@pytest.mark.parametrize("kind", ["itr", "patch"])
+def test_lambda_init_reaches_every_encoder_layer(kind, tmp_path):
+    import math
+
+    from zoo.hub import export_model
+
+    default = build(kind)
+    # Diff Transformer's depth schedule, 0.8 - 0.6 exp(-0.3 (l - 1)) for 1-based l
+    assert [b.attn.lambda_init for b in default.encoder.layers] == pytest.approx(
+        [0.8 - 0.6 * math.exp(-0.3 * i) for i in range(2)]
+    )
+    m = build(kind, lambda_init=0.5)
+    assert [b.attn.lambda_init for b in m.encoder.layers] == [0.5, 0.5]
+    export_model(m, tmp_path / "m")
+    loaded = zoo.load_pretrained(tmp_path / "m")
+    assert loaded.config.lambda_init == 0.5 and [b.attn.lambda_init for b in loaded.encoder.layers] == [0.5, 0.5]
+    x = torch.randn(2, L, N)
+    marks = torch.zeros(2, L, m.config.n_time_features) if getattr(m.config, "n_time_features", 0) else None
+    torch.testing.assert_close(loaded(x, marks), m(x, marks))
+    with pytest.raises(ValueError, match="lambda_init applies to differential attention"):
+        build(kind, "vanilla", lambda_init=0.5)
+    with pytest.raises(ValueError, match=r"lambda_init must be a number in \[0, 1\)"):
+        build(kind, lambda_init=-0.1)
+
+
 @pytest.mark.parametrize("family", ["itransformer", "patchtst"])
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_diff_vanilla_parameter_parity(family, size):

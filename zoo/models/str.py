@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
-from zoo.nn import ATTENTION_TYPES, DiffAttention, GeluMlp, build_attention, list_attention_types
-from zoo.nn.attention import check_lambda_init
+from zoo.nn import GeluMlp, build_attention, list_attention_types
+from zoo.nn.attention import check_lambda_init, lambda_init_kwargs, takes_lambda_init
 
 DECODE_MODES = ("ar", "nar")
 
@@ -100,7 +100,7 @@ class STRConfig:
             if kind == "diff" and (self.dec_dim // heads) % 2:
                 raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
         if self.lambda_init is not None:
-            if not any(_takes_lambda_init(t) for t in (self.attn_type, self.self_attn_type)):
+            if not any(takes_lambda_init(t) for t in (self.attn_type, self.self_attn_type)):
                 raise ValueError(
                     f"lambda_init applies to differential attention; attn_type {self.attn_type!r} and "
                     f"self_attn_type {self.self_attn_type!r} have none"
@@ -124,16 +124,6 @@ class Reading(NamedTuple):
     confidence: float
 
 
-def _takes_lambda_init(attn_type: str) -> bool:
-    return issubclass(ATTENTION_TYPES[attn_type], DiffAttention)
-
-
-def _attn_kwargs(cfg: STRConfig, attn_type: str, common: dict) -> dict:
-    if cfg.lambda_init is not None and _takes_lambda_init(attn_type):
-        return dict(common, lambda_init=cfg.lambda_init)
-    return common
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm query-stream layer: masked attention to the content, cross-attention to the image, MLP."""
 
@@ -143,11 +133,11 @@ class DecoderLayer(nn.Module):
         common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
         self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = build_attention(
-            cfg.self_attn_type, d, cfg.self_heads, **_attn_kwargs(cfg, cfg.self_attn_type, common)
+            cfg.self_attn_type, d, cfg.self_heads, **common, **lambda_init_kwargs(cfg.self_attn_type, cfg.lambda_init)
         )
         self.norm_x = nn.LayerNorm(d)
         self.cross_attn = build_attention(
-            cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **_attn_kwargs(cfg, cfg.attn_type, common)
+            cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common, **lambda_init_kwargs(cfg.attn_type, cfg.lambda_init)
         )
         self.norm_m = nn.LayerNorm(d)
         self.mlp = GeluMlp(d, int(d * cfg.dec_mlp_ratio), dropout=cfg.dropout)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
+from zoo.nn.attention import check_lambda_init, lambda_init_kwargs, takes_lambda_init
 
 META_FILE = "ts_meta.json"
 _META_KEYS = (
@@ -60,6 +61,7 @@ class TSEncoderConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1  # the reference FullAttention drops attention probabilities with p = dropout
     act_dropout: float = 0.0  # dropout on the FFN's hidden activations (the reference FFN uses p = dropout)
+    lambda_init: Optional[float] = None  # differential types: a fixed lambda_init; None = the depth schedule
     attn_backend: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -73,6 +75,13 @@ class TSEncoderConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.attn_type == "diff" and (self.dim // self.n_heads) % 2:
             raise ValueError(f"diff attention needs an even head width; dim / n_heads = {self.dim // self.n_heads}")
+        if self.lambda_init is not None:
+            if not takes_lambda_init(self.attn_type):
+                raise ValueError(
+                    f"lambda_init applies to differential attention; attn_type {self.attn_type!r} has none "
+                    "(leave lambda_init unset)"
+                )
+            self.lambda_init = check_lambda_init(self.lambda_init)
 
 
 @dataclass
@@ -120,7 +129,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.attn = build_attention(
             cfg.attn_type, cfg.dim, cfg.n_heads, layer_idx=layer_idx, dropout=cfg.attn_dropout, bias=True,
-            backend=cfg.attn_backend,
+            backend=cfg.attn_backend, **lambda_init_kwargs(cfg.attn_type, cfg.lambda_init),
         )
         self.norm1 = nn.LayerNorm(cfg.dim)
         self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout, act_dropout=cfg.act_dropout)

@@ -62,6 +62,16 @@ def lambda_init_fn(layer_idx: int) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
 
 
+def takes_lambda_init(attn_type: str) -> bool:
+    """Whether layers of ``attn_type`` (a registered name) accept a fixed ``lambda_init``."""
+    return issubclass(ATTENTION_TYPES[attn_type], DiffAttention)
+
+
+def lambda_init_kwargs(attn_type: str, lambda_init: Optional[float]) -> dict[str, float]:
+    """``{"lambda_init": value}`` for a differential type when a value is set, else ``{}``."""
+    return {"lambda_init": lambda_init} if lambda_init is not None and takes_lambda_init(attn_type) else {}
+
+
 def check_lambda_init(value: Any) -> float:
     """A fixed lambda_init: a number in ``[0, 1)`` (the output is scaled by ``1 - lambda_init``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
