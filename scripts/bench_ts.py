@@ -179,6 +179,20 @@ def _mean_sd(values: list[float]) -> tuple[float, Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def paired_delta(runs: list[dict], table: dict[int, dict]) -> dict[str, Any]:
+    """Setting minus the table's setting on the seeds both ran: mean validation / test MSE difference, and the
+    standard error of the validation difference (None below two shared seeds)."""
+    pairs = [(r, table[r["seed"]]) for r in runs if r["seed"] in table]
+    if not pairs:
+        return {"paired_seeds": 0}
+    d_val = [r["best_val_mse"] - t["best_val_mse"] for r, t in pairs]
+    return {
+        "paired_seeds": len(pairs), "d_val_mse": statistics.fmean(d_val),
+        "d_val_se": statistics.stdev(d_val) / len(d_val) ** 0.5 if len(d_val) > 1 else None,
+        "d_mse": statistics.fmean(r["mse"] - t["mse"] for r, t in pairs),
+    }
+
+
 def report(args: argparse.Namespace) -> None:
     def read(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -248,9 +262,13 @@ def report(args: argparse.Namespace) -> None:
     for r in runs:
         if r["protocol"] == PROTOCOL and r["horizon"] == 96 and r["model_key"].startswith("itr"):
             sweep_groups.setdefault((r["dataset"], r["model"], "the table's setting"), []).append(r)
+    table_by_seed = {
+        (d, m): {r["seed"]: r for r in rs} for (d, m, note), rs in sweep_groups.items() if note == "the table's setting"
+    }
     sweep = sorted(
         ({"dataset": d, "model": m, "setting": note.removeprefix(f"{PROTOCOL} sweep: "), "seeds": sorted(r["seed"] for r in rs),
-          "val_mse": statistics.fmean(r["best_val_mse"] for r in rs), "mse": statistics.fmean(r["mse"] for r in rs)}
+          "val_mse": statistics.fmean(r["best_val_mse"] for r in rs), "mse": statistics.fmean(r["mse"] for r in rs),
+          **({} if note == "the table's setting" else paired_delta(rs, table_by_seed.get((d, m), {})))}
          for (d, m, note), rs in sweep_groups.items()),
         key=lambda w: (w["dataset"], w["model"], w["val_mse"]),
     ) if any(r.get("protocol") == PROTOCOL for r in pilots) else []
@@ -333,16 +351,24 @@ def markdown(result: dict[str, Any]) -> str:
     if result["sweep"]:
         lines += [
             "",
-            "Validation sweep at H=96 (current protocol; settings off the table's reference hyperparameters, each with "
-            "the table's seeds; test MSE shown for the record, not used to choose). The table keeps the reference "
-            "settings unless a sweep setting lowers the mean validation MSE by more than the spread between seeds:",
+            "Validation sweep at H=96 (current protocol; settings off the table's reference hyperparameters; test MSE "
+            "shown for the record, not used to choose). The Δ columns pair each setting with the table's run of the "
+            "same seed (setting minus table; ± the standard error of the mean difference). The table keeps the "
+            "reference settings unless a setting lowers the validation MSE, paired seed by seed, by more than twice "
+            "that standard error:",
             "",
-            "| dataset | model | setting | seeds | val MSE (mean) | test MSE (mean) |",
-            "|---|---|---|---|---|---|",
+            "| dataset | model | setting | seeds | val MSE (mean) | test MSE (mean) | Δ val MSE (paired) | Δ test MSE (paired) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for w in result["sweep"]:
+            if w.get("paired_seeds"):
+                se = f" ± {w['d_val_se']:.4f}" if w["d_val_se"] is not None else ""
+                deltas = f"{w['d_val_mse']:+.4f}{se} ({w['paired_seeds']} seeds) | {w['d_mse']:+.4f}"
+            else:
+                deltas = "— | —"
             lines.append(
-                f"| {w['dataset']} | {w['model']} | {w['setting']} | {len(w['seeds'])} | {w['val_mse']:.4f} | {w['mse']:.4f} |"
+                f"| {w['dataset']} | {w['model']} | {w['setting']} | {len(w['seeds'])} | {w['val_mse']:.4f} | "
+                f"{w['mse']:.4f} | {deltas} |"
             )
     return "\n".join(lines) + "\n"
 

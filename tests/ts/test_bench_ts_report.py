@@ -40,3 +40,27 @@ def test_report_prefers_the_newest_protocol_that_covers_the_seeds(tmp_path, benc
     assert result["target"]["ETTh1"]["met_by_mean"] is True  # 0.31 <= 0.386
     md = (tmp_path / "bench_ts.md").read_text()
     assert "| ETTh1 | 192 | Diff-iTransformer ‡ |" in md and "| ETTh1 | 336 | Diff-iTransformer † |" in md and "| ETTh1 | 96 | Diff-iTransformer |" in md
+
+
+def test_sweep_pairs_each_setting_with_the_tables_run_of_the_same_seed(tmp_path, bench):
+    # the table's H=96 runs (seeds 0-2) and a pilot setting on seeds 0, 1 and 5 (5 has no table twin)
+    table_val = {0: 0.70, 1: 0.68, 2: 0.69}
+    _write(tmp_path / "runs.jsonl", [
+        _run("ETTh1", 96, "itr-diff", s, 0.39, best_val_mse=v, protocol="v3") for s, v in table_val.items()
+    ])
+    pilot_val = {0: 0.69, 1: 0.66, 5: 0.60}
+    note = "v3 sweep: a setting"
+    _write(tmp_path / "pilots.jsonl", [
+        _run("ETTh1", 96, "itr-diff", s, 0.38 - s / 1000, best_val_mse=v, protocol="v3", pilot_note=note)
+        for s, v in pilot_val.items()
+    ])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    sweep = {w["setting"]: w for w in json.loads((tmp_path / "bench_ts.json").read_text())["sweep"]}
+    w = sweep["a setting"]
+    # by hand: val differences on seeds 0 and 1 are -0.01 and -0.02 -> mean -0.015, sd 0.00707, se 0.005
+    assert w["paired_seeds"] == 2 and w["seeds"] == [0, 1, 5]
+    assert w["d_val_mse"] == pytest.approx(-0.015) and w["d_val_se"] == pytest.approx(0.005)
+    assert w["d_mse"] == pytest.approx(((0.38 - 0.39) + (0.379 - 0.39)) / 2)
+    assert "paired_seeds" not in sweep["the table's setting"]
+    md = (tmp_path / "bench_ts.md").read_text()
+    assert "| ETTh1 | itr-diff | a setting | 3 | 0.6500 | 0.3780 | -0.0150 ± 0.0050 (2 seeds) | -0.0105 |" in md
