@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
-from zoo.nn.attention import check_lambda_init, lambda_init_kwargs, takes_lambda_init
+from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 
 DECODE_MODES = ("ar", "nar")
 
@@ -99,13 +99,9 @@ class STRConfig:
         for kind, heads in ((self.attn_type, self.dec_heads), (self.self_attn_type, self.self_heads)):
             if kind == "diff" and (self.dec_dim // heads) % 2:
                 raise ValueError(f"diff attention needs an even head width; dec_dim / heads = {self.dec_dim // heads}")
-        if self.lambda_init is not None:
-            if not any(takes_lambda_init(t) for t in (self.attn_type, self.self_attn_type)):
-                raise ValueError(
-                    f"lambda_init applies to differential attention; attn_type {self.attn_type!r} and "
-                    f"self_attn_type {self.self_attn_type!r} have none"
-                )
-            self.lambda_init = check_lambda_init(self.lambda_init)
+        self.lambda_init = check_lambda_init_for(
+            self.lambda_init, attn_type=self.attn_type, self_attn_type=self.self_attn_type
+        )
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if not isinstance(self.refine_iters, int) or self.refine_iters < 0:

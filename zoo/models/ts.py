@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
-from zoo.nn.attention import check_lambda_init, lambda_init_kwargs, takes_lambda_init
+from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 
 META_FILE = "ts_meta.json"
 _META_KEYS = (
@@ -75,13 +75,7 @@ class TSEncoderConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.attn_type == "diff" and (self.dim // self.n_heads) % 2:
             raise ValueError(f"diff attention needs an even head width; dim / n_heads = {self.dim // self.n_heads}")
-        if self.lambda_init is not None:
-            if not takes_lambda_init(self.attn_type):
-                raise ValueError(
-                    f"lambda_init applies to differential attention; attn_type {self.attn_type!r} has none "
-                    "(leave lambda_init unset)"
-                )
-            self.lambda_init = check_lambda_init(self.lambda_init)
+        self.lambda_init = check_lambda_init_for(self.lambda_init, attn_type=self.attn_type)
 
 
 @dataclass
