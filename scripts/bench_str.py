@@ -258,7 +258,7 @@ def bench_main(args: argparse.Namespace) -> None:
         name = free_name(arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, kw["model_args"]), args.overwrite)
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
                      val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **kw)
-        row["label"] = (f"{args.attn} cross-attention" + "".join(f" {k}={v}" for k, v in sorted((kw["model_args"] or {}).items()))
+        row["label"] = (f"{args.attn} cross-attention{overrides_text(kw['model_args'])}"
                         + (f" (from {Path(args.init_from).name})" if args.init_from else ""))
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
         return
@@ -327,43 +327,65 @@ def csd_main(args: argparse.Namespace, teacher: str, student_seed: Optional[int]
 
 
 def merge_main(args: argparse.Namespace) -> None:
-    """Combine the per-arm results of ``--attn diff`` and ``--attn vanilla`` runs into diff_vs_vanilla.*."""
+    """Combine the per-arm results of ``--attn diff`` and ``--attn vanilla`` runs into diff_vs_vanilla.*.
+
+    With ``args.model_args`` (a variant of the diff arm, e.g. another cross-attention type) the table gets a
+    third arm, the diff runs trained with exactly those overrides, and is written apart
+    (diff_vs_vanilla[_b<N>]_<overrides>.*), so the registered twins' table is left as it was."""
+    variant = getattr(args, "model_args", None) or None
+    arms = [("diff", None), *([("diff", variant)] if variant else []), ("vanilla", None)]
     rows, machines = [], []
-    for attn in ("diff", "vanilla"):
+    for attn, overrides in arms:
+        key = arm_key(attn, overrides)
         found = []
         for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
             payload = json.loads(path.read_text())
             mine = [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
                     and not r.get("init_from")  # fine-tuning stages are not from-scratch arms
-                    and not r.get("model_args")]  # nor are variants of the registered twins
-            found += mine
+                    and (r.get("model_args") or None) == overrides]  # the registered twin, or exactly this variant
+            found += [{**r, "arm": key} for r in mine]
             machines += [payload["machine"]] if mine else []
         shipped = RESULTS / "shipped_tiny.json"
-        if attn == "diff" and shipped.is_file():
+        if (attn, overrides) == ("diff", None) and shipped.is_file():
             # the shipped model's training (--export) is a diff run when it used the same steps, batch, lr and data
             payload = json.loads(shipped.read_text())
             run_ = payload["runs"][0]
             same = (run_["steps"], run_["batch_size"], run_["lr"], payload["data"]) == (args.steps, args.batch_size, args.lr, DATA)
             if same and run_["seed"] not in {r["seed"] for r in found}:
-                found.append({**run_, "label": "diff cross-attention (the shipped model's run)"})
+                found.append({**run_, "label": "diff cross-attention (the shipped model's run)", "arm": key})
                 machines.append(payload["machine"])
         if not found:
-            raise SystemExit(f"no {attn} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps} first")
+            extra = f" --model-args '{json.dumps(overrides)}'" if overrides else ""
+            raise SystemExit(f"no {key} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps}{extra} first")
         rows += sorted(found, key=lambda r: r["seed"])
     summary = arm_summary(rows)
     text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)", machines[0])
     text += "\n\n" + "\n".join(
-        f"- {attn}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")
-        for attn, s in summary.items()
+        f"- {key}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")
+        + (f"; minus vanilla {s['minus_vanilla']['mean']:+.2f}" + (f" ± {s['minus_vanilla']['se']:.2f} (se)" if s["minus_vanilla"]["se"] is not None else "")
+           if "minus_vanilla" in s else "")
+        for key, s in summary.items()
     )
     devices = sorted({r.get("device", "cpu") for r in rows})
     text += f"\n- batch {args.batch_size}, lr {args.lr:g}; trained on: {', '.join(devices)}"
-    write(merged_name(args.batch_size), {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
+    write(merged_name(args.batch_size, variant), {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
 
 
-def merged_name(batch_size: int) -> str:
-    """The merged table of one batch size: diff_vs_vanilla (batch 32, the CPU runs) or diff_vs_vanilla_b<N>."""
-    return "diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "")
+def arm_key(attn: str, model_args: Optional[dict[str, Any]] = None) -> str:
+    """An arm's name in merged tables: ``diff`` / ``vanilla``, or the diff arm with its overrides (``diff attn_type=diff_v2 ...``)."""
+    return attn + overrides_text(model_args)
+
+
+def overrides_text(model_args: Optional[dict[str, Any]]) -> str:
+    """Architecture overrides as they read in labels: `` k=v`` for each, sorted; empty for none."""
+    return "".join(f" {k}={v}" for k, v in sorted((model_args or {}).items()))
+
+
+def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None) -> str:
+    """The merged table of one batch size: diff_vs_vanilla (batch 32, the CPU runs) or diff_vs_vanilla_b<N>;
+    with a diff variant's overrides, suffixed by them as arm files are."""
+    return ("diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "")
+            + "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items())))
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -386,15 +408,23 @@ def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, 
 
 
 def arm_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and sample standard deviation of word accuracy per arm (sd is None for a single seed)."""
+    """Mean and sample standard deviation of word accuracy per arm (sd is None for a single seed); each other
+    arm also gets ``minus_vanilla``: its mean minus vanilla's and the standard error of that difference."""
+    import math
     import statistics
 
     out: dict[str, dict[str, Any]] = {}
-    for attn in ("diff", "vanilla"):
-        acc = [r["test_accuracy"] for r in rows if r["label"].startswith(attn)]
-        seeds = [r["seed"] for r in rows if r["label"].startswith(attn)]
-        if acc:
-            out[attn] = {"mean": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None, "seeds": seeds}
+    for key in dict.fromkeys(r["arm"] for r in rows):  # arms in table order
+        acc = [r["test_accuracy"] for r in rows if r["arm"] == key]
+        seeds = [r["seed"] for r in rows if r["arm"] == key]
+        out[key] = {"mean": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None, "seeds": seeds}
+    base = out.get("vanilla")
+    for key, s in out.items():
+        if key != "vanilla" and base is not None:
+            # difference of the means and its standard error (unpaired: the arms share seeds, not weights)
+            known = s["sd"] is not None and base["sd"] is not None
+            se = math.sqrt(s["sd"] ** 2 / len(s["seeds"]) + base["sd"] ** 2 / len(base["seeds"])) if known else None
+            s["minus_vanilla"] = {"mean": s["mean"] - base["mean"], "se": se}
     return out
 
 
@@ -414,7 +444,8 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=0, help="loader processes rendering the synthetic crops")
     p.add_argument("--model-args", type=json.loads, default={}, metavar="JSON",
                    help='architecture overrides for the trained model(s), e.g. \'{"dec_heads": 1}\' (a one-head diff '
-                        "cross-attention); recorded in the results and suffixed to arm names; such variants stay out of --merge")
+                        "cross-attention); recorded in the results and suffixed to arm names. With --merge: add the diff runs of exactly these "
+                        "overrides as a third arm (its own diff_vs_vanilla_<overrides> table)")
     p.add_argument("--attn", choices=("both", "diff", "vanilla"), default="both", help="run one arm only (no CSD)")
     p.add_argument("--merge", action="store_true", help="merge the arm_* results of --steps (all seeds) into diff_vs_vanilla.*")
     p.add_argument("--csd", action="store_true", help="only the CSD student vs teacher (teacher: --teacher or the shipped model)")
@@ -439,8 +470,8 @@ def main() -> None:
     args = p.parse_args()
     if not isinstance(args.model_args, dict):
         p.error(f"--model-args must be a JSON object of architecture fields, got {args.model_args!r}")
-    if args.model_args and args.merge:
-        p.error("--merge takes the registered twins only; variants (--model-args) stay in their arm files")
+    if args.model_args and args.merge and args.attn != "both":
+        p.error("--merge --model-args adds a diff variant beside the registered twins; --attn does not apply")
     if args.init_from and (args.merge or args.csd or not (args.export or args.attn != "both")):
         p.error("--init-from goes with --export or a single arm (--attn diff|vanilla)")
     if not 0.0 <= args.shear <= 1.0:

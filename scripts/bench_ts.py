@@ -256,21 +256,30 @@ def report(args: argparse.Namespace) -> None:
         for r in (json.loads(line) for line in pilots_path.read_text().splitlines())
     ] if pilots_path.exists() else []
     # the validation sweep: current-protocol pilots next to the table's H=96 setting, by mean validation MSE
+    # a pilot setting is what was trained (architecture, lr, overrides, calendar tokens), not its free-text
+    # note: runs of one setting group together whatever their notes say, and the group shows every note
     sweep_groups: dict[tuple, list[dict]] = {}
     for r in pilots:
         if r.get("protocol") == PROTOCOL and r["horizon"] == 96:
-            sweep_groups.setdefault((r["dataset"], r["model"], r["pilot_note"]), []).append(r)
+            setting = (r["arch"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True), r["time_features"])
+            sweep_groups.setdefault((r["dataset"], r["model"], setting), []).append(r)
     for r in runs:
         if r["protocol"] == PROTOCOL and r["horizon"] == 96 and r["model_key"].startswith("itr"):
             sweep_groups.setdefault((r["dataset"], r["model"], TABLE_SETTING), []).append(r)
     table_by_seed = {
-        (d, m): {r["seed"]: r for r in rs} for (d, m, note), rs in sweep_groups.items() if note == TABLE_SETTING
+        (d, m): {r["seed"]: r for r in rs} for (d, m, setting), rs in sweep_groups.items() if setting == TABLE_SETTING
     }
+
+    def setting_name(setting: Any, rs: list[dict]) -> str:
+        if setting == TABLE_SETTING:
+            return TABLE_SETTING
+        return " / ".join(dict.fromkeys(r["pilot_note"].removeprefix(f"{PROTOCOL} sweep: ") for r in rs))
+
     sweep = sorted(
-        ({"dataset": d, "model": m, "setting": note.removeprefix(f"{PROTOCOL} sweep: "), "seeds": sorted(r["seed"] for r in rs),
+        ({"dataset": d, "model": m, "setting": setting_name(setting, rs), "seeds": sorted(r["seed"] for r in rs),
           "val_mse": statistics.fmean(r["best_val_mse"] for r in rs), "mse": statistics.fmean(r["mse"] for r in rs),
-          **({} if note == TABLE_SETTING else paired_delta(rs, table_by_seed.get((d, m), {})))}
-         for (d, m, note), rs in sweep_groups.items()),
+          **({} if setting == TABLE_SETTING else paired_delta(rs, table_by_seed.get((d, m), {})))}
+         for (d, m, setting), rs in sweep_groups.items()),
         key=lambda w: (w["dataset"], w["model"], w["val_mse"]),
     ) if any(r.get("protocol") == PROTOCOL for r in pilots) else []
     result = {

@@ -161,7 +161,7 @@ def test_other_batch_sizes_are_named_and_merged_apart(bench, monkeypatch):
 
 def test_model_args_variants_are_recorded_named_and_not_merged(bench, monkeypatch, capsys):
     """--model-args (e.g. a one-head diff cross-attention) reaches the run, names the arm file and its
-    label, and the variant stays out of the merged table of the registered twins."""
+    label, and the variant stays out of the merged table of the registered twins (--merge without --model-args)."""
     import sys
 
     seen = []
@@ -175,12 +175,39 @@ def test_model_args_variants_are_recorded_named_and_not_merged(bench, monkeypatc
     _write(bench, "arm_vanilla_600_s0", [_row("vanilla", 0, 55.0, steps=600)])
     with pytest.raises(SystemExit, match="no diff arm at 600 steps"):  # the variant is not the diff twin
         bench.merge_main(argparse.Namespace(steps=600, batch_size=32, lr=7e-4))
-    for bad, msg in (("[1]", "must be a JSON object"), ('{"dec_heads": 1}', "variants")):
-        extra = ["--merge"] if msg == "variants" else []
+    for bad, msg in (("[1]", "must be a JSON object"), ('{"dec_heads": 1}', "--attn does not apply")):
+        extra = ["--merge", "--attn", "diff"] if msg.startswith("--attn") else []
         monkeypatch.setattr(sys, "argv", ["bench_str.py", "--steps", "600", "--model-args", bad, *extra])
         with pytest.raises(SystemExit):
             bench.main()
         assert msg in capsys.readouterr().err
+
+
+def test_merge_with_model_args_adds_that_variant_as_a_third_arm(bench):
+    """--merge --model-args X: the registered diff twin, the diff runs of exactly X, and vanilla, each with its
+    own mean and sd, in a table of its own; runs of other overrides stay out and the twins' table is untouched."""
+    v2 = {"attn_type": "diff_v2", "dec_heads": 4}
+    _write(bench, "arm_diff_8000_s0", [_row("diff", 0, 66.0)])
+    _write(bench, "arm_diff_8000_s0_attn_typediff_v2_dec_heads4", [{**_row("diff", 0, 77.0), "model_args": v2}])
+    _write(bench, "arm_diff_8000_s1_attn_typediff_v2_dec_heads4", [{**_row("diff", 1, 74.0), "model_args": v2}])
+    _write(bench, "arm_diff_8000_s0_dec_heads4", [{**_row("diff", 0, 50.0), "model_args": {"dec_heads": 4}}])  # other overrides
+    _write(bench, "arm_vanilla_8000_s0", [_row("vanilla", 0, 71.0)])
+    _write(bench, "arm_vanilla_8000_s1", [_row("vanilla", 1, 78.0)])
+    bench.merge_main(argparse.Namespace(steps=8000, batch_size=32, lr=7e-4, model_args=v2))
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_attn_typediff_v2_dec_heads4.json").read_text())
+    key = "diff attn_type=diff_v2 dec_heads=4"
+    assert list(out["summary"]) == ["diff", key, "vanilla"]
+    assert out["summary"][key]["mean"] == pytest.approx(75.5) and out["summary"][key]["seeds"] == [0, 1]
+    assert out["summary"][key]["sd"] == pytest.approx(statistics.stdev([77.0, 74.0]))
+    assert out["summary"]["diff"]["mean"] == pytest.approx(66.0) and out["summary"]["diff"]["sd"] is None
+    se = ((statistics.stdev([77.0, 74.0]) ** 2 + statistics.stdev([71.0, 78.0]) ** 2) / 2) ** 0.5
+    assert out["summary"][key]["minus_vanilla"] == pytest.approx({"mean": 1.0, "se": se})
+    assert out["summary"]["diff"]["minus_vanilla"] == {"mean": pytest.approx(66.0 - 74.5), "se": None}  # one seed: no se
+    assert "minus vanilla +1.00 ± " in (bench.RESULTS / "diff_vs_vanilla_attn_typediff_v2_dec_heads4.md").read_text()
+    assert sorted(r["test_accuracy"] for r in out["runs"]) == [66.0, 71.0, 74.0, 77.0, 78.0]
+    assert not (bench.RESULTS / "diff_vs_vanilla.json").exists()
+    with pytest.raises(SystemExit, match="no diff lambda_init=0.5 arm at 8000 steps.*--model-args"):
+        bench.merge_main(argparse.Namespace(steps=8000, batch_size=32, lr=7e-4, model_args={"lambda_init": 0.5}))
 
 
 def test_csd_results_are_named_by_budget_and_teacher_and_not_overwritten(bench, monkeypatch):

@@ -64,3 +64,21 @@ def test_sweep_pairs_each_setting_with_the_tables_run_of_the_same_seed(tmp_path,
     assert "paired_seeds" not in sweep["the table's setting"]
     md = (tmp_path / "bench_ts.md").read_text()
     assert "| ETTh1 | itr-diff | a setting | 3 | 0.6500 | 0.3780 | -0.0150 ± 0.0050 (2 seeds) | -0.0105 |" in md
+
+
+def test_sweep_groups_runs_by_what_was_trained_not_by_their_note(tmp_path, bench):
+    """Two notes for one setting (same arch, lr, overrides) make one group that shows both notes; one note
+    over two settings (other model_args) makes two groups."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, "itr-diff", s, 0.39, protocol="v3") for s in (0, 1)])
+    pilots = [
+        _run("ETTh1", 96, "itr-diff", 0, 0.38, protocol="v3", pilot_note="v3 sweep: lambda 0.8", model_args={"lambda_init": 0.8}),
+        _run("ETTh1", 96, "itr-diff", 1, 0.37, protocol="v3", pilot_note="v3 sweep: lambda_init 0.8 again", model_args={"lambda_init": 0.8}),
+        _run("ETTh1", 96, "itr-diff", 0, 0.36, protocol="v3", pilot_note="v3 sweep: heads", model_args={"n_heads": 8}),
+        _run("ETTh1", 96, "itr-diff", 0, 0.35, protocol="v3", pilot_note="v3 sweep: heads", model_args={"n_heads": 2}),
+    ]
+    _write(tmp_path / "pilots.jsonl", pilots)
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    sweep = json.loads((tmp_path / "bench_ts.json").read_text())["sweep"]
+    got = sorted((w["setting"], w["seeds"], round(w["mse"], 4)) for w in sweep)
+    assert got == sorted([("lambda 0.8 / lambda_init 0.8 again", [0, 1], 0.375), ("heads", [0], 0.36), ("heads", [0], 0.35),
+                          ("the table's setting", [0, 1], 0.39)])
