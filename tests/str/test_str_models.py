@@ -142,6 +142,19 @@ def test_all_registered_sizes_and_equal_params():
         assert d.layers[0].self_attn.n_heads == v.layers[0].self_attn.n_heads == 2 * c.dec_heads
         assert {k: t.shape for k, t in d.layers[0].self_attn.state_dict().items()} == {
             k: t.shape for k, t in v.layers[0].self_attn.state_dict().items()}
+    for size in ("tiny", "small", "base"):
+        # diffv2: V2 cross-attention with vanilla's K/V heads and a narrower MLP that pays for its extra queries
+        d2, v = zoo.create_model(f"str-diffv2-{size}"), zoo.create_model(f"str-vanilla-{size}")
+        D = d2.config.dec_dim
+        assert d2.layers[0].cross_attn.attn_type == "diff_v2" and d2.config.dec_heads == v.config.dec_heads
+        # balance up to the two-decimal rounding of the ratio: at most D / 100 + 1 hidden units of 2D + 1 weights
+        assert abs(d2.num_params() - v.num_params()) <= (2 * D + 1) * (D // 100 + 1)
+        assert d2.num_params() - v.num_params() < D * D // 10  # without the narrower MLP V2 costs D*D more
+        s2, sv = d2.state_dict(), v.state_dict()
+        differ = {k for k in s2.keys() | sv.keys() if k not in s2 or k not in sv or s2[k].shape != sv[k].shape}
+        assert all(".cross_attn." in k or ".mlp." in k for k in differ), differ
+    # the tiny twin is the benchmark's equal-parameter arm (--model-args dec_mlp_ratio 3.48: MLP 334)
+    assert zoo.create_model("str-diffv2-tiny").layers[0].mlp.fc1.out_features == int(96 * 3.48) == 334
     with pytest.raises(ValueError, match="unknown attn_type"):
         STRConfig(attn_type="nope")
     with pytest.raises(ValueError, match="divisible"):

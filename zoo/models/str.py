@@ -26,6 +26,7 @@ per sequence only; autoregressive decoding re-runs the decoder once per step (no
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
@@ -366,16 +367,34 @@ _SIZES = {
     "small": (384, 12, 6, 384, 1, 6),  # PARSeq-S
     "base": (768, 12, 12, 768, 1, 6),
 }
+
+
+def v2_equal_param_mlp_ratio(dec_dim: int, heads: int) -> float:
+    """``dec_mlp_ratio`` at which a ``diff_v2`` cross-attention of ``heads`` (K/V) heads costs what the
+    ``vanilla`` one of as many heads does: V2's second set of queries (a ``dec_dim`` x ``dec_dim`` weight and
+    its bias) and its lambda projection (``dec_dim`` -> ``heads``, with bias) are paid for by MLP hidden
+    units of ``2 * dec_dim + 1`` parameters each. Rounded up to two decimals (so the config reads plainly),
+    which leaves the decoder within ``dec_dim / 100`` hidden units of exact balance."""
+    extra = dec_dim * dec_dim + dec_dim + dec_dim * heads + heads
+    hidden = 4 * dec_dim - round(extra / (2 * dec_dim + 1))
+    return math.ceil(hidden / dec_dim * 100) / 100
+
+
 for _size, (_ed, _edep, _eh, _dd, _ddep, _dh) in _SIZES.items():
-    for _attn, _h in (("diff", _dh), ("vanilla", 2 * _dh)):
+    for _attn, _h in (("diff", _dh), ("vanilla", 2 * _dh), ("diffv2", 2 * _dh)):
         _shipped = f"str-{_attn}-{_size}" if (_attn, _size) == ("diff", "tiny") else None
+        # diffv2: Diff Transformer V2 as the cross-attention, with vanilla's K/V heads (twice the query heads)
+        # and a narrower decoder MLP that pays for the extra queries: equal parameters with the vanilla twin
+        _v2 = {"dec_mlp_ratio": v2_equal_param_mlp_ratio(_dd, _h)} if _attn == "diffv2" else {}
         register_model(
             f"str-{_attn}-{_size}",
             SceneTextRecognizer,
             description=f"PARSeq-style recognizer, {_attn} cross-attention, ViT {_edep}x{_ed} / decoder {_ddep}x{_dd}",
             pretrained=_shipped,  # str-diff-tiny ships weights (scripts/bench_str.py --export): charset 36, max_length 6
-            enc_dim=_ed, enc_depth=_edep, enc_heads=_eh, dec_dim=_dd, dec_depth=_ddep, dec_heads=_h, attn_type=_attn,
-            dec_self_heads=2 * _dh,  # one self-attention (PARSeq's head width) for both twins: only the cross-attention differs
+            enc_dim=_ed, enc_depth=_edep, enc_heads=_eh, dec_dim=_dd, dec_depth=_ddep, dec_heads=_h,
+            attn_type="diff_v2" if _attn == "diffv2" else _attn,
+            dec_self_heads=2 * _dh,  # one self-attention (PARSeq's head width) for all twins: only the cross-attention differs
+            **_v2,
         )
 
 __all__ = ["DecoderLayer", "Reading", "STRConfig", "SceneTextRecognizer", "sincos_2d", "visibility"]
