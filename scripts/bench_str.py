@@ -381,11 +381,15 @@ def overrides_text(model_args: Optional[dict[str, Any]]) -> str:
     return "".join(f" {k}={v}" for k, v in sorted((model_args or {}).items()))
 
 
+def overrides_suffix(model_args: Optional[dict[str, Any]]) -> str:
+    """Architecture overrides as they read in file names: ``_kv`` for each, sorted; empty for none."""
+    return "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items()))
+
+
 def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None) -> str:
     """The merged table of one batch size: diff_vs_vanilla (batch 32, the CPU runs) or diff_vs_vanilla_b<N>;
     with a diff variant's overrides, suffixed by them as arm files are."""
-    return ("diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "")
-            + "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items())))
+    return "diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "") + overrides_suffix(model_args)
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -402,7 +406,7 @@ def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, 
     shear = DATA.get("synth_train_shear")
     extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
     return (f"arm_{attn}_{steps}_s{seed}" + (f"_b{batch_size}" if batch_size != 32 else "") + (f"_shear{shear:g}" if shear else "")
-            + "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items()))
+            + overrides_suffix(model_args)
             + (f"_fonts+{'+'.join(extra)}" if extra else "")
             + (f"_from-{Path(init_from).name}" if init_from else ""))
 
