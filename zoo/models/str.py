@@ -373,10 +373,10 @@ def v2_equal_param_mlp_ratio(dec_dim: int, heads: int) -> float:
     """``dec_mlp_ratio`` at which a ``diff_v2`` cross-attention of ``heads`` (K/V) heads costs what the
     ``vanilla`` one of as many heads does: V2's second set of queries (a ``dec_dim`` x ``dec_dim`` weight and
     its bias) and its lambda projection (``dec_dim`` -> ``heads``, with bias) are paid for by MLP hidden
-    units of ``2 * dec_dim + 1`` parameters each. Rounded up to two decimals (so the config reads plainly),
+    units of ``2 * dec_dim + 1`` parameters each, taken from the default MLP the vanilla twin keeps. Rounded up to two decimals (so the config reads plainly),
     which leaves the decoder within ``dec_dim / 100`` hidden units of exact balance."""
     extra = dec_dim * dec_dim + dec_dim + dec_dim * heads + heads
-    hidden = 4 * dec_dim - round(extra / (2 * dec_dim + 1))
+    hidden = int(dec_dim * STRConfig.dec_mlp_ratio) - round(extra / (2 * dec_dim + 1))  # from vanilla's (default) MLP
     return math.ceil(hidden / dec_dim * 100) / 100
 
 
