@@ -21,10 +21,13 @@ halved when causal; backward = 2.5 x forward. Times are from ``triton.testing.do
 
 Writes ``results.json`` (with the device name), ``results.md`` and ``results.png`` to ``--out``
 (default scripts/results/attention/). ``--quick`` runs a small subset; ``--check`` only verifies
-correctness at a few sizes and writes nothing.
+correctness at a few sizes and writes nothing. ``--dims``, ``--seqlens`` and ``--causal`` measure
+a subset of the training shapes (e.g. the rows a run cut short left out); ``--merge NEW.json``
+adds the rows of such a run to the report in ``--out`` (same device only) and re-renders it.
 
     python scripts/bench_attention.py [--quick] [--check] [--out DIR] [--dtype bf16|fp16]
-                                      [--parts training,decode,lm] [--render]
+                                      [--parts training,decode,lm] [--dims 64] [--seqlens 512,8192]
+                                      [--causal true|false|both] [--render] [--merge NEW.json]
 
 Results are written after every row, so a run cut short keeps what it measured ("complete": false).
 """
@@ -413,6 +416,7 @@ def markdown(result: dict) -> str:
     if not result.get("complete", True):
         lines += ["**Partial run**: the run stopped before every shape was measured; the rows below are "
                   "all it measured.", ""]
+        lines += [f"- not measured, {m}" for m in missing_shapes(result)] + [""] * bool(missing_shapes(result))
     cols = [c for c in TRAIN_COLS if any(c in r for r in result.get("training", []))]
     for phase in ("fwd", "fwd_bwd") if result.get("training") else ():
         lines += [f"## Training shapes, {phase.replace('_', '+')}: ms (TFLOP/s) [peak extra MiB]", "",
@@ -504,6 +508,74 @@ def plot(result: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+# the full run's shapes; d=128 causal (the Diff Transformer LM's layout) first, so a run cut short keeps the
+# rows that matter most
+FULL_GRID = {"seqlens": [512, 1024, 2048, 4096, 8192, 16384, 32768], "dims": [128, 64], "causals": [True, False],
+             "batches": [1, 4, 16, 64], "caches": [1024, 4096, 16384, 32768], "lm_seqlens": [2048, 8192]}
+
+
+def missing_shapes(result: dict) -> list[str]:
+    """The full run's shapes that ``result`` has no row for, per part it was asked to measure (``parts``;
+    for an older result without that key, the parts it has rows of)."""
+    g, out = FULL_GRID, []
+    want = {"training": [(d, c, T) for d in g["dims"] for c in g["causals"] for T in g["seqlens"]],
+            "lm_step": [(T,) for T in g["lm_seqlens"]],
+            "decode": [(d, B, Tk) for d in g["dims"] for B in g["batches"] for Tk in g["caches"]]}
+    parts = result.get("parts") or [p for p in ROW_KEYS if result.get(p)]
+    for part, keys in ROW_KEYS.items():
+        if part not in parts:
+            continue
+        have = {tuple(r[k] for k in keys) for r in result.get(part, [])}
+        miss = [s for s in want[part] if s not in have]
+        if miss:
+            out.append(f"{part}: " + ", ".join("/".join(f"{k}={v}" for k, v in zip(keys, s)) for s in miss))
+    return out
+
+
+ROW_KEYS = {"training": ("d", "causal", "T"), "lm_step": ("T",), "decode": ("d", "B", "Tk")}
+
+
+def merge_results(base: dict, new: dict, note: str = "") -> tuple[dict, list[str]]:
+    """``base`` with the rows of ``new`` added: a row whose shape (ROW_KEYS) is already in ``base`` is
+    replaced. Timings from another device or dtype do not belong in one table: that is an error."""
+    for key in ("device", "dtype", "tokens_per_batch"):
+        if base.get(key) != new.get(key):
+            raise ValueError(f"cannot merge: {key} differs ({base.get(key)!r} in the report, "
+                             f"{new.get(key)!r} in the new run)")
+    merged, changes = dict(base), []
+    for part, keys in ROW_KEYS.items():
+        if not new.get(part):
+            continue
+        rows = {tuple(r[k] for k in keys): r for r in base.get(part, [])}
+        for r in new[part]:
+            shape = tuple(r[k] for k in keys)
+            changes.append(f"{part} {dict(zip(keys, shape))}: {'replaced' if shape in rows else 'added'}")
+            rows[shape] = r
+        # the full run's order: d=128 before 64, causal before not, then the sizes ascending
+        order = {"d": lambda v: -v, "causal": lambda v: not v}
+        merged[part] = [rows[k] for k in sorted(rows, key=lambda k: tuple(order.get(n, lambda v: v)(v)
+                                                                        for n, v in zip(keys, k)))]
+        runs = dict(merged.get("runs", {}))
+        runs[part] = "; ".join(x for x in (runs.get(part, ""), note or f"rows merged from a run on {new['device']}")
+                               if x)
+        merged["runs"] = runs
+    if not changes:
+        raise ValueError("cannot merge: the new run has no training, lm_step or decode rows")
+    merged["parts"] = [p for p in ROW_KEYS if any(p in (r.get("parts") or [q for q in ROW_KEYS if r.get(q)])
+                                                  for r in (base, new))]
+    return merged, changes
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or min(out) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
@@ -515,12 +587,39 @@ def main(argv=None) -> int:
                     help="only re-write results.md and results.png from the results.json in --out (no GPU)")
     ap.add_argument("--parts", default="training,decode,lm",
                     help="comma-separated sections to run: training, decode, lm (default: %(default)s)")
+    ap.add_argument("--dims", type=_int_list, help="training/decode qk head dims to measure (default: 128,64)")
+    ap.add_argument("--seqlens", type=_int_list,
+                    help="training sequence lengths to measure (default: 512,1024,...,32768)")
+    ap.add_argument("--lm-seqlens", type=_int_list, help="LM-step sequence lengths (default: 2048,8192)")
+    ap.add_argument("--causal", choices=["both", "true", "false"], default="both",
+                    help="training shapes: causal, non-causal or both (default: %(default)s)")
+    ap.add_argument("--merge", type=Path, metavar="NEW_JSON",
+                    help="add the rows of NEW_JSON (a run of this script on the same device) to the "
+                         "results.json in --out and re-render; no GPU")
+    ap.add_argument("--note", default="", help="with --merge: how the new rows were measured (kept in the report)")
     args = ap.parse_args(argv)
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - {"training", "decode", "lm"})
     if unknown or not parts:
         ap.error(f"--parts: unknown section(s) {unknown or parts}; choose from training, decode, lm")
+    if args.merge:
+        src = args.out / "results.json"
+        for f in (src, args.merge):
+            if not f.is_file():
+                ap.error(f"--merge: {f} does not exist")
+        try:
+            merged, changes = merge_results(json.loads(src.read_text()), json.loads(args.merge.read_text()),
+                                            args.note)
+        except ValueError as e:
+            ap.error(f"--merge: {e}")
+        merged["complete"] = not missing_shapes(merged)
+        src.write_text(json.dumps(merged, indent=2))
+        (args.out / "results.md").write_text(markdown(merged))
+        plot(merged, args.out / "results.png")
+        print("\n".join(changes))
+        print(f"merged {len(changes)} rows from {args.merge} into {src}; re-wrote results.md, results.png")
+        return 0
     if args.render:
         src = args.out / "results.json"
         if not src.is_file():
@@ -546,10 +645,11 @@ def main(argv=None) -> int:
         batches, caches = [1, 16], [1024, 8192]
         lm_seqlens = [2048]
     else:
-        lm_seqlens = [2048, 8192]
-        # d=128 causal (the Diff Transformer LM's layout) first: a run cut short keeps the rows that matter most
-        seqlens, dims, causals = [512, 1024, 2048, 4096, 8192, 16384, 32768], [128, 64], [True, False]
-        batches, caches = [1, 4, 16, 64], [1024, 4096, 16384, 32768]
+        lm_seqlens = FULL_GRID["lm_seqlens"]
+        seqlens, dims, causals = FULL_GRID["seqlens"], FULL_GRID["dims"], FULL_GRID["causals"]
+        batches, caches = FULL_GRID["batches"], FULL_GRID["caches"]
+    seqlens, dims, lm_seqlens = args.seqlens or seqlens, args.dims or dims, args.lm_seqlens or lm_seqlens
+    causals = {"both": causals, "true": [True], "false": [False]}[args.causal]
 
     import triton
 

@@ -49,3 +49,54 @@ def test_bad_arguments_are_named(bench, tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             bench.main()
         assert expect in capsys.readouterr().err
+
+
+def _row(d, causal, T, ms):
+    res = {"peak_mib": 1.0, "tflops": 1.0}
+    return {**ROW, "d": d, "causal": causal, "T": T,
+            "triton": {"fwd": {"ms": ms, **res}, "fwd_bwd": {"ms": 4 * ms, **res}}}
+
+
+def test_merge_adds_and_replaces_rows_by_shape(bench):
+    base = _result(training=[_row(128, True, 512, 1.0), _row(128, True, 1024, 2.0)])
+    new = _result(training=[_row(128, True, 1024, 3.0), _row(64, False, 512, 0.5)])
+    merged, changes = bench.merge_results(base, new, "second call")
+    shapes = [(r["d"], r["causal"], r["T"], r["triton"]["fwd"]["ms"]) for r in merged["training"]]
+    # the 1024 row comes from the new run; the d=64 row goes after d=128 (a full run's order)
+    assert shapes == [(128, True, 512, 1.0), (128, True, 1024, 3.0), (64, False, 512, 0.5)]
+    assert sorted(changes) == ["training {'d': 128, 'causal': True, 'T': 1024}: replaced",
+                               "training {'d': 64, 'causal': False, 'T': 512}: added"]
+    assert merged["runs"]["training"] == "second call"
+    assert base["training"][1]["triton"]["fwd"]["ms"] == 2.0  # the input is not changed in place
+
+
+def test_merge_refuses_another_device(bench):
+    with pytest.raises(ValueError, match="device differs"):
+        bench.merge_results(_result(), {**_result(), "device": "Other GPU"})
+    with pytest.raises(ValueError, match="no training, lm_step or decode rows"):
+        bench.merge_results(_result(), _result(training=[]))
+
+
+def test_missing_shapes_names_the_rows_a_full_run_would_have(bench):
+    g = bench.FULL_GRID
+    full = [_row(d, c, T, 1.0) for d in g["dims"] for c in g["causals"] for T in g["seqlens"]]
+    assert bench.missing_shapes(_result(training=full)) == []
+    miss = bench.missing_shapes(_result(training=full[1:]))
+    assert miss == [f"training: d={g['dims'][0]}/causal={g['causals'][0]}/T={g['seqlens'][0]}"]
+    md = bench.markdown(_result(training=full[1:]))
+    assert f"- not measured, {miss[0]}" in md
+
+
+def test_merge_command_rewrites_the_report(bench, tmp_path, monkeypatch, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(_result()))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(_result(training=[_row(64, True, 512, 0.25)])))
+    monkeypatch.setattr(sys, "argv", ["bench_attention.py", "--out", str(tmp_path), "--merge", str(new)])
+    assert bench.main() == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| 64 | True | 512 |" in md and "| 128 | True | 4096 |" in md
+    assert "training {'d': 64, 'causal': True, 'T': 512}: added" in capsys.readouterr().out
+    new.write_text(json.dumps({**_result(), "device": "Other GPU"}))
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "device differs" in capsys.readouterr().err
