@@ -9,7 +9,8 @@
 # Steps, in order: str-train (only when named), gpu-tests, suite, bench-decode, bench-lm, check, bench-training. The tests run with
 # ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel 4-6
 # times per shape family, which on an H100 took longer than the tests themselves. Seen on an H100
-# (2026-11-26): gpu-tests 79 s, bench-decode 31 s, bench-lm ~100 s for T=2048, check > 90 s (autotuned),
+# (2026-11-26/27): gpu-tests 79 s (before the 32 per-tile tests, 78 s more), suite 173 s (12 workers), bench-decode 31 s,
+# bench-lm ~100 s for T=2048, check > 90 s (autotuned),
 # bench-training ~16 s per row at d=128.
 #
 # Python packages the machine lacks travel as wheels in .whl/ (git-ignored), e.g. for the zoo's
