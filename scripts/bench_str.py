@@ -51,7 +51,7 @@ def run(
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
     resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
     init_from: Optional[str] = None, accelerator: str = "cpu", num_workers: int = 0,
-    model_args: Optional[dict[str, Any]] = None,
+    model_args: Optional[dict[str, Any]] = None, synth_cache: Optional[str] = None,
 ) -> tuple[Optional[dict[str, Any]], Any]:
     """Train ``arch`` for ``steps`` on fresh synthetic words; return held-out-font test metrics and the task.
 
@@ -63,7 +63,9 @@ def run(
     model: a fine-tuning stage with its own warmup and schedule. ``accelerator`` is Lightning's ("gpu" on a
     CUDA machine, where ``num_workers`` loader processes render the synthetic crops); neither changes the
     data or the schedule, so runs on different machines compare step for step. ``model_args`` overrides
-    the registered architecture (e.g. ``{"dec_heads": 1}``) and is recorded in the result.
+    the registered architecture (e.g. ``{"dec_heads": 1}``) and is recorded in the result. ``synth_cache``
+    reads the synthetic crops from a folder they are rendered into once (the same pixels, so not a setting
+    of the run; see ``prepare_cache``).
     """
     import lightning as L
 
@@ -100,7 +102,7 @@ def run(
     dm = STRDataModule(
         **DATA, synthetic={"train": (steps - done) * batch_size, "val": 256 if val_every else 0, "test": n_test},
         synth_seed=data_seed, synth_train_start=done * batch_size, batch_size=batch_size, eval_batch_size=128,
-        num_workers=num_workers,
+        num_workers=num_workers, synth_cache=synth_cache,
     )
 
     def write_state(train_s: float) -> None:
@@ -396,7 +398,21 @@ def run_args(args: argparse.Namespace) -> dict[str, Any]:
     """run()'s keywords from the command line: where it trains (--accelerator / --num-workers) and the
     architecture overrides (--model-args); CPU, no loader processes and no overrides when absent."""
     return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0),
-            "model_args": getattr(args, "model_args", None) or None}
+            "model_args": getattr(args, "model_args", None) or None, "synth_cache": getattr(args, "synth_cache", None)}
+
+
+def prepare_cache(args: argparse.Namespace) -> None:
+    """Render the crops a fresh run of these --steps / --batch-size (and its validation and test words)
+    reads into --synth-cache, on every core, so that runs started next share them instead of each
+    rendering its own (how scripts/gpu_checks.sh runs several arms side by side)."""
+    from zoo.data.str import STRDataModule
+
+    data_seed = 1 if args.csd else 0  # the CSD student trains on other words (csd_main)
+    dm = STRDataModule(**DATA, synthetic={"train": args.steps * args.batch_size, "val": 256, "test": args.n_test},
+                       synth_seed=data_seed, synth_cache=args.synth_cache)
+    t0 = time.time()
+    dm.prepare_data()
+    print(f"prepared the synthetic crops of {args.steps} x {args.batch_size} in {time.time() - t0:.0f} s", flush=True)
 
 
 def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, batch_size: int = 32,
@@ -471,7 +487,15 @@ def main() -> None:
                    help="slant half the synthetic training words right by up to this shift per unit height "
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
                         "results' data settings; arm results get a _shear<S> suffix")
+    p.add_argument("--synth-cache", default=None, metavar="DIR",
+                   help="render the synthetic crops once into DIR and read them from there: the same pixels "
+                        "without the renderer's ~1.7 ms a crop per step, so several runs can share the cores")
+    p.add_argument("--prepare-cache", action="store_true",
+                   help="only render the crops of --steps x --batch-size (with --csd: the student's words) "
+                        "into --synth-cache, on every core, and exit")
     args = p.parse_args()
+    if args.prepare_cache and not args.synth_cache:
+        p.error("--prepare-cache needs --synth-cache DIR")
     if not isinstance(args.model_args, dict):
         p.error(f"--model-args must be a JSON object of architecture fields, got {args.model_args!r}")
     if args.model_args and args.merge and args.attn != "both":
@@ -499,7 +523,9 @@ def main() -> None:
         p.error("--budget-min needs --resume-dir (where the stopped run is kept)")
     if args.steps is None:
         args.steps = 4000 if args.export else 600
-    if args.merge:
+    if args.prepare_cache:
+        prepare_cache(args)
+    elif args.merge:
         merge_main(args)
     else:
         export_main(args) if args.export else bench_main(args)

@@ -59,14 +59,27 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
 # STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins;
 # STR_CSD_STEPS=N a CSD student of N steps from the shipped model as teacher (bench_str --csd).
-# Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26): with the three
-# default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s vanilla, 395 s diff).
+# Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26, before the crop
+# cache): with the three default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s
+# vanilla, 395 s diff). The cache's speed-up there is still to be measured.
 str_train() {
-  local lim=$1 g="--accelerator gpu --batch-size 64" seeds=${STR_ARM_SEEDS:-0}
+  local lim=$1 seeds=${STR_ARM_SEEDS:-0} cache=/tmp/str_cache
   local ft=${STR_FT_STEPS:-10000} csd=${STR_CSD_STEPS:-0} steps=${STR_ARM_STEPS:-8000}
   local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (ft > 0) + (csd > 0) ))
   for s in $seeds; do runs=$(( runs + per )); done
-  local w=$(( 14 / runs > 1 ? 14 / runs : 1 ))
+  local w=$(( 14 / runs > 1 ? 14 / runs : 1 )) t0=$(date +%s)
+  # every crop the runs read, rendered once on all cores (about 1.7 ms a crop on one core) and shared:
+  # each run then needs only a light loader process instead of 4-5 rendering ones (STR_CACHE=0: render in
+  # the loaders, as before 2026-11-27; the crops are the same)
+  local g="--accelerator gpu --batch-size 64"
+  if [ "${STR_CACHE:-1}" != 0 ]; then
+    { python3 scripts/bench_str.py --prepare-cache --synth-cache $cache --steps "$steps" $g
+      (( csd > 0 )) && python3 scripts/bench_str.py --prepare-cache --csd --synth-cache $cache --steps "$csd" $g
+      (( ft > 0 )) && python3 scripts/bench_str.py --prepare-cache --add-train-fonts cmmi10 --synth-cache $cache \
+        --steps "$ft" $g; } > "$OUT/str_cache.log" 2>&1
+    g="$g --synth-cache $cache"; w=2
+    lim=$(( lim - ($(date +%s) - t0) ))
+  fi
   if (( ft > 0 )); then
     timeout "$lim" python3 scripts/bench_str.py --export --steps "$ft" --init-from zoo/pretrained/str-diff-tiny \
       --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers $(( w + 1 )) --resume-dir "$OUT/str_ft" \

@@ -8,7 +8,11 @@ str) and ``set`` (list of the test-set names, for per-set tables).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
+from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -132,12 +137,19 @@ def check_train_fonts(stems: Sequence[str], chars: str) -> tuple[str, ...]:
 
 class SyntheticSTRDataset(Dataset):
     """``n`` rendered words of ``split`` (see :mod:`zoo.data.str_synth`); item ``i`` is sample ``start + i``,
-    a pure function of ``(seed, split, start + i)`` (``start`` continues a stream, e.g. a resumed run)."""
+    a pure function of ``(seed, split, start + i)`` (``start`` continues a stream, e.g. a resumed run).
+
+    With ``cache_dir`` the samples are read from crops rendered once into that folder
+    (:meth:`build_cache`, in parallel) instead of being rendered on every access: the same words and the
+    same pixels, without the renderer's CPU cost per step (about 1.7 ms a crop), which lets several runs
+    share one machine's cores. The cache is keyed by everything that determines a crop, the generator's
+    source code and the versions of the libraries that draw it included, so a stale cache is never read."""
 
     def __init__(
         self, n: int, charset: Charset, split: str = "train", seed: int = 0, min_len: int = 1,
         max_len: Optional[int] = None, strength: float = 1.0, fonts: Optional[Sequence[str]] = None,
         img_size: tuple[int, int] = (32, 128), start: int = 0, shear: float = 0.0,
+        cache_dir: Optional[str | Path] = None,
     ) -> None:
         if int(start) < 0:
             raise ValueError(f"start must be >= 0, got {start}")
@@ -147,18 +159,129 @@ class SyntheticSTRDataset(Dataset):
             raise ValueError(f"need 1 <= min_len <= max_len <= charset max_length ({charset.max_length}), got {min_len}, {max_len}")
         self.strength, self.img_size, self.shear = strength, tuple(img_size), check_shear(shear)
         self.fonts = usable_fonts(fonts or (TEST_FONTS if split == "test" else TRAIN_FONTS), charset.chars)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._cached: Optional[tuple[np.ndarray, list[str]]] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cached": None}  # loader / render processes open the memory map themselves
 
     def __len__(self) -> int:
         return self.n
 
+    def render(self, index: int) -> tuple[Image.Image, str]:
+        """Sample ``index`` of the stream (not of this dataset's window), rendered now."""
+        return make_sample(
+            self.seed, self.split, index, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
+            strength=self.strength, size=self.img_size, fonts=self.fonts, shear=self.shear,
+        )
+
     def __getitem__(self, i: int) -> tuple[Image.Image, str]:
         if not 0 <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} samples")
-        img, text = make_sample(
-            self.seed, self.split, self.start + i, self.charset.chars, min_len=self.min_len, max_len=self.max_len,
-            strength=self.strength, size=self.img_size, fonts=self.fonts, shear=self.shear,
-        )
-        return img, text
+        if self.cache_dir is None:
+            return self.render(self.start + i)
+        if self._cached is None:  # opened in each loader process, after the fork
+            self._cached = self.open_cache()
+        images, texts = self._cached
+        return Image.fromarray(images[self.start + i]), texts[self.start + i]
+
+    # -- the rendered-crop cache ------------------------------------------------------------------
+    def cache_key(self) -> dict[str, Any]:
+        """Everything a crop depends on (the sample window excluded: a cache holds samples 0..count-1)."""
+        import matplotlib
+        import PIL
+
+        return {"format": 1, "seed": self.seed, "split": self.split, "chars": self.charset.chars,
+                "min_len": self.min_len, "max_len": self.max_len, "strength": self.strength,
+                "fonts": list(self.fonts), "img_size": list(self.img_size), "shear": self.shear,
+                "generator_sha1": hashlib.sha1(Path(str_synth.__file__).read_bytes()).hexdigest(),
+                "numpy": np.__version__, "matplotlib": matplotlib.__version__, "PIL": PIL.__version__}
+
+    def cache_path(self) -> Path:
+        if self.cache_dir is None:
+            raise ValueError("this dataset has no cache_dir")
+        digest = hashlib.sha1(json.dumps(self.cache_key(), sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"synth_{self.split}_{digest}"
+
+    def cached_count(self) -> int:
+        """How many samples (from index 0) the complete cache holds; 0 when there is none."""
+        meta = self.cache_path() / "meta.json"  # written last: its presence marks a complete cache
+        if not meta.is_file():
+            return 0
+        return int(json.loads(meta.read_text())["count"])
+
+    def open_cache(self) -> tuple[np.ndarray, list[str]]:
+        path, need = self.cache_path(), self.start + self.n
+        have = self.cached_count()
+        if have < need:
+            raise FileNotFoundError(
+                f"synthetic-crop cache {path} holds {have} samples, this dataset reads samples {self.start} to "
+                f"{need - 1}: build it first (SyntheticSTRDataset.build_cache, or STRDataModule.prepare_data)")
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["key"] != self.cache_key():
+            raise ValueError(f"synthetic-crop cache {path} was built for other settings; remove the folder")
+        images = np.load(path / "images.npy", mmap_mode="r")
+        texts = json.loads((path / "texts.json").read_text())
+        h, w = self.img_size
+        if images.shape != (have, h, w, 3) or images.dtype != np.uint8 or len(texts) != have:
+            raise ValueError(f"synthetic-crop cache {path} is damaged: images {images.shape} {images.dtype}, "
+                             f"{len(texts)} texts, meta.json says {have} samples of {h}x{w}; remove the folder")
+        return images, texts
+
+    def build_cache(self, workers: int = 0) -> Path:
+        """Render samples ``0 .. start + n - 1`` into the cache (``workers`` processes, 0 = every core)
+        unless a complete cache already holds them. Written to a temporary folder and renamed, so a
+        reader never sees a partial cache and two processes building at once both end with a valid one."""
+        path, need = self.cache_path(), self.start + self.n
+        if self.cached_count() >= need:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            h, w = self.img_size
+            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(need, h, w, 3))
+            del images  # each chunk is written through its own map, in this process or in a worker
+            workers = workers or os.cpu_count() or 1
+            step = max(1, min(4096, -(-need // workers)))
+            chunks = [(lo, min(need, lo + step)) for lo in range(0, need, step)]
+            if workers > 1 and len(chunks) > 1:
+                import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
+
+                ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    parts = list(pool.map(_render_chunk, [(self, tmp / "images.npy", lo, hi) for lo, hi in chunks]))
+            else:
+                parts = [_render_chunk((self, tmp / "images.npy", lo, hi)) for lo, hi in chunks]
+            (tmp / "texts.json").write_text(json.dumps([t for part in parts for t in part]))
+            (tmp / "meta.json").write_text(json.dumps({"count": need, "key": self.cache_key()}, indent=1))
+            if path.exists():  # a smaller (or concurrently built) cache: keep whichever holds more
+                if self.cached_count() >= need:
+                    shutil.rmtree(tmp)
+                    return path
+                old = path.parent / f".{path.name}.{os.getpid()}.old"
+                os.replace(path, old)  # open memory maps of readers stay valid
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def _render_chunk(job: tuple[SyntheticSTRDataset, Path, int, int]) -> list[str]:
+    """Render samples ``lo .. hi - 1`` of ``ds``'s stream into the cache file; return their texts."""
+    ds, file, lo, hi = job
+    images = np.load(file, mmap_mode="r+")
+    texts = []
+    for k in range(lo, hi):
+        img, text = ds.render(k)
+        images[k] = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        texts.append(text)
+    images.flush()
+    return texts
 
 
 class TensorizedDataset(Dataset):
@@ -243,6 +366,10 @@ class STRDataModule(L.LightningDataModule):
             validation and the held-out-font test stay as they are.
         synth_train_start: index of the first synthetic training sample (a resumed run continues on
             words it has not seen).
+        synth_cache: a folder for rendered synthetic crops. Each split's crops are rendered once
+            (``prepare_data``, in ``synth_cache_workers`` processes, 0 = every core) and then read from
+            there: the same words and pixels as rendering on every access, without its CPU cost per
+            step. The cache is keyed by the generator's settings, source and library versions.
         train_dirs / val_dirs / test_dirs: real sources (an LMDB folder, a root holding several
             LMDBs, or an image folder with ``labels.txt``/``labels.csv``); each test source is its
             own set in the per-set table.
@@ -263,6 +390,8 @@ class STRDataModule(L.LightningDataModule):
         synth_train_shear: float = 0.0,
         synth_train_fonts: Optional[list[str]] = None,
         synth_train_start: int = 0,
+        synth_cache: Optional[str] = None,
+        synth_cache_workers: int = 0,
         train_dirs: Optional[list[str]] = None,
         val_dirs: Optional[list[str]] = None,
         test_dirs: Optional[list[str]] = None,
@@ -283,6 +412,7 @@ class STRDataModule(L.LightningDataModule):
         self.synth_train_shear = check_shear(synth_train_shear, "synth_train_shear")
         self.synth_train_fonts = None if synth_train_fonts is None else check_train_fonts(synth_train_fonts, self.charset.chars)
         self.synth_train_start = int(synth_train_start)
+        self.synth_cache, self.synth_cache_workers = synth_cache, int(synth_cache_workers)
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -315,15 +445,34 @@ class STRDataModule(L.LightningDataModule):
                 if len(ds) == 0:
                     raise ValueError(f"{split} source {d} (set {name}) has no usable sample: {ds.stats.report(name)}")
                 sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
-        if not self.dirs[split] and self.synthetic.get(split, 0) > 0:
-            start = self.synth_train_start if split == "train" else 0
-            shear = self.synth_train_shear if split == "train" else 0.0
-            fonts = self.synth_train_fonts if split != "test" else None
-            ds = SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
-                                     shear=shear, fonts=fonts, **self.synth_kw)
+        ds = self._synthetic(split)
+        if ds is not None:
+            if ds.cache_dir is not None:
+                ds.build_cache(self.synth_cache_workers)  # a no-op after prepare_data
             sets.append(TensorizedDataset(ds, f"synthetic_{split}", self.img_size, offset=sum(map(len, sets))))
         self._sets[split] = sets
         return sets
+
+    def _synthetic(self, split: str) -> Optional[SyntheticSTRDataset]:
+        """The split's synthetic words, when it has no real source and a positive size."""
+        if self.dirs[split] or self.synthetic.get(split, 0) <= 0:
+            return None
+        start = self.synth_train_start if split == "train" else 0
+        shear = self.synth_train_shear if split == "train" else 0.0
+        fonts = self.synth_train_fonts if split != "test" else None
+        return SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
+                                   shear=shear, fonts=fonts, cache_dir=self.synth_cache, **self.synth_kw)
+
+    def prepare_data(self) -> None:
+        """Render the synthetic splits into ``synth_cache`` (once per machine; Lightning calls this on one
+        process before the others set up)."""
+        if self.synth_cache is None:
+            return
+        for split in ("train", "val", "test"):
+            ds = self._synthetic(split)
+            if ds is not None:
+                path = ds.build_cache(self.synth_cache_workers)
+                print(f"synthetic {split} crops: {ds.start + ds.n} cached in {path}", file=sys.stderr, flush=True)
 
     def _loader(self, split: str, shuffle: bool) -> Optional[DataLoader]:
         sets = self._sources(split)
