@@ -467,3 +467,36 @@ def test_dropout_inactive_in_eval(attn_type, backend):
     drop.train()
     with torch.no_grad():
         assert not torch.allclose(drop(x), ref, atol=1e-3)
+
+
+def test_diff_without_subln_leaves_out_the_head_norm_and_scale():
+    """subln=False: the heads' raw differential outputs; subln=True: each head's RMS-normalized output
+    times (1 - lambda_init), written out here by hand. The output projection is the identity, so the
+    module returns the heads side by side."""
+    torch.manual_seed(0)
+    dim, H = 32, 2
+    x, ctx = torch.randn(2, 5, dim), torch.randn(2, 7, dim)
+    mods = {}
+    for subln in (True, False):
+        torch.manual_seed(1)
+        m = build_attention("diff", dim, H, lambda_init=0.3, subln=subln, bias=True)
+        with torch.no_grad():
+            m.o_proj.weight.copy_(torch.eye(dim))
+            m.o_proj.bias.zero_()
+        mods[subln] = m
+    assert mods[True].subln is not None and mods[False].subln is None
+    assert sum(p.numel() for p in mods[True].parameters()) - sum(p.numel() for p in mods[False].parameters()) == dim // H
+    raw = mods[False](x, context=ctx).view(2, 5, H, dim // H)
+    normed = raw * torch.rsqrt(raw.pow(2).mean(-1, keepdim=True) + 1e-5) * (1 - 0.3)
+    torch.testing.assert_close(mods[True](x, context=ctx), normed.reshape(2, 5, dim), rtol=1e-5, atol=1e-6)
+    # without the norm the output follows the values' scale; with it, only through the norm's eps
+    for m in mods.values():
+        with torch.no_grad():
+            m.v_proj.weight.mul_(2)
+            m.v_proj.bias.mul_(2)
+    torch.testing.assert_close(mods[False](x, context=ctx), 2 * raw.reshape(2, 5, dim), rtol=1e-5, atol=1e-6)
+    raw2 = 2 * raw
+    normed2 = raw2 * torch.rsqrt(raw2.pow(2).mean(-1, keepdim=True) + 1e-5) * (1 - 0.3)
+    torch.testing.assert_close(mods[True](x, context=ctx), normed2.reshape(2, 5, dim), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="subln must be True or False"):
+        build_attention("diff", dim, H, subln="no")

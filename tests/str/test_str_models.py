@@ -245,3 +245,24 @@ def test_lambda_init_reaches_the_decoders_differential_attentions(tmp_path):
         STRConfig(attn_type="vanilla", lambda_init=0.5)
     with pytest.raises(ValueError, match=r"lambda_init must be a number in \[0, 1\)"):
         STRConfig(lambda_init=1.5)
+
+
+def test_diff_subln_switch_reaches_the_decoders_differential_attentions(tmp_path):
+    from zoo.hub import export_model
+
+    m = tiny(diff_subln=False, self_attn_type="diff")
+    assert m.layers[0].cross_attn.subln is None and m.layers[0].self_attn.subln is None
+    assert tiny().layers[0].cross_attn.subln is not None  # default: Diff Transformer's head norm
+    # one RMSNorm weight of the head width less per differential attention, nothing else changes
+    on, off = tiny(self_attn_type="diff"), m
+    assert on.num_params() - off.num_params() == sum(
+        a.subln.weight.numel() for a in (on.layers[0].cross_attn, on.layers[0].self_attn))
+    export_model(m, tmp_path / "m")
+    loaded = zoo.load_pretrained(tmp_path / "m")
+    assert loaded.layers[0].cross_attn.subln is None
+    x = torch.rand(2, 3, 32, 128)
+    torch.testing.assert_close(loaded(x), m(x))
+    with pytest.raises(ValueError, match="diff_subln applies to differential attention"):
+        STRConfig(attn_type="vanilla", diff_subln=False)
+    with pytest.raises(ValueError, match="diff_subln must be true or false"):
+        STRConfig(diff_subln="off")

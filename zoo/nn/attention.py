@@ -260,11 +260,15 @@ class DiffAttention(AttentionBase):
     ``lambda = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init`` with four fp32 vectors of size ``d``.
     The projections store sub-heads interleaved per head (``[H, 2, d]``), as the reference code.
     ``lambda_init`` fixes the constant in ``[0, 1)`` (the paper's ablation uses 0.5 and 0.8); ``None``
-    takes the depth-dependent schedule :func:`lambda_init_fn`.
+    takes the depth-dependent schedule :func:`lambda_init_fn`. ``subln=False`` leaves out the per-head
+    RMSNorm and the ``(1 - lambda_init)`` scale (an ablation; Diff Transformer V2 has neither).
     """
 
-    def __init__(self, dim: int, n_heads: int, *, lambda_init: Optional[float] = None, **kwargs) -> None:
+    def __init__(self, dim: int, n_heads: int, *, lambda_init: Optional[float] = None, subln: bool = True,
+                 **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
+        if not isinstance(subln, bool):
+            raise ValueError(f"subln must be True or False, got {subln!r}")
         if self.head_dim % 2:
             raise ValueError(f"diff attention needs an even head_dim (two q/k sub-heads), got {self.head_dim}")
         d = self.head_dim // 2
@@ -273,8 +277,12 @@ class DiffAttention(AttentionBase):
         self.lambda_k1 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_q2 = nn.Parameter(torch.empty(d, dtype=torch.float32))
         self.lambda_k2 = nn.Parameter(torch.empty(d, dtype=torch.float32))
-        self.subln = RMSNorm(self.head_dim, eps=1e-5)
+        self.subln = RMSNorm(self.head_dim, eps=1e-5) if subln else None
         self.reset_lambda()
+
+    def head_norm(self, out: Tensor) -> Tensor:
+        """Per-head RMSNorm then the ``(1 - lambda_init)`` scale; the identity with ``subln=False``."""
+        return out if self.subln is None else self.subln(out) * (1.0 - self.lambda_init)
 
     @property
     def rope_dim(self) -> int:
@@ -300,7 +308,7 @@ class DiffAttention(AttentionBase):
         if cache is not None:
             k1, k2, v = cache.update(k1, k2, v)
         out = diff_attention(q1, q2, k1, k2, v, self.lambda_full(), **self._op_kwargs(key_mask))
-        return self.subln(out) * (1.0 - self.lambda_init)
+        return self.head_norm(out)
 
 
 @register_attention("diff_v2")

@@ -172,7 +172,7 @@ class FDACrossAttention(nn.Module):
         if self.is_diff:
             lam = a.lambda_full()
             out = maps[0] @ v - lam * (maps[1] @ v)
-            out = a.subln(out) * (1.0 - a.lambda_init)
+            out = a.head_norm(out)
         else:
             out = maps[0] @ v
         out = a.o_proj(out.to(x.dtype).transpose(1, 2).reshape(B, tq, -1))

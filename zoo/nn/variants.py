@@ -143,7 +143,7 @@ class DintAttention(DiffAttention):
         )
         if cache is not None:
             cache._dint_prefix = new_prefix  # running mean state for the next decoding step
-        return self.subln(out) * (1.0 - self.lambda_init)
+        return self.head_norm(out)
 
 
 @register_attention("gda")
@@ -206,7 +206,7 @@ class GroupedDiffAttention(DiffAttention):
         k1 = k1.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
         out = diff_attention(q1, q2, k1, k2, v, self.lambda_full(), **self._op_kwargs(key_mask))
-        return self.subln(out) * (1.0 - self.lambda_init)
+        return self.head_norm(out)
 
 
 __all__ = ["DintAttention", "GroupedDiffAttention", "SharedDiffAttention", "dint_attention"]
