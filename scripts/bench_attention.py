@@ -514,6 +514,14 @@ FULL_GRID = {"seqlens": [512, 1024, 2048, 4096, 8192, 16384, 32768], "dims": [12
              "batches": [1, 4, 16, 64], "caches": [1024, 4096, 16384, 32768], "lm_seqlens": [2048, 8192]}
 
 
+def _row_parts(result: dict) -> list[str]:
+    """The row lists a run was asked for: its ``parts`` (``--parts`` names ``lm`` for the ``lm_step`` rows);
+    for an older result without that key, the lists it has rows in."""
+    if result.get("parts"):
+        return ["lm_step" if p == "lm" else p for p in result["parts"]]
+    return [p for p in ROW_KEYS if result.get(p)]
+
+
 def missing_shapes(result: dict) -> list[str]:
     """The full run's shapes that ``result`` has no row for, per part it was asked to measure (``parts``;
     for an older result without that key, the parts it has rows of)."""
@@ -521,7 +529,7 @@ def missing_shapes(result: dict) -> list[str]:
     want = {"training": [(d, c, T) for d in g["dims"] for c in g["causals"] for T in g["seqlens"]],
             "lm_step": [(T,) for T in g["lm_seqlens"]],
             "decode": [(d, B, Tk) for d in g["dims"] for B in g["batches"] for Tk in g["caches"]]}
-    parts = result.get("parts") or [p for p in ROW_KEYS if result.get(p)]
+    parts = _row_parts(result)
     for part, keys in ROW_KEYS.items():
         if part not in parts:
             continue
@@ -561,8 +569,7 @@ def merge_results(base: dict, new: dict, note: str = "") -> tuple[dict, list[str
         merged["runs"] = runs
     if not changes:
         raise ValueError("cannot merge: the new run has no training, lm_step or decode rows")
-    merged["parts"] = [p for p in ROW_KEYS if any(p in (r.get("parts") or [q for q in ROW_KEYS if r.get(q)])
-                                                  for r in (base, new))]
+    merged["parts"] = [p for p in ROW_KEYS if any(p in _row_parts(r) for r in (base, new))]
     return merged, changes
 
 

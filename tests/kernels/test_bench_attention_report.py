@@ -100,3 +100,12 @@ def test_merge_command_rewrites_the_report(bench, tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         bench.main()
     assert "device differs" in capsys.readouterr().err
+
+
+def test_missing_shapes_follow_the_parts_a_run_was_asked_for(bench):
+    # --parts lm writes lm_step rows: a run asked for "lm" with no T=8192 row lacks it
+    miss = bench.missing_shapes(_result(parts=["lm"], training=[], lm_step=[{"T": 2048, "B": 8}]))
+    assert miss == ["lm_step: T=8192"]
+    merged, _ = bench.merge_results(_result(training=[_row(128, True, 512, 1.0)]),
+                                    _result(parts=["lm"], training=[], lm_step=[{"T": 2048, "B": 8}]))
+    assert merged["parts"] == ["training", "lm_step"]
