@@ -80,6 +80,11 @@ def test_incomplete_or_damaged_caches_are_refused(tmp_path):
     assert _ds(tmp_path, n=4).cached_count() == 0
 
 
+def test_bad_worker_count_is_refused():
+    with pytest.raises(ValueError, match="synth_cache_workers must be an integer >= 0"):
+        STRDataModule(synth_cache="x", synth_cache_workers=-1)
+
+
 def test_the_memory_map_is_not_pickled(tmp_path):
     ds = _ds(tmp_path, n=64)
     ds.build_cache(workers=1)
@@ -131,3 +136,19 @@ def test_bench_run_trains_the_same_from_the_prepared_cache(bench, tmp_path, monk
         assert torch.equal(a, b), name
     assert cached.readings["test"] == plain.readings["test"]  # every test crop read the same
     assert cached_row["test_accuracy"] == plain_row["test_accuracy"]
+
+
+def test_a_cache_another_process_renamed_into_place_meanwhile_is_kept(tmp_path, monkeypatch):
+    ds = _ds(tmp_path, n=3)
+    real_replace = zstr.os.replace
+
+    def racing(src, dst):  # the other process finishes first, then our rename finds its folder
+        monkeypatch.setattr(zstr.os, "replace", real_replace)
+        _ds(tmp_path, n=3).build_cache(workers=1)
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(zstr.os, "replace", racing)
+    assert ds.build_cache(workers=1) == ds.cache_path()
+    assert ds.cached_count() == 3 and not list(tmp_path.glob(".*"))  # our temporary folder is gone
+    assert [ds[i][1] for i in range(3)] == [SyntheticSTRDataset(3, Charset("36", 6), "train", **KW)[i][1]
+                                              for i in range(3)]

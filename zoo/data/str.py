@@ -264,7 +264,12 @@ class SyntheticSTRDataset(Dataset):
                 old = path.parent / f".{path.name}.{os.getpid()}.old"
                 os.replace(path, old)  # open memory maps of readers stay valid
                 shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process renamed its cache into place in between
+                if self.cached_count() < need:
+                    raise
+                shutil.rmtree(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -412,7 +417,9 @@ class STRDataModule(L.LightningDataModule):
         self.synth_train_shear = check_shear(synth_train_shear, "synth_train_shear")
         self.synth_train_fonts = None if synth_train_fonts is None else check_train_fonts(synth_train_fonts, self.charset.chars)
         self.synth_train_start = int(synth_train_start)
-        self.synth_cache, self.synth_cache_workers = synth_cache, int(synth_cache_workers)
+        if not isinstance(synth_cache_workers, int) or isinstance(synth_cache_workers, bool) or synth_cache_workers < 0:
+            raise ValueError(f"synth_cache_workers must be an integer >= 0 (0: every core), got {synth_cache_workers!r}")
+        self.synth_cache, self.synth_cache_workers = synth_cache, synth_cache_workers
         self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
