@@ -144,7 +144,9 @@ def test_a_cache_another_process_renamed_into_place_meanwhile_is_kept(tmp_path, 
 
     def racing(src, dst):  # the other process finishes first, then our rename finds its folder
         monkeypatch.setattr(zstr.os, "replace", real_replace)
-        _ds(tmp_path, n=3).build_cache(workers=1)
+        with monkeypatch.context() as m:
+            m.setattr(zstr.os, "getpid", lambda: -7)  # another process: its own temporary folder
+            _ds(tmp_path, n=3).build_cache(workers=1)
         raise OSError(39, "Directory not empty")
 
     monkeypatch.setattr(zstr.os, "replace", racing)
