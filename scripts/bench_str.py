@@ -395,8 +395,9 @@ def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None) ->
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
-    """run()'s keywords from the command line: where it trains (--accelerator / --num-workers) and the
-    architecture overrides (--model-args); CPU, no loader processes and no overrides when absent."""
+    """run()'s keywords from the command line: where it trains (--accelerator / --num-workers), the
+    architecture overrides (--model-args) and the crop cache (--synth-cache); CPU, no loader processes, no
+    overrides and no cache when absent."""
     return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0),
             "model_args": getattr(args, "model_args", None) or None, "synth_cache": getattr(args, "synth_cache", None)}
 
