@@ -416,7 +416,8 @@ def markdown(result: dict) -> str:
     if not result.get("complete", True):
         lines += ["**Partial run**: the run stopped before every shape was measured; the rows below are "
                   "all it measured.", ""]
-        lines += [f"- not measured, {m}" for m in missing_shapes(result)] + [""] * bool(missing_shapes(result))
+        missing = missing_shapes(result)
+        lines += [f"- not measured, {m}" for m in missing] + [""] * bool(missing)
     cols = [c for c in TRAIN_COLS if any(c in r for r in result.get("training", []))]
     for phase in ("fwd", "fwd_bwd") if result.get("training") else ():
         lines += [f"## Training shapes, {phase.replace('_', '+')}: ms (TFLOP/s) [peak extra MiB]", "",

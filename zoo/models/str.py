@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
-from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, takes_lambda_init
+from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
 
 DECODE_MODES = ("ar", "nar")
 
@@ -107,9 +107,8 @@ class STRConfig:
         )
         if not isinstance(self.diff_subln, bool):
             raise ValueError(f"diff_subln must be true or false, got {self.diff_subln!r}")
-        if not self.diff_subln and not any(takes_lambda_init(t) for t in (self.attn_type, self.self_attn_type)):
-            raise ValueError(f"diff_subln applies to differential attention; attn_type {self.attn_type!r} and "
-                             f"self_attn_type {self.self_attn_type!r} have none (leave diff_subln unset)")
+        if not self.diff_subln:
+            require_differential("diff_subln", attn_type=self.attn_type, self_attn_type=self.self_attn_type)
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
         if not isinstance(self.refine_iters, int) or self.refine_iters < 0:
@@ -136,14 +135,14 @@ class DecoderLayer(nn.Module):
         d = cfg.dec_dim
         common = dict(layer_idx=layer_idx, bias=True, backend=cfg.attn_backend)
         self.norm_q, self.norm_c = nn.LayerNorm(d), nn.LayerNorm(d)
-        def diff_kw(attn_type: str) -> dict:
-            kw = lambda_init_kwargs(attn_type, cfg.lambda_init)
-            return {**kw, "subln": False} if not cfg.diff_subln and takes_lambda_init(attn_type) else kw
-
-        self.self_attn = build_attention(cfg.self_attn_type, d, cfg.self_heads, **common, **diff_kw(cfg.self_attn_type))
+        self.self_attn = build_attention(
+            cfg.self_attn_type, d, cfg.self_heads, **common,
+            **lambda_init_kwargs(cfg.self_attn_type, cfg.lambda_init, cfg.diff_subln),
+        )
         self.norm_x = nn.LayerNorm(d)
         self.cross_attn = build_attention(
-            cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common, **diff_kw(cfg.attn_type)
+            cfg.attn_type, d, cfg.dec_heads, kv_dim=cfg.enc_dim, **common,
+            **lambda_init_kwargs(cfg.attn_type, cfg.lambda_init, cfg.diff_subln),
         )
         self.norm_m = nn.LayerNorm(d)
         self.mlp = GeluMlp(d, int(d * cfg.dec_mlp_ratio), dropout=cfg.dropout)

@@ -67,23 +67,32 @@ def takes_lambda_init(attn_type: str) -> bool:
     return issubclass(ATTENTION_TYPES[attn_type], DiffAttention)
 
 
+def require_differential(setting: str, **attn_types: str) -> None:
+    """Refuse a setting only differential attention takes (keyword: the config field, value: the type name)
+    unless at least one of the attention types it would reach is differential."""
+    if not any(takes_lambda_init(t) for t in attn_types.values()):
+        named = " and ".join(f"{field} {t!r}" for field, t in attn_types.items())
+        raise ValueError(
+            f"{setting} applies to differential attention; {named} {'has' if len(attn_types) == 1 else 'have'} "
+            f"none (leave {setting} unset)"
+        )
+
+
 def check_lambda_init_for(value: Any, **attn_types: str) -> Optional[float]:
     """A config's ``lambda_init`` (``None`` passes through), checked against the attention types it would reach
     (keyword: the config field, value: the type name): refused unless at least one of them is differential."""
     if value is None:
         return None
-    if not any(takes_lambda_init(t) for t in attn_types.values()):
-        named = " and ".join(f"{field} {t!r}" for field, t in attn_types.items())
-        raise ValueError(
-            f"lambda_init applies to differential attention; {named} {'has' if len(attn_types) == 1 else 'have'} "
-            "none (leave lambda_init unset)"
-        )
+    require_differential("lambda_init", **attn_types)
     return check_lambda_init(value)
 
 
-def lambda_init_kwargs(attn_type: str, lambda_init: Optional[float]) -> dict[str, float]:
-    """``{"lambda_init": value}`` for a differential type when a value is set, else ``{}``."""
-    return {"lambda_init": lambda_init} if lambda_init is not None and takes_lambda_init(attn_type) else {}
+def lambda_init_kwargs(attn_type: str, lambda_init: Optional[float], subln: bool = True) -> dict[str, Any]:
+    """``{"lambda_init": value}`` for a differential type when a value is set (and ``"subln": False`` when
+    the head norm is switched off), else ``{}``."""
+    if not takes_lambda_init(attn_type):
+        return {}
+    return {**({"lambda_init": lambda_init} if lambda_init is not None else {}), **({} if subln else {"subln": False})}
 
 
 def check_lambda_init(value: Any) -> float:
