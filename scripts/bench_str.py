@@ -258,8 +258,12 @@ def bench_main(args: argparse.Namespace) -> None:
         # one arm per process (run the two arms side by side on two cores), merged by --merge
         kw = run_args(args)
         name = free_name(arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, kw["model_args"]), args.overwrite)
+        budget = getattr(args, "budget_min", None)
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **kw)
+                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from,
+                     resume_dir=getattr(args, "resume_dir", None), budget_s=None if budget is None else 60 * budget, **kw)
+        if row is None:  # stopped by --budget-min, checkpointed in --resume-dir; the same command continues it
+            return
         row["label"] = (f"{args.attn} cross-attention{overrides_text(kw['model_args'])}"
                         + (f" (from {Path(args.init_from).name})" if args.init_from else ""))
         write(name, {"machine": machine(), "data": DATA, "runs": [row]}, table([row], f"{args.attn} arm"))
@@ -474,7 +478,8 @@ def main() -> None:
                    help="replace an existing arm result of the same steps and seed; with --export, replace the shipped "
                         "model even when the new one tests lower")
     p.add_argument("--resume-dir", type=Path, default=None,
-                   help="--export only: keep a resumable checkpoint here; the same command continues the run")
+                   help="--export or a single arm (--attn diff|vanilla): keep a resumable checkpoint here; the same "
+                        "command continues the run (on this or another machine)")
     p.add_argument("--budget-min", type=float, default=None,
                    help="with --resume-dir: stop after this many minutes of training, checkpointed")
     p.add_argument("--init-from", default=None,
@@ -518,8 +523,9 @@ def main() -> None:
         except (ValueError, FileNotFoundError) as exc:
             p.error(f"--add-train-fonts: {exc}")
         DATA["synth_train_fonts"] = fonts
-    if (args.resume_dir is not None or args.budget_min is not None) and not args.export:
-        p.error("--resume-dir / --budget-min go with --export")
+    if (args.resume_dir is not None or args.budget_min is not None) and not (args.export or args.attn != "both") \
+            or (args.resume_dir is not None and (args.merge or args.csd or args.prepare_cache)):
+        p.error("--resume-dir / --budget-min go with --export or a single arm (--attn diff|vanilla)")
     if args.budget_min is not None and args.resume_dir is None:
         p.error("--budget-min needs --resume-dir (where the stopped run is kept)")
     if args.steps is None:

@@ -59,19 +59,26 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
 # STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins;
 # STR_CSD_STEPS=N a CSD student of N steps from the shipped model as teacher (bench_str --csd).
+# STR_BATCH sets the batch (default 64), STR_ACCELERATOR the Lightning accelerator (default gpu; cpu for a dry
+# run). The arms are resumable: each keeps a checkpoint in $STR_RUNS/<arm>_s<seed> (default $OUT/str_runs, so it
+# comes back) and stops, checkpointed, 45 s before the step's limit; the same command with STR_RUNS pointing at
+# the returned folder (carried) continues them, as does
+# `bench_str.py --attn A --steps N --seed S --batch-size B --resume-dir DIR` on any machine.
+# STR_ATTN_BACKEND exports ZOO_ATTN_BACKEND for the runs (e.g. sdpa: the same maps, fewer launches at these shapes).
 # Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26, before the crop
 # cache): with the three default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s
 # vanilla, 395 s diff). The cache's speed-up there is still to be measured.
 str_train() {
-  local lim=$1 seeds=${STR_ARM_SEEDS:-0} cache=/tmp/str_cache
+  local lim=$1 seeds=${STR_ARM_SEEDS:-0} cache=/tmp/str_cache runs_dir=${STR_RUNS:-$OUT/str_runs}
   local ft=${STR_FT_STEPS:-10000} csd=${STR_CSD_STEPS:-0} steps=${STR_ARM_STEPS:-8000}
+  [ -n "${STR_ATTN_BACKEND:-}" ] && export ZOO_ATTN_BACKEND=$STR_ATTN_BACKEND
   local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (ft > 0) + (csd > 0) ))
   for s in $seeds; do runs=$(( runs + per )); done
   local w=$(( 14 / runs > 1 ? 14 / runs : 1 )) t0=$(date +%s)
   # every crop the runs read, rendered once on all cores (about 1.7 ms a crop on one core) and shared:
   # each run then needs only a light loader process instead of 4-5 rendering ones (STR_CACHE=0: render in
   # the loaders, as before 2026-11-27; the crops are the same)
-  local g="--accelerator gpu --batch-size 64"
+  local g="--accelerator ${STR_ACCELERATOR:-gpu} --batch-size ${STR_BATCH:-64}"
   if [ "${STR_CACHE:-1}" != 0 ]; then
     { python3 scripts/bench_str.py --prepare-cache --synth-cache $cache --steps "$steps" $g
       (( csd > 0 )) && python3 scripts/bench_str.py --prepare-cache --csd --synth-cache $cache --steps "$csd" $g
@@ -89,23 +96,27 @@ str_train() {
     timeout "$lim" python3 scripts/bench_str.py --csd --steps "$csd" --val-every 2000 --num-workers $w $g \
       > "$OUT/str_csd.log" 2>&1 &
   fi
+  local arm_budget; arm_budget=$(python3 -c "print(max(0.5, ($lim - 45) / 60))")
   for seed in $seeds; do
     for attn in diff vanilla; do
       timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "$steps" --seed "$seed" --num-workers $w $g \
-        > "$OUT/str_${attn}_s$seed.log" 2>&1 &
+        --resume-dir "$runs_dir/${attn}_s$seed" --budget-min "$arm_budget" >> "$OUT/str_${attn}_s$seed.log" 2>&1 &
     done
     if [ -n "${STR_DIFF_ARGS:-}" ]; then
       timeout "$lim" python3 scripts/bench_str.py --attn diff --model-args "$STR_DIFF_ARGS" --steps "$steps" \
-        --seed "$seed" --num-workers $w $g > "$OUT/str_diffvar_s$seed.log" 2>&1 &
+        --seed "$seed" --num-workers $w $g --resume-dir "$runs_dir/diffvar_s$seed" --budget-min "$arm_budget" \
+        >> "$OUT/str_diffvar_s$seed.log" 2>&1 &
     fi
   done
   wait
+  [ "$runs_dir" != "$OUT/str_runs" ] && mkdir -p "$OUT/str_runs" && cp -r "$runs_dir"/. "$OUT/str_runs/"
   tail -n 3 "$OUT"/str_*.log
   tar czf "$OUT/str.tar.gz" scripts/results/str/*.json scripts/results/str/*.md zoo/pretrained/str-diff-tiny \
     $(ls -d scripts/results/str/export_candidate 2>/dev/null)
 }
 export -f str_train
-step str-train 470 bash -c 'str_train 460'
+# STR_LIMIT: the step's seconds (default 470)
+step str-train "${STR_LIMIT:-470}" bash -c "str_train $(( ${STR_LIMIT:-470} - 10 ))"
 
 XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 12)
 step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels -m gpu

@@ -138,3 +138,24 @@ def test_accuracy_by_font_groups_readings_by_the_rendered_font(bench, monkeypatc
         assert r["count"] == len(idx)
         assert r["accuracy"] == pytest.approx(100 * sum(i % 3 == 0 for i in idx) / len(idx), abs=0.01)
         assert r["one_minus_ned"] == pytest.approx(100 * sum(0.5 + 0.01 * i for i in idx) / len(idx), abs=0.01)
+
+
+def test_a_single_arm_run_resumes_from_the_command_line(bench, tmp_path, monkeypatch):
+    """--attn diff --resume-dir D --budget-min 0 stops after its first step, checkpointed, and writes no arm
+    result; the same command without the budget continues the run and then writes it."""
+    import sys
+
+    argv = ["bench_str.py", "--attn", "diff", "--steps", "3", "--batch-size", "4", "--n-test", "8",
+            "--resume-dir", str(tmp_path / "arm")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--budget-min", "0"])
+    bench.main()
+    assert json.loads((tmp_path / "arm" / "progress.json").read_text())["done"] == 1
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("arm_*"))
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    row = json.loads((tmp_path / "results" / "arm_diff_3_s0_b4.json").read_text())["runs"][0]
+    assert row["steps"] == 3 and row["parts"] == 2 and row["test_count"] == 8
+    for bad in (["--merge"], ["--csd"]):
+        monkeypatch.setattr(sys, "argv", ["bench_str.py", *bad, "--resume-dir", str(tmp_path / "x")])
+        with pytest.raises(SystemExit):
+            bench.main()
