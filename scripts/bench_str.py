@@ -172,6 +172,8 @@ def run(
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
         "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
         **({"model_args": model_args} if model_args else {}),
+        # the attention backend chosen by environment (the same maps either way; recorded for the timings)
+        **({"attn_backend": os.environ["ZOO_ATTN_BACKEND"]} if os.environ.get("ZOO_ATTN_BACKEND") else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
     }, task
 

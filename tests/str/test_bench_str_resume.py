@@ -152,9 +152,11 @@ def test_a_single_arm_run_resumes_from_the_command_line(bench, tmp_path, monkeyp
     assert json.loads((tmp_path / "arm" / "progress.json").read_text())["done"] == 1
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("arm_*"))
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("ZOO_ATTN_BACKEND", "naive")
     bench.main()
     row = json.loads((tmp_path / "results" / "arm_diff_3_s0_b4.json").read_text())["runs"][0]
     assert row["steps"] == 3 and row["parts"] == 2 and row["test_count"] == 8
+    assert row["attn_backend"] == "naive"  # an environment-chosen backend is recorded
     for bad in (["--merge"], ["--csd"]):
         monkeypatch.setattr(sys, "argv", ["bench_str.py", *bad, "--resume-dir", str(tmp_path / "x")])
         with pytest.raises(SystemExit):
