@@ -110,12 +110,15 @@ def run(
         (resume_dir / RESUME_STATE).write_text(json.dumps({**state, "train_s": round(train_s, 1)}, indent=2) + "\n")
 
     def save_state(trainer: Any, train_s: float) -> None:
-        """Checkpoint (when the run is not over) and progress file of a resumable run."""
+        """Checkpoint (when the run is not over) and progress file of a resumable run. A finished run drops
+        its last periodic checkpoint: it cannot be continued, and its weights are the test's / the export's."""
         state["done"] = trainer.global_step
         resume_dir.mkdir(parents=True, exist_ok=True)
         if trainer.global_step < steps:
             trainer.save_checkpoint(resume_dir / RESUME_CKPT)
         write_state(train_s)
+        if trainer.global_step >= steps:
+            (resume_dir / RESUME_CKPT).unlink(missing_ok=True)
 
     class Progress(L.Callback):
         """Prints loss / validation accuracy (the bar is off in logs), records validation, stops on budget,

@@ -157,6 +157,7 @@ def test_a_single_arm_run_resumes_from_the_command_line(bench, tmp_path, monkeyp
     row = json.loads((tmp_path / "results" / "arm_diff_3_s0_b4.json").read_text())["runs"][0]
     assert row["steps"] == 3 and row["parts"] == 2 and row["test_count"] == 8
     assert row["attn_backend"] == "naive"  # an environment-chosen backend is recorded
+    assert not (tmp_path / "arm" / "last.ckpt").exists()  # a finished run keeps no stale checkpoint
     for bad in (["--merge"], ["--csd"]):
         monkeypatch.setattr(sys, "argv", ["bench_str.py", *bad, "--resume-dir", str(tmp_path / "x")])
         with pytest.raises(SystemExit):
