@@ -55,8 +55,8 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 
 # scene text on the GPU (issue 4): the shipped str-diff-tiny's next fine-tuning stage (cmmi10 among the training
 # fonts, resumable in $OUT/str_ft when its budget runs out; STR_FT_STEPS=0 leaves it out) and the diff / vanilla
-# arms from scratch at equal steps and batch (seeds STR_ARM_SEEDS, default 0), all side by side: the loader
-# processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs.
+# arms from scratch at equal steps and batch (seeds STR_ARM_SEEDS, default 0), all side by side (with STR_CACHE=0
+# the loader processes that render the crops are the bottleneck, so the 16 cores are shared out among the runs).
 # STR_DIFF_ARGS='{"dec_heads": 1}' adds a diff variant (bench_str --model-args) beside each seed's twins;
 # STR_CSD_STEPS=N a CSD student of N steps from the shipped model as teacher (bench_str --csd).
 # STR_BATCH sets the batch (default 64), STR_ACCELERATOR the Lightning accelerator (default gpu; cpu for a dry
@@ -64,16 +64,21 @@ python3 -c "import zoo, zoo.kernels.diff_attn as k; print('zoo from', zoo.__file
 # comes back) and stops, checkpointed, 45 s before the step's limit; the same command with STR_RUNS pointing at
 # the returned folder (carried) continues them, as does
 # `bench_str.py --attn A --steps N --seed S --batch-size B --resume-dir DIR` on any machine.
-# STR_ATTN_BACKEND exports ZOO_ATTN_BACKEND for the runs (e.g. sdpa: the same maps, fewer launches at these shapes).
+# STR_ARMS picks the registered twins per seed (default "diff vanilla"; "vanilla" with STR_DIFF_ARGS runs a variant
+# against vanilla only). STR_ATTN_BACKEND exports ZOO_ATTN_BACKEND for the runs (e.g. sdpa: the same maps, fewer
+# launches at these shapes).
 # Results and the exported model come back in $OUT/str.tar.gz. Seen on an H100 (2026-11-26, before the crop
 # cache): with the three default runs side by side, about 20 steps/s each at batch 64 (8000 steps: 272 s
 # vanilla, 395 s diff). On an H200 (2026-11-27, with the cache, STR_BATCH=128 STR_ATTN_BACKEND=sdpa, four arms):
 # 1.02M crops rendered in 94 s, then 26-29 steps/s each (8000 steps in 272-307 s).
 str_train() {
   local lim=$1 seeds=${STR_ARM_SEEDS:-0} cache=/tmp/str_cache runs_dir=${STR_RUNS:-$OUT/str_runs}
+  local rest=$(( BUDGET - ($(date +%s) - t0) - 15 ))
+  (( lim > rest )) && lim=$rest  # the step's limit was cut to the script's budget
   local ft=${STR_FT_STEPS:-10000} csd=${STR_CSD_STEPS:-0} steps=${STR_ARM_STEPS:-8000}
   [ -n "${STR_ATTN_BACKEND:-}" ] && export ZOO_ATTN_BACKEND=$STR_ATTN_BACKEND
-  local per=$(( ${STR_DIFF_ARGS:+1} + 2 )) runs=$(( (ft > 0) + (csd > 0) ))
+  local arms=(${STR_ARMS-diff vanilla})
+  local per=$(( ${STR_DIFF_ARGS:+1} + ${#arms[@]} )) runs=$(( (ft > 0) + (csd > 0) ))
   for s in $seeds; do runs=$(( runs + per )); done
   local w=$(( 14 / runs > 1 ? 14 / runs : 1 )) t0=$(date +%s)
   # every crop the runs read, rendered once on all cores (about 1.7 ms a crop on one core) and shared:
@@ -98,8 +103,9 @@ str_train() {
       > "$OUT/str_csd.log" 2>&1 &
   fi
   local arm_budget; arm_budget=$(python3 -c "print(max(0.5, ($lim - 45) / 60))")
+  echo "str-train: ${lim}s left for the runs; each arm stops, checkpointed, after ${arm_budget} min of training"
   for seed in $seeds; do
-    for attn in diff vanilla; do
+    for attn in ${STR_ARMS-diff vanilla}; do
       timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "$steps" --seed "$seed" --num-workers $w $g \
         --resume-dir "$runs_dir/${attn}_s$seed" --budget-min "$arm_budget" >> "$OUT/str_${attn}_s$seed.log" 2>&1 &
     done
@@ -116,6 +122,7 @@ str_train() {
     $(ls -d scripts/results/str/export_candidate 2>/dev/null)
 }
 export -f str_train
+export BUDGET t0
 # STR_LIMIT: the step's seconds (default 470)
 step str-train "${STR_LIMIT:-470}" bash -c "str_train $(( ${STR_LIMIT:-470} - 10 ))"
 
