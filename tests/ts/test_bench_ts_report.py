@@ -63,7 +63,7 @@ def test_sweep_pairs_each_setting_with_the_tables_run_of_the_same_seed(tmp_path,
     assert w["d_mse"] == pytest.approx(((0.38 - 0.39) + (0.379 - 0.39)) / 2)
     assert "paired_seeds" not in sweep["the table's setting"]
     md = (tmp_path / "bench_ts.md").read_text()
-    assert "| ETTh1 | itr-diff | a setting | 3 | 0.6500 | 0.3780 | -0.0150 ± 0.0050 (2 seeds) | -0.0105 |" in md
+    assert "| ETTh1 | itr-diff | a setting | lr 0.0001 | 3 | 0.6500 | 0.3780 | -0.0150 ± 0.0050 (2 seeds) | -0.0105 |" in md
 
 
 def test_sweep_groups_runs_by_what_was_trained_not_by_their_note(tmp_path, bench):
@@ -82,3 +82,39 @@ def test_sweep_groups_runs_by_what_was_trained_not_by_their_note(tmp_path, bench
     got = sorted((w["setting"], w["seeds"], round(w["mse"], 4)) for w in sweep)
     assert got == sorted([("lambda 0.8 / lambda_init 0.8 again", [0, 1], 0.375), ("heads", [0], 0.36), ("heads", [0], 0.35),
                           ("the table's setting", [0, 1], 0.39)])
+
+
+def test_table_runs_take_the_sweeps_overrides_and_pilots_their_own_setting(tmp_path, bench, monkeypatch):
+    """A grid point with a TABLE_OVERRIDES entry trains at that lr / architecture; a pilot at what it was given;
+    a recorded run of another setting does not count as done."""
+    monkeypatch.setattr(bench, "TABLE_OVERRIDES", {("ETTh2", "itr-diff"): {"lr": 2e-4, "model_args": {"n_layers": 1}}})
+    trained = []
+
+    def fake_train(dataset, horizon, arch, seed, tf, args, lr=None, model_args=None):
+        trained.append((dataset, lr, model_args))
+        return {**_run(dataset, horizon, "itr-diff", seed, 0.3, arch=arch, best_epoch=2), "lr": lr, "model_args": model_args}, None
+
+    monkeypatch.setattr(bench, "train_one", fake_train)
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu_model": "test CPU"})
+    # an earlier table run at the reference setting (lr 1e-4, no overrides) for ETTh2 seed 0
+    ref = _run("ETTh2", 96, "itr-diff", 0, 0.30, arch=bench.arch_for("itransformer", "diff", "ETTh2", 96), model_args={})
+    _write(tmp_path / "runs.jsonl", [ref])
+    args = argparse.Namespace(out=tmp_path, pilot=None, lr=None, model_args={}, shard="0/1", horizons=[96],
+                              datasets=["ETTh1", "ETTh2"], models=["itr-diff"], seeds=[0], time_features="itransformer")
+    bench.run_grid(args)
+    assert trained == [("ETTh1", 1e-4, {}), ("ETTh2", 2e-4, {"n_layers": 1})]
+    # the reference-setting ETTh2 run in runs.jsonl now contradicts the table: the report says which and what to do
+    with pytest.raises(SystemExit, match=r"ETTh2 H=96 itr-diff run \(seed 0\) at lr 0.0001 with \{\}.*lr 0.0002 with "
+                                         r"\{'n_layers': 1\}.*move that run to pilots.jsonl"):
+        bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    trained.clear()
+    bench.run_grid(argparse.Namespace(**{**vars(args), "pilot": "v3 sweep: x", "lr": 5e-5, "model_args": {"dropout": 0.2}}))
+    assert trained == [("ETTh1", 5e-5, {"dropout": 0.2}), ("ETTh2", 5e-5, {"dropout": 0.2})]
+    pilots = [json.loads(line) for line in (tmp_path / "pilots.jsonl").read_text().splitlines()]
+    assert [p["pilot_note"] for p in pilots] == ["v3 sweep: x"] * 2
+
+
+def test_lr_or_model_args_without_pilot_are_refused(bench, tmp_path):
+    for extra in (["--lr", "2e-4"], ["--model-args", '{"n_layers": 1}']):
+        with pytest.raises(SystemExit):
+            bench.main(["--out", str(tmp_path), "--datasets", "ETTh1", *extra])
