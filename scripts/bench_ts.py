@@ -93,6 +93,9 @@ TABLE_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("ETTh2", "itr-vanilla"): {"lr": 2e-4, "model_args": {"n_layers": 1}},
 }
 
+TABLE_SETTING = "the table's setting"  # the sweep's name for the table's own H=96 runs
+SHIPPED = {"ts-itransformer-diff-etth1": True, "ts-patchtst-diff-etth1": False}  # name -> time features
+
 
 def table_setting(dataset: str, key: str) -> tuple[float, dict[str, Any]]:
     """(lr, architecture overrides) of the table's runs of ``key`` on ``dataset``."""
@@ -103,8 +106,6 @@ def table_setting(dataset: str, key: str) -> tuple[float, dict[str, Any]]:
 def run_key(r: dict[str, Any]) -> tuple:
     """What a run trained: grid point, seed, learning rate and architecture overrides."""
     return (r["dataset"], r["horizon"], r["arch"], r["seed"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True))
-TABLE_SETTING = "the table's setting"  # the sweep's name for the table's own H=96 runs
-SHIPPED = {"ts-itransformer-diff-etth1": True, "ts-patchtst-diff-etth1": False}  # name -> time features
 
 
 def arch_for(family: str, attn: str, dataset: str, horizon: int) -> str:
