@@ -64,3 +64,19 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
             "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
         ])
     assert not jsonl.exists() and csv.read_bytes() == before
+
+
+@pytest.mark.parametrize("attn,key", [("diff", "itr-diff"), ("vanilla", "itr-vanilla")])
+def test_etth_configs_train_what_the_benchmark_table_trains(attn, key, load_script):
+    """configs/ts/etth{1,2}_itransformer_*.yaml at H=96 use the benchmark's architecture, learning rate and
+    overrides (bench_ts.arch_for / table_setting), so the README's numbers are what the configs reproduce."""
+    import yaml
+
+    bench = load_script("bench_ts")
+    for dataset in ("ETTh1", "ETTh2"):
+        cfg = yaml.safe_load((ROOT / "configs" / "ts" / f"{dataset.lower()}_itransformer_{attn}.yaml").read_text())
+        model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+        lr, model_args = bench.table_setting(dataset, key)
+        assert model["arch"] == bench.arch_for("itransformer", attn, dataset, 96)
+        assert (model["lr"], model.get("model_args") or {}) == (lr, model_args)
+        assert data["path"].endswith(f"{dataset}.csv") and data["horizon"] == 96 and data["time_features"] is True
