@@ -228,8 +228,7 @@ def export_main(args: argparse.Namespace) -> None:
     from zoo.hub import export_model
 
     row, task = run("str-diff-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, val_every=args.val_every,
-                    batch_size=args.batch_size, resume_dir=args.resume_dir,
-                    budget_s=None if args.budget_min is None else 60 * args.budget_min, init_from=args.init_from, **run_args(args))
+                    batch_size=args.batch_size, init_from=args.init_from, **run_args(args))
     if row is None:  # stopped on its budget; the next call continues
         return
     row["label"] = "str-diff-tiny (shipped)"
@@ -263,10 +262,8 @@ def bench_main(args: argparse.Namespace) -> None:
         # one arm per process (run the two arms side by side on two cores), merged by --merge
         kw = run_args(args)
         name = free_name(arm_name(args.attn, args.steps, args.seed, args.init_from, args.batch_size, kw["model_args"]), args.overwrite)
-        budget = getattr(args, "budget_min", None)
         row, _ = run(f"str-{args.attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from,
-                     resume_dir=getattr(args, "resume_dir", None), budget_s=None if budget is None else 60 * budget, **kw)
+                     val_every=args.val_every if args.init_from else 0, init_from=args.init_from, **kw)
         if row is None:  # stopped by --budget-min, checkpointed in --resume-dir; the same command continues it
             return
         row["label"] = (f"{args.attn} cross-attention{overrides_text(kw['model_args'])}"
@@ -405,10 +402,13 @@ def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None) ->
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
     """run()'s keywords from the command line: where it trains (--accelerator / --num-workers), the
-    architecture overrides (--model-args) and the crop cache (--synth-cache); CPU, no loader processes, no
-    overrides and no cache when absent."""
+    architecture overrides (--model-args), the crop cache (--synth-cache) and a resumable run's folder and
+    budget (--resume-dir / --budget-min, which main() allows only with --export or a single arm); CPU, no
+    loader processes, no overrides, no cache and not resumable when absent."""
+    budget = getattr(args, "budget_min", None)
     return {"accelerator": getattr(args, "accelerator", "cpu"), "num_workers": getattr(args, "num_workers", 0),
-            "model_args": getattr(args, "model_args", None) or None, "synth_cache": getattr(args, "synth_cache", None)}
+            "model_args": getattr(args, "model_args", None) or None, "synth_cache": getattr(args, "synth_cache", None),
+            "resume_dir": getattr(args, "resume_dir", None), "budget_s": None if budget is None else 60 * budget}
 
 
 def prepare_cache(args: argparse.Namespace) -> None:

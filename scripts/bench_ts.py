@@ -103,6 +103,12 @@ def table_setting(dataset: str, key: str) -> tuple[float, dict[str, Any]]:
     return override.get("lr", REFERENCE_LR), dict(override.get("model_args", {}))
 
 
+def requested_setting(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
+    """(lr, architecture overrides) given on the command line (--lr / --model-args; main() allows them only
+    with --pilot): the reference lr and the registered architecture when absent."""
+    return (args.lr if args.lr is not None else REFERENCE_LR), dict(args.model_args)
+
+
 def run_key(r: dict[str, Any]) -> tuple:
     """What a run trained: grid point, seed, learning rate and architecture overrides."""
     return (r["dataset"], r["horizon"], r["arch"], r["seed"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True))
@@ -118,12 +124,11 @@ def arch_for(family: str, attn: str, dataset: str, horizon: int) -> str:
 
 def train_one(
     dataset: str, horizon: int, arch: str, seed: int, time_features: bool, args: argparse.Namespace,
-    lr: Optional[float] = None, model_args: Optional[dict[str, Any]] = None,
+    lr: float = REFERENCE_LR, model_args: Optional[dict[str, Any]] = None,
 ) -> tuple[dict[str, Any], ForecastTask]:
-    """Train with early stopping, test with the best-validation weights (the task restores them). ``lr`` and
-    ``model_args`` default to ``args.lr`` (else the reference 1e-4) and ``args.model_args``."""
-    lr = lr if lr is not None else (args.lr if args.lr is not None else REFERENCE_LR)
-    model_args = dict(args.model_args) if model_args is None else dict(model_args)
+    """Train with early stopping, test with the best-validation weights (the task restores them); at the
+    reference lr and the registered architecture unless ``lr`` / ``model_args`` say otherwise."""
+    model_args = dict(model_args or {})
     L.seed_everything(seed, workers=True, verbose=False)
     dm = CSVTSDataModule(
         str(args.data_dir / f"{dataset}.csv"), lookback=96, horizon=horizon, features="M",
@@ -173,8 +178,7 @@ def run_grid(args: argparse.Namespace) -> None:
     for dataset, horizon, key, seed in grid:
         label, family, attn = MODELS[key]
         arch = arch_for(family, attn, dataset, horizon)
-        lr, model_args = (args.lr if args.lr is not None else REFERENCE_LR, dict(args.model_args)) if args.pilot \
-            else table_setting(dataset, key)
+        lr, model_args = requested_setting(args) if args.pilot else table_setting(dataset, key)
         point = {"dataset": dataset, "horizon": horizon, "arch": arch, "seed": seed, "lr": lr, "model_args": model_args}
         if run_key(point) in done:
             continue
@@ -195,7 +199,8 @@ def export_shipped(args: argparse.Namespace) -> None:
     """Train the shipped ETTh1 models (L=96, H=96, seed 0) and export them into zoo/pretrained."""
     records = []
     for name, tf in SHIPPED.items():
-        rec, task = train_one("ETTh1", 96, name, 0, tf, args)
+        lr, model_args = requested_setting(args)
+        rec, task = train_one("ETTh1", 96, name, 0, tf, args, lr=lr, model_args=model_args)
         folder = ROOT / "zoo" / "pretrained" / name
         task.model.meta["source"] = "ETTh1.csv"  # not this machine's absolute path
         task.export(folder, overwrite=True)

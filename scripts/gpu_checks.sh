@@ -105,7 +105,7 @@ str_train() {
   local arm_budget; arm_budget=$(python3 -c "print(max(0.5, ($lim - 45) / 60))")
   echo "str-train: ${lim}s left for the runs; each arm stops, checkpointed, after ${arm_budget} min of training"
   for seed in $seeds; do
-    for attn in ${STR_ARMS-diff vanilla}; do
+    for attn in "${arms[@]}"; do
       timeout "$lim" python3 scripts/bench_str.py --attn $attn --steps "$steps" --seed "$seed" --num-workers $w $g \
         --resume-dir "$runs_dir/${attn}_s$seed" --budget-min "$arm_budget" >> "$OUT/str_${attn}_s$seed.log" 2>&1 &
     done
