@@ -46,7 +46,15 @@ RESUME_CKPT, RESUME_STATE = "last.ckpt", "progress.json"
 SAVE_EVERY = 1000  # steps between checkpoints of a resumable run
 
 
-def run(
+def run(*args: Any, out_dir: Optional[Path] = None, **kwargs: Any) -> tuple[Optional[dict[str, Any]], Any]:
+    """``train_run`` in ``out_dir``, or in a scratch folder removed afterwards (the test writes its metrics there)."""
+    if out_dir is not None:
+        return train_run(*args, out_dir=out_dir, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="bench_str_") as scratch:
+        return train_run(*args, out_dir=Path(scratch), **kwargs)
+
+
+def train_run(
     arch: str, steps: int, seed: int = 0, batch_size: int = 32, n_test: int = 1000, lr: float = 7e-4,
     teacher: Optional[str] = None, out_dir: Optional[Path] = None, val_every: int = 0, data_seed: int = 0,
     resume_dir: Optional[Path] = None, budget_s: Optional[float] = None, stop_at: Optional[int] = None,
@@ -149,7 +157,7 @@ def run(
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
         val_check_interval=val_every or None, check_val_every_n_epoch=None if val_every else 1,
         limit_val_batches=1.0 if val_every else 0, num_sanity_val_steps=0,
-        default_root_dir=str(out_dir or tempfile.mkdtemp(prefix="bench_str_")), callbacks=[Progress()],
+        default_root_dir=str(out_dir), callbacks=[Progress()],
     )
     t0 = time.time()
     with warnings.catch_warnings():

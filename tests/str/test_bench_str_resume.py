@@ -2,6 +2,7 @@
 
 import json
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -40,6 +41,9 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
         return real(*a, **kw)
 
     monkeypatch.setattr(str_data, "STRDataModule", recording)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where a run without out_dir keeps its test metrics
     kw = dict(arch="str-diff-tiny", steps=6, batch_size=4, n_test=8, lr=1e-3, resume_dir=tmp_path / "long")
     row, task = bench.run(**kw, stop_at=2)
     assert row is None and (tmp_path / "long" / "last.ckpt").is_file()
@@ -56,6 +60,7 @@ def test_resumed_run_keeps_schedule_and_continues_on_unseen_words(bench, tmp_pat
     (tmp_path / "moved.ckpt").rename(tmp_path / "long" / "last.ckpt")
     row, task = bench.run(**kw)
     assert row["steps"] == 6 and row["test_count"] == 8 and row["parts"] == 3
+    assert not any(scratch.iterdir()), "a run without out_dir left its scratch folder behind"
     # the per-font breakdown covers the same test crops as the combined figure
     by_font = row["test_by_font"]
     assert sum(f["count"] for f in by_font.values()) == 8
