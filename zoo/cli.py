@@ -27,6 +27,17 @@ from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k")
 
 
+def runtime_fields(arch: Optional[str]) -> frozenset:
+    """Config fields of ``arch``'s model that may differ from a checkpoint's (the defaults without ``arch``)."""
+    from zoo.hub import DEFAULT_RUNTIME_FIELDS, get_spec
+
+    try:
+        spec = get_spec(arch) if arch is not None else None
+    except ValueError:  # an unknown name fails where the model is built, with its own message
+        spec = None
+    return frozenset(getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS) if spec else DEFAULT_RUNTIME_FIELDS)
+
+
 class ZooCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -42,9 +53,18 @@ class ZooCLI(LightningCLI):
         keys = [f"{sub}.model.init_args.{k}" for k in INFERENCE_ARGS] if sub else []
         given = getattr(self, "_given", None)
         keep = {k: self.config.get(k) for k in keys if given is not None and k in given}
+        # model_args the user gave: its runtime fields (decoding mode, refinement, dropout, backend) win over
+        # the checkpoint's; its architecture fields cannot (the weights fix them)
+        args_key = f"{sub}.model.init_args.model_args"
+        user_args = self.config.get(args_key) if sub and given is not None and args_key in given else None
         super()._parse_ckpt_path()
         for k, v in keep.items():
             self.config[k] = v
+        if user_args:
+            runtime = runtime_fields(self.config.get(f"{sub}.model.init_args.arch"))
+            merged = dict(self.config.get(args_key) or {})
+            merged.update({k: v for k, v in dict(user_args).items() if k in runtime})
+            self.config[args_key] = merged
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_info", "model.init_args.data_info", apply_on="instantiate")

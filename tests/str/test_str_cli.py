@@ -34,6 +34,13 @@ def test_fit_test_predict(tmp_path, capsys):
     assert len(lines) == 2 and lines[0].split()[-1] == "12" and lines[1].split()[-1] == "12"
     metrics = json.loads(next((tmp_path / "test").rglob("test_metrics.json")).read_text())
     assert metrics["combined"]["count"] == 12
+    assert "decoding ar + 1 refinement" in out  # the checkpoint's (the registered) decoding
+    # decoding settings given with --ckpt_path win over the checkpoint's; its architecture stays
+    small_nar = [*SMALL]
+    small_nar[1] = small_nar[1][:-1] + ', "decode": "nar", "refine_iters": 0, "dec_depth": 3}'
+    main(["test", "--config", cfg, *small_nar, "--ckpt_path", str(ckpts[0]), "--trainer.default_root_dir", str(tmp_path / "nar")])
+    out = capsys.readouterr().out
+    assert "decoding nar + 0 refinement" in out and "decoder 1x32" in out
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -54,8 +54,54 @@ def test_csd_teacher_targets_and_kl(exported):
 
 
 def test_teacher_must_share_charset(exported):
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info={**INFO, "charset": "abc"}, teacher=str(exported))
     with pytest.raises(ValueError, match="charset"):
-        RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info={**INFO, "charset": "abc"}, teacher=str(exported))
+        task.setup("fit")  # fit reads the teacher before its first step
+
+
+def _one_step_checkpoint(task, path, n_chars):
+    """Train ``task`` one step on a random batch and save a Lightning checkpoint at ``path``."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(1)
+    batch = {"images": torch.randn(2, 3, 32, 128), "targets": torch.randint(1, n_chars + 1, (2, 7))}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader([batch], batch_size=None))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_checkpoints_load_without_their_pretrained_or_teacher_folder(exported, tmp_path, capsys):
+    import shutil
+
+    # fine-tuned from an export onto a new charset: the checkpoint holds the whole model
+    base = shutil.copytree(exported, tmp_path / "base")
+    info = {**INFO, "charset": "abcXYZ"}
+    task = RecognitionTask(arch="str-diff-tiny", data_info=info, pretrained=str(base), model_args={"dropout": 0.1})
+    ckpt = _one_step_checkpoint(task, tmp_path / "ft.ckpt", 6)
+    shutil.rmtree(base)
+    capsys.readouterr()
+    back = RecognitionTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert "fine-tuning" not in capsys.readouterr().out  # no second charset transfer on load
+    assert back.model.charset.chars == task.model.charset.chars
+    assert back.model.config.dropout == 0.1  # the run's runtime settings are kept
+    for (k, v), (k2, v2) in zip(task.model.state_dict().items(), back.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert back.hparams.pretrained is None and task.hparams.pretrained == str(base)  # the live run still names it
+
+    # a CSD student: the teacher is needed to train, not to load
+    teacher = shutil.copytree(exported, tmp_path / "teacher")
+    student = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(teacher))
+    ckpt = _one_step_checkpoint(student, tmp_path / "student.ckpt", 36)
+    shutil.rmtree(teacher)
+    back = RecognitionTask.load_from_checkpoint(ckpt, map_location="cpu")
+    for (k, v), (k2, v2) in zip(student.model.state_dict().items(), back.model.state_dict().items()):
+        assert torch.equal(v, v2), k
+    assert any("CSD teacher" in line for line in back.summary_lines())
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        back.setup("fit")  # continuing the distillation does need it
 
 
 def test_finetune_new_charset_reports(exported, capsys):

@@ -70,3 +70,27 @@ def test_adapter_without_method_is_explained(base_export):
 
     with pytest.raises(ValueError, match="adapter needs a method"):
         LanguageModelTask(pretrained=str(base_export[0]), adapter={"rank": 4})
+
+
+def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_path, monkeypatch):
+    """The .ckpt holds the base, the adapter and the adapter's record of its base: exporting it after the
+    base folder is gone gives the same files as the run's own export."""
+    import json
+    import shutil
+
+    src, corpus = base_export
+    base = shutil.copytree(src, tmp_path / "base")
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={base}",
+          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+          "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
+          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    shutil.rmtree(base)
+    main(["export", str(ckpt), str(tmp_path / "again")])
+    for name in ("model.safetensors", ADAPTER_FILE):
+        a, b = load_file(str(run / "export" / name)), load_file(str(tmp_path / "again" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((tmp_path / "again" / ADAPTER_CONFIG_FILE).read_text()) == \
+        json.loads((run / "export" / ADAPTER_CONFIG_FILE).read_text())  # the base fingerprint included

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.data.ts import CSVTSDataModule, infer_freq, prepare_frame
+from zoo.data.ts import CSVTSDataModule, future_dates, infer_freq, prepare_frame, same_spacing
 from zoo.tasks.ts import ForecastTask
 
 LB, H = 24, 8
@@ -29,7 +29,7 @@ def test_a_missing_row_keeps_the_hourly_step_and_warns():
     df["date"] = df["date"].astype(str)
     df = df.drop(index=[5]).reset_index(drop=True)
     dates, _ = prepare_frame(df)
-    with pytest.warns(UserWarning, match="1 of 38 time steps differ from the most common step"):
+    with pytest.warns(UserWarning, match="1 of 38 time steps differ from the series' step h"):
         freq = infer_freq(dates)
     assert pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) == pd.Timedelta(hours=1)
 
@@ -41,10 +41,47 @@ def test_forecast_timestamps_after_a_gap_are_hourly(tmp_path):
     torch.manual_seed(0)
     model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
     gap = df.drop(index=[3]).astype({"date": str})
-    with pytest.warns(UserWarning, match="differ from the most common step"):
+    with pytest.warns(UserWarning, match="differ from the series' step"):
         out = model.forecast(gap)
     want = pd.date_range(df["date"].iloc[-1] + pd.Timedelta(hours=1), periods=H, freq="h")
     assert list(pd.DatetimeIndex(out["date"])) == list(want)
+
+
+@pytest.mark.parametrize("freq, drop, n_odd, last, want", [
+    # month starts with one month missing: the next months are month starts, not 31-day steps
+    ("MS", [30], 1, "2029-12-01", ["2030-01-01", "2030-02-01", "2030-03-01"]),
+    # business days with three holidays out: a Friday is followed by a Monday, not a Saturday
+    ("B", [7, 20, 33], 3, None, None),
+    # quarter starts with a gap
+    ("QS", [10], 1, "2049-10-01", ["2050-01-01", "2050-04-01", "2050-07-01"]),
+])
+def test_calendar_steps_survive_gaps(freq, drop, n_odd, last, want):
+    dates = pd.date_range("2020-01-01" if freq != "B" else "2024-01-01", periods=120, freq=freq).delete(drop)
+    with pytest.warns(UserWarning, match=f"{n_odd} of {len(dates) - 1} time steps differ from the series' step"):
+        got = infer_freq(dates)
+    off = pd.tseries.frequencies.to_offset(got)
+    assert off == pd.tseries.frequencies.to_offset(freq)
+    if freq == "B":  # from the last date, a Friday (2024-06-14), business days by the calendar
+        assert dates[-1].day_name() == "Friday"
+        assert [d.day_name() for d in future_dates(dates[-1], 3, got)] == ["Monday", "Tuesday", "Wednesday"]
+    else:
+        assert str(dates[-1].date()) == last
+        assert [str(d.date()) for d in future_dates(dates[-1], 3, got)] == want
+
+
+def test_a_gap_in_daily_data_is_not_a_different_spacing(tmp_path):
+    df = _frame(400, freq="D")
+    df.to_csv(tmp_path / "d.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model.forecast(df.drop(index=[350]).astype({"date": str}))
+    messages = [str(w.message) for w in caught]
+    assert any("differ from the series' step D" in m for m in messages), messages
+    assert not any("model was trained on" in m for m in messages), messages
+    assert list(pd.DatetimeIndex(out["date"])) == list(pd.date_range(df["date"].iloc[-1], periods=H + 1, freq="D")[1:])
+    assert same_spacing("24h", "D") and not same_spacing("744h", "MS") and not same_spacing("D", "B")
 
 
 def test_date_layouts():

@@ -140,3 +140,26 @@ def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):
     short = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=48, time_features=True)
     with pytest.raises(ValueError, match=r"does not fit the data \(horizon: checkpoint=96 data=48\)"):
         ForecastTask(arch=name, pretrained=name, data_info=short.data_info)
+
+
+def test_finetuned_checkpoint_loads_without_the_export_it_started_from(tmp_path):
+    import shutil
+
+    _write(tmp_path)
+    task, _ = _trained(tmp_path)
+    base = task.export(tmp_path / "base")
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=True, batch_size=16)
+    ft = ForecastTask(arch="ts-itransformer-diff-small", pretrained=str(base), data_info=dm.data_info,
+                      model_args={"dropout": 0.2})
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+                        default_root_dir=tmp_path)
+    trainer.fit(ft, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    shutil.rmtree(base)
+    back = ForecastTask.load_from_checkpoint(tmp_path / "ft.ckpt", map_location="cpu")
+    # the export's architecture (tiny, not the small the arch name registers), the run's dropout
+    assert back.model.config.dim == task.model.config.dim != zoo.create_model("ts-itransformer-diff-small").config.dim
+    assert back.model.config.dropout == 0.2 and back.model.meta == ft.model.meta
+    for k, v in ft.model.state_dict().items():
+        torch.testing.assert_close(back.model.state_dict()[k], v)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -49,6 +50,7 @@ __all__ = [
     "make_synthetic_frame",
     "prepare_frame",
     "read_ts_csv",
+    "same_spacing",
     "time_feature_names",
     "time_features",
 ]
@@ -241,35 +243,65 @@ def irregular_steps(dates: pd.DatetimeIndex) -> tuple[int, Optional[pd.Timedelta
     return int((steps != step).sum()), step
 
 
-def infer_freq(dates: pd.DatetimeIndex) -> str:
-    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``...).
+def _pandas_freq(dates: pd.DatetimeIndex) -> Optional[str]:
+    """``pd.infer_freq`` as a string (``None`` for irregular dates)."""
+    try:  # pandas >= 3 announces offsets instead of strings; ask for them and take freqstr
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            freq = pd.infer_freq(dates)
+    except (KeyError, pd.errors.OptionError):
+        freq = pd.infer_freq(dates)
+    return getattr(freq, "freqstr", freq)
 
-    Falls back to the most common step when the series has gaps.
+
+def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
+    """How many consecutive pairs of ``dates`` are not one ``freq`` step apart."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    return int(sum(a + offset != b for a, b in zip(dates[:-1], dates[1:])))
+
+
+FREQ_CHUNK = 8  # dates per stretch when a series with gaps is read stretch by stretch
+
+
+def infer_freq(dates: pd.DatetimeIndex) -> str:
+    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``, ``'B'``...).
+
+    A series with gaps (missing rows, holidays) is read stretch by stretch: the frequency most of its
+    gap-free stretches have, so calendar steps (month starts, business days) survive a gap; a fixed
+    step (the most common one) when that explains the series better. Either way the gaps are warned about.
     """
     if len(dates) < 2:
         raise ValueError("need at least two timestamps to infer the series frequency")
-    freq = None
-    if len(dates) >= 3:
-        head = dates[: min(len(dates), 1000)]
-        try:  # pandas >= 3 announces offsets instead of strings; ask for them and take freqstr
-            with pd.option_context("future.infer_freq_returns_offset", True):
-                freq = pd.infer_freq(head)
-        except (KeyError, pd.errors.OptionError):
-            freq = pd.infer_freq(head)
-        freq = getattr(freq, "freqstr", freq)
+    head = dates[: min(len(dates), 1000)]
+    freq = _pandas_freq(head) if len(head) >= 3 else None
     if freq is None:
         # the steps as Timedeltas: raw integers would be in the index's unit (pandas 3 parses strings at
         # microsecond resolution), which pd.Timedelta(int) would read as nanoseconds
         n_odd, step = irregular_steps(dates)
         freq = pd.tseries.frequencies.to_offset(step if step is not None else dates[1] - dates[0]).freqstr
+        votes = Counter(f for s in range(0, len(head) - 2, FREQ_CHUNK)
+                        if (f := _pandas_freq(head[s : s + FREQ_CHUNK])) is not None)
+        if votes:
+            calendar = votes.most_common(1)[0][0]
+            n_cal = _off_steps(head, calendar)
+            if n_cal <= _off_steps(head, freq):
+                freq, n_odd = calendar, _off_steps(dates, calendar)
         if n_odd:
             warnings.warn(
-                f"{n_odd} of {len(dates) - 1} time steps differ from the most common step {step} (missing rows, a "
+                f"{n_odd} of {len(dates) - 1} time steps differ from the series' step {freq} (missing rows, a "
                 f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
                 f"taken as {freq}-spaced",
                 stacklevel=2,
             )
     return freq
+
+
+def same_spacing(a: str, b: str) -> bool:
+    """Whether frequency strings ``a`` and ``b`` step alike (``'24h'`` and ``'D'`` do; ``'MS'`` and ``'744h'`` do not)."""
+    off_a, off_b = (pd.tseries.frequencies.to_offset(f) for f in (a, b))
+    if off_a == off_b:
+        return True
+    start = pd.Timestamp("2001-01-31")  # a month end: month-based offsets move by different days from here on
+    return all(x == y for x, y in zip(pd.date_range(start, periods=14, freq=off_a), pd.date_range(start, periods=14, freq=off_b)))
 
 
 def _step(freq: str) -> pd.Timedelta:

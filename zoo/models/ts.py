@@ -238,7 +238,7 @@ class Forecaster(nn.Module):
         import numpy as np
         import pandas as pd
 
-        from zoo.data.ts import future_dates, infer_freq, prepare_frame, read_ts_csv, time_features
+        from zoo.data.ts import future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, time_features
 
         meta = self.meta
         if meta is None:
@@ -273,7 +273,7 @@ class Forecaster(nn.Module):
             freq = infer_freq(dates)
         except ValueError:
             freq = meta["freq"]
-        if meta.get("freq") and pd.tseries.frequencies.to_offset(freq) != pd.tseries.frequencies.to_offset(meta["freq"]):
+        if meta.get("freq") and not same_spacing(freq, meta["freq"]):
             warnings.warn(
                 f"the input is {freq}-spaced but the model was trained on {meta['freq']}-spaced data: its forecast "
                 f"is of {meta['freq']} steps, stamped here at the input's {freq} spacing; resample the input to "

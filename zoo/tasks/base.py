@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -27,6 +28,12 @@ class ZooTask(L.LightningModule):
     """
 
     model: nn.Module
+    # Architecture fields a datamodule decides (data_info keys of the same name); a checkpoint of a model
+    # built from ``pretrained`` leaves them to the data, as one trained from scratch does.
+    data_fields: tuple[str, ...] = ()
+    # Whether a checkpoint of a model built from ``pretrained`` records the architecture instead of the
+    # folder (see ``on_save_checkpoint``); a task whose rebuild needs more than its config opts out.
+    self_contained_checkpoints: bool = True
 
     def __init__(
         self,
@@ -74,18 +81,41 @@ class ZooTask(L.LightningModule):
     # -- assets (tokenizer, scaler, charset) travel inside .ckpt files too
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        hp = checkpoint.get("hyper_parameters")
+        if self.self_contained_checkpoints and hp is not None and hp.get("pretrained") is not None:
+            hp.update(self._rebuild_hparams(hp))
+        if getattr(self.model, "adapter_config", None):
+            # its record of the base (checksums of the pretrained weights); a model rebuilt from the config
+            # re-applies the adapter over fresh weights, so the record travels with the checkpoint
+            checkpoint["zoo_adapter_config"] = self.model.adapter_config
         if hasattr(self.model, "save_assets"):
             with tempfile.TemporaryDirectory() as tmp:
                 self.model.save_assets(tmp)
                 checkpoint["zoo_assets"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("zoo_adapter_config") and getattr(self.model, "adapter_config", None):
+            self.model.adapter_config = checkpoint["zoo_adapter_config"]
         assets = checkpoint.get("zoo_assets")
         if assets and hasattr(self.model, "load_assets"):
             with tempfile.TemporaryDirectory() as tmp:
                 for name, data in assets.items():
                     (Path(tmp) / name).write_bytes(data)
                 self.model.load_assets(tmp)
+
+    def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
+        """``pretrained`` / ``model_args`` that rebuild this model's architecture without the folder it
+        started from: the checkpoint holds every weight and asset, so it loads after that folder is moved
+        or deleted (and resuming ``fit`` from it does not read the folder again)."""
+        from zoo.hub import DEFAULT_RUNTIME_FIELDS, export_arch_config
+
+        arch = hp.get("arch") or getattr(self, "arch", None)
+        fields = export_arch_config(arch, dataclasses.asdict(self.model.config))
+        info = hp.get("data_info") or {}
+        fields = {k: v for k, v in fields.items() if not (k in self.data_fields and k in info)}
+        runtime = getattr(self.model, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
+        given = {k: v for k, v in (hp.get("model_args") or {}).items() if k in runtime}
+        return {"pretrained": None, "model_args": {**fields, **given}}
 
     # -- sharing
     def export(self, folder: str | Path, overwrite: bool = False) -> Path:

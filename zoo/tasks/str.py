@@ -155,6 +155,8 @@ class RecognitionTask(ZooTask):
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
+    data_fields = ("charset", "max_length", "img_size")
+
     def __init__(
         self,
         arch: str = "str-diff-tiny",
@@ -190,21 +192,34 @@ class RecognitionTask(ZooTask):
             )
         self.transfer_report: Optional[dict[str, Any]] = None
         self.model = self._build_model(arch, attn_type, dict(model_args or {}), pretrained)
-        self.teacher: Optional[SceneTextRecognizer] = None
-        if teacher is not None:
-            t = _load_recognizer(teacher).eval()
-            if t.charset.chars != self.model.charset.chars or t.num_slots != self.model.num_slots:
-                raise ValueError(
-                    f"CSD teacher {teacher} has another charset or max_length than the student; train both on the same data"
-                )
-            for p in t.parameters():
-                p.requires_grad_(False)
-            object.__setattr__(self, "teacher", t)  # not a submodule: stays out of checkpoints and optimizers
+        # the CSD teacher is read when fit starts (``setup``): a student's checkpoint holds every weight it
+        # needs, so loading it for test / predict / export does not need the teacher's folder
+        self._teacher: Optional[SceneTextRecognizer] = None
         self.metrics = {"val": TextMetrics(), "test": TextMetrics()}
         self.results: dict[str, Any] = {}
         # the last evaluation's per-sample readings: {stage: {(set, index): (correct, 1-NED)}}
         self.readings: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
         self._predictions: list[dict[str, Any]] = []
+
+    @property
+    def teacher(self) -> Optional[SceneTextRecognizer]:
+        """The CSD teacher (frozen, not a submodule: it stays out of checkpoints and optimizers), read on
+        first use; ``None`` without ``teacher``."""
+        if self._teacher is None and self.hparams.get("teacher") is not None:
+            source = self.hparams.teacher
+            t = _load_recognizer(source).eval()
+            if t.charset.chars != self.model.charset.chars or t.num_slots != self.model.num_slots:
+                raise ValueError(
+                    f"CSD teacher {source} has another charset or max_length than the student; train both on the same data"
+                )
+            for p in t.parameters():
+                p.requires_grad_(False)
+            object.__setattr__(self, "_teacher", t)
+        return self._teacher
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.teacher  # noqa: B018 -- a wrong or missing teacher fails before the first step, not in it
 
     # -- model construction
     def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
@@ -357,7 +372,7 @@ class RecognitionTask(ZooTask):
             f"cross-attention, {c.self_attn_type} self-attention), {self.model.num_params() / 1e6:.3f}M parameters",
             f"charset: {len(c.charset)} characters, max length {c.max_length}; decoding {c.decode} + {c.refine_iters} refinement",
         ]
-        if self.teacher is not None:
+        if self.hparams.get("teacher") is not None:
             lines.append(f"CSD teacher: {self.hparams.teacher} (T={self.hparams.csd_temperature}, KL weight {self.hparams.csd_kl_weight})")
         if self.transfer_report:
             r = self.transfer_report

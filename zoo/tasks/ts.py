@@ -76,6 +76,8 @@ class ForecastTask(ZooTask):
             iTransformer / Time-Series-Library code: full rate for two epochs, then halved every epoch).
     """
 
+    data_fields = _DATA_FIELDS
+
     def __init__(
         self,
         arch: str = "ts-itransformer-diff-small",

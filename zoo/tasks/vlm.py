@@ -208,6 +208,10 @@ class VLMTask(ZooTask):
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
+    # the rebuild from a config alone would take the tokenizer from the data, not the export's: a
+    # checkpoint keeps naming its ``pretrained`` folder
+    self_contained_checkpoints = False
+
     def __init__(
         self,
         arch: str = "vlm-fda-tiny",
