@@ -74,7 +74,7 @@ def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, mon
     corpus.write_text("the king speaks to a fool and his horse\n" * 60)
     common = ["--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
               "--data.init_args.block_size=16", "--data.init_args.batch_size=4",
-              "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 32}",
+              "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 256}",
               "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
     main(["fit", *common, "--model.init_args.top_k=7", "--model.init_args.temperature=0.3",
           "--model.init_args.max_new_tokens=3", "--trainer.max_steps=1", "--trainer.val_check_interval=1",
@@ -93,10 +93,10 @@ def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, mon
               *extra])
         return seen[-1]
 
-    # the YAML gives max_new_tokens: 300 (a config file counts as given); top_k and temperature it leaves
-    assert predict(0, "--model.init_args.top_k=null") == (None, 0.3, 300)
-    assert predict(1, "--model.init_args.top_k=0", "--model.init_args.temperature=1.5") == (0, 1.5, 300)
-    assert predict(2) == (7, 0.3, 300)  # top_k, temperature not given: the checkpoint's values
+    # the YAML gives max_new_tokens: 200 (a config file counts as given); top_k and temperature it leaves
+    assert predict(0, "--model.init_args.top_k=null") == (None, 0.3, 200)
+    assert predict(1, "--model.init_args.top_k=0", "--model.init_args.temperature=1.5") == (0, 1.5, 200)
+    assert predict(2) == (7, 0.3, 200)  # top_k, temperature not given: the checkpoint's values
 
 
 def test_fit_summary_names_the_export_folder(tmp_path, monkeypatch, capsys):

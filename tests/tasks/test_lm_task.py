@@ -246,3 +246,60 @@ def test_ckpt_path_with_another_tokenizer_is_refused(corpus, tmp_path):
     task_a = LanguageModelTask(model_args=margs, data_info=dm_a2.data_info)
     _quiet_trainer(limit_test_batches=1).test(task_a, dm_a2, ckpt_path=str(ckpt), verbose=False)
     assert task_a.model.tokenizer.encode(sample) == dm_a.tokenizer.encode(sample)
+
+
+def test_evaluating_first_then_training_works(tmp_path):
+    """validate / test run under torch.inference_mode: neither the RoPE tables they build nor the metric
+    states they reset may stop a later fit (a Lightning habit: trainer.validate(...) then trainer.fit(...))."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    m = zoo.create_model("lm-diff-tiny", dim=32, n_layers=1, n_heads=2, max_seq_len=40)
+    ids = torch.randint(0, 200, (2, 12))
+    with torch.inference_mode():
+        m(ids)
+    m(ids).float().sum().backward()  # the tables built under inference mode are not reused for backward
+    assert any(p.grad is not None for p in m.parameters())
+
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=64, val_size=64, batch_size=32)
+    task = LanguageModelTask(model_args={"dim": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+                             data_info=dm.data_info)
+    first = _quiet_trainer(limit_val_batches=1).validate(task, dm, verbose=False)[0]["val/loss"]
+    _quiet_trainer(max_steps=2, limit_val_batches=1, val_check_interval=1, num_sanity_val_steps=1).fit(task, dm)
+    again = _quiet_trainer(limit_val_batches=1).validate(task, dm, verbose=False)[0]["val/loss"]
+    assert math.isfinite(first) and math.isfinite(again) and again != first
+
+
+def _own_model_configs():
+    """LM configs that build their model (not from a pretrained folder, whose max_seq_len the export decides)."""
+    import yaml
+
+    out = []
+    for path in sorted((ROOT / "configs" / "lm").glob("*.yaml")):
+        args = yaml.safe_load(path.read_text())["model"].get("init_args", {})
+        if not args.get("pretrained"):
+            out.append((path.name, args))
+    return out
+
+
+@pytest.mark.parametrize("name, args", _own_model_configs(), ids=[n for n, _ in _own_model_configs()])
+def test_configs_leave_room_for_a_prompt(name, args):
+    """A config's predict command must be able to run: max_new_tokens below the model's max_seq_len."""
+    import inspect
+
+    from zoo.tasks import LanguageModelTask
+
+    limit = (args.get("model_args") or {}).get("max_seq_len") or zoo.create_model(args["arch"]).config.max_seq_len
+    default = inspect.signature(LanguageModelTask.__init__).parameters["max_new_tokens"].default
+    new = args.get("max_new_tokens", default)
+    assert new < limit, f"{name}: max_new_tokens {new} >= max_seq_len {limit}"
+
+
+def test_predict_refuses_max_new_tokens_beyond_the_window(trained, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    with pytest.raises(ValueError, match=r"max_new_tokens 64 leaves no room .* max_seq_len 64.*--model.init_args.max_new_tokens"):
+        main(["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+              "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=64",
+              '--data.init_args.prompts=["the"]',
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])

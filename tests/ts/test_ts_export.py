@@ -163,3 +163,16 @@ def test_finetuned_checkpoint_loads_without_the_export_it_started_from(tmp_path)
     assert back.model.config.dropout == 0.2 and back.model.meta == ft.model.meta
     for k, v in ft.model.state_dict().items():
         torch.testing.assert_close(back.model.state_dict()[k], v)
+
+
+def test_validate_then_fit(tmp_path):
+    """trainer.validate (inference mode) resets the metric states; a fit on the same task still runs."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_val_batches=2, default_root_dir=tmp_path)
+    L.Trainer(**kw).validate(task, datamodule=dm, verbose=False)
+    L.Trainer(max_steps=2, **kw).fit(task, datamodule=dm)
+    assert task.best_val is not None and np.isfinite(task.best_val[0])

@@ -25,10 +25,13 @@ class RotaryEmbedding(nn.Module):
     def _tables(self, end: int, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._cache is None or self._cache[0].shape[0] < end or self._cache[0].device != device:
             n = max(end, self.max_seq_len)
-            t = torch.arange(n, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
-            emb = torch.cat([freqs, freqs], dim=-1)
-            self._cache = (emb.cos(), emb.sin())
+            # normal tensors even when first called under torch.inference_mode (validate / generate): an
+            # inference-mode table could not be saved for backward by a later training step
+            with torch.inference_mode(False):
+                t = torch.arange(n, device=device, dtype=torch.float32)
+                freqs = torch.outer(t, self.inv_freq.to(device))
+                emb = torch.cat([freqs, freqs], dim=-1)
+                self._cache = (emb.cos(), emb.sin())
         return self._cache
 
     def forward(self, x: Tensor, start_pos: int = 0) -> Tensor:

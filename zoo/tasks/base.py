@@ -78,6 +78,16 @@ class ZooTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_fit_start(self) -> None:
+        # torchmetrics' reset() under validate / test (inference mode) leaves inference tensors as metric
+        # states, which fit's validation (no_grad) cannot update in place: fit starts from fresh states
+        from torchmetrics import Metric
+
+        with torch.inference_mode(False):
+            for m in self.modules():
+                if isinstance(m, Metric):
+                    m.reset()
+
     # -- assets (tokenizer, scaler, charset) travel inside .ckpt files too
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -219,6 +219,14 @@ class LanguageModelTask(ZooTask):
     def on_test_epoch_end(self) -> None:
         self._report("test")
 
+    def on_predict_start(self) -> None:
+        limit = self.model.config.max_seq_len
+        if self.hparams.max_new_tokens >= limit:
+            raise ValueError(
+                f"max_new_tokens {self.hparams.max_new_tokens} leaves no room for a prompt within the model's "
+                f"max_seq_len {limit}; lower it (--model.init_args.max_new_tokens)"
+            )
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         hp = self.hparams
         out = []
