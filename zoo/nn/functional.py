@@ -179,8 +179,10 @@ def attention(
     _check_shapes(q, k, v, key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     name = resolve_backend(backend)
-    if name == "triton":  # the fused kernel is differential; single-map attention is SDPA's job
-        raise ValueError("the triton backend implements diff_attention only; use sdpa or naive")
+    if name == "triton":
+        # the fused kernel is differential: a model forced to `triton` (ZOO_ATTN_BACKEND, attn_backend) runs
+        # its single-map layers (vanilla, DINT's extra map, encoders) on SDPA
+        name = "sdpa"
     tq, tk = q.shape[2], k.shape[2]
     mask = visibility_mask(tq, tk, causal, key_mask, q.device)
     p = dropout_p if training else 0.0
