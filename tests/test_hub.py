@@ -132,6 +132,18 @@ def test_data_fields_passed_explicitly_still_must_match():
         zoo.create_model("str-diff-tiny", pretrained="str-diff-tiny", max_length=25)
 
 
+def test_an_lm_takes_its_vocabulary_size_from_the_checkpoint(tmp_path):
+    """README: the tokenizer's vocabulary size comes from the checkpoint (a BPE-trained model on a
+    registered shape loads by its registered name)."""
+    torch.manual_seed(0)
+    m = zoo.create_model("lm-diff-tiny", vocab_size=300)
+    export_model(m, tmp_path / "exp", arch="lm-diff-tiny")
+    again = zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp")
+    assert again.config.vocab_size == 300
+    x = torch.randint(0, 300, (1, 7))
+    assert torch.equal(again.eval()(x), m.eval()(x))
+
+
 def test_mismatch_with_the_registered_architecture_says_so(tmp_path):
     export_model(_model(), tmp_path / "exp")  # dim 32, 2 layers: not lm-diff-tiny's registered shape
     with pytest.raises(ValueError, match=r"registered 'lm-diff-tiny' values: the checkpoint is another architecture"):

@@ -18,6 +18,7 @@ from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from zoo.hub import refuse_occupied
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
@@ -80,21 +81,31 @@ def export_main(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo export", description=export_main.__doc__)
     p.add_argument("ckpt", help="Lightning .ckpt written by `python -m zoo fit`")
     p.add_argument("out", help="new folder for config.json + model.safetensors + assets")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier zoo export in OUT (the files it wrote; other files stay)")
     args = p.parse_args(argv)
     ckpt_path = Path(args.ckpt)
     if not ckpt_path.is_file():
         raise SystemExit(f"error: checkpoint {ckpt_path} not found")
+    if not args.overwrite:  # before the (slow) load: nothing is overwritten
+        try:
+            refuse_occupied(Path(args.out), "name a new folder, or pass --overwrite to replace an earlier export there")
+        except FileExistsError as exc:
+            raise SystemExit(f"error: {exc}") from exc
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
         raise SystemExit(f"error: cannot read {ckpt_path} ({exc}); is it a Lightning checkpoint?") from exc
-    cls_path = ckpt.get("zoo_task_class")
+    cls_path = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
     if not cls_path:
         raise SystemExit(f"error: {ckpt_path} was not written by a zoo task (no zoo_task_class entry)")
     module, _, name = cls_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     task = cls.load_from_checkpoint(ckpt_path, map_location="cpu")
-    folder = task.export(args.out)
+    try:
+        folder = task.export(args.out, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print(f"exported {cls_path} from {ckpt_path} to {folder}")
 
 

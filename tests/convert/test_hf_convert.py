@@ -109,6 +109,20 @@ def test_real_minilm_matches_transformers(minilm_dir):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_converted_minilm_export_carries_its_tokenizer(minilm_dir, tmp_path):
+    """README: `python -m zoo convert` writes the export with its tokenizer (BERT / RoBERTa included)."""
+    import zoo
+    from zoo.cli import main
+
+    main(["convert", str(minilm_dir), str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "tokenizer_config.json").is_file()
+    ours = zoo.load_pretrained(tmp_path / "out")
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    text = "A differential transformer cancels attention noise."
+    assert ours.tokenizer is not None
+    assert ours.tokenizer.encode(text) == tok(text, add_special_tokens=False)["input_ids"]
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 

@@ -146,6 +146,14 @@ def test_corrupt_bin_is_named(tmp_path):
         from_hf_llama(folder)
 
 
+def test_corrupt_safetensors_is_named(tmp_path):
+    _, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:300])  # truncated
+    with pytest.raises(ValueError, match="model.safetensors could not be read as safetensors .*corrupt or truncated"):
+        from_hf_llama(folder)
+
+
 def _word_tokenizer(folder: pathlib.Path, vocab_size: int = 97) -> None:
     """A tiny Hugging Face fast tokenizer: 'w<i>' words, whitespace split, with <s> / </s> / <unk>."""
     from tokenizers import Tokenizer, models, pre_tokenizers

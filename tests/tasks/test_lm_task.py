@@ -97,6 +97,16 @@ def test_export_command_from_checkpoint(trained, tmp_path):
     assert a.tokenizer is not None
     with pytest.raises(SystemExit, match="not found"):
         main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "x")])
+    # an occupied folder is refused before the checkpoint is read, and nothing in it changes
+    before = _hashes(tmp_path / "exp")
+    with pytest.raises(SystemExit, match=r"exp exists and is not empty; .*--overwrite"):
+        main(["export", str(ckpt), str(tmp_path / "exp")])
+    assert _hashes(tmp_path / "exp") == before
+    main(["export", str(ckpt), str(tmp_path / "exp"), "--overwrite"])  # an earlier export is replaced
+    assert _hashes(tmp_path / "exp") == before  # (by the same files: same checkpoint)
+    torch.save(torch.zeros(3), tmp_path / "tensor.ckpt")
+    with pytest.raises(SystemExit, match="not written by a zoo task"):
+        main(["export", str(tmp_path / "tensor.ckpt"), str(tmp_path / "y")])
 
 
 def _hashes(folder):

@@ -134,6 +134,7 @@ def read_hf_weights(folder: PathLike) -> dict[str, torch.Tensor]:
 
     Safetensors win when both exist. ``.bin`` files are read with ``weights_only=True`` (no code runs).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -141,7 +142,10 @@ def read_hf_weights(folder: PathLike) -> dict[str, torch.Tensor]:
     files = _weight_files(folder, "model.safetensors")
     if files:
         for f in files:
-            state.update(load_file(str(f)))
+            try:
+                state.update(load_file(str(f)))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise ValueError(f"{f} could not be read as safetensors ({exc}); the file is corrupt or truncated") from exc
         return state
     files = _weight_files(folder, "pytorch_model.bin")
     if not files:
@@ -380,6 +384,7 @@ def from_hf_bert(folder: PathLike) -> TextEncoder:
     zcfg = bert_config_to_zoo(cfg, folder, pooler="pooler.dense.weight" in state)
     model = TextEncoder(zcfg)
     _load_mapped(model, state, bert_weight_map(zcfg.n_layers, zcfg.pooler), folder)
+    model.tokenizer = _hf_tokenizer(folder)
     return model.eval()
 
 

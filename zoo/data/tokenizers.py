@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -344,3 +344,19 @@ def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size
         f"unknown tokenizer {spec!r}: use 'byte', 'bpe', or an existing folder containing {CONFIG_NAME} "
         "(e.g. an exported model)"
     )
+
+
+class TokenizerAssets:
+    """Mixin for models that carry ``self.tokenizer``: it is saved beside the weights (see
+    ``zoo.hub.export_model``) and read back by ``load_pretrained``."""
+
+    tokenizer: Any = None
+
+    def save_assets(self, folder: Union[str, Path]) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save(folder)
+
+    def load_assets(self, folder: Union[str, Path]) -> None:
+        if (Path(folder) / CONFIG_NAME).exists():
+            self.tokenizer = load_tokenizer(folder)
+

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from zoo.data.tokenizers import TokenizerAssets
 from zoo.hub import register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
@@ -70,7 +71,7 @@ class EncoderLayer(nn.Module):
         return self.mlp_norm(x + self.mlp(x))
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(TokenizerAssets, nn.Module):
     """Bidirectional text encoder: ``forward(input_ids, attention_mask, token_type_ids) -> [B, T, dim]``.
 
     ``pool(hidden)`` gives BERT's pooler output (tanh of a linear map of the first token) when the
@@ -83,6 +84,7 @@ class TextEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
+        self.tokenizer = None  # a converted checkpoint's (see zoo.convert.from_hf_bert)
         self.word_embed = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
         self.pos_embed = nn.Embedding(config.max_seq_len + config.pos_offset, config.dim)
         self.type_embed = nn.Embedding(config.type_vocab_size, config.dim)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.data.tokenizers import TokenizerAssets
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 
 
@@ -94,7 +95,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class DiffTransformerLM(nn.Module):
+class DiffTransformerLM(TokenizerAssets, nn.Module):
     """Decoder-only LM. ``forward(input_ids) -> logits``; ``generate`` decodes with a KV cache.
 
     A loaded model carries its tokenizer (``model.tokenizer``) so ``generate`` accepts text.
@@ -102,6 +103,7 @@ class DiffTransformerLM(nn.Module):
 
     family = "lm"
     config_class = LMConfig
+    data_fields = frozenset({"vocab_size"})  # the tokenizer's; create_model(pretrained=...) reads it
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
@@ -244,19 +246,6 @@ class DiffTransformerLM(nn.Module):
         if as_text:
             return self.tokenizer.decode(result[0, ids.shape[1] :].tolist())
         return result
-
-    # -- assets saved beside the weights (see zoo.hub.export_model)
-    def save_assets(self, folder) -> None:
-        if self.tokenizer is not None:
-            self.tokenizer.save(folder)
-
-    def load_assets(self, folder) -> None:
-        from pathlib import Path
-
-        from zoo.data.tokenizers import load_tokenizer
-
-        if (Path(folder) / "tokenizer_config.json").exists():
-            self.tokenizer = load_tokenizer(folder)
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
