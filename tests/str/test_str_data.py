@@ -89,6 +89,44 @@ def test_lmdb_roundtrip_and_counted_skips(tmp_path):
         build_lmdb(d, out)
 
 
+def test_one_lmdb_read_by_several_datasets_and_workers(tmp_path):
+    """train == val, a root and one of its LMDBs, fit then test: python-lmdb opens a path once per process,
+    so the datasets share the handle, and a DataLoader worker forked after the main process read opens its own."""
+    from torch.utils.data import DataLoader
+
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    build_lmdb(d, tmp_path / "lm")
+    a, b = LMDBDataset(tmp_path / "lm", CS), LMDBDataset(tmp_path / "lm", CS)
+    assert a[0][1] == "abc" and b[1][1] == "de"
+    assert LMDBDataset(tmp_path / "lm", CS)[1][1] == "de"
+    texts = [t for _, t in DataLoader(b, batch_size=None, num_workers=1, collate_fn=lambda x: x,
+                                      multiprocessing_context="fork")]
+    assert texts == ["abc", "de"] and a[1][1] == "de"  # the parent's handle still reads after the worker closed its copy
+
+
+def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
+    """Benchmark sets linked into one root are read as sets; linked folders of images are predicted; a link
+    back up the tree is not followed twice; files that are not images are counted in a warning."""
+    from zoo.data.str import ImageFolderDataset
+
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    build_lmdb(d, tmp_path / "store" / "IIIT5k")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "IIIT5k").symlink_to(tmp_path / "store" / "IIIT5k", target_is_directory=True)
+    sets = open_source(tmp_path / "root", CS)
+    assert [n for n, _ in sets] == ["IIIT5k"] and len(sets[0][1]) == 2
+
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    _word_image(0).save(pf / "top.png")
+    _word_image(1).save(pf / "odd.ppm")
+    (pf / "sub").symlink_to(d, target_is_directory=True)  # a.png, b.png and labels.txt
+    (d / "up").symlink_to(pf, target_is_directory=True)  # pf/sub/up leads back to pf
+    with pytest.warns(UserWarning, match=r"1 file\(s\) in .* are not read as images \(\.txt\)"):
+        ds = ImageFolderDataset(pf)
+    assert [str(p.relative_to(pf)) for p in ds.paths] == ["odd.ppm", "sub/a.png", "sub/b.png", "top.png"]
+
+
 def test_several_lmdbs_under_a_root(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     build_lmdb(d, tmp_path / "root" / "setA")

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,10 +25,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
+from zoo.data.files import walk_files
 from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+              ".pbm", ".pnm", ".tga", ".jp2", ".avif")
+
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,9 +322,14 @@ class ImageFolderDataset(Dataset):
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"predict folder {self.folder} not found")
-        self.paths = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = walk_files(self.folder)
+        self.paths = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
         if not self.paths:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
+        others = sorted({p.suffix.lower() or p.name for p in files if p.suffix.lower() not in IMAGE_EXTS})
+        if others:
+            warnings.warn(f"{len(files) - len(self.paths)} file(s) in {self.folder} are not read as images "
+                          f"({', '.join(others[:8])}); convert them to PNG or JPEG to include them", stacklevel=2)
         self.img_size = tuple(img_size)
 
     def __len__(self) -> int:

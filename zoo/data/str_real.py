@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.data.charsets import Charset, NormStats
+from zoo.data.files import walk_files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +43,27 @@ def _open_env(path: Path):
         raise ValueError(f"cannot open LMDB {path} ({exc}); the database is corrupt, rebuild it") from exc
 
 
+# one read-only handle per LMDB folder: python-lmdb refuses to open a path that is open already in the
+# process (two datasets over one LMDB: train == val, a root and one of its LMDBs, fit then test)
+_ENVS: dict[str, tuple[int, Any]] = {}
+
+
+def _shared_env(path: Path):
+    """The process's handle on the LMDB at ``path`` (opened on first use)."""
+    key = str(path.resolve())
+    entry = _ENVS.get(key)
+    if entry is not None and entry[0] != os.getpid():
+        # inherited through fork (DataLoader workers): not ours to use, and it blocks a new open until closed
+        try:
+            entry[1].close()
+        except Exception:  # noqa: BLE001 -- a handle that cannot close is dropped all the same
+            pass
+        entry = None
+    if entry is None:
+        entry = _ENVS[key] = (os.getpid(), _open_env(path))
+    return entry[1]
+
+
 class LMDBDataset(Dataset):
     """One PARSeq-layout LMDB; labels are normalized up front (skips counted in ``stats``).
 
@@ -52,7 +75,7 @@ class LMDBDataset(Dataset):
 
         self.path, self.charset = Path(path), charset
         self.stats = NormStats()
-        env = _open_env(self.path)
+        env = _shared_env(self.path)
         try:
             with env.begin() as txn:
                 raw = txn.get(b"num-samples")
@@ -80,9 +103,6 @@ class LMDBDataset(Dataset):
                         self.index.append((i, text))
         except lmdb.Error as exc:
             raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
-        finally:
-            env.close()
-        self._env = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -90,10 +110,8 @@ class LMDBDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[Image.Image, str]:
         from zoo.data.str import load_image
 
-        if self._env is None:  # opened per process (DataLoader workers)
-            self._env = _open_env(self.path)
         i, text = self.index[k]
-        with self._env.begin() as txn:
+        with _shared_env(self.path).begin() as txn:  # per process (DataLoader workers), shared by datasets
             data = txn.get(b"image-%09d" % i)
         if data is None:
             raise ValueError(f"LMDB {self.path} lacks key image-{i:09d} although label-{i:09d} exists; rebuild the database")
@@ -108,7 +126,7 @@ def find_lmdbs(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data folder {root} not found")
-    return sorted({p.parent for p in root.rglob("data.mdb")})
+    return sorted({p.parent for p in walk_files(root) if p.name == "data.mdb"})
 
 
 # ---------------------------------------------------------------------------------------------

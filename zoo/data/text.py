@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .files import walk_files
 from .lm_common import check_at_least, make_loader
 from .tokenizers import TokenizerLike, build_tokenizer
 
@@ -75,7 +76,7 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     if not p.exists():
         raise FileNotFoundError(f"{key}: {path} does not exist; {_FIX}")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        files = [f for f in walk_files(p) if f.suffix == ".txt"]
         if not files:
             raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
         docs = [text for text in (_read_utf8(f, key) for f in files) if text]
