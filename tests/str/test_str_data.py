@@ -127,6 +127,24 @@ def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
     assert [str(p.relative_to(pf)) for p in ds.paths] == ["odd.ppm", "sub/a.png", "sub/b.png", "top.png"]
 
 
+def test_files_that_are_not_utf8_are_named(tmp_path):
+    d = _folder(tmp_path, [("a.png", "abc")])
+    (d / "labels.txt").write_bytes("a.png\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels file: .*labels.txt is not valid UTF-8 \(bad byte at offset 9\)"):
+        open_source(d, CS)
+    with pytest.raises(ValueError, match=r"labels.txt is not valid UTF-8"):
+        build_lmdb(d, tmp_path / "lm")
+    (d / "labels.txt").unlink()
+    (d / "labels.csv").write_bytes("path,text\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels.csv is not valid UTF-8"):
+        open_source(d, CS)
+    (tmp_path / "cs.txt").write_bytes("a\nb\n\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"charset file: .*cs.txt is not valid UTF-8"):
+        Charset(str(tmp_path / "cs.txt"), 6)
+    (d / "labels.csv").write_bytes("\ufeffpath,text\na.png,caf\u00e9\n".encode("utf-8"))  # Excel's BOM: read
+    assert [t for _, t in open_source(d, CS)[0][1].items] == ["cafe"]
+
+
 def test_several_lmdbs_under_a_root(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     build_lmdb(d, tmp_path / "root" / "setA")

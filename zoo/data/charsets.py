@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from zoo.data.files import read_utf8
+
 CHARSETS: dict[str, str] = {
     "36": string.digits + string.ascii_lowercase,
     "62": string.digits + string.ascii_lowercase + string.ascii_uppercase,
@@ -45,7 +47,7 @@ def load_charset(spec: Union[str, Path]) -> str:
             f"unknown charset {key!r}: use one of {sorted(CHARSETS)} or the path of a UTF-8 file "
             "with one character per line"
         )
-    lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln != ""]  # -sig: a BOM is no character
+    lines = [ln for ln in read_utf8(path, "charset file", bom=True).splitlines() if ln != ""]  # a BOM is no character
     chars = "".join(lines) if len(lines) > 1 else (lines[0] if lines else "")
     if len(lines) > 1 and any(len(ln) != 1 for ln in lines):
         bad = [ln for ln in lines if len(ln) != 1][:5]

@@ -19,3 +19,15 @@ def walk_files(root: Path) -> list[Path]:
         dirs.sort()
         out.extend(Path(folder) / f for f in files)
     return sorted(out)
+
+
+def read_utf8(path: Path, what: str, bom: bool = False) -> str:
+    """The text of ``path`` as UTF-8 (bytes, not ``read_text``: newline translation would change it); with
+    ``bom`` a leading byte-order mark is dropped. Another encoding is an error naming ``what`` and the file."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig" if bom else "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what}: {path} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8, "
+            "e.g. iconv -f <its charset> -t utf-8"
+        ) from err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.files import walk_files
+from zoo.data.files import read_utf8, walk_files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +143,8 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         )
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-            rows = list(csv.reader(f))
+        # bom: Excel's "CSV UTF-8" starts with one
+        rows = list(csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline="")))
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
             rows = rows[1:]
         for n, row in enumerate(rows, 1):
@@ -151,7 +152,7 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
                 raise ValueError(f"{path}, row {n}: expected two columns (path, text), got {row}")
             pairs.append((row[0].strip(), row[1]))
     else:
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for n, line in enumerate(read_utf8(path, "labels file", bom=True).splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .files import walk_files
+from .files import read_utf8, walk_files
 from .lm_common import check_at_least, make_loader
 from .tokenizers import TokenizerLike, build_tokenizer
 
@@ -35,21 +35,10 @@ _FIX = "point it at a .txt file, a folder of .txt files or a .jsonl file with a 
 _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the batch API can parallelize
 
 
-def _read_utf8(path: Path, key: str) -> str:
-    try:
-        # Bytes, not read_text: newline translation would change the text (and the byte count).
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{key}: {path} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8, "
-            "e.g. iconv -f <its charset> -t utf-8"
-        ) from err
-
-
 def _read_jsonl(path: Path, key: str) -> list[str]:
     docs = []
     # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and friends.
-    for lineno, line in enumerate(_read_utf8(path, key).split("\n"), start=1):
+    for lineno, line in enumerate(read_utf8(path, key).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -79,10 +68,10 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
         files = [f for f in walk_files(p) if f.suffix == ".txt"]
         if not files:
             raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
-        docs = [text for text in (_read_utf8(f, key) for f in files) if text]
+        docs = [text for text in (read_utf8(f, key) for f in files) if text]
         where = f"every .txt file under {path}"
     elif p.suffix == ".txt":
-        docs = [text] if (text := _read_utf8(p, key)) else []
+        docs = [text] if (text := read_utf8(p, key)) else []
         where = str(path)
     elif p.suffix == ".jsonl":
         docs = _read_jsonl(p, key)
