@@ -470,7 +470,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", action="store_true", help="train the shipped str-diff-tiny and export it")
     p.add_argument("--export-dir", default=str(SHIPPED))
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 3500 for --export, 600 for the bench)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 4000 for --export, 600 for the bench)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument("--n-test", type=int, default=1000)

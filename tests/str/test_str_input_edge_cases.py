@@ -74,6 +74,12 @@ def test_long_unicode_charsets_and_misspelt_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="charset file .*ja.csv not found"):
         STRDataModule(charset=str(tmp_path / "ja.csv"))
     assert Charset("0123456789").chars == "0123456789"  # characters given directly still work
+    # real CJK training data without val_dirs: the synthetic validation default cannot render it, and
+    # the error says which split and how to fix it (not "use an ASCII charset")
+    dm = STRDataModule(charset=str(path), max_length=4, synthetic={"train": 0, "test": 0})
+    with pytest.raises(ValueError, match=r"the val split has no data.val_dirs.*data.synthetic.val=500.*give "
+                                         r"data.val_dirs, or set data.synthetic.val: 0"):
+        dm.val_dataloader()
 
 
 @pytest.mark.parametrize("label", ["café中x", "中文", "ßtraße", "Ｗｏｒｄ"])

@@ -59,6 +59,22 @@ def test_teacher_must_share_charset(exported):
         task.setup("fit")  # fit reads the teacher before its first step
 
 
+def test_a_datamodule_of_another_charset_is_refused_at_setup():
+    import lightning as L
+
+    from zoo.data.str import STRDataModule
+
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY)  # no data_info: the registered 36 characters
+    dm = STRDataModule(charset="62", max_length=6, synthetic={"train": 4, "val": 0, "test": 0}, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"datamodule does not fit the model \(charset: data '0123.*max_length: data 6 vs "
+                                         r"model 25.*data_info=datamodule.data_info"):
+        trainer.fit(task, datamodule=dm)
+    fits = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=dm.data_info)
+    fits._check_data(dm)  # the same facts: no error
+
+
 def _one_step_checkpoint(task, path, n_chars):
     """Train ``task`` one step on a random batch and save a Lightning checkpoint at ``path``."""
     import lightning as L

@@ -477,8 +477,17 @@ class STRDataModule(L.LightningDataModule):
         start = self.synth_train_start if split == "train" else 0
         shear = self.synth_train_shear if split == "train" else 0.0
         fonts = self.synth_train_fonts if split != "test" else None
-        return SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
-                                   shear=shear, fonts=fonts, cache_dir=self.synth_cache, **self.synth_kw)
+        try:
+            return SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
+                                       shear=shear, fonts=fonts, cache_dir=self.synth_cache, **self.synth_kw)
+        except ValueError as exc:
+            if "covers the charset" not in str(exc):
+                raise
+            raise ValueError(
+                f"the {split} split has no data.{split}_dirs, so it would be synthetic words "
+                f"(data.synthetic.{split}={self.synthetic[split]}), which cannot be rendered for this charset ({exc}); "
+                f"give data.{split}_dirs, or set data.synthetic.{split}: 0"
+            ) from exc
 
     def prepare_data(self) -> None:
         """Render the synthetic splits into ``synth_cache`` (once per machine; Lightning calls this on one

@@ -105,6 +105,10 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
     return zoo.load_pretrained(source)
 
 
+def _same(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def write_predictions_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write ``image,text,confidence`` rows; an existing file is an error (nothing is overwritten)."""
     import csv
@@ -218,8 +222,25 @@ class RecognitionTask(ZooTask):
         return self._teacher
 
     def setup(self, stage: str) -> None:
+        self._check_data(getattr(self._trainer, "datamodule", None))
         if stage == "fit":
             self.teacher  # noqa: B018 -- a wrong or missing teacher fails before the first step, not in it
+
+    def _check_data(self, datamodule: Any) -> None:
+        """The datamodule's charset, length cap and crop size must be the model's: another charset would
+        index the wrong output rows (or past them)."""
+        info = getattr(datamodule, "data_info", None)
+        if not info or info.get("kind") != "str":
+            return
+        c = self.model.config
+        ours = {"charset": self.model.charset.chars, "max_length": c.max_length, "img_size": list(c.img_size)}
+        wrong = [f"{k}: data {info[k]!r} vs model {ours[k]!r}" for k in ours if k in info and _same(info[k]) != _same(ours[k])]
+        if wrong:
+            raise ValueError(
+                "the datamodule does not fit the model (" + "; ".join(w if len(w) < 160 else w[:157] + "..." for w in wrong)
+                + "); build the task with data_info=datamodule.data_info (the CLI does), or fine-tune with "
+                "pretrained=<export> to move a trained model to a new charset"
+            )
 
     # -- model construction
     def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
