@@ -210,7 +210,8 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
     first = [c[0] for c in captions]
 
     def metrics(imgs: Tensor, txts: Sequence[str]) -> dict[str, Any]:
-        return retrieval_metrics(retrieval_scores(model, imgs, txts, k=cfg.k, batch_size=cfg.batch_size), owner)
+        # right answers by the clean captions: an attacked caption still belongs to its image(s)
+        return retrieval_metrics(retrieval_scores(model, imgs, txts, k=cfg.k, batch_size=cfg.batch_size), owner, texts)
 
     clean = metrics(images, texts)
     adv: dict[str, tuple[Tensor, list[str]]] = {}

@@ -61,6 +61,22 @@ def test_single_process_itc_matches_the_written_out_loss():
     assert sim.shape == same.shape == (5, 5) and same[0, 2] and not same[0, 1]
 
 
+def test_captions_of_one_image_are_positives_by_image_id():
+    """A batch of one-caption items can hold one image twice with different captions (COCO, CSV data):
+    given the images' ids, those pairs are positives, not negatives (and no ITM hard negative)."""
+    fi, ft = _features()
+    ids = ["img0", "img1", "img2", "img1", "img4"]  # items 1 and 3: one image, two different captions
+    loss, _, same = itc_loss(fi, ft, CAPTIONS, torch.tensor(TEMP, dtype=torch.float64), ids)
+    assert same[1, 3] and same[3, 1] and same[0, 2] and not same[0, 1]
+    total = fi.new_zeros(())
+    for i in range(5):
+        pos = [j for j in range(5) if CAPTIONS[j] == CAPTIONS[i] or ids[j] == ids[i]]
+        li, lt = fi[i] @ ft.T / TEMP, ft[i] @ fi.T / TEMP
+        total = total + 0.5 * (sum(torch.logsumexp(li, 0) - li[j] for j in pos) / len(pos)
+                               + sum(torch.logsumexp(lt, 0) - lt[j] for j in pos) / len(pos))
+    torch.testing.assert_close(loss, total / 5)
+
+
 def test_two_ranks_contrast_against_the_global_batch(tmp_path):
     splits = [3, 2]  # unequal per-rank batches: the gather pads and cuts
     res = _run(tmp_path, splits)

@@ -62,6 +62,23 @@ def test_duplicate_captions_of_one_image_do_not_push_each_other_down():
     assert correct_ranks(scores.T, rel.T).tolist() == naive_ranks(scores.T, rel.T)
 
 
+def test_the_same_caption_on_two_images_is_right_for_both():
+    """COCO-style: images 0 and 1 share a caption word for word. A perfect scorer (1 when the text is one of
+    the image's captions) must read 100% both ways; by list position alone neither image could win its tie."""
+    from zoo.tasks.vlm import flatten_captions, retrieval_metrics
+
+    captions = [["a man riding a wave on a surfboard"], ["a man riding a wave on a surfboard", "a surfer"],
+                ["a cat on a sofa"]]
+    texts, owner = flatten_captions(captions)
+    itc = torch.tensor([[float(t in c) for t in texts] for c in captions])
+    fixed = retrieval_metrics({"itc": itc}, owner, texts)
+    assert fixed["itc/i2t_r1"] == fixed["itc/t2i_r1"] == 100.0
+    by_position = retrieval_metrics({"itc": itc}, owner)
+    assert by_position["itc/i2t_top1"].tolist() == [False, False, True]  # what the texts fix
+    rel = relevance(owner, 3, texts)
+    assert rel.tolist() == [[True, True, False, False], [True, True, True, False], [False, False, False, True]]
+
+
 @pytest.mark.parametrize("rerank", ["itm", "itc+itm"])
 def test_itm_rerank_matches_a_loop(rerank):
     m = tiny_model(seed=1)

@@ -160,6 +160,10 @@ def test_karpathy_json_and_csv(tmp_path):
     with pytest.warns(UserWarning, match="data.val is not set .* measured on the training images"):
         b = next(iter(dm.train_dataloader()))
     assert b["image"].shape == (2, 3, 16, 16)
+    # one item per caption in training; both captions of a.jpg name one image (they are not each other's negatives)
+    train = dm.splits()["train"]
+    assert [train[k]["caption"] for k in range(3)] == ["one", "two", "three"]
+    assert train[0]["image_id"] == train[1]["image_id"] != train[2]["image_id"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the Karpathy JSON names its splits: no warning
         ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info
@@ -194,6 +198,11 @@ def test_linked_folders_empty_captions_and_bom(tmp_path):
     with pytest.warns(UserWarning, match="2 empty captions .* skipped, and 1 images left with no caption"):
         dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp))
         assert dm.data_info["sizes"]["train"] == 1
+    lists = tmp_path / "lists.json"  # ALBEF lists whose caption list is empty: counted too
+    lists.write_text(json.dumps([{"image": "images/a.jpg", "caption": ["a dog"]}, {"image": "images/b.jpg", "caption": []}]))
+    with pytest.warns(UserWarning, match="0 empty captions .* skipped, and 1 images left with no caption"):
+        assert ImageCaptionDataModule(image_root=str(root), train=str(lists), val=str(lists), test=str(lists)).data_info[
+            "sizes"]["train"] == 1
     cp.write_text("image,caption\nimages/../../mnt/coco/a.jpg,escape\n")  # "../" still may not leave the root
     with pytest.raises(ValueError, match="outside the image root"):
         ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info

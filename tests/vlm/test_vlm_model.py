@@ -76,6 +76,10 @@ def test_similarity_is_pairwise_itm_and_export_roundtrip(tmp_path):
     torch.testing.assert_close(back.similarity(images, caps), sim[:, :3])
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
         m.similarity(images[:, :, :16], caps)
+    # float64 pixels (numpy) score as float32 ones; uint8 pixels are refused (they are not in [0, 1])
+    torch.testing.assert_close(m.similarity(images.double(), caps), sim[:, :3])
+    with pytest.raises(ValueError, match="images must be floats in \\[0, 1\\], got torch.uint8"):
+        m.similarity((images * 255).to(torch.uint8), caps)
 
 
 def test_minilm_text_encoder_matches_transformers(minilm_dir):
@@ -115,6 +119,17 @@ def test_task_with_minilm_text_init_uses_wordpiece_and_weights(minilm_dir):
     ref = from_hf_bert(minilm_dir)
     torch.testing.assert_close(m.text.layers[3].mlp.fc1.weight, ref.layers[3].mlp.fc1.weight)
     assert not m.fw_unknown  # every function word is one WordPiece token
+
+
+def test_a_minilm_tokenizer_alone_says_the_encoder_is_random(minilm_dir):
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, tokenizer="minilm").data_info
+    with pytest.warns(UserWarning, match="random weights; pass model.init_args.text_init: minilm"):
+        task = VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"fusion_heads": 12})
+    assert task.model.config.text_init is None  # the export does not claim MiniLM's weights
+    assert task.model.tokenizer.vocab_size == 30522
 
 
 def test_task_function_words_strict_switch(tmp_path):

@@ -275,7 +275,8 @@ class ImageCaptionDataset(Dataset):
         if self.train:
             i, j = self.index[k]
             path, caps = self.entries[i]
-            return {"image": self._image(path), "caption": caps[j]}
+            # the image's identity: its other captions in a batch are no negatives (ALBEF masks them by id)
+            return {"image": self._image(path), "caption": caps[j], "image_id": str(path)}
         path, caps = self.entries[k]
         return {"image": self._image(path), "captions": list(caps), "index": k}
 
@@ -499,8 +500,9 @@ def resolve_images(
         if on_missing == "error":
             raise FileNotFoundError(msg + "; fix data.image_root or pass data.on_missing=skip to leave them out")
         warnings.warn(msg + "; they are skipped (data.on_missing=skip)", stacklevel=2)
-    if empty:
-        warnings.warn(f"{empty} empty captions in {source} are skipped, and {bare} images left with no caption", stacklevel=2)
+    if empty or bare:
+        warnings.warn(f"{empty} empty captions in {source} are skipped, and {bare} images left with no caption "
+                      "(an empty caption list included) are skipped", stacklevel=2)
     if not out:
         raise ValueError(f"no usable image-caption pairs in {source}")
     return out

@@ -273,6 +273,9 @@ class VisionLanguageModel(nn.Module):
         s = self.config.image_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
             raise ValueError(f"images must be [B, 3, {s}, {s}] in [0, 1], got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
+        images = images.to(self.pixel_mean)  # float64 pixels (numpy), or on another device than the model
         return self.vit.forward_features((images - self.pixel_mean) / self.pixel_std)
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ have several captions (i2t: any of them counts). Ties count against the query (p
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -50,9 +51,18 @@ def recall_at_k(ranks: Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
     return {k: float((ranks < k).float().mean() * 100.0) for k in ks}
 
 
-def relevance(img_of_text: Tensor, n_images: int) -> Tensor:
-    """Bool ``[Ni, Nt]``: text ``t`` describes image ``img_of_text[t]``."""
-    return img_of_text[None, :] == torch.arange(n_images, device=img_of_text.device)[:, None]
+def relevance(img_of_text: Tensor, n_images: int, texts: Optional[Sequence[str]] = None) -> Tensor:
+    """Bool ``[Ni, Nt]``: text ``t`` describes image ``img_of_text[t]``; with ``texts``, also every other image
+    that has the same caption word for word (COCO has such pairs: the two copies score alike, so neither
+    image could otherwise retrieve its own caption first)."""
+    rel = img_of_text[None, :] == torch.arange(n_images, device=img_of_text.device)[:, None]
+    if texts is None:
+        return rel
+    ids: dict[str, int] = {}
+    sid = torch.tensor([ids.setdefault(t, len(ids)) for t in texts], dtype=torch.long, device=img_of_text.device)
+    has = torch.zeros(n_images, len(ids), dtype=torch.bool, device=img_of_text.device)
+    has[img_of_text, sid] = True  # image i has caption string s
+    return has[:, sid]
 
 
 @torch.no_grad()
@@ -99,11 +109,12 @@ def retrieval_scores(
     return out
 
 
-def retrieval_metrics(scores: dict[str, Tensor], img_of_text: Tensor) -> dict[str, Any]:
+def retrieval_metrics(scores: dict[str, Tensor], img_of_text: Tensor, texts: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """R@1/5/10 both ways (``itc``; ``itm``: re-ranked; ``itm_only``: ALBEF's ITM-alone re-ranking when
-    computed) plus per-query top-1 correctness (``<name>/i2t_top1``, ``<name>/t2i_top1``)."""
+    computed) plus per-query top-1 correctness (``<name>/i2t_top1``, ``<name>/t2i_top1``). ``texts`` (the
+    captions as written) make identical captions of different images count for both (see :func:`relevance`)."""
     itc = scores["itc"]
-    rel = relevance(img_of_text.to(itc.device), itc.shape[0])
+    rel = relevance(img_of_text.to(itc.device), itc.shape[0], texts)
     out: dict[str, Any] = {}
     pairs = [("itc", itc, itc.T)]
     if "i2t" in scores:
@@ -134,19 +145,23 @@ def _all_gather_rows(x: Tensor, sizes: Sequence[int]) -> Tensor:
     return torch.cat([part[:n] for part, n in zip(all_gather(x), sizes)])
 
 
-def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tensor,
+             image_ids: Optional[Sequence[Any]] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Image-text contrastive loss; returns ``(loss, sim, same)`` with ``sim``/``same`` this rank's ``[B, B]`` block.
 
     ``fi``/``ft``: normalized image / text features of one batch, ``captions`` its texts (pairs whose
-    captions are equal are all positives, with the target mass shared). Under torch.distributed every
+    captions are equal are all positives, with the target mass shared), ``image_ids`` the images' identities
+    when a batch can hold one image with several of its captions (pairs of one image are positives too,
+    as ALBEF's retrieval fine-tuning masks them by image id). Under torch.distributed every
     rank's features are gathered (with gradient) so each image is contrasted with the texts of the whole
     global batch and vice versa, as ALBEF / CLIP do across GPUs; each rank's loss covers its own rows and
     columns, so the ranks' mean (what DDP's gradient averaging optimizes) equals the one-process loss
     on the concatenated batch.
     """
     B = len(captions)
-    parts = gather_objects(list(captions))
-    caps_all = [c for p in parts for c in p]
+    keys = list(zip(captions, image_ids if image_ids is not None else [None] * B))
+    parts = gather_objects(keys)
+    keys_all = [c for p in parts for c in p]
     if len(parts) == 1:
         fi_all, ft_all, start = fi, ft, 0
     else:
@@ -155,7 +170,8 @@ def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tenso
         sizes = [len(p) for p in parts]
         start = sum(sizes[: dist.get_rank()])
         fi_all, ft_all = _all_gather_rows(fi, sizes), _all_gather_rows(ft, sizes)
-    same = torch.tensor([[a == b for b in caps_all] for a in captions], device=fi.device)  # [B, N]
+    same = torch.tensor([[ca == cb or (ia is not None and ia == ib) for cb, ib in keys_all] for ca, ia in keys],
+                        device=fi.device)  # [B, N]
     tgt = same.float() / same.float().sum(1, keepdim=True)
     i2t = fi @ ft_all.T / temperature  # this rank's images against every text
     t2i = ft @ fi_all.T / temperature  # this rank's texts against every image
@@ -177,7 +193,7 @@ def evaluate_retrieval(model: Any, images: Tensor, captions: Sequence[Sequence[s
                        itm: bool = True, rerank: str = "itc+itm") -> dict[str, Any]:
     """Retrieval metrics of ``model`` on images ``[N, 3, S, S]`` and their caption lists."""
     texts, owner = flatten_captions(captions)
-    return retrieval_metrics(retrieval_scores(model, images, texts, k=k, itm=itm, rerank=rerank), owner)
+    return retrieval_metrics(retrieval_scores(model, images, texts, k=k, itm=itm, rerank=rerank), owner, texts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +303,18 @@ class VLMTask(ZooTask):
         if tok_src is not None:
             folder = resolve_text_folder(tok_src)
             tok = VLMTokenizer.from_folder(folder)
-            model = create_model(arch, **{**overrides, **text_config_from_hf(folder), "text_init": str(tok_src)})
+            # text_init records where the text weights came from: only when they did
+            model = create_model(arch, **{**overrides, **text_config_from_hf(folder),
+                                          "text_init": str(text_init) if text_init is not None else None})
             model.set_tokenizer(tok)
             if text_init is not None:
                 model.init_text_from_hf(folder)
+            else:
+                warnings.warn(
+                    f"data.tokenizer={tok_src!r} gives the text encoder {tok_src}'s vocabulary and sizes but random "
+                    f"weights; pass model.init_args.text_init: {tok_src} to start from its pretrained weights",
+                    stacklevel=2,
+                )
             return model
         if info.get("vocab") is None:
             raise ValueError("VLMTask needs a tokenizer: train with a datamodule (data_info vocab), text_init or pretrained")
@@ -309,7 +333,7 @@ class VLMTask(ZooTask):
         img = m.encode_image(batch["image"])
         txt = m.encode_text(ids, mask)
         fi, ft = m.image_feat(img), m.text_feat(txt[:B], mask[:B])
-        loss_itc, sim, same = itc_loss(fi, ft, caps, m.temperature)
+        loss_itc, sim, same = itc_loss(fi, ft, caps, m.temperature, batch.get("image_id"))
         # ITM with hard negatives drawn from this rank's ITC similarities (ALBEF)
         # (a row whose captions all equal its own, e.g. a batch of one, has no negative and is left out)
         with torch.no_grad():
