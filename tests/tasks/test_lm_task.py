@@ -66,13 +66,18 @@ def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
     monkeypatch.chdir(ROOT)
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))
     out = tmp_path / "pred.jsonl"
-    main([
-        "predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
-        "--data.init_args.block_size=32",
-        *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={out}", "--predict_writer.echo=false",
-        "--data.init_args.prompts=[\"the \", \"a \"]", "--model.init_args.max_new_tokens=5",
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-    ])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([
+            "predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+            "--data.init_args.block_size=32",
+            *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={out}", "--predict_writer.echo=false",
+            "--data.init_args.prompts=[\"the \", \"a \"]", "--model.init_args.max_new_tokens=5",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+        ])
+    assert not any("randomly initialized" in str(w.message) for w in caught)  # the checkpoint's weights
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["the ", "a "]
     # 5 byte tokens decode to at most 5 characters (invalid UTF-8 bytes become one U+FFFD each)

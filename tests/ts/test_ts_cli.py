@@ -1,6 +1,7 @@
 """The time-series configs through the CLI: fit (fast_dev_run), export, predict with CSV + PNG output."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -36,10 +37,13 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
     assert (export / "ts_meta.json").is_file()
 
     pred_dir = tmp_path / "pred"
-    main([
-        "predict", "--config", cfg, "--trainer.default_root_dir", str(pred_dir), "--trainer.logger=false",
-        "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
-    ])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([
+            "predict", "--config", cfg, "--trainer.default_root_dir", str(pred_dir), "--trainer.logger=false",
+            "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
+        ])
+    assert not any("randomly initialized" in str(w.message) for w in caught)
     csv = next(pred_dir.rglob("forecast.csv"))
     assert (csv.parent / "forecast.png").stat().st_size > 1000
     fc = pd.read_csv(csv, parse_dates=["date"])
@@ -64,6 +68,11 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
             "--model.init_args.pretrained", str(export), "--predict_writer.echo=false",
         ])
     assert not jsonl.exists() and csv.read_bytes() == before
+
+    # with no weights at all (no --ckpt_path, no pretrained) the forecast is noise: said in a warning
+    with pytest.warns(UserWarning, match="predicts with randomly initialized weights: pass --ckpt_path"):
+        main(["predict", "--config", cfg, "--trainer.default_root_dir", str(tmp_path / "random"),
+              "--trainer.logger=false", "--predict_writer.echo=false"])
 
 
 @pytest.mark.parametrize("attn,key", [("diff", "itr-diff"), ("vanilla", "itr-vanilla")])

@@ -1,6 +1,7 @@
 """CSV / synthetic forecasting data: split protocol, scaler, feature modes, time features, bad input."""
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,22 @@ def test_target_defaults_to_the_last_column(tmp_path):
     write_csv(tmp_path / "d.csv", 300, names=["a", "b", "z"])
     dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features="MS")
     assert dm.data_info["target"] == "z" and dm.data_info["out_index"] == [2]
+
+
+@pytest.mark.parametrize("features", ["S", "MS"])
+def test_a_trailing_comma_column_is_no_default_target(tmp_path, features):
+    """Lines ending in a comma give pandas an empty 'Unnamed: 3' column: the default target is still the
+    last variable (b), as the README says."""
+    write_csv(tmp_path / "d.csv", 300, names=["a", "b"])
+    lines = (tmp_path / "d.csv").read_text().splitlines()
+    (tmp_path / "t.csv").write_text("\n".join(line + "," for line in lines) + "\n")
+    dm = CSVTSDataModule(str(tmp_path / "t.csv"), lookback=16, horizon=8, features=features)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = dm.data_info
+    assert info["target"] == "b" and info["out_columns"] == ["b"]
+    # MS reads every variable: the blank column is named as left out
+    assert (features == "MS") == any("Unnamed: 3" in str(w.message) for w in caught)
 
 
 def test_time_features_match_calendar(tmp_path):

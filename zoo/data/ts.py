@@ -77,6 +77,12 @@ def read_ts_csv(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
 
 
+def is_index_like(column: Any) -> bool:
+    """pandas names a saved row index (``df.to_csv`` without ``index=False``) or the empty column after a
+    trailing comma ``Unnamed: <k>``: no variable."""
+    return str(column).startswith("Unnamed: ")
+
+
 def prepare_frame(
     df: pd.DataFrame,
     *,
@@ -103,8 +109,7 @@ def prepare_frame(
         )
     others = [c for c in df.columns if c != date_col]
     if columns is None:
-        # "Unnamed: 0" is what pandas calls a saved row index (df.to_csv without index=False): no variable
-        index_like = [c for c in others if str(c).startswith("Unnamed: ")]
+        index_like = [c for c in others if is_index_like(c)]
         if index_like:
             warnings.warn(f"{source}: column(s) {index_like} look like a saved row index and are left out; "
                           "list them in data.columns to use them as variables", stacklevel=2)
@@ -501,7 +506,8 @@ class TSDataModule(L.LightningDataModule):
         """Columns to read and the target, following the features mode."""
         target = self.target
         if self.features in ("S", "MS") and target is None:
-            candidates = [c for c in (self.columns or df.columns) if c != self.date_col]
+            candidates = [c for c in (self.columns or df.columns) if c != self.date_col
+                          and (self.columns is not None or not is_index_like(c))]
             target = candidates[-1] if candidates else None  # Time-Series-Library convention: target last
         if self.features == "S":
             return ([target] if target is not None else self.columns), target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -78,7 +79,18 @@ class ZooTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_predict_start(self) -> None:
+        # weights come from pretrained=, a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process
+        trained = (self.hparams.get("pretrained") is not None or getattr(self, "_weights_loaded", False)
+                   or getattr(self, "_fitted", False))
+        if not trained:
+            warnings.warn(
+                f"{type(self).__name__} predicts with randomly initialized weights: pass --ckpt_path <.ckpt> or "
+                "--model.init_args.pretrained <export>", stacklevel=2,
+            )
+
     def on_fit_start(self) -> None:
+        self._fitted = True
         # torchmetrics' reset() under validate / test (inference mode) leaves inference tensors as metric
         # states, which fit's validation (no_grad) cannot update in place: fit starts from fresh states
         from torchmetrics import Metric
@@ -104,6 +116,7 @@ class ZooTask(L.LightningModule):
                 checkpoint["zoo_assets"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._weights_loaded = True
         if checkpoint.get("zoo_adapter_config") and getattr(self.model, "adapter_config", None):
             self.model.adapter_config = checkpoint["zoo_adapter_config"]
         assets = checkpoint.get("zoo_assets")

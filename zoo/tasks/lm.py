@@ -220,6 +220,7 @@ class LanguageModelTask(ZooTask):
         self._report("test")
 
     def on_predict_start(self) -> None:
+        super().on_predict_start()
         limit = self.model.config.max_seq_len
         if self.hparams.max_new_tokens >= limit:
             raise ValueError(

@@ -282,6 +282,7 @@ class ForecastTask(ZooTask):
         return rows
 
     def on_predict_start(self) -> None:
+        super().on_predict_start()
         # Refuse earlier forecast files before predicting, so a refused run leaves no predictions.jsonl behind.
         folder = self._run_dir()
         if folder is None or not folder.is_dir():
