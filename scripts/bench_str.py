@@ -44,6 +44,7 @@ DATA = dict(charset="36", max_length=6, synth_min_len=1, synth_max_len=6, synth_
 
 RESUME_CKPT, RESUME_STATE = "last.ckpt", "progress.json"
 SAVE_EVERY = 1000  # steps between checkpoints of a resumable run
+N_TEST = 1000  # held-out-font test crops of every benchmark table
 
 
 def run(*args: Any, out_dir: Optional[Path] = None, **kwargs: Any) -> tuple[Optional[dict[str, Any]], Any]:
@@ -98,12 +99,15 @@ def train_run(
                 raise SystemExit(f"the run in {resume_dir} is complete ({steps} steps, tested and exported); "
                                  "remove the folder to train again")
             ckpt = resume_dir / RESUME_CKPT
-            if not ckpt.is_file():
+            if state["done"] == 0:  # stopped before its first checkpoint: nothing to resume, start afresh
+                ckpt, state = None, {"settings": settings, "done": 0, "train_s": 0.0, "val": [], "parts": 0}
+            elif not ckpt.is_file():
                 raise SystemExit(f"{resume_dir / RESUME_STATE} records step {state['done']} but {ckpt} is missing "
                                  "(checkpoints are git-ignored: a fresh clone has none); pass another --resume-dir")
-            print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
-            # validations after the checkpoint belong to the lost stretch that this part trains again
-            state["val"] = [v for v in state["val"] if v["step"] <= state["done"]]
+            else:
+                print(f"resuming {resume_dir} at step {state['done']} of {steps}", flush=True)
+                # validations after the checkpoint belong to the lost stretch that this part trains again
+                state["val"] = [v for v in state["val"] if v["step"] <= state["done"]]
         state["parts"] = state.get("parts", 0) + 1
     done = state["done"]
     L.seed_everything(seed + done, workers=True)
@@ -211,8 +215,9 @@ def write(name: str, payload: dict[str, Any], table: str) -> None:
     print(table, flush=True)
 
 
-def table(rows: list[dict[str, Any]], title: str, machine_info: Optional[dict[str, Any]] = None) -> str:
-    """Markdown table of runs; the footer names ``machine_info`` (default: this machine, where the runs trained)."""
+def table(rows: list[dict[str, Any]], title: str, machine_info: Optional[dict[str, Any] | list[dict[str, Any]]] = None) -> str:
+    """Markdown table of runs; the footer names ``machine_info`` (one machine or a list; default: this machine,
+    where the runs trained)."""
     lines = [f"### {title}", "", "| model | params | steps | seed | word acc (%) | 1-NED (%) | test n | train s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
@@ -226,10 +231,17 @@ def table(rows: list[dict[str, Any]], title: str, machine_info: Optional[dict[st
         for r in rows:
             acc = [f"{r['test_by_font'][f]['accuracy']:.1f}" if f in r.get("test_by_font", {}) else "-" for f in fonts]
             lines.append(f"| {r['label']} | {r['seed']} | " + " | ".join(acc) + " |")
-    m = machine_info or machine()
-    gpu = f", {m['device']}" if m.get("device", "cpu") != "cpu" else ""
-    lines += ["", f"Synthetic data {DATA}; test = held-out fonts. Machine: {m.get('cpu_model', '?')}, {m.get('torch_threads', '?')} thread(s){gpu}, torch {m.get('torch', '?')}."]
+    infos = machine_info if isinstance(machine_info, list) else [machine_info or machine()]
+    texts = list(dict.fromkeys(machine_text(m) for m in infos))
+    where = "Machine: " if len(texts) == 1 else "Machines: "
+    lines += ["", f"Synthetic data {DATA}; test = held-out fonts. {where}{'; '.join(texts)}."]
     return "\n".join(lines)
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """A machine record as the tables' footers name it."""
+    gpu = f", {m['device']}" if m.get("device", "cpu") != "cpu" else ""
+    return f"{m.get('cpu_model', '?')}, {m.get('torch_threads', '?')} thread(s){gpu}, torch {m.get('torch', '?')}"
 
 
 def export_main(args: argparse.Namespace) -> None:
@@ -239,8 +251,11 @@ def export_main(args: argparse.Namespace) -> None:
                     batch_size=args.batch_size, init_from=args.init_from, **run_args(args))
     if row is None:  # stopped on its budget; the next call continues
         return
-    row["label"] = "str-diff-tiny (shipped)"
-    folder, name = Path(args.export_dir), "shipped_tiny"
+    folder = Path(args.export_dir)
+    # only the shipped folder's run is "the shipped model's" (merged as a diff arm); another folder's has its own name
+    shipped = folder.resolve() == SHIPPED.resolve()
+    name = "shipped_tiny" if shipped else f"export_{folder.name}"
+    row["label"] = "str-diff-tiny (shipped)" if shipped else f"str-diff-tiny (exported to {folder})"
     before = shipped_accuracy(folder)
     if before is not None and row["test_accuracy"] < before and not args.overwrite:
         # a weaker model never silently replaces the shipped one
@@ -281,18 +296,21 @@ def bench_main(args: argparse.Namespace) -> None:
     if args.csd:
         csd_main(args, teacher or str(Path(args.export_dir)))
         return
+    kw = run_args(args)
+    # the same name --merge gives a table of this batch size and these overrides; an existing one stops the run now
+    name = free_name(merged_name(args.batch_size, kw["model_args"]), args.overwrite)
     if not args.skip_csd:  # before the arms train: a CSD result that exists stops the run now, not after them
         csd_name(args, teacher or str(RESULTS / "bench_teacher"), args.seed + 1)
     for attn in ("diff", "vanilla"):
         row, task = run(f"str-{attn}-tiny", args.steps, seed=args.seed, n_test=args.n_test, lr=args.lr, batch_size=args.batch_size,
-                        **run_args(args))
-        row["label"] = f"{attn} cross-attention"
+                        **kw)
+        row["label"] = f"{attn} cross-attention{overrides_text(kw['model_args'])}"
         rows.append(row)
         print(row, flush=True)
         if attn == "diff" and teacher is None:
             # CSD below distils this run into a fresh student of the same size and budget
             teacher = str(export_model(task.model, RESULTS / "bench_teacher", arch="str-diff-tiny", overwrite=True))
-    write("diff_vs_vanilla", {"machine": machine(), "data": DATA, "runs": rows}, table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)"))
+    write(name, {"machine": machine(), "data": DATA, "runs": rows}, table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)"))
     if args.skip_csd:
         return
     csd_main(args, teacher, student_seed=args.seed + 1)
@@ -356,9 +374,7 @@ def merge_main(args: argparse.Namespace) -> None:
         found = []
         for path in sorted(RESULTS.glob(f"arm_{attn}_{args.steps}_s*.json")):
             payload = json.loads(path.read_text())
-            mine = [r for r in payload["runs"] if (r["batch_size"], r["lr"], payload["data"]) == (args.batch_size, args.lr, DATA)
-                    and not r.get("init_from")  # fine-tuning stages are not from-scratch arms
-                    and (r.get("model_args") or None) == overrides]  # the registered twin, or exactly this variant
+            mine = [r for r in payload["runs"] if comparable(r, payload, args, overrides)]
             found += [{**r, "arm": key} for r in mine]
             machines += [payload["machine"]] if mine else []
         shipped = RESULTS / "shipped_tiny.json"
@@ -366,7 +382,7 @@ def merge_main(args: argparse.Namespace) -> None:
             # the shipped model's training (--export) is a diff run when it used the same steps, batch, lr and data
             payload = json.loads(shipped.read_text())
             run_ = payload["runs"][0]
-            same = (run_["steps"], run_["batch_size"], run_["lr"], payload["data"]) == (args.steps, args.batch_size, args.lr, DATA)
+            same = run_["steps"] == args.steps and comparable(run_, payload, args, None)
             if same and run_["seed"] not in {r["seed"] for r in found}:
                 found.append({**run_, "label": "diff cross-attention (the shipped model's run)", "arm": key})
                 machines.append(payload["machine"])
@@ -375,7 +391,8 @@ def merge_main(args: argparse.Namespace) -> None:
             raise SystemExit(f"no {key} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps}{extra} first")
         rows += sorted(found, key=lambda r: r["seed"])
     summary = arm_summary(rows)
-    text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)", machines[0])
+    distinct = list({machine_text(m): m for m in reversed(machines)}.values())[::-1]  # first of each description
+    text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)", distinct)
     text += "\n\n" + "\n".join(
         f"- {key}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")
         + (f"; minus vanilla {s['minus_vanilla']['mean']:+.2f}" + (f" ± {s['minus_vanilla']['se']:.2f} (se)" if s["minus_vanilla"]["se"] is not None else "")
@@ -384,7 +401,16 @@ def merge_main(args: argparse.Namespace) -> None:
     )
     devices = sorted({r.get("device", "cpu") for r in rows})
     text += f"\n- batch {args.batch_size}, lr {args.lr:g}; trained on: {', '.join(devices)}"
-    write(merged_name(args.batch_size, variant), {"machine": machines[0], "data": DATA, "runs": rows, "summary": summary}, text)
+    write(merged_name(args.batch_size, variant), {"machine": machines[0], "machines": distinct, "data": DATA, "runs": rows,
+                                                  "summary": summary}, text)
+
+
+def comparable(run_: dict[str, Any], payload: dict[str, Any], args: argparse.Namespace, overrides: Optional[dict[str, Any]]) -> bool:
+    """Whether a recorded run belongs in a merged table: same batch, lr, data and test-set size, trained from
+    scratch (fine-tuning stages are not arms), with exactly ``overrides`` (the registered twin: none)."""
+    n_test = getattr(args, "n_test", N_TEST)
+    return ((run_["batch_size"], run_["lr"], payload["data"], run_["test_count"]) == (args.batch_size, args.lr, DATA, n_test)
+            and not run_.get("init_from") and (run_.get("model_args") or None) == overrides)
 
 
 def arm_key(attn: str, model_args: Optional[dict[str, Any]] = None) -> str:
@@ -473,7 +499,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: 4000 for --export, 600 for the bench)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=7e-4)
-    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=N_TEST)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--teacher", default=None, help="CSD teacher (default: the diff model trained by this bench)")

@@ -578,16 +578,6 @@ def test_unknown_backend_raises_with_choices(monkeypatch, op):
     assert "bogus" in str(exc.value) and "naive" in str(exc.value) and "sdpa" in str(exc.value)
 
 
-def test_triton_backend_rejected_for_single_map_attention(monkeypatch):
-    monkeypatch.delenv("ZOO_ATTN_BACKEND", raising=False)
-    q = torch.randn(1, 1, 3, 4)
-    with pytest.raises(ValueError, match="triton"):
-        attention(q, q, q, backend="triton")
-    monkeypatch.setenv("ZOO_ATTN_BACKEND", "triton")
-    with pytest.raises(ValueError, match="triton"):
-        attention(q, q, q)
-
-
 def test_bad_shapes_raise():
     q = torch.randn(1, 4, 3, 8)
     k = torch.randn(1, 3, 5, 8)  # 4 query heads, 3 KV heads: not a multiple

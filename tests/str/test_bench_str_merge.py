@@ -234,3 +234,44 @@ def test_the_default_bench_stops_before_training_when_its_csd_result_exists(benc
     with pytest.raises(SystemExit, match="csd_600_b32_s1_teacher-bench_teacher.json exists"):
         bench.bench_main(args)
     assert calls == []
+
+
+def test_merge_leaves_out_fine_tuning_stages_other_test_sets_and_names_every_machine(bench):
+    _write(bench, "arm_vanilla_8000_s0", [_row("vanilla", 0, 71.3)])
+    _write(bench, "arm_diff_8000_s1", [_row("diff", 1, 70.0)])
+    # a shipped model fine-tuned from earlier weights, with its own overrides: not a from-scratch diff run
+    _write(bench, "shipped_tiny", [{**_row("diff", 0, 96.0), "init_from": "str22k", "model_args": {"dec_heads": 1}}])
+    _write(bench, "arm_diff_8000_s2", [{**_row("diff", 2, 10.0), "test_count": 20}])  # 20 test crops, not 1000
+    payload = {"machine": {"cpu_model": "GPU host", "torch_threads": 1, "torch": "2.y", "device": "NVIDIA H100"},
+               "data": bench.DATA, "runs": [_row("vanilla", 1, 80.0)]}
+    (bench.RESULTS / "arm_vanilla_8000_s1.json").write_text(json.dumps(payload))
+    out = _merge(bench)
+    assert sorted((r["label"].split()[0], r["seed"]) for r in out["runs"]) == [("diff", 1), ("vanilla", 0), ("vanilla", 1)]
+    assert [m["cpu_model"] for m in out["machines"]] == ["test CPU", "GPU host"]
+    assert "Machines: test CPU, ?" in (bench.RESULTS / "diff_vs_vanilla.md").read_text()
+    assert "GPU host, 1 thread(s), NVIDIA H100" in (bench.RESULTS / "diff_vs_vanilla.md").read_text()
+
+
+def test_an_export_elsewhere_is_not_the_shipped_models_record(bench, monkeypatch, tmp_path):
+    import zoo.hub
+
+    monkeypatch.setattr(zoo.hub, "export_model", lambda model, folder, **k: folder)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: (_row("diff", 0, 10.0), type("T", (), {"model": None})()))
+    args = argparse.Namespace(steps=10, seed=0, n_test=10, lr=7e-4, val_every=0, batch_size=32, resume_dir=None,
+                              budget_min=None, init_from=None, export_dir=str(tmp_path / "mine"), overwrite=False)
+    bench.export_main(args)
+    assert (bench.RESULTS / "export_mine.json").is_file() and not (bench.RESULTS / "shipped_tiny.json").exists()
+
+
+def test_both_arms_in_one_run_are_named_by_batch_and_overrides(bench, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda arch, steps, **k: (_row(arch.split("-")[1], 0, 5.0, steps=steps, batch=128), None))
+    _write(bench, "diff_vs_vanilla", [_row("diff", 0, 66.0)])
+    args = argparse.Namespace(attn="both", steps=5, seed=0, n_test=10, lr=7e-4, batch_size=128, teacher="x",
+                              overwrite=False, csd=False, init_from=None, val_every=0, skip_csd=True,
+                              model_args={"dec_heads": 4})
+    bench.bench_main(args)
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_b128_dec_heads4.json").read_text())
+    assert [r["label"] for r in out["runs"]] == ["diff cross-attention dec_heads=4", "vanilla cross-attention dec_heads=4"]
+    assert json.loads((bench.RESULTS / "diff_vs_vanilla.json").read_text())["runs"][0]["test_accuracy"] == 66.0
+    with pytest.raises(SystemExit, match="exists"):  # the same run again: refused before training
+        bench.bench_main(args)

@@ -167,3 +167,15 @@ def test_a_single_arm_run_resumes_from_the_command_line(bench, tmp_path, monkeyp
         monkeypatch.setattr(sys, "argv", ["bench_str.py", *bad, "--resume-dir", str(tmp_path / "x")])
         with pytest.raises(SystemExit):
             bench.main()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_afresh(bench, tmp_path):
+    """Validation records progress before the first checkpoint exists; a part killed then (step 0 done, no
+    last.ckpt) is started again from scratch by the same command instead of being refused."""
+    kw = dict(arch="str-diff-tiny", steps=3, batch_size=4, n_test=8, lr=1e-3, resume_dir=tmp_path / "r")
+    assert bench.run(**kw, stop_at=1)[0] is None
+    state = json.loads((tmp_path / "r" / "progress.json").read_text())
+    (tmp_path / "r" / "progress.json").write_text(json.dumps({**state, "done": 0, "val": [{"step": 0}]}))
+    (tmp_path / "r" / "last.ckpt").unlink()
+    row, _ = bench.run(**kw)
+    assert row["steps"] == 3 and row["parts"] == 1 and row["val_history"] == []
