@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -83,6 +82,7 @@ EARLIER = {
 }
 TARGET = {"ETTh1": 0.386, "ETTh2": 0.297}  # Diff-iTransformer at horizon 96 should reach these MSEs
 REFERENCE_LR = 1e-4  # iTransformer's run.py default
+MAX_EPOCHS, PATIENCE = 10, 3  # the table's protocol: iTransformer's train_epochs and patience
 # Table settings that the H=96 validation sweep moved off the reference ones, by the rule the report states: a
 # setting run on all six table seeds replaces the reference when it lowers the validation MSE, paired seed by
 # seed, by more than twice the standard error of that difference, and the one with the lowest mean validation
@@ -110,8 +110,25 @@ def requested_setting(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
 
 
 def run_key(r: dict[str, Any]) -> tuple:
-    """What a run trained: grid point, seed, learning rate and architecture overrides."""
-    return (r["dataset"], r["horizon"], r["arch"], r["seed"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True))
+    """What a run trained: grid point, seed, learning rate, architecture overrides and calendar tokens."""
+    return (r["dataset"], r["horizon"], r["arch"], r["seed"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True),
+            bool(r["time_features"]))
+
+
+def table_time_features(family: str) -> bool:
+    """Calendar tokens in the table's runs: iTransformer reads them (as its reference code), PatchTST does not."""
+    return family == "itransformer"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be i/n (e.g. 0/2), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: the shard index must be in [0, {count}) (0/2 and 1/2 split the grid in two)")
+    return index, count
 
 
 def arch_for(family: str, attn: str, dataset: str, horizon: int) -> str:
@@ -138,24 +155,24 @@ def train_one(
         arch=arch, data_info=dm.data_info, model_args=model_args, lr=lr, scheduler="halving",
         weight_decay=0.0,
     )
-    scratch = tempfile.mkdtemp(prefix="bench_ts_")  # the task writes test_metrics.json into the run folder
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=args.max_epochs, logger=False, enable_checkpointing=False,
-        default_root_dir=scratch,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[L.pytorch.callbacks.EarlyStopping("val/loss", patience=args.patience, mode="min")],
-    )
-    t0 = time.time()
-    trainer.fit(task, datamodule=dm)
-    fit_s = time.time() - t0
-    trainer.test(task, datamodule=dm, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="bench_ts_") as scratch:  # the task writes test_metrics.json there
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=args.max_epochs, logger=False, enable_checkpointing=False,
+            default_root_dir=scratch,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            callbacks=[L.pytorch.callbacks.EarlyStopping("val/loss", patience=args.patience, mode="min")],
+        )
+        t0 = time.time()
+        trainer.fit(task, datamodule=dm)
+        fit_s = time.time() - t0
+        trainer.test(task, datamodule=dm, verbose=False)
     test = task.results["test"]
-    shutil.rmtree(scratch, ignore_errors=True)
     record = {
         "dataset": dataset, "horizon": horizon, "lookback": 96, "arch": arch, "seed": seed,
         "attn_type": task.model.config.attn_type, "params": task.model.num_params(),
         "config": dataclasses.asdict(task.model.config),
-        "time_features": time_features, "lr": lr, "lr_schedule": SCHEDULE, "protocol": PROTOCOL, "model_args": model_args, "epochs_run": trainer.current_epoch,
+        "time_features": time_features, "lr": lr, "lr_schedule": SCHEDULE, "protocol": PROTOCOL, "model_args": model_args,
+        "max_epochs": args.max_epochs, "patience": args.patience, "epochs_run": trainer.current_epoch,
         "best_epoch": task.best_val[1] + 1, "best_val_mse": task.best_val[0],
         "mse": test["mse"], "mae": test["mae"], "mse_orig": test["mse_orig"], "mae_orig": test["mae_orig"],
         "mse_per_step": [round(v, 5) for v in test["mse_per_step"]],
@@ -170,25 +187,27 @@ def run_grid(args: argparse.Namespace) -> None:
     done = set()
     if runs_path.exists() and not args.pilot:
         done = {run_key(json.loads(line)) for line in runs_path.read_text().splitlines()}
-    grid = [
+    grid = list(dict.fromkeys(  # a grid point given twice (--seeds 0 0) trains once
         (d, h, k, s) for h in args.horizons for d in args.datasets for k in args.models for s in args.seeds
-    ]
-    index, count = (int(v) for v in args.shard.split("/"))
+    ))
+    index, count = parse_shard(args.shard)
     grid = [g for i, g in enumerate(grid) if i % count == index]
     for dataset, horizon, key, seed in grid:
         label, family, attn = MODELS[key]
         arch = arch_for(family, attn, dataset, horizon)
         lr, model_args = requested_setting(args) if args.pilot else table_setting(dataset, key)
-        point = {"dataset": dataset, "horizon": horizon, "arch": arch, "seed": seed, "lr": lr, "model_args": model_args}
+        tf = table_time_features(family) and args.time_features == "itransformer"
+        point = {"dataset": dataset, "horizon": horizon, "arch": arch, "seed": seed, "lr": lr, "model_args": model_args,
+                 "time_features": tf}
         if run_key(point) in done:
             continue
-        tf = family == "itransformer" and args.time_features == "itransformer"
         rec, _ = train_one(dataset, horizon, arch, seed, tf, args, lr=lr, model_args=model_args)
         rec.update(model=label, model_key=key, machine=machine())
         if args.pilot:
             rec["pilot_note"] = args.pilot
         with open(runs_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        done.add(run_key(rec))
         print(
             f"{dataset} H={horizon} {label:24s} seed {seed}: mse {rec['mse']:.4f} mae {rec['mae']:.4f} "
             f"({rec['epochs_run']} epochs, best {rec['best_epoch']}, {rec['total_s']:.0f}s)", flush=True,
@@ -245,6 +264,13 @@ def report(args: argparse.Namespace) -> None:
 
     for r in by_protocol[PROTOCOL]:
         lr, model_args = table_setting(r["dataset"], r["model_key"])
+        protocol = (r.get("max_epochs", MAX_EPOCHS), r.get("patience", PATIENCE), bool(r["time_features"]))
+        if protocol != (MAX_EPOCHS, PATIENCE, table_time_features(MODELS[r["model_key"]][1])):
+            raise SystemExit(
+                f"{runs_path} holds a {r['dataset']} H={r['horizon']} {r['model_key']} run (seed {r['seed']}) trained with "
+                f"max_epochs {protocol[0]}, patience {protocol[1]}, calendar tokens {protocol[2]}: not the table's "
+                "protocol; move it to pilots.jsonl (with a pilot_note) or rerun it"
+            )
         if (r["lr"], r.get("model_args") or {}) != (lr, model_args):
             raise SystemExit(
                 f"{runs_path} holds a {r['dataset']} H={r['horizon']} {r['model_key']} run (seed {r['seed']}) at lr "
@@ -338,7 +364,7 @@ def report(args: argparse.Namespace) -> None:
             "train_loader": "shuffled, last incomplete batch dropped (as the reference)",
             "protocol": PROTOCOL,
             "earlier_protocols": {v: note for v, (_, _, note) in EARLIER.items()},
-            "max_epochs": args.max_epochs, "early_stopping": f"val MSE, patience {args.patience}",
+            "max_epochs": MAX_EPOCHS, "early_stopping": f"val MSE, patience {PATIENCE}",
             "test": "best-validation weights, every test window (no drop_last)",
             "itransformer_sizes": "ETTh1: base (256) for H<=192, large (512) for H>=336; ETTh2: small (128)",
             "table_overrides": [{"dataset": d, "model_key": k, **v} for (d, k), v in TABLE_OVERRIDES.items()],
@@ -473,8 +499,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--horizons", nargs="+", type=int, default=list(HORIZONS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--max-epochs", type=int, default=10)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="(another value needs --pilot)")
+    p.add_argument("--patience", type=int, default=PATIENCE, help="(another value needs --pilot)")
     p.add_argument("--lr", type=float, default=None,
                    help="with --pilot: peak learning rate (default 1e-4, iTransformer's run.py default); the table's "
                         "runs take theirs from TABLE_OVERRIDES")
@@ -494,6 +520,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.pilot and (args.lr is not None or args.model_args) and not args.report:
         p.error("--lr / --model-args try a setting off the table's: pass --pilot NOTE (the table's runs use "
                 "TABLE_OVERRIDES, else the reference lr 1e-4 and the registered architecture)")
+    off_protocol = (args.max_epochs, args.patience, args.time_features) != (MAX_EPOCHS, PATIENCE, "itransformer")
+    if not args.pilot and off_protocol and not args.report and not args.export:
+        p.error(f"--max-epochs / --patience / --time-features none leave the table's protocol ({MAX_EPOCHS} epochs, "
+                f"patience {PATIENCE}, calendar tokens for iTransformer): pass --pilot NOTE")
+    try:
+        parse_shard(args.shard)
+    except ValueError as exc:
+        p.error(str(exc))
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     args.out.mkdir(parents=True, exist_ok=True)

