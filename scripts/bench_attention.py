@@ -406,7 +406,7 @@ def markdown(result: dict) -> str:
              f"Device: **{result['device']}**, dtype {result['dtype']}, torch {result['torch']}, "
              f"triton {result['triton']}, {result['tokens_per_batch']} tokens per batch, model width "
              f"{MODEL_WIDTH} (H = width / 2d, v head dim 2d).", "",
-             f"Reachable peak (bf16 matmul 8192^3): {_fmt(result['matmul'], 'tflops')} TFLOP/s.", ""]
+             f"Reachable peak ({result.get('dtype', 'bf16')} matmul 8192^3): {_fmt(result['matmul'], 'tflops')} TFLOP/s.", ""]
     if result.get("machine"):
         lines += [f"Machine: {result['machine']}.", ""]
     for part, how in result.get("runs", {}).items():
@@ -478,7 +478,7 @@ def plot(result: dict, path: Path) -> None:
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=c)
             if "tflops" in result["matmul"]:
-                ax.axhline(result["matmul"]["tflops"], color="gray", ls="--", lw=0.8, label="bf16 matmul")
+                ax.axhline(result["matmul"]["tflops"], color="gray", ls="--", lw=0.8, label=f"{result.get('dtype', 'bf16')} matmul")
             ax.set_xscale("log", base=2)
             ax.set_title(f"{phase.replace('_', '+')}, d={d}, {'causal' if causal else 'full'}")
             ax.set_xlabel("sequence length T")
@@ -547,8 +547,9 @@ ROW_KEYS = {"training": ("d", "causal", "T"), "lm_step": ("T",), "decode": ("d",
 def merge_results(base: dict, new: dict, note: str = "") -> tuple[dict, list[str]]:
     """``base`` with the rows of ``new`` added: a row whose shape (ROW_KEYS) is already in ``base`` is
     replaced. Timings from another device or dtype do not belong in one table: that is an error."""
-    for key in ("device", "dtype", "tokens_per_batch"):
-        if base.get(key) != new.get(key):
+    unset = {"quick": False}  # a result written before the key existed was a full run
+    for key in ("device", "dtype", "tokens_per_batch", "quick"):
+        if base.get(key, unset.get(key)) != new.get(key, unset.get(key)):
             raise ValueError(f"cannot merge: {key} differs ({base.get(key)!r} in the report, "
                              f"{new.get(key)!r} in the new run)")
     merged, changes = dict(base), []
@@ -565,8 +566,14 @@ def merge_results(base: dict, new: dict, note: str = "") -> tuple[dict, list[str
         merged[part] = [rows[k] for k in sorted(rows, key=lambda k: tuple(order.get(n, lambda v: v)(v)
                                                                         for n, v in zip(keys, k)))]
         runs = dict(merged.get("runs", {}))
-        runs[part] = "; ".join(x for x in (runs.get(part, ""), note or f"rows merged from a run on {new['device']}")
-                               if x)
+        # the run's own software and reachable peak travel with its rows (the header keeps the base run's)
+        what = note or f"rows merged from a run on {new['device']}"
+        peak = (new.get("matmul") or {}).get("tflops")
+        facts = [", ".join(f"{k} {new[k]}" for k in ("torch", "triton") if new.get(k) is not None),
+                 f"matmul peak {peak:.0f} TFLOP/s" if peak else ""]
+        if any(facts):
+            what += f" ({'; '.join(f for f in facts if f)})"
+        runs[part] = "; ".join(x for x in (runs.get(part, ""), what) if x)
         merged["runs"] = runs
     if not changes:
         raise ValueError("cannot merge: the new run has no training, lm_step or decode rows")
@@ -678,7 +685,7 @@ def main(argv=None) -> int:
         (args.out / "results.json").write_text(json.dumps(result, indent=2))
 
     result["matmul"] = bench_matmul(dtype, args.quick)
-    print(f"bf16 matmul peak: {_fmt(result['matmul'], 'tflops')} TFLOP/s", flush=True)
+    print(f"{args.dtype} matmul peak: {_fmt(result['matmul'], 'tflops')} TFLOP/s", flush=True)
     result["parts"] = parts
     if "lm" in parts:
         result["lm_step"] = bench_lm_step(lm_seqlens, args.tokens // 2, dtype, args.quick,

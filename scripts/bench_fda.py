@@ -3,7 +3,7 @@
     python scripts/bench_fda.py                      # train 2 x 2 runs, evaluate, write results
     python scripts/bench_fda.py --phase train        # only train (exports under --work)
     python scripts/bench_fda.py --phase eval         # only evaluate existing exports
-    python scripts/bench_fda.py --export             # also copy the FDA seed-0 model to zoo/pretrained/vlm-fda-tiny
+    python scripts/bench_fda.py --export             # also copy the FDA model of the first seed to zoo/pretrained/vlm-fda-tiny
     python scripts/bench_fda.py --phase train --arms fda & python scripts/bench_fda.py --phase train --arms nofda
                                                      # one arm per process (cores), then --phase eval
 
@@ -155,10 +155,13 @@ def main() -> None:
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--text-changes", type=int, default=1, help="words the text attack may change")
     p.add_argument("--work", default="/tmp/vlm_bench")
-    p.add_argument("--export", action="store_true", help="ship the FDA seed-0 model as zoo/pretrained/vlm-fda-tiny")
+    p.add_argument("--export", action="store_true",
+                   help="ship the FDA model of the first --seeds value as zoo/pretrained/vlm-fda-tiny (after the evaluation)")
     p.add_argument("--results", default=str(RESULTS), help="folder for bench_fda.json / bench_fda.md")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.export and args.phase == "train":
+        p.error("--export ships the model after its evaluation: use --phase all or --phase eval")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     runs = [(fda, s) for s in args.seeds for fda in (False, True) if arm(fda) in args.arms]

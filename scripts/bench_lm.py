@@ -66,6 +66,8 @@ def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps
     t0 = time.time()
     trainer.fit(task, datamodule=dm)
     secs = time.time() - t0
+    if not curve.val or curve.val[-1][0] != trainer.global_step:  # the last check fell before the last step
+        trainer.validate(task, datamodule=dm, verbose=False)  # recorded by the curve at the final step
     final = curve.val[-1][1] if curve.val else {}
     return {
         "attn": attn, "seed": seed, "params": task.model.num_params(), "steps": trainer.global_step,
@@ -144,7 +146,7 @@ def table(res: dict) -> str:
     m = res["machine"]
     a = res["args"]
     lines = [
-        f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
+        f"Measured on {m.get('cpu_model', m['processor'])} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
         f"torch {m['torch']}; seeds {a['seeds']}; total {res['total_seconds'] / 60:.1f} min.",
         "",
         f"(a) Multi-query associative recall, answer accuracy after {a['retrieval_steps']} steps (batch 64):",

@@ -110,7 +110,9 @@ def main() -> None:
     if args.only and previous.is_file():  # rerunning one half keeps the other half's results
         kept = json.loads(previous.read_text())
         res["types" if args.only == "adapt" else "adaptation"] = kept["types" if args.only == "adapt" else "adaptation"]
-        res["other_half"] = {k: kept.get(k) for k in ("machine", "args", "total_seconds")}
+        # the kept half's own record: an earlier --only run already names it in other_half
+        res["other_half"] = kept.get("other_half") if kept.get("args", {}).get("only") == args.only else None
+        res["other_half"] = res["other_half"] or {k: kept.get(k) for k in ("machine", "args", "total_seconds")}
 
     # (a) every attention type at the same shape and step budget
     retr = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32}
@@ -139,30 +141,8 @@ def main() -> None:
 
     # (b) adaptation of a pretrained vanilla LM with <= 1% of its pretraining tokens
     if args.only != "types":
-        tmp = tempfile.mkdtemp(prefix="bench_variants_")
-        L.seed_everything(0, verbose=False)
-        dm = text_dm()
-        base = LanguageModelTask(arch="lm-vanilla-tiny", model_args={**text, "n_heads": 8}, data_info=dm.data_info,
-                                 lr=2e-3, warmup_steps=50)
-        trainer = L.Trainer(max_steps=args.pretrain_steps, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=40,
-                            num_sanity_val_steps=0)
-        trainer.fit(base, datamodule=dm)
-        base_val = trainer.validate(base, datamodule=dm, verbose=False)[0]["val/loss"]
-        base_copy = copy_accuracy(base.model, dm)
-        src = base.export(Path(tmp) / "base")
-        adapt_steps = max(args.pretrain_steps // 100, 1)  # 1% of the pretraining tokens (same batch shape)
-        res["adaptation"] = {"pretrain_steps": args.pretrain_steps, "adapt_steps": adapt_steps,
-                             "base_val_loss": base_val, "base_copy_acc": base_copy, "probe": PROBE, "methods": {}}
-        for method in (None, "dex", "difflora", "opamp"):
-            runs = [adapt_run(src, method, seed, adapt_steps, 1e-3) for seed in args.seeds]
-            label = method or "continue-vanilla"
-            print(f"[adapt] {label}: {[(r['val_loss'], r['copy_acc']) for r in runs]}", flush=True)
-            res["adaptation"]["methods"][label] = {
-                "trainable_params": runs[0]["trainable_params"],
-                "val_loss": summarize([{"final": {"l": r["val_loss"]}} for r in runs], "l"),
-                "copy_acc": summarize([{"final": {"a": r["copy_acc"]}} for r in runs], "a"), "runs": runs,
-            }
+        with tempfile.TemporaryDirectory(prefix="bench_variants_") as tmp:  # the pretrained base's export
+            adaptation(args, res, tmp, text)
     res["total_seconds"] = round(time.time() - t0, 1)
     (out / "bench_variants.json").write_text(json.dumps(res, indent=1))
     md = table(res)
@@ -170,11 +150,39 @@ def main() -> None:
     print(md)
 
 
+def adaptation(args: argparse.Namespace, res: dict, tmp: str, text: dict) -> None:
+    """(b) adaptation of a pretrained vanilla LM (``text`` shape, 8 heads) with <= 1% of its pretraining tokens;
+    the base is exported to ``tmp``."""
+    L.seed_everything(0, verbose=False)
+    dm = text_dm()
+    base = LanguageModelTask(arch="lm-vanilla-tiny", model_args={**text, "n_heads": 8}, data_info=dm.data_info,
+                             lr=2e-3, warmup_steps=50)
+    trainer = L.Trainer(max_steps=args.pretrain_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=40,
+                        num_sanity_val_steps=0)
+    trainer.fit(base, datamodule=dm)
+    base_val = trainer.validate(base, datamodule=dm, verbose=False)[0]["val/loss"]
+    base_copy = copy_accuracy(base.model, dm)
+    src = base.export(Path(tmp) / "base")
+    adapt_steps = max(args.pretrain_steps // 100, 1)  # 1% of the pretraining tokens (same batch shape)
+    res["adaptation"] = {"pretrain_steps": args.pretrain_steps, "adapt_steps": adapt_steps,
+                         "base_val_loss": base_val, "base_copy_acc": base_copy, "probe": PROBE, "methods": {}}
+    for method in (None, "dex", "difflora", "opamp"):
+        runs = [adapt_run(src, method, seed, adapt_steps, 1e-3) for seed in args.seeds]
+        label = method or "continue-vanilla"
+        print(f"[adapt] {label}: {[(r['val_loss'], r['copy_acc']) for r in runs]}", flush=True)
+        res["adaptation"]["methods"][label] = {
+            "trainable_params": runs[0]["trainable_params"],
+            "val_loss": summarize([{"final": {"l": r["val_loss"]}} for r in runs], "l"),
+            "copy_acc": summarize([{"final": {"a": r["copy_acc"]}} for r in runs], "a"), "runs": runs,
+        }
+
+
 def _measured(meta: dict, steps: bool = True) -> str:
     m, a = meta["machine"], meta["args"]
     per_run = f"{a['steps']} steps per run; " if steps else ""
     return (
-        f"Measured on {m['processor']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
+        f"Measured on {m.get('cpu_model', m['processor'])} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads, {m['device']}), "
         f"torch {m['torch']}; seeds {a['seeds']}; {per_run}total {meta['total_seconds'] / 60:.1f} min."
     )
 

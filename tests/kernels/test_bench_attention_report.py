@@ -66,7 +66,8 @@ def test_merge_adds_and_replaces_rows_by_shape(bench):
     assert shapes == [(128, True, 512, 1.0), (128, True, 1024, 3.0), (64, False, 512, 0.5)]
     assert sorted(changes) == ["training {'d': 128, 'causal': True, 'T': 1024}: replaced",
                                "training {'d': 64, 'causal': False, 'T': 512}: added"]
-    assert merged["runs"]["training"] == "second call"
+    # the merged rows' own software and matmul peak are kept beside them (the header is the base run's)
+    assert merged["runs"]["training"] == f"second call (torch {new['torch']}, triton {new['triton']}; matmul peak 800 TFLOP/s)"
     assert base["training"][1]["triton"]["fwd"]["ms"] == 2.0  # the input is not changed in place
 
 
@@ -75,6 +76,8 @@ def test_merge_refuses_another_device(bench):
         bench.merge_results(_result(), {**_result(), "device": "Other GPU"})
     with pytest.raises(ValueError, match="no training, lm_step or decode rows"):
         bench.merge_results(_result(), _result(training=[]))
+    with pytest.raises(ValueError, match="quick differs"):  # a --quick run's timings do not join a full table
+        bench.merge_results(_result(), {**_result(), "quick": True})
 
 
 def test_missing_shapes_names_the_rows_a_full_run_would_have(bench):
