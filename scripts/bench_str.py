@@ -297,8 +297,8 @@ def bench_main(args: argparse.Namespace) -> None:
         csd_main(args, teacher or str(Path(args.export_dir)))
         return
     kw = run_args(args)
-    # the same name --merge gives a table of this batch size and these overrides; an existing one stops the run now
-    name = free_name(merged_name(args.batch_size, kw["model_args"]), args.overwrite)
+    # named by budget, batch and overrides (never one of --merge's tables); an existing one stops the run now
+    name = free_name(merged_name(args.batch_size, kw["model_args"], steps=args.steps), args.overwrite)
     if not args.skip_csd:  # before the arms train: a CSD result that exists stops the run now, not after them
         csd_name(args, teacher or str(RESULTS / "bench_teacher"), args.seed + 1)
     for attn in ("diff", "vanilla"):
@@ -428,10 +428,12 @@ def overrides_suffix(model_args: Optional[dict[str, Any]]) -> str:
     return "".join(f"_{k}{v}" for k, v in sorted((model_args or {}).items()))
 
 
-def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None) -> str:
+def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None, steps: Optional[int] = None) -> str:
     """The merged table of one batch size: diff_vs_vanilla (batch 32, the CPU runs) or diff_vs_vanilla_b<N>;
-    with a diff variant's overrides, suffixed by them as arm files are."""
-    return "diff_vs_vanilla" + (f"_b{batch_size}" if batch_size != 32 else "") + overrides_suffix(model_args)
+    with a diff variant's overrides, suffixed by them as arm files are; with ``steps`` (a one-process run of
+    both arms) named by its budget too, so it never stands in for the merged tables."""
+    return ("diff_vs_vanilla" + (f"_{steps}steps" if steps is not None else "") + (f"_b{batch_size}" if batch_size != 32 else "")
+            + overrides_suffix(model_args))
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -114,3 +114,6 @@ def test_build_tokenizer(tmp_path):
         build_tokenizer(str(tmp_path / "f.json"))
     with pytest.raises(FileNotFoundError, match="no tokenizer_config.json"):
         build_tokenizer(str(tmp_path))  # an existing folder without a tokenizer
+    (tmp_path / "config.json").write_text("{}")  # an export of a model trained on token ids (synthetic recall)
+    with pytest.raises(FileNotFoundError, match="exported model without a tokenizer .*shakespeare_char"):
+        build_tokenizer(str(tmp_path))

@@ -263,14 +263,14 @@ def test_an_export_elsewhere_is_not_the_shipped_models_record(bench, monkeypatch
     assert (bench.RESULTS / "export_mine.json").is_file() and not (bench.RESULTS / "shipped_tiny.json").exists()
 
 
-def test_both_arms_in_one_run_are_named_by_batch_and_overrides(bench, monkeypatch):
+def test_both_arms_in_one_run_are_named_by_budget_batch_and_overrides(bench, monkeypatch):
     monkeypatch.setattr(bench, "run", lambda arch, steps, **k: (_row(arch.split("-")[1], 0, 5.0, steps=steps, batch=128), None))
     _write(bench, "diff_vs_vanilla", [_row("diff", 0, 66.0)])
     args = argparse.Namespace(attn="both", steps=5, seed=0, n_test=10, lr=7e-4, batch_size=128, teacher="x",
                               overwrite=False, csd=False, init_from=None, val_every=0, skip_csd=True,
                               model_args={"dec_heads": 4})
     bench.bench_main(args)
-    out = json.loads((bench.RESULTS / "diff_vs_vanilla_b128_dec_heads4.json").read_text())
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_5steps_b128_dec_heads4.json").read_text())
     assert [r["label"] for r in out["runs"]] == ["diff cross-attention dec_heads=4", "vanilla cross-attention dec_heads=4"]
     assert json.loads((bench.RESULTS / "diff_vs_vanilla.json").read_text())["runs"][0]["test_accuracy"] == 66.0
     with pytest.raises(SystemExit, match="exists"):  # the same run again: refused before training

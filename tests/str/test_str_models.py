@@ -109,6 +109,10 @@ def test_confidence_is_product_up_to_eos():
     probs[0, 3:, 7] = 0.3  # after EOS: ignored
     r = m.decode_probs(probs)[0]
     assert r.text == "2b" and r.confidence == pytest.approx(0.9 * 0.8 * 0.5)
+    # no EOS in any slot: the reading holds max_length characters (the last slot is for EOS only)
+    none = torch.zeros(1, m.num_slots, m.num_classes)
+    none[0, :, 7] = 0.5
+    assert len(m.decode_probs(none)[0].text) == m.charset.max_length == m.num_slots - 1
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.list_models("str-*") if n.endswith("tiny")])

@@ -35,6 +35,10 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
     main(["fit", "--config", cfg, "--trainer.fast_dev_run=1", "--trainer.default_root_dir", str(fit_dir)])
     export = next(fit_dir.rglob("export"))
     assert (export / "ts_meta.json").is_file()
+    # a smoke run (no logger, no run folder) exports under lightning_logs/fast_dev_run, and the next one replaces it
+    assert export == fit_dir / "lightning_logs" / "fast_dev_run" / "export"
+    main(["fit", "--config", cfg, "--trainer.fast_dev_run=1", "--trainer.default_root_dir", str(fit_dir)])
+    assert [p for p in fit_dir.rglob("export") if p.is_dir()] == [export]
 
     pred_dir = tmp_path / "pred"
     with warnings.catch_warnings(record=True) as caught:

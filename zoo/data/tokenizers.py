@@ -307,6 +307,12 @@ def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
     if not config_path.is_file() and (folder / BPE_NAME).is_file():
         return HFTokenizer.from_hf_folder(folder)
     if not config_path.is_file():
+        if (folder / "config.json").is_file():  # an export of a model trained on token ids (synthetic retrieval)
+            raise FileNotFoundError(
+                f"{folder} is an exported model without a tokenizer (trained on token ids, e.g. configs/lm/tiny.yaml's "
+                "synthetic recall); use the export of a model trained on text (e.g. configs/lm/shakespeare_char.yaml), "
+                "or tokenizer 'byte' / 'bpe'"
+            )
         raise FileNotFoundError(
             f"{folder}: no {CONFIG_NAME} there; point at a folder written by tokenizer.save() or an "
             "exported model folder, or use tokenizer 'byte' / 'bpe'"

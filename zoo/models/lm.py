@@ -204,7 +204,11 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         as_text = isinstance(prompt, str)
         if as_text:
             if self.tokenizer is None:
-                raise ValueError("text prompts need a tokenizer: load the model with zoo.load_pretrained(folder)")
+                raise ValueError(
+                    "text prompts need a tokenizer and this model has none (trained on token ids, e.g. synthetic "
+                    "recall, or built without one): pass a [batch, T] tensor of token ids, or load the export of a "
+                    "model trained on text"
+                )
             ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
             if eos_id is None:
                 eos_id = self.tokenizer.eos_id

@@ -346,7 +346,8 @@ class SceneTextRecognizer(nn.Module):
             conf = 1.0
             for v in p[: min(n + 1, len(p))]:
                 conf *= v
-            out.append(Reading(self.charset.decode(i), float(conf)))
+            # the last slot is for EOS only: without one the reading is cut at max_length characters
+            out.append(Reading(self.charset.decode(i[: self.charset.max_length]), float(conf)))
         return out
 
     @torch.no_grad()

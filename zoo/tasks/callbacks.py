@@ -36,10 +36,19 @@ class ExportOnFitEnd(L.Callback):
         self.exported: Optional[Path] = None
 
     def _target(self, trainer: L.Trainer) -> Path:
-        return Path(self.folder).expanduser() if self.folder else run_dir(trainer) / "export"
+        if self.folder:
+            return Path(self.folder).expanduser()
+        if trainer.fast_dev_run:
+            # a smoke run has no logger, hence no run folder: its export goes to one place of its own, which
+            # each smoke run replaces (it only ever holds a smoke run's export)
+            return Path(trainer.default_root_dir) / "lightning_logs" / "fast_dev_run" / "export"
+        return run_dir(trainer) / "export"
+
+    def _smoke(self, trainer: L.Trainer) -> bool:
+        return bool(trainer.fast_dev_run) and not self.folder
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or not self.enabled or not hasattr(pl_module, "export"):
+        if stage != "fit" or not self.enabled or not hasattr(pl_module, "export") or self._smoke(trainer):
             return
         # every rank (run_dir is a collective), and every rank raises alike
         refuse_occupied(
@@ -54,7 +63,7 @@ class ExportOnFitEnd(L.Callback):
             return
         folder = self._target(trainer)
         if trainer.is_global_zero:
-            self.exported = pl_module.export(folder)
+            self.exported = pl_module.export(folder, overwrite=self._smoke(trainer))
 
 
 class RunSummary(L.Callback):

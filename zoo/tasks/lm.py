@@ -73,7 +73,7 @@ class LanguageModelTask(ZooTask):
             folder = resolve_pretrained(pretrained)
             meta = read_export_config(folder)
             cfg = meta["config"]
-            self.arch = meta.get("arch") or arch
+            self.arch = meta.get("arch")  # None for a converted checkpoint: no registered name describes it
             if data_vocab is not None and data_vocab != cfg["vocab_size"]:
                 raise ValueError(
                     f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
@@ -241,7 +241,7 @@ class LanguageModelTask(ZooTask):
     def summary_lines(self) -> list[str]:
         c = self.model.config
         return [
-            f"model: {self.arch} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
+            f"model: {self.arch or 'converted (no registered name)'} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
             f"{self.model.num_params() / 1e6:.2f}M parameters"
         ]
 
