@@ -102,6 +102,13 @@ def test_one_lmdb_read_by_several_datasets_and_workers(tmp_path):
     texts = [t for _, t in DataLoader(b, batch_size=None, num_workers=1, collate_fn=lambda x: x,
                                       multiprocessing_context="fork")]
     assert texts == ["abc", "de"] and a[1][1] == "de"  # the parent's handle still reads after the worker closed its copy
+    # the LMDB rebuilt at the same path (new labels): a new dataset reads the new one, not a stale handle
+    import shutil
+
+    shutil.rmtree(tmp_path / "lm")
+    d2 = _folder(tmp_path, [("x.png", "xyz"), ("y.png", "uvw"), ("z.png", "rst")], name="imgs2")
+    build_lmdb(d2, tmp_path / "lm")
+    assert [t for _, t in LMDBDataset(tmp_path / "lm", CS).index] == ["xyz", "uvw", "rst"]
 
 
 def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
@@ -122,6 +129,7 @@ def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
     _word_image(1).save(pf / "odd.ppm")
     (pf / "sub").symlink_to(d, target_is_directory=True)  # a.png, b.png and labels.txt
     (d / "up").symlink_to(pf, target_is_directory=True)  # pf/sub/up leads back to pf
+    (pf / "dead.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing is no image to read
     with pytest.warns(UserWarning, match=r"1 file\(s\) in .* are not read as images \(\.txt\)"):
         ds = ImageFolderDataset(pf)
     assert [str(p.relative_to(pf)) for p in ds.paths] == ["odd.ppm", "sub/a.png", "sub/b.png", "top.png"]

@@ -94,3 +94,6 @@ def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert json.loads((tmp_path / "again" / ADAPTER_CONFIG_FILE).read_text()) == \
         json.loads((run / "export" / ADAPTER_CONFIG_FILE).read_text())  # the base fingerprint included
+    arch = json.loads((run / "export" / "config.json").read_text())["arch"]
+    assert arch == json.loads((src / "config.json").read_text())["arch"] == "lm-vanilla-small"  # the base's name
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["arch"] == arch  # not the task's default

@@ -17,7 +17,7 @@ def walk_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        out.extend(Path(folder) / f for f in files)
+        out.extend(p for p in (Path(folder) / f for f in files) if p.is_file())  # not a link to nothing
     return sorted(out)
 
 

@@ -46,23 +46,34 @@ def _open_env(path: Path):
 
 # one read-only handle per LMDB folder: python-lmdb refuses to open a path that is open already in the
 # process (two datasets over one LMDB: train == val, a root and one of its LMDBs, fit then test)
-_ENVS: dict[str, tuple[int, Any]] = {}
+_ENVS: dict[str, tuple[int, Any, Any]] = {}  # real path -> (pid, data.mdb stamp, handle)
+
+
+def _stamp(path: Path) -> Any:
+    """Identity of the database file: a rebuilt LMDB at the same path gets a new handle."""
+    try:
+        st = (path / "data.mdb").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _shared_env(path: Path):
-    """The process's handle on the LMDB at ``path`` (opened on first use)."""
-    key = str(path.resolve())
-    entry = _ENVS.get(key)
-    if entry is not None and entry[0] != os.getpid():
-        # inherited through fork (DataLoader workers): not ours to use, and it blocks a new open until closed
+    """The process's handle on the LMDB at ``path`` (opened on first use, reopened when the file changed)."""
+    key, stamp = os.path.realpath(path), _stamp(path)
+    entry = _ENVS.pop(key, None)
+    if entry is not None and (entry[0] != os.getpid() or entry[1] != stamp):
+        # inherited through fork (DataLoader workers: not ours to use, and it blocks a new open until closed),
+        # or the database was rebuilt or removed since
         try:
-            entry[1].close()
+            entry[2].close()
         except Exception:  # noqa: BLE001 -- a handle that cannot close is dropped all the same
             pass
         entry = None
     if entry is None:
-        entry = _ENVS[key] = (os.getpid(), _open_env(path))
-    return entry[1]
+        entry = (os.getpid(), stamp, _open_env(path))
+    _ENVS[key] = entry
+    return entry[2]
 
 
 class LMDBDataset(Dataset):

@@ -261,7 +261,9 @@ def _pandas_freq(dates: pd.DatetimeIndex) -> Optional[str]:
 def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
     """How many consecutive pairs of ``dates`` are not one ``freq`` step apart."""
     offset = pd.tseries.frequencies.to_offset(freq)
-    return int(sum(a + offset != b for a, b in zip(dates[:-1], dates[1:])))
+    with warnings.catch_warnings():  # calendar offsets (B, MS) are applied element by element, which pandas notes
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        return int(((dates[:-1] + offset) != dates[1:]).sum())
 
 
 FREQ_CHUNK = 8  # dates per stretch when a series with gaps is read stretch by stretch

@@ -106,6 +106,8 @@ class ZooTask(L.LightningModule):
         hp = checkpoint.get("hyper_parameters")
         if self.self_contained_checkpoints and hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
+        if hasattr(self, "arch"):  # the model's registered name (None for a converted checkpoint), which the
+            checkpoint["zoo_arch"] = self.arch  # rebuilt hparams' name need not be (see _rebuild_hparams)
         if getattr(self.model, "adapter_config", None):
             # its record of the base (checksums of the pretrained weights); a model rebuilt from the config
             # re-applies the adapter over fresh weights, so the record travels with the checkpoint
@@ -117,6 +119,8 @@ class ZooTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._weights_loaded = True
+        if "zoo_arch" in checkpoint:
+            self.arch = checkpoint["zoo_arch"]
         if checkpoint.get("zoo_adapter_config") and getattr(self.model, "adapter_config", None):
             self.model.adapter_config = checkpoint["zoo_adapter_config"]
         assets = checkpoint.get("zoo_assets")
@@ -132,13 +136,13 @@ class ZooTask(L.LightningModule):
         or deleted (and resuming ``fit`` from it does not read the folder again)."""
         from zoo.hub import DEFAULT_RUNTIME_FIELDS, export_arch_config
 
-        arch = hp.get("arch") or getattr(self, "arch", None)
+        arch = getattr(self, "arch", None) or hp.get("arch")  # the export's name when it had one
         fields = export_arch_config(arch, dataclasses.asdict(self.model.config))
         info = hp.get("data_info") or {}
         fields = {k: v for k, v in fields.items() if not (k in self.data_fields and k in info)}
         runtime = getattr(self.model, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
         given = {k: v for k, v in (hp.get("model_args") or {}).items() if k in runtime}
-        return {"pretrained": None, "model_args": {**fields, **given}}
+        return {"pretrained": None, "model_args": {**fields, **given}, **({"arch": arch} if "arch" in hp else {})}
 
     # -- sharing
     def export(self, folder: str | Path, overwrite: bool = False) -> Path:
