@@ -222,18 +222,20 @@ class RecognitionTask(ZooTask):
         return self._teacher
 
     def setup(self, stage: str) -> None:
-        self._check_data(getattr(self._trainer, "datamodule", None))
+        self._check_data(getattr(self._trainer, "datamodule", None), stage)
         if stage == "fit":
             self.teacher  # noqa: B018 -- a wrong or missing teacher fails before the first step, not in it
 
-    def _check_data(self, datamodule: Any) -> None:
+    def _check_data(self, datamodule: Any, stage: str = "fit") -> None:
         """The datamodule's charset, length cap and crop size must be the model's: another charset would
-        index the wrong output rows (or past them)."""
+        index the wrong output rows (or past them). Predicting reads no labels: only the crop size counts."""
         info = getattr(datamodule, "data_info", None)
         if not info or info.get("kind") != "str":
             return
         c = self.model.config
         ours = {"charset": self.model.charset.chars, "max_length": c.max_length, "img_size": list(c.img_size)}
+        if stage == "predict":
+            ours = {"img_size": ours["img_size"]}
         wrong = [f"{k}: data {info[k]!r} vs model {ours[k]!r}" for k in ours if k in info and _same(info[k]) != _same(ours[k])]
         if wrong:
             raise ValueError(
