@@ -93,16 +93,17 @@ str_train() {
     g="$g --synth-cache $cache"; w=2
     lim=$(( lim - ($(date +%s) - t0) ))
   fi
+  # every resumable run stops, checkpointed, 45 s before the limit (at least half a minute of training)
+  local arm_budget; arm_budget=$(python3 -c "print(max(0.5, ($lim - 45) / 60))")
   if (( ft > 0 )); then
     timeout "$lim" python3 scripts/bench_str.py --export --steps "$ft" --init-from zoo/pretrained/str-diff-tiny \
       --lr 3e-4 --val-every 2000 --add-train-fonts cmmi10 --num-workers $(( w + 1 )) --resume-dir "$OUT/str_ft" \
-      --budget-min "$(( lim / 60 - 1 ))" $g > "$OUT/str_ft.log" 2>&1 &
+      --budget-min "$arm_budget" $g > "$OUT/str_ft.log" 2>&1 &
   fi
   if (( csd > 0 )); then
     timeout "$lim" python3 scripts/bench_str.py --csd --steps "$csd" --val-every 2000 --num-workers $w $g \
       > "$OUT/str_csd.log" 2>&1 &
   fi
-  local arm_budget; arm_budget=$(python3 -c "print(max(0.5, ($lim - 45) / 60))")
   echo "str-train: ${lim}s left for the runs; each arm stops, checkpointed, after ${arm_budget} min of training"
   for seed in $seeds; do
     for attn in "${arms[@]}"; do
