@@ -185,6 +185,35 @@ def test_task_fine_tunes_a_plain_checkpoint_with_fda_switched_on(tmp_path):
         VLMTask(arch="vlm-fda-tiny", fda=False, pretrained=str(fda_folder), data_info=info)
 
 
+def test_a_checkpoint_fine_tuned_from_an_export_loads_without_it(tmp_path):
+    """FDA added over a plain export, one step, a Lightning checkpoint; the export folder removed: the
+    checkpoint alone gives back the model, its tokenizer (the export's, not the data's) and its scores."""
+    import shutil
+
+    import lightning as L
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    folder = zoo.export_model(tiny_model(fda=False, seed=6), tmp_path / "plain")
+    dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=TINY["image_size"], batch_size=4)
+    task = VLMTask(arch="vlm-fda-tiny", fda=True, pretrained=str(folder), data_info=dm.data_info,
+                   model_args={"fda_layers": [0]})
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    shutil.rmtree(folder)
+    back = VLMTask.load_from_checkpoint(tmp_path / "ft.ckpt", map_location="cpu")
+    assert back.model.config.fda and back.model.config.fda_layers == [0]
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[k], v), k
+    assert back.model.tokenizer.vocab_size == task.model.tokenizer.vocab_size
+    images, caps = scene_batch(3)
+    with torch.no_grad():
+        torch.testing.assert_close(back.model.eval().similarity(images, caps), task.model.eval().similarity(images, caps))
+
+
 @pytest.mark.parametrize("kind", ["one", "same_captions"])
 def test_training_step_survives_a_batch_without_itm_negatives(kind):
     # the last batch of an epoch can hold one caption, or captions that all equal each other: no row has

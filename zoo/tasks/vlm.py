@@ -224,9 +224,6 @@ class VLMTask(ZooTask):
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
-    # the rebuild from a config alone would take the tokenizer from the data, not the export's: a
-    # checkpoint keeps naming its ``pretrained`` folder
-    self_contained_checkpoints = False
 
     def __init__(
         self,
@@ -266,7 +263,7 @@ class VLMTask(ZooTask):
         if fda is not None:
             overrides["fda"] = fda
         self.model = self._build_model(arch, overrides, text_init, pretrained)
-        if function_words_strict and self.model.config.fda:
+        if function_words_strict and self.model.config.fda and self.model.tokenizer is not None:
             self.model.set_tokenizer(self.model.tokenizer, strict=True)  # raises naming the unknown words
         self.results: dict[str, dict[str, Any]] = {}
         self._eval: dict[str, list] = {"images": [], "captions": [], "index": []}
@@ -299,6 +296,16 @@ class VLMTask(ZooTask):
                 # with_fda's arguments are the config fields without their "fda_" prefix (its defaults otherwise)
                 return plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
             return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+        if "vocab_size" in overrides and text_init is None:
+            # the architecture given whole, as a checkpoint of a fine-tuned export rebuilds it (see
+            # _rebuild_hparams): its tokenizer comes back with its weights (the .ckpt's assets); the data's
+            # word-level vocabulary is attached meanwhile only when it has the same size
+            model = create_model(arch, **overrides)
+            if info.get("vocab") is not None:
+                tok = VLMTokenizer.word_level(info["vocab"])
+                if (tok.vocab_size, tok.pad_id) == (model.config.vocab_size, model.config.pad_token_id):
+                    model.set_tokenizer(tok)
+            return model
         tok_src = text_init or (info.get("tokenizer") if info.get("tokenizer", "word") != "word" else None)
         if tok_src is not None:
             folder = resolve_text_folder(tok_src)
@@ -322,6 +329,12 @@ class VLMTask(ZooTask):
         model = create_model(arch, **{**overrides, "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id})
         model.set_tokenizer(tok)
         return model
+
+    data_fields = ("image_size",)
+
+    def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
+        # the text encoder's weights are the checkpoint's too: no MiniLM load on the way back
+        return {**super()._rebuild_hparams(hp), "text_init": None}
 
     # -- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
