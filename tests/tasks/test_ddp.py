@@ -97,6 +97,10 @@ def test_ddp_str_test_metrics_and_predictions_cover_every_sample_once(tmp_path):
     got = _only(root, "predictions.csv").read_text()
     assert got == (tmp_path / "reference.csv").read_text()
     assert got.count("crop") == 7
+    # predictions.jsonl holds both ranks' rows too, in the folder's order, as the CSV
+    rows = [json.loads(line) for line in _only(root, "predictions.jsonl").read_text().splitlines()]
+    reference = (tmp_path / "reference.csv").read_text().splitlines()[1:]
+    assert [r["image"] for r in rows] == [line.split(",")[0] for line in reference]
 
 
 def test_ddp_vlm_retrieval_is_scored_against_the_whole_gallery(tmp_path):
@@ -124,3 +128,40 @@ def test_ddp_vlm_training_contrasts_across_ranks(tmp_path):
         "--trainer.limit_val_batches=0", "--data.init_args.n_train=64", "--data.init_args.n_val=16",
         "--data.init_args.n_test=16", "--data.init_args.batch_size=8",
     ], tmp_path, steps=2)
+
+
+def _summary_metrics(stdout: str) -> dict[str, float]:
+    """The ``name  value`` lines of the zoo run summary."""
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and "/" in parts[0]:
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("config, args", [
+    # 5 validation sequences / 105 test windows over 2 ranks: Lightning's default sampler would repeat one
+    ("configs/lm/tiny.yaml", ["--data.init_args.val_size=5", "--data.init_args.batch_size=2", "--data.init_args.train_size=64"]),
+    ("configs/ts/synthetic.yaml", ["--data.init_args.n_rows=1000", "--data.init_args.eval_batch_size=8"]),
+])
+def test_ddp_evaluation_counts_every_item_once(config, args, tmp_path):
+    """LM and time-series metrics are sums over items: under DDP every item is scored once, so the
+    2-process numbers equal the 1-process ones (a repeated item would weigh twice)."""
+    sub = "validate" if "lm" in config else "test"
+    metrics = {}
+    for devices in (1, 2):
+        root = tmp_path / f"devices{devices}"
+        cmd = [sys.executable, "-m", "zoo", sub, "--config", config, *args, "--trainer.accelerator=cpu",
+               f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+               "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout[-1500:]}\nstderr: {proc.stderr[-3000:]}"
+        metrics[devices] = _summary_metrics(proc.stdout)
+    assert metrics[1] and metrics[1].keys() == metrics[2].keys()
+    for k, v in metrics[1].items():
+        assert metrics[2][k] == pytest.approx(v, abs=2e-4), k

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.samplers import eval_sampler
+
 IGNORE_INDEX = -100  # label value that contributes no loss (torch cross_entropy's default ignore_index)
 
 __all__ = ["IGNORE_INDEX", "make_loader", "check_at_least"]
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """DataLoader with the settings every sequence datamodule uses."""
+    """DataLoader with the settings every sequence datamodule uses; an evaluation loader (no shuffle)
+    under DDP gives every block to one rank once (see :func:`zoo.data.samplers.eval_sampler`)."""
+    sampler = None if shuffle else eval_sampler(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )

@@ -38,6 +38,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.samplers import eval_sampler
+
 __all__ = [
     "CSVTSDataModule",
     "SyntheticTSDataModule",
@@ -637,11 +639,19 @@ class TSDataModule(L.LightningDataModule):
             )
         return self._loader(ds, self.batch_size, True, drop)
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.dataset(split)
+        sampler = eval_sampler(ds)  # under DDP: every window on one rank once (summed metrics)
+        if sampler is not None:
+            return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return self._loader(ds, self.eval_batch_size, False)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size, False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size, False)
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_PredictDataset(self.predict_item()), batch_size=1)

@@ -135,9 +135,11 @@ class PredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output: Optional[str] = None, echo: bool = True) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__(write_interval="batch_and_epoch")
         self.output, self.echo = output, echo
         self.path: Optional[Path] = None
+        # under DDP each rank predicts its own share: rows are gathered when the epoch ends
+        self._held: list[tuple[Optional[list[int]], list]] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.path = Path(self.output) if self.output else run_dir(trainer) / "predictions.jsonl"
@@ -147,10 +149,33 @@ class PredictionWriter(BasePredictionWriter):
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
-        if not isinstance(prediction, list) or not trainer.is_global_zero:
+        if not isinstance(prediction, list):
             return
+        if trainer.world_size > 1:
+            self._held.append((list(batch_indices) if batch_indices is not None else None, prediction))
+        elif trainer.is_global_zero:
+            self._write(prediction)
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if trainer.world_size <= 1:
+            return
+        from zoo.tasks.base import gather_objects
+
+        parts = gather_objects(self._held)  # a collective: every rank
+        self._held = []
+        if not trainer.is_global_zero:
+            return
+        batches = [b for part in parts for b in part]
+        if all(idx is not None and len(idx) == len(rows) for idx, rows in batches):
+            # one row per sample: back in dataset order (the ranks' shares interleave)
+            pairs = [(i, r) for idx, rows in batches for i, r in zip(idx, rows)]
+            self._write([row for _, row in sorted(pairs, key=lambda pair: pair[0])])
+        else:
+            self._write([row for _, rows in batches for row in rows])
+
+    def _write(self, rows: list) -> None:
         with open(self.path, "a") as f:
-            for row in prediction:
+            for row in rows:
                 f.write(json.dumps(row, default=str) + "\n")
                 if self.echo:
                     print(json.dumps(row, default=str, ensure_ascii=False), flush=True)
