@@ -13,6 +13,7 @@ A zoo model class has a ``family`` string, a ``config_class`` dataclass, a ``con
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import importlib
@@ -347,6 +348,19 @@ def export_model(
 
     import zoo
 
+    if getattr(model, "adapter_config", None):
+        # an adapted model: the unchanged base as a plain export plus the adapter files (what
+        # load_pretrained reads back); the model itself is left as it is
+        from zoo.nn.adapters import remove_adapters, save_adapter
+
+        if any(getattr(m, "merged", False) for m in model.modules()):
+            raise ValueError("the adapters are merged into the base weights; call zoo.nn.adapters.unmerge_adapters(model) "
+                             "before exporting (the export keeps the base and the adapter apart)")
+        base = remove_adapters(copy.deepcopy(model))
+        out = export_model(base, folder, arch=arch, extra={**(extra or {}), "adapter": model.adapter_config["method"]},
+                           overwrite=overwrite)
+        save_adapter(model, out)
+        return out
     folder = Path(folder)
     if not overwrite:
         refuse_occupied(folder, "choose a new folder or pass overwrite=True")

@@ -219,6 +219,28 @@ def test_adapter_checkpoint_round_trip(method, tmp_path):
     torch.testing.assert_close(other(ids), want, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("method", A.METHODS)
+def test_export_model_of_an_adapted_model_is_base_plus_adapter(method, tmp_path):
+    """zoo.export_model on an adapted model (e.g. one from load_pretrained) writes the plain base and the
+    adapter files, and load_pretrained gives back the same function; a merged model is refused."""
+    import zoo
+
+    model = A.apply_adapter(lm(), method, **KW[method])
+    perturb(model)
+    A.step_adapters(model, 3)
+    ids = torch.randint(0, 50, (2, 7))
+    want = model(ids)
+    out = zoo.export_model(model, tmp_path / "exp")
+    assert (out / A.ADAPTER_FILE).is_file() and (out / A.ADAPTER_CONFIG_FILE).is_file()
+    assert model.adapter_config is not None  # the exported model is left as it was
+    torch.testing.assert_close(zoo.load_pretrained(out)(ids), want, atol=0, rtol=0)
+    torch.testing.assert_close(zoo.load_pretrained(out, adapter=False)(ids), lm()(ids), atol=0, rtol=0)
+    if method == "difflora":
+        A.merge_adapters(model)
+        with pytest.raises(ValueError, match="merged into the base weights; call .*unmerge_adapters"):
+            zoo.export_model(model, tmp_path / "merged")
+
+
 def test_adapter_refuses_wrong_base(tmp_path):
     model = A.apply_adapter(lm(), "difflora", rank=2)
     A.save_adapter(model, tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -13,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from zoo.hub import create_model, export_model, read_export_config, resolve_pretrained
+from zoo.hub import create_model, read_export_config, resolve_pretrained
 from zoo.models.lm import check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
-from zoo.nn.adapters import apply_adapter, remove_adapters, save_adapter, step_adapters
+from zoo.nn.adapters import apply_adapter, step_adapters
 from zoo.tasks.base import ZooTask
 
 IGNORE = -100
@@ -102,16 +101,6 @@ class LanguageModelTask(ZooTask):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if getattr(self.model, "adapter_config", None):
             step_adapters(self.model, self.global_step)  # DEX's lambda annealing
-
-    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Export; with an adapter: the frozen base as a plain model plus the adapter weights only."""
-        if not getattr(self.model, "adapter_config", None):
-            return super().export(folder, overwrite=overwrite)
-        base = remove_adapters(copy.deepcopy(self.model))
-        out = export_model(base, folder, arch=self.arch, overwrite=overwrite,
-                           extra={"adapter": self.model.adapter_config["method"]})
-        save_adapter(self.model, out)
-        return out
 
     # -- data hand-over: the tokenizer lives on the datamodule, travels with the model
     def _datamodule_tokenizer(self) -> Any:
