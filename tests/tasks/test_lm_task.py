@@ -318,3 +318,18 @@ def test_predict_refuses_max_new_tokens_beyond_the_window(trained, corpus, tmp_p
               "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=64",
               '--data.init_args.prompts=["the"]',
               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+
+
+def test_a_run_bounded_by_time_needs_a_constant_schedule(tmp_path):
+    """max_epochs=-1 with max_time: the run length is unknown; a constant schedule trains, cosine says why not."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=64, val_size=64, batch_size=32)
+    args = dict(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32}, data_info=dm.data_info)
+    task = LanguageModelTask(scheduler="constant", **args)
+    trainer = _quiet_trainer(max_epochs=-1, max_time={"seconds": 2}, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(task, dm)
+    assert trainer.global_step > 0
+    with pytest.raises(ValueError, match="cosine schedule needs the run's length.*scheduler: constant"):
+        _quiet_trainer(max_epochs=-1, max_time={"seconds": 2}, limit_val_batches=0).fit(LanguageModelTask(**args), dm)

@@ -65,8 +65,16 @@ class ZooTask(L.LightningModule):
             lr=a["lr"],
             betas=a["betas"],
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
         warm, floor, cosine = a["warmup_steps"], a["min_lr_ratio"], a["scheduler"] == "cosine"
+        total = 1
+        if cosine and self._trainer is not None:
+            estimate = self.trainer.estimated_stepping_batches
+            if not math.isfinite(estimate):  # max_epochs=-1 (a run bounded by max_time) or an endless loader
+                raise ValueError(
+                    "the cosine schedule needs the run's length: set trainer.max_steps (or max_epochs), or use "
+                    "scheduler: constant for a run bounded by trainer.max_time"
+                )
+            total = max(int(estimate), 1)
 
         def factor(step: int) -> float:
             if step < warm:
