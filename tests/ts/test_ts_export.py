@@ -176,3 +176,28 @@ def test_validate_then_fit(tmp_path):
     L.Trainer(**kw).validate(task, datamodule=dm, verbose=False)
     L.Trainer(max_steps=2, **kw).fit(task, datamodule=dm)
     assert task.best_val is not None and np.isfinite(task.best_val[0])
+
+
+def test_restore_best_covers_a_resumed_fit(tmp_path):
+    """The best validation epoch before a resume is still the one restore_best puts back after it."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_train_batches=2, limit_val_batches=2, default_root_dir=tmp_path)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=1e-3, scheduler="constant")
+    trainer = L.Trainer(max_epochs=2, **kw)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    before = task.best_val
+    # pretend the first part had an unbeatable epoch: its weights must come back after the resumed part
+    ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=False)
+    marker = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in ckpt["zoo_best_val"]["state"].items()}
+    ckpt["zoo_best_val"] = {"val": (-1.0, 0), "state": marker}
+    torch.save(ckpt, tmp_path / "mid.ckpt")
+    resumed = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=1e-3, scheduler="constant")
+    L.Trainer(max_epochs=4, **kw).fit(resumed, datamodule=dm, ckpt_path=tmp_path / "mid.ckpt")
+    assert before is not None and resumed.best_val == (-1.0, 0)
+    for k, v in resumed.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.all(v == 0.5), k

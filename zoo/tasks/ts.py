@@ -236,6 +236,19 @@ class ForecastTask(ZooTask):
     def on_validation_epoch_end(self) -> None:
         self._report("val")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # the best epoch so far travels with a resumable checkpoint, so restore_best after a resumed fit
+        # puts back the best of the whole run, not only of the part after the resume
+        if self.best_val is not None:
+            checkpoint["zoo_best_val"] = {"val": self.best_val, "state": self._best_state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        best = checkpoint.get("zoo_best_val")
+        if best is not None:
+            self.best_val, self._best_state = tuple(best["val"]), best["state"]
+
     def on_train_end(self) -> None:
         # Runs before the callbacks' on_fit_end, so the export after fit holds the best weights.
         if self.restore_best and self._best_state is not None:
