@@ -103,3 +103,14 @@ def test_text_metrics_weighted_by_count():
     assert r["combined"]["one_minus_ned"] == pytest.approx(100 * sum(y for _, y in allv) / 5)
     table = format_table(r)
     assert "combined" in table and "word acc" in table
+
+
+def test_decomposed_labels_read_as_their_composed_form():
+    """The same text in NFD (macOS file names: e + combining accent, Hangul jamo) and NFC gives one label."""
+    import unicodedata
+
+    latin = Charset("0123456789abcdefghijklmnopqrstuvwxyzéèàçüö", max_length=4)
+    nfd = unicodedata.normalize("NFD", "café")
+    assert len(nfd) == 5 and latin.normalize(nfd) == latin.normalize("café") == "café"
+    korean = Charset("한국어", max_length=3)
+    assert korean.normalize(unicodedata.normalize("NFD", "한국어")) == "한국어"

@@ -156,3 +156,10 @@ def test_every_registered_forecaster_runs(name):
     y = model(torch.randn(2, c.lookback, 3), marks)
     assert y.shape == (2, c.horizon, 3)
     assert get_spec(name).family == "ts"
+
+
+def test_halving_schedule_takes_no_warmup():
+    from zoo.tasks.ts import ForecastTask
+
+    with pytest.raises(ValueError, match="'halving' .* has no warm-up or floor"):
+        ForecastTask(arch="ts-itransformer-diff-tiny", scheduler="halving", warmup_steps=100)

@@ -156,6 +156,10 @@ class Charset:
     def clean(self, label: str) -> tuple[str, str]:
         """PARSeq normalization without the length check: ``(kept text, dropped characters)``."""
         label = "".join(label.split())
+        if not self.is_ascii:
+            # one form for one text: a decomposed label (macOS file names: e + combining accent, Hangul jamo)
+            # is composed as the charset's characters are
+            label = unicodedata.normalize("NFC", label)
         if self.is_ascii:
             # NFKD then ASCII: accents split off and go silently (é -> e); any other non-ASCII character
             # (中, an undecodable byte's U+FFFD) is out of the charset and counted as dropped below

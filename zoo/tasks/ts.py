@@ -99,6 +99,9 @@ class ForecastTask(ZooTask):
             raise ValueError(f"scheduler must be 'cosine', 'constant' or 'halving', got {scheduler!r}")
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
+        if scheduler == "halving" and (warmup_steps or min_lr_ratio):
+            raise ValueError("scheduler 'halving' (full rate for two epochs, then halved every epoch) has no warm-up "
+                             "or floor: set warmup_steps: 0 and min_lr_ratio: 0, or use scheduler: cosine")
         base_scheduler = "constant" if scheduler == "halving" else scheduler
         super().__init__(lr, weight_decay, betas, warmup_steps, base_scheduler, min_lr_ratio)
         self.save_hyperparameters()
