@@ -135,6 +135,16 @@ def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
     assert [str(p.relative_to(pf)) for p in ds.paths] == ["odd.ppm", "sub/a.png", "sub/b.png", "top.png"]
 
 
+def test_icdar_gt_txt(tmp_path):
+    d = tmp_path / "icdar"
+    d.mkdir()
+    for i in (1, 2):
+        _word_image(i).save(d / f"word_{i}.png")
+    (d / "gt.txt").write_text('word_1.png, "Tired"\nword_2.png, "a, b"\n')
+    assert read_labels(d) == [("word_1.png", "Tired"), ("word_2.png", "a, b")]
+    assert [t for _, t in open_source(d, CS)[0][1].items] == ["tired", "ab"]
+
+
 def test_files_that_are_not_utf8_are_named(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc")])
     (d / "labels.txt").write_bytes("a.png\tcaf\xe9\n".encode("latin-1"))

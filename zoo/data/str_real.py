@@ -145,7 +145,8 @@ def find_lmdbs(root: str | Path) -> list[Path]:
 # Image folder + labels file
 # ---------------------------------------------------------------------------------------------
 def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list[tuple[str, str]]:
-    """``(relative path, text)`` pairs from ``labels.txt`` or ``labels.csv`` in ``folder`` (or ``labels``)."""
+    """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
+    (``word_1.png, "Tired"``) in ``folder`` (or ``labels``)."""
     folder = Path(folder)
     path = Path(labels) if labels else next((folder / n for n in ("labels.txt", "labels.csv", "gt.txt") if (folder / n).is_file()), None)
     if path is None or not path.is_file():
@@ -163,8 +164,13 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
                 raise ValueError(f"{path}, row {n}: expected two columns (path, text), got {row}")
             pairs.append((row[0].strip(), row[1]))
     else:
+        icdar = path.name.lower() == "gt.txt"  # ICDAR word recognition: `word_1.png, "Tired"`
         for n, line in enumerate(read_utf8(path, "labels file", bom=True).splitlines(), 1):
             if not line.strip():
+                continue
+            if icdar and "\t" not in line:
+                row = next(csv.reader([line], skipinitialspace=True))
+                pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
                 continue
             parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
             # a line with a path and no text is an empty label: kept, normalized and counted as skipped
