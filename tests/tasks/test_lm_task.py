@@ -333,3 +333,10 @@ def test_a_run_bounded_by_time_needs_a_constant_schedule(tmp_path):
     assert trainer.global_step > 0
     with pytest.raises(ValueError, match="cosine schedule needs the run's length.*scheduler: constant"):
         _quiet_trainer(max_epochs=-1, max_time={"seconds": 2}, limit_val_batches=0).fit(LanguageModelTask(**args), dm)
+
+
+def test_predicting_on_synthetic_recall_data_says_what_to_do():
+    from zoo.data import RetrievalDataModule
+
+    with pytest.raises(ValueError, match="no prompts to complete: test the model"):
+        RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16).predict_dataloader()

@@ -379,3 +379,9 @@ class RetrievalDataModule(L.LightningDataModule):
         """One loader, or a list of loaders (one per ``test_seq_lens`` entry, in that order)."""
         loaders = [self._loader(spec, "test", False) for spec in self.test_specs]
         return loaders if self.hparams.test_seq_lens else loaders[0]
+
+    def predict_dataloader(self) -> DataLoader:
+        raise ValueError(
+            "the synthetic retrieval data has no prompts to complete: test the model (python -m zoo test) for its "
+            "recall accuracy, or generate from Python with model.generate(token_ids)"
+        )
