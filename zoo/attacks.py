@@ -95,6 +95,8 @@ def pgd_attack(
     """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball."""
     if images.shape[0] != len(texts):
         raise ValueError(f"pgd_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"pgd_attack needs steps >= 1, got {steps!r}")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []

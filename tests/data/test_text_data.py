@@ -213,3 +213,15 @@ def test_tinyshakespeare_bpe_is_lossless():
     n_val_bytes = len(tok.decode(s["val"]).encode("utf-8"))
     assert dm.val_bytes_per_token == pytest.approx(n_val_bytes / len(s["val"]))
     assert 1.5 < dm.val_bytes_per_token < 4
+
+
+def test_byte_order_marks_and_upper_case_suffixes(tmp_path):
+    """Notepad's UTF-8 files start with a byte-order mark (no text); `.TXT` is a text file too."""
+    from zoo.data.text import read_documents
+
+    (tmp_path / "a.txt").write_bytes("\ufeffthe king".encode("utf-8"))
+    (tmp_path / "B.TXT").write_text("a fool", encoding="utf-8")
+    assert read_documents(str(tmp_path)) == ["a fool", "the king"]  # sorted by path: B.TXT, a.txt
+    assert read_documents(str(tmp_path / "B.TXT")) == ["a fool"]
+    (tmp_path / "c.jsonl").write_bytes('\ufeff{"text": "his horse"}\n'.encode("utf-8"))
+    assert read_documents(str(tmp_path / "c.jsonl")) == ["his horse"]

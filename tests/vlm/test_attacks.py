@@ -89,3 +89,7 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
         AttackConfig(step_size=0.0)
     with pytest.raises(ValueError, match="eval_k"):
         VLMTask(arch="vlm-fda-tiny", eval_k=0)
+    from zoo.attacks import pgd_attack
+
+    with pytest.raises(ValueError, match="steps >= 1, got 0"):  # the function itself, not only AttackConfig
+        pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=2 / 255, steps=0)

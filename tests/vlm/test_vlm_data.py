@@ -157,7 +157,7 @@ def test_karpathy_json_and_csv(tmp_path):
     dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), image_col="path", caption_col="text", batch_size=2,
                                 image_size=16)
     # a CSV has no split field: without data.val / data.test, evaluation would reuse the training images
-    with pytest.warns(UserWarning, match="data.val is not set .* measured on the training images"):
+    with pytest.warns(UserWarning, match="data.val gives the training images .* measured on the training images"):
         b = next(iter(dm.train_dataloader()))
     assert b["image"].shape == (2, 3, 16, 16)
     # one item per caption in training; both captions of a.jpg name one image (they are not each other's negatives)
@@ -198,6 +198,10 @@ def test_linked_folders_empty_captions_and_bom(tmp_path):
     with pytest.warns(UserWarning, match="2 empty captions .* skipped, and 1 images left with no caption"):
         dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp))
         assert dm.data_info["sizes"]["train"] == 1
+    bad = tmp_path / "bad.json"  # a caption that is not text: named, not an AttributeError
+    bad.write_text(json.dumps([{"image": "images/a.jpg", "caption": 123}]))
+    with pytest.raises(ValueError, match="entry 0: captions must be strings"):
+        ImageCaptionDataModule(image_root=str(root), train=str(bad), val=str(bad), test=str(bad)).data_info
     lists = tmp_path / "lists.json"  # ALBEF lists whose caption list is empty: counted too
     lists.write_text(json.dumps([{"image": "images/a.jpg", "caption": ["a dog"]}, {"image": "images/b.jpg", "caption": []}]))
     with pytest.warns(UserWarning, match="0 empty captions .* skipped, and 1 images left with no caption"):

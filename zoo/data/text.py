@@ -38,7 +38,7 @@ _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the ba
 def _read_jsonl(path: Path, key: str) -> list[str]:
     docs = []
     # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and friends.
-    for lineno, line in enumerate(read_utf8(path, key).split("\n"), start=1):
+    for lineno, line in enumerate(read_utf8(path, key, bom=True).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -65,15 +65,15 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     if not p.exists():
         raise FileNotFoundError(f"{key}: {path} does not exist; {_FIX}")
     if p.is_dir():
-        files = [f for f in walk_files(p) if f.suffix == ".txt"]
+        files = [f for f in walk_files(p) if f.suffix.lower() == ".txt"]
         if not files:
             raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
-        docs = [text for text in (read_utf8(f, key) for f in files) if text]
+        docs = [text for text in (read_utf8(f, key, bom=True) for f in files) if text]
         where = f"every .txt file under {path}"
-    elif p.suffix == ".txt":
-        docs = [text] if (text := read_utf8(p, key)) else []
+    elif p.suffix.lower() == ".txt":
+        docs = [text] if (text := read_utf8(p, key, bom=True)) else []
         where = str(path)
-    elif p.suffix == ".jsonl":
+    elif p.suffix.lower() == ".jsonl":
         docs = _read_jsonl(p, key)
         where = f"{path} (no line with a non-empty 'text')"
     else:

@@ -461,6 +461,8 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
             if not isinstance(e, dict) or "image" not in e or "caption" not in e:
                 raise ValueError(f"{path} entry {k} must be an object with 'image' and 'caption' keys, got {e!r:.80}")
             caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+            if not all(isinstance(c, str) for c in caps):
+                raise ValueError(f"{path} entry {k}: captions must be strings (or a list of strings), got {e['caption']!r:.80}")
             grouped.setdefault(e["image"], []).extend(caps)
         return list(grouped.items())
     raise ValueError(
@@ -553,9 +555,9 @@ class ImageCaptionDataModule(VLMDataModule):
             for split in ("val", "test"):
                 if self.files[split] == self.files["train"] and self._entries[split] == self._entries["train"]:
                     warnings.warn(
-                        f"data.{split} is not set and {self.files['train']} has no '{split}' split (only a Karpathy "
-                        f"JSON says which images are {split}): {split} metrics are measured on the training images; "
-                        f"give data.{split} for a held-out measure",
+                        f"data.{split} gives the training images ({self.files['train']}: unset, or the training file "
+                        f"itself, which has no '{split}' split as a Karpathy JSON has): {split} metrics are measured on "
+                        f"the training images; give data.{split} for a held-out measure",
                         stacklevel=2,
                     )
         return self._entries
