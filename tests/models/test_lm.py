@@ -175,3 +175,30 @@ def test_top_k_zero_or_none_samples_the_whole_vocabulary():
 
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, top_k=-5)
+
+
+def test_generate_stops_every_row_at_eos_and_pads_finished_rows():
+    """Token-id prompts stop at the tokenizer's eos too; a row that ended keeps eos while the others go on."""
+    torch.manual_seed(0)
+    m = zoo.create_model("lm-diff-tiny", dim=32, n_layers=1, n_heads=2, max_seq_len=40, vocab_size=259).eval()
+    from zoo.data.tokenizers import ByteTokenizer
+
+    m.tokenizer = ByteTokenizer()
+    eos = m.tokenizer.eos_id
+    # make eos the greedy choice right after the token 7 only
+    real = m.forward
+
+    def forward(ids, **kw):
+        logits = real(ids, **kw)
+        biased = torch.zeros_like(logits)
+        biased[..., 5] = 10.0  # otherwise the token 5
+        biased[..., eos] = torch.where(ids[..., None] == 7, 20.0, 0.0)[..., 0]
+        return logits * 0 + biased
+
+    m.forward = forward
+    prompts = torch.tensor([[7, 7], [3, 3]])  # row 0 ends at once, row 1 never does
+    out = m.generate(prompts, max_new_tokens=4, temperature=0)
+    assert out[0, 2:].tolist() == [eos] * 4  # ended, then held at eos
+    assert out[1, 2:].tolist() == [5] * 4
+    row0 = m.generate(prompts[:1], max_new_tokens=4, temperature=0)
+    assert row0.shape == (1, 3) and row0[0, -1] == eos  # a tensor prompt stops at eos by default

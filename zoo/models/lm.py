@@ -192,7 +192,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         given). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
         vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
-        ``eos_id`` (default: the tokenizer's eos).
+        ``eos_id`` (default: the tokenizer's eos, for every kind of prompt); a sequence that ended
+        earlier than the others is filled with ``eos_id`` from there on.
 
         A text prompt is encoded the way the training stream holds text (see
         :func:`zoo.data.text.encode_corpus`): its tokens without a BOS, since zoo corpora never hold
@@ -210,12 +211,12 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                     "model trained on text"
                 )
             ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
-            if eos_id is None:
-                eos_id = self.tokenizer.eos_id
         elif torch.is_tensor(prompt):
             ids = prompt if prompt.dim() == 2 else prompt[None]
         else:
             ids = torch.tensor([list(prompt)], dtype=torch.long)
+        if eos_id is None and self.tokenizer is not None:  # for token-id prompts too
+            eos_id = self.tokenizer.eos_id
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
         device = next(self.parameters()).device
@@ -239,6 +240,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, gen)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done[:, None], eos_id)  # a finished row keeps its end (eos), as padding
             out.append(nxt)
             if eos_id is not None:
                 done |= nxt.squeeze(1) == eos_id
