@@ -136,8 +136,12 @@ def text_candidates(words: list[str], synonyms: dict[str, list[str]], rng: np.ra
     """All single-word edits of ``words`` (character edits and word swaps), at most ``max_candidates``."""
     cands: list[list[str]] = []
     for i, w in enumerate(words):
-        for e in char_edits(w, rng) + list(synonyms.get(w, [])):
-            cands.append(words[:i] + [e] + words[i + 1 :])
+        # the word without its punctuation ("square." -> "square"), put back around each edit
+        core = w.strip(string.punctuation)
+        lead, trail = w[: len(w) - len(w.lstrip(string.punctuation))], w[len(w.rstrip(string.punctuation)) :]
+        swaps = [s.capitalize() if core[:1].isupper() else s for s in synonyms.get(core.lower(), [])]
+        for e in (char_edits(core, rng) + swaps) if core else []:
+            cands.append(words[:i] + [lead + e + trail] + words[i + 1 :])
         if i + 1 < len(words) and words[i + 1] != w:
             cands.append(words[:i] + [words[i + 1], w] + words[i + 2 :])
     if len(cands) > max_candidates:
@@ -161,7 +165,8 @@ def text_attack(
         raise ValueError(f"text_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
     synonyms = dict(SYNONYMS) if synonyms is None else synonyms
     rng = np.random.default_rng(seed)
-    words = [t.lower().split() for t in texts]
+    words = [t.split() for t in texts]  # as written: the only change is the edited word
+    edited = [False] * len(texts)
     best = text_score(model, images, texts, batch_size)
     for _ in range(changes):
         flat, owner = [], []
@@ -181,9 +186,10 @@ def text_attack(
             j = sel[scores[sel].argmin()]
             if scores[j] < best[i]:
                 best[i], words[i], changed = scores[j], flat[j].split(), True
+                edited[i] = True
         if not changed:
             break
-    return [" ".join(ws) for ws in words]
+    return [" ".join(ws) if e else t for ws, e, t in zip(words, edited, texts)]
 
 
 def co_attack(model: Any, images: Tensor, texts: Sequence[str], cfg: AttackConfig) -> tuple[Tensor, list[str]]:

@@ -53,6 +53,10 @@ def test_char_edits_and_candidates():
     assert ["a", "big", "circle"] in cands and ["large", "a", "circle"] in cands
     assert all(sum(x != y for x, y in zip(c, ["a", "large", "circle"])) in (1, 2) for c in cands)
     assert len(text_candidates(["a", "large", "circle"], {}, rng, 3)) == 3
+    # a word keeps its punctuation and capital around an edit ("Large" -> "Big", "circle." -> "circl.")
+    cands = text_candidates(["Large", "circle."], {"large": ["big"]}, rng, 1000)
+    assert ["Big", "circle."] in cands and ["Large", "circl."] in cands
+    assert all(c[1].endswith(".") for c in cands if c[0] == "Large")
 
 
 def test_text_attack_lowers_score_within_budget():
@@ -64,6 +68,8 @@ def test_text_attack_lowers_score_within_budget():
     for a, c in zip(adv, caps):
         diff = sum(x != y for x, y in zip(a.split(), c.split()))
         assert len(a.split()) == len(c.split()) and diff <= 2  # one edit (a neighbour swap touches 2 slots)
+    # no accepted edit (budget 0): the caption comes back exactly as written, case and spaces included
+    assert text_attack(m, images[:1], ["A  Small red circle"], changes=0) == ["A  Small red circle"]
 
 
 def test_co_attack_and_suite():
