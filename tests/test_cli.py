@@ -116,3 +116,11 @@ def test_fit_summary_names_the_export_folder(tmp_path, monkeypatch, capsys):
     assert "zoo fit summary" in out
     assert f"exported model: {exported[0]}" in out
     assert f"zoo.load_pretrained({str(exported[0])!r})" in out
+
+
+def test_help_names_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "python -m zoo export CKPT OUT" in out and "python -m zoo convert" in out and "fit,validate,test,predict" in out

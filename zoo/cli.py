@@ -132,6 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args[:1] == ["convert"]:
         convert_main(args[1:])
         return
+    if args[:1] in (["-h"], ["--help"]):  # Lightning's help lists its subcommands; ours come first
+        print("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
+              "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
+              "python -m zoo convert HF_FOLDER OUT                                 (a Hugging Face model -> a zoo export)\n")
     ZooCLI(
         LightningModule,
         LightningDataModule,
