@@ -488,7 +488,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _NARRefine(model, model.config.refine_iters if refine_iters is None else refine_iters).eval()
     H, W = model.config.img_size
-    dummy = torch.zeros(batch_size, 3, H, W)
+    param = next(model.parameters())
+    dummy = torch.zeros(batch_size, 3, H, W, device=param.device, dtype=param.dtype)  # a GPU / half model as it is
     with torch.no_grad():
         torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
     Path(str(path) + ".charset.txt").write_text("\n".join(model.charset.chars) + "\n", encoding="utf-8")
