@@ -143,6 +143,8 @@ def test_icdar_gt_txt(tmp_path):
     (d / "gt.txt").write_text('word_1.png, "Tired"\nword_2.png, "a, b"\n')
     assert read_labels(d) == [("word_1.png", "Tired"), ("word_2.png", "a, b")]
     assert [t for _, t in open_source(d, CS)[0][1].items] == ["tired", "ab"]
+    (d / "gt.txt").write_text("word_1.png Tired\nword_2.png\tHello\n")  # whitespace-separated gt.txt files too
+    assert read_labels(d) == [("word_1.png", "Tired"), ("word_2.png", "Hello")]
 
 
 def test_files_that_are_not_utf8_are_named(tmp_path):

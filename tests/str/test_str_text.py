@@ -114,3 +114,7 @@ def test_decomposed_labels_read_as_their_composed_form():
     assert len(nfd) == 5 and latin.normalize(nfd) == latin.normalize("café") == "café"
     korean = Charset("한국어", max_length=3)
     assert korean.normalize(unicodedata.normalize("NFD", "한국어")) == "한국어"
+    # a charset of the parts keeps the parts (Tamil vowel sign pieces; a CJK compatibility ideograph)
+    parts = Charset("\u0b95\u0bc6\u0bbe", max_length=3)
+    assert parts.clean("\u0b95\u0bc6\u0bbe") == ("\u0b95\u0bc6\u0bbe", "")
+    assert Charset("\uf900\u4e00", max_length=2).clean("\uf900\u4e00") == ("\uf900\u4e00", "")

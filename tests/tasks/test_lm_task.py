@@ -340,3 +340,19 @@ def test_predicting_on_synthetic_recall_data_says_what_to_do():
 
     with pytest.raises(ValueError, match="no prompts to complete: test the model"):
         RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16).predict_dataloader()
+
+
+def test_eval_sampler_follows_the_trainer_and_names_a_split_too_small():
+    """Only a trainer on several processes gets the unrepeated sampler (not a process group left from
+    elsewhere); a split with fewer items than processes is an error that names it."""
+    from types import SimpleNamespace
+
+    from zoo.data.samplers import eval_sampler
+
+    data = list(range(5))
+    assert eval_sampler(data, None, "val") is None
+    assert eval_sampler(data, SimpleNamespace(world_size=1, global_rank=0), "val") is None
+    s = eval_sampler(data, SimpleNamespace(world_size=2, global_rank=1), "val")
+    assert list(s) == [1, 3]  # rank 1's share, nothing repeated
+    with pytest.raises(ValueError, match="the val split has 1 item\\(s\\) for 2 processes"):
+        eval_sampler([0], SimpleNamespace(world_size=2, global_rank=0), "val")

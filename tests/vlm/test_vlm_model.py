@@ -250,3 +250,13 @@ def test_data_function_words_reach_fda(tmp_path):
     assert m.fw_table[ids[0, 1:-1]].tolist() == [True, True, True, False, False]  # "a" is not in this list
     with pytest.raises(ValueError, match="disagrees with data.function_words"):
         VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": "en"})
+
+
+def test_a_users_vocab_size_is_still_the_datas():
+    """model_args.vocab_size from a user (not a checkpoint's rebuild) keeps the data's tokenizer and size."""
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=TINY["image_size"]).data_info
+    task = VLMTask(arch="vlm-fda-tiny", model_args={**TINY, "vocab_size": 4096}, data_info=info)
+    assert task.model.tokenizer is not None and task.model.config.vocab_size == task.model.tokenizer.vocab_size != 4096

@@ -158,8 +158,10 @@ class Charset:
         label = "".join(label.split())
         if not self.is_ascii:
             # one form for one text: a decomposed label (macOS file names: e + combining accent, Hangul jamo)
-            # is composed as the charset's characters are
-            label = unicodedata.normalize("NFC", label)
+            # reads composed when the composed form is what the charset holds (a charset of parts keeps them)
+            composed = unicodedata.normalize("NFC", label)
+            if sum(c not in self.index for c in composed) < sum(c not in self.index for c in label):
+                label = composed
         if self.is_ascii:
             # NFKD then ASCII: accents split off and go silently (é -> e); any other non-ASCII character
             # (中, an undecodable byte's U+FFFD) is out of the charset and counted as dropped below

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.samplers import eval_sampler
@@ -11,10 +13,11 @@ IGNORE_INDEX = -100  # label value that contributes no loss (torch cross_entropy
 __all__ = ["IGNORE_INDEX", "make_loader", "check_at_least"]
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """DataLoader with the settings every sequence datamodule uses; an evaluation loader (no shuffle)
-    under DDP gives every block to one rank once (see :func:`zoo.data.samplers.eval_sampler`)."""
-    sampler = None if shuffle else eval_sampler(dataset)
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, trainer: Any = None,
+                split: str = "evaluation") -> DataLoader:
+    """DataLoader with the settings every sequence datamodule uses; an evaluation loader (no shuffle) of a
+    ``trainer`` on several processes gives every block to one rank once (:func:`zoo.data.samplers.eval_sampler`)."""
+    sampler = None if shuffle else eval_sampler(dataset, trainer, split)
     return DataLoader(
         dataset,
         batch_size=batch_size,

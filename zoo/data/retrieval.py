@@ -367,7 +367,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _loader(self, spec: RetrievalSpec, split: str, shuffle: bool) -> DataLoader:
         dataset = RetrievalDataset(spec, self.sizes[split], self.seed, split)
-        return make_loader(dataset, self.batch_size, shuffle, self.num_workers)
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.trainer, split)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.spec, "train", True)

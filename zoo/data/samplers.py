@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
-import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def eval_sampler(dataset: Dataset) -> Optional[Sampler]:
-    """Under torch.distributed, a sampler that gives every item to one rank once (Lightning's default pads
-    the ranks' shares with repeated items, which summed metrics would count twice); else None."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+def eval_sampler(dataset: Dataset, trainer: Any, split: str) -> Optional[Sampler]:
+    """For a ``trainer`` on several processes, a sampler that gives every item of ``split`` to one rank once
+    (Lightning's default pads the ranks' shares with repeated items, which summed metrics would count
+    twice); None on one process (Lightning's own loader then)."""
+    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world <= 1:
         return None
+    if len(dataset) < world:
+        raise ValueError(
+            f"the {split} split has {len(dataset)} item(s) for {world} processes: every process needs at least one; "
+            f"make the {split} split larger or evaluate on fewer devices"
+        )
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)

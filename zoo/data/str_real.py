@@ -18,6 +18,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -168,7 +169,7 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         for n, line in enumerate(read_utf8(path, "labels file", bom=True).splitlines(), 1):
             if not line.strip():
                 continue
-            if icdar and "\t" not in line:
+            if icdar and re.match(r"^[^\s,]+,", line):  # `path, text` (a whitespace-separated gt.txt reads below)
                 row = next(csv.reader([line], skipinitialspace=True))
                 pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
                 continue

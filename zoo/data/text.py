@@ -307,10 +307,10 @@ class TextDataModule(L.LightningDataModule):
         return make_loader(self._dataset("train"), self.batch_size, True, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return make_loader(self._dataset("val"), self.batch_size, False, self.num_workers)
+        return make_loader(self._dataset("val"), self.batch_size, False, self.num_workers, self.trainer, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return make_loader(self._dataset("test"), self.batch_size, False, self.num_workers)
+        return make_loader(self._dataset("test"), self.batch_size, False, self.num_workers, self.trainer, "test")
 
     def predict_dataloader(self) -> DataLoader:
         return make_loader(_PromptDataset(self.prompts), 1, False, 0)

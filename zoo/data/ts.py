@@ -641,7 +641,7 @@ class TSDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.dataset(split)
-        sampler = eval_sampler(ds)  # under DDP: every window on one rank once (summed metrics)
+        sampler = eval_sampler(ds, self.trainer, split)  # under DDP: every window on one rank once (summed metrics)
         if sampler is not None:
             return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler,
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -100,8 +101,8 @@ class ForecastTask(ZooTask):
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
         if scheduler == "halving" and (warmup_steps or min_lr_ratio):
-            raise ValueError("scheduler 'halving' (full rate for two epochs, then halved every epoch) has no warm-up "
-                             "or floor: set warmup_steps: 0 and min_lr_ratio: 0, or use scheduler: cosine")
+            warnings.warn("scheduler 'halving' (full rate for two epochs, then halved every epoch) has no warm-up or "
+                          "floor: warmup_steps / min_lr_ratio are not used (scheduler: cosine uses them)", stacklevel=2)
         base_scheduler = "constant" if scheduler == "halving" else scheduler
         super().__init__(lr, weight_decay, betas, warmup_steps, base_scheduler, min_lr_ratio)
         self.save_hyperparameters()

@@ -202,6 +202,9 @@ def evaluate_retrieval(model: Any, images: Tensor, captions: Sequence[Sequence[s
 FDA_FIELDS = ("fda", "fda_layers", "fda_heads", "fda_direction", "fda_g_init")
 
 
+REBUILT = "_rebuilt_from_checkpoint"  # marks the model_args a checkpoint saved (never a user's)
+
+
 class VLMTask(ZooTask):
     """Train / evaluate an image-text model from the registry (``zoo.list_models("vlm-*")``).
 
@@ -260,15 +263,17 @@ class VLMTask(ZooTask):
         self.arch, self.itm_weight, self.caption_negatives, self.eval_k = arch, itm_weight, caption_negatives, eval_k
         self.rerank = rerank
         overrides = dict(model_args or {})
+        rebuilt = bool(overrides.pop(REBUILT, False))  # a checkpoint's own architecture (see _rebuild_hparams)
         if fda is not None:
             overrides["fda"] = fda
-        self.model = self._build_model(arch, overrides, text_init, pretrained)
+        self.model = self._build_model(arch, overrides, text_init, pretrained, rebuilt)
         if function_words_strict and self.model.config.fda and self.model.tokenizer is not None:
             self.model.set_tokenizer(self.model.tokenizer, strict=True)  # raises naming the unknown words
         self.results: dict[str, dict[str, Any]] = {}
         self._eval: dict[str, list] = {"images": [], "captions": [], "index": []}
 
-    def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str]):
+    def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str],
+                     rebuilt: bool = False):
         from zoo.data.vlm import VLMTokenizer, resolve_text_folder
         from zoo.models.vlm import VLMConfig, text_config_from_hf
 
@@ -296,10 +301,10 @@ class VLMTask(ZooTask):
                 # with_fda's arguments are the config fields without their "fda_" prefix (its defaults otherwise)
                 return plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
             return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
-        if "vocab_size" in overrides and text_init is None:
-            # the architecture given whole, as a checkpoint of a fine-tuned export rebuilds it (see
-            # _rebuild_hparams): its tokenizer comes back with its weights (the .ckpt's assets); the data's
-            # word-level vocabulary is attached meanwhile only when it has the same size
+        if rebuilt:
+            # the architecture a checkpoint of a fine-tuned export saved (see _rebuild_hparams): its tokenizer
+            # comes back with its weights (the .ckpt's assets); the data's word-level vocabulary is attached
+            # meanwhile only when it has the same size
             model = create_model(arch, **overrides)
             if info.get("vocab") is not None:
                 tok = VLMTokenizer.word_level(info["vocab"])
@@ -346,7 +351,8 @@ class VLMTask(ZooTask):
 
     def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
         # the text encoder's weights are the checkpoint's too: no MiniLM load on the way back
-        return {**super()._rebuild_hparams(hp), "text_init": None}
+        out = super()._rebuild_hparams(hp)
+        return {**out, "text_init": None, "model_args": {**out["model_args"], REBUILT: True}}
 
     # -- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
