@@ -391,7 +391,10 @@ def merge_main(args: argparse.Namespace) -> None:
             raise SystemExit(f"no {key} arm at {args.steps} steps in {RESULTS}; run --attn {attn} --steps {args.steps}{extra} first")
         rows += sorted(found, key=lambda r: r["seed"])
     summary = arm_summary(rows)
-    distinct = list({machine_text(m): m for m in reversed(machines)}.values())[::-1]  # first of each description
+    by_text: dict[str, dict[str, Any]] = {}
+    for m in machines:  # the first record of each description
+        by_text.setdefault(machine_text(m), m)
+    distinct = list(by_text.values())
     text = table(rows, "Diff vs vanilla cross-attention decoder (equal params and budget)", distinct)
     text += "\n\n" + "\n".join(
         f"- {key}: word accuracy {s['mean']:.2f} % over seeds {s['seeds']}" + (f" (sd {s['sd']:.2f})" if s["sd"] is not None else "")

@@ -480,9 +480,7 @@ class STRDataModule(L.LightningDataModule):
         try:
             return SyntheticSTRDataset(self.synthetic[split], self.charset, split, img_size=self.img_size, start=start,
                                        shear=shear, fonts=fonts, cache_dir=self.synth_cache, **self.synth_kw)
-        except ValueError as exc:
-            if "covers the charset" not in str(exc):
-                raise
+        except str_synth.UncoveredCharset as exc:
             raise ValueError(
                 f"the {split} split has no data.{split}_dirs, so it would be synthetic words "
                 f"(data.synthetic.{split}={self.synthetic[split]}), which cannot be rendered for this charset ({exc}); "

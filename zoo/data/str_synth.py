@@ -71,12 +71,16 @@ def _font(stem: str, size: int) -> ImageFont.FreeTypeFont:
 CM_WRONG_GLYPHS = '"<>\\_{|}^~'
 
 
+class UncoveredCharset(ValueError):
+    """No font of a set renders every character of the charset (synthetic crops cannot be drawn)."""
+
+
 def usable_fonts(stems: Sequence[str], chars: str) -> tuple[str, ...]:
     """The fonts of ``stems`` that render every character of ``chars``; an error if none does."""
     cm_bad = any(c in CM_WRONG_GLYPHS for c in chars)
     ok = tuple(s for s in stems if font_covers(s, chars) and not (cm_bad and s.startswith("cm")))
     if not ok:
-        raise ValueError(f"none of the fonts {list(stems)} covers the charset; use an ASCII charset for synthetic data")
+        raise UncoveredCharset(f"none of the fonts {list(stems)} covers the charset; use an ASCII charset for synthetic data")
     return ok
 
 

@@ -619,10 +619,11 @@ class TSDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepared()
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                sampler: Optional[Any] = None) -> DataLoader:
         return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=drop_last,
+            ds, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -641,11 +642,8 @@ class TSDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.dataset(split)
-        sampler = eval_sampler(ds, self.trainer, split)  # under DDP: every window on one rank once (summed metrics)
-        if sampler is not None:
-            return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler,
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-        return self._loader(ds, self.eval_batch_size, False)
+        # under DDP: every window on one rank once (summed metrics)
+        return self._loader(ds, self.eval_batch_size, False, sampler=eval_sampler(ds, self.trainer, split))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

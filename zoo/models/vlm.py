@@ -242,7 +242,12 @@ class VisionLanguageModel(nn.Module):
 
         tok = VLMTokenizer.from_folder(folder, self.config.max_text_len)
         if tok.vocab_size != self.config.vocab_size:
-            raise ValueError(f"tokenizer in {folder} has {tok.vocab_size} tokens, the model {self.config.vocab_size}")
+            raise ValueError(
+                f"the tokenizer saved with the weights ({folder}) has {tok.vocab_size} tokens but the model was built with "
+                f"vocab_size {self.config.vocab_size}: a word-level vocabulary comes from the training captions "
+                "(data.train, data.function_words), so test with the data the model was trained on, or load its export "
+                "(model.init_args.pretrained)"
+            )
         tok.max_len = self.config.max_text_len
         self.tokenizer = tok
 

@@ -32,9 +32,6 @@ class ZooTask(L.LightningModule):
     # Architecture fields a datamodule decides (data_info keys of the same name); a checkpoint of a model
     # built from ``pretrained`` leaves them to the data, as one trained from scratch does.
     data_fields: tuple[str, ...] = ()
-    # Whether a checkpoint of a model built from ``pretrained`` records the architecture instead of the
-    # folder (see ``on_save_checkpoint``); a task whose rebuild needs more than its config opts out.
-    self_contained_checkpoints: bool = True
 
     def __init__(
         self,
@@ -112,7 +109,7 @@ class ZooTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         hp = checkpoint.get("hyper_parameters")
-        if self.self_contained_checkpoints and hp is not None and hp.get("pretrained") is not None:
+        if hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
         if hasattr(self, "arch"):  # the model's registered name (None for a converted checkpoint), which the
             checkpoint["zoo_arch"] = self.arch  # rebuilt hparams' name need not be (see _rebuild_hparams)

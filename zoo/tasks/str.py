@@ -232,10 +232,8 @@ class RecognitionTask(ZooTask):
         info = getattr(datamodule, "data_info", None)
         if not info or info.get("kind") != "str":
             return
-        c = self.model.config
-        ours = {"charset": self.model.charset.chars, "max_length": c.max_length, "img_size": list(c.img_size)}
-        if stage == "predict":
-            ours = {"img_size": ours["img_size"]}
+        keys = ("img_size",) if stage == "predict" else self.data_fields
+        ours = {k: getattr(self.model.config, k) for k in keys}
         wrong = [f"{k}: data {info[k]!r} vs model {ours[k]!r}" for k in ours if k in info and _same(info[k]) != _same(ours[k])]
         if wrong:
             raise ValueError(

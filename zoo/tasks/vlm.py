@@ -227,6 +227,7 @@ class VLMTask(ZooTask):
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
+    data_fields = ("image_size",)
 
     def __init__(
         self,
@@ -334,20 +335,6 @@ class VLMTask(ZooTask):
         model = create_model(arch, **{**overrides, "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id})
         model.set_tokenizer(tok)
         return model
-
-    data_fields = ("image_size",)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        try:
-            super().on_load_checkpoint(checkpoint)
-        except ValueError as exc:
-            if "tokens, the model" not in str(exc):
-                raise
-            raise ValueError(
-                f"the checkpoint's tokenizer does not fit the model built for this data ({exc}): a word-level "
-                "vocabulary comes from the training captions (data.train, data.function_words), so test with the data "
-                "the model was trained on, or load its export (model.init_args.pretrained)"
-            ) from exc
 
     def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
         # the text encoder's weights are the checkpoint's too: no MiniLM load on the way back
