@@ -124,3 +124,21 @@ def test_help_names_every_subcommand(capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     assert "python -m zoo export CKPT OUT" in out and "python -m zoo convert" in out and "fit,validate,test,predict" in out
+
+
+@pytest.mark.parametrize("argv", [["fit", "--help"], ["fit", "--config", "no-such-config.yaml"]])
+def test_main_leaves_no_process_group_behind(argv, tmp_path, capsys):
+    # Lightning destroys only NCCL groups at exit; a gloo group (CPU DDP) left alive can abort the finished
+    # process at interpreter teardown. main() must end it, also when the CLI stops early (help, bad config).
+    import torch.distributed as dist
+
+    from zoo.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

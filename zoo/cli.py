@@ -136,12 +136,32 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
               "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
               "python -m zoo convert HF_FOLDER OUT                                 (a Hugging Face model -> a zoo export)\n")
-    ZooCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf+", "prog": "python -m zoo"},
-        args=None if argv is None else args,
-        auto_configure_optimizers=False,
-    )
+    finished = False
+    try:
+        ZooCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf+", "prog": "python -m zoo"},
+            args=None if argv is None else args,
+            auto_configure_optimizers=False,
+        )
+        finished = True
+    finally:
+        close_process_group(wait_for_peers=finished)
+
+
+def close_process_group(wait_for_peers: bool = True) -> None:
+    """End a multi-process run's process group before the interpreter exits.
+
+    Lightning destroys the group at exit only for NCCL; a gloo group (CPU DDP) left alive aborts the process at
+    interpreter teardown now and then ("terminate called without an active exception", exit -6) although the run
+    finished. After a clean run every rank first waits for the others, so none closes its connections while a
+    peer still talks to it; after an error the group is destroyed at once (a barrier could wait forever).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait_for_peers:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
