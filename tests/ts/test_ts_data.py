@@ -251,3 +251,23 @@ def test_training_split_smaller_than_a_batch_keeps_its_short_batch_with_a_warnin
     with pytest.warns(UserWarning, match="fewer than data.batch_size"):
         loader = dm.train_dataloader()
     assert sum(len(b["x"]) for b in loader) == n
+
+
+@pytest.mark.parametrize("features", ["S", "MS"])
+def test_a_target_outside_the_selected_columns_is_refused_in_every_mode(tmp_path, features):
+    # data.columns without the target: an error in S as in MS, not a silent switch to the unselected target
+    write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT"])
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features=features, target="OT",
+                         columns=["a", "b"])
+    with pytest.raises(ValueError, match=r"target column 'OT' is not among the selected columns \['a', 'b'\]"):
+        dm.data_info
+    # the target among them: S reads it alone
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features="S", target="OT", columns=["a", "OT"])
+    assert dm.data_info["columns"] == ["OT"]
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    # columns [a, a] used to train on one 'a' silently; the user asked for two inputs
+    write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT"])
+    with pytest.raises(ValueError, match=r"data.columns names \['a'\] more than once"):
+        CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features="M", columns=["a", "a", "b"])

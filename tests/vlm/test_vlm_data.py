@@ -210,3 +210,30 @@ def test_linked_folders_empty_captions_and_bom(tmp_path):
     cp.write_text("image,caption\nimages/../../mnt/coco/a.jpg,escape\n")  # "../" still may not leave the root
     with pytest.raises(ValueError, match="outside the image root"):
         ImageCaptionDataModule(image_root=str(root), train=str(cp)).data_info
+
+
+def test_one_image_written_two_ways_is_one_gallery_item(tmp_path):
+    # "a.jpg", "./a.jpg" and the absolute path name one file: one image with all its captions, not three
+    # gallery items (identical pixels tie, so each would count the others' captions as wrong answers)
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg", "b.jpg"])
+    cp = tmp_path / "caps.csv"
+    with open(cp, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "caption"], ["a.jpg", "one"], ["./a.jpg", "two"], [str(root / "a.jpg"), "three"],
+                                 ["b.jpg", "four"]])
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp), image_size=16)
+    entries = dm.entries()["val"]
+    assert [(p.name, caps) for p, caps in entries] == [("a.jpg", ["one", "two", "three"]), ("b.jpg", ["four"])]
+    assert dm.data_info["sizes"] == {"train": 4, "val": 2, "test": 2}
+
+
+def test_karpathy_entries_without_filename_or_raw_are_named(tmp_path):
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg"])
+    kj = tmp_path / "dataset_x.json"
+    kj.write_text(json.dumps({"images": [{"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a", "dog"]}]}]}))
+    with pytest.raises(ValueError, match=r"images\[0\] sentence 0 has no 'raw'"):
+        read_caption_file(kj, "train")
+    kj.write_text(json.dumps({"images": [{"file_name": "a.jpg", "split": "train", "sentences": [{"raw": "a dog"}]}]}))
+    with pytest.raises(ValueError, match=r"images\[0\] has no 'filename'"):
+        read_caption_file(kj, "train")

@@ -260,3 +260,39 @@ def test_a_users_vocab_size_is_still_the_datas():
     info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=TINY["image_size"]).data_info
     task = VLMTask(arch="vlm-fda-tiny", model_args={**TINY, "vocab_size": 4096}, data_info=info)
     assert task.model.tokenizer is not None and task.model.config.vocab_size == task.model.tokenizer.vocab_size != 4096
+
+
+def test_similarity_takes_pil_images_paths_and_arrays(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    m = tiny_model(seed=3)
+    _, caps = scene_batch(4)
+    rng = np.random.default_rng(0)
+    pil = [Image.fromarray((rng.random((20 + 9 * i, 30, 3)) * 255).astype(np.uint8)).convert(mode)
+           for i, mode in enumerate(["RGB", "L", "RGBA"])]
+    ramp = (rng.random((24, 24)) * 65535).astype(np.uint16)  # a 16-bit grayscale image (Pillow's I;16)
+    pil.append(Image.fromarray(ramp))
+    paths = []
+    for i, im in enumerate(pil):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    # the reference, written out: RGB (transparency over white, 16 bits scaled to 8), resized to the model's
+    # 32 x 32 as the training images are, in [0, 1]
+    shown = [pil[0], pil[1].convert("RGB"),
+             Image.alpha_composite(Image.new("RGBA", pil[2].size, (255, 255, 255, 255)), pil[2]).convert("RGB"),
+             Image.fromarray(np.round(ramp / 257).astype(np.uint8)).convert("RGB")]
+    ref = torch.stack([torch.tensor(np.asarray(im.resize((32, 32), Image.BICUBIC)), dtype=torch.float32)
+                       .permute(2, 0, 1) / 255 for im in shown])
+    want = m.similarity(ref, caps)
+    torch.testing.assert_close(m.similarity(pil, caps), want)
+    torch.testing.assert_close(m.similarity([str(p) for p in paths], caps), want)
+    torch.testing.assert_close(m.similarity(pil[0], caps), want[:1])  # one image
+    torch.testing.assert_close(m.similarity(ref.numpy(), caps), want)  # a [B, 3, S, S] array in [0, 1]
+    with pytest.raises(TypeError, match="images must be"):
+        m.similarity([1, 2], caps)
+    with pytest.raises(FileNotFoundError, match="nope.png not found"):
+        m.similarity([tmp_path / "nope.png"], caps)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+        m.similarity([tmp_path / "bad.png"], caps)

@@ -9,7 +9,6 @@ str) and ``set`` (list of the test-set names, for per-set tables).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -21,11 +20,12 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
 from zoo.data.files import walk_files
+from zoo.data.images import load_image
 from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
@@ -36,70 +36,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", 
 
 
 # ---------------------------------------------------------------------------------------------
-# Images in
+# Images in (the reader is shared with the VLM domain: zoo.data.images)
 # ---------------------------------------------------------------------------------------------
-def load_image(x: Any) -> Image.Image:
-    """An RGB PIL image from a PIL image, a numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]),
-    a path, or encoded bytes. Grayscale and RGBA are converted (RGBA composited on white), 16-bit and
-    float images scaled to 8 bits; a file's EXIF orientation is applied (as a photo viewer shows it)."""
-    if isinstance(x, (str, Path)):
-        path = Path(x).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} not found")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return _to_rgb(ImageOps.exif_transpose(im))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
-    if isinstance(x, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(x)) as im:
-                im.load()
-                return _to_rgb(ImageOps.exif_transpose(im))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
-    if isinstance(x, Image.Image):
-        return _to_rgb(x)
-    if isinstance(x, np.ndarray) or torch.is_tensor(x):
-        arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-            raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            if not np.issubdtype(arr.dtype, np.floating) or arr.size and (arr.min() < 0 or arr.max() > 1):
-                raise ValueError(f"a non-uint8 image array must be float in [0, 1], got {arr.dtype}")
-            arr = (arr * 255).round().astype(np.uint8)
-        return _to_rgb(Image.fromarray(arr))
-    raise TypeError(f"cannot read an image from {type(x).__name__}; pass a PIL image, numpy array, path or bytes")
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float: Pillow's convert would clip
-        im = _to_8bit(im)
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, im).convert("RGB")
-    return im.convert("RGB")
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """An ``L`` image from Pillow's ``I;16*`` (0..65535), ``I`` (0..255 or 0..65535) or ``F`` (0..1 or 0..255)."""
-    arr = np.asarray(im, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"the {im.mode} image holds NaN or infinite values")
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if im.mode == "F" and lo >= 0 and hi <= 1:
-        arr = arr * 255
-    elif im.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
-        arr = arr / 257
-    elif lo < 0 or hi > 255:
-        raise ValueError(f"cannot map the {im.mode} image's values {lo:g}..{hi:g} to 8 bits; expected 0..1, 0..255 or 0..65535")
-    return Image.fromarray(arr.round().astype(np.uint8))
-
-
 def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
     """``[3, H, W]`` float in ``[-1, 1]``: bicubic resize to ``size`` (height, width), as PARSeq."""
     H, W = size

@@ -491,6 +491,10 @@ class TSDataModule(L.LightningDataModule):
             )
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {SPLITS}, got {split!r}")
+        if columns is not None:
+            repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+            if repeated:
+                raise ValueError(f"data.columns names {repeated} more than once; list each column once")
         self.lookback, self.horizon, self.features = lookback, horizon, features
         self.target, self.columns, self.date_col = target, columns, date_col
         self.split, self.ratios = split, tuple(ratios)
@@ -513,7 +517,7 @@ class TSDataModule(L.LightningDataModule):
             candidates = [c for c in (self.columns or df.columns) if c != self.date_col
                           and (self.columns is not None or not is_index_like(c))]
             target = candidates[-1] if candidates else None  # Time-Series-Library convention: target last
-        if self.features == "S":
+        if self.features == "S" and (self.columns is None or target in self.columns):
             return ([target] if target is not None else self.columns), target
         return self.columns, target
 

@@ -234,6 +234,17 @@ def to_tensor(img: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
 
 
+def image_tensor(src: Any, image_size: int) -> Tensor:
+    """A PIL image, image path, encoded bytes or ``HxW[xC]`` array (any PIL mode: :func:`zoo.data.images.load_image`)
+    as RGB ``[3, S, S]`` in [0, 1], bicubic-resized to ``image_size``: the pixels every VLM image goes through,
+    in training (:class:`ImageCaptionDataset`) and in :meth:`VisionLanguageModel.similarity`."""
+    from PIL import Image
+
+    from zoo.data.images import load_image
+
+    return to_tensor(np.asarray(load_image(src).resize((image_size, image_size), Image.BICUBIC)))
+
+
 class SceneDataset(Dataset):
     """Synthetic scenes; train items hold one caption and a one-word hard negative."""
 
@@ -262,14 +273,7 @@ class ImageCaptionDataset(Dataset):
         return len(self.index) if self.train else len(self.entries)
 
     def _image(self, path: Path) -> Tensor:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-                return to_tensor(np.asarray(im))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
+        return image_tensor(path, self.image_size)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         if self.train:
@@ -451,8 +455,15 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
     if isinstance(data, dict) and "images" in data:
         keep = {"train", "restval"} if split == "train" else {split}
-        for im in data["images"]:
+        for k, im in enumerate(data["images"]):
             if im.get("split") in keep:
+                if "filename" not in im or not isinstance(im.get("sentences"), list):
+                    key = "filename" if "filename" not in im else "sentences"
+                    raise ValueError(f"{path} images[{k}] has no {key!r} (a Karpathy dataset JSON gives each image "
+                                     f"'filename', 'split' and 'sentences' [{{'raw': caption}}]), got {im!r:.80}")
+                for j, s in enumerate(im["sentences"]):
+                    if not isinstance(s, dict) or not isinstance(s.get("raw"), str):
+                        raise ValueError(f"{path} images[{k}] sentence {j} has no 'raw' caption string, got {s!r:.80}")
                 rel = str(Path(im.get("filepath", "")) / im["filename"])
                 grouped.setdefault(rel, []).extend(s["raw"] for s in im["sentences"])
         return list(grouped.items())
@@ -478,6 +489,10 @@ def resolve_images(
     # the root (root/images -> /mnt/coco) are the user's layout; "../" still cannot leave it
     root = Path(os.path.abspath(root))
     out, missing, outside, empty, bare = [], [], [], 0, 0
+    merged: dict[Path, tuple[str, list[str]]] = {}  # one file named two ways ("a.jpg", "./a.jpg", absolute): one image
+    for rel, caps in rows:
+        merged.setdefault(Path(os.path.normpath(root / rel)), (rel, []))[1].extend(caps)
+    rows = list(merged.values())
     for rel, caps in rows:
         p = Path(os.path.normpath(root / rel))
         if p != root and root not in p.parents:
@@ -571,6 +586,6 @@ class ImageCaptionDataModule(VLMDataModule):
 
 __all__ = [
     "ImageCaptionDataModule", "ImageCaptionDataset", "SceneDataset", "SyntheticVLMDataModule", "VLMDataModule",
-    "VLMTokenizer", "collate", "function_word_ids", "minilm_folder", "read_caption_file", "read_function_words",
+    "VLMTokenizer", "collate", "function_word_ids", "image_tensor", "minilm_folder", "read_caption_file", "read_function_words",
     "resolve_images", "resolve_text_folder", "split_words",
 ]

@@ -335,9 +335,34 @@ class VisionLanguageModel(nn.Module):
         logits = self.itm_logits(self.encode_text(ids, mask), mask, self.encode_image(images), ids)
         return logits[:, 1] - logits[:, 0]
 
+    def _pixels(self, images: Any) -> Tensor:
+        """``images`` as pixels ``[B, 3, S, S]``: a tensor or numpy array as it is (checked by :meth:`encode_image`);
+        a PIL image or image path, or a list of them (any size and mode), as RGB resized to ``image_size``."""
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(images, Tensor):
+            return images
+        if isinstance(images, np.ndarray):
+            return torch.from_numpy(images)
+        one = isinstance(images, (str, Path, Image.Image))
+        items = [images] if one else list(images) if isinstance(images, (list, tuple)) else None
+        if not items or not all(isinstance(x, (str, Path, Image.Image)) for x in items):
+            raise TypeError(
+                f"images must be a [B, 3, {self.config.image_size}, {self.config.image_size}] tensor or array in "
+                f"[0, 1], or a PIL image / image path or a list of them; got {type(images).__name__}"
+                + (f" of {sorted({type(x).__name__ for x in items})}" if items else "")
+            )
+        from zoo.data.vlm import image_tensor
+
+        return torch.stack([image_tensor(x, self.config.image_size) for x in items])
+
     @torch.no_grad()
-    def similarity(self, images: Tensor, texts: Sequence[str], score: str = "itc+itm", batch_size: int = 256) -> Tensor:
+    def similarity(self, images: Any, texts: Sequence[str], score: str = "itc+itm", batch_size: int = 256) -> Tensor:
         """Score matrix ``[Ni, Nt]`` of every image-text pair (higher = better match).
+
+        ``images``: pixels ``[Ni, 3, S, S]`` in [0, 1] (a tensor or numpy array), or PIL images / image paths of
+        any size and mode (one or a list), converted to RGB and resized to ``image_size`` as training images are.
 
         ``score``: ``itc+itm`` (default; ITC cosine / temperature + ITM margin, the retrieval re-ranking
         score of :mod:`zoo.tasks.vlm`), ``itm`` (ITM margin alone, ALBEF) or ``itc`` (cosine).
@@ -345,7 +370,7 @@ class VisionLanguageModel(nn.Module):
         if score not in ("itc+itm", "itm", "itc"):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
         ids, mask = self.tokenize(texts)
-        img = self.encode_image(images.to(self.fw_table.device))
+        img = self.encode_image(self._pixels(images).to(self.fw_table.device))
         txt = self.encode_text(ids, mask)
         itc = self.image_feat(img) @ self.text_feat(txt, mask).T
         if score == "itc":
