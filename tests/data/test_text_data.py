@@ -225,3 +225,25 @@ def test_byte_order_marks_and_upper_case_suffixes(tmp_path):
     assert read_documents(str(tmp_path / "B.TXT")) == ["a fool"]
     (tmp_path / "c.jsonl").write_bytes('\ufeff{"text": "his horse"}\n'.encode("utf-8"))
     assert read_documents(str(tmp_path / "c.jsonl")) == ["his horse"]
+
+
+def test_long_document_with_a_llama_style_tokenizer_gets_no_spurious_spaces(monkeypatch):
+    """A converted Llama/Mistral tokenizer prepends "▁" (a space) to every text it encodes; a long document
+    encoded in pieces would get a space at every piece boundary. The stream must be the document's own ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    import zoo.data.text as text_mod
+    from zoo.data.text import encode_corpus
+    from zoo.data.tokenizers import HFTokenizer
+
+    doc = "\n".join(f"the king speaks to a fool {i}" for i in range(40))
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    backend.train_from_iterator([doc], trainer)
+    tok = HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=None)
+    monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 100)  # pieces of ~100 characters: several per document
+    stream = encode_corpus(tok, [doc, "his horse"]).tolist()
+    assert stream == tok.encode(doc) + [2] + tok.encode("his horse")
+    assert tok.decode(stream[: len(tok.encode(doc))]) == doc

@@ -202,3 +202,59 @@ def test_generate_stops_every_row_at_eos_and_pads_finished_rows():
     assert out[1, 2:].tolist() == [5] * 4
     row0 = m.generate(prompts[:1], max_new_tokens=4, temperature=0)
     assert row0.shape == (1, 3) and row0[0, -1] == eos  # a tensor prompt stops at eos by default
+
+
+def test_generate_refuses_bad_settings_and_prompts_by_name():
+    """Negative max_new_tokens / temperature and prompts that are not one sequence or a [B, T] batch
+    are named, not turned into a KV-cache overflow, silent greedy decoding or an unpacking error."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got -1"):
+        model.generate(prompt, max_new_tokens=-1)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got 2.5"):
+        model.generate(prompt, max_new_tokens=2.5)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.generate(prompt, max_new_tokens=1, temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.generate(prompt, max_new_tokens=1, temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 1, 4\)"):
+        model.generate(prompt[None], max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 2, 2\)"):
+        model.generate([[1, 2], [3, 4]], max_new_tokens=1)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model.generate(prompt.float(), max_new_tokens=1)
+    assert torch.equal(model.generate(prompt, max_new_tokens=0), prompt)  # zero new tokens: the prompt
+    from zoo.tasks import LanguageModelTask
+
+    for bad in ({"max_new_tokens": -3}, {"temperature": -0.5}):
+        with pytest.raises(ValueError, match="max_new_tokens must be|temperature must be"):
+            LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, **bad)
+
+
+def test_sampling_without_seed_follows_the_global_torch_seed():
+    """seed=None draws from torch's global RNG (as Hugging Face's generate), so torch.manual_seed / the
+    configs' seed_everything make sampled generations (and `zoo predict`) reproducible."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (2, 3))
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(model.generate(prompt, max_new_tokens=12, temperature=1.5))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_generation_never_samples_embedding_rows_past_the_tokenizer():
+    """Converted Qwen2 / Llama checkpoints pad the embedding past the tokenizer's last id; those rows are
+    no token, so generation must not pick them (decoding the text would fail after the whole run)."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny(vocab_size=ByteTokenizer.vocab_size + 5)
+    model.tokenizer = ByteTokenizer()
+    with torch.no_grad():
+        model.lm_head.weight[ByteTokenizer.vocab_size:] = 50 * model.lm_head.weight[:5].abs().sum()  # the padded rows win
+    ids = model.generate(torch.tensor([[104, 105]]), max_new_tokens=6, temperature=0, eos_id=-1)
+    assert ids.shape == (1, 8) and int(ids.max()) < ByteTokenizer.vocab_size
+    sampled = model.generate(torch.tensor([[104, 105]]), max_new_tokens=6, temperature=1.0, seed=0, eos_id=-1)
+    assert int(sampled.max()) < ByteTokenizer.vocab_size
+    assert isinstance(model.generate("hi", max_new_tokens=4, temperature=1.0, seed=0), str)

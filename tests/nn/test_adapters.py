@@ -295,3 +295,17 @@ def test_adapter_loads_onto_its_own_base_in_half_precision_but_not_onto_another(
     A.check_base(lm().to(dtype), cfg["base"])
     with pytest.raises(ValueError, match=r"different base.*checksum"):
         A.check_base(lm(seed=7).to(dtype), cfg["base"])
+
+
+@pytest.mark.parametrize("method, kwargs, message", [
+    ("difflora", {"rank": 0}, "difflora rank must be an integer >= 1, got 0"),
+    ("difflora", {"rank": -2}, "difflora rank must be an integer >= 1, got -2"),
+    ("difflora", {"rank": 2.5}, "difflora rank must be an integer >= 1, got 2.5"),
+    ("difflora", {"neg_rank": 0}, "difflora neg_rank must be an integer >= 1, got 0"),  # not silently `rank`
+    ("opamp", {"rank": 0}, "opamp rank must be an integer >= 1, got 0"),
+    ("dex", {"heads": [0, 2, 0]}, r"dex heads \[0, 2, 0\] name a head twice"),
+    ("dex", {"anneal_steps": -5}, "dex anneal_steps must be an integer >= 0, got -5"),
+])
+def test_bad_adapter_settings_are_named(method, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        A.apply_adapter(lm(), method, **kwargs)

@@ -356,3 +356,30 @@ def test_eval_sampler_follows_the_trainer_and_names_a_split_too_small():
     assert list(s) == [1, 3]  # rank 1's share, nothing repeated
     with pytest.raises(ValueError, match="the val split has 1 item\\(s\\) for 2 processes"):
         eval_sampler([0], SimpleNamespace(world_size=2, global_rank=0), "val")
+
+
+def test_finetune_a_model_whose_embedding_is_padded_beyond_its_tokenizer(corpus, tmp_path):
+    """Converted Qwen2 / many Llama checkpoints have more embedding rows than tokenizer entries (Qwen2:
+    151936 vs 151665). Fine-tuning on the export's own tokenizer must work; another, larger or unknown
+    tokenizer is still refused."""
+    from zoo.data import TextDataModule
+    from zoo.data.tokenizers import ByteTokenizer
+    from zoo.tasks import LanguageModelTask
+
+    torch.manual_seed(0)
+    base = zoo.create_model("lm-vanilla-tiny", vocab_size=264, dim=16, n_layers=1, n_heads=2, max_seq_len=32)
+    base.tokenizer = ByteTokenizer()  # 259 tokens for 264 rows
+    zoo.export_model(base, tmp_path / "padded")
+    dm = TextDataModule(str(corpus), block_size=16, batch_size=4, tokenizer=str(tmp_path / "padded"))
+    assert dm.data_info["vocab_size"] == 259
+    task = LanguageModelTask(pretrained=str(tmp_path / "padded"), data_info=dm.data_info)
+    assert task.model.config.vocab_size == 264
+    _quiet_trainer(max_steps=1, limit_val_batches=1).fit(task, dm)
+    assert task.model.tokenizer.vocab_size == 259
+    # a tokenizer that does not fit the rows, or a checkpoint without its own tokenizer: refused as before
+    with pytest.raises(ValueError, match="tokenizer has 300 tokens but checkpoint .* 264"):
+        LanguageModelTask(pretrained=str(tmp_path / "padded"), data_info={**dm.data_info, "vocab_size": 300})
+    base.tokenizer = None
+    zoo.export_model(base, tmp_path / "bare")
+    with pytest.raises(ValueError, match="tokenizer has 259 tokens but checkpoint .* 264"):
+        LanguageModelTask(pretrained=str(tmp_path / "bare"), data_info=dm.data_info)

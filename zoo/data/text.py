@@ -95,11 +95,17 @@ def _line_chunks(doc: str) -> list[str]:
 
 
 def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
-    """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``."""
+    """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``.
+
+    Zoo's byte and BPE tokenizers encode long documents in line-aligned pieces (parallel, same text);
+    a converted Hugging Face tokenizer gets each document whole, since it may treat the start of every
+    text it encodes specially (Llama / Mistral prepend "▁", a space, to each one).
+    """
     pieces: list[str] = []
     owner: list[int] = []  # document index of each piece
+    whole = getattr(tokenizer, "kind", None) not in ("byte", "bpe")
     for i, doc in enumerate(docs):
-        chunks = _line_chunks(doc)
+        chunks = [doc] if whole else _line_chunks(doc)
         pieces += chunks
         owner += [i] * len(chunks)
     encoded = tokenizer.encode_batch(pieces)

@@ -193,7 +193,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
         ``eos_id`` (default: the tokenizer's eos, for every kind of prompt); a sequence that ended
-        earlier than the others is filled with ``eos_id`` from there on.
+        earlier than the others is filled with ``eos_id`` from there on. ``seed`` fixes the sampling;
+        ``None`` draws it from torch's global RNG (so ``torch.manual_seed`` reproduces a sample).
 
         A text prompt is encoded the way the training stream holds text (see
         :func:`zoo.data.text.encode_corpus`): its tokens without a BOS, since zoo corpora never hold
@@ -212,9 +213,17 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 )
             ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
         elif torch.is_tensor(prompt):
-            ids = prompt if prompt.dim() == 2 else prompt[None]
+            ids = prompt[None] if prompt.dim() == 1 else prompt
         else:
             ids = torch.tensor([list(prompt)], dtype=torch.long)
+        if ids.dim() != 2:
+            raise ValueError(
+                f"prompt ids must be one sequence [T] or a [batch, T] tensor, got shape {tuple(ids.shape)}; "
+                "prompts of different lengths need one generate call each"
+            )
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"prompt tensors hold integer token ids, got dtype {ids.dtype}")
+        check_generation(max_new_tokens, temperature)
         if eos_id is None and self.tokenizer is not None:  # for token-id prompts too
             eos_id = self.tokenizer.eos_id
         if ids.shape[1] == 0:
@@ -228,14 +237,14 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 f"{self.config.max_seq_len}"
             )
         gen = torch.Generator(device=device)
-        if seed is not None:
-            gen.manual_seed(seed)
-        else:
-            gen.seed()
+        # seed=None: a seed from torch's global RNG, so torch.manual_seed / seed_everything reproduce a sample
+        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         was_training = self.training
         self.eval()
         caches = self.new_caches(total)
-        logits = self(ids, caches=caches)[:, -1]
+        # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
+        n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
+        logits = self(ids, caches=caches)[:, -1, :n_tok]
         out = [ids]
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
@@ -247,7 +256,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 done |= nxt.squeeze(1) == eos_id
                 if bool(done.all()):
                     break
-            logits = self(nxt, caches=caches)[:, -1]
+            logits = self(nxt, caches=caches)[:, -1, :n_tok]
         self.train(was_training)
         result = torch.cat(out, dim=1)
         if as_text:
@@ -283,6 +292,14 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
         return tokenizer.encode(text, add_bos=True)
     ids = tokenizer.encode(text)
     return ids if ids else [tokenizer.eos_id]
+
+
+def check_generation(max_new_tokens: int, temperature: float) -> None:
+    """``max_new_tokens`` must be an integer >= 0 and ``temperature`` a number >= 0 (0: greedy)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy decoding), got {temperature!r}")
 
 
 def check_top_k(top_k: Optional[int]) -> None:

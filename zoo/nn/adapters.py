@@ -58,6 +58,12 @@ def is_adapter_key(name: str) -> bool:
 _RUNTIME_FIELDS = {"dropout", "attn_dropout", "attn_backend", "max_seq_len", "drop_path"}
 
 
+def _check_int(method: str, name: str, value: Any, minimum: int) -> None:
+    """Raise a ValueError naming ``method``'s setting ``name`` unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{method} {name} must be an integer >= {minimum}, got {value!r}")
+
+
 # ------------------------------------------------------------------------------------- wrappers
 
 
@@ -112,6 +118,9 @@ class DexAttention(AdaptedAttention):
         bad = [h for h in sel if not 0 <= h < base.n_heads]
         if bad or not sel:
             raise ValueError(f"dex heads {bad or sel} out of range for a layer with {base.n_heads} heads")
+        if len(set(sel)) != len(sel):
+            raise ValueError(f"dex heads {list(heads)} name a head twice; list each head once")
+        _check_int("dex", "anneal_steps", anneal_steps, 0)
         self.register_buffer("heads", torch.tensor(sel, dtype=torch.long), persistent=False)
         self.anneal_steps = int(anneal_steps)
         self.adapter = DexAdapter(len(sel), base.head_dim, lambda_max, init_std)
@@ -183,8 +192,11 @@ class DiffLoRAAttention(AdaptedAttention):
     def __init__(self, base: AttentionBase, rank: int = 8, alpha: float = 16.0, neg_rank: Optional[int] = None,
                  lambda_init: float = 0.0) -> None:
         _need_vanilla(base, "difflora")
+        _check_int("difflora", "rank", rank, 1)
+        if neg_rank is not None:
+            _check_int("difflora", "neg_rank", neg_rank, 1)
         super().__init__(base)
-        self.adapter = DiffLoRAAdapter(base, rank, alpha, neg_rank or rank, lambda_init)
+        self.adapter = DiffLoRAAdapter(base, rank, alpha, rank if neg_rank is None else neg_rank, lambda_init)
         self.merged = False
 
     def merge(self) -> None:
@@ -238,6 +250,7 @@ class OpAmpAttention(AdaptedAttention):
     def __init__(self, base: AttentionBase, rank: int = 8, alpha: float = 16.0, cmrr: float = 8.0,
                  common_gain: float = 1.0) -> None:
         _need_vanilla(base, "opamp")
+        _check_int("opamp", "rank", rank, 1)
         if cmrr < 0 or common_gain <= 0:
             raise ValueError(f"opamp needs cmrr >= 0 and common_gain > 0, got cmrr={cmrr}, common_gain={common_gain}")
         super().__init__(base)

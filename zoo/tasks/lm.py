@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from zoo.hub import create_model, read_export_config, resolve_pretrained
-from zoo.models.lm import check_top_k
+from zoo.models.lm import check_generation, check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
 from zoo.tasks.base import ZooTask
@@ -61,6 +61,7 @@ class LanguageModelTask(ZooTask):
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
         check_top_k(top_k)  # at config time, not after a whole fit
+        check_generation(max_new_tokens, temperature)
         self.save_hyperparameters()
         self.arch = arch
         self.data_info = dict(data_info or {})
@@ -73,7 +74,10 @@ class LanguageModelTask(ZooTask):
             meta = read_export_config(folder)
             cfg = meta["config"]
             self.arch = meta.get("arch")  # None for a converted checkpoint: no registered name describes it
-            if data_vocab is not None and data_vocab != cfg["vocab_size"]:
+            # fewer tokens than embedding rows is fine for the export's own tokenizer (converted Qwen2 / Llama
+            # pad the embedding); setup checks that the data's tokenizer is that one
+            padded = data_vocab is not None and data_vocab < cfg["vocab_size"] and _own_vocab_size(folder) == data_vocab
+            if data_vocab is not None and data_vocab != cfg["vocab_size"] and not padded:
                 raise ValueError(
                     f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
                     f"{cfg['vocab_size']}; set data.tokenizer to the checkpoint folder so both use its tokenizer"
@@ -233,6 +237,13 @@ class LanguageModelTask(ZooTask):
             f"model: {self.arch or 'converted (no registered name)'} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
             f"{self.model.num_params() / 1e6:.2f}M parameters"
         ]
+
+
+def _own_vocab_size(folder: Path) -> Optional[int]:
+    """Vocabulary size of the tokenizer an exported folder carries (None without one)."""
+    from zoo.data.tokenizers import CONFIG_NAME, load_tokenizer
+
+    return load_tokenizer(folder).vocab_size if (folder / CONFIG_NAME).is_file() else None
 
 
 def _arch_fields(cfg: dict[str, Any]) -> dict[str, Any]:
