@@ -258,3 +258,22 @@ def test_generation_never_samples_embedding_rows_past_the_tokenizer():
     sampled = model.generate(torch.tensor([[104, 105]]), max_new_tokens=6, temperature=1.0, seed=0, eos_id=-1)
     assert int(sampled.max()) < ByteTokenizer.vocab_size
     assert isinstance(model.generate("hi", max_new_tokens=4, temperature=1.0, seed=0), str)
+
+
+def test_generate_restores_training_mode_after_an_error():
+    """A generation that fails part-way (here the third decoding step) leaves a model that was training in
+    training mode, as a successful one does (dropout stays on for the next training step)."""
+    model = tiny().train()
+    calls = {"n": 0}
+    forward = model.forward
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("interrupted")
+        return forward(*args, **kwargs)
+
+    model.forward = failing
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.generate(torch.tensor([[1, 2]]), max_new_tokens=5, temperature=0, eos_id=-1)
+    assert calls["n"] == 3 and model.training and all(m.training for m in model.modules())

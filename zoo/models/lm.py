@@ -241,23 +241,25 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
         was_training = self.training
         self.eval()
-        caches = self.new_caches(total)
-        # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
-        n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
-        logits = self(ids, caches=caches)[:, -1, :n_tok]
-        out = [ids]
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, gen)
-            if eos_id is not None:
-                nxt = nxt.masked_fill(done[:, None], eos_id)  # a finished row keeps its end (eos), as padding
-            out.append(nxt)
-            if eos_id is not None:
-                done |= nxt.squeeze(1) == eos_id
-                if bool(done.all()):
-                    break
-            logits = self(nxt, caches=caches)[:, -1, :n_tok]
-        self.train(was_training)
+        try:  # an error part-way (e.g. interrupted) leaves the model in the mode it had
+            caches = self.new_caches(total)
+            # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
+            n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
+            logits = self(ids, caches=caches)[:, -1, :n_tok]
+            out = [ids]
+            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, gen)
+                if eos_id is not None:
+                    nxt = nxt.masked_fill(done[:, None], eos_id)  # a finished row keeps its end (eos), as padding
+                out.append(nxt)
+                if eos_id is not None:
+                    done |= nxt.squeeze(1) == eos_id
+                    if bool(done.all()):
+                        break
+                logits = self(nxt, caches=caches)[:, -1, :n_tok]
+        finally:
+            self.train(was_training)
         result = torch.cat(out, dim=1)
         if as_text:
             return self.tokenizer.decode(result[0, ids.shape[1] :].tolist())
