@@ -270,3 +270,30 @@ def test_build_lmdb_checks_every_image_before_writing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"labels of .* do not exist, e.g. \['b.png'\]"):
         build_lmdb(d, out)
     assert not out.exists()
+
+
+def test_csv_labels_with_an_unquoted_comma_or_blank_lines(tmp_path):
+    d = _folder(tmp_path, [("a.png", "x"), ("b.png", "y")], csv=True)
+    # a label holding an unquoted comma splits into a third column: an error, not a label cut at the comma
+    (d / "labels.csv").write_text("path,text\na.png,x,y\nb.png,y\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 2: .*3 columns.*quote"):
+        read_labels(d)
+    (d / "labels.csv").write_text("a.png,x,y\n")  # no header: two columns
+    with pytest.raises(ValueError, match=r"line 1: .*3 columns"):
+        read_labels(d)
+    # a header may declare further columns; blank lines (a trailing one from an editor) are skipped, as in labels.txt
+    (d / "labels.csv").write_text('path,text,source\r\na.png,"x,y",web\r\n\r\nb.png,y,web\r\n\r\n')
+    assert read_labels(d) == [("a.png", "x,y"), ("b.png", "y")]
+    (d / "labels.csv").unlink()
+    (d / "gt.txt").write_text('a.png, "x,y"\nb.png, x,y\n')  # ICDAR gt.txt quotes its labels
+    with pytest.raises(ValueError, match=r"gt.txt, line 2: 3 columns.*quote"):
+        read_labels(d)
+
+
+def test_labels_txt_lines_end_only_at_line_breaks(tmp_path):
+    # str.splitlines also breaks at U+2028, U+0085 (cp1252's "..." read as Latin-1), form feed...: inside a label
+    # they are characters (whitespace, removed by normalization), not the end of the line
+    d = _folder(tmp_path, [("a.png", "x"), ("b.png", "y")])
+    (d / "labels.txt").write_bytes("a.png\tab\u2028cd\r\nb.png\tef\x85\x0cgh\n".encode("utf-8"))
+    assert read_labels(d) == [("a.png", "ab\u2028cd"), ("b.png", "ef\x85\x0cgh")]
+    assert [t for _, t in open_source(d, CS)[0][1].items] == ["abcd", "efgh"]

@@ -142,3 +142,11 @@ def _parseq_label(label: str, charset: str, max_len: int):
 def test_length_cap_is_applied_before_out_of_charset_characters_go(label):
     cs = Charset("36", 6)
     assert cs.normalize(label) == _parseq_label(label, cs.chars, 6)
+
+
+@pytest.mark.parametrize("mode", ["PA", "La", "RGBa"])
+def test_images_with_other_alpha_modes_are_composited_on_white(mode):
+    # a fully transparent image is white, as RGBA / LA ones are (PA kept its palette colour, La raised)
+    rgba = Image.new("RGBA", (6, 4), (0, 0, 0, 0))
+    im = rgba.convert(mode) if mode != "La" else Image.new("La", (6, 4), (0, 0))
+    assert (np.asarray(load_image(im)) == 255).all()

@@ -175,3 +175,27 @@ def _only_good(tmp_path):
         d.mkdir()
         (d / "a.png").write_bytes((tmp_path / "a.png").read_bytes())
     return d
+
+
+def test_onnx_export_leaves_the_model_in_its_mode(exported, tmp_path):
+    m = zoo.load_pretrained(exported).train()  # exported mid-training (a callback): dropout must stay on after
+    export_onnx(m, tmp_path / "str.onnx", batch_size=1)
+    assert m.training and all(mod.training for mod in m.modules())
+    m.eval()
+    export_onnx(m, tmp_path / "str2.onnx", batch_size=1)
+    assert not m.training
+
+
+def test_onnx_export_refuses_to_overwrite_and_read_names_a_bad_batch_size(exported, tmp_path):
+    m = zoo.load_pretrained(exported)
+    (tmp_path / "str.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(FileExistsError, match="str.onnx already exist"):
+        export_onnx(m, tmp_path / "str.onnx")
+    assert (tmp_path / "str.onnx").read_bytes() == b"an earlier export"  # untouched
+    (tmp_path / "b.onnx.charset.txt").write_text("a\n")
+    with pytest.raises(FileExistsError, match="b.onnx.charset.txt already exist"):
+        export_onnx(m, tmp_path / "b.onnx")
+    assert not (tmp_path / "b.onnx").exists()
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad}"):
+            m.read([np.zeros((32, 128, 3), np.uint8)], batch_size=bad)

@@ -51,7 +51,9 @@ def load_image(x: Any) -> Image.Image:
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float: Pillow's convert would clip
         im = _to_8bit(im)
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode == "La":  # premultiplied grey + alpha: Pillow converts it only to LA
+        im = im.convert("LA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")

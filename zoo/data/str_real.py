@@ -157,20 +157,32 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".csv":
         # bom: Excel's "CSV UTF-8" starts with one
-        rows = list(csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline="")))
-        if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
+        reader = csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline=""))
+        # (file line, row); blank lines are skipped, as in labels.txt
+        rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+        columns = 2  # a header may declare further columns; without one a row is (path, text)
+        if rows and [c.strip().lower() for c in rows[0][1][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
+            columns = len(rows[0][1])
             rows = rows[1:]
-        for n, row in enumerate(rows, 1):
+        for n, row in rows:
             if len(row) < 2:
-                raise ValueError(f"{path}, row {n}: expected two columns (path, text), got {row}")
+                raise ValueError(f"{path}, line {n}: expected two columns (path, text), got {row}")
+            if len(row) > columns:
+                raise ValueError(
+                    f"{path}, line {n}: {len(row)} columns where {columns} are expected, got {row}; "
+                    'quote a label that holds a comma ("a,b")'
+                )
             pairs.append((row[0].strip(), row[1]))
     else:
         icdar = path.name.lower() == "gt.txt"  # ICDAR word recognition: `word_1.png, "Tired"`
-        for n, line in enumerate(read_utf8(path, "labels file", bom=True).splitlines(), 1):
+        # lines end at CR / LF only (str.splitlines also breaks at U+2028, U+0085, form feed: characters of a label)
+        for n, line in enumerate(re.split(r"\r\n|\r|\n", read_utf8(path, "labels file", bom=True)), 1):
             if not line.strip():
                 continue
             if icdar and re.match(r"^[^\s,]+,", line):  # `path, text` (a whitespace-separated gt.txt reads below)
                 row = next(csv.reader([line], skipinitialspace=True))
+                if len(row) > 2:
+                    raise ValueError(f"{path}, line {n}: {len(row)} columns, got {row}; quote a label that holds a comma (\"a,b\")")
                 pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
                 continue
             parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)

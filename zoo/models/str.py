@@ -356,6 +356,8 @@ class SceneTextRecognizer(nn.Module):
         float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises."""
         from zoo.data.str import load_image, to_tensor
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         was_training = self.training
@@ -475,7 +477,8 @@ class _NARRefine(nn.Module):
 
 
 def export_onnx(
-    model: SceneTextRecognizer, path: Union[str, Path], batch_size: int = 1, refine_iters: Optional[int] = None, opset: int = 18
+    model: SceneTextRecognizer, path: Union[str, Path], batch_size: int = 1, refine_iters: Optional[int] = None, opset: int = 18,
+    overwrite: bool = False,
 ) -> Path:
     """Write the non-autoregressive + refinement recognizer to ONNX at fixed shapes.
 
@@ -483,16 +486,25 @@ def export_onnx(
     output ``probs`` ``[batch_size, max_length + 1, classes]`` (class 0 = EOS, then the charset; the
     charset is written next to the file as ``<path>.charset.txt``). Decode with the charset up to
     the first EOS. The autoregressive loop is not exported (data-dependent control flow).
+    An existing file at ``path`` or its charset file is refused unless ``overwrite=True``.
     """
     path = Path(path)
+    charset_file = Path(str(path) + ".charset.txt")
+    taken = [str(p) for p in (path, charset_file) if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{' and '.join(taken)} already exist(s); pass overwrite=True to replace, or another path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
     wrapper = _NARRefine(model, model.config.refine_iters if refine_iters is None else refine_iters).eval()
     H, W = model.config.img_size
     param = next(model.parameters())
     dummy = torch.zeros(batch_size, 3, H, W, device=param.device, dtype=param.dtype)  # a GPU / half model as it is
-    with torch.no_grad():
-        torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
-    Path(str(path) + ".charset.txt").write_text("\n".join(model.charset.chars) + "\n", encoding="utf-8")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
+    finally:
+        model.train(was_training)  # as read() does: the caller's model keeps its mode
+    charset_file.write_text("\n".join(model.charset.chars) + "\n", encoding="utf-8")
     return path
 
 
