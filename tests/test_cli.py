@@ -142,3 +142,36 @@ def test_main_leaves_no_process_group_behind(argv, tmp_path, capsys):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+LM_TINY = ["--config", DEFAULTS["lm"], "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 128}",
+           "--data.init_args.train_size=256", "--data.init_args.val_size=64", "--data.init_args.test_size=64",
+           "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
+           "--trainer.enable_progress_bar=false", "--export.enabled=false"]
+
+
+def test_ckpt_path_last_resumes_the_previous_run(tmp_path, monkeypatch):
+    """`fit --ckpt_path last` continues the newest checkpoint of the earlier runs (a new run gets a new
+    version folder, and zoo runs save no last.ckpt): it must not silently start again from step 0."""
+    import lightning as L
+
+    monkeypatch.chdir(ROOT)
+    root = f"--trainer.default_root_dir={tmp_path}"
+    main(["fit", *LM_TINY, root, "--trainer.max_steps=2"])
+    first = next(tmp_path.rglob("*.ckpt"))
+    seen = []
+    monkeypatch.setattr(L.Callback, "on_train_start", lambda self, trainer, module: seen.append(trainer.global_step),
+                        raising=False)
+    main(["fit", *LM_TINY, root, "--trainer.max_steps=3", "--ckpt_path=last"])
+    assert seen and seen[0] == 2, f"resumed at step {seen} from {first}"
+
+
+def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
+    """validate / test with a checkpoint another domain's task wrote: an error naming both classes."""
+    monkeypatch.chdir(ROOT)
+    main(["fit", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    for sub in ("validate", "test"):
+        with pytest.raises(ValueError, match=r"LanguageModelTask.*ForecastTask|ForecastTask.*LanguageModelTask"):
+            main([sub, "--config", DEFAULTS["ts"], f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path}",
+                  "--trainer.enable_progress_bar=false"])

@@ -187,3 +187,41 @@ def test_overwrite_of_an_export_without_an_asset_record_refuses_leftovers(tmp_pa
     with pytest.raises(FileExistsError, match=r"older zoo .*\['tokenizer_config.json'\]"):
         export_model(_model(), folder, overwrite=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
+
+
+def test_a_config_json_that_is_not_a_json_object_is_named_corrupt(tmp_path):
+    export_model(_model(), tmp_path / "exp")
+    cfg = tmp_path / "exp" / "config.json"
+    cfg.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json is not a zoo export"):
+        load_pretrained(tmp_path / "exp")
+    cfg.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON.*corrupt"):
+        load_pretrained(tmp_path / "exp")
+
+
+def test_create_model_takes_timm_style_pretrained_flags():
+    """timm's pretrained=True loads the weights shipped under the name; False builds it untrained."""
+    ref = load_pretrained("str-diff-tiny")
+    built = zoo.create_model("str-diff-tiny", pretrained=True)
+    ref_state = ref.state_dict()
+    assert all(torch.equal(t, ref_state[k]) for k, t in built.state_dict().items())
+    assert isinstance(zoo.create_model("lm-diff-tiny", pretrained=False), torch.nn.Module)
+    with pytest.raises(ValueError, match=r"'lm-diff-tiny' has no shipped weights"):
+        zoo.create_model("lm-diff-tiny", pretrained=True)
+
+
+def test_an_asset_file_missing_from_the_export_is_named(tmp_path):
+    """config.json lists the export's asset files: one deleted must not load as a model without a tokenizer."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    m = _model()
+    m.tokenizer = ByteTokenizer()
+    export_model(m, tmp_path / "exp")
+    assets = json.loads((tmp_path / "exp" / "config.json").read_text())["assets"]
+    assert assets
+    (tmp_path / "exp" / assets[0]).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"\['{assets[0]}'\].*missing"):
+        load_pretrained(tmp_path / "exp")
+    with pytest.raises(FileNotFoundError, match=rf"\['{assets[0]}'\].*missing"):
+        zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2)

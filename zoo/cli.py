@@ -39,6 +39,35 @@ def runtime_fields(arch: Optional[str]) -> frozenset:
     return frozenset(getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS) if spec else DEFAULT_RUNTIME_FIELDS)
 
 
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``zoo.tasks.X`` and ``zoo.tasks.lm.X`` do)."""
+    def load(path: str):
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    try:
+        return load(a) is load(b)
+    except (ImportError, AttributeError, ValueError):
+        return a == b
+
+
+def last_checkpoint(trainer) -> Optional[str]:
+    """The newest ``.ckpt`` of this run's checkpoint folders and of the logger's earlier runs, or None.
+
+    ``--ckpt_path last`` in Lightning looks for ``last*.ckpt`` in the new run's own (empty) version folder only,
+    so a second ``fit --ckpt_path last`` would start again from step 0.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folders = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    folders.append(Path(trainer.default_root_dir) / "checkpoints")  # the layout without a logger
+    root = getattr(trainer.logger, "root_dir", None)
+    if root:
+        folders += sorted(Path(root).glob("version_*/checkpoints"))
+    found = [p for f in folders if f.is_dir() for p in f.glob("*.ckpt") if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
 class ZooCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -58,7 +87,15 @@ class ZooCLI(LightningCLI):
         # the checkpoint's; its architecture fields cannot (the weights fix them)
         args_key = f"{sub}.model.init_args.model_args"
         user_args = self.config.get(args_key) if sub and given is not None and args_key in given else None
+        task = self.config.get(f"{sub}.model.class_path") if sub else None
         super()._parse_ckpt_path()
+        stored = self.config.get(f"{sub}.model.class_path") if sub else None
+        if task and stored and not _same_class(task, stored):
+            # Lightning would swap in the checkpoint's task and feed it this config's arguments and data
+            raise ValueError(
+                f"--ckpt_path {self.config.get(f'{sub}.ckpt_path')} was written by {stored}, but the config builds "
+                f"{task}; use a config of the checkpoint's domain or a checkpoint of this one"
+            )
         for k, v in keep.items():
             self.config[k] = v
         if user_args:
@@ -66,6 +103,12 @@ class ZooCLI(LightningCLI):
             merged = dict(self.config.get(args_key) or {})
             merged.update({k: v for k, v in dict(user_args).items() if k in runtime})
             self.config[args_key] = merged
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = last_checkpoint(self.trainer) or "last"
+        return kwargs
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_info", "model.init_args.data_info", apply_on="instantiate")

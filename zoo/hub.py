@@ -126,10 +126,11 @@ def _import_class(path: str) -> type:
         raise ValueError(f"model class {path!r} named in {CONFIG_FILE} does not exist in this zoo version") from exc
 
 
-def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, pretrained: Optional[Union[str, Path, bool]] = None, **overrides: Any) -> nn.Module:
     """Build the registered architecture ``name`` with ``overrides``; load weights from ``pretrained``.
 
-    ``pretrained`` is an exported folder (or a registered name with shipped weights); its config
+    ``pretrained`` is an exported folder (or a registered name with shipped weights; ``True``: the weights
+    shipped under ``name``, as in timm); its config
     must match the built architecture except for runtime fields (dropout, backend, ...), else a
     ``ValueError`` lists the differing fields. Fields the training data fixes (the model class's
     ``data_fields``: a recognizer's charset and maximum length, a tokenizer's vocabulary size) come
@@ -139,6 +140,8 @@ def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **ove
     spec = get_spec(name)
     config = {**spec.config, **overrides}
     meta = folder = None
+    if isinstance(pretrained, bool):  # timm's pretrained=True: the weights shipped under this name
+        pretrained = _shipped_folder(spec) if pretrained else None
     if pretrained is not None:
         folder = resolve_pretrained(pretrained)
         meta = read_export_config(folder)
@@ -149,7 +152,7 @@ def create_model(name: str, pretrained: Optional[Union[str, Path]] = None, **ove
     if meta is not None:
         check_compatible(model, meta, folder, overrides=set(overrides), arch=name)
         _load_weights(model, folder)
-        _load_assets(model, folder)
+        _load_assets(model, folder, meta)
     return model
 
 
@@ -161,15 +164,20 @@ def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
     _ensure_registered()
     spec = _MODELS.get(str(name_or_path))
     if spec is not None:
-        if spec.pretrained is None or not (PRETRAINED_DIR / spec.pretrained).is_dir():
-            raise ValueError(
-                f"model {spec.name!r} has no shipped weights; names with weights: {list_models(pretrained=True)}"
-            )
-        return PRETRAINED_DIR / spec.pretrained
+        return _shipped_folder(spec)
     raise FileNotFoundError(
         f"{str(name_or_path)!r} is neither an exported model folder nor a model name with shipped weights "
         f"({list_models(pretrained=True)}); export one with zoo.export_model or `python -m zoo export`"
     )
+
+
+def _shipped_folder(spec: ModelSpec) -> Path:
+    """The folder of the weights shipped under ``spec``'s name."""
+    if spec.pretrained is None or not (PRETRAINED_DIR / spec.pretrained).is_dir():
+        raise ValueError(
+            f"model {spec.name!r} has no shipped weights; names with weights: {list_models(pretrained=True)}"
+        )
+    return PRETRAINED_DIR / spec.pretrained
 
 
 def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
@@ -180,9 +188,9 @@ def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
         raise FileNotFoundError(f"{cfg_path} not found: {folder} is not an exported zoo model folder")
     try:
         meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{cfg_path} is not valid JSON ({exc}); the export is corrupt") from exc
-    if meta.get("format") != FORMAT or "model_class" not in meta or "config" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model_class" not in meta or "config" not in meta:
         raise ValueError(
             f"{cfg_path} is not a zoo export (needs format={FORMAT!r}, model_class, config); "
             "Hugging Face folders are imported through zoo.convert"
@@ -285,7 +293,16 @@ def _tied_names(model: nn.Module) -> set[str]:
     return tied
 
 
-def _load_assets(model: nn.Module, folder: Path) -> None:
+def _load_assets(model: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
+    # the asset files the export wrote (an older export did not list them): a lost one is an error, not a
+    # model silently loaded without its tokenizer or scaler statistics
+    assets = meta.get("assets") if isinstance(meta.get("assets"), list) else []
+    missing = [a for a in assets if isinstance(a, str) and not (folder / a).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} lacks the asset files {missing} its {CONFIG_FILE} lists (missing: the export is incomplete); "
+            "copy the whole folder or re-export the model"
+        )
     if hasattr(model, "load_assets"):
         model.load_assets(folder)
 
@@ -308,7 +325,7 @@ def load_pretrained(
         raise ValueError(f"load_pretrained can only override runtime fields {sorted(runtime)}, not {bad}")
     model = cls.from_config({**meta["config"], **overrides})
     _load_weights(model, folder)
-    _load_assets(model, folder)
+    _load_assets(model, folder, meta)
     if adapter:
         from zoo.nn.adapters import ADAPTER_FILE, load_adapter
 

@@ -500,3 +500,18 @@ def test_diff_without_subln_leaves_out_the_head_norm_and_scale():
     torch.testing.assert_close(mods[True](x, context=ctx), normed2.reshape(2, 5, dim), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="subln must be True or False"):
         build_attention("diff", dim, H, subln="no")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_keeps_its_angles_after_module_cast(dtype):
+    """model.to(bf16) (Lightning's precision="bf16-true") must not round RoPE's frequencies: late
+    positions would rotate by the wrong angle (radians off), far beyond rounding the output."""
+    from zoo.nn import RotaryEmbedding
+
+    rope = RotaryEmbedding(16, max_seq_len=8).to(dtype)
+    x = torch.randn(1, 1, 4, 16, dtype=torch.float64)
+    start = 1500  # beyond the table: built after the cast
+    got = rope(x.to(dtype), start).double()
+    ref = rope_ref(x.to(dtype).double(), start)
+    eps = torch.finfo(dtype).eps
+    assert (got - ref).abs().max() < 8 * eps * x.abs().max()

@@ -624,3 +624,33 @@ def test_a_model_forced_to_triton_runs_every_layer(attn_type, monkeypatch):
     assert_close(out.float(), ref.float(), 1e-4, 1e-4, f"{attn_type} under triton vs naive")
     q = torch.randn(1, 2, 5, 8)
     assert_close(attention(q, q, q, backend="triton"), attention(q, q, q, backend="naive"), 1e-5, 1e-5, "single map")
+
+
+@pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
+def test_float64_inputs_keep_float64_precision_and_pass_gradcheck(backend):
+    """float64 in, float64 math: the fp32 reference must not round float64 inputs down to float32."""
+    torch.manual_seed(21)
+    tq, tk = 3, 5
+    q1, q2 = torch.randn(2, 2, tq, 4, dtype=torch.float64), torch.randn(2, 2, tq, 4, dtype=torch.float64)
+    k1, k2 = torch.randn(2, 1, tk, 4, dtype=torch.float64), torch.randn(2, 1, tk, 4, dtype=torch.float64)
+    v = torch.randn(2, 1, tk, 6, dtype=torch.float64)
+    lam = torch.tensor(0.3, dtype=torch.float64)
+    km = torch.tensor([[True] * tk, [True, True, False, True, False]])
+    out = attention(q1, k1, v, causal=True, key_mask=km, backend=backend)
+    assert out.dtype == torch.float64
+    assert_close(out, ref_attention(q1, k1, v, causal=True, key_mask=km), 1e-12, 1e-12, "attention")
+    out = diff_attention(q1, q2, k1, k2, v, lam, causal=True, key_mask=km, backend=backend)
+    assert_close(out, ref_diff_attention(q1, q2, k1, k2, v, lam, causal=True, key_mask=km), 1e-12, 1e-12, "diff")
+    fn = lambda *xs: diff_attention(*xs, causal=True, key_mask=km, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [leaf(x) for x in (q1, q2, k1, k2, v, lam)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
+def test_diff_attention_maps_of_different_shapes_raise(backend):
+    """q2 with one query against q1 with five must not broadcast into a wrong [.., 5, ..] output."""
+    q1, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    lam = torch.tensor(0.5)
+    with pytest.raises(ValueError, match="q1.*q2"):
+        diff_attention(q1, q1[:, :, :1], k, k, v, lam, backend=backend)
+    with pytest.raises(ValueError, match="k1.*k2"):
+        diff_attention(q1, q1, k, k[:, :1], v, lam, backend=backend)

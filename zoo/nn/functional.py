@@ -100,7 +100,8 @@ def _naive_single(q, k, v, mask, scale, dropout_p, training) -> Tensor:
     """Materialized fp32 softmax attention; the reference every backend is tested against."""
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    dt = torch.promote_types(q.dtype, torch.float32)  # at least fp32: float64 inputs stay float64
+    s = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * scale
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, dim=-1)
@@ -108,7 +109,7 @@ def _naive_single(q, k, v, mask, scale, dropout_p, training) -> Tensor:
         p = torch.nan_to_num(p, nan=0.0)  # rows with no visible key
     if dropout_p > 0.0 and training:
         p = F.dropout(p, dropout_p)
-    return torch.matmul(p, v.float())
+    return torch.matmul(p, v.to(dt))
 
 
 def _sdpa_single(q, k, v, mask, scale, dropout_p, causal_only) -> Tensor:
@@ -211,6 +212,9 @@ def diff_attention(
     Returns ``[batch, H, Tq, v_dim]`` in the dtype of ``q1``. See the module docstring for
     shapes, masks and backends.
     """
+    if q1.shape != q2.shape or k1.shape != k2.shape:  # else o1 - lam * o2 could broadcast silently
+        raise ValueError(f"the two maps disagree: q1{tuple(q1.shape)} q2{tuple(q2.shape)} "
+                         f"k1{tuple(k1.shape)} k2{tuple(k2.shape)}; pass equally shaped q1/q2 and k1/k2")
     _check_shapes(q1, k1, v, key_mask)
     _check_shapes(q2, k2, v, key_mask)
     scale = 1.0 / math.sqrt(q1.shape[-1]) if scale is None else scale
@@ -237,7 +241,7 @@ def diff_attention(
     if name == "naive":
         o1 = _naive_single(q1, k1, v, mask, scale, p, training)
         o2 = _naive_single(q2, k2, v, mask, scale, p, training)
-        return (o1 - lam.float() * o2).to(q1.dtype)
+        return (o1 - lam.to(o1.dtype) * o2).to(q1.dtype)
     causal_only = causal and key_mask is None and tq == tk and tq > 1
     o1 = _sdpa_single(q1, k1, v, mask, scale, p, causal_only)
     o2 = _sdpa_single(q2, k2, v, mask, scale, p, causal_only)

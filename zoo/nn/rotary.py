@@ -18,9 +18,11 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
         self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
         self._cache: tuple[Tensor, Tensor] | None = None
+
+    def _inv_freq(self, device: torch.device | None = None) -> Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
 
     def _tables(self, end: int, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._cache is None or self._cache[0].shape[0] < end or self._cache[0].device != device:
@@ -29,7 +31,8 @@ class RotaryEmbedding(nn.Module):
             # inference-mode table could not be saved for backward by a later training step
             with torch.inference_mode(False):
                 t = torch.arange(n, device=device, dtype=torch.float32)
-                freqs = torch.outer(t, self.inv_freq.to(device))
+                # from fp32 frequencies, not the buffer: model.to(bf16) rounds it, rotating late positions radians off
+                freqs = torch.outer(t, self._inv_freq(device))
                 emb = torch.cat([freqs, freqs], dim=-1)
                 self._cache = (emb.cos(), emb.sin())
         return self._cache
