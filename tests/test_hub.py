@@ -225,3 +225,12 @@ def test_an_asset_file_missing_from_the_export_is_named(tmp_path):
         load_pretrained(tmp_path / "exp")
     with pytest.raises(FileNotFoundError, match=rf"\['{assets[0]}'\].*missing"):
         zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2)
+
+
+@pytest.mark.parametrize("name", ["lm-diff-tiny", "encoder-tiny", "vlm-tiny", "str-diff-tiny", "ts-itransformer-diff-small"])
+def test_a_misspelt_create_model_keyword_is_named_in_every_domain(name):
+    # the LM, encoder and VLM configs raised a bare dataclass TypeError; every domain names the field and the known ones
+    import zoo
+
+    with pytest.raises(ValueError, match=r"unknown \w+ config field\(s\) \['dimm'\]; known: \[.*'"):
+        zoo.create_model(name, dimm=64)

@@ -126,6 +126,18 @@ def _import_class(path: str) -> type:
         raise ValueError(f"model class {path!r} named in {CONFIG_FILE} does not exist in this zoo version") from exc
 
 
+def config_from(config_class: type, config: Any, owner: str) -> Any:
+    """``config`` (a ``config_class`` instance or a dict of its fields) as a ``config_class``; an unknown
+    field (a misspelt ``create_model`` keyword, a stale export) is a ``ValueError`` naming it and the known ones."""
+    if isinstance(config, config_class):
+        return config
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise ValueError(f"unknown {owner} config field(s) {unknown}; known: {sorted(names)}")
+    return config_class(**config)
+
+
 def create_model(name: str, pretrained: Optional[Union[str, Path, bool]] = None, **overrides: Any) -> nn.Module:
     """Build the registered architecture ``name`` with ``overrides``; load weights from ``pretrained``.
 

@@ -515,3 +515,25 @@ def test_rope_keeps_its_angles_after_module_cast(dtype):
     ref = rope_ref(x.to(dtype).double(), start)
     eps = torch.finfo(dtype).eps
     assert (got - ref).abs().max() < 8 * eps * x.abs().max()
+
+
+def test_bad_kv_heads_and_a_refused_cached_call_leave_the_cache_unchanged():
+    from zoo.nn import KVCache
+
+    with pytest.raises(ValueError, match=r"n_kv_heads \(0\)"):  # 0 used to mean "n_heads" silently
+        build_attention("diff", dim=32, n_heads=4, n_kv_heads=0)
+    from zoo.models.lm import LMConfig
+
+    with pytest.raises(ValueError, match=r"n_kv_heads \(0"):
+        LMConfig(vocab_size=10, dim=32, n_layers=1, n_heads=4, n_kv_heads=0)
+    torch.manual_seed(0)
+    layer = build_attention("diff", dim=32, n_heads=2, causal=True, rope=True, max_seq_len=16).eval()
+    x = torch.randn(1, 5, 32)
+    cache = KVCache(16)
+    layer(x[:, :3], cache=cache)
+    with pytest.raises(ValueError, match=r"key_mask covers the cached keys too: expected \[1, 3 cached \+ 1 new\]"):
+        layer(x[:, 3:4], key_mask=torch.ones(1, 1, dtype=torch.bool), cache=cache)  # the new key only
+    assert cache.pos == 3  # untouched: the retry below continues the sequence
+    out = layer(x[:, 3:4], key_mask=torch.ones(1, 4, dtype=torch.bool), cache=cache)
+    full = layer(x[:, :4])  # reference: the whole sequence at once (causal)
+    torch.testing.assert_close(out, full[:, 3:4], rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets
-from zoo.hub import register_model
+from zoo.hub import config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
 
@@ -107,7 +107,7 @@ class TextEncoder(TokenizerAssets, nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[EncoderConfig, dict]) -> "TextEncoder":
-        return cls(config if isinstance(config, EncoderConfig) else EncoderConfig(**config))
+        return cls(config_from(EncoderConfig, config, cls.__name__))
 
     def forward(
         self,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets
+from zoo.hub import config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 
 
@@ -55,9 +56,9 @@ class LMConfig:
             raise ValueError(f"vocab_size, dim, n_layers and max_seq_len must be positive: {self}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        kv = self.n_kv_heads or self.n_heads
-        if self.n_heads % kv:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
+        kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+        if kv <= 0 or self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv}, None: n_heads)")
         if self.mlp_hidden is None:
             self.mlp_hidden = swiglu_hidden(self.dim)
 
@@ -135,7 +136,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[LMConfig, dict]) -> "DiffTransformerLM":
-        return cls(config if isinstance(config, LMConfig) else LMConfig(**config))
+        return cls(config_from(LMConfig, config, cls.__name__))
 
     def new_caches(self, max_len: Optional[int] = None) -> list[KVCache]:
         """One empty KV cache per layer."""

@@ -25,7 +25,6 @@ per sequence only; autoregressive decoding re-runs the decoder once per step (no
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.charsets import CHARSETS, Charset, check_charset
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
 
@@ -230,13 +229,7 @@ class SceneTextRecognizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[STRConfig, dict]) -> "SceneTextRecognizer":
-        if isinstance(config, STRConfig):
-            return cls(config)
-        names = {f.name for f in dataclasses.fields(STRConfig)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} config field(s) {unknown}; known: {sorted(names)}")
-        return cls(STRConfig(**config))
+        return cls(config_from(STRConfig, config, cls.__name__))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

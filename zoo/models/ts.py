@@ -21,7 +21,6 @@ frame into future rows with timestamps on the original scale.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 
@@ -170,13 +169,7 @@ class Forecaster(nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[TSEncoderConfig, dict]) -> "Forecaster":
-        if isinstance(config, cls.config_class):
-            return cls(config)
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} config field(s) {unknown}; known: {sorted(names)}")
-        return cls(cls.config_class(**config))
+        return cls(config_from(cls.config_class, config, cls.__name__))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.nn import GeluMlp, build_attention
 from zoo.nn.fda import DIRECTIONS, FDACrossAttention
@@ -184,7 +184,7 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[VLMConfig, dict]) -> "VisionLanguageModel":
-        return cls(config if isinstance(config, VLMConfig) else VLMConfig(**config))
+        return cls(config_from(VLMConfig, config, cls.__name__))
 
     def with_fda(
         self, layers: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None, direction: str = "both",

@@ -178,8 +178,8 @@ class AttentionBase(nn.Module):
         super().__init__()
         if bias not in (True, False, "qkv"):
             raise ValueError(f"bias must be True, False or 'qkv', got {bias!r}")
-        n_kv_heads = n_kv_heads or n_heads
-        if n_heads <= 0 or n_heads % n_kv_heads:
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})")
         if head_dim is None:
             if dim % n_heads:
@@ -230,6 +230,12 @@ class AttentionBase(nn.Module):
         """
         if cache is not None and context is not None:
             raise ValueError("KV caching is for self-attention; pass cache=None with a context")
+        if cache is not None and key_mask is not None and tuple(key_mask.shape) != (x.shape[0], cache.pos + x.shape[1]):
+            # checked before the cache takes this call's keys: a refused call leaves the cache as it was
+            raise ValueError(
+                f"with a KV cache, key_mask covers the cached keys too: expected [{x.shape[0]}, "
+                f"{cache.pos} cached + {x.shape[1]} new], got {list(key_mask.shape)}"
+            )
         start = cache.pos if cache is not None else 0
         q, k, v = self._project(x, context)
         out = self._attend(q, k, v, x, start, context is None, key_mask, cache)
