@@ -126,10 +126,35 @@ def test_help_names_every_subcommand(capsys):
     assert "python -m zoo export CKPT OUT" in out and "python -m zoo convert" in out and "fit,validate,test,predict" in out
 
 
-@pytest.mark.parametrize("argv", [["fit", "--help"], ["fit", "--config", "no-such-config.yaml"]])
-def test_main_leaves_no_process_group_behind(argv, tmp_path, capsys):
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_main_ends_the_process_group_its_run_started(outcome, tmp_path, monkeypatch):
     # Lightning destroys only NCCL groups at exit; a gloo group (CPU DDP) left alive can abort the finished
-    # process at interpreter teardown. main() must end it, also when the CLI stops early (help, bad config).
+    # process at interpreter teardown. main() must end the group the run started, also when the run fails.
+    import torch.distributed as dist
+
+    import zoo.cli
+
+    class Run:  # stands in for the CLI: the trainer's DDP setup starts the group
+        def __init__(self, *args, **kwargs):
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+            if outcome == "failed":
+                raise RuntimeError("training failed")
+
+    monkeypatch.setattr(zoo.cli, "ZooCLI", Run)
+    try:
+        if outcome == "failed":
+            with pytest.raises(RuntimeError, match="training failed"):
+                zoo.cli.main(["fit"])
+        else:
+            zoo.cli.main(["fit"])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_main_keeps_a_process_group_its_caller_started(tmp_path, capsys):
+    # a script that set up torch.distributed itself and calls main() keeps its group afterwards
     import torch.distributed as dist
 
     from zoo.cli import main
@@ -137,11 +162,10 @@ def test_main_leaves_no_process_group_behind(argv, tmp_path, capsys):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         with pytest.raises(SystemExit):
-            main(argv)
-        assert not dist.is_initialized()
+            main(["fit", "--help"])
+        assert dist.is_initialized()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 LM_TINY = ["--config", DEFAULTS["lm"], "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 128}",
@@ -175,3 +199,40 @@ def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=r"LanguageModelTask.*ForecastTask|ForecastTask.*LanguageModelTask"):
             main([sub, "--config", DEFAULTS["ts"], f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path}",
                   "--trainer.enable_progress_bar=false"])
+
+
+def _ckpt(path, age):
+    import os
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    t = time.time() - age
+    os.utime(path, (t, t))
+    return path
+
+
+def test_ckpt_path_last_stays_in_the_users_checkpoint_folders(tmp_path):
+    """`--ckpt_path last` with ModelCheckpoint(dirpath=...) or a fixed logger version resolves within that run's
+    folder (as Lightning does), never to a newer checkpoint of another experiment sharing the logger's root."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from zoo.cli import last_checkpoint
+
+    other = _ckpt(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "epoch=9-step=900.ckpt", age=10)
+    _ckpt(tmp_path / "checkpoints" / "stray.ckpt", age=5)
+    mine = _ckpt(tmp_path / "mine" / "last.ckpt", age=100)
+    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "mine")],
+                        logger=CSVLogger(tmp_path), accelerator="cpu", enable_progress_bar=False)
+    assert last_checkpoint(trainer) == str(mine)
+
+    run1 = _ckpt(tmp_path / "lightning_logs" / "run1" / "checkpoints" / "last.ckpt", age=100)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path, version="run1"), accelerator="cpu",
+                        enable_progress_bar=False)
+    assert last_checkpoint(trainer) == str(run1)
+    # an automatic version (a new, empty folder): the newest checkpoint of the earlier versions
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu",
+                        enable_progress_bar=False)
+    assert last_checkpoint(trainer) == str(other)

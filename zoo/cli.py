@@ -52,19 +52,32 @@ def _same_class(a: str, b: str) -> bool:
 
 
 def last_checkpoint(trainer) -> Optional[str]:
-    """The newest ``.ckpt`` of this run's checkpoint folders and of the logger's earlier runs, or None.
+    """The newest ``.ckpt`` of this run's checkpoint folders, or None: a ``ModelCheckpoint(dirpath=...)``'s folder,
+    a fixed logger version's ``checkpoints``, else the logger's earlier ``version_*`` runs (no logger:
+    ``default_root_dir/checkpoints``).
 
     ``--ckpt_path last`` in Lightning looks for ``last*.ckpt`` in the new run's own (empty) version folder only,
     so a second ``fit --ckpt_path last`` would start again from step 0.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    folders = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
-    folders.append(Path(trainer.default_root_dir) / "checkpoints")  # the layout without a logger
-    root = getattr(trainer.logger, "root_dir", None)
-    if root:
-        folders += sorted(Path(root).glob("version_*/checkpoints"))
-    found = [p for f in folders if f.is_dir() for p in f.glob("*.ckpt") if p.is_file()]
+    def ckpts(folders) -> list[Path]:
+        return [p for f in folders if f.is_dir() for p in f.glob("*.ckpt") if p.is_file()]
+
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    # a user-set ModelCheckpoint(dirpath=...) is the run's own folder: only those (as Lightning does)
+    folders = [Path(cb.dirpath) for cb in callbacks if cb.dirpath]
+    if not folders or len(folders) < len(callbacks):  # some checkpoints go to the logger's version folder
+        if trainer.logger is None:
+            folders.append(Path(trainer.default_root_dir) / "checkpoints")  # the layout without a logger
+        else:
+            log_dir = getattr(trainer.logger, "log_dir", None)
+            own = Path(log_dir) / "checkpoints" if log_dir else None
+            if own is not None and ckpts([own]):  # a fixed logger version: this run's own folder
+                folders.append(own)
+            elif getattr(trainer.logger, "root_dir", None):
+                folders += sorted(Path(trainer.logger.root_dir).glob("version_*/checkpoints"))
+    found = ckpts(folders)
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
@@ -180,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
               "python -m zoo convert HF_FOLDER OUT                                 (a Hugging Face model -> a zoo export)\n")
     finished = False
+    ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # else the caller's group
     try:
         ZooCLI(
             LightningModule,
@@ -192,19 +206,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         )
         finished = True
     finally:
-        close_process_group(wait_for_peers=finished)
+        if ours:
+            close_process_group(wait_for_peers=finished)
 
 
-def close_process_group(wait_for_peers: bool = True) -> None:
+def close_process_group(wait_for_peers: bool = True, timeout_s: float = 60.0) -> None:
     """End a multi-process run's process group before the interpreter exits.
 
     Lightning destroys the group at exit only for NCCL; a gloo group (CPU DDP) left alive aborts the process at
     interpreter teardown now and then ("terminate called without an active exception", exit -6) although the run
-    finished. After a clean run every rank first waits for the others, so none closes its connections while a
-    peer still talks to it; after an error the group is destroyed at once (a barrier could wait forever).
+    finished. After a clean run a gloo rank first waits up to ``timeout_s`` for the others, so none closes its
+    connections while a peer still talks to it, and a peer that failed after training (its rank alone) costs that
+    wait, not a hang; after an error here the group is destroyed at once. NCCL groups are destroyed as Lightning
+    does, without a barrier.
     """
+    from datetime import timedelta
+
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    if wait_for_peers:
-        torch.distributed.barrier()
+    if wait_for_peers and torch.distributed.get_backend() == "gloo":
+        try:
+            torch.distributed.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        except RuntimeError:  # a peer did not come (it failed): nothing left to wait for
+            pass
     torch.distributed.destroy_process_group()

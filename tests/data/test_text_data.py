@@ -247,3 +247,30 @@ def test_long_document_with_a_llama_style_tokenizer_gets_no_spurious_spaces(monk
     stream = encode_corpus(tok, [doc, "his horse"]).tolist()
     assert stream == tok.encode(doc) + [2] + tok.encode("his horse")
     assert tok.decode(stream[: len(tok.encode(doc))]) == doc
+
+
+def test_long_document_with_a_byte_level_hf_tokenizer_is_still_encoded_in_parallel_pieces(monkeypatch):
+    """A converted GPT-2 / Qwen2-style (byte-level, no prepended space) tokenizer encodes a piece as it would in
+    context, so a long document keeps being split into line-aligned pieces for the parallel batch API (a 100 MB
+    document encoded whole is single-threaded and takes several GB more memory), with the same stream."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    import zoo.data.text as text_mod
+    from zoo.data.text import encode_corpus
+    from zoo.data.tokenizers import HFTokenizer
+
+    doc = "\n".join(f"the king speaks to a fool {i}" for i in range(40))
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([doc], trainer)
+    tok = HFTokenizer(backend, bos_id=0, eos_id=0, pad_id=None)
+    monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 100)
+    batches = []
+    encode_batch = tok.encode_batch
+    monkeypatch.setattr(tok, "encode_batch", lambda texts: batches.append(list(texts)) or encode_batch(texts))
+    stream = encode_corpus(tok, [doc, "his horse"]).tolist()
+    assert stream == tok.encode(doc) + [0] + tok.encode("his horse")
+    assert len(batches[-1]) > 2, "the long document was encoded whole"

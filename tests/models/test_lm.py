@@ -277,3 +277,27 @@ def test_generate_restores_training_mode_after_an_error():
     with pytest.raises(RuntimeError, match="interrupted"):
         model.generate(torch.tensor([[1, 2]]), max_new_tokens=5, temperature=0, eos_id=-1)
     assert calls["n"] == 3 and model.training and all(m.training for m in model.modules())
+
+
+def test_generate_takes_numpy_scalars_for_its_settings():
+    # settings computed with numpy (np.int64 lengths, np.float32 temperatures) were taken before the checks came
+    import numpy as np
+
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    out = model.generate(prompt, max_new_tokens=np.int64(3), temperature=np.float32(0.7), seed=0)
+    assert out.shape == (1, 7)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0"):
+        model.generate(prompt, max_new_tokens=np.float64(2.5))
+
+
+def test_greedy_generation_leaves_the_global_random_stream_alone():
+    """Only sampling draws its seed from torch's global RNG: greedy decoding (e.g. a sample printed during
+    training) must not shift the random numbers the training run draws next."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 3))
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    model.generate(prompt, max_new_tokens=4, temperature=0)
+    assert torch.equal(torch.rand(3), want)

@@ -309,3 +309,12 @@ def test_adapter_loads_onto_its_own_base_in_half_precision_but_not_onto_another(
 def test_bad_adapter_settings_are_named(method, kwargs, message):
     with pytest.raises(ValueError, match=message):
         A.apply_adapter(lm(), method, **kwargs)
+
+
+def test_dex_anneal_steps_written_in_scientific_notation_is_accepted():
+    # `adapter: {method: dex, anneal_steps: 1e4}` in a CLI YAML (omegaconf+) arrives as the float 10000.0, and an
+    # adapter_config.json written from it holds 10000.0: both were read as 10000 steps and must stay so
+    model = A.apply_adapter(lm(), "dex", anneal_steps=1e4)
+    assert all(m.anneal_steps == 10000 for m in A.adapted_layers(model))
+    with pytest.raises(ValueError, match="dex anneal_steps must be an integer >= 0, got 2.5"):
+        A.apply_adapter(lm(), "dex", anneal_steps=2.5)

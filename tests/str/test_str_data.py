@@ -278,8 +278,8 @@ def test_csv_labels_with_an_unquoted_comma_or_blank_lines(tmp_path):
     (d / "labels.csv").write_text("path,text\na.png,x,y\nb.png,y\n")
     with pytest.raises(ValueError, match=r"labels.csv, line 2: .*3 columns.*quote"):
         read_labels(d)
-    (d / "labels.csv").write_text("a.png,x,y\n")  # no header: two columns
-    with pytest.raises(ValueError, match=r"line 1: .*3 columns"):
+    (d / "labels.csv").write_text("a.png,x\nb.png,x,y\n")  # no header: the columns every row has (two)
+    with pytest.raises(ValueError, match=r"line 2: .*3 columns"):
         read_labels(d)
     # a header may declare further columns; blank lines (a trailing one from an editor) are skipped, as in labels.txt
     (d / "labels.csv").write_text('path,text,source\r\na.png,"x,y",web\r\n\r\nb.png,y,web\r\n\r\n')
@@ -297,3 +297,15 @@ def test_labels_txt_lines_end_only_at_line_breaks(tmp_path):
     (d / "labels.txt").write_bytes("a.png\tab\u2028cd\r\nb.png\tef\x85\x0cgh\n".encode("utf-8"))
     assert read_labels(d) == [("a.png", "ab\u2028cd"), ("b.png", "ef\x85\x0cgh")]
     assert [t for _, t in open_source(d, CS)[0][1].items] == ["abcd", "efgh"]
+
+
+def test_headerless_csv_labels_with_a_further_column_in_every_row(tmp_path):
+    # a headerless labels.csv whose every row has a further column (a labelling tool's confidence, a source) was
+    # read as (path, text) and must stay readable; only a row with more columns than the others (an unquoted
+    # comma in its label) is an error
+    d = _folder(tmp_path, [("a.png", "x"), ("b.png", "y")], csv=True)
+    (d / "labels.csv").write_text("a.png,x,0.98\nb.png,y,0.71\n")
+    assert read_labels(d) == [("a.png", "x"), ("b.png", "y")]
+    (d / "labels.csv").write_text("a.png,x\nb.png,y,z\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 2: 3 columns where 2 are expected.*quote"):
+        read_labels(d)

@@ -160,10 +160,11 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         reader = csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline=""))
         # (file line, row); blank lines are skipped, as in labels.txt
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-        columns = 2  # a header may declare further columns; without one a row is (path, text)
         if rows and [c.strip().lower() for c in rows[0][1][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
-            columns = len(rows[0][1])
+            columns = len(rows[0][1])  # a header may declare further columns
             rows = rows[1:]
+        else:  # without one: (path, text) and the further columns every row has; a longer row split a label
+            columns = max(2, min((len(row) for _, row in rows), default=2))
         for n, row in rows:
             if len(row) < 2:
                 raise ValueError(f"{path}, line {n}: expected two columns (path, text), got {row}")

@@ -94,16 +94,26 @@ def _line_chunks(doc: str) -> list[str]:
     return chunks
 
 
+def _pieces_encode_as_whole(tokenizer: TokenizerLike) -> bool:
+    """Whether a piece starting a line is encoded as in its document (no prepended space / prefix token)."""
+    if getattr(tokenizer, "kind", None) in ("byte", "bpe"):
+        return True
+    heads = ("b", " b", "1")
+    alone = tokenizer.encode_batch(["a\n", *heads])
+    whole = tokenizer.encode_batch([f"a\n{h}" for h in heads])
+    return all(alone[0] + ids == w for ids, w in zip(alone[1:], whole))
+
+
 def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
     """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``.
 
-    Zoo's byte and BPE tokenizers encode long documents in line-aligned pieces (parallel, same text);
-    a converted Hugging Face tokenizer gets each document whole, since it may treat the start of every
-    text it encodes specially (Llama / Mistral prepend "▁", a space, to each one).
+    Long documents are encoded in line-aligned pieces (parallel, same text), unless the tokenizer treats the
+    start of every text it encodes specially (converted Llama / Mistral tokenizers prepend "▁", a space, to
+    each one): those get each document whole.
     """
     pieces: list[str] = []
     owner: list[int] = []  # document index of each piece
-    whole = getattr(tokenizer, "kind", None) not in ("byte", "bpe")
+    whole = not _pieces_encode_as_whole(tokenizer)
     for i, doc in enumerate(docs):
         chunks = [doc] if whole else _line_chunks(doc)
         pieces += chunks

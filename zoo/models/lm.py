@@ -238,8 +238,12 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 f"{self.config.max_seq_len}"
             )
         gen = torch.Generator(device=device)
-        # seed=None: a seed from torch's global RNG, so torch.manual_seed / seed_everything reproduce a sample
-        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        # seed=None: a seed from torch's global RNG, so torch.manual_seed / seed_everything reproduce a sample;
+        # greedy decoding draws nothing (the global stream, e.g. a training run's, stays where it was)
+        if seed is not None:
+            gen.manual_seed(seed)
+        elif temperature > 0:
+            gen.manual_seed(int(torch.randint(2**62, ()).item()))
         was_training = self.training
         self.eval()
         try:  # an error part-way (e.g. interrupted) leaves the model in the mode it had
@@ -299,9 +303,12 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
 
 def check_generation(max_new_tokens: int, temperature: float) -> None:
     """``max_new_tokens`` must be an integer >= 0 and ``temperature`` a number >= 0 (0: greedy)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    import numbers
+
+    # numbers.Integral / Real: numpy scalars too (np.int64, np.float32)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy decoding), got {temperature!r}")
 
 

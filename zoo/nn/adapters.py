@@ -120,6 +120,8 @@ class DexAttention(AdaptedAttention):
             raise ValueError(f"dex heads {bad or sel} out of range for a layer with {base.n_heads} heads")
         if len(set(sel)) != len(sel):
             raise ValueError(f"dex heads {list(heads)} name a head twice; list each head once")
+        if isinstance(anneal_steps, float) and anneal_steps.is_integer():
+            anneal_steps = int(anneal_steps)  # a YAML `1e4` is the float 10000.0
         _check_int("dex", "anneal_steps", anneal_steps, 0)
         self.register_buffer("heads", torch.tensor(sel, dtype=torch.long), persistent=False)
         self.anneal_steps = int(anneal_steps)
