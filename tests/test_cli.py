@@ -35,7 +35,7 @@ def test_every_config_parses(cfg, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("domain", sorted(DEFAULTS))
-def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch):
+def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch, capsys):
     rel = DEFAULTS[domain]
     if not (ROOT / rel).is_file():
         pytest.fail(f"{rel} missing")
@@ -43,6 +43,10 @@ def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch):
     main(["fit", "--config", rel, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
           "--trainer.enable_progress_bar=false"])
     assert any(tmp_path.rglob("model.safetensors")), "fit did not export the model"
+    # the summary names the smoke export and no log folder (a fast_dev_run has no logger; it named the cwd)
+    out = capsys.readouterr().out
+    assert f"exported model: {tmp_path / 'lightning_logs' / 'fast_dev_run' / 'export'}" in out
+    assert "logs: none (fast_dev_run logs nothing)" in out
 
 
 def test_occupied_export_folder_is_refused_before_training(tmp_path, monkeypatch):

@@ -122,7 +122,8 @@ class RunSummary(L.Callback):
             best = getattr(cb, "best_model_path", "")
             if best:
                 lines.append(f"best checkpoint: {best} (resume with --ckpt_path)")
-        lines.append(f"logs: {logs}")
+        # a fast_dev_run has no logger: nothing was written to a run folder
+        lines.append("logs: none (fast_dev_run logs nothing)" if trainer.fast_dev_run else f"logs: {logs}")
         print("\n" + "\n".join(lines) + "\n", flush=True)
 
 
