@@ -309,3 +309,14 @@ def test_headerless_csv_labels_with_a_further_column_in_every_row(tmp_path):
     (d / "labels.csv").write_text("a.png,x\nb.png,y,z\n")
     with pytest.raises(ValueError, match=r"labels.csv, line 2: 3 columns where 2 are expected.*quote"):
         read_labels(d)
+
+
+def test_an_lmdb_built_into_its_image_folder_is_read_with_a_warning(tmp_path):
+    # the folder holds labels.txt and the LMDB built from it: which source is read must be said, not silent
+    from zoo.data.str_real import build_lmdb, open_source
+
+    d = _folder(tmp_path, [("a.png", "ab"), ("b.png", "cd")])
+    build_lmdb(d, d / "lmdb")
+    with pytest.warns(UserWarning, match=r"holds both labels.txt .* and LMDBs \(lmdb\); reading the LMDBs only"):
+        sets = open_source(d, CS)
+    assert [name for name, _ in sets] == ["lmdb"]

@@ -20,6 +20,7 @@ import io
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -149,7 +150,7 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
     (``word_1.png, "Tired"``) in ``folder`` (or ``labels``)."""
     folder = Path(folder)
-    path = Path(labels) if labels else next((folder / n for n in ("labels.txt", "labels.csv", "gt.txt") if (folder / n).is_file()), None)
+    path = Path(labels) if labels else next((folder / n for n in LABEL_FILES if (folder / n).is_file()), None)
     if path is None or not path.is_file():
         raise FileNotFoundError(
             f"no labels file in {folder}: add labels.txt ('path<TAB>text' per line) or labels.csv (columns path,text)"
@@ -219,6 +220,9 @@ class FolderDataset(Dataset):
         return load_image(self.folder / p), text
 
 
+LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt")  # an image folder's labels file, first found
+
+
 def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]:
     """``(set name, dataset)`` for an LMDB, a root of LMDBs, or an image folder with labels."""
     path = Path(path).expanduser()
@@ -228,6 +232,13 @@ def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]
     label = path.name if path.name not in ("", "..") else path.resolve().name or str(path)
     lmdbs = find_lmdbs(path) if path.is_dir() else []
     if lmdbs:
+        beside = [n for n in LABEL_FILES if (path / n).is_file()]
+        if beside:  # e.g. an LMDB built into the image folder it came from: say which one is read
+            warnings.warn(
+                f"{path} holds both {beside[0]} (an image folder) and LMDBs ({', '.join(str(p.relative_to(path)) or '.' for p in lmdbs)}); "
+                f"reading the LMDBs only ({beside[0]} is ignored)",
+                stacklevel=2,
+            )
         return [(str(p.relative_to(path)) if p != path else label, LMDBDataset(p, charset)) for p in lmdbs]
     if path.is_dir():
         return [(label, FolderDataset(path, charset))]
