@@ -118,3 +118,17 @@ def test_decomposed_labels_read_as_their_composed_form():
     parts = Charset("\u0b95\u0bc6\u0bbe", max_length=3)
     assert parts.clean("\u0b95\u0bc6\u0bbe") == ("\u0b95\u0bc6\u0bbe", "")
     assert Charset("\uf900\u4e00", max_length=2).clean("\uf900\u4e00") == ("\uf900\u4e00", "")
+
+
+def test_a_charset_file_written_decomposed_reads_as_the_composed_characters(tmp_path):
+    # one character per line, saved in NFD ("e" + U+0301): the line is the character é, not an error
+    import unicodedata
+
+    from zoo.data.charsets import load_charset
+
+    (tmp_path / "cs.txt").write_text("\n".join(unicodedata.normalize("NFD", c) for c in ["a", "é", "ü", "b"]) + "\n",
+                                     encoding="utf-8")
+    assert load_charset(tmp_path / "cs.txt") == "a\u00e9\u00fcb"
+    # a combining mark alone on its line stays a character of its own (scripts that need marks as classes)
+    (tmp_path / "marks.txt").write_text("a\n\u0301\n", encoding="utf-8")
+    assert load_charset(tmp_path / "marks.txt") == "a\u0301"

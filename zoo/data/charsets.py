@@ -48,6 +48,8 @@ def load_charset(spec: Union[str, Path]) -> str:
             "with one character per line"
         )
     lines = [ln for ln in read_utf8(path, "charset file", bom=True).splitlines() if ln != ""]  # a BOM is no character
+    # a line written decomposed (macOS / NFD editors: "e" + U+0301) is the one composed character it spells
+    lines = [nfc if len(ln) > 1 and len(nfc := unicodedata.normalize("NFC", ln)) == 1 else ln for ln in lines]
     chars = "".join(lines) if len(lines) > 1 else (lines[0] if lines else "")
     if len(lines) > 1 and any(len(ln) != 1 for ln in lines):
         bad = [ln for ln in lines if len(ln) != 1][:5]
