@@ -296,3 +296,36 @@ def test_similarity_takes_pil_images_paths_and_arrays(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*bad.png"):
         m.similarity([tmp_path / "bad.png"], caps)
+
+
+def test_with_fda_copy_keeps_the_train_eval_mode():
+    """with_fda(g_init=0) must compute what the plain model computes, also with dropout in the config:
+    the copy keeps the plain model's train / eval mode (it came back in train mode)."""
+    plain = tiny_model(fda=False, dropout=0.1)  # eval mode
+    images, caps = scene_batch(3)
+    fda = plain.with_fda(g_init=0.0)
+    assert fda.training is False and not any(m.training for m in fda.modules())
+    torch.testing.assert_close(fda.similarity(images, caps), plain.similarity(images, caps), rtol=1e-5, atol=1e-5)
+    assert plain.train().with_fda().training is True
+
+
+@pytest.mark.parametrize("start", [0.0009, 0.6])
+def test_a_temperature_pushed_out_of_range_comes_back(start):
+    # the forward clamps the temperature to [0.001, 0.5]; out there its gradient is exactly zero, so a step
+    # that pushed it out could never bring it back. As ALBEF, each training step first clamps it in place.
+    import warnings
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, batch_size=4, image_size=32)
+    task = VLMTask(arch="vlm-fda-tiny", data_info=dm.data_info, model_args={k: v for k, v in TINY.items() if k != "image_size"})
+    b = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        task.model.temp.fill_(start)
+    task.on_train_batch_start(b, 0)
+    assert task.model.temp.item() == pytest.approx(min(max(start, 0.001), 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        task.training_step(b, 0).backward()
+    assert task.model.temp.grad is not None and task.model.temp.grad.abs().item() > 0

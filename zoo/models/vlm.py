@@ -212,7 +212,7 @@ class VisionLanguageModel(nn.Module):
         load_state_dict_checked(new, state, "the plain model (with_fda)")
         if self.tokenizer is not None:
             new.tokenizer, new.fw_unknown = self.tokenizer, list(self.fw_unknown)
-        return new
+        return new.train(self.training)  # this model's train / eval mode (dropout), not a fresh module's
 
     # -- tokenizer and function words
     def set_tokenizer(self, tokenizer: Any, strict: bool = False) -> None:

@@ -37,6 +37,18 @@ class ForecastMetrics(Metric):
             self.add_state(name, default=torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "ForecastMetrics":
+        # The sums stay float64 whatever the module is cast to: a Trainer with precision "bf16-true" /
+        # "16-true" calls .to(dtype), which would otherwise turn them into bf16 / fp16 running sums.
+        this = super()._apply(fn, *args, **kwargs)
+        for name, default in this._defaults.items():
+            if torch.is_tensor(default) and default.dtype != torch.float64:
+                this._defaults[name] = default.to(torch.float64)
+            value = getattr(this, name)
+            if torch.is_tensor(value) and value.dtype != torch.float64:
+                setattr(this, name, value.to(torch.float64))
+        return this
+
     def update(self, pred: Tensor, target: Tensor, std: Optional[Tensor] = None) -> None:  # type: ignore[override]
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
@@ -120,7 +132,8 @@ class ForecastTask(ZooTask):
         self.out_index: Optional[list[int]] = list(out_index) if out_index is not None else None
         std = self.data_info.get("std")
         out_std = [std[i] for i in out_index] if std is not None and out_index is not None else None
-        self.register_buffer("out_std", torch.tensor(out_std or [], dtype=torch.float64), persistent=False)
+        # a plain list, not a buffer: a module cast (precision "bf16-true") would round the scaler to bf16
+        self.out_std: Optional[list[float]] = out_std or None
         self.metrics = torch.nn.ModuleDict(
             {s: ForecastMetrics(self.model.config.horizon) for s in ("val", "test")}
         )
@@ -218,7 +231,8 @@ class ForecastTask(ZooTask):
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         pred = self._predict(batch)
-        self.metrics[stage].update(pred, batch["y"], self.out_std if self.out_std.numel() else None)
+        std = None if self.out_std is None else torch.tensor(self.out_std, dtype=torch.float64, device=pred.device)
+        self.metrics[stage].update(pred, batch["y"], std)
 
     def _report(self, stage: str) -> None:
         res = self.metrics[stage].compute()

@@ -342,6 +342,13 @@ class VLMTask(ZooTask):
         return {**out, "text_init": None, "model_args": {**out["model_args"], REBUILT: True}}
 
     # -- training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # the temperature back into [0.001, 0.5] in place before each step, and the step uses it unclamped, as
+        # ALBEF does: a clamp in the forward has zero gradient outside the range and on its bounds, so a step
+        # that pushed the temperature there could never bring it back
+        with torch.no_grad():
+            self.model.temp.clamp_(0.001, 0.5)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         m = self.model
         caps = list(batch["caption"])
@@ -351,7 +358,7 @@ class VLMTask(ZooTask):
         img = m.encode_image(batch["image"])
         txt = m.encode_text(ids, mask)
         fi, ft = m.image_feat(img), m.text_feat(txt[:B], mask[:B])
-        loss_itc, sim, same = itc_loss(fi, ft, caps, m.temperature, batch.get("image_id"))
+        loss_itc, sim, same = itc_loss(fi, ft, caps, m.temp, batch.get("image_id"))  # in range: on_train_batch_start
         # ITM with hard negatives drawn from this rank's ITC similarities (ALBEF)
         # (a row whose captions all equal its own, e.g. a batch of one, has no negative and is left out)
         with torch.no_grad():
