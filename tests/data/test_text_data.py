@@ -123,6 +123,14 @@ def test_bpe_datamodule(tmp_path):
     assert dm.tokenizer.decode(s["val"]) == val_text
     assert dm.val_bytes_per_token == pytest.approx(len(val_text.encode()) / len(s["val"]))
     assert dm.val_bytes_per_token > 1.5  # merges happened
+    # every evaluation epoch asks again: the per-id byte counts are computed once per split, not each time
+    calls = []
+    lengths = dm.tokenizer.token_byte_lengths
+    dm.tokenizer.token_byte_lengths = lambda: calls.append(1) or lengths()
+    dm.__dict__.pop("_bytes_per_token", None)
+    assert [dm.bytes_per_token("val") for _ in range(3)] == [pytest.approx(len(val_text.encode()) / len(s["val"]))] * 3
+    dm.bytes_per_token("train")
+    assert len(calls) == 2
 
 
 def test_tokenizer_folder_spec(tmp_path):
@@ -274,3 +282,18 @@ def test_long_document_with_a_byte_level_hf_tokenizer_is_still_encoded_in_parall
     stream = encode_corpus(tok, [doc, "his horse"]).tolist()
     assert stream == tok.encode(doc) + [0] + tok.encode("his horse")
     assert len(batches[-1]) > 2, "the long document was encoded whole"
+
+
+def test_long_document_with_indented_lines_is_encoded_as_the_whole_document(monkeypatch):
+    """Byte-level BPE pre-tokenizes a newline together with the spaces that follow it ("\\n   " is one piece
+    before " b"), so cutting a long document right after a newline that starts an indented line changed its
+    tokens (["\\n"], ["   "] instead of ["\\n   "]). The parallel pieces must give the document's own ids."""
+    import zoo.data.text as text_mod
+    from zoo.data.text import encode_corpus
+
+    doc = "\n".join(("    " if i % 3 else "") + f"the king {i}" for i in range(60)) + "\n\n  \n\tend\n"
+    tok = BPETokenizer.train([doc], 300)
+    monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 100)
+    pieces = text_mod._line_chunks(doc)
+    assert len(pieces) > 1 and "".join(pieces) == doc  # still split, losslessly
+    assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.encode(doc) + [2] + tok.encode("his horse")

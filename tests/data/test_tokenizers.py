@@ -117,3 +117,41 @@ def test_build_tokenizer(tmp_path):
     (tmp_path / "config.json").write_text("{}")  # an export of a model trained on token ids (synthetic recall)
     with pytest.raises(FileNotFoundError, match="exported model without a tokenizer .*shakespeare_char"):
         build_tokenizer(str(tmp_path))
+
+
+def _hf_tokenizer(kind):
+    """A small converted-style tokenizer: GPT-2 / Qwen2 byte-level BPE, or Llama-style BPE with byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from zoo.data.tokenizers import HFTokenizer
+
+    text = ["the quick brown fox jumps over the lazy dog\n" * 20]
+    if kind == "byte_level":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        backend.train_from_iterator(text, trainer)
+        return HFTokenizer(backend, bos_id=0, eos_id=0, pad_id=None)
+    # Llama / Mistral layout: <unk> <s> </s>, the 256 byte-fallback tokens <0x00>..<0xFF> as ordinary entries,
+    # then pieces; characters without a piece are spelled with byte tokens
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "▁", *"thequickbrownfoxjumpsovlazydg"]
+    vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
+    backend = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=None)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "byte_fallback"])
+def test_hf_token_byte_lengths_count_the_bytes_of_characters_split_across_tokens(kind):
+    """Bits per byte divides by these lengths. A token holding part of a character's UTF-8 bytes decodes
+    alone to U+FFFD (3 bytes); it stands for its own bytes (1 for a single byte), or bpb reads low."""
+    tok = _hf_tokenizer(kind)
+    lengths = tok.token_byte_lengths()
+    for text in ("the lazy dog", UNICODE):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert int(lengths[ids].sum()) == len(text.encode("utf-8")), text

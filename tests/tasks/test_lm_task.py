@@ -383,3 +383,32 @@ def test_finetune_a_model_whose_embedding_is_padded_beyond_its_tokenizer(corpus,
     zoo.export_model(base, tmp_path / "bare")
     with pytest.raises(ValueError, match="tokenizer has 259 tokens but checkpoint .* 264"):
         LanguageModelTask(pretrained=str(tmp_path / "bare"), data_info=dm.data_info)
+
+
+def test_eval_metrics_under_bf16_true_are_summed_in_full_precision(tmp_path):
+    """precision "bf16-true" runs the steps with bf16 as the default dtype and casts the module to bf16; the
+    evaluation sums (nll, token count) must not become bf16 running sums (bf16 holds integers exactly only
+    up to 256): val/loss equals a hand loop over the same batches of the same bf16 model."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    rng = random.Random(0)
+    path = tmp_path / "c.txt"
+    path.write_text("".join(rng.choice("abcdefgh \n") for _ in range(6000)))
+    torch.manual_seed(0)
+    dm = TextDataModule(str(path), block_size=16, batch_size=8, val_fraction=0.5)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    trainer = _quiet_trainer(precision="bf16-true")
+    first = trainer.validate(task, dm, verbose=False)[0]
+    again = trainer.validate(task, dm, verbose=False)[0]  # metrics that already exist, module cast again
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            logits = task.model(batch["input_ids"]).float()
+            nll += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
+            n += batch["labels"].numel()
+    assert n > 2048
+    for res in (first, again):
+        assert res["val/loss"] == pytest.approx(nll / n, rel=1e-5)
+        assert res["val/bpb"] == pytest.approx(nll / n / math.log(2), rel=1e-5)  # one byte per byte token

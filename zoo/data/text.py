@@ -16,6 +16,7 @@ set-ups; pass ``val_path`` for a strictly unseen validation set).
 from __future__ import annotations
 
 import json
+import re
 from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,6 +34,9 @@ __all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", 
 
 _FIX = "point it at a .txt file, a folder of .txt files or a .jsonl file with a 'text' field"
 _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the batch API can parallelize
+# A piece ends after a newline that a non-space character follows: byte-level BPE pre-tokenizes whitespace runs
+# ("\n   " before an indented line is one pre-token), so a cut inside one would change the tokens.
+_CUT = re.compile(r"\n(?=\S)")
 
 
 def _read_jsonl(path: Path, key: str) -> list[str]:
@@ -84,11 +88,12 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
 
 
 def _line_chunks(doc: str) -> list[str]:
-    """Split ``doc`` after newlines into pieces of about ``_CHUNK_CHARS`` characters (lossless)."""
+    """Split ``doc`` after newlines (that no whitespace follows) into pieces of about ``_CHUNK_CHARS``
+    characters (lossless)."""
     chunks, start = [], 0
     while start < len(doc):
-        cut = doc.find("\n", start + _CHUNK_CHARS)
-        end = len(doc) if cut < 0 else cut + 1
+        cut = _CUT.search(doc, start + _CHUNK_CHARS)
+        end = len(doc) if cut is None else cut.end()
         chunks.append(doc[start:end])
         start = end
     return chunks
@@ -301,7 +306,11 @@ class TextDataModule(L.LightningDataModule):
         if split not in streams:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(streams)}")
         stream = streams[split]
-        return float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
+        # once per split's stream: a converted 150k-entry vocabulary decodes every id to count its bytes
+        cache = self.__dict__.setdefault("_bytes_per_token", {})
+        if (split, id(stream)) not in cache:
+            cache[(split, id(stream))] = float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
+        return cache[(split, id(stream))]
 
     @property
     def val_bytes_per_token(self) -> float:

@@ -277,10 +277,31 @@ class HFTokenizer(_BackendTokenizer):
         return cls(_read_backend(path), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"))
 
     def token_byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes of each id decoded alone (specials 0); approximate for word-initial pieces whose
-        leading space some decoders strip, so bits-per-byte is a close estimate for these tokenizers."""
+        """UTF-8 bytes each id stands for (specials 0). Byte-level vocabularies (GPT-2, Qwen2, Llama 3: one
+        alphabet character per byte) and byte-fallback tokens (``<0xE4>``: one byte) count their bytes exactly,
+        also where a token holds only part of a character (decoded alone it would read as U+FFFD, 3 bytes);
+        other ids count the bytes of the id decoded alone, approximate for word-initial pieces whose leading
+        space some decoders strip, so bits-per-byte is a close estimate for these tokenizers."""
+        import re
+
+        from tokenizers import pre_tokenizers
+
+        spec = json.loads(self.backend.to_str())
+        byte_level = '"ByteLevel"' in json.dumps(spec.get("decoder"))
+        byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+        added = set(self.backend.get_added_tokens_decoder())  # their content is plain text, not byte-encoded
+        fallback = re.compile(r"<0x[0-9A-Fa-f]{2}>")
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         for i in range(self.vocab_size):
+            token = self.backend.id_to_token(i)
+            if token is not None and i not in added:
+                if byte_level and token and all(c in alphabet for c in token):
+                    lengths[i] = len(token)
+                    continue
+                if byte_fallback and fallback.fullmatch(token):
+                    lengths[i] = 1
+                    continue
             lengths[i] = len(self.backend.decode([i], skip_special_tokens=True).encode("utf-8"))
         lengths[[self.pad_id, self.bos_id, self.eos_id]] = 0
         return lengths

@@ -12,9 +12,26 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import Metric
 
 from zoo.hub import export_model
 
+
+class Float64Metric(Metric):
+    """A torchmetrics ``Metric`` whose states stay float64 whatever the module is cast to: a Trainer with
+    precision "bf16-true" / "16-true" calls ``.to(dtype)`` on the LightningModule (and runs the steps with that
+    default dtype), which would otherwise turn evaluation sums and counts into half-precision running sums
+    (whole numbers exact only up to 256 in bf16)."""
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "Float64Metric":
+        this = super()._apply(fn, *args, **kwargs)
+        for name, default in this._defaults.items():
+            if torch.is_tensor(default) and default.dtype != torch.float64:
+                this._defaults[name] = default.to(torch.float64)
+            value = getattr(this, name)
+            if torch.is_tensor(value) and value.dtype != torch.float64:
+                setattr(this, name, value.to(torch.float64))
+        return this
 
 class ZooTask(L.LightningModule):
     """Base LightningModule: holds ``self.model`` (a zoo model) and trains it with AdamW.

@@ -10,15 +10,31 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import SumMetric
 
 from zoo.hub import create_model, read_export_config, resolve_pretrained
 from zoo.models.lm import check_generation, check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
-from zoo.tasks.base import ZooTask
+from zoo.tasks.base import Float64Metric, ZooTask
 
 IGNORE = -100
+
+
+class _Float64Sum(Float64Metric):
+    """A running sum (synced over processes) kept in float64 (see :class:`Float64Metric`)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor) -> None:  # type: ignore[override]
+        self.total += value.detach().to(torch.float64).sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total
+
 
 
 class LanguageModelTask(ZooTask):
@@ -170,8 +186,8 @@ class LanguageModelTask(ZooTask):
         for name, value in (("nll", nll), ("n", n), ("correct", correct)):
             key = f"{prefix.replace('/', '|')}|{name}"
             if key not in self._metrics:
-                self._metrics[key] = SumMetric().to(self.device)
-            self._metrics[key].update(value.float())
+                self._metrics[key] = _Float64Sum().to(self.device)
+            self._metrics[key].update(value)
 
     def _report(self, stage: str) -> None:
         prefixes = sorted({k.rsplit("|", 1)[0] for k in self._metrics if k.startswith(stage)})

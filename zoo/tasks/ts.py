@@ -12,15 +12,14 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
 from zoo.hub import create_model, export_arch_config, get_spec, read_export_config, resolve_pretrained
-from zoo.tasks.base import ZooTask
+from zoo.tasks.base import Float64Metric, ZooTask
 
 _DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
 
 
-class ForecastMetrics(Metric):
+class ForecastMetrics(Float64Metric):
     """Sums of squared and absolute errors per horizon step, on the scaled and on the original scale.
 
     ``update(pred, target, std)`` takes scaled ``[B, H, C]`` tensors and the scaler std ``[C]`` of the
@@ -36,18 +35,6 @@ class ForecastMetrics(Metric):
         for name in ("se", "ae", "se_orig", "ae_orig"):
             self.add_state(name, default=torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "ForecastMetrics":
-        # The sums stay float64 whatever the module is cast to: a Trainer with precision "bf16-true" /
-        # "16-true" calls .to(dtype), which would otherwise turn them into bf16 / fp16 running sums.
-        this = super()._apply(fn, *args, **kwargs)
-        for name, default in this._defaults.items():
-            if torch.is_tensor(default) and default.dtype != torch.float64:
-                this._defaults[name] = default.to(torch.float64)
-            value = getattr(this, name)
-            if torch.is_tensor(value) and value.dtype != torch.float64:
-                setattr(this, name, value.to(torch.float64))
-        return this
 
     def update(self, pred: Tensor, target: Tensor, std: Optional[Tensor] = None) -> None:  # type: ignore[override]
         if pred.shape != target.shape:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
