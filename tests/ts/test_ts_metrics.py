@@ -139,3 +139,23 @@ def test_bf16_true_test_metrics_match_numpy(tmp_path):
     np.testing.assert_allclose(res["mae"], np.mean(np.abs(pred - y)), rtol=1e-6)
     np.testing.assert_allclose(res["mse_orig"], np.mean(((pred - y) * std) ** 2), rtol=1e-6)
     np.testing.assert_allclose(res["mae_orig_per_step"], np.abs((pred - y) * std).mean(axis=(0, 2)), rtol=1e-6)
+
+
+def test_a_nan_validation_epoch_is_never_the_best():
+    # a diverged epoch (NaN loss) used to be kept as the best when it came first: no later loss is < nan,
+    # so restore_best put back the diverged weights
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=400, n_vars=2, lookback=16, horizon=4)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    task._consider_best(float("nan"), 0)
+    assert task.best_val is None
+    with torch.no_grad():
+        task.model.head.bias.fill_(1.0)
+    task._consider_best(0.5, 1)
+    assert task.best_val == (0.5, 1) and torch.all(task._best_state["head.bias"] == 1.0)
+    task._consider_best(float("nan"), 2)
+    task._consider_best(0.7, 3)
+    assert task.best_val == (0.5, 1)
+    task._consider_best(0.4, 4)
+    assert task.best_val == (0.4, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -226,14 +227,19 @@ class ForecastTask(ZooTask):
         self.metrics[stage].reset()
         self.results[stage] = {k: (float(v) if torch.is_tensor(v) else v) for k, v in res.items()}
         if stage == "val" and not self.trainer.sanity_checking:
-            loss = float(res[self.loss_name])
-            if self.best_val is None or loss < self.best_val[0]:
-                self.best_val = (loss, int(self.current_epoch))
-                if self.restore_best:
-                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._consider_best(float(res[self.loss_name]), int(self.current_epoch))
         self.log(f"{stage}/loss", res[self.loss_name], prog_bar=stage == "val")
         for key in ("mse", "mae", "mse_orig", "mae_orig"):
             self.log(f"{stage}/{key}", res[key], prog_bar=stage == "val" and key == "mae")
+
+    def _consider_best(self, loss: float, epoch: int) -> None:
+        """Keep ``epoch`` as the best so far if its validation ``loss`` is lower; a NaN loss (a diverged
+        epoch) is never the best and never blocks a later finite one."""
+        if math.isnan(loss) or (self.best_val is not None and not loss < self.best_val[0]):
+            return
+        self.best_val = (loss, epoch)
+        if self.restore_best:
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
