@@ -654,3 +654,29 @@ def test_diff_attention_maps_of_different_shapes_raise(backend):
         diff_attention(q1, q1[:, :, :1], k, k, v, lam, backend=backend)
     with pytest.raises(ValueError, match="k1.*k2"):
         diff_attention(q1, q1, k, k[:, :1], v, lam, backend=backend)
+
+
+@pytest.mark.parametrize("causal,masked", [(True, False), (False, False), (False, True)])
+def test_cpu_sdpa_pads_query_key_to_value_width(monkeypatch, causal, masked):
+    """Diff attention's values are twice as wide as its queries/keys; on CPU the sdpa backend pads q and k
+    with zero channels to the value width so PyTorch runs its fused kernel (it falls back to the slower math
+    path when head dims differ), except under dropout (the math path and its random draws either way)."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.shape[-1], k.shape[-1], v.shape[-1], kwargs.get("dropout_p", 0.0)))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(3)
+    q1, q2, k1, k2 = (torch.randn(3, 2, 6, 8) for _ in range(4))
+    v = torch.randn(3, 2, 6, 16)
+    key_mask = make_key_mask(3, 6, seed=4) if masked else None
+    diff_attention(q1, q2, k1, k2, v, torch.tensor(0.3), causal=causal, key_mask=key_mask, backend="sdpa")
+    assert seen == [(16, 16, 16, 0.0)] * 2
+    seen.clear()
+    diff_attention(q1, q2, k1, k2, v, torch.tensor(0.3), causal=causal, key_mask=key_mask, backend="sdpa", dropout_p=0.5)
+    assert seen == [(8, 8, 16, 0.5)] * 2

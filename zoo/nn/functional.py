@@ -117,6 +117,12 @@ def _sdpa_single(q, k, v, mask, scale, dropout_p, causal_only) -> Tensor:
     if n_rep > 1:
         # enable_gqa exists from torch 2.5; repeat is the portable fallback.
         k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    if q.device.type == "cpu" and dropout_p == 0.0 and q.shape[-1] < v.shape[-1]:
+        # PyTorch's fused CPU kernel needs one head dim for q, k and v; with diff attention's wider values
+        # it falls back to the unfused math path (slower, and a full -inf scan per row). Zero channels leave
+        # q k^T as it is (the scale is explicit). Dropout runs the math path either way (and its random draws).
+        pad = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
     if causal_only:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
     if mask is None:
