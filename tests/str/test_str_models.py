@@ -270,3 +270,17 @@ def test_diff_subln_switch_reaches_the_decoders_differential_attentions(tmp_path
         STRConfig(attn_type="vanilla", diff_subln=False)
     with pytest.raises(ValueError, match="diff_subln must be true or false"):
         STRConfig(diff_subln="off")
+
+
+def test_confidence_of_a_reading_cut_at_max_length_holds_its_characters_only():
+    """Without an EOS in any slot the reading is the first max_length characters; its confidence is
+    the product of those characters' probabilities (as PARSeq: EOS only when there is one), not also
+    the probability of the last slot's character, which the reading drops."""
+    m = tiny()
+    probs = torch.zeros(1, m.num_slots, m.num_classes)
+    probs[0, :, 7] = 0.9
+    probs[0, -1, 7] = 0.1  # the dropped character's slot
+    probs[0, -1, 8] = 0.2
+    r = m.decode_probs(probs)[0]
+    assert r.text == m.charset.decode([7] * m.charset.max_length)
+    assert r.confidence == pytest.approx(0.9 ** m.charset.max_length)

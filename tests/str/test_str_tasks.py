@@ -35,8 +35,8 @@ def test_csd_teacher_targets_and_kl(exported):
     with torch.no_grad():
         ids = task.teacher(imgs).argmax(-1)
     for b in range(3):
-        row = ids[b].tolist()
-        n = row.index(0) + 1 if 0 in row else len(row)
+        row = ids[b].tolist()[:-1] + [0]  # the last slot is for EOS only: a reading without one ends there
+        n = row.index(0) + 1
         assert targets[b, :n].tolist() == row[:n] and (targets[b, n:] == -100).all()
     # KL(teacher || student) at temperature tau, times tau^2, averaged over the valid slots: by hand
     logits = torch.randn_like(soft)
@@ -199,3 +199,31 @@ def test_onnx_export_refuses_to_overwrite_and_read_names_a_bad_batch_size(export
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad}"):
             m.read([np.zeros((32, 128, 3), np.uint8)], batch_size=bad)
+
+
+def test_csd_pseudolabels_are_the_teachers_readings_encoded(tmp_path):
+    """The pseudolabel of a crop is the teacher's reading encoded as a data label would be
+    (``encode_targets``): a teacher with no EOS in any slot reads max_length characters, so its
+    pseudolabel ends with EOS in the last slot (the slot is for EOS only), not with a character there."""
+    from zoo.data.str import encode_targets
+
+    torch.manual_seed(0)
+    m = SceneTextRecognizer.from_config({**TINY, "max_length": 6})
+    with torch.no_grad():
+        m.head.bias[0] = -1e4  # the teacher never says EOS
+    teacher = export_model(m, tmp_path / "no_eos")
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(teacher))
+    imgs = torch.randn(3, 3, 32, 128)
+    targets, _ = task._teacher_targets(imgs)
+    readings = [r.text for r in task.teacher.decode_probs(task.teacher(imgs))]
+    assert all(len(t) == 6 for t in readings)
+    assert torch.equal(targets, encode_targets(task.teacher.charset, readings))
+
+
+def test_csd_teacher_with_another_crop_size_is_refused_at_setup(tmp_path):
+    torch.manual_seed(0)
+    m = SceneTextRecognizer.from_config({**TINY, "max_length": 6, "img_size": [32, 64]})
+    teacher = export_model(m, tmp_path / "narrow")
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(teacher))
+    with pytest.raises(ValueError, match="img_size"):
+        task.setup("fit")  # not a shape error from the teacher's encoder at the first step

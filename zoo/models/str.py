@@ -120,7 +120,8 @@ class STRConfig:
 
 
 class Reading(NamedTuple):
-    """One recognized crop: the text and its confidence (product of the per-character probabilities, EOS included)."""
+    """One recognized crop: the text and its confidence (product of its characters' probabilities and, when a
+    slot says EOS, that EOS's)."""
 
     text: str
     confidence: float
@@ -335,11 +336,12 @@ class SceneTextRecognizer(nn.Module):
         out = []
         pmax, ids = probs.max(-1)
         for p, i in zip(pmax.tolist(), ids.tolist()):
-            n = i.index(self.charset.EOS) if self.charset.EOS in i else len(i)
+            # the last slot is for EOS only: without one the reading is cut at max_length characters,
+            # and its confidence holds those characters' probabilities (PARSeq: EOS's when there is one)
+            n = i.index(self.charset.EOS) + 1 if self.charset.EOS in i else self.charset.max_length
             conf = 1.0
-            for v in p[: min(n + 1, len(p))]:
+            for v in p[:n]:
                 conf *= v
-            # the last slot is for EOS only: without one the reading is cut at max_length characters
             out.append(Reading(self.charset.decode(i[: self.charset.max_length]), float(conf)))
         return out
 

@@ -216,6 +216,11 @@ class RecognitionTask(ZooTask):
                 raise ValueError(
                     f"CSD teacher {source} has another charset or max_length than the student; train both on the same data"
                 )
+            if list(t.config.img_size) != list(self.model.config.img_size):
+                raise ValueError(
+                    f"CSD teacher {source} reads img_size {list(t.config.img_size)} crops, the student "
+                    f"{list(self.model.config.img_size)}; the teacher reads the student's batches"
+                )
             for p in t.parameters():
                 p.requires_grad_(False)
             object.__setattr__(self, "_teacher", t)
@@ -305,6 +310,9 @@ class RecognitionTask(ZooTask):
         memory = t.encode(images)
         probs = t.decode(memory)
         ids = probs.argmax(-1)
+        # the last slot is for EOS only: a reading with no EOS is cut at max_length characters (decode_probs),
+        # so its pseudolabel is those characters then EOS, as the data encodes a label
+        ids[:, -1] = t.charset.EOS
         ended = (ids == t.charset.EOS).long().cumsum(-1)
         # keep up to and including the first EOS; the rest is padding
         targets = ids.masked_fill(ended - (ids == t.charset.EOS).long() > 0, -100)
