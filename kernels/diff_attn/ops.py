@@ -140,6 +140,12 @@ def _dot_precision(dtype: torch.dtype) -> Optional[str]:
     backend default (None)."""
     if dtype != torch.float32:
         return None
+    # torch >= 2.9 has the fp32_precision API; once it has been set, reading the legacy allow_tf32 flag
+    # raises ("mix of the legacy and new APIs"), so ask the new API first (it resolves inheritance
+    # from torch.backends.fp32_precision and reflects the legacy flag too).
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is not None:
+        return "tf32" if precision == "tf32" else "ieee"
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
@@ -345,12 +351,14 @@ def supports(q: Tensor, k: Tensor, v: Tensor, lam, *, causal: bool, key_mask: Op
         return False, f"lambda must be a floating tensor, got {lam.dtype}"
     if lam.device != q.device and lam.dim() != 0:
         return False, f"lambda is on {lam.device} but q on {q.device}"
-    try:
-        torch.broadcast_shapes(tuple(lam.shape), (B, H, tq, 1))
-    except RuntimeError:
-        return False, f"lambda of shape {tuple(lam.shape)} does not broadcast to [B, H, Tq, 1] = {(B, H, tq, 1)}"
     if lam.dim() > 4:
         return False, f"lambda has {lam.dim()} dims; expected at most 4 ([B, H, Tq, 1])"
+    try:  # lam must broadcast *to* [B, H, Tq, 1], not merely with it (e.g. [2, 1, 1, 1] at B=1 widens it)
+        fits = torch.broadcast_shapes(tuple(lam.shape), (B, H, tq, 1)) == (B, H, tq, 1)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        return False, f"lambda of shape {tuple(lam.shape)} does not broadcast to [B, H, Tq, 1] = {(B, H, tq, 1)}"
     if key_mask is not None:
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, tk):
             return False, f"key_mask must be bool [B, Tk] = {(B, tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}"

@@ -279,11 +279,14 @@ def _t(*shape, dtype=torch.float32):
         (dict(k=_t(1, 2, 8, 16, dtype=torch.float16)), "dtypes differ"),
         (dict(q=_t(1, 3, 8, 16)), "multiple of KV heads"),
         (dict(lam=_t(1, 5, 8, 1)), "broadcast"),
+        (dict(lam=_t(2, 1, 1, 1)), "broadcast"),  # broadcasts *with* [B=1, H, Tq, 1] but widens it to B=2
+        (dict(lam=_t(1, 2, 8, 32)), "broadcast"),  # per channel: not a [B, H, Tq, 1] lambda
         (dict(key_mask=_t(1, 8)), "key_mask"),
         (dict(q=_t(1, 2, 0, 16)), "empty"),
         (dict(q=_t(2, 8, 16)), "4-d"),
     ],
-    ids=["dropout", "qk_dim", "v_dim", "float64", "mixed_dtype", "heads", "lambda_shape", "mask_dtype",
+    ids=["dropout", "qk_dim", "v_dim", "float64", "mixed_dtype", "heads", "lambda_shape", "lambda_widens_batch",
+         "lambda_per_channel", "mask_dtype",
          "empty", "rank"],
 )
 def test_supports_refuses_with_reason(kwargs, needle):
@@ -305,6 +308,66 @@ def test_supports_accepts_and_reports_cpu_policy(monkeypatch):
     # diff_attention itself refuses what supports() refuses, naming the problem.
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         diff_attention(q.cpu(), q.cpu(), k.cpu(), k.cpu(), v.cpu(), 0.5)
+
+
+def test_lambda_that_does_not_fit_is_refused_by_name():
+    """A lambda that broadcasts with [B, H, Tq, 1] but not to it is refused before the launch (it was
+    accepted by supports() and then failed inside the launcher with a bare broadcast RuntimeError)."""
+    q, k, v = _t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 32)
+    with pytest.raises(ValueError, match="does not broadcast to"):
+        diff_attention(q, q, k, k, v, _t(2, 1, 1, 1))
+
+
+def test_functional_triton_backend_sends_cpu_tensors_to_pytorch_without_interpreter(monkeypatch):
+    """backend="triton" (ZOO_ATTN_BACKEND=triton, attn_backend: triton) on CPU tensors without the
+    Triton interpreter takes the PyTorch path instead of raising (a model forced to triton runs on CPU)."""
+    from zoo.nn.functional import diff_attention as functional_diff_attention
+
+    g = torch.Generator().manual_seed(4)
+    q1, q2 = torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
+    k1, k2 = torch.randn(2, 1, 7, 8, generator=g), torch.randn(2, 1, 7, 8, generator=g)
+    v = torch.randn(2, 1, 7, 16, generator=g)
+    km = torch.ones(2, 7, dtype=torch.bool)
+    km[1, :3] = False
+    monkeypatch.setattr(ops, "interpreter_state", lambda: (False, ""))  # as a plain CPU process
+    got = functional_diff_attention(q1, q2, k1, k2, v, 0.3, causal=True, key_mask=km, backend="triton")
+    want = diff_attention_reference(q1, q2, k1, k2, v, 0.3, causal=True, key_mask=km)
+    assert rel_err(got, want) < 1e-5
+
+
+@needs_kernel
+def test_functional_triton_backend_uses_the_kernel_under_the_interpreter(monkeypatch):
+    """With TRITON_INTERPRET=1 a forced triton backend still runs the kernel on CPU tensors."""
+    import zoo.kernels.diff_attn as impl
+    from zoo.nn.functional import diff_attention as functional_diff_attention
+
+    calls = []
+    real = impl.diff_attention
+    monkeypatch.setattr(impl, "diff_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 1, 5, 5, 16, 16, "scalar", seed=9)
+    out = functional_diff_attention(q1, q2, k1, k2, v, lam, causal=True, backend="triton")
+    assert calls and rel_err(out, diff_attention_reference(q1, q2, k1, k2, v, lam, causal=True)) < FP32_RTOL
+
+
+@needs_kernel
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+@pytest.mark.parametrize("precision", ["tf32", "ieee"])
+def test_fp32_runs_under_the_new_tf32_api(precision):
+    """torch >= 2.9: after torch.backends.cuda.matmul.fp32_precision is set, reading the legacy
+    allow_tf32 flag raises; fp32 calls of the kernel failed with that RuntimeError. The kernel's fp32
+    dot precision follows the new setting."""
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    matmul.fp32_precision = precision
+    try:
+        assert ops._dot_precision(torch.float32) == precision
+        q1, q2, k1, k2, v, lam = make_inputs(1, 2, 1, 5, 5, 16, 16, "scalar", seed=10)
+        out = diff_attention(q1, q2, k1, k2, v, lam, causal=True)
+    finally:
+        matmul.fp32_precision = old
+    # tf32 rounds the dot inputs to 10 mantissa bits (where the backend honours it)
+    tol = 1e-2 if precision == "tf32" else FP32_RTOL
+    assert rel_err(out, diff_attention_reference(q1, q2, k1, k2, v, lam, causal=True)) < tol
 
 
 def test_mismatched_maps_raise():

@@ -234,6 +234,12 @@ def diff_attention(
         lambda impl: impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p),
         small_decode(q1.shape[0], q1.shape[2], k1.shape[2], grad),
     )
+    if name == "triton" and not q1.is_cuda:
+        # CPU tensors take the PyTorch path (a model forced to `triton` still runs there); the kernel
+        # serves them only when the Triton interpreter was requested (TRITON_INTERPRET=1, tests)
+        impl = _triton_impl()
+        if impl is None or q1.device.type != "cpu" or not impl.interpret_requested():
+            name = "sdpa"
     if name == "triton":
         impl = _triton_impl()
         if impl is None:
