@@ -154,7 +154,12 @@ def small_decode(batch: int, tq: int, tk: int, needs_grad: bool) -> bool:
     return tq == 1 and not needs_grad and batch * tk < AUTO_DECODE_MIN_KEYS
 
 
-def _pick(backend: str, on_cuda: bool, supported_by_triton, small_decode_step: bool = False) -> str:
+def _pick(backend: str, on_cuda: bool, supported_by_triton, small_decode_step: bool = False, on_cpu: bool = False) -> str:
+    if backend == "triton" and not on_cuda:
+        # a model forced to `triton` still runs on other tensors, on the PyTorch path; the kernel serves CPU
+        # tensors only when the Triton interpreter was requested (TRITON_INTERPRET=1, tests)
+        impl = _triton_impl()
+        return "triton" if on_cpu and impl is not None and impl.interpret_requested() else "sdpa"
     if backend != "auto":
         return backend
     if not on_cuda:
@@ -233,13 +238,8 @@ def diff_attention(
         q1.is_cuda,
         lambda impl: impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p),
         small_decode(q1.shape[0], q1.shape[2], k1.shape[2], grad),
+        on_cpu=q1.device.type == "cpu",
     )
-    if name == "triton" and not q1.is_cuda:
-        # CPU tensors take the PyTorch path (a model forced to `triton` still runs there); the kernel
-        # serves them only when the Triton interpreter was requested (TRITON_INTERPRET=1, tests)
-        impl = _triton_impl()
-        if impl is None or q1.device.type != "cpu" or not impl.interpret_requested():
-            name = "sdpa"
     if name == "triton":
         impl = _triton_impl()
         if impl is None:

@@ -33,6 +33,7 @@ class Float64Metric(Metric):
                 setattr(this, name, value.to(torch.float64))
         return this
 
+
 class ZooTask(L.LightningModule):
     """Base LightningModule: holds ``self.model`` (a zoo model) and trains it with AdamW.
 
