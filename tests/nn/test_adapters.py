@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zoo.models.lm import DiffTransformerLM, LMConfig
-from zoo.nn import build_attention
+from zoo.nn import KVCache, build_attention
 from zoo.nn import adapters as A
 
 DIM, H = 32, 4
@@ -197,6 +197,22 @@ def test_kv_cache_decoding_matches_full_forward(method):
     caches = model.new_caches(16)
     steps = torch.cat([model(ids[:, :5], caches=caches)] + [model(ids[:, t : t + 1], caches=caches) for t in range(5, 8)], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+
+@pytest.mark.parametrize("method", ["difflora", "opamp", "dex"])
+def test_adapted_cached_call_with_a_bad_key_mask_leaves_the_cache_unchanged(method):
+    # the adapters' own forwards go through the base layer's cache check, as the base layer's forward does
+    layer = A.apply_adapter(lm(), method, **KW[method]).layers[0].attn
+    cache = KVCache(16)
+    x = torch.randn(1, 4, DIM)
+    layer(x[:, :3], cache=cache)
+    with pytest.raises(ValueError, match=r"key_mask covers the cached keys too: expected \[1, 3 cached \+ 1 new\]"):
+        layer(x[:, 3:], key_mask=torch.ones(1, 1, dtype=torch.bool), cache=cache)
+    assert cache.pos == 3
+    with pytest.raises(ValueError, match="KV caching is for self-attention"):
+        layer(x[:, 3:], context=x, cache=cache)
+    assert cache.pos == 3
 
 
 # ----------------------------------------------------------------------------------- checkpoints

@@ -136,6 +136,7 @@ class DexAttention(AdaptedAttention):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
         base = self._sync()
+        base._check_cache(x, context, key_mask, cache)
         start = cache.pos if cache is not None else 0
         q, k, v = base._project(x, context)
         out = base._attend(q, k, v, x, start, context is None, key_mask, cache)  # [B, H, Tq, hd]
@@ -219,6 +220,7 @@ class DiffLoRAAttention(AdaptedAttention):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
         base, ad = self._sync(), self.adapter
+        base._check_cache(x, context, key_mask, cache)
         src = x if context is None else context
         start, is_self = (cache.pos if cache is not None else 0), context is None
         q, k, v = base._project(x, context)
@@ -268,6 +270,7 @@ class OpAmpAttention(AdaptedAttention):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
         base, ad = self._sync(), self.adapter
+        base._check_cache(x, context, key_mask, cache)
         src = x if context is None else context
         start, is_self = (cache.pos if cache is not None else 0), context is None
         q, k, v = base._project(x, context)

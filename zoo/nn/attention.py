@@ -212,6 +212,20 @@ class AttentionBase(nn.Module):
         v = self.v_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
+    @staticmethod
+    def _check_cache(x: Tensor, context: Optional[Tensor], key_mask: Optional[Tensor], cache: Optional[KVCache]) -> None:
+        """A cached call is self-attention, and its ``key_mask`` covers the cached keys too; checked before the
+        cache takes this call's keys, so a refused call leaves the cache as it was (every forward calls this)."""
+        if cache is None:
+            return
+        if context is not None:
+            raise ValueError("KV caching is for self-attention; pass cache=None with a context")
+        if key_mask is not None and tuple(key_mask.shape) != (x.shape[0], cache.pos + x.shape[1]):
+            raise ValueError(
+                f"with a KV cache, key_mask covers the cached keys too: expected [{x.shape[0]}, "
+                f"{cache.pos} cached + {x.shape[1]} new], got {list(key_mask.shape)}"
+            )
+
     def _rope(self, t: Tensor, start: int, is_self: bool) -> Tensor:
         return self.rotary(t, start) if (self.rotary is not None and is_self) else t
 
@@ -228,14 +242,7 @@ class AttentionBase(nn.Module):
         ``key_mask`` (bool [B, Tk], True = real token) masks padded keys; with ``cache`` it covers
         the cached keys too. ``cache`` appends this call's keys/values (self-attention only).
         """
-        if cache is not None and context is not None:
-            raise ValueError("KV caching is for self-attention; pass cache=None with a context")
-        if cache is not None and key_mask is not None and tuple(key_mask.shape) != (x.shape[0], cache.pos + x.shape[1]):
-            # checked before the cache takes this call's keys: a refused call leaves the cache as it was
-            raise ValueError(
-                f"with a KV cache, key_mask covers the cached keys too: expected [{x.shape[0]}, "
-                f"{cache.pos} cached + {x.shape[1]} new], got {list(key_mask.shape)}"
-            )
+        self._check_cache(x, context, key_mask, cache)
         start = cache.pos if cache is not None else 0
         q, k, v = self._project(x, context)
         out = self._attend(q, k, v, x, start, context is None, key_mask, cache)
