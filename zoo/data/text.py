@@ -228,6 +228,7 @@ class TextDataModule(L.LightningDataModule):
         self._tokenizer: Optional[TokenizerLike] = None
         self._train_docs: Optional[list[str]] = None
         self._streams: Optional[dict[str, np.ndarray]] = None
+        self._bytes_per_token: dict[str, float] = {}  # per split, from the streams (computed once)
         self._datasets: dict[str, BlockDataset] = {}
         self._data_info: Optional[dict] = None
 
@@ -306,11 +307,10 @@ class TextDataModule(L.LightningDataModule):
         if split not in streams:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(streams)}")
         stream = streams[split]
-        # once per split's stream: a converted 150k-entry vocabulary decodes every id to count its bytes
-        cache = self.__dict__.setdefault("_bytes_per_token", {})
-        if (split, id(stream)) not in cache:
-            cache[(split, id(stream))] = float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
-        return cache[(split, id(stream))]
+        # once per split: a converted 150k-entry vocabulary decodes every id to count its bytes
+        if split not in self._bytes_per_token:
+            self._bytes_per_token[split] = float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
+        return self._bytes_per_token[split]
 
     @property
     def val_bytes_per_token(self) -> float:

@@ -36,7 +36,6 @@ class _Float64Sum(Float64Metric):
         return self.total
 
 
-
 class LanguageModelTask(ZooTask):
     """Train or fine-tune a decoder-only LM from the registry.
 
