@@ -86,8 +86,10 @@ def arm(fda: bool) -> str:
     return "fda" if fda else "nofda"
 
 
-# of runs whose meta predates the field
-TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000, "fda_args": {}, "init_from": None}
+# of runs whose meta predates the field; "decay_exempt": until 2026-11-28 the ViT's position embedding and
+# class token were weight-decayed too (ZooTask now leaves out what a module's no_weight_decay() lists, as timm)
+TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000, "fda_args": {}, "init_from": None,
+                  "decay_exempt": "none"}
 
 
 def train_settings(args: argparse.Namespace, fda: bool) -> dict:
@@ -95,7 +97,7 @@ def train_settings(args: argparse.Namespace, fda: bool) -> dict:
     the FDA arm, so the no-FDA runs are shared by every FDA variant."""
     out = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
            "itm_weight": args.itm_weight, "n_train": args.n_train,
-           "init_from": str(Path(args.init_from).resolve()) if args.init_from else None}
+           "init_from": str(Path(args.init_from).resolve()) if args.init_from else None, "decay_exempt": "no_weight_decay"}
     return {**out, "fda_args": dict(args.fda_args)} if fda else out
 
 

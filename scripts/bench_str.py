@@ -40,6 +40,10 @@ SHIPPED = ROOT / "zoo" / "pretrained" / "str-diff-tiny"
 # plateaued at ~1% word accuracy after 1200 steps; 1-6 characters / strength 0.4 / lr 7e-4 / batch 32 also
 # sat at the prior's loss for 600 steps until the encoder position embedding got its sin-cos start).
 DATA = dict(charset="36", max_length=6, synth_min_len=1, synth_max_len=6, synth_strength=0.4)
+# RecognitionTask's training recipe (--recipe): every row before 2026-11-28 trained with "v1" (one permutation
+# of all slots, every matrix weight-decayed), so v1 stays the benchmark's default and rows of another recipe
+# record it, get a _recipe-<name> suffix and are merged only with their own kind.
+TRAIN = {"recipe": "v1"}
 
 
 RESUME_CKPT, RESUME_STATE = "last.ckpt", "progress.json"
@@ -86,7 +90,8 @@ def train_run(
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU
     settings = {"arch": arch, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "teacher": teacher,
                 "val_every": val_every, "data_seed": data_seed, "data": dict(DATA),
-                **({"init_from": str(init_from)} if init_from else {}), **({"model_args": model_args} if model_args else {})}
+                **({"init_from": str(init_from)} if init_from else {}), **({"model_args": model_args} if model_args else {}),
+                **recipe_record()}
     ckpt, state = None, {"settings": settings, "done": 0, "train_s": 0.0, "val": []}
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
@@ -154,7 +159,7 @@ def train_run(
                     write_state(state["train_s"] + time.time() - t0)
 
     task = RecognitionTask(arch=arch, data_info=dm.data_info, lr=lr, warmup_steps=min(100, steps // 10), teacher=teacher,
-                           model_args={"dropout": 0.0, **(model_args or {})}, pretrained=init_from)
+                           model_args={"dropout": 0.0, **(model_args or {})}, pretrained=init_from, recipe=TRAIN["recipe"])
     trainer = L.Trainer(
         # max_epochs=-1: the schedule's length is max_steps also when a resumed run's loader holds only the rest
         accelerator=accelerator, devices=1, max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
@@ -186,7 +191,7 @@ def train_run(
         "data_seed": data_seed, "lr": lr, "teacher": teacher, "device": machine().get("device", "cpu") if accelerator != "cpu" else "cpu", "train_s": state["train_s"], "test_s": round(time.time() - t0, 1),
         "test_accuracy": res["accuracy"], "test_one_minus_ned": res["one_minus_ned"], "test_count": res["count"],
         "test_by_font": by_font, **({"init_from": str(init_from)} if init_from else {}),
-        **({"model_args": model_args} if model_args else {}),
+        **({"model_args": model_args} if model_args else {}), **recipe_record(),
         # the attention backend chosen by environment (the same maps either way; recorded for the timings)
         **({"attn_backend": os.environ["ZOO_ATTN_BACKEND"]} if os.environ.get("ZOO_ATTN_BACKEND") else {}),
         **({"val_history": state["val"], "parts": state["parts"]} if resume_dir is not None else {}),
@@ -318,7 +323,7 @@ def bench_main(args: argparse.Namespace) -> None:
 
 def csd_name(args: argparse.Namespace, teacher: str, seed: int) -> str:
     """Result name of a CSD run; stops when that result exists and --overwrite is not given."""
-    return free_name(f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}", getattr(args, "overwrite", False))
+    return free_name(f"csd_{args.steps}_b{args.batch_size}_s{seed}_teacher-{Path(teacher).name}{recipe_suffix()}", getattr(args, "overwrite", False))
 
 
 def free_name(name: str, overwrite: bool) -> str:
@@ -413,7 +418,17 @@ def comparable(run_: dict[str, Any], payload: dict[str, Any], args: argparse.Nam
     scratch (fine-tuning stages are not arms), with exactly ``overrides`` (the registered twin: none)."""
     n_test = getattr(args, "n_test", N_TEST)
     return ((run_["batch_size"], run_["lr"], payload["data"], run_["test_count"]) == (args.batch_size, args.lr, DATA, n_test)
-            and not run_.get("init_from") and (run_.get("model_args") or None) == overrides)
+            and not run_.get("init_from") and (run_.get("model_args") or None) == overrides
+            and run_.get("recipe", "v1") == TRAIN["recipe"])
+
+
+def recipe_record() -> dict[str, str]:
+    """The training recipe as a run records it: nothing for v1 (every older record), else ``{"recipe": name}``."""
+    return {} if TRAIN["recipe"] == "v1" else {"recipe": TRAIN["recipe"]}
+
+
+def recipe_suffix() -> str:
+    return "" if TRAIN["recipe"] == "v1" else f"_recipe-{TRAIN['recipe']}"
 
 
 def arm_key(attn: str, model_args: Optional[dict[str, Any]] = None) -> str:
@@ -436,7 +451,7 @@ def merged_name(batch_size: int, model_args: Optional[dict[str, Any]] = None, st
     with a diff variant's overrides, suffixed by them as arm files are; with ``steps`` (a one-process run of
     both arms) named by its budget too, so it never stands in for the merged tables."""
     return ("diff_vs_vanilla" + (f"_{steps}steps" if steps is not None else "") + (f"_b{batch_size}" if batch_size != 32 else "")
-            + overrides_suffix(model_args))
+            + overrides_suffix(model_args) + recipe_suffix())
 
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -471,7 +486,7 @@ def arm_name(attn: str, steps: int, seed: int, init_from: Optional[str] = None, 
     shear = DATA.get("synth_train_shear")
     extra = [f for f in DATA.get("synth_train_fonts", []) if f not in TRAIN_FONTS]
     return (f"arm_{attn}_{steps}_s{seed}" + (f"_b{batch_size}" if batch_size != 32 else "") + (f"_shear{shear:g}" if shear else "")
-            + overrides_suffix(model_args)
+            + overrides_suffix(model_args) + recipe_suffix()
             + (f"_fonts+{'+'.join(extra)}" if extra else "")
             + (f"_from-{Path(init_from).name}" if init_from else ""))
 
@@ -537,6 +552,11 @@ def main() -> None:
                    help="slant half the synthetic training words right by up to this shift per unit height "
                         "(italic-like; 0.3 is about 17 degrees; validation and test unchanged). Recorded in the "
                         "results' data settings; arm results get a _shear<S> suffix")
+    p.add_argument("--recipe", choices=("v1", "parseq"), default="v1",
+                   help="RecognitionTask's training recipe: v1 (default here: every recorded row used it) or parseq "
+                        "(the task's default: PARSeq's permutation with EOS last, embeddings and position queries not "
+                        "weight-decayed). Recorded in the results; arm and merged files get a _recipe-<name> suffix, and "
+                        "--merge combines only runs of the same recipe")
     p.add_argument("--synth-cache", default=None, metavar="DIR",
                    help="render the synthetic crops once into DIR and read them from there: the same pixels "
                         "without the renderer's ~1.7 ms a crop per step, so several runs can share the cores")
@@ -554,6 +574,7 @@ def main() -> None:
         p.error("--init-from goes with --export or a single arm (--attn diff|vanilla)")
     if not 0.0 <= args.shear <= 1.0:
         p.error(f"--shear must lie in [0, 1], got {args.shear}")
+    TRAIN["recipe"] = args.recipe
     if args.shear:
         DATA["synth_train_shear"] = args.shear
     if args.add_train_fonts:

@@ -275,3 +275,39 @@ def test_both_arms_in_one_run_are_named_by_budget_batch_and_overrides(bench, mon
     assert json.loads((bench.RESULTS / "diff_vs_vanilla.json").read_text())["runs"][0]["test_accuracy"] == 66.0
     with pytest.raises(SystemExit, match="exists"):  # the same run again: refused before training
         bench.bench_main(args)
+
+
+def test_a_recipe_reaches_the_task_is_recorded_named_and_merged_apart(bench, monkeypatch, tmp_path):
+    """--recipe parseq trains RecognitionTask with that recipe (a real two-step run), records it in the arm's
+    row and settings, suffixes the arm file, and --merge --recipe parseq combines only runs of that recipe
+    (every recorded row without the field is a v1 run)."""
+    import sys
+    import tempfile
+
+    import zoo.tasks.str as str_tasks
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    recipes, real = [], str_tasks.RecognitionTask
+    monkeypatch.setattr(str_tasks, "RecognitionTask", lambda *a, **k: recipes.append(k.get("recipe")) or real(*a, **k))
+    monkeypatch.setattr(sys, "argv", ["bench_str.py", "--attn", "vanilla", "--steps", "2", "--batch-size", "4", "--n-test", "8",
+                                      "--recipe", "parseq"])
+    bench.main()
+    assert recipes == ["parseq"]
+    row = json.loads((bench.RESULTS / "arm_vanilla_2_s0_b4_recipe-parseq.json").read_text())["runs"][0]
+    assert row["recipe"] == "parseq"
+    # v1 rows of both arms (no recipe field, as every older record) and a parseq diff row
+    _write(bench, "arm_diff_2_s0_b4", [_row("diff", 0, 40.0, steps=2, batch=4)])
+    _write(bench, "arm_vanilla_2_s0_b4", [_row("vanilla", 0, 50.0, steps=2, batch=4)])
+    args = argparse.Namespace(steps=2, batch_size=4, lr=7e-4, n_test=8)
+    with pytest.raises(SystemExit, match="no diff arm at 2 steps"):  # the parseq table has no parseq diff run yet
+        bench.merge_main(args)
+    _write(bench, "arm_diff_2_s0_b4_recipe-parseq", [{**_row("diff", 0, 45.0, steps=2, batch=4), "test_count": 8, "recipe": "parseq"}])
+    bench.merge_main(args)
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_b4_recipe-parseq.json").read_text())
+    assert sorted((r["label"].split()[0], r.get("recipe")) for r in out["runs"]) == [("diff", "parseq"), ("vanilla", "parseq")]
+    bench.TRAIN["recipe"] = "v1"
+    bench.merge_main(argparse.Namespace(steps=2, batch_size=4, lr=7e-4, n_test=1000))
+    out = json.loads((bench.RESULTS / "diff_vs_vanilla_b4.json").read_text())
+    assert sorted((r["test_accuracy"], r.get("recipe")) for r in out["runs"]) == [(40.0, None), (50.0, None)]

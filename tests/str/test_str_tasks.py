@@ -227,3 +227,66 @@ def test_csd_teacher_with_another_crop_size_is_refused_at_setup(tmp_path):
     task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(teacher))
     with pytest.raises(ValueError, match="img_size"):
         task.setup("fit")  # not a shape error from the teacher's encoder at the first step
+
+
+def _order_from_mask(mask):
+    """The decoding order a permutation mask encodes: query q's rank = how many other queries' outputs
+    (content q' + 1) it sees (content 0 is BOS; a query's own output is never visible to it)."""
+    T = mask.shape[0]
+    seen = [int(mask[q, 1:].sum()) for q in range(T)]
+    return sorted(range(T), key=lambda q: seen[q])
+
+
+def test_parseq_recipe_permutes_characters_with_eos_last_and_drops_eos_targets():
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    eos = task.model.charset.EOS
+    # "ab" and "abcd" (character ids 11.., then EOS, then padding): the batch's longest label has 4 characters
+    targets = torch.tensor([[11, 12, eos, -100, -100, -100, -100], [11, 12, 13, 14, eos, -100, -100]])
+    torch.manual_seed(0)
+    orders = set()
+    for _ in range(60):
+        mask, tgt = task._mask("perm", targets)
+        order = _order_from_mask(mask)
+        # a valid permutation mask: exactly the earlier queries' outputs are visible, BOS always
+        for rank, q in enumerate(order):
+            assert bool(mask[q, 0]) and sorted(j - 1 for j in range(1, 7) if mask[q, j]) == sorted(order[:rank])
+        assert order[4:] == [4, 5, 6]  # the longest label's EOS slot after its characters; padding keeps its order
+        orders.add(tuple(order[:4]))
+        assert torch.equal(tgt, targets.masked_fill(targets == eos, -100))  # PARSeq drops EOS targets here
+    assert len(orders) > 10  # the characters' order is random (24 possible)
+    for mode in ("ar", "nar", "cloze"):  # the canonical masks keep every target, EOS included
+        assert torch.equal(task._mask(mode, targets)[1], targets)
+
+
+def test_v1_recipe_permutes_every_slot_and_keeps_eos_targets():
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, recipe="v1")
+    eos = task.model.charset.EOS
+    targets = torch.tensor([[11, 12, eos, -100, -100, -100, -100]])
+    torch.manual_seed(0)
+    eos_sees_all = []
+    for _ in range(40):
+        mask, tgt = task._mask("perm", targets)
+        eos_sees_all.append(bool(mask[2, 1:3].all()))  # the EOS query (slot 2) sees both characters
+        assert torch.equal(tgt, targets)
+    assert not all(eos_sees_all)  # the EOS slot is not kept last
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        RecognitionTask(arch="str-diff-tiny", model_args=TINY, recipe="PARSeq")
+
+
+def test_weight_decay_leaves_out_the_embeddings_parseq_and_timm_list():
+    from timm.models.vision_transformer import VisionTransformer
+
+    def decayed(task):
+        opt = task.configure_optimizers()["optimizer"]
+        ids = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        every = [p for g in opt.param_groups for p in g["params"]]
+        assert len(every) == len(list(task.parameters()))  # each parameter in exactly one group
+        return {n for n, p in task.named_parameters() if id(p) in ids}
+
+    parseq = decayed(RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO))
+    v1 = decayed(RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, recipe="v1"))
+    assert "pos_embed" in VisionTransformer.no_weight_decay(None)  # timm's own list names the encoder's
+    exempt = {"model.text_embed.weight", "model.pos_queries", "model.encoder.pos_embed"}
+    assert exempt <= v1 and not exempt & parseq
+    assert v1 - parseq == exempt  # nothing else changes: the other matrices stay decayed
+    assert "model.head.weight" in parseq

@@ -30,7 +30,8 @@ def _trained_run(folder: Path, **meta):
 def test_an_old_run_is_not_reported_under_new_settings(bench, monkeypatch, tmp_path):
     # written before lr / itm_weight were recorded: those count as the defaults of the time
     _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
-    with pytest.raises(SystemExit, match=r"other settings \(steps: trained 600, asked 2000; itm_weight: trained 1.0, asked 2.0\)"):
+    with pytest.raises(SystemExit, match=r"other settings \(steps: trained 600, asked 2000; itm_weight: trained 1.0, asked 2.0; "
+                                         r"decay_exempt: trained 'none', asked 'no_weight_decay'\)"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train")
     with pytest.raises(SystemExit, match=r"itm_weight: trained 1.0, asked 2.0"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600")
@@ -39,8 +40,14 @@ def test_an_old_run_is_not_reported_under_new_settings(bench, monkeypatch, tmp_p
     _trained_run(tmp_path / "nofda_s0", steps=600, batch_size=64)
     with pytest.raises(SystemExit, match="steps: trained 600, asked 2000"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval")
+    # the same settings but trained when the ViT's position embedding was weight-decayed: not reused
+    with pytest.raises(SystemExit, match=r"\(decay_exempt: trained 'none', asked 'no_weight_decay'\)"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600",
+              "--itm-weight", "1")
     assert bench.trained == []
     # the same settings: reused, nothing retrained
+    meta = json.loads((tmp_path / "fda_s0" / "bench_meta.json").read_text())
+    (tmp_path / "fda_s0" / "bench_meta.json").write_text(json.dumps({**meta, "decay_exempt": "no_weight_decay"}))
     _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train", "--steps", "600",
           "--itm-weight", "1")
     assert bench.trained == []
@@ -55,9 +62,10 @@ def test_arms_train_one_variant_and_eval_needs_both(bench, monkeypatch, tmp_path
 
 def test_fda_args_shape_only_the_fda_arm(bench, monkeypatch, tmp_path, capsys):
     # runs from before --fda-args count as the registered FDA settings ({})
-    _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64)
+    _trained_run(tmp_path / "fda_s0", steps=600, batch_size=64, decay_exempt="no_weight_decay")
     (tmp_path / "nofda_s0").mkdir()
-    (tmp_path / "nofda_s0" / "bench_meta.json").write_text(json.dumps({"fda": False, "seed": 0, "steps": 600, "batch_size": 64}))
+    (tmp_path / "nofda_s0" / "bench_meta.json").write_text(json.dumps({"fda": False, "seed": 0, "steps": 600, "batch_size": 64,
+                                                                       "decay_exempt": "no_weight_decay"}))
     variant = ["--fda-args", '{"fda_direction": "keys"}', "--itm-weight", "1"]
     with pytest.raises(SystemExit, match=r"fda_args: trained \{\}, asked \{'fda_direction': 'keys'\}"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "train", "--steps", "600", *variant)

@@ -235,6 +235,11 @@ class SceneTextRecognizer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def no_weight_decay(self) -> set[str]:
+        """Tensors kept out of weight decay (timm's convention; PARSeq's list): the character embedding and
+        the position queries. The timm encoder lists its own ``pos_embed``."""
+        return {"text_embed.weight", "pos_queries"}
+
     @property
     def num_slots(self) -> int:
         return self.config.max_length + 1

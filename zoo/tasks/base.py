@@ -39,7 +39,9 @@ class ZooTask(L.LightningModule):
 
     Args:
         lr: peak learning rate.
-        weight_decay: AdamW decay, applied to matrices only (not norms, biases, lambdas).
+        weight_decay: AdamW decay, applied to matrices only (not norms, biases, lambdas), and not to the
+            tensors a module lists in its ``no_weight_decay()`` (timm's convention: position embeddings,
+            class tokens; see :meth:`no_weight_decay_names`).
         betas: AdamW betas.
         warmup_steps: linear warm-up steps.
         scheduler: ``cosine`` (decay to ``min_lr_ratio * lr`` over the run) or ``constant``.
@@ -69,12 +71,24 @@ class ZooTask(L.LightningModule):
         )
 
     # -- optimization
+    def no_weight_decay_names(self) -> set[str]:
+        """Names (as in ``named_parameters()``) of the matrices kept out of weight decay: those each submodule
+        returns from ``no_weight_decay()`` (timm's convention, names relative to that module; a timm ViT lists
+        ``pos_embed`` and ``cls_token``), joined to the module's path."""
+        out = set()
+        for path, module in self.named_modules():
+            fn = getattr(module, "no_weight_decay", None)
+            if module is not self and callable(fn):
+                out |= {f"{path}.{name}" if path else name for name in fn()}
+        return out
+
     def configure_optimizers(self) -> Any:
         a = self.opt_args
         decay, no_decay = [], []
-        for p in self.parameters():
+        exempt = self.no_weight_decay_names()
+        for name, p in self.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
+                (decay if p.dim() >= 2 and name not in exempt else no_decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": a["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=a["lr"],

@@ -16,6 +16,7 @@ from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
 from zoo.tasks.base import ZooTask
 
 MASK_MODES = ("ar", "nar", "cloze", "perm")
+RECIPES = ("parseq", "v1")
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -150,6 +151,13 @@ class RecognitionTask(ZooTask):
         data_info: from the datamodule (charset, max_length); filled in by the CLI.
         masks: visibility masks trained each step (``ar``, ``nar``, ``cloze``, ``perm`` = one random
             permutation per batch, as PARSeq's permutation LM); the loss is their mean.
+        recipe: ``parseq`` (default) trains as PARSeq does: the ``perm`` ordering permutes the batch's
+            character positions and keeps the end (EOS) last, with EOS targets dropped from it (PARSeq learns
+            EOS from its canonical orderings, here ``ar``, ``nar`` and ``cloze``), and the character embedding,
+            the position queries and the encoder's position embedding are not weight-decayed (PARSeq's and
+            timm's ``no_weight_decay``). ``v1``: zoo's recipe before 2026-11-28, kept to reproduce the
+            benchmark rows trained with it: one permutation of all slots, EOS and padding included, and every
+            matrix decayed.
         label_smoothing: cross-entropy label smoothing.
         teacher: CSD teacher (exported folder, shipped name or ``.ckpt``). With it, training targets
             are the teacher's pseudolabels and a KL term pulls every mask's prediction towards the
@@ -173,6 +181,7 @@ class RecognitionTask(ZooTask):
         teacher: Optional[str] = None,
         csd_temperature: float = 2.0,
         csd_kl_weight: float = 1.0,
+        recipe: str = "parseq",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -185,9 +194,11 @@ class RecognitionTask(ZooTask):
         bad = [m for m in masks if m not in MASK_MODES]
         if bad or not masks:
             raise ValueError(f"masks must be a non-empty subset of {MASK_MODES}, got {list(masks)}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         if csd_temperature <= 0:
             raise ValueError(f"csd_temperature must be positive, got {csd_temperature}")
-        self.arch, self.masks, self.label_smoothing = arch, list(masks), label_smoothing
+        self.arch, self.masks, self.label_smoothing, self.recipe = arch, list(masks), label_smoothing, recipe
         self.data_info = dict(data_info or {})
         if self.data_info and self.data_info.get("kind") != "str":
             raise ValueError(
@@ -278,10 +289,21 @@ class RecognitionTask(ZooTask):
         return dst
 
     # -- training
-    def _mask(self, mode: str, T: int) -> Tensor:
-        if mode == "perm":
-            return visibility(torch.randperm(T), T, self.device)
-        return visibility(mode, T, self.device)
+    def no_weight_decay_names(self) -> set[str]:
+        return super().no_weight_decay_names() if self.recipe == "parseq" else set()
+
+    def _mask(self, mode: str, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The visibility mask of ``mode`` and the targets it is trained on."""
+        T = targets.shape[1]
+        if mode != "perm":
+            return visibility(mode, T, self.device), targets
+        if self.recipe == "v1":
+            return visibility(torch.randperm(T), T, self.device), targets
+        # PARSeq: permute the character positions of the batch's longest label; its EOS slot comes last, the
+        # slots after it (padding in every row) keep their order
+        n = int((targets != -100).sum(-1).max()) - 1
+        order = torch.cat([torch.randperm(n), torch.arange(n, T)])
+        return visibility(order, T, self.device), targets.masked_fill(targets == self.model.charset.EOS, -100)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, targets = batch["images"], batch["targets"]
@@ -290,13 +312,14 @@ class RecognitionTask(ZooTask):
             targets, soft = self._teacher_targets(images)
         memory = self.model.encode(images)
         tokens, valid = self.model.content_tokens(targets)
-        T, C = targets.shape[1], self.model.num_classes
+        C = self.model.num_classes
         ce = kl = torch.zeros((), device=images.device)
         for mode in self.masks:
-            logits = self.model.decode_step(memory, tokens, self._mask(mode, T), valid)
-            ce = ce + F.cross_entropy(logits.reshape(-1, C), targets.reshape(-1), ignore_index=-100, label_smoothing=self.label_smoothing)
+            mask, tgt = self._mask(mode, targets)
+            logits = self.model.decode_step(memory, tokens, mask, valid)
+            ce = ce + F.cross_entropy(logits.reshape(-1, C), tgt.reshape(-1), ignore_index=-100, label_smoothing=self.label_smoothing)
             if soft is not None:
-                kl = kl + self._kl(logits, soft, targets)
+                kl = kl + self._kl(logits, soft, tgt)
         loss = (ce + self.hparams.csd_kl_weight * kl) / len(self.masks)
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         if soft is not None:
