@@ -334,3 +334,39 @@ def test_dex_anneal_steps_written_in_scientific_notation_is_accepted():
     assert all(m.anneal_steps == 10000 for m in A.adapted_layers(model))
     with pytest.raises(ValueError, match="dex anneal_steps must be an integer >= 0, got 2.5"):
         A.apply_adapter(lm(), "dex", anneal_steps=2.5)
+
+
+@pytest.mark.parametrize("attn_type", ["diff", "dint", "gda"])
+def test_adapted_layer_reads_tensors_loaded_with_assign(attn_type):
+    """The base layer's own parameters (diff's lambda vectors) are read by its forward: a load that replaces
+    the wrapper's Parameter objects (load_state_dict(assign=True)) must reach it. At anneal 0 the adapted
+    model is the plain model holding the same weights."""
+    extra = {"attn_args": {"signal_ratio": 2}} if attn_type == "gda" else {}
+    plain = lm(seed=0, attn_type=attn_type, **extra)
+    ids = torch.randint(0, 50, (1, 8))
+    want = plain(ids)
+    model = A.apply_adapter(lm(seed=1, attn_type=attn_type, **extra), "dex")
+    model.load_state_dict({**plain.state_dict(), **A.adapter_state_dict(model)}, assign=True)
+    torch.testing.assert_close(model(ids), want, atol=0, rtol=0)
+    # the base layers handed back by remove_adapters hold the loaded tensors too
+    torch.testing.assert_close(A.remove_adapters(model)(ids), want, atol=0, rtol=0)
+
+
+def test_loading_difflora_weights_into_a_merged_model_keeps_base_and_outputs_right():
+    """Weights loaded while the LoRA is folded into q_proj/k_proj: the folded delta must follow them, and
+    unmerging must give back the pretrained projections (W0 + s B A written out in float64)."""
+    src = A.apply_adapter(lm(), "difflora", rank=2)
+    perturb(src, seed=2)
+    model = A.apply_adapter(lm(), "difflora", rank=2)
+    perturb(model, seed=1)
+    attn = model.layers[0].attn
+    w0 = attn.q_proj.weight.detach().double().clone()
+    A.merge_adapters(model)
+    A.load_adapter(model, A.adapter_state_dict(src))
+    lo = src.layers[0].attn.adapter.q_lora
+    want_w = w0 + lo.scale * lo.b.detach().double() @ lo.a.detach().double()
+    torch.testing.assert_close(attn.q_proj.weight.double(), want_w, atol=1e-6, rtol=0)
+    ids = torch.randint(0, 50, (2, 7))
+    torch.testing.assert_close(model(ids), src(ids), atol=1e-5, rtol=1e-5)
+    A.unmerge_adapters(model)
+    torch.testing.assert_close(attn.q_proj.weight.double(), w0, atol=1e-6, rtol=0)

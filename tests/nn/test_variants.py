@@ -259,3 +259,15 @@ def test_variants_train_in_the_lm(attn_type):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     out = model.generate(ids[:1, :3], max_new_tokens=4, temperature=0)
     assert out.shape == (1, 7)
+
+
+def test_dint_keeps_float64_precision():
+    """float64 inputs (as the naive reference backend keeps them) must not be combined in float32."""
+    torch.manual_seed(2)
+    B, H, T, d = 1, 2, 6, 4
+    q1, q2, k1, k2 = (torch.randn(B, H, T, d, dtype=torch.float64) for _ in range(4))
+    v = torch.randn(B, H, T, 2 * d, dtype=torch.float64)
+    ref = dint_map_ref(softmax_map(q1, k1, True), softmax_map(q2, k2, True), 0.7, True) @ v
+    got, _ = dint_attention(q1, q2, k1, k2, v, torch.tensor(0.7, dtype=torch.float64), causal=True, backend="naive")
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)

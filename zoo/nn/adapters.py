@@ -88,8 +88,16 @@ class AdaptedAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = base.n_heads, base.n_kv_heads, base.head_dim
 
     def _sync(self) -> AttentionBase:
-        self.base.training = self.training
-        return self.base
+        """The base layer, pointed at the wrapper's current submodules and tensors: a load that replaces
+        Parameter objects (``load_state_dict(assign=True)``) rebinds them on the wrapper only."""
+        base = self.base
+        base.training = self.training
+        for store in ("_modules", "_parameters", "_buffers"):
+            ours, theirs = getattr(self, store), getattr(base, store)
+            for name in theirs:
+                if name in ours:
+                    theirs[name] = ours[name]
+        return base
 
     def _finish(self, out: Tensor) -> Tensor:
         B, _, tq, _ = out.shape
@@ -205,6 +213,7 @@ class DiffLoRAAttention(AdaptedAttention):
     def merge(self) -> None:
         """Fold the positive-term LoRA into ``q_proj``/``k_proj`` (inference speed, same outputs)."""
         if not self.merged:
+            self._sync()
             with torch.no_grad():
                 self.base.q_proj.weight += self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
                 self.base.k_proj.weight += self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
@@ -212,6 +221,7 @@ class DiffLoRAAttention(AdaptedAttention):
 
     def unmerge(self) -> None:
         if self.merged:
+            self._sync()
             with torch.no_grad():
                 self.base.q_proj.weight -= self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
                 self.base.k_proj.weight -= self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
@@ -522,7 +532,7 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, AdaptedAttention):
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, m.base)
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, m._sync())
     model.adapter_config = None
     return model
 
@@ -595,9 +605,14 @@ def load_adapter(model: nn.Module, source: Union[str, Path, Mapping[str, Tensor]
     )
     if problems:
         raise ValueError(f"{name} does not fit this model's adapter: " + "; ".join(problems))
+    merged = [m for m in adapted_layers(model) if getattr(m, "merged", False)]
+    for m in merged:  # the folded LoRA delta must be the one of the weights loaded now
+        m.unmerge()
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)
+    for m in merged:
+        m.merge()
     return model
 
 

@@ -98,10 +98,11 @@ def dint_attention(
     (cached) queries. Returns the output and the updated prefix.
     """
     kw = dict(causal=causal, key_mask=key_mask, dropout_p=dropout_p, training=training, backend=backend)
-    o1 = attention(q1, k1, v, **kw).float()
-    o2 = attention(q2, k2, v, **kw).float()
+    dt = torch.promote_types(q1.dtype, torch.float32)  # at least fp32: float64 inputs stay float64
+    o1 = attention(q1, k1, v, **kw).to(dt)
+    o2 = attention(q2, k2, v, **kw).to(dt)
     B, H, tq, _ = o1.shape
-    w = torch.ones(B, 1, tq, 1, device=o1.device) if query_mask is None else query_mask[:, None, :, None].float()
+    w = o1.new_ones(B, 1, tq, 1) if query_mask is None else query_mask[:, None, :, None].to(dt)
     s_prev, n_prev = prefix if prefix is not None else (o1.new_zeros(B, H, 1, o1.shape[-1]), o1.new_zeros(B, 1, 1, 1))
     if causal:
         s = s_prev + torch.cumsum(o1 * w, dim=2)
@@ -112,7 +113,7 @@ def dint_attention(
         n = n_prev + w.sum(dim=2, keepdim=True)
         new_prefix = (s, n)
     g = s / n.clamp(min=1e-12)
-    lam = lam.float() if torch.is_tensor(lam) else torch.tensor(float(lam), device=o1.device)
+    lam = lam.to(dt) if torch.is_tensor(lam) else torch.tensor(float(lam), dtype=dt, device=o1.device)
     out = o1 - lam * o2 + lam * g
     return out.to(q1.dtype), new_prefix
 
