@@ -271,3 +271,13 @@ def test_dint_keeps_float64_precision():
     got, _ = dint_attention(q1, q2, k1, k2, v, torch.tensor(0.7, dtype=torch.float64), causal=True, backend="naive")
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("attn_type, bad", [("shared_diff", {"rank": 0}), ("shared_diff", {"rank": 2.5}),
+                                            ("gda", {"signal_ratio": 2.5}), ("gda", {"signal_ratio": 0})])
+def test_fractional_or_zero_head_settings_are_named(attn_type, bad):
+    """rank 0 fell back to the default rank and a fractional signal_ratio was truncated, silently."""
+    (key, value), = bad.items()
+    with pytest.raises(ValueError, match=rf"{key} must be a positive integer.*got {value}"):
+        build_attention(attn_type, 32, 4, **bad)
+    assert build_attention("shared_diff", 32, 4, rank=3).rank == 3 and build_attention("gda", 32, 4, signal_ratio=2).signal_ratio == 2

@@ -43,7 +43,9 @@ class SharedDiffAttention(DiffAttention):
     def __init__(self, dim: int, n_heads: int, *, rank: Optional[int] = None, **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
         d = self.head_dim // 2
-        self.rank = rank or max(1, d // 4)
+        if rank is not None and (isinstance(rank, bool) or int(rank) != rank or rank < 1):
+            raise ValueError(f"shared_diff rank must be a positive integer (or None for max(1, head_dim // 4)), got {rank!r}")
+        self.rank = int(rank) if rank is not None else max(1, d // 4)
         bias = self.q_proj.bias is not None
         self.q_proj = nn.Linear(dim, n_heads * d, bias=bias)
         self.k_proj = nn.Linear(self.kv_dim, self.n_kv_heads * d, bias=bias)
@@ -165,6 +167,8 @@ class GroupedDiffAttention(DiffAttention):
 
     def __init__(self, dim: int, n_heads: int, *, signal_ratio: int = 3, **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
+        if isinstance(signal_ratio, bool) or int(signal_ratio) != signal_ratio or signal_ratio < 1:
+            raise ValueError(f"gda signal_ratio must be a positive integer (signal heads per noise head), got {signal_ratio!r}")
         r = int(signal_ratio)
         if r < 1 or n_heads % r:
             raise ValueError(f"gda: n_heads ({n_heads}) must be a multiple of signal_ratio ({signal_ratio})")
