@@ -680,3 +680,22 @@ def test_cpu_sdpa_pads_query_key_to_value_width(monkeypatch, causal, masked):
     seen.clear()
     diff_attention(q1, q2, k1, k2, v, torch.tensor(0.3), causal=causal, key_mask=key_mask, backend="sdpa", dropout_p=0.5)
     assert seen == [(8, 8, 16, 0.5)] * 2
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "naive"])
+def test_bf16_subtraction_is_done_in_fp32(backend):
+    """With equal maps the result is (1 - lam) * A v: a cancellation. Combined in bf16, lambda's rounding
+    (0.882 -> 0.8828) and the product's rounding become several percent of the result; combined in fp32
+    (as the fused kernel does) only the final bf16 rounding remains (relative 2^-8)."""
+    torch.manual_seed(0)
+    B, H, T, d = 2, 2, 16, 8
+    q, k = torch.randn(B, H, T, d), torch.randn(B, H, T, d)
+    v = torch.rand(B, H, T, 2 * d) + 0.5  # positive values: A v stays away from zero
+    lam = torch.tensor(0.882)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    # A v as this backend feeds it to the subtraction: SDPA's bf16 output, the naive backend's fp32 one
+    single = attention(*(t.float() if backend == "naive" else t for t in (qb, kb, vb)), causal=True, backend=backend).double()
+    got = diff_attention(qb, qb, kb, kb, vb, lam, causal=True, backend=backend)
+    assert got.dtype == torch.bfloat16
+    rel = ((got.double() - (1 - 0.882) * single).abs() / ((1 - 0.882) * single).abs()).max().item()
+    assert rel <= 2 ** -8 + 1e-6, rel

@@ -253,8 +253,11 @@ def diff_attention(
     if name == "naive":
         o1 = _naive_single(q1, k1, v, mask, scale, p, training)
         o2 = _naive_single(q2, k2, v, mask, scale, p, training)
-        return (o1 - lam.to(o1.dtype) * o2).to(q1.dtype)
-    causal_only = causal and key_mask is None and tq == tk and tq > 1
-    o1 = _sdpa_single(q1, k1, v, mask, scale, p, causal_only)
-    o2 = _sdpa_single(q2, k2, v, mask, scale, p, causal_only)
-    return o1 - lam.to(o1.dtype) * o2
+    else:
+        causal_only = causal and key_mask is None and tq == tk and tq > 1
+        o1 = _sdpa_single(q1, k1, v, mask, scale, p, causal_only)
+        o2 = _sdpa_single(q2, k2, v, mask, scale, p, causal_only)
+    # the subtraction in at least fp32, as the fused kernel does: in bf16, lambda's rounding (0.882 -> 0.8828)
+    # and the product's would be magnified by the cancellation (and by OpAmp's gain after it)
+    ct = torch.promote_types(o1.dtype, torch.float32)
+    return (o1.to(ct) - lam.to(ct) * o2.to(ct)).to(q1.dtype)
