@@ -86,7 +86,7 @@ def arm(fda: bool) -> str:
     return "fda" if fda else "nofda"
 
 
-# of runs whose meta predates the field; "decay_exempt": until 2026-11-28 the ViT's position embedding and
+# of runs whose meta predates the field; "decay_exempt": up to 2026-11-27 the ViT's position embedding and
 # class token were weight-decayed too (ZooTask now leaves out what a module's no_weight_decay() lists, as timm)
 TRAIN_DEFAULTS = {"lr": 5e-4, "warmup": 50, "itm_weight": 1.0, "n_train": 12000, "fda_args": {}, "init_from": None,
                   "decay_exempt": "none"}

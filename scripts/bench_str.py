@@ -40,7 +40,7 @@ SHIPPED = ROOT / "zoo" / "pretrained" / "str-diff-tiny"
 # plateaued at ~1% word accuracy after 1200 steps; 1-6 characters / strength 0.4 / lr 7e-4 / batch 32 also
 # sat at the prior's loss for 600 steps until the encoder position embedding got its sin-cos start).
 DATA = dict(charset="36", max_length=6, synth_min_len=1, synth_max_len=6, synth_strength=0.4)
-# RecognitionTask's training recipe (--recipe): every row before 2026-11-28 trained with "v1" (one permutation
+# RecognitionTask's training recipe (--recipe): every row up to 2026-11-27 trained with "v1" (one permutation
 # of all slots, every matrix weight-decayed), so v1 stays the benchmark's default and rows of another recipe
 # record it, get a _recipe-<name> suffix and are merged only with their own kind.
 TRAIN = {"recipe": "v1"}

@@ -155,7 +155,7 @@ class RecognitionTask(ZooTask):
             character positions and keeps the end (EOS) last, with EOS targets dropped from it (PARSeq learns
             EOS from its canonical orderings, here ``ar``, ``nar`` and ``cloze``), and the character embedding,
             the position queries and the encoder's position embedding are not weight-decayed (PARSeq's and
-            timm's ``no_weight_decay``). ``v1``: zoo's recipe before 2026-11-28, kept to reproduce the
+            timm's ``no_weight_decay``). ``v1``: zoo's recipe until 2026-11-27, kept to reproduce the
             benchmark rows trained with it: one permutation of all slots, EOS and padding included, and every
             matrix decayed.
         label_smoothing: cross-entropy label smoothing.
