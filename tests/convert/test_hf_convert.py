@@ -152,6 +152,18 @@ def test_unsupported_features_are_refused(tmp_path):
         from_hf_llama(folder)
 
 
+def test_incomplete_or_malformed_config_is_named(tmp_path):
+    _, folder = tiny_llama(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["intermediate_size"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json lacks \['intermediate_size'\]"):
+        from_hf_llama(folder)
+    (folder / "config.json").write_text(json.dumps([cfg]))
+    with pytest.raises(ValueError, match="JSON list, not the object"):
+        from_hf_llama(folder)
+
+
 def test_missing_and_misshaped_tensors_are_named(tmp_path):
     from safetensors.torch import load_file, save_file
 

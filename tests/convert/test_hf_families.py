@@ -87,6 +87,20 @@ def test_mistral_sliding_window_caps_the_context(tmp_path, caplog):
         ours(torch.zeros(1, 17, dtype=torch.long))
 
 
+@pytest.mark.parametrize("max_window_layers, sliding", [(1, True), (2, False)])
+def test_qwen2_sliding_window_caps_only_when_a_layer_slides(tmp_path, max_window_layers, sliding):
+    """Qwen2 slides on layers >= max_window_layers: with none sliding it is full attention at any length."""
+    hf, folder = _decoder(tmp_path, "Qwen2ForCausalLM", use_sliding_window=True, sliding_window=8,
+                          max_window_layers=max_window_layers)
+    ours = from_hf_llama(folder)
+    if sliding:
+        assert ours.config.max_seq_len == 8
+        _compare_decoder(hf, ours, T=8)
+    else:
+        assert ours.config.max_seq_len == 64
+        _compare_decoder(hf, ours, T=20)
+
+
 def test_to_hf_refuses_a_bias_layout_the_family_lacks(tmp_path):
     _, folder = _decoder(tmp_path, "Qwen2ForCausalLM")
     with pytest.raises(ValueError, match="attn_bias='qkv'.*llama"):
@@ -120,6 +134,27 @@ def test_roberta_hidden_states_match_and_round_trip(tmp_path):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_roberta_left_padded_batch_matches(tmp_path):
+    """RoBERTa's positions count non-pad tokens from pad_token_id + 1, so left padding shifts them."""
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=96, max_position_embeddings=42, type_vocab_size=1,
+                                     pad_token_id=1)
+    hf = transformers.RobertaModel(cfg).eval()
+    _randomize(hf)
+    hf.save_pretrained(tmp_path / "rob")
+    ours = from_hf_bert(tmp_path / "rob")
+    ids = torch.randint(3, 101, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0
+    ids[0, :3] = 1  # left padding with pad_token_id
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask)
+    m = mask.bool()
+    torch.testing.assert_close(got[m], ref[m], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("sharded", [False, True])
 def test_pytorch_bin_weights(tmp_path, sharded):
     hf, folder = _decoder(tmp_path, "LlamaForCausalLM")
@@ -136,6 +171,23 @@ def test_pytorch_bin_weights(tmp_path, sharded):
     else:
         torch.save(state, folder / "pytorch_model.bin")
     _compare_decoder(hf, from_hf_llama(folder))
+
+
+@pytest.mark.parametrize("same_head", [True, False])
+def test_tied_checkpoint_that_stores_the_head(tmp_path, same_head):
+    """``torch.save(model.state_dict())`` of a tied model keeps ``lm_head.weight``; transformers ties it when it
+    equals the embedding and keeps a separate head when it differs: the converted model gives its logits."""
+    hf, folder = _decoder(tmp_path, "Qwen2ForCausalLM", tie_word_embeddings=True)
+    (folder / "model.safetensors").unlink()
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    assert "lm_head.weight" in state
+    if not same_head:
+        state["lm_head.weight"] = torch.randn_like(state["lm_head.weight"])
+    torch.save(state, folder / "pytorch_model.bin")
+    ref = transformers.Qwen2ForCausalLM.from_pretrained(folder).eval()
+    ours = from_hf_llama(folder)
+    assert ours.config.tie_embeddings == same_head
+    _compare_decoder(ref, ours)
 
 
 def test_corrupt_bin_is_named(tmp_path):

@@ -5,8 +5,8 @@
   ``attn_bias="qkv"``; a sliding window shorter than the context caps ``max_seq_len`` at the window
   (inside it full attention is exact; longer inputs are refused rather than silently different).
 * BERT-family encoders (``BertModel``, ``RobertaModel``) <-> :class:`zoo.models.encoder.TextEncoder`
-  (vanilla). RoBERTa's position ids start at ``pad_token_id + 1`` (``pos_offset``); padded positions
-  (right padding) are masked keys, so real tokens match exactly.
+  (vanilla). RoBERTa's position ids start at ``pad_token_id + 1`` (``pos_offset``) and skip
+  pad tokens, as in ``transformers``; padded positions are masked keys, so real tokens match exactly.
 
 Weights: ``model.safetensors``, sharded safetensors with ``model.safetensors.index.json``, or
 ``pytorch_model.bin`` (sharded with its index), read with ``torch.load(weights_only=True)``.
@@ -21,6 +21,7 @@ tensor or shape mismatch raises a ``ValueError`` that names it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -106,9 +107,18 @@ def read_hf_config(folder: PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give a local Hugging Face model folder (config.json + safetensors)")
     try:
-        return json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not the object of a Hugging Face config")
+    return cfg
+
+
+def _require(cfg: dict[str, Any], folder: PathLike, *keys: str) -> None:
+    missing = [k for k in keys if cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"{folder}: config.json lacks {missing}; the config is truncated or of another model")
 
 
 def _weight_files(folder: Path, single: str) -> list[Path]:
@@ -234,10 +244,15 @@ def _rope_theta(cfg: dict[str, Any], folder: PathLike) -> float:
 def _window_cap(cfg: dict[str, Any], folder: PathLike, max_len: int) -> int:
     """``max_seq_len`` for a sliding-window model: the window when it is shorter than the context."""
     mtype, window = cfg.get("model_type"), cfg.get("sliding_window")
-    active = (mtype == "mistral" and window) or (mtype == "qwen2" and cfg.get("use_sliding_window") and window)
+    # Qwen2 slides only on layers >= max_window_layers (transformers' default 28); transformers 5 spells
+    # the per-layer choice out in layer_types
+    n_full = cfg.get("max_window_layers", 28) if mtype == "qwen2" else 0
+    layer_types = cfg.get("layer_types")
+    sliding = ("sliding_attention" in layer_types) if isinstance(layer_types, list) else n_full < cfg["num_hidden_layers"]
+    active = sliding and ((mtype == "mistral" and window) or (mtype == "qwen2" and cfg.get("use_sliding_window") and window))
     if not active or window >= max_len:
         return max_len
-    if mtype == "qwen2" and cfg.get("max_window_layers", 0) < cfg["num_hidden_layers"]:
+    if mtype == "qwen2" and n_full > 0:
         log.warning("%s: Qwen2 sliding window on some layers; capping max_seq_len at the window %d", folder, window)
     else:
         log.warning(
@@ -250,6 +265,7 @@ def _window_cap(cfg: dict[str, Any], folder: PathLike, max_len: int) -> int:
 def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
     """Map a HF Llama / Mistral / Qwen2 ``config.json`` to :class:`LMConfig` (``attn_type="vanilla"``)."""
     _check_arch(cfg, folder, LLAMA_ARCHITECTURES, LLAMA_MODEL_TYPES, "from_hf_llama")
+    _require(cfg, folder, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     _refuse(folder, cfg, "hidden_act", lambda v: v == "silu", "zoo's SwiGLU uses silu")
     _refuse(folder, cfg, "mlp_bias", lambda v: not v, "zoo's SwiGLU has no biases")
     mtype = cfg["model_type"]
@@ -284,9 +300,19 @@ def from_hf_llama(folder: PathLike) -> DiffTransformerLM:
     (fp32). The folder's ``tokenizer.json``, when present, becomes ``model.tokenizer``."""
     cfg = read_hf_config(folder)
     zcfg = llama_config_to_zoo(cfg, folder)
+    state = read_hf_weights(folder)
+    if zcfg.tie_embeddings and "lm_head.weight" in state:
+        # a tied checkpoint that stores the head too (e.g. ``torch.save(model.state_dict())``): transformers
+        # ties it when it equals the embedding and keeps it as a separate head otherwise
+        if torch.equal(state["lm_head.weight"], state.get("model.embed_tokens.weight", torch.empty(0))):
+            del state["lm_head.weight"]
+        else:
+            log.warning("%s: tie_word_embeddings=true but lm_head.weight differs from the embedding; "
+                        "converting with an untied head (as transformers loads it)", folder)
+            zcfg = dataclasses.replace(zcfg, tie_embeddings=False)
     model = DiffTransformerLM(zcfg)
     wmap = llama_weight_map(zcfg.n_layers, zcfg.tie_embeddings, zcfg.attn_bias)
-    _load_mapped(model, read_hf_weights(folder), wmap, folder)
+    _load_mapped(model, state, wmap, folder)
     model.tokenizer = _hf_tokenizer(folder)
     return model.eval()
 
@@ -351,6 +377,7 @@ def to_hf_llama(model: DiffTransformerLM, folder: PathLike, model_type: Optional
 def bert_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "", pooler: bool = True) -> EncoderConfig:
     """Map a HF BERT / RoBERTa ``config.json`` to :class:`EncoderConfig` (``attn_type="vanilla"``)."""
     _check_arch(cfg, folder, BERT_ARCHITECTURES, BERT_MODEL_TYPES, "from_hf_bert")
+    _require(cfg, folder, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     pad = cfg.get("pad_token_id") or 0
     offset = pad + 1 if cfg["model_type"] == "roberta" else 0  # RoBERTa numbers positions from padding_idx + 1
     _refuse(folder, cfg, "hidden_act", lambda v: v == "gelu", "zoo's GeluMlp uses exact (erf) gelu")

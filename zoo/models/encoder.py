@@ -134,8 +134,14 @@ class TextEncoder(TokenizerAssets, nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        pos = torch.arange(T, device=input_ids.device) + self.config.pos_offset
-        x = self.word_embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(pos)[None]
+        if self.config.pos_offset:
+            # RoBERTa numbers the non-pad tokens from pad_token_id + 1 and gives pads pad_token_id, so a
+            # left-padded row's first real token sits at the first position (as in transformers)
+            real = (input_ids != self.config.pad_token_id).long()
+            pos = torch.cumsum(real, dim=1) * real + (self.config.pos_offset - 1)
+        else:
+            pos = torch.arange(T, device=input_ids.device)[None]
+        x = self.word_embed(input_ids) + self.type_embed(token_type_ids) + self.pos_embed(pos)
         return self.drop(self.embed_norm(x))
 
     def pool(self, hidden: Tensor) -> Tensor:
