@@ -24,6 +24,9 @@ Writes ``results.json`` (with the device name), ``results.md`` and ``results.png
 correctness at a few sizes and writes nothing. ``--dims``, ``--seqlens`` and ``--causal`` measure
 a subset of the training shapes (e.g. the rows a run cut short left out); ``--merge NEW.json``
 adds the rows of such a run to the report in ``--out`` (same device only) and re-renders it.
+A ``--quick`` or subset run (``--parts``, ``--dims``, ``--seqlens``, ``--lm-seqlens``, ``--causal``, or
+another ``--dtype`` / ``--tokens``) without ``--out`` writes to a temp folder (it names it), never over the
+recorded full report.
 
     python scripts/bench_attention.py [--quick] [--check] [--out DIR] [--dtype bf16|fp16]
                                       [--parts training,decode,lm] [--dims 64] [--seqlens 512,8192]
@@ -38,6 +41,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -46,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention"
+SCRATCH_OUT = Path(tempfile.gettempdir()) / "zoo_bench_quick"  # default --out of a --quick or subset run
 MODEL_WIDTH = 2048  # H differential heads of qk dim d and v dim 2d: H * 2d = MODEL_WIDTH
 
 
@@ -593,7 +598,8 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, help=f"output folder (default: {DEFAULT_OUT}; for a --quick or subset "
+                                             f"run, {SCRATCH_OUT / 'attention'})")
     ap.add_argument("--quick", action="store_true", help="short run: few lengths, d=128, fewer repeats")
     ap.add_argument("--check", action="store_true", help="only verify correctness on the GPU; writes nothing")
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
@@ -618,6 +624,11 @@ def main(argv=None) -> int:
     unknown = sorted(set(parts) - {"training", "decode", "lm"})
     if unknown or not parts:
         ap.error(f"--parts: unknown section(s) {unknown or parts}; choose from training, decode, lm")
+    subset = (args.quick or set(parts) != {"training", "decode", "lm"} or args.causal != "both"
+              or any(x is not None for x in (args.dims, args.seqlens, args.lm_seqlens))
+              or any(getattr(args, k) != ap.get_default(k) for k in ("dtype", "tokens")))
+    if args.out is None:  # a smoke, subset or other-settings run must not replace the recorded full report
+        args.out = SCRATCH_OUT / "attention" if subset and not (args.merge or args.render) else DEFAULT_OUT
     if args.merge:
         src = args.out / "results.json"
         for f in (src, args.merge):

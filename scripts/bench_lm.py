@@ -8,7 +8,7 @@ Every run goes through the same LanguageModelTask + datamodules as ``python -m z
 Writes ``<out>/bench_lm.json``, ``<out>/bench_lm.md`` and ``<out>/bench_lm_loss.png``.
 
     python scripts/bench_lm.py                      # the README numbers (CPU, ~1 h on 2 cores)
-    python scripts/bench_lm.py --quick              # smoke run, a few steps
+    python scripts/bench_lm.py --quick              # smoke run, a few steps (default --out: a temp folder)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,14 +29,34 @@ from zoo.tasks import LanguageModelTask
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+QUICK_OUT = Path(tempfile.gettempdir()) / "zoo_bench_quick"  # a --quick run's default --out (not scripts/results)
 
 
 class Curve(L.Callback):
-    """Records (step, train loss) and (step, val loss / acc)."""
+    """Records (step, train loss), (step, val loss / acc) and the seconds spent training: from the start of
+    training to its end, less the validation runs in between (the sanity check and setup come before)."""
 
     def __init__(self) -> None:
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, dict[str, float]]] = []
+        self.train_seconds = 0.0
+        self._since: float | None = None  # when the current stretch of training began
+
+    def _pause(self) -> None:
+        if self._since is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the steps queued on the GPU belong to this stretch
+            self.train_seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._since = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._pause()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._pause()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % 10 == 0:
@@ -45,6 +66,8 @@ class Curve(L.Callback):
         if not trainer.sanity_checking:
             m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             self.val.append((trainer.global_step, m))
+            if trainer.state.fn == "fit":
+                self._since = time.perf_counter()  # back to training after a validation inside fit
 
 
 def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps: int, lr: float,
@@ -71,7 +94,8 @@ def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps
     final = curve.val[-1][1] if curve.val else {}
     return {
         "attn": attn, "seed": seed, "params": task.model.num_params(), "steps": trainer.global_step,
-        "seconds": round(secs, 1), "final": final, "val_curve": curve.val, "train_curve": curve.train,
+        "seconds": round(secs, 1), "train_seconds": curve.train_seconds, "final": final, "val_curve": curve.val,
+        "train_curve": curve.train,
     }
 
 
@@ -82,7 +106,7 @@ def summarize(runs: list[dict], key: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "lm"))
+    ap.add_argument("--out", help="output folder (default: scripts/results/lm; with --quick, a temp folder)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--lens", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--retrieval-steps", type=int, default=1500)
@@ -93,6 +117,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.retrieval_steps, args.text_steps, args.lens, args.seeds = 4, 4, [32], [0]
+    if args.out is None:  # a smoke run must not overwrite the recorded results
+        args.out = str(QUICK_OUT / "lm" if args.quick else ROOT / "scripts" / "results" / "lm")
+    if not args.skip_text and not SHAKESPEARE.is_file():  # before (a)'s runs: nothing is written until the end
+        raise SystemExit(f"{SHAKESPEARE} not found: (b) needs ../shared/data (or pass --skip-text)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,8 +148,6 @@ def main() -> None:
 
     # (b) tinyshakespeare byte-level validation loss
     if not args.skip_text:
-        if not SHAKESPEARE.is_file():
-            raise SystemExit(f"{SHAKESPEARE} not found: (b) needs ../shared/data (or pass --skip-text)")
         text_model = {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128}
         for attn in ("diff", "vanilla"):
             runs = []

@@ -13,7 +13,7 @@
 Writes ``<out>/bench_variants.json`` and ``<out>/bench_variants.md``.
 
     python scripts/bench_variants.py            # README numbers (CPU)
-    python scripts/bench_variants.py --quick    # smoke run
+    python scripts/bench_variants.py --quick    # smoke run (default --out: a temp folder)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bench_lm import SHAKESPEARE, machine, run, summarize  # scripts/ is on sys.path when run as a script
+from bench_lm import QUICK_OUT, SHAKESPEARE, machine, run, summarize  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
 from zoo.data.retrieval import make_copy_probe
 from zoo.tasks import LanguageModelTask
@@ -89,7 +89,7 @@ def adapt_run(src: Path, method: str | None, seed: int, steps: int, lr: float) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "variants"))
+    ap.add_argument("--out", help="output folder (default: scripts/results/variants; with --quick, a temp folder)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=300, help="steps per run in (a)")
     ap.add_argument("--pretrain-steps", type=int, default=600)
@@ -99,6 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.steps, args.pretrain_steps, args.seeds = 3, 100, [0]
+    if args.out is None:  # a smoke run must not overwrite (or, with --only, merge into) the recorded results
+        args.out = str(QUICK_OUT / "variants" if args.quick else ROOT / "scripts" / "results" / "variants")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ def main() -> None:
                 r = with_peak(lambda: run(attn, seed, dm, {**shape, "attn_args": ATTN_ARGS.get(attn)}, args.steps, lr,
                                           args.steps, 40))
                 tokens = r["steps"] * (64 * 32 if name == "mqar" else 16 * 128)
-                r["tokens_per_s"] = tokens / r["seconds"]
+                r["tokens_per_s"] = tokens / r["train_seconds"]  # training only: not setup or validation
                 r.pop("train_curve")
                 print(f"[{name}] {attn} seed {seed}: {key} {r['final'].get(key)}", flush=True)
                 runs.append(r)

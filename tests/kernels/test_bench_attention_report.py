@@ -112,3 +112,34 @@ def test_missing_shapes_follow_the_parts_a_run_was_asked_for(bench):
     merged, _ = bench.merge_results(_result(training=[_row(128, True, 512, 1.0)]),
                                     _result(parts=["lm"], training=[], lm_step=[{"T": 2048, "B": 8}]))
     assert merged["parts"] == ["training", "lm_step"]
+
+
+def test_quick_or_subset_run_leaves_the_recorded_report_alone(bench, tmp_path, monkeypatch):
+    """Without --out, a --quick or subset run writes to a scratch folder: the recorded full report in the
+    default folder was replaced at the run's first row."""
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "results.json").write_text(json.dumps(_result(complete=True)))
+    monkeypatch.setattr(bench, "DEFAULT_OUT", recorded)
+    monkeypatch.setattr(bench, "SCRATCH_OUT", tmp_path / "scratch")
+    # a CUDA device as far as main() asks: the measurements themselves are stubs
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setattr(bench.torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(bench, "bench_matmul", lambda dtype, quick: {"ms": 1.0, "tflops": 800.0})
+    row = {"d": 128, "dv": 256, "H": 8, "Hkv": 4, "B": 1, "Tk": 1024, "cache_mib": 1.5,
+           "triton": {"ms": 0.5, "peak_mib": 1.0, "gbps": 3.1}, "sdpa_x2": {"ms": 1.0, "peak_mib": 2.0},
+           "naive": {"ms": 2.0, "peak_mib": 4.0}}
+
+    def bench_decode(batches, caches, dims, dtype, quick, on_row):
+        on_row([row])
+        return [row]
+
+    monkeypatch.setattr(bench, "bench_decode", bench_decode)
+    before = (recorded / "results.json").read_text()
+    for argv in (["--quick", "--parts", "decode"], ["--parts", "decode", "--dims", "128"]):
+        assert bench.main(argv) == 0
+        assert (recorded / "results.json").read_text() == before
+        new = json.loads((tmp_path / "scratch" / "attention" / "results.json").read_text())
+        assert new["decode"] == [row] and new["device"] == "Test GPU"
+        assert "| 128 | 1 | 1024 | 0.500 | 3 | 1.000 | 2.000 |" in (tmp_path / "scratch" / "attention" / "results.md").read_text()

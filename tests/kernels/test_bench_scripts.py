@@ -1,0 +1,97 @@
+"""scripts/bench_lm.py and scripts/bench_variants.py at tiny sizes on the CPU: what their numbers time and
+where their results go."""
+
+import json
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture()
+def bench_lm(load_script):
+    return load_script("bench_lm")
+
+
+def test_training_seconds_leave_out_validation(bench_lm, monkeypatch):
+    """bench_variants' training tokens/s divide by ``train_seconds``: validation (here 1 s a batch) is not in it."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    step = LanguageModelTask.validation_step
+
+    def slow_validation_step(self, *args, **kwargs):
+        time.sleep(1.0)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(LanguageModelTask, "validation_step", slow_validation_step)
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, train_size=4 * 64, val_size=128, batch_size=64, seed=0)
+    r = bench_lm.run("vanilla", 0, dm, {"dim": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+                     steps=4, lr=3e-3, val_every=4, limit_val=None)
+    assert r["steps"] == 4
+    # 2 sanity-check batches + 2 validation batches at step 4: 4 s of sleep inside fit
+    assert r["seconds"] >= 4.0
+    # 4 steps of a 1-layer width-32 model take well under a second; the 2 s of validation must not count
+    assert 0 < r["train_seconds"] < 1.5
+
+
+def _fake_run(calls):
+    def run(attn, seed, dm, model_args, steps, lr, val_every, limit_val):
+        calls.append((attn, seed))
+        return {"attn": attn, "seed": seed, "params": 10, "steps": steps, "seconds": 1.0, "train_seconds": 0.5,
+                "final": {"val/acc": 0.5, "val/loss": 1.0, "val/bpb": 1.5}, "val_curve": [], "train_curve": []}
+
+    return run
+
+
+def test_missing_text_data_stops_before_any_training(bench_lm, monkeypatch, tmp_path):
+    """Without tinyshakespeare, part (b) cannot run: say so before part (a)'s runs, not after them (their
+    results were lost: nothing is written before the end)."""
+    calls = []
+    monkeypatch.setattr(bench_lm, "run", _fake_run(calls))
+    monkeypatch.setattr(bench_lm, "SHAKESPEARE", tmp_path / "missing.txt")
+    monkeypatch.setattr(sys, "argv", ["bench_lm.py", "--quick", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="not found"):
+        bench_lm.main()
+    assert calls == []
+
+
+RECORDED = {"recorded": "full run", "types": {}, "adaptation": {}}
+
+
+def test_quick_run_leaves_the_recorded_results_alone(bench_lm, monkeypatch, tmp_path):
+    """``--quick`` (a smoke run) without --out must not overwrite the recorded results in scripts/results/lm."""
+    recorded = tmp_path / "scripts" / "results" / "lm" / "bench_lm.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps(RECORDED))
+    monkeypatch.setattr(bench_lm, "ROOT", tmp_path)
+    monkeypatch.setattr(bench_lm, "QUICK_OUT", tmp_path / "quick")
+    monkeypatch.setattr(bench_lm, "run", _fake_run([]))
+    monkeypatch.setattr(sys, "argv", ["bench_lm.py", "--quick", "--skip-text"])
+    bench_lm.main()
+    assert json.loads(recorded.read_text()) == RECORDED
+    quick = json.loads((tmp_path / "quick" / "lm" / "bench_lm.json").read_text())
+    assert quick["args"]["quick"] and quick["retrieval"]["32/diff"]["acc"]["mean"] == 0.5
+
+
+def test_quick_variants_run_leaves_the_recorded_results_alone(load_script, monkeypatch, tmp_path):
+    bench = load_script("bench_variants")
+    recorded = tmp_path / "scripts" / "results" / "variants" / "bench_variants.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text(json.dumps(RECORDED))
+    text = tmp_path / "text.txt"
+    text.write_text("x")
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "QUICK_OUT", tmp_path / "quick")
+    monkeypatch.setattr(bench, "SHAKESPEARE", text)
+    monkeypatch.setattr(bench, "RetrievalDataModule", lambda **kw: None)
+    monkeypatch.setattr(bench, "text_dm", lambda: None)
+    monkeypatch.setattr(bench, "run", _fake_run([]))
+    monkeypatch.setattr(sys, "argv", ["bench_variants.py", "--quick", "--only", "types"])
+    bench.main()
+    assert json.loads(recorded.read_text()) == RECORDED
+    quick = json.loads((tmp_path / "quick" / "variants" / "bench_variants.json").read_text())
+    # 3 steps of 64 x 32 tokens in 0.5 s of training
+    assert quick["types"]["diff"]["mqar"]["tokens_per_s"] == pytest.approx(3 * 64 * 32 / 0.5)
