@@ -172,9 +172,13 @@ def convert_main(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m zoo convert", description=convert_main.__doc__)
     p.add_argument("src", help="local Hugging Face folder (config.json + safetensors/.bin [+ tokenizer.json])")
     p.add_argument("out", help="new folder for the zoo export")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier zoo export in OUT (the files it wrote; other files stay)")
     args = p.parse_args(argv)
     try:
-        folder = convert_hf(args.src, args.out)
+        if not args.overwrite:  # before the (slow) conversion: nothing is overwritten
+            refuse_occupied(Path(args.out), "name a new folder, or pass --overwrite to replace an earlier export there")
+        folder = convert_hf(args.src, args.out, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(f"converted {args.src} to {folder}")
@@ -191,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args[:1] in (["-h"], ["--help"]):  # Lightning's help lists its subcommands; ours come first
         print("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
               "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
-              "python -m zoo convert HF_FOLDER OUT                                 (a Hugging Face model -> a zoo export)\n")
+              "python -m zoo convert HF_FOLDER OUT [--overwrite]                   (a Hugging Face model -> a zoo export)\n")
     finished = False
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # else the caller's group
     try:

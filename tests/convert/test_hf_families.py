@@ -233,8 +233,12 @@ def test_converted_export_carries_the_tokenizer_and_feeds_the_adapter_config(tmp
     ids = torch.tensor([[1, 5, 17, 96, 3]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit, match="not empty.*--overwrite"):
         main(["convert", str(folder), str(export)])  # nothing is overwritten
+    (export / "stale.txt").write_text("mine")
+    main(["convert", str(folder), str(export), "--overwrite"])  # as `python -m zoo export --overwrite`
+    assert (export / "stale.txt").read_text() == "mine"  # only the export's own files are replaced
+    assert load_pretrained(export).tokenizer.encode(text, add_bos=True) == [1, 5, 17, 96, 3]
 
     # configs/lm/adapt_dex.yaml reads the tokenizer from `pretrained` (no data.tokenizer by hand)
     corpus = tmp_path / "corpus.txt"

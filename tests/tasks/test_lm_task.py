@@ -156,6 +156,22 @@ def test_finetune_architecture_mismatch_is_explained(trained, corpus, tmp_path, 
         ])
 
 
+def test_finetune_from_an_encoder_export_says_it_is_not_a_language_model(corpus, tmp_path, monkeypatch):
+    """A converted BERT / MiniLM (a TextEncoder export) given to an LM config is named as the wrong model
+    class, not reported as unknown DiffTransformerLM config fields."""
+    from zoo.models.encoder import EncoderConfig, TextEncoder
+
+    enc = TextEncoder(EncoderConfig(vocab_size=259, dim=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=64))
+    folder = zoo.export_model(enc, tmp_path / "encoder")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="holds a zoo.models.encoder.TextEncoder.*not a language model"):
+        main([
+            "fit", "--config", "configs/lm/adapt_dex.yaml", f"--model.init_args.pretrained={folder}",
+            f"--data.init_args.train_path={corpus}", "--data.init_args.tokenizer=byte", "--data.init_args.block_size=32",
+            f"--trainer.default_root_dir={tmp_path}",
+        ])
+
+
 def test_metrics_match_hand_computation():
     from zoo.data import RetrievalDataModule
     from zoo.tasks import LanguageModelTask

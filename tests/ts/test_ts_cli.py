@@ -28,6 +28,25 @@ def test_every_config_parses(config, capsys):
     assert "zoo.tasks.ForecastTask" in printed and "zoo.data.ts." in printed
 
 
+def test_a_run_shortened_by_max_steps_ends_and_exports(tmp_path, monkeypatch):
+    """`--trainer.max_steps` below one epoch (no validation ran) ends the run as Lightning's own examples do:
+    the configs' EarlyStopping waits for validation instead of failing at the training epoch's end."""
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", str(ROOT / "configs" / "ts" / "synthetic.yaml"), "--trainer.max_steps=2",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar=false"])
+    assert next(tmp_path.rglob("export/model.safetensors")).is_file()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_early_stopping_checks_after_validation(config):
+    import yaml
+
+    callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+    for cb in callbacks:
+        if cb["class_path"].endswith("EarlyStopping"):
+            assert cb["init_args"].get("check_on_train_epoch_end") is False, config.name
+
+
 def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = str(ROOT / "configs" / "ts" / "synthetic.yaml")

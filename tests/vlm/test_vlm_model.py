@@ -1,6 +1,7 @@
 """The image-text model: FDA at g = 0 equals the plain model, function-word queries, MiniLM text init, export."""
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -252,6 +253,20 @@ def test_data_function_words_reach_fda(tmp_path):
         VLMTask(arch="vlm-fda-tiny", data_info=info, model_args={"function_words": "en"})
 
 
+def test_fine_tuning_a_word_level_export_on_new_words_warns(tmp_path):
+    """A word-level export keeps its vocabulary when fine-tuned: the data's words it lacks read as [UNK],
+    and the run says which, instead of training on them silently."""
+    from zoo.tasks.vlm import VLMTask
+
+    folder = zoo.export_model(tiny_model(fda=False), tmp_path / "plain")
+    info = {"kind": "vlm", "image_size": TINY["image_size"], "vocab": ["red", "circle", "zebra", "giraffe"]}
+    with pytest.warns(UserWarning, match=r"2 of the 4 words .*\[UNK\].*\['giraffe', 'zebra'\]"):
+        VLMTask(arch="vlm-tiny", pretrained=str(folder), data_info=info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VLMTask(arch="vlm-tiny", pretrained=str(folder), data_info={**info, "vocab": ["red", "circle"]})
+
+
 def test_a_users_vocab_size_is_still_the_datas():
     """model_args.vocab_size from a user (not a checkpoint's rebuild) keeps the data's tokenizer and size."""
     from zoo.data.vlm import SyntheticVLMDataModule
@@ -288,6 +303,7 @@ def test_similarity_takes_pil_images_paths_and_arrays(tmp_path):
     torch.testing.assert_close(m.similarity(pil, caps), want)
     torch.testing.assert_close(m.similarity([str(p) for p in paths], caps), want)
     torch.testing.assert_close(m.similarity(pil[0], caps), want[:1])  # one image
+    torch.testing.assert_close(m.similarity(pil, caps[1]), want[:, 1:2])  # one caption, as one image
     torch.testing.assert_close(m.similarity(ref.numpy(), caps), want)  # a [B, 3, S, S] array in [0, 1]
     with pytest.raises(TypeError, match="images must be"):
         m.similarity([1, 2], caps)

@@ -359,7 +359,8 @@ class VisionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def similarity(self, images: Any, texts: Sequence[str], score: str = "itc+itm", batch_size: int = 256) -> Tensor:
-        """Score matrix ``[Ni, Nt]`` of every image-text pair (higher = better match).
+        """Score matrix ``[Ni, Nt]`` of every image-text pair (higher = better match); ``texts`` is a list of
+        captions or one caption.
 
         ``images``: pixels ``[Ni, 3, S, S]`` in [0, 1] (a tensor or numpy array), or PIL images / image paths of
         any size and mode (one or a list), converted to RGB and resized to ``image_size`` as training images are.
@@ -369,6 +370,8 @@ class VisionLanguageModel(nn.Module):
         """
         if score not in ("itc+itm", "itm", "itc"):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
+        if isinstance(texts, str):  # one caption, as one image: a [Ni, 1] column
+            texts = [texts]
         ids, mask = self.tokenize(texts)
         img = self.encode_image(self._pixels(images).to(self.fw_table.device))
         txt = self.encode_text(ids, mask)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.hub import create_model, read_export_config, resolve_pretrained
-from zoo.models.lm import check_generation, check_top_k
+from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
 from zoo.tasks.base import Float64Metric, ZooTask
@@ -87,6 +87,13 @@ class LanguageModelTask(ZooTask):
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
             meta = read_export_config(folder)
+            lm_class = f"{DiffTransformerLM.__module__}.{DiffTransformerLM.__qualname__}"
+            if meta["model_class"] != lm_class:  # e.g. a converted BERT / MiniLM: an encoder, not an LM
+                raise ValueError(
+                    f"checkpoint {folder} holds a {meta['model_class']} (family {meta.get('family')!r}), not a language "
+                    f"model ({lm_class}); LanguageModelTask fine-tunes or adapts language-model exports (a zoo LM, or a "
+                    "converted Llama / Mistral / Qwen2)"
+                )
             cfg = meta["config"]
             self.arch = meta.get("arch")  # None for a converted checkpoint: no registered name describes it
             # fewer tokens than embedding rows is fine for the export's own tokenizer (converted Qwen2 / Llama

@@ -204,6 +204,20 @@ FDA_FIELDS = ("fda", "fda_layers", "fda_heads", "fda_direction", "fda_g_init")
 REBUILT = "_rebuilt_from_checkpoint"  # marks the model_args a checkpoint saved (never a user's)
 
 
+def _warn_unknown_words(tok: Any, words: Optional[Sequence[str]], folder: Any) -> None:
+    """The export's tokenizer is kept when fine-tuning: name the data's words it reads as [UNK]."""
+    if not words or not hasattr(tok, "word_ids"):  # a WordPiece export reads every word (in pieces)
+        return
+    unknown = sorted({w for w in words if tok.word_ids(w) == [tok.unk_id]})
+    if unknown:
+        shown = unknown[:20] + (["..."] if len(unknown) > 20 else [])
+        warnings.warn(
+            f"{len(unknown)} of the {len(set(words))} words of the training captions' vocabulary are not in the "
+            f"vocabulary of {folder} and read as [UNK] when fine-tuning (the export's tokenizer is kept): {shown}",
+            stacklevel=3,
+        )
+
+
 class VLMTask(ZooTask):
     """Train / evaluate an image-text model from the registry (``zoo.list_models("vlm-*")``).
 
@@ -299,8 +313,11 @@ class VLMTask(ZooTask):
                 fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
                 plain = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
                 # with_fda's arguments are the config fields without their "fda_" prefix (its defaults otherwise)
-                return plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
-            return create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+                model = plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
+            else:
+                model = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+            _warn_unknown_words(model.tokenizer, info.get("vocab"), folder)
+            return model
         if rebuilt:
             # the architecture a checkpoint of a fine-tuned export saved (see _rebuild_hparams): its tokenizer
             # comes back with its weights (the .ckpt's assets); the data's word-level vocabulary is attached
