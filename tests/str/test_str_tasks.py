@@ -55,8 +55,9 @@ def test_csd_teacher_targets_and_kl(exported):
 
 def test_teacher_must_share_charset(exported):
     task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info={**INFO, "charset": "abc"}, teacher=str(exported))
-    with pytest.raises(ValueError, match="charset"):
-        task.setup("fit")  # fit reads the teacher before its first step
+    # fit reads the teacher before its first step; the message says how the two differ
+    with pytest.raises(ValueError, match=r"reads 36 characters '0123456789abc.*max_length 6; the student 3 characters 'abc', max_length 6"):
+        task.setup("fit")
 
 
 def test_a_datamodule_of_another_charset_is_refused_at_setup():

@@ -82,6 +82,10 @@ def test_forecast_bad_input(tmp_path):
         fc.forecast(df.drop(columns=["b"]))
     with pytest.raises(ValueError, match="too few rows to forecast.*lookback is 24"):
         fc.forecast(df.iloc[:10])
+    # the Python API names the column the model was trained with (data.date_col is the CLI's setting)
+    with pytest.raises(ValueError, match=r"no date column 'date' in the input .*'time'.*trained with its timestamps in 'date'") as err:
+        fc.forecast(df.rename(columns={"date": "time"}))
+    assert "data.date_col" not in str(err.value)
     gappy = df.copy()
     gappy.loc[290, "a"] = np.nan
     with pytest.raises(ValueError, match="missing"):

@@ -224,8 +224,13 @@ class RecognitionTask(ZooTask):
             source = self.hparams.teacher
             t = _load_recognizer(source).eval()
             if t.charset.chars != self.model.charset.chars or t.num_slots != self.model.num_slots:
+                def show(m: SceneTextRecognizer) -> str:
+                    chars = m.charset.chars
+                    return f"{len(chars)} characters {chars[:40]!r}{'...' if len(chars) > 40 else ''}, max_length {m.config.max_length}"
+
                 raise ValueError(
-                    f"CSD teacher {source} has another charset or max_length than the student; train both on the same data"
+                    f"CSD teacher {source} reads {show(t)}; the student {show(self.model)}. Train both on the same "
+                    "data (charset and max_length)"
                 )
             if list(t.config.img_size) != list(self.model.config.img_size):
                 raise ValueError(
