@@ -9,7 +9,7 @@ Supported: fp16 / bf16 / fp32 inputs (fp32 accumulation), q/k head dim <= 128 an
 Tq != Tk, bool key-padding masks, lambda broadcastable to [B, H, Tq, 1] (differentiable), any
 last-dim-contiguous strides. Not supported (``supports`` says why, functional falls back to SDPA):
 attention dropout, larger head dims, float64, devices other than CUDA (CPU only under
-``TRITON_INTERPRET=1``, set before triton is imported).
+``TRITON_INTERPRET=1``, set before triton is imported), bf16 under the interpreter.
 """
 
 from .ops import DiffAttentionFunction, diff_attention, diff_attention_decode, interpret_requested, supports

@@ -368,6 +368,11 @@ def supports(q: Tensor, k: Tensor, v: Tensor, lam, *, causal: bool, key_mask: Op
     interpreted, problem = interpreter_state()
     if problem:
         return False, problem
+    if interpreted and q.dtype == torch.bfloat16:
+        # The interpreter's tl.dot multiplies the raw bf16 bit patterns (numpy has no bfloat16): the
+        # results would be garbage, on CPU and CUDA tensors alike.
+        return False, ("bf16 is not supported under the Triton interpreter (its tl.dot mishandles bf16); "
+                       "use float16 / float32, or a CUDA device without TRITON_INTERPRET")
     if q.is_cuda:
         # Under the interpreter CUDA tensors also work (slowly, via host copies): the user asked for it.
         if not interpreted and torch.cuda.get_device_capability(q.device) < (8, 0) and q.dtype == torch.bfloat16:

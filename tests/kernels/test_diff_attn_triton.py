@@ -175,6 +175,20 @@ def test_fp16_forward_and_gradients(case):
 
 
 @needs_kernel
+@pytest.mark.skipif(not _INTERPRETED, reason="compiled bf16 is covered by the gpu section")
+@pytest.mark.parametrize("tq", [17, 1], ids=["fused", "decode"])
+def test_bf16_is_refused_under_the_interpreter_not_silently_wrong(tq):
+    """The Triton 3.8 interpreter's tl.dot multiplies the raw bf16 bit patterns (numpy has no bfloat16),
+    so bf16 calls returned garbage (relative error ~1e9 in the output and every gradient, fused and
+    decode paths alike) while supports() accepted them. Refused by name instead."""
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 1, tq, 17, 16, 32, "token", dtype=torch.bfloat16)
+    ok, why = supports(q1, k1, v, lam, causal=True, key_mask=None, dropout_p=0.0)
+    assert not ok and "bf16" in why and "interpreter" in why, why
+    with pytest.raises(ValueError, match="bf16"), torch.no_grad():
+        diff_attention(q1, q2, k1, k2, v, lam, causal=True)
+
+
+@needs_kernel
 def test_strided_views_as_the_attention_modules_pass_them():
     """q/k sub-heads interleaved per head ([B, H, T, 2, d] views, as DiffAttention) and a [B, T, H, D]
     value transposed to [B, H, T, D]: read through strides, gradients land on the base tensors."""
