@@ -291,3 +291,62 @@ def test_weight_decay_leaves_out_the_embeddings_parseq_and_timm_list():
     assert exempt <= v1 and not exempt & parseq
     assert v1 - parseq == exempt  # nothing else changes: the other matrices stay decayed
     assert "model.head.weight" in parseq
+
+
+@pytest.mark.parametrize("csd", [False, True], ids=["labels", "csd-pseudolabels"])
+def test_parseq_step_on_a_batch_of_empty_labels_is_finite(exported, monkeypatch, csd):
+    """Every label empty (a CSD teacher that reads nothing): parseq's perm ordering drops the EOS targets, so
+    it has none left. Its cross-entropy / KL mean over no targets was NaN, and so were the loss and every
+    gradient. The other masks still learn the EOS."""
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(exported) if csd else None)
+    eos, T = task.model.charset.EOS, task.model.num_slots
+    targets = torch.tensor([[eos] + [-100] * (T - 1)] * 2)
+    images = torch.randn(2, 3, 32, 128)
+    if csd:  # the teacher's pseudolabels: empty readings, with its cloze logits for them
+        monkeypatch.setattr(task, "_teacher_targets", lambda im: (targets, task.teacher.cloze_logits(im, targets)))
+    loss = task.training_step({"images": images, "targets": targets}, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in task.model.parameters() if p.grad is not None)
+    # the perm ordering adds nothing to the loss: the mean of the canonical masks' terms over all four
+    task.masks = ["ar", "nar", "cloze"]
+    torch.testing.assert_close(task.training_step({"images": images, "targets": targets}, 0) * 3 / 4, loss)
+
+
+def test_a_checkpoint_saved_before_the_recipe_resumes(tmp_path):
+    """A run saved before ``recipe`` existed (its hparams lack it; its optimizer decays every matrix, the
+    position queries and embeddings included) resumes with the recipe it was trained with, v1: loading its
+    optimizer state into the parseq grouping was refused (a parameter group of another size)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    path = _one_step_checkpoint(RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, recipe="v1"),
+                                tmp_path / "old.ckpt", 36)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["hyper_parameters"]["recipe"]  # as saved before the change
+    torch.save(ckpt, path)
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    batch = {"images": torch.randn(2, 3, 32, 128), "targets": torch.randint(1, 37, (2, 7))}
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="predates training recipes .* continuing with recipe 'v1'"):
+        trainer.fit(task, train_dataloaders=DataLoader([batch], batch_size=None), ckpt_path=path)
+    assert trainer.global_step == 2 and task.recipe == "v1"  # the run goes on as it was trained
+    decayed = {id(p) for g in trainer.optimizers[0].param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(task.model.pos_queries) in decayed and id(task.model.text_embed.weight) in decayed
+    # a new run (no checkpoint) gets the parseq grouping: 3 matrices fewer decayed
+    fresh = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO).configure_optimizers()["optimizer"]
+    assert sum(len(g["params"]) for g in fresh.param_groups if g["weight_decay"] > 0) == len(decayed) - 3
+
+
+def test_parseq_recipe_with_perm_as_the_only_mask_is_refused_when_training():
+    """Only the perm mask under parseq: no EOS target is ever trained (the model never learns to end a word)."""
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, masks=["perm"])
+    eos = task.model.charset.EOS
+    targets = torch.tensor([[11, 12, eos, -100, -100, -100, -100]])
+    assert not (task._mask("perm", targets)[1] == eos).any()  # what training would see
+    with pytest.raises(ValueError, match=r"masks=\['perm'\] with recipe 'parseq' never trains the end of a word"):
+        task.setup("fit")
+    task.setup("test")  # evaluating a model trained so (or an older checkpoint) is fine
+    RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, masks=["perm"], recipe="v1").setup("fit")
+    RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, masks=["perm", "nar"]).setup("fit")

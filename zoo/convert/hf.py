@@ -246,7 +246,7 @@ def _window_cap(cfg: dict[str, Any], folder: PathLike, max_len: int) -> int:
     mtype, window = cfg.get("model_type"), cfg.get("sliding_window")
     # Qwen2 slides only on layers >= max_window_layers (transformers' default 28); transformers 5 spells
     # the per-layer choice out in layer_types
-    n_full = cfg.get("max_window_layers", 28) if mtype == "qwen2" else 0
+    n_full = (28 if cfg.get("max_window_layers") is None else cfg["max_window_layers"]) if mtype == "qwen2" else 0
     layer_types = cfg.get("layer_types")
     sliding = ("sliding_attention" in layer_types) if isinstance(layer_types, list) else n_full < cfg["num_hidden_layers"]
     active = sliding and ((mtype == "mistral" and window) or (mtype == "qwen2" and cfg.get("use_sliding_window") and window))

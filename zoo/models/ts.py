@@ -241,7 +241,7 @@ class Forecaster(nn.Module):
             )
         if not isinstance(data, pd.DataFrame):
             data = read_ts_csv(data)
-        if isinstance(data, pd.DataFrame) and meta["date_col"] not in data.columns:  # the data.date_col advice is the CLI's
+        if meta["date_col"] not in data.columns:  # before prepare_frame, whose advice (data.date_col) is the CLI's
             raise ValueError(
                 f"no date column {meta['date_col']!r} in the input (columns: {list(data.columns)}); this model was "
                 f"trained with its timestamps in {meta['date_col']!r}: name the input's timestamp column so"

@@ -82,13 +82,17 @@ class ZooTask(L.LightningModule):
                 out |= {f"{path}.{name}" if path else name for name in fn()}
         return out
 
-    def configure_optimizers(self) -> Any:
-        a = self.opt_args
+    def _param_groups(self, exempt: set[str]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         decay, no_decay = [], []
-        exempt = self.no_weight_decay_names()
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 and name not in exempt else no_decay).append(p)
+        return decay, no_decay
+
+    def configure_optimizers(self) -> Any:
+        a = self.opt_args
+        exempt = getattr(self, "_resumed_exempt", None)
+        decay, no_decay = self._param_groups(self.no_weight_decay_names() if exempt is None else exempt)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": a["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=a["lr"],
@@ -156,6 +160,17 @@ class ZooTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._weights_loaded = True
+        self._resumed_exempt = None
+        saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
+        if self._trainer is not None and saved:  # resuming fit: the saved optimizer state must fit the groups
+            now = [len(g) for g in self._param_groups(self.no_weight_decay_names())]
+            if saved != now and saved == [len(g) for g in self._param_groups(set())]:
+                # saved before no_weight_decay() was honoured (2026-11-27): the run goes on as it started
+                warnings.warn(
+                    f"{type(self).__name__}: the checkpoint's optimizer weight-decays every matrix (saved before "
+                    "modules' no_weight_decay() was honoured); the resumed run keeps that grouping", stacklevel=2,
+                )
+                self._resumed_exempt = set()
         if "zoo_arch" in checkpoint:
             self.arch = checkpoint["zoo_arch"]
         if checkpoint.get("zoo_adapter_config") and getattr(self.model, "adapter_config", None):

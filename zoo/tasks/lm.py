@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from zoo.hub import create_model, read_export_config, resolve_pretrained
+from zoo.hub import _class_path, create_model, read_export_config, resolve_pretrained
 from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
@@ -87,7 +87,7 @@ class LanguageModelTask(ZooTask):
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
             meta = read_export_config(folder)
-            lm_class = f"{DiffTransformerLM.__module__}.{DiffTransformerLM.__qualname__}"
+            lm_class = _class_path(DiffTransformerLM)
             if meta["model_class"] != lm_class:  # e.g. a converted BERT / MiniLM: an encoder, not an LM
                 raise ValueError(
                     f"checkpoint {folder} holds a {meta['model_class']} (family {meta.get('family')!r}), not a language "

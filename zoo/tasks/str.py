@@ -4,6 +4,7 @@ set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict ove
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -242,8 +243,24 @@ class RecognitionTask(ZooTask):
             object.__setattr__(self, "_teacher", t)
         return self._teacher
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "recipe" not in checkpoint.get("hyper_parameters", {"recipe": None}) and self.recipe != "v1":
+            # saved before recipes existed, so trained with v1: a resumed run goes on as it started
+            warnings.warn(
+                "RecognitionTask: the checkpoint predates training recipes (it was trained with 'v1'); "
+                "continuing with recipe 'v1'", stacklevel=2,
+            )
+            self.recipe = self.hparams["recipe"] = "v1"
+        super().on_load_checkpoint(checkpoint)
+
     def setup(self, stage: str) -> None:
         self._check_data(getattr(self._trainer, "datamodule", None), stage)
+        if stage == "fit" and self.recipe == "parseq" and set(self.masks) == {"perm"}:
+            # checked when training starts, not in __init__: older checkpoints (no recipe: parseq) still load
+            raise ValueError(
+                "masks=['perm'] with recipe 'parseq' never trains the end of a word: its perm ordering drops the EOS "
+                "targets (PARSeq learns EOS from canonical orderings); add 'ar', 'nar' or 'cloze' to masks, or use recipe 'v1'"
+            )
         if stage == "fit":
             self.teacher  # noqa: B018 -- a wrong or missing teacher fails before the first step, not in it
 
@@ -322,6 +339,9 @@ class RecognitionTask(ZooTask):
         for mode in self.masks:
             mask, tgt = self._mask(mode, targets)
             logits = self.model.decode_step(memory, tokens, mask, valid)
+            if not (tgt != -100).any():  # parseq's perm of empty (pseudo)labels: no target left (a mean would be NaN)
+                ce = ce + logits.sum() * 0.0  # in the graph: every rank's backward reaches the same parameters
+                continue
             ce = ce + F.cross_entropy(logits.reshape(-1, C), tgt.reshape(-1), ignore_index=-100, label_smoothing=self.label_smoothing)
             if soft is not None:
                 kl = kl + self._kl(logits, soft, tgt)

@@ -1,0 +1,77 @@
+"""ZooTask (zoo/tasks/base.py): weight-decay groups follow modules' no_weight_decay() (timm's convention)."""
+
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from zoo.tasks.base import ZooTask
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(4, 3))
+        self.lin = nn.Linear(3, 2)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos"}
+
+    def forward(self, x):
+        return self.lin(x + self.pos.sum(0))
+
+
+class Task(ZooTask):
+    def __init__(self) -> None:
+        super().__init__(lr=1e-2, weight_decay=0.1, warmup_steps=0, scheduler="constant")
+        self.model = Tiny()
+
+    def training_step(self, batch, batch_idx):
+        return self.model(batch).pow(2).mean()
+
+
+class OldTask(Task):
+    """Groups as before no_weight_decay() was honoured: every matrix decayed."""
+
+    def no_weight_decay_names(self) -> set[str]:
+        return set()
+
+
+def _decayed(trainer, task):
+    ids = {id(p) for g in trainer.optimizers[0].param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    return {n for n, p in task.named_parameters() if id(p) in ids}
+
+
+def _fit(task, steps, ckpt=None):
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=ckpt)
+    return trainer
+
+
+def test_no_weight_decay_names_are_joined_to_their_module_path():
+    task = Task()
+    assert task.no_weight_decay_names() == {"model.pos"}
+    opt = task.configure_optimizers()["optimizer"]
+    decay = [p for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert [id(p) for p in decay] == [id(task.model.lin.weight)]  # not pos (listed), not the bias (1-D)
+
+
+def test_a_run_saved_with_the_old_grouping_resumes_with_it(tmp_path):
+    trainer = _fit(OldTask(), 1)
+    trainer.save_checkpoint(tmp_path / "old.ckpt")
+    task = Task()
+    with pytest.warns(UserWarning, match="keeps that grouping"):
+        trainer = _fit(task, 2, tmp_path / "old.ckpt")
+    assert trainer.global_step == 2 and _decayed(trainer, task) == {"model.pos", "model.lin.weight"}
+    # a run saved with today's grouping resumes with it, silently
+    fresh = _fit(Task(), 1)
+    fresh.save_checkpoint(tmp_path / "new.ckpt")
+    task = Task()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*keeps that grouping")
+        trainer = _fit(task, 2, tmp_path / "new.ckpt")
+    assert _decayed(trainer, task) == {"model.lin.weight"}
