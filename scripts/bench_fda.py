@@ -162,6 +162,7 @@ def main() -> None:
     p.add_argument("--results", default=str(RESULTS), help="folder for bench_fda.json / bench_fda.md")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run: it counts once in the means
     if args.export and args.phase == "train":
         p.error("--export ships the model after its evaluation: use --phase all or --phase eval")
     torch.set_num_threads(args.threads)

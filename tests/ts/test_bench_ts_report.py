@@ -151,3 +151,47 @@ def test_the_tables_protocol_is_fixed_and_each_grid_point_trains_once(tmp_path, 
     _write(tmp_path / "runs.jsonl", rows + [{**rows[0], "seed": 1, "max_epochs": 1}])
     with pytest.raises(SystemExit, match=r"trained with max_epochs 1, patience 3.*not the table's protocol"):
         bench.report(argparse.Namespace(out=tmp_path))
+
+
+def test_sweep_keeps_pilots_of_another_epoch_budget_apart(tmp_path, bench):
+    """--pilot allows --max-epochs / --patience: a pilot trained for 20 epochs is another setting than one of the
+    same lr and architecture trained under the table's 10 (a record without the fields predates them: 10 / 3)."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, "itr-diff", s, 0.39, best_val_mse=0.70, protocol="v3") for s in (0, 1)])
+    _write(tmp_path / "pilots.jsonl", [
+        _run("ETTh1", 96, "itr-diff", 0, 0.38, best_val_mse=0.68, protocol="v3", pilot_note="v3 sweep: x"),  # no fields: 10 / 3
+        _run("ETTh1", 96, "itr-diff", 1, 0.38, best_val_mse=0.66, protocol="v3", pilot_note="v3 sweep: x", max_epochs=10, patience=3),
+        _run("ETTh1", 96, "itr-diff", 0, 0.30, best_val_mse=0.50, protocol="v3", pilot_note="v3 sweep: x", max_epochs=20, patience=3),
+    ])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    sweep = [w for w in json.loads((tmp_path / "bench_ts.json").read_text())["sweep"] if w["setting"] != "the table's setting"]
+    got = sorted((w["seeds"], round(w["val_mse"], 4)) for w in sweep)
+    # by hand: the 10-epoch pilots (seeds 0, 1) average (0.68 + 0.66) / 2 = 0.67; the 20-epoch one stands alone at 0.50
+    assert got == [([0], 0.5), ([0, 1], 0.67)]
+    md = (tmp_path / "bench_ts.md").read_text()
+    assert "| lr 0.0001; max_epochs 20 | 1 | 0.5000 |" in md and "| lr 0.0001 | 2 | 0.6700 |" in md
+
+
+def test_sweep_pairs_a_seed_once_when_a_pilot_ran_it_twice(tmp_path, bench):
+    """Pilots never resume: the same --pilot command run twice records a seed twice. The paired difference counts
+    that seed once (the mean of its runs), not as two independent seeds."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, "itr-diff", s, 0.39, best_val_mse=v, protocol="v3")
+                                     for s, v in {0: 0.70, 1: 0.68}.items()])
+    _write(tmp_path / "pilots.jsonl", [
+        _run("ETTh1", 96, "itr-diff", s, 0.38, best_val_mse=v, protocol="v3", pilot_note="v3 sweep: x")
+        for s, v in ((0, 0.69), (0, 0.67), (1, 0.66))
+    ])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    w = next(w for w in json.loads((tmp_path / "bench_ts.json").read_text())["sweep"] if w["setting"] == "x")
+    # by hand: seed 0 -> (0.69 + 0.67) / 2 - 0.70 = -0.02; seed 1 -> 0.66 - 0.68 = -0.02; mean -0.02, sd 0, se 0
+    assert w["paired_seeds"] == 2
+    assert w["d_val_mse"] == pytest.approx(-0.02) and w["d_val_se"] == pytest.approx(0.0, abs=1e-12)
+    assert w["d_mse"] == pytest.approx(-0.01)
+
+
+def test_target_line_never_prints_a_mean_that_contradicts_its_verdict(tmp_path, bench):
+    """A mean of 0.3864 is above the 0.386 target (not met); printed to 3 decimals it would read 0.386, which
+    meets it. The line prints as many decimals as the verdict needs."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, "itr-diff", s, m, protocol="v3") for s, m in ((0, 0.3860), (1, 0.3868))])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    md = (tmp_path / "bench_ts.md").read_text()
+    assert "Target ETTh1 Diff-iTransformer H=96 MSE <= 0.386: mean 0.3864 -> not met (best seed meets it)" in md

@@ -104,3 +104,32 @@ def test_a_run_from_another_init_is_not_reused(bench, monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match=r"init_from: trained None, asked '.*base'"):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "fda", "--phase", "train",
               "--init-from", str(tmp_path / "base"))
+
+
+def test_a_seed_given_twice_counts_once_in_the_means(bench, monkeypatch, tmp_path):
+    """--seeds 0 0 1 evaluates seed 0 once: the means over seeds weigh each seed alike, and the relative drop
+    (no FDA minus FDA, over no FDA) comes from those means."""
+    asr = {(False, 0): 20.0, (True, 0): 30.0, (False, 1): 40.0, (True, 1): 10.0}
+    for fda in (False, True):
+        for seed in (0, 1):
+            folder = tmp_path / f"{'fda' if fda else 'nofda'}_s{seed}"
+            folder.mkdir()
+            (folder / "bench_meta.json").write_text(json.dumps({"fda": fda, "seed": seed, "steps": 2000, "batch_size": 64,
+                                                                "itm_weight": 2.0, "decay_exempt": "no_weight_decay"}))
+
+    def fake_eval(folder, args, eps):
+        fda, seed = folder.name.startswith("fda"), int(folder.name[-1])
+        a = {"mean": asr[(fda, seed)]}
+        return {"clean": {"itm_r1": 90.0, "itc_r1": 80.0, "itm_only_r1": 70.0}, "asr": {"image_pgd": a},
+                "asr_itm_only": {"image_pgd": a}, "asr_itc": {"image_pgd": a}}
+
+    monkeypatch.setattr(bench, "evaluate_one", fake_eval)
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "0", "1", "--phase", "eval", "--results", str(tmp_path / "out"))
+    out = json.loads((tmp_path / "out" / "bench_fda.json").read_text())
+    assert sorted((r["fda"], r["seed"]) for r in out["runs"]) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    e = out["by_eps"]["4"]
+    # by hand: no FDA (20 + 40) / 2 = 30, FDA (30 + 10) / 2 = 20; drop (30 - 20) / 30 = +33.3%
+    assert e["summary"]["nofda"]["asr"]["image_pgd"] == pytest.approx(30.0)
+    assert e["summary"]["fda"]["asr"]["image_pgd"] == pytest.approx(20.0)
+    assert e["asr_relative_drop_pct"]["image_pgd"] == pytest.approx(100 / 3)
+    assert "image_pgd +33.3%" in (tmp_path / "out" / "bench_fda.md").read_text()
