@@ -153,8 +153,9 @@ class RecognitionTask(ZooTask):
         masks: visibility masks trained each step (``ar``, ``nar``, ``cloze``, ``perm`` = one random
             permutation per batch, as PARSeq's permutation LM); the loss is their mean.
         recipe: ``parseq`` (default) trains as PARSeq does: the ``perm`` ordering permutes the batch's
-            character positions and keeps the end (EOS) last, with EOS targets dropped from it (PARSeq learns
-            EOS from its canonical orderings, here ``ar``, ``nar`` and ``cloze``), and the character embedding,
+            longest label's character positions and keeps its end (EOS) last, with EOS targets dropped from it
+            (a shorter label's EOS slot is among the shuffled ones; PARSeq learns EOS from its canonical
+            orderings, here ``ar``, ``nar`` and ``cloze``; the CSD KL term skips the same slots), and the character embedding,
             the position queries and the encoder's position embedding are not weight-decayed (PARSeq's and
             timm's ``no_weight_decay``). ``v1``: zoo's recipe until 2026-11-27, kept to reproduce the
             benchmark rows trained with it: one permutation of all slots, EOS and padding included, and every
