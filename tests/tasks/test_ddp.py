@@ -165,3 +165,18 @@ def test_ddp_evaluation_counts_every_item_once(config, args, tmp_path):
     assert metrics[1] and metrics[1].keys() == metrics[2].keys()
     for k, v in metrics[1].items():
         assert metrics[2][k] == pytest.approx(v, abs=2e-4), k
+
+
+def test_ddp_predict_with_fewer_items_than_processes_names_the_cause(tmp_path):
+    # A forecast is one window: on 2 processes Lightning's unrepeated predict sampler leaves rank 1 without
+    # it and stops on a bare AssertionError. The run must name the cause and write nothing.
+    cmd = [sys.executable, "-m", "zoo", "predict", "--config", "configs/ts/synthetic.yaml", "--data.init_args.n_rows=200",
+           "--data.init_args.lookback=16", "--data.init_args.horizon=8", "--trainer.callbacks=[]",
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert "a forecast is one window: predict on one process" in proc.stderr, proc.stderr[-3000:]
+    assert "AssertionError" not in proc.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(("forecast", "predictions"))]

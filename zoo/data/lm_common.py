@@ -14,10 +14,10 @@ __all__ = ["IGNORE_INDEX", "make_loader", "check_at_least"]
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, trainer: Any = None,
-                split: str = "evaluation") -> DataLoader:
+                split: str = "evaluation", advice: Any = None) -> DataLoader:
     """DataLoader with the settings every sequence datamodule uses; an evaluation loader (no shuffle) of a
     ``trainer`` on several processes gives every block to one rank once (:func:`zoo.data.samplers.eval_sampler`)."""
-    sampler = None if shuffle else eval_sampler(dataset, trainer, split)
+    sampler = None if shuffle else eval_sampler(dataset, trainer, split, advice)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from zoo.data.charsets import Charset, NormStats
 from zoo.data.files import walk_files
 from zoo.data.images import load_image
+from zoo.data.samplers import eval_sampler
 from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
@@ -464,7 +465,10 @@ class STRDataModule(L.LightningDataModule):
         if self.predict_dir is None:
             raise ValueError("set data.predict_dir to a folder of images to read")
         ds = ImageFolderDataset(self.predict_dir, self.img_size)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate_predict)
+        sampler = eval_sampler(ds, self.trainer, "predict", advice="give data.predict_dir at least one image per "
+                               "process, or predict on fewer devices")
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_predict)
 
 
 __all__ = ["Collate", "ImageFolderDataset", "collate_predict", "STRDataModule", "SyntheticSTRDataset", "TensorizedDataset", "encode_targets", "load_image", "to_tensor"]

@@ -338,4 +338,5 @@ class TextDataModule(L.LightningDataModule):
         return make_loader(self._dataset("test"), self.batch_size, False, self.num_workers, self.trainer, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return make_loader(_PromptDataset(self.prompts), 1, False, 0)
+        return make_loader(_PromptDataset(self.prompts), 1, False, 0, self.trainer, "predict",
+                           advice="give at least one prompt (data.prompts) per process, or predict on fewer devices")

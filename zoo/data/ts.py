@@ -656,7 +656,11 @@ class TSDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_PredictDataset(self.predict_item()), batch_size=1)
+        ds = _PredictDataset(self.predict_item())
+        # one window: on several processes Lightning's predict sampler would leave a rank without it
+        sampler = eval_sampler(ds, self.trainer, "predict", advice="a forecast is one window: predict on one process "
+                               "(--trainer.devices=1)")
+        return DataLoader(ds, batch_size=1, sampler=sampler)
 
 
 class CSVTSDataModule(TSDataModule):
