@@ -32,6 +32,9 @@ class Task(ZooTask):
     def training_step(self, batch, batch_idx):
         return self.model(batch).pow(2).mean()
 
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.model(batch).pow(2).mean())
+
 
 class OldTask(Task):
     """Groups as before no_weight_decay() was honoured: every matrix decayed."""
@@ -75,3 +78,15 @@ def test_a_run_saved_with_the_old_grouping_resumes_with_it(tmp_path):
         warnings.filterwarnings("error", message=".*keeps that grouping")
         trainer = _fit(task, 2, tmp_path / "new.ckpt")
     assert _decayed(trainer, task) == {"model.lin.weight"}
+
+
+def test_a_run_resumed_with_other_decay_settings_is_named(tmp_path):
+    """Saved with today's grouping (pos exempt) and resumed by a task that decays it: a message naming both
+    groupings, not the optimizer's own group-size error."""
+    trainer = _fit(Task(), 1)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    with pytest.raises(ValueError, match=r"groups of sizes \[1, 2\] .*OldTask \[2, 1\].*settings it was trained with"):
+        _fit(OldTask(), 2, tmp_path / "new.ckpt")
+    # evaluating the checkpoint reads its weights only: the optimizer's grouping does not matter there
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+        OldTask(), dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=tmp_path / "new.ckpt")

@@ -162,7 +162,8 @@ class ZooTask(L.LightningModule):
         self._weights_loaded = True
         self._resumed_exempt = None
         saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
-        if self._trainer is not None and saved:  # resuming fit: the saved optimizer state must fit the groups
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if fitting and saved:  # resuming fit: the saved optimizer state must fit the groups (test / predict ignore it)
             now = [len(g) for g in self._param_groups(self.no_weight_decay_names())]
             if saved != now and saved == [len(g) for g in self._param_groups(set())]:
                 # saved before no_weight_decay() was honoured (2026-11-27): the run goes on as it started
@@ -171,6 +172,12 @@ class ZooTask(L.LightningModule):
                     "modules' no_weight_decay() was honoured); the resumed run keeps that grouping", stacklevel=2,
                 )
                 self._resumed_exempt = set()
+            elif saved != now:
+                raise ValueError(
+                    f"the checkpoint's optimizer has parameter groups of sizes {saved} (weight-decayed, not), this "
+                    f"{type(self).__name__} {now}: it was saved with other weight-decay settings (e.g. another STR "
+                    "recipe); resume it with the settings it was trained with"
+                )
         if "zoo_arch" in checkpoint:
             self.arch = checkpoint["zoo_arch"]
         if checkpoint.get("zoo_adapter_config") and getattr(self.model, "adapter_config", None):
