@@ -100,8 +100,16 @@ def run(attn: str, seed: int, dm: L.LightningDataModule, model_args: dict, steps
 
 
 def summarize(runs: list[dict], key: str) -> dict:
+    """Mean, sample sd (None for a single run: no spread was measured) and count of ``key`` over ``runs``."""
     vals = [r["final"][key] for r in runs if key in r["final"]]
-    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+
+
+def pm(summary: dict, digits: int) -> str:
+    """``mean ± sd`` of a :func:`summarize` result; one seed shows its mean and says so (not a ``± 0``)."""
+    if summary.get("std") is None:
+        return f"{summary['mean']:.{digits}f} (1 seed)"
+    return f"{summary['mean']:.{digits}f} ± {summary.get('std'):.{digits}f}"
 
 
 def main() -> None:
@@ -183,8 +191,8 @@ def table(res: dict) -> str:
     for length in a["lens"]:
         d, v = res["retrieval"][f"{length}/diff"], res["retrieval"][f"{length}/vanilla"]
         lines.append(
-            f"| {length} | {d['n_pairs']} | {d['acc']['mean']:.3f} ± {d['acc']['std']:.3f} | "
-            f"{v['acc']['mean']:.3f} ± {v['acc']['std']:.3f} | {d['params']:,} / {v['params']:,} |"
+            f"| {length} | {d['n_pairs']} | {pm(d['acc'], 3)} | "
+            f"{pm(v['acc'], 3)} | {d['params']:,} / {v['params']:,} |"
         )
     if res["text"]:
         d, v = res["text"]["diff"], res["text"]["vanilla"]
@@ -194,8 +202,8 @@ def table(res: dict) -> str:
             "",
             "| model | params | val loss | val bits/byte |",
             "|---|---|---|---|",
-            f"| diff | {d['params']:,} | {d['loss']['mean']:.4f} ± {d['loss']['std']:.4f} | {d['bpb']['mean']:.4f} |",
-            f"| vanilla | {v['params']:,} | {v['loss']['mean']:.4f} ± {v['loss']['std']:.4f} | {v['bpb']['mean']:.4f} |",
+            f"| diff | {d['params']:,} | {pm(d['loss'], 4)} | {d['bpb']['mean']:.4f} |",
+            f"| vanilla | {v['params']:,} | {pm(v['loss'], 4)} | {v['bpb']['mean']:.4f} |",
         ]
     return "\n".join(lines) + "\n"
 

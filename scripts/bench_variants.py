@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bench_lm import QUICK_OUT, SHAKESPEARE, machine, run, summarize  # scripts/ is on sys.path when run as a script
+from bench_lm import QUICK_OUT, SHAKESPEARE, machine, pm, run, summarize  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
 from zoo.data.retrieval import make_copy_probe
 from zoo.tasks import LanguageModelTask
@@ -203,8 +203,8 @@ def table(res: dict) -> str:
     for attn, e in res["types"].items():  # empty with --only adapt
         q, t = e["mqar"], e["shakespeare"]
         lines.append(
-            f"| {attn} | {q['params']:,} / {t['params']:,} | {q['acc']['mean']:.3f} ± {q['acc']['std']:.3f} | "
-            f"{t['loss']['mean']:.3f} ± {t['loss']['std']:.3f} | {q['tokens_per_s']:,.0f} / {t['tokens_per_s']:,.0f} |"
+            f"| {attn} | {q['params']:,} / {t['params']:,} | {pm(q['acc'], 3)} | "
+            f"{pm(t['loss'], 3)} | {q['tokens_per_s']:,.0f} / {t['tokens_per_s']:,.0f} |"
         )
     ad = res["adaptation"]
     if not ad:
@@ -223,8 +223,8 @@ def table(res: dict) -> str:
     ]
     for label, e in ad["methods"].items():
         lines.append(
-            f"| {label} | {e['trainable_params']:,} | {e['val_loss']['mean']:.4f} ± {e['val_loss']['std']:.4f} | "
-            f"{e['copy_acc']['mean']:.3f} ± {e['copy_acc']['std']:.3f} |"
+            f"| {label} | {e['trainable_params']:,} | {pm(e['val_loss'], 4)} | "
+            f"{pm(e['copy_acc'], 3)} |"
         )
     return "\n".join(lines) + "\n"
 

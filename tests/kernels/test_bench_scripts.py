@@ -96,3 +96,11 @@ def test_quick_variants_run_leaves_the_recorded_results_alone(load_script, monke
     quick = json.loads((tmp_path / "quick" / "variants" / "bench_variants.json").read_text())
     # 3 steps of 64 x 32 tokens in 0.5 s of training
     assert quick["types"]["diff"]["mqar"]["tokens_per_s"] == pytest.approx(3 * 64 * 32 / 0.5)
+
+
+def test_a_single_seed_shows_no_spread(bench_lm):
+    """One run has no measured spread: 'mean (1 seed)', not 'mean ± 0.000'; two runs: the sample sd."""
+    one = bench_lm.summarize([{"final": {"val/acc": 0.4}}], "val/acc")
+    assert one["std"] is None and bench_lm.pm(one, 3) == "0.400 (1 seed)"
+    two = bench_lm.summarize([{"final": {"val/acc": 0.4}}, {"final": {"val/acc": 0.6}}], "val/acc")
+    assert bench_lm.pm(two, 3) == "0.500 ± 0.141"  # sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414
