@@ -94,20 +94,21 @@ def prepare_frame(
     interpolate: bool = False,
     source: str = "the data",
     date_format: Optional[str] = None,
+    date_advice: str = "set data.date_col to the column holding the timestamps, or add one",
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
     """Validate a raw frame; return its parsed dates and the numeric variables (float64).
 
     ``columns`` selects the variables (default: every column but the date). Raises ``ValueError``
     naming the problem for a missing date / target / selected column, unparsable or unordered dates,
     non-numeric or infinite values and missing values (unless ``interpolate``, which fills gaps
-    linearly in time and extends the edge values outward). Dates: see :func:`parse_dates`.
+    linearly in time and extends the edge values outward). Dates: see :func:`parse_dates`. ``date_advice``
+    ends the missing-date-column message (the default's advice is the CLI's; the Python API says its own).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if date_col not in df.columns:
         raise ValueError(
-            f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); set data.date_col "
-            "to the column holding the timestamps, or add one"
+            f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); {date_advice}"
         )
     others = [c for c in df.columns if c != date_col]
     if columns is None:

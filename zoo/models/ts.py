@@ -241,14 +241,10 @@ class Forecaster(nn.Module):
             )
         if not isinstance(data, pd.DataFrame):
             data = read_ts_csv(data)
-        if meta["date_col"] not in data.columns:  # before prepare_frame, whose advice (data.date_col) is the CLI's
-            raise ValueError(
-                f"no date column {meta['date_col']!r} in the input (columns: {list(data.columns)}); this model was "
-                f"trained with its timestamps in {meta['date_col']!r}: name the input's timestamp column so"
-            )
         dates, frame = prepare_frame(
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
+            date_advice=f"this model was trained with its timestamps in {meta['date_col']!r}: name the input's timestamp column so",
         )
         L = self.config.lookback
         if len(frame) < L:

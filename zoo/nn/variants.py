@@ -17,13 +17,20 @@ backend serves them on CUDA when the kernel supports the call):
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from zoo.nn.attention import DiffAttention, register_attention
 from zoo.nn.functional import attention, diff_attention
+
+
+def _positive_int(value: Any, what: str, hint: str) -> int:
+    """``value`` as an int when it is a whole number >= 1 (3 or 3.0); otherwise a ValueError naming ``what``."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{what} must be a positive integer {hint}, got {value!r}")
+    return int(value)
 
 
 @register_attention("shared_diff")
@@ -43,9 +50,7 @@ class SharedDiffAttention(DiffAttention):
     def __init__(self, dim: int, n_heads: int, *, rank: Optional[int] = None, **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
         d = self.head_dim // 2
-        if rank is not None and (isinstance(rank, bool) or int(rank) != rank or rank < 1):
-            raise ValueError(f"shared_diff rank must be a positive integer (or None for max(1, head_dim // 4)), got {rank!r}")
-        self.rank = int(rank) if rank is not None else max(1, d // 4)
+        self.rank = max(1, d // 4) if rank is None else _positive_int(rank, "shared_diff rank", "(or None for max(1, head_dim // 4))")
         bias = self.q_proj.bias is not None
         self.q_proj = nn.Linear(dim, n_heads * d, bias=bias)
         self.k_proj = nn.Linear(self.kv_dim, self.n_kv_heads * d, bias=bias)
@@ -167,10 +172,8 @@ class GroupedDiffAttention(DiffAttention):
 
     def __init__(self, dim: int, n_heads: int, *, signal_ratio: int = 3, **kwargs) -> None:
         super().__init__(dim, n_heads, **kwargs)
-        if isinstance(signal_ratio, bool) or int(signal_ratio) != signal_ratio or signal_ratio < 1:
-            raise ValueError(f"gda signal_ratio must be a positive integer (signal heads per noise head), got {signal_ratio!r}")
-        r = int(signal_ratio)
-        if r < 1 or n_heads % r:
+        r = _positive_int(signal_ratio, "gda signal_ratio", "(signal heads per noise head)")
+        if n_heads % r:
             raise ValueError(f"gda: n_heads ({n_heads}) must be a multiple of signal_ratio ({signal_ratio})")
         self.signal_ratio = r
         self.n_noise_heads = n_heads // r

@@ -315,8 +315,8 @@ class RecognitionTask(ZooTask):
     def no_weight_decay_names(self) -> set[str]:
         return super().no_weight_decay_names() if self.recipe == "parseq" else set()
 
-    def _mask(self, mode: str, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """The visibility mask of ``mode`` and the targets it is trained on."""
+    def _mask(self, mode: str, targets: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """The visibility mask of ``mode`` and the targets it is trained on (None: no target left)."""
         T = targets.shape[1]
         if mode != "perm":
             return visibility(mode, T, self.device), targets
@@ -326,7 +326,9 @@ class RecognitionTask(ZooTask):
         # slots after it (padding in every row) keep their order
         n = int((targets != -100).sum(-1).max()) - 1
         order = torch.cat([torch.randperm(n), torch.arange(n, T)])
-        return visibility(order, T, self.device), targets.masked_fill(targets == self.model.charset.EOS, -100)
+        # with EOS targets dropped, a batch of empty (pseudo)labels (n == 0) has no target left
+        kept = targets.masked_fill(targets == self.model.charset.EOS, -100) if n > 0 else None
+        return visibility(order, T, self.device), kept
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, targets = batch["images"], batch["targets"]
@@ -340,7 +342,7 @@ class RecognitionTask(ZooTask):
         for mode in self.masks:
             mask, tgt = self._mask(mode, targets)
             logits = self.model.decode_step(memory, tokens, mask, valid)
-            if not (tgt != -100).any():  # parseq's perm of empty (pseudo)labels: no target left (a mean would be NaN)
+            if tgt is None:  # parseq's perm of empty (pseudo)labels: no target left (a mean would be NaN)
                 ce = ce + logits.sum() * 0.0  # in the graph: every rank's backward reaches the same parameters
                 continue
             ce = ce + F.cross_entropy(logits.reshape(-1, C), tgt.reshape(-1), ignore_index=-100, label_smoothing=self.label_smoothing)
