@@ -146,6 +146,9 @@ def find_lmdbs(root: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # Image folder + labels file
 # ---------------------------------------------------------------------------------------------
+LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt")  # an image folder's labels file, first found
+
+
 def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list[tuple[str, str]]:
     """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
     (``word_1.png, "Tired"``) in ``folder`` (or ``labels``)."""
@@ -218,9 +221,6 @@ class FolderDataset(Dataset):
 
         p, text = self.items[k]
         return load_image(self.folder / p), text
-
-
-LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt")  # an image folder's labels file, first found
 
 
 def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]:
