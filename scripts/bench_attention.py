@@ -49,6 +49,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from benchmachine import machine  # scripts/ is on sys.path when run as a script
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention"
 SCRATCH_OUT = Path(tempfile.gettempdir()) / "zoo_bench_quick"  # default --out of a --quick or subset run
 MODEL_WIDTH = 2048  # H differential heads of qk dim d and v dim 2d: H * 2d = MODEL_WIDTH
@@ -379,7 +381,8 @@ def _fmt(res: Optional[dict], key: str = "ms") -> str:
     if res is None:
         return "-"
     if "error" in res:
-        return "OOM" if res["error"].startswith("OOM") else "n/a"
+        err = res["error"]
+        return "OOM" if err.startswith("OOM") else "skipped" if err.startswith("skipped") else "failed"
     return f"{res[key]:.3f}" if key == "ms" else f"{res[key]:.0f}" if key == "peak_mib" else f"{res[key]:.1f}"
 
 
@@ -414,6 +417,9 @@ def markdown(result: dict) -> str:
              f"Reachable peak ({result.get('dtype', 'bf16')} matmul 8192^3): {_fmt(result['matmul'], 'tflops')} TFLOP/s.", ""]
     if result.get("machine"):
         lines += [f"Machine: {result['machine']}.", ""]
+    if result.get("host"):
+        h = result["host"]
+        lines += [f"Host: {h['cpu_model']}, {h['cpu_count']} CPU cores, {h['platform']}, lightning {h['lightning']}.", ""]
     for part, how in result.get("runs", {}).items():
         lines.append(f"- `{part}`: {how}")
     if result.get("runs"):
@@ -461,7 +467,31 @@ def markdown(result: dict) -> str:
         gbps = r["triton"].get("gbps")
         lines.append(f"| {r['d']} | {r['B']} | {r['Tk']} | {_fmt(r['triton'])} | "
                      f"{'-' if gbps is None else f'{gbps:.0f}'} | {_fmt(r['sdpa_x2'])} | {_fmt(r['naive'])} |")
+    failures = _failures(result)
+    if failures:
+        lines += ["", "Failed cells (`failed` above):", ""] + [f"- {where}: {err}" for where, err in failures]
     return "\n".join(lines) + "\n"
+
+
+def _failures(result: dict) -> list[tuple[str, str]]:
+    """``(cell, error)`` of every measurement that failed for another reason than OOM or a planned skip."""
+    out = []
+
+    def add(where: str, res) -> None:
+        if isinstance(res, dict) and "error" in res and _fmt(res) == "failed":
+            out.append((where, res["error"]))
+
+    for r in result.get("training", []):
+        for c in TRAIN_COLS:
+            for phase in ("fwd", "fwd_bwd"):
+                add(f"training d={r['d']} causal={r['causal']} T={r['T']} {c} {phase}", r.get(c, {}).get(phase))
+    for r in result.get("lm_step", []):
+        for arm, res in r.items():
+            add(f"LM step T={r['T']} {arm}", res)
+    for r in result.get("decode", []):
+        for arm in ("triton", "sdpa_x2", "naive"):
+            add(f"decode d={r['d']} B={r['B']} cache={r['Tk']} {arm}", r.get(arm))
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
@@ -684,6 +714,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+        "host": machine(),
         "dtype": args.dtype, "tokens_per_batch": args.tokens, "model_width": MODEL_WIDTH, "quick": args.quick,
         "flops_convention": "fwd = 2 maps * (2*T*T*d + 2*T*T*dv) per head, /2 if causal; fwd+bwd = 3.5 * fwd",
     }

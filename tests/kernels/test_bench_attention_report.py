@@ -29,9 +29,25 @@ def test_partial_report_names_what_it_measured(bench):
     assert "**Partial run**" in md
     assert "| 128 | True | 4096 | 8 | 2.500 (300.0) [128] | OOM | 2.000 (420.0) [512] |" in md
     # 163840 tokens/s is 164 k tokens/s; an arm that failed says so instead of a number
-    assert "| 2048 | 8 | 100.000 [164] | n/a | - | - |" in md
+    assert "| 2048 | 8 | 100.000 [164] | failed | - | - |" in md
+    assert "- LM step T=2048 diff_sdpa: RuntimeError: x" in md  # the failure's message is in the report
     assert "Decode" not in md  # no decode rows, no empty decode table
     assert "**Partial run**" not in bench.markdown(_result(complete=True))
+
+
+def test_a_planned_skip_a_failure_and_an_oom_read_apart(bench):
+    row = {**ROW, "naive": {"fwd": {"error": "skipped (T x T maps would not fit)"},
+                            "fwd_bwd": {"error": "skipped (T x T maps would not fit)"}},
+           "sdpa_x2": {"fwd": {"error": "OOM"}, "fwd_bwd": {"error": "ValueError: bad stride"}}}
+    md = bench.markdown(_result(training=[row], decode=[{"d": 128, "B": 1, "Tk": 1024, "triton": {"error": "OOM"},
+                                                        "sdpa_x2": {"error": "KeyError: k"}, "naive": {"ms": 1.0}}]))
+    fwd, fwd_bwd = (line for line in md.splitlines() if line.startswith("| 128 | True | 4096 |"))
+    assert fwd.endswith("| skipped | OOM |") and fwd_bwd.endswith("| skipped | failed |")
+    assert "- training d=128 causal=True T=4096 sdpa_x2 fwd_bwd: ValueError: bad stride" in md
+    assert "- decode d=128 B=1 cache=1024 sdpa_x2: KeyError: k" in md
+    assert "skipped (T x T" not in md and "OOM:" not in md  # planned skips and OOMs are not listed as failures
+    h = {"cpu_model": "Test CPU", "cpu_count": 16, "platform": "Linux-x", "lightning": "2.6"}
+    assert "Host: Test CPU, 16 CPU cores, Linux-x, lightning 2.6." in bench.markdown(_result(host=h))
 
 
 def test_render_rewrites_the_report_from_json(bench, tmp_path, monkeypatch):
