@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from benchmachine import machine  # scripts/ is on sys.path when run as a script
+from benchmachine import RunLog, machine  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
 from zoo.tasks import LanguageModelTask
 
@@ -134,6 +134,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     result: dict = {"machine": machine(), "args": vars(args), "retrieval": {}, "text": {}}
+    log = RunLog(out / "bench_lm.partial.jsonl", {"machine": result["machine"], "args": vars(args)})
 
     # (a) retrieval accuracy vs context length
     retr_model = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": max(args.lens)}
@@ -148,6 +149,7 @@ def main() -> None:
                 )
                 r = run(attn, seed, dm, retr_model, args.retrieval_steps, 3e-3, max(args.retrieval_steps // 5, 1), None)
                 print(f"[retrieval L={length} pairs={pairs}] {attn} seed {seed}: acc {r['final'].get('val/acc')}", flush=True)
+                log.add(f"retrieval {length}/{attn} seed {seed}", r)
                 runs.append(r)
             result["retrieval"][f"{length}/{attn}"] = {
                 "seq_len": length, "n_pairs": pairs, "attn": attn, "params": runs[0]["params"],
@@ -163,6 +165,7 @@ def main() -> None:
                 dm = TextDataModule(train_path=str(SHAKESPEARE), block_size=128, batch_size=16, tokenizer="byte")
                 r = run(attn, seed, dm, text_model, args.text_steps, 2e-3, max(args.text_steps // 6, 1), 40)
                 print(f"[shakespeare] {attn} seed {seed}: val loss {r['final'].get('val/loss')}", flush=True)
+                log.add(f"text {attn} seed {seed}", r)
                 runs.append(r)
             result["text"][attn] = {
                 "params": runs[0]["params"], "loss": summarize(runs, "val/loss"), "bpb": summarize(runs, "val/bpb"),
@@ -173,6 +176,7 @@ def main() -> None:
     md = table(result)
     (out / "bench_lm.md").write_text(md)
     plot(result, out / "bench_lm_loss.png")
+    log.done()
     print(md)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bench_lm import QUICK_OUT, SHAKESPEARE, machine, pm, run, summarize  # scripts/ is on sys.path when run as a script
+from bench_lm import QUICK_OUT, SHAKESPEARE, RunLog, machine, pm, run, summarize  # scripts/ is on sys.path when run as a script
 from zoo.data import RetrievalDataModule, TextDataModule
 from zoo.data.retrieval import make_copy_probe
 from zoo.tasks import LanguageModelTask
@@ -116,6 +116,8 @@ def main() -> None:
         res["other_half"] = kept.get("other_half") if kept.get("args", {}).get("only") == args.only else None
         res["other_half"] = res["other_half"] or {k: kept.get(k) for k in ("machine", "args", "total_seconds")}
 
+    log = RunLog(out / "bench_variants.partial.jsonl", {"machine": res["machine"], "args": vars(args)})
+
     # (a) every attention type at the same shape and step budget
     retr = {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32}
     text = {"dim": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 128}
@@ -135,6 +137,7 @@ def main() -> None:
                 r["tokens_per_s"] = tokens / r["train_seconds"]  # training only: not setup or validation
                 r.pop("train_curve")
                 print(f"[{name}] {attn} seed {seed}: {key} {r['final'].get(key)}", flush=True)
+                log.add(f"types {attn} {name} seed {seed}", r)
                 runs.append(r)
             entry[name] = {"params": runs[0]["params"], key.split("/")[1]: summarize(runs, key),
                            "tokens_per_s": sum(r["tokens_per_s"] for r in runs) / len(runs),
@@ -144,15 +147,16 @@ def main() -> None:
     # (b) adaptation of a pretrained vanilla LM with <= 1% of its pretraining tokens
     if args.only != "types":
         with tempfile.TemporaryDirectory(prefix="bench_variants_") as tmp:  # the pretrained base's export
-            adaptation(args, res, tmp, text)
+            adaptation(args, res, tmp, text, log)
     res["total_seconds"] = round(time.time() - t0, 1)
     (out / "bench_variants.json").write_text(json.dumps(res, indent=1))
     md = table(res)
     (out / "bench_variants.md").write_text(md)
+    log.done()
     print(md)
 
 
-def adaptation(args: argparse.Namespace, res: dict, tmp: str, text: dict) -> None:
+def adaptation(args: argparse.Namespace, res: dict, tmp: str, text: dict, log: RunLog) -> None:
     """(b) adaptation of a pretrained vanilla LM (``text`` shape, 8 heads) with <= 1% of its pretraining tokens;
     the base is exported to ``tmp``."""
     L.seed_everything(0, verbose=False)
@@ -169,9 +173,13 @@ def adaptation(args: argparse.Namespace, res: dict, tmp: str, text: dict) -> Non
     adapt_steps = max(args.pretrain_steps // 100, 1)  # 1% of the pretraining tokens (same batch shape)
     res["adaptation"] = {"pretrain_steps": args.pretrain_steps, "adapt_steps": adapt_steps,
                          "base_val_loss": base_val, "base_copy_acc": base_copy, "probe": PROBE, "methods": {}}
+    log.add("adaptation base", {k: v for k, v in res["adaptation"].items() if k != "methods"})
     for method in (None, "dex", "difflora", "opamp"):
-        runs = [adapt_run(src, method, seed, adapt_steps, 1e-3) for seed in args.seeds]
         label = method or "continue-vanilla"
+        runs = []
+        for seed in args.seeds:
+            runs.append(adapt_run(src, method, seed, adapt_steps, 1e-3))
+            log.add(f"adaptation {label} seed {seed}", runs[-1])
         print(f"[adapt] {label}: {[(r['val_loss'], r['copy_acc']) for r in runs]}", flush=True)
         res["adaptation"]["methods"][label] = {
             "trainable_params": runs[0]["trainable_params"],

@@ -36,3 +36,24 @@ def machine() -> dict[str, Any]:
         "lightning": L.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
+
+
+class RunLog:
+    """Each finished run appended as one JSON line to ``path`` as soon as it ends, so a benchmark that stops
+    early (a crash, a killed job) keeps what it measured; :meth:`done` removes the file once the full
+    result is written. A log left by an earlier run is kept aside (``.prev``), not overwritten."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        import json
+
+        self.path, self._json = Path(path), json
+        if self.path.exists():
+            self.path.replace(self.path.with_name(self.path.name + ".prev"))
+        self.path.write_text(json.dumps({"header": header}) + "\n")
+
+    def add(self, label: str, run: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(self._json.dumps({"label": label, "run": run}, default=str) + "\n")
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)

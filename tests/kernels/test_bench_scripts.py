@@ -104,3 +104,31 @@ def test_a_single_seed_shows_no_spread(bench_lm):
     assert one["std"] is None and bench_lm.pm(one, 3) == "0.400 (1 seed)"
     two = bench_lm.summarize([{"final": {"val/acc": 0.4}}, {"final": {"val/acc": 0.6}}], "val/acc")
     assert bench_lm.pm(two, 3) == "0.500 ± 0.141"  # sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414
+
+
+def test_runs_are_on_disk_as_they_finish(bench_lm, monkeypatch, tmp_path):
+    """A benchmark that stops in its third run (a crash, a killed job) keeps the two runs it finished; a run
+    that completes leaves only its result files, and an earlier run's leftover log is kept aside, not overwritten."""
+    calls, fake = [], None
+
+    def crashing(*args):
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return fake(*args)
+
+    fake = _fake_run(calls)
+    monkeypatch.setattr(bench_lm, "run", crashing)
+    monkeypatch.setattr(sys, "argv", ["bench_lm.py", "--lens", "32", "--retrieval-steps", "4", "--skip-text", "--seeds", "0", "1",
+                                      "--out", str(tmp_path)])
+    with pytest.raises(RuntimeError, match="killed"):
+        bench_lm.main()
+    lines = [json.loads(x) for x in (tmp_path / "bench_lm.partial.jsonl").read_text().splitlines()]
+    assert lines[0]["header"]["args"]["seeds"] == [0, 1]
+    assert [x["label"] for x in lines[1:]] == ["retrieval 32/diff seed 0", "retrieval 32/diff seed 1"]
+    assert [x["run"]["seed"] for x in lines[1:]] == [0, 1] and not (tmp_path / "bench_lm.json").exists()
+
+    monkeypatch.setattr(bench_lm, "run", _fake_run([]))
+    bench_lm.main()
+    assert (tmp_path / "bench_lm.json").is_file() and not (tmp_path / "bench_lm.partial.jsonl").exists()
+    kept = (tmp_path / "bench_lm.partial.jsonl.prev").read_text().splitlines()
+    assert len(kept) == 3  # the crashed run's log, set aside when the next run started
