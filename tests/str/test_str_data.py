@@ -145,6 +145,9 @@ def test_icdar_gt_txt(tmp_path):
     assert [t for _, t in open_source(d, CS)[0][1].items] == ["tired", "ab"]
     (d / "gt.txt").write_text("word_1.png Tired\nword_2.png\tHello\n")  # whitespace-separated gt.txt files too
     assert read_labels(d) == [("word_1.png", "Tired"), ("word_2.png", "Hello")]
+    # ICDAR 2013 / 2015 escape a quote inside a label with a backslash (IC15 test: word_136.png, "(412\")")
+    (d / "gt.txt").write_text('word_1.png, "(412\\")"\nword_2.png, "\\"A\\\\B\\""\n')
+    assert read_labels(d) == [("word_1.png", '(412")'), ("word_2.png", '"A\\B"')]
 
 
 def test_files_that_are_not_utf8_are_named(tmp_path):

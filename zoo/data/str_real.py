@@ -151,7 +151,7 @@ LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt")  # an image folder's labels
 
 def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list[tuple[str, str]]:
     """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
-    (``word_1.png, "Tired"``) in ``folder`` (or ``labels``)."""
+    (``word_1.png, "Tired"``, a quote inside a label escaped as ``\\"``) in ``folder`` (or ``labels``)."""
     folder = Path(folder)
     path = Path(labels) if labels else next((folder / n for n in LABEL_FILES if (folder / n).is_file()), None)
     if path is None or not path.is_file():
@@ -185,7 +185,8 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
             if not line.strip():
                 continue
             if icdar and re.match(r"^[^\s,]+,", line):  # `path, text` (a whitespace-separated gt.txt reads below)
-                row = next(csv.reader([line], skipinitialspace=True))
+                # ICDAR 2013 / 2015 escape quotes (and backslashes) inside a label with a backslash: "(412\")"
+                row = next(csv.reader([line], skipinitialspace=True, escapechar="\\"))
                 if len(row) > 2:
                     raise ValueError(f"{path}, line {n}: {len(row)} columns, got {row}; quote a label that holds a comma (\"a,b\")")
                 pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
