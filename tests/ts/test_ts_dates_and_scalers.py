@@ -69,6 +69,38 @@ def test_calendar_steps_survive_gaps(freq, drop, n_odd, last, want):
         assert [str(d.date()) for d in future_dates(dates[-1], 3, got)] == want
 
 
+@pytest.mark.parametrize("months, drop", [(1, []), (1, [40]), (3, []), (12, [])])
+def test_dates_on_one_day_of_the_month_step_by_months(months, drop):
+    """Monthly data dated on the 15th (no pandas alias names it) steps by calendar months: the forecast's
+    dates stay on the 15th, not 31-day steps that drift (read as '744h' before)."""
+    dates = pd.DatetimeIndex([pd.Timestamp(2001 + (m // 12), m % 12 + 1, 15, 6) for m in range(0, 60 * months, months)])
+    dates = dates.delete(drop)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        freq = infer_freq(dates)
+    assert [str(w.message)[:26] for w in caught] == ["1 of 58 time steps differ "] * len(drop)
+    # the calendar: from 2005-12-15 (monthly) the next three are the 15ths of Jan, Feb, Mar 2006
+    last = dates[-1]
+    want = [pd.Timestamp(last.year + (last.month - 1 + months * i) // 12, (last.month - 1 + months * i) % 12 + 1, 15, 6)
+            for i in (1, 2, 3)]
+    assert list(future_dates(last, 3, freq)) == want
+    assert same_spacing(freq, freq) and not same_spacing(freq, "MS") and not same_spacing(freq, "744h")
+
+
+def test_a_model_trained_on_mid_month_data_forecasts_mid_month_dates(tmp_path):
+    df = _frame(120, start="2010-01-01", freq="MS")  # 2010-01 .. 2019-12
+    df["date"] = df["date"] + pd.Timedelta(days=14)
+    df.to_csv(tmp_path / "m.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "m.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8,
+                         time_features=True)
+    assert dm.data_info["time_features"] == ["month_of_year"]
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no gap or spacing warning: the series is regular
+        out = zoo.load_pretrained(task.export(tmp_path / "export")).forecast(df.astype({"date": str}))
+    assert [str(d.date()) for d in pd.DatetimeIndex(out["date"])][:3] == ["2020-01-15", "2020-02-15", "2020-03-15"]
+
+
 def test_a_gap_in_daily_data_is_not_a_different_spacing(tmp_path):
     df = _frame(400, freq="D")
     df.to_csv(tmp_path / "d.csv", index=False)

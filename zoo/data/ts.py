@@ -27,6 +27,7 @@ time features, ``x_mark`` ``[B, lookback, n_time_features]``. Predict batches ho
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = [
     "same_spacing",
     "time_feature_names",
     "time_features",
+    "to_offset",
 ]
 
 FEATURES = ("M", "S", "MS")
@@ -261,9 +263,30 @@ def _pandas_freq(dates: pd.DatetimeIndex) -> Optional[str]:
     return getattr(freq, "freqstr", freq)
 
 
+_MONTHS = re.compile(r"^DateOffset\(months=([1-9][0-9]*)\)$")
+
+
+def to_offset(freq: str) -> pd.DateOffset:
+    """The pandas offset of a frequency string: a pandas alias (``'h'``, ``'MS'``...), or
+    ``'DateOffset(months=k)'`` (the same day of the month every ``k`` months, e.g. monthly data dated on the 15th,
+    which no pandas alias names)."""
+    m = _MONTHS.match(freq)
+    return pd.DateOffset(months=int(m.group(1))) if m else pd.tseries.frequencies.to_offset(freq)
+
+
+def _same_day_months(dates: pd.DatetimeIndex) -> Optional[str]:
+    """``'DateOffset(months=k)'`` when every date falls on one day of the month (28th or before) at one time of
+    day and ``k`` months is the most common step; ``None`` otherwise."""
+    if len(dates) < 3 or dates.day.nunique() != 1 or dates[0].day > 28 or (dates - dates.normalize()).nunique() != 1:
+        return None
+    months = np.diff(np.asarray(dates.year) * 12 + np.asarray(dates.month))
+    k = int(pd.Series(months).mode().iloc[0])
+    return f"DateOffset(months={k})" if k >= 1 else None
+
+
 def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
     """How many consecutive pairs of ``dates`` are not one ``freq`` step apart."""
-    offset = pd.tseries.frequencies.to_offset(freq)
+    offset = to_offset(freq)
     with warnings.catch_warnings():  # calendar offsets (B, MS) are applied element by element, which pandas notes
         warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
         return int(((dates[:-1] + offset) != dates[1:]).sum())
@@ -273,7 +296,8 @@ FREQ_CHUNK = 8  # dates per stretch when a series with gaps is read stretch by s
 
 
 def infer_freq(dates: pd.DatetimeIndex) -> str:
-    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``, ``'B'``...).
+    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``, ``'B'``...), or
+    ``'DateOffset(months=k)'`` for dates on one day of the month every ``k`` months (see :func:`to_offset`).
 
     A series with gaps (missing rows, holidays) is read stretch by stretch: the frequency most of its
     gap-free stretches have, so calendar steps (month starts, business days) survive a gap; a fixed
@@ -290,10 +314,11 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
         freq = pd.tseries.frequencies.to_offset(step if step is not None else dates[1] - dates[0]).freqstr
         votes = Counter(f for s in range(0, len(head) - 2, FREQ_CHUNK)
                         if (f := _pandas_freq(head[s : s + FREQ_CHUNK])) is not None)
-        if votes:
-            calendar = votes.most_common(1)[0][0]
-            n_cal = _off_steps(head, calendar)
-            if n_cal <= _off_steps(head, freq):
+        # calendar steps: the stretches' vote, and one day of the month every k months (no pandas alias for it)
+        calendars = [c for c in (votes.most_common(1)[0][0] if votes else None, _same_day_months(head)) if c]
+        if calendars:
+            calendar = min(calendars, key=lambda c: _off_steps(head, c))
+            if _off_steps(head, calendar) <= _off_steps(head, freq):
                 freq, n_odd = calendar, _off_steps(dates, calendar)
         if n_odd:
             warnings.warn(
@@ -307,7 +332,7 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
 
 def same_spacing(a: str, b: str) -> bool:
     """Whether frequency strings ``a`` and ``b`` step alike (``'24h'`` and ``'D'`` do; ``'MS'`` and ``'744h'`` do not)."""
-    off_a, off_b = (pd.tseries.frequencies.to_offset(f) for f in (a, b))
+    off_a, off_b = (to_offset(f) for f in (a, b))
     if off_a == off_b:
         return True
     start = pd.Timestamp("2001-01-31")  # a month end: month-based offsets move by different days from here on
@@ -316,7 +341,7 @@ def same_spacing(a: str, b: str) -> bool:
 
 def _step(freq: str) -> pd.Timedelta:
     start = pd.Timestamp("2001-01-01")
-    rng = pd.date_range(start, periods=2, freq=freq)
+    rng = pd.date_range(start, periods=2, freq=to_offset(freq))
     return rng[1] - rng[0]
 
 
@@ -359,7 +384,7 @@ def time_features(dates: pd.DatetimeIndex, names: Sequence[str]) -> np.ndarray:
 
 def future_dates(last: pd.Timestamp | str, horizon: int, freq: str) -> pd.DatetimeIndex:
     """The ``horizon`` timestamps after ``last`` at frequency ``freq``."""
-    return pd.date_range(pd.Timestamp(last), periods=horizon + 1, freq=freq)[1:]
+    return pd.date_range(pd.Timestamp(last), periods=horizon + 1, freq=to_offset(freq))[1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -765,7 +790,7 @@ def make_synthetic_frame(
             series = series + rng.uniform(0.4, 0.9) * lagged
         out[:, j] = series * rng.uniform(0.5, 3.0) + rng.uniform(-5, 5)
     frame = pd.DataFrame(out, columns=[f"v{j}" for j in range(n_vars)])
-    frame.insert(0, "date", pd.date_range(start, periods=n_rows, freq=freq))
+    frame.insert(0, "date", pd.date_range(start, periods=n_rows, freq=to_offset(freq)))
     return frame
 
 

@@ -282,7 +282,7 @@ class ForecastTask(ZooTask):
         import numpy as np
         import pandas as pd
 
-        from zoo.data.ts import future_dates
+        from zoo.data.ts import future_dates, to_offset
 
         meta = self.model.meta
         if meta is None:
@@ -297,7 +297,7 @@ class ForecastTask(ZooTask):
         for b in range(x.shape[0]):
             last = pd.Timestamp(batch["last_date"][b])
             hist = pd.DataFrame(x[b] * std + mean, columns=meta["columns"])
-            hist.insert(0, meta["date_col"], pd.date_range(end=last, periods=L, freq=meta["freq"]))
+            hist.insert(0, meta["date_col"], pd.date_range(end=last, periods=L, freq=to_offset(meta["freq"])))
             fc = pd.DataFrame(y[b][:, idx] * std[idx] + mean[idx], columns=meta["out_columns"])
             fc.insert(0, meta["date_col"], future_dates(last, H, meta["freq"]))
             self._forecasts.append((hist, fc))
