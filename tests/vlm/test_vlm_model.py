@@ -46,6 +46,26 @@ def test_function_word_caption():
     torch.testing.assert_close(m.fw_states(ids), ref)
 
 
+def test_forward_gives_clip_style_contrastive_outputs():
+    """model(images, ids, mask): the ITC logits every image against every caption, computed here by hand from
+    the encoders' pooled outputs and the projections (cosine of the projected vectors over the temperature)."""
+    m = tiny_model(seed=1).eval()
+    images, caps = scene_batch(3)
+    ids, mask = m.tokenize(caps[:2])
+    with torch.no_grad():
+        out = m(images, ids, mask)
+        img = m.vision_proj(m.encode_image(images)[:, 0] if m.config.pool == "cls" else m.encode_image(images)[:, 1:].mean(1))
+        hid = m.encode_text(ids, mask)
+        m_ = mask.unsqueeze(-1).float()
+        txt = m.text_proj(hid[:, 0] if m.config.pool == "cls" else (hid * m_).sum(1) / m_.sum(1))
+        cos = torch.nn.functional.cosine_similarity(img[:, None], txt[None], dim=-1)
+    assert out["logits_per_image"].shape == (3, 2)
+    torch.testing.assert_close(out["logits_per_image"], cos / m.temp.clamp(0.001, 0.5))
+    torch.testing.assert_close(out["logits_per_text"], out["logits_per_image"].T)
+    torch.testing.assert_close(out["image_embeds"].norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(out["image_embeds"] @ out["text_embeds"].T, cos)
+
+
 def test_fda_layers_and_heads_config():
     m = tiny_model(fda_layers=[1], fda_heads=[0, 3])
     assert [l.fda for l in m.fusion] == [False, True]

@@ -321,6 +321,17 @@ class VisionLanguageModel(nn.Module):
     def temperature(self) -> Tensor:
         return self.temp.clamp(0.001, 0.5)
 
+    def forward(self, images: Tensor, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Contrastive (ITC) outputs of a batch, as Hugging Face's CLIPModel names them: ``logits_per_image``
+        ``[Ni, Nt]`` (cosine / temperature), ``logits_per_text`` (its transpose), and the normalized
+        ``image_embeds`` ``[Ni, embed_dim]`` and ``text_embeds`` ``[Nt, embed_dim]``. ``images``: pixels in [0, 1]
+        ``[Ni, 3, S, S]``; ``ids`` / ``mask``: :meth:`tokenize`'s output. ITM scores: :meth:`similarity`."""
+        image_embeds = self.image_feat(self.encode_image(images))
+        text_embeds = self.text_feat(self.encode_text(ids, mask), mask)
+        logits = image_embeds @ text_embeds.T / self.temperature
+        return {"logits_per_image": logits, "logits_per_text": logits.T,
+                "image_embeds": image_embeds, "text_embeds": text_embeds}
+
     # -- scores
     def itc_similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """Cosine similarity of every image with every text, ``[Ni, Nt]`` (ITC ranking)."""
