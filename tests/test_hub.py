@@ -234,3 +234,21 @@ def test_a_misspelt_create_model_keyword_is_named_in_every_domain(name):
 
     with pytest.raises(ValueError, match=r"unknown \w+ config field\(s\) \['dimm'\]; known: \[.*'"):
         zoo.create_model(name, dimm=64)
+
+
+@pytest.mark.parametrize("module, cls, field", [
+    ("zoo.models.lm", "LMConfig", "n_heads"), ("zoo.models.lm", "LMConfig", "n_kv_heads"),
+    ("zoo.models.lm", "LMConfig", "dim"), ("zoo.models.encoder", "EncoderConfig", "n_heads"),
+    ("zoo.models.str", "STRConfig", "dec_depth"), ("zoo.models.ts", "ITransformerConfig", "n_layers"),
+    ("zoo.models.ts", "PatchTSTConfig", "stride"), ("zoo.models.vlm", "VLMConfig", "fusion_layers"),
+])
+@pytest.mark.parametrize("bad", [0, -2, True, 4.0, "4"])
+def test_every_config_names_a_size_that_is_no_positive_integer(module, cls, field, bad):
+    """A size of 0 divided by zero in LMConfig / EncoderConfig (n_heads) and True or 4.0 passed unchecked in
+    some configs; every config now names the field."""
+    import importlib
+
+    config_class = getattr(importlib.import_module(module), cls)
+    config_class()  # the defaults are valid
+    with pytest.raises(ValueError, match=f"^{field} must be a positive integer, got {bad!r}"):
+        config_class(**{field: bad})

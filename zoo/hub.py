@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
@@ -124,6 +124,15 @@ def _import_class(path: str) -> type:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"model class {path!r} named in {CONFIG_FILE} does not exist in this zoo version") from exc
+
+
+def check_positive_ints(config: Any, names: Sequence[str]) -> None:
+    """Every field of ``config`` in ``names`` must be an int >= 1 (not a bool or a float): else a ``ValueError``
+    naming the field, before a size of 0 or 3.0 fails later as a division by zero or a type error."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def config_from(config_class: type, config: Any, owner: str) -> Any:

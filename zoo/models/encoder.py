@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets
-from zoo.hub import config_from, register_model
+from zoo.hub import check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
 
@@ -43,6 +43,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.attn_type not in list_attention_types():
             raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
+        check_positive_ints(self, ("vocab_size", "dim", "n_layers", "n_heads", "mlp_hidden", "max_seq_len", "type_vocab_size"))
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.pos_offset < 0:

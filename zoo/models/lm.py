@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets
-from zoo.hub import config_from
+from zoo.hub import check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 
 
@@ -52,8 +52,8 @@ class LMConfig:
             raise ValueError(
                 f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}"
             )
-        if self.vocab_size <= 0 or self.dim <= 0 or self.n_layers <= 0 or self.max_seq_len <= 0:
-            raise ValueError(f"vocab_size, dim, n_layers and max_seq_len must be positive: {self}")
+        check_positive_ints(self, ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"]
+                            + [n for n in ("n_kv_heads", "mlp_hidden") if getattr(self, n) is not None])
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.charsets import CHARSETS, Charset, check_charset
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
 
@@ -85,10 +85,7 @@ class STRConfig:
         for name in ("attn_type", "self_attn_type"):
             if getattr(self, name) not in list_attention_types():
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known types: {list_attention_types()}")
-        for name in ("max_length", "enc_dim", "enc_depth", "enc_heads", "dec_dim", "dec_depth", "dec_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("max_length", "enc_dim", "enc_depth", "enc_heads", "dec_dim", "dec_depth", "dec_heads"))
         self.img_size, self.patch_size = list(self.img_size), list(self.patch_size)
         if any(i % p for i, p in zip(self.img_size, self.patch_size)) or len(self.img_size) != 2:
             raise ValueError(f"img_size {self.img_size} must be [H, W] divisible by patch_size {self.patch_size}")

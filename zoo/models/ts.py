@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 
@@ -66,10 +66,7 @@ class TSEncoderConfig:
     def __post_init__(self) -> None:
         if self.attn_type not in list_attention_types():
             raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
-        for name in ("lookback", "horizon", "dim", "n_layers", "n_heads", "mlp_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("lookback", "horizon", "dim", "n_layers", "n_heads", "mlp_hidden"))
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.attn_type == "diff" and (self.dim // self.n_heads) % 2:
@@ -103,8 +100,7 @@ class PatchTSTConfig(TSEncoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.patch_len <= 0 or self.stride <= 0:
-            raise ValueError(f"patch_len and stride must be positive, got {self.patch_len}, {self.stride}")
+        check_positive_ints(self, ("patch_len", "stride"))
         if self.patch_len > self.lookback + self.stride:
             raise ValueError(
                 f"patch_len ({self.patch_len}) is longer than the padded lookback ({self.lookback} + {self.stride})"

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.nn import GeluMlp, build_attention
 from zoo.nn.fda import DIRECTIONS, FDACrossAttention
@@ -84,12 +84,9 @@ class VLMConfig:
     text_init: Optional[str] = None
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "vit_dim", "vit_depth", "vit_heads", "vocab_size", "text_dim",
-                     "text_layers", "text_heads", "text_mlp", "max_text_len", "fusion_layers", "fusion_heads",
-                     "fusion_mlp", "embed_dim"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, ("image_size", "patch_size", "vit_dim", "vit_depth", "vit_heads", "vocab_size",
+                                   "text_dim", "text_layers", "text_heads", "text_mlp", "max_text_len", "fusion_layers",
+                                   "fusion_heads", "fusion_mlp", "embed_dim"))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         if self.fusion_attn_type not in FUSION_ATTN_TYPES:
