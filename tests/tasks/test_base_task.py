@@ -90,3 +90,27 @@ def test_a_run_resumed_with_other_decay_settings_is_named(tmp_path):
     # evaluating the checkpoint reads its weights only: the optimizer's grouping does not matter there
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
         OldTask(), dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=tmp_path / "new.ckpt")
+
+
+def test_float16_true_training_is_refused_by_name():
+    """precision "16-true" keeps the weights and AdamW's state in float16, where eps=1e-8 rounds to 0: the first
+    step turned every weight NaN, silently. fit now stops before training with a message naming the fix;
+    "bf16-true" (float32's range) trains, and "16-true" evaluation (no optimizer) still runs."""
+    task = Task()
+    before = [p.detach().clone() for p in task.parameters()]
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, precision="16-true", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(ValueError, match=r"precision '16-true'.*(16-mixed|bf16-mixed).*bf16-true"):
+        trainer.fit(task, train_dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None))
+    assert all(torch.equal(a.half(), b.half()) for a, b in zip(before, task.parameters()))  # no step ran (cast only)
+
+    trained = Task()
+    L.Trainer(accelerator="cpu", max_steps=3, precision="bf16-true", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(
+        trained, train_dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None))
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+
+    out = L.Trainer(accelerator="cpu", precision="16-true", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False).validate(Task(), DataLoader([torch.randn(5, 3)], batch_size=None),
+                                                         verbose=False)
+    assert torch.isfinite(torch.tensor(out[0]["val/loss"]))

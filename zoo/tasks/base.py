@@ -90,6 +90,14 @@ class ZooTask(L.LightningModule):
         return decay, no_decay
 
     def configure_optimizers(self) -> Any:
+        if self._trainer is not None and str(self.trainer.precision) == "16-true":
+            # float16 weights and AdamW moments: eps=1e-8 rounds to 0 in float16, so the first step divides by
+            # zero and every weight turns NaN (bf16 has float32's range; the mixed modes keep float32 weights)
+            raise ValueError(
+                "precision '16-true' trains the weights and AdamW's state in float16, where its eps (1e-8) rounds to "
+                "0 and the first step turns the weights NaN; train with precision '16-mixed' or 'bf16-mixed' "
+                "(float32 weights) or 'bf16-true' ('16-true' is fine for validate / test / predict)"
+            )
         a = self.opt_args
         exempt = getattr(self, "_resumed_exempt", None)
         decay, no_decay = self._param_groups(self.no_weight_decay_names() if exempt is None else exempt)
