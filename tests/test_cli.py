@@ -240,3 +240,29 @@ def test_ckpt_path_last_stays_in_the_users_checkpoint_folders(tmp_path):
     trainer = L.Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu",
                         enable_progress_bar=False)
     assert last_checkpoint(trainer) == str(other)
+
+
+def test_ckpt_path_last_takes_the_runs_end_state_over_its_best_epoch(tmp_path):
+    """Configs that keep the best checkpoint by a metric also save last.ckpt, and `--ckpt_path last` takes it
+    over a best-epoch checkpoint of the same folder written about the same time: resuming from the best epoch
+    silently rewound the run (STR / VLM / TS configs saved only the best one)."""
+    import lightning as L
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    from zoo.cli import last_checkpoint
+
+    ckdir = tmp_path / "lightning_logs" / "version_1" / "checkpoints"
+    _ckpt(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", age=500)  # an older run
+    last = _ckpt(ckdir / "last.ckpt", age=11)
+    _ckpt(ckdir / "epoch=3-step=40.ckpt", age=10)  # the best epoch, its file a moment newer
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu", enable_progress_bar=False)
+    assert last_checkpoint(trainer) == str(last)
+
+    monitored = []
+    for cfg in sorted((ROOT / "configs").rglob("*.yaml")):
+        for cb in (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("callbacks") or []:
+            if cb["class_path"].endswith("ModelCheckpoint") and cb.get("init_args", {}).get("monitor"):
+                monitored.append(cfg.name)
+                assert cb["init_args"].get("save_last") is True, f"{cfg} keeps only the best checkpoint"
+    assert len(monitored) >= 10

@@ -52,9 +52,9 @@ def _same_class(a: str, b: str) -> bool:
 
 
 def last_checkpoint(trainer) -> Optional[str]:
-    """The newest ``.ckpt`` of this run's checkpoint folders, or None: a ``ModelCheckpoint(dirpath=...)``'s folder,
-    a fixed logger version's ``checkpoints``, else the logger's earlier ``version_*`` runs (no logger:
-    ``default_root_dir/checkpoints``).
+    """The newest ``.ckpt`` of this run's checkpoint folders (the ``last*.ckpt`` of its folder when there is one), or
+    None: a ``ModelCheckpoint(dirpath=...)``'s folder, a fixed logger version's ``checkpoints``, else the logger's
+    earlier ``version_*`` runs (no logger: ``default_root_dir/checkpoints``).
 
     ``--ckpt_path last`` in Lightning looks for ``last*.ckpt`` in the new run's own (empty) version folder only,
     so a second ``fit --ckpt_path last`` would start again from step 0.
@@ -78,7 +78,13 @@ def last_checkpoint(trainer) -> Optional[str]:
             elif getattr(trainer.logger, "root_dir", None):
                 folders += sorted(Path(trainer.logger.root_dir).glob("version_*/checkpoints"))
     found = ckpts(folders)
-    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    # within the newest checkpoint's folder, the run's end state (ModelCheckpoint(save_last=True)'s last*.ckpt)
+    # over a best-k checkpoint written at about the same time, which may be an earlier epoch
+    last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")]
+    return str(max(last, key=lambda p: p.stat().st_mtime) if last else newest)
 
 
 class ZooCLI(LightningCLI):
