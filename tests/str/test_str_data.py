@@ -262,6 +262,23 @@ def test_randaugment_workers_draw_their_own_augmentations():
     assert not np.array_equal(epochs[0][0], epochs[1][0])
 
 
+def test_randaugment_without_workers_follows_the_global_seed(tmp_path):
+    """num_workers=0 (the default): the datamodule's RandAugment (no seed of its own) draws from torch's seed,
+    so seed_everything gives the same augmented training batch in two runs (it drew from OS entropy before)."""
+    import lightning as L
+
+    d = _folder(tmp_path, [(f"{i}.png", f"w{i}") for i in range(8)])
+
+    def first_batch(seed):
+        L.seed_everything(seed, verbose=False)
+        dm = STRDataModule(charset="36", max_length=8, train_dirs=[str(d)], batch_size=8, num_workers=0)
+        return next(iter(dm.train_dataloader()))
+
+    a, b, c = first_batch(0), first_batch(0), first_batch(1)
+    assert a["texts"] == b["texts"] and torch.equal(a["images"], b["images"])
+    assert not torch.equal(a["images"], c["images"])
+
+
 def test_build_lmdb_checks_every_image_before_writing(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     (d / "b.png").write_bytes(b"not an image")
@@ -323,3 +340,37 @@ def test_an_lmdb_built_into_its_image_folder_is_read_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"holds both labels.txt .* and LMDBs \(lmdb\); reading the LMDBs only"):
         sets = open_source(d, CS)
     assert [name for name, _ in sets] == ["lmdb"]
+
+
+def test_loader_workers_persist_across_epochs():
+    """With workers, the train / val loaders keep them between epochs (as the other domains' loaders do): under spawn
+    (macOS, Windows) a new worker re-imports torch, matplotlib and zoo, seconds at every epoch and validation run."""
+    dm = STRDataModule(charset="36", max_length=4, synthetic={"train": 4, "val": 4, "test": 0}, synth_max_len=4,
+                       batch_size=4, eval_batch_size=4, num_workers=1)
+    for dl in (dm.train_dataloader(), dm.val_dataloader()):
+        first = iter(dl)
+        assert len(list(first)) == 1
+        second = iter(dl)  # the next epoch: the same iterator and worker process, reset
+        assert second is first and len(list(second)) == 1
+        dl._iterator._shutdown_workers()
+
+
+def test_randaugment_differs_between_ddp_ranks(monkeypatch):
+    """Every DDP rank has the same torch seed (seed_everything), so without the rank in the seed rank 0 and
+    rank 1 (and their workers) would apply one augmentation sequence to their samples."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    img = _word_image(3).resize((128, 32))
+
+    def augmented(rank, workers):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        torch.manual_seed(0)
+        aug = RandAugment(n=3, m=8, seed=None if workers == 0 else 0)
+        loader = torch.utils.data.DataLoader(_SameImage(img, aug), batch_size=4, num_workers=workers,
+                                             multiprocessing_context="fork" if workers else None)
+        return next(iter(loader)).numpy()
+
+    for workers in (0, 1):
+        r0, r0_again, r1 = augmented(0, workers), augmented(0, workers), augmented(1, workers)
+        assert np.array_equal(r0, r0_again)
+        assert not np.array_equal(r0, r1)

@@ -443,8 +443,10 @@ class STRDataModule(L.LightningDataModule):
             return None
         ds = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         bs = self.batch_size if split == "train" else self.eval_batch_size
+        # persistent workers (as the other domains' loaders): under spawn (macOS / Windows) a fresh worker re-imports
+        # torch, matplotlib and zoo, seconds per worker, at every epoch and every validation run
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, collate_fn=Collate(self.charset),
-                          drop_last=False)
+                          drop_last=False, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         dl = self._loader("train", True)

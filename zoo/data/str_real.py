@@ -298,16 +298,25 @@ def _check_image(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 # Augmentation
 # ---------------------------------------------------------------------------------------------
+def _global_rank() -> int:
+    """This process's rank under a Lightning strategy (0 outside distributed training)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 class RandAugment:
     """RandAugment-style policy for text crops (as PARSeq): ``n`` ops drawn uniformly from a list
     of photometric and mild geometric ops, each at magnitude ``m`` of 10 with a random sign; then
     Gaussian blur or noise with probability ``p_blur``. PARSeq adds its own op list; we keep the
     ops that do not destroy text (no flips, no large rotations).
 
-    Random state: in the main process a generator seeded with ``seed`` (entropy when ``None``); in a
-    DataLoader worker a generator seeded from the worker's torch seed, so the workers (and each
-    epoch's new workers) draw different augmentations instead of replaying the parent's copy, and
-    ``seed_everything`` makes them reproducible."""
+    Random state: in the main process a generator seeded with ``seed`` (when ``None``: with torch's
+    seed, ``torch.initial_seed()`` at the first call, so ``seed_everything`` makes ``num_workers=0``
+    reproducible too); in a DataLoader worker a generator seeded from the worker's torch seed, so the
+    workers (and each epoch's new workers) draw different augmentations instead of replaying the
+    parent's copy, and ``seed_everything`` makes them reproducible. Under DDP the global rank is mixed
+    in (every rank has the same torch seed), so the ranks do not apply one augmentation sequence."""
 
     OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast", "sharpness",
            "color", "posterize", "solarize", "autocontrast", "equalize", "invert")
@@ -316,16 +325,25 @@ class RandAugment:
         if not 0 <= m <= 10 or n < 0:
             raise ValueError(f"RandAugment needs n >= 0 and 0 <= m <= 10, got n={n}, m={m}")
         self.n, self.m, self.p_blur, self.seed = n, m, p_blur, seed
-        self.rng = np.random.default_rng(seed)
+        # seed None: drawn at the first call from torch's seed (seed_everything may come after construction)
+        self.rng: Optional[np.random.Generator] = None if seed is None else np.random.default_rng(seed)
         self._worker_seed: Optional[int] = None
+        self._rank: Optional[int] = None  # the parent's global rank, for a spawned worker (set when pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rank": _global_rank()}
 
     def _generator(self) -> np.random.Generator:
+        import torch
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
+        rank = self._rank if self._rank is not None else _global_rank()  # a forked worker inherits the parent's
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
-            self.rng = np.random.default_rng([info.seed, self.seed or 0])
+            self.rng = np.random.default_rng([info.seed, self.seed or 0] + ([rank] if rank else []))
+        elif self.rng is None:
+            self.rng = np.random.default_rng([torch.initial_seed()] + ([rank] if rank else []))
         return self.rng
 
     def __call__(self, img: Image.Image) -> Image.Image:
