@@ -301,3 +301,13 @@ def test_greedy_generation_leaves_the_global_random_stream_alone():
     torch.manual_seed(7)
     model.generate(prompt, max_new_tokens=4, temperature=0)
     assert torch.equal(torch.rand(3), want)
+
+
+@pytest.mark.parametrize("attn", ["diff", "vanilla", "diff_v2"])
+def test_an_empty_batch_gives_empty_logits(attn):
+    """[0, T] and [B, 0] ids are batches like any other (the id-range check took min() of an empty tensor)."""
+    model = tiny(attn)
+    assert tuple(model(torch.zeros(0, 5, dtype=torch.long)).shape) == (0, 5, 50)
+    assert tuple(model(torch.zeros(2, 0, dtype=torch.long)).shape) == (2, 0, 50)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 50\)"):  # the check still runs on real ids
+        model(torch.tensor([[3, 50]]))

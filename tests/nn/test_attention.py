@@ -537,3 +537,36 @@ def test_bad_kv_heads_and_a_refused_cached_call_leave_the_cache_unchanged():
     out = layer(x[:, 3:4], key_mask=torch.ones(1, 4, dtype=torch.bool), cache=cache)
     full = layer(x[:, :4])  # reference: the whole sequence at once (causal)
     torch.testing.assert_close(out, full[:, 3:4], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff", "diff_v2", "dint", "gda", "shared_diff"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_batch_or_sequence_gives_an_empty_output(attn_type, backend):
+    """B = 0 (and Tq = 0) is a batch like any other, as for torch's own layers: no 'cannot reshape ... -1 is
+    ambiguous' from the head split or the head merge."""
+    extra = {"signal_ratio": 2} if attn_type == "gda" else {}
+    layer = build_attention(attn_type, DIM, HEADS, causal=True, rope=True, backend=backend, **extra).eval()
+    assert tuple(layer(torch.randn(0, 5, DIM)).shape) == (0, 5, DIM)
+    assert tuple(layer(torch.randn(2, 0, DIM)).shape) == (2, 0, DIM)
+    cross = build_attention(attn_type, DIM, HEADS, kv_dim=16, backend=backend, **extra).eval()
+    assert tuple(cross(torch.randn(0, 3, DIM), torch.randn(0, 7, 16)).shape) == (0, 3, DIM)
+
+
+@pytest.mark.parametrize("attn_type", ["diff", "dint", "gda", "shared_diff"])
+def test_a_float64_differential_layer_computes_in_float64(attn_type):
+    """model.double() (gradcheck, numerical references) keeps float64 through the lambda and the head RMSNorm:
+    both were cast to float32, so a float64 layer matched its float64 reference to 1e-7 only and failed gradcheck."""
+    from zoo.nn import RMSNorm
+
+    x = torch.randn(3, 8, dtype=torch.float64)
+    ref = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(RMSNorm(8).double()(x), ref, rtol=1e-13, atol=1e-13)
+    torch.manual_seed(0)
+    extra = {"signal_ratio": 2} if attn_type == "gda" else {}
+    layer = build_attention(attn_type, 16, 2, causal=True, backend="naive", **extra).double().eval()
+    lq1, lk1, lq2, lk2 = (p.detach() for p in (layer.lambda_q1, layer.lambda_k1, layer.lambda_q2, layer.lambda_k2))
+    lam = math.exp(float((lq1 * lk1).sum())) - math.exp(float((lq2 * lk2).sum())) + layer.lambda_init
+    assert layer.lambda_full().dtype == torch.float64
+    assert abs(float(layer.lambda_full()) - lam) < 1e-14
+    xin = torch.randn(1, 4, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: layer(t), (xin,), atol=1e-6)

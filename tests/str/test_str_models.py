@@ -284,3 +284,30 @@ def test_confidence_of_a_reading_cut_at_max_length_holds_its_characters_only():
     r = m.decode_probs(probs)[0]
     assert r.text == m.charset.decode([7] * m.charset.max_length)
     assert r.confidence == pytest.approx(0.9 ** m.charset.max_length)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_read_works_on_a_model_cast_to_another_dtype(dtype):
+    """reader.double() / .bfloat16() reads: the crops go in the model's dtype (they stayed float32: 'Input type
+    (float) and bias type (double) should be the same'). Reference: the float32 model on the same crops."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    crops = [rng.random((32, 128)), rng.random((20, 50, 3))]
+    want = tiny(decode="nar").read(crops)
+    got = tiny(decode="nar").to(dtype).read(crops)
+    assert len(got) == 2 and all(0.0 <= r.confidence <= 1.0 for r in got)
+    if dtype == torch.float64:  # bfloat16 may break a near-tie of the untrained model's classes differently
+        assert [r.text for r in got] == [r.text for r in want]
+        assert all(abs(g.confidence - w.confidence) < 1e-6 for g, w in zip(got, want))
+
+
+def test_read_restores_the_train_mode_when_an_image_fails():
+    """An unreadable image part-way raises, and the model keeps the mode it had (it was left in eval mode, so
+    training went on without dropout)."""
+    import numpy as np
+
+    model = tiny().train()
+    with pytest.raises(FileNotFoundError):
+        model.read([np.zeros((32, 128), dtype=np.uint8), "/nonexistent/crop.png"])
+    assert model.training

@@ -205,3 +205,20 @@ def test_restore_best_covers_a_resumed_fit(tmp_path):
     for k, v in resumed.model.state_dict().items():
         if v.is_floating_point():
             assert torch.all(v == 0.5), k
+
+
+def test_forecast_restores_the_train_mode_when_the_forward_fails(monkeypatch):
+    """forecast switches to eval mode for the forward; an error there (or an interrupt) gives the mode back."""
+    fc = zoo.load_pretrained("ts-patchtst-diff-etth1").train()
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(96, 7)) + 10, columns=ETT_COLUMNS)
+    df.insert(0, "date", pd.date_range("2018-01-01", periods=96, freq="h"))  # exactly lookback rows
+
+    def boom(*args, **kwargs):
+        assert not fc.training  # the forward itself runs in eval mode
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(fc, "_forward", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fc.forecast(df)
+    assert fc.training

@@ -169,3 +169,15 @@ def test_bad_arguments():
     x, fw, ctx, _ = inputs()
     with pytest.raises(ValueError, match="shape"):
         mod(x, ctx, fw=fw[:, :-1])
+
+
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff"])
+def test_a_float64_layer_matches_the_float64_math_to_float64_precision(attn_type):
+    """mod.double() computes its maps in float64 (they were cast to float32: 1e-7 off the float64 math)."""
+    mod = make(attn_type, direction="both").double()
+    with torch.no_grad():
+        mod.g.fill_(0.8)
+    x, fw, ctx, qmask = (t.double() if t.is_floating_point() else t for t in inputs(query_pad=True))
+    got = mod(x, ctx, fw=fw, query_mask=qmask)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, naive_forward(mod, x, fw, ctx, qmask, 0.8, {0, 1}, "both"), rtol=1e-10, atol=1e-10)

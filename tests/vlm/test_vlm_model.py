@@ -365,3 +365,24 @@ def test_a_temperature_pushed_out_of_range_comes_back(start):
         warnings.simplefilter("ignore")  # self.log outside a Trainer
         task.training_step(b, 0).backward()
     assert task.model.temp.grad is not None and task.model.temp.grad.abs().item() > 0
+
+
+def test_similarity_scores_without_dropout_in_train_mode_and_keeps_the_mode():
+    """A model with dropout left in train mode (as Lightning leaves it after fit) scores as in eval mode, as STR's
+    read and TS's forecast do (it scored with dropout: two calls differed); its mode is restored afterwards."""
+    m = tiny_model(seed=3, dropout=0.3)
+    images, caps = scene_batch(2)
+    want = m.eval().similarity(images, caps)  # reference: eval mode, where dropout is off
+    m.train()
+    torch.testing.assert_close(m.similarity(images, caps), want)
+    assert m.training
+
+
+def test_similarity_of_an_empty_batch_is_an_empty_matrix():
+    """No texts -> [Ni, 0], no images ([] or a [0, 3, S, S] tensor) -> [0, Nt]; the text encoder took min() of an
+    empty id tensor and an empty image list was refused as 'not images'."""
+    m = tiny_model()
+    images, caps = scene_batch(2)
+    assert tuple(m.similarity(images, []).shape) == (2, 0)
+    assert tuple(m.similarity([], caps).shape) == (0, 2)
+    assert tuple(m.similarity(images[:0], caps, score="itm").shape) == (0, 2)

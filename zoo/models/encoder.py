@@ -128,7 +128,7 @@ class TextEncoder(TokenizerAssets, nn.Module):
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}; truncate the input")
-        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):  # [] has no min
             raise ValueError(
                 f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
                 f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"

@@ -160,7 +160,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 f"sequence of {start + T} tokens exceeds the model's max_seq_len {self.config.max_seq_len}; "
                 "use shorter blocks (data.block_size) or a model with a larger max_seq_len"
             )
-        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):  # [] has no min
             raise ValueError(
                 f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
                 f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"

@@ -359,12 +359,15 @@ class SceneTextRecognizer(nn.Module):
         items = [images] if single else list(images)
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
+        param = next(self.parameters())
         out: list[Reading] = []
-        for s in range(0, len(items), batch_size):
-            batch = torch.stack([to_tensor(load_image(x), tuple(self.config.img_size)) for x in items[s : s + batch_size]])
-            out.extend(self.decode_probs(self(batch.to(device))))
-        self.train(was_training)
+        try:  # an unreadable image part-way leaves the model in the mode it had
+            for s in range(0, len(items), batch_size):
+                batch = torch.stack([to_tensor(load_image(x), tuple(self.config.img_size)) for x in items[s : s + batch_size]])
+                # in the model's dtype too: a .half() / .double() model reads as a float32 one does
+                out.extend(self.decode_probs(self(batch.to(device=param.device, dtype=param.dtype))))
+        finally:
+            self.train(was_training)
         return out[0] if single else out
 
 

@@ -255,8 +255,10 @@ class Forecaster(nn.Module):
             x_mark = torch.as_tensor(marks, dtype=param.dtype, device=param.device)[None]
         was_training = self.training
         self.eval()
-        y = self(xt, x_mark)[0].double().cpu().numpy()
-        self.train(was_training)
+        try:  # an error (or an interrupt) in the forward leaves the model in the mode it had
+            y = self(xt, x_mark)[0].double().cpu().numpy()
+        finally:
+            self.train(was_training)
         idx = list(meta["out_index"])
         y = y[:, idx] * std[idx] + mean[idx]
         try:
@@ -326,7 +328,7 @@ class PatchTST(Forecaster):
         patches = series.unfold(-1, c.patch_len, c.stride)  # [B*N, P, patch_len]
         h = self.encoder(self.drop(self.patch_embed(patches) + self.pos))
         y = self.head(self.head_drop(h.flatten(1)))  # [B*N, H]
-        return y.view(B, N, -1).transpose(1, 2)
+        return y.view(B, N, c.horizon).transpose(1, 2)
 
 
 # -- registry ---------------------------------------------------------------------------------

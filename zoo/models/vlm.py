@@ -355,6 +355,9 @@ class VisionLanguageModel(nn.Module):
             return torch.from_numpy(images)
         one = isinstance(images, (str, Path, Image.Image))
         items = [images] if one else list(images) if isinstance(images, (list, tuple)) else None
+        if items == []:  # an empty batch: no rows, as an empty tensor gives
+            s = self.config.image_size
+            return torch.empty(0, 3, s, s)
         if not items or not all(isinstance(x, (str, Path, Image.Image)) for x in items):
             raise TypeError(
                 f"images must be a [B, 3, {self.config.image_size}, {self.config.image_size}] tensor or array in "
@@ -380,6 +383,14 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
         if isinstance(texts, str):  # one caption, as one image: a [Ni, 1] column
             texts = [texts]
+        was_training = self.training
+        self.eval()  # scores without dropout, as STR's read and TS's forecast (a model fresh from fit is in train mode)
+        try:
+            return self._similarity(images, texts, score, batch_size)
+        finally:
+            self.train(was_training)
+
+    def _similarity(self, images: Any, texts: Sequence[str], score: str, batch_size: int) -> Tensor:
         ids, mask = self.tokenize(texts)
         img = self.encode_image(self._pixels(images).to(self.fw_table.device))
         txt = self.encode_text(ids, mask)

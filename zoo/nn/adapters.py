@@ -100,8 +100,8 @@ class AdaptedAttention(nn.Module):
         return base
 
     def _finish(self, out: Tensor) -> Tensor:
-        B, _, tq, _ = out.shape
-        return self.base.o_proj(out.transpose(1, 2).reshape(B, tq, -1))
+        B, H, tq, dv = out.shape
+        return self.base.o_proj(out.transpose(1, 2).reshape(B, tq, H * dv))
 
 
 class DexAdapter(nn.Module):

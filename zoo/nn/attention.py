@@ -207,7 +207,8 @@ class AttentionBase(nn.Module):
             raise ValueError(f"context width {src.shape[-1]} != kv_dim {self.kv_dim} of this attention layer")
         B, tq, _ = x.shape
         tk = src.shape[1]
-        q = self.q_proj(x).view(B, tq, -1, self.head_dim).transpose(1, 2)
+        # explicit head counts, not -1: an empty batch (B = 0) has no size to infer
+        q = self.q_proj(x).view(B, tq, self.q_mult * self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
@@ -246,8 +247,8 @@ class AttentionBase(nn.Module):
         start = cache.pos if cache is not None else 0
         q, k, v = self._project(x, context)
         out = self._attend(q, k, v, x, start, context is None, key_mask, cache)
-        B, _, tq, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(B, tq, -1))
+        B, H, tq, dv = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(B, tq, H * dv))  # no -1: B = 0 or tq = 0 has no size to infer
 
     def _op_kwargs(self, key_mask: Optional[Tensor]) -> dict:
         return dict(
@@ -315,9 +316,10 @@ class DiffAttention(AttentionBase):
             nn.init.normal_(p, mean=0.0, std=0.1)
 
     def lambda_full(self) -> Tensor:
-        """The layer's scalar lambda (fp32, differentiable)."""
-        l1 = torch.exp(torch.sum(self.lambda_q1.float() * self.lambda_k1.float()))
-        l2 = torch.exp(torch.sum(self.lambda_q2.float() * self.lambda_k2.float()))
+        """The layer's scalar lambda (at least fp32: a float64 model keeps float64; differentiable)."""
+        dt = torch.promote_types(self.lambda_q1.dtype, torch.float32)
+        l1 = torch.exp(torch.sum(self.lambda_q1.to(dt) * self.lambda_k1.to(dt)))
+        l2 = torch.exp(torch.sum(self.lambda_q2.to(dt) * self.lambda_k2.to(dt)))
         return l1 - l2 + self.lambda_init
 
     def _attend(self, q, k, v, x, start, is_self, key_mask, cache):

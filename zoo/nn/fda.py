@@ -153,8 +153,9 @@ class FDACrossAttention(nn.Module):
         q, k, v = a._project(x, context)
         qf = self._queries(fw)
         rep = a.n_heads // a.n_kv_heads
-        k, v = k.repeat_interleave(rep, 1).float(), v.repeat_interleave(rep, 1).float()
-        q, qf = q.float(), qf.float()
+        dt = torch.promote_types(q.dtype, torch.float32)  # maps in at least fp32; a float64 model keeps float64
+        k, v = k.repeat_interleave(rep, 1).to(dt), v.repeat_interleave(rep, 1).to(dt)
+        q, qf = q.to(dt), qf.to(dt)
         B, H, tq, _ = q.shape
         if self.is_diff:
             d = a.head_dim // 2
@@ -175,7 +176,7 @@ class FDACrossAttention(nn.Module):
             out = a.head_norm(out)
         else:
             out = maps[0] @ v
-        out = a.o_proj(out.to(x.dtype).transpose(1, 2).reshape(B, tq, -1))
+        out = a.o_proj(out.to(x.dtype).transpose(1, 2).reshape(B, tq, H * out.shape[-1]))
         return (out, maps) if return_maps else out
 
 

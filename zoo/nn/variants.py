@@ -195,8 +195,8 @@ class GroupedDiffAttention(DiffAttention):
         B, tq, _ = x.shape
         tk = src.shape[1]
         d = self.head_dim // 2
-        q = self.q_proj(x).view(B, tq, -1, d).transpose(1, 2)  # [B, H + Hn, T, d]
-        k = self.k_proj(src).view(B, tk, -1, d).transpose(1, 2)
+        q = self.q_proj(x).view(B, tq, self.n_heads + self.n_noise_heads, d).transpose(1, 2)  # [B, H + Hn, T, d]
+        k = self.k_proj(src).view(B, tk, self.n_kv_heads + self.n_noise_kv_heads, d).transpose(1, 2)
         v = self.v_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
