@@ -23,6 +23,7 @@ attacked images or texts as gallery / queries, text-to-image likewise).
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -81,6 +82,25 @@ def text_score(model: Any, images: Tensor, texts: Sequence[str], batch_size: int
     return torch.cat(out)
 
 
+def in_eval_mode(fn):
+    """Run ``fn(model, ...)`` with the model in eval mode (no dropout: the attack's gradients and scores are the
+    deterministic model's, as torchattacks does by default) and give the model back in the mode it had."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(model, torch.nn.Module):  # not a model: the attack's own checks name the problem
+            return fn(model, *args, **kwargs)
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return wrapper
+
+
+@in_eval_mode
 def pgd_attack(
     model: Any,
     images: Tensor,
@@ -150,6 +170,7 @@ def text_candidates(words: list[str], synonyms: dict[str, list[str]], rng: np.ra
     return cands
 
 
+@in_eval_mode
 def text_attack(
     model: Any,
     images: Tensor,
@@ -208,12 +229,12 @@ def attack_success_rate(correct_clean: Tensor, correct_adv: Tensor) -> float:
     return float((c & ~a).sum()) / n * 100.0 if n else float("nan")
 
 
+@in_eval_mode
 def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str]], cfg: AttackConfig) -> dict[str, Any]:
     """Clean retrieval and ASR (ITM re-ranked and ITC) under image PGD, the text attack and the co-attack.
 
     Each image is attacked against its first caption; each caption against its image.
     """
-    model.eval()
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]
 

@@ -34,6 +34,10 @@ def test_16_bit_and_float_images_keep_their_contrast(tmp_path):
     assert np.abs(np.asarray(load_image(f))[..., 0].astype(int) - want).max() <= 1
     with pytest.raises(ValueError, match="cannot map"):
         load_image(Image.fromarray(np.full((4, 4), -3.0, dtype=np.float32)))
+    nan = np.full((4, 4, 3), 0.5, dtype=np.float32)
+    nan[1, 2, 0] = np.nan  # passed the [0, 1] range check (NaN compares False) and became an arbitrary byte
+    with pytest.raises(ValueError, match="1 NaN value"):
+        load_image(nan)
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -85,6 +85,25 @@ def test_co_attack_and_suite():
         AttackConfig(eps=4)
 
 
+def test_attacks_run_the_model_without_dropout_and_give_back_its_mode():
+    """A model in train mode (fresh from fit) with dropout: the attacks' gradients and scores are the deterministic
+    model's (dropout made PGD and the greedy text search chase noise), and the model keeps its mode."""
+    m = tiny_model(seed=6, dropout=0.3)
+    images, caps = scene_batch(3)
+    m.eval()
+    want_i = pgd_attack(m, images, caps, eps=4 / 255, steps=3)
+    want_t = text_attack(m, images, caps, changes=1, max_candidates=30)
+    m.train()
+    assert torch.equal(pgd_attack(m, images, caps, eps=4 / 255, steps=3), want_i)
+    assert text_attack(m, images, caps, changes=1, max_candidates=30) == want_t
+    assert m.training
+    run_attack_suite(m, images, [[c] for c in caps], AttackConfig(eps=4 / 255, steps=1, max_candidates=5, k=2))
+    assert m.training  # the suite set eval and left it there
+    m.eval()
+    run_attack_suite(m, images, [[c] for c in caps], AttackConfig(eps=4 / 255, steps=1, max_candidates=5, k=2))
+    assert not m.training
+
+
 def test_attack_and_eval_candidate_counts_must_be_positive():
     from zoo.attacks import AttackConfig
     from zoo.tasks.vlm import VLMTask

@@ -43,6 +43,8 @@ def load_image(x: Any) -> Image.Image:
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating) or arr.size and (arr.min() < 0 or arr.max() > 1):
                 raise ValueError(f"a non-uint8 image array must be float in [0, 1], got {arr.dtype}")
+            if not np.isfinite(arr).all():  # NaN passes the range check above (every comparison is False)
+                raise ValueError(f"a float image array holds {int((~np.isfinite(arr)).sum())} NaN value(s); pixels must lie in [0, 1]")
             arr = (arr * 255).round().astype(np.uint8)
         return _to_rgb(Image.fromarray(arr))
     raise TypeError(f"cannot read an image from {type(x).__name__}; pass a PIL image, numpy array, path or bytes")
