@@ -27,6 +27,19 @@ def test_cached_greedy_decoding_matches_full_recompute(attn):
     assert torch.equal(out, ids)
 
 
+def test_generation_runs_one_forward_per_fed_token():
+    """max_new_tokens new tokens need the prompt's forward and one per token fed back: the last token is never fed
+    back (an extra forward computed logits nobody read: max_new_tokens=1 cost two)."""
+    model = tiny()
+    calls = []
+    model.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape)))
+    prompt = torch.randint(0, 50, (1, 5))
+    for n in (1, 4):
+        calls.clear()
+        model.generate(prompt, max_new_tokens=n, temperature=0)
+        assert calls == [(1, 5, 50)] + [(1, 1, 50)] * (n - 1)
+
+
 def test_causality_future_tokens_do_not_change_past_logits():
     model = tiny()
     a = torch.randint(0, 50, (1, 12))

@@ -253,7 +253,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             logits = self(ids, caches=caches)[:, -1, :n_tok]
             out = [ids]
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 nxt = sample_next(logits, temperature, top_k, gen)
                 if eos_id is not None:
                     nxt = nxt.masked_fill(done[:, None], eos_id)  # a finished row keeps its end (eos), as padding
@@ -262,7 +262,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                     done |= nxt.squeeze(1) == eos_id
                     if bool(done.all()):
                         break
-                logits = self(nxt, caches=caches)[:, -1, :n_tok]
+                if step + 1 < max_new_tokens:  # the last token is never fed back: no forward for it
+                    logits = self(nxt, caches=caches)[:, -1, :n_tok]
         finally:
             self.train(was_training)
         result = torch.cat(out, dim=1)
