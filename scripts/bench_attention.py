@@ -481,6 +481,7 @@ def _failures(result: dict) -> list[tuple[str, str]]:
         if isinstance(res, dict) and "error" in res and _fmt(res) == "failed":
             out.append((where, res["error"]))
 
+    add("matmul peak", result.get("matmul"))  # the header's reachable peak
     for r in result.get("training", []):
         for c in TRAIN_COLS:
             for phase in ("fwd", "fwd_bwd"):

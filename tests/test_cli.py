@@ -266,3 +266,21 @@ def test_ckpt_path_last_takes_the_runs_end_state_over_its_best_epoch(tmp_path):
                 monitored.append(cfg.name)
                 assert cb["init_args"].get("save_last") is True, f"{cfg} keeps only the best checkpoint"
     assert len(monitored) >= 10
+
+
+def test_ckpt_path_last_skips_an_earlier_runs_last_ckpt_in_a_shared_folder(tmp_path):
+    """A ModelCheckpoint(dirpath=...) folder shared by two runs: the first saved last.ckpt (save_last), the second
+    only best-k files. `--ckpt_path last` resumes the newer run's newest checkpoint, not the first run's last.ckpt
+    of an hour ago (last.ckpt wins only against a checkpoint of the same save, seconds apart)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.cli import last_checkpoint
+
+    shared = tmp_path / "ckpts"
+    _ckpt(shared / "last.ckpt", age=3600)  # the first run's end state
+    _ckpt(shared / "epoch=9-step=90.ckpt", age=3600)
+    newer = _ckpt(shared / "epoch=2-step=30.ckpt", age=10)  # the second run, without save_last
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", enable_progress_bar=False,
+                        callbacks=[ModelCheckpoint(dirpath=shared)])
+    assert last_checkpoint(trainer) == str(newer)

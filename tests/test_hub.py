@@ -252,3 +252,16 @@ def test_every_config_names_a_size_that_is_no_positive_integer(module, cls, fiel
     config_class()  # the defaults are valid
     with pytest.raises(ValueError, match=f"^{field} must be a positive integer, got {bad!r}"):
         config_class(**{field: bad})
+
+
+def test_a_numpy_integer_size_is_named_by_its_type():
+    """np.int64(64) prints as a whole number: 'dim must be a positive integer, got np.int64(64)' alone reads as a
+    contradiction, so the message names the type and the fix (LMConfig took it before; the JSON export then failed)."""
+    import numpy as np
+
+    from zoo.models.lm import LMConfig
+
+    with pytest.raises(ValueError, match=r"^dim must be a positive integer, got .*64.* of type numpy\.int64; pass a Python int"):
+        LMConfig(dim=np.int64(64))
+    with pytest.raises(ValueError, match=r"^dim must be a positive integer, got 0$"):  # a plain int: no type note
+        LMConfig(dim=0)

@@ -51,8 +51,11 @@ def _same_class(a: str, b: str) -> bool:
         return a == b
 
 
+SAME_SAVE_S = 2.0  # checkpoints of one save whose mtimes may differ (coarse filesystem clocks: FAT 2 s)
+
+
 def last_checkpoint(trainer) -> Optional[str]:
-    """The newest ``.ckpt`` of this run's checkpoint folders (the ``last*.ckpt`` of its folder when there is one), or
+    """The newest ``.ckpt`` of this run's checkpoint folders (the ``last*.ckpt`` of its save when there is one), or
     None: a ``ModelCheckpoint(dirpath=...)``'s folder, a fixed logger version's ``checkpoints``, else the logger's
     earlier ``version_*`` runs (no logger: ``default_root_dir/checkpoints``).
 
@@ -82,8 +85,11 @@ def last_checkpoint(trainer) -> Optional[str]:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime)
     # within the newest checkpoint's folder, the run's end state (ModelCheckpoint(save_last=True)'s last*.ckpt)
-    # over a best-k checkpoint written at about the same time, which may be an earlier epoch
-    last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")]
+    # over a best-k checkpoint written at about the same time (one save, mtimes a tick apart), which may be an
+    # earlier epoch; an older last.ckpt (an earlier run's, in a shared dirpath) is not this run's end state
+    t_newest = newest.stat().st_mtime
+    last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")
+            and t_newest - p.stat().st_mtime <= SAME_SAVE_S]
     return str(max(last, key=lambda p: p.stat().st_mtime) if last else newest)
 
 

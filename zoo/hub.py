@@ -18,6 +18,7 @@ import dataclasses
 import fnmatch
 import importlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -132,7 +133,11 @@ def check_positive_ints(config: Any, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            # a numpy / torch integer reads as a whole number in the message: name its type
+            numpy_like = isinstance(value, numbers.Integral) and not isinstance(value, int)
+            kind = (f" of type {type(value).__module__}.{type(value).__name__}; pass a Python int (int(x)), which the "
+                    "exported config.json can hold") if numpy_like else ""
+            raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
 
 
 def config_from(config_class: type, config: Any, owner: str) -> Any:

@@ -46,6 +46,8 @@ def test_a_planned_skip_a_failure_and_an_oom_read_apart(bench):
     assert "- training d=128 causal=True T=4096 sdpa_x2 fwd_bwd: ValueError: bad stride" in md
     assert "- decode d=128 B=1 cache=1024 sdpa_x2: KeyError: k" in md
     assert "skipped (T x T" not in md and "OOM:" not in md  # planned skips and OOMs are not listed as failures
+    md = bench.markdown(_result(matmul={"error": "RuntimeError: CUBLAS_STATUS_NOT_SUPPORTED"}))
+    assert "matmul 8192^3): failed TFLOP/s" in md and "- matmul peak: RuntimeError: CUBLAS_STATUS_NOT_SUPPORTED" in md
     h = {"cpu_model": "Test CPU", "cpu_count": 16, "platform": "Linux-x", "lightning": "2.6"}
     assert "Host: Test CPU, 16 CPU cores, Linux-x, lightning 2.6." in bench.markdown(_result(host=h))
 

@@ -148,6 +148,9 @@ def test_icdar_gt_txt(tmp_path):
     # ICDAR 2013 / 2015 escape a quote inside a label with a backslash (IC15 test: word_136.png, "(412\")")
     (d / "gt.txt").write_text('word_1.png, "(412\\")"\nword_2.png, "\\"A\\\\B\\""\n')
     assert read_labels(d) == [("word_1.png", '(412")'), ("word_2.png", '"A\\B"')]
+    # the escape belongs to quoted labels: an unquoted one keeps its backslashes (one at the end read as a newline)
+    (d / "gt.txt").write_text('word_1.png, a\\b\nword_2.png, C:\\\n')
+    assert read_labels(d) == [("word_1.png", "a\\b"), ("word_2.png", "C:\\")]
 
 
 def test_files_that_are_not_utf8_are_named(tmp_path):
@@ -362,15 +365,19 @@ def test_randaugment_differs_between_ddp_ranks(monkeypatch):
 
     img = _word_image(3).resize((128, 32))
 
-    def augmented(rank, workers):
-        monkeypatch.setattr(rank_zero_only, "rank", rank)
+    def augmented(rank, workers, seed):
         torch.manual_seed(0)
-        aug = RandAugment(n=3, m=8, seed=None if workers == 0 else 0)
+        aug = RandAugment(n=3, m=8, seed=seed)  # built before the strategy sets the rank, as in a datamodule
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
         loader = torch.utils.data.DataLoader(_SameImage(img, aug), batch_size=4, num_workers=workers,
                                              multiprocessing_context="fork" if workers else None)
         return next(iter(loader)).numpy()
 
-    for workers in (0, 1):
-        r0, r0_again, r1 = augmented(0, workers), augmented(0, workers), augmented(1, workers)
+    for workers, seed in ((0, None), (0, 0), (1, 0)):  # an explicit seed without workers too
+        r0, r0_again, r1 = augmented(0, workers, seed), augmented(0, workers, seed), augmented(1, workers, seed)
         assert np.array_equal(r0, r0_again)
-        assert not np.array_equal(r0, r1)
+        assert not np.array_equal(r0, r1), (workers, seed)
+    # rank 0 (and a single process) keeps the augmentations an explicit seed always gave
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    rng = np.random.default_rng(0)
+    assert list(RandAugment(n=3, seed=0)._generator().choice(RandAugment.OPS, size=3)) == list(rng.choice(RandAugment.OPS, size=3))

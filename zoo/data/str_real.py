@@ -185,8 +185,10 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
             if not line.strip():
                 continue
             if icdar and re.match(r"^[^\s,]+,", line):  # `path, text` (a whitespace-separated gt.txt reads below)
-                # ICDAR 2013 / 2015 escape quotes (and backslashes) inside a label with a backslash: "(412\")"
-                row = next(csv.reader([line], skipinitialspace=True, escapechar="\\"))
+                # ICDAR 2013 / 2015 escape quotes (and backslashes) inside a quoted label with a backslash: "(412\")";
+                # an unquoted label keeps its backslashes (a\b, or one at the end of the line, which csv read as \n)
+                quoted = line.split(",", 1)[1].lstrip().startswith('"')
+                row = next(csv.reader([line], skipinitialspace=True, escapechar="\\" if quoted else None))
                 if len(row) > 2:
                     raise ValueError(f"{path}, line {n}: {len(row)} columns, got {row}; quote a label that holds a comma (\"a,b\")")
                 pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
@@ -325,8 +327,9 @@ class RandAugment:
         if not 0 <= m <= 10 or n < 0:
             raise ValueError(f"RandAugment needs n >= 0 and 0 <= m <= 10, got n={n}, m={m}")
         self.n, self.m, self.p_blur, self.seed = n, m, p_blur, seed
-        # seed None: drawn at the first call from torch's seed (seed_everything may come after construction)
-        self.rng: Optional[np.random.Generator] = None if seed is None else np.random.default_rng(seed)
+        # made at the first call: the rank is known by then (the strategy sets it after construction), and with seed
+        # None torch's seed is drawn then (seed_everything may come after construction)
+        self.rng: Optional[np.random.Generator] = None
         self._worker_seed: Optional[int] = None
         self._rank: Optional[int] = None  # the parent's global rank, for a spawned worker (set when pickled)
 
@@ -343,7 +346,9 @@ class RandAugment:
             self._worker_seed = info.seed
             self.rng = np.random.default_rng([info.seed, self.seed or 0] + ([rank] if rank else []))
         elif self.rng is None:
-            self.rng = np.random.default_rng([torch.initial_seed()] + ([rank] if rank else []))
+            # rank 0: default_rng([seed]) draws as default_rng(seed) did
+            self.rng = np.random.default_rng([torch.initial_seed() if self.seed is None else self.seed]
+                                             + ([rank] if rank else []))
         return self.rng
 
     def __call__(self, img: Image.Image) -> Image.Image:
