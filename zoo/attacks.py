@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from zoo.data.scenes import SYNONYMS
+from zoo.nn.modes import eval_mode
 from zoo.tasks.vlm import flatten_captions, retrieval_metrics, retrieval_scores
 
 
@@ -90,12 +91,8 @@ def in_eval_mode(fn):
     def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(model, torch.nn.Module):  # not a model: the attack's own checks name the problem
             return fn(model, *args, **kwargs)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return fn(model, *args, **kwargs)
-        finally:
-            model.train(was_training)
 
     return wrapper
 

@@ -40,6 +40,32 @@ def test_generation_runs_one_forward_per_fed_token():
         assert calls == [(1, 5, 50)] + [(1, 1, 50)] * (n - 1)
 
 
+def test_inference_apis_give_every_submodule_its_own_mode_back():
+    """A model in train mode with one part kept in eval on purpose (a frozen block): generate, STR read, VLM
+    similarity and TS forecast give each submodule back its own mode (model.train(was_training) set them all)."""
+    import numpy as np
+    import pandas as pd
+
+    lm = tiny()
+    str_model = zoo.load_pretrained("str-diff-tiny")
+    vlm = zoo.load_pretrained("vlm-fda-tiny")
+    ts = zoo.load_pretrained("ts-itransformer-diff-etth1")
+    frame = pd.DataFrame({"date": pd.date_range("2018-01-01", periods=96, freq="h").astype(str),
+                          **{c: np.zeros(96) for c in ts.meta["columns"]}})
+    calls = [
+        (lm, lambda: lm.generate(torch.randint(0, 50, (1, 3)), max_new_tokens=2, temperature=0)),
+        (str_model, lambda: str_model.read(np.full((32, 128), 0.5, dtype=np.float32))),
+        (vlm, lambda: vlm.similarity(torch.rand(1, 3, 64, 64), ["a red circle"])),
+        (ts, lambda: ts.forecast(frame)),
+    ]
+    for model, call in calls:
+        model.train()
+        frozen = list(model.children())[0].eval()
+        call()
+        assert model.training and not frozen.training
+        assert all(m.training for m in model.modules() if m is not frozen and not any(m is x for x in frozen.modules()))
+
+
 def test_causality_future_tokens_do_not_change_past_logits():
     model = tiny()
     a = torch.randint(0, 50, (1, 12))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from zoo.data.tokenizers import TokenizerAssets
 from zoo.hub import check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
+from zoo.nn.modes import eval_mode
 
 
 @dataclass
@@ -244,9 +245,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             gen.manual_seed(seed)
         elif temperature > 0:
             gen.manual_seed(int(torch.randint(2**62, ()).item()))
-        was_training = self.training
-        self.eval()
-        try:  # an error part-way (e.g. interrupted) leaves the model in the mode it had
+        with eval_mode(self):  # an error part-way (e.g. interrupted) leaves the model in the mode it had
             caches = self.new_caches(total)
             # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
             n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
@@ -264,8 +263,6 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                         break
                 if step + 1 < max_new_tokens:  # the last token is never fed back: no forward for it
                     logits = self(nxt, caches=caches)[:, -1, :n_tok]
-        finally:
-            self.train(was_training)
         result = torch.cat(out, dim=1)
         if as_text:
             return self.tokenizer.decode(result[0, ids.shape[1] :].tolist())

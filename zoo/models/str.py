@@ -37,6 +37,7 @@ from zoo.data.charsets import CHARSETS, Charset, check_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
+from zoo.nn.modes import eval_mode
 
 DECODE_MODES = ("ar", "nar")
 
@@ -357,17 +358,13 @@ class SceneTextRecognizer(nn.Module):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        was_training = self.training
-        self.eval()
         param = next(self.parameters())
         out: list[Reading] = []
-        try:  # an unreadable image part-way leaves the model in the mode it had
+        with eval_mode(self):  # an unreadable image part-way leaves the model in the mode it had
             for s in range(0, len(items), batch_size):
                 batch = torch.stack([to_tensor(load_image(x), tuple(self.config.img_size)) for x in items[s : s + batch_size]])
                 # in the model's dtype too: a .half() / .double() model reads as a float32 one does
                 out.extend(self.decode_probs(self(batch.to(device=param.device, dtype=param.dtype))))
-        finally:
-            self.train(was_training)
         return out[0] if single else out
 
 
@@ -494,16 +491,12 @@ def export_onnx(
     if taken and not overwrite:
         raise FileExistsError(f"{' and '.join(taken)} already exist(s); pass overwrite=True to replace, or another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    wrapper = _NARRefine(model, model.config.refine_iters if refine_iters is None else refine_iters).eval()
     H, W = model.config.img_size
     param = next(model.parameters())
     dummy = torch.zeros(batch_size, 3, H, W, device=param.device, dtype=param.dtype)  # a GPU / half model as it is
-    try:
-        with torch.no_grad():
-            torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
-    finally:
-        model.train(was_training)  # as read() does: the caller's model keeps its mode
+    with eval_mode(model), torch.no_grad():  # as read() does: the caller's model keeps its mode
+        wrapper = _NARRefine(model, model.config.refine_iters if refine_iters is None else refine_iters).eval()
+        torch.onnx.export(wrapper, (dummy,), str(path), input_names=["images"], output_names=["probs"], opset_version=opset, dynamo=False)
     charset_file.write_text("\n".join(model.charset.chars) + "\n", encoding="utf-8")
     return path
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
+from zoo.nn.modes import eval_mode
 
 META_FILE = "ts_meta.json"
 _META_KEYS = (
@@ -253,12 +254,8 @@ class Forecaster(nn.Module):
         if meta.get("time_features"):
             marks = time_features(dates[-L:], meta["time_features"])
             x_mark = torch.as_tensor(marks, dtype=param.dtype, device=param.device)[None]
-        was_training = self.training
-        self.eval()
-        try:  # an error (or an interrupt) in the forward leaves the model in the mode it had
+        with eval_mode(self):  # an error (or an interrupt) in the forward leaves the model in the mode it had
             y = self(xt, x_mark)[0].double().cpu().numpy()
-        finally:
-            self.train(was_training)
         idx = list(meta["out_index"])
         y = y[:, idx] * std[idx] + mean[idx]
         try:

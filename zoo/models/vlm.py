@@ -39,6 +39,7 @@ from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, re
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.nn import GeluMlp, build_attention
 from zoo.nn.fda import DIRECTIONS, FDACrossAttention
+from zoo.nn.modes import eval_mode
 
 FUSION_ATTN_TYPES = ("vanilla", "diff")
 
@@ -383,12 +384,8 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
         if isinstance(texts, str):  # one caption, as one image: a [Ni, 1] column
             texts = [texts]
-        was_training = self.training
-        self.eval()  # scores without dropout, as STR's read and TS's forecast (a model fresh from fit is in train mode)
-        try:
+        with eval_mode(self):  # scores without dropout, as STR's read and TS's forecast (a model fresh from fit trains)
             return self._similarity(images, texts, score, batch_size)
-        finally:
-            self.train(was_training)
 
     def _similarity(self, images: Any, texts: Sequence[str], score: str, batch_size: int) -> Tensor:
         ids, mask = self.tokenize(texts)
