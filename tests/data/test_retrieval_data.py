@@ -189,3 +189,37 @@ def test_copy_probe_repeats_a_text_segment_and_labels_only_the_retrievable_part(
     np.testing.assert_array_equal(ids, again)
     with pytest.raises(ValueError, match="fewer than seg_len"):
         make_copy_probe(stream[:10], n_samples=1, seg_len=16)
+
+
+@pytest.mark.parametrize("device, pinned", [("cuda", True), ("cpu", False), (None, False)])
+def test_loaders_pin_memory_when_the_trainer_runs_on_a_gpu(device, pinned, tmp_path):
+    """Every datamodule's loaders pin their batches (asynchronous host-to-GPU copies) when the trainer runs on
+    CUDA, and only then; no datamodule offered it before."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from zoo.data import TextDataModule
+    from zoo.data.str import STRDataModule
+    from zoo.data.ts import CSVTSDataModule
+    from zoo.data.vlm import SyntheticVLMDataModule
+
+    trainer = None if device is None else SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)),
+                                                          world_size=1, global_rank=0)
+    (tmp_path / "t.txt").write_text("hello world " * 200)
+    n = 400
+    pd.DataFrame({"date": pd.date_range("2020-01-01", periods=n, freq="h"), "a": np.arange(n) % 7 * 1.0,
+                  "b": np.arange(n) % 5 * 1.0}).to_csv(tmp_path / "s.csv", index=False)
+    modules = [
+        RetrievalDataModule(seq_len=32, n_pairs=4, train_size=64, val_size=64, batch_size=8, seed=0),
+        TextDataModule(train_path=str(tmp_path / "t.txt"), block_size=16, batch_size=4, tokenizer="byte"),
+        STRDataModule(charset="36", max_length=4, synthetic={"train": 4, "val": 4, "test": 4}, synth_max_len=4, batch_size=4),
+        CSVTSDataModule(str(tmp_path / "s.csv"), lookback=24, horizon=8, split="ratio", batch_size=8),
+        SyntheticVLMDataModule(n_train=8, n_val=8, n_test=8, batch_size=4),
+    ]
+    for dm in modules:
+        dm.trainer = trainer
+        dm.setup("fit")
+        for dl in (dm.train_dataloader(), dm.val_dataloader()):
+            assert dl.pin_memory is pinned, type(dm).__name__

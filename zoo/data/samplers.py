@@ -25,3 +25,12 @@ def eval_sampler(dataset: Dataset, trainer: Any, split: str, advice: Optional[st
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)
+
+
+def pin_memory_for(trainer: Any) -> bool:
+    """Whether a loader pins its batches in page-locked host memory: when ``trainer`` runs on a CUDA device (the
+    host-to-GPU copies then run asynchronously, as Lightning and PyTorch advise); never on the CPU or without a trainer."""
+    try:
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+    except (AttributeError, RuntimeError):  # a trainer whose strategy is not set up yet
+        return False

@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from zoo.data.charsets import Charset, NormStats
 from zoo.data.files import walk_files
 from zoo.data.images import load_image
-from zoo.data.samplers import eval_sampler
+from zoo.data.samplers import eval_sampler, pin_memory_for
 from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
@@ -446,7 +446,7 @@ class STRDataModule(L.LightningDataModule):
         # persistent workers (as the other domains' loaders): under spawn (macOS / Windows) a fresh worker re-imports
         # torch, matplotlib and zoo, seconds per worker, at every epoch and every validation run
         return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, collate_fn=Collate(self.charset),
-                          drop_last=False, persistent_workers=self.num_workers > 0)
+                          drop_last=False, persistent_workers=self.num_workers > 0, pin_memory=pin_memory_for(self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         dl = self._loader("train", True)
@@ -470,7 +470,7 @@ class STRDataModule(L.LightningDataModule):
         sampler = eval_sampler(ds, self.trainer, "predict", advice="give data.predict_dir at least one image per "
                                "process, or predict on fewer devices")
         return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_predict)
+                          collate_fn=collate_predict, pin_memory=pin_memory_for(self.trainer))
 
 
 __all__ = ["Collate", "ImageFolderDataset", "collate_predict", "STRDataModule", "SyntheticSTRDataset", "TensorizedDataset", "encode_targets", "load_image", "to_tensor"]

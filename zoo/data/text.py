@@ -329,7 +329,7 @@ class TextDataModule(L.LightningDataModule):
             self.token_streams()
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self._dataset("train"), self.batch_size, True, self.num_workers)
+        return make_loader(self._dataset("train"), self.batch_size, True, self.num_workers, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self._dataset("val"), self.batch_size, False, self.num_workers, self.trainer, "val")

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.samplers import eval_sampler
+from zoo.data.samplers import eval_sampler, pin_memory_for
 
 __all__ = [
     "CSVTSDataModule",
@@ -654,6 +654,7 @@ class TSDataModule(L.LightningDataModule):
         return DataLoader(
             ds, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=drop_last,
+            pin_memory=pin_memory_for(self.trainer),
         )
 
     def train_dataloader(self) -> DataLoader:

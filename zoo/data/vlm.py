@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import scenes as sc
+from zoo.data.samplers import pin_memory_for
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
@@ -374,7 +375,8 @@ class VLMDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         bs = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(self.splits()[split], batch_size=bs, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0)
+                          collate_fn=collate, persistent_workers=self.num_workers > 0,
+                          pin_memory=pin_memory_for(self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
