@@ -265,3 +265,29 @@ def test_a_numpy_integer_size_is_named_by_its_type():
         LMConfig(dim=np.int64(64))
     with pytest.raises(ValueError, match=r"^dim must be a positive integer, got 0$"):  # a plain int: no type note
         LMConfig(dim=0)
+
+
+def test_create_model_from_an_adapted_export_applies_its_adapter(tmp_path):
+    """create_model(name, pretrained=folder) gives the model load_pretrained(folder) gives (as timm / Hugging Face
+    load a checkpoint whole): an export's adapter is applied, not silently dropped; adapter=False gives the base."""
+    from zoo.nn import adapters as A
+
+    m = _model()
+    A.apply_adapter(m, "dex", lambda_max=0.5, anneal_steps=1)
+    A.step_adapters(m, 1)
+    with torch.no_grad():  # move the adapter off its identity start so that dropping it shows
+        for name, p in m.named_parameters():
+            if ".adapter." in name:
+                p.add_(0.5 * torch.randn_like(p))
+    export_model(m, tmp_path / "exp", arch="lm-diff-tiny")
+    x = torch.randint(0, 40, (2, 9))
+    with torch.no_grad():
+        want = m.eval()(x)
+        built = zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2).eval()
+        assert built.adapter_config["method"] == "dex"
+        assert torch.allclose(built(x), want, atol=1e-6)
+        base = zoo.create_model("lm-diff-tiny", pretrained=tmp_path / "exp", adapter=False, dim=32, n_layers=2,
+                                n_heads=2).eval()
+        assert not getattr(base, "adapter_config", None)
+        assert torch.equal(base(x), load_pretrained(tmp_path / "exp", adapter=False)(x))
+        assert not torch.allclose(base(x), want, atol=1e-3)

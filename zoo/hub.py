@@ -152,7 +152,9 @@ def config_from(config_class: type, config: Any, owner: str) -> Any:
     return config_class(**config)
 
 
-def create_model(name: str, pretrained: Optional[Union[str, Path, bool]] = None, **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, pretrained: Optional[Union[str, Path, bool]] = None, adapter: bool = True, **overrides: Any
+) -> nn.Module:
     """Build the registered architecture ``name`` with ``overrides``; load weights from ``pretrained``.
 
     ``pretrained`` is an exported folder (or a registered name with shipped weights; ``True``: the weights
@@ -161,7 +163,8 @@ def create_model(name: str, pretrained: Optional[Union[str, Path, bool]] = None,
     ``ValueError`` lists the differing fields. Fields the training data fixes (the model class's
     ``data_fields``: a recognizer's charset and maximum length, a tokenizer's vocabulary size) come
     from the checkpoint unless passed in ``overrides`` (as timm takes ``num_classes`` from the
-    pretrained config).
+    pretrained config). A ``pretrained`` folder that also holds an adapter (``adapter.safetensors``, written by
+    an adapted run) gets it applied, as :func:`load_pretrained` does; ``adapter=False`` returns the plain base.
     """
     spec = get_spec(name)
     config = {**spec.config, **overrides}
@@ -179,7 +182,17 @@ def create_model(name: str, pretrained: Optional[Union[str, Path, bool]] = None,
         check_compatible(model, meta, folder, overrides=set(overrides), arch=name)
         _load_weights(model, folder)
         _load_assets(model, folder, meta)
+        if adapter:
+            _load_adapter_if_any(model, folder)
     return model
+
+
+def _load_adapter_if_any(model: nn.Module, folder: Path) -> None:
+    """Apply the adapter an adapted export keeps beside its base weights (``adapter.safetensors``), if any."""
+    from zoo.nn.adapters import ADAPTER_FILE, load_adapter
+
+    if (folder / ADAPTER_FILE).is_file():
+        load_adapter(model, folder)
 
 
 def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
@@ -353,10 +366,7 @@ def load_pretrained(
     _load_weights(model, folder)
     _load_assets(model, folder, meta)
     if adapter:
-        from zoo.nn.adapters import ADAPTER_FILE, load_adapter
-
-        if (folder / ADAPTER_FILE).is_file():
-            load_adapter(model, folder)
+        _load_adapter_if_any(model, folder)
     model.pretrained_meta = meta
     return model.to(map_location).eval()
 

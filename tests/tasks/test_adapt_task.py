@@ -63,6 +63,14 @@ def test_adapt_from_yaml_exports_adapter_only(method, base_export, tmp_path, mon
         assert not torch.allclose(adapted(ids), base(ids))  # the adapter trained and changed the function
     if method == "dex":
         assert float(adapter_w["layers.0.attn.adapter.anneal"]) > 0  # annealed away from 0
+    from zoo.tasks import LanguageModelTask
+
+    # fine-tuning from the adapted export trains its base: said, not silent
+    with pytest.warns(UserWarning, match="holds an adapter .* does not load it"):
+        task = LanguageModelTask(pretrained=str(out))
+    assert getattr(task.model, "adapter_config", None) is None
+    with torch.no_grad():
+        assert torch.equal(task.model(ids), base(ids))
 
 
 def test_adapter_without_method_is_explained(base_export):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -104,8 +105,17 @@ class LanguageModelTask(ZooTask):
                     f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
                     f"{cfg['vocab_size']}; set data.tokenizer to the checkpoint folder so both use its tokenizer"
                 )
-            # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
-            self.model = create_model(arch, pretrained=folder, **{**_arch_fields(cfg), **overrides})
+            # The checkpoint's architecture wins; explicit overrides must agree (checked on load). The task trains
+            # the export's base (an adapter comes from `adapter`), not an adapter the export may hold.
+            self.model = create_model(arch, pretrained=folder, adapter=False, **{**_arch_fields(cfg), **overrides})
+            from zoo.nn.adapters import ADAPTER_FILE
+
+            if (folder / ADAPTER_FILE).is_file():
+                warnings.warn(
+                    f"checkpoint {folder} holds an adapter ({ADAPTER_FILE}); this task starts from its base weights "
+                    "only and does not load it (zoo.load_pretrained(folder) applies it; model.init_args.adapter "
+                    "trains a new one)", stacklevel=2,
+                )
         else:
             if data_vocab is not None:
                 overrides.setdefault("vocab_size", data_vocab)

@@ -298,8 +298,8 @@ class RecognitionTask(ZooTask):
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
             raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
         if "charset" not in from_data or from_data["charset"] == cfg["charset"]:
-            return create_model(arch, pretrained=folder, **{**arch_cfg, **overrides})
-        src = create_model(arch, pretrained=folder, **arch_cfg)
+            return create_model(arch, pretrained=folder, adapter=False, **{**arch_cfg, **overrides})
+        src = create_model(arch, pretrained=folder, adapter=False, **arch_cfg)
         dst = create_model(arch, **{**arch_cfg, **from_data, **overrides})
         self.transfer_report = transfer_charset(src, dst)
         r = self.transfer_report

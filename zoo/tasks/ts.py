@@ -156,7 +156,7 @@ class ForecastTask(ZooTask):
                 "/ data.time_features to match the checkpoint, or train from scratch"
             )
         # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
-        return create_model(arch, pretrained=folder, **{**export_arch_config(arch, cfg), **overrides})
+        return create_model(arch, pretrained=folder, adapter=False, **{**export_arch_config(arch, cfg), **overrides})
 
     # -- optimization
     def configure_optimizers(self) -> Any:

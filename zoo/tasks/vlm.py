@@ -311,11 +311,11 @@ class VLMTask(ZooTask):
             if overrides.get("fda") and not arch_fields.get("fda", True):
                 # FDA switched on over a plain checkpoint: FDA as a fine-tuning plug-in (as the paper uses it)
                 fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
-                plain = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+                plain = create_model(arch, pretrained=folder, adapter=False, **{**arch_fields, **overrides})
                 # with_fda's arguments are the config fields without their "fda_" prefix (its defaults otherwise)
                 model = plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
             else:
-                model = create_model(arch, pretrained=folder, **{**arch_fields, **overrides})
+                model = create_model(arch, pretrained=folder, adapter=False, **{**arch_fields, **overrides})
             _warn_unknown_words(model.tokenizer, info.get("vocab"), folder)
             return model
         if rebuilt:
