@@ -291,3 +291,10 @@ def test_create_model_from_an_adapted_export_applies_its_adapter(tmp_path):
         assert not getattr(base, "adapter_config", None)
         assert torch.equal(base(x), load_pretrained(tmp_path / "exp", adapter=False)(x))
         assert not torch.allclose(base(x), want, atol=1e-3)
+
+
+def test_a_misspelt_model_name_suggests_the_registered_one():
+    with pytest.raises(ValueError, match=r"unknown model 'lm-diff-tinyy'\. Similar: \['lm-diff-tiny'"):
+        zoo.create_model("lm-diff-tinyy")
+    with pytest.raises(ValueError, match=r"Similar: \['vlm-fda-tiny'"):
+        zoo.create_model("vlm-fda-tiy")

@@ -77,8 +77,12 @@ def _ensure_registered() -> None:
 def get_spec(name: str) -> ModelSpec:
     _ensure_registered()
     if name not in _MODELS:
-        close = fnmatch.filter(_MODELS, f"*{name.split('-')[-1]}*") if "-" in name else []
-        hint = f" Similar: {close}." if close else ""
+        import difflib
+
+        # misspellings (lm-diff-tinyy) and names that share the last part (str-tiny: str-diff-tiny, ...)
+        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.75)
+        close += [m for m in (fnmatch.filter(_MODELS, f"*{name.split('-')[-1]}*") if "-" in name else []) if m not in close]
+        hint = f" Similar: {close[:8]}." if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} See zoo.list_models() for all names.")
     return _MODELS[name]
 
