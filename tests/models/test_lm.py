@@ -350,3 +350,30 @@ def test_an_empty_batch_gives_empty_logits(attn):
     assert tuple(model(torch.zeros(2, 0, dtype=torch.long)).shape) == (2, 0, 50)
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 50\)"):  # the check still runs on real ids
         model(torch.tensor([[3, 50]]))
+
+
+@pytest.mark.parametrize("attn", ["diff", "vanilla"])
+def test_torch_compile_training_forward_is_one_graph_and_matches_eager(attn):
+    """torch.compile: the training forward traces as one graph (the token-id range check read tensor values in
+    Python, which split it into three) and gives eager's logits and gradients; bad ids still fail, in the graph."""
+    import torch._dynamo as dynamo
+
+    model = tiny(attn).train()
+    ids = torch.randint(0, 50, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0
+    dynamo.reset()
+    explained = dynamo.explain(model)(ids, mask)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    want = model(ids, mask)
+    want_grads = torch.autograd.grad(want.square().sum(), list(model.parameters()))
+    dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    got = compiled(ids, mask)
+    got_grads = torch.autograd.grad(got.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(RuntimeError, match=r"token ids must lie in \[0, 50\)"):
+        compiled(torch.tensor([[3, 50]]))
+    dynamo.reset()

@@ -386,3 +386,34 @@ def test_similarity_of_an_empty_batch_is_an_empty_matrix():
     assert tuple(m.similarity(images, []).shape) == (2, 0)
     assert tuple(m.similarity([], caps).shape) == (0, 2)
     assert tuple(m.similarity(images[:0], caps, score="itm").shape) == (0, 2)
+
+
+@pytest.mark.parametrize("fusion", ["vanilla", "diff"])
+def test_torch_compile_text_and_itm_path_is_one_graph_and_matches_eager(fusion):
+    """torch.compile: the text encoder's token-id check no longer splits the graph (it read tensor values in
+    Python); ITC logits and FDA ITM logits, and their gradients, match eager."""
+    import torch._dynamo as dynamo
+
+    m = tiny_model(dropout=0.0, fusion_attn_type=fusion).train()
+    images, caps = scene_batch(3)
+    ids, mask = m.tokenize(caps)
+
+    def step(images, ids, mask):
+        out = m(images, ids, mask)
+        return out["logits_per_image"], m.itm_logits(m.encode_text(ids, mask), mask, m.encode_image(images), ids)
+
+    dynamo.reset()
+    explained = dynamo.explain(step)(images, ids, mask)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    params = [p for p in m.parameters() if p.requires_grad]
+    want = step(images, ids, mask)
+    want_grads = torch.autograd.grad(sum(w.square().sum() for w in want), params, allow_unused=True)
+    dynamo.reset()
+    got = torch.compile(step, backend="aot_eager")(images, ids, mask)
+    got_grads = torch.autograd.grad(sum(g.square().sum() for g in got), params, allow_unused=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    for g, w in zip(got_grads, want_grads):
+        if w is not None:
+            torch.testing.assert_close(g, w)
+    dynamo.reset()

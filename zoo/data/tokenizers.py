@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 CONFIG_NAME = "tokenizer_config.json"
 BPE_NAME = "tokenizer.json"
@@ -371,6 +372,22 @@ def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size
         f"unknown tokenizer {spec!r}: use 'byte', 'bpe', or an existing folder containing {CONFIG_NAME} "
         "(e.g. an exported model)"
     )
+
+
+def check_token_ids(input_ids: "torch.Tensor", vocab_size: int) -> None:
+    """Refuse ids outside ``[0, vocab_size)`` (a tokenizer that does not match the model) with a ValueError.
+
+    Under ``torch.compile`` the same condition is an in-graph assert (a RuntimeError with the same message
+    start): the Python check reads tensor values, which would split the compiled forward into three graphs."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(((input_ids >= 0) & (input_ids < vocab_size)).all(),
+                            f"token ids must lie in [0, {vocab_size}): the tokenizer does not match the model's vocabulary")
+        return
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):  # [] has no min
+        raise ValueError(
+            f"token ids must lie in [0, {vocab_size}); got [{int(input_ids.min())}, "
+            f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"
+        )
 
 
 class TokenizerAssets:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.data.tokenizers import TokenizerAssets
+from zoo.data.tokenizers import TokenizerAssets, check_token_ids
 from zoo.hub import check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
@@ -128,11 +128,7 @@ class TextEncoder(TokenizerAssets, nn.Module):
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.max_seq_len}; truncate the input")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):  # [] has no min
-            raise ValueError(
-                f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
-                f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"
-            )
+        check_token_ids(input_ids, self.config.vocab_size)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if self.config.pos_offset:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.data.tokenizers import TokenizerAssets
+from zoo.data.tokenizers import TokenizerAssets, check_token_ids
 from zoo.hub import check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 from zoo.nn.modes import eval_mode
@@ -161,11 +161,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                 f"sequence of {start + T} tokens exceeds the model's max_seq_len {self.config.max_seq_len}; "
                 "use shorter blocks (data.block_size) or a model with a larger max_seq_len"
             )
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):  # [] has no min
-            raise ValueError(
-                f"token ids must lie in [0, {self.config.vocab_size}); got [{int(input_ids.min())}, "
-                f"{int(input_ids.max())}]: the tokenizer does not match the model's vocabulary"
-            )
+        check_token_ids(input_ids, self.config.vocab_size)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         x = self.drop(self.embed(input_ids))
         for i, layer in enumerate(self.layers):
