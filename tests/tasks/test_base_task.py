@@ -114,3 +114,33 @@ def test_float16_true_training_is_refused_by_name():
                     enable_model_summary=False).validate(Task(), DataLoader([torch.randn(5, 3)], batch_size=None),
                                                          verbose=False)
     assert torch.isfinite(torch.tensor(out[0]["val/loss"]))
+
+
+def test_metric_sums_use_float32_where_the_device_has_no_float64(monkeypatch):
+    """Apple's MPS has no float64 (accelerator: auto picks it on an Apple-silicon Mac): the float64 running sums
+    would fail there at the first validation. Their dtype follows the device (wide_float); simulated here by
+    declaring the CPU float64-less, the LM and TS sums hold float32 and still sum correctly."""
+    import numpy as np
+
+    import zoo.tasks.base as base
+    from zoo.tasks.lm import _Float64Sum
+    from zoo.tasks.ts import ForecastMetrics
+
+    assert base.wide_float(torch.device("mps")) is torch.float32
+    assert base.wide_float(torch.device("cpu")) is torch.float64 and base.wide_float(torch.device("cuda")) is torch.float64
+    s, m = _Float64Sum(), ForecastMetrics(horizon=3)
+    assert s.total.dtype == torch.float64 and m.se.dtype == torch.float64
+    monkeypatch.setattr(base, "wide_float", lambda device: torch.float32)
+    s, m = s.to("cpu"), m.to("cpu")
+    assert s.total.dtype == torch.float32 and m.se.dtype == torch.float32 and m.count.dtype == torch.float32
+    vals = torch.tensor([0.25, 1.5, 3.0])
+    s.update(vals)
+    assert s.compute().dtype == torch.float32 and float(s.compute()) == 4.75
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(4, 3, 2)).astype(np.float32), rng.normal(size=(4, 3, 2)).astype(np.float32)
+    std = torch.tensor([2.0, 0.5])
+    m.update(torch.from_numpy(pred), torch.from_numpy(target), std)
+    res = m.compute()
+    err = pred.astype(np.float64) - target
+    assert float(res["mse"]) == pytest.approx(float((err ** 2).mean()), rel=1e-6)
+    assert float(res["mae_orig"]) == pytest.approx(float(np.abs(err * [2.0, 0.5]).mean()), rel=1e-6)

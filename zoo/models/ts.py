@@ -255,7 +255,7 @@ class Forecaster(nn.Module):
             marks = time_features(dates[-L:], meta["time_features"])
             x_mark = torch.as_tensor(marks, dtype=param.dtype, device=param.device)[None]
         with eval_mode(self):  # an error (or an interrupt) in the forward leaves the model in the mode it had
-            y = self(xt, x_mark)[0].double().cpu().numpy()
+            y = self(xt, x_mark)[0].cpu().double().numpy()  # float64 on the CPU (MPS has none)
         idx = list(meta["out_index"])
         y = y[:, idx] * std[idx] + mean[idx]
         try:

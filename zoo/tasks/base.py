@@ -17,20 +17,26 @@ from torchmetrics import Metric
 from zoo.hub import export_model
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The widest float ``device`` computes in: float64, except on Apple's MPS, which has no float64 (float32)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 class Float64Metric(Metric):
     """A torchmetrics ``Metric`` whose states stay float64 whatever the module is cast to: a Trainer with
     precision "bf16-true" / "16-true" calls ``.to(dtype)`` on the LightningModule (and runs the steps with that
     default dtype), which would otherwise turn evaluation sums and counts into half-precision running sums
-    (whole numbers exact only up to 256 in bf16)."""
+    (whole numbers exact only up to 256 in bf16). On a device without float64 (MPS: ``accelerator: auto`` on an
+    Apple-silicon Mac) the states are float32 (:func:`wide_float`); updates accumulate in the states' dtype."""
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "Float64Metric":
         this = super()._apply(fn, *args, **kwargs)
         for name, default in this._defaults.items():
-            if torch.is_tensor(default) and default.dtype != torch.float64:
-                this._defaults[name] = default.to(torch.float64)
+            if torch.is_tensor(default) and default.dtype != wide_float(default.device):
+                this._defaults[name] = default.to(wide_float(default.device))
             value = getattr(this, name)
-            if torch.is_tensor(value) and value.dtype != torch.float64:
-                setattr(this, name, value.to(torch.float64))
+            if torch.is_tensor(value) and value.dtype != wide_float(value.device):
+                setattr(this, name, value.to(wide_float(value.device)))
         return this
 
 

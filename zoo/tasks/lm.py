@@ -31,7 +31,7 @@ class _Float64Sum(Float64Metric):
         self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, value: torch.Tensor) -> None:  # type: ignore[override]
-        self.total += value.detach().to(torch.float64).sum()
+        self.total += value.detach().to(self.total.dtype).sum()  # float64 (float32 on MPS: Float64Metric)
 
     def compute(self) -> torch.Tensor:
         return self.total

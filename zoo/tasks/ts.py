@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.hub import create_model, export_arch_config, get_spec, read_export_config, resolve_pretrained
-from zoo.tasks.base import Float64Metric, ZooTask
+from zoo.tasks.base import Float64Metric, ZooTask, wide_float
 
 _DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
 
@@ -40,8 +40,9 @@ class ForecastMetrics(Float64Metric):
     def update(self, pred: Tensor, target: Tensor, std: Optional[Tensor] = None) -> None:  # type: ignore[override]
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        err = pred.detach().double() - target.double()
-        err_orig = err * (std.double() if std is not None else 1.0)
+        dt = self.se.dtype  # float64 (float32 on MPS: Float64Metric)
+        err = pred.detach().to(dt) - target.to(dt)
+        err_orig = err * (std.to(dt) if std is not None else 1.0)
         self.se += err.pow(2).sum(dim=(0, 2))
         self.ae += err.abs().sum(dim=(0, 2))
         self.se_orig += err_orig.pow(2).sum(dim=(0, 2))
@@ -196,7 +197,7 @@ class ForecastTask(ZooTask):
         conv = self._data_to_model_scale()
         if conv is None:
             return x, None
-        a, b = (t.to(x.device, x.dtype) for t in conv)
+        a, b = (t.to(x.dtype).to(x.device) for t in conv)  # cast on the CPU: MPS cannot hold the float64 first
         return x * a + b, (a, b)
 
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
@@ -219,7 +220,8 @@ class ForecastTask(ZooTask):
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         pred = self._predict(batch)
-        std = None if self.out_std is None else torch.tensor(self.out_std, dtype=torch.float64, device=pred.device)
+        # made on the CPU in the device's widest float, then moved (MPS has no float64)
+        std = None if self.out_std is None else torch.tensor(self.out_std, dtype=wide_float(pred.device)).to(pred.device)
         self.metrics[stage].update(pred, batch["y"], std)
 
     def _report(self, stage: str) -> None:
@@ -288,8 +290,8 @@ class ForecastTask(ZooTask):
         if meta is None:
             raise ValueError("the model carries no data facts (scaler, columns); train it or load an export first")
         x_in, _ = self._model_input(batch["x"])  # the window comes scaled by the data's scaler; the model wants its own
-        y = self.model(x_in, batch.get("x_mark")).double().cpu().numpy()
-        x = x_in.double().cpu().numpy()
+        y = self.model(x_in, batch.get("x_mark")).cpu().double().numpy()  # float64 on the CPU (MPS has none)
+        x = x_in.cpu().double().numpy()
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
         idx = list(meta["out_index"])
         L, H = self.model.config.lookback, self.model.config.horizon
