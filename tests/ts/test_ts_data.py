@@ -51,6 +51,18 @@ def test_ett_minute_borders_are_four_times_the_hourly_ones(tmp_path):
     assert dm.data_info["freq"] == "15min"
 
 
+@pytest.mark.parametrize("name, split, freq, rows", [
+    ("ETTh1_15min.csv", "auto", "15min", 57700),  # named ETTh* (auto: ett_hour) but 15-minute rows
+    ("mine.csv", "ett_hour", "15min", 57700),
+    ("mine.csv", "ett_minute", "h", 57700),
+])
+def test_ett_month_borders_refuse_a_series_of_another_step(tmp_path, name, split, freq, rows):
+    # 12 "months" of 720 rows are 3 months of 15-minute rows: refused, not silently trained on 3/1/1 months
+    write_csv(tmp_path / name, rows, n_vars=2, freq=freq)
+    with pytest.raises(ValueError, match="split"):
+        CSVTSDataModule(str(tmp_path / name), lookback=24, horizon=12, split=split).data_info
+
+
 def test_other_files_split_0_7_0_1_0_2(tmp_path):
     write_csv(tmp_path / "custom.csv", 1001)
     dm = CSVTSDataModule(str(tmp_path / "custom.csv"), lookback=30, horizon=10)

@@ -14,6 +14,8 @@ Splits follow the standard protocol (Informer / iTransformer / Time-Series-Libra
   rows ``[0, n_train)``, ``[n_train - L, n_train + n_val)``, ``[n - n_test - L, n)``.
 * ``auto`` (default): ``ett_hour`` for files named ``ETTh*``, ``ett_minute`` for ``ETTm*``, else ``ratio``.
 
+The ETT protocols count months in rows, so they refuse a series of another step (hourly / 15-minute).
+
 The standard scaler (mean and population std, as scikit-learn's ``StandardScaler``) is fitted on the
 training rows only and applied to every split. Features: ``M`` (all variables to all), ``S`` (the
 target alone to itself), ``MS`` (all variables to the target). Optional time features encode the
@@ -559,6 +561,16 @@ class TSDataModule(L.LightningDataModule):
         )
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
+        freq = infer_freq(dates)
+        protocol_step = {"ett_hour": pd.Timedelta(hours=1), "ett_minute": pd.Timedelta(minutes=15)}.get(split)
+        if protocol_step is not None and _step(freq) != protocol_step:
+            # the protocol's months are counted in rows: at another step they are not months
+            chosen = "data.split: auto (the file's name)" if self.split == "auto" else f"data.split: {split}"
+            raise ValueError(
+                f"{chosen} selects the {split} protocol (12/4/4 months of {protocol_step} rows) but {self.source_name} "
+                f"is {freq}-spaced; set data.split: {'ett_minute' if split == 'ett_hour' else 'ett_hour'} or ratio "
+                "to match the data"
+            )
         borders = compute_borders(len(frame), self.lookback, split, self.ratios)
         need = self.lookback + self.horizon
         for name, (b1, b2) in borders.items():
@@ -572,7 +584,6 @@ class TSDataModule(L.LightningDataModule):
         tr0, tr1 = borders["train"]
         mean, std = fit_scaler(values[tr0:tr1])
         scaled = ((values - mean) / std).astype(np.float32)
-        freq = infer_freq(dates)
         tf_names = time_feature_names(freq) if self.use_time_features else []
         marks = time_features(dates, tf_names) if tf_names else None
         target_index = columns.index(target) if target is not None else None
