@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -44,16 +45,14 @@ class RunLog:
     result is written. A log left by an earlier run is kept aside (``.prev``), not overwritten."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        import json
-
-        self.path, self._json = Path(path), json
+        self.path = Path(path)
         if self.path.exists():
             self.path.replace(self.path.with_name(self.path.name + ".prev"))
         self.path.write_text(json.dumps({"header": header}) + "\n")
 
     def add(self, label: str, run: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(self._json.dumps({"label": label, "run": run}, default=str) + "\n")
+            f.write(json.dumps({"label": label, "run": run}, default=str) + "\n")
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -63,7 +63,9 @@ __all__ = [
 
 FEATURES = ("M", "S", "MS")
 SPLITS = ("auto", "ett_hour", "ett_minute", "ratio")
-_ETT_MONTH_ROWS = 30 * 24  # one "month" of the ETT protocol in hourly rows
+# the ETT protocols' row step: their 12/4/4 "months" of 30 days are counted in rows of this step
+_ETT_STEPS = {"ett_hour": pd.Timedelta(hours=1), "ett_minute": pd.Timedelta(minutes=15)}
+_ETT_MONTH = pd.Timedelta(days=30)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +411,8 @@ def compute_borders(
     n_rows: int, lookback: int, split: str = "ratio", ratios: Sequence[float] = (0.7, 0.1, 0.2)
 ) -> dict[str, tuple[int, int]]:
     """Row ranges ``[start, end)`` of the train / val / test splits (see the module docstring)."""
-    if split in ("ett_hour", "ett_minute"):
-        per_month = _ETT_MONTH_ROWS * (4 if split == "ett_minute" else 1)
+    if split in _ETT_STEPS:
+        per_month = _ETT_MONTH // _ETT_STEPS[split]
         tr, va, te = 12 * per_month, 4 * per_month, 4 * per_month
         if n_rows < tr + va + te:
             raise ValueError(
@@ -562,7 +564,7 @@ class TSDataModule(L.LightningDataModule):
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
         freq = infer_freq(dates)
-        protocol_step = {"ett_hour": pd.Timedelta(hours=1), "ett_minute": pd.Timedelta(minutes=15)}.get(split)
+        protocol_step = _ETT_STEPS.get(split)
         if protocol_step is not None and _step(freq) != protocol_step:
             # the protocol's months are counted in rows: at another step they are not months
             chosen = "data.split: auto (the file's name)" if self.split == "auto" else f"data.split: {split}"
