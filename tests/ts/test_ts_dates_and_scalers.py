@@ -223,3 +223,23 @@ def test_forecasting_data_of_another_spacing_warns(tmp_path):
     quarter = _frame(60, freq="15min")
     with pytest.warns(UserWarning, match="input is 15min-spaced but the model was trained on h-spaced data"):
         model.forecast(quarter)
+
+
+def test_predict_plots_the_history_at_its_own_dates(tmp_path):
+    """A file with a missing row inside the input window: forecast.png's history is drawn at the rows'
+    real timestamps (a regular range ending on the last date would shift every row before the gap)."""
+    df = _frame(150).drop(index=[140]).reset_index(drop=True)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.warns(UserWarning, match="differ from the series' step"):
+        dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+        dm.setup()
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained-weights notice
+        trainer.predict(task, datamodule=dm)
+    hist, fc = task._forecasts[0]
+    assert list(pd.DatetimeIndex(hist["date"])) == list(df["date"].iloc[-LB:])
+    np.testing.assert_allclose(hist[["a", "b"]].to_numpy(), df[["a", "b"]].to_numpy()[-LB:], rtol=1e-5, atol=1e-5)
+    assert fc["date"].iloc[0] == df["date"].iloc[-1] + pd.Timedelta(hours=1)

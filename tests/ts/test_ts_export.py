@@ -222,3 +222,60 @@ def test_forecast_restores_the_train_mode_when_the_forward_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="interrupted"):
         fc.forecast(df)
     assert fc.training
+
+
+def test_restore_best_when_the_resumed_fit_has_nothing_left_to_train(tmp_path):
+    """Resuming a checkpoint already at its epoch limit skips Lightning's training loop and on_train_end:
+    the export and the task must still hold the best epoch's weights, not the checkpoint's last ones."""
+    from zoo.data.ts import SyntheticTSDataModule
+    from zoo.tasks.callbacks import ExportOnFitEnd
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_train_batches=2, limit_val_batches=2, default_root_dir=tmp_path)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, scheduler="constant")
+    trainer = L.Trainer(max_epochs=2, **kw)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    ckpt = torch.load(tmp_path / "end.ckpt", weights_only=False)
+    marker = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in ckpt["zoo_best_val"]["state"].items()}
+    ckpt["zoo_best_val"] = {"val": (-1.0, 0), "state": marker}
+    torch.save(ckpt, tmp_path / "end.ckpt")
+
+    resumed = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, scheduler="constant")
+    export = ExportOnFitEnd(folder=str(tmp_path / "exp"))
+    L.Trainer(max_epochs=2, callbacks=[export], **kw).fit(resumed, datamodule=dm, ckpt_path=tmp_path / "end.ckpt")
+    exported = zoo.load_pretrained(tmp_path / "exp")
+    for k, v in exported.state_dict().items():
+        if v.is_floating_point():
+            assert torch.all(v == 0.5), k
+            assert torch.all(resumed.model.state_dict()[k] == 0.5), k
+
+
+def test_finetuning_on_other_variables_says_so(tmp_path):
+    df = _write(tmp_path)
+    task, _ = _trained(tmp_path)
+    base = task.export(tmp_path / "base")
+    other = df.rename(columns={"a": "load", "b": "temp", "tgt": "price"})
+    other.to_csv(tmp_path / "other.csv", index=False)
+    kw = dict(lookback=LB, horizon=H, time_features=True, batch_size=16)
+    with pytest.warns(UserWarning, match=r"trained on the variables \['a', 'b', 'tgt'\].*"
+                                         r"with the variables \['load', 'temp', 'price'\]"):
+        ForecastTask(arch="ts-itransformer-diff-tiny", pretrained=str(base),
+                     data_info=CSVTSDataModule(str(tmp_path / "other.csv"), **kw).data_info)
+    # the same variables: nothing to say
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ForecastTask(arch="ts-itransformer-diff-tiny", pretrained=str(base),
+                     data_info=CSVTSDataModule(str(tmp_path / "series.csv"), **kw).data_info)
+
+
+def test_patchtst_refuses_calendar_features(tmp_path):
+    _write(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=True)
+    with pytest.raises(ValueError, match="takes no calendar features.*time_features=false"):
+        ForecastTask(arch="ts-patchtst-diff-tiny", data_info=dm.data_info)
+    plain = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=False)
+    ForecastTask(arch="ts-patchtst-diff-tiny", data_info=plain.data_info)

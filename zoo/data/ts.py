@@ -23,7 +23,8 @@ date as in Time-Series-Library's ``timeF`` embedding (each in ``[-0.5, 0.5]``).
 
 Batches are dicts: ``x`` ``[B, lookback, n_vars]``, ``y`` ``[B, horizon, n_out]`` (scaled) and, with
 time features, ``x_mark`` ``[B, lookback, n_time_features]``. Predict batches hold the last
-``lookback`` rows of the file (``x``, ``x_mark``) and ``last_date`` (a string).
+``lookback`` rows of the file (``x``, ``x_mark``), ``last_date`` (a string) and ``history_dates`` (the
+rows' timestamps, int64 nanoseconds since the epoch).
 """
 
 from __future__ import annotations
@@ -653,7 +654,10 @@ class TSDataModule(L.LightningDataModule):
                 f"too few rows in {source} to forecast: {len(values)} rows but lookback is {self.lookback}"
             )
         x = ((values[-self.lookback :] - p["mean"]) / p["std"]).astype(np.float32)
-        item: dict[str, Any] = {"x": torch.from_numpy(x), "last_date": str(dates[-1])}
+        item: dict[str, Any] = {"x": torch.from_numpy(x), "last_date": str(dates[-1]),
+                                # the window's own timestamps (ns since the epoch): a file with missing rows is
+                                # plotted at its real dates, not at a regular range ending on the last one
+                                "history_dates": torch.from_numpy(pd.DatetimeIndex(dates[-self.lookback :]).as_unit("ns").asi8.copy())}
         if p["time_feature_names"]:
             item["x_mark"] = torch.from_numpy(time_features(dates[-self.lookback :], p["time_feature_names"]))
         return item

@@ -217,6 +217,12 @@ class ZooTask(L.LightningModule):
         given = {k: v for k, v in (hp.get("model_args") or {}).items() if k in runtime}
         return {"pretrained": None, "model_args": {**fields, **given}, **({"arch": arch} if "arch" in hp else {})}
 
+    def finish_fit(self) -> None:
+        """Last changes to the weights at the end of a fit (none here). Called by ``on_train_end`` where a
+        task needs it, and by :class:`~zoo.tasks.callbacks.ExportOnFitEnd` before it exports: Lightning
+        skips ``on_train_end`` when a resumed fit has nothing left to train (``--ckpt_path`` at
+        ``max_steps``), so the export cannot rely on it."""
+
     # -- sharing
     def export(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Export the model (config.json + model.safetensors + assets) for ``zoo.load_pretrained``."""

@@ -62,6 +62,9 @@ class ExportOnFitEnd(L.Callback):
         if not self.enabled or not hasattr(pl_module, "export"):
             return
         folder = self._target(trainer)
+        finish = getattr(pl_module, "finish_fit", None)
+        if callable(finish):  # e.g. the forecaster's restore_best, also when on_train_end did not run
+            finish()
         if trainer.is_global_zero:
             self.exported = pl_module.export(folder, overwrite=self._smoke(trainer))
 

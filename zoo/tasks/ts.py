@@ -140,6 +140,12 @@ class ForecastTask(ZooTask):
         fields = {f.name for f in dataclasses.fields(spec.model_cls.config_class)}
         info = self.data_info
         from_data = {k: info[k] for k in _DATA_FIELDS if k in fields and k in info}
+        if info.get("n_time_features") and "n_time_features" not in fields:
+            raise ValueError(
+                f"{arch} takes no calendar features (each channel's patches are its only tokens, as in the "
+                f"reference PatchTST), but the data makes {info['n_time_features']} "
+                f"({', '.join(info.get('time_features') or [])}); set data.init_args.time_features=false"
+            )
         for k, v in from_data.items():
             if k in overrides and overrides[k] != v:
                 raise ValueError(
@@ -157,7 +163,9 @@ class ForecastTask(ZooTask):
                 "/ data.time_features to match the checkpoint, or train from scratch"
             )
         # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
-        return create_model(arch, pretrained=folder, adapter=False, **{**export_arch_config(arch, cfg), **overrides})
+        model = create_model(arch, pretrained=folder, adapter=False, **{**export_arch_config(arch, cfg), **overrides})
+        _report_new_variables(folder, model.meta, info)
+        return model
 
     # -- optimization
     def configure_optimizers(self) -> Any:
@@ -262,12 +270,27 @@ class ForecastTask(ZooTask):
         if best is not None:
             self.best_val, self._best_state = tuple(best["val"]), best["state"]
 
-    def on_train_end(self) -> None:
-        # Runs before the callbacks' on_fit_end, so the export after fit holds the best weights.
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._finished = False
+
+    def finish_fit(self) -> None:
+        """restore_best: put back the best epoch's weights, once per fit. Runs in on_train_end (before the
+        callbacks' on_fit_end, so the export holds them), from the export callback and in on_fit_end: a
+        fit resumed from a checkpoint already at max_steps skips on_train_end."""
+        if getattr(self, "_finished", True):
+            return
+        self._finished = True
         if self.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
             loss, epoch = self.best_val
             print(f"restored the weights of epoch {epoch} (val/loss {loss:.4f}) (restore_best=True)", flush=True)
+
+    def on_train_end(self) -> None:
+        self.finish_fit()
+
+    def on_fit_end(self) -> None:
+        self.finish_fit()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
@@ -299,7 +322,11 @@ class ForecastTask(ZooTask):
         for b in range(x.shape[0]):
             last = pd.Timestamp(batch["last_date"][b])
             hist = pd.DataFrame(x[b] * std + mean, columns=meta["columns"])
-            hist.insert(0, meta["date_col"], pd.date_range(end=last, periods=L, freq=to_offset(meta["freq"])))
+            if "history_dates" in batch:
+                hist_dates = pd.to_datetime(batch["history_dates"][b].cpu().numpy(), unit="ns")
+            else:  # a batch made without the window's dates: a regular range ending on the last one
+                hist_dates = pd.date_range(end=last, periods=L, freq=to_offset(meta["freq"]))
+            hist.insert(0, meta["date_col"], hist_dates)
             fc = pd.DataFrame(y[b][:, idx] * std[idx] + mean[idx], columns=meta["out_columns"])
             fc.insert(0, meta["date_col"], future_dates(last, H, meta["freq"]))
             self._forecasts.append((hist, fc))
@@ -359,6 +386,23 @@ class ForecastTask(ZooTask):
                 f"split {info.get('split')}, time features {info.get('time_features') or 'none'})"
             )
         return lines
+
+
+def _report_new_variables(folder: Any, trained: Optional[dict[str, Any]], info: dict[str, Any]) -> None:
+    """Warn when a fine-tuning starts from an export trained on other variables (names, order or
+    forecast targets): the weights are shared across variates, so it runs, but the user should know."""
+    if not trained or "columns" not in info:
+        return
+    before = (list(trained.get("columns") or []), list(trained.get("out_columns") or []))
+    after = (list(info["columns"]), list(info.get("out_columns") or info["columns"]))
+    if before == after:
+        return
+    warnings.warn(
+        f"fine-tuning {folder}, trained on the variables {before[0]} (forecasting {before[1]}), on "
+        f"{info.get('source')} with the variables {after[0]} (forecasting {after[1]}): every weight is kept "
+        "(the model's weights are shared across variates), and the new variables are learned from them",
+        stacklevel=3,
+    )
 
 
 def plot_forecast(
