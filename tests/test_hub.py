@@ -110,6 +110,15 @@ def test_list_models_filters():
     names = zoo.list_models("lm-*")
     assert "lm-diff-tiny" in names and "lm-vanilla-1.4b" in names
     assert zoo.list_models("lm-vanilla-*") == sorted(n for n in names if n.startswith("lm-vanilla-"))
+    # timm's conventions: a list of patterns (any matches) and patterns to leave out
+    every = zoo.list_models()
+    both = zoo.list_models(["ts-patchtst-*", "str-*"])
+    assert both == sorted(n for n in every if n.startswith(("ts-patchtst-", "str-"))) and both
+    no_vanilla = zoo.list_models("ts-*", exclude=["*vanilla*", "*-large"])
+    assert no_vanilla == sorted(n for n in every if n.startswith("ts-") and "vanilla" not in n
+                                and not n.endswith("-large")) and no_vanilla
+    with pytest.raises(TypeError, match="glob strings"):
+        zoo.list_models(["lm-*", 3])
 
 
 def test_every_shipped_model_builds_by_name_with_its_weights():

@@ -87,13 +87,28 @@ def get_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None, pretrained: bool = False) -> list[str]:
-    """Registered model names matching a glob ``pattern`` (and ``family``; with shipped weights only)."""
+def list_models(
+    pattern: Union[str, Sequence[str]] = "*", family: Optional[str] = None, pretrained: bool = False,
+    exclude: Union[str, Sequence[str]] = (),
+) -> list[str]:
+    """Registered model names matching a glob ``pattern`` or any of a list of them (as timm's
+    ``list_models(filter)``), and none of ``exclude`` (timm's ``exclude_filters``); of ``family`` only,
+    with shipped weights only (``pretrained=True``)."""
     _ensure_registered()
+
+    def globs(value: Union[str, Sequence[str]], name: str) -> list[str]:
+        items = [value] if isinstance(value, str) else list(value)
+        bad = [p for p in items if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"list_models {name} takes glob strings or a list of them, got {bad[0]!r}")
+        return items
+
+    include, leave_out = globs(pattern, "pattern"), globs(exclude, "exclude")
     return sorted(
         n
         for n, s in _MODELS.items()
-        if fnmatch.fnmatch(n, pattern)
+        if any(fnmatch.fnmatch(n, p) for p in include)
+        and not any(fnmatch.fnmatch(n, p) for p in leave_out)
         and (family is None or s.family == family)
         and (not pretrained or (s.pretrained is not None and (PRETRAINED_DIR / s.pretrained).is_dir()))
     )
