@@ -37,6 +37,30 @@ def test_a_run_shortened_by_max_steps_ends_and_exports(tmp_path, monkeypatch):
     assert next(tmp_path.rglob("export/model.safetensors")).is_file()
 
 
+def test_a_cli_checkpoint_loads_with_its_hparams_file(tmp_path, monkeypatch):
+    """Lightning's load_from_checkpoint(ckpt, hparams_file=...) on a `zoo fit` run: the file's values
+    override the checkpoint's (Lightning reads it into an OmegaConf DictConfig, which the CLI's saved
+    instantiator refused for data_info)."""
+    import yaml
+
+    from zoo.tasks.ts import ForecastTask
+
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", str(ROOT / "configs" / "ts" / "synthetic.yaml"), "--trainer.max_steps=2",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar=false"])
+    ckpt, hparams = next(tmp_path.rglob("*.ckpt")), next(tmp_path.rglob("hparams.yaml"))
+    values = yaml.safe_load(hparams.read_text())
+    assert "_instantiator" in values and values["plot_columns"] == 8
+    values["plot_columns"] = 3
+    hparams.write_text(yaml.safe_dump(values))
+    back = ForecastTask.load_from_checkpoint(ckpt, hparams_file=hparams, map_location="cpu")
+    assert back.hparams.plot_columns == 3 and back.model.meta["columns"] == values["data_info"]["columns"]
+    assert ForecastTask.load_from_checkpoint(ckpt, hparams_file=hparams, plot_columns=5).hparams.plot_columns == 5
+    with pytest.raises(ValueError, match="not a mapping"):
+        (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+        ForecastTask.load_from_checkpoint(ckpt, hparams_file=tmp_path / "list.yaml")
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_early_stopping_checks_after_validation(config):
     import yaml

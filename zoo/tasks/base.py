@@ -76,6 +76,26 @@ class ZooTask(L.LightningModule):
             scheduler=scheduler, min_lr_ratio=min_lr_ratio,
         )
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: Optional[bool] = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``; an ``hparams_file`` (a run's ``hparams.yaml``) is read as plain
+        YAML and its values override the checkpoint's, as Lightning documents. (Lightning reads it into an
+        OmegaConf ``DictConfig`` when omegaconf is installed, which the ``LightningCLI`` instantiator that
+        ``zoo fit`` saves in the checkpoint refuses for dict arguments such as ``data_info``.)"""
+        if hparams_file is not None:
+            import yaml
+
+            path = Path(hparams_file)
+            if path.suffix.lower() not in (".yaml", ".yml"):
+                raise ValueError(f"hparams_file must be a .yaml / .yml file (a run's hparams.yaml), got {path}")
+            hparams = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(hparams, dict):
+                raise ValueError(f"{path} holds a {type(hparams).__name__}, not a mapping of hyperparameters")
+            # the instantiator and class path are the checkpoint's business; explicit kwargs win over the file
+            kwargs = {**{k: v for k, v in hparams.items() if not str(k).startswith("_")}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict, **kwargs)
+
     # -- optimization
     def no_weight_decay_names(self) -> set[str]:
         """Names (as in ``named_parameters()``) of the matrices kept out of weight decay: those each submodule
