@@ -302,6 +302,18 @@ def test_read_works_on_a_model_cast_to_another_dtype(dtype):
         assert all(abs(g.confidence - w.confidence) < 1e-6 for g, w in zip(got, want))
 
 
+def test_ar_decoding_that_ends_early_keeps_the_models_dtype():
+    """Once every sequence has read EOS the remaining slots are filled with one-hot padding: in the model's
+    dtype (they were float32, so a float64 model's probabilities came back float32)."""
+    m = tiny(decode="ar", refine_iters=0).double()
+    with torch.no_grad():
+        m.head.bias.fill_(-50.0)
+        m.head.bias[m.charset.EOS] = 50.0  # EOS at once: the loop stops after the first slot
+    probs = m.decode(m.encode(torch.rand(2, 3, 32, 128, dtype=torch.float64)))
+    assert probs.dtype == torch.float64 and probs.shape == (2, m.num_slots, m.num_classes)
+    assert torch.all(probs[:, 1:].argmax(-1) == 0) and torch.all(probs[:, 0].argmax(-1) == m.charset.EOS)
+
+
 def test_read_restores_the_train_mode_when_an_image_fails():
     """An unreadable image part-way raises, and the model keeps the mode it had (it was left in eval mode, so
     training went on without dropout)."""

@@ -314,7 +314,8 @@ class SceneTextRecognizer(nn.Module):
                 tokens[:, i + 1] = p.argmax(-1)
                 if not torch.onnx.is_in_onnx_export() and (tokens[:, 1 : i + 2] == self.charset.EOS).any(-1).all():
                     # every sequence has ended; the rest are padding slots
-                    probs.extend([torch.nn.functional.one_hot(torch.zeros(B, dtype=torch.long, device=memory.device), self.num_classes).float()] * (T - i - 1))
+                    pad = torch.nn.functional.one_hot(torch.zeros(B, dtype=torch.long, device=memory.device), self.num_classes)
+                    probs.extend([pad.to(p.dtype)] * (T - i - 1))  # the model's dtype, as the other slots
                     break
         return torch.stack(probs, 1)
 
