@@ -198,6 +198,31 @@ def test_hf_tokenizer_whose_template_adds_bos_keeps_it(tmp_path):
         assert _fed_prompt(model, text) == ([1] if expect_bos else []) + words
 
 
+def test_text_completion_keeps_the_leading_space_a_metaspace_decoder_strips():
+    """Llama / Mistral tokenizers decode with Metaspace, which drops the first token's leading space. The
+    completion of "Hello" by "▁world ▁world" is " world world" (Hugging Face's pipeline with
+    return_full_text=False), not "world world" (the continuation decoded alone)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from zoo.data.tokenizers import HFTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581Hello": 3, "\u2581world": 4, "!": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    model = tiny(vocab_size=6)
+    model.tokenizer = HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=None)
+    real = model.forward
+
+    def forward(ids, **kw):  # "▁world" is always the greedy choice
+        logits = real(ids, **kw) * 0
+        logits[..., 4] = 10.0
+        return logits
+
+    model.forward = forward
+    assert model.generate("Hello", max_new_tokens=2, temperature=0) == " world world"
+
+
 def test_top_k_zero_or_none_samples_the_whole_vocabulary():
     """Hugging Face's convention: top_k=0 disables top-k; reference is a plain multinomial draw."""
     model = tiny()
@@ -326,6 +351,9 @@ def test_generate_takes_numpy_scalars_for_its_settings():
     prompt = torch.randint(0, 50, (1, 4))
     out = model.generate(prompt, max_new_tokens=np.int64(3), temperature=np.float32(0.7), seed=0)
     assert out.shape == (1, 7)
+    # top_k too: a numpy 5 samples as the int 5 does
+    assert torch.equal(model.generate(prompt, max_new_tokens=3, temperature=0.7, top_k=np.int64(5), seed=0),
+                       model.generate(prompt, max_new_tokens=3, temperature=0.7, top_k=5, seed=0))
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0"):
         model.generate(prompt, max_new_tokens=np.float64(2.5))
 

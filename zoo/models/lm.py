@@ -261,8 +261,17 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                     logits = self(nxt, caches=caches)[:, -1, :n_tok]
         result = torch.cat(out, dim=1)
         if as_text:
-            return self.tokenizer.decode(result[0, ids.shape[1] :].tolist())
+            return completion_text(self.tokenizer, ids[0].tolist(), result[0, ids.shape[1] :].tolist())
         return result
+
+
+def completion_text(tokenizer: Any, prompt: list[int], new: list[int]) -> str:
+    """The text ``new`` adds after ``prompt``, as Hugging Face's text-generation pipeline cuts it: the decoded
+    prompt taken off the decoded whole. Decoding ``new`` alone reads differently where a decoder treats the
+    start of a text specially (Llama / Mistral's Metaspace decoder drops the first token's leading space:
+    "Hello" + "▁world" would read "world", not " world")."""
+    head, full = tokenizer.decode(prompt), tokenizer.decode(prompt + new)
+    return full[len(head) :] if full.startswith(head) else tokenizer.decode(new)
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -307,8 +316,10 @@ def check_generation(max_new_tokens: int, temperature: float) -> None:
 
 
 def check_top_k(top_k: Optional[int]) -> None:
-    """``top_k`` must be None, 0 (both: no top-k filtering) or a positive integer."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+    """``top_k`` must be None, 0 (both: no top-k filtering) or a positive integer (numpy's too)."""
+    import numbers
+
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
         raise ValueError(
             f"top_k must be a positive integer, or 0 / null for no top-k filtering; got {top_k!r}"
         )
@@ -325,7 +336,7 @@ def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: t
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=gen)
