@@ -92,6 +92,21 @@ def test_folder_recursive_sorted_with_separators(tmp_path):
     assert dm.val_bytes_per_token == 1.0
 
 
+def test_hidden_text_files_of_a_corpus_folder_are_skipped_and_counted(tmp_path):
+    """A notebook's .ipynb_checkpoints copy of a corpus file would train on that text twice: hidden files and
+    folders are skipped, and a warning counts them."""
+    import pytest
+
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "first file\n")
+    write(root / ".ipynb_checkpoints" / "a-checkpoint.txt", "first file\n")
+    write(root / ".notes.txt", "private")
+    with pytest.warns(UserWarning, match=r"2 hidden file\(s\) under .* not read as text"):
+        dm = TextDataModule(str(root), val_path=write(tmp_path / "val.txt", "held out text"), block_size=4)
+        streams = dm.token_streams()
+    assert streams["train"].tolist() == list(b"first file\n")
+
+
 def test_jsonl_and_test_path(tmp_path):
     records = [{"text": "alpha beta"}, {"text": "ümlaut\u2028line"}, {"text": "", "id": 3}, {"text": "gamma", "x": 1}]
     lines = [json.dumps(r, ensure_ascii=False) for r in records]

@@ -135,6 +135,23 @@ def test_linked_lmdbs_and_image_folders_are_found(tmp_path):
     assert [str(p.relative_to(pf)) for p in ds.paths] == ["odd.ppm", "sub/a.png", "sub/b.png", "top.png"]
 
 
+def test_hidden_files_of_a_predict_folder_are_skipped_and_counted(tmp_path):
+    """Jupyter's .ipynb_checkpoints copies and macOS '._name' resource files are not predicted (a '._x.png'
+    is no image: it aborted the whole run); a warning counts and names them."""
+    from zoo.data.str import ImageFolderDataset
+
+    pf = tmp_path / "pf"
+    (pf / ".ipynb_checkpoints").mkdir(parents=True)
+    _word_image(0).save(pf / "a.png")
+    _word_image(1).save(pf / ".ipynb_checkpoints" / "a-checkpoint.png")
+    (pf / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    with pytest.warns(UserWarning, match=r"2 hidden file\(s\) under .* not read as images \(\._a\.png, "
+                                         r"\.ipynb_checkpoints/a-checkpoint\.png\)"):
+        ds = ImageFolderDataset(pf)
+    assert [str(p.relative_to(pf)) for p in ds.paths] == ["a.png"]
+    assert ds[0][0].shape == (3, 32, 128)
+
+
 def test_icdar_gt_txt(tmp_path):
     d = tmp_path / "icdar"
     d.mkdir()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Optional
 
 
-def walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
     """Every file under ``root``, following linked folders (benchmark sets are often linked into one
-    root) but each real folder once; sorted."""
+    root) but each real folder once; sorted. Hidden files and folders below ``root`` (names starting with
+    ``.``: ``.ipynb_checkpoints`` copies, macOS ``._name`` resource files, ``.git``) are left out; pass a list
+    as ``hidden`` to get the files left out, so the caller can say so."""
     seen, out = set(), []
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -16,9 +20,25 @@ def walk_files(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
-        out.extend(p for p in (Path(folder) / f for f in files) if p.is_file())  # not a link to nothing
+        if hidden is not None:
+            for d in dirs:
+                if d.startswith("."):
+                    hidden.extend(walk_files(Path(folder) / d, []))
+            hidden.extend(p for p in (Path(folder) / f for f in files) if p.name.startswith(".") and p.is_file())
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(p for p in (Path(folder) / f for f in files) if not p.name.startswith(".") and p.is_file())
     return sorted(out)
+
+
+def say_hidden(hidden: list[Path], root: Path, what: str) -> None:
+    """Warn that the ``hidden`` files under ``root`` (those of interest to the caller) were not read as ``what``."""
+    if hidden:
+        names = ", ".join(str(p.relative_to(root)) for p in sorted(hidden)[:3])
+        warnings.warn(
+            f"{len(hidden)} hidden file(s) under {root} not read as {what} ({names}{', ...' if len(hidden) > 3 else ''}): "
+            "names starting with '.' (notebook checkpoints, macOS resource files) are skipped; rename them to include them",
+            stacklevel=3,
+        )
 
 
 def read_utf8(path: Path, what: str, bom: bool = False) -> str:

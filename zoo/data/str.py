@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.files import walk_files
+from zoo.data.files import say_hidden, walk_files
 from zoo.data.images import load_image
 from zoo.data.samplers import eval_sampler, pin_memory_for
 from zoo.data import str_synth
@@ -261,7 +261,9 @@ class ImageFolderDataset(Dataset):
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"predict folder {self.folder} not found")
-        files = walk_files(self.folder)
+        hidden: list[Path] = []
+        files = walk_files(self.folder, hidden)
+        say_hidden([p for p in hidden if p.suffix.lower() in IMAGE_EXTS], self.folder, "images")
         self.paths = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
         if not self.paths:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")

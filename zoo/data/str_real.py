@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.files import read_utf8, walk_files
+from zoo.data.files import read_utf8, say_hidden, walk_files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +140,10 @@ def find_lmdbs(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data folder {root} not found")
-    return sorted({p.parent for p in walk_files(root) if p.name == "data.mdb"})
+    hidden: list[Path] = []
+    found = sorted({p.parent for p in walk_files(root, hidden) if p.name == "data.mdb"})
+    say_hidden([p for p in hidden if p.name == "data.mdb"], root, "LMDBs")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .files import read_utf8, walk_files
+from .files import read_utf8, say_hidden, walk_files
 from .lm_common import check_at_least, make_loader
 from .tokenizers import TokenizerLike, build_tokenizer
 
@@ -69,7 +69,9 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     if not p.exists():
         raise FileNotFoundError(f"{key}: {path} does not exist; {_FIX}")
     if p.is_dir():
-        files = [f for f in walk_files(p) if f.suffix.lower() == ".txt"]
+        hidden: list[Path] = []
+        files = [f for f in walk_files(p, hidden) if f.suffix.lower() == ".txt"]
+        say_hidden([f for f in hidden if f.suffix.lower() == ".txt"], p, "text")
         if not files:
             raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
         docs = [text for text in (read_utf8(f, key, bom=True) for f in files) if text]
