@@ -268,6 +268,51 @@ def test_generate_stops_every_row_at_eos_and_pads_finished_rows():
     assert row0.shape == (1, 3) and row0[0, -1] == eos  # a tensor prompt stops at eos by default
 
 
+def test_generation_stops_at_any_eos_id_a_converted_config_lists(tmp_path):
+    """Llama 3 instruct lists several eos ids (generation_config.json / config.json "eos_token_id": [...]);
+    transformers' generate stops at any of them, so must zoo's, also after the tokenizer is saved and
+    loaded with an export. A finished row is padded with the tokenizer's own eos."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from zoo.data.tokenizers import HFTokenizer, load_tokenizer
+
+    vocab = {"<unk>": 0, "<|begin|>": 1, "<|end_of_text|>": 2, "<|eot_id|>": 3, **{f"w{i}": i for i in range(4, 20)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    src = tmp_path / "hf"
+    src.mkdir()
+    backend.save(str(src / "tokenizer.json"))
+    (src / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin|>", "eos_token": "<|end_of_text|>"}))
+    (src / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 3]}))
+    tok = HFTokenizer.from_hf_folder(src)
+    assert tok.eos_id == 2 and tok.stop_ids == (2, 3)
+    tok.save(tmp_path / "saved")
+    assert load_tokenizer(tmp_path / "saved").stop_ids == (2, 3)
+
+    model = tiny(vocab_size=20)
+    model.tokenizer = load_tokenizer(tmp_path / "saved")
+    real = model.forward
+
+    def forward(ids, **kw):  # after w5 the greedy choice is <|eot_id|>, otherwise w9
+        logits = real(ids, **kw) * 0
+        logits[..., 9] = 5.0
+        logits[..., 3] = torch.where(ids == 5, 10.0, 0.0)
+        return logits
+
+    model.forward = forward
+    out = model.generate(torch.tensor([[5], [4]]), max_new_tokens=3, temperature=0)
+    assert out[0].tolist() == [5, 3, 2, 2]  # stopped at <|eot_id|>, then padded with eos
+    assert out[1].tolist() == [4, 9, 9, 9]
+    assert model.generate(torch.tensor([[5]]), max_new_tokens=3, temperature=0).tolist() == [[5, 3]]
+    # an explicit eos_id still decides
+    assert model.generate(torch.tensor([[5]]), max_new_tokens=2, temperature=0, eos_id=2).tolist() == [[5, 3, 9]]
+    with pytest.raises(ValueError, match="eos_id must be a token id or a list"):
+        model.generate(torch.tensor([[5]]), max_new_tokens=2, eos_id=["x"])
+
+
 def test_generate_refuses_bad_settings_and_prompts_by_name():
     """Negative max_new_tokens / temperature and prompts that are not one sequence or a [B, T] batch
     are named, not turned into a KV-cache overflow, silent greedy decoding or an unpacking error."""

@@ -219,7 +219,8 @@ class HFTokenizer(_BackendTokenizer):
 
     kind = "hf"
 
-    def __init__(self, tokenizer, bos_id: Optional[int], eos_id: Optional[int], pad_id: Optional[int]) -> None:
+    def __init__(self, tokenizer, bos_id: Optional[int], eos_id: Optional[int], pad_id: Optional[int],
+                 stop_ids: Sequence[int] = ()) -> None:
         # Saved tokenizers may pad/truncate to a fixed length (MiniLM: 128); zoo packs and pads itself,
         # and truncating a corpus would silently lose text.
         tokenizer.no_padding()
@@ -231,6 +232,11 @@ class HFTokenizer(_BackendTokenizer):
         self.bos_id = bos_id if bos_id is not None else eos_id
         self.eos_id = eos_id
         self.pad_id = pad_id if pad_id is not None else eos_id
+        # every id that ends a generation (Llama 3 instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>), eos first
+        bad = [i for i in stop_ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"stop ids must be token ids below the vocabulary size {self.vocab_size}, got {bad}")
+        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([eos_id, *stop_ids]))
 
     @classmethod
     def from_hf_folder(cls, folder: Union[str, Path]) -> "HFTokenizer":
@@ -251,7 +257,7 @@ class HFTokenizer(_BackendTokenizer):
             except json.JSONDecodeError as err:
                 raise ValueError(f"{f} is not valid JSON ({err})") from err
 
-        tok_cfg, model_cfg = read(CONFIG_NAME), read("config.json")
+        tok_cfg, model_cfg, gen_cfg = read(CONFIG_NAME), read("config.json"), read("generation_config.json")
 
         def special(role: str) -> Optional[int]:
             token = tok_cfg.get(f"{role}_token")
@@ -267,7 +273,11 @@ class HFTokenizer(_BackendTokenizer):
 
         if special("eos") is None and special("sep") is not None:  # BERT-style: [SEP] ends a sequence
             return cls(backend, special("cls"), special("sep"), special("pad"))
-        return cls(backend, special("bos"), special("eos"), special("pad"))
+        # generation stops at any of the model's eos ids, as transformers' generate (generation_config.json,
+        # else config.json, may list several)
+        listed = gen_cfg.get("eos_token_id", model_cfg.get("eos_token_id"))
+        stops = [listed] if isinstance(listed, int) else list(listed or [])
+        return cls(backend, special("bos"), special("eos"), special("pad"), stop_ids=stops)
 
     @classmethod
     def load(cls, folder: Union[str, Path], config: dict) -> "HFTokenizer":
@@ -275,7 +285,8 @@ class HFTokenizer(_BackendTokenizer):
         path = Path(folder) / BPE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: {CONFIG_NAME} says 'hf' but {BPE_NAME} is missing")
-        return cls(_read_backend(path), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"))
+        return cls(_read_backend(path), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"),
+                   stop_ids=config.get("stop_ids") or ())
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (specials 0). Byte-level vocabularies (GPT-2, Qwen2, Llama 3: one
@@ -311,6 +322,8 @@ class HFTokenizer(_BackendTokenizer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"type": self.kind, "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        if self.stop_ids != (self.eos_id,):
+            config["stop_ids"] = list(self.stop_ids)
         (folder / CONFIG_NAME).write_text(json.dumps(config) + "\n", encoding="utf-8")
         self.backend.save(str(folder / BPE_NAME))
         return folder

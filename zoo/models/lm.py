@@ -181,7 +181,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         max_new_tokens: int = 100,
         temperature: float = 1.0,
         top_k: Optional[int] = None,
-        eos_id: Optional[int] = None,
+        eos_id: Optional[Union[int, Sequence[int]]] = None,
         seed: Optional[int] = None,
     ) -> Union[str, Tensor]:
         """Sample a continuation with the KV cache.
@@ -190,8 +190,9 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         given). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
         vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
-        ``eos_id`` (default: the tokenizer's eos, for every kind of prompt); a sequence that ended
-        earlier than the others is filled with ``eos_id`` from there on. ``seed`` fixes the sampling;
+        ``eos_id``, or any of a list of ids (default: the tokenizer's ``stop_ids``, for every kind of prompt: its
+        eos, plus the other eos ids a converted model's config lists, as Llama 3's); a sequence that ended
+        earlier than the others is filled with the (first) ``eos_id`` from there on. ``seed`` fixes the sampling;
         ``None`` draws it from torch's global RNG (so ``torch.manual_seed`` reproduces a sample).
 
         A text prompt is encoded the way the training stream holds text (see
@@ -223,7 +224,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             raise ValueError(f"prompt tensors hold integer token ids, got dtype {ids.dtype}")
         check_generation(max_new_tokens, temperature)
         if eos_id is None and self.tokenizer is not None:  # for token-id prompts too
-            eos_id = self.tokenizer.eos_id
+            eos_id = getattr(self.tokenizer, "stop_ids", None) or self.tokenizer.eos_id
+        stops = check_stop_ids(eos_id)
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
         device = next(self.parameters()).device
@@ -248,13 +250,14 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             logits = self(ids, caches=caches)[:, -1, :n_tok]
             out = [ids]
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+            stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
             for step in range(max_new_tokens):
                 nxt = sample_next(logits, temperature, top_k, gen)
-                if eos_id is not None:
-                    nxt = nxt.masked_fill(done[:, None], eos_id)  # a finished row keeps its end (eos), as padding
+                if stops:
+                    nxt = nxt.masked_fill(done[:, None], stops[0])  # a finished row keeps its end (eos), as padding
                 out.append(nxt)
-                if eos_id is not None:
-                    done |= nxt.squeeze(1) == eos_id
+                if stops:
+                    done |= torch.isin(nxt.squeeze(1), stop_tensor)
                     if bool(done.all()):
                         break
                 if step + 1 < max_new_tokens:  # the last token is never fed back: no forward for it
@@ -313,6 +316,17 @@ def check_generation(max_new_tokens: int, temperature: float) -> None:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy decoding), got {temperature!r}")
+
+
+def check_stop_ids(eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
+    """``eos_id`` (None, an id or a list of ids) as the list of ids that end a generated sequence."""
+    import numbers
+
+    ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, numbers.Integral) else list(eos_id)
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]  # -1: never stops
+    if bad:
+        raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
+    return [int(i) for i in ids]
 
 
 def check_top_k(top_k: Optional[int]) -> None:
