@@ -117,19 +117,22 @@ def pgd_attack(
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
-    for s in range(0, len(texts), batch_size):
-        x0 = images[s : s + batch_size].detach().to(model.fw_table.device)  # the model's device (tokenize's too)
-        ids, mask = model.tokenize(texts[s : s + batch_size])
-        x = x0.clone()
-        if random_start:
-            x = (x + (torch.rand(x.shape, generator=gen) * 2 - 1).to(x) * eps).clamp(0, 1)
-        for _ in range(steps):
-            x.requires_grad_(True)
-            loss = -pair_score(model, x, ids, mask).sum()
-            (grad,) = torch.autograd.grad(loss, x)
-            x = x.detach() + alpha * grad.sign()
-            x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
-        out.append(x.detach().to(images.device))
+    # gradients also when called under torch.no_grad() / inference_mode (an evaluation loop, Lightning's test step)
+    with torch.inference_mode(False), torch.enable_grad():
+        for s in range(0, len(texts), batch_size):
+            # the model's device (tokenize's too); a copy: an inference-mode tensor cannot enter autograd
+            x0 = images[s : s + batch_size].detach().to(model.fw_table.device).clone()
+            ids, mask = model.tokenize(texts[s : s + batch_size])
+            x = x0.clone()
+            if random_start:
+                x = (x + (torch.rand(x.shape, generator=gen) * 2 - 1).to(x) * eps).clamp(0, 1)
+            for _ in range(steps):
+                x.requires_grad_(True)
+                loss = -pair_score(model, x, ids, mask).sum()
+                (grad,) = torch.autograd.grad(loss, x)
+                x = x.detach() + alpha * grad.sign()
+                x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
+            out.append(x.detach().to(images.device))
     return torch.cat(out)
 
 

@@ -221,6 +221,40 @@ def test_test_bits_per_byte_uses_the_test_splits_bytes_per_token(corpus, tmp_pat
     assert res["test/bpb"] == pytest.approx(res["test/loss"] / (math.log(2) * test_bpt), rel=1e-5)
 
 
+def test_bits_per_byte_divides_by_the_bytes_of_the_scored_tokens(corpus, tmp_path):
+    """bpb = total nats / (ln 2 * UTF-8 bytes of the tokens scored). With limit_test_batches the scored tokens are
+    the first blocks (digits, ~1 byte per BPE token), not the whole split (digits then prose, ~2 bytes per
+    token): dividing by the split's average read 4.15 bits per byte where the scored text has 8.22."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    rng = random.Random(0)
+    words = "the king queen speaks to a fool and his horse in thy house of good night".split()
+    digits = "\n".join("".join(rng.choice("0123456789") for _ in range(60)) for _ in range(20))
+    prose = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(60))
+    test_file = tmp_path / "mixed.txt"
+    test_file.write_text(digits + "\n" + prose)
+    dm = TextDataModule(str(corpus), test_path=str(test_file), block_size=16, batch_size=8, tokenizer="bpe",
+                        bpe_vocab_size=300)
+    torch.manual_seed(0)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    res = _quiet_trainer(limit_test_batches=3).test(task, dm, verbose=False)[0]
+    # reference: the same 3 batches by hand; each scored token's bytes from its decoded text
+    tok = dm.tokenizer
+    specials = {tok.pad_id, tok.bos_id, tok.eos_id}
+    nll, nbytes = 0.0, 0
+    task.model.eval()
+    with torch.no_grad():
+        for _, batch in zip(range(3), dm.test_dataloader()):
+            logits = task.model(batch["input_ids"]).float()
+            nll += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
+            nbytes += sum(len(tok.decode([t]).encode("utf-8")) for t in batch["labels"].flatten().tolist()
+                          if t not in specials)
+    assert abs(nbytes / (3 * 8 * 16) - dm.bytes_per_token("test")) > 0.5  # the scored part really differs
+    assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
+
+
 def test_tokenizer_check_sees_the_whole_vocabulary(corpus):
     """Two BPE tokenizers that encode the check's sample alike but map two other tokens to swapped ids
     are different tokenizers (the model's rows would be read for the wrong tokens)."""

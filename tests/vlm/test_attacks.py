@@ -36,6 +36,33 @@ def test_pgd_inside_eps_ball_and_raises_loss(eps):
     assert 0 < (rnd - images).abs().max() <= eps + 1e-6
 
 
+def test_pgd_every_iterate_in_the_ball_and_steps_down_the_score_also_under_no_grad():
+    """Each PGD iterate the model sees stays within eps of the clean image and inside [0, 1] (saturated pixels
+    included); one step is ``x0 - alpha * sign(d score / d x)``, projected (the score of the right pair goes
+    down); and an evaluation loop's ``torch.no_grad()`` / ``inference_mode`` (Lightning's test step) gives the
+    same images: the attack used to fail there ("element 0 of tensors does not require grad")."""
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(4)
+    images[0, :, :4] = 1.0
+    images[1, :, :4] = 0.0
+    eps = 8 / 255
+    seen, encode = [], m.encode_image
+    m.encode_image = lambda x: (seen.append(x.detach().clone()), encode(x))[1]
+    adv = pgd_attack(m, images, caps, eps=eps, steps=4, seed=3)
+    del m.encode_image
+    assert len(seen) == 4
+    for x in seen + [adv]:
+        assert (x - images).abs().max() <= eps + 1e-6 and x.min() >= 0 and x.max() <= 1
+    x = images.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(pair_score(m, x, *m.tokenize(caps)).sum(), x)
+    want = torch.min(torch.max(images - 0.01 * g.sign(), images - eps), images + eps).clamp(0, 1)
+    torch.testing.assert_close(pgd_attack(m, images, caps, eps=eps, steps=1, step_size=0.01, random_start=False), want)
+    with torch.no_grad():
+        assert torch.equal(pgd_attack(m, images, caps, eps=eps, steps=4, seed=3), adv)
+    with torch.inference_mode():
+        assert torch.equal(pgd_attack(m, images, caps, eps=eps, steps=4, seed=3), adv)
+
+
 def test_asr_by_hand():
     clean = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
     adv = torch.tensor([0, 1, 1, 0, 0, 1], dtype=torch.bool)

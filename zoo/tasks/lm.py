@@ -133,6 +133,7 @@ class LanguageModelTask(ZooTask):
                 raise ValueError(f"adapter needs a method (one of {list(ADAPTER_METHODS)}), got {adapter}")
             apply_adapter(self.model, spec.pop("method"), layers=spec.pop("layers", None), **spec)
         self._metrics = torch.nn.ModuleDict()
+        self._byte_table: Optional[tuple[Any, torch.Tensor]] = None  # (tokenizer, UTF-8 bytes per id): bits per byte
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if getattr(self.model, "adapter_config", None):
@@ -197,9 +198,26 @@ class LanguageModelTask(ZooTask):
             self.log("train/acc", correct / n.clamp(min=1), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    def _label_bytes(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """UTF-8 bytes of the scored label tokens (0 for special ids), or None without a text datamodule."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tok = getattr(dm, "tokenizer", None)
+        if not callable(getattr(dm, "bytes_per_token", None)) or not hasattr(tok, "token_byte_lengths"):
+            return None
+        if self._byte_table is None or self._byte_table[0] is not tok or self._byte_table[1].device != labels.device:
+            self._byte_table = (tok, torch.as_tensor(tok.token_byte_lengths(), dtype=torch.long).to(labels.device))
+        return self._byte_table[1][labels[labels != IGNORE]].sum()
+
     def _accumulate(self, prefix: str, batch: dict[str, torch.Tensor]) -> None:
         nll, n, correct = self._loss(batch)
-        for name, value in (("nll", nll), ("n", n), ("correct", correct)):
+        values = [("nll", nll), ("n", n), ("correct", correct)]
+        if self.data_info.get("kind") != "retrieval":
+            # bits per byte = total nats / (ln 2 * bytes of the scored tokens): the bytes of exactly the tokens
+            # scored (a limit_val_batches subset, blocks' unscored first tokens), not the split's average
+            nbytes = self._label_bytes(batch["labels"])
+            if nbytes is not None:
+                values.append(("bytes", nbytes))
+        for name, value in values:
             key = f"{prefix.replace('/', '|')}|{name}"
             if key not in self._metrics:
                 self._metrics[key] = _Float64Sum().to(self.device)
@@ -221,10 +239,13 @@ class LanguageModelTask(ZooTask):
             self.log(f"{name}/ppl", torch.exp(loss.clamp(max=30)))
             if self.data_info.get("kind") == "retrieval":
                 self.log(f"{name}/acc", correct / n, prog_bar=stage == "val")
+            elif f"{p}|bytes" in self._metrics and float(self._metrics[f"{p}|bytes"].compute()) > 0:
+                self.log(f"{name}/bpb", nll / (math.log(2) * self._metrics[f"{p}|bytes"].compute()))
             elif bpt:
                 self.log(f"{name}/bpb", loss / (math.log(2) * bpt))
-            for k in ("nll", "n", "correct"):
-                self._metrics[f"{p}|{k}"].reset()
+            for k in ("nll", "n", "correct", "bytes"):
+                if f"{p}|{k}" in self._metrics:
+                    self._metrics[f"{p}|{k}"].reset()
 
     def _eval_prefix(self, stage: str, dataloader_idx: int) -> str:
         lens = getattr(getattr(self.trainer, "datamodule", None), "test_seq_lens", None)

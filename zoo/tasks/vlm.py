@@ -6,8 +6,8 @@ ALBEF's re-score (the ITM matched-minus-unmatched logit alone); ``rerank="itc+it
 the ITC logit (cosine / temperature): our briefly trained tiny models have a weak ITM head (measured
 on the synthetic scenes after 600 steps: ITM-alone re-ranking R@1 9% against 75% for ITC), and the
 sum keeps the ITM (and so FDA) term in the final score without discarding ITC. Outside the top ``k``
-the ITC order is kept (ALBEF fills -100 there; we fill ``itc - 1e4`` so ranks beyond ``k`` stay
-meaningful). R@K = share of queries with a correct item among the first K; an image may
+the ITC order is kept (ALBEF fills -100 there; we keep the ITC values and shift each row's re-scored top
+``k`` above them, so ranks beyond ``k`` stay meaningful). R@K = share of queries with a correct item among the first K; an image may
 have several captions (i2t: any of them counts). Ties count against the query (pessimistic).
 """
 
@@ -40,7 +40,7 @@ def correct_ranks(scores: Tensor, relevant: Tensor) -> Tensor:
     """
     if not bool(relevant.any(1).all()):
         raise ValueError("every query needs at least one relevant item")
-    s = scores.float()
+    s = scores if scores.dtype == torch.float64 else scores.float()
     best = s.masked_fill(~relevant, float("-inf")).max(1, keepdim=True).values
     return ((s >= best) & ~relevant).sum(1)
 
@@ -89,22 +89,27 @@ def retrieval_scores(
             res.append(lg[:, 1] - lg[:, 0])
         return torch.cat(res) if res else torch.zeros(0, device=dev)
 
-    ni, nt = itc.shape
+    def above_the_rest(sim: Tensor, top: Tensor, rescored: Tensor) -> Tensor:
+        """``sim`` with each row's top-k entries replaced by their re-scores, shifted (per row) above every
+        other entry: the rest keep their exact ITC values (a fill of ``itc - 1e4`` kept ~1e-3 of them in
+        float32, so close cosines beyond the top k tied, and ties count against the query)."""
+        mat = sim.float().clone()
+        rescored = rescored.float().view_as(top)
+        shift = (mat.max(1, keepdim=True).values - rescored.min(1, keepdim=True).values + 1.0).clamp(min=0.0)
+        mat.scatter_(1, top, rescored + shift)
+        return mat
+
     for name, sim in (("i2t", itc), ("t2i", itc.T)):
         kk = min(k, sim.shape[1])
         top = sim.topk(kk, dim=1).indices  # [Q, kk]
         q = torch.arange(sim.shape[0], device=dev)[:, None].expand_as(top).reshape(-1)
         c = top.reshape(-1)
         ii, tt = (q, c) if name == "i2t" else (c, q)
-        mat = sim.float() - 1e4
         pair = pair_scores(ii, tt).float()
         extra = sim[q, c].float() / float(model.temperature) if rerank == "itc+itm" else 0.0
-        mat[q, c] = pair + extra
-        out[name] = mat
+        out[name] = above_the_rest(sim, top, pair + extra)
         if rerank == "itc+itm":  # ALBEF's ITM-only re-ranking too, for comparison (same pair scores)
-            alone = sim.float() - 1e4
-            alone[q, c] = pair
-            out[f"{name}_itm_only"] = alone
+            out[f"{name}_itm_only"] = above_the_rest(sim, top, pair)
     return out
 
 
