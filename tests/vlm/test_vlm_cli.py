@@ -42,3 +42,49 @@ def test_one_step_fit_exports_and_ckpt_converts(tmp_path, monkeypatch):
     back = zoo.load_pretrained(tmp_path / "from_ckpt")
     imgs = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(back.similarity(imgs, ["a red circle"]), m.similarity(imgs, ["a red circle"]))
+
+
+def test_predict_writes_each_querys_best_items(tmp_path, monkeypatch):
+    """`zoo predict` on a VLM config ranks the test split both ways (it failed: "Trainer.predict requires
+    forward"). Reference: the model's own full score matrix `similarity()` (ITC / temperature + ITM for every
+    pair), which the re-ranking equals when eval_k covers the whole gallery; and `similarity(score="itc")`."""
+    import json
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+
+    monkeypatch.chdir(ROOT)
+    args = ["predict", "--config", "configs/vlm/synthetic.yaml", "--model.init_args.pretrained=vlm-fda-tiny",
+            "--model.init_args.eval_k=16", "--model.init_args.predict_top=3", "--data.init_args.n_test=12",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    main(args)
+    [path] = list(tmp_path.rglob("retrieval.jsonl"))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["query"] for r in rows] == ["image"] * 12 + ["text"] * 12
+    assert not list(tmp_path.rglob("predictions.jsonl"))  # no empty per-batch file beside it
+
+    dm = SyntheticVLMDataModule(n_test=12, image_size=64)
+    test = dm.splits()["test"]
+    images = torch.stack([test[i]["image"] for i in range(12)])
+    texts = [test[i]["captions"][0] for i in range(12)]
+    m = zoo.load_pretrained("vlm-fda-tiny")
+    full, cos = m.similarity(images, texts), m.similarity(images, texts, score="itc")
+    for i, row in enumerate(rows[:12]):
+        order = full[i].argsort(descending=True).tolist()
+        assert row["image"] == f"scene-{i}" and row["captions"] == [texts[i]]
+        assert [t["text"] for t in row["top"]] == [texts[j] for j in order[:3]]
+        assert [t["itc"] for t in row["top"]] == pytest.approx([float(cos[i, j]) for j in order[:3]], abs=1e-4)
+        assert row["correct_rank"] == order.index(i)
+    for j, row in enumerate(rows[12:]):
+        order = full[:, j].argsort(descending=True).tolist()
+        assert row["text"] == texts[j] and row["image_of_caption"] == f"scene-{j}"
+        assert [t["image"] for t in row["top"]] == [f"scene-{i}" for i in order[:3]]
+        assert row["correct_rank"] == order.index(j)
+    # predicting into that folder again is refused before any work
+    import lightning as L
+
+    from zoo.tasks.vlm import VLMTask
+
+    task = VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=path.parent, enable_progress_bar=False)
+    with pytest.raises(FileExistsError, match="retrieval.jsonl exists"):
+        trainer.predict(task, datamodule=dm)

@@ -260,7 +260,7 @@ class SceneDataset(Dataset):
         img = to_tensor(sc.render(s, self.image_size))
         if self.train:
             return {"image": img, "caption": s.caption(), "neg_caption": sc.hard_negative(s, self.seed).caption()}
-        return {"image": img, "captions": [s.caption()], "index": i}
+        return {"image": img, "captions": [s.caption()], "index": i, "name": f"scene-{i}"}
 
 
 class ImageCaptionDataset(Dataset):
@@ -283,7 +283,7 @@ class ImageCaptionDataset(Dataset):
             # the image's identity: its other captions in a batch are no negatives (ALBEF masks them by id)
             return {"image": self._image(path), "caption": caps[j], "image_id": str(path)}
         path, caps = self.entries[k]
-        return {"image": self._image(path), "captions": list(caps), "index": k}
+        return {"image": self._image(path), "captions": list(caps), "index": k, "name": str(path)}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -385,6 +385,10 @@ class VLMDataModule(L.LightningDataModule):
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split: ``predict`` ranks its captions for each of its images and its images for each caption."""
         return self._loader("test", False)
 
 

@@ -153,8 +153,8 @@ class PredictionWriter(BasePredictionWriter):
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
-        if not isinstance(prediction, list):
-            return
+        if not isinstance(prediction, list) or (not prediction and trainer.world_size <= 1):
+            return  # nothing to write (a task that writes its own file at the epoch's end)
         if trainer.world_size > 1:
             self._held.append((list(batch_indices) if batch_indices is not None else None, prediction))
         elif trainer.is_global_zero:
@@ -178,6 +178,8 @@ class PredictionWriter(BasePredictionWriter):
             self._write([row for _, rows in batches for row in rows])
 
     def _write(self, rows: list) -> None:
+        if not rows:
+            return
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row, default=str) + "\n")

@@ -200,6 +200,30 @@ def evaluate_retrieval(model: Any, images: Tensor, captions: Sequence[Sequence[s
     return retrieval_metrics(retrieval_scores(model, images, texts, k=k, itm=itm, rerank=rerank), owner, texts)
 
 
+def retrieval_rows(model: Any, images: Tensor, captions: Sequence[Sequence[str]], names: Sequence[str], k: int = 16,
+                   top: int = 5, rerank: str = "itc+itm") -> list[dict[str, Any]]:
+    """One row per query, both ways: each image's best ``top`` captions and each caption's best ``top`` images in
+    the order evaluation ranks them (ITC, its top ``k`` re-scored), each with its ITC cosine (``itc``), and the
+    0-based rank of the query's best right answer (``correct_rank``; 0: the first item is right)."""
+    texts, owner = flatten_captions(captions)
+    scores = retrieval_scores(model, images, texts, k=k, rerank=rerank)
+    rel = relevance(owner.to(scores["itc"].device), len(images), texts)
+    ranks = {"image": correct_ranks(scores["i2t"], rel).tolist(), "text": correct_ranks(scores["t2i"], rel.T).tolist()}
+    rows: list[dict[str, Any]] = []
+    itc = scores["itc"]
+    for query, mat, cos, mine, theirs in (("image", scores["i2t"], itc, names, texts),
+                                          ("text", scores["t2i"], itc.T, texts, names)):
+        best = mat.topk(min(top, mat.shape[1]), dim=1).indices.tolist()
+        for q, idx in enumerate(best):
+            rows.append({
+                "query": query, query: mine[q],
+                "top": [{"image" if query == "text" else "text": theirs[j], "itc": round(float(cos[q, j]), 6)} for j in idx],
+                "correct_rank": int(ranks[query][q]),
+                **({"captions": list(captions[q])} if query == "image" else {"image_of_caption": names[int(owner[q])]}),
+            })
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # LightningModule
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +262,8 @@ class VLMTask(ZooTask):
         data_info: filled in from the datamodule by the CLI (image size, vocabulary...).
         itm_weight: weight of the ITM loss next to ITC.
         caption_negatives: add the datamodule's one-word hard-negative captions as extra ITM negatives.
-        eval_k: the ITC top ``eval_k`` are re-scored in validation / test.
+        eval_k: the ITC top ``eval_k`` are re-scored in validation / test / predict.
+        predict_top: ``predict`` writes each query's best ``predict_top`` items (``retrieval.jsonl``).
         rerank: ``itc+itm`` (default) or ``itm`` (ALBEF): the re-scoring (module docstring).
         function_words_strict: a function word that is not one token of the tokenizer is an error
             (default: it is ignored by FDA, with a warning naming the words).
@@ -260,6 +285,7 @@ class VLMTask(ZooTask):
         eval_k: int = 16,
         rerank: str = "itc+itm",
         function_words_strict: bool = False,
+        predict_top: int = 5,
         lr: float = 5e-4,
         weight_decay: float = 0.02,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -279,7 +305,10 @@ class VLMTask(ZooTask):
             raise ValueError(f"rerank must be one of {RERANK}, got {rerank!r}")
         if not isinstance(eval_k, int) or eval_k < 1:
             raise ValueError(f"eval_k (ITC candidates re-ranked by ITM) must be an integer >= 1, got {eval_k!r}")
+        if isinstance(predict_top, bool) or not isinstance(predict_top, int) or predict_top < 1:
+            raise ValueError(f"predict_top (items listed per query by predict) must be an integer >= 1, got {predict_top!r}")
         self.arch, self.itm_weight, self.caption_negatives, self.eval_k = arch, itm_weight, caption_negatives, eval_k
+        self.predict_top = predict_top
         self.rerank = rerank
         overrides = dict(model_args or {})
         rebuilt = bool(overrides.pop(REBUILT, False))  # a checkpoint's own architecture (see _rebuild_hparams)
@@ -289,7 +318,7 @@ class VLMTask(ZooTask):
         if function_words_strict and self.model.config.fda and self.model.tokenizer is not None:
             self.model.set_tokenizer(self.model.tokenizer, strict=True)  # raises naming the unknown words
         self.results: dict[str, dict[str, Any]] = {}
-        self._eval: dict[str, list] = {"images": [], "captions": [], "index": []}
+        self._eval: dict[str, list] = {"images": [], "captions": [], "index": [], "names": []}
 
     def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str],
                      rebuilt: bool = False):
@@ -412,30 +441,38 @@ class VLMTask(ZooTask):
         self._eval["captions"].extend(batch["captions"])
         # dataset indices (None for a batch without them: fine in one process, an error under DDP)
         self._eval["index"].extend(batch.get("index") or [None] * len(batch["captions"]))
+        names = batch.get("name") or [None] * len(batch["captions"])
+        self._eval["names"].extend(str(n) if n is not None else f"image-{len(self._eval['names']) + j}"
+                                   for j, n in enumerate(names))
 
-    def _gallery(self) -> tuple[Tensor, list[list[str]]]:
-        """Every rank's evaluation items (a DDP collective), each dataset item once, in dataset order.
+    def _gallery(self, with_names: bool = False) -> Any:
+        """Every rank's evaluation items (a DDP collective), each dataset item once, in dataset order:
+        ``(images, caption lists)``, and their names with ``with_names``.
 
         Retrieval ranks each query against the whole gallery, so the ranks' shards are merged before
         scoring; the distributed sampler's padding repeats a few items, dropped by their index."""
         images = torch.cat(self._eval["images"]) if self._eval["images"] else torch.zeros(0)
-        parts = gather_objects((self._eval["index"], images, self._eval["captions"]))
-        self._eval = {"images": [], "captions": [], "index": []}
+        parts = gather_objects((self._eval["index"], images, self._eval["captions"], self._eval["names"]))
+        self._eval = {"images": [], "captions": [], "index": [], "names": []}
         if len(parts) == 1:
-            return images, parts[0][2]
-        if any(i is None for index, _, _ in parts for i in index):
-            raise ValueError(
-                "evaluating on several processes needs each evaluation item's dataset index (an 'index' key, "
-                "as the zoo VLM datasets give): without it the ranks' shards cannot be merged into one gallery"
-            )
-        seen: dict[int, tuple[Tensor, list[str]]] = {}
-        for index, imgs, caps in parts:
-            for j, i in enumerate(index):
-                seen.setdefault(int(i), (imgs[j], caps[j]))
-        order = sorted(seen)
-        if not order:
-            return images, []
-        return torch.stack([seen[i][0] for i in order]).to(images), [seen[i][1] for i in order]
+            out = (images, parts[0][2], parts[0][3])
+        else:
+            if any(i is None for index, _, _, _ in parts for i in index):
+                raise ValueError(
+                    "evaluating on several processes needs each evaluation item's dataset index (an 'index' key, "
+                    "as the zoo VLM datasets give): without it the ranks' shards cannot be merged into one gallery"
+                )
+            seen: dict[int, tuple[Tensor, list[str], str]] = {}
+            for index, imgs, caps, names in parts:
+                for j, i in enumerate(index):
+                    seen.setdefault(int(i), (imgs[j], caps[j], names[j]))
+            order = sorted(seen)
+            if not order:
+                out = (images, [], [])
+            else:
+                out = (torch.stack([seen[i][0] for i in order]).to(images), [seen[i][1] for i in order],
+                       [seen[i][2] for i in order])
+        return out if with_names else out[:2]
 
     def _finish(self, stage: str) -> dict[str, Any]:
         images, captions = self._gallery()
@@ -449,7 +486,7 @@ class VLMTask(ZooTask):
         return scalars
 
     def on_validation_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": [], "index": []}
+        self._eval = {"images": [], "captions": [], "index": [], "names": []}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
@@ -458,7 +495,7 @@ class VLMTask(ZooTask):
         self._finish("val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": [], "index": []}
+        self._eval = {"images": [], "captions": [], "index": [], "names": []}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
@@ -473,6 +510,45 @@ class VLMTask(ZooTask):
         if self.trainer.is_global_zero and scalars:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "test_metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
+
+    # -- predict: each query's best items over the predict set (the datamodule's test split)
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        folder = self._run_dir()
+        if folder is not None and (folder / "retrieval.jsonl").exists():  # refused before any work
+            raise FileExistsError(f"{folder / 'retrieval.jsonl'} exists; predict into a new run folder "
+                                  "(--trainer.default_root_dir)")
+
+    def on_predict_epoch_start(self) -> None:
+        self._eval = {"images": [], "captions": [], "index": [], "names": []}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list:
+        self._collect(batch)  # retrieval ranks against the whole set: rows are written when the epoch ends
+        return []  # no per-batch rows (predictions.jsonl stays unwritten)
+
+    def on_predict_epoch_end(self) -> None:
+        images, captions, names = self._gallery(with_names=True)
+        folder = self._run_dir()
+        if not captions or folder is None or not self.trainer.is_global_zero:
+            return
+        rows = retrieval_rows(self.model, images, captions, names, k=self.eval_k, top=self.predict_top,
+                              rerank=self.rerank)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "retrieval.jsonl"
+        with open(path, "x") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        hits = {d: [r["correct_rank"] == 0 for r in rows if r["query"] == d] for d in ("image", "text")}
+        print(f"retrieval of {len(images)} images / {sum(len(c) for c in captions)} captions written to {path} "
+              f"(top-1 correct: image->text {100 * sum(hits['image']) / max(len(hits['image']), 1):.1f}%, "
+              f"text->image {100 * sum(hits['text']) / max(len(hits['text']), 1):.1f}%)", flush=True)
+
+    def _run_dir(self) -> Any:
+        if self._trainer is None:
+            return None
+        from zoo.tasks.callbacks import run_dir
+
+        return run_dir(self.trainer)
 
     def summary_lines(self) -> list[str]:
         c = self.model.config
