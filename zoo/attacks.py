@@ -7,7 +7,8 @@
 * :func:`text_attack`: greedy word substitution: each step tries every single-word edit of the
   caption (character edits: delete, swap neighbours, substitute, insert; word swaps: a near-synonym
   from a table, or swapping two neighbouring words), keeps the one that lowers the image-text score
-  most, and stops after ``changes`` words or when no edit lowers the score.
+  most, and stops after ``changes`` edits or when no edit lowers the score. One edit changes one word,
+  or swaps two neighbouring words (so ``changes`` = 1 may move two word positions).
 * :func:`co_attack`: the text attack, then PGD against the adversarial caption (Co-Attack order).
 
 The attacked score (:func:`pair_score`) is what retrieval re-ranks with by default: the ITC
@@ -181,7 +182,8 @@ def text_attack(
     seed: int = 0,
     batch_size: int = 128,
 ) -> list[str]:
-    """Greedy word substitution lowering the score of each ``(images[i], texts[i])`` pair."""
+    """Greedy word substitution lowering the score of each ``(images[i], texts[i])`` pair: at most ``changes``
+    edits, each one word changed or two neighbouring words swapped (module docstring)."""
     if images.shape[0] != len(texts):
         raise ValueError(f"text_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
     synonyms = dict(SYNONYMS) if synonyms is None else synonyms
