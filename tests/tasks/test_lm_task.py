@@ -370,6 +370,20 @@ def test_predict_refuses_max_new_tokens_beyond_the_window(trained, corpus, tmp_p
               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
 
 
+def test_predict_checks_every_prompt_before_writing_any(trained, corpus, tmp_path, monkeypatch):
+    """A prompt too long for max_seq_len - max_new_tokens (64 - 40 = 24 byte tokens) is refused before the first
+    generation, naming it; it used to fail part-way, after the earlier prompts were written."""
+    monkeypatch.chdir(ROOT)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    long = "x" * 30  # 30 byte tokens
+    with pytest.raises(ValueError, match=r"1 of 2 prompts do not fit .* prompt 1 \('xxx.*has 30 tokens, at most 24 fit"):
+        main(["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+              "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=40",
+              f'--data.init_args.prompts=["the", "{long}"]',
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    assert not list(tmp_path.rglob("predictions.jsonl"))
+
+
 def test_a_run_bounded_by_time_needs_a_constant_schedule(tmp_path):
     """max_epochs=-1 with max_time: the run length is unknown; a constant schedule trains, cosine says why not."""
     from zoo.data import RetrievalDataModule

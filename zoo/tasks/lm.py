@@ -273,6 +273,20 @@ class LanguageModelTask(ZooTask):
                 f"max_new_tokens {self.hparams.max_new_tokens} leaves no room for a prompt within the model's "
                 f"max_seq_len {limit}; lower it (--model.init_args.max_new_tokens)"
             )
+        # every prompt checked before the first is written: a long one part-way left a partial predictions file
+        prompts = getattr(getattr(self.trainer, "datamodule", None), "prompts", None)
+        if prompts and self.model.tokenizer is not None:
+            from zoo.models.lm import prompt_ids
+
+            room = limit - self.hparams.max_new_tokens
+            long = [(i, n) for i, p in enumerate(prompts) if (n := len(prompt_ids(self.model.tokenizer, p))) > room]
+            if long:
+                i, n = long[0]
+                raise ValueError(
+                    f"{len(long)} of {len(prompts)} prompts do not fit the model's max_seq_len {limit} with "
+                    f"max_new_tokens {self.hparams.max_new_tokens}: prompt {i} ({prompts[i][:40]!r}...) has {n} tokens, "
+                    f"at most {room} fit; shorten it or lower --model.init_args.max_new_tokens"
+                )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         hp = self.hparams
