@@ -221,6 +221,25 @@ def test_test_bits_per_byte_uses_the_test_splits_bytes_per_token(corpus, tmp_pat
     assert res["test/bpb"] == pytest.approx(res["test/loss"] / (math.log(2) * test_bpt), rel=1e-5)
 
 
+def test_perplexity_is_exp_of_the_loss_also_for_a_bad_model(corpus):
+    """ppl = exp(mean nll): for a model with scaled-up logits (loss far above 30 nats) too; it was capped at
+    exp(30) = 1.07e13 without a word, reading as a finite, merely bad perplexity."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = TextDataModule(str(corpus), block_size=16, batch_size=8)
+    torch.manual_seed(0)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    res = _quiet_trainer(limit_test_batches=2).test(task, dm, verbose=False)[0]
+    assert res["test/ppl"] == pytest.approx(math.exp(res["test/loss"]), rel=1e-5)
+    with torch.no_grad():
+        task.model.norm.weight.mul_(250.0)  # the final norm's scale multiplies every logit (tied output head)
+    res = _quiet_trainer(limit_test_batches=2).test(task, dm, verbose=False)[0]
+    assert 35 < res["test/loss"] < 85  # exp stays finite in float32
+    assert res["test/ppl"] == pytest.approx(math.exp(res["test/loss"]), rel=1e-4)
+
+
 def test_bits_per_byte_divides_by_the_bytes_of_the_scored_tokens(corpus, tmp_path):
     """bpb = total nats / (ln 2 * UTF-8 bytes of the tokens scored). With limit_test_batches the scored tokens are
     the first blocks (digits, ~1 byte per BPE token), not the whole split (digits then prose, ~2 bytes per

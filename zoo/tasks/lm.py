@@ -236,7 +236,7 @@ class LanguageModelTask(ZooTask):
             name = p.replace("|", "/")
             loss = nll / n
             self.log(f"{name}/loss", loss, prog_bar=stage == "val")
-            self.log(f"{name}/ppl", torch.exp(loss.clamp(max=30)))
+            self.log(f"{name}/ppl", torch.exp(loss))  # inf only past float range (a diverged model), never capped
             if self.data_info.get("kind") == "retrieval":
                 self.log(f"{name}/acc", correct / n, prog_bar=stage == "val")
             elif f"{p}|bytes" in self._metrics and float(self._metrics[f"{p}|bytes"].compute()) > 0:
