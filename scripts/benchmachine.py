@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -42,12 +43,18 @@ def machine() -> dict[str, Any]:
 class RunLog:
     """Each finished run appended as one JSON line to ``path`` as soon as it ends, so a benchmark that stops
     early (a crash, a killed job) keeps what it measured; :meth:`done` removes the file once the full
-    result is written. A log left by an earlier run is kept aside (``.prev``), not overwritten."""
+    result is written. A log left by an earlier run is kept aside (``.prev``; ``.prev2``, ``.prev3``... when an
+    older one is there already), not overwritten."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
         if self.path.exists():
-            self.path.replace(self.path.with_name(self.path.name + ".prev"))
+            # two stopped runs in a row: the second must not replace the first one's log
+            for k in itertools.count(1):
+                aside = self.path.with_name(self.path.name + (".prev" if k == 1 else f".prev{k}"))
+                if not aside.exists():
+                    break
+            self.path.replace(aside)
         self.path.write_text(json.dumps({"header": header}) + "\n")
 
     def add(self, label: str, run: dict[str, Any]) -> None:

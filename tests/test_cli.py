@@ -194,6 +194,26 @@ def test_ckpt_path_last_resumes_the_previous_run(tmp_path, monkeypatch):
     assert seen and seen[0] == 2, f"resumed at step {seen} from {first}"
 
 
+def test_ckpt_path_with_a_tilde_restores_the_checkpoints_hyperparameters(tmp_path, monkeypatch):
+    """`--ckpt_path=~/...` (after `=` no shell expands the tilde; a YAML value neither): the model is built with the
+    checkpoint's hyperparameters, as with the expanded path. It was built from the config instead (Lightning's
+    hparams check read the path literally while its loader expanded it): a state_dict mismatch."""
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    main(["fit", *LM_TINY, f"--trainer.default_root_dir={tmp_path / 'my runs'}", "--trainer.max_steps=2"])
+    ckpt = next((tmp_path / "my runs").rglob("*.ckpt"))
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "test_step", lambda self, batch, i: seen.append(
+        (self.model.config.dim, self.model.config.n_layers)))
+    # the config's own model_args are dim 64, 2 layers; the checkpoint's (LM_TINY) dim 16, 1 layer
+    main(["test", "--config", DEFAULTS["lm"], "--data.init_args.test_size=64", "--trainer.limit_test_batches=1",
+          "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
+          f"--trainer.default_root_dir={tmp_path / 'test'}", f"--ckpt_path=~/{ckpt.relative_to(tmp_path)}"])
+    assert seen and seen[0] == (16, 1)
+
+
 def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
     """validate / test with a checkpoint another domain's task wrote: an error naming both classes."""
     monkeypatch.chdir(ROOT)

@@ -113,6 +113,12 @@ class ZooCLI(LightningCLI):
         args_key = f"{sub}.model.init_args.model_args"
         user_args = self.config.get(args_key) if sub and given is not None and args_key in given else None
         task = self.config.get(f"{sub}.model.class_path") if sub else None
+        ckpt_key = f"{sub}.ckpt_path"
+        ckpt_path = self.config.get(ckpt_key) if sub else None
+        if isinstance(ckpt_path, str) and ckpt_path.startswith("~"):
+            # `--ckpt_path=~/run.ckpt` (no shell expands it) or a YAML value: Lightning's own check reads the path
+            # as given, so the checkpoint's hyperparameters were skipped while its weights still loaded
+            self.config[ckpt_key] = str(Path(ckpt_path).expanduser())
         super()._parse_ckpt_path()
         stored = self.config.get(f"{sub}.model.class_path") if sub else None
         if task and stored and not _same_class(task, stored):

@@ -132,3 +132,21 @@ def test_runs_are_on_disk_as_they_finish(bench_lm, monkeypatch, tmp_path):
     assert (tmp_path / "bench_lm.json").is_file() and not (tmp_path / "bench_lm.partial.jsonl").exists()
     kept = (tmp_path / "bench_lm.partial.jsonl.prev").read_text().splitlines()
     assert len(kept) == 3  # the crashed run's log, set aside when the next run started
+
+
+def test_two_stopped_runs_in_a_row_both_keep_their_logs(load_script, tmp_path):
+    """A second stopped run set its predecessor's log aside as `.prev` over the first one's `.prev`: the runs the
+    first one measured were lost. Each stopped run's log stays, under its own name."""
+    RunLog = load_script("benchmachine").RunLog
+    path = tmp_path / "bench.partial.jsonl"
+    first = RunLog(path, {"run": 1})
+    first.add("a", {"v": 1})  # then stopped: no done()
+    second = RunLog(path, {"run": 2})
+    second.add("b", {"v": 2})  # stopped too
+    RunLog(path, {"run": 3})
+    logs = {p.name: [json.loads(x) for x in p.read_text().splitlines()] for p in tmp_path.iterdir()}
+    assert logs == {
+        "bench.partial.jsonl": [{"header": {"run": 3}}],
+        "bench.partial.jsonl.prev": [{"header": {"run": 1}}, {"label": "a", "run": {"v": 1}}],
+        "bench.partial.jsonl.prev2": [{"header": {"run": 2}}, {"label": "b", "run": {"v": 2}}],
+    }

@@ -54,3 +54,26 @@ def test_fit_test_predict(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["a.jpg", "b.png", "gray.png"]
     assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+
+
+def test_predict_over_an_earlier_predictions_csv_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A run folder that holds predictions.csv (a logger-less run into the same folder) is refused when predict
+    starts: it was refused only after every image was read, with the new predictions.jsonl already written."""
+    from zoo.tasks.str import RecognitionTask
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 100, 3), dtype=np.uint8)).save(folder / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = "image,text,confidence\r\nold.png,OLD,1.0\r\n"
+    (out / "predictions.csv").write_bytes(earlier.encode())
+    calls = []
+    monkeypatch.setattr(RecognitionTask, "predict_step", lambda self, batch, i: calls.append(i) or [])
+    cfg = str(CONFIGS[[c.name for c in CONFIGS].index("synthetic.yaml")])
+    with pytest.raises(FileExistsError, match="predictions.csv exists"):
+        main(["predict", "--config", cfg, *SMALL, "--data.init_args.predict_dir", str(folder), "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(out), "--predict_writer.output", str(out / "other.jsonl"),
+              "--predict_writer.echo", "false"])
+    assert calls == [] and not (out / "other.jsonl").exists()
+    assert (out / "predictions.csv").read_bytes() == earlier.encode()

@@ -131,6 +131,21 @@ def test_build_lmdb_sizes_its_map_for_the_images(tmp_path):
     assert len(LMDBDataset(tmp_path / "lm", Charset("36", 8))) == 12
 
 
+def test_build_lmdb_expands_a_tilde(tmp_path, monkeypatch):
+    """build_lmdb("~/imgs", "~/out lmdb") from Python: the image folder was not found and the LMDB would have gone to
+    a folder named "~" in the working directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    home.mkdir()
+    _folder(home, [("a.png", "ab"), ("b.png", "cd")], name="imgs é")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert build_lmdb("~/imgs é", "~/out lmdb") == 2
+    assert not (cwd / "~").exists()
+    ds = LMDBDataset(home / "out lmdb", Charset("36", 8))
+    assert [ds[i][1] for i in range(len(ds))] == ["ab", "cd"]
+
+
 def _parseq_label(label: str, charset: str, max_len: int):
     """PARSeq's LmdbDataset filter, written out: whitespace removed, NFKD to ASCII, length checked, then
     the CharsetAdapter (lower-case for a lower-case-only charset, unsupported characters removed)."""

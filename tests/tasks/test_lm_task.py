@@ -84,6 +84,29 @@ def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
     assert all(len(r["completion"]) <= 5 for r in rows)
 
 
+def test_predict_output_with_a_tilde_spaces_and_unicode_from_another_folder(trained, monkeypatch, tmp_path, corpus):
+    """`--predict_writer.output=~/...` (no shell expands a tilde after `=`; a YAML value neither) goes to the home
+    folder: it made a folder named "~" in the working directory. Spaces and non-ASCII names, and a run started
+    from another folder with a relative corpus path, work too."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere dir"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    (elsewhere / "données ü.txt").write_bytes(corpus.read_bytes())
+    main([
+        "predict", "--config", str(ROOT / "configs/lm/shakespeare_char.yaml"), "--data.init_args.train_path=données ü.txt",
+        "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}",
+        "--predict_writer.output=~/my preds/sortie é.jsonl", "--predict_writer.echo=false",
+        "--data.init_args.prompts=[\"the \"]", "--model.init_args.max_new_tokens=3",
+        f"--trainer.default_root_dir={elsewhere}", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+    ])
+    out = home / "my preds" / "sortie é.jsonl"
+    assert [json.loads(line)["prompt"] for line in out.read_text(encoding="utf-8").splitlines()] == ["the "]
+    assert not (elsewhere / "~").exists()
+
+
 def test_resume_from_checkpoint_continues_steps(trained, corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))

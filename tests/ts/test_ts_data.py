@@ -160,6 +160,36 @@ def test_missing_date_column(tmp_path):
     assert _dm(tmp_path, _frame().rename(columns={"date": "time"}), date_col="time").data_info["n_vars"] == 2
 
 
+@pytest.mark.parametrize("sep,name", [(";", "semicolons"), ("\t", "tabs")])
+def test_semicolon_or_tab_separated_csv_is_named(tmp_path, sep, name):
+    """A semicolon- (European Excel) or tab-separated file read as one column 'date;a;b': the error said "no date
+    column 'date'" and advised setting data.date_col. It names the separator and how to convert the file."""
+    _frame().to_csv(tmp_path / "bad.csv", index=False, sep=sep)
+    with pytest.raises(ValueError, match=rf"bad.csv separates its columns with {name} .*comma-separated"):
+        CSVTSDataModule(str(tmp_path / "bad.csv"), lookback=12, horizon=6).data_info
+
+
+@pytest.mark.parametrize("shape", ["bom", "crlf", "bom_crlf", "date_not_first"])
+def test_legal_csv_shapes_read_as_written(tmp_path, shape):
+    """A UTF-8 BOM (Excel's "CSV UTF-8"), CRLF line ends and a date column that is not the first one read as the
+    frame that was written (reference: the numbers themselves)."""
+    from zoo.data.ts import prepare_frame, read_ts_csv
+
+    df = _frame(30)
+    df["date"] = df["date"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    if shape == "date_not_first":
+        df = df[["a", "date", "b"]]
+    text = df.to_csv(index=False)
+    if "crlf" in shape:
+        text = text.replace("\n", "\r\n")
+    (tmp_path / "d.csv").write_bytes(("\ufeff" if "bom" in shape else "").encode() + text.encode())
+    dates, frame = prepare_frame(read_ts_csv(tmp_path / "d.csv"))
+    assert list(frame.columns) == ["a", "b"]
+    np.testing.assert_array_equal(frame["a"].to_numpy(), np.arange(30, dtype=float))
+    np.testing.assert_allclose(frame["b"].to_numpy(), np.sin(np.arange(30)), rtol=1e-12)
+    assert (dates == pd.date_range("2020-01-01", periods=30, freq="h")).all()
+
+
 def test_missing_target_column(tmp_path):
     with pytest.raises(ValueError, match=r"target column 'OT' not found"):
         _dm(tmp_path, _frame(), features="MS", target="OT").data_info

@@ -82,6 +82,34 @@ def test_task_test_metrics_cover_every_window(tmp_path, features):
     assert (tmp_path / "test_metrics.json").is_file()
 
 
+def test_a_second_test_run_into_the_same_folder_keeps_the_first_ones_metrics(tmp_path, capsys):
+    """Two `test` runs into one folder (no logger, as here, or a fixed logger version): the second wrote its
+    test_metrics.json over the first one's. It goes to test_metrics_1.json and says so; the first file stays."""
+    import json
+
+    _csv(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+
+    def test_once() -> dict:
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path / "run")
+        trainer.test(task, datamodule=dm, verbose=False)
+        return dict(task.results["test"])
+
+    first = test_once()
+    with torch.no_grad():  # other weights: other errors
+        for p in task.model.parameters():
+            p.mul_(0.5)
+    second = test_once()
+    assert first["mse"] != pytest.approx(second["mse"])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["test_metrics.json", "test_metrics_1.json"]
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["mse"] == pytest.approx(first["mse"])
+    assert json.loads((tmp_path / "run" / "test_metrics_1.json").read_text())["mse"] == pytest.approx(second["mse"])
+    assert f"this run's are in {tmp_path / 'run' / 'test_metrics_1.json'}" in capsys.readouterr().out
+
+
 def test_halving_schedule_follows_the_reference_type1_loop():
     """lradj=type1 as the iTransformer loop applies it: after epoch e (0-based) it sets
     lr * 0.5 ** ((e + 1) - 1), so the first two epochs share the full rate."""

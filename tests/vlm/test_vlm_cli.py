@@ -88,3 +88,37 @@ def test_predict_writes_each_querys_best_items(tmp_path, monkeypatch):
     trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=path.parent, enable_progress_bar=False)
     with pytest.raises(FileExistsError, match="retrieval.jsonl exists"):
         trainer.predict(task, datamodule=dm)
+
+
+def test_predict_that_fails_part_way_leaves_no_half_written_retrieval_file(tmp_path, monkeypatch):
+    """retrieval.jsonl was written row by row: a row that failed (here one that JSON cannot hold) left the rows
+    before it in a file that looked finished, and the next run into the folder was refused over it. Now nothing
+    is written, and the rerun writes every row."""
+    import json
+
+    import lightning as L
+
+    import zoo.tasks.vlm as vlm_task
+    from zoo.data.vlm import SyntheticVLMDataModule
+
+    dm = SyntheticVLMDataModule(n_test=6, image_size=64)
+    real = vlm_task.retrieval_rows
+
+    def broken(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        rows[2] = {**rows[2], "bad": object()}
+        return rows
+
+    def predict():
+        task = vlm_task.VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=dm.data_info, predict_top=2)
+        L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False).predict(
+            task, datamodule=dm)
+
+    monkeypatch.setattr(vlm_task, "retrieval_rows", broken)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        predict()
+    assert not (tmp_path / "retrieval.jsonl").exists()
+    monkeypatch.setattr(vlm_task, "retrieval_rows", real)
+    predict()
+    rows = [json.loads(line) for line in (tmp_path / "retrieval.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["query"] for r in rows] == ["image"] * 6 + ["text"] * 6

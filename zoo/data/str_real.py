@@ -261,9 +261,10 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
 
     from zoo.hub import refuse_occupied
 
-    folder, out = Path(folder), Path(out)
+    # expanduser as every reader here does: "~/lmdb" from Python made a folder named "~" in the working directory
+    folder, out = Path(folder).expanduser(), Path(out).expanduser()
     refuse_occupied(out, "choose a new output folder")
-    pairs = read_labels(folder, labels)
+    pairs = read_labels(folder, Path(labels).expanduser() if labels else None)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")
     _require_images(folder, pairs)  # a stat per file, before anything is created

@@ -22,6 +22,33 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def write_json_new(folder: Path, name: str, data: Any) -> Path:
+    """Write ``data`` as JSON to ``folder / name``, or to ``<stem>_1<suffix>``, ``<stem>_2<suffix>``... when that is
+    taken (an earlier run into the same folder: no logger, a fixed logger version, a second ``trainer.test`` in one
+    session): nothing is overwritten, and the message says where it went. The text is made before the file is
+    created; a write that fails part-way removes its file."""
+    text = json.dumps(data, indent=2) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, suffix = Path(name).stem, Path(name).suffix
+    k = 0
+    while True:
+        path = folder / (name if k == 0 else f"{stem}_{k}{suffix}")
+        try:
+            f = open(path, "x", encoding="utf-8")
+        except FileExistsError:
+            k += 1
+            continue
+        try:
+            with f:
+                f.write(text)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if k:
+            print(f"{folder / name} exists (an earlier run); this run's are in {path}", flush=True)
+        return path
+
+
 class ExportOnFitEnd(L.Callback):
     """After ``fit``, export the model to ``<run dir>/export`` for ``zoo.load_pretrained``.
 
@@ -146,7 +173,8 @@ class PredictionWriter(BasePredictionWriter):
         self._held: list[tuple[Optional[list[int]], list]] = []
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.path = Path(self.output) if self.output else run_dir(trainer) / "predictions.jsonl"
+        # expanduser: `--predict_writer.output=~/p.jsonl` (no shell expands it) made a folder named "~" here
+        self.path = Path(self.output).expanduser() if self.output else run_dir(trainer) / "predictions.jsonl"
         if trainer.is_global_zero:
             if self.path.exists():
                 raise FileExistsError(f"{self.path} exists; choose another --predict_writer.output")

@@ -3,7 +3,6 @@ set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict ove
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -101,10 +100,22 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
+        # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
+        try:
+            task_class = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("zoo_task_class")
+        except Exception:  # noqa: BLE001 -- an unreadable file fails in load_from_checkpoint with its own message
+            task_class = None
+        if task_class and task_class.rpartition(".")[2] != RecognitionTask.__name__:
+            raise ValueError(f"{path} is a checkpoint of {task_class}, not of a scene-text RecognitionTask; "
+                             "give a str-* checkpoint, export folder or shipped name")
         return RecognitionTask.load_from_checkpoint(path, map_location="cpu").model
     import zoo
 
-    return zoo.load_pretrained(source)
+    model = zoo.load_pretrained(source)
+    if not isinstance(model, SceneTextRecognizer):
+        raise ValueError(f"{source} holds a {type(model).__name__}, not a scene-text recognizer (SceneTextRecognizer); "
+                         "give a str-* checkpoint, export folder or shipped name")
+    return model
 
 
 def _same(value: Any) -> Any:
@@ -400,12 +411,11 @@ class RecognitionTask(ZooTask):
         self.log(f"{stage}/one_minus_ned", comb["one_minus_ned"])
         if stage == "test" and self._trainer is not None and not self.trainer.sanity_checking:
             print("\n" + format_table(res) + "\n", flush=True)
-            from zoo.tasks.callbacks import run_dir
+            from zoo.tasks.callbacks import run_dir, write_json_new
 
             folder = run_dir(self.trainer)
             if self.trainer.is_global_zero:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "test_metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+                write_json_new(folder, "test_metrics.json", res)
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")
@@ -418,6 +428,17 @@ class RecognitionTask(ZooTask):
         readings = self.model.decode_probs(self.model(batch["images"]))
         keys = batch.get("paths") or batch.get("texts")
         return [{"image": k, "text": r.text, "confidence": round(r.confidence, 6)} for k, r in zip(keys, readings)]
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        if self._trainer is None:
+            return
+        from zoo.tasks.callbacks import run_dir
+
+        # refused before any image is read (it was refused after the whole run, with predictions.jsonl written)
+        path = run_dir(self.trainer) / "predictions.csv"  # a DDP collective: every rank, and every rank raises alike
+        if path.exists():
+            raise FileExistsError(f"{path} exists; predict into a new run folder (--trainer.default_root_dir) or remove it")
 
     def on_predict_epoch_start(self) -> None:
         self._predictions = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import warnings
@@ -299,8 +298,9 @@ class ForecastTask(ZooTask):
         self._report("test")
         folder = self._run_dir()
         if folder is not None and self.trainer.is_global_zero:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "test_metrics.json").write_text(json.dumps(self.results["test"], indent=2) + "\n")
+            from zoo.tasks.callbacks import write_json_new
+
+            write_json_new(folder, "test_metrics.json", self.results["test"])
 
     # -- predict: future rows (predictions.jsonl via the CLI's writer), forecast CSV and PNG
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

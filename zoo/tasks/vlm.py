@@ -508,8 +508,9 @@ class VLMTask(ZooTask):
 
         folder = run_dir(self.trainer)  # a DDP collective: every rank computes it
         if self.trainer.is_global_zero and scalars:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "test_metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
+            from zoo.tasks.callbacks import write_json_new
+
+            write_json_new(folder, "test_metrics.json", scalars)
 
     # -- predict: each query's best items over the predict set (the datamodule's test split)
     def on_predict_start(self) -> None:
@@ -535,9 +536,15 @@ class VLMTask(ZooTask):
                               rerank=self.rerank)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "retrieval.jsonl"
-        with open(path, "x") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # every line made before the file exists, and UTF-8 whatever the locale: a row that fails must not leave a
+        # half-written file that the next run into this folder is refused over
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        with open(path, "x", encoding="utf-8") as f:
+            try:
+                f.write(text)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         hits = {d: [r["correct_rank"] == 0 for r in rows if r["query"] == d] for d in ("image", "text")}
         print(f"retrieval of {len(images)} images / {sum(len(c) for c in captions)} captions written to {path} "
               f"(top-1 correct: image->text {100 * sum(hits['image']) / max(len(hits['image']), 1):.1f}%, "
