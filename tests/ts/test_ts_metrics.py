@@ -108,6 +108,10 @@ def test_a_second_test_run_into_the_same_folder_keeps_the_first_ones_metrics(tmp
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["mse"] == pytest.approx(first["mse"])
     assert json.loads((tmp_path / "run" / "test_metrics_1.json").read_text())["mse"] == pytest.approx(second["mse"])
     assert f"this run's are in {tmp_path / 'run' / 'test_metrics_1.json'}" in capsys.readouterr().out
+    # a fast_dev_run logs nothing, so writes no metrics file (it wrote one into the working directory)
+    L.Trainer(accelerator="cpu", fast_dev_run=1, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path / "smoke").test(task, datamodule=dm, verbose=False)
+    assert not (tmp_path / "smoke").exists() or not list((tmp_path / "smoke").rglob("test_metrics*.json"))
 
 
 def test_halving_schedule_follows_the_reference_type1_loop():

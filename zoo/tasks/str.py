@@ -414,7 +414,7 @@ class RecognitionTask(ZooTask):
             from zoo.tasks.callbacks import run_dir, write_json_new
 
             folder = run_dir(self.trainer)
-            if self.trainer.is_global_zero:
+            if self.trainer.is_global_zero and not self.trainer.fast_dev_run:  # a fast_dev_run logs nothing
                 write_json_new(folder, "test_metrics.json", res)
 
     def on_validation_epoch_end(self) -> None:

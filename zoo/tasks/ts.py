@@ -297,7 +297,8 @@ class ForecastTask(ZooTask):
     def on_test_epoch_end(self) -> None:
         self._report("test")
         folder = self._run_dir()
-        if folder is not None and self.trainer.is_global_zero:
+        # a fast_dev_run logs nothing (Lightning's convention): no metrics file in the working directory either
+        if folder is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             from zoo.tasks.callbacks import write_json_new
 
             write_json_new(folder, "test_metrics.json", self.results["test"])

@@ -507,7 +507,7 @@ class VLMTask(ZooTask):
         from zoo.tasks.callbacks import run_dir
 
         folder = run_dir(self.trainer)  # a DDP collective: every rank computes it
-        if self.trainer.is_global_zero and scalars:
+        if self.trainer.is_global_zero and scalars and not self.trainer.fast_dev_run:  # a fast_dev_run logs nothing
             from zoo.tasks.callbacks import write_json_new
 
             write_json_new(folder, "test_metrics.json", scalars)
