@@ -186,7 +186,7 @@ def run_grid(args: argparse.Namespace) -> None:
     runs_path = args.out / ("pilots.jsonl" if args.pilot else "runs.jsonl")
     done = set()
     if runs_path.exists() and not args.pilot:
-        done = {run_key(json.loads(line)) for line in runs_path.read_text().splitlines()}
+        done = {run_key(r) for r in read_runs(runs_path)}
     grid = list(dict.fromkeys(  # a grid point given twice (--seeds 0 0) trains once
         (d, h, k, s) for h in args.horizons for d in args.datasets for k in args.models for s in args.seeds
     ))
@@ -251,9 +251,27 @@ def paired_delta(runs: list[dict], table: dict[int, dict]) -> dict[str, Any]:
     }
 
 
+def read_runs(path: Path) -> list[dict]:
+    """The run records of a ``.jsonl`` file (none when it is absent); a line that is not JSON (a run killed
+    while its line was written) is an error naming the file and line."""
+    if not path.exists():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise SystemExit(
+                f"{path}, line {i}: not a JSON run record ({exc.msg}: {line[:60]!r}); a run stopped while writing it "
+                "leaves such a line: delete it and run again (that run is then redone)"
+            ) from exc
+    return out
+
+
 def report(args: argparse.Namespace) -> None:
-    def read(path: Path) -> list[dict]:
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    read = read_runs
 
     runs_path = args.out / "runs.jsonl"
     by_protocol = {PROTOCOL: read(runs_path)}
@@ -322,7 +340,7 @@ def report(args: argparse.Namespace) -> None:
                 "met_by_best_seed": row["mse_min"] <= goal,
             }
     pilots_path = args.out / "pilots.jsonl"
-    pilot_records = [json.loads(line) for line in pilots_path.read_text().splitlines()] if pilots_path.exists() else []
+    pilot_records = read_runs(pilots_path)
     pilots = [
         {k: r.get(k) for k in ("dataset", "horizon", "model", "arch", "seed", "lr", "model_args", "time_features",
                                "pilot_note", "protocol", "best_val_mse", "mse", "mae", "epochs_run", "best_epoch", "total_s")}

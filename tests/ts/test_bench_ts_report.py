@@ -195,3 +195,15 @@ def test_target_line_never_prints_a_mean_that_contradicts_its_verdict(tmp_path, 
     bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
     md = (tmp_path / "bench_ts.md").read_text()
     assert "Target ETTh1 Diff-iTransformer H=96 MSE <= 0.386: mean 0.3864 -> not met (best seed meets it)" in md
+
+
+def test_a_run_cut_off_while_writing_its_line_is_named(tmp_path, bench):
+    """A killed run can leave half a JSON line in runs.jsonl: the report names the file and line (it was a bare
+    JSONDecodeError); blank lines are no records."""
+    good = json.dumps(_run("ETTh1", 96, "itr-diff", 0, 0.3))
+    (tmp_path / "runs.jsonl").write_text(good + "\n\n" + good[:40] + "\n")
+    assert bench.read_runs(tmp_path / "nothing.jsonl") == []
+    with pytest.raises(SystemExit, match=r"runs.jsonl, line 3: not a JSON run record .*delete it and run again"):
+        bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    (tmp_path / "runs.jsonl").write_text(good + "\n\n")
+    assert bench.read_runs(tmp_path / "runs.jsonl") == [json.loads(good)]
