@@ -84,6 +84,40 @@ def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
     assert all(len(r["completion"]) <= 5 for r in rows)
 
 
+def test_predict_stopped_part_way_leaves_only_a_partial_file(trained, monkeypatch, tmp_path, corpus):
+    """Rows go to <output>.partial and are renamed when predict ends: a run that fails on its second prompt
+    left a predictions file holding the first row only, which looked complete; the next run names the partial."""
+    from zoo.models.lm import DiffTransformerLM
+
+    monkeypatch.chdir(ROOT)
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    out = tmp_path / "pred.jsonl"
+    args = ["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+            "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={out}",
+            "--predict_writer.echo=false", "--data.init_args.prompts=[\"the \", \"a \"]",
+            "--model.init_args.max_new_tokens=3", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false"]
+    real, calls = DiffTransformerLM.generate, []
+
+    def second_fails(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(DiffTransformerLM, "generate", second_fails)
+    with pytest.raises(RuntimeError, match="stopped"):
+        main(args)
+    partial = tmp_path / "pred.jsonl.partial"
+    assert not out.exists() and [json.loads(x)["prompt"] for x in partial.read_text().splitlines()] == ["the "]
+    monkeypatch.setattr(DiffTransformerLM, "generate", real)
+    with pytest.raises(FileExistsError, match=r"pred.jsonl.partial exists: the rows of a predict run that stopped"):
+        main(args)
+    partial.unlink()
+    main(args)
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["the ", "a "] and not partial.exists()
+
+
 def test_predict_output_with_a_tilde_spaces_and_unicode_from_another_folder(trained, monkeypatch, tmp_path, corpus):
     """`--predict_writer.output=~/...` (no shell expands a tilde after `=`; a YAML value neither) goes to the home
     folder: it made a folder named "~" in the working directory. Spaces and non-ASCII names, and a run started
@@ -135,6 +169,16 @@ def test_export_command_from_checkpoint(trained, tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.ckpt")
     with pytest.raises(SystemExit, match="not written by a zoo task"):
         main(["export", str(tmp_path / "tensor.ckpt"), str(tmp_path / "y")])
+
+
+def test_export_and_convert_name_an_export_folder_given_as_input(trained, tmp_path):
+    """`python -m zoo export <export folder> OUT` said "checkpoint ... not found" of a folder that exists, and
+    `python -m zoo convert <export folder> OUT` "model_type=None has no converter": both now say what the folder is."""
+    with pytest.raises(SystemExit, match=r"export is a folder, not a checkpoint file.*zoo.load_pretrained"):
+        main(["export", str(trained / "export"), str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match=r"export is already a zoo export, not a Hugging Face folder.*zoo.load_pretrained"):
+        main(["convert", str(trained / "export"), str(tmp_path / "b")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def _hashes(folder):

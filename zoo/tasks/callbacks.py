@@ -161,7 +161,9 @@ class PredictionWriter(BasePredictionWriter):
     """Writes what ``predict_step`` returns (lists of dicts) to ``<run dir>/predictions.jsonl``.
 
     Args:
-        output: output file; default ``<run dir>/predictions.jsonl``. An existing file is an error.
+        output: output file; default ``<run dir>/predictions.jsonl``. An existing file is an error. Rows go to
+            ``<output>.partial`` while predicting, renamed to ``output`` when predict ends: a stopped run leaves
+            only the ``.partial`` file, never a file that looks complete.
         echo: also print each prediction.
     """
 
@@ -178,7 +180,20 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             if self.path.exists():
                 raise FileExistsError(f"{self.path} exists; choose another --predict_writer.output")
+            if self._partial.exists():
+                raise FileExistsError(
+                    f"{self._partial} exists: the rows of a predict run that stopped part-way; remove it (or keep it "
+                    "elsewhere) or choose another --predict_writer.output"
+                )
             self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def _partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self._partial.exists():
+            self._partial.replace(self.path)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
         if not isinstance(prediction, list) or (not prediction and trainer.world_size <= 1):
@@ -208,7 +223,7 @@ class PredictionWriter(BasePredictionWriter):
     def _write(self, rows: list) -> None:
         if not rows:
             return
-        with open(self.path, "a") as f:
+        with open(self._partial, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, default=str) + "\n")
                 if self.echo:
