@@ -98,6 +98,23 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
         load_pretrained(tmp_path / "exp")
 
 
+def test_a_config_json_of_another_model_is_named_with_the_fix(tmp_path):
+    """config.json copied from another export (weights of one model, config of another): the error names
+    config.json as well as the weights file, and says what to do; a config.json whose "config" is not an
+    object is named as not a zoo export (it failed as "TypeError: 'NoneType' object is not a mapping")."""
+    export_model(_model(), tmp_path / "lm")
+    export_model(zoo.create_model("ts-itransformer-diff-tiny", lookback=16, horizon=8), tmp_path / "ts")
+    (tmp_path / "lm" / "config.json").write_text((tmp_path / "ts" / "config.json").read_text())
+    cfg = str(tmp_path / "lm" / "config.json")
+    with pytest.raises(ValueError, match=rf"do not fit ITransformer: missing tensors .*built from {cfg}.*re-export"):
+        load_pretrained(tmp_path / "lm")
+    meta = json.loads((tmp_path / "ts" / "config.json").read_text())
+    meta["config"] = None
+    (tmp_path / "ts" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"config.json is not a zoo export .*config object"):
+        load_pretrained(tmp_path / "ts")
+
+
 def test_load_pretrained_only_overrides_runtime_fields(tmp_path):
     export_model(_model(), tmp_path / "exp")
     m = load_pretrained(tmp_path / "exp", dropout=0.2, attn_backend="naive")

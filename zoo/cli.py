@@ -159,6 +159,9 @@ def export_main(argv: Sequence[str]) -> None:
                    help="replace an earlier zoo export in OUT (the files it wrote; other files stay)")
     args = p.parse_args(argv)
     ckpt_path = Path(args.ckpt)
+    if ckpt_path.is_dir():
+        raise SystemExit(f"error: {ckpt_path} is a folder, not a checkpoint file: give the .ckpt that fit wrote "
+                         "(an exported folder loads as it is with zoo.load_pretrained)")
     if not ckpt_path.is_file():
         raise SystemExit(f"error: checkpoint {ckpt_path} not found")
     if not args.overwrite:  # before the (slow) load: nothing is overwritten

@@ -248,10 +248,11 @@ def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
         meta = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{cfg_path} is not valid JSON ({exc}); the export is corrupt") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model_class" not in meta or "config" not in meta:
+    if (not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model_class"), str)
+            or not isinstance(meta.get("config"), dict)):
         raise ValueError(
-            f"{cfg_path} is not a zoo export (needs format={FORMAT!r}, model_class, config); "
-            "Hugging Face folders are imported through zoo.convert"
+            f"{cfg_path} is not a zoo export (needs format={FORMAT!r}, a model_class name and a config object); "
+            "Hugging Face folders are imported through zoo.convert, a damaged export is re-exported"
         )
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{cfg_path} has format_version {meta['format_version']}; upgrade zoo to read it")
@@ -310,7 +311,14 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path}: {exc}; the file is corrupt or truncated, re-export it") from exc
-    load_state_dict_checked(model, state, str(path))
+    try:
+        load_state_dict_checked(model, state, str(path))
+    except ValueError as exc:
+        # the model was built from config.json: weights that do not fit it mean the two files disagree
+        raise ValueError(
+            f"{exc}. The model was built from {folder / CONFIG_FILE}: it and {WEIGHTS_FILE} come from different "
+            "models, or one of them was edited; copy both from one export or re-export the model"
+        ) from exc
 
 
 def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:

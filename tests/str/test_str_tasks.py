@@ -230,6 +230,30 @@ def test_csd_teacher_with_another_crop_size_is_refused_at_setup(tmp_path):
         task.setup("fit")  # not a shape error from the teacher's encoder at the first step
 
 
+def test_csd_teacher_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
+    """A language model's export or .ckpt named as the CSD teacher: an error naming what it holds. The export
+    failed as "'RecognitionTask' object has no attribute 'teacher'" (the property's AttributeError, hidden by
+    nn.Module), the .ckpt with Lightning's "does not resolve to an already imported subclass" refusal."""
+    from pathlib import Path
+
+    from zoo.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    main(["fit", "--config", "configs/lm/tiny.yaml", "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 128}",
+          "--data.init_args.train_size=128", "--data.init_args.val_size=64", "--trainer.max_steps=1",
+          "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    lm_export, lm_ckpt = next(tmp_path.rglob("export")), next(tmp_path.rglob("*.ckpt"))
+    for source, what in ((lm_export, "DiffTransformerLM, not a scene-text recognizer"),
+                         (lm_ckpt, "LanguageModelTask, not of a scene-text RecognitionTask")):
+        task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(source))
+        with pytest.raises(ValueError, match=what):
+            task.setup("fit")
+    # fine-tuning from it: named too (it read "has max_length None, the data 6; set data.max_length to match")
+    with pytest.raises(ValueError, match=r"pretrained .*export holds a zoo.models.lm.DiffTransformerLM, not a scene-text"):
+        RecognitionTask(arch="str-diff-tiny", data_info={**INFO, "charset": "abc"}, pretrained=str(lm_export))
+
+
 def _order_from_mask(mask):
     """The decoding order a permutation mask encodes: query q's rank = how many other queries' outputs
     (content q' + 1) it sees (content 0 is BOS; a query's own output is never visible to it)."""

@@ -455,7 +455,11 @@ def to_hf_bert(model: TextEncoder, folder: PathLike) -> Path:
 
 def from_hf(folder: PathLike) -> nn.Module:
     """Load any supported local Hugging Face folder: decoders as ``DiffTransformerLM``, encoders as ``TextEncoder``."""
-    mtype = read_hf_config(folder).get("model_type")
+    cfg = read_hf_config(folder)
+    mtype = cfg.get("model_type")
+    if cfg.get("format") == "zoo-export":
+        raise ValueError(f"{folder} is already a zoo export, not a Hugging Face folder: load it with zoo.load_pretrained "
+                         "(zoo.convert.to_hf_llama / to_hf_bert write a Hugging Face folder from a zoo model)")
     if mtype in LLAMA_MODEL_TYPES:
         return from_hf_llama(folder)
     if mtype in BERT_MODEL_TYPES:

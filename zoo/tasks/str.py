@@ -304,7 +304,12 @@ class RecognitionTask(ZooTask):
         if pretrained is None:
             return create_model(arch, **{**from_data, **overrides})
         folder = resolve_pretrained(pretrained)
-        cfg = read_export_config(folder)["config"]
+        meta = read_export_config(folder)
+        if meta["model_class"] != f"{SceneTextRecognizer.__module__}.{SceneTextRecognizer.__qualname__}":
+            # another domain's export: named, not reported as a max_length / charset mismatch
+            raise ValueError(f"pretrained {folder} holds a {meta['model_class']}, not a scene-text recognizer "
+                             "(SceneTextRecognizer); give a str-* export folder or shipped name")
+        cfg = meta["config"]
         arch_cfg = export_arch_config(arch, cfg)
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
             raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
