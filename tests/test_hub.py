@@ -113,6 +113,12 @@ def test_a_config_json_of_another_model_is_named_with_the_fix(tmp_path):
     (tmp_path / "ts" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"config.json is not a zoo export .*config object"):
         load_pretrained(tmp_path / "ts")
+    # a model_class that names a zoo object which is no model class (it failed as an AttributeError)
+    for name in ("zoo.hub.Path", "zoo.hub.load_pretrained"):
+        meta["config"], meta["model_class"] = {}, name
+        (tmp_path / "ts" / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=rf"'{name}' named as model_class in config.json is not a zoo model class"):
+            load_pretrained(tmp_path / "ts")
 
 
 def test_load_pretrained_only_overrides_runtime_fields(tmp_path):

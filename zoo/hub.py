@@ -141,9 +141,13 @@ def _import_class(path: str) -> type:
     if not module.startswith("zoo."):
         raise ValueError(f"refusing to import model class {path!r}: exported zoo models name a class under zoo.")
     try:
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"model class {path!r} named in {CONFIG_FILE} does not exist in this zoo version") from exc
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and callable(getattr(cls, "from_config", None))):
+        raise ValueError(f"{path!r} named as model_class in {CONFIG_FILE} is not a zoo model class; the export is "
+                         "damaged: re-export the model")
+    return cls
 
 
 def check_positive_ints(config: Any, names: Sequence[str]) -> None:

@@ -374,3 +374,11 @@ def test_parseq_recipe_with_perm_as_the_only_mask_is_refused_when_training():
     task.setup("test")  # evaluating a model trained so (or an older checkpoint) is fine
     RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, masks=["perm"], recipe="v1").setup("fit")
     RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, masks=["perm", "nar"]).setup("fit")
+
+
+@pytest.mark.parametrize("weight", [-0.5, float("nan")])
+def test_csd_kl_weight_must_be_non_negative(weight):
+    """A negative (or NaN) KL weight would push the student away from the teacher's distributions, silently."""
+    with pytest.raises(ValueError, match=r"csd_kl_weight must be >= 0 \(0: pseudolabels only\)"):
+        RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_kl_weight=weight)
+    RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_kl_weight=0.0)

@@ -211,6 +211,8 @@ class RecognitionTask(ZooTask):
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         if csd_temperature <= 0:
             raise ValueError(f"csd_temperature must be positive, got {csd_temperature}")
+        if not csd_kl_weight >= 0:  # NaN too: a negative weight would push the student away from the teacher
+            raise ValueError(f"csd_kl_weight must be >= 0 (0: pseudolabels only), got {csd_kl_weight}")
         self.arch, self.masks, self.label_smoothing, self.recipe = arch, list(masks), label_smoothing, recipe
         self.data_info = dict(data_info or {})
         if self.data_info and self.data_info.get("kind") != "str":
