@@ -237,3 +237,15 @@ def test_karpathy_entries_without_filename_or_raw_are_named(tmp_path):
     kj.write_text(json.dumps({"images": [{"file_name": "a.jpg", "split": "train", "sentences": [{"raw": "a dog"}]}]}))
     with pytest.raises(ValueError, match=r"images\[0\] has no 'filename'"):
         read_caption_file(kj, "train")
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_caption_csv_with_another_separator_is_named(tmp_path, sep, name):
+    """A semicolon / tab separated caption file reads as one column 'image;caption': say so, rather than advise
+    data.image_col / data.caption_col."""
+    from zoo.data.vlm import read_caption_file
+
+    path = tmp_path / "caps.csv"
+    path.write_text(f"image{sep}caption\na.png{sep}a red circle\n")
+    with pytest.raises(ValueError, match=rf"separates its columns with {name} .*must be comma-separated"):
+        read_caption_file(path, "train")
