@@ -243,3 +243,24 @@ def test_predict_plots_the_history_at_its_own_dates(tmp_path):
     assert list(pd.DatetimeIndex(hist["date"])) == list(df["date"].iloc[-LB:])
     np.testing.assert_allclose(hist[["a", "b"]].to_numpy(), df[["a", "b"]].to_numpy()[-LB:], rtol=1e-5, atol=1e-5)
     assert fc["date"].iloc[0] == df["date"].iloc[-1] + pd.Timedelta(hours=1)
+
+
+def test_a_failed_plot_leaves_no_forecast_csv_behind(tmp_path, monkeypatch):
+    """forecast.csv and forecast.png are written together or not at all: a plot that fails left the CSV, and the
+    next predict into the folder was refused over it."""
+    import zoo.tasks.ts as ts_task
+
+    _frame(120).to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+
+    def broken_plot(*a, **kw):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(ts_task, "plot_forecast", broken_plot)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "run")
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="no display"):
+        warnings.simplefilter("ignore")
+        trainer.predict(task, datamodule=dm)
+    assert not list((tmp_path / "run").glob("forecast*"))

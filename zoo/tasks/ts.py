@@ -362,8 +362,13 @@ class ForecastTask(ZooTask):
             for p in (csv, png):
                 if p.exists():
                     raise FileExistsError(f"{p} exists; predict into a new run folder (--trainer.default_root_dir)")
-            fc.to_csv(csv, index=False)
-            plot_forecast(hist, fc, png, date_col=date_col, max_columns=self.hparams.plot_columns)
+            try:  # both files or neither: a failed plot left the CSV alone, and the rerun was refused over it
+                fc.to_csv(csv, index=False)
+                plot_forecast(hist, fc, png, date_col=date_col, max_columns=self.hparams.plot_columns)
+            except BaseException:
+                for p in (csv, png):
+                    p.unlink(missing_ok=True)
+                raise
             print(f"forecast written to {csv} and {png}", flush=True)
 
     def _run_dir(self) -> Optional[Path]:
