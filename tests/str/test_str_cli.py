@@ -77,3 +77,21 @@ def test_predict_over_an_earlier_predictions_csv_is_refused_before_any_work(tmp_
               "--predict_writer.echo", "false"])
     assert calls == [] and not (out / "other.jsonl").exists()
     assert (out / "predictions.csv").read_bytes() == earlier.encode()
+
+
+def test_a_predictions_csv_that_fails_part_way_is_removed(tmp_path):
+    """A row that cannot be written (a file name that is not valid Unicode, as os.listdir gives undecodable
+    bytes) leaves no half-written predictions.csv behind; an existing file is never opened for writing."""
+    import csv
+
+    from zoo.tasks.str import write_predictions_csv
+
+    rows = [{"image": "a.png", "text": "ok", "confidence": 0.9}, {"image": "b\udcff.png", "text": "x", "confidence": 0.5}]
+    with pytest.raises(UnicodeEncodeError):
+        write_predictions_csv(rows, tmp_path / "predictions.csv")
+    assert not (tmp_path / "predictions.csv").exists()
+    path = write_predictions_csv(rows[:1], tmp_path / "predictions.csv")
+    assert list(csv.DictReader(path.open(newline="", encoding="utf-8"))) == [{"image": "a.png", "text": "ok", "confidence": "0.9"}]
+    with pytest.raises(FileExistsError):
+        write_predictions_csv(rows, path)
+    assert path.read_text(encoding="utf-8").count("\n") == 2

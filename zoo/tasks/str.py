@@ -130,10 +130,15 @@ def write_predictions_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} exists; predict into a new run folder (--trainer.default_root_dir) or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["image", "text", "confidence"])
-        w.writeheader()
-        w.writerows(rows)
+    f = open(path, "x", newline="", encoding="utf-8")  # "x": a file made meanwhile is not overwritten either
+    try:
+        with f:
+            w = csv.DictWriter(f, fieldnames=["image", "text", "confidence"])
+            w.writeheader()
+            w.writerows(rows)
+    except BaseException:  # no half-written CSV that a rerun would be refused over
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
