@@ -312,3 +312,31 @@ def test_long_document_with_indented_lines_is_encoded_as_the_whole_document(monk
     pieces = text_mod._line_chunks(doc)
     assert len(pieces) > 1 and "".join(pieces) == doc  # still split, losslessly
     assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.encode(doc) + [2] + tok.encode("his horse")
+
+
+def test_hidden_folders_linking_back_are_walked_once(tmp_path):
+    """Hidden folders are walked (to count what is skipped) with the same once-per-real-folder rule as the rest:
+    two hidden links back to the corpus root made the count walk retrace the tree 2^40 times (it never ended),
+    and a hidden link to a folder that is read reported its files as skipped."""
+    import threading
+
+    from zoo.data.files import walk_files
+
+    root = tmp_path / "corpus"
+    write(root / "data" / "a.txt", "first file\n")
+    write(root / ".ipynb_checkpoints" / "a-checkpoint.txt", "first file\n")
+    (root / ".s1").symlink_to(root, target_is_directory=True)
+    (root / ".s2").symlink_to(root, target_is_directory=True)
+    (root / ".ipynb_checkpoints" / "data").symlink_to(root / "data", target_is_directory=True)
+    result: dict = {}
+
+    def walk():
+        hidden: list = []
+        result["files"], result["hidden"] = walk_files(root, hidden), hidden
+
+    t = threading.Thread(target=walk, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "walk_files with a hidden list did not finish"
+    assert result["files"] == [root / "data" / "a.txt"]
+    assert result["hidden"] == [root / ".ipynb_checkpoints" / "a-checkpoint.txt"]

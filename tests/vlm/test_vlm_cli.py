@@ -60,7 +60,7 @@ def test_predict_writes_each_querys_best_items(tmp_path, monkeypatch):
     [path] = list(tmp_path.rglob("retrieval.jsonl"))
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["query"] for r in rows] == ["image"] * 12 + ["text"] * 12
-    assert not list(tmp_path.rglob("predictions.jsonl"))  # no empty per-batch file beside it
+    assert not list(tmp_path.rglob("predictions.jsonl*"))  # no empty per-batch file (or .partial) beside it
 
     dm = SyntheticVLMDataModule(n_test=12, image_size=64)
     test = dm.splits()["test"]
@@ -122,3 +122,20 @@ def test_predict_that_fails_part_way_leaves_no_half_written_retrieval_file(tmp_p
     predict()
     rows = [json.loads(line) for line in (tmp_path / "retrieval.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["query"] for r in rows] == ["image"] * 6 + ["text"] * 6
+
+
+def test_evaluation_items_without_a_name_are_named_by_their_position():
+    """A batch without 'name' (a custom dataset) names its items image-<dataset index>, or image-<position> without
+    an index. The names were counted from a list that grew while it was extended: image-0, image-2, image-4, then
+    image-3... (two batches of two even named two items image-2)."""
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    task = VLMTask(arch="vlm-fda-tiny", data_info=SyntheticVLMDataModule(n_test=4, image_size=64).data_info)
+    task.on_predict_epoch_start()
+    for _ in range(3):
+        task._collect({"image": torch.zeros(2, 3, 64, 64), "captions": [["a"], ["b"]]})
+    assert task._eval["names"] == [f"image-{i}" for i in range(6)]
+    task.on_predict_epoch_start()
+    task._collect({"image": torch.zeros(2, 3, 64, 64), "captions": [["a"], ["b"]], "index": [7, 3]})
+    assert task._eval["names"] == ["image-7", "image-3"]

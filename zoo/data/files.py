@@ -13,20 +13,33 @@ def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
     root) but each real folder once; sorted. Hidden files and folders below ``root`` (names starting with
     ``.``: ``.ipynb_checkpoints`` copies, macOS ``._name`` resource files, ``.git``) are left out; pass a list
     as ``hidden`` to get the files left out, so the caller can say so."""
-    seen, out = set(), []
+    seen, out, hidden_dirs = set(), [], []
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree, or a second link to the same folder
             dirs[:] = []
             continue
         seen.add(real)
-        if hidden is not None:
-            for d in dirs:
-                if d.startswith("."):
-                    hidden.extend(walk_files(Path(folder) / d, []))
-            hidden.extend(p for p in (Path(folder) / f for f in files) if p.name.startswith(".") and p.is_file())
+        hidden_dirs.extend(Path(folder) / d for d in sorted(dirs) if d.startswith("."))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(p for p in (Path(folder) / f for f in files) if not p.name.startswith(".") and p.is_file())
+        for p in (Path(folder) / f for f in files):
+            if p.is_file():  # not a link to nothing
+                if not p.name.startswith("."):
+                    out.append(p)
+                elif hidden is not None:
+                    hidden.append(p)
+    # the hidden folders after the whole visible tree, with the same once-per-real-folder rule: a hidden link to a
+    # folder that is read adds nothing, and hidden links back up the tree end (each hidden folder walked on its own
+    # retraced the tree once per link at every level)
+    for top in hidden_dirs if hidden is not None else ():
+        for folder, dirs, files in os.walk(top, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            hidden.extend(p for p in (Path(folder) / f for f in files) if p.is_file())
     return sorted(out)
 
 

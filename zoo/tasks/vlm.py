@@ -440,10 +440,15 @@ class VLMTask(ZooTask):
         self._eval["images"].append(batch["image"].detach().cpu())
         self._eval["captions"].extend(batch["captions"])
         # dataset indices (None for a batch without them: fine in one process, an error under DDP)
-        self._eval["index"].extend(batch.get("index") or [None] * len(batch["captions"]))
+        index = batch.get("index") or [None] * len(batch["captions"])
+        self._eval["index"].extend(index)
+        # an unnamed item is named by its dataset index, else its position (counted before the list grows)
+        start = len(self._eval["names"])
         names = batch.get("name") or [None] * len(batch["captions"])
-        self._eval["names"].extend(str(n) if n is not None else f"image-{len(self._eval['names']) + j}"
-                                   for j, n in enumerate(names))
+        self._eval["names"].extend(
+            str(n) if n is not None else f"image-{int(i) if i is not None else start + j}"
+            for j, (n, i) in enumerate(zip(names, index))
+        )
 
     def _gallery(self, with_names: bool = False) -> Any:
         """Every rank's evaluation items (a DDP collective), each dataset item once, in dataset order:
