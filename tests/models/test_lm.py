@@ -311,6 +311,11 @@ def test_generation_stops_at_any_eos_id_a_converted_config_lists(tmp_path):
     assert model.generate(torch.tensor([[5]]), max_new_tokens=2, temperature=0, eos_id=2).tolist() == [[5, 3, 9]]
     with pytest.raises(ValueError, match="eos_id must be a token id or a list"):
         model.generate(torch.tensor([[5]]), max_new_tokens=2, eos_id=["x"])
+    assert model.generate(torch.tensor([[5]]), max_new_tokens=2, temperature=0, eos_id=torch.tensor(3)).tolist() == [[5, 3]]
+    # an eos id the tokenizer does not have (a config listing ids past its vocabulary) is dropped with a warning
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 3, 500]}))
+    with pytest.warns(UserWarning, match=r"eos_token_id \[500\] is not a token .*does not stop on it"):
+        assert HFTokenizer.from_hf_folder(src).stop_ids == (2, 3)
 
 
 def test_generate_refuses_bad_settings_and_prompts_by_name():

@@ -11,6 +11,7 @@ an exported model folder carries the same files, so ``load_tokenizer(model_folde
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -277,6 +278,12 @@ class HFTokenizer(_BackendTokenizer):
         # else config.json, may list several)
         listed = gen_cfg.get("eos_token_id", model_cfg.get("eos_token_id"))
         stops = [listed] if isinstance(listed, int) else list(listed or [])
+        size = backend.get_vocab_size(with_added_tokens=True)
+        outside = [i for i in stops if not (isinstance(i, int) and 0 <= i < size)]
+        if outside:
+            warnings.warn(f"{folder}: eos_token_id {outside} is not a token of its {BPE_NAME} ({size} tokens); "
+                          "generation does not stop on it", stacklevel=2)
+            stops = [i for i in stops if i not in outside]
         return cls(backend, special("bos"), special("eos"), special("pad"), stop_ids=stops)
 
     @classmethod

@@ -322,6 +322,8 @@ def check_stop_ids(eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
     """``eos_id`` (None, an id or a list of ids) as the list of ids that end a generated sequence."""
     import numbers
 
+    if torch.is_tensor(eos_id):  # a 0-d or 1-d tensor of ids
+        eos_id = eos_id.tolist()
     ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, numbers.Integral) else list(eos_id)
     bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]  # -1: never stops
     if bad:

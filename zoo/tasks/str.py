@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import create_model, export_arch_config, read_export_config, resolve_pretrained
+from zoo.hub import _class_path, create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
 from zoo.tasks.base import ZooTask
 
@@ -101,8 +101,8 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
         # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
-        try:
-            task_class = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("zoo_task_class")
+        try:  # weights_only: the peek unpickles nothing but tensors and plain values
+            task_class = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("zoo_task_class")
         except Exception:  # noqa: BLE001 -- an unreadable file fails in load_from_checkpoint with its own message
             task_class = None
         if task_class and task_class.rpartition(".")[2] != RecognitionTask.__name__:
@@ -312,7 +312,7 @@ class RecognitionTask(ZooTask):
             return create_model(arch, **{**from_data, **overrides})
         folder = resolve_pretrained(pretrained)
         meta = read_export_config(folder)
-        if meta["model_class"] != f"{SceneTextRecognizer.__module__}.{SceneTextRecognizer.__qualname__}":
+        if meta["model_class"] != _class_path(SceneTextRecognizer):
             # another domain's export: named, not reported as a max_length / charset mismatch
             raise ValueError(f"pretrained {folder} holds a {meta['model_class']}, not a scene-text recognizer "
                              "(SceneTextRecognizer); give a str-* export folder or shipped name")
