@@ -71,7 +71,7 @@ def fda_args_type(text: str) -> dict:
     """``--fda-args``: a JSON object of FDA settings (the no-FDA arm has none to match)."""
     from zoo.tasks.vlm import FDA_FIELDS
 
-    keys = [k for k in FDA_FIELDS if k != "fda"]
+    keys = [k for k in FDA_FIELDS if k != "fda"] + ["function_words"]  # the list FDA de-attends is an FDA setting
     try:
         out = json.loads(text)
     except json.JSONDecodeError as e:

@@ -72,6 +72,7 @@ def test_fda_args_shape_only_the_fda_arm(bench, monkeypatch, tmp_path, capsys):
     # the no-FDA run does not depend on them: reused as it is
     _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--arms", "nofda", "--phase", "train", "--steps", "600", *variant)
     assert bench.trained == []
+    assert bench.fda_args_type('{"function_words": "en-nospatial"}') == {"function_words": "en-nospatial"}
     for bad, msg in (('{"fda_direction": ', "not JSON"), ('{"lr": 1}', "keys from"), ('["keys"]', "JSON object")):
         with pytest.raises(SystemExit):
             _main(bench, monkeypatch, "--work", str(tmp_path), "--fda-args", bad)
@@ -91,6 +92,18 @@ def test_fda_args_reach_the_fda_model(load_script, tmp_path):
     meta = mod.train_one(False, 0, args, tmp_path / "nofda_s0")
     cfg = json.loads((tmp_path / "nofda_s0" / "config.json").read_text())["config"]
     assert cfg["fda"] is False and "fda_args" not in meta
+
+    # the function-word list: the exported model de-attends "the" but no longer the preposition "above"
+    spatial = argparse.Namespace(**{**vars(args), "fda_args": {"function_words": "en-nospatial"}})
+    mod.train_one(True, 0, spatial, tmp_path / "fda_ns_s0")
+    import zoo
+
+    m = zoo.load_pretrained(tmp_path / "fda_ns_s0")
+    assert m.config.function_words == "en-nospatial"
+    the, above = m.tokenizer.token_to_id("the"), m.tokenizer.token_to_id("above")
+    assert bool(m.fw_table[the]) and not bool(m.fw_table[above])
+    base = zoo.load_pretrained(tmp_path / "fda_s0")
+    assert bool(base.fw_table[above])  # the default 'en' list has it
 
     # fine-tuning protocol: both arms start from that no-FDA run; the FDA arm gets FDA added to it
     ft = argparse.Namespace(**{**vars(args), "fda_args": {}, "init_from": str(tmp_path)})
