@@ -178,7 +178,7 @@ def test_validate_then_fit(tmp_path):
     kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
               enable_checkpointing=False, limit_val_batches=2, default_root_dir=tmp_path)
     L.Trainer(**kw).validate(task, datamodule=dm, verbose=False)
-    L.Trainer(max_steps=2, **kw).fit(task, datamodule=dm)
+    L.Trainer(max_epochs=1, limit_train_batches=2, **kw).fit(task, datamodule=dm)  # validates after its epoch
     assert task.best_val is not None and np.isfinite(task.best_val[0])
 
 
@@ -250,6 +250,23 @@ def test_restore_best_when_the_resumed_fit_has_nothing_left_to_train(tmp_path):
         if v.is_floating_point():
             assert torch.all(v == 0.5), k
             assert torch.all(resumed.model.state_dict()[k] == 0.5), k
+
+
+def test_a_second_fit_restores_its_own_best_epoch(tmp_path):
+    """restore_best after a second trainer.fit on the same task (no ckpt_path) puts back that fit's best epoch, not
+    an earlier fit's (here an unbeatable marker left from the first)."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_train_batches=2, limit_val_batches=2, default_root_dir=tmp_path)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, scheduler="constant")
+    L.Trainer(max_epochs=1, **kw).fit(task, datamodule=dm)
+    task.best_val = (-1.0, 0)
+    task._best_state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in task.model.state_dict().items()}
+    L.Trainer(max_epochs=2, **kw).fit(task, datamodule=dm)
+    assert task.best_val[0] > 0
+    assert not all(torch.all(v == 0.5) for v in task.model.state_dict().values() if v.is_floating_point())
 
 
 def test_finetuning_on_other_variables_says_so(tmp_path):

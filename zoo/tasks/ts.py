@@ -272,6 +272,10 @@ class ForecastTask(ZooTask):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._finished = False
+        if self.trainer.ckpt_path is None:
+            # a new fit restores the best epoch of its own (a fit resumed with ckpt_path keeps the checkpoint's, read in
+            # on_load_checkpoint before this hook): a second fit on the same task could put back the first one's weights
+            self.best_val, self._best_state = None, None
 
     def finish_fit(self) -> None:
         """restore_best: put back the best epoch's weights, once per fit. Runs in on_train_end (before the
