@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, nargs="+", default=[4.0],
                    help="PGD L-inf budgets in 1/255 units (2..8); one table per budget")
     p.add_argument("--pgd-steps", type=int, default=10)
-    p.add_argument("--text-changes", type=int, default=1, help="words the text attack may change")
+    p.add_argument("--text-changes", type=int, default=1, help="edits the text attack may make (one word, or two neighbours swapped)")
     p.add_argument("--work", default="/tmp/vlm_bench")
     p.add_argument("--export", action="store_true",
                    help="ship the FDA model of the first --seeds value as zoo/pretrained/vlm-fda-tiny (after the evaluation)")
@@ -257,7 +257,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         f"ITM loss weight {args.itm_weight:g}; FDA arm {json.dumps(args.fda_args) if args.fda_args else 'as registered (vlm-fda-tiny)'}"
         + (f"; fine-tuning: both arms start from the no-FDA runs in {args.init_from}." if args.init_from else "."),
         f"Attacks: image PGD L-inf eps {', '.join(f'{e:g}' for e in args.eps)} (/255), {args.pgd_steps} steps; text: greedy, "
-        f"{args.text_changes} word(s) changed (character edits and word swaps; independent of eps); co-attack: text then PGD.",
+        f"{args.text_changes} edit(s) (each one word changed or two neighbouring words swapped: character edits and word swaps; independent of eps); co-attack: text then PGD.",
         "R@1 = mean of image-to-text and text-to-image R@1 (%). ASR = share (%) of originally correct top-1 "
         "retrievals made wrong, mean of both directions (ITM re-ranked retrieval; ASR under ITC ranking, which "
         "FDA does not touch at inference, is in the JSON as asr_itc).",
