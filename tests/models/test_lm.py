@@ -318,6 +318,21 @@ def test_generation_stops_at_any_eos_id_a_converted_config_lists(tmp_path):
         assert HFTokenizer.from_hf_folder(src).stop_ids == (2, 3)
 
 
+def test_a_list_of_text_prompts_gives_one_completion_each():
+    """generate(["a", "longer prompt"]) as HF's pipeline takes a list: prompts of any lengths, one completion each,
+    equal to the single calls (prompt i sampled with seed + i); a mixed list is no text batch."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny(vocab_size=259)
+    model.tokenizer = ByteTokenizer()
+    prompts = ["a", "a much longer prompt"]
+    got = model.generate(prompts, max_new_tokens=4, temperature=1.0, seed=7)
+    assert got == [model.generate(p, max_new_tokens=4, temperature=1.0, seed=7 + i) for i, p in enumerate(prompts)]
+    assert all(isinstance(t, str) for t in got)
+    with pytest.raises(ValueError, match=r"text prompts \(a list of str\) or token ids \(ints\), not both"):
+        model.generate(["a", 3], max_new_tokens=2)
+
+
 def test_generate_refuses_bad_settings_and_prompts_by_name():
     """Negative max_new_tokens / temperature and prompts that are not one sequence or a [B, T] batch
     are named, not turned into a KV-cache overflow, silent greedy decoding or an unpacking error."""

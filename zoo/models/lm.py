@@ -177,13 +177,13 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        prompt: Union[str, Sequence[int], Tensor],
+        prompt: Union[str, Sequence[str], Sequence[int], Tensor],
         max_new_tokens: int = 100,
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         eos_id: Optional[Union[int, Sequence[int]]] = None,
         seed: Optional[int] = None,
-    ) -> Union[str, Tensor]:
+    ) -> Union[str, list[str], Tensor]:
         """Sample a continuation with the KV cache.
 
         ``prompt``: text (needs ``self.tokenizer``), a list of ids, or a ``[B, T]`` id tensor (fed as
@@ -201,7 +201,16 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         converted Hugging Face tokenizer whose ``tokenizer.json`` prepends BOS (Llama's
         ``<s> $A`` template), or any tokenizer with ``add_bos = True``, keeps its BOS: the model was
         pretrained that way.
+
+        A list of text prompts (any lengths) gives a list of completions, one generation each (as Hugging Face's
+        text-generation pipeline takes a list); with ``seed``, prompt ``i`` samples with ``seed + i``.
         """
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            return [self.generate(p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                  eos_id=eos_id, seed=None if seed is None else seed + i) for i, p in enumerate(prompt)]
+        if isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
+            raise ValueError("a list prompt holds text prompts (a list of str) or token ids (ints), not both: "
+                             f"got {[type(p).__name__ for p in prompt][:6]}")
         as_text = isinstance(prompt, str)
         if as_text:
             if self.tokenizer is None:
