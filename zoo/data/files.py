@@ -43,6 +43,21 @@ def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
     return sorted(out)
 
 
+def refuse_other_separator(path: Path, columns: list) -> None:
+    """A CSV read as one column whose name holds ``;`` or a tab (``'date;a;b'``) was written with another
+    separator: a ``ValueError`` that names it and the conversion, rather than a missing-column error whose advice
+    (set the column's name) does not help."""
+    if len(columns) != 1:
+        return
+    header = str(columns[0])
+    for ch, name, sep, note in ((";", "semicolons", "';'", " (with decimal=',' for decimal commas)"), ("\t", "tabs", "'\\t'", "")):
+        if ch in header:
+            raise ValueError(
+                f"{path} separates its columns with {name} (header {header!r}); the file must be comma-separated: "
+                f"convert it, e.g. pandas.read_csv(path, sep={sep}).to_csv(new_path, index=False){note}"
+            )
+
+
 def say_hidden(hidden: list[Path], root: Path, what: str) -> None:
     """Warn that the ``hidden`` files under ``root`` (those of interest to the caller) were not read as ``what``."""
     if hidden:

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.files import refuse_other_separator
 from zoo.data.samplers import eval_sampler, pin_memory_for
 
 __all__ = [
@@ -84,16 +85,7 @@ def read_ts_csv(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
-    if len(df.columns) == 1:
-        # a semicolon- or tab-separated file reads as one column named 'date;a;b': say so, rather than "no date
-        # column" with the advice to set data.date_col
-        header = str(df.columns[0])
-        for ch, name, sep, note in ((";", "semicolons", "';'", " (with decimal=',' for decimal commas)"), ("\t", "tabs", "'\\t'", "")):
-            if ch in header:
-                raise ValueError(
-                    f"{path} separates its columns with {name} (header {header!r}); the file must be comma-separated: "
-                    f"convert it, e.g. pandas.read_csv(path, sep={sep}).to_csv(new_path, index=False){note}"
-                )
+    refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
     return df
 
 

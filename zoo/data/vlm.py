@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import scenes as sc
+from zoo.data.files import refuse_other_separator
 from zoo.data.samplers import pin_memory_for
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -447,13 +448,7 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSVs) is not a column name
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
-            if len(cols) == 1 and any(ch in cols[0] for ch in ";\t"):
-                sep = ";" if ";" in cols[0] else "\t"
-                raise ValueError(
-                    f"{path} separates its columns with {'semicolons' if sep == ';' else 'tabs'} (header {cols[0]!r}); "
-                    f"the file must be comma-separated: convert it, e.g. pandas.read_csv(path, sep={sep!r})"
-                    ".to_csv(new_path, index=False)"
-                )
+            refuse_other_separator(path, cols)  # not "needs 'image' and 'caption'", advising data.image_col
             if image_col not in cols or caption_col not in cols:
                 raise ValueError(
                     f"{path} has columns {cols}; it needs {image_col!r} and {caption_col!r} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -318,8 +319,6 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
 
 def check_generation(max_new_tokens: int, temperature: float) -> None:
     """``max_new_tokens`` must be an integer >= 0 and ``temperature`` a number >= 0 (0: greedy)."""
-    import numbers
-
     # numbers.Integral / Real: numpy scalars too (np.int64, np.float32)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -329,8 +328,6 @@ def check_generation(max_new_tokens: int, temperature: float) -> None:
 
 def check_stop_ids(eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
     """``eos_id`` (None, an id or a list of ids) as the list of ids that end a generated sequence."""
-    import numbers
-
     if torch.is_tensor(eos_id):  # a 0-d or 1-d tensor of ids
         eos_id = eos_id.tolist()
     ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, numbers.Integral) else list(eos_id)
@@ -342,8 +339,6 @@ def check_stop_ids(eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
 
 def check_top_k(top_k: Optional[int]) -> None:
     """``top_k`` must be None, 0 (both: no top-k filtering) or a positive integer (numpy's too)."""
-    import numbers
-
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
         raise ValueError(
             f"top_k must be a positive integer, or 0 / null for no top-k filtering; got {top_k!r}"

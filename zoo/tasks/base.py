@@ -237,6 +237,14 @@ class ZooTask(L.LightningModule):
         given = {k: v for k, v in (hp.get("model_args") or {}).items() if k in runtime}
         return {"pretrained": None, "model_args": {**fields, **given}, **({"arch": arch} if "arch" in hp else {})}
 
+    def _run_dir(self) -> Optional[Path]:
+        """The run's folder (:func:`zoo.tasks.callbacks.run_dir`; a DDP collective), None without a trainer."""
+        if self._trainer is None:
+            return None
+        from zoo.tasks.callbacks import run_dir
+
+        return run_dir(self.trainer)
+
     def finish_fit(self) -> None:
         """Last changes to the weights at the end of a fit (none here). Called by ``on_train_end`` where a
         task needs it, and by :class:`~zoo.tasks.callbacks.ExportOnFitEnd` before it exports: Lightning

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -22,6 +22,20 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def create_new(path: Path, fill: Callable[[IO[str]], Any], newline: Optional[str] = None) -> Path:
+    """Create ``path`` (UTF-8; an existing file is a ``FileExistsError`` and stays untouched) and write it with
+    ``fill(f)``; a write that fails part-way removes the file, so no half-written file is left for a later run to
+    trust or be refused over."""
+    f = open(path, "x", encoding="utf-8", newline=newline)
+    try:
+        with f:
+            fill(f)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_json_new(folder: Path, name: str, data: Any) -> Path:
     """Write ``data`` as JSON to ``folder / name``, or to ``<stem>_1<suffix>``, ``<stem>_2<suffix>``... when that is
     taken (an earlier run into the same folder: no logger, a fixed logger version, a second ``trainer.test`` in one
@@ -34,16 +48,10 @@ def write_json_new(folder: Path, name: str, data: Any) -> Path:
     while True:
         path = folder / (name if k == 0 else f"{stem}_{k}{suffix}")
         try:
-            f = open(path, "x", encoding="utf-8")
+            create_new(path, lambda f: f.write(text))
         except FileExistsError:
             k += 1
             continue
-        try:
-            with f:
-                f.write(text)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
         if k:
             print(f"{folder / name} exists (an earlier run); this run's are in {path}", flush=True)
         return path

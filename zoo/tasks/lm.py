@@ -233,14 +233,15 @@ class LanguageModelTask(ZooTask):
             nll = self._metrics[f"{p}|nll"].compute()
             n = self._metrics[f"{p}|n"].compute().clamp(min=1)
             correct = self._metrics[f"{p}|correct"].compute()
+            nbytes = self._metrics[f"{p}|bytes"].compute() if f"{p}|bytes" in self._metrics else None  # one sync
             name = p.replace("|", "/")
             loss = nll / n
             self.log(f"{name}/loss", loss, prog_bar=stage == "val")
             self.log(f"{name}/ppl", torch.exp(loss))  # inf only past float range (a diverged model), never capped
             if self.data_info.get("kind") == "retrieval":
                 self.log(f"{name}/acc", correct / n, prog_bar=stage == "val")
-            elif f"{p}|bytes" in self._metrics and float(self._metrics[f"{p}|bytes"].compute()) > 0:
-                self.log(f"{name}/bpb", nll / (math.log(2) * self._metrics[f"{p}|bytes"].compute()))
+            elif nbytes is not None and float(nbytes) > 0:
+                self.log(f"{name}/bpb", nll / (math.log(2) * nbytes))
             elif bpt:
                 self.log(f"{name}/bpb", loss / (math.log(2) * bpt))
             for k in ("nll", "n", "correct", "bytes"):

@@ -130,16 +130,15 @@ def write_predictions_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} exists; predict into a new run folder (--trainer.default_root_dir) or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "x", newline="", encoding="utf-8")  # "x": a file made meanwhile is not overwritten either
-    try:
-        with f:
-            w = csv.DictWriter(f, fieldnames=["image", "text", "confidence"])
-            w.writeheader()
-            w.writerows(rows)
-    except BaseException:  # no half-written CSV that a rerun would be refused over
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    from zoo.tasks.callbacks import create_new
+
+    def fill(f: Any) -> None:
+        w = csv.DictWriter(f, fieldnames=["image", "text", "confidence"])
+        w.writeheader()
+        w.writerows(rows)
+
+    # exclusive: a file made meanwhile is not overwritten either; a row that fails leaves no half-written CSV
+    return create_new(path, fill, newline="")
 
 
 def read_folder(model: Any, folder: str | Path, out_csv: Optional[str | Path] = None, batch_size: int = 64) -> list[dict[str, Any]]:
@@ -443,12 +442,11 @@ class RecognitionTask(ZooTask):
 
     def on_predict_start(self) -> None:
         super().on_predict_start()
-        if self._trainer is None:
+        folder = self._run_dir()  # a DDP collective: every rank, and every rank raises alike
+        if folder is None:
             return
-        from zoo.tasks.callbacks import run_dir
-
         # refused before any image is read (it was refused after the whole run, with predictions.jsonl written)
-        path = run_dir(self.trainer) / "predictions.csv"  # a DDP collective: every rank, and every rank raises alike
+        path = folder / "predictions.csv"
         if path.exists():
             raise FileExistsError(f"{path} exists; predict into a new run folder (--trainer.default_root_dir) or remove it")
 

@@ -375,13 +375,6 @@ class ForecastTask(ZooTask):
                 raise
             print(f"forecast written to {csv} and {png}", flush=True)
 
-    def _run_dir(self) -> Optional[Path]:
-        if self._trainer is None:
-            return None
-        from zoo.tasks.callbacks import run_dir
-
-        return run_dir(self.trainer)
-
     def summary_lines(self) -> list[str]:
         c = self.model.config
         lines = [

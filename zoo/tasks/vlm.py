@@ -318,7 +318,7 @@ class VLMTask(ZooTask):
         if function_words_strict and self.model.config.fda and self.model.tokenizer is not None:
             self.model.set_tokenizer(self.model.tokenizer, strict=True)  # raises naming the unknown words
         self.results: dict[str, dict[str, Any]] = {}
-        self._eval: dict[str, list] = {"images": [], "captions": [], "index": [], "names": []}
+        self._reset_eval()
 
     def _build_model(self, arch: str, overrides: dict[str, Any], text_init: Optional[str], pretrained: Optional[str],
                      rebuilt: bool = False):
@@ -436,6 +436,10 @@ class VLMTask(ZooTask):
         return loss
 
     # -- evaluation
+    def _reset_eval(self) -> None:
+        """Empty the evaluation buffers that validation / test / predict fill batch by batch (:meth:`_collect`)."""
+        self._eval: dict[str, list] = {"images": [], "captions": [], "index": [], "names": []}
+
     def _collect(self, batch: dict[str, Any]) -> None:
         self._eval["images"].append(batch["image"].detach().cpu())
         self._eval["captions"].extend(batch["captions"])
@@ -450,37 +454,34 @@ class VLMTask(ZooTask):
             for j, (n, i) in enumerate(zip(names, index))
         )
 
-    def _gallery(self, with_names: bool = False) -> Any:
+    def _gallery(self) -> tuple[Tensor, list[list[str]], list[str]]:
         """Every rank's evaluation items (a DDP collective), each dataset item once, in dataset order:
-        ``(images, caption lists)``, and their names with ``with_names``.
+        ``(images, caption lists, names)``.
 
         Retrieval ranks each query against the whole gallery, so the ranks' shards are merged before
         scoring; the distributed sampler's padding repeats a few items, dropped by their index."""
         images = torch.cat(self._eval["images"]) if self._eval["images"] else torch.zeros(0)
         parts = gather_objects((self._eval["index"], images, self._eval["captions"], self._eval["names"]))
-        self._eval = {"images": [], "captions": [], "index": [], "names": []}
+        self._reset_eval()
         if len(parts) == 1:
-            out = (images, parts[0][2], parts[0][3])
-        else:
-            if any(i is None for index, _, _, _ in parts for i in index):
-                raise ValueError(
-                    "evaluating on several processes needs each evaluation item's dataset index (an 'index' key, "
-                    "as the zoo VLM datasets give): without it the ranks' shards cannot be merged into one gallery"
-                )
-            seen: dict[int, tuple[Tensor, list[str], str]] = {}
-            for index, imgs, caps, names in parts:
-                for j, i in enumerate(index):
-                    seen.setdefault(int(i), (imgs[j], caps[j], names[j]))
-            order = sorted(seen)
-            if not order:
-                out = (images, [], [])
-            else:
-                out = (torch.stack([seen[i][0] for i in order]).to(images), [seen[i][1] for i in order],
-                       [seen[i][2] for i in order])
-        return out if with_names else out[:2]
+            return images, parts[0][2], parts[0][3]
+        if any(i is None for index, _, _, _ in parts for i in index):
+            raise ValueError(
+                "evaluating on several processes needs each evaluation item's dataset index (an 'index' key, "
+                "as the zoo VLM datasets give): without it the ranks' shards cannot be merged into one gallery"
+            )
+        seen: dict[int, tuple[Tensor, list[str], str]] = {}
+        for index, imgs, caps, names in parts:
+            for j, i in enumerate(index):
+                seen.setdefault(int(i), (imgs[j], caps[j], names[j]))
+        order = sorted(seen)
+        if not order:
+            return images, [], []
+        return (torch.stack([seen[i][0] for i in order]).to(images), [seen[i][1] for i in order],
+                [seen[i][2] for i in order])
 
     def _finish(self, stage: str) -> dict[str, Any]:
-        images, captions = self._gallery()
+        images, captions, _ = self._gallery()
         if not captions:
             return {}
         res = evaluate_retrieval(self.model, images, captions, k=self.eval_k, rerank=self.rerank)
@@ -491,7 +492,7 @@ class VLMTask(ZooTask):
         return scalars
 
     def on_validation_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": [], "index": [], "names": []}
+        self._reset_eval()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
@@ -500,18 +501,16 @@ class VLMTask(ZooTask):
         self._finish("val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": [], "index": [], "names": []}
+        self._reset_eval()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._collect(batch)
 
     def on_test_epoch_end(self) -> None:
         scalars = self._finish("test")
-        if self._trainer is None:
+        folder = self._run_dir()  # a DDP collective: every rank computes it
+        if folder is None:
             return
-        from zoo.tasks.callbacks import run_dir
-
-        folder = run_dir(self.trainer)  # a DDP collective: every rank computes it
         if self.trainer.is_global_zero and scalars and not self.trainer.fast_dev_run:  # a fast_dev_run logs nothing
             from zoo.tasks.callbacks import write_json_new
 
@@ -526,14 +525,14 @@ class VLMTask(ZooTask):
                                   "(--trainer.default_root_dir)")
 
     def on_predict_epoch_start(self) -> None:
-        self._eval = {"images": [], "captions": [], "index": [], "names": []}
+        self._reset_eval()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list:
         self._collect(batch)  # retrieval ranks against the whole set: rows are written when the epoch ends
         return []  # no per-batch rows (predictions.jsonl stays unwritten)
 
     def on_predict_epoch_end(self) -> None:
-        images, captions, names = self._gallery(with_names=True)
+        images, captions, names = self._gallery()
         folder = self._run_dir()
         if not captions or folder is None or not self.trainer.is_global_zero:
             return
@@ -541,26 +540,15 @@ class VLMTask(ZooTask):
                               rerank=self.rerank)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "retrieval.jsonl"
-        # every line made before the file exists, and UTF-8 whatever the locale: a row that fails must not leave a
-        # half-written file that the next run into this folder is refused over
+        from zoo.tasks.callbacks import create_new
+
+        # every line made before the file exists, and UTF-8 whatever the locale (create_new: nothing half-written)
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        with open(path, "x", encoding="utf-8") as f:
-            try:
-                f.write(text)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
+        create_new(path, lambda f: f.write(text))
         hits = {d: [r["correct_rank"] == 0 for r in rows if r["query"] == d] for d in ("image", "text")}
         print(f"retrieval of {len(images)} images / {sum(len(c) for c in captions)} captions written to {path} "
               f"(top-1 correct: image->text {100 * sum(hits['image']) / max(len(hits['image']), 1):.1f}%, "
               f"text->image {100 * sum(hits['text']) / max(len(hits['text']), 1):.1f}%)", flush=True)
-
-    def _run_dir(self) -> Any:
-        if self._trainer is None:
-            return None
-        from zoo.tasks.callbacks import run_dir
-
-        return run_dir(self.trainer)
 
     def summary_lines(self) -> list[str]:
         c = self.model.config
