@@ -150,3 +150,14 @@ def test_two_stopped_runs_in_a_row_both_keep_their_logs(load_script, tmp_path):
         "bench.partial.jsonl.prev": [{"header": {"run": 1}}, {"label": "a", "run": {"v": 1}}],
         "bench.partial.jsonl.prev2": [{"header": {"run": 2}}, {"label": "b", "run": {"v": 2}}],
     }
+
+
+def test_bench_generate_times_each_batch_size_on_the_same_completions(load_script, tmp_path):
+    """scripts/bench_generate.py --quick: one row per batch size, every batch size decoding the completions of the
+    first (per-prompt decoding), with the machine it ran on."""
+    load_script("bench_generate").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_generate.json").read_text())
+    assert [r["batch_size"] for r in result["runs"]] == [1, 3]
+    assert all(r["same_completions_as_first_batch_size"] and r["new_tokens_per_s"] > 0 for r in result["runs"])
+    assert result["machine"]["cpu_model"] and result["device"] == "cpu"
+    assert "| lm-diff-tiny |" in (tmp_path / "bench_generate.md").read_text()

@@ -470,3 +470,94 @@ def test_torch_compile_training_forward_is_one_graph_and_matches_eager(attn):
     with pytest.raises(RuntimeError, match=r"token ids must lie in \[0, 50\)"):
         compiled(torch.tensor([[3, 50]]))
     dynamo.reset()
+
+
+def _sharp(model):
+    """Weights x4: at init (std 0.02) the greedy pick hardly depends on the context (the tied embedding of the last
+    token wins), so padding that leaked into attention would go unseen."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
+def _naive_greedy(model, ids, n):
+    """Reference decoding: one prompt alone, no cache, no padding, the whole prefix recomputed each step."""
+    ids = torch.tensor([ids])
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids[0].tolist()
+
+
+@pytest.mark.parametrize("attn,kw", [("diff", {}), ("vanilla", {}), ("diff_v2", {}), ("dint", {}),
+                                     ("gda", {"attn_args": {"signal_ratio": 2}})])
+def test_text_prompts_of_different_lengths_decode_as_one_left_padded_batch(attn, kw):
+    """A list of text prompts runs as left-padded batches (one forward per step for the whole batch), and every
+    completion equals the one its prompt gets decoded alone without a cache or padding."""
+    from zoo.data.tokenizers import ByteTokenizer
+    from zoo.models.lm import completion_text, prompt_ids
+
+    model = _sharp(tiny(attn, vocab_size=259, n_heads=4, **kw))
+    model.tokenizer = tok = ByteTokenizer()
+    prompts = ["ROMEO:", "a", "the quick brown fox", "xy", ""]
+    calls = []
+    hook = model.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape[:2])))
+    got = model.generate(prompts, max_new_tokens=6, temperature=0, eos_id=-1, batch_size=3)  # -1: no stop
+    hook.remove()
+    # sorted by length: ("", "a", "xy") then ("ROMEO:", "the quick brown fox"); each batch pads to its longest
+    assert calls[0] == (3, 2) and calls[6] == (2, len(prompt_ids(tok, "the quick brown fox")))
+    assert len(calls) == 12 and all(c[1] == 1 for c in calls[1:6] + calls[7:])
+    for p, text in zip(prompts, got):
+        ids = prompt_ids(tok, p)
+        assert text == completion_text(tok, ids, _naive_greedy(model, ids, 6)[len(ids):])
+
+
+def test_left_padded_id_batch_with_attention_mask_decodes_each_row_as_alone():
+    """A [B, T] tensor with Hugging Face's attention_mask (left padding) generates each row as its unpadded
+    prompt would; right padding, a wrong shape or values other than 0/1 are named errors."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = _sharp(tiny(n_heads=4, vocab_size=259))
+    rows = [[5, 6, 7, 8, 9], [3, 4], [11]]
+    ids = torch.zeros(3, 5, dtype=torch.long)
+    mask = torch.zeros(3, 5, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, 5 - len(row):] = torch.tensor(row)
+        mask[r, 5 - len(row):] = 1
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=7, temperature=0)
+    for r, row in enumerate(rows):
+        assert out[r, 5:].tolist() == _naive_greedy(model, row, 7)[len(row):]
+    with pytest.raises(ValueError, match=r"rows \[1, 2\] end in padding .*padding_side = 'left'"):
+        model.generate(ids, attention_mask=mask.flip(1), max_new_tokens=2)
+    gap = mask.clone()
+    gap[0, 2] = 0
+    with pytest.raises(ValueError, match=r"rows \[0\] have padding between real tokens"):
+        model.generate(ids, attention_mask=gap, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"prompt's shape \(3, 5\), got \(3, 4\)"):
+        model.generate(ids, attention_mask=mask[:, 1:], max_new_tokens=2)
+    with pytest.raises(ValueError, match="1 for real tokens and 0 for padding"):
+        model.generate(ids, attention_mask=mask * 2, max_new_tokens=2)
+    one = model.generate(ids[0], attention_mask=mask[0], max_new_tokens=3, temperature=0)  # one row: [T] both
+    assert one[0, 5:].tolist() == out[0, 5:8].tolist()
+    model.tokenizer = ByteTokenizer()
+    with pytest.raises(ValueError, match="a list of text prompts is padded by generate itself"):
+        model.generate(["a", "bc"], attention_mask=mask, max_new_tokens=2)
+
+
+def test_batched_text_sampling_draws_what_one_call_per_prompt_draws():
+    """seed=None: each prompt's generator is seeded from torch's global RNG in list order, so a batched list
+    samples what the same prompts sampled one call at a time do after the same torch.manual_seed; batch_size 1
+    agrees, and a batch_size that is no positive integer is named."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny(vocab_size=259)
+    model.tokenizer = ByteTokenizer()
+    prompts = ["to be", "or not", "a", "that is the question"]
+    torch.manual_seed(3)
+    alone = [model.generate(p, max_new_tokens=8, temperature=1.0) for p in prompts]
+    for bs in (16, 1, 3):
+        torch.manual_seed(3)
+        assert model.generate(prompts, max_new_tokens=8, temperature=1.0, batch_size=bs) == alone
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            model.generate(prompts, max_new_tokens=2, batch_size=bad)

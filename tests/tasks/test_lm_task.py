@@ -82,6 +82,17 @@ def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
     assert [r["prompt"] for r in rows] == ["the ", "a "]
     # 5 byte tokens decode to at most 5 characters (invalid UTF-8 bytes become one U+FFFD each)
     assert all(len(r["completion"]) <= 5 for r in rows)
+    # the prompts were decoded as one left-padded batch (data.batch_size of them): one prompt per batch samples
+    # the same completions (the config's seed_everything, each prompt's generator drawn in order)
+    main([
+        "predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
+        "--data.init_args.block_size=32", "--data.init_args.batch_size=1",
+        *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={tmp_path / 'one.jsonl'}",
+        "--predict_writer.echo=false",
+        "--data.init_args.prompts=[\"the \", \"a \"]", "--model.init_args.max_new_tokens=5",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    assert [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()] == rows
 
 
 def test_predict_stopped_part_way_leaves_only_a_partial_file(trained, monkeypatch, tmp_path, corpus):
@@ -93,9 +104,9 @@ def test_predict_stopped_part_way_leaves_only_a_partial_file(trained, monkeypatc
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))
     out = tmp_path / "pred.jsonl"
     args = ["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
-            "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", f"--predict_writer.output={out}",
-            "--predict_writer.echo=false", "--data.init_args.prompts=[\"the \", \"a \"]",
-            "--model.init_args.max_new_tokens=3", f"--trainer.default_root_dir={tmp_path}",
+            "--data.init_args.block_size=32", "--data.init_args.batch_size=1", *SMALL, f"--ckpt_path={ckpt}",
+            f"--predict_writer.output={out}", "--predict_writer.echo=false",
+            "--data.init_args.prompts=[\"the \", \"a \"]", "--model.init_args.max_new_tokens=3", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false"]
     real, calls = DiffTransformerLM.generate, []
 

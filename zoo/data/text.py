@@ -202,7 +202,7 @@ class TextDataModule(L.LightningDataModule):
                 folder containing tokenizer_config.json, e.g. an exported model.
             bpe_vocab_size: Vocabulary size of the trained BPE (only for tokenizer="bpe").
             num_workers: DataLoader worker processes.
-            prompts: Prompts for ``predict`` (one per batch); default ["\\n"].
+            prompts: Prompts for ``predict``, decoded ``batch_size`` at a time (left-padded); default ["\\n"].
         """
         super().__init__()
         check_at_least("data.block_size", block_size, 1)
@@ -340,5 +340,5 @@ class TextDataModule(L.LightningDataModule):
         return make_loader(self._dataset("test"), self.batch_size, False, self.num_workers, self.trainer, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return make_loader(_PromptDataset(self.prompts), 1, False, 0, self.trainer, "predict",
+        return make_loader(_PromptDataset(self.prompts), self.batch_size, False, 0, self.trainer, "predict",
                            advice="give at least one prompt (data.prompts) per process, or predict on fewer devices")

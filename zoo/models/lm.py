@@ -184,11 +184,15 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         top_k: Optional[int] = None,
         eos_id: Optional[Union[int, Sequence[int]]] = None,
         seed: Optional[int] = None,
+        attention_mask: Optional[Tensor] = None,
+        batch_size: int = 16,
     ) -> Union[str, list[str], Tensor]:
         """Sample a continuation with the KV cache.
 
-        ``prompt``: text (needs ``self.tokenizer``), a list of ids, or a ``[B, T]`` id tensor (fed as
-        given). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
+        ``prompt``: text (needs ``self.tokenizer``), a list of texts, a list of ids, or a ``[B, T]`` id tensor
+        (fed as given; rows of different lengths are left-padded, with ``attention_mask`` ``[B, T]`` holding 1 for
+        real tokens and 0 for padding, as Hugging Face's decoder-only ``generate`` takes them; right padding is an
+        error). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
         vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
         ``eos_id``, or any of a list of ids (default: the tokenizer's ``stop_ids``, for every kind of prompt: its
@@ -203,23 +207,23 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         ``<s> $A`` template), or any tokenizer with ``add_bos = True``, keeps its BOS: the model was
         pretrained that way.
 
-        A list of text prompts (any lengths) gives a list of completions, one generation each (as Hugging Face's
-        text-generation pipeline takes a list); with ``seed``, prompt ``i`` samples with ``seed + i``.
+        A list of text prompts (any lengths) gives a list of completions, one per prompt, each the one its own
+        call would give (prompt ``i`` samples with ``seed + i``; with ``seed=None`` each prompt draws its seed from
+        torch's global RNG in list order, as one call each would). They are decoded ``batch_size`` at a time,
+        left-padded, prompts of similar lengths together (Hugging Face's text-generation pipeline batches the same
+        way); ``batch_size=1`` decodes them one by one.
         """
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-            return [self.generate(p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                  eos_id=eos_id, seed=None if seed is None else seed + i) for i, p in enumerate(prompt)]
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "
+                                 "is padded by generate itself")
+            return self._generate_texts(list(prompt), max_new_tokens, temperature, top_k, eos_id, seed, batch_size)
         if isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
             raise ValueError("a list prompt holds text prompts (a list of str) or token ids (ints), not both: "
                              f"got {[type(p).__name__ for p in prompt][:6]}")
         as_text = isinstance(prompt, str)
         if as_text:
-            if self.tokenizer is None:
-                raise ValueError(
-                    "text prompts need a tokenizer and this model has none (trained on token ids, e.g. synthetic "
-                    "recall, or built without one): pass a [batch, T] tensor of token ids, or load the export of a "
-                    "model trained on text"
-                )
+            self._need_tokenizer()
             ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
         elif torch.is_tensor(prompt):
             ids = prompt[None] if prompt.dim() == 1 else prompt
@@ -228,41 +232,112 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         if ids.dim() != 2:
             raise ValueError(
                 f"prompt ids must be one sequence [T] or a [batch, T] tensor, got shape {tuple(ids.shape)}; "
-                "prompts of different lengths need one generate call each"
+                "prompts of different lengths: a list of texts, or a left-padded [batch, T] tensor with attention_mask"
             )
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ValueError(f"prompt tensors hold integer token ids, got dtype {ids.dtype}")
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask)
+            attention_mask = attention_mask[None] if attention_mask.dim() == 1 else attention_mask
+            if as_text:
+                raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor, not a text prompt")
+            attention_mask = check_left_padding(attention_mask, ids)
         check_generation(max_new_tokens, temperature)
-        if eos_id is None and self.tokenizer is not None:  # for token-id prompts too
-            eos_id = getattr(self.tokenizer, "stop_ids", None) or self.tokenizer.eos_id
-        stops = check_stop_ids(eos_id)
+        stops = self._stop_ids(eos_id)
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
-        device = next(self.parameters()).device
-        ids = ids.to(device)
-        total = ids.shape[1] + max_new_tokens
-        if total > self.config.max_seq_len:
+        self._check_room(ids.shape[1], max_new_tokens)
+        gen = self._generator(seed, temperature)
+        result = self._decode(ids, attention_mask, [gen], max_new_tokens, temperature, top_k, stops)
+        if as_text:
+            return completion_text(self.tokenizer, ids[0].tolist(), result[0, ids.shape[1] :].tolist())
+        return result
+
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
             raise ValueError(
-                f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                "text prompts need a tokenizer and this model has none (trained on token ids, e.g. synthetic "
+                "recall, or built without one): pass a [batch, T] tensor of token ids, or load the export of a "
+                "model trained on text"
+            )
+
+    def _stop_ids(self, eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
+        if eos_id is None and self.tokenizer is not None:  # for token-id prompts too
+            eos_id = getattr(self.tokenizer, "stop_ids", None) or self.tokenizer.eos_id
+        return check_stop_ids(eos_id)
+
+    def _check_room(self, prompt_len: int, max_new_tokens: int, which: str = "prompt") -> None:
+        if prompt_len + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"{which} ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
                 f"{self.config.max_seq_len}"
             )
-        gen = torch.Generator(device=device)
-        # seed=None: a seed from torch's global RNG, so torch.manual_seed / seed_everything reproduce a sample;
-        # greedy decoding draws nothing (the global stream, e.g. a training run's, stays where it was)
-        if seed is not None:
-            gen.manual_seed(seed)
-        elif temperature > 0:
-            gen.manual_seed(int(torch.randint(2**62, ()).item()))
+
+    def _generator(self, seed: Optional[int], temperature: float) -> Optional[torch.Generator]:
+        """The sampling generator: ``seed``'s; without one a seed drawn from torch's global RNG, so
+        torch.manual_seed / seed_everything reproduce a sample; greedy decoding draws nothing (the global stream,
+        e.g. a training run's, stays where it was)."""
+        if temperature <= 0 and seed is None:
+            return None
+        gen = torch.Generator(device=next(self.parameters()).device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        return gen
+
+    def _generate_texts(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: Optional[int],
+                        eos_id: Any, seed: Optional[int], batch_size: int) -> list[str]:
+        """One completion per text prompt, decoded ``batch_size`` at a time with left padding (see generate)."""
+        self._need_tokenizer()
+        check_generation(max_new_tokens, temperature)
+        check_top_k(top_k)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        stops = self._stop_ids(eos_id)
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
+        for i, ids in enumerate(encoded):
+            self._check_room(len(ids), max_new_tokens, which=f"prompt {i}")
+        # every generator before any decoding, in list order: what one call per prompt would draw
+        gens = [self._generator(None if seed is None else seed + i, temperature) for i in range(len(prompts))]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths pad least
+        pad = 0  # any id of the vocabulary: padded positions are masked out (an eos_id may be -1, "never")
+        out: list[str] = [""] * len(prompts)
+        for s in range(0, len(order), int(batch_size)):
+            chunk = order[s : s + int(batch_size)]
+            width = max(len(encoded[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
+                mask[row, width - len(encoded[i]) :] = 1
+            result = self._decode(ids, mask, [gens[i] for i in chunk], max_new_tokens, temperature, top_k, stops)
+            for row, i in enumerate(chunk):
+                new = result[row, width:].tolist()
+                ends = [j for j, t in enumerate(new) if t in stops]
+                out[i] = completion_text(self.tokenizer, encoded[i], new[: ends[0] + 1] if ends else new)
+        return out
+
+    def _decode(self, ids: Tensor, attention_mask: Optional[Tensor], gens: list[Optional[torch.Generator]],
+                max_new_tokens: int, temperature: float, top_k: Optional[int], stops: list[int]) -> Tensor:
+        """The KV-cache decoding loop over a ``[B, T]`` batch. ``gens``: one generator for the whole batch, or
+        one per row (each row then samples as it would alone)."""
+        device = next(self.parameters()).device
+        ids = ids.to(device)
+        B = ids.shape[0]
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: the unmasked (faster) attention path
+        mask = attention_mask.to(device) if attention_mask is not None else None
         with eval_mode(self):  # an error part-way (e.g. interrupted) leaves the model in the mode it had
-            caches = self.new_caches(total)
+            caches = self.new_caches(ids.shape[1] + max_new_tokens)
             # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
             n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
-            logits = self(ids, caches=caches)[:, -1, :n_tok]
+            logits = self(ids, attention_mask=mask, caches=caches)[:, -1, :n_tok]
             out = [ids]
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+            done = torch.zeros(B, dtype=torch.bool, device=device)
             stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
             for step in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_k, gen)
+                if len(gens) == 1 or temperature <= 0:
+                    nxt = sample_next(logits, temperature, top_k, gens[0])
+                else:
+                    nxt = torch.cat([sample_next(logits[r : r + 1], temperature, top_k, gens[r]) for r in range(B)])
                 if stops:
                     nxt = nxt.masked_fill(done[:, None], stops[0])  # a finished row keeps its end (eos), as padding
                 out.append(nxt)
@@ -271,11 +346,10 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
                     if bool(done.all()):
                         break
                 if step + 1 < max_new_tokens:  # the last token is never fed back: no forward for it
-                    logits = self(nxt, caches=caches)[:, -1, :n_tok]
-        result = torch.cat(out, dim=1)
-        if as_text:
-            return completion_text(self.tokenizer, ids[0].tolist(), result[0, ids.shape[1] :].tolist())
-        return result
+                    if mask is not None:
+                        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+                    logits = self(nxt, attention_mask=mask, caches=caches)[:, -1, :n_tok]
+        return torch.cat(out, dim=1)
 
 
 def completion_text(tokenizer: Any, prompt: list[int], new: list[int]) -> str:
@@ -315,6 +389,29 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
         return tokenizer.encode(text, add_bos=True)
     ids = tokenizer.encode(text)
     return ids if ids else [tokenizer.eos_id]
+
+
+def check_left_padding(attention_mask: Any, ids: Tensor) -> Tensor:
+    """``attention_mask`` of a ``[B, T]`` prompt batch as a long 0/1 tensor, checked: ids' shape, 0/1 values, and
+    left padding (a row's zeros all before its first real token, as decoder-only generation needs: the next token
+    follows the last position)."""
+    mask = torch.as_tensor(attention_mask)
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
+    if mask.is_floating_point() or mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask holds 1 for real tokens and 0 for padding (integers or bools)")
+    mask = mask.long()
+    if mask.shape[1] and not bool(mask[:, -1].all()):
+        rows = (mask[:, -1] == 0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask rows {rows[:8]} end in padding (right padding, or a row of padding only); decoder-only "
+            "generation continues from the last position: pad on the left (Hugging Face: "
+            "tokenizer.padding_side = 'left')"
+        )
+    if mask.shape[1] > 1 and bool((mask[:, 1:] < mask[:, :-1]).any()):
+        rows = (mask[:, 1:] < mask[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"attention_mask rows {rows[:8]} have padding between real tokens; pad on the left only")
+    return mask
 
 
 def check_generation(max_new_tokens: int, temperature: float) -> None:

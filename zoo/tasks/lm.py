@@ -291,13 +291,10 @@ class LanguageModelTask(ZooTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         hp = self.hparams
-        out = []
-        for prompt in batch["prompt"]:
-            text = self.model.generate(
-                prompt, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_k=hp.top_k
-            )
-            out.append({"prompt": prompt, "completion": text})
-        return out
+        prompts = list(batch["prompt"])  # one left-padded generation for the batch (data.batch_size prompts)
+        texts = self.model.generate(prompts, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
+                                    top_k=hp.top_k, batch_size=len(prompts))
+        return [{"prompt": p, "completion": t} for p, t in zip(prompts, texts)]
 
     def summary_lines(self) -> list[str]:
         c = self.model.config
