@@ -67,7 +67,7 @@ def test_occupied_export_folder_is_refused_before_training(tmp_path, monkeypatch
 
 
 def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, monkeypatch):
-    """With --ckpt_path, top_k / temperature / max_new_tokens the user gives (null too) beat the
+    """With --ckpt_path, top_k / top_p / temperature / max_new_tokens the user gives (null too) beat the
     checkpoint's; the ones left at their defaults take the checkpoint's stored values."""
     import torch
 
@@ -80,17 +80,17 @@ def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, mon
               "--data.init_args.block_size=16", "--data.init_args.batch_size=4",
               "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 256}",
               "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
-    main(["fit", *common, "--model.init_args.top_k=7", "--model.init_args.temperature=0.3",
+    main(["fit", *common, "--model.init_args.top_k=7", "--model.init_args.temperature=0.3", "--model.init_args.top_p=0.9",
           "--model.init_args.max_new_tokens=3", "--trainer.max_steps=1", "--trainer.val_check_interval=1",
           "--trainer.limit_val_batches=1",
           "--export.enabled=false", f"--trainer.default_root_dir={tmp_path / 'fit'}"])
     ckpt = next((tmp_path / "fit").rglob("*.ckpt"))
     stored = torch.load(ckpt, weights_only=False)["hyper_parameters"]
-    assert (stored["top_k"], stored["temperature"], stored["max_new_tokens"]) == (7, 0.3, 3)
+    assert (stored["top_k"], stored["temperature"], stored["max_new_tokens"], stored["top_p"]) == (7, 0.3, 3, 0.9)
 
     seen = []
     monkeypatch.setattr(LanguageModelTask, "predict_step", lambda self, batch, i: seen.append(
-        (self.hparams.top_k, self.hparams.temperature, self.hparams.max_new_tokens)) or [])
+        (self.hparams.top_k, self.hparams.temperature, self.hparams.max_new_tokens, self.hparams.top_p)) or [])
 
     def predict(i, *extra):
         main(["predict", *common, f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path / str(i)}",
@@ -98,9 +98,10 @@ def test_inference_settings_given_with_ckpt_path_win_null_included(tmp_path, mon
         return seen[-1]
 
     # the YAML gives max_new_tokens: 200 (a config file counts as given); top_k and temperature it leaves
-    assert predict(0, "--model.init_args.top_k=null") == (None, 0.3, 200)
-    assert predict(1, "--model.init_args.top_k=0", "--model.init_args.temperature=1.5") == (0, 1.5, 200)
-    assert predict(2) == (7, 0.3, 200)  # top_k, temperature not given: the checkpoint's values
+    assert predict(0, "--model.init_args.top_k=null") == (None, 0.3, 200, 0.9)
+    assert predict(1, "--model.init_args.top_k=0", "--model.init_args.temperature=1.5",
+                   "--model.init_args.top_p=null") == (0, 1.5, 200, None)
+    assert predict(2) == (7, 0.3, 200, 0.9)  # top_k, temperature, top_p not given: the checkpoint's values
 
 
 def test_fit_summary_names_the_export_folder(tmp_path, monkeypatch, capsys):

@@ -241,6 +241,53 @@ def test_top_k_zero_or_none_samples_the_whole_vocabulary():
         LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, top_k=-5)
 
 
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, 0.9), (0.7, None, 0.5), (1.3, 20, 0.8),
+                                                       (1.0, 5, 0.99), (2.0, None, 0.0), (1.0, None, 1.0)])
+def test_top_k_and_top_p_filtering_match_transformers_warpers(temperature, top_k, top_p):
+    """filter_logits keeps the tokens Hugging Face's TemperatureLogitsWarper -> TopKLogitsWarper ->
+    TopPLogitsWarper chain keeps (its order in generate), with the same scaled logits."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from zoo.models.lm import filter_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 3
+    ref = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        ref = TopKLogitsWarper(top_k)(None, ref)
+    if top_p < 1.0:
+        ref = TopPLogitsWarper(top_p)(None, ref)
+    got = filter_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    assert torch.allclose(got[~torch.isinf(got)], ref[~torch.isinf(ref)])
+    assert 0 < int((~torch.isinf(got)).sum(-1).min())
+
+
+def test_generate_samples_only_from_the_nucleus_and_checks_top_p():
+    """generate(top_p=...) draws every token from the nucleus of the model's own next-token distribution; top_p 0
+    keeps the likeliest token (greedy); values outside [0, 1] are named, in generate and the task's config."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    probs = torch.softmax(model(prompt)[0, -1].float() / 0.1, dim=-1)  # temperature 0.1: a peaked distribution
+    order = probs.argsort(descending=True)
+    n_keep = int((probs[order].cumsum(0) - probs[order] < 0.6).sum())
+    nucleus = set(order[:n_keep].tolist())
+    assert 1 < n_keep < 50
+    drawn = {model.generate(prompt, max_new_tokens=1, temperature=0.1, top_p=0.6, seed=s)[0, -1].item()
+             for s in range(40)}
+    assert drawn <= nucleus and len(drawn) > 1
+    greedy = model.generate(prompt, max_new_tokens=5, temperature=0)
+    assert torch.equal(model.generate(prompt, max_new_tokens=5, temperature=1.0, top_p=0.0, seed=3), greedy)
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match=r"top_p must be a number in \[0, 1\]"):
+            model.generate(prompt, max_new_tokens=1, top_p=bad)
+    from zoo.tasks import LanguageModelTask
+
+    with pytest.raises(ValueError, match="top_p must be a number"):
+        LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, top_p=2)
+
+
 def test_generate_stops_every_row_at_eos_and_pads_finished_rows():
     """Token-id prompts stop at the tokenizer's eos too; a row that ended keeps eos while the others go on."""
     torch.manual_seed(0)

@@ -186,6 +186,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         seed: Optional[int] = None,
         attention_mask: Optional[Tensor] = None,
         batch_size: int = 16,
+        top_p: Optional[float] = None,
     ) -> Union[str, list[str], Tensor]:
         """Sample a continuation with the KV cache.
 
@@ -193,7 +194,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         (fed as given; rows of different lengths are left-padded, with ``attention_mask`` ``[B, T]`` holding 1 for
         real tokens and 0 for padding, as Hugging Face's decoder-only ``generate`` takes them; right padding is an
         error). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
-        vocabulary (Hugging Face's convention), a negative ``top_k`` is an error. Returns text for a
+        vocabulary (Hugging Face's convention), a negative ``top_k`` is an error; ``top_p`` (in [0, 1]) samples from
+        the most likely tokens whose probability reaches it (nucleus sampling, after top-k, as Hugging Face). Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
         ``eos_id``, or any of a list of ids (default: the tokenizer's ``stop_ids``, for every kind of prompt: its
         eos, plus the other eos ids a converted model's config lists, as Llama 3's); a sequence that ended
@@ -217,7 +219,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "
                                  "is padded by generate itself")
-            return self._generate_texts(list(prompt), max_new_tokens, temperature, top_k, eos_id, seed, batch_size)
+            return self._generate_texts(list(prompt), max_new_tokens, temperature, top_k, top_p, eos_id, seed,
+                                        batch_size)
         if isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
             raise ValueError("a list prompt holds text prompts (a list of str) or token ids (ints), not both: "
                              f"got {[type(p).__name__ for p in prompt][:6]}")
@@ -248,7 +251,7 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
         self._check_room(ids.shape[1], max_new_tokens)
         gen = self._generator(seed, temperature)
-        result = self._decode(ids, attention_mask, [gen], max_new_tokens, temperature, top_k, stops)
+        result = self._decode(ids, attention_mask, [gen], max_new_tokens, temperature, top_k, top_p, stops)
         if as_text:
             return completion_text(self.tokenizer, ids[0].tolist(), result[0, ids.shape[1] :].tolist())
         return result
@@ -284,11 +287,12 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         return gen
 
     def _generate_texts(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: Optional[int],
-                        eos_id: Any, seed: Optional[int], batch_size: int) -> list[str]:
+                        top_p: Optional[float], eos_id: Any, seed: Optional[int], batch_size: int) -> list[str]:
         """One completion per text prompt, decoded ``batch_size`` at a time with left padding (see generate)."""
         self._need_tokenizer()
         check_generation(max_new_tokens, temperature)
         check_top_k(top_k)
+        check_top_p(top_p)
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         stops = self._stop_ids(eos_id)
@@ -308,7 +312,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             for row, i in enumerate(chunk):
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i], dtype=torch.long)
                 mask[row, width - len(encoded[i]) :] = 1
-            result = self._decode(ids, mask, [gens[i] for i in chunk], max_new_tokens, temperature, top_k, stops)
+            result = self._decode(ids, mask, [gens[i] for i in chunk], max_new_tokens, temperature, top_k, top_p,
+                                  stops)
             for row, i in enumerate(chunk):
                 new = result[row, width:].tolist()
                 ends = [j for j, t in enumerate(new) if t in stops]
@@ -316,7 +321,8 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
         return out
 
     def _decode(self, ids: Tensor, attention_mask: Optional[Tensor], gens: list[Optional[torch.Generator]],
-                max_new_tokens: int, temperature: float, top_k: Optional[int], stops: list[int]) -> Tensor:
+                max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
+                stops: list[int]) -> Tensor:
         """The KV-cache decoding loop over a ``[B, T]`` batch. ``gens``: one generator for the whole batch, or
         one per row (each row then samples as it would alone)."""
         device = next(self.parameters()).device
@@ -335,9 +341,10 @@ class DiffTransformerLM(TokenizerAssets, nn.Module):
             stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
             for step in range(max_new_tokens):
                 if len(gens) == 1 or temperature <= 0:
-                    nxt = sample_next(logits, temperature, top_k, gens[0])
+                    nxt = sample_next(logits, temperature, top_k, gens[0], top_p)
                 else:
-                    nxt = torch.cat([sample_next(logits[r : r + 1], temperature, top_k, gens[r]) for r in range(B)])
+                    nxt = torch.cat([sample_next(logits[r : r + 1], temperature, top_k, gens[r], top_p)
+                                     for r in range(B)])
                 if stops:
                     nxt = nxt.masked_fill(done[:, None], stops[0])  # a finished row keeps its end (eos), as padding
                 out.append(nxt)
@@ -442,18 +449,45 @@ def check_top_k(top_k: Optional[int]) -> None:
         )
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: torch.Generator) -> Tensor:
-    """Pick the next token ``[B, 1]`` from last-position logits ``[B, V]``.
+def check_top_p(top_p: Optional[float]) -> None:
+    """``top_p`` must be None (no nucleus filtering) or a number in [0, 1] (Hugging Face's range; 1 keeps every token,
+    0 only the most likely one)."""
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 <= top_p <= 1):
+        raise ValueError(f"top_p must be a number in [0, 1] (nucleus sampling), or null for none; got {top_p!r}")
 
-    ``top_k`` ``None`` or ``0`` keeps the whole vocabulary (as Hugging Face's ``generate``); a
-    ``top_k`` at least the vocabulary size does too.
-    """
+
+def filter_logits(logits: Tensor, temperature: float, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None) -> Tensor:
+    """Float32 logits ``[B, V]`` divided by ``temperature`` (> 0), with the tokens that top-k and then top-p
+    (nucleus) filtering drop set to -inf: Hugging Face's sampling order (temperature, top-k, top-p). Top-p keeps
+    the most likely tokens until their probability reaches ``top_p``, the most likely one always."""
     check_top_k(top_k)
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
+    check_top_p(top_p)
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        ordered, idx = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(ordered, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # the mass of the likelier tokens
+        drop = before >= top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: Optional[torch.Generator],
+                top_p: Optional[float] = None) -> Tensor:
+    """Pick the next token ``[B, 1]`` from last-position logits ``[B, V]``: argmax at ``temperature`` 0, else a
+    draw from :func:`filter_logits`' distribution.
+
+    ``top_k`` ``None`` or ``0`` keeps the whole vocabulary (as Hugging Face's ``generate``); a
+    ``top_k`` at least the vocabulary size does too; ``top_p`` ``None`` or 1 as well.
+    """
+    check_top_k(top_k)
+    check_top_p(top_p)
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=gen)

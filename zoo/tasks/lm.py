@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.hub import _class_path, create_model, read_export_config, resolve_pretrained
-from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k
+from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k, check_top_p
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
 from zoo.tasks.base import Float64Metric, ZooTask
@@ -52,8 +52,9 @@ class LanguageModelTask(ZooTask):
             :func:`zoo.nn.adapters.apply_adapter`). The base is frozen; only adapter weights train, and
             ``export`` writes the base plus ``adapter.safetensors`` / ``adapter_config.json``
             (``zoo.load_pretrained(folder)`` applies it; ``adapter=False`` gives the base).
-        max_new_tokens, temperature, top_k: generation settings for ``predict``; ``top_k`` null or 0
-            samples from the whole vocabulary (Hugging Face's convention), negative is an error.
+        max_new_tokens, temperature, top_k, top_p: generation settings for ``predict``; ``top_k`` null or 0
+            samples from the whole vocabulary (Hugging Face's convention), negative is an error; ``top_p`` in
+            [0, 1] samples from the nucleus (the likeliest tokens holding that probability), null for none.
         lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio: see :class:`ZooTask`.
     """
 
@@ -68,6 +69,7 @@ class LanguageModelTask(ZooTask):
         max_new_tokens: int = 200,
         temperature: float = 0.8,
         top_k: Optional[int] = 50,
+        top_p: Optional[float] = None,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -77,6 +79,7 @@ class LanguageModelTask(ZooTask):
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
         check_top_k(top_k)  # at config time, not after a whole fit
+        check_top_p(top_p)
         check_generation(max_new_tokens, temperature)
         self.save_hyperparameters()
         self.arch = arch
@@ -293,7 +296,7 @@ class LanguageModelTask(ZooTask):
         hp = self.hparams
         prompts = list(batch["prompt"])  # one left-padded generation for the batch (data.batch_size prompts)
         texts = self.model.generate(prompts, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
-                                    top_k=hp.top_k, batch_size=len(prompts))
+                                    top_k=hp.top_k, top_p=hp.get("top_p"), batch_size=len(prompts))
         return [{"prompt": p, "completion": t} for p, t in zip(prompts, texts)]
 
     def summary_lines(self) -> list[str]:
