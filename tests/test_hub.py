@@ -330,3 +330,34 @@ def test_a_misspelt_model_name_suggests_the_registered_one():
         zoo.create_model("lm-diff-tinyy")
     with pytest.raises(ValueError, match=r"Similar: \['vlm-fda-tiny'"):
         zoo.create_model("vlm-fda-tiy")
+
+
+def test_hugging_face_save_pretrained_and_from_pretrained(tmp_path):
+    """model.save_pretrained(folder) / ModelClass.from_pretrained(folder_or_name), as Hugging Face users call them:
+    the same export (tokenizer included) that reads back to the same outputs; a loaded model saved again keeps its
+    registered name; a non-empty folder is refused; a class asked for another kind of model is named."""
+    from zoo.data.tokenizers import ByteTokenizer
+    from zoo.models.lm import DiffTransformerLM
+    from zoo.models.str import SceneTextRecognizer
+    from zoo.models.ts import Forecaster
+    from zoo.models.vlm import VisionLanguageModel
+
+    torch.manual_seed(0)
+    m = zoo.create_model("lm-diff-tiny", dim=32, n_layers=2, n_heads=2, vocab_size=259).eval()
+    m.tokenizer = ByteTokenizer()
+    folder = m.save_pretrained(tmp_path / "a", arch="lm-diff-tiny")
+    loaded = DiffTransformerLM.from_pretrained(folder)
+    x = torch.randint(0, 259, (2, 7))
+    assert torch.equal(m(x), loaded(x)) and not loaded.training
+    assert loaded.tokenizer.encode("hi") == m.tokenizer.encode("hi")
+    loaded.save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["arch"] == "lm-diff-tiny"
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        m.save_pretrained(tmp_path / "a")
+    with pytest.raises(TypeError, match=r"holds a zoo\.models\.lm\.DiffTransformerLM, not a SceneTextRecognizer"):
+        SceneTextRecognizer.from_pretrained(folder)
+    for cls, name in ((SceneTextRecognizer, "str-diff-tiny"), (Forecaster, "ts-itransformer-diff-etth1"),
+                      (VisionLanguageModel, "vlm-fda-tiny")):
+        got, ref = cls.from_pretrained(name), load_pretrained(name)
+        assert isinstance(got, cls) and type(got) is type(ref) and got.state_dict().keys() == ref.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), ref.state_dict().values()))

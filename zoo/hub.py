@@ -5,6 +5,8 @@
 * ``export_model(model, folder)`` writes ``config.json`` + ``model.safetensors`` + the model's
   assets (tokenizer, scaler statistics, charset...); ``load_pretrained(folder_or_name)`` reads it
   back. Named weights shipped inside the package live under ``zoo/pretrained/<name>/``.
+* Every model class also has Hugging Face's ``model.save_pretrained(folder)`` and
+  ``ModelClass.from_pretrained(folder_or_name)`` (:class:`PretrainedMixin`), the same two calls.
 
 A zoo model class has a ``family`` string, a ``config_class`` dataclass, a ``config`` instance,
 ``from_config(dict)``, and optionally ``save_assets(folder)`` / ``load_assets(folder)`` and a set
@@ -474,6 +476,29 @@ def export_model(
         for name in written:
             os.replace(stage / name, folder / name)
     return folder
+
+
+class PretrainedMixin:
+    """Hugging Face's ``save_pretrained`` / ``from_pretrained`` on a zoo model class: the same folder as
+    :func:`export_model` / :func:`load_pretrained` write and read."""
+
+    def save_pretrained(self, folder: Union[str, Path], *, overwrite: bool = False, arch: Optional[str] = None) -> Path:
+        """:func:`export_model` to ``folder`` (a non-empty one only with ``overwrite=True``). A model read with
+        ``load_pretrained`` / ``from_pretrained`` keeps its registered name and its export's notes (e.g. where a
+        converted model came from) unless ``arch`` names another."""
+        meta = getattr(self, "pretrained_meta", None) or {}
+        extra = {k: v for k, v in (meta.get("extra") or {}).items() if k != "adapter"}  # export_model adds it back
+        return export_model(self, folder, arch=arch or meta.get("arch"), extra=extra, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Union[str, Path], **kwargs: Any) -> nn.Module:
+        """:func:`load_pretrained` (same arguments), refusing a folder that holds another kind of model."""
+        folder = resolve_pretrained(name_or_path)
+        held = read_export_config(folder)["model_class"]
+        if held != _class_path(cls) and not issubclass(_import_class(held), cls):
+            raise TypeError(f"{name_or_path} holds a {held}, not a {cls.__name__}; zoo.load_pretrained({str(name_or_path)!r}) "
+                            "loads it as what it is")
+        return load_pretrained(folder, **kwargs)
 
 
 def _remove_previous_export(folder: Path, new_names: set[str]) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets, check_token_ids
-from zoo.hub import check_positive_ints, config_from, register_model
+from zoo.hub import PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
 
@@ -72,7 +72,7 @@ class EncoderLayer(nn.Module):
         return self.mlp_norm(x + self.mlp(x))
 
 
-class TextEncoder(TokenizerAssets, nn.Module):
+class TextEncoder(PretrainedMixin, TokenizerAssets, nn.Module):
     """Bidirectional text encoder: ``forward(input_ids, attention_mask, token_type_ids) -> [B, T, dim]``.
 
     ``pool(hidden)`` gives BERT's pooler output (tanh of a linear map of the first token) when the

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets, check_token_ids
-from zoo.hub import check_positive_ints, config_from
+from zoo.hub import PretrainedMixin, check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 from zoo.nn.modes import eval_mode
 
@@ -98,7 +98,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class DiffTransformerLM(TokenizerAssets, nn.Module):
+class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
     """Decoder-only LM. ``forward(input_ids) -> logits``; ``generate`` decodes with a KV cache.
 
     A loaded model carries its tokenizer (``model.tokenizer``) so ``generate`` accepts text.

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.charsets import CHARSETS, Charset, check_charset
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
 from zoo.nn.modes import eval_mode
@@ -191,7 +191,7 @@ def sincos_2d(h: int, w: int, dim: int) -> Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-class SceneTextRecognizer(nn.Module):
+class SceneTextRecognizer(PretrainedMixin, nn.Module):
     """PARSeq-style recognizer with a (differential) cross-attention decoder; see the module docstring."""
 
     family = "str"

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 from zoo.nn.modes import eval_mode
@@ -152,7 +152,7 @@ def revin_stats(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
-class Forecaster(nn.Module):
+class Forecaster(PretrainedMixin, nn.Module):
     """Shared parts: config handling, RevIN, assets, and the pandas-level :meth:`forecast`."""
 
     family = "ts"

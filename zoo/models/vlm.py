@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, check_positive_ints, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.nn import GeluMlp, build_attention
 from zoo.nn.fda import DIRECTIONS, FDACrossAttention
@@ -147,7 +147,7 @@ class FusionLayer(nn.Module):
         return self.norm3(x + self.mlp(x))
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(PretrainedMixin, nn.Module):
     """ALBEF-style image-text model (ITC + ITM) with optional FDA; see the module docstring."""
 
     family = "vlm"
