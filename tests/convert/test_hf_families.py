@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402  (a dev dependency)
 
 from zoo.convert import convert_hf, from_hf, from_hf_bert, from_hf_llama, to_hf_bert, to_hf_llama  # noqa: E402
+from zoo.models.lm import DiffTransformerLM  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
@@ -272,3 +273,77 @@ def test_from_hf_names_unknown_families(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="falcon.*supported.*qwen2"):
         convert_hf(folder, tmp_path / "out")
+
+
+GENERATE_FAMILIES = [  # the families above; Mistral without a sliding window (it would cap the context)
+    ("LlamaForCausalLM", {"attention_bias": True}),
+    ("MistralForCausalLM", {"sliding_window": None}),
+    ("Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+]
+
+
+def _hf_greedy(hf, ids, mask, new, pad_id=0):
+    """transformers' greedy ``generate`` of a left-padded batch, never stopping early (no eos), with the smallest
+    gap between the two likeliest tokens along its path: a near-tie would make the comparison a coin toss."""
+    hf.generation_config.eos_token_id = None  # the config's eos (Llama: 2) would end rows early
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=pad_id,
+                          eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    assert out.sequences.shape == (ids.shape[0], ids.shape[1] + new)  # every row ran its max_new_tokens
+    top2 = torch.stack(out.logits, 1).topk(2, dim=-1).values
+    return out.sequences, float((top2[..., 0] - top2[..., 1]).min())
+
+
+@pytest.mark.parametrize("cls_name, over", GENERATE_FAMILIES)
+def test_left_padded_greedy_generate_matches_transformers(tmp_path, monkeypatch, cls_name, over):
+    """Greedy ``generate`` of a left-padded [3, T] batch with ``attention_mask`` (prompts of 9, 5 and 2 tokens) gives
+    transformers' own ``generate`` tokens, row by row. transformers counts positions from each row's first real token
+    and zoo from the padded start: RoPE only sees relative positions, so the tokens must agree exactly. Weights at
+    init std 0.2 (not 0.02) keep greedy choices clear of near-ties (checked); the same decoding with the mask
+    dropped gives other tokens, so the comparison does see the padding."""
+    hf, folder = _decoder(tmp_path, cls_name, initializer_range=0.2, **over)
+    ours = from_hf_llama(folder)
+    T, new = 9, 8
+    ids = torch.zeros(3, T, dtype=torch.long)  # pad id 0: a vocabulary id, masked out
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for row, n in enumerate([9, 5, 2]):
+        ids[row, T - n:] = torch.randint(3, 97, (n,))
+        mask[row, T - n:] = 1
+    ref, gap = _hf_greedy(hf, ids, mask, new)
+    assert gap > 1e-3  # far above the float32 difference of the logits (~1e-5)
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=new, temperature=0, eos_id=-1)
+    assert torch.equal(got[:, :T], ids)
+    assert got[:, T:].tolist() == ref[:, T:].tolist()
+
+    forward = DiffTransformerLM.forward
+
+    def maskless(self, input_ids, attention_mask=None, caches=None):
+        return forward(self, input_ids, None, caches)
+
+    with monkeypatch.context() as m:  # the padding ignored: the padded rows go elsewhere
+        m.setattr(DiffTransformerLM, "forward", maskless)
+        blind = ours.generate(ids, attention_mask=mask, max_new_tokens=new, temperature=0, eos_id=-1)
+    assert blind[0].tolist() == got[0].tolist() and blind[1:].tolist() != got[1:].tolist()
+
+
+def test_batched_text_prompts_generate_as_transformers(tmp_path):
+    """A list of text prompts, decoded ``batch_size=2`` at a time (zoo sorts them by length: the two shortest, then
+    the longest), gives the completions of transformers' tokenizer (left padding) + greedy ``generate`` of all three
+    in one batch + the text-generation pipeline's cut (the decoded prompt taken off the decoded whole), in the
+    prompts' order."""
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM", initializer_range=0.2)
+    _word_tokenizer(folder)
+    ours = from_hf_llama(folder)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<s>",
+                                               eos_token="</s>", pad_token="<unk>", padding_side="left")
+    texts = ["w5 w17 w96 w3 w40 w41", "w8", "w70 w71 w9"]
+    enc = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    assert enc["attention_mask"].sum(1).tolist() == [6, 1, 3]
+    ref, gap = _hf_greedy(hf, enc["input_ids"], enc["attention_mask"], 8, pad_id=tok.pad_token_id)
+    assert gap > 1e-3
+    width = enc["input_ids"].shape[1]
+    expected = []
+    for row in range(3):
+        prompt = enc["input_ids"][row, width - int(enc["attention_mask"][row].sum()):].tolist()
+        expected.append(tok.decode(prompt + ref[row, width:].tolist())[len(tok.decode(prompt)):])
+    assert ours.generate(texts, max_new_tokens=8, temperature=0, eos_id=-1, batch_size=2) == expected
