@@ -608,3 +608,52 @@ def test_batched_text_sampling_draws_what_one_call_per_prompt_draws():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             model.generate(prompts, max_new_tokens=2, batch_size=bad)
+
+
+def test_batched_text_prompts_stop_as_alone_when_the_first_stop_id_is_no_token():
+    """A row that stops before the others is filled with the first stop id; with a stop list led by no token of the
+    vocabulary (-1, "never", or an id past it) that fill was fed back to the model: a token-id error part-way,
+    where every prompt decoded alone stops cleanly."""
+    from zoo.data.tokenizers import ByteTokenizer
+    from zoo.models.lm import prompt_ids
+
+    model = _sharp(tiny(n_heads=4, vocab_size=259))
+    model.tokenizer = tok = ByteTokenizer()
+    prompts = ["hello there", "a", "", "the quick brown fox", "xy"]
+    firsts = [model.generate(torch.tensor(prompt_ids(tok, p)), max_new_tokens=1, temperature=0, eos_id=-1)[0, -1].item()
+              for p in prompts]
+    stop = firsts[1]  # "a" stops at its first token
+    assert any(f != stop for f in firsts)  # and a row of its batch goes on
+    for eos in ([-1, stop], [259, stop]):
+        alone = [model.generate(p, max_new_tokens=6, temperature=0, eos_id=eos) for p in prompts]
+        for bs in (16, 2):
+            assert model.generate(prompts, max_new_tokens=6, temperature=0, eos_id=eos, batch_size=bs) == alone
+    ids = torch.tensor([prompt_ids(tok, "a") * 2, prompt_ids(tok, "xy")])
+    out = model.generate(ids, max_new_tokens=4, temperature=0, eos_id=[-1, stop])
+    assert out[0, 2:].tolist() == [stop, -1, -1, -1]  # a finished row reads the first stop id, as documented
+
+
+def test_generate_checks_top_k_and_top_p_for_every_kind_of_prompt():
+    """A list of texts named a bad top_p / top_k even with max_new_tokens=0; a text or an id prompt returned
+    without a word (the check sat in the sampling step, which never ran)."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny(vocab_size=259)
+    model.tokenizer = ByteTokenizer()
+    for prompt in ("ab", ["ab", "c"], [5, 6], torch.tensor([[5, 6]])):
+        with pytest.raises(ValueError, match=r"top_p must be a number in \[0, 1\]"):
+            model.generate(prompt, max_new_tokens=0, top_p=1.5)
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            model.generate(prompt, max_new_tokens=0, top_k=-2)
+
+
+def test_a_float_attention_mask_is_refused_naming_its_dtype():
+    """torch.ones(B, T) is float: the mask holds 1 and 0 all right, so the error must say that its dtype is
+    what is wrong."""
+    model = tiny()
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="integers or bools.*got dtype torch.float32"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"1 for real tokens and 0 for padding.*got values \[2\]"):
+        model.generate(ids, attention_mask=mask.long() * 2, max_new_tokens=2)

@@ -246,6 +246,8 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor, not a text prompt")
             attention_mask = check_left_padding(attention_mask, ids)
         check_generation(max_new_tokens, temperature)
+        check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
+        check_top_p(top_p)
         stops = self._stop_ids(eos_id)
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
@@ -355,7 +357,10 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
                 if step + 1 < max_new_tokens:  # the last token is never fed back: no forward for it
                     if mask is not None:
                         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-                    logits = self(nxt, attention_mask=mask, caches=caches)[:, -1, :n_tok]
+                    # a finished row is fed any token (its outputs are the fill from here on): the fill, the first stop
+                    # id, may be none of the vocabulary (-1: "never")
+                    fed = nxt.masked_fill(done[:, None], 0) if stops else nxt
+                    logits = self(fed, attention_mask=mask, caches=caches)[:, -1, :n_tok]
         return torch.cat(out, dim=1)
 
 
@@ -405,8 +410,13 @@ def check_left_padding(attention_mask: Any, ids: Tensor) -> Tensor:
     mask = torch.as_tensor(attention_mask)
     if tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"attention_mask must have the prompt's shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
-    if mask.is_floating_point() or mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("attention_mask holds 1 for real tokens and 0 for padding (integers or bools)")
+    if mask.is_floating_point() or mask.is_complex():
+        raise ValueError(f"attention_mask holds 1 for real tokens and 0 for padding as integers or bools, got dtype "
+                         f"{mask.dtype} (Hugging Face tokenizers give int64; .long() converts it)")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = torch.unique(mask[(mask != 0) & (mask != 1)]).tolist()
+        raise ValueError(f"attention_mask holds 1 for real tokens and 0 for padding (integers or bools), got values "
+                         f"{bad[:8]}")
     mask = mask.long()
     if mask.shape[1] and not bool(mask[:, -1].all()):
         rows = (mask[:, -1] == 0).nonzero().flatten().tolist()
