@@ -6,7 +6,8 @@
 #   OUT=<folder> bash scripts/gpu_checks.sh [BUDGET_SECONDS]      # from the repository root
 #   STEPS="gpu-tests bench-decode" OUT=<folder> bash scripts/gpu_checks.sh 250   # some steps only
 #
-# Steps, in order: str-train (only when named), gpu-tests, suite, bench-decode, bench-lm, check, bench-training. The tests run with
+# Steps, in order: str-train (only when named), gpu-tests, suite, bench-decode, bench-lm, bench-generate, check,
+# bench-training. The tests run with
 # ZOO_DIFF_ATTN_AUTOTUNE=0 (one tile per kernel): tuning over every tile compiles each kernel 4-6
 # times per shape family, which on an H100 took longer than the tests themselves. Seen on an H100
 # (2026-11-26/27): gpu-tests 79 s (before the 32 per-tile tests, 78 s more), suite 173 s (12 workers), bench-decode 31 s,
@@ -25,7 +26,7 @@ LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - t0) )); }
-STEPS=${STEPS:-gpu-tests suite bench-decode bench-lm check bench-training}
+STEPS=${STEPS:-gpu-tests suite bench-decode bench-lm bench-generate check bench-training}
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   case " $STEPS " in *" $name "*) ;; *) return ;; esac
@@ -141,6 +142,8 @@ step suite 240 env ZOO_DIFF_ATTN_AUTOTUNE=0 OMP_NUM_THREADS=1 python3 -m pytest 
   -rfE -m "not slow" --timeout 200 -o console_output_style=classic tests
 step bench-decode 100 python3 scripts/bench_attention.py --parts decode --out "$OUT/decode"
 step bench-lm 120 python3 scripts/bench_attention.py --parts lm --out "$OUT/lm"
+# batched generation (a list of prompts decoded left-padded, batch_size 1 / 8 / 32): never measured on a GPU yet
+step bench-generate 90 python3 scripts/bench_generate.py --out "$OUT/generate"
 step check 150 python3 scripts/bench_attention.py --check
 # BENCH_TRAINING_ARGS picks shapes, e.g. "--dims 64" for rows an earlier run left out (merge them into the
 # committed report with `bench_attention.py --merge $OUT/training/results.json`)

@@ -157,7 +157,10 @@ def test_tokenizer_folder_spec(tmp_path):
 def test_predict_prompts(tmp_path):
     dm = TextDataModule(str(tmp_path / "unused.txt"), prompts=["Once upon", "ROMEO:"])
     dm.setup("predict")  # predict does not read the corpus
-    assert list(dm.predict_dataloader()) == [{"prompt": ["Once upon"]}, {"prompt": ["ROMEO:"]}]
+    # data.batch_size prompts per batch (generate pads them together)
+    assert list(dm.predict_dataloader()) == [{"prompt": ["Once upon", "ROMEO:"]}]
+    one = TextDataModule(str(tmp_path / "unused.txt"), prompts=["Once upon", "ROMEO:", "a"], batch_size=2)
+    assert list(one.predict_dataloader()) == [{"prompt": ["Once upon", "ROMEO:"]}, {"prompt": ["a"]}]
     assert list(TextDataModule("x.txt").predict_dataloader()) == [{"prompt": ["\n"]}]
 
 
