@@ -231,6 +231,10 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         elif torch.is_tensor(prompt):
             ids = prompt[None] if prompt.dim() == 1 else prompt
         else:
+            rows = [r for r in prompt if isinstance(r, (list, tuple))]
+            if rows and len({len(r) for r in rows}) > 1:
+                raise ValueError(f"prompt rows of different lengths ({sorted({len(r) for r in rows})} tokens): give a list "
+                                 "of texts, or a left-padded [batch, T] tensor with attention_mask")
             ids = torch.tensor([list(prompt)], dtype=torch.long)
         if ids.dim() != 2:
             raise ValueError(
