@@ -4,6 +4,7 @@
     python scripts/bench_fda.py --phase train        # only train (exports under --work)
     python scripts/bench_fda.py --phase eval         # only evaluate existing exports
     python scripts/bench_fda.py --export             # also copy the FDA model of the first seed to zoo/pretrained/vlm-fda-tiny
+    python scripts/bench_fda.py --phase eval --transfer   # transfer attacks: crafted on another seed's no-FDA run
     python scripts/bench_fda.py --phase train --arms fda & python scripts/bench_fda.py --phase train --arms nofda
                                                      # one arm per process (cores), then --phase eval
 
@@ -28,6 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -113,8 +115,15 @@ def check_trained(folder: Path, args: argparse.Namespace, fda: bool) -> dict:
     return meta
 
 
-def evaluate_one(folder: Path, args: argparse.Namespace, eps: float) -> dict:
-    """Clean retrieval and ASR under each attack for the export in ``folder``."""
+def transfer_source(work: Path, seeds: list[int], seed: int) -> Path:
+    """The no-FDA run that crafts the transfer attacks on seed ``seed``'s models: the next seed's (cyclically), a
+    model neither arm of ``seed`` shares weights or training order with."""
+    return work / f"nofda_s{seeds[(seeds.index(seed) + 1) % len(seeds)]}"
+
+
+def evaluate_one(folder: Path, args: argparse.Namespace, eps: float, source: Optional[Path] = None) -> dict:
+    """Clean retrieval and ASR under each attack for the export in ``folder`` (attacks crafted on the export in
+    ``source`` when given: transfer)."""
     import zoo
     from zoo.attacks import AttackConfig, run_attack_suite
     from zoo.data.vlm import SyntheticVLMDataModule
@@ -127,7 +136,8 @@ def evaluate_one(folder: Path, args: argparse.Namespace, eps: float) -> dict:
     captions = [it["captions"] for it in items]
     cfg = AttackConfig(eps=eps / 255.0, steps=args.pgd_steps, text_changes=args.text_changes, k=args.k)
     t0 = time.time()
-    res = run_attack_suite(model, images, captions, cfg)
+    res = run_attack_suite(model, images, captions, cfg,
+                           source=zoo.load_pretrained(source) if source is not None else None)
     res["eval_wall_s"] = time.time() - t0
     return res
 
@@ -161,10 +171,19 @@ def main() -> None:
                    help="ship the FDA model of the first --seeds value as zoo/pretrained/vlm-fda-tiny (after the evaluation)")
     p.add_argument("--results", default=str(RESULTS), help="folder for bench_fda.json / bench_fda.md")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--transfer", action="store_true",
+                   help="transfer (black-box) attacks: both arms of each seed are attacked with examples crafted on "
+                        "the next seed's no-FDA run (needs 2+ seeds); results default to <results>/transfer")
     args = p.parse_args()
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run: it counts once in the means
     if args.export and args.phase == "train":
         p.error("--export ships the model after its evaluation: use --phase all or --phase eval")
+    if args.transfer and len(args.seeds) < 2:
+        p.error("--transfer crafts each seed's attacks on another seed's no-FDA run: give 2 or more --seeds")
+    if args.transfer and args.export:
+        p.error("--export ships the white-box benchmark's model: run it without --transfer")
+    if args.transfer and Path(args.results) == RESULTS:
+        args.results = str(RESULTS / "transfer")  # the white-box tables stay as they are
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     runs = [(fda, s) for s in args.seeds for fda in (False, True) if arm(fda) in args.arms]
@@ -187,13 +206,17 @@ def main() -> None:
             if not (folder / "bench_meta.json").is_file():
                 raise SystemExit(f"{folder} has no trained run: train it first (--phase train)")
             meta = check_trained(folder, args, fda)
-            cache = folder / f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}.json"
+            source = transfer_source(work, args.seeds, s) if args.transfer else None
+            if source is not None and not (source / "bench_meta.json").is_file():
+                raise SystemExit(f"--transfer: {source} (the attacks' source for seed {s}) has no trained run")
+            cache = folder / (f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}"
+                              + (f"_from-{source.name}" if source is not None else "") + ".json")
             if cache.is_file():
                 res = json.loads(cache.read_text())
             else:
-                res = evaluate_one(folder, args, eps)
+                res = evaluate_one(folder, args, eps, source)
                 cache.write_text(json.dumps(res, indent=2) + "\n")
-            rows.append({**meta, "eps": eps, **res})
+            rows.append({**meta, "eps": eps, "attack_source": source.name if source is not None else "itself", **res})
             print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
     write_results(rows, args)
     if args.export:
@@ -257,7 +280,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         f"ITM loss weight {args.itm_weight:g}; FDA arm {json.dumps(args.fda_args) if args.fda_args else 'as registered (vlm-fda-tiny)'}"
         + (f"; fine-tuning: both arms start from the no-FDA runs in {args.init_from}." if args.init_from else "."),
         f"Attacks: image PGD L-inf eps {', '.join(f'{e:g}' for e in args.eps)} (/255), {args.pgd_steps} steps; text: greedy, "
-        f"{args.text_changes} edit(s) (each one word changed or two neighbouring words swapped: character edits and word swaps; independent of eps); co-attack: text then PGD.",
+        f"{args.text_changes} edit(s) (each one word changed or two neighbouring words swapped: character edits and word swaps; independent of eps); co-attack: text then PGD."
+        + (" **Transfer attacks**: every example is crafted on another seed's no-FDA run (seed s's arms attacked "
+           "from " + ", ".join(f"s{s} <- {transfer_source(Path(args.work), args.seeds, s).name}" for s in args.seeds)
+           + "), not on the attacked model." if args.transfer else " White-box: each model is attacked through its own gradients and scores."),
         "R@1 = mean of image-to-text and text-to-image R@1 (%). ASR = share (%) of originally correct top-1 "
         "retrievals made wrong, mean of both directions (ITM re-ranked retrieval; ASR under ITC ranking, which "
         "FDA does not touch at inference, is in the JSON as asr_itc).",

@@ -232,11 +232,16 @@ def attack_success_rate(correct_clean: Tensor, correct_adv: Tensor) -> float:
 
 
 @in_eval_mode
-def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str]], cfg: AttackConfig) -> dict[str, Any]:
+def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str]], cfg: AttackConfig,
+                     source: Any = None) -> dict[str, Any]:
     """Clean retrieval and ASR (ITM re-ranked and ITC) under image PGD, the text attack and the co-attack.
 
-    Each image is attacked against its first caption; each caption against its image.
+    Each image is attacked against its first caption; each caption against its image. The adversarial images and
+    captions are crafted on ``source`` when given (a transfer, i.e. black-box, attack: another model's gradients
+    and scores, e.g. an independently trained model without FDA) and on ``model`` itself otherwise (white-box);
+    the ASR is always ``model``'s.
     """
+    source = model if source is None else source  # the attacks put it in eval mode themselves
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]
 
@@ -246,13 +251,13 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
 
     clean = metrics(images, texts)
     adv: dict[str, tuple[Tensor, list[str]]] = {}
-    adv["image_pgd"] = (pgd_attack(model, images, first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
+    adv["image_pgd"] = (pgd_attack(source, images, first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
                                    cfg.seed, cfg.batch_size), list(texts))
-    adv_t = text_attack(model, images[owner], texts, cfg.text_changes, cfg.max_candidates, cfg.synonyms, cfg.seed,
+    adv_t = text_attack(source, images[owner], texts, cfg.text_changes, cfg.max_candidates, cfg.synonyms, cfg.seed,
                         cfg.batch_size)
     adv["text"] = (images, adv_t)
     adv_first = [adv_t[int((owner == i).nonzero()[0])] for i in range(len(captions))]
-    adv["co_attack"] = (pgd_attack(model, images, adv_first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
+    adv["co_attack"] = (pgd_attack(source, images, adv_first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
                                    cfg.seed, cfg.batch_size), adv_t)
     out: dict[str, Any] = {
         "clean": {

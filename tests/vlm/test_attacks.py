@@ -145,3 +145,33 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
 
     with pytest.raises(ValueError, match="steps >= 1, got 0"):  # the function itself, not only AttackConfig
         pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=2 / 255, steps=0)
+
+
+def test_transfer_attack_crafts_on_the_source_and_scores_the_target():
+    """run_attack_suite(target, ..., source=other): the image PGD examples are the source model's (pgd_attack on it),
+    the ASR the target's retrieval on them, computed here by hand; the source keeps its training mode, and
+    source=target is the white-box suite."""
+    from zoo.tasks.vlm import flatten_captions, retrieval_metrics, retrieval_scores
+
+    src, tgt = tiny_model(seed=7), tiny_model(seed=8)
+    images, caps = scene_batch(8)
+    cfg = AttackConfig(eps=8 / 255, steps=2, max_candidates=5, k=3)
+    src.train()
+    res = run_attack_suite(tgt, images, [[c] for c in caps], cfg, source=src)
+    assert src.training
+    texts, owner = flatten_captions([[c] for c in caps])
+    adv = pgd_attack(src.eval(), images, caps, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start, cfg.seed)
+    clean = retrieval_metrics(retrieval_scores(tgt, images, texts, k=cfg.k), owner, texts)
+    hit = retrieval_metrics(retrieval_scores(tgt, adv, texts, k=cfg.k), owner, texts)
+    for d in ("i2t", "t2i"):
+        np.testing.assert_equal(res["asr"]["image_pgd"][d],
+                                attack_success_rate(clean[f"itm/{d}_top1"], hit[f"itm/{d}_top1"]))
+    white = run_attack_suite(tgt, images, [[c] for c in caps], cfg)
+    same = run_attack_suite(tgt, images, [[c] for c in caps], cfg, source=tgt)
+    assert json_equal(white["asr"], same["asr"]) and not json_equal(white["asr"], res["asr"])
+
+
+def json_equal(a, b):
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

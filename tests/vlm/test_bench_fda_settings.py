@@ -130,7 +130,7 @@ def test_a_seed_given_twice_counts_once_in_the_means(bench, monkeypatch, tmp_pat
             (folder / "bench_meta.json").write_text(json.dumps({"fda": fda, "seed": seed, "steps": 2000, "batch_size": 64,
                                                                 "itm_weight": 2.0, "decay_exempt": "no_weight_decay"}))
 
-    def fake_eval(folder, args, eps):
+    def fake_eval(folder, args, eps, source=None):
         fda, seed = folder.name.startswith("fda"), int(folder.name[-1])
         a = {"mean": asr[(fda, seed)]}
         return {"clean": {"itm_r1": 90.0, "itc_r1": 80.0, "itm_only_r1": 70.0}, "asr": {"image_pgd": a},
@@ -146,3 +146,37 @@ def test_a_seed_given_twice_counts_once_in_the_means(bench, monkeypatch, tmp_pat
     assert e["summary"]["fda"]["asr"]["image_pgd"] == pytest.approx(20.0)
     assert e["asr_relative_drop_pct"]["image_pgd"] == pytest.approx(100 / 3)
     assert "image_pgd +33.3%" in (tmp_path / "out" / "bench_fda.md").read_text()
+
+
+def test_transfer_attacks_come_from_the_next_seeds_no_fda_run(bench, monkeypatch, tmp_path, capsys):
+    """--transfer: both arms of seed s are attacked with examples crafted on the next seed's no-FDA run (cyclically;
+    never a model of seed s), cached apart from the white-box results, and reported under <results>/transfer by
+    default; one seed is refused."""
+    for fda in (False, True):
+        for seed in (0, 1, 2):
+            folder = tmp_path / f"{'fda' if fda else 'nofda'}_s{seed}"
+            folder.mkdir()
+            (folder / "bench_meta.json").write_text(json.dumps({"fda": fda, "seed": seed, "steps": 2000, "batch_size": 64,
+                                                                "itm_weight": 2.0, "decay_exempt": "no_weight_decay"}))
+    seen = []
+
+    def fake_eval(folder, args, eps, source=None):
+        seen.append((folder.name, source.name if source is not None else None))
+        a = {"mean": 10.0}
+        return {"clean": {"itm_r1": 90.0, "itc_r1": 80.0, "itm_only_r1": 70.0}, "asr": {"image_pgd": a},
+                "asr_itm_only": {"image_pgd": a}, "asr_itc": {"image_pgd": a}}
+
+    monkeypatch.setattr(bench, "evaluate_one", fake_eval)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "1", "2", "--phase", "eval", "--transfer",
+          "--results", str(tmp_path / "results"))
+    assert sorted(seen) == [("fda_s0", "nofda_s1"), ("fda_s1", "nofda_s2"), ("fda_s2", "nofda_s0"),
+                            ("nofda_s0", "nofda_s1"), ("nofda_s1", "nofda_s2"), ("nofda_s2", "nofda_s0")]
+    out = json.loads((tmp_path / "results" / "transfer" / "bench_fda.json").read_text())
+    assert {(r["seed"], r["attack_source"]) for r in out["runs"]} == {(0, "nofda_s1"), (1, "nofda_s2"), (2, "nofda_s0")}
+    assert "Transfer attacks" in (tmp_path / "results" / "transfer" / "bench_fda.md").read_text()
+    assert (tmp_path / "fda_s0" / "eval_eps4_n256_k16_pgd10_t1_from-nofda_s1.json").is_file()
+    assert not (tmp_path / "results" / "bench_fda.json").exists()  # the white-box tables are not touched
+    with pytest.raises(SystemExit):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--transfer")
+    assert "give 2 or more --seeds" in capsys.readouterr().err
