@@ -659,3 +659,12 @@ def test_a_float_attention_mask_is_refused_naming_its_dtype():
         model.generate(ids, attention_mask=mask, max_new_tokens=2)
     with pytest.raises(ValueError, match=r"1 for real tokens and 0 for padding.*got values \[2\]"):
         model.generate(ids, attention_mask=mask.long() * 2, max_new_tokens=2)
+
+
+def test_attn_args_that_repeat_a_config_field_are_named():
+    """attn_args {"dropout": ...} reached the layer twice (a TypeError deep in the build); it is named with the
+    config field that sets it."""
+    with pytest.raises(ValueError, match=r"attn_args \['backend', 'dropout'\] are set by the config itself: use "
+                                         r"attn_backend \(not attn_args.backend\), attn_dropout"):
+        tiny(attn_args={"dropout": 0.1, "backend": "naive"})
+    assert tiny("diff", attn_args={"lambda_init": 0.5}).layers[1].attn.lambda_init == 0.5  # a type's own keyword

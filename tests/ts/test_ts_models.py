@@ -163,3 +163,28 @@ def test_halving_schedule_says_it_takes_no_warmup():
 
     with pytest.warns(UserWarning, match="'halving' .* has no warm-up or floor: warmup_steps / min_lr_ratio are not used"):
         ForecastTask(arch="ts-itransformer-diff-tiny", scheduler="halving", warmup_steps=100)
+
+
+@pytest.mark.parametrize("kind", ["itr", "patch"])
+def test_attn_args_reach_every_encoder_layer_and_survive_export(kind, tmp_path):
+    """attn_args (as the LM's) carry an attention type's own keywords: GDA with 2 signal heads per noise head has
+    that many noise heads in every layer (q projection of 2 + 1 sub-heads of width 8), exports and loads back;
+    keywords the config sets itself are refused naming the field."""
+    from zoo.hub import export_model
+
+    m = build(kind, "gda", attn_args={"signal_ratio": 2})
+    assert [(b.attn.signal_ratio, b.attn.n_noise_heads, b.attn.q_proj.out_features) for b in m.encoder.layers] == \
+        [(2, 1, (2 + 1) * 8)] * 2
+    export_model(m, tmp_path / "m")
+    loaded = zoo.load_pretrained(tmp_path / "m")
+    assert loaded.config.attn_args == {"signal_ratio": 2}
+    x = torch.randn(2, L, N)
+    marks = torch.zeros(2, L, m.config.n_time_features) if getattr(m.config, "n_time_features", 0) else None
+    torch.testing.assert_close(loaded(x, marks), m(x, marks))
+    with pytest.raises(ValueError, match=r"n_heads \(2\) must be a multiple of signal_ratio \(3\)"):
+        build(kind, "gda")  # gda's default 3:1 needs attn_args on these 2-head shapes
+    with pytest.raises(ValueError, match=r"attn_args \['dropout', 'lambda_init'\] are set by the config itself: use "
+                                         r"attn_dropout \(not attn_args.dropout\), lambda_init"):
+        build(kind, attn_args={"lambda_init": 0.5, "dropout": 0.2})
+    with pytest.raises(ValueError, match="attn_args must be a mapping"):
+        build(kind, attn_args=["signal_ratio", 2])

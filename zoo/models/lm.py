@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from zoo.data.tokenizers import TokenizerAssets, check_token_ids
 from zoo.hub import PretrainedMixin, check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
+from zoo.nn.attention import check_attn_args
 from zoo.nn.modes import eval_mode
+
+
+# attention keywords the LM sets from its own config fields (attn_args may not repeat them)
+ATTN_CONFIG_FIELDS = {"n_kv_heads": "n_kv_heads", "layer_idx": "(the layer's position)", "causal": "(always True here)",
+                      "rope": "(always True here)", "rope_theta": "rope_theta", "max_seq_len": "max_seq_len",
+                      "dropout": "attn_dropout", "bias": "attn_bias", "backend": "attn_backend"}
 
 
 @dataclass
@@ -54,6 +61,8 @@ class LMConfig:
             raise ValueError(
                 f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}"
             )
+        if self.attn_args is not None:
+            self.attn_args = check_attn_args(self.attn_args, ATTN_CONFIG_FIELDS)
         check_positive_ints(self, ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"]
                             + [n for n in ("n_kv_heads", "mlp_hidden") if getattr(self, n) is not None])
         if self.dim % self.n_heads:

@@ -32,6 +32,11 @@ from torch import Tensor, nn
 
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
+from zoo.nn.attention import check_attn_args
+
+# attention keywords the forecasters set from their own config fields (attn_args may not repeat them)
+ATTN_CONFIG_FIELDS = {"lambda_init": "lambda_init", "dropout": "attn_dropout", "backend": "attn_backend",
+                      "layer_idx": "(the layer's position)", "bias": "(always True here)"}
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
 from zoo.nn.modes import eval_mode
 
@@ -63,10 +68,13 @@ class TSEncoderConfig:
     act_dropout: float = 0.0  # dropout on the FFN's hidden activations (the reference FFN uses p = dropout)
     lambda_init: Optional[float] = None  # differential types: a fixed lambda_init; None = the depth schedule
     attn_backend: Optional[str] = None
+    attn_args: Optional[dict[str, Any]] = None  # extra kwargs of the attention type, e.g. gda's {signal_ratio: 2}
 
     def __post_init__(self) -> None:
         if self.attn_type not in list_attention_types():
             raise ValueError(f"unknown attention type {self.attn_type!r}; known types: {list_attention_types()}")
+        if self.attn_args is not None:
+            self.attn_args = check_attn_args(self.attn_args, ATTN_CONFIG_FIELDS)
         check_positive_ints(self, ("lookback", "horizon", "dim", "n_layers", "n_heads", "mlp_hidden"))
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
@@ -119,7 +127,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.attn = build_attention(
             cfg.attn_type, cfg.dim, cfg.n_heads, layer_idx=layer_idx, dropout=cfg.attn_dropout, bias=True,
-            backend=cfg.attn_backend, **lambda_init_kwargs(cfg.attn_type, cfg.lambda_init),
+            backend=cfg.attn_backend, **lambda_init_kwargs(cfg.attn_type, cfg.lambda_init), **(cfg.attn_args or {}),
         )
         self.norm1 = nn.LayerNorm(cfg.dim)
         self.mlp = GeluMlp(cfg.dim, cfg.mlp_hidden, dropout=cfg.dropout, act_dropout=cfg.act_dropout)

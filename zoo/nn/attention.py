@@ -57,6 +57,21 @@ def build_attention(attn_type: str, dim: int, n_heads: int, **kwargs) -> "Attent
     return ATTENTION_TYPES[attn_type](dim, n_heads, **kwargs)
 
 
+def check_attn_args(attn_args: Any, config_fields: dict[str, str]) -> dict[str, Any]:
+    """``attn_args`` (extra keyword arguments of the attention type, e.g. ``{"signal_ratio": 2}`` for ``gda``) as a
+    dict; ``None`` is ``{}``. Keys the model sets from its own config fields (``config_fields``: keyword -> field)
+    are refused naming the field to set instead (they reached the layer twice: a TypeError deep in the build)."""
+    if attn_args is None:
+        return {}
+    if not isinstance(attn_args, dict) or not all(isinstance(k, str) for k in attn_args):
+        raise ValueError(f"attn_args must be a mapping of keyword arguments of the attention type, got {attn_args!r}")
+    taken = sorted(set(attn_args) & set(config_fields))
+    if taken:
+        raise ValueError(f"attn_args {taken} are set by the config itself: use "
+                         + ", ".join(f"{config_fields[k]} (not attn_args.{k})" for k in taken))
+    return dict(attn_args)
+
+
 def lambda_init_fn(layer_idx: int) -> float:
     """Depth-dependent lambda_init of Diff Transformer; ``layer_idx`` is 0-based (paper's l - 1)."""
     return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
