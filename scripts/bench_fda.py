@@ -173,7 +173,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--transfer", action="store_true",
                    help="transfer (black-box) attacks: both arms of each seed are attacked with examples crafted on "
-                        "the next seed's no-FDA run (needs 2+ seeds); results default to <results>/transfer")
+                        "the next seed's no-FDA run (needs 2+ seeds); results go to <results>/transfer (a --results "
+                        "folder named transfer is used as it is)")
     args = p.parse_args()
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run: it counts once in the means
     if args.export and args.phase == "train":
@@ -182,8 +183,9 @@ def main() -> None:
         p.error("--transfer crafts each seed's attacks on another seed's no-FDA run: give 2 or more --seeds")
     if args.transfer and args.export:
         p.error("--export ships the white-box benchmark's model: run it without --transfer")
-    if args.transfer and Path(args.results) == RESULTS:
-        args.results = str(RESULTS / "transfer")  # the white-box tables stay as they are
+    if args.transfer and Path(args.results).name != "transfer":
+        # the white-box tables in --results stay as they are (the default's and a fine-tuning protocol's alike)
+        args.results = str(Path(args.results) / "transfer")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     runs = [(fda, s) for s in args.seeds for fda in (False, True) if arm(fda) in args.arms]
@@ -209,6 +211,8 @@ def main() -> None:
             source = transfer_source(work, args.seeds, s) if args.transfer else None
             if source is not None and not (source / "bench_meta.json").is_file():
                 raise SystemExit(f"--transfer: {source} (the attacks' source for seed {s}) has no trained run")
+            if source is not None:  # before its examples are crafted (and cached under its name), not at its own turn
+                check_trained(source, args, fda=False)
             cache = folder / (f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}"
                               + (f"_from-{source.name}" if source is not None else "") + ".json")
             if cache.is_file():

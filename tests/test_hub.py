@@ -334,8 +334,8 @@ def test_a_misspelt_model_name_suggests_the_registered_one():
 
 def test_hugging_face_save_pretrained_and_from_pretrained(tmp_path):
     """model.save_pretrained(folder) / ModelClass.from_pretrained(folder_or_name), as Hugging Face users call them:
-    the same export (tokenizer included) that reads back to the same outputs; a loaded model saved again keeps its
-    registered name; a non-empty folder is refused; a class asked for another kind of model is named."""
+    the same export (tokenizer included) that reads back to the same outputs; a created or loaded model saved keeps
+    its registered name (not a loaded export's notes); a non-empty folder is refused; a class asked for another kind of model is named."""
     from zoo.data.tokenizers import ByteTokenizer
     from zoo.models.lm import DiffTransformerLM
     from zoo.models.str import SceneTextRecognizer
@@ -345,7 +345,8 @@ def test_hugging_face_save_pretrained_and_from_pretrained(tmp_path):
     torch.manual_seed(0)
     m = zoo.create_model("lm-diff-tiny", dim=32, n_layers=2, n_heads=2, vocab_size=259).eval()
     m.tokenizer = ByteTokenizer()
-    folder = m.save_pretrained(tmp_path / "a", arch="lm-diff-tiny")
+    folder = m.save_pretrained(tmp_path / "a")  # create_model's name is the export's arch
+    assert json.loads((folder / "config.json").read_text())["arch"] == "lm-diff-tiny"
     loaded = DiffTransformerLM.from_pretrained(folder)
     x = torch.randint(0, 259, (2, 7))
     assert torch.equal(m(x), loaded(x)) and not loaded.training
@@ -356,8 +357,30 @@ def test_hugging_face_save_pretrained_and_from_pretrained(tmp_path):
         m.save_pretrained(tmp_path / "a")
     with pytest.raises(TypeError, match=r"holds a zoo\.models\.lm\.DiffTransformerLM, not a SceneTextRecognizer"):
         SceneTextRecognizer.from_pretrained(folder)
+    shipped = SceneTextRecognizer.from_pretrained("str-diff-tiny")
+    assert shipped.pretrained_meta["extra"]  # the shipped export's notes (its measured accuracy...)
+    meta = json.loads((shipped.save_pretrained(tmp_path / "str") / "config.json").read_text())
+    assert meta["arch"] == "str-diff-tiny" and meta["extra"] == {}  # not copied: the weights may have changed since
     for cls, name in ((SceneTextRecognizer, "str-diff-tiny"), (Forecaster, "ts-itransformer-diff-etth1"),
                       (VisionLanguageModel, "vlm-fda-tiny")):
         got, ref = cls.from_pretrained(name), load_pretrained(name)
         assert isinstance(got, cls) and type(got) is type(ref) and got.state_dict().keys() == ref.state_dict().keys()
         assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), ref.state_dict().values()))
+
+
+def test_save_pretrained_expands_a_home_folder_as_from_pretrained_does(tmp_path, monkeypatch):
+    """save_pretrained("~/m") wrote into a folder literally named "~" under the working directory, while
+    from_pretrained("~/m") (resolve_pretrained) reads the user's home: the saved model was not found again."""
+    from zoo.models.lm import DiffTransformerLM
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    m = _model().eval()
+    assert m.save_pretrained("~/m") == home / "m"
+    assert not (cwd / "~").exists() and (home / "m" / "config.json").is_file()
+    x = torch.randint(0, 40, (2, 5))
+    assert torch.equal(DiffTransformerLM.from_pretrained("~/m")(x), m(x))
+    export_model(m, "~/m", overwrite=True)  # the function itself too
+    assert not (cwd / "~").exists()

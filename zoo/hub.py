@@ -202,7 +202,23 @@ def create_model(
         # (from a checkpoint of the same class only: another class fails in check_compatible below)
         data_fields = getattr(spec.model_cls, "data_fields", ()) if meta["model_class"] == _class_path(spec.model_cls) else ()
         config.update({k: v for k, v in meta["config"].items() if k in data_fields and k not in overrides})
-    model = spec.model_cls.from_config(config)
+    try:
+        model = spec.model_cls.from_config(config)
+    except (TypeError, ValueError) as exc:
+        # an override that differs from the checkpoint can fail the build itself (attn_type diff with the gda
+        # checkpoint's attn_args: an unexpected keyword): name the mismatch, as check_compatible does after a build
+        if meta is None or meta["model_class"] != _class_path(spec.model_cls):
+            raise
+        runtime = getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
+        saved = meta["config"]
+        passed = [k for k, v in overrides.items() if k not in runtime and k in saved and not _same_setting(saved[k], v)]
+        if not passed:
+            raise
+        diffs = "; ".join(f"{k}: checkpoint={saved[k]!r} config={overrides[k]!r}" for k in passed)
+        raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}), which does not "
+                         f"build with the checkpoint's other fields ({exc}); drop the overrides {passed} or use a "
+                         "checkpoint trained with them") from exc
+    model.registered_name = name  # save_pretrained's default arch
     if meta is not None:
         check_compatible(model, meta, folder, overrides=set(overrides), arch=name)
         _load_weights(model, folder)
@@ -289,7 +305,7 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
     # a field the checkpoint lacks (an export older than the field) has the value load_pretrained
     # builds for it: the config class's default
     saved = {**_config_defaults(type(model.config)), **meta["config"]}
-    differing = [k for k, v in ours.items() if k not in runtime and saved.get(k, v) != v]
+    differing = [k for k, v in ours.items() if k not in runtime and not _same_setting(saved.get(k, v), v)]
     if not differing:
         return
     diffs = "; ".join(f"{k}: checkpoint={saved.get(k)!r} config={ours[k]!r}" for k in differing)
@@ -304,6 +320,13 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
             "create the matching name or read it with zoo.load_pretrained"
         )
     raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}); {'; '.join(hints)}")
+
+
+def _same_setting(saved: Any, ours: Any) -> bool:
+    """Whether a checkpoint's config value and ours build the same model: equal, or ``None`` and an empty mapping
+    (``attn_args: {}`` and no ``attn_args`` give the attention layers the same keywords)."""
+    empty = (None, {})
+    return saved == ours or (saved in empty and ours in empty)
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:
@@ -447,7 +470,7 @@ def export_model(
                            overwrite=overwrite)
         save_adapter(model, out)
         return out
-    folder = Path(folder)
+    folder = Path(folder).expanduser()  # "~/m" as load_pretrained / from_pretrained read it back
     if not overwrite:
         refuse_occupied(folder, "choose a new folder or pass overwrite=True")
     folder.mkdir(parents=True, exist_ok=True)
@@ -482,13 +505,15 @@ class PretrainedMixin:
     """Hugging Face's ``save_pretrained`` / ``from_pretrained`` on a zoo model class: the same folder as
     :func:`export_model` / :func:`load_pretrained` write and read."""
 
-    def save_pretrained(self, folder: Union[str, Path], *, overwrite: bool = False, arch: Optional[str] = None) -> Path:
-        """:func:`export_model` to ``folder`` (a non-empty one only with ``overwrite=True``). A model read with
-        ``load_pretrained`` / ``from_pretrained`` keeps its registered name and its export's notes (e.g. where a
-        converted model came from) unless ``arch`` names another."""
+    def save_pretrained(self, folder: Union[str, Path], *, overwrite: bool = False, arch: Optional[str] = None,
+                        extra: Optional[dict[str, Any]] = None) -> Path:
+        """:func:`export_model` to ``folder`` (a non-empty one only with ``overwrite=True``). The registered name
+        is ``arch``, else the one the model was built (``create_model``) or loaded under. The notes of an export
+        it was loaded from (metrics, provenance) are not copied: the weights may have changed since; ``extra``
+        writes new ones."""
         meta = getattr(self, "pretrained_meta", None) or {}
-        extra = {k: v for k, v in (meta.get("extra") or {}).items() if k != "adapter"}  # export_model adds it back
-        return export_model(self, folder, arch=arch or meta.get("arch"), extra=extra, overwrite=overwrite)
+        arch = arch or getattr(self, "registered_name", None) or meta.get("arch")
+        return export_model(self, folder, arch=arch, extra=extra, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path], **kwargs: Any) -> nn.Module:

@@ -188,3 +188,38 @@ def test_attn_args_reach_every_encoder_layer_and_survive_export(kind, tmp_path):
         build(kind, attn_args={"lambda_init": 0.5, "dropout": 0.2})
     with pytest.raises(ValueError, match="attn_args must be a mapping"):
         build(kind, attn_args=["signal_ratio", 2])
+
+
+def test_empty_attn_args_and_none_are_the_same_architecture(tmp_path):
+    """attn_args {} and None build the same layers (check_attn_args reads None as {}): an export made without
+    attn_args loads into a config that writes `attn_args: {}`, and one made with {} into the registered
+    architecture, instead of being refused as another architecture; a real difference is still refused."""
+    from zoo.hub import export_model
+
+    kw = dict(lookback=L, horizon=H, dim=32, n_heads=2)
+    for saved, asked in ((None, {}), ({}, None)):
+        m = zoo.create_model("ts-itransformer-diff-small", **kw, **({} if saved is None else {"attn_args": saved}))
+        folder = export_model(m, tmp_path / f"m_{saved}")
+        again = zoo.create_model("ts-itransformer-diff-small", pretrained=folder, **kw,
+                                 **({} if asked is None else {"attn_args": asked}))
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), m.state_dict().values()))
+    gda = export_model(zoo.create_model("ts-itransformer-diff-small", **kw, attn_type="gda",
+                                        attn_args={"signal_ratio": 2}), tmp_path / "gda")
+    with pytest.raises(ValueError, match=r"attn_args: checkpoint=\{'signal_ratio': 2\} config=\{'signal_ratio': 1\}"):
+        zoo.create_model("ts-itransformer-diff-small", pretrained=gda, **kw, attn_type="gda", attn_args={"signal_ratio": 1})
+
+
+def test_another_attn_type_than_the_checkpoints_is_refused_by_name_not_by_its_attn_args(tmp_path):
+    """Fine-tuning a gda export (attn_args {signal_ratio: 2}) with attn_type diff: the task carries the checkpoint's
+    architecture, attn_args included, so the diff layers were built with signal_ratio and failed with
+    "AttentionBase.__init__() got an unexpected keyword argument 'signal_ratio'" (a keyword the user never passed);
+    the compatibility error names the differing field instead."""
+    from zoo.hub import export_model
+    from zoo.tasks.ts import ForecastTask
+
+    gda = zoo.create_model("ts-itransformer-diff-tiny", attn_type="gda", attn_args={"signal_ratio": 2})
+    folder = export_model(gda, tmp_path / "gda", arch="ts-itransformer-diff-tiny")
+    with pytest.raises(ValueError, match=r"does not match the configured architecture \(attn_type: checkpoint='gda' "
+                                         r"config='diff'\).*drop the overrides \['attn_type'\]"):
+        ForecastTask(arch="ts-itransformer-diff-tiny", attn_type="diff", pretrained=str(folder))
+    assert ForecastTask(arch="ts-itransformer-diff-tiny", pretrained=str(folder)).model.config.attn_args == {"signal_ratio": 2}

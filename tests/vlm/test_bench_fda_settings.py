@@ -180,3 +180,47 @@ def test_transfer_attacks_come_from_the_next_seeds_no_fda_run(bench, monkeypatch
     with pytest.raises(SystemExit):
         _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "--phase", "eval", "--transfer")
     assert "give 2 or more --seeds" in capsys.readouterr().err
+
+
+def _trained_arms(work: Path, seeds, **over):
+    for fda in (False, True):
+        for seed in seeds:
+            meta = {"fda": fda, "seed": seed, "steps": 2000, "batch_size": 64, "itm_weight": 2.0,
+                    "decay_exempt": "no_weight_decay", **over.get(f"{'fda' if fda else 'nofda'}_s{seed}", {})}
+            (work / f"{'fda' if fda else 'nofda'}_s{seed}").mkdir(parents=True)
+            (work / f"{'fda' if fda else 'nofda'}_s{seed}" / "bench_meta.json").write_text(json.dumps(meta))
+
+
+def test_transfer_refuses_a_source_trained_with_other_settings_before_any_evaluation(bench, monkeypatch, tmp_path):
+    """--transfer: seed 0's arms are attacked from nofda_s1; a nofda_s1 trained with other settings was used (and its
+    results cached under eval_..._from-nofda_s1.json, reused after nofda_s1 is retrained) before the loop reached
+    seed 1 and found it mismatched."""
+    _trained_arms(tmp_path, (0, 1), nofda_s1={"steps": 600})
+    with pytest.raises(SystemExit, match=r"nofda_s1 holds a run trained with other settings \(steps: trained 600"):
+        _main(bench, monkeypatch, "--work", str(tmp_path), "--seeds", "0", "1", "--phase", "eval", "--transfer",
+              "--results", str(tmp_path / "results"))  # bench's evaluate_one fails the test if it is called
+    assert not list(tmp_path.rglob("eval_*.json"))
+
+
+def test_transfer_results_never_replace_the_white_box_tables_of_the_results_folder(bench, monkeypatch, tmp_path):
+    """--transfer writes to <results>/transfer for any --results (the README's fine-tuning protocol passes
+    --results scripts/results/vlm/finetune_current_recipe and reports the transfer tables under .../transfer/), not
+    over the white-box bench_fda.json / .md already in <results>; a folder already named transfer is kept."""
+    _trained_arms(tmp_path / "work", (0, 1))
+
+    def fake_eval(folder, args, eps, source=None):
+        a = {"mean": 10.0}
+        return {"clean": {"itm_r1": 90.0, "itc_r1": 80.0, "itm_only_r1": 70.0}, "asr": {"image_pgd": a},
+                "asr_itm_only": {"image_pgd": a}, "asr_itc": {"image_pgd": a}}
+
+    monkeypatch.setattr(bench, "evaluate_one", fake_eval)
+    results = tmp_path / "finetune"
+    results.mkdir()
+    (results / "bench_fda.json").write_text("white-box\n")
+    _main(bench, monkeypatch, "--work", str(tmp_path / "work"), "--seeds", "0", "1", "--phase", "eval", "--transfer",
+          "--results", str(results))
+    assert (results / "bench_fda.json").read_text() == "white-box\n"
+    assert json.loads((results / "transfer" / "bench_fda.json").read_text())["settings"]["transfer"] is True
+    _main(bench, monkeypatch, "--work", str(tmp_path / "work"), "--seeds", "0", "1", "--phase", "eval", "--transfer",
+          "--results", str(results / "transfer"))
+    assert not (results / "transfer" / "transfer").exists()

@@ -32,15 +32,13 @@ from torch import Tensor, nn
 
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
-from zoo.nn.attention import check_attn_args
-
-# attention keywords the forecasters set from their own config fields (attn_args may not repeat them)
-ATTN_CONFIG_FIELDS = {"lambda_init": "lambda_init", "dropout": "attn_dropout", "backend": "attn_backend",
-                      "layer_idx": "(the layer's position)", "bias": "(always True here)"}
-from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs
+from zoo.nn.attention import check_attn_args, check_lambda_init_for, lambda_init_kwargs
 from zoo.nn.modes import eval_mode
 
 META_FILE = "ts_meta.json"
+# attention keywords the forecasters set from their own config fields (attn_args may not repeat them)
+ATTN_CONFIG_FIELDS = {"lambda_init": "lambda_init", "dropout": "attn_dropout", "backend": "attn_backend",
+                      "layer_idx": "(the layer's position)", "bias": "(always True here)"}
 _META_KEYS = (
     "source", "columns", "out_columns", "out_index", "target", "target_index", "features", "date_col",
     "date_format", "freq", "time_features", "mean", "std",
