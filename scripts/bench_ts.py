@@ -12,7 +12,8 @@ each Diff twin has 4 differential heads of twice the width (equal parameters up 
 vectors and subln weights). PatchTST uses ``ts-patchtst-*-small`` (patch 16, stride 8) everywhere.
 Where the H=96 validation sweep (``--pilot``) found a better setting by the rule in the report,
 ``TABLE_OVERRIDES`` replaces the reference one for that dataset and model (since 2026-11-27: ETTh2
-iTransformers with 1 layer at lr 2e-4).
+iTransformers with 1 layer at lr 2e-4; since 2026-11-28 the ETTh2 Diff-iTransformer's attention is GDA, 2 signal
+heads per noise head, which has fewer parameters than its vanilla twin).
 
 Every finished run is appended to ``runs.jsonl`` (so the script resumes, and disjoint ``--shard``
 processes can share the machine); ``--report`` (also run at the end) aggregates them into
@@ -87,9 +88,11 @@ MAX_EPOCHS, PATIENCE = 10, 3  # the table's protocol: iTransformer's train_epoch
 # setting run on all six table seeds replaces the reference when it lowers the validation MSE, paired seed by
 # seed, by more than twice the standard error of that difference, and the one with the lowest mean validation
 # MSE among those wins. They apply at every horizon of their dataset (the sweep runs at H=96 only). Chosen
-# 2026-11-27 (`pilots.jsonl`; the reference size, 2 layers at lr 1e-4, is a sweep row since).
+# 2026-11-27 (`pilots.jsonl`; the reference size, 2 layers at lr 1e-4, is a sweep row since). 2026-11-28: on ETTh2
+# the Diff-iTransformer's attention became grouped differential attention (GDA, 2 signal heads per noise head; its
+# six H=96 sweep runs are the table's H=96 rows; validation -0.0007 +- 0.0003 paired, 2.2 standard errors).
 TABLE_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    ("ETTh2", "itr-diff"): {"lr": 2e-4, "model_args": {"n_layers": 1}},
+    ("ETTh2", "itr-diff"): {"lr": 2e-4, "model_args": {"n_layers": 1, "attn_type": "gda", "attn_args": {"signal_ratio": 2}}},
     ("ETTh2", "itr-vanilla"): {"lr": 2e-4, "model_args": {"n_layers": 1}},
 }
 
