@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import string
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -237,10 +238,14 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
     """Clean retrieval and ASR (ITM re-ranked and ITC) under image PGD, the text attack and the co-attack.
 
     Each image is attacked against its first caption; each caption against its image. The adversarial images and
-    captions are crafted on ``source`` when given (a transfer, i.e. black-box, attack: another model's gradients
-    and scores, e.g. an independently trained model without FDA) and on ``model`` itself otherwise (white-box);
-    the ASR is always ``model``'s.
+    captions are crafted on ``source`` when given (a model, or an exported folder / shipped name to load; a transfer,
+    i.e. black-box, attack: another model's gradients and scores, e.g. an independently trained model without FDA)
+    and on ``model`` itself otherwise (white-box); the ASR is always ``model``'s.
     """
+    if isinstance(source, (str, Path)):  # an exported folder or a shipped name
+        from zoo.hub import load_pretrained
+
+        source = load_pretrained(source, map_location=str(model.fw_table.device))
     source = model if source is None else source  # the attacks put it in eval mode themselves
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]

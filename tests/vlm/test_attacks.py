@@ -147,7 +147,7 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
         pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=2 / 255, steps=0)
 
 
-def test_transfer_attack_crafts_on_the_source_and_scores_the_target():
+def test_transfer_attack_crafts_on_the_source_and_scores_the_target(tmp_path):
     """run_attack_suite(target, ..., source=other): the image PGD examples are the source model's (pgd_attack on it),
     the ASR the target's retrieval on them, computed here by hand; the source keeps its training mode, and
     source=target is the white-box suite."""
@@ -166,6 +166,11 @@ def test_transfer_attack_crafts_on_the_source_and_scores_the_target():
     for d in ("i2t", "t2i"):
         np.testing.assert_equal(res["asr"]["image_pgd"][d],
                                 attack_success_rate(clean[f"itm/{d}_top1"], hit[f"itm/{d}_top1"]))
+    from zoo.hub import export_model
+
+    src_dir = export_model(src, tmp_path / "src")  # a folder (or shipped name) is loaded as the source
+    by_path = run_attack_suite(tgt, images, [[c] for c in caps], cfg, source=str(src_dir))
+    assert json_equal(by_path["asr"], res["asr"])
     white = run_attack_suite(tgt, images, [[c] for c in caps], cfg)
     same = run_attack_suite(tgt, images, [[c] for c in caps], cfg, source=tgt)
     assert json_equal(white["asr"], same["asr"]) and not json_equal(white["asr"], res["asr"])
