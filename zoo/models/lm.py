@@ -224,6 +224,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         left-padded, prompts of similar lengths together (Hugging Face's text-generation pipeline batches the same
         way); ``batch_size=1`` decodes them one by one.
         """
+        check_generation(max_new_tokens, temperature)
+        check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
+        check_top_p(top_p)
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "
@@ -258,9 +261,6 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
             if as_text:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor, not a text prompt")
             attention_mask = check_left_padding(attention_mask, ids)
-        check_generation(max_new_tokens, temperature)
-        check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
-        check_top_p(top_p)
         stops = self._stop_ids(eos_id)
         if ids.shape[1] == 0:
             raise ValueError("empty prompt: give at least one token (an empty text prompt starts a new document)")
@@ -303,11 +303,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
 
     def _generate_texts(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: Optional[int],
                         top_p: Optional[float], eos_id: Any, seed: Optional[int], batch_size: int) -> list[str]:
-        """One completion per text prompt, decoded ``batch_size`` at a time with left padding (see generate)."""
+        """One completion per text prompt, decoded ``batch_size`` at a time with left padding (see generate, which
+        checked the settings)."""
         self._need_tokenizer()
-        check_generation(max_new_tokens, temperature)
-        check_top_k(top_k)
-        check_top_p(top_p)
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         stops = self._stop_ids(eos_id)
@@ -506,10 +504,10 @@ def sample_next(logits: Tensor, temperature: float, top_k: Optional[int], gen: O
     draw from :func:`filter_logits`' distribution.
 
     ``top_k`` ``None`` or ``0`` keeps the whole vocabulary (as Hugging Face's ``generate``); a
-    ``top_k`` at least the vocabulary size does too; ``top_p`` ``None`` or 1 as well.
+    ``top_k`` at least the vocabulary size does too; ``top_p`` ``None`` or 1 as well. Called once per decoding step
+    (per row when rows sample apart): the settings are checked by ``generate`` and by :func:`filter_logits`, not
+    again here.
     """
-    check_top_k(top_k)
-    check_top_p(top_p)
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
