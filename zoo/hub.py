@@ -210,11 +210,9 @@ def create_model(
         if meta is None or meta["model_class"] != _class_path(spec.model_cls):
             raise
         runtime = getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
-        saved = meta["config"]
-        passed = [k for k, v in overrides.items() if k not in runtime and k in saved and not _same_setting(saved[k], v)]
+        passed, diffs = _config_differences(meta["config"], overrides, runtime)
         if not passed:
             raise
-        diffs = "; ".join(f"{k}: checkpoint={saved[k]!r} config={overrides[k]!r}" for k in passed)
         raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}), which does not "
                          f"build with the checkpoint's other fields ({exc}); drop the overrides {passed} or use a "
                          "checkpoint trained with them") from exc
@@ -305,10 +303,9 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
     # a field the checkpoint lacks (an export older than the field) has the value load_pretrained
     # builds for it: the config class's default
     saved = {**_config_defaults(type(model.config)), **meta["config"]}
-    differing = [k for k, v in ours.items() if k not in runtime and not _same_setting(saved.get(k, v), v)]
+    differing, diffs = _config_differences(saved, ours, runtime)
     if not differing:
         return
-    diffs = "; ".join(f"{k}: checkpoint={saved.get(k)!r} config={ours[k]!r}" for k in differing)
     passed = [k for k in differing if k in overrides]
     registered = [k for k in differing if k not in overrides]
     hints = []
@@ -320,6 +317,13 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], folder: Union[str, 
             "create the matching name or read it with zoo.load_pretrained"
         )
     raise ValueError(f"checkpoint {folder} does not match the configured architecture ({diffs}); {'; '.join(hints)}")
+
+
+def _config_differences(saved: dict[str, Any], ours: dict[str, Any], runtime: Any) -> tuple[list[str], str]:
+    """The architecture fields of ``ours`` that ``saved`` (a checkpoint's config) sets otherwise (runtime fields and
+    fields ``saved`` lacks aside), and their ``"field: checkpoint=... config=..."`` description."""
+    keys = [k for k, v in ours.items() if k not in runtime and k in saved and not _same_setting(saved[k], v)]
+    return keys, "; ".join(f"{k}: checkpoint={saved[k]!r} config={ours[k]!r}" for k in keys)
 
 
 def _same_setting(saved: Any, ours: Any) -> bool:

@@ -59,10 +59,8 @@ def build_attention(attn_type: str, dim: int, n_heads: int, **kwargs) -> "Attent
 
 def check_attn_args(attn_args: Any, config_fields: dict[str, str]) -> dict[str, Any]:
     """``attn_args`` (extra keyword arguments of the attention type, e.g. ``{"signal_ratio": 2}`` for ``gda``) as a
-    dict; ``None`` is ``{}``. Keys the model sets from its own config fields (``config_fields``: keyword -> field)
-    are refused naming the field to set instead (they reached the layer twice: a TypeError deep in the build)."""
-    if attn_args is None:
-        return {}
+    dict. Keys the model sets from its own config fields (``config_fields``: keyword -> field) are refused naming
+    the field to set instead (they reached the layer twice: a TypeError deep in the build)."""
     if not isinstance(attn_args, dict) or not all(isinstance(k, str) for k in attn_args):
         raise ValueError(f"attn_args must be a mapping of keyword arguments of the attention type, got {attn_args!r}")
     taken = sorted(set(attn_args) & set(config_fields))
