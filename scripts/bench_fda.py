@@ -136,8 +136,7 @@ def evaluate_one(folder: Path, args: argparse.Namespace, eps: float, source: Opt
     captions = [it["captions"] for it in items]
     cfg = AttackConfig(eps=eps / 255.0, steps=args.pgd_steps, text_changes=args.text_changes, k=args.k)
     t0 = time.time()
-    res = run_attack_suite(model, images, captions, cfg,
-                           source=zoo.load_pretrained(source) if source is not None else None)
+    res = run_attack_suite(model, images, captions, cfg, source=source)  # a folder: run_attack_suite loads it
     res["eval_wall_s"] = time.time() - t0
     return res
 
@@ -209,9 +208,9 @@ def main() -> None:
                 raise SystemExit(f"{folder} has no trained run: train it first (--phase train)")
             meta = check_trained(folder, args, fda)
             source = transfer_source(work, args.seeds, s) if args.transfer else None
-            if source is not None and not (source / "bench_meta.json").is_file():
-                raise SystemExit(f"--transfer: {source} (the attacks' source for seed {s}) has no trained run")
             if source is not None:  # before its examples are crafted (and cached under its name), not at its own turn
+                if not (source / "bench_meta.json").is_file():
+                    raise SystemExit(f"--transfer: {source} (the attacks' source for seed {s}) has no trained run")
                 check_trained(source, args, fda=False)
             cache = folder / (f"eval_eps{eps:g}_n{args.n_test}_k{args.k}_pgd{args.pgd_steps}_t{args.text_changes}"
                               + (f"_from-{source.name}" if source is not None else "") + ".json")
