@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmachine import machine  # scripts/ is on sys.path when run as a script
+from bench_lm import QUICK_OUT, ROOT, SHAKESPEARE, machine  # scripts/ is on sys.path when run as a script
 import zoo
 from zoo.data.tokenizers import ByteTokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 
 
 def prompts_from(text: str, n: int, lo: int, hi: int, seed: int) -> list[str]:
@@ -69,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.prompts, args.new_tokens, args.batch_sizes, args.repeats = ["lm-diff-tiny"], 6, 4, [1, 3], 1
-    out = Path(args.out) if args.out else (Path(tempfile.gettempdir()) / "zoo_bench_quick" if args.quick
-                                           else ROOT / "scripts" / "results" / "lm")
+    out = Path(args.out) if args.out else (QUICK_OUT if args.quick else ROOT / "scripts" / "results" / "lm")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
