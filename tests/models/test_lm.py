@@ -610,6 +610,9 @@ def test_batched_text_sampling_draws_what_one_call_per_prompt_draws():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             model.generate(prompts, max_new_tokens=2, batch_size=bad)
+        for ids in (torch.tensor([[1, 2, 3]]), [1, 2, 3], "to be"):  # every kind of prompt, not only text lists
+            with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+                model.generate(ids, max_new_tokens=2, batch_size=bad)
 
 
 def test_batched_text_prompts_stop_as_alone_when_the_first_stop_id_is_no_token():

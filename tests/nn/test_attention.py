@@ -517,6 +517,41 @@ def test_rope_keeps_its_angles_after_module_cast(dtype):
     assert (got - ref).abs().max() < 8 * eps * x.abs().max()
 
 
+def test_rope_holds_no_table_of_max_seq_len_and_compiles_once():
+    """A converted Llama 3 has max_seq_len 131072: a cos/sin table of every position in every layer held
+    131072 x D x 8 bytes a layer (134 MB at head dim 128) after the first forward; and a table filled lazily on
+    the first call made torch.compile compile the model twice (a guard on the empty cache)."""
+    from torch._dynamo.utils import counters
+
+    from zoo.models.lm import DiffTransformerLM, LMConfig
+    from zoo.nn import RotaryEmbedding
+
+    def tensors(v):
+        return [v] if torch.is_tensor(v) else [t for u in v for t in tensors(u)] if isinstance(v, (tuple, list)) else []
+
+    torch.manual_seed(0)
+    model = DiffTransformerLM(LMConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=131072))
+    ids = torch.randint(0, 50, (2, 8))
+    model(ids)
+    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    assert len(ropes) == 2
+    held = [t for m in ropes for v in [*vars(m).values(), *m._buffers.values(), RotaryEmbedding.__dict__.get("_last")]
+            for t in tensors(v)]
+    assert max((t.numel() for t in held), default=0) <= 8 * 16, [tuple(t.shape) for t in held]
+    # the angles rotate like the reference at a position far past the first call's
+    rope = RotaryEmbedding(8, max_seq_len=16)
+    x = torch.randn(1, 1, 3, 8, dtype=torch.float64)
+    # fp32 angles (as Hugging Face's): off by about eps32 * position radians
+    torch.testing.assert_close(rope(x, 100000), rope_ref(x, 100000), rtol=0, atol=4 * 1.2e-7 * 100003 * x.abs().max().item())
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager")
+    for _ in range(3):
+        compiled(ids)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_bad_kv_heads_and_a_refused_cached_call_leave_the_cache_unchanged():
     from zoo.nn import KVCache
 

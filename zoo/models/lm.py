@@ -227,6 +227,8 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         check_generation(max_new_tokens, temperature)
         check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
         check_top_p(top_p)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "
@@ -306,8 +308,6 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         """One completion per text prompt, decoded ``batch_size`` at a time with left padding (see generate, which
         checked the settings)."""
         self._need_tokenizer()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         stops = self._stop_ids(eos_id)
         encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         for i, ids in enumerate(encoded):

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 
 class RotaryEmbedding(nn.Module):
-    """Caches cos/sin tables up to ``max_seq_len`` and rotates ``[B, H, T, D]`` tensors.
+    """Rotates ``[B, H, T, D]`` tensors by their positions' angles (``max_seq_len`` is kept for reference).
 
     Rotate-half pairs channel ``i`` with ``i + D/2``, the layout of Hugging Face Llama checkpoints,
     so converted weights need no permutation.
@@ -18,30 +18,46 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
         self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
-        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
-        self._cache: tuple[Tensor, Tensor] | None = None
+
+    _last: tuple[tuple, tuple[Tensor, Tensor]] | None = None  # see cos_sin
 
     def _inv_freq(self, device: torch.device | None = None) -> Tensor:
         return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
 
-    def _tables(self, end: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        if self._cache is None or self._cache[0].shape[0] < end or self._cache[0].device != device:
-            n = max(end, self.max_seq_len)
-            # normal tensors even when first called under torch.inference_mode (validate / generate): an
-            # inference-mode table could not be saved for backward by a later training step
+    def angles(self, start_pos: int, t: int, device: torch.device) -> Tensor:
+        """The rotation angles ``[t, D]`` of positions ``start_pos .. start_pos + t - 1``, in float32.
+
+        Computed per call, not cached: a table of ``max_seq_len`` positions per layer would hold
+        ``max_seq_len * D * 8`` bytes in every layer (131072 positions of head dim 128, a converted Llama 3:
+        134 MB a layer), and a lazily filled cache is Python state that torch.compile guards on (a second
+        compile on the second call). From fp32 frequencies, not the buffer: model.to(bf16) rounds it, rotating
+        late positions radians off. An elementwise product (autocast leaves it in fp32)."""
+        pos = torch.arange(start_pos, start_pos + t, device=device, dtype=torch.float32)
+        freqs = pos[:, None] * self._inv_freq(device)[None, :]
+        return torch.cat([freqs, freqs], dim=-1)
+
+    def cos_sin(self, start_pos: int, t: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``cos`` and ``sin`` of :meth:`angles`, in ``dtype``. The last result is kept (one entry, shared by every
+        RotaryEmbedding of the same head dim and theta): the queries and keys of a layer, and every layer of a
+        model, rotate the same positions in one forward. Not under torch.compile, which traces the computation."""
+        key = (self.head_dim, self.theta, start_pos, t, device, dtype)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            last = RotaryEmbedding._last
+            if last is not None and last[0] == key:
+                return last[1]
+            # normal tensors even when first made under torch.inference_mode (validate / generate): an
+            # inference-mode tensor could not be saved for backward by a later training step
             with torch.inference_mode(False):
-                t = torch.arange(n, device=device, dtype=torch.float32)
-                # from fp32 frequencies, not the buffer: model.to(bf16) rounds it, rotating late positions radians off
-                freqs = torch.outer(t, self._inv_freq(device))
-                emb = torch.cat([freqs, freqs], dim=-1)
-                self._cache = (emb.cos(), emb.sin())
-        return self._cache
+                emb = self.angles(start_pos, t, device)
+                out = (emb.cos().to(dtype), emb.sin().to(dtype))
+            RotaryEmbedding._last = (key, out)
+            return out
+        emb = self.angles(start_pos, t, device)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, x: Tensor, start_pos: int = 0) -> Tensor:
         """Rotate ``x`` ([B, H, T, D]) whose first token sits at absolute position ``start_pos``."""
-        t = x.shape[-2]
-        cos, sin = self._tables(start_pos + t, x.device)
-        cos = cos[start_pos : start_pos + t].to(x.dtype)
-        sin = sin[start_pos : start_pos + t].to(x.dtype)
+        cos, sin = self.cos_sin(start_pos, x.shape[-2], x.device, x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
