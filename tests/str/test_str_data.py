@@ -362,6 +362,17 @@ def test_an_lmdb_built_into_its_image_folder_is_read_with_a_warning(tmp_path):
     assert [name for name, _ in sets] == ["lmdb"]
 
 
+def test_an_image_folder_under_a_root_of_lmdbs_is_named_not_dropped_silently(tmp_path):
+    """A folder of the user's crops put beside benchmark LMDBs under one root: the root reads its LMDBs only, and
+    the crops (2 labelled images here) must be named in a warning, not vanish from the test table unsaid."""
+    d = _folder(tmp_path, [("a.png", "ab"), ("b.png", "cd")])
+    build_lmdb(d, tmp_path / "root" / "IIIT5k")
+    _folder(tmp_path / "root", [("c.png", "ef"), ("d.png", "gh")], name="mine")
+    with pytest.warns(UserWarning, match=r"holds both mine/labels.txt .* and LMDBs \(IIIT5k\); reading the LMDBs only"):
+        sets = open_source(tmp_path / "root", CS)
+    assert [(name, len(ds)) for name, ds in sets] == [("IIIT5k", 2)]
+
+
 def test_loader_workers_persist_across_epochs():
     """With workers, the train / val loaders keep them between epochs (as the other domains' loaders do): under spawn
     (macOS, Windows) a new worker re-imports torch, matplotlib and zoo, seconds at every epoch and validation run."""

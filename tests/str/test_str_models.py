@@ -4,6 +4,7 @@ masked softmax, mask semantics end to end, registry forward/backward, parameter 
 from __future__ import annotations
 
 import math
+import string
 
 import pytest
 import torch
@@ -168,6 +169,21 @@ def test_all_registered_sizes_and_equal_params():
         STRConfig(decode="AR")
     with pytest.raises(ValueError, match="refine_iters must be a non-negative integer"):
         STRConfig(refine_iters=-1)
+
+
+def test_config_charset_reads_names_and_files_as_the_datamodule_does(tmp_path, monkeypatch):
+    """create_model(..., charset=...) took the string as the characters: "95" (a typo of 94) built a 2-character
+    recognizer and "chars.txt" one of the file name's letters, silently."""
+    chars = tmp_path / "chars.txt"
+    chars.write_text("\n".join("абв1") + "\n", encoding="utf-8")
+    assert STRConfig(charset=str(chars)).charset == "абв1"
+    assert STRConfig(charset="94").charset == string.digits + string.ascii_letters + string.punctuation
+    assert STRConfig(charset="xyz").charset == "xyz"  # the characters themselves
+    with pytest.raises(ValueError, match="unknown named charset '95'"):
+        zoo.create_model("str-diff-tiny", charset="95")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="charset file missing.txt not found"):
+        STRConfig(charset="missing.txt")
 
 
 def test_transfer_charset_keeps_known_rows():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 import string
+import unicodedata
 
 import pytest
 import torch
@@ -49,6 +51,32 @@ def test_normalization_parseq_rules():
     mixed = Charset("62")
     assert mixed.normalize("AbC") == "AbC"
     assert Charset("94").normalize("ﬁ½") == "fi12"  # NFKD of the ligature / fraction, then ASCII; '⁄' dropped
+
+
+def _parseq_label(label: str, charset: str, max_length: int):
+    """PARSeq's LmdbDataset + CharsetAdapter for an ASCII charset, written out: whitespace removed, NFKD
+    then ASCII-encoded with 'ignore', the length cap, then lower / upper case and out-of-charset removal."""
+    label = unicodedata.normalize("NFKD", "".join(label.split())).encode("ascii", "ignore").decode()
+    if len(label) > max_length:
+        return None
+    if charset == charset.lower():
+        label = label.lower()
+    elif charset == charset.upper():
+        label = label.upper()
+    return re.sub(f"[^{re.escape(charset)}]", "", label) or None
+
+
+@pytest.mark.parametrize("label", ["Straße", "Maß", "ışık", "Ærø", "ﬁne"])
+@pytest.mark.parametrize("chars", [string.digits + string.ascii_uppercase, CHARSETS["36"]])
+def test_non_ascii_letters_under_an_ascii_charset_are_dropped_before_the_case_changes(label, chars):
+    """'ß'.upper() is 'SS' and 'ı'.upper() is 'I': upper-casing before the non-ASCII letters go made a 6-letter
+    'Straße' 7 letters long (skipped as too long under max_length 6) and 'Maß' 'MASS', with nothing counted."""
+    cs, st = Charset(chars, 6), NormStats()
+    assert cs.normalize(label, st) == _parseq_label(label, chars, 6)
+    assert st.too_long == 0
+    # every non-ASCII letter left after NFKD (the accents split off go silently) is dropped and counted
+    nfkd = unicodedata.normalize("NFKD", label)
+    assert sum(st.dropped_chars.values()) == sum(not c.isascii() and not unicodedata.combining(c) for c in nfkd)
 
 
 def test_unicode_charset_file(tmp_path):

@@ -168,10 +168,11 @@ class Charset:
             # NFKD then ASCII: accents split off and go silently (é -> e); any other non-ASCII character
             # (中, an undecodable byte's U+FFFD) is out of the charset and counted as dropped below
             label = "".join(c for c in unicodedata.normalize("NFKD", label) if not unicodedata.combining(c))
-        if not self.has_upper:
-            label = label.lower()
-        elif not self.has_lower:
-            label = label.upper()
+        # under an ASCII charset only ASCII characters change case: PARSeq drops the rest before it does, and
+        # str.upper would spell them in ASCII ("ß" -> "SS": a 6-letter "Straße" read as 7 letters, too long)
+        case = str.lower if not self.has_upper else str.upper if not self.has_lower else None
+        if case is not None:
+            label = "".join(case(c) if c.isascii() else c for c in label) if self.is_ascii else case(label)
         kept = "".join(c for c in label if c in self.index)
         dropped = "".join(c for c in label if c not in self.index)
         return kept, dropped

@@ -238,11 +238,14 @@ def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]
     label = path.name if path.name not in ("", "..") else path.resolve().name or str(path)
     lmdbs = find_lmdbs(path) if path.is_dir() else []
     if lmdbs:
-        beside = [n for n in LABEL_FILES if (path / n).is_file()]
-        if beside:  # e.g. an LMDB built into the image folder it came from: say which one is read
+        # image folders in or under the root (an LMDB built into the image folder it came from, or a folder of
+        # crops put beside benchmark LMDBs): only LMDBs are read from a root, so say which labels are not
+        beside = [str(p.relative_to(path)) for p in walk_files(path) if p.name in LABEL_FILES]
+        if beside:
+            shown = ", ".join(beside[:5]) + (", ..." if len(beside) > 5 else "")
             warnings.warn(
-                f"{path} holds both {beside[0]} (an image folder) and LMDBs ({', '.join(str(p.relative_to(path)) or '.' for p in lmdbs)}); "
-                f"reading the LMDBs only ({beside[0]} is ignored)",
+                f"{path} holds both {shown} (an image folder's labels) and LMDBs ({', '.join(str(p.relative_to(path)) or '.' for p in lmdbs)}); "
+                f"reading the LMDBs only ({len(beside)} labels file(s) ignored: give such an image folder as a source of its own)",
                 stacklevel=2,
             )
         return [(str(p.relative_to(path)) if p != path else label, LMDBDataset(p, charset)) for p in lmdbs]

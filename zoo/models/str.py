@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.data.charsets import CHARSETS, Charset, check_charset
+from zoo.data.charsets import Charset, resolve_charset
 from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_differential
@@ -46,7 +46,7 @@ DECODE_MODES = ("ar", "nar")
 class STRConfig:
     """Architecture of :class:`SceneTextRecognizer`.
 
-    ``charset`` is a named set (``36``, ``62``, ``94``) or the characters themselves (any Unicode);
+    ``charset`` is a named set (``36``, ``62``, ``94``), a charset file or the characters themselves (any Unicode);
     it is stored expanded, so an export carries its charset. Encoder and decoder sizes are separate
     knobs (CSD finds scaling the decoder pays more than scaling the encoder). A ``diff`` head splits
     its width into two q/k sub-heads, so ``vanilla`` twins at equal parameters use ``2 * dec_heads``.
@@ -81,8 +81,9 @@ class STRConfig:
     refine_iters: int = 1
 
     def __post_init__(self) -> None:
-        self.charset = CHARSETS.get(str(self.charset), str(self.charset))
-        check_charset(self.charset, "config charset")
+        # as the datamodule reads it: a named set, a charset file, or the characters; an unknown set name ("95")
+        # or a missing file ("chars.txt") is an error, not a charset of its own characters
+        self.charset = resolve_charset(self.charset)
         for name in ("attn_type", "self_attn_type"):
             if getattr(self, name) not in list_attention_types():
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known types: {list_attention_types()}")
