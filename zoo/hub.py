@@ -156,13 +156,19 @@ def check_positive_ints(config: Any, names: Sequence[str]) -> None:
     """Every field of ``config`` in ``names`` must be an int >= 1 (not a bool or a float): else a ``ValueError``
     naming the field, before a size of 0 or 3.0 fails later as a division by zero or a type error."""
     for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            # a numpy / torch integer reads as a whole number in the message: name its type
-            numpy_like = isinstance(value, numbers.Integral) and not isinstance(value, int)
-            kind = (f" of type {type(value).__module__}.{type(value).__name__}; pass a Python int (int(x)), which the "
-                    "exported config.json can hold") if numpy_like else ""
-            raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
+        check_positive_int(name, getattr(config, name))
+
+
+def check_positive_int(name: str, value: Any, any_integral: bool = False) -> None:
+    """``value`` must be an int >= 1 (not a bool or a float): else a ``ValueError`` naming ``name``. With
+    ``any_integral`` (a call's argument, never saved) numpy / torch integers pass too."""
+    kinds = numbers.Integral if any_integral else int
+    if not isinstance(value, kinds) or isinstance(value, bool) or value < 1:
+        # a numpy / torch integer reads as a whole number in the message: name its type
+        numpy_like = isinstance(value, numbers.Integral) and not isinstance(value, kinds)
+        kind = (f" of type {type(value).__module__}.{type(value).__name__}; pass a Python int (int(x)), which the "
+                "exported config.json can hold") if numpy_like else ""
+        raise ValueError(f"{name} must be a positive integer, got {value!r}{kind}")
 
 
 def config_from(config_class: type, config: Any, owner: str) -> Any:

@@ -181,3 +181,50 @@ def test_a_float64_layer_matches_the_float64_math_to_float64_precision(attn_type
     got = mod(x, ctx, fw=fw, query_mask=qmask)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, naive_forward(mod, x, fw, ctx, qmask, 0.8, {0, 1}, "both"), rtol=1e-10, atol=1e-10)
+
+
+def test_a_query_outweighed_on_a_key_keeps_its_share():
+    """In the softmax over queries, a query that another query outweighs by ~80 on one key gets a_q ~ 1e-35 there
+    (a normal float32). The share it keeps was divided by max(a_q, 1e-30): ~1e-5 instead of ~0.63, which wiped
+    out its attention on that key, even at g = 0 (plain attention: 0.5 became 6e-6). Reference: the formula
+    min(relu(a_k - g a_fk), a_k relu(a_q - g a_fq) / a_q) written out in float64."""
+    from zoo.nn.fda import fda_combine
+
+    s = torch.tensor([[0.0, 0.0], [80.0, 0.0]])[None, None]
+    s_f = torch.tensor([[-1.0, 0.0], [80.0, 0.0]])[None, None]
+    head = torch.tensor([True])
+    torch.testing.assert_close(fda_combine(s, s_f, torch.tensor(0.0), head, "both"), s.softmax(-1))
+    sd, sfd = s.double(), s_f.double()
+    a_k, af_k, a_q, af_q = sd.softmax(-1), sfd.softmax(-1), sd.softmax(-2), sfd.softmax(-2)
+    want = torch.minimum((a_k - af_k).clamp(min=0), a_k * (a_q - af_q).clamp(min=0) / a_q)
+    assert abs(float(want[0, 0, 0, 0]) - (0.5 - 1 / (1 + math.e))) < 1e-9  # by hand: min(0.231, 0.5 * 0.632)
+    torch.testing.assert_close(fda_combine(s, s_f, torch.tensor(1.0), head, "both"), want.float())
+
+
+@pytest.mark.parametrize("d", [80.0, 95.0, 100.0])
+def test_the_kept_share_has_finite_gradients_where_a_q_is_subnormal(d):
+    """Score gaps of ~88-103 between queries on one key make a_q a float32 subnormal: dividing by it gave
+    (u / a_q) / a_q = inf in the backward, and 0 * inf = NaN where the minimum took the key-direction map.
+    Reference: min(relu(a_k - g a_fk), a_k relu(a_q - g a_fq) / a_q) written out in float64 (where these a_q
+    are normal numbers), outputs and gradients."""
+    from zoo.nn.fda import fda_combine
+
+    def naive(s, s_f, g):
+        a_k, af_k, a_q, af_q = s.softmax(-1), s_f.softmax(-1), s.softmax(-2), s_f.softmax(-2)
+        return torch.minimum((a_k - g * af_k).clamp(min=0), a_k * (a_q - g * af_q).clamp(min=0) / a_q)
+
+    s = torch.tensor([[0.0, 0.0, 0.0], [d, d - 1, 0.0]])[None, None]
+    s_f = torch.tensor([[0.0, 1.0, 0.0], [d + 50, d - 1, 0.0]])[None, None]
+    w = torch.randn(1, 1, 2, 3, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for dtype, fn in ((torch.float32, lambda a, b, g: fda_combine(a, b, g, torch.tensor([True]), "both")),
+                      (torch.float64, naive)):
+        a, b = s.to(dtype).clone().requires_grad_(), s_f.to(dtype).clone().requires_grad_()
+        g = torch.tensor(1.0, dtype=dtype, requires_grad=True)
+        out = fn(a, b, g)
+        (out * w.to(dtype)).sum().backward()
+        grads[dtype] = (out.detach(), a.grad, b.grad, g.grad)
+    assert grads[torch.float64][0][0, 0, 0, 0] > 0.1  # the entry a floor on a_q wiped out
+    for got, want in zip(grads[torch.float32], grads[torch.float64]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-6)

@@ -174,3 +174,22 @@ def test_items_beyond_the_reranked_top_k_keep_their_itc_order(rerank):
     assert res["itm/i2t_r5"] == res["itc/i2t_r5"] == 100.0
     if rerank == "itc+itm":
         assert correct_ranks(out["i2t_itm_only"], rel)[0].item() == 4
+
+
+def test_nan_scores_never_count_as_right():
+    """A diverged model scores NaN: every comparison with NaN is False, so no wrong item counted as ranked
+    above the right one and all-NaN scores read R@1 = R@10 = 100 (a checkpoint callback on val/r1 kept such a
+    model as the best). By hand: a NaN item cannot be ranked below the right one, so it counts against the query;
+    all-NaN scores over 12 images x 12 captions leave 11 wrong items above each right one: R@1 = R@10 = 0."""
+    from zoo.tasks.vlm import retrieval_metrics
+
+    res = retrieval_metrics({"itc": torch.full((12, 12), float("nan"))}, torch.arange(12))
+    for k in (1, 5, 10):
+        assert res[f"itc/i2t_r{k}"] == res[f"itc/t2i_r{k}"] == 0.0
+    nan = float("nan")
+    scores = torch.tensor([[0.9, nan, 0.1],   # right item 0 first, but item 1 cannot be ordered: rank 1
+                           [0.2, 0.8, 0.1],   # clean row: rank 0
+                           [0.3, 0.2, nan],   # the right item itself is NaN: both wrong items count, rank 2
+                           [nan, 0.7, 0.1]])  # two right items: item 0 (NaN) gives nothing, item 1 (0.7) is first
+    rel = torch.tensor([[True, False, False], [False, True, False], [False, False, True], [True, True, False]])
+    assert correct_ranks(scores, rel).tolist() == [1, 0, 2, 0]

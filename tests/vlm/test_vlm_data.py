@@ -249,3 +249,20 @@ def test_a_caption_csv_with_another_separator_is_named(tmp_path, sep, name):
     path.write_text(f"image{sep}caption\na.png{sep}a red circle\n")
     with pytest.raises(ValueError, match=rf"separates its columns with {name} .*must be comma-separated"):
         read_caption_file(path, "train")
+
+
+def test_a_csv_row_without_its_image_field_is_named(tmp_path):
+    """A row shorter than the header (image column last, field left out) crashed with "unsupported operand type(s)
+    for /: 'PosixPath' and 'NoneType'"; now the file and line are named. A missing caption field stays an empty
+    caption (skipped, counted)."""
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg"])
+    cp = tmp_path / "caps.csv"
+    cp.write_text("caption,image\na dog,a.jpg\na cat\n")
+    with pytest.raises(ValueError, match=r"caps.csv line 3 has no 'image' field"):
+        ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp)).data_info
+    cp.write_text("image,caption\na.jpg,a dog\na.jpg\n")
+    with pytest.warns(UserWarning, match="1 empty captions .* skipped"):
+        assert read_caption_file(cp, "train") == [("a.jpg", ["a dog", None])]
+        assert ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp)).data_info[
+            "sizes"]["train"] == 1

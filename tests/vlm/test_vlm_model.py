@@ -388,6 +388,24 @@ def test_similarity_of_an_empty_batch_is_an_empty_matrix():
     assert tuple(m.similarity(images[:0], caps, score="itm").shape) == (0, 2)
 
 
+def test_similarity_and_retrieval_scores_refuse_a_batch_size_below_one():
+    """batch_size=-1 skipped the pair-scoring loop and returned torch.empty's unset memory as scores; 0 failed in
+    range(). Batch sizes that do score agree with scoring pair by pair (batch_size 1), numpy integers included."""
+    import numpy as np
+
+    from zoo.tasks.vlm import retrieval_scores
+
+    m = tiny_model()
+    images, caps = scene_batch(3)
+    one = m.similarity(images, caps, batch_size=1)
+    torch.testing.assert_close(m.similarity(images, caps, batch_size=np.int64(4)), one)
+    for bad in (-1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            m.similarity(images, caps, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            retrieval_scores(m, images, caps, k=2, batch_size=bad)
+
+
 @pytest.mark.parametrize("fusion", ["vanilla", "diff"])
 def test_torch_compile_text_and_itm_path_is_one_graph_and_matches_eager(fusion):
     """torch.compile: the text encoder's token-id check no longer splits the graph (it read tensor values in

@@ -455,6 +455,9 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
                     "(set data.image_col / data.caption_col)"
                 )
             for row in reader:
+                if row[image_col] is None:  # a row shorter than the header (a missing caption is an empty one)
+                    raise ValueError(f"{path} line {reader.line_num} has no {image_col!r} field (fewer fields than "
+                                     f"the columns {cols}); fix that row")
                 grouped.setdefault(row[image_col], []).append(row[caption_col])
         return list(grouped.items())
     try:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets, check_token_ids
-from zoo.hub import PretrainedMixin, check_positive_ints, config_from
+from zoo.hub import PretrainedMixin, check_positive_int, check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 from zoo.nn.attention import check_attn_args
 from zoo.nn.modes import eval_mode
@@ -227,8 +227,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         check_generation(max_new_tokens, temperature)
         check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
         check_top_p(top_p)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size, any_integral=True)
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "

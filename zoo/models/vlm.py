@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_int, check_positive_ints, config_from, register_model
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.nn import GeluMlp, build_attention
 from zoo.nn.fda import DIRECTIONS, FDACrossAttention
@@ -382,6 +382,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         """
         if score not in ("itc+itm", "itm", "itc"):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
+        check_positive_int("batch_size", batch_size, any_integral=True)  # a negative one skipped the scoring loop: unset scores
         if isinstance(texts, str):  # one caption, as one image: a [Ni, 1] column
             texts = [texts]
         with eval_mode(self):  # scores without dropout, as STR's read and TS's forecast (a model fresh from fit trains)

@@ -53,6 +53,13 @@ def _masked_softmax(s: Tensor, mask: Optional[Tensor], dim: int) -> Tensor:
     return torch.nan_to_num(torch.softmax(s, dim=dim), nan=0.0)
 
 
+def _masked_log_softmax(s: Tensor, mask: Optional[Tensor], dim: int) -> Tensor:
+    """Log-softmax along ``dim`` with ``mask`` (True = keep): -inf where masked, NaN in all-masked slices."""
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.log_softmax(s, dim=dim)
+
+
 def fda_combine(
     s: Tensor,
     s_f: Tensor,
@@ -75,11 +82,17 @@ def fda_combine(
     a_fk = _masked_softmax(s_f, kmask, -1)
     if direction == "keys":
         return torch.where(head_mask[None, :, None, None], F.relu(a_k - gh * a_fk), a_k)
-    a_q = _masked_softmax(s, both, -2)
-    a_fq = _masked_softmax(s_f, both, -2)
     if direction == "reference":
+        a_q, a_fq = _masked_softmax(s, both, -2), _masked_softmax(s_f, both, -2)
         return torch.minimum(F.relu(a_q - gh * a_fq), F.relu(a_k - gh * a_fk))
-    keep_q = torch.where(a_q > 0, F.relu(a_q - gh * a_fq) / a_q.clamp_min(1e-30), torch.ones_like(a_q))
+    # the share of each entry kept, relu(1 - g * A_fq / A_q), with the ratio from log-softmaxes: A_q may be
+    # vanishingly small (other queries outweigh this one on that key) or subnormal, where a floor on it wiped the
+    # entry out even at g = 0 and dividing by it gave inf / NaN gradients; exp capped at e^80 (keep is 0 long
+    # before: g * e^80 >> 1 for any g that subtracts); 1 where A_q is masked out
+    lq = _masked_log_softmax(s, both, -2)
+    real = torch.isfinite(lq)
+    ratio = torch.exp(torch.where(real, _masked_log_softmax(s_f, both, -2) - lq, 0.0).clamp(max=80.0))
+    keep_q = torch.where(real, F.relu(1.0 - gh * ratio), 1.0)
     out = torch.minimum(F.relu(a_k - gh * a_fk), a_k * keep_q)
     return torch.where(head_mask[None, :, None, None], out, a_k)
 

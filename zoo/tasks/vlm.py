@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.hub import create_model, export_arch_config, read_export_config, resolve_pretrained
+from zoo.hub import check_positive_int, create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.tasks.base import ZooTask, gather_objects
 
 KS = (1, 5, 10)
@@ -41,8 +41,11 @@ def correct_ranks(scores: Tensor, relevant: Tensor) -> Tensor:
     if not bool(relevant.any(1).all()):
         raise ValueError("every query needs at least one relevant item")
     s = scores if scores.dtype == torch.float64 else scores.float()
-    best = s.masked_fill(~relevant, float("-inf")).max(1, keepdim=True).values
-    return ((s >= best) & ~relevant).sum(1)
+    # NaN scores (a diverged model) cannot rank a right item first: a NaN item counts against the query, a NaN
+    # right item does not count for it (every comparison with NaN is False: all-NaN scores read as R@1 = 100)
+    nan = s.isnan()
+    best = s.masked_fill(~relevant | nan, float("-inf")).max(1, keepdim=True).values
+    return (((s >= best) | nan) & ~relevant).sum(1)
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
@@ -72,6 +75,7 @@ def retrieval_scores(
     """ITC matrix ``itc`` ``[Ni, Nt]`` and re-ranked ``i2t`` ``[Ni, Nt]`` / ``t2i`` ``[Nt, Ni]`` (module docstring)."""
     if rerank not in RERANK:
         raise ValueError(f"rerank must be one of {RERANK}, got {rerank!r}")
+    check_positive_int("batch_size", batch_size, any_integral=True)
     dev = model.fw_table.device
     ids, mask = model.tokenize(texts)
     img_tokens = torch.cat([model.encode_image(images[s : s + batch_size].to(dev)) for s in range(0, len(images), batch_size)])
