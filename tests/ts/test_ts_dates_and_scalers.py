@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.data.ts import CSVTSDataModule, future_dates, infer_freq, prepare_frame, same_spacing
+from zoo.data.ts import CSVTSDataModule, future_dates, infer_freq, prepare_frame, same_spacing, time_features
 from zoo.tasks.ts import ForecastTask
 
 LB, H = 24, 8
@@ -32,6 +32,18 @@ def test_a_missing_row_keeps_the_hourly_step_and_warns():
     with pytest.warns(UserWarning, match="1 of 38 time steps differ from the series' step h"):
         freq = infer_freq(dates)
     assert pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) == pd.Timedelta(hours=1)
+
+
+@pytest.mark.parametrize("freq", ["h", "B"])
+def test_missing_rows_late_in_a_long_series_are_reported(freq):
+    """Rows missing after the first 1000 (the rows the frequency is read from) are warned about too: a
+    long file with a gap late in it was taken as regular in silence."""
+    dates = pd.date_range("2020-01-01", periods=3000, freq=freq).delete(range(2000, 2005))
+    off = pd.tseries.frequencies.to_offset(freq)
+    n_odd = int(((dates[:-1] + off) != dates[1:]).sum())  # independent count: consecutive dates one step apart
+    assert n_odd == 1
+    with pytest.warns(UserWarning, match=f"1 of {len(dates) - 1} time steps differ from the series' step {freq}"):
+        assert infer_freq(dates) == freq
 
 
 def test_forecast_timestamps_after_a_gap_are_hourly(tmp_path):
@@ -67,6 +79,20 @@ def test_calendar_steps_survive_gaps(freq, drop, n_odd, last, want):
     else:
         assert str(dates[-1].date()) == last
         assert [str(d.date()) for d in future_dates(dates[-1], 3, got)] == want
+
+
+@pytest.mark.parametrize("freq, last, want", [
+    ("B", "2024-06-15", ["2024-06-17", "2024-06-18", "2024-06-19"]),  # a Saturday row: Monday comes next
+    ("W-SUN", "2024-06-10", ["2024-06-16", "2024-06-23", "2024-06-30"]),  # a Monday: the coming Sunday
+    ("MS", "2024-06-15", ["2024-07-01", "2024-08-01", "2024-09-01"]),  # mid-month: the next month start
+    ("B", "2024-06-14", ["2024-06-17", "2024-06-18", "2024-06-19"]),  # on the calendar already (a Friday)
+    ("h", "2024-06-14 10:30", ["2024-06-14 11:30", "2024-06-14 12:30", "2024-06-14 13:30"]),
+])
+def test_future_dates_start_at_the_first_step_after_the_last_date(freq, last, want):
+    """The forecast's first timestamp is the first one of the frequency after the last date, also when that date is
+    not on the frequency's calendar (a weekend row in business-day data, a predict file's other weekday): one
+    step was skipped (pandas' date_range rolls such a start forward, and the first date was then dropped)."""
+    assert list(future_dates(pd.Timestamp(last), 3, freq)) == [pd.Timestamp(d) for d in want]
 
 
 @pytest.mark.parametrize("months, drop", [(1, []), (1, [40]), (3, []), (12, [])])
@@ -198,6 +224,56 @@ def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
         ref = fresh.model(torch.as_tensor((raw - m) / s, dtype=torch.float32), batch.get("x_mark")).double().numpy()
         ref = (ref * s + m - md) / sd
     np.testing.assert_allclose(pred.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_checkpoint_restored_over_a_file_with_its_columns_reordered(tmp_path):
+    """`predict` / `test --ckpt_path` on a file with the training columns in another order (as forecast(df) takes
+    them): each variable goes to the model by name. It was refused ("point data.path at a file with the same
+    columns") though the file had the same columns."""
+    old = _frame(240, seed=1)
+    old["c"] = np.cos(np.arange(240) / 3) * 20 - 7
+    new = _frame(240, seed=2)
+    new["c"] = np.cos(np.arange(240) / 4) * 5 + 30
+    new[["a", "b"]] = new[["a", "b"]] * 3 + 50
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new[["c", "b", "date", "a"]].to_csv(tmp_path / "new.csv", index=False)
+    kw = dict(lookback=LB, horizon=H, split="ratio", batch_size=8, features="MS", target="a", time_features=True)
+    dm_old, dm_new = CSVTSDataModule(str(tmp_path / "old.csv"), **kw), CSVTSDataModule(str(tmp_path / "new.csv"), **kw)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_old.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, limit_val_batches=1, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm_old)
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model, meta = task.model.eval(), task.model.meta
+    assert meta["columns"] == ["a", "b", "c"]
+    m, s = np.asarray(meta["mean"]), np.asarray(meta["std"])
+
+    def by_hand(rows):  # the rows [n, >= LB] of `new` in the training order, scaled by the model's own scaler
+        x = (new[["a", "b", "c"]].to_numpy()[rows] - m) / s
+        marks = torch.as_tensor(time_features(pd.DatetimeIndex(new["date"].iloc[rows]), meta["time_features"]))[None]
+        with torch.no_grad():
+            y = model(torch.as_tensor(x, dtype=torch.float32)[None], marks)[0].double().numpy()
+        return y[:, 0] * s[0] + m[0]  # the target a, original units
+
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = L.Trainer(**quiet, default_root_dir=tmp_path / "p").predict(
+            ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_new.data_info), datamodule=dm_new, ckpt_path=ckpt)
+    got = pd.DataFrame(rows[0])
+    np.testing.assert_allclose(got["a"].to_numpy(), by_hand(slice(-LB, None)), rtol=1e-4, atol=1e-4)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = L.Trainer(**quiet, default_root_dir=tmp_path / "t").test(
+            ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_new.data_info), datamodule=dm_new,
+            ckpt_path=ckpt, verbose=False)[0]
+    t0, t1 = dm_new.data_info["borders"]["test"]
+    errs = np.stack([by_hand(slice(i, i + LB)) - new["a"].to_numpy()[i + LB : i + LB + H] for i in range(t0, t1 - LB - H + 1)])
+    assert res["test/mse_orig"] == pytest.approx(np.mean(errs**2), rel=1e-4)
+    assert res["test/mae_orig"] == pytest.approx(np.mean(np.abs(errs)), rel=1e-4)
 
 
 def test_a_saved_row_index_is_not_a_variable(tmp_path):

@@ -315,6 +315,8 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
         raise ValueError("need at least two timestamps to infer the series frequency")
     head = dates[: min(len(dates), 1000)]
     freq = _pandas_freq(head) if len(head) >= 3 else None
+    # the head is regular: rows missing after it are still counted (and warned about) below
+    n_odd = _off_steps(dates[len(head) - 1 :], freq) if freq is not None else 0
     if freq is None:
         # the steps as Timedeltas: raw integers would be in the index's unit (pandas 3 parses strings at
         # microsecond resolution), which pd.Timedelta(int) would read as nanoseconds
@@ -328,13 +330,13 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
             calendar = min(calendars, key=lambda c: _off_steps(head, c))
             if _off_steps(head, calendar) <= _off_steps(head, freq):
                 freq, n_odd = calendar, _off_steps(dates, calendar)
-        if n_odd:
-            warnings.warn(
-                f"{n_odd} of {len(dates) - 1} time steps differ from the series' step {freq} (missing rows, a "
-                f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
-                f"taken as {freq}-spaced",
-                stacklevel=2,
-            )
+    if n_odd:
+        warnings.warn(
+            f"{n_odd} of {len(dates) - 1} time steps differ from the series' step {freq} (missing rows, a "
+            f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
+            f"taken as {freq}-spaced",
+            stacklevel=2,
+        )
     return freq
 
 
@@ -391,8 +393,10 @@ def time_features(dates: pd.DatetimeIndex, names: Sequence[str]) -> np.ndarray:
 
 
 def future_dates(last: pd.Timestamp | str, horizon: int, freq: str) -> pd.DatetimeIndex:
-    """The ``horizon`` timestamps after ``last`` at frequency ``freq``."""
-    return pd.date_range(pd.Timestamp(last), periods=horizon + 1, freq=to_offset(freq))[1:]
+    """The ``horizon`` timestamps after ``last`` at frequency ``freq`` (from the first one after ``last``, also
+    when ``last`` is off the frequency's calendar: a Saturday in business days)."""
+    offset = to_offset(freq)
+    return pd.date_range(pd.Timestamp(last) + offset, periods=horizon, freq=offset)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,41 +180,48 @@ class ForecastTask(ZooTask):
     def forward(self, x: Tensor, x_mark: Optional[Tensor] = None) -> Tensor:
         return self.model(x, x_mark)
 
-    def _data_to_model_scale(self) -> Optional[tuple[Tensor, Tensor]]:
-        """Per-variate ``(a, b)`` with ``model-scaled = a * data-scaled + b``, or None when they agree.
+    def _data_to_model_scale(self) -> Optional[tuple[Tensor, Tensor, Optional[list[int]]]]:
+        """Per-variate ``(a, b, order)`` with ``model-scaled = a * data-scaled[..., order] + b``, or None when
+        they agree; ``order`` (None: the same) takes the data's columns to the model's.
 
         The model owns its scaler (``model.meta``, saved with it). A checkpoint restored with
         ``--ckpt_path`` over another file (``data.path`` with more rows, another series of the same
-        variables) keeps its own; the batches come scaled by the file's, so they are carried over.
+        variables, in any column order) keeps its own; the batches come scaled by the file's, so they are carried over.
         """
         meta, info = self.model.meta, self.data_info
         if meta is None or info.get("mean") is None or (meta["mean"], meta["std"]) == (info["mean"], info["std"]):
             return None
-        if list(meta["columns"]) != list(info["columns"]):
+        if sorted(meta["columns"]) != sorted(info["columns"]):
             raise ValueError(
                 f"the model was trained on the variables {meta['columns']} but the data has {info['columns']}; "
                 "point data.path at a file with the same columns"
             )
-        md, sd = torch.tensor(info["mean"], dtype=torch.float64), torch.tensor(info["std"], dtype=torch.float64)
+        order = [list(info["columns"]).index(c) for c in meta["columns"]]
+        md, sd = (torch.tensor([info[k][i] for i in order], dtype=torch.float64) for k in ("mean", "std"))
         mm, sm = torch.tensor(meta["mean"], dtype=torch.float64), torch.tensor(meta["std"], dtype=torch.float64)
-        return sd / sm, (md - mm) / sm
+        return sd / sm, (md - mm) / sm, (None if order == sorted(order) else order)
 
-    def _model_input(self, x: Tensor) -> tuple[Tensor, Optional[tuple[Tensor, Tensor]]]:
-        """``x`` (data-scaled) in the model's scale, and the ``(a, b)`` used (None: the scalers agree)."""
+    def _model_input(self, x: Tensor) -> tuple[Tensor, Optional[tuple[Tensor, Tensor, Optional[list[int]]]]]:
+        """``x`` (data-scaled, the data's column order) in the model's scale and order, and the ``(a, b, order)``
+        used (None: the scalers agree)."""
         conv = self._data_to_model_scale()
         if conv is None:
             return x, None
-        a, b = (t.to(x.dtype).to(x.device) for t in conv)  # cast on the CPU: MPS cannot hold the float64 first
-        return x * a + b, (a, b)
+        a, b = (t.to(x.dtype).to(x.device) for t in conv[:2])  # cast on the CPU: MPS cannot hold the float64 first
+        if conv[2] is not None:
+            x = x[..., conv[2]]
+        return x * a + b, (a, b, conv[2])
 
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
         """The forecast in the data's scale (the batches' own), whatever scaler the model was trained with."""
         x, conv = self._model_input(batch["x"])
         out = self.model(x, batch.get("x_mark"))
         if conv is not None:  # back: data-scaled = (model-scaled - b) / a, on the channels the model returns
-            a, b = conv
+            a, b, order = conv
             keep = slice(None) if out.shape[-1] == len(a) else list(self.out_index or [])
             out = (out - b[keep].to(out.dtype)) / a[keep].to(out.dtype)
+            if order is not None and out.shape[-1] == len(a):  # the model's column order back to the data's
+                out = out[..., sorted(range(len(order)), key=order.__getitem__)]
         if self.out_index is not None and len(self.out_index) != out.shape[-1]:
             out = out[..., self.out_index]
         return out
