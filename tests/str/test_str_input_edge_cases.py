@@ -4,7 +4,6 @@ corrupt sample counts."""
 
 from __future__ import annotations
 
-import io
 import unicodedata
 
 import numpy as np

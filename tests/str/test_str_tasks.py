@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.data.str import to_tensor
 from zoo.hub import export_model
 from zoo.models.str import SceneTextRecognizer, _NARRefine, export_onnx
 from zoo.tasks.str import RecognitionTask, read_folder

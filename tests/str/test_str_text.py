@@ -8,7 +8,6 @@ import string
 import unicodedata
 
 import pytest
-import torch
 from torchmetrics.functional.text import edit_distance as tm_edit_distance
 
 from zoo.data.charsets import CHARSETS, Charset, NormStats, load_charset

@@ -68,7 +68,6 @@ def _only(root, name):
 def test_ddp_str_test_metrics_and_predictions_cover_every_sample_once(tmp_path):
     # 51 test crops: the distributed sampler gives each rank 26, repeating one; predictions use the
     # unrepeated sampler (26 + 25). The reference is the same command in one process.
-    from PIL import Image
 
     from zoo.data.str_synth import make_sample
 
