@@ -317,6 +317,22 @@ def test_long_document_with_indented_lines_is_encoded_as_the_whole_document(monk
     assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.encode(doc) + [2] + tok.encode("his horse")
 
 
+def test_long_crlf_document_with_blank_lines_is_encoded_as_the_whole_document(monkeypatch):
+    """A whitespace run that ends a piece is one pre-token ("\\r\\n" at the end of a text), while inside the document
+    byte-level BPE splits it before its last character ("\\r", "\\n" before a word): cutting a CRLF (or
+    blank-line, or trailing-space) document after its newlines gave other tokens than the document's own.
+    Reference: the `tokenizers` library encoding the whole document."""
+    import zoo.data.text as text_mod
+    from zoo.data.text import encode_corpus
+
+    doc = "".join(f"KING {i}:\r\nsaid so. \nand more\nor less\n\n\nQUEEN:\r\nno\r\n\r\n" for i in range(40))
+    tok = BPETokenizer.train([doc], 300)
+    monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 50)
+    pieces = text_mod._line_chunks(doc)
+    assert len(pieces) > 1 and "".join(pieces) == doc  # still split, losslessly
+    assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.backend.encode(doc).ids + [2] + tok.encode("his horse")
+
+
 def test_hidden_folders_linking_back_are_walked_once(tmp_path):
     """Hidden folders are walked (to count what is skipped) with the same once-per-real-folder rule as the rest:
     two hidden links back to the corpus root made the count walk retrace the tree 2^40 times (it never ended),
@@ -343,3 +359,16 @@ def test_hidden_folders_linking_back_are_walked_once(tmp_path):
     assert not t.is_alive(), "walk_files with a hidden list did not finish"
     assert result["files"] == [root / "data" / "a.txt"]
     assert result["hidden"] == [root / ".ipynb_checkpoints" / "a-checkpoint.txt"]
+
+
+def test_a_link_to_nothing_in_a_corpus_folder_is_named_not_skipped_silently(tmp_path):
+    """A .txt linked in from a folder since moved was left out without a word (the corpus shrank silently)."""
+    from zoo.data.text import read_documents
+
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "first file\n")
+    (root / "b.txt").symlink_to(tmp_path / "moved" / "b.txt")
+    (root / ".c.txt").symlink_to(tmp_path / "moved" / "c.txt")  # hidden: left out as every hidden file is
+    with pytest.warns(UserWarning, match=r"1 link\(s\) under .*corpus point to nothing and are skipped: .*b\.txt$"):
+        docs = read_documents(root)
+    assert docs == ["first file\n"]

@@ -13,7 +13,7 @@ def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
     root) but each real folder once; sorted. Hidden files and folders below ``root`` (names starting with
     ``.``: ``.ipynb_checkpoints`` copies, macOS ``._name`` resource files, ``.git``) are left out; pass a list
     as ``hidden`` to get the files left out, so the caller can say so."""
-    seen, out, hidden_dirs = set(), [], []
+    seen, out, hidden_dirs, broken = set(), [], [], []
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree, or a second link to the same folder
@@ -28,6 +28,11 @@ def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
                     out.append(p)
                 elif hidden is not None:
                     hidden.append(p)
+            elif p.is_symlink() and not p.name.startswith("."):
+                broken.append(p)
+    if broken:  # a dataset linked in from a folder since moved: say so rather than read fewer files silently
+        shown = ", ".join(str(p) for p in sorted(broken)[:3]) + (", ..." if len(broken) > 3 else "")
+        warnings.warn(f"{len(broken)} link(s) under {root} point to nothing and are skipped: {shown}", stacklevel=2)
     # the hidden folders after the whole visible tree, with the same once-per-real-folder rule: a hidden link to a
     # folder that is read adds nothing, and hidden links back up the tree end (each hidden folder walked on its own
     # retraced the tree once per link at every level)

@@ -34,9 +34,11 @@ __all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", 
 
 _FIX = "point it at a .txt file, a folder of .txt files or a .jsonl file with a 'text' field"
 _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the batch API can parallelize
-# A piece ends after a newline that a non-space character follows: byte-level BPE pre-tokenizes whitespace runs
-# ("\n   " before an indented line is one pre-token), so a cut inside one would change the tokens.
-_CUT = re.compile(r"\n(?=\S)")
+# A piece ends after a newline that is a whole whitespace run (a non-space character before and after it): byte-level
+# BPE pre-tokenizes whitespace runs ("\n   " before an indented line is one pre-token), and a run that ends a text is
+# one pre-token where inside the text it is split before its last character ("\r\n", "\n\n", " \n" before a word:
+# "\r", "\n"), so a cut inside or after a longer run would change the tokens.
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def _read_jsonl(path: Path, key: str) -> list[str]:
