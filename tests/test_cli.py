@@ -215,6 +215,26 @@ def test_ckpt_path_with_a_tilde_restores_the_checkpoints_hyperparameters(tmp_pat
     assert seen and seen[0] == (16, 1)
 
 
+def test_ckpt_path_last_restores_the_checkpoints_hyperparameters_as_a_file_path_does(tmp_path, monkeypatch):
+    """`test --ckpt_path last` is the newest checkpoint: the model must be built from its hyperparameters, as
+    Lightning does for `--ckpt_path <file>` (the config's own model_args, dim 64 x 2 layers, do not fit a checkpoint
+    of dim 16 x 1 layer: it was a state_dict mismatch), and test the same model as the file path does."""
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    root = f"--trainer.default_root_dir={tmp_path}"
+    main(["fit", *LM_TINY, root, "--trainer.max_steps=2"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "test_step", lambda self, batch, i: seen.append(
+        (self.model.config.dim, self.model.config.n_layers, float(self.model.embed.weight.sum()))))
+    plain = ["test", "--config", DEFAULTS["lm"], "--data.init_args.test_size=64", "--trainer.limit_test_batches=1",
+             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", root]
+    main([*plain, f"--ckpt_path={ckpt}"])
+    main([*plain, "--ckpt_path=last"])
+    assert len(seen) == 2 and seen[0][:2] == (16, 1) and seen[1] == seen[0]
+
+
 def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
     """validate / test with a checkpoint another domain's task wrote: an error naming both classes."""
     monkeypatch.chdir(ROOT)

@@ -129,6 +129,24 @@ def test_load_pretrained_only_overrides_runtime_fields(tmp_path):
         load_pretrained(tmp_path / "exp", dim=64)
 
 
+def test_an_encoders_max_seq_len_sizes_its_position_table_and_is_matched_by_name(tmp_path):
+    """TextEncoder learns one position embedding per position (BERT): its max_seq_len is the shape of a weight, not
+    a runtime setting. A checkpoint of another length is a named architecture mismatch (as any other field), not
+    a 'config.json and model.safetensors come from different models' error."""
+    torch.manual_seed(0)
+    m = zoo.create_model("encoder-tiny", max_seq_len=64).eval()
+    assert tuple(m.pos_embed.weight.shape) == (64, 64)  # BERT's table: max_position_embeddings x hidden
+    m.save_pretrained(tmp_path / "enc")
+    with pytest.raises(ValueError, match=r"max_seq_len: checkpoint=64 config=128") as exc:
+        zoo.create_model("encoder-tiny", pretrained=tmp_path / "enc")  # the registered length: 128
+    assert "different models" not in str(exc.value)
+    with pytest.raises(ValueError, match=r"runtime fields.*\['max_seq_len'\]"):
+        load_pretrained(tmp_path / "enc", max_seq_len=100)
+    again = zoo.create_model("encoder-tiny", pretrained=tmp_path / "enc", max_seq_len=64)
+    ids = torch.randint(0, 1000, (2, 10))
+    assert torch.equal(again.eval()(ids), m(ids))
+
+
 def test_list_models_filters():
     names = zoo.list_models("lm-*")
     assert "lm-diff-tiny" in names and "lm-vanilla-1.4b" in names

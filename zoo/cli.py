@@ -135,6 +135,20 @@ class ZooCLI(LightningCLI):
             merged.update({k: v for k, v in dict(user_args).items() if k in runtime})
             self.config[args_key] = merged
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        sub = self.config.get("subcommand")
+        # (Lightning < 2.5 reads no hyperparameters from a checkpoint at all: nothing to match there)
+        if sub and self.config.get(f"{sub}.ckpt_path") == "last" and hasattr(self, "_parse_ckpt_path"):
+            found = last_checkpoint(self.trainer)  # needs the trainer (its checkpoint and log folders)
+            if found is not None:
+                # Lightning reads a checkpoint's hyperparameters for a file path only: build the model from them as
+                # `--ckpt_path <file>` does, else a run with other model settings fails to load (or differs silently)
+                self.config[f"{sub}.ckpt_path"] = found
+                self._parse_ckpt_path()
+                self._set_seed()  # the random state `--ckpt_path <file>` builds with
+                super().instantiate_classes()
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":

@@ -478,7 +478,7 @@ def export_model(
         base = remove_adapters(copy.deepcopy(model))
         out = export_model(base, folder, arch=arch, extra={**(extra or {}), "adapter": model.adapter_config["method"]},
                            overwrite=overwrite)
-        save_adapter(model, out)
+        save_adapter(model, out, overwrite=overwrite)
         return out
     folder = Path(folder).expanduser()  # "~/m" as load_pretrained / from_pretrained read it back
     if not overwrite:

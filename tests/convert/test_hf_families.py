@@ -347,3 +347,18 @@ def test_batched_text_prompts_generate_as_transformers(tmp_path):
         prompt = enc["input_ids"][row, width - int(enc["attention_mask"][row].sum()):].tolist()
         expected.append(tok.decode(prompt + ref[row, width:].tolist())[len(tok.decode(prompt)):])
     assert ours.generate(texts, max_new_tokens=8, temperature=0, eos_id=-1, batch_size=2) == expected
+
+
+def test_to_hf_llama_keeps_the_tokenizers_special_ids(tmp_path):
+    """A converted model written back must stop generating where the source model does: transformers reads bos / eos
+    from config.json, and without them takes LlamaConfig's defaults (bos 1, eos 2), so a model whose eos is another
+    id (here 9, plus a second stop id 11, as Llama 3 instruct lists several) generated past its end in transformers."""
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM", bos_token_id=3, eos_token_id=[9, 11])
+    _word_tokenizer(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w3", "eos_token": "w9"}))
+    source = transformers.GenerationConfig.from_pretrained(folder)
+    assert (source.bos_token_id, source.eos_token_id) == (3, [9, 11])
+    back = to_hf_llama(from_hf_llama(folder), tmp_path / "back")
+    hf2 = transformers.LlamaForCausalLM.from_pretrained(back)
+    assert (hf2.generation_config.bos_token_id, hf2.generation_config.eos_token_id) == (3, [9, 11])
+    assert (hf2.config.bos_token_id, hf2.config.eos_token_id) == (3, [9, 11])

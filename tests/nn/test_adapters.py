@@ -281,6 +281,51 @@ def test_bad_arguments_are_named():
         A.apply_adapter(lm(), "dex", heads=[9])
 
 
+def test_save_adapter_does_not_silently_replace_an_earlier_adapter(tmp_path):
+    """A second save_adapter into a folder that holds an adapter is refused (nothing silently overwritten, as
+    export_model); overwrite=True replaces it. Saving beside an export's base weights stays allowed."""
+    import zoo
+
+    first = A.apply_adapter(lm(), "difflora", rank=2)
+    perturb(first, seed=1)
+    out = zoo.export_model(first, tmp_path / "exp")  # base + adapter in one folder
+    before = {n: (out / n).read_bytes() for n in (A.ADAPTER_FILE, A.ADAPTER_CONFIG_FILE)}
+    second = A.apply_adapter(lm(), "difflora", rank=2)
+    perturb(second, seed=2)
+    with pytest.raises(FileExistsError, match="adapter"):
+        A.save_adapter(second, out)
+    assert {n: (out / n).read_bytes() for n in before} == before
+    A.save_adapter(second, out, overwrite=True)
+    ids = torch.randint(0, 50, (2, 7))
+    torch.testing.assert_close(zoo.load_pretrained(out)(ids), second(ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_an_adapter_trained_with_its_base_exports_and_loads_back(method, tmp_path):
+    """apply_adapter(freeze_base=False) trains the base along (as `adapter: {..., freeze_base: false}` does from
+    YAML): the export holds the trained base and the adapter, and load_pretrained must give back the trained
+    function (not refuse the base the adapter was saved with); the original base is still refused."""
+    import zoo
+
+    model = A.apply_adapter(lm(), method, freeze_base=False, **KW[method])
+    assert all(p.requires_grad for p in model.parameters())
+    perturb(model)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the base moved during training
+        for k, p in model.named_parameters():
+            if not A.is_adapter_key(k):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    A.step_adapters(model, 3)
+    ids = torch.randint(0, 50, (2, 7))
+    want = model(ids)
+    out = zoo.export_model(model, tmp_path / "exp")
+    torch.testing.assert_close(zoo.load_pretrained(out)(ids), want, atol=0, rtol=0)
+    trained_base = zoo.load_pretrained(out, adapter=False)
+    torch.testing.assert_close(A.load_adapter(trained_base, out)(ids), want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"different base.*checksum"):
+        A.load_adapter(lm(), out)  # the base before training is not the one these weights fit
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_adapter_loads_onto_its_own_base_in_half_precision_but_not_onto_another(dtype, tmp_path):
     import json

@@ -368,6 +368,11 @@ def to_hf_llama(model: DiffTransformerLM, folder: PathLike, model_type: Optional
     }
     if model_type != "llama":
         cfg.update(sliding_window=None, use_sliding_window=False)
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "eos_id", None) is not None:
+        # transformers' generate stops at config.json's eos ids (every one the converted folder listed)
+        stops = list(getattr(tok, "stop_ids", None) or [tok.eos_id])
+        cfg.update(bos_token_id=tok.bos_id, eos_token_id=stops[0] if len(stops) == 1 else stops)
     return _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings, c.attn_bias), cfg, folder)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.tokenizers import TokenizerAssets, check_token_ids
-from zoo.hub import PretrainedMixin, check_positive_ints, config_from, register_model
+from zoo.hub import DEFAULT_RUNTIME_FIELDS, PretrainedMixin, check_positive_ints, config_from, register_model
 from zoo.nn import GeluMlp, build_attention, list_attention_types
 
 
@@ -81,6 +81,8 @@ class TextEncoder(PretrainedMixin, TokenizerAssets, nn.Module):
 
     family = "encoder"
     config_class = EncoderConfig
+    # max_seq_len sizes the learned position table (a weight), so it is architecture, not a runtime setting
+    runtime_fields = DEFAULT_RUNTIME_FIELDS - {"max_seq_len"}
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()

@@ -537,14 +537,27 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_adapter(model: nn.Module, folder: Union[str, Path]) -> Path:
-    """Write ``adapter.safetensors`` + ``adapter_config.json`` (method, layers, kwargs, base fingerprint)."""
+def save_adapter(model: nn.Module, folder: Union[str, Path], overwrite: bool = False) -> Path:
+    """Write ``adapter.safetensors`` + ``adapter_config.json`` (method, layers, kwargs, base fingerprint).
+
+    The folder may hold other files (an export's base weights); an adapter already there is replaced only with
+    ``overwrite=True``."""
     from safetensors.torch import save_file
 
     cfg = getattr(model, "adapter_config", None)
     if not cfg:
         raise ValueError("the model has no adapter; call apply_adapter first")
+    view = _BaseView(model)
+    try:
+        check_base(view, cfg["base"])
+    except ValueError:
+        # the base changed since apply_adapter (trained along with freeze_base=False, or other weights loaded):
+        # these adapter weights belong to the base as it is now, which is what an export writes beside them
+        cfg = {**cfg, "base": base_fingerprint(view)}
     folder = Path(folder)
+    held = [n for n in (ADAPTER_FILE, ADAPTER_CONFIG_FILE) if (folder / n).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{folder} already holds an adapter ({held}); choose another folder or pass overwrite=True")
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg, indent=2)
     save_file(adapter_state_dict(model), str(folder / ADAPTER_FILE), metadata={"adapter_config": text})
@@ -625,7 +638,8 @@ class _BaseView(nn.Module):
         self.config = getattr(model, "config", None)
 
     def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return base_state_dict(self._m)
+        # merged DiffLoRA layers need no refusal here: fingerprints skip q_proj / k_proj, which a merge edits
+        return {k: v for k, v in self._m.state_dict().items() if not is_adapter_key(k)}
 
 
 def _class_of(view: nn.Module) -> type:
