@@ -189,12 +189,9 @@ def test_interpolation_is_linear_in_time_not_in_rows():
     assert frame["a"].iloc[2] == pytest.approx(12.0) and list(frame.index) == list(range(6))
 
 
-def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
-    old, new = _frame(240, seed=1), _frame(240, seed=2)
-    new[["a", "b"]] = new[["a", "b"]] * 3 + 50  # another scale altogether
-    old.to_csv(tmp_path / "old.csv", index=False)
-    new.to_csv(tmp_path / "new.csv", index=False)
-    kw = dict(lookback=LB, horizon=H, split="ratio", batch_size=8)
+def _train_on_old_checkpoint(tmp_path, **data_kw):
+    """Three steps on ``old.csv`` saved to ``run.ckpt``: the new file's datamodule, the task and the checkpoint."""
+    kw = dict(lookback=LB, horizon=H, split="ratio", batch_size=8, **data_kw)
     dm_old, dm_new = CSVTSDataModule(str(tmp_path / "old.csv"), **kw), CSVTSDataModule(str(tmp_path / "new.csv"), **kw)
     torch.manual_seed(0)
     task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_old.data_info, lr=3e-3)
@@ -203,6 +200,15 @@ def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
     trainer.fit(task, datamodule=dm_old)
     ckpt = tmp_path / "run.ckpt"
     trainer.save_checkpoint(ckpt)
+    return dm_new, task, ckpt
+
+
+def test_a_checkpoint_restored_over_another_file_keeps_its_own_scaler(tmp_path):
+    old, new = _frame(240, seed=1), _frame(240, seed=2)
+    new[["a", "b"]] = new[["a", "b"]] * 3 + 50  # another scale altogether
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    dm_new, task, ckpt = _train_on_old_checkpoint(tmp_path)
     export = task.export(tmp_path / "export")
     want = zoo.load_pretrained(export).forecast(tmp_path / "new.csv")  # the API scales with the model's scaler
 
@@ -237,15 +243,7 @@ def test_a_checkpoint_restored_over_a_file_with_its_columns_reordered(tmp_path):
     new[["a", "b"]] = new[["a", "b"]] * 3 + 50
     old.to_csv(tmp_path / "old.csv", index=False)
     new[["c", "b", "date", "a"]].to_csv(tmp_path / "new.csv", index=False)
-    kw = dict(lookback=LB, horizon=H, split="ratio", batch_size=8, features="MS", target="a", time_features=True)
-    dm_old, dm_new = CSVTSDataModule(str(tmp_path / "old.csv"), **kw), CSVTSDataModule(str(tmp_path / "new.csv"), **kw)
-    torch.manual_seed(0)
-    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_old.data_info, lr=3e-3)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, limit_val_batches=1, default_root_dir=tmp_path)
-    trainer.fit(task, datamodule=dm_old)
-    ckpt = tmp_path / "run.ckpt"
-    trainer.save_checkpoint(ckpt)
+    dm_new, task, ckpt = _train_on_old_checkpoint(tmp_path, features="MS", target="a", time_features=True)
     model, meta = task.model.eval(), task.model.meta
     assert meta["columns"] == ["a", "b", "c"]
     m, s = np.asarray(meta["mean"]), np.asarray(meta["std"])
