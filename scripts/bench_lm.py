@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     ap.add_argument("--skip-text", action="store_true")
     args = ap.parse_args()
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not a second sample of the spread
     if args.quick:
         args.retrieval_steps, args.text_steps, args.lens, args.seeds = 4, 4, [32], [0]
     if args.out is None:  # a smoke run must not overwrite the recorded results

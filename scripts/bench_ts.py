@@ -359,8 +359,10 @@ def report(args: argparse.Namespace) -> None:
             budget = (r.get("max_epochs") or MAX_EPOCHS, r.get("patience") or PATIENCE)
             setting = (r["arch"], r["lr"], json.dumps(r.get("model_args") or {}, sort_keys=True), r["time_features"], budget)
             sweep_groups.setdefault((r["dataset"], r["model"], setting), []).append(r)
+    piloted = {(d, m) for d, m, _ in sweep_groups}  # a PatchTST pilot is paired with PatchTST's table runs too
     for r in runs:
-        if r["protocol"] == PROTOCOL and r["horizon"] == 96 and r["model_key"].startswith("itr"):
+        if r["protocol"] == PROTOCOL and r["horizon"] == 96 and (
+                r["model_key"].startswith("itr") or (r["dataset"], r["model"]) in piloted):
             sweep_groups.setdefault((r["dataset"], r["model"], TABLE_SETTING), []).append(r)
     table_by_seed = {
         (d, m): {r["seed"]: r for r in rs} for (d, m, setting), rs in sweep_groups.items() if setting == TABLE_SETTING
@@ -376,11 +378,19 @@ def report(args: argparse.Namespace) -> None:
             return TABLE_SETTING
         return " / ".join(dict.fromkeys(r["pilot_note"].removeprefix(f"{PROTOCOL} sweep: ") for r in rs))
 
+    def seed_mean(rs: list[dict], field: str) -> float:
+        """Mean of ``field`` over the seeds: a seed a pilot ran twice counts once (the mean of its runs), as in
+        paired_delta."""
+        by_seed: dict[int, list[float]] = {}
+        for r in rs:
+            by_seed.setdefault(r["seed"], []).append(r[field])
+        return statistics.fmean(statistics.fmean(v) for v in by_seed.values())
+
     sweep = sorted(
         ({"dataset": d, "model": m, "setting": setting_name(setting, rs), "lr": rs[0]["lr"],
-          "model_args": rs[0].get("model_args") or {}, "seeds": sorted(r["seed"] for r in rs),
+          "model_args": rs[0].get("model_args") or {}, "seeds": sorted({r["seed"] for r in rs}),
           **({} if setting == TABLE_SETTING else off_budget(*setting[-1])),
-          "val_mse": statistics.fmean(r["best_val_mse"] for r in rs), "mse": statistics.fmean(r["mse"] for r in rs),
+          "val_mse": seed_mean(rs, "best_val_mse"), "mse": seed_mean(rs, "mse"),
           **({} if setting == TABLE_SETTING else paired_delta(rs, table_by_seed.get((d, m), {})))}
          for (d, m, setting), rs in sweep_groups.items()),
         key=lambda w: (w["dataset"], w["model"], w["val_mse"]),

@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["types", "adapt"], help="run one half of the benchmark")
     args = ap.parse_args()
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run, not a second sample of the spread
     if args.quick:
         args.steps, args.pretrain_steps, args.seeds = 3, 100, [0]
     if args.out is None:  # a smoke run must not overwrite (or, with --only, merge into) the recorded results

@@ -106,6 +106,34 @@ def test_a_single_seed_shows_no_spread(bench_lm):
     assert bench_lm.pm(two, 3) == "0.500 ± 0.141"  # sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414
 
 
+def test_a_seed_given_twice_is_one_run(bench_lm, load_script, monkeypatch, tmp_path):
+    """``--seeds 0 0`` trains seed 0 once: a second, identical run of it would read as a measured spread of zero
+    over two seeds ('0.500 ± 0.000', n 2) where one seed was measured ('0.500 (1 seed)')."""
+    calls = []
+    monkeypatch.setattr(bench_lm, "run", _fake_run(calls))
+    monkeypatch.setattr(sys, "argv", ["bench_lm.py", "--lens", "32", "--retrieval-steps", "4", "--skip-text",
+                                      "--seeds", "0", "0", "--out", str(tmp_path / "lm")])
+    bench_lm.main()
+    assert calls == [("diff", 0), ("vanilla", 0)]
+    acc = json.loads((tmp_path / "lm" / "bench_lm.json").read_text())["retrieval"]["32/diff"]["acc"]
+    assert acc["n"] == 1 and acc["std"] is None
+    assert "| 32 | 4 | 0.500 (1 seed) | 0.500 (1 seed) |" in (tmp_path / "lm" / "bench_lm.md").read_text()
+
+    bench = load_script("bench_variants")
+    text = tmp_path / "text.txt"
+    text.write_text("x")
+    calls.clear()
+    monkeypatch.setattr(bench, "SHAKESPEARE", text)
+    monkeypatch.setattr(bench, "RetrievalDataModule", lambda **kw: None)
+    monkeypatch.setattr(bench, "text_dm", lambda: None)
+    monkeypatch.setattr(bench, "run", _fake_run(calls))
+    monkeypatch.setattr(sys, "argv", ["bench_variants.py", "--steps", "3", "--only", "types", "--seeds", "1", "1",
+                                      "--out", str(tmp_path / "variants")])
+    bench.main()
+    assert calls == [(attn, 1) for attn in bench.TYPES for _ in ("mqar", "shakespeare")]
+    assert json.loads((tmp_path / "variants" / "bench_variants.json").read_text())["types"]["diff"]["mqar"]["acc"]["n"] == 1
+
+
 def test_runs_are_on_disk_as_they_finish(bench_lm, monkeypatch, tmp_path):
     """A benchmark that stops in its third run (a crash, a killed job) keeps the two runs it finished; a run
     that completes leaves only its result files, and an earlier run's leftover log is kept aside, not overwritten."""

@@ -188,6 +188,43 @@ def test_sweep_pairs_a_seed_once_when_a_pilot_ran_it_twice(tmp_path, bench):
     assert w["d_mse"] == pytest.approx(-0.01)
 
 
+def test_sweep_row_counts_a_seed_run_twice_once(tmp_path, bench):
+    """The row's seed count and means treat a seed run twice as one seed, as its paired column does: seeds 0
+    (twice) and 1 are two seeds (the rule asks for six), and seed 0 weighs as much as seed 1 in the means."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, "itr-diff", s, 0.39, best_val_mse=v, protocol="v3")
+                                     for s, v in {0: 0.70, 1: 0.68}.items()])
+    _write(tmp_path / "pilots.jsonl", [
+        _run("ETTh1", 96, "itr-diff", s, m, best_val_mse=v, protocol="v3", pilot_note="v3 sweep: x")
+        for s, v, m in ((0, 0.69, 0.38), (0, 0.67, 0.36), (1, 0.66, 0.40))
+    ])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    w = next(w for w in json.loads((tmp_path / "bench_ts.json").read_text())["sweep"] if w["setting"] == "x")
+    # by hand: seed 0 -> val (0.69 + 0.67) / 2 = 0.68, test 0.37; seed 1 -> 0.66, 0.40; means 0.67 and 0.385
+    assert w["seeds"] == [0, 1]
+    assert w["val_mse"] == pytest.approx(0.67) and w["mse"] == pytest.approx(0.385)
+    md = (tmp_path / "bench_ts.md").read_text()
+    assert "| ETTh1 | itr-diff | x | lr 0.0001 | 2 | 0.6700 | 0.3850 | -0.0200 ± 0.0000 (2 seeds) |" in md
+
+
+def test_a_patchtst_pilot_is_paired_with_patchtsts_table_runs(tmp_path, bench):
+    """The sweep pairs a PatchTST pilot with PatchTST's own H=96 table runs (it showed '— | —' and no reference
+    row, as if the table had no run of its seeds)."""
+    _write(tmp_path / "runs.jsonl", [_run("ETTh1", 96, k, s, 0.39, best_val_mse=v, protocol="v3")
+                                     for k in ("itr-diff", "patch-diff") for s, v in {0: 0.70, 1: 0.68}.items()])
+    _write(tmp_path / "pilots.jsonl", [
+        _run("ETTh1", 96, "patch-diff", s, 0.38, best_val_mse=v, protocol="v3", pilot_note="v3 sweep: y")
+        for s, v in ((0, 0.69), (1, 0.66))
+    ])
+    bench.report(argparse.Namespace(out=tmp_path, max_epochs=10, patience=3))
+    sweep = json.loads((tmp_path / "bench_ts.json").read_text())["sweep"]
+    w = next(w for w in sweep if w["setting"] == "y")
+    # by hand: -0.01 and -0.02 -> mean -0.015, sd 0.00707, se 0.005; test 0.38 - 0.39 on both seeds
+    assert w["paired_seeds"] == 2
+    assert w["d_val_mse"] == pytest.approx(-0.015) and w["d_val_se"] == pytest.approx(0.005)
+    assert w["d_mse"] == pytest.approx(-0.01)
+    assert any(x["model"] == "patch-diff" and x["setting"] == "the table's setting" for x in sweep)
+
+
 def test_target_line_never_prints_a_mean_that_contradicts_its_verdict(tmp_path, bench):
     """A mean of 0.3864 is above the 0.386 target (not met); printed to 3 decimals it would read 0.386, which
     meets it. The line prints as many decimals as the verdict needs."""
