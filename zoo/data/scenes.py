@@ -4,8 +4,9 @@ Scene ``i`` of seed ``s`` is drawn from ``numpy.random.default_rng([s, i])``, so
 rendered alone and the set is deterministic by seed. A scene has ``count`` copies (1-3) of object A
 and one object B, with A ``to the left of`` / ``to the right of`` / ``above`` / ``below`` B; its
 caption is rich in function words ("there are two small red circles to the left of the large blue
-square"). :func:`hard_negative` changes exactly one word or the relation (color, shape, size,
-count, relation flipped), giving a caption that no longer matches the image.
+square"). :func:`hard_negative` changes one attribute or the relation (color, shape, size, count, relation
+flipped: one word, except a count, whose plural and verb change with it), giving a caption that no longer
+matches the image.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def sample_scene(seed: int, index: int) -> Scene:
 
 
 def hard_negative(scene: Scene, seed: int) -> Scene:
-    """A scene whose caption differs from ``scene``'s in one word or in the relation."""
+    """A scene whose caption differs from ``scene``'s in one attribute (one word; a count also changes the plural
+    and the verb) or in the relation."""
     rng = np.random.default_rng([seed, scene.layout_seed])
     kind = str(rng.choice(["color_a", "color_b", "shape_a", "shape_b", "size_a", "count", "relation"]))
     other = lambda pool, cur: [p for p in pool if p != cur][int(rng.integers(len(pool) - 1))]  # noqa: E731
