@@ -16,6 +16,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers  # noqa: E402  (a dev dependency)
 
+import zoo  # noqa: E402
 from zoo.convert import convert_hf, from_hf, from_hf_bert, from_hf_llama, to_hf_bert, to_hf_llama  # noqa: E402
 from zoo.models.lm import DiffTransformerLM  # noqa: E402
 
@@ -86,6 +87,13 @@ def test_mistral_sliding_window_caps_the_context(tmp_path, caplog):
     _compare_decoder(hf, ours, T=16)  # inside the window full attention is exact
     with pytest.raises(ValueError, match="max_seq_len"):
         ours(torch.zeros(1, 17, dtype=torch.long))
+    # the window travels with the export: raising max_seq_len past it (a runtime field) would attend fully where
+    # Mistral slides, silently other logits than the original's from token 17 on; below it is fine
+    ours.save_pretrained(tmp_path / "export")
+    assert zoo.load_pretrained(tmp_path / "export").config.attn_window == 16
+    with pytest.raises(ValueError, match=r"max_seq_len \(32\) exceeds attn_window \(16\)"):
+        zoo.load_pretrained(tmp_path / "export", max_seq_len=32)
+    assert zoo.load_pretrained(tmp_path / "export", max_seq_len=8).config.max_seq_len == 8
 
 
 @pytest.mark.parametrize("max_window_layers, sliding", [(1, True), (2, False)])

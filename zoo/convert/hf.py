@@ -279,6 +279,8 @@ def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
     dim, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     _refuse(folder, cfg, "head_dim", lambda v: v in (None, dim // heads),
             f"LMConfig uses head_dim = hidden_size / num_attention_heads = {dim // heads}")
+    max_len = cfg.get("max_position_embeddings", 2048)
+    cap = _window_cap(cfg, folder, max_len)
     return LMConfig(
         vocab_size=cfg["vocab_size"],
         dim=dim,
@@ -286,7 +288,8 @@ def llama_config_to_zoo(cfg: dict[str, Any], folder: PathLike = "") -> LMConfig:
         n_heads=heads,
         n_kv_heads=cfg.get("num_key_value_heads") or heads,
         mlp_hidden=cfg["intermediate_size"],
-        max_seq_len=_window_cap(cfg, folder, cfg.get("max_position_embeddings", 2048)),
+        max_seq_len=cap,
+        attn_window=cap if cap < max_len else None,  # recorded: a later max_seq_len may not pass the window
         attn_type="vanilla",
         attn_bias=attn_bias,
         rope_theta=_rope_theta(cfg, folder),

@@ -55,6 +55,9 @@ class LMConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     attn_backend: Optional[str] = None
+    # a converted sliding-window model's window (Mistral, Qwen2): zoo attends fully, which equals the window only up
+    # to that many tokens, so max_seq_len may not exceed it (None: no window)
+    attn_window: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.attn_type not in list_attention_types():
@@ -67,6 +70,14 @@ class LMConfig:
                             + [n for n in ("n_kv_heads", "mlp_hidden") if getattr(self, n) is not None])
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.attn_window is not None:
+            check_positive_ints(self, ["attn_window"])
+            if self.max_seq_len > self.attn_window:
+                raise ValueError(
+                    f"max_seq_len ({self.max_seq_len}) exceeds attn_window ({self.attn_window}): the source model attends "
+                    f"within a sliding window of {self.attn_window} tokens and zoo attends fully, which equals it only up "
+                    f"to the window; keep max_seq_len <= {self.attn_window}"
+                )
         kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv}, None: n_heads)")
