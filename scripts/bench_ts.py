@@ -237,13 +237,18 @@ def _mean_sd(values: list[float]) -> tuple[float, Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def runs_by_seed(runs: list[dict]) -> dict[int, list[dict]]:
+    """``runs`` grouped by seed: a seed a pilot ran twice (pilots never resume) is one seed, the mean of its runs."""
+    by_seed: dict[int, list[dict]] = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r)
+    return by_seed
+
+
 def paired_delta(runs: list[dict], table: dict[int, dict]) -> dict[str, Any]:
     """Setting minus the table's setting on the seeds both ran: mean validation / test MSE difference, and the
     standard error of the validation difference (None below two shared seeds)."""
-    by_seed: dict[int, list[dict]] = {}
-    for r in runs:  # a seed a pilot ran twice (pilots never resume) is one seed: the mean of its runs
-        if r["seed"] in table:
-            by_seed.setdefault(r["seed"], []).append(r)
+    by_seed = runs_by_seed([r for r in runs if r["seed"] in table])
     if not by_seed:
         return {"paired_seeds": 0}
     d_val = [statistics.fmean(r["best_val_mse"] for r in rs) - table[s]["best_val_mse"] for s, rs in by_seed.items()]
@@ -379,12 +384,8 @@ def report(args: argparse.Namespace) -> None:
         return " / ".join(dict.fromkeys(r["pilot_note"].removeprefix(f"{PROTOCOL} sweep: ") for r in rs))
 
     def seed_mean(rs: list[dict], field: str) -> float:
-        """Mean of ``field`` over the seeds: a seed a pilot ran twice counts once (the mean of its runs), as in
-        paired_delta."""
-        by_seed: dict[int, list[float]] = {}
-        for r in rs:
-            by_seed.setdefault(r["seed"], []).append(r[field])
-        return statistics.fmean(statistics.fmean(v) for v in by_seed.values())
+        """Mean of ``field`` over the seeds (runs_by_seed), as in paired_delta."""
+        return statistics.fmean(statistics.fmean(r[field] for r in v) for v in runs_by_seed(rs).values())
 
     sweep = sorted(
         ({"dataset": d, "model": m, "setting": setting_name(setting, rs), "lr": rs[0]["lr"],

@@ -140,10 +140,19 @@ def find_lmdbs(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data folder {root} not found")
+    return _lmdb_folders(_root_files(root))
+
+
+def _root_files(root: Path) -> list[Path]:
+    """The files under ``root`` (walk_files), saying which hidden LMDBs are left out."""
     hidden: list[Path] = []
-    found = sorted({p.parent for p in walk_files(root, hidden) if p.name == "data.mdb"})
+    files = walk_files(root, hidden)
     say_hidden([p for p in hidden if p.name == "data.mdb"], root, "LMDBs")
-    return found
+    return files
+
+
+def _lmdb_folders(files: list[Path]) -> list[Path]:
+    return sorted({p.parent for p in files if p.name == "data.mdb"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,11 +245,12 @@ def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]
         raise FileNotFoundError(f"data source {path} not found")
     # "." and "sets/.." are named by the folder they mean (a link keeps its own name)
     label = path.name if path.name not in ("", "..") else path.resolve().name or str(path)
-    lmdbs = find_lmdbs(path) if path.is_dir() else []
+    files = _root_files(path) if path.is_dir() else []  # one walk for the LMDBs and the labels files beside them
+    lmdbs = _lmdb_folders(files)
     if lmdbs:
         # image folders in or under the root (an LMDB built into the image folder it came from, or a folder of
         # crops put beside benchmark LMDBs): only LMDBs are read from a root, so say which labels are not
-        beside = [str(p.relative_to(path)) for p in walk_files(path) if p.name in LABEL_FILES]
+        beside = [str(p.relative_to(path)) for p in files if p.name in LABEL_FILES]
         if beside:
             shown = ", ".join(beside[:5]) + (", ..." if len(beside) > 5 else "")
             warnings.warn(

@@ -67,17 +67,15 @@ class LMConfig:
         if self.attn_args is not None:
             self.attn_args = check_attn_args(self.attn_args, ATTN_CONFIG_FIELDS)
         check_positive_ints(self, ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"]
-                            + [n for n in ("n_kv_heads", "mlp_hidden") if getattr(self, n) is not None])
+                            + [n for n in ("n_kv_heads", "mlp_hidden", "attn_window") if getattr(self, n) is not None])
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.attn_window is not None:
-            check_positive_ints(self, ["attn_window"])
-            if self.max_seq_len > self.attn_window:
-                raise ValueError(
-                    f"max_seq_len ({self.max_seq_len}) exceeds attn_window ({self.attn_window}): the source model attends "
-                    f"within a sliding window of {self.attn_window} tokens and zoo attends fully, which equals it only up "
-                    f"to the window; keep max_seq_len <= {self.attn_window}"
-                )
+        if self.attn_window is not None and self.max_seq_len > self.attn_window:
+            raise ValueError(
+                f"max_seq_len ({self.max_seq_len}) exceeds attn_window ({self.attn_window}): the source model attends "
+                f"within a sliding window of {self.attn_window} tokens and zoo attends fully, which equals it only up "
+                f"to the window; keep max_seq_len <= {self.attn_window}"
+            )
         kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv}, None: n_heads)")

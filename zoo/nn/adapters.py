@@ -547,6 +547,10 @@ def save_adapter(model: nn.Module, folder: Union[str, Path], overwrite: bool = F
     cfg = getattr(model, "adapter_config", None)
     if not cfg:
         raise ValueError("the model has no adapter; call apply_adapter first")
+    folder = Path(folder)
+    held = [n for n in (ADAPTER_FILE, ADAPTER_CONFIG_FILE) if (folder / n).exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{folder} already holds an adapter ({held}); choose another folder or pass overwrite=True")
     view = _BaseView(model)
     try:
         check_base(view, cfg["base"])
@@ -554,10 +558,6 @@ def save_adapter(model: nn.Module, folder: Union[str, Path], overwrite: bool = F
         # the base changed since apply_adapter (trained along with freeze_base=False, or other weights loaded):
         # these adapter weights belong to the base as it is now, which is what an export writes beside them
         cfg = {**cfg, "base": base_fingerprint(view)}
-    folder = Path(folder)
-    held = [n for n in (ADAPTER_FILE, ADAPTER_CONFIG_FILE) if (folder / n).exists()]
-    if held and not overwrite:
-        raise FileExistsError(f"{folder} already holds an adapter ({held}); choose another folder or pass overwrite=True")
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg, indent=2)
     save_file(adapter_state_dict(model), str(folder / ADAPTER_FILE), metadata={"adapter_config": text})

@@ -40,21 +40,22 @@ class RotaryEmbedding(nn.Module):
         """``cos`` and ``sin`` of :meth:`angles`, in ``dtype``. The last result is kept (one entry, shared by every
         RotaryEmbedding of the same head dim and theta): the queries and keys of a layer, and every layer of a
         model, rotate the same positions in one forward. Not under torch.compile, which traces the computation."""
+        def compute() -> tuple[Tensor, Tensor]:
+            emb = self.angles(start_pos, t, device)
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+
+        if torch.compiler.is_compiling():
+            return compute()
         key = (self.head_dim, self.theta, start_pos, t, device, dtype)
-        compiling = torch.compiler.is_compiling()
-        if not compiling:
-            last = RotaryEmbedding._last
-            if last is not None and last[0] == key:
-                return last[1]
-            # normal tensors even when first made under torch.inference_mode (validate / generate): an
-            # inference-mode tensor could not be saved for backward by a later training step
-            with torch.inference_mode(False):
-                emb = self.angles(start_pos, t, device)
-                out = (emb.cos().to(dtype), emb.sin().to(dtype))
-            RotaryEmbedding._last = (key, out)
-            return out
-        emb = self.angles(start_pos, t, device)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        last = RotaryEmbedding._last
+        if last is not None and last[0] == key:
+            return last[1]
+        # normal tensors even when first made under torch.inference_mode (validate / generate): an
+        # inference-mode tensor could not be saved for backward by a later training step
+        with torch.inference_mode(False):
+            out = compute()
+        RotaryEmbedding._last = (key, out)
+        return out
 
     def forward(self, x: Tensor, start_pos: int = 0) -> Tensor:
         """Rotate ``x`` ([B, H, T, D]) whose first token sits at absolute position ``start_pos``."""
