@@ -402,3 +402,53 @@ def test_save_pretrained_expands_a_home_folder_as_from_pretrained_does(tmp_path,
     assert torch.equal(DiffTransformerLM.from_pretrained("~/m")(x), m(x))
     export_model(m, "~/m", overwrite=True)  # the function itself too
     assert not (cwd / "~").exists()
+
+
+def test_load_pretrained_reads_a_fit_checkpoint(tmp_path):
+    """zoo.load_pretrained (and from_pretrained) take the Lightning .ckpt of a zoo task: it said "neither an exported
+    model folder nor a model name". Reference: the trained task's own model in memory (weights and the scaler
+    statistics a forecaster needs), no reload involved."""
+    import lightning as L
+    import numpy as np
+    import pandas as pd
+
+    from zoo.data.ts import CSVTSDataModule
+    from zoo.models.lm import DiffTransformerLM
+    from zoo.models.ts import Forecaster
+    from zoo.tasks.ts import ForecastTask
+
+    rng = np.random.default_rng(0)
+    t = np.arange(300)
+    df = pd.DataFrame({"date": pd.date_range("2023-01-01", periods=300, freq="h"),
+                       "a": np.sin(t / 5) * 4 + 10, "b": rng.normal(size=300).cumsum()})
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=24, horizon=8, batch_size=16)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    fc = load_pretrained(str(ckpt))
+    assert isinstance(fc, Forecaster) and not fc.training and fc.meta == task.model.meta
+    want = task.model.eval().forecast(df)
+    pd.testing.assert_frame_equal(fc.forecast(df), want)
+    pd.testing.assert_frame_equal(Forecaster.from_pretrained(ckpt).forecast(df), want)
+    assert load_pretrained(ckpt, dropout=0.3).config.dropout == 0.3
+    with pytest.raises(ValueError, match="runtime fields"):
+        load_pretrained(ckpt, dim=8)
+    with pytest.raises(TypeError, match="not a DiffTransformerLM"):
+        DiffTransformerLM.from_pretrained(ckpt)
+
+    task.export(tmp_path / "exp")
+    with pytest.raises(ValueError, match="one file of an exported model: give its folder"):
+        load_pretrained(tmp_path / "exp" / "config.json")
+    torch.save(torch.zeros(3), tmp_path / "tensor.ckpt")
+    with pytest.raises(ValueError, match="not written by a zoo task"):
+        load_pretrained(tmp_path / "tensor.ckpt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read .*notes.txt.*Lightning checkpoint"):
+        load_pretrained(tmp_path / "notes.txt")

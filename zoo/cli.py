@@ -18,7 +18,7 @@ from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from zoo.hub import refuse_occupied
+from zoo.hub import checkpoint_task_class, load_checkpoint_task, refuse_occupied
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
@@ -173,26 +173,19 @@ def export_main(argv: Sequence[str]) -> None:
                    help="replace an earlier zoo export in OUT (the files it wrote; other files stay)")
     args = p.parse_args(argv)
     ckpt_path = Path(args.ckpt)
-    if ckpt_path.is_dir():
-        raise SystemExit(f"error: {ckpt_path} is a folder, not a checkpoint file: give the .ckpt that fit wrote "
-                         "(an exported folder loads as it is with zoo.load_pretrained)")
-    if not ckpt_path.is_file():
-        raise SystemExit(f"error: checkpoint {ckpt_path} not found")
+    try:
+        cls_path = checkpoint_task_class(ckpt_path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
     if not args.overwrite:  # before the (slow) load: nothing is overwritten
         try:
             refuse_occupied(Path(args.out), "name a new folder, or pass --overwrite to replace an earlier export there")
         except FileExistsError as exc:
             raise SystemExit(f"error: {exc}") from exc
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
-        raise SystemExit(f"error: cannot read {ckpt_path} ({exc}); is it a Lightning checkpoint?") from exc
-    cls_path = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
-    if not cls_path:
-        raise SystemExit(f"error: {ckpt_path} was not written by a zoo task (no zoo_task_class entry)")
-    module, _, name = cls_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    task = cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+        task = load_checkpoint_task(ckpt_path)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     try:
         folder = task.export(args.out, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:

@@ -417,10 +417,16 @@ def load_pretrained(
 ) -> nn.Module:
     """Load an exported model (folder, or registered name with shipped weights), in eval mode.
 
+    A Lightning ``.ckpt`` written by ``python -m zoo fit`` loads too: the model its task holds, exported
+    to a temporary folder and read back, so it equals ``python -m zoo export CKPT OUT`` then loading OUT.
+
     A folder that also holds ``adapter.safetensors`` (written by an adapted run, see
     ``zoo.nn.adapters``) gets its adapter applied; ``adapter=False`` returns the plain base.
     ``overrides`` may change runtime fields only (dropout, attention backend, ...).
     """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return _load_checkpoint_model(path, map_location, adapter, overrides)
     folder = resolve_pretrained(name_or_path)
     meta = read_export_config(folder)
     cls = _import_class(meta["model_class"])
@@ -435,6 +441,50 @@ def load_pretrained(
         _load_adapter_if_any(model, folder)
     model.pretrained_meta = meta
     return model.to(map_location).eval()
+
+
+def checkpoint_task_class(path: Union[str, Path]) -> str:
+    """The task class (``module.Class``) that wrote the Lightning checkpoint ``path`` (its ``zoo_task_class``)."""
+    import torch
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file: give the .ckpt that fit wrote "
+                                "(an exported folder loads as it is with zoo.load_pretrained)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        raise ValueError(f"{path} is one file of an exported model: give its folder, {path.parent}")
+    try:  # mmap: the peek reads no tensor data (a zip checkpoint, as torch.save writes; else a full read)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
+        raise ValueError(f"cannot read {path} ({exc}); is it a Lightning checkpoint?") from exc
+    cls_path = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
+    if not isinstance(cls_path, str) or not cls_path:
+        raise ValueError(f"{path} was not written by a zoo task (no zoo_task_class entry)")
+    return cls_path
+
+
+def load_checkpoint_task(path: Union[str, Path], map_location: str = "cpu") -> Any:
+    """The zoo task (LightningModule) of a checkpoint ``python -m zoo fit`` wrote, whatever its domain."""
+    path = Path(path).expanduser()
+    cls_path = checkpoint_task_class(path)
+    module, _, name = cls_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module.startswith("zoo.") else None
+    if not (isinstance(cls, type) and callable(getattr(cls, "load_from_checkpoint", None))
+            and callable(getattr(cls, "export", None))):
+        raise ValueError(f"{path} names {cls_path!r} as its task, which is no zoo task class of this version")
+    return cls.load_from_checkpoint(path, map_location=map_location)
+
+
+def _load_checkpoint_model(path: Path, map_location: str, adapter: bool, overrides: dict[str, Any]) -> nn.Module:
+    task = load_checkpoint_task(path)
+    with tempfile.TemporaryDirectory(prefix="zoo-ckpt-") as tmp:
+        folder = task.export(Path(tmp) / "export")
+        return load_pretrained(folder, map_location=map_location, adapter=adapter, **overrides)
 
 
 def refuse_occupied(folder: Path, hint: str, what: str = "") -> None:
@@ -527,13 +577,19 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path], **kwargs: Any) -> nn.Module:
-        """:func:`load_pretrained` (same arguments), refusing a folder that holds another kind of model."""
-        folder = resolve_pretrained(name_or_path)
-        held = read_export_config(folder)["model_class"]
+        """:func:`load_pretrained` (same arguments), refusing a folder or checkpoint that holds another kind of
+        model."""
+        model = folder = None
+        if Path(name_or_path).expanduser().is_file():  # a checkpoint: its model class shows once it is loaded
+            model = load_pretrained(name_or_path, **kwargs)
+            held = _class_path(type(model))
+        else:
+            folder = resolve_pretrained(name_or_path)
+            held = read_export_config(folder)["model_class"]
         if held != _class_path(cls) and not issubclass(_import_class(held), cls):
             raise TypeError(f"{name_or_path} holds a {held}, not a {cls.__name__}; zoo.load_pretrained({str(name_or_path)!r}) "
                             "loads it as what it is")
-        return load_pretrained(folder, **kwargs)
+        return model if model is not None else load_pretrained(folder, **kwargs)
 
 
 def _remove_previous_export(folder: Path, new_names: set[str]) -> None:
