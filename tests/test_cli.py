@@ -235,6 +235,33 @@ def test_ckpt_path_last_restores_the_checkpoints_hyperparameters_as_a_file_path_
     assert len(seen) == 2 and seen[0][:2] == (16, 1) and seen[1] == seen[0]
 
 
+def test_ckpt_path_names_the_architecture_model_args_it_does_not_use(tmp_path, monkeypatch):
+    """With --ckpt_path the checkpoint's architecture wins (Lightning's rule: its weights fix it), so model_args that
+    differ from it were dropped silently; now a warning names them. Runtime fields still apply; model_args equal to the
+    checkpoint's (written out or left at the architecture's default) say nothing."""
+    import warnings
+
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    main(["fit", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "test_step", lambda self, batch, i: seen.append(
+        (self.model.config.dim, self.model.config.n_layers, self.model.config.dropout)))
+    plain = ["test", "--config", DEFAULTS["lm"], "--data.init_args.test_size=64", "--trainer.limit_test_batches=1",
+             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+             f"--ckpt_path={ckpt}"]
+    with pytest.warns(UserWarning, match=r"model_args \{'dim': 32, 'n_layers': 3\} not used: the checkpoint's weights"):
+        main([*plain, "--model.init_args.model_args={dim: 32, n_layers: 3, n_heads: 2, dropout: 0.25}"])
+    # the checkpoint's architecture, plus a field it leaves at LMConfig's default written out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([*plain, "--model.init_args.model_args={dim: 16, n_layers: 1, n_heads: 2, max_seq_len: 128, rope_theta: 10000.0}"])
+    assert not [w for w in caught if "not used" in str(w.message)]
+    assert seen == [(16, 1, 0.25), (16, 1, 0.0)]
+
+
 def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
     """validate / test with a checkpoint another domain's task wrote: an error naming both classes."""
     monkeypatch.chdir(ROOT)

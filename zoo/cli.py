@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from zoo.hub import checkpoint_task_class, load_checkpoint_task, refuse_occupied
+from zoo.hub import _same_setting, checkpoint_task_class, load_checkpoint_task, refuse_occupied
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
@@ -37,6 +38,19 @@ def runtime_fields(arch: Optional[str]) -> frozenset:
     except ValueError:  # an unknown name fails where the model is built, with its own message
         spec = None
     return frozenset(getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS) if spec else DEFAULT_RUNTIME_FIELDS)
+
+
+def arch_default(arch: Optional[str], key: str) -> Any:
+    """The value ``key`` takes in ``arch``'s model when model_args leave it out (None when unknown)."""
+    from zoo.hub import _config_defaults, get_spec
+
+    try:
+        spec = get_spec(arch) if arch is not None else None
+    except ValueError:
+        return None
+    if spec is None:
+        return None
+    return spec.config[key] if key in spec.config else _config_defaults(spec.model_cls.config_class).get(key)
 
 
 def _same_class(a: str, b: str) -> bool:
@@ -130,8 +144,15 @@ class ZooCLI(LightningCLI):
         for k, v in keep.items():
             self.config[k] = v
         if user_args:
-            runtime = runtime_fields(self.config.get(f"{sub}.model.init_args.arch"))
+            arch = self.config.get(f"{sub}.model.init_args.arch")
+            runtime = runtime_fields(arch)
             merged = dict(self.config.get(args_key) or {})
+            ignored = {k: v for k, v in dict(user_args).items()
+                       if k not in runtime and not _same_setting(merged.get(k, arch_default(arch, k)), v)}
+            if ignored:  # Lightning's rule (the checkpoint's hyperparameters win), said instead of silent
+                warnings.warn(f"--ckpt_path {self.config.get(ckpt_key)}: model_args {ignored} not used: the checkpoint's "
+                              f"weights fix its architecture (its model_args: {merged}); only the runtime fields "
+                              f"{sorted(runtime)} may differ", stacklevel=2)
             merged.update({k: v for k, v in dict(user_args).items() if k in runtime})
             self.config[args_key] = merged
 
