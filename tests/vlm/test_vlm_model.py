@@ -435,3 +435,47 @@ def test_torch_compile_text_and_itm_path_is_one_graph_and_matches_eager(fusion):
         if w is not None:
             torch.testing.assert_close(g, w)
     dynamo.reset()
+
+
+@pytest.mark.parametrize("vit_name", ["vit_base_patch16_reg4_gap_256", "vit_small_patch14_reg4_dinov2"])
+def test_mean_pooled_image_feature_is_the_mean_of_the_patch_tokens_only(vit_name):
+    """A timm ViT with register tokens (and with or without a class token) puts all its prefix tokens first; the
+    ITC image feature (pool="mean") is the mean over the (image_size / patch_size)^2 patch tokens, the last ones
+    of the sequence. ``[:, 1:]`` averaged registers in (and dropped a patch where there is no class token)."""
+    m = tiny_model(vit_name=vit_name)
+    images, _ = scene_batch(2)
+    n_patches = (TINY["image_size"] // TINY["patch_size"]) ** 2
+    with torch.no_grad():
+        tokens = m.encode_image(images)
+        want = torch.nn.functional.normalize(m.vision_proj(tokens[:, -n_patches:].mean(1)), dim=-1)
+        torch.testing.assert_close(m.image_feat(tokens), want)
+
+
+def test_cls_pooling_needs_a_vit_with_a_class_token():
+    """pool="cls" took token 0 whatever it was: a register token (or a patch) of a ViT without a class token."""
+    with pytest.raises(ValueError, match="class token"):
+        tiny_model(vit_name="vit_base_patch16_reg4_gap_256", pool="cls")
+    assert tiny_model(vit_name="vit_small_patch14_reg4_dinov2", pool="cls").vit.has_class_token
+
+
+def test_text_init_from_a_roberta_folder_keeps_its_positions(tmp_path):
+    """RoBERTa numbers positions from pad_token_id + 1 (its first two table rows are never used for a right-padded
+    caption); init_text_from_hf copied rows 0.. into the text encoder, which numbers positions from 0: every hidden
+    state was silently another one. Reference: transformers' RobertaModel on the same ids."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(vocab_size=101, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=48, max_position_embeddings=40, type_vocab_size=2, pad_token_id=1)
+    hf = transformers.RobertaModel(cfg, add_pooling_layer=False).eval()
+    hf.save_pretrained(tmp_path / "roberta")
+    m = VisionLanguageModel(VLMConfig(**{**TINY, **text_config_from_hf(tmp_path / "roberta"), "fusion_heads": 2}))
+    m.init_text_from_hf(tmp_path / "roberta")
+    m.eval()
+    ids = torch.randint(3, 101, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    ids[1, 6:], mask[1, 6:] = 1, False  # right padding
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        got = m.encode_text(ids, mask)
+    torch.testing.assert_close(got[mask], want[mask], rtol=1e-4, atol=1e-4)

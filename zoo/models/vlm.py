@@ -165,6 +165,8 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
             patch_size=c.patch_size, embed_dim=c.vit_dim, depth=c.vit_depth, num_heads=c.vit_heads,
             drop_rate=c.dropout,
         )
+        if c.pool == "cls" and not getattr(self.vit, "has_class_token", True):
+            raise ValueError(f"pool='cls' needs a ViT with a class token; {c.vit_name} has none: use pool='mean'")
         self.text = TextEncoder(c.text_config())
         self.fusion = nn.ModuleList(FusionLayer(c, i) for i in range(c.fusion_layers))
         self.vision_proj = nn.Linear(c.vit_dim, c.embed_dim)
@@ -260,9 +262,11 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         enc = from_hf_bert(folder)
         state = {k: v for k, v in enc.state_dict().items() if not k.startswith("pooler.")}
         n = self.text.pos_embed.num_embeddings  # positions beyond max_text_len are never used
-        if state["pos_embed.weight"].shape[0] < n:
-            raise ValueError(f"{folder} has {state['pos_embed.weight'].shape[0]} positions; max_text_len is {n}")
-        state["pos_embed.weight"] = state["pos_embed.weight"][:n]
+        # RoBERTa numbers a right-padded caption's positions from pad_token_id + 1 (pos_offset); ours count from 0
+        off = enc.config.pos_offset
+        if state["pos_embed.weight"].shape[0] - off < n:
+            raise ValueError(f"{folder} has {state['pos_embed.weight'].shape[0] - off} positions; max_text_len is {n}")
+        state["pos_embed.weight"] = state["pos_embed.weight"][off : off + n]
         load_state_dict_checked(self.text, state, str(folder))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -296,7 +300,8 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
 
     def image_feat(self, img_tokens: Tensor) -> Tensor:
         """Normalized ITC image embedding (CLS, or the mean of the patch tokens)."""
-        pooled = img_tokens[:, 0] if self.config.pool == "cls" else img_tokens[:, 1:].mean(1)
+        n = getattr(self.vit, "num_prefix_tokens", 1)  # class token and registers precede the patches (timm)
+        pooled = img_tokens[:, 0] if self.config.pool == "cls" else img_tokens[:, n:].mean(1)
         return F.normalize(self.vision_proj(pooled), dim=-1)
 
     def text_feat(self, txt_hidden: Tensor, mask: Tensor) -> Tensor:
