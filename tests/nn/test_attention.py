@@ -605,3 +605,13 @@ def test_a_float64_differential_layer_computes_in_float64(attn_type):
     assert abs(float(layer.lambda_full()) - lam) < 1e-14
     xin = torch.randn(1, 4, 16, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t), (xin,), atol=1e-6)
+
+
+def test_a_float64_diff_v2_layer_computes_in_float64():
+    """model.double() keeps float64 through V2's per-token lambda: sigmoid(Linear(x)) was cast to float32, so a
+    float64 layer matched its float64 reference to 1e-8 only and failed gradcheck."""
+    layer = make_layer("diff_v2", seed=3, causal=True, backend="naive").double()
+    x = torch.randn(2, 5, DIM, dtype=torch.float64)
+    close(layer(x), naive_diff_v2(layer, x), atol=1e-12, rtol=1e-12, what="float64 diff_v2")
+    xin = torch.randn(1, 4, DIM, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: layer(t), (xin,), atol=1e-6)

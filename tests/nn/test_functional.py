@@ -699,3 +699,30 @@ def test_bf16_subtraction_is_done_in_fp32(backend):
     assert got.dtype == torch.bfloat16
     rel = ((got.double() - (1 - 0.882) * single).abs() / ((1 - 0.882) * single).abs()).max().item()
     assert rel <= 2 ** -8 + 1e-6, rel
+
+
+@pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
+@pytest.mark.parametrize("shape", [(2, 1, 1, 1), (4,), (1, 4, 5)])
+def test_lambda_that_does_not_broadcast_to_the_output_is_refused(backend, shape):
+    """lam must broadcast *to* [B, H, Tq, 1] (as the fused kernel requires): a [2, 1, 1, 1] lambda at B = 1
+    widened the output to batch 2, a per-head [H] lambda (H == v_dim here) scaled value channels instead of
+    heads, silently, where the triton backend refuses both."""
+    torch.manual_seed(5)
+    q1, q2 = torch.randn(1, 4, 5, 2), torch.randn(1, 4, 5, 2)
+    k1, k2, v = torch.randn(1, 4, 6, 2), torch.randn(1, 4, 6, 2), torch.randn(1, 4, 6, 4)
+    with pytest.raises(ValueError, match=r"lam of shape .* does not broadcast to \[batch, H, Tq, 1\]"):
+        diff_attention(q1, q2, k1, k2, v, torch.rand(shape), backend=backend)
+    ok = torch.rand(4, 1, 1)  # per head, the documented form, still works
+    assert_close(diff_attention(q1, q2, k1, k2, v, ok, backend=backend),
+                 ref_diff_attention(q1, q2, k1, k2, v, ok), 1e-5, 1e-5, "per-head lambda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
+def test_a_python_float_lambda_keeps_float64_precision(backend):
+    """lam=0.3 as a Python number with float64 inputs: it was made a float32 tensor (0.30000001192...), an error
+    of 1e-8 in a float64 result."""
+    torch.manual_seed(6)
+    q1, q2, k1, k2 = (torch.randn(2, 2, 3, 4, dtype=torch.float64) for _ in range(4))
+    v = torch.randn(2, 2, 3, 8, dtype=torch.float64)
+    got = diff_attention(q1, q2, k1, k2, v, 0.3, backend=backend)
+    assert_close(got, ref_diff_attention(q1, q2, k1, k2, v, torch.tensor(0.3, dtype=torch.float64)), 1e-13, 1e-13, "lam=0.3")

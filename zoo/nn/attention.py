@@ -373,5 +373,7 @@ class DiffAttentionV2(AttentionBase):
         k = self._rope(k, start, is_self)
         if cache is not None:
             k, v = cache.update(k, v)
-        lam = torch.sigmoid(self.lambda_proj(x).float()).transpose(1, 2).unsqueeze(-1)  # [B, H, Tq, 1]
+        logits = self.lambda_proj(x)
+        lam = torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))  # float64 stays float64
+        lam = lam.transpose(1, 2).unsqueeze(-1)  # [B, H, Tq, 1]
         return diff_attention(q[:, 0::2], q[:, 1::2], k, k, v, lam, **self._op_kwargs(key_mask))

@@ -230,7 +230,16 @@ def diff_attention(
     _check_shapes(q2, k2, v, key_mask)
     scale = 1.0 / math.sqrt(q1.shape[-1]) if scale is None else scale
     if not torch.is_tensor(lam):
-        lam = torch.tensor(float(lam), device=q1.device)
+        # at least fp32, as the maps: a float64 call keeps lambda in float64
+        lam = torch.tensor(float(lam), dtype=torch.promote_types(q1.dtype, torch.float32), device=q1.device)
+    want = (q1.shape[0], q1.shape[1], q1.shape[2], 1)
+    try:  # lam must broadcast *to* [B, H, Tq, 1]: [H] would scale value channels, [2, 1, 1, 1] at B=1 widen the batch
+        fits = torch.broadcast_shapes(tuple(lam.shape), want) == want
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"lam of shape {tuple(lam.shape)} does not broadcast to [batch, H, Tq, 1] = {want}; "
+                         "pass a scalar, [H, 1, 1] (per head) or [batch, H, Tq, 1] (per token)")
     p = dropout_p if training else 0.0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q1, q2, k1, k2, v, lam))
     name = _pick(
