@@ -479,3 +479,18 @@ def test_text_init_from_a_roberta_folder_keeps_its_positions(tmp_path):
         want = hf(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         got = m.encode_text(ids, mask)
     torch.testing.assert_close(got[mask], want[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_a_from_scratch_text_encoder_starts_its_pad_embedding_at_zero():
+    """The word embedding is built with padding_idx = [PAD], which keeps that row out of training; BERT's init
+    (transformers' BertModel) zeroes it, ours drew it at random, so FDA's function-word caption (content words
+    replaced by [PAD]) fed a frozen random vector for every content word. Reference: transformers' init."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=48, pad_token_id=0)
+    hf_pad = transformers.BertModel(cfg).embeddings.word_embeddings.weight[cfg.pad_token_id]
+    m = tiny_model()
+    pad = m.text.config.pad_token_id
+    torch.testing.assert_close(m.text.word_embed.weight[pad], torch.zeros_like(m.text.word_embed.weight[pad]))
+    assert torch.count_nonzero(hf_pad) == 0
+    assert m.text.word_embed.weight[pad + 1].abs().sum() > 0  # the other rows are drawn as before

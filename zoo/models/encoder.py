@@ -107,6 +107,9 @@ class TextEncoder(PretrainedMixin, TokenizerAssets, nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:  # as BERT's init: padding_idx keeps that row out of training, at zero
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
 
     @classmethod
     def from_config(cls, config: Union[EncoderConfig, dict]) -> "TextEncoder":
