@@ -201,6 +201,46 @@ def test_onnx_export_refuses_to_overwrite_and_read_names_a_bad_batch_size(export
             m.read([np.zeros((32, 128, 3), np.uint8)], batch_size=bad)
 
 
+def test_onnx_export_names_a_bad_batch_size_or_refine_iters(exported, tmp_path):
+    """batch_size 0 killed the interpreter in the exporter (SIGFPE) and a negative refine_iters exported a
+    model without refinement, silently; both are named errors now, as read() names a bad batch_size."""
+    m = zoo.load_pretrained(exported)
+    for bad in (-1, 1.5, True):  # checked first: the unfixed code crashes the process on batch_size 0
+        with pytest.raises(ValueError, match="refine_iters must be a non-negative integer"):
+            export_onnx(m, tmp_path / "r.onnx", refine_iters=bad)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad}"):
+            export_onnx(m, tmp_path / "b.onnx", batch_size=bad)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])
+def test_csd_trains_under_a_true_precision(exported, precision, dtype):
+    """Lightning's 'bf16-true' / '64-true' (the former recommended by ZooTask) hand the batch over in the
+    student's dtype, while the teacher (not a submodule) stays float32: its encoder refused the images
+    ("Input type (c10::BFloat16) and bias type (float) should be the same"). The pseudolabels are the teacher's
+    own float32 readings of the same pixels."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.data.str import encode_targets
+
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(exported))
+    torch.manual_seed(0)
+    imgs = torch.randn(3, 3, 32, 128).to(dtype)
+    targets, soft = task._teacher_targets(imgs)
+    ref = zoo.load_pretrained(exported).eval()  # the teacher read on its own, in float32
+    with torch.no_grad():
+        readings = [r.text for r in ref.decode_probs(ref(imgs.float()))]
+    assert torch.equal(targets, encode_targets(ref.charset, readings))
+    assert torch.isfinite(soft).all()
+    batch = {"images": imgs.float(), "targets": torch.randint(1, 37, (3, 7))}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, precision=precision)
+    trainer.fit(task, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
 def test_csd_pseudolabels_are_the_teachers_readings_encoded(tmp_path):
     """The pseudolabel of a crop is the teacher's reading encoded as a data label would be
     (``encode_targets``): a teacher with no EOS in any slot reads max_length characters, so its
@@ -381,3 +421,10 @@ def test_csd_kl_weight_must_be_non_negative(weight):
     with pytest.raises(ValueError, match=r"csd_kl_weight must be >= 0 \(0: pseudolabels only\)"):
         RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_kl_weight=weight)
     RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_kl_weight=0.0)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_csd_temperature_must_be_positive(tau):
+    """A NaN temperature passed the `<= 0` check and made the KL term NaN from the first step."""
+    with pytest.raises(ValueError, match="csd_temperature must be positive"):
+        RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_temperature=tau)

@@ -487,6 +487,11 @@ def export_onnx(
     the first EOS. The autoregressive loop is not exported (data-dependent control flow).
     An existing file at ``path`` or its charset file is refused unless ``overwrite=True``.
     """
+    # batch_size 0 killed the interpreter (SIGFPE in the exporter); a negative refine_iters exported no refinement
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if refine_iters is not None and (isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0):
+        raise ValueError(f"refine_iters must be a non-negative integer (None: the model's), got {refine_iters!r}")
     path = Path(path)
     charset_file = Path(str(path) + ".charset.txt")
     taken = [str(p) for p in (path, charset_file) if p.exists()]

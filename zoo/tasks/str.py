@@ -213,7 +213,7 @@ class RecognitionTask(ZooTask):
             raise ValueError(f"masks must be a non-empty subset of {MASK_MODES}, got {list(masks)}")
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-        if csd_temperature <= 0:
+        if not csd_temperature > 0:  # NaN too: the KL term, and so the loss, would be NaN from the first step
             raise ValueError(f"csd_temperature must be positive, got {csd_temperature}")
         if not csd_kl_weight >= 0:  # NaN too: a negative weight would push the student away from the teacher
             raise ValueError(f"csd_kl_weight must be >= 0 (0: pseudolabels only), got {csd_kl_weight}")
@@ -380,6 +380,9 @@ class RecognitionTask(ZooTask):
     def _teacher_targets(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher pseudolabels (its decoding + refinement) and its cloze logits given them."""
         t = self.teacher.to(images.device).eval()
+        # in the teacher's dtype: under a 'bf16-true' / '64-true' trainer the batch comes in the student's
+        # dtype, while the teacher (not a submodule) keeps its own
+        images = images.to(next(t.parameters()).dtype)
         memory = t.encode(images)
         probs = t.decode(memory)
         ids = probs.argmax(-1)
