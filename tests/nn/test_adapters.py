@@ -381,6 +381,21 @@ def test_dex_anneal_steps_written_in_scientific_notation_is_accepted():
         A.apply_adapter(lm(), "dex", anneal_steps=2.5)
 
 
+def test_dex_lambda_ramps_linearly_over_anneal_steps_and_zero_steps_means_no_ramp():
+    """lambda_t = min(1, step / anneal_steps) * lambda (a linear ramp from 0); anneal_steps=0 is a ramp of no
+    steps: the full lambda from the first step (it was 0 at step 0, so the first update left the adapter alone)."""
+    model = A.apply_adapter(lm(), "dex", anneal_steps=4, lambda_max=0.5)
+    layer = A.adapted_layers(model)[0]
+    for step, want in [(0, 0.0), (1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (9, 1.0)]:
+        A.step_adapters(model, step)
+        assert float(layer.lambda_t()) == pytest.approx(want * 0.5), step
+    model = A.apply_adapter(lm(), "dex", anneal_steps=0, lambda_max=0.5)
+    assert all(float(m.lambda_t()) == pytest.approx(0.5) for m in A.adapted_layers(model))  # before any step too
+    for step in (0, 1, 5):
+        A.step_adapters(model, step)
+        assert all(float(m.lambda_t()) == pytest.approx(0.5) for m in A.adapted_layers(model)), step
+
+
 @pytest.mark.parametrize("attn_type", ["diff", "dint", "gda"])
 def test_adapted_layer_reads_tensors_loaded_with_assign(attn_type):
     """The base layer's own parameters (diff's lambda vectors) are read by its forward: a load that replaces

@@ -573,3 +573,43 @@ def test_eval_metrics_under_bf16_true_are_summed_in_full_precision(tmp_path):
     for res in (first, again):
         assert res["val/loss"] == pytest.approx(nll / n, rel=1e-5)
         assert res["val/bpb"] == pytest.approx(nll / n / math.log(2), rel=1e-5)  # one byte per byte token
+
+
+@pytest.mark.parametrize("n_items", [6, 10])
+def test_gradient_accumulation_weighs_every_token_of_the_window_alike(n_items):
+    """With accumulate_grad_batches=2 each optimizer step's gradient is that of the mean token loss over the
+    batches it accumulated (as one batch of all of them would give): batches of 4 then 2 items (6) weigh each
+    token alike, and an epoch's last, incomplete window (10: 4 + 4, then 2 alone) is not divided by 2."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=16, n_pairs=2, n_keys=8, n_values=8, train_size=n_items, val_size=8, batch_size=4)
+    dm.setup("fit")
+    items = [dm.train_dataloader().dataset[i] for i in range(n_items)]
+    torch.manual_seed(0)
+    args = dict(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16}, data_info=dm.data_info)
+    task = LanguageModelTask(lr=0.0, weight_decay=0.0, warmup_steps=0, scheduler="constant", **args)
+    ref = LanguageModelTask(**args)
+    ref.load_state_dict(task.state_dict())  # lr 0: the weights stay these
+
+    grads = []
+
+    class Grab(L.Callback):  # after the step the window's gradients are still there (zeroed when the next starts)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx % 2 == 1 or batch_idx == trainer.num_training_batches - 1:
+                grads.append({k: p.grad.clone() for k, p in pl_module.named_parameters() if p.grad is not None})
+
+    _quiet_trainer(max_epochs=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[Grab()]).fit(
+        task, train_dataloaders=DataLoader(items, batch_size=4, shuffle=False))
+    windows = [items[:8], items[8:]] if n_items == 10 else [items]
+    assert len(grads) == len(windows)
+    for got, window in zip(grads, windows):  # reference: one batch of the whole window, mean token loss
+        ref.zero_grad()
+        ids = torch.stack([it["input_ids"] for it in window])
+        labels = torch.stack([it["labels"] for it in window])
+        F.cross_entropy(ref.model(ids).flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
+        for k, p in ref.named_parameters():
+            torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-7, msg=k)

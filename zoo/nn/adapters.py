@@ -134,12 +134,14 @@ class DexAttention(AdaptedAttention):
         self.register_buffer("heads", torch.tensor(sel, dtype=torch.long), persistent=False)
         self.anneal_steps = int(anneal_steps)
         self.adapter = DexAdapter(len(sel), base.head_dim, lambda_max, init_std)
+        self.set_step(0)  # 0 (the pretrained function), or 1 for anneal_steps 0
 
     def lambda_t(self) -> Tensor:
         return self.adapter.anneal * self.adapter.lam
 
     def set_step(self, step: int) -> None:
-        self.adapter.anneal.fill_(min(1.0, step / max(self.anneal_steps, 1)))
+        # anneal_steps 0: no ramp, the full lambda from the first step
+        self.adapter.anneal.fill_(min(1.0, step / self.anneal_steps) if self.anneal_steps > 0 else 1.0)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:

@@ -16,7 +16,7 @@ from zoo.hub import _class_path, create_model, read_export_config, resolve_pretr
 from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k, check_top_p
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
-from zoo.tasks.base import Float64Metric, ZooTask
+from zoo.tasks.base import Float64Metric, ZooTask, wide_float
 
 IGNORE = -100
 
@@ -137,6 +137,9 @@ class LanguageModelTask(ZooTask):
             apply_adapter(self.model, spec.pop("method"), layers=spec.pop("layers", None), **spec)
         self._metrics = torch.nn.ModuleDict()
         self._byte_table: Optional[tuple[Any, torch.Tensor]] = None  # (tokenizer, UTF-8 bytes per id): bits per byte
+        # token-weighted gradient accumulation (training_step / on_before_optimizer_step)
+        self._loss_unit: Optional[float] = None
+        self._window_tokens: Any = 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if getattr(self.model, "adapter_config", None):
@@ -199,7 +202,30 @@ class LanguageModelTask(ZooTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         if self.data_info.get("kind") == "retrieval":
             self.log("train/acc", correct / n.clamp(min=1), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        trainer = self._trainer
+        if trainer is not None and (trainer.accumulate_grad_batches > 1 or trainer.world_size > 1):
+            # Every scored token of an optimizer step weighs alike (Hugging Face's rule since transformers 4.46):
+            # Lightning averages the accumulated batches' (and the processes') mean losses, which over-weighs the
+            # tokens of a smaller batch and divides an epoch's last, incomplete window by accumulate_grad_batches.
+            # Backward the sum over a fixed unit here; on_before_optimizer_step divides by the step's token count.
+            if self._loss_unit is None:
+                self._loss_unit = float(batch["labels"].numel())
+            self._window_tokens = self._window_tokens + n.detach()
+            return nll * trainer.accumulate_grad_batches / self._loss_unit
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self._loss_unit is None or not torch.is_tensor(self._window_tokens):
+            return
+        # the window's tokens over every process (the same factor on each: DDP averaged the gradients already)
+        tokens = self._window_tokens.to(wide_float(self._window_tokens.device))  # float32 on MPS (no float64)
+        total = self.trainer.strategy.reduce(tokens, reduce_op="sum")
+        self._window_tokens = 0
+        factor = self.trainer.world_size * self._loss_unit / total.clamp(min=1)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(factor.to(p.grad.dtype))
 
     def _label_bytes(self, labels: torch.Tensor) -> Optional[torch.Tensor]:
         """UTF-8 bytes of the scored label tokens (0 for special ids), or None without a text datamodule."""
