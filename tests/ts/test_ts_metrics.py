@@ -191,3 +191,53 @@ def test_a_nan_validation_epoch_is_never_the_best():
     assert task.best_val == (0.5, 1)
     task._consider_best(0.4, 4)
     assert task.best_val == (0.4, 4)
+
+
+@pytest.mark.parametrize("features", ["M", "MS"])
+def test_a_loaded_checkpoint_tested_on_another_file_reports_that_files_units(tmp_path, features):
+    """ForecastTask.load_from_checkpoint keeps the training file's data facts; tested on another file (other units,
+    columns in another order) the original-scale errors were computed with the training file's std (and the
+    batches taken as scaled by its scaler). Reference: the model on the raw windows scaled by its own scaler."""
+    rng = np.random.default_rng(3)
+    n, cols = 400, ["load", "OT", "z"]
+
+    def write(name, scale, order):
+        t = np.arange(n)
+        v = np.stack([np.sin(t / 5) * 10 * scale + 50, rng.normal(size=n).cumsum() * 3 * scale - 20,
+                      rng.normal(size=n) * 5 * scale + 3], 1)
+        df = pd.DataFrame(v, columns=cols)
+        df.insert(0, "date", pd.date_range("2021-03-01", periods=n, freq="30min"))
+        df[["date"] + order].to_csv(tmp_path / name, index=False)
+        return v
+
+    write("a.csv", 1.0, cols)
+    raw_b = write("b.csv", 4.0, ["z", "OT", "load"])  # raw_b in the training file's column order
+    kw = dict(lookback=24, horizon=12, features=features, target="OT")
+    dm_a = CSVTSDataModule(str(tmp_path / "a.csv"), batch_size=16, **kw)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm_a.data_info, lr=3e-3)
+    trainer_kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=1, default_root_dir=tmp_path / "fit", **trainer_kw)
+    trainer.fit(task, datamodule=dm_a)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+
+    loaded = ForecastTask.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
+    dm_b = CSVTSDataModule(str(tmp_path / "b.csv"), eval_batch_size=7, **kw)
+    L.Trainer(default_root_dir=tmp_path / "test", **trainer_kw).test(loaded, datamodule=dm_b, verbose=False)
+    res = loaded.results["test"]
+
+    info_a, info_b = dm_a.data_info, dm_b.data_info
+    mean, std = np.array(info_a["mean"]), np.array(info_a["std"])  # the model's own scaler
+    out = [1] if features == "MS" else [0, 1, 2]
+    b1, b2 = info_b["borders"]["test"]
+    starts = np.arange(b1, b2 - 36 + 1)
+    x = np.stack([(raw_b[s : s + 24] - mean) / std for s in starts])
+    true = np.stack([raw_b[s + 24 : s + 36][:, out] for s in starts])
+    task.model.eval()
+    with torch.no_grad():
+        pred = task.model(torch.tensor(x, dtype=torch.float32)).double().numpy()[..., out] * std[out] + mean[out]
+    std_b = np.array([info_b["std"][info_b["columns"].index(cols[i])] for i in out])  # file b's scaler
+    np.testing.assert_allclose(res["mse_orig"], np.mean((pred - true) ** 2), rtol=1e-4)
+    np.testing.assert_allclose(res["mae_orig"], np.mean(np.abs(pred - true)), rtol=1e-4)
+    np.testing.assert_allclose(res["mse"], np.mean(((pred - true) / std_b) ** 2), rtol=1e-4)

@@ -93,6 +93,16 @@ def test_itransformer_time_feature_tokens():
         model(x)
 
 
+def test_itransformer_without_calendar_tokens_refuses_x_mark():
+    # The reference iTransformer embeds every x_mark column it is given as a token (DataEmbedding_inverted); a model
+    # built without calendar tokens dropped x_mark unread, so the caller's calendar silently changed nothing.
+    model = build("itr")
+    x, marks = torch.randn(2, L, N), torch.rand(2, L, 3) - 0.5
+    with pytest.raises(ValueError, match=r"reads no time features.*n_time_features=3"):
+        model(x, marks)
+    assert model(x, None).shape == (2, H, N)
+
+
 def test_wrong_lookback_and_bad_config():
     with pytest.raises(ValueError, match="lookback=32"):
         build("itr")(torch.randn(1, L + 1, N))

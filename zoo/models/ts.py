@@ -303,6 +303,12 @@ class ITransformer(Forecaster):
                     "(set data.time_features=true)"
                 )
             tokens = torch.cat([tokens, x_mark.transpose(1, 2).to(tokens.dtype)], dim=1)
+        elif x_mark is not None and x_mark.shape[-1]:
+            # the reference iTransformer reads any x_mark it is given as tokens; dropping it unread hid the mismatch
+            raise ValueError(
+                f"this model reads no time features (n_time_features=0) but got x_mark {tuple(x_mark.shape)}; build it "
+                f"with n_time_features={x_mark.shape[-1]} (data.time_features=true) or pass x_mark=None"
+            )
         h = self.encoder(self.drop(self.embed(tokens)))
         return self.head(h)[:, :n_vars].transpose(1, 2)  # [B, H, N]; calendar tokens are not forecast
 

@@ -116,12 +116,7 @@ class ForecastTask(ZooTask):
         self.model = self._build_model(arch, attn_type, dict(model_args or {}), pretrained)
         if self.data_info:
             self.model.set_meta(self.data_info)
-        out_index = self.data_info.get("out_index")
-        self.out_index: Optional[list[int]] = list(out_index) if out_index is not None else None
-        std = self.data_info.get("std")
-        out_std = [std[i] for i in out_index] if std is not None and out_index is not None else None
-        # a plain list, not a buffer: a module cast (precision "bf16-true") would round the scaler to bf16
-        self.out_std: Optional[list[float]] = out_std or None
+        self._take_data_info(self.data_info)
         self.metrics = torch.nn.ModuleDict(
             {s: ForecastMetrics(self.model.config.horizon) for s in ("val", "test")}
         )
@@ -130,6 +125,27 @@ class ForecastTask(ZooTask):
         self.best_val: Optional[tuple[float, int]] = None  # (val loss, epoch)
         self._best_state: Optional[dict[str, Tensor]] = None
         self._forecasts: list[tuple[Any, Any]] = []
+
+    def _take_data_info(self, info: dict[str, Any]) -> None:
+        """The facts of the data the batches come from: its forecast columns and their scaler std."""
+        self.data_info = dict(info)
+        out_index = self.data_info.get("out_index")
+        self.out_index: Optional[list[int]] = list(out_index) if out_index is not None else None
+        std = self.data_info.get("std")
+        out_std = [std[i] for i in out_index] if std is not None and out_index is not None else None
+        # a plain list, not a buffer: a module cast (precision "bf16-true") would round the scaler to bf16
+        self.out_std: Optional[list[float]] = out_std or None
+
+    def setup(self, stage: str) -> None:
+        # The batches come scaled by the datamodule's scaler, in its column order. A task holding other data facts
+        # (ForecastTask.load_from_checkpoint keeps the training file's; the CLI links the datamodule's) took the
+        # batches for the training file's: the original-scale errors came out in its units and the forecasts
+        # un-scaled with its mean / std. The model keeps its own scaler (model.meta); the batches are carried over.
+        info = getattr(getattr(self._trainer, "datamodule", None), "data_info", None)
+        if isinstance(info, dict) and info.get("kind") == "ts" and info != self.data_info:
+            if self.model.meta is None:
+                self.model.set_meta(info)
+            self._take_data_info(info)
 
     # -- model construction
     def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
