@@ -277,6 +277,11 @@ def test_bad_arguments_are_named():
         A.apply_adapter(lm(), "lora")
     with pytest.raises(ValueError, match=r"layers \[5\] out of range"):
         A.apply_adapter(lm(), "dex", layers=[5])
+    # a layer listed twice was wrapped twice (the outer wrap's base being the first adapter), config [0, 0]
+    with pytest.raises(ValueError, match=r"adapter layers \[0\] listed more than once in \[0, 1, 0\]"):
+        A.apply_adapter(lm(), "difflora", rank=2, layers=[0, 1, 0])
+    with pytest.raises(ValueError, match="integer indices"):
+        A.apply_adapter(lm(), "dex", layers=[0.5])
     with pytest.raises(ValueError, match="heads"):
         A.apply_adapter(lm(), "dex", heads=[9])
 

@@ -460,10 +460,15 @@ def apply_adapter(
     found = attention_layers(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no zoo attention layers to adapt")
+    if layers is not None and any(isinstance(i, bool) or int(i) != i for i in layers):
+        raise ValueError(f"adapter layers must be integer indices, got {list(layers)}")
     idx = list(range(len(found))) if layers is None else [int(i) for i in layers]
     bad = [i for i in idx if not 0 <= i < len(found)]
     if bad:
         raise ValueError(f"adapter layers {bad} out of range: the model has {len(found)} attention layers")
+    twice = sorted({i for i in idx if idx.count(i) > 1})
+    if twice:  # a second wrap of one layer replaced the first adapter's weights, silently
+        raise ValueError(f"adapter layers {twice} listed more than once in {idx}")
     fingerprint = base_fingerprint(model)
     for i in idx:
         name, base = found[i]
