@@ -613,3 +613,33 @@ def test_gradient_accumulation_weighs_every_token_of_the_window_alike(n_items):
         F.cross_entropy(ref.model(ids).flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
         for k, p in ref.named_parameters():
             torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-7, msg=k)
+
+
+def test_test_writes_its_metrics_to_the_run_folder(corpus, tmp_path):
+    """`zoo test` on a language model wrote no test_metrics.json, which the other domains write into the run folder
+    (README: a second test there writes test_metrics_1.json). Reference: cross-entropy over the same test batches."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = TextDataModule(str(corpus), block_size=16, batch_size=8, tokenizer="byte")
+    torch.manual_seed(0)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    trainer = _quiet_trainer(limit_test_batches=2, default_root_dir=tmp_path)
+    trainer.test(task, dm, verbose=False)
+    got = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert set(got) == {"loss", "ppl", "bpb"}
+    loader = iter(dm.test_dataloader())
+    nll = n = 0.0
+    with torch.no_grad():
+        for _ in range(2):
+            b = next(loader)
+            logits = task.model(b["input_ids"])
+            nll += float(F.cross_entropy(logits.flatten(0, 1).double(), b["labels"].flatten(), reduction="sum"))
+            n += int((b["labels"] != -100).sum())
+    assert got["loss"] == pytest.approx(nll / n, rel=1e-5)
+    assert got["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert got["bpb"] == pytest.approx(nll / n / math.log(2), rel=1e-5)  # byte tokens: one byte each
+    trainer.test(task, dm, verbose=False)  # a second test into the folder: beside the first file, never over it
+    assert json.loads((tmp_path / "test_metrics_1.json").read_text())["loss"] == pytest.approx(got["loss"])
+    assert json.loads((tmp_path / "test_metrics.json").read_text()) == got

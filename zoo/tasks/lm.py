@@ -252,7 +252,14 @@ class LanguageModelTask(ZooTask):
                 self._metrics[key] = _Float64Sum().to(self.device)
             self._metrics[key].update(value)
 
-    def _report(self, stage: str) -> None:
+    def _report(self, stage: str) -> dict[str, float]:
+        """Log ``stage``'s metrics; returns them keyed as logged without the stage (``loss``, ``len64/acc``...)."""
+        out: dict[str, float] = {}
+
+        def log(name: str, value: torch.Tensor, **kw: Any) -> None:
+            self.log(name, value, **kw)
+            out[name.split("/", 1)[1]] = float(value)
+
         prefixes = sorted({k.rsplit("|", 1)[0] for k in self._metrics if k.startswith(stage)})
         # Bits per byte divides by the bytes per token of the split being reported (val or test),
         # never another split's: the ratio depends on the text, not only on the tokenizer.
@@ -265,17 +272,18 @@ class LanguageModelTask(ZooTask):
             nbytes = self._metrics[f"{p}|bytes"].compute() if f"{p}|bytes" in self._metrics else None  # one sync
             name = p.replace("|", "/")
             loss = nll / n
-            self.log(f"{name}/loss", loss, prog_bar=stage == "val")
-            self.log(f"{name}/ppl", torch.exp(loss))  # inf only past float range (a diverged model), never capped
+            log(f"{name}/loss", loss, prog_bar=stage == "val")
+            log(f"{name}/ppl", torch.exp(loss))  # inf only past float range (a diverged model), never capped
             if self.data_info.get("kind") == "retrieval":
-                self.log(f"{name}/acc", correct / n, prog_bar=stage == "val")
+                log(f"{name}/acc", correct / n, prog_bar=stage == "val")
             elif nbytes is not None and float(nbytes) > 0:
-                self.log(f"{name}/bpb", nll / (math.log(2) * nbytes))
+                log(f"{name}/bpb", nll / (math.log(2) * nbytes))
             elif bpt:
-                self.log(f"{name}/bpb", loss / (math.log(2) * bpt))
+                log(f"{name}/bpb", loss / (math.log(2) * bpt))
             for k in ("nll", "n", "correct", "bytes"):
                 if f"{p}|{k}" in self._metrics:
                     self._metrics[f"{p}|{k}"].reset()
+        return out
 
     def _eval_prefix(self, stage: str, dataloader_idx: int) -> str:
         lens = getattr(getattr(self.trainer, "datamodule", None), "test_seq_lens", None)
@@ -293,7 +301,13 @@ class LanguageModelTask(ZooTask):
         self._accumulate(self._eval_prefix("test", dataloader_idx), batch)
 
     def on_test_epoch_end(self) -> None:
-        self._report("test")
+        results = self._report("test")
+        folder = self._run_dir()  # a DDP collective: every rank
+        # as the other domains: test_metrics.json in the run folder (a fast_dev_run logs nothing, so writes nothing)
+        if folder is not None and results and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+            from zoo.tasks.callbacks import write_json_new
+
+            write_json_new(folder, "test_metrics.json", results)
 
     def on_predict_start(self) -> None:
         super().on_predict_start()
