@@ -176,6 +176,7 @@ def main() -> None:
                         "folder named transfer is used as it is)")
     args = p.parse_args()
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run: it counts once in the means
+    args.eps = list(dict.fromkeys(args.eps))  # a budget given twice is one evaluation, one table
     if args.export and args.phase == "train":
         p.error("--export ships the model after its evaluation: use --phase all or --phase eval")
     if args.transfer and len(args.seeds) < 2:
@@ -237,6 +238,10 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def _pct(value: Optional[float]) -> str:
+    return "undefined (no attack succeeded without FDA)" if value is None else f"{value:+.1f}%"
+
+
 def summarize(rows: list[dict]) -> tuple[dict, dict, dict]:
     """Means over seeds per variant, and the relative ASR drop with FDA (re-ranked, ITM only)."""
     attacks = [k for k in rows[0]["asr"]]
@@ -252,9 +257,10 @@ def summarize(rows: list[dict]) -> tuple[dict, dict, dict]:
             "asr_itc": {a: _mean([r["asr_itc"][a]["mean"] for r in rs]) for a in attacks},
         }
 
-    def drop(key: str) -> dict[str, float]:
-        return {a: (summary["nofda"][key][a] - summary["fda"][key][a]) / max(summary["nofda"][key][a], 1e-9) * 100
-                for a in attacks}
+    def drop(key: str) -> dict[str, Optional[float]]:
+        # relative to the no-FDA ASR: undefined (None) where no attack succeeded without FDA
+        return {a: (summary["nofda"][key][a] - summary["fda"][key][a]) / summary["nofda"][key][a] * 100
+                if summary["nofda"][key][a] > 0 else None for a in attacks}
 
     return summary, drop("asr"), drop("asr_itm_only")
 
@@ -319,8 +325,8 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         lines += [
             "",
             "Relative ASR change with FDA (positive = FDA lowers ASR), re-ranked: "
-            + ", ".join(f"{a} {rel[a]:+.1f}%" for a in attacks) + "; ITM only: "
-            + ", ".join(f"{a} {rel_itm_only[a]:+.1f}%" for a in attacks) + ".",
+            + ", ".join(f"{a} {_pct(rel[a])}" for a in attacks) + "; ITM only: "
+            + ", ".join(f"{a} {_pct(rel_itm_only[a])}" for a in attacks) + ".",
             f"Clean R@1 difference FDA - no FDA: re-ranked {summary['fda']['clean_r1_itm'] - summary['nofda']['clean_r1_itm']:+.1f}, "
             f"ITM only {summary['fda']['clean_r1_itm_only'] - summary['nofda']['clean_r1_itm_only']:+.1f} points.",
         ]

@@ -224,3 +224,20 @@ def test_transfer_results_never_replace_the_white_box_tables_of_the_results_fold
     _main(bench, monkeypatch, "--work", str(tmp_path / "work"), "--seeds", "0", "1", "--phase", "eval", "--transfer",
           "--results", str(results / "transfer"))
     assert not (results / "transfer" / "transfer").exists()
+
+
+def test_the_relative_asr_drop_is_undefined_where_no_attack_succeeded_without_fda(load_script):
+    """(ASR no FDA - ASR FDA) / ASR no FDA: an ASR of 0 without FDA divided by 1e-9 (a drop of -1e11 %) instead of
+    saying the ratio has no value."""
+    mod = load_script("bench_fda")
+
+    def row(fda, pgd, text):
+        asr = {"pgd": {"mean": pgd}, "text": {"mean": text}}
+        return {"fda": fda, "clean": {"itm_r1": 90.0, "itc_r1": 85.0, "itm_only_r1": 80.0},
+                "asr": asr, "asr_itm_only": asr, "asr_itc": asr}
+
+    rows = [row(False, 20.0, 0.0), row(False, 30.0, 0.0), row(True, 20.0, 5.0), row(True, 25.0, 0.0)]
+    _, rel, rel_itm_only = mod.summarize(rows)
+    assert rel["pgd"] == pytest.approx((25.0 - 22.5) / 25.0 * 100)  # means over seeds, then the ratio
+    assert rel["text"] is None and rel_itm_only["text"] is None
+    assert mod._pct(None).startswith("undefined") and mod._pct(10.0) == "+10.0%"
