@@ -271,8 +271,12 @@ def test_metrics_match_hand_computation():
 
 
 def _quiet_trainer(**kw):
+    import tempfile
+
     import lightning as L
 
+    # a run folder of its own: test() writes test_metrics.json there (Lightning's default is the working directory)
+    kw.setdefault("default_root_dir", tempfile.mkdtemp(prefix="zoo-lm-test-"))
     return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                      enable_checkpointing=False, **kw)
 
