@@ -296,3 +296,69 @@ def test_patchtst_refuses_calendar_features(tmp_path):
         ForecastTask(arch="ts-patchtst-diff-tiny", data_info=dm.data_info)
     plain = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=False)
     ForecastTask(arch="ts-patchtst-diff-tiny", data_info=plain.data_info)
+
+
+def test_validate_outside_a_fit_leaves_the_best_epoch_alone(tmp_path):
+    """Only a fit's epochs compete for restore_best: trainer.validate on a task that never fitted remembered its
+    loss and weights as the best epoch, and a checkpoint saved afterwards carried them into a resumed fit."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_val_batches=2, default_root_dir=tmp_path)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    trainer = L.Trainer(**kw)
+    trainer.validate(task, datamodule=dm, verbose=False)
+    assert np.isfinite(task.results["val"]["mse"])  # it did validate
+    assert task.best_val is None and task._best_state is None
+    trainer.save_checkpoint(tmp_path / "v.ckpt")
+    assert "zoo_best_val" not in torch.load(tmp_path / "v.ckpt", weights_only=False)
+
+
+def _fit_checkpoint(tmp_path, arch="ts-itransformer-diff-tiny", **data_kw):
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, batch_size=16, **data_kw)
+    torch.manual_seed(0)
+    task = ForecastTask(arch=arch, data_info=dm.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+                        default_root_dir=tmp_path / "fit")
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    return tmp_path / "run.ckpt"
+
+
+@pytest.mark.parametrize("stage", ["test", "predict"])
+@pytest.mark.parametrize("trained,now,named", [
+    (dict(features="MS", target="tgt"), dict(lookback=2 * LB, features="MS", target="tgt"),
+     rf"lookback {LB} \(the data's {2 * LB}\)"),
+    (dict(features="MS", target="tgt"), dict(horizon=H + 4, features="MS", target="tgt"),
+     rf"horizon {H} \(the data's {H + 4}\)"),
+    (dict(features="MS", target="tgt"), dict(features="MS", target="a"), r"\['tgt'\].*target 'tgt'.*target 'a'"),
+    (dict(features="MS", target="tgt"), dict(features="M"), r"\['tgt'\].*features M"),
+])
+def test_a_checkpoint_restored_with_ckpt_path_refuses_data_it_does_not_fit(tmp_path, stage, trained, now, named):
+    """``zoo test / predict --ckpt_path``: the task is built for the datamodule, then the checkpoint (another
+    lookback / horizon, another MS target) is loaded into it. Another lookback / horizon failed as a state-dict size
+    mismatch; another target was scored (or forecast) silently on the model's untrained output for it."""
+    _write(tmp_path)
+    ckpt = _fit_checkpoint(tmp_path, **trained)
+    kw = {"lookback": LB, "horizon": H, **now}
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), **kw)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=named):
+        getattr(trainer, stage)(task, datamodule=dm, ckpt_path=ckpt)
+
+
+def test_a_patchtst_checkpoint_refuses_calendar_features_instead_of_ignoring_them(tmp_path):
+    """PatchTST reads no calendar features; restored and tested on a datamodule that makes them, it dropped them
+    unread (the README: refused with a message rather than ignored)."""
+    _write(tmp_path)
+    ckpt = _fit_checkpoint(tmp_path, arch="ts-patchtst-diff-tiny")
+    loaded = ForecastTask.load_from_checkpoint(ckpt, map_location="cpu")
+    dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"n_time_features 0 \(the data's 5\).*data.time_features"):
+        trainer.test(loaded, datamodule=dm, verbose=False)

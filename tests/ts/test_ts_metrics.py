@@ -241,3 +241,86 @@ def test_a_loaded_checkpoint_tested_on_another_file_reports_that_files_units(tmp
     np.testing.assert_allclose(res["mse_orig"], np.mean((pred - true) ** 2), rtol=1e-4)
     np.testing.assert_allclose(res["mae_orig"], np.mean(np.abs(pred - true)), rtol=1e-4)
     np.testing.assert_allclose(res["mse"], np.mean(((pred - true) / std_b) ** 2), rtol=1e-4)
+
+
+def _fit_and_reload(tmp_path, **data_kw):
+    """Three steps on ``d.csv`` saved to ``a.ckpt``; the task back from ForecastTask.load_from_checkpoint."""
+    _csv(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), batch_size=16, **data_kw)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=3e-3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path / "fit")
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    return ForecastTask.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
+
+
+def _run_never_steps(task, stage, dm, tmp_path):
+    """Run ``stage`` and fail the test if a batch reaches the model (the refusal must come at setup)."""
+    def forward(*args, **kwargs):
+        raise AssertionError("a step ran")
+
+    task.model.forward = forward
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path / stage)
+    getattr(trainer, stage)(task, datamodule=dm)
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("lookback,horizon,named", [(48, 12, r"lookback 24 \(the data's 48\)"),
+                                                    (24, 8, r"horizon 12 \(the data's 8\)"),
+                                                    (24, 1, r"horizon 12 \(the data's 1\)")])
+def test_data_of_another_lookback_or_horizon_is_refused_by_name_at_setup(tmp_path, stage, lookback, horizon, named):
+    # it failed inside a step as "prediction (32, 12, 3) and target (32, 8, 3) differ in shape" (or the model's
+    # input check), and predict wrote a forecast of the model's horizon where the data asked for another
+    task = _fit_and_reload(tmp_path, lookback=24, horizon=12)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=lookback, horizon=horizon)
+    with pytest.raises(ValueError, match=named):
+        _run_never_steps(task, stage, dm, tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["test", "predict", "validate"])
+@pytest.mark.parametrize("features,target,named", [("MS", "load", r"\['OT'\].*target 'OT'.*target 'load'"),
+                                                   ("M", None, r"\['OT'\].*features M.*\['load'\]"),
+                                                   ("S", "load", r"\['OT'\].*target 'OT'.*target 'load'")])
+def test_a_features_ms_model_refuses_another_target_by_name(tmp_path, stage, features, target, named):
+    # an MS model trained on OT was scored on 'load' (its never-trained output channel for that variable), or on
+    # every variable under features M, without a word
+    task = _fit_and_reload(tmp_path, lookback=24, horizon=12, features="MS", target="OT")
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12, features=features, target=target)
+    with pytest.raises(ValueError, match=named):
+        _run_never_steps(task, stage, dm, tmp_path)
+
+
+def test_an_m_model_scored_on_one_target_is_scored_on_its_forecast_of_that_target(tmp_path):
+    """An M model forecasts every variable: tested with features MS it is scored on its own forecast of the target.
+    Reference: the model's forecast of the target column on the test windows, by hand."""
+    values = _csv(tmp_path)
+    task = _fit_and_reload(tmp_path, lookback=24, horizon=12)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12, features="MS", target="OT")
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path / "t").test(task, datamodule=dm, verbose=False)
+    info = dm.data_info
+    mean, std = np.array(info["mean"]), np.array(info["std"])
+    b1, b2 = info["borders"]["test"]
+    starts = np.arange(b1, b2 - 36 + 1)
+    x = np.stack([(values[s : s + 24] - mean) / std for s in starts])
+    true = np.stack([values[s + 24 : s + 36, 1] for s in starts])
+    task.model.eval()
+    with torch.no_grad():
+        pred = task.model(torch.tensor(x, dtype=torch.float32)).double().numpy()[..., 1] * std[1] + mean[1]
+    np.testing.assert_allclose(task.results["test"]["mse_orig"], np.mean((pred - true) ** 2), rtol=1e-4)
+
+
+@pytest.mark.parametrize("data_kw", [dict(features="S", target="OT"), dict(features="M", columns=["OT"])])
+def test_a_features_m_model_refuses_fewer_variables_by_name_at_setup(tmp_path, data_kw):
+    # an M model reads every variable: under features S (the target alone) or a column subset it failed in a step
+    # ("trained on the variables ...") without saying which setting chose the columns
+    import re
+
+    task = _fit_and_reload(tmp_path, lookback=24, horizon=12)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12, **data_kw)
+    want = f"variables ['load', 'OT'] (features M) but the data has ['OT'] (features {data_kw['features']})"
+    with pytest.raises(ValueError, match=re.escape(want)):
+        _run_never_steps(task, "test", dm, tmp_path)

@@ -233,3 +233,25 @@ def test_another_attn_type_than_the_checkpoints_is_refused_by_name_not_by_its_at
                                          r"config='diff'\).*drop the overrides \['attn_type'\]"):
         ForecastTask(arch="ts-itransformer-diff-tiny", attn_type="diff", pretrained=str(folder))
     assert ForecastTask(arch="ts-itransformer-diff-tiny", pretrained=str(folder)).model.config.attn_args == {"signal_ratio": 2}
+
+
+@pytest.mark.parametrize("arch", ["ts-patchtst-diff-tiny", "ts-itransformer-diff-tiny"])
+def test_weight_decay_spares_the_position_embedding(arch):
+    """timm (``no_weight_decay``: ``pos_embed``) and the reference PatchTST (no decay) leave position embeddings
+    undecayed; PatchTST's learned ``pos`` was decayed with every matrix. Reference: AdamW's decoupled decay with a
+    zero gradient multiplies a decayed tensor by exactly ``1 - lr * wd`` and leaves an exempt one as it is."""
+    from zoo.tasks.ts import ForecastTask
+
+    lr, wd = 0.1, 0.5
+    task = ForecastTask(arch=arch, lr=lr, weight_decay=wd, scheduler="constant")
+    opt = task.configure_optimizers()["optimizer"]
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    for p in task.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in task.named_parameters():
+        # the only matrices iTransformer / PatchTST hold besides position embeddings are nn.Linear weights
+        expect = before[n] * (1 - lr * wd) if (n.endswith(".weight") and p.dim() >= 2) else before[n]
+        torch.testing.assert_close(p.detach(), expect, rtol=1e-6, atol=0, msg=n)
+    if arch.startswith("ts-patchtst"):
+        assert "model.pos" in dict(task.named_parameters())

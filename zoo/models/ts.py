@@ -328,6 +328,11 @@ class PatchTST(Forecaster):
         self.head_drop = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(n_patches * config.dim, config.horizon)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned position embedding stays out of weight decay (timm's ``no_weight_decay`` convention for
+        ``pos_embed``; the reference PatchTST trains with no decay at all)."""
+        return {"pos"}
+
     def _forward(self, x: Tensor, x_mark: Optional[Tensor]) -> Tensor:
         # x_mark is ignored: PatchTST forecasts each channel from its own history only.
         B, L, N = x.shape

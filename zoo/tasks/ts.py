@@ -141,11 +141,52 @@ class ForecastTask(ZooTask):
         # (ForecastTask.load_from_checkpoint keeps the training file's; the CLI links the datamodule's) took the
         # batches for the training file's: the original-scale errors came out in its units and the forecasts
         # un-scaled with its mean / std. The model keeps its own scaler (model.meta); the batches are carried over.
-        info = getattr(getattr(self._trainer, "datamodule", None), "data_info", None)
-        if isinstance(info, dict) and info.get("kind") == "ts" and info != self.data_info:
+        info = self._datamodule_info()
+        if info is None:
+            return
+        c = self.model.config
+        arch = {"lookback": c.lookback, "horizon": c.horizon, "n_time_features": getattr(c, "n_time_features", 0)}
+        self._refuse_other_data(info, arch, self.model.meta, "the model")
+        if info != self.data_info:
             if self.model.meta is None:
                 self.model.set_meta(info)
             self._take_data_info(info)
+
+    def _datamodule_info(self) -> Optional[dict[str, Any]]:
+        info = getattr(getattr(self._trainer, "datamodule", None), "data_info", None)
+        return info if isinstance(info, dict) and info.get("kind") == "ts" else None
+
+    @staticmethod
+    def _refuse_other_data(info: dict[str, Any], arch: dict[str, Any], meta: Optional[dict[str, Any]], what: str) -> None:
+        """Refuse, by name and before any step, data the model was not built or trained for: another lookback /
+        horizon / number of calendar features than its architecture's (``arch``), forecast columns it was not
+        trained to forecast (``meta``: features MS / S with another target, an MS model under features M) or
+        other variables. (Left to the steps, these failed as a shape mismatch or were scored silently on an
+        untrained output channel.)"""
+        wrong = [f"{k} {arch[k]} (the data's {info[k]})" for k in _DATA_FIELDS
+                 if k in arch and k in info and arch[k] != info[k]]
+        if wrong:
+            raise ValueError(
+                f"{what} was built for {', '.join(wrong)} of {info.get('source')}; set data.lookback / "
+                "data.horizon / data.time_features to the model's, or train a model for this data"
+            )
+        if not meta or info.get("out_columns") is None or meta.get("out_columns") is None:
+            return
+        untrained = [c for c in info["out_columns"] if c not in meta["out_columns"]]
+        if untrained:
+            raise ValueError(
+                f"{what} was trained to forecast {list(meta['out_columns'])} (features {meta.get('features')}, "
+                f"target {meta.get('target')!r}) but the data asks for {list(info['out_columns'])} (features "
+                f"{info.get('features')}, target {info.get('target')!r}): its output for {untrained} was never "
+                f"trained; set data.features: {meta.get('features')} and data.target: {meta.get('target')}, or "
+                "fine-tune an export on this target (model.init_args.pretrained)"
+            )
+        if sorted(meta["columns"]) != sorted(info["columns"]):
+            raise ValueError(
+                f"{what} was trained on the variables {list(meta['columns'])} (features {meta.get('features')}) "
+                f"but the data has {list(info['columns'])} (features {info.get('features')}); point data.path at a "
+                "file with the same columns and set data.columns / data.features as in training"
+            )
 
     # -- model construction
     def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
@@ -258,7 +299,9 @@ class ForecastTask(ZooTask):
         res = self.metrics[stage].compute()
         self.metrics[stage].reset()
         self.results[stage] = {k: (float(v) if torch.is_tensor(v) else v) for k, v in res.items()}
-        if stage == "val" and not self.trainer.sanity_checking:
+        # only a fit's epochs compete for restore_best: trainer.validate outside a fit (another file, changed weights)
+        # overwrote the remembered best epoch, which a checkpoint saved afterwards carried into a resumed fit
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self._consider_best(float(res[self.loss_name]), int(self.current_epoch))
         self.log(f"{stage}/loss", res[self.loss_name], prog_bar=stage == "val")
         for key in ("mse", "mae", "mse_orig", "mae_orig"):
@@ -288,6 +331,14 @@ class ForecastTask(ZooTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        info = self._datamodule_info()
+        if info is not None:
+            # --ckpt_path: the task was built for the datamodule (setup ran before this); the checkpoint's model
+            # (its data facts now in model.meta) must fit it too, or its weights failed to load as a size mismatch
+            hp = checkpoint.get("hyper_parameters") or {}
+            arch = {k: v for src in (hp.get("model_args") or {}, hp.get("data_info") or {})
+                    for k, v in src.items() if k in _DATA_FIELDS}
+            self._refuse_other_data(info, arch, self.model.meta, "the checkpoint")
         best = checkpoint.get("zoo_best_val")
         if best is not None:
             self.best_val, self._best_state = tuple(best["val"]), best["state"]
