@@ -262,6 +262,35 @@ def test_ckpt_path_names_the_architecture_model_args_it_does_not_use(tmp_path, m
     assert seen == [(16, 1, 0.25), (16, 1, 0.0)]
 
 
+def test_ckpt_path_reads_a_checkpoint_saved_from_python(tmp_path, monkeypatch):
+    """A task trained in Python (trainer.save_checkpoint) saves its hyperparameters without the CLI's _class_path:
+    `--ckpt_path` failed ("Parsing of ckpt_path hyperparameters failed!", data_info not accepted). Its zoo_task_class
+    names the class; the model is built from its hyperparameters as for a CLI checkpoint (dim 16 x 1 layer, where the
+    config's own model_args are 64 x 2), with its weights."""
+    import lightning as L
+
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    dm = RetrievalDataModule(task="mqar", seq_len=64, n_pairs=8, n_keys=32, n_values=32, train_size=64, val_size=32,
+                             test_size=32, batch_size=16)  # the config's data (its vocabulary)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 128},
+                             data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    ckpt = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(ckpt)
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "test_step", lambda self, batch, i: seen.append(
+        (self.model.config.dim, self.model.config.n_layers, float(self.model.embed.weight.sum()))))
+    main(["test", "--config", DEFAULTS["lm"], "--data.init_args.test_size=64", "--trainer.limit_test_batches=1",
+          "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+          f"--ckpt_path={ckpt}"])
+    assert seen and seen[0] == (16, 1, pytest.approx(float(task.model.embed.weight.sum())))
+
+
 def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
     """validate / test with a checkpoint another domain's task wrote: an error naming both classes."""
     monkeypatch.chdir(ROOT)

@@ -133,7 +133,8 @@ class ZooCLI(LightningCLI):
             # `--ckpt_path=~/run.ckpt` (no shell expands it) or a YAML value: Lightning's own check reads the path
             # as given, so the checkpoint's hyperparameters were skipped while its weights still loaded
             self.config[ckpt_key] = str(Path(ckpt_path).expanduser())
-        super()._parse_ckpt_path()
+        if not self._parse_python_ckpt_hparams(sub):
+            super()._parse_ckpt_path()
         stored = self.config.get(f"{sub}.model.class_path") if sub else None
         if task and stored and not _same_class(task, stored):
             # Lightning would swap in the checkpoint's task and feed it this config's arguments and data
@@ -155,6 +156,31 @@ class ZooCLI(LightningCLI):
                               f"{sorted(runtime)} may differ", stacklevel=2)
             merged.update({k: v for k, v in dict(user_args).items() if k in runtime})
             self.config[args_key] = merged
+
+    def _parse_python_ckpt_hparams(self, sub: Optional[str]) -> bool:
+        """A checkpoint that a zoo task saved outside the CLI (``trainer.save_checkpoint`` in Python) holds its
+        hyperparameters without the CLI's ``_class_path``, so Lightning parsed them against the base LightningModule
+        ("Option 'data_info.borders.train' is not accepted"); its ``zoo_task_class`` names the class instead. Parses
+        such hyperparameters as Lightning parses the CLI's own; returns False for every other checkpoint."""
+        path = self.config.get(f"{sub}.ckpt_path") if sub else None
+        if not (isinstance(path, str) and Path(path).is_file()):
+            return False
+        try:
+            ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except Exception:  # noqa: BLE001 -- Lightning's own parse (and the loader) name an unreadable file
+            return False
+        hparams = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+        hparams.pop("_instantiator", None)
+        task = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
+        if not hparams or "_class_path" in hparams or not isinstance(task, str):
+            return False
+        try:
+            self.config = self.parser.parse_object({sub: {"model": {"class_path": task, "dict_kwargs": hparams}}},
+                                                   self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+        return True
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
