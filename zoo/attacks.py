@@ -120,10 +120,13 @@ def pgd_attack(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     # gradients also when called under torch.no_grad() / inference_mode (an evaluation loop, Lightning's test step)
+    # the steps in at least float32: in bfloat16 pixels a step of alpha (2/255 * 2.5 / 10 = 0.002) is below
+    # the spacing of values in [0.5, 1] (2^-8) and x0 +- eps rounds past the budget
+    work = torch.promote_types(images.dtype, torch.float32) if images.is_floating_point() else images.dtype
     with torch.inference_mode(False), torch.enable_grad():
         for s in range(0, len(texts), batch_size):
             # the model's device (tokenize's too); a copy: an inference-mode tensor cannot enter autograd
-            x0 = images[s : s + batch_size].detach().to(model.fw_table.device).clone()
+            x0 = images[s : s + batch_size].detach().to(device=model.fw_table.device, dtype=work).clone()
             ids, mask = model.tokenize(texts[s : s + batch_size])
             x = x0.clone()
             if random_start:
@@ -134,7 +137,13 @@ def pgd_attack(
                 (grad,) = torch.autograd.grad(loss, x)
                 x = x.detach() + alpha * grad.sign()
                 x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
-            out.append(x.detach().to(images.device))
+            x = x.detach()
+            y = x.to(images.dtype)
+            if y.dtype != x.dtype:
+                # rounded back to the images' dtype, a pixel may land on the grid point past the budget: take
+                # the one on the clean pixel's side (x0 is on the grid, so that one is within eps)
+                y = torch.where((y.to(work) - x0).abs() > eps, torch.nextafter(y, x0.to(y.dtype)), y)
+            out.append(y.to(images.device))
     return torch.cat(out)
 
 

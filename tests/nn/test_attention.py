@@ -615,3 +615,39 @@ def test_a_float64_diff_v2_layer_computes_in_float64():
     close(layer(x), naive_diff_v2(layer, x), atol=1e-12, rtol=1e-12, what="float64 diff_v2")
     xin = torch.randn(1, 4, DIM, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t), (xin,), atol=1e-6)
+
+
+def test_opamp_adapter_of_a_float64_layer_computes_in_float64():
+    """OpAmp's ``g_d (A1 - A2) + g_c (A1 + A2) / 2`` = ``c1 A1 V - c2 A2 V`` (c1 = g_d + g_c/2, c2 = g_d - g_c/2)
+    on a float64 layer, against a per-head float64 softmax written out here: its ratio c2 / c1 was made a float32
+    tensor, which rounded the lambda of a float64 model (outputs 3e-8 off at cmrr 8)."""
+    from zoo.nn.adapters import OpAmpAttention
+
+    torch.manual_seed(0)
+    B, T, H, hd = 2, 5, 2, 8
+    op = OpAmpAttention(build_attention("vanilla", 16, H, causal=True), rank=2, alpha=4.0, cmrr=8.0).double()
+    with torch.no_grad():
+        for p in op.adapter.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(B, T, 16, dtype=torch.float64)
+    a, ad = op.base, op.adapter
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(B, T, H, hd).transpose(1, 2)
+
+    q, k, v = heads(lin(x, a.q_proj)), heads(lin(x, a.k_proj)), heads(lin(x, a.v_proj))
+    lora = lambda m, t: (t @ m.a.double().T) @ m.b.double().T * m.scale  # noqa: E731
+    q1, q2 = q + heads(lora(ad.q1, x)), q + heads(lora(ad.q2, x))
+    k1, k2 = k + heads(lora(ad.k1, x)), k + heads(lora(ad.k2, x))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def attend(qq: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+        s = (qq @ kk.transpose(-1, -2)) / math.sqrt(hd)
+        return s.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+
+    gc, gd = 1.0, 8.0
+    o = (gd + gc / 2) * attend(q1, k1) - (gd - gc / 2) * attend(q2, k2)
+    want = lin(o.transpose(1, 2).reshape(B, T, H * hd), a.o_proj)
+    got = op(x)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -214,6 +214,21 @@ def test_onnx_export_names_a_bad_batch_size_or_refine_iters(exported, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_onnx_export_of_a_bfloat16_or_float64_model_is_a_named_error(exported, tmp_path, dtype):
+    """A recognizer trained under 'bf16-true' / '64-true' holds bfloat16 / float64 weights; torch's ONNX exporter
+    failed inside on them ("Unsupported type for attn_mask: 7", "ScalarType ComplexDouble is an unexpected tensor
+    scalar type"). The error names the dtype and the way out, writes nothing, and the float32 copy it names exports."""
+    import copy
+
+    m = zoo.load_pretrained(exported).to(dtype)
+    with pytest.raises(ValueError, match=rf"float32 or float16 model; this one is {dtype}.*deepcopy\(model\).float\(\)"):
+        export_onnx(m, tmp_path / "str.onnx")
+    assert not list(tmp_path.iterdir())
+    assert export_onnx(copy.deepcopy(m).float(), tmp_path / "str.onnx").is_file()
+
+
 @pytest.mark.parametrize("precision,dtype", [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])
 def test_csd_trains_under_a_true_precision(exported, precision, dtype):
     """Lightning's 'bf16-true' / '64-true' (the former recommended by ZooTask) hand the batch over in the

@@ -63,6 +63,27 @@ def test_pgd_every_iterate_in_the_ball_and_steps_down_the_score_also_under_no_gr
         assert torch.equal(pgd_attack(m, images, caps, eps=eps, steps=4, seed=3), adv)
 
 
+
+def test_pgd_on_bfloat16_images_stays_in_the_ball_and_moves_them():
+    """Images in bfloat16 (a 'bf16-true' evaluation batch) attacking a bfloat16 model: the steps ran in bfloat16,
+    where x0 +- eps rounded past the budget (2.12 / 255 at eps 2 / 255) and a step of alpha = 2.5 eps / steps below
+    half the spacing of pixels in [0.5, 1] (2^-8) left them unchanged. The budget is checked in float64 against the
+    clean pixels; every pair's score (computed in float64 from the float64 model) goes down."""
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(4)
+    x0 = images.to(torch.bfloat16)
+    bright = x0 >= 0.5
+    assert bright.float().mean() > 0.1  # the test exercises the coarse part of the bfloat16 grid
+    eps = 2 / 255
+    adv = pgd_attack(m.to(torch.bfloat16), x0, caps, eps=eps, steps=20, random_start=False)
+    assert adv.dtype == torch.bfloat16
+    d = adv.double() - x0.double()
+    assert d.abs().max() <= eps and adv.min() >= 0 and adv.max() <= 1
+    assert (d[bright] != 0).float().mean() > 0.5  # 20 steps of 0.001 move bright pixels (bfloat16 steps did not)
+    ref = m.double()
+    assert (scores(ref, adv.double(), caps) < scores(ref, x0.double(), caps)).all()
+
+
 def test_asr_by_hand():
     clean = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
     adv = torch.tensor([0, 1, 1, 0, 0, 1], dtype=torch.bool)

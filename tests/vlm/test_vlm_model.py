@@ -494,3 +494,30 @@ def test_a_from_scratch_text_encoder_starts_its_pad_embedding_at_zero():
     torch.testing.assert_close(m.text.word_embed.weight[pad], torch.zeros_like(m.text.word_embed.weight[pad]))
     assert torch.count_nonzero(hf_pad) == 0
     assert m.text.word_embed.weight[pad + 1].abs().sum() > 0  # the other rows are drawn as before
+
+
+def test_scores_of_a_bfloat16_or_float64_model_are_not_rounded():
+    """similarity / retrieval_scores of a model cast with .to(torch.bfloat16) / .double() (as Lightning's 'bf16-true'
+    / '64-true' cast it): the ITC score is the product of the model's own features computed here in float64 (a
+    bfloat16 product rounded cosines to steps of 2^-8, whose ties count against the query in R@K), and a float64
+    model's ITM scores are float64 (they were written into a float32 buffer); every score mode gives one dtype."""
+    from zoo.tasks.vlm import retrieval_scores
+
+    images, caps = scene_batch(4)
+    for dtype, want_dtype, tol in ((torch.bfloat16, torch.float32, 1e-6), (torch.float64, torch.float64, 1e-12)):
+        m = tiny_model(seed=3).to(dtype)
+        ids, mask = m.tokenize(caps)
+        with torch.no_grad():
+            img, txt = m.encode_image(images.to(dtype)), m.encode_text(ids, mask)
+            want_itc = m.image_feat(img).double() @ m.text_feat(txt, mask).double().T
+            lg = torch.stack([m.itm_logits(txt[[j]], mask[[j]], img[[i]], ids[[j]])[0].double()
+                              for i in range(4) for j in range(4)])
+            want_itm = (lg[:, 1] - lg[:, 0]).view(4, 4)
+        got = {s: m.similarity(images.to(dtype), caps, score=s) for s in ("itc", "itm", "itc+itm")}
+        assert {g.dtype for g in got.values()} == {want_dtype}
+        torch.testing.assert_close(got["itc"].double(), want_itc, rtol=0, atol=tol)
+        if dtype == torch.float64:
+            torch.testing.assert_close(got["itm"], want_itm, rtol=1e-12, atol=1e-12)
+        scores = retrieval_scores(m, images.to(dtype), caps, k=2)
+        assert scores["itc"].dtype == want_dtype
+        torch.testing.assert_close(scores["itc"].double(), want_itc, rtol=0, atol=tol)

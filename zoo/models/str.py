@@ -492,6 +492,12 @@ def export_onnx(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if refine_iters is not None and (isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0):
         raise ValueError(f"refine_iters must be a non-negative integer (None: the model's), got {refine_iters!r}")
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.float32, torch.float16):
+        # torch's ONNX exporter fails inside on them ("Unsupported type for attn_mask: 7" for float64, "ScalarType
+        # ComplexDouble is an unexpected tensor scalar type" for bfloat16)
+        raise ValueError(f"export_onnx exports a float32 or float16 model; this one is {dtype} (e.g. trained under "
+                         "'bf16-true' or '64-true'): export a float32 copy, copy.deepcopy(model).float()")
     path = Path(path)
     charset_file = Path(str(path) + ".charset.txt")
     taken = [str(p) for p in (path, charset_file) if p.exists()]

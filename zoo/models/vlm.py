@@ -397,16 +397,20 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         ids, mask = self.tokenize(texts)
         img = self.encode_image(self._pixels(images).to(self.fw_table.device))
         txt = self.encode_text(ids, mask)
-        itc = self.image_feat(img) @ self.text_feat(txt, mask).T
+        fi, ft = self.image_feat(img), self.text_feat(txt, mask)
+        # every score in at least float32, a float64 model's in float64 (the ITM buffer was float32 whatever the
+        # model, and a bfloat16 model gave its ITC scores rounded to bfloat16 but its ITM scores in float32)
+        wide = torch.promote_types(fi.dtype, torch.float32)
+        itc = fi.to(wide) @ ft.to(wide).T
         if score == "itc":
             return itc
         ni, nt = img.shape[0], txt.shape[0]
         ii, tt = torch.meshgrid(torch.arange(ni), torch.arange(nt), indexing="ij")
         ii, tt = ii.reshape(-1), tt.reshape(-1)
-        out = torch.empty(ni * nt, device=img.device)
+        out = torch.empty(ni * nt, device=img.device, dtype=wide)
         for s in range(0, ni * nt, batch_size):
             i, t = ii[s : s + batch_size], tt[s : s + batch_size]
-            lg = self.itm_logits(txt[t], mask[t], img[i], ids[t])
+            lg = self.itm_logits(txt[t], mask[t], img[i], ids[t]).to(wide)
             out[s : s + batch_size] = lg[:, 1] - lg[:, 0]
         out = out.view(ni, nt)
         return out + itc / self.temperature if score == "itc+itm" else out

@@ -294,8 +294,8 @@ class OpAmpAttention(AdaptedAttention):
         if cache is not None:
             k1, k2, v = cache.update(k1, k2, v)
         c1, c2 = self.gains()
-        lam = torch.tensor(c2 / c1, device=x.device)
-        return self._finish(c1 * diff_attention(q1, q2, k1, k2, v, lam, **base._op_kwargs(key_mask)))
+        # a Python float: diff_attention keeps it in the maps' precision (a float32 tensor rounded a float64 layer's)
+        return self._finish(c1 * diff_attention(q1, q2, k1, k2, v, c2 / c1, **base._op_kwargs(key_mask)))
 
 
 _WRAPPERS: dict[str, type[AdaptedAttention]] = {"dex": DexAttention, "difflora": DiffLoRAAttention, "opamp": OpAmpAttention}

@@ -80,7 +80,11 @@ def retrieval_scores(
     ids, mask = model.tokenize(texts)
     img_tokens = torch.cat([model.encode_image(images[s : s + batch_size].to(dev)) for s in range(0, len(images), batch_size)])
     txt = torch.cat([model.encode_text(ids[s : s + batch_size], mask[s : s + batch_size]) for s in range(0, len(ids), batch_size)])
-    itc = model.image_feat(img_tokens) @ model.text_feat(txt, mask).T
+    fi, ft = model.image_feat(img_tokens), model.text_feat(txt, mask)
+    # scores in at least float32 (a float64 model keeps float64): a bfloat16 product rounds cosines to steps of
+    # 2^-8, and the ties it makes count against the query (R@1 several points low under 'bf16-true')
+    wide = torch.promote_types(fi.dtype, torch.float32)
+    itc = fi.to(wide) @ ft.to(wide).T
     out = {"itc": itc}
     if not itm:
         return out
@@ -89,9 +93,9 @@ def retrieval_scores(
         res = []
         for s in range(0, len(ii), batch_size):
             i, t = ii[s : s + batch_size], tt[s : s + batch_size]
-            lg = model.itm_logits(txt[t], mask[t], img_tokens[i], ids[t])
+            lg = model.itm_logits(txt[t], mask[t], img_tokens[i], ids[t]).to(wide)
             res.append(lg[:, 1] - lg[:, 0])
-        return torch.cat(res) if res else torch.zeros(0, device=dev)
+        return torch.cat(res) if res else torch.zeros(0, device=dev, dtype=wide)
 
     def above_the_rest(sim: Tensor, top: Tensor, rescored: Tensor) -> Tensor:
         """``sim`` with each row's top-k entries replaced by their re-scores, shifted (per row) above every
