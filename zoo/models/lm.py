@@ -487,12 +487,12 @@ def check_top_p(top_p: Optional[float]) -> None:
 
 def filter_logits(logits: Tensor, temperature: float, top_k: Optional[int] = None,
                   top_p: Optional[float] = None) -> Tensor:
-    """Float32 logits ``[B, V]`` divided by ``temperature`` (> 0), with the tokens that top-k and then top-p
+    """Logits ``[B, V]`` in at least float32 divided by ``temperature`` (> 0), with the tokens that top-k and then top-p
     (nucleus) filtering drop set to -inf: Hugging Face's sampling order (temperature, top-k, top-p). Top-p keeps
     the most likely tokens until their probability reaches ``top_p``, the most likely one always."""
     check_top_k(top_k)
     check_top_p(top_p)
-    logits = logits.float() / temperature
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -191,7 +191,8 @@ class LanguageModelTask(ZooTask):
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a float64 model's loss stays float64
+        nll = F.cross_entropy(wide.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         mask = labels != IGNORE
         correct = ((logits.argmax(-1) == labels) & mask).sum()
         return nll, mask.sum(), correct
