@@ -72,6 +72,12 @@ def test_export_load_forecast_round_trip(tmp_path, features):
     # The same from a CSV path.
     history.to_csv(tmp_path / "hist.csv", index=False)
     np.testing.assert_allclose(fc.forecast(tmp_path / "hist.csv")[cols].to_numpy(), out[cols].to_numpy(), rtol=1e-6)
+    # Dates as the frame's index (read_csv(index_col="date", parse_dates=True), or an unnamed DatetimeIndex) were
+    # refused as a missing date column; the forecast keeps the input's layout: its dates in the index.
+    for indexed in (history.set_index("date"), history.set_index("date").rename_axis(None)):
+        got = fc.forecast(indexed)
+        assert list(got.index) == list(expected_dates) and list(got.columns) == cols
+        np.testing.assert_allclose(got[cols].to_numpy(), out[cols].to_numpy(), rtol=1e-6)
 
 
 def test_forecast_bad_input(tmp_path):

@@ -227,7 +227,9 @@ class Forecaster(PretrainedMixin, nn.Module):
         """Forecast the ``horizon`` rows after the end of ``data`` on the original scale.
 
         ``data``: a DataFrame (or CSV path) with the model's date column and input columns; its last
-        ``lookback`` rows are the input. ``date_format``: the strptime layout of its dates (default:
+        ``lookback`` rows are the input. The dates may also be the frame's index (a ``DatetimeIndex``, or an
+        index named as the date column, as ``read_csv(index_col=..., parse_dates=True)`` gives); the forecast
+        then has its dates in the index too. ``date_format``: the strptime layout of its dates (default:
         the training data's ``data.date_format``, else inferred). Returns a DataFrame with the future
         timestamps (continuing the input's frequency) and one column per forecast variable.
         """
@@ -244,6 +246,11 @@ class Forecaster(PretrainedMixin, nn.Module):
             )
         if not isinstance(data, pd.DataFrame):
             data = read_ts_csv(data)
+        date_col = meta["date_col"]
+        dates_in_index = date_col not in data.columns and (
+            isinstance(data.index, pd.DatetimeIndex) or data.index.name == date_col)
+        if dates_in_index:  # the pandas habit: timestamps as the index
+            data = data.rename_axis(date_col).reset_index()
         dates, frame = prepare_frame(
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
@@ -275,8 +282,8 @@ class Forecaster(PretrainedMixin, nn.Module):
                 f"{meta['freq']}", stacklevel=2,
             )
         out = pd.DataFrame(y, columns=list(meta["out_columns"]))
-        out.insert(0, meta["date_col"], future_dates(dates[-1], self.config.horizon, freq))
-        return out
+        out.insert(0, date_col, future_dates(dates[-1], self.config.horizon, freq))
+        return out.set_index(date_col) if dates_in_index else out
 
 
 class ITransformer(Forecaster):
