@@ -139,3 +139,23 @@ def test_evaluation_items_without_a_name_are_named_by_their_position():
     task.on_predict_epoch_start()
     task._collect({"image": torch.zeros(2, 3, 64, 64), "captions": [["a"], ["b"]], "index": [7, 3]})
     assert task._eval["names"] == ["image-7", "image-3"]
+
+
+def test_text_init_beside_a_pretrained_export_is_named_as_unused():
+    """pretrained + text_init: the export's text weights are used and text_init was dropped without a word; a
+    text_init equal to the one the export started from says nothing."""
+    import warnings
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    info = SyntheticVLMDataModule(n_test=4, image_size=64).data_info
+    with pytest.warns(UserWarning, match=r"text_init='minilm' is not used: .*pretrained vlm-fda-tiny \(which started "
+                                         r"from random weights\)"):
+        task = VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", text_init="minilm", data_info=info)
+    ref = zoo.load_pretrained("vlm-fda-tiny")  # the export's own text weights, not MiniLM's
+    for k, v in ref.text.state_dict().items():
+        assert torch.equal(task.model.text.state_dict()[k], v), k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=info)

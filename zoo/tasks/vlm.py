@@ -349,7 +349,12 @@ class VLMTask(ZooTask):
             overrides["function_words"] = fw_data
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
-            arch_fields = export_arch_config(arch, read_export_config(folder)["config"])
+            saved = read_export_config(folder)["config"]
+            arch_fields = export_arch_config(arch, saved)
+            if text_init is not None and str(text_init) != str(saved.get("text_init")):
+                warnings.warn(f"text_init={text_init!r} is not used: the text encoder's weights come from pretrained "
+                              f"{pretrained} (which started from {saved.get('text_init') or 'random weights'})",
+                              stacklevel=2)
             if overrides.get("fda") and not arch_fields.get("fda", True):
                 # FDA switched on over a plain checkpoint: FDA as a fine-tuning plug-in (as the paper uses it)
                 fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
