@@ -132,6 +132,16 @@ def test_finetune_new_charset_reports(exported, capsys):
     torch.testing.assert_close(task.model.encoder.patch_embed.proj.weight, src.encoder.patch_embed.proj.weight)
 
 
+@pytest.mark.parametrize("charset", [INFO["charset"], "abcXYZ"])
+def test_finetune_on_crops_of_another_size_is_named_at_build(exported, charset):
+    """A pretrained export fine-tuned on data of another crop size was built at the export's size and refused at
+    setup with advice to use pretrained=<export> (which the task was given); its new-charset route failed in the
+    weight transfer. Now the build names both sizes."""
+    info = {**INFO, "charset": charset, "img_size": [32, 96]}
+    with pytest.raises(ValueError, match=r"reads img_size \[32, 128\] crops, the data \[32, 96\]; set data.img_size"):
+        RecognitionTask(arch="str-diff-tiny", data_info=info, pretrained=str(exported))
+
+
 def test_onnx_matches_pytorch(exported, tmp_path):
     m = zoo.load_pretrained(exported)
     path = export_onnx(m, tmp_path / "str.onnx", batch_size=2, refine_iters=1)

@@ -319,6 +319,10 @@ class RecognitionTask(ZooTask):
         arch_cfg = export_arch_config(arch, cfg)
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
             raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
+        if "img_size" in from_data and _same(from_data["img_size"]) != _same(cfg.get("img_size")):
+            # the encoder's position table is sized by the crop: the weights fit no other size
+            raise ValueError(f"checkpoint {folder} reads img_size {list(cfg.get('img_size') or [])} crops, the data "
+                             f"{list(from_data['img_size'])}; set data.img_size to match")
         if "charset" not in from_data or from_data["charset"] == cfg["charset"]:
             return create_model(arch, pretrained=folder, adapter=False, **{**arch_cfg, **overrides})
         src = create_model(arch, pretrained=folder, adapter=False, **arch_cfg)
