@@ -452,3 +452,21 @@ def test_load_pretrained_reads_a_fit_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="cannot read .*notes.txt.*Lightning checkpoint"):
         load_pretrained(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("name,data", [
+    ("ts-itransformer-diff-small", {"lookback": 48, "horizon": 24, "n_time_features": 4}),
+    ("ts-patchtst-diff-small", {"lookback": 48, "horizon": 24}),
+    ("str-diff-tiny", {"img_size": [32, 96], "max_length": 8, "charset": "abc"}),
+])
+def test_create_model_takes_the_fields_the_data_fixes_from_the_checkpoint(tmp_path, name, data):
+    """A forecaster trained on another lookback / horizon / calendar (or a recognizer on other crops) under its
+    registered name: create_model(name, pretrained=export) refused it as another architecture ("n_time_features:
+    checkpoint=4 config=0") where load_pretrained loads it. Reference: the exported model itself."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, **data).eval()
+    export_model(model, tmp_path / "exp", arch=name)
+    again = zoo.create_model(name, pretrained=tmp_path / "exp").eval()
+    assert {k: getattr(again.config, k) for k in data} == {k: getattr(model.config, k) for k in data}
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k

@@ -198,7 +198,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
     family = "str"
     config_class = STRConfig
     runtime_fields = DEFAULT_RUNTIME_FIELDS | {"decode", "refine_iters"}
-    data_fields = frozenset({"charset", "max_length"})  # create_model(pretrained=...) takes these from the checkpoint
+    data_fields = frozenset({"charset", "max_length", "img_size"})  # create_model(pretrained=...) takes these from the checkpoint
 
     def __init__(self, config: STRConfig) -> None:
         super().__init__()

@@ -164,6 +164,7 @@ class Forecaster(PretrainedMixin, nn.Module):
     family = "ts"
     config_class: type = TSEncoderConfig
     runtime_fields = DEFAULT_RUNTIME_FIELDS | {"head_dropout", "act_dropout"}
+    data_fields = frozenset({"lookback", "horizon"})  # the data's; create_model(pretrained=...) reads them
 
     def __init__(self, config: TSEncoderConfig) -> None:
         super().__init__()
@@ -290,6 +291,7 @@ class ITransformer(Forecaster):
     """iTransformer: variates as tokens, (differential) attention across them, linear horizon head."""
 
     config_class = ITransformerConfig
+    data_fields = Forecaster.data_fields | {"n_time_features"}  # calendar tokens: data.time_features
 
     def __init__(self, config: ITransformerConfig) -> None:
         super().__init__(config)
