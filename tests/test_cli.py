@@ -47,6 +47,9 @@ def test_domain_default_fast_dev_run(domain, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"exported model: {tmp_path / 'lightning_logs' / 'fast_dev_run' / 'export'}" in out
     assert "logs: none (fast_dev_run logs nothing)" in out
+    # and saves no checkpoint, as Lightning documents: the configs' save_last wrote checkpoints/last.ckpt (Lightning
+    # 2.6's ModelCheckpoint.on_train_end does not check fast_dev_run)
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_occupied_export_folder_is_refused_before_training(tmp_path, monkeypatch):

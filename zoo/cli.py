@@ -196,6 +196,14 @@ class ZooCLI(LightningCLI):
                 self._set_seed()  # the random state `--ckpt_path <file>` builds with
                 super().instantiate_classes()
 
+    def before_fit(self) -> None:
+        # a fast_dev_run saves no checkpoint (Lightning's rule), but Lightning 2.6's ModelCheckpoint.on_train_end
+        # writes save_last's last.ckpt without that check: the configs' save_last left <root>/checkpoints/last.ckpt
+        if self.trainer.fast_dev_run:
+            for cb in self.trainer.checkpoint_callbacks:
+                if getattr(cb, "save_last", None):
+                    cb.save_last = False
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
