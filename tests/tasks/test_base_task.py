@@ -144,3 +144,137 @@ def test_metric_sums_use_float32_where_the_device_has_no_float64(monkeypatch):
     err = pred.astype(np.float64) - target
     assert float(res["mse"]) == pytest.approx(float((err ** 2).mean()), rel=1e-6)
     assert float(res["mae_orig"]) == pytest.approx(float(np.abs(err * [2.0, 0.5]).mean()), rel=1e-6)
+
+
+# -- exact resume: a fit stopped at an epoch's end and resumed with ckpt_path goes on as the uninterrupted fit
+
+
+class _StopAfterFirstEpoch(L.Callback):
+    """The interruption: the run (configured for 2 epochs) stops after its first epoch's checkpoint."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def _resume_matches_uninterrupted(make, tmp_path, **trainer_kw):
+    """``make()`` -> (task, datamodule), both built after the caller's seeding. Fits 2 epochs in one go, and 1 epoch
+    (checkpoint) + a resume to 2 epochs in a "new process" (other global random states); returns both tasks."""
+    import random
+
+    import numpy as np
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(root, callbacks=()):
+        return L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=root, limit_val_batches=1,
+                         callbacks=[ModelCheckpoint(dirpath=root, save_last=True), *callbacks], **trainer_kw)
+
+    L.seed_everything(7)
+    whole, dm = make()
+    trainer(tmp_path / "whole").fit(whole, datamodule=dm)
+    L.seed_everything(7)
+    part, dm = make()
+    first = trainer(tmp_path / "part", [_StopAfterFirstEpoch()])
+    first.fit(part, datamodule=dm)
+    assert first.current_epoch == 1 and (tmp_path / "part" / "last.ckpt").is_file()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)  # a new process draws from other states
+    resumed, dm = make()
+    second = trainer(tmp_path / "resumed")
+    second.fit(resumed, datamodule=dm, ckpt_path=tmp_path / "part" / "last.ckpt")
+    assert second.current_epoch == 2 and second.global_step == first.global_step * 2
+    return whole, resumed
+
+
+def _assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), (k, (sa[k].float() - sb[k].float()).abs().max())
+
+
+def test_lm_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
+    """Lightning saves no random states: the resumed run drew another shuffle for epoch 2 (RandomSampler seeds from
+    torch's global RNG) and other dropout masks (weights off by ~1e-3). Reference: the uninterrupted 2-epoch fit."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    def make():
+        dm = RetrievalDataModule(seq_len=16, n_pairs=2, n_keys=8, n_values=8, train_size=16, val_size=8, batch_size=4)
+        task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16, "dropout": 0.2},
+                                 data_info=dm.data_info, warmup_steps=2)
+        return task, dm
+
+    _assert_same_weights(*_resume_matches_uninterrupted(make, tmp_path))
+
+
+def test_ts_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
+    from zoo.data.ts import SyntheticTSDataModule
+    from zoo.tasks.ts import ForecastTask
+
+    def make():
+        dm = SyntheticTSDataModule(n_rows=300, n_vars=2, lookback=16, horizon=8, batch_size=32)
+        task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, restore_best=False,
+                            model_args={"dropout": 0.2})
+        return task, dm
+
+    whole, resumed = _resume_matches_uninterrupted(make, tmp_path, limit_train_batches=3)
+    _assert_same_weights(whole, resumed)
+
+
+def test_str_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
+    """Scene text: dropout and the training permutations (torch.randperm) draw from the global RNG too."""
+    from zoo.data.str import STRDataModule
+    from zoo.tasks.str import RecognitionTask
+
+    def make():
+        dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 8, "val": 2, "test": 0}, batch_size=4)
+        task = RecognitionTask(arch="str-diff-tiny", data_info=dm.data_info, warmup_steps=1,
+                               model_args=dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2,
+                                               dropout=0.2))
+        return task, dm
+
+    _assert_same_weights(*_resume_matches_uninterrupted(make, tmp_path))
+
+
+def test_vlm_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    def make():
+        dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=32, batch_size=4)
+        task = VLMTask(arch="vlm-fda-tiny", data_info=dm.data_info, warmup_steps=1,
+                       model_args=dict(image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, text_dim=32,
+                                       text_layers=1, text_heads=2, text_mlp=48, fusion_layers=2, fusion_heads=4,
+                                       fusion_mlp=48, embed_dim=16, max_text_len=24, dropout=0.2))
+        return task, dm
+
+    _assert_same_weights(*_resume_matches_uninterrupted(make, tmp_path))
+
+
+def test_loading_or_evaluating_a_checkpoint_leaves_the_global_random_state_alone(tmp_path):
+    """The random states saved for resuming are put back only when a fit resumes: load_from_checkpoint and
+    validate(ckpt_path=...) draw from the caller's states as they would without a checkpoint."""
+    import random
+
+    import numpy as np
+
+    trainer = _fit(Task(), 1)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+
+    def draws():
+        return torch.rand(4).tolist(), np.random.rand(2).tolist(), random.random()
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    Task()  # what building the module draws
+    expected = draws()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    Task.load_from_checkpoint(tmp_path / "a.ckpt")
+    assert draws() == expected
+
+    def validate(ckpt):
+        torch.manual_seed(5), np.random.seed(5), random.seed(5)
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+            Task(), dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=ckpt, verbose=False)
+        return draws()
+
+    assert validate(tmp_path / "a.ckpt") == validate(None)

@@ -40,6 +40,37 @@ class Float64Metric(Metric):
         return this
 
 
+def _rng_states() -> dict[str, Any]:
+    """This process's global random states (torch, CUDA once initialized, numpy, Python), in plain values and
+    tensors only, so a checkpoint holding them still loads with ``torch.load(weights_only=True)``."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    """Put back the states :func:`_rng_states` collected."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if states.get("cuda") and torch.cuda.is_available():
+        for i, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state.cpu(), i)
+
+
 class ZooTask(L.LightningModule):
     """Base LightningModule: holds ``self.model`` (a zoo model) and trains it with AdamW.
 
@@ -178,6 +209,8 @@ class ZooTask(L.LightningModule):
     # -- assets (tokenizer, scaler, charset) travel inside .ckpt files too
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # every process's random states (a collective: Lightning calls this hook on every rank), for an exact resume
+        checkpoint["zoo_rng_states"] = gather_objects(_rng_states())
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
@@ -197,6 +230,20 @@ class ZooTask(L.LightningModule):
         self._resumed_exempt = None
         saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        rng = checkpoint.get("zoo_rng_states")
+        if fitting and rng:  # never for load_from_checkpoint (no trainer) or validate / test / predict
+            # a resumed fit goes on with the random states saved with the checkpoint (Lightning saves none): the
+            # next epoch's shuffle (RandomSampler seeds from torch's global RNG when the fit loop makes the epoch's
+            # iterator; nothing between here and there draws, the sanity check runs under isolate_rng) and dropout
+            # masks are those of the uninterrupted run
+            if len(rng) == self._trainer.world_size:
+                _set_rng_states(rng[self._trainer.global_rank])
+            else:
+                warnings.warn(
+                    f"{type(self).__name__}: the checkpoint holds the random states of {len(rng)} process(es), this "
+                    f"run has {self._trainer.world_size}: the resumed run draws its data order and dropout afresh",
+                    stacklevel=2,
+                )
         if fitting and saved:  # resuming fit: the saved optimizer state must fit the groups (test / predict ignore it)
             now = [len(g) for g in self._param_groups(self.no_weight_decay_names())]
             if saved != now and saved == [len(g) for g in self._param_groups(set())]:
