@@ -116,13 +116,15 @@ def pgd_attack(
         raise ValueError(f"pgd_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"pgd_attack needs steps >= 1, got {steps!r}")
+    if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
+        raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     # gradients also when called under torch.no_grad() / inference_mode (an evaluation loop, Lightning's test step)
     # the steps in at least float32: in bfloat16 pixels a step of alpha (2/255 * 2.5 / 10 = 0.002) is below
     # the spacing of values in [0.5, 1] (2^-8) and x0 +- eps rounds past the budget
-    work = torch.promote_types(images.dtype, torch.float32) if images.is_floating_point() else images.dtype
+    work = torch.promote_types(images.dtype, torch.float32)
     with torch.inference_mode(False), torch.enable_grad():
         for s in range(0, len(texts), batch_size):
             # the model's device (tokenize's too); a copy: an inference-mode tensor cannot enter autograd

@@ -338,3 +338,25 @@ def test_a_failed_plot_leaves_no_forecast_csv_behind(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         trainer.predict(task, datamodule=dm)
     assert not list((tmp_path / "run").glob("forecast*"))
+
+
+@pytest.mark.parametrize("name", ["date", "timestamp", None])
+@pytest.mark.parametrize("tz", [None, "Asia/Tokyo"])
+def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_path, name, tz):
+    """Dates as the frame's index: the forecast's index has the input's name and timezone (it came back named
+    'date' and in naive UTC, so pd.concat([history, forecast]) lost the index name or mixed naive and aware dates)."""
+    df = _frame(120)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    want_values = model.forecast(df)[["a", "b"]].to_numpy()
+    idx = pd.DatetimeIndex(df["date"])
+    if tz is not None:  # the same instants, seen from Tokyo
+        idx = idx.tz_localize("UTC").tz_convert(tz)
+    indexed = df.drop(columns=["date"]).set_axis(idx.rename(name))
+    out = model.forecast(indexed)
+    want = pd.date_range(idx[-1] + pd.Timedelta(hours=1), periods=H, freq="h", name=name)
+    assert out.index.name == name and str(out.index.tz) == str(tz)
+    assert list(out.index) == list(want)
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)

@@ -168,6 +168,17 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
         pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=2 / 255, steps=0)
 
 
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_refuses_integer_images_by_name(random_start):
+    """uint8 pixels (0..255) are not the [0, 1] floats the attack steps in (encode_image refuses them by name): the
+    attack failed inside with "nextafter_cpu not implemented for 'Byte'" after stepping 0..255 values clamped to
+    [0, 1] (or "only Tensors of floating point dtype can require gradients")."""
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(2)
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\], got torch.uint8"):
+        pgd_attack(m, (images * 255).round().to(torch.uint8), caps, eps=2 / 255, steps=2, random_start=random_start)
+
+
 def test_transfer_attack_crafts_on_the_source_and_scores_the_target(tmp_path):
     """run_attack_suite(target, ..., source=other): the image PGD examples are the source model's (pgd_attack on it),
     the ASR the target's retrieval on them, computed here by hand; the source keeps its training mode, and

@@ -251,6 +251,8 @@ class Forecaster(PretrainedMixin, nn.Module):
         dates_in_index = date_col not in data.columns and (
             isinstance(data.index, pd.DatetimeIndex) or data.index.name == date_col)
         if dates_in_index:  # the pandas habit: timestamps as the index
+            # the forecast's index takes the input's name and timezone back (the dates are read in UTC)
+            index_name, index_tz = data.index.name, getattr(data.index, "tz", None)
             data = data.rename_axis(date_col).reset_index()
         dates, frame = prepare_frame(
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
@@ -284,7 +286,12 @@ class Forecaster(PretrainedMixin, nn.Module):
             )
         out = pd.DataFrame(y, columns=list(meta["out_columns"]))
         out.insert(0, date_col, future_dates(dates[-1], self.config.horizon, freq))
-        return out.set_index(date_col) if dates_in_index else out
+        if not dates_in_index:
+            return out
+        out = out.set_index(date_col).rename_axis(index_name)
+        if index_tz is not None:
+            out.index = out.index.tz_localize("UTC").tz_convert(index_tz)
+        return out
 
 
 class ITransformer(Forecaster):
