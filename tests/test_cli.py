@@ -265,6 +265,37 @@ def test_ckpt_path_names_the_architecture_model_args_it_does_not_use(tmp_path, m
     assert seen == [(16, 1, 0.25), (16, 1, 0.0)]
 
 
+def test_ckpt_path_model_args_equal_as_list_and_tuple_say_nothing(tmp_path, monkeypatch):
+    """A recognizer built in Python with patch_size (4, 8) keeps the tuple in its checkpoint; the same value in YAML is
+    the list [4, 8]. The --ckpt_path warning named it as an architecture field "not used" (a tuple != a list), though
+    the model is the one asked for. A value that differs (8 x 8 patches) is still named."""
+    import warnings
+
+    import lightning as L
+
+    from zoo.data.str import STRDataModule
+    from zoo.tasks import RecognitionTask
+
+    monkeypatch.chdir(ROOT)
+    dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 8, "val": 0, "test": 8}, batch_size=8,
+                       eval_batch_size=8)
+    task = RecognitionTask(arch="str-diff-tiny", model_args={"patch_size": (4, 8)}, data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    ckpt = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(ckpt)
+    plain = ["test", "--config", DEFAULTS["str"], "--data.init_args.synthetic={train: 8, val: 0, test: 8}",
+             "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
+             f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={ckpt}"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([*plain, "--model.init_args.model_args={patch_size: [4, 8], dropout: 0.0}"])
+    assert not [w for w in caught if "not used" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"model_args \{'patch_size': \[8, 8\]\} not used"):
+        main([*plain, "--model.init_args.model_args={patch_size: [8, 8], dropout: 0.0}"])
+
+
 def test_ckpt_path_reads_a_checkpoint_saved_from_python(tmp_path, monkeypatch):
     """A task trained in Python (trainer.save_checkpoint) saves its hyperparameters without the CLI's _class_path:
     `--ckpt_path` failed ("Parsing of ckpt_path hyperparameters failed!", data_info not accepted). Its zoo_task_class

@@ -454,6 +454,48 @@ def test_load_pretrained_reads_a_fit_checkpoint(tmp_path):
         load_pretrained(tmp_path / "notes.txt")
 
 
+def _user_lm_task_class():
+    from zoo.tasks import LanguageModelTask
+
+    global UserLMTask
+    if "UserLMTask" not in globals():
+        UserLMTask = type("UserLMTask", (LanguageModelTask,), {"__module__": __name__})
+    return UserLMTask
+
+
+def test_a_checkpoint_of_a_users_task_subclass_loads_and_exports(tmp_path):
+    """A checkpoint written by the user's own subclass of a zoo task (zoo_task_class 'their_module.Class') was
+    exported by `python -m zoo export` until load_pretrained's refactoring refused every class outside zoo.* ("no zoo
+    task class of this version"). Reference: the trained task's own model in memory."""
+    import lightning as L
+
+    from zoo.cli import export_main
+    from zoo.data import RetrievalDataModule
+
+    cls = _user_lm_task_class()
+    dm = RetrievalDataModule(task="mqar", seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=16, val_size=16,
+                             test_size=16, batch_size=8)
+    torch.manual_seed(0)
+    task = cls(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 64}, data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    ckpt = tmp_path / "user.ckpt"
+    trainer.save_checkpoint(ckpt)
+    x = torch.randint(0, 30, (2, 7))
+    want = task.model.eval()(x)
+    assert torch.equal(load_pretrained(ckpt)(x), want)
+    export_main([str(ckpt), str(tmp_path / "exp")])
+    assert torch.equal(load_pretrained(tmp_path / "exp")(x), want)
+    # a class that is not a zoo task stays refused by name
+    bad = torch.load(ckpt, weights_only=False)
+    bad["zoo_task_class"] = "collections.OrderedDict"
+    torch.save(bad, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="collections.OrderedDict.*no importable zoo task class"):
+        load_pretrained(tmp_path / "bad.ckpt")
+
+
 @pytest.mark.parametrize("name,data", [
     ("ts-itransformer-diff-small", {"lookback": 48, "horizon": 24, "n_time_features": 4}),
     ("ts-patchtst-diff-small", {"lookback": 48, "horizon": 24}),

@@ -336,7 +336,17 @@ def _same_setting(saved: Any, ours: Any) -> bool:
     """Whether a checkpoint's config value and ours build the same model: equal, or ``None`` and an empty mapping
     (``attn_args: {}`` and no ``attn_args`` give the attention layers the same keywords)."""
     empty = (None, {})
-    return saved == ours or (saved in empty and ours in empty)
+    return _equal_values(saved, ours) or (saved in empty and ours in empty)
+
+
+def _equal_values(a: Any, b: Any) -> bool:
+    """``a == b`` where a list and a tuple of equal items are equal, at any depth: YAML and JSON have no tuples, so a
+    value given as ``(4, 8)`` in Python is ``[4, 8]`` in a config or an export."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal_values(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal_values(a[k], b[k]) for k in a)
+    return a == b
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:
@@ -472,11 +482,16 @@ def load_checkpoint_task(path: Union[str, Path], map_location: str = "cpu") -> A
     """The zoo task (LightningModule) of a checkpoint ``python -m zoo fit`` wrote, whatever its domain."""
     path = Path(path).expanduser()
     cls_path = checkpoint_task_class(path)
+    from zoo.tasks.base import ZooTask
+
     module, _, name = cls_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None) if module.startswith("zoo.") else None
-    if not (isinstance(cls, type) and callable(getattr(cls, "load_from_checkpoint", None))
-            and callable(getattr(cls, "export", None))):
-        raise ValueError(f"{path} names {cls_path!r} as its task, which is no zoo task class of this version")
+    try:  # a zoo task or the user's subclass of one (python -m zoo export took those before load_pretrained did)
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, ZooTask)):
+        raise ValueError(f"{path} names {cls_path!r} as its task, which is no importable zoo task class "
+                         "(a zoo.tasks class or a subclass of one)")
     return cls.load_from_checkpoint(path, map_location=map_location)
 
 
