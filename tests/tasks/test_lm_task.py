@@ -694,3 +694,38 @@ def test_zoo_fit_resumed_from_an_epoch_end_checkpoint_matches_the_uninterrupted_
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), (k, (whole[k] - resumed[k]).abs().max())
+
+
+def test_a_fit_stopped_mid_window_leaves_no_token_count_to_the_next_fit():
+    """With accumulation the task counts the window's scored tokens until the optimizer step; a fit interrupted between
+    two accumulated batches left its count, which scaled the first step of a later fit of the same task."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=16, n_pairs=2, n_keys=8, n_values=8, train_size=8, val_size=8, batch_size=4)
+    dm.setup("fit")
+    items = [dm.train_dataloader().dataset[i] for i in range(8)]
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+
+    class Interrupt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            raise RuntimeError("stopped")  # after the first of two accumulated batches: no optimizer step yet
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        _quiet_trainer(max_epochs=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[Interrupt()]).fit(
+            task, train_dataloaders=DataLoader(items, batch_size=4))
+    assert torch.is_tensor(task._window_tokens) and int(task._window_tokens) > 0  # the interrupted window's count
+    seen = []
+
+    class Grab(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(int(pl_module._window_tokens) if torch.is_tensor(pl_module._window_tokens) else 0)
+
+    _quiet_trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[Grab()]).fit(
+        task, train_dataloaders=DataLoader(items, batch_size=4))
+    n = sum(int((it["labels"] != -100).sum()) for it in items)  # the new fit's one window: all 8 items
+    assert seen == [n]

@@ -215,6 +215,10 @@ class LanguageModelTask(ZooTask):
             return nll * trainer.accumulate_grad_batches / self._loss_unit
         return loss
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._window_tokens = 0  # a fit stopped mid-window (an interrupt) must not scale the next fit's first step
+
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         if self._loss_unit is None or not torch.is_tensor(self._window_tokens):
             return
