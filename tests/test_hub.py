@@ -404,11 +404,21 @@ def test_save_pretrained_expands_a_home_folder_as_from_pretrained_does(tmp_path,
     assert not (cwd / "~").exists()
 
 
+def _fit_and_save(task, dm, ckpt, **trainer_kw):
+    """Fit ``task`` on ``dm`` quietly on the CPU and save its Lightning checkpoint to ``ckpt`` (as from Python)."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=ckpt.parent, **trainer_kw)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(ckpt)
+    return ckpt
+
+
 def test_load_pretrained_reads_a_fit_checkpoint(tmp_path):
     """zoo.load_pretrained (and from_pretrained) take the Lightning .ckpt of a zoo task: it said "neither an exported
     model folder nor a model name". Reference: the trained task's own model in memory (weights and the scaler
     statistics a forecaster needs), no reload involved."""
-    import lightning as L
     import numpy as np
     import pandas as pd
 
@@ -425,12 +435,7 @@ def test_load_pretrained_reads_a_fit_checkpoint(tmp_path):
     dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=24, horizon=8, batch_size=16)
     torch.manual_seed(0)
     task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=3e-3)
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
-                        default_root_dir=tmp_path)
-    trainer.fit(task, datamodule=dm)
-    ckpt = tmp_path / "run.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = _fit_and_save(task, dm, tmp_path / "run.ckpt", max_steps=3, limit_val_batches=1)
 
     fc = load_pretrained(str(ckpt))
     assert isinstance(fc, Forecaster) and not fc.training and fc.meta == task.model.meta
@@ -467,8 +472,6 @@ def test_a_checkpoint_of_a_users_task_subclass_loads_and_exports(tmp_path):
     """A checkpoint written by the user's own subclass of a zoo task (zoo_task_class 'their_module.Class') was
     exported by `python -m zoo export` until load_pretrained's refactoring refused every class outside zoo.* ("no zoo
     task class of this version"). Reference: the trained task's own model in memory."""
-    import lightning as L
-
     from zoo.cli import export_main
     from zoo.data import RetrievalDataModule
 
@@ -477,12 +480,7 @@ def test_a_checkpoint_of_a_users_task_subclass_loads_and_exports(tmp_path):
                              test_size=16, batch_size=8)
     torch.manual_seed(0)
     task = cls(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 64}, data_info=dm.data_info)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                        default_root_dir=tmp_path)
-    trainer.fit(task, datamodule=dm)
-    ckpt = tmp_path / "user.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = _fit_and_save(task, dm, tmp_path / "user.ckpt", max_steps=1, limit_val_batches=0)
     x = torch.randint(0, 30, (2, 7))
     want = task.model.eval()(x)
     assert torch.equal(load_pretrained(ckpt)(x), want)
