@@ -29,25 +29,30 @@ from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p")
 
 
-def runtime_fields(arch: Optional[str]) -> frozenset:
-    """Config fields of ``arch``'s model that may differ from a checkpoint's (the defaults without ``arch``)."""
-    from zoo.hub import DEFAULT_RUNTIME_FIELDS, get_spec
+def _spec(arch: Optional[str]) -> Any:
+    """The registry entry of ``arch``, or None without one (an unknown name fails where the model is built, with
+    its own message)."""
+    from zoo.hub import get_spec
 
     try:
-        spec = get_spec(arch) if arch is not None else None
-    except ValueError:  # an unknown name fails where the model is built, with its own message
-        spec = None
+        return get_spec(arch) if arch is not None else None
+    except ValueError:
+        return None
+
+
+def runtime_fields(arch: Optional[str]) -> frozenset:
+    """Config fields of ``arch``'s model that may differ from a checkpoint's (the defaults without ``arch``)."""
+    from zoo.hub import DEFAULT_RUNTIME_FIELDS
+
+    spec = _spec(arch)
     return frozenset(getattr(spec.model_cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS) if spec else DEFAULT_RUNTIME_FIELDS)
 
 
 def arch_default(arch: Optional[str], key: str) -> Any:
     """The value ``key`` takes in ``arch``'s model when model_args leave it out (None when unknown)."""
-    from zoo.hub import _config_defaults, get_spec
+    from zoo.hub import _config_defaults
 
-    try:
-        spec = get_spec(arch) if arch is not None else None
-    except ValueError:
-        return None
+    spec = _spec(arch)
     if spec is None:
         return None
     return spec.config[key] if key in spec.config else _config_defaults(spec.model_cls.config_class).get(key)

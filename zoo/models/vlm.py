@@ -147,6 +147,13 @@ class FusionLayer(nn.Module):
         return self.norm3(x + self.mlp(x))
 
 
+def wide_cosines(image_feats: Tensor, text_feats: Tensor) -> Tensor:
+    """``[Ni, Nt]`` products of normalized features in at least float32 (float64 for a float64 model): a bfloat16
+    product rounds cosines to steps of 2^-8, and the ties it makes count against a retrieval query."""
+    wide = torch.promote_types(image_feats.dtype, torch.float32)
+    return image_feats.to(wide) @ text_feats.to(wide).T
+
+
 class VisionLanguageModel(PretrainedMixin, nn.Module):
     """ALBEF-style image-text model (ITC + ITM) with optional FDA; see the module docstring."""
 
@@ -397,11 +404,10 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         ids, mask = self.tokenize(texts)
         img = self.encode_image(self._pixels(images).to(self.fw_table.device))
         txt = self.encode_text(ids, mask)
-        fi, ft = self.image_feat(img), self.text_feat(txt, mask)
         # every score in at least float32, a float64 model's in float64 (the ITM buffer was float32 whatever the
         # model, and a bfloat16 model gave its ITC scores rounded to bfloat16 but its ITM scores in float32)
-        wide = torch.promote_types(fi.dtype, torch.float32)
-        itc = fi.to(wide) @ ft.to(wide).T
+        itc = wide_cosines(self.image_feat(img), self.text_feat(txt, mask))
+        wide = itc.dtype
         if score == "itc":
             return itc
         ni, nt = img.shape[0], txt.shape[0]

@@ -57,6 +57,17 @@ class ForecastMetrics(Float64Metric):
         return out
 
 
+def _refuse_other_variables(meta: dict[str, Any], info: dict[str, Any], what: str) -> None:
+    """A model (``meta``) fed data (``info``) of other variables, in any order, is refused by name: no scaler or
+    column mapping carries it over."""
+    if sorted(meta["columns"]) != sorted(info["columns"]):
+        raise ValueError(
+            f"{what} was trained on the variables {list(meta['columns'])} (features {meta.get('features')}) "
+            f"but the data has {list(info['columns'])} (features {info.get('features')}); point data.path at a "
+            "file with the same columns and set data.columns / data.features as in training"
+        )
+
+
 class ForecastTask(ZooTask):
     """Train, evaluate or fine-tune a forecaster from the registry (``zoo.list_models("ts-*")``).
 
@@ -181,12 +192,7 @@ class ForecastTask(ZooTask):
                 f"trained; set data.features: {meta.get('features')} and data.target: {meta.get('target')}, or "
                 "fine-tune an export on this target (model.init_args.pretrained)"
             )
-        if sorted(meta["columns"]) != sorted(info["columns"]):
-            raise ValueError(
-                f"{what} was trained on the variables {list(meta['columns'])} (features {meta.get('features')}) "
-                f"but the data has {list(info['columns'])} (features {info.get('features')}); point data.path at a "
-                "file with the same columns and set data.columns / data.features as in training"
-            )
+        _refuse_other_variables(meta, info, what)
 
     # -- model construction
     def _build_model(self, arch: str, attn_type: Optional[str], overrides: dict[str, Any], pretrained: Optional[str]):
@@ -248,11 +254,7 @@ class ForecastTask(ZooTask):
         meta, info = self.model.meta, self.data_info
         if meta is None or info.get("mean") is None or (meta["mean"], meta["std"]) == (info["mean"], info["std"]):
             return None
-        if sorted(meta["columns"]) != sorted(info["columns"]):
-            raise ValueError(
-                f"the model was trained on the variables {meta['columns']} but the data has {info['columns']}; "
-                "point data.path at a file with the same columns"
-            )
+        _refuse_other_variables(meta, info, "the model")
         order = [list(info["columns"]).index(c) for c in meta["columns"]]
         md, sd = (torch.tensor([info[k][i] for i in order], dtype=torch.float64) for k in ("mean", "std"))
         mm, sm = torch.tensor(meta["mean"], dtype=torch.float64), torch.tensor(meta["std"], dtype=torch.float64)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.hub import check_positive_int, create_model, export_arch_config, read_export_config, resolve_pretrained
+from zoo.models.vlm import wide_cosines
 from zoo.tasks.base import ZooTask, gather_objects
 
 KS = (1, 5, 10)
@@ -80,11 +81,9 @@ def retrieval_scores(
     ids, mask = model.tokenize(texts)
     img_tokens = torch.cat([model.encode_image(images[s : s + batch_size].to(dev)) for s in range(0, len(images), batch_size)])
     txt = torch.cat([model.encode_text(ids[s : s + batch_size], mask[s : s + batch_size]) for s in range(0, len(ids), batch_size)])
-    fi, ft = model.image_feat(img_tokens), model.text_feat(txt, mask)
-    # scores in at least float32 (a float64 model keeps float64): a bfloat16 product rounds cosines to steps of
-    # 2^-8, and the ties it makes count against the query (R@1 several points low under 'bf16-true')
-    wide = torch.promote_types(fi.dtype, torch.float32)
-    itc = fi.to(wide) @ ft.to(wide).T
+    # scores in at least float32 (R@1 read several points low under 'bf16-true' from tied bfloat16 cosines)
+    itc = wide_cosines(model.image_feat(img_tokens), model.text_feat(txt, mask))
+    wide = itc.dtype
     out = {"itc": itc}
     if not itm:
         return out
