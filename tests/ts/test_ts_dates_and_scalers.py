@@ -360,3 +360,21 @@ def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_
     assert out.index.name == name and str(out.index.tz) == str(tz)
     assert list(out.index) == list(want)
     np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)
+
+
+def test_forecast_on_a_timezone_aware_date_column_answers_in_that_timezone(tmp_path):
+    """A date column of timezone-aware timestamps (dtype datetime64[ns, tz]): the forecast's dates are the next
+    instants in the same timezone (they came back as naive UTC wall times, 9 hours off Tokyo's clock)."""
+    df = _frame(120)
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    want_values = model.forecast(df)[["a", "b"]].to_numpy()
+    tokyo = df.assign(date=pd.DatetimeIndex(df["date"]).tz_localize("UTC").tz_convert("Asia/Tokyo"))
+    out = model.forecast(tokyo)
+    last = tokyo["date"].iloc[-1]
+    want = [last + pd.Timedelta(hours=h) for h in range(1, H + 1)]
+    assert str(out["date"].dt.tz) == "Asia/Tokyo"
+    assert list(out["date"]) == want
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)

@@ -250,10 +250,13 @@ class Forecaster(PretrainedMixin, nn.Module):
         date_col = meta["date_col"]
         dates_in_index = date_col not in data.columns and (
             isinstance(data.index, pd.DatetimeIndex) or data.index.name == date_col)
+        index_tz = None
         if dates_in_index:  # the pandas habit: timestamps as the index
             # the forecast's index takes the input's name and timezone back (the dates are read in UTC)
             index_name, index_tz = data.index.name, getattr(data.index, "tz", None)
             data = data.rename_axis(date_col).reset_index()
+        elif date_col in data.columns:  # a timezone-aware date column gets its timezone back as well
+            index_tz = getattr(data[date_col].dtype, "tz", None)
         dates, frame = prepare_frame(
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
@@ -287,6 +290,8 @@ class Forecaster(PretrainedMixin, nn.Module):
         out = pd.DataFrame(y, columns=list(meta["out_columns"]))
         out.insert(0, date_col, future_dates(dates[-1], self.config.horizon, freq))
         if not dates_in_index:
+            if index_tz is not None:
+                out[date_col] = out[date_col].dt.tz_localize("UTC").dt.tz_convert(index_tz)
             return out
         out = out.set_index(date_col).rename_axis(index_name)
         if index_tz is not None:
