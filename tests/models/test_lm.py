@@ -472,6 +472,40 @@ def test_generate_takes_numpy_scalars_for_its_settings():
         model.generate(prompt, max_new_tokens=np.float64(2.5))
 
 
+def test_generate_takes_a_numpy_seed_and_names_a_bad_one():
+    """seed=np.int64(3) (a seed from numpy, as torch.manual_seed takes it) failed in torch.Generator.manual_seed with
+    "an integer is required"; it samples what a plain multinomial draw with a generator seeded 3 picks. A seed that
+    is no integer is named; the largest torch seed still serves a list of prompts (seed + i wraps as torch does)."""
+    import numpy as np
+
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 4))
+    probs = torch.softmax(model(prompt)[:, -1].float() / 1.3, dim=-1)
+    for seed in (3, 11):
+        ref = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).item()
+        got = model.generate(prompt, max_new_tokens=1, temperature=1.3, seed=np.int64(seed))[0, -1].item()
+        assert got == ref
+    for bad in (2.5, True, "3"):
+        with pytest.raises(ValueError, match="seed must be an integer or None"):
+            model.generate(prompt, max_new_tokens=1, temperature=1.0, seed=bad)
+    text_model = tiny(vocab_size=259)
+    text_model.tokenizer = ByteTokenizer()
+    top = 2**64 - 1  # torch.Generator().manual_seed(2**64) overflows; torch reads seeds modulo 2**64
+    assert text_model.generate(["a", "bc"], max_new_tokens=2, temperature=1.0, seed=top)[1] == \
+        text_model.generate("bc", max_new_tokens=2, temperature=1.0, seed=0)
+
+
+def test_a_float_eos_id_is_named():
+    """eos_id=2.0 (an id read from JSON as a number) or another single non-id failed with "'float' object is not
+    iterable" inside the check that names a bad eos_id."""
+    model = tiny()
+    for bad in (2.0, object()):
+        with pytest.raises(ValueError, match="eos_id must be a token id or a list of them"):
+            model.generate(torch.tensor([[1, 2]]), max_new_tokens=1, temperature=0, eos_id=bad)
+
+
 def test_greedy_generation_leaves_the_global_random_stream_alone():
     """Only sampling draws its seed from torch's global RNG: greedy decoding (e.g. a sample printed during
     training) must not shift the random numbers the training run draws next."""

@@ -237,6 +237,8 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
         check_top_p(top_p)
         check_positive_int("batch_size", batch_size, any_integral=True)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with a left-padded [batch, T] id tensor; a list of text prompts "
@@ -308,7 +310,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         if temperature <= 0 and seed is None:
             return None
         gen = torch.Generator(device=next(self.parameters()).device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        # int(): numpy integers too (torch.manual_seed takes them, Generator.manual_seed does not); modulo 2**64 as
+        # torch reads a seed, so seed + i of a list of prompts stays a seed
+        gen.manual_seed(int(seed) % 2**64 if seed is not None else int(torch.randint(2**62, ()).item()))
         return gen
 
     def _generate_texts(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: Optional[int],
@@ -463,7 +467,10 @@ def check_stop_ids(eos_id: Optional[Union[int, Sequence[int]]]) -> list[int]:
     """``eos_id`` (None, an id or a list of ids) as the list of ids that end a generated sequence."""
     if torch.is_tensor(eos_id):  # a 0-d or 1-d tensor of ids
         eos_id = eos_id.tolist()
-    ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, numbers.Integral) else list(eos_id)
+    try:
+        ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, numbers.Integral) else list(eos_id)
+    except TypeError:  # a float or another single non-id: no list either
+        raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}") from None
     bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]  # -1: never stops
     if bad:
         raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
