@@ -32,12 +32,12 @@ def test_generation_runs_one_forward_per_fed_token():
     back (an extra forward computed logits nobody read: max_new_tokens=1 cost two)."""
     model = tiny()
     calls = []
-    model.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape)))
+    model.register_forward_hook(lambda mod, args, out: calls.append((tuple(args[0].shape), tuple(out.shape))))
     prompt = torch.randint(0, 50, (1, 5))
     for n in (1, 4):
         calls.clear()
         model.generate(prompt, max_new_tokens=n, temperature=0)
-        assert calls == [(1, 5, 50)] + [(1, 1, 50)] * (n - 1)
+        assert calls == [((1, 5), (1, 1, 50))] + [((1, 1), (1, 1, 50))] * (n - 1)
 
 
 def test_inference_apis_give_every_submodule_its_own_mode_back():
@@ -303,7 +303,8 @@ def test_generate_stops_every_row_at_eos_and_pads_finished_rows():
         logits = real(ids, **kw)
         biased = torch.zeros_like(logits)
         biased[..., 5] = 10.0  # otherwise the token 5
-        biased[..., eos] = torch.where(ids[..., None] == 7, 20.0, 0.0)[..., 0]
+        last = ids[:, -logits.shape[1]:]  # the positions whose logits were kept
+        biased[..., eos] = torch.where(last[..., None] == 7, 20.0, 0.0)[..., 0]
         return logits * 0 + biased
 
     m.forward = forward
@@ -584,7 +585,7 @@ def test_text_prompts_of_different_lengths_decode_as_one_left_padded_batch(attn,
     model.tokenizer = tok = ByteTokenizer()
     prompts = ["ROMEO:", "a", "the quick brown fox", "xy", ""]
     calls = []
-    hook = model.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape[:2])))
+    hook = model.register_forward_hook(lambda mod, args, out: calls.append(tuple(args[0].shape)))
     got = model.generate(prompts, max_new_tokens=6, temperature=0, eos_id=-1, batch_size=3)  # -1: no stop
     hook.remove()
     # sorted by length: ("", "a", "xy") then ("ROMEO:", "the quick brown fox"); each batch pads to its longest
@@ -705,3 +706,22 @@ def test_attn_args_that_repeat_a_config_field_are_named():
                                          r"attn_backend \(not attn_args.backend\), attn_dropout"):
         tiny(attn_args={"dropout": 0.1, "backend": "naive"})
     assert tiny("diff", attn_args={"lambda_init": 0.5}).layers[1].attn.lambda_init == 0.5  # a type's own keyword
+
+
+def test_generation_computes_vocabulary_logits_for_the_last_position_only():
+    """The prompt pass built [B, T, vocab] logits to keep the last row (about 1 GB per row for a converted model
+    with a 128k vocabulary and a 2k prompt); logits_to_keep=1 (Hugging Face's argument) gives the last row alone,
+    equal to the full forward's."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (2, 9))
+    full = model(prompt)
+    torch.testing.assert_close(model(prompt, logits_to_keep=1), full[:, -1:])
+    torch.testing.assert_close(model(prompt, logits_to_keep=3), full[:, -3:])
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[1]))
+    try:
+        out = model.generate(prompt, max_new_tokens=3, temperature=0)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 1]
+    assert out[:, 9].tolist() == full[:, -1].argmax(-1).tolist()

@@ -167,11 +167,14 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         input_ids: Tensor,
         attention_mask: Optional[Tensor] = None,
         caches: Optional[Sequence[KVCache]] = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         """Logits ``[B, T, vocab]`` for ``input_ids`` ``[B, T]``.
 
         ``attention_mask`` (``[B, T_total]``, 1 = real token, Hugging Face convention) masks padded
-        keys; with ``caches`` it covers cached plus new tokens.
+        keys; with ``caches`` it covers cached plus new tokens. ``logits_to_keep`` > 0 returns the logits of
+        the last that many positions only (Hugging Face's argument; generation needs the last one, and a
+        prompt's logits over a large vocabulary would take [B, T, vocab] memory).
         """
         B, T = input_ids.shape
         start = caches[0].pos if caches else 0
@@ -185,6 +188,8 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         x = self.drop(self.embed(input_ids))
         for i, layer in enumerate(self.layers):
             x = layer(x, key_mask=key_mask, cache=caches[i] if caches else None)
+        if logits_to_keep:
+            x = x[:, -int(logits_to_keep):]
         return self.lm_head(self.norm(x))
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -360,7 +365,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
             caches = self.new_caches(ids.shape[1] + max_new_tokens)
             # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
             n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
-            logits = self(ids, attention_mask=mask, caches=caches)[:, -1, :n_tok]
+            logits = self(ids, attention_mask=mask, caches=caches, logits_to_keep=1)[:, -1, :n_tok]
             out = [ids]
             done = torch.zeros(B, dtype=torch.bool, device=device)
             stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
@@ -383,7 +388,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
                     # a finished row is fed any token (its outputs are the fill from here on): the fill, the first stop
                     # id, may be none of the vocabulary (-1: "never")
                     fed = nxt.masked_fill(done[:, None], 0) if stops else nxt
-                    logits = self(fed, attention_mask=mask, caches=caches)[:, -1, :n_tok]
+                    logits = self(fed, attention_mask=mask, caches=caches, logits_to_keep=1)[:, -1, :n_tok]
         return torch.cat(out, dim=1)
 
 
