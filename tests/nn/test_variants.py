@@ -178,6 +178,71 @@ def test_dint_padded_queries_do_not_enter_the_mean():
     assert got[..., n:].abs().max() == 0  # padded keys get no weight
 
 
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_dint_cross_attention_padded_queries_do_not_change_real_outputs(backend):
+    """Cross-attention (text queries padded to one length, image keys): G is the mean over the *real* queries,
+    as in the unpadded call; padded queries entered the mean (no way to name them in the layer's forward)."""
+    kv_dim = 20
+    attn = randomize(build_attention("dint", DIM, HEADS, n_kv_heads=3, kv_dim=kv_dim, backend=backend), seed=3).eval()
+    torch.manual_seed(3)
+    n_real, T, Tk = [4, 2], 6, 5
+    x, ctx = torch.randn(2, T, DIM), torch.randn(2, Tk, kv_dim)
+    qmask = torch.arange(T)[None, :] < torch.tensor(n_real)[:, None]
+    got = attn(x, ctx, query_mask=qmask).double()
+    d, H, Hkv = 4, HEADS, 3
+    lam = lam_ref(attn)
+    for b, n in enumerate(n_real):  # float64 reference of the unpadded call, one sequence at a time
+        xb, cb = x[b : b + 1, :n], ctx[b : b + 1]
+        q = heads(lin(xb, attn.q_proj), H, 2 * d).view(1, H, n, 2, d)
+        k = heads(lin(cb, attn.k_proj), Hkv, 2 * d).view(1, Hkv, Tk, 2, d)
+        v = heads(lin(cb, attn.v_proj), Hkv, 2 * d)
+        outs = []
+        for h in range(H):
+            g = h // (H // Hkv)
+            a1 = softmax_map(q[:, h, :, 0], k[:, g, :, 0], False)
+            a2 = softmax_map(q[:, h, :, 1], k[:, g, :, 1], False)
+            outs.append(dint_map_ref(a1, a2, lam, False) @ v[:, g])
+        ref = finish(attn, torch.stack(outs, 1))
+        torch.testing.assert_close(got[b : b + 1, :n], ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff", "diff_v2", "gda", "shared_diff"])
+def test_query_mask_is_accepted_by_every_type_and_leaves_real_rows_alone(attn_type):
+    """A model passes one query mask to whatever attention type its config names; row-wise types ignore it."""
+    attn = build_attention(attn_type, DIM, HEADS, kv_dim=20).eval()
+    x, ctx = torch.randn(2, 5, DIM), torch.randn(2, 4, 20)
+    qmask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    torch.testing.assert_close(attn(x, ctx, query_mask=qmask)[1, :2], attn(x[1:, :2], ctx[1:])[0])
+
+
+def test_query_mask_of_the_wrong_shape_is_refused():
+    attn = build_attention("dint", DIM, HEADS)
+    with pytest.raises(ValueError, match="query_mask"):
+        attn(torch.randn(2, 5, DIM), query_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="query_mask"):
+        attn(torch.randn(2, 5, DIM), query_mask=torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("shape", [(8,), (2, 1, 1, 1), (1, 4, 5)])
+def test_dint_lambda_that_does_not_broadcast_to_the_output_is_refused(shape):
+    """[8] (= the value width) scaled value channels and [2, 1, 1, 1] at batch 1 doubled the batch, silently."""
+    B, H, T, d = 1, 2, 5, 4
+    q1, q2, k1, k2 = (torch.randn(B, H, T, d) for _ in range(4))
+    v = torch.randn(B, H, T, 2 * d)
+    with pytest.raises(ValueError, match=r"lam of shape .* does not broadcast to \[batch, H, Tq, 1\]"):
+        dint_attention(q1, q2, k1, k2, v, torch.full(shape, 0.5))
+    for ok in [(), (H, 1, 1), (B, H, T, 1)]:  # the accepted forms still run
+        assert dint_attention(q1, q2, k1, k2, v, torch.full(ok, 0.5))[0].shape == (B, H, T, 2 * d)
+
+
+def test_dint_maps_of_different_shapes_are_refused():
+    """A q2 of one query broadcast against q1's five (o1 - lam o2 widened it silently), as diff_attention refuses."""
+    B, H, T, d = 2, 2, 5, 4
+    q1, k1, k2 = (torch.randn(B, H, T, d) for _ in range(3))
+    with pytest.raises(ValueError, match="two maps disagree"):
+        dint_attention(q1, torch.randn(B, H, 1, d), k1, k2, torch.randn(B, H, T, 2 * d), 0.5)
+
+
 def test_dint_layer_matches_reference_and_cache():
     attn = randomize(build_attention("dint", DIM, HEADS, n_kv_heads=2, layer_idx=2, causal=True, rope=True)).eval()
     x = torch.randn(2, 7, DIM)

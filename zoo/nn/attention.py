@@ -250,16 +250,25 @@ class AttentionBase(nn.Module):
         *,
         key_mask: Optional[Tensor] = None,
         cache: Optional[KVCache] = None,
+        query_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """Attend from ``x`` ([B, Tq, dim]) to itself or to ``context`` ([B, Tk, kv_dim]).
 
         ``key_mask`` (bool [B, Tk], True = real token) masks padded keys; with ``cache`` it covers
         the cached keys too. ``cache`` appends this call's keys/values (self-attention only).
+        ``query_mask`` (bool [B, Tq], True = real query) names padded queries, for the types whose
+        output mixes queries (``dint``'s mean over queries; in self-attention it defaults to the
+        queries' part of ``key_mask``); row-wise types ignore it.
         """
         self._check_cache(x, context, key_mask, cache)
+        if query_mask is not None and (query_mask.dtype != torch.bool or tuple(query_mask.shape) != tuple(x.shape[:2])):
+            raise ValueError(f"query_mask must be a bool tensor of shape [batch, Tq] = {tuple(x.shape[:2])}, "
+                             f"got {query_mask.dtype} {tuple(query_mask.shape)}")
         start = cache.pos if cache is not None else 0
         q, k, v = self._project(x, context)
-        out = self._attend(q, k, v, x, start, context is None, key_mask, cache)
+        # passed only when given, so an _attend written without it still serves every other call
+        extra = {} if query_mask is None else {"query_mask": query_mask}
+        out = self._attend(q, k, v, x, start, context is None, key_mask, cache, **extra)
         B, H, tq, dv = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, tq, H * dv))  # no -1: B = 0 or tq = 0 has no size to infer
 
@@ -272,7 +281,7 @@ class AttentionBase(nn.Module):
             backend=self.backend,
         )
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache) -> Tensor:  # pragma: no cover
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -280,7 +289,7 @@ class AttentionBase(nn.Module):
 class VanillaAttention(AttentionBase):
     """Standard multi-head softmax attention (the baseline)."""
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None):
         q, k = self._rope(q, start, is_self), self._rope(k, start, is_self)
         if cache is not None:
             k, v = cache.update(k, v)
@@ -335,7 +344,7 @@ class DiffAttention(AttentionBase):
         l2 = torch.exp(torch.sum(self.lambda_q2.to(dt) * self.lambda_k2.to(dt)))
         return l1 - l2 + self.lambda_init
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None):
         B, H, tq, _ = q.shape
         d = self.head_dim // 2
         q = q.view(B, H, tq, 2, d)
@@ -368,7 +377,7 @@ class DiffAttentionV2(AttentionBase):
         nn.init.zeros_(self.lambda_proj.bias)
         self.lambda_proj._zoo_keep_init = True  # model-wide re-inits leave it alone
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None):
         q = self._rope(q, start, is_self)
         k = self._rope(k, start, is_self)
         if cache is not None:

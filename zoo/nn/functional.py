@@ -203,6 +203,33 @@ def attention(
     return _sdpa_single(q, k, v, mask, scale, p, causal and key_mask is None and tq == tk and tq > 1)
 
 
+def check_maps(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> None:
+    """Shapes of a two-map call (:func:`diff_attention`, DINT): each map as :func:`attention` takes it, and both
+    maps equally shaped, else ``o1 - lam * o2`` could broadcast silently."""
+    if q1.shape != q2.shape or k1.shape != k2.shape:
+        raise ValueError(f"the two maps disagree: q1{tuple(q1.shape)} q2{tuple(q2.shape)} "
+                         f"k1{tuple(k1.shape)} k2{tuple(k2.shape)}; pass equally shaped q1/q2 and k1/k2")
+    _check_shapes(q1, k1, v, key_mask)
+    _check_shapes(q2, k2, v, key_mask)
+
+
+def check_lambda(lam, q: Tensor) -> Tensor:
+    """``lam`` as a tensor (a Python number: at least fp32, as the maps; a float64 call keeps float64), refused by
+    name unless it broadcasts *to* ``[batch, H, Tq, 1]`` of the queries ``q``: ``[H]`` would scale value channels,
+    ``[2, 1, 1, 1]`` at batch 1 widen the batch."""
+    if not torch.is_tensor(lam):
+        lam = torch.tensor(float(lam), dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+    want = (q.shape[0], q.shape[1], q.shape[2], 1)
+    try:
+        fits = torch.broadcast_shapes(tuple(lam.shape), want) == want
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"lam of shape {tuple(lam.shape)} does not broadcast to [batch, H, Tq, 1] = {want}; "
+                         "pass a scalar, [H, 1, 1] (per head) or [batch, H, Tq, 1] (per token)")
+    return lam
+
+
 def diff_attention(
     q1: Tensor,
     q2: Tensor,
@@ -223,23 +250,9 @@ def diff_attention(
     Returns ``[batch, H, Tq, v_dim]`` in the dtype of ``q1``. See the module docstring for
     shapes, masks and backends.
     """
-    if q1.shape != q2.shape or k1.shape != k2.shape:  # else o1 - lam * o2 could broadcast silently
-        raise ValueError(f"the two maps disagree: q1{tuple(q1.shape)} q2{tuple(q2.shape)} "
-                         f"k1{tuple(k1.shape)} k2{tuple(k2.shape)}; pass equally shaped q1/q2 and k1/k2")
-    _check_shapes(q1, k1, v, key_mask)
-    _check_shapes(q2, k2, v, key_mask)
+    check_maps(q1, q2, k1, k2, v, key_mask)
     scale = 1.0 / math.sqrt(q1.shape[-1]) if scale is None else scale
-    if not torch.is_tensor(lam):
-        # at least fp32, as the maps: a float64 call keeps lambda in float64
-        lam = torch.tensor(float(lam), dtype=torch.promote_types(q1.dtype, torch.float32), device=q1.device)
-    want = (q1.shape[0], q1.shape[1], q1.shape[2], 1)
-    try:  # lam must broadcast *to* [B, H, Tq, 1]: [H] would scale value channels, [2, 1, 1, 1] at B=1 widen the batch
-        fits = torch.broadcast_shapes(tuple(lam.shape), want) == want
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"lam of shape {tuple(lam.shape)} does not broadcast to [batch, H, Tq, 1] = {want}; "
-                         "pass a scalar, [H, 1, 1] (per head) or [batch, H, Tq, 1] (per token)")
+    lam = check_lambda(lam, q1)
     p = dropout_p if training else 0.0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q1, q2, k1, k2, v, lam))
     name = _pick(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.nn.attention import DiffAttention, register_attention
-from zoo.nn.functional import attention, diff_attention
+from zoo.nn.functional import attention, check_lambda, check_maps, diff_attention
 
 
 def _positive_int(value: Any, what: str, hint: str) -> int:
@@ -104,6 +104,8 @@ def dint_attention(
     padded queries from the mean; ``prefix`` = (sum of ``o1`` weights, count) over earlier
     (cached) queries. Returns the output and the updated prefix.
     """
+    check_maps(q1, q2, k1, k2, v, key_mask)
+    lam = check_lambda(lam, q1)
     kw = dict(causal=causal, key_mask=key_mask, dropout_p=dropout_p, training=training, backend=backend)
     dt = torch.promote_types(q1.dtype, torch.float32)  # at least fp32: float64 inputs stay float64
     o1 = attention(q1, k1, v, **kw).to(dt)
@@ -131,9 +133,11 @@ class DintAttention(DiffAttention):
 
     Same parameters and lambda as ``diff``. Runs on two single-map calls (SDPA or naive), not the
     fused differential kernel. Decoding with a KV cache keeps the running mean on the cache.
+    Padded queries stay out of the mean: in self-attention those ``key_mask`` marks, in cross-attention
+    those ``query_mask`` marks (``forward(x, context, query_mask=...)``).
     """
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None):
         B, H, tq, _ = q.shape
         d = self.head_dim // 2
         q = q.view(B, H, tq, 2, d)
@@ -144,7 +148,8 @@ class DintAttention(DiffAttention):
         if cache is not None:
             prefix = getattr(cache, "_dint_prefix", None) if start > 0 else None
             k1, k2, v = cache.update(k1, k2, v)
-        query_mask = key_mask[:, -tq:] if (key_mask is not None and is_self) else None
+        if query_mask is None and key_mask is not None and is_self:
+            query_mask = key_mask[:, -tq:]
         out, new_prefix = dint_attention(
             q1, q2, k1, k2, v, self.lambda_full(), query_mask=query_mask, prefix=prefix,
             **self._op_kwargs(key_mask),
@@ -200,7 +205,7 @@ class GroupedDiffAttention(DiffAttention):
         v = self.v_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def _attend(self, q, k, v, x, start, is_self, key_mask, cache):
+    def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None):
         H, Hkv = self.n_heads, self.n_kv_heads
         q1, q2 = self._rope(q[:, :H], start, is_self), self._rope(q[:, H:], start, is_self)
         k1, k2 = self._rope(k[:, :Hkv], start, is_self), self._rope(k[:, Hkv:], start, is_self)
