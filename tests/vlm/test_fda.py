@@ -228,3 +228,19 @@ def test_the_kept_share_has_finite_gradients_where_a_q_is_subnormal(d):
     for got, want in zip(grads[torch.float32], grads[torch.float64]):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn_type", ["dint", "gda", "shared_diff"])
+def test_fda_refuses_the_variants_it_would_change(attn_type):
+    """dint / gda / shared_diff subclass the diff layer, and FDA took them as plain diff: at g = 0 its output was not
+    the layer's own (DINT's integral term dropped: 0.11 apart), against the docstring's promise."""
+    attn = build_attention(attn_type, 48, 6, kv_dim=16)
+    x, ctx = torch.randn(2, 5, 48), torch.randn(2, 3, 16)
+    if attn_type == "dint":  # the reason, measured: recomputed as plain diff, g = 0 is not the layer
+        fda = FDACrossAttention.__new__(FDACrossAttention)
+        torch.nn.Module.__init__(fda)
+        fda.attn, fda.direction, fda.g = attn, "both", torch.nn.Parameter(torch.tensor(0.0))
+        fda.register_buffer("head_mask", torch.ones(6, dtype=torch.bool), persistent=False)
+        assert not torch.allclose(fda(x, ctx, fw=torch.randn(2, 5, 48)), attn(x, ctx), atol=1e-4)
+    with pytest.raises(ValueError, match="FDA works on 'vanilla' or 'diff' cross-attention"):
+        FDACrossAttention(attn)

@@ -266,3 +266,65 @@ def test_a_csv_row_without_its_image_field_is_named(tmp_path):
         assert read_caption_file(cp, "train") == [("a.jpg", ["a dog", None])]
         assert ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp)).data_info[
             "sizes"]["train"] == 1
+
+
+def test_a_csv_row_longer_than_its_header_is_named(tmp_path):
+    """An unquoted comma in a caption ("a dog, running") splits the row into more fields than the header has; the
+    caption read back as "a dog" alone (the rest silently dropped). Now the file and line are named."""
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg"])
+    cp = tmp_path / "caps.csv"
+    cp.write_text("image,caption\na.jpg,a dog, running on grass\n")
+    with pytest.raises(ValueError, match=r"caps.csv line 2 has more fields than the columns .*quote captions"):
+        read_caption_file(cp, "train")
+    # quoted, the comma is part of the caption (Python's csv module as the reference reader)
+    with open(cp, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "caption"], ["a.jpg", "a dog, running on grass"]])
+    assert read_caption_file(cp, "train") == [("a.jpg", ["a dog, running on grass"])]
+
+
+def test_user_function_words_with_capitals_and_accents_extend_the_vocabulary(tmp_path):
+    """data.function_words extends a word-level vocabulary (README): an entry such as "Über" or "À" must become the
+    token its word in a caption becomes (BERT's normalizer: lower-cased, accents stripped), not a dead entry that no
+    caption reaches, with the word then warned about as unknown and ignored by FDA."""
+    from tokenizers import normalizers
+
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg"])
+    cp = tmp_path / "caps.csv"
+    cp.write_text("image,caption\na.jpg,Ein Hund über dem Tisch\n", encoding="utf-8")
+    words = tmp_path / "fw_de.txt"
+    words.write_text("# German function words\nÜber\nDem\nÀ\n", encoding="utf-8")
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp), function_words=str(words))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vocab = dm.data_info["vocab"]
+    ref = normalizers.BertNormalizer(lowercase=True)  # Hugging Face's BERT normalization, as the tokenizer's
+    assert {ref.normalize_str(w) for w in ("Über", "Dem", "À")} == {"uber", "dem", "a"}
+    assert {"uber", "dem", "a"} <= set(vocab) and not {"über", "à"} & set(vocab)
+    tok = VLMTokenizer.word_level(vocab)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every entry is one known token: no "not single tokens" warning
+        ids, unknown = function_word_ids(tok, read_function_words(str(words)))
+    assert not unknown and tok.token_to_id("uber") in ids
+    assert tok.encode(["über"])[0][0, 1] == tok.token_to_id("uber")
+
+
+def test_a_caption_file_in_another_encoding_is_named(tmp_path):
+    """A caption CSV saved by Excel as cp1252 ("café" with byte 0xe9) failed with a bare UnicodeDecodeError that named
+    no file; now the file and the fix are named. A UTF-8 CSV with a BOM and Windows line endings reads as the csv
+    module reads it (the reference)."""
+    cp = tmp_path / "caps.csv"
+    cp.write_bytes("image,caption\r\na.jpg,café au lait\r\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"caps.csv is not valid UTF-8 .*re-encode it as UTF-8"):
+        read_caption_file(cp, "train")
+    kj = tmp_path / "dataset_x.json"
+    kj.write_bytes(json.dumps([{"image": "a.jpg", "caption": "café"}], ensure_ascii=False).encode("cp1252"))
+    with pytest.raises(ValueError, match=r"dataset_x.json is not valid UTF-8"):
+        read_caption_file(kj, "train")
+    rows = [["image", "caption"], ["a.jpg", "café au lait"], ["b.jpg", "two\r\nlines, quoted"]]
+    with open(cp, "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows(rows)  # \r\n line endings, a BOM
+    with open(cp, newline="", encoding="utf-8-sig") as f:
+        expected = [(r["image"], [r["caption"]]) for r in csv.DictReader(f)]
+    assert read_caption_file(cp, "train") == expected == [("a.jpg", ["café au lait"]), ("b.jpg", ["two\r\nlines, quoted"])]

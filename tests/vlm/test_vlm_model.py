@@ -521,3 +521,30 @@ def test_scores_of_a_bfloat16_or_float64_model_are_not_rounded():
         scores = retrieval_scores(m, images.to(dtype), caps, k=2)
         assert scores["itc"].dtype == want_dtype
         torch.testing.assert_close(scores["itc"].double(), want_itc, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("where", ["model_args", "data"])
+def test_fine_tuning_an_export_takes_a_users_function_word_list(tmp_path, where):
+    """Fine-tuning an FDA export with the user's function-word file (model_args.function_words or
+    data.function_words) was refused as an architecture mismatch ("drop the overrides ['function_words']", even
+    when only the data named the list). The list marks ids of the export's (kept) tokenizer: FDA now marks exactly
+    the user's words there, and [CLS] / [SEP]."""
+    from zoo.tasks.vlm import VLMTask
+
+    folder = zoo.export_model(tiny_model(fda=True, seed=2), tmp_path / "fda")
+    words = tmp_path / "my words.txt"
+    words.write_text("# only these\nthe\nOf\nabove\n", encoding="utf-8")
+    info = {"kind": "vlm", "image_size": TINY["image_size"]}
+    kw = {"model_args": {"function_words": str(words)}} if where == "model_args" else {}
+    if where == "data":
+        info["function_words"] = str(words)
+    task = VLMTask(arch="vlm-fda-tiny", pretrained=str(folder), data_info=info, **kw)
+    m = task.model
+    tok = m.tokenizer
+    expected = {tok.token_to_id(w) for w in ("the", "of", "above")} | {tok.cls_id, tok.sep_id}
+    assert set(m.fw_table.nonzero().flatten().tolist()) == expected
+    assert m.config.function_words == str(words)
+    before = zoo.load_pretrained(folder)
+    for k, v in before.state_dict().items():  # every weight kept; only the function-word marks differ
+        if k != "fw_table":
+            assert torch.equal(m.state_dict()[k], v), k

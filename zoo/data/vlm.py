@@ -21,6 +21,7 @@ eval ``{"image": ..., "captions": [[str], ...]}`` (every caption of each image).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -35,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import scenes as sc
-from zoo.data.files import refuse_other_separator
+from zoo.data.files import read_utf8, refuse_other_separator
 from zoo.data.samplers import pin_memory_for
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -202,6 +203,16 @@ def read_function_words(name_or_path: str = "en") -> list[str]:
     return words
 
 
+def function_vocab_words(name_or_path: str = "en") -> list[str]:
+    """The function words as a word-level vocabulary holds them: normalized as the tokenizer reads captions
+    (lower-cased, accents stripped: "Über" -> "uber"), so each is the token its word in a caption becomes."""
+    out = []
+    for w in read_function_words(name_or_path):
+        pieces = split_words(w)
+        out.append(pieces[0] if len(pieces) == 1 else w.lower())  # several pieces: not one token (warned later)
+    return out
+
+
 def function_word_ids(tok: VLMTokenizer, words: Sequence[str], strict: bool = False) -> tuple[list[int], list[str]]:
     """Token ids of ``words`` that are single known tokens of ``tok``; returns ``(ids, unknown)``.
 
@@ -351,7 +362,7 @@ class VLMDataModule(L.LightningDataModule):
             return None
         counts = Counter(w for c in self.train_captions() for w in split_words(c))
         words = sorted(w for w, n in counts.items() if n >= self.min_freq)
-        fw = [w.lower() for w in read_function_words(self.function_words)]
+        fw = function_vocab_words(self.function_words)
         return words + sorted(set(fw) - set(words))
 
     @property
@@ -427,7 +438,7 @@ class SyntheticVLMDataModule(VLMDataModule):
     def vocab(self) -> Optional[list[str]]:
         if self.tokenizer != "word":
             return super().vocab()
-        fw = [w.lower() for w in read_function_words(self.function_words)]
+        fw = function_vocab_words(self.function_words)
         # Every word the generator (and its hard negatives) can emit, not only those drawn.
         extra = sorted({s for v in sc.SYNONYMS.values() for s in v})  # word-swap attack candidates
         words = sc.vocabulary()
@@ -445,7 +456,8 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
         raise FileNotFoundError(f"caption file {path} not found (working directory {Path.cwd()})")
     grouped: dict[str, list[str]] = {}
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's CSVs) is not a column name
+        # bom: a BOM (Excel's CSVs) is not a column name; another encoding (Excel's cp1252) is named with the file
+        with io.StringIO(read_utf8(path, "caption file", bom=True), newline="") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             refuse_other_separator(path, cols)  # not "needs 'image' and 'caption'", advising data.image_col
@@ -458,10 +470,14 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
                 if row[image_col] is None:  # a row shorter than the header (a missing caption is an empty one)
                     raise ValueError(f"{path} line {reader.line_num} has no {image_col!r} field (fewer fields than "
                                      f"the columns {cols}); fix that row")
+                if any(v and v.strip() for v in row.get(None) or ()):  # a row longer than the header
+                    # (an unquoted comma in a caption): the caption field holds only its first part
+                    raise ValueError(f"{path} line {reader.line_num} has more fields than the columns {cols} "
+                                     f"(extra {row[None]!r:.80}); quote captions that hold commas (\"a dog, running\")")
                 grouped.setdefault(row[image_col], []).append(row[caption_col])
         return list(grouped.items())
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path, "caption file"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
     if isinstance(data, dict) and "images" in data:

@@ -115,7 +115,9 @@ class FDACrossAttention(nn.Module):
         g_init: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(attn, (VanillaAttention, DiffAttention)):
+        # exactly these two: the variants built on DiffAttention (dint, gda, shared_diff) attend otherwise, and the
+        # maps FDA recomputes here would silently drop their own terms (DINT's mean over queries, GDA's groups)
+        if type(attn) not in (VanillaAttention, DiffAttention):
             raise ValueError(
                 f"FDA works on 'vanilla' or 'diff' cross-attention, got {type(attn).__name__} "
                 f"({getattr(attn, 'attn_type', '?')!r}); build the fusion layer with one of those"

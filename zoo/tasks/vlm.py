@@ -354,6 +354,9 @@ class VLMTask(ZooTask):
                 warnings.warn(f"text_init={text_init!r} is not used: the text encoder's weights come from pretrained "
                               f"{pretrained} (which started from {saved.get('text_init') or 'random weights'})",
                               stacklevel=2)
+            # the function-word list is no architecture field: it marks ids of the kept tokenizer (fw_table), so a
+            # user's list re-marks them after the load instead of failing the checkpoint's compatibility check
+            fw = overrides.pop("function_words", None)
             if overrides.get("fda") and not arch_fields.get("fda", True):
                 # FDA switched on over a plain checkpoint: FDA as a fine-tuning plug-in (as the paper uses it)
                 fda = {k: overrides.pop(k) for k in list(overrides) if k in FDA_FIELDS}
@@ -362,6 +365,10 @@ class VLMTask(ZooTask):
                 model = plain.with_fda(**{k.removeprefix("fda_"): v for k, v in fda.items() if k != "fda"})
             else:
                 model = create_model(arch, pretrained=folder, adapter=False, **{**arch_fields, **overrides})
+            if fw is not None and fw != model.config.function_words:
+                model.config.function_words = fw
+                if model.tokenizer is not None:
+                    model.set_tokenizer(model.tokenizer)
             _warn_unknown_words(model.tokenizer, info.get("vocab"), folder)
             return model
         if rebuilt:
