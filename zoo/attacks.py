@@ -116,6 +116,8 @@ def pgd_attack(
         raise ValueError(f"pgd_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"pgd_attack needs steps >= 1, got {steps!r}")
+    if not 0 < eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
+        raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {eps}")
     if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
         raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
     alpha = 2.5 * eps / steps if step_size is None else step_size

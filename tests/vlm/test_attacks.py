@@ -166,6 +166,9 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
 
     with pytest.raises(ValueError, match="steps >= 1, got 0"):  # the function itself, not only AttackConfig
         pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=2 / 255, steps=0)
+    for eps in (4, 0, -2 / 255):  # 4 meant as 4/255 allowed any image: the whole [0, 1] range, silently
+        with pytest.raises(ValueError, match=f"budget on \\[0, 1\\] pixels .*got {eps}"):
+            pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=eps, steps=1)
 
 
 @pytest.mark.parametrize("random_start", [True, False])
