@@ -548,3 +548,16 @@ def test_fine_tuning_an_export_takes_a_users_function_word_list(tmp_path, where)
     for k, v in before.state_dict().items():  # every weight kept; only the function-word marks differ
         if k != "fw_table":
             assert torch.equal(m.state_dict()[k], v), k
+
+
+def test_fine_tuning_an_export_on_images_of_another_size_names_the_data_setting():
+    """The shipped 64px model fine-tuned with data.image_size 96: refused, naming the data setting and the size to
+    set (the compatibility check told the user to "drop the overrides ['image_size']", which they never set)."""
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.hub import read_export_config, resolve_pretrained
+    from zoo.tasks.vlm import VLMTask
+
+    size = read_export_config(resolve_pretrained("vlm-fda-tiny"))["config"]["image_size"]
+    info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=size + 32).data_info
+    with pytest.raises(ValueError, match=rf"reads {size}px images, the data {size + 32}px; set data.image_size to {size}"):
+        VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=info)

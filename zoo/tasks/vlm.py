@@ -350,6 +350,10 @@ class VLMTask(ZooTask):
             folder = resolve_pretrained(pretrained)
             saved = read_export_config(folder)["config"]
             arch_fields = export_arch_config(arch, saved)
+            if "image_size" in info and saved.get("image_size") is not None and info["image_size"] != saved["image_size"]:
+                # named here: the compatibility check's advice ("drop the overrides") is for model_args
+                raise ValueError(f"checkpoint {folder} reads {saved['image_size']}px images, the data "
+                                 f"{info['image_size']}px; set data.image_size to {saved['image_size']}")
             if text_init is not None and str(text_init) != str(saved.get("text_init")):
                 warnings.warn(f"text_init={text_init!r} is not used: the text encoder's weights come from pretrained "
                               f"{pretrained} (which started from {saved.get('text_init') or 'random weights'})",
