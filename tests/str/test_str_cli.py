@@ -95,3 +95,32 @@ def test_a_predictions_csv_that_fails_part_way_is_removed(tmp_path):
     with pytest.raises(FileExistsError):
         write_predictions_csv(rows, path)
     assert path.read_text(encoding="utf-8").count("\n") == 2
+
+
+def test_test_and_predict_with_another_charset_than_the_checkpoints_name_it(tmp_path):
+    """`zoo test` / `zoo predict` with a checkpoint of a 36-character model and a config whose data.charset is another
+    (the fine-tuning config's 62, or a user's charset file) failed with a bare "size mismatch for
+    model.text_embed.weight" from load_state_dict; the error names the charsets of both and the fix."""
+    cfg = str(CONFIGS[[c.name for c in CONFIGS].index("synthetic.yaml")])
+    main(["fit", "--config", cfg, *SMALL, "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "fit")])
+    ckpt = str(sorted((tmp_path / "fit").rglob("*.ckpt"))[0])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 100, 3), dtype=np.uint8)).save(folder / "a.png")
+    want = r"charset: checkpoint 36 characters '0123456789abc.*' vs data 62 characters"
+    with pytest.raises(ValueError, match=want):
+        main(["test", "--config", cfg, *SMALL, "--data.init_args.charset", "62", "--ckpt_path", ckpt,
+              "--trainer.default_root_dir", str(tmp_path / "test")])
+    with pytest.raises(ValueError, match=want):
+        main(["predict", "--config", cfg, *SMALL, "--data.init_args.charset", "62", "--ckpt_path", ckpt,
+              "--data.init_args.predict_dir", str(folder), "--trainer.default_root_dir", str(tmp_path / "pred"),
+              "--predict_writer.echo", "false"])
+    # a charset of as many characters (upper case): the weights fit, and every reading came out in the wrong letters
+    upper = tmp_path / "upper.txt"
+    upper.write_text("\n".join("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"charset: checkpoint 36 characters '0123456789abc.*' vs data 36 characters '0123456789ABC"):
+        main(["predict", "--config", cfg, *SMALL, "--data.init_args.charset", str(upper), "--ckpt_path", ckpt,
+              "--data.init_args.predict_dir", str(folder), "--trainer.default_root_dir", str(tmp_path / "pred2"),
+              "--predict_writer.echo", "false"])
+    # the checkpoint's own charset still tests
+    main(["test", "--config", cfg, *SMALL, "--ckpt_path", ckpt, "--trainer.default_root_dir", str(tmp_path / "ok")])

@@ -408,3 +408,16 @@ def test_randaugment_differs_between_ddp_ranks(monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     rng = np.random.default_rng(0)
     assert list(RandAugment(n=3, seed=0)._generator().choice(RandAugment.OPS, size=3)) == list(rng.choice(RandAugment.OPS, size=3))
+
+
+def test_one_source_given_as_a_plain_path(tmp_path):
+    """STRDataModule(test_dirs="my_lmdb") from Python (the CLI's type check refuses a string) read each character
+    of the path as a source of its own: "data source m not found"; a single str / Path is that one source."""
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    build_lmdb(d, tmp_path / "my_lmdb")
+    for given in (str(tmp_path / "my_lmdb"), tmp_path / "my_lmdb"):
+        dm = STRDataModule(charset="36", max_length=8, train_dirs=given, val_dirs=given, test_dirs=given,
+                           synthetic={"train": 0, "val": 0, "test": 0}, eval_batch_size=8)
+        batch = next(iter(dm.test_dataloader()))
+        assert batch["set"] == ["my_lmdb", "my_lmdb"] and batch["texts"] == ["abc", "de"]
+        assert len(dm.train_dataloader().dataset) == 2 and len(dm.val_dataloader().dataset) == 2

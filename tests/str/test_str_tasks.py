@@ -453,3 +453,16 @@ def test_csd_temperature_must_be_positive(tau):
     """A NaN temperature passed the `<= 0` check and made the KL term NaN from the first step."""
     with pytest.raises(ValueError, match="csd_temperature must be positive"):
         RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, csd_temperature=tau)
+
+
+def test_csd_teacher_checkpoint_under_the_home_folder(exported, tmp_path, monkeypatch):
+    """`teacher: ~/runs/best.ckpt` (a YAML value: no shell expands it) was "checkpoint ~/runs/best.ckpt not found",
+    while a teacher export folder given as "~/..." was found: the .ckpt path is expanded as the folder's is."""
+    teacher = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    (tmp_path / "runs").mkdir()
+    _one_step_checkpoint(teacher, tmp_path / "runs" / "best.ckpt", 36)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    student = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher="~/runs/best.ckpt")
+    student.setup("fit")
+    for (k, v), (k2, v2) in zip(teacher.model.state_dict().items(), student.teacher.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k

@@ -16,6 +16,7 @@ out-of-charset characters are dropped, as PARSeq does.
 
 from __future__ import annotations
 
+import os
 import string
 import unicodedata
 from collections import Counter
@@ -63,8 +64,8 @@ CHARSET_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".chars")
 def _is_file(key: str) -> bool:
     try:
         return Path(key).expanduser().is_file()
-    except (OSError, ValueError):  # a long charset is no file name ("File name too long"); NUL bytes neither
-        return False
+    except (OSError, ValueError, RuntimeError):  # a long charset is no file name ("File name too long"); NUL bytes
+        return False  # neither; nor "~abc" (a charset beginning with "~": no user "abc" to expand, RuntimeError)
 
 
 def resolve_charset(spec: Union[str, Path]) -> str:
@@ -78,7 +79,8 @@ def resolve_charset(spec: Union[str, Path]) -> str:
         return load_charset(key)
     if key.isdigit() and len(key) <= 3:
         raise ValueError(f"unknown named charset {key!r}; the named sets are {sorted(CHARSETS)}")
-    if key.lower().endswith(CHARSET_FILE_SUFFIXES) or key.startswith("~"):
+    # "~/chars" is a path to a missing file; "~abc" (a charset file whose first line is "~", as a model stores it) is not
+    if key.lower().endswith(CHARSET_FILE_SUFFIXES) or key.startswith("~") and ("/" in key or os.sep in key):
         raise FileNotFoundError(f"charset file {key} not found (working directory {Path.cwd()})")
     return check_charset(key)
 

@@ -371,7 +371,9 @@ class STRDataModule(L.LightningDataModule):
         if not isinstance(synth_cache_workers, int) or isinstance(synth_cache_workers, bool) or synth_cache_workers < 0:
             raise ValueError(f"synth_cache_workers must be an integer >= 0 (0: every core), got {synth_cache_workers!r}")
         self.synth_cache, self.synth_cache_workers = synth_cache, synth_cache_workers
-        self.dirs = {"train": list(train_dirs or []), "val": list(val_dirs or []), "test": list(test_dirs or [])}
+        # one path given as such (train_dirs="my_lmdb") is one source, not one per character of its name
+        self.dirs = {split: [d] if isinstance(d, (str, Path)) else list(d or [])
+                     for split, d in (("train", train_dirs), ("val", val_dirs), ("test", test_dirs))}
         self.augment, self.img_size, self.predict_dir = augment, tuple(img_size), predict_dir
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.norm_stats: dict[str, NormStats] = {}

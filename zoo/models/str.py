@@ -87,6 +87,11 @@ class STRConfig:
         for name in ("attn_type", "self_attn_type"):
             if getattr(self, name) not in list_attention_types():
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; known types: {list_attention_types()}")
+            if getattr(self, name) == "dint":
+                # DINT mixes queries (its mean over them): a slot's reading would depend on the later slots' content,
+                # which the autoregressive / permutation masks hide from it (the ground truth, in training)
+                raise ValueError(f"{name} 'dint' is not supported by the recognizer's decoder: its mean over queries "
+                                 "lets each slot see the later slots' characters; use another type")
         check_positive_ints(self, ("max_length", "enc_dim", "enc_depth", "enc_heads", "dec_dim", "dec_depth", "dec_heads"))
         self.img_size, self.patch_size = list(self.img_size), list(self.patch_size)
         if any(i % p for i, p in zip(self.img_size, self.patch_size)) or len(self.img_size) != 2:

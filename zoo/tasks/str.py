@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.hub import _class_path, create_model, export_arch_config, read_export_config, resolve_pretrained
+from zoo.data.charsets import resolve_charset
 from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
 from zoo.tasks.base import ZooTask
 
@@ -97,7 +98,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def _load_recognizer(source: str) -> SceneTextRecognizer:
     """An exported folder / shipped name, or a Lightning ``.ckpt`` of :class:`RecognitionTask`."""
     if str(source).endswith(".ckpt"):
-        path = Path(source)
+        path = Path(source).expanduser()  # as an export folder's path is: "teacher: ~/runs/best.ckpt" in a YAML
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
         # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
@@ -269,7 +270,37 @@ class RecognitionTask(ZooTask):
                 "continuing with recipe 'v1'", stacklevel=2,
             )
             self.recipe = self.hparams["recipe"] = "v1"
+        self._check_checkpoint_data(checkpoint)
         super().on_load_checkpoint(checkpoint)
+
+    def _check_checkpoint_data(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's charset / label length / crop size must be this model's (built from the data's): else
+        loading its weights failed with a bare "size mismatch for model.head.weight" (or, at equal sizes, read
+        with another charset's characters)."""
+        saved = dict((checkpoint.get("hyper_parameters") or {}).get("data_info") or {})
+        if not saved:
+            return
+        ours = {k: getattr(self.model.config, k) for k in self.data_fields}
+        if "charset" in saved and saved["charset"] != ours["charset"]:
+            try:  # a task built in Python may hold a charset's spec ("36", a file) as its data_info
+                saved["charset"] = resolve_charset(saved["charset"])
+            except Exception:  # noqa: BLE001 -- not a spec: the characters themselves, compared as they are
+                pass
+        wrong = [k for k in self.data_fields if k in saved and _same(saved[k]) != _same(ours[k])]
+        if not wrong:
+            return
+
+        def show(k: str, v: Any) -> str:
+            if k == "charset":
+                return f"{len(v)} characters {v[:40]!r}{'...' if len(v) > 40 else ''}"
+            return repr(v)
+
+        raise ValueError(
+            "the checkpoint's model was trained on other data settings than the data given now ("
+            + "; ".join(f"{k}: checkpoint {show(k, saved[k])} vs data {show(k, ours[k])}" for k in wrong)
+            + "); set them to the checkpoint's (data.charset: the charset it was trained with, e.g. its charset file; "
+            "data.max_length; data.img_size), or fine-tune with pretrained=<export> to move it to a new charset"
+        )
 
     def setup(self, stage: str) -> None:
         self._check_data(getattr(self._trainer, "datamodule", None), stage)
