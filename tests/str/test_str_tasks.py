@@ -132,6 +132,33 @@ def test_finetune_new_charset_reports(exported, capsys):
     torch.testing.assert_close(task.model.encoder.patch_embed.proj.weight, src.encoder.patch_embed.proj.weight)
 
 
+def test_predicting_a_charset_transfer_without_training_it_warns(exported, tmp_path):
+    """pretrained=<export> with a data.charset of new characters, used to predict: the export is moved to the new
+    charset and 'X', 'Y', 'Z' read through rows initialized at random; predict said nothing (a fine-tuning config
+    used for predict). Warned, naming them; the export's own charset predicts without the warning."""
+    import warnings
+
+    import lightning as L
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 128, 3), dtype=np.uint8)).save(folder / "a.png")
+    from zoo.data.str import STRDataModule
+
+    for charset, warned in (("abcXYZ", True), (INFO["charset"], False)):
+        dm = STRDataModule(charset=charset, max_length=6, predict_dir=str(folder), synthetic={"train": 0, "val": 0, "test": 0})
+        task = RecognitionTask(arch="str-diff-tiny", data_info=dm.data_info, pretrained=str(exported))
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            default_root_dir=tmp_path / f"run_{len(charset)}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.predict(task, datamodule=dm)
+        hits = [w for w in caught if "characters the pretrained model never learned" in str(w.message)]
+        assert bool(hits) == warned, charset
+        if warned:
+            assert "'XYZ'" in str(hits[0].message)
+
+
 @pytest.mark.parametrize("charset", [INFO["charset"], "abcXYZ"])
 def test_finetune_on_crops_of_another_size_is_named_at_build(exported, charset):
     """A pretrained export fine-tuned on data of another crop size was built at the export's size and refused at

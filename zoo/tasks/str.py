@@ -480,6 +480,16 @@ class RecognitionTask(ZooTask):
 
     def on_predict_start(self) -> None:
         super().on_predict_start()
+        r = self.transfer_report
+        if r and r["reinitialized_chars"] and not (getattr(self, "_weights_loaded", False) or getattr(self, "_fitted", False)):
+            # pretrained=<export> under a data.charset of other characters: the export was moved to that charset
+            # (as for fine-tuning), and the new characters' rows are untrained
+            warnings.warn(
+                f"predicting with {len(r['reinitialized_chars'])} characters the pretrained model never learned "
+                f"({''.join(r['reinitialized_chars'])!r}: their rows were initialized at random because data.charset "
+                "differs from the export's); set data.charset to the export's to read with it as trained, or "
+                "fine-tune first", stacklevel=2,
+            )
         folder = self._run_dir()  # a DDP collective: every rank, and every rank raises alike
         if folder is None:
             return
