@@ -340,17 +340,22 @@ def test_a_failed_plot_leaves_no_forecast_csv_behind(tmp_path, monkeypatch):
     assert not list((tmp_path / "run").glob("forecast*"))
 
 
-@pytest.mark.parametrize("name", ["date", "timestamp", None])
-@pytest.mark.parametrize("tz", [None, "Asia/Tokyo"])
-def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_path, name, tz):
-    """Dates as the frame's index: the forecast's index has the input's name and timezone (it came back named
-    'date' and in naive UTC, so pd.concat([history, forecast]) lost the index name or mixed naive and aware dates)."""
+def _hourly_forecaster(tmp_path):
+    """An hourly frame, a tiny untrained forecaster built on it, and its forecast's values for the plain frame."""
     df = _frame(120)
     df.to_csv(tmp_path / "s.csv", index=False)
     dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
     torch.manual_seed(0)
     model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
-    want_values = model.forecast(df)[["a", "b"]].to_numpy()
+    return df, model, model.forecast(df)[["a", "b"]].to_numpy()
+
+
+@pytest.mark.parametrize("name", ["date", "timestamp", None])
+@pytest.mark.parametrize("tz", [None, "Asia/Tokyo"])
+def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_path, name, tz):
+    """Dates as the frame's index: the forecast's index has the input's name and timezone (it came back named
+    'date' and in naive UTC, so pd.concat([history, forecast]) lost the index name or mixed naive and aware dates)."""
+    df, model, want_values = _hourly_forecaster(tmp_path)
     idx = pd.DatetimeIndex(df["date"])
     if tz is not None:  # the same instants, seen from Tokyo
         idx = idx.tz_localize("UTC").tz_convert(tz)
@@ -365,12 +370,7 @@ def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_
 def test_forecast_on_a_timezone_aware_date_column_answers_in_that_timezone(tmp_path):
     """A date column of timezone-aware timestamps (dtype datetime64[ns, tz]): the forecast's dates are the next
     instants in the same timezone (they came back as naive UTC wall times, 9 hours off Tokyo's clock)."""
-    df = _frame(120)
-    df.to_csv(tmp_path / "s.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    torch.manual_seed(0)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
-    want_values = model.forecast(df)[["a", "b"]].to_numpy()
+    df, model, want_values = _hourly_forecaster(tmp_path)
     tokyo = df.assign(date=pd.DatetimeIndex(df["date"]).tz_localize("UTC").tz_convert("Asia/Tokyo"))
     out = model.forecast(tokyo)
     last = tokyo["date"].iloc[-1]
