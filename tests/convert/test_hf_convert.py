@@ -192,3 +192,21 @@ def test_to_hf_refuses_non_vanilla():
 
     with pytest.raises(ValueError, match="attn_type='diff'"):
         to_hf_llama(DiffTransformerLM(LMConfig(vocab_size=20, dim=32, n_layers=1, n_heads=2)), "unused")
+
+
+def test_to_hf_llama_of_an_adapted_model_names_a_way_that_works(tmp_path):
+    """An adapted model has no Llama layout; the refusal must name what does convert (the base without the
+    adapter), not "merge them into a plain model": merge_adapters (DiffLoRA) leaves the differential adapter."""
+    from zoo.nn import adapters as A
+
+    hf, folder = tiny_llama(tmp_path)
+    ours = A.apply_adapter(from_hf_llama(folder), "difflora", rank=2)
+    A.merge_adapters(ours)
+    with pytest.raises(ValueError, match="remove_adapters") as err:
+        to_hf_llama(ours, tmp_path / "adapted")
+    assert "merge them" not in str(err.value)
+    A.remove_adapters(ours)  # what the message names
+    back = transformers.LlamaForCausalLM.from_pretrained(to_hf_llama(ours, tmp_path / "base")).eval()
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

@@ -325,8 +325,8 @@ def test_left_padded_greedy_generate_matches_transformers(tmp_path, monkeypatch,
 
     forward = DiffTransformerLM.forward
 
-    def maskless(self, input_ids, attention_mask=None, caches=None):
-        return forward(self, input_ids, None, caches)
+    def maskless(self, input_ids, attention_mask=None, caches=None, **kwargs):
+        return forward(self, input_ids, None, caches, **kwargs)
 
     with monkeypatch.context() as m:  # the padding ignored: the padded rows go elsewhere
         m.setattr(DiffTransformerLM, "forward", maskless)

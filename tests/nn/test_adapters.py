@@ -363,6 +363,31 @@ def test_adapter_loads_onto_its_own_base_in_half_precision_but_not_onto_another(
         A.check_base(lm(seed=7).to(dtype), cfg["base"])
 
 
+@pytest.mark.parametrize("method", A.METHODS)
+def test_an_adapter_trained_under_bf16_true_exports_and_loads_back(method, tmp_path):
+    """`--trainer.precision bf16-true` (a documented precision) casts the adapted model to bfloat16: the export
+    holds the bf16-rounded base and the adapter, and load_pretrained reads the base back as float32. The base
+    is the adapter's own (the fingerprint's bf16 rounding, exactly): it must load, not be refused as another."""
+    import zoo
+
+    model = A.apply_adapter(lm(), method, **KW[method])  # apply_adapter fingerprints the fp32 base
+    perturb(model)
+    A.step_adapters(model, 3)
+    model.to(torch.bfloat16)  # what Lightning's bf16-true does before training
+    out = zoo.export_model(model, tmp_path / "exp")
+    got = zoo.load_pretrained(out)
+    assert got.adapter_config["method"] == method
+    # reference: the fp32 base rounded through bfloat16, with the trained adapter weights, all in float32
+    want = A.apply_adapter(lm().to(torch.bfloat16).float(), method, **KW[method])
+    with torch.no_grad():
+        for k, v in A.adapter_state_dict(model).items():
+            want.state_dict()[k].copy_(v.float())
+    ids = torch.randint(0, 50, (2, 7))
+    torch.testing.assert_close(got(ids), want(ids), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"different base.*checksum"):
+        A.load_adapter(lm(seed=7).to(torch.bfloat16).float(), out)  # other weights, rounded alike
+
+
 @pytest.mark.parametrize("method, kwargs, message", [
     ("difflora", {"rank": 0}, "difflora rank must be an integer >= 1, got 0"),
     ("difflora", {"rank": -2}, "difflora rank must be an integer >= 1, got -2"),

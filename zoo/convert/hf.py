@@ -493,8 +493,9 @@ def convert_hf(folder: PathLike, out: PathLike, overwrite: bool = False) -> Path
 def _check_no_adapters(model: nn.Module, fn: str) -> None:
     if any(".adapter." in k for k in model.state_dict()):
         raise ValueError(
-            f"{fn}: the model carries adapters (zoo.nn.adapters); merge them into a plain model or export the "
-            "base without them first -- Hugging Face layouts have no slot for adapter weights"
+            f"{fn}: the model carries adapters (zoo.nn.adapters), which no Hugging Face layout holds (merge_adapters "
+            "folds only DiffLoRA's LoRA; the differential part stays); convert the base without them: "
+            "zoo.nn.adapters.remove_adapters(model), or zoo.load_pretrained(export_folder, adapter=False)"
         )
 
 
