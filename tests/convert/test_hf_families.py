@@ -370,3 +370,30 @@ def test_to_hf_llama_keeps_the_tokenizers_special_ids(tmp_path):
     hf2 = transformers.LlamaForCausalLM.from_pretrained(back)
     assert (hf2.generation_config.bos_token_id, hf2.generation_config.eos_token_id) == (3, [9, 11])
     assert (hf2.config.bos_token_id, hf2.config.eos_token_id) == (3, [9, 11])
+
+
+def test_to_hf_llama_writes_a_tokenizer_that_transformers_loads(tmp_path):
+    """A converted model written back had config.json and weights only: AutoTokenizer.from_pretrained(folder) failed.
+    Its tokenizer (the source's, or a BPE trained by zoo) is written as Hugging Face reads it: the same ids as the
+    source tokenizer (transformers' own reading of the source folder is the reference) and the same special tokens."""
+    from zoo.data.tokenizers import BPETokenizer
+    from zoo.models.lm import DiffTransformerLM, LMConfig
+
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    _word_tokenizer(folder)
+    back = to_hf_llama(from_hf_llama(folder), tmp_path / "back")
+    src, got = transformers.AutoTokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(back)
+    text = "w5 w17 w96 w3 nope"
+    assert got(text)["input_ids"] == src(text)["input_ids"]
+    assert (got.bos_token, got.eos_token) == (src.bos_token, src.eos_token) == ("<s>", "</s>")
+
+    corpus = ["the quick brown fox jumps over the lazy dog"] * 20 + ["pack my box with five dozen liquor jugs"] * 20
+    bpe = BPETokenizer.train(corpus, vocab_size=300)
+    lm = DiffTransformerLM(LMConfig(vocab_size=bpe.vocab_size, dim=32, n_layers=1, n_heads=2, max_seq_len=32,
+                                    attn_type="vanilla"))
+    lm.tokenizer = bpe
+    out = to_hf_llama(lm, tmp_path / "bpe_back")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    for line in ("the lazy fox", "five dozen jugs over my box"):
+        assert tok(line, add_special_tokens=False)["input_ids"] == bpe.encode(line)
+    assert tok.convert_tokens_to_ids(tok.eos_token) == bpe.eos_id

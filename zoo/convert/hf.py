@@ -376,7 +376,25 @@ def to_hf_llama(model: DiffTransformerLM, folder: PathLike, model_type: Optional
         # transformers' generate stops at config.json's eos ids (every one the converted folder listed)
         stops = list(getattr(tok, "stop_ids", None) or [tok.eos_id])
         cfg.update(bos_token_id=tok.bos_id, eos_token_id=stops[0] if len(stops) == 1 else stops)
-    return _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings, c.attn_bias), cfg, folder)
+    out = _save_mapped(model, llama_weight_map(c.n_layers, c.tie_embeddings, c.attn_bias), cfg, folder)
+    _save_hf_tokenizer(tok, out)
+    return out
+
+
+def _save_hf_tokenizer(tok: Any, folder: Path) -> None:
+    """A model's tokenizers-backed tokenizer (a converted model's own, or a trained BPE) as Hugging Face reads one:
+    ``tokenizer.json`` plus a ``tokenizer_config.json`` naming its special tokens, so
+    ``AutoTokenizer.from_pretrained(folder)`` works. The byte tokenizer has no such form: nothing is written."""
+    backend = getattr(tok, "backend", None)
+    if backend is None:
+        return
+    backend.save(str(folder / "tokenizer.json"))
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("pad_token", tok.pad_id)):
+        token = backend.id_to_token(i) if i is not None else None
+        if token is not None:
+            config[name] = token
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------- BERT
