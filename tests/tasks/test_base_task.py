@@ -92,6 +92,34 @@ def test_a_run_resumed_with_other_decay_settings_is_named(tmp_path):
         OldTask(), dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=tmp_path / "new.ckpt")
 
 
+def test_test_summary_names_the_checkpoint_it_evaluated_not_the_fits_best(tmp_path, capsys):
+    """`zoo test --ckpt_path last.ckpt` restores the fit's ModelCheckpoint state, whose best is another file: the
+    summary printed that one as "best checkpoint" beside numbers that came from last.ckpt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import RunSummary
+
+    class Scored(Task):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.current_epoch))  # epoch 0 is the best
+
+        def test_step(self, batch, batch_idx):
+            self.log("test/w", self.model.lin.weight.detach().abs().sum())
+
+    data = DataLoader([torch.randn(5, 3)], batch_size=None)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True)
+    L.Trainer(accelerator="cpu", max_epochs=2, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(Scored(), data, data)
+    assert ckpt.best_model_path != ckpt.last_model_path
+    capsys.readouterr()
+    again = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True)
+    L.Trainer(accelerator="cpu", callbacks=[again, RunSummary()], logger=False, enable_progress_bar=False,
+              enable_model_summary=False).test(Scored(), data, ckpt_path=ckpt.last_model_path, verbose=False)
+    out = capsys.readouterr().out
+    assert f"evaluated checkpoint: {ckpt.last_model_path}" in out
+    assert ckpt.best_model_path not in out
+
+
 def test_float16_true_training_is_refused_by_name():
     """precision "16-true" keeps the weights and AdamW's state in float16, where eps=1e-8 rounds to 0: the first
     step turned every weight NaN, silently. fit now stops before training with a message naming the fix;

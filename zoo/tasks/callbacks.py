@@ -158,8 +158,11 @@ class RunSummary(L.Callback):
                 lines.append(f"exported model: {cb.exported}")
                 lines.append(f"  load it with: zoo.load_pretrained({str(cb.exported)!r})")
             best = getattr(cb, "best_model_path", "")
-            if best:
+            # validate / test restore the fit's checkpoint callback state: its best is not what they evaluated
+            if best and stage == "fit":
                 lines.append(f"best checkpoint: {best} (resume with --ckpt_path)")
+        if stage != "fit" and trainer.ckpt_path:
+            lines.append(f"evaluated checkpoint: {trainer.ckpt_path}")
         # a fast_dev_run has no logger: nothing was written to a run folder
         lines.append("logs: none (fast_dev_run logs nothing)" if trainer.fast_dev_run else f"logs: {logs}")
         print("\n" + "\n".join(lines) + "\n", flush=True)
