@@ -460,3 +460,26 @@ def test_loading_difflora_weights_into_a_merged_model_keeps_base_and_outputs_rig
     torch.testing.assert_close(model(ids), src(ids), atol=1e-5, rtol=1e-5)
     A.unmerge_adapters(model)
     torch.testing.assert_close(attn.q_proj.weight.double(), w0, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_adapted_cross_attention_takes_a_query_mask(method):
+    """Attention layers take forward(..., query_mask=) (DINT leaves padded queries out of its mean over queries);
+    the adapter wrappers replace forward and refused it (TypeError), and DEX over a dint layer could not name its
+    padded queries at all. Padded text queries must not change the real rows: each sequence unpadded is the
+    reference."""
+    attn_type = "dint" if method == "dex" else "vanilla"
+    torch.manual_seed(0)
+    base = build_attention(attn_type, DIM, H, n_kv_heads=2, kv_dim=12).eval()
+    layer = {"dex": A.DexAttention, "difflora": A.DiffLoRAAttention, "opamp": A.OpAmpAttention}[method](base, **KW[method])
+    perturb(layer)
+    if method == "dex":
+        layer.set_step(5)  # lambda_t != 0
+    x, ctx = torch.randn(2, 6, DIM), torch.randn(2, 4, 12)
+    n_real = [6, 2]
+    qmask = torch.arange(6)[None, :] < torch.tensor(n_real)[:, None]
+    got = layer(x, ctx, query_mask=qmask)
+    for b, n in enumerate(n_real):
+        torch.testing.assert_close(got[b : b + 1, :n], layer(x[b : b + 1, :n], ctx[b : b + 1]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="query_mask must be a bool tensor"):
+        layer(x, ctx, query_mask=qmask.float())

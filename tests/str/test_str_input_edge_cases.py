@@ -189,3 +189,20 @@ def test_a_charset_file_whose_first_character_is_a_tilde(tmp_path):
     # a missing charset file under the home folder is still named as one
     with pytest.raises(FileNotFoundError, match="charset file ~/no_such_charset not found"):
         STRDataModule(charset="~/no_such_charset")
+
+
+def test_a_charset_beginning_with_a_tilde_may_hold_a_slash(tmp_path):
+    """Punctuation in keyboard order ("~", "!", "@", ..., "/", "?") as a charset file: the datamodule read it, but the
+    model re-read its characters "~!@...?/..." as a path under the home folder ("~" first and a "/" somewhere) and
+    raised "charset file ... not found"; only "~/..." or "~user/..." is such a path."""
+    from zoo.hub import create_model
+
+    chars = "~!@#$%^&*()_+-=/?abc"
+    path = tmp_path / "keys.txt"
+    path.write_text("\n".join(chars) + "\n", encoding="utf-8")
+    dm = STRDataModule(charset=str(path), max_length=4, synthetic={"train": 0, "val": 0, "test": 0})
+    assert dm.charset.chars == chars
+    model = create_model("str-diff-tiny", charset=dm.data_info["charset"], max_length=4)
+    assert model.charset.chars == chars and model.num_classes == len(chars) + 1
+    with pytest.raises(FileNotFoundError, match="charset file ~someone/chars not found"):
+        STRDataModule(charset="~someone/chars")

@@ -328,3 +328,26 @@ def test_a_caption_file_in_another_encoding_is_named(tmp_path):
     with open(cp, newline="", encoding="utf-8-sig") as f:
         expected = [(r["image"], [r["caption"]]) for r in csv.DictReader(f)]
     assert read_caption_file(cp, "train") == expected == [("a.jpg", ["café au lait"]), ("b.jpg", ["two\r\nlines, quoted"])]
+
+
+def test_a_json_caption_file_with_a_bom_reads_as_without(tmp_path):
+    """A caption JSON saved as "UTF-8 with BOM" (Windows Notepad, PowerShell's Out-File) was refused as "not valid
+    JSON (Unexpected UTF-8 BOM)" while a CSV with a BOM reads; Python's json reading the file as utf-8-sig is the
+    reference."""
+    data = [{"image": "a.jpg", "caption": "café au lait"}, {"image": "b.jpg", "caption": ["x", "y"]}]
+    kj = tmp_path / "caps.json"
+    kj.write_bytes(json.dumps(data, ensure_ascii=False).encode("utf-8-sig"))
+    expected = [(e["image"], e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
+                for e in json.loads(kj.read_text(encoding="utf-8-sig"))]
+    assert read_caption_file(kj, "train") == expected == [("a.jpg", ["café au lait"]), ("b.jpg", ["x", "y"])]
+
+
+def test_a_function_word_file_in_another_encoding_is_named(tmp_path):
+    """A function-word list saved as cp1252 ("über" with byte 0xfc) failed with a bare UnicodeDecodeError naming no
+    file (caption files name theirs); a BOM is no part of the first word."""
+    words = tmp_path / "fw_de.txt"
+    words.write_bytes("über\nder\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"fw_de.txt is not valid UTF-8"):
+        read_function_words(str(words))
+    words.write_bytes("über\nder\n".encode("utf-8-sig"))
+    assert read_function_words(str(words)) == ["über", "der"]

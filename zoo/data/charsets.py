@@ -17,6 +17,7 @@ out-of-charset characters are dropped, as PARSeq does.
 from __future__ import annotations
 
 import os
+import re
 import string
 import unicodedata
 from collections import Counter
@@ -59,6 +60,7 @@ def load_charset(spec: Union[str, Path]) -> str:
 
 
 CHARSET_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".chars")
+_HOME_PATH = re.compile(r"~[\w.-]*[/" + re.escape(os.sep) + "]")  # "~/..." or "~user/...": a path, as expanduser reads it
 
 
 def _is_file(key: str) -> bool:
@@ -79,8 +81,9 @@ def resolve_charset(spec: Union[str, Path]) -> str:
         return load_charset(key)
     if key.isdigit() and len(key) <= 3:
         raise ValueError(f"unknown named charset {key!r}; the named sets are {sorted(CHARSETS)}")
-    # "~/chars" is a path to a missing file; "~abc" (a charset file whose first line is "~", as a model stores it) is not
-    if key.lower().endswith(CHARSET_FILE_SUFFIXES) or key.startswith("~") and ("/" in key or os.sep in key):
+    # "~/chars" / "~user/chars" is a path to a missing file; "~abc" or "~!@#.../?" (a charset file whose first line is
+    # "~", as a model stores it: a "/" may come later among its characters) is not
+    if key.lower().endswith(CHARSET_FILE_SUFFIXES) or _HOME_PATH.match(key):
         raise FileNotFoundError(f"charset file {key} not found (working directory {Path.cwd()})")
     return check_charset(key)
 

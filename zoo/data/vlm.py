@@ -194,7 +194,7 @@ def read_function_words(name_or_path: str = "en") -> list[str]:
             f"function-word list {name_or_path!r} not found: give a file path or one of the shipped names {shipped}"
         )
     words = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_utf8(path, "function-word file", bom=True).splitlines():  # another encoding: named
         w = line.split("#", 1)[0].strip()
         if w:
             words.append(w)
@@ -477,7 +477,7 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
                 grouped.setdefault(row[image_col], []).append(row[caption_col])
         return list(grouped.items())
     try:
-        data = json.loads(read_utf8(path, "caption file"))
+        data = json.loads(read_utf8(path, "caption file", bom=True))  # a BOM (Notepad's UTF-8) is no JSON error
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from exc
     if isinstance(data, dict) and "images" in data:

@@ -144,12 +144,14 @@ class DexAttention(AdaptedAttention):
         self.adapter.anneal.fill_(min(1.0, step / self.anneal_steps) if self.anneal_steps > 0 else 1.0)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
-                cache: Optional[KVCache] = None) -> Tensor:
+                cache: Optional[KVCache] = None, query_mask: Optional[Tensor] = None) -> Tensor:
         base = self._sync()
         base._check_cache(x, context, key_mask, cache)
+        base._check_query_mask(x, query_mask)
         start = cache.pos if cache is not None else 0
         q, k, v = base._project(x, context)
-        out = base._attend(q, k, v, x, start, context is None, key_mask, cache)  # [B, H, Tq, hd]
+        extra = {} if query_mask is None else {"query_mask": query_mask}  # as the base layer's forward passes it
+        out = base._attend(q, k, v, x, start, context is None, key_mask, cache, **extra)  # [B, H, Tq, hd]
         sel = out[:, self.heads]
         noise = torch.einsum("bhtd,hde->bhte", sel, self.adapter.w_n.to(sel.dtype))
         out = out.index_copy(1, self.heads, sel - self.lambda_t().to(sel.dtype) * noise)
@@ -230,9 +232,10 @@ class DiffLoRAAttention(AdaptedAttention):
             self.merged = False
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
-                cache: Optional[KVCache] = None) -> Tensor:
+                cache: Optional[KVCache] = None, query_mask: Optional[Tensor] = None) -> Tensor:
         base, ad = self._sync(), self.adapter
         base._check_cache(x, context, key_mask, cache)
+        base._check_query_mask(x, query_mask)  # row-wise outputs: nothing to leave out
         src = x if context is None else context
         start, is_self = (cache.pos if cache is not None else 0), context is None
         q, k, v = base._project(x, context)
@@ -280,9 +283,10 @@ class OpAmpAttention(AdaptedAttention):
         return gd + gc / 2, gd - gc / 2
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
-                cache: Optional[KVCache] = None) -> Tensor:
+                cache: Optional[KVCache] = None, query_mask: Optional[Tensor] = None) -> Tensor:
         base, ad = self._sync(), self.adapter
         base._check_cache(x, context, key_mask, cache)
+        base._check_query_mask(x, query_mask)  # row-wise outputs: nothing to leave out
         src = x if context is None else context
         start, is_self = (cache.pos if cache is not None else 0), context is None
         q, k, v = base._project(x, context)

@@ -261,9 +261,7 @@ class AttentionBase(nn.Module):
         queries' part of ``key_mask``); row-wise types ignore it.
         """
         self._check_cache(x, context, key_mask, cache)
-        if query_mask is not None and (query_mask.dtype != torch.bool or tuple(query_mask.shape) != tuple(x.shape[:2])):
-            raise ValueError(f"query_mask must be a bool tensor of shape [batch, Tq] = {tuple(x.shape[:2])}, "
-                             f"got {query_mask.dtype} {tuple(query_mask.shape)}")
+        self._check_query_mask(x, query_mask)
         start = cache.pos if cache is not None else 0
         q, k, v = self._project(x, context)
         # passed only when given, so an _attend written without it still serves every other call
@@ -280,6 +278,12 @@ class AttentionBase(nn.Module):
             training=self.training,
             backend=self.backend,
         )
+
+    @staticmethod
+    def _check_query_mask(x: Tensor, query_mask: Optional[Tensor]) -> None:
+        if query_mask is not None and (query_mask.dtype != torch.bool or tuple(query_mask.shape) != tuple(x.shape[:2])):
+            raise ValueError(f"query_mask must be a bool tensor of shape [batch, Tq] = {tuple(x.shape[:2])}, "
+                             f"got {query_mask.dtype} {tuple(query_mask.shape)}")
 
     def _attend(self, q, k, v, x, start, is_self, key_mask, cache, query_mask=None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
