@@ -159,3 +159,14 @@ def test_text_init_beside_a_pretrained_export_is_named_as_unused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=info)
+
+
+def test_zoo_test_writes_the_headline_r1_into_test_metrics(tmp_path, monkeypatch, capsys):
+    """`zoo test` printed test/r1 (the mean of both re-ranked R@1) but test_metrics.json lacked it."""
+    import json
+
+    monkeypatch.chdir(ROOT)
+    main(["test", "--config", "configs/vlm/synthetic.yaml", "--model.init_args.pretrained=vlm-fda-tiny",
+          "--data.init_args.n_test=24", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    metrics = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())
+    assert metrics["r1"] == pytest.approx((metrics["itm/i2t_r1"] + metrics["itm/t2i_r1"]) / 2)

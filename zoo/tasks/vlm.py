@@ -509,9 +509,11 @@ class VLMTask(ZooTask):
             return {}
         res = evaluate_retrieval(self.model, images, captions, k=self.eval_k, rerank=self.rerank)
         scalars = {k: v for k, v in res.items() if isinstance(v, float)}
+        # the headline number (mean of both directions, re-ranked) in the results and test_metrics.json too
+        scalars["r1"] = (scalars["itm/i2t_r1"] + scalars["itm/t2i_r1"]) / 2
         self.results[stage] = scalars
-        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items()}, prog_bar=False)
-        self.log(f"{stage}/r1", (scalars["itm/i2t_r1"] + scalars["itm/t2i_r1"]) / 2, prog_bar=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k != "r1"}, prog_bar=False)
+        self.log(f"{stage}/r1", scalars["r1"], prog_bar=True)
         return scalars
 
     def on_validation_epoch_start(self) -> None:
