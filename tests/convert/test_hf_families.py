@@ -386,6 +386,7 @@ def test_to_hf_llama_writes_a_tokenizer_that_transformers_loads(tmp_path):
     text = "w5 w17 w96 w3 nope"
     assert got(text)["input_ids"] == src(text)["input_ids"]
     assert (got.bos_token, got.eos_token) == (src.bos_token, src.eos_token) == ("<s>", "</s>")
+    assert got.pad_token is src.pad_token is None  # zoo's pad = eos fallback is not written as the source's pad
 
     corpus = ["the quick brown fox jumps over the lazy dog"] * 20 + ["pack my box with five dozen liquor jugs"] * 20
     bpe = BPETokenizer.train(corpus, vocab_size=300)

@@ -390,7 +390,10 @@ def _save_hf_tokenizer(tok: Any, folder: Path) -> None:
         return
     backend.save(str(folder / "tokenizer.json"))
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("pad_token", tok.pad_id)):
+    # a pad equal to eos is zoo's fallback for a tokenizer without one (Llama's): written, it would make collators
+    # that mask pad labels mask every EOS label too, so it is left out as the source left it
+    pad = tok.pad_id if tok.pad_id != tok.eos_id else None
+    for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id), ("pad_token", pad)):
         token = backend.id_to_token(i) if i is not None else None
         if token is not None:
             config[name] = token
