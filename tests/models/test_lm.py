@@ -717,6 +717,7 @@ def test_generation_computes_vocabulary_logits_for_the_last_position_only():
     full = model(prompt)
     torch.testing.assert_close(model(prompt, logits_to_keep=1), full[:, -1:])
     torch.testing.assert_close(model(prompt, logits_to_keep=3), full[:, -3:])
+    torch.testing.assert_close(model(prompt, logits_to_keep=torch.tensor([0, 4, 8])), full[:, [0, 4, 8]])
     rows = []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[1]))
     try:

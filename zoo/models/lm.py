@@ -174,7 +174,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         ``attention_mask`` (``[B, T_total]``, 1 = real token, Hugging Face convention) masks padded
         keys; with ``caches`` it covers cached plus new tokens. ``logits_to_keep`` > 0 returns the logits of
         the last that many positions only (Hugging Face's argument; generation needs the last one, and a
-        prompt's logits over a large vocabulary would take [B, T, vocab] memory).
+        prompt's logits over a large vocabulary would take [B, T, vocab] memory); a 1-D tensor keeps those positions.
         """
         B, T = input_ids.shape
         start = caches[0].pos if caches else 0
@@ -188,7 +188,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         x = self.drop(self.embed(input_ids))
         for i, layer in enumerate(self.layers):
             x = layer(x, key_mask=key_mask, cache=caches[i] if caches else None)
-        if logits_to_keep:
+        if torch.is_tensor(logits_to_keep) and logits_to_keep.dim() == 1:  # positions to keep, as Hugging Face
+            x = x[:, logits_to_keep.to(x.device)]
+        elif logits_to_keep:
             x = x[:, -int(logits_to_keep):]
         return self.lm_head(self.norm(x))
 
