@@ -221,6 +221,32 @@ def test_too_few_rows(tmp_path):
         CSVTSDataModule(str(tmp_path / "ETTh1.csv")).data_info
 
 
+def test_a_file_of_a_header_or_one_row_is_too_few_rows_by_name(tmp_path):
+    """A header-only or one-row CSV failed in the frequency inference ("need at least two timestamps"), naming
+    neither the file nor the fix; it is too few rows for lookback + horizon, as any short file."""
+    for n in (0, 1):
+        _frame(n).to_csv(tmp_path / f"short{n}.csv", index=False)
+        with pytest.raises(ValueError, match=rf"too few rows in .*short{n}.csv: {n} rows.*12 \+ 6 = 18"):
+            CSVTSDataModule(str(tmp_path / f"short{n}.csv"), lookback=12, horizon=6).data_info
+
+
+def test_a_csv_without_a_header_line_is_named(tmp_path):
+    """A CSV written without its header (df.to_csv(header=False)): pandas takes the first row for the header, the
+    error said "no date column 'date'" and advised data.date_col; set to that first timestamp, the file was read
+    with its first row dropped and the variables named by their first values. The missing header is named."""
+    df = _frame(60)
+    df.to_csv(tmp_path / "nohdr.csv", index=False, header=False)
+    first = str(df["date"].iloc[0])
+    for kw in ({}, {"date_col": first}):
+        with pytest.raises(ValueError, match=r"nohdr.csv has no header line.*add a header"):
+            CSVTSDataModule(str(tmp_path / "nohdr.csv"), lookback=12, horizon=6, **kw).data_info
+    # variables named by numbers (a legal header) read as written: reference, the numbers themselves
+    df.rename(columns={"a": "1", "b": "2.5"}).to_csv(tmp_path / "numbered.csv", index=False)
+    frame = CSVTSDataModule(str(tmp_path / "numbered.csv"), lookback=12, horizon=6).prepared()
+    assert frame["columns"] == ["1", "2.5"]
+    np.testing.assert_array_equal(frame["values"][:, 0], np.arange(60, dtype=float))
+
+
 def test_unordered_dates_and_missing_file(tmp_path):
     df = _frame()
     df.loc[[5, 6], "date"] = df.loc[[6, 5], "date"].to_numpy()

@@ -166,6 +166,17 @@ def test_date_layouts():
     assert list(prepare_frame(days, date_format="%Y%m%d")[0]) == list(pd.date_range("2016-07-01", periods=5, freq="D"))
 
 
+def test_a_column_of_years_names_the_date_format_that_reads_it():
+    """A yearly series dated by a 'year' column of ints (1990, 1991...): the error advised epoch seconds or another
+    date column, though data.date_format '%Y' reads the years. It names date_format; followed, the dates are
+    the years' 1 January (reference: pandas' date_range)."""
+    years = pd.DataFrame({"year": 1990 + np.arange(6), "gdp": np.arange(6.0)})
+    with pytest.raises(ValueError, match=r"holds numbers .*data.date_format.*'%Y' for years"):
+        prepare_frame(years, date_col="year")
+    got, _ = prepare_frame(years, date_col="year", date_format="%Y")
+    assert list(got) == list(pd.date_range("1990-01-01", periods=6, freq="YS"))
+
+
 def test_infinite_values_are_errors_or_gaps():
     df = _frame(20)
     df.loc[4, "b"] = np.inf
@@ -299,6 +310,24 @@ def test_forecasting_data_of_another_spacing_warns(tmp_path):
         model.forecast(quarter)
 
 
+def test_a_business_day_model_given_its_lookback_of_one_week_forecasts_business_days(tmp_path):
+    """A business-day model of lookback 5 given its last five rows, Monday to Friday: read alone they look daily,
+    so the forecast was stamped on Saturday and Sunday, with a warning to resample the input to B (it was B).
+    The input steps by the model's frequency: the forecast takes the next business days (reference: pandas'
+    bdate_range)."""
+    df = _frame(200, start="2021-01-04", freq="B")
+    df.to_csv(tmp_path / "b.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "b.csv"), lookback=5, horizon=H, split="ratio", batch_size=8)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    friday = int(np.flatnonzero(df["date"].dt.dayofweek == 4)[-1])
+    week = df.iloc[friday - 4 : friday + 1]
+    assert list(week["date"].dt.dayofweek) == [0, 1, 2, 3, 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's spacing: no warning
+        out = model.forecast(week)
+    assert list(pd.DatetimeIndex(out["date"])) == list(pd.bdate_range(week["date"].iloc[-1], periods=H + 1)[1:])
+
+
 def test_predict_plots_the_history_at_its_own_dates(tmp_path):
     """A file with a missing row inside the input window: forecast.png's history is drawn at the rows'
     real timestamps (a regular range ending on the last date would shift every row before the gap)."""
@@ -378,3 +407,24 @@ def test_forecast_on_a_timezone_aware_date_column_answers_in_that_timezone(tmp_p
     assert str(out["date"].dt.tz) == "Asia/Tokyo"
     assert list(out["date"]) == want
     np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)
+
+
+@pytest.mark.parametrize("as_index", [False, True])
+def test_daily_forecast_in_a_daylight_saving_timezone_stays_at_local_midnight(tmp_path, as_index):
+    """A daily model given Berlin dates across the spring change (March 30th): the forecast steps calendar days on
+    Berlin's clock (pandas' date_range in that timezone). It stepped 24 hours in UTC, landing at 01:00 local after
+    the change (and the input, 23 hours apart there in UTC, read as irregular)."""
+    days = pd.date_range("2025-01-01", periods=120, freq="D")
+    pd.DataFrame({"date": days, "a": np.sin(np.arange(120) / 5), "b": np.cos(np.arange(120) / 7)}).to_csv(
+        tmp_path / "d.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    local = pd.date_range("2025-03-30", periods=LB, freq="D", tz="Europe/Berlin").shift(-LB // 2)  # spans the change
+    x = pd.DataFrame({"date": local, "a": np.arange(LB) / LB, "b": np.ones(LB)})
+    want = list(pd.date_range(local[-1] + pd.Timedelta(days=1), periods=H, freq="D", tz="Europe/Berlin"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "irregular" / "other spacing" warning either
+        out = model.forecast(x.set_index("date")) if as_index else model.forecast(x)
+    got = list(out.index) if as_index else list(out["date"])
+    assert got == want and all(t.hour == 0 for t in got)

@@ -86,7 +86,42 @@ def read_ts_csv(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
     refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
+    if _values_as_header(df.columns):
+        # the first row was taken for the header: "no date column", whose advice (data.date_col = that timestamp)
+        # then read the file with its first row dropped and the variables named by their first values
+        raise ValueError(
+            f"{path} has no header line: its first line {[str(c) for c in df.columns]} holds values, not column "
+            "names; add a header such as 'date,<variable names>' (pandas: pd.read_csv(path, header=None, "
+            "names=[...]).to_csv(new_path, index=False))"
+        )
     return df
+
+
+def _values_as_header(columns: Sequence[Any]) -> bool:
+    """Whether a header holds only numbers and timestamps, at least one timestamp (a file written without one)."""
+    def number(name: str) -> bool:
+        try:
+            return math.isfinite(float(name))
+        except ValueError:
+            return False
+
+    def timestamp(name: str) -> bool:  # digits required: 'Jan' or 'now' parse as timestamps but are names
+        if not any(ch.isdigit() for ch in name):
+            return False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pd.Timestamp(name) is not pd.NaT
+        except (ValueError, TypeError, OverflowError):
+            return False
+
+    def kind(name: str) -> Any:
+        return timestamp(name) or ("number" if number(name) else None)
+
+    names = [str(c) for c in columns]
+    # pandas renames a repeated header value '0.0' to '0.0.1' (a first row with two equal values)
+    kinds = [kind(n) or kind(re.sub(r"\.[1-9][0-9]*$", "", n)) for n in names]
+    return len(names) >= 2 and all(kinds) and any(k is True for k in kinds)
 
 
 def is_index_like(column: Any) -> bool:
@@ -219,7 +254,8 @@ def parse_dates(
         raw = raw.astype(str)  # 20160701 read as a number: date_format (%Y%m%d) reads its digits
     elif numbers:
         raise ValueError(
-            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; convert "
+            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; set "
+            "data.date_format to read their digits (e.g. '%Y' for years such as 1990, '%Y%m%d' for 20160701), convert "
             "them first (epoch seconds: pd.to_datetime(values, unit='s')) or point data.date_col at the timestamps"
         )
 
@@ -571,6 +607,13 @@ class TSDataModule(L.LightningDataModule):
         )
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
+        need = self.lookback + self.horizon
+        if len(frame) < need:  # before the frequency, which a file of 0 or 1 rows has none of
+            raise ValueError(
+                f"too few rows in {self.source_name}: {len(frame)} rows but lookback + horizon = {self.lookback} + "
+                f"{self.horizon} = {need} rows are needed for one window; use a longer series or a shorter "
+                "data.lookback / data.horizon"
+            )
         freq = infer_freq(dates)
         protocol_step = _ETT_STEPS.get(split)
         if protocol_step is not None and _step(freq) != protocol_step:
@@ -582,7 +625,6 @@ class TSDataModule(L.LightningDataModule):
                 "to match the data"
             )
         borders = compute_borders(len(frame), self.lookback, split, self.ratios)
-        need = self.lookback + self.horizon
         for name, (b1, b2) in borders.items():
             if b2 - b1 < need:
                 raise ValueError(

@@ -237,7 +237,9 @@ class Forecaster(PretrainedMixin, nn.Module):
         import numpy as np
         import pandas as pd
 
-        from zoo.data.ts import future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, time_features
+        from zoo.data.ts import (
+            _off_steps, future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, time_features,
+        )
 
         meta = self.meta
         if meta is None:
@@ -277,10 +279,18 @@ class Forecaster(PretrainedMixin, nn.Module):
             y = self(xt, x_mark)[0].cpu().double().numpy()  # float64 on the CPU (MPS has none)
         idx = list(meta["out_index"])
         y = y[:, idx] * std[idx] + mean[idx]
-        try:
-            freq = infer_freq(dates)
-        except ValueError:
+        # the input's own clock for its steps and the future dates: a daily series in a daylight-saving timezone
+        # steps 23 or 25 hours in UTC, and its forecast, stepped in UTC, landed at 01:00 local after the change
+        local = dates if index_tz is None else dates.tz_localize("UTC").tz_convert(index_tz)
+        if meta.get("freq") and _off_steps(local, meta["freq"]) == 0:
+            # the input steps by the model's frequency: a short input (five business days, Monday to Friday) read
+            # alone gave another one ('D'), stamping the forecast on the weekend
             freq = meta["freq"]
+        else:
+            try:
+                freq = infer_freq(local)
+            except ValueError:
+                freq = meta["freq"]
         if meta.get("freq") and not same_spacing(freq, meta["freq"]):
             warnings.warn(
                 f"the input is {freq}-spaced but the model was trained on {meta['freq']}-spaced data: its forecast "
@@ -288,15 +298,10 @@ class Forecaster(PretrainedMixin, nn.Module):
                 f"{meta['freq']}", stacklevel=2,
             )
         out = pd.DataFrame(y, columns=list(meta["out_columns"]))
-        out.insert(0, date_col, future_dates(dates[-1], self.config.horizon, freq))
+        out.insert(0, date_col, future_dates(local[-1], self.config.horizon, freq))
         if not dates_in_index:
-            if index_tz is not None:
-                out[date_col] = out[date_col].dt.tz_localize("UTC").dt.tz_convert(index_tz)
             return out
-        out = out.set_index(date_col).rename_axis(index_name)
-        if index_tz is not None:
-            out.index = out.index.tz_localize("UTC").tz_convert(index_tz)
-        return out
+        return out.set_index(date_col).rename_axis(index_name)
 
 
 class ITransformer(Forecaster):
