@@ -170,15 +170,16 @@ def test_images_with_other_alpha_modes_are_composited_on_white(mode):
     assert (np.asarray(load_image(im)) == 255).all()
 
 
-def test_a_charset_file_whose_first_character_is_a_tilde(tmp_path):
-    """A charset file whose first line is "~" (punctuation in keyboard order: "~", "!", "@", ...): the datamodule read
-    it, but the model re-read the characters it was given ("~!@abc") as a path: RuntimeError "Could not determine home
-    directory" from Path.expanduser, so no model could be built on that data, nor its export loaded."""
+@pytest.mark.parametrize("chars", ["~!@#abc", "~!@#$%^&*()_+-=/?abc"])
+def test_a_charset_file_whose_first_character_is_a_tilde(tmp_path, chars):
+    """A charset file whose first line is "~" (punctuation in keyboard order: "~", "!", "@", ..., "/", "?"): the
+    datamodule read it, but the model re-read the characters it was given ("~!@abc") as a path: RuntimeError "Could
+    not determine home directory" from Path.expanduser, or, with a "/" among them, "charset file ... not found"; so
+    no model could be built on that data, nor its export loaded. Only "~/..." or "~user/..." is such a path."""
     import zoo
     from zoo.hub import create_model, export_model
 
-    chars = "~!@#abc"  # the file's lines, in order
-    path = tmp_path / "keys.txt"
+    path = tmp_path / "keys.txt"  # the characters, one per line, in order
     path.write_text("\n".join(chars) + "\n", encoding="utf-8")
     dm = STRDataModule(charset=str(path), max_length=4, synthetic={"train": 0, "val": 0, "test": 0})
     assert dm.charset.chars == chars
@@ -186,23 +187,7 @@ def test_a_charset_file_whose_first_character_is_a_tilde(tmp_path):
     assert model.charset.chars == chars and model.num_classes == len(chars) + 1
     export_model(model, tmp_path / "export", arch="str-diff-tiny")
     assert zoo.load_pretrained(str(tmp_path / "export")).charset.chars == chars
-    # a missing charset file under the home folder is still named as one
-    with pytest.raises(FileNotFoundError, match="charset file ~/no_such_charset not found"):
-        STRDataModule(charset="~/no_such_charset")
-
-
-def test_a_charset_beginning_with_a_tilde_may_hold_a_slash(tmp_path):
-    """Punctuation in keyboard order ("~", "!", "@", ..., "/", "?") as a charset file: the datamodule read it, but the
-    model re-read its characters "~!@...?/..." as a path under the home folder ("~" first and a "/" somewhere) and
-    raised "charset file ... not found"; only "~/..." or "~user/..." is such a path."""
-    from zoo.hub import create_model
-
-    chars = "~!@#$%^&*()_+-=/?abc"
-    path = tmp_path / "keys.txt"
-    path.write_text("\n".join(chars) + "\n", encoding="utf-8")
-    dm = STRDataModule(charset=str(path), max_length=4, synthetic={"train": 0, "val": 0, "test": 0})
-    assert dm.charset.chars == chars
-    model = create_model("str-diff-tiny", charset=dm.data_info["charset"], max_length=4)
-    assert model.charset.chars == chars and model.num_classes == len(chars) + 1
-    with pytest.raises(FileNotFoundError, match="charset file ~someone/chars not found"):
-        STRDataModule(charset="~someone/chars")
+    # a missing charset file under a home folder is still named as one
+    for missing in ("~/no_such_charset", "~someone/chars"):
+        with pytest.raises(FileNotFoundError, match=f"charset file {missing} not found"):
+            STRDataModule(charset=missing)
