@@ -150,6 +150,16 @@ def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):
     short = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=48, time_features=True)
     with pytest.raises(ValueError, match=r"does not fit the data \(horizon: checkpoint=96 data=48\)"):
         ForecastTask(arch=name, pretrained=name, data_info=short.data_info)
+    # daily data makes 3 calendar tokens, never the hourly model's 4: the advice names both lists and the spacing
+    # (it said "set data.time_features to match the checkpoint", which no daily file can)
+    daily = df.assign(date=pd.date_range("2019-01-01", periods=n, freq="D"))
+    daily.to_csv(tmp_path / "daily.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "daily.csv"), lookback=96, horizon=96, time_features=True)
+    assert dm.data_info["n_time_features"] == 3
+    with pytest.raises(ValueError, match=r"n_time_features: checkpoint=4 data=3\); the checkpoint's calendar tokens "
+                                         r"\(hour_of_day, day_of_week, day_of_month, day_of_year\) came from h-spaced "
+                                         r"data, the data's \(day_of_week, day_of_month, day_of_year\) from its D"):
+        ForecastTask(arch=name, pretrained=name, data_info=dm.data_info)
 
 
 def test_finetuned_checkpoint_loads_without_the_export_it_started_from(tmp_path):

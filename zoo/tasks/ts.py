@@ -220,9 +220,17 @@ class ForecastTask(ZooTask):
         cfg = read_export_config(folder)["config"]
         wrong = [f"{k}: checkpoint={cfg.get(k)} data={v}" for k, v in from_data.items() if cfg.get(k, 0) != v]
         if wrong:
+            advice = "set data.lookback / data.horizon / data.time_features to match the checkpoint"
+            if "n_time_features" in from_data and cfg.get("n_time_features", 0) != from_data["n_time_features"]:
+                # the calendar features follow the data's spacing: daily data never makes an hourly model's four
+                saved = _export_meta(folder)
+                advice = (f"the checkpoint's calendar tokens ({', '.join(saved.get('time_features') or []) or 'none'}) "
+                          f"came from {saved.get('freq', '?')}-spaced data, the data's "
+                          f"({', '.join(info.get('time_features') or []) or 'none'}) from its {info.get('freq', '?')} "
+                          "spacing, which decides them: resample the data to the checkpoint's spacing (and set "
+                          "data.lookback / data.horizon to match the checkpoint)")
             raise ValueError(
-                f"checkpoint {folder} does not fit the data ({'; '.join(wrong)}); set data.lookback / data.horizon "
-                "/ data.time_features to match the checkpoint, or train from scratch"
+                f"checkpoint {folder} does not fit the data ({'; '.join(wrong)}); {advice}, or train from scratch"
             )
         # The checkpoint's architecture wins; explicit overrides must agree (checked on load).
         model = create_model(arch, pretrained=folder, adapter=False, **{**export_arch_config(arch, cfg), **overrides})
@@ -465,6 +473,16 @@ class ForecastTask(ZooTask):
                 f"split {info.get('split')}, time features {info.get('time_features') or 'none'})"
             )
         return lines
+
+
+def _export_meta(folder: Any) -> dict[str, Any]:
+    """The data facts (``ts_meta.json``) of an exported forecaster, or {} when it has none."""
+    import json
+
+    from zoo.models.ts import META_FILE
+
+    path = Path(folder) / META_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _report_new_variables(folder: Any, trained: Optional[dict[str, Any]], info: dict[str, Any]) -> None:
