@@ -46,12 +46,17 @@ def test_missing_rows_late_in_a_long_series_are_reported(freq):
         assert infer_freq(dates) == freq
 
 
+def _tiny_forecaster(tmp_path, df, lookback=LB):
+    """A tiny untrained iTransformer built on ``df`` (written as a CSV; the ratio split)."""
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=lookback, horizon=H, split="ratio", batch_size=8)
+    torch.manual_seed(0)
+    return ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+
+
 def test_forecast_timestamps_after_a_gap_are_hourly(tmp_path):
     df = _frame(120)
-    df.to_csv(tmp_path / "s.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    torch.manual_seed(0)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, df)
     gap = df.drop(index=[3]).astype({"date": str})
     with pytest.warns(UserWarning, match="differ from the series' step"):
         out = model.forecast(gap)
@@ -129,9 +134,7 @@ def test_a_model_trained_on_mid_month_data_forecasts_mid_month_dates(tmp_path):
 
 def test_a_gap_in_daily_data_is_not_a_different_spacing(tmp_path):
     df = _frame(400, freq="D")
-    df.to_csv(tmp_path / "d.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, df)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = model.forecast(df.drop(index=[350]).astype({"date": str}))
@@ -299,9 +302,7 @@ def test_a_saved_row_index_is_not_a_variable(tmp_path):
 
 def test_forecasting_data_of_another_spacing_warns(tmp_path):
     df = _frame(120)
-    df.to_csv(tmp_path / "s.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, df)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the training spacing: no warning
         model.forecast(df)
@@ -316,9 +317,7 @@ def test_a_business_day_model_given_its_lookback_of_one_week_forecasts_business_
     The input steps by the model's frequency: the forecast takes the next business days (reference: pandas'
     bdate_range)."""
     df = _frame(200, start="2021-01-04", freq="B")
-    df.to_csv(tmp_path / "b.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "b.csv"), lookback=5, horizon=H, split="ratio", batch_size=8)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, df, lookback=5)
     friday = int(np.flatnonzero(df["date"].dt.dayofweek == 4)[-1])
     week = df.iloc[friday - 4 : friday + 1]
     assert list(week["date"].dt.dayofweek) == [0, 1, 2, 3, 4]
@@ -372,10 +371,7 @@ def test_a_failed_plot_leaves_no_forecast_csv_behind(tmp_path, monkeypatch):
 def _hourly_forecaster(tmp_path):
     """An hourly frame, a tiny untrained forecaster built on it, and its forecast's values for the plain frame."""
     df = _frame(120)
-    df.to_csv(tmp_path / "s.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    torch.manual_seed(0)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, df)
     return df, model, model.forecast(df)[["a", "b"]].to_numpy()
 
 
@@ -414,12 +410,7 @@ def test_daily_forecast_in_a_daylight_saving_timezone_stays_at_local_midnight(tm
     """A daily model given Berlin dates across the spring change (March 30th): the forecast steps calendar days on
     Berlin's clock (pandas' date_range in that timezone). It stepped 24 hours in UTC, landing at 01:00 local after
     the change (and the input, 23 hours apart there in UTC, read as irregular)."""
-    days = pd.date_range("2025-01-01", periods=120, freq="D")
-    pd.DataFrame({"date": days, "a": np.sin(np.arange(120) / 5), "b": np.cos(np.arange(120) / 7)}).to_csv(
-        tmp_path / "d.csv", index=False)
-    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
-    torch.manual_seed(0)
-    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    model = _tiny_forecaster(tmp_path, _frame(120, start="2025-01-01", freq="D"))
     local = pd.date_range("2025-03-30", periods=LB, freq="D", tz="Europe/Berlin").shift(-LB // 2)  # spans the change
     x = pd.DataFrame({"date": local, "a": np.arange(LB) / LB, "b": np.ones(LB)})
     want = list(pd.date_range(local[-1] + pd.Timedelta(days=1), periods=H, freq="D", tz="Europe/Berlin"))
