@@ -215,12 +215,9 @@ class Forecaster(PretrainedMixin, nn.Module):
             (Path(folder) / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
 
     def load_assets(self, folder: Union[str, Path]) -> None:
-        path = Path(folder) / META_FILE
-        if path.is_file():
-            try:
-                self.meta = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON ({exc}); the export is corrupt") from exc
+        meta = read_meta(folder)
+        if meta is not None:
+            self.meta = meta
 
     # -- pandas in, pandas out
     @torch.no_grad()
@@ -302,6 +299,17 @@ class Forecaster(PretrainedMixin, nn.Module):
         if not dates_in_index:
             return out
         return out.set_index(date_col).rename_axis(index_name)
+
+
+def read_meta(folder: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """An exported forecaster's data facts (``ts_meta.json``), or None when it has none."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the export is corrupt") from exc
 
 
 class ITransformer(Forecaster):

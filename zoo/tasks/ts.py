@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.hub import create_model, export_arch_config, get_spec, read_export_config, resolve_pretrained
+from zoo.models.ts import read_meta
 from zoo.tasks.base import Float64Metric, ZooTask, wide_float
 
 _DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
@@ -223,7 +224,7 @@ class ForecastTask(ZooTask):
             advice = "set data.lookback / data.horizon / data.time_features to match the checkpoint"
             if "n_time_features" in from_data and cfg.get("n_time_features", 0) != from_data["n_time_features"]:
                 # the calendar features follow the data's spacing: daily data never makes an hourly model's four
-                saved = _export_meta(folder)
+                saved = read_meta(folder) or {}
                 advice = (f"the checkpoint's calendar tokens ({', '.join(saved.get('time_features') or []) or 'none'}) "
                           f"came from {saved.get('freq', '?')}-spaced data, the data's "
                           f"({', '.join(info.get('time_features') or []) or 'none'}) from its {info.get('freq', '?')} "
@@ -473,16 +474,6 @@ class ForecastTask(ZooTask):
                 f"split {info.get('split')}, time features {info.get('time_features') or 'none'})"
             )
         return lines
-
-
-def _export_meta(folder: Any) -> dict[str, Any]:
-    """The data facts (``ts_meta.json``) of an exported forecaster, or {} when it has none."""
-    import json
-
-    from zoo.models.ts import META_FILE
-
-    path = Path(folder) / META_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _report_new_variables(folder: Any, trained: Optional[dict[str, Any]], info: dict[str, Any]) -> None:
