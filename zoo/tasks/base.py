@@ -185,10 +185,13 @@ class ZooTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _trained_in_this_process(self) -> bool:
+        """Whether the weights came from a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process."""
+        return getattr(self, "_weights_loaded", False) or getattr(self, "_fitted", False)
+
     def on_predict_start(self) -> None:
         # weights come from pretrained=, a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process
-        trained = (self.hparams.get("pretrained") is not None or getattr(self, "_weights_loaded", False)
-                   or getattr(self, "_fitted", False))
+        trained = self.hparams.get("pretrained") is not None or self._trained_in_this_process()
         if not trained:
             warnings.warn(
                 f"{type(self).__name__} predicts with randomly initialized weights: pass --ckpt_path <.ckpt> or "

@@ -273,6 +273,10 @@ class RecognitionTask(ZooTask):
         self._check_checkpoint_data(checkpoint)
         super().on_load_checkpoint(checkpoint)
 
+    def _differing(self, info: dict[str, Any], keys: Sequence[str]) -> list[str]:
+        """The data facts among ``keys`` that ``info`` states otherwise than the model's config."""
+        return [k for k in keys if k in info and _same(info[k]) != _same(getattr(self.model.config, k))]
+
     def _check_checkpoint_data(self, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's charset / label length / crop size must be this model's (built from the data's): else
         loading its weights failed with a bare "size mismatch for model.head.weight" (or, at equal sizes, read
@@ -286,7 +290,7 @@ class RecognitionTask(ZooTask):
                 saved["charset"] = resolve_charset(saved["charset"])
             except Exception:  # noqa: BLE001 -- not a spec: the characters themselves, compared as they are
                 pass
-        wrong = [k for k in self.data_fields if k in saved and _same(saved[k]) != _same(ours[k])]
+        wrong = self._differing(saved, self.data_fields)
         if not wrong:
             return
 
@@ -320,8 +324,7 @@ class RecognitionTask(ZooTask):
         if not info or info.get("kind") != "str":
             return
         keys = ("img_size",) if stage == "predict" else self.data_fields
-        ours = {k: getattr(self.model.config, k) for k in keys}
-        wrong = [f"{k}: data {info[k]!r} vs model {ours[k]!r}" for k in ours if k in info and _same(info[k]) != _same(ours[k])]
+        wrong = [f"{k}: data {info[k]!r} vs model {getattr(self.model.config, k)!r}" for k in self._differing(info, keys)]
         if wrong:
             raise ValueError(
                 "the datamodule does not fit the model (" + "; ".join(w if len(w) < 160 else w[:157] + "..." for w in wrong)
@@ -481,7 +484,7 @@ class RecognitionTask(ZooTask):
     def on_predict_start(self) -> None:
         super().on_predict_start()
         r = self.transfer_report
-        if r and r["reinitialized_chars"] and not (getattr(self, "_weights_loaded", False) or getattr(self, "_fitted", False)):
+        if r and r["reinitialized_chars"] and not self._trained_in_this_process():
             # pretrained=<export> under a data.charset of other characters: the export was moved to that charset
             # (as for fine-tuning), and the new characters' rows are untrained
             warnings.warn(
