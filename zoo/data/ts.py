@@ -115,13 +115,13 @@ def _values_as_header(columns: Sequence[Any]) -> bool:
         except (ValueError, TypeError, OverflowError):
             return False
 
-    def kind(name: str) -> Any:
-        return timestamp(name) or ("number" if number(name) else None)
+    def kind(name: str) -> Optional[str]:
+        return "timestamp" if timestamp(name) else "number" if number(name) else None
 
     names = [str(c) for c in columns]
     # pandas renames a repeated header value '0.0' to '0.0.1' (a first row with two equal values)
     kinds = [kind(n) or kind(re.sub(r"\.[1-9][0-9]*$", "", n)) for n in names]
-    return len(names) >= 2 and all(kinds) and any(k is True for k in kinds)
+    return len(names) >= 2 and all(kinds) and "timestamp" in kinds
 
 
 def is_index_like(column: Any) -> bool:
