@@ -237,10 +237,8 @@ def test_fda_refuses_the_variants_it_would_change(attn_type):
     attn = build_attention(attn_type, 48, 6, kv_dim=16)
     x, ctx = torch.randn(2, 5, 48), torch.randn(2, 3, 16)
     if attn_type == "dint":  # the reason, measured: recomputed as plain diff, g = 0 is not the layer
-        fda = FDACrossAttention.__new__(FDACrossAttention)
-        torch.nn.Module.__init__(fda)
-        fda.attn, fda.direction, fda.g = attn, "both", torch.nn.Parameter(torch.tensor(0.0))
-        fda.register_buffer("head_mask", torch.ones(6, dtype=torch.bool), persistent=False)
+        fda = FDACrossAttention(build_attention("diff", 48, 6, kv_dim=16), heads=range(6), g_init=0.0)
+        fda.attn = attn  # the DINT layer behind the check, as the old code took it
         assert not torch.allclose(fda(x, ctx, fw=torch.randn(2, 5, 48)), attn(x, ctx), atol=1e-4)
     with pytest.raises(ValueError, match="FDA works on 'vanilla' or 'diff' cross-attention"):
         FDACrossAttention(attn)
