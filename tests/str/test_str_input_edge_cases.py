@@ -48,6 +48,9 @@ def test_exif_orientation_is_applied(tmp_path):
     stored.save(path, exif=exif)
     assert np.array_equal(np.asarray(load_image(path)), np.asarray(shown))
     assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(shown))
+    # an image the user opened with PIL reads as the same picture (as Hugging Face's load_image reads it)
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(load_image(im)), np.asarray(shown))
 
 
 def test_labels_files_with_a_bom(tmp_path):

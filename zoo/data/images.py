@@ -14,7 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 def load_image(x: Any) -> Image.Image:
     """An RGB PIL image from a PIL image, a numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]),
     a path, or encoded bytes. Grayscale and RGBA are converted (RGBA composited on white), 16-bit and
-    float images scaled to 8 bits; a file's EXIF orientation is applied (as a photo viewer shows it)."""
+    float images scaled to 8 bits; EXIF orientation (a file's, or an opened PIL image's) is applied, as a photo viewer
+    shows it."""
     if isinstance(x, (str, Path)):
         path = Path(x).expanduser()
         if not path.is_file():
@@ -32,8 +33,8 @@ def load_image(x: Any) -> Image.Image:
                 return _to_rgb(ImageOps.exif_transpose(im))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
-    if isinstance(x, Image.Image):
-        return _to_rgb(x)
+    if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
+        return _to_rgb(ImageOps.exif_transpose(x) if x.getexif().get(0x0112, 1) != 1 else x)
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
         arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
         if arr.ndim == 3 and arr.shape[-1] == 1:
