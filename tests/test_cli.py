@@ -415,3 +415,26 @@ def test_ckpt_path_last_skips_an_earlier_runs_last_ckpt_in_a_shared_folder(tmp_p
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", enable_progress_bar=False,
                         callbacks=[ModelCheckpoint(dirpath=shared)])
     assert last_checkpoint(trainer) == str(newer)
+
+
+def test_interpolation_of_a_key_left_at_its_default_runs(tmp_path, monkeypatch):
+    """README: OmegaConf interpolation works in configs, e.g. `${fit.data.init_args.seq_len}`. The CLI's second
+    parse (without defaults, to learn which keys the user gave) failed on it with InterpolationKeyError when the
+    key it names is left at its default. Reference: the datamodule's default seq_len, from its signature."""
+    import inspect
+    import json
+
+    from zoo.data import RetrievalDataModule
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "interp.yaml"
+    cfg.write_text(
+        "model:\n  class_path: zoo.tasks.LanguageModelTask\n  init_args:\n"
+        "    model_args: {dim: 16, n_layers: 1, n_heads: 2, max_seq_len: '${fit.data.init_args.seq_len}'}\n"
+        "data:\n  class_path: zoo.data.RetrievalDataModule\n"
+        "  init_args: {n_pairs: 2, n_keys: 8, n_values: 8, train_size: 8, val_size: 4, batch_size: 4}\n")
+    main(["fit", "--config", str(cfg), "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    exported = next(tmp_path.rglob("config.json"))
+    seq_len = inspect.signature(RetrievalDataModule).parameters["seq_len"].default
+    assert json.loads(exported.read_text())["config"]["max_seq_len"] == seq_len

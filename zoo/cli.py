@@ -116,11 +116,16 @@ class ZooCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         # The same input parsed without the parser's defaults holds exactly the keys the user gave
-        # (a default and an explicit value, null or not, cannot be told apart in self.config).
-        if isinstance(args, (dict, Namespace)):
-            self._given = parser.parse_object(args, defaults=False)
-        else:
-            self._given = parser.parse_args(args, defaults=False)
+        # (a default and an explicit value, null or not, cannot be told apart in self.config). Only the keys
+        # count (values are read from self.config): OmegaConf interpolation is left unresolved and unchecked, since
+        # `${fit.data.init_args.seq_len}` names a key this parse leaves out when it is at its default.
+        from jsonargparse._common import parser_context
+
+        with parser_context(lenient_check=True):
+            if isinstance(args, (dict, Namespace)):
+                self._given = parser.parse_object(args, defaults=False)
+            else:
+                self._given = parser.parse_args(args, defaults=False)
 
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
