@@ -306,3 +306,27 @@ def test_loading_or_evaluating_a_checkpoint_leaves_the_global_random_state_alone
         return draws()
 
     assert validate(tmp_path / "a.ckpt") == validate(None)
+
+
+def test_lr_find_suggestion_is_the_learning_rate_the_fit_uses():
+    """Lightning's Tuner.lr_find(update_attr=True) writes its suggestion to hparams.lr (no `lr` attribute here): the
+    optimizer read the lr kept at construction, so the fit ran at the old rate. Reference: the tuner's suggestion."""
+    from lightning.pytorch.tuner import Tuner
+
+    class HPTask(Task):
+        def __init__(self, lr: float = 1e-2) -> None:
+            ZooTask.__init__(self, lr=lr, weight_decay=0.1, warmup_steps=0, scheduler="constant")
+            self.save_hyperparameters({"lr": lr})
+            self.model = Tiny()
+
+    torch.manual_seed(0)
+    task = HPTask(lr=1e-2)
+    data = DataLoader([torch.randn(5, 3) for _ in range(20)], batch_size=None)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    found = Tuner(trainer).lr_find(task, train_dataloaders=data, min_lr=1e-5, max_lr=1e-1, num_training=20,
+                                   early_stop_threshold=None)
+    suggestion = found.suggestion()
+    assert suggestion is not None and suggestion != pytest.approx(1e-2)
+    trainer = _fit(task, 1)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(suggestion)

@@ -158,9 +158,12 @@ class ZooTask(L.LightningModule):
         a = self.opt_args
         exempt = getattr(self, "_resumed_exempt", None)
         decay, no_decay = self._param_groups(self.no_weight_decay_names() if exempt is None else exempt)
+        # the saved hyperparameter when there is one: Lightning's Tuner.lr_find (update_attr=True) and users set
+        # hparams.lr, which the optimizer ignored when it read the value kept at construction
+        lr = self.hparams.get("lr", a["lr"])
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": a["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=a["lr"],
+            lr=lr,
             betas=a["betas"],
         )
         warm, floor, cosine = a["warmup_steps"], a["min_lr_ratio"], a["scheduler"] == "cosine"
