@@ -153,13 +153,14 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, q: Tensor, content: Tensor, key_mask: Tensor, memory: Tensor) -> Tensor:
-        """``q`` [B, T, D], ``content`` [B, T, D], ``key_mask`` bool [B, T(query), T(content)], ``memory`` [B, N, E]."""
-        B, T, D = q.shape
+        """``q`` [B, Tq, D], ``content`` [B, T, D], ``key_mask`` bool [B, Tq, T], ``memory`` [B, N, E]."""
+        B, Tq, D = q.shape
+        T = content.shape[1]
         c = self.norm_c(content)
         # One query per folded sequence, so each query gets its own key mask.
-        qf = self.norm_q(q).reshape(B * T, 1, D)
-        cf = c.unsqueeze(1).expand(B, T, T, D).reshape(B * T, T, D)
-        sa = self.self_attn(qf, cf, key_mask=key_mask.reshape(B * T, T)).view(B, T, D)
+        qf = self.norm_q(q).reshape(B * Tq, 1, D)
+        cf = c.unsqueeze(1).expand(B, Tq, T, D).reshape(B * Tq, T, D)
+        sa = self.self_attn(qf, cf, key_mask=key_mask.reshape(B * Tq, T)).view(B, Tq, D)
         q = q + self.drop(sa)
         q = q + self.drop(self.cross_attn(self.norm_x(q), memory))
         return q + self.mlp(self.norm_m(q))
@@ -258,11 +259,16 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             )
         return self.encoder.forward_features(images)
 
-    def decode_step(self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+    def decode_step(
+        self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None,
+        queries: Optional[slice] = None,
+    ) -> Tensor:
         """Logits ``[B, T, classes]`` for every query slot.
 
         ``tokens`` [B, T]: BOS then the known / predicted characters (content ids); ``mask`` [T, T] or
         [B, T, T] visibility; ``key_valid`` [B, T] marks real content (False after the end of the text).
+        ``queries``: only these query slots (``[B, len(slots), classes]``); each slot is computed apart from
+        the others, so its logits are those of the full call.
         """
         B, T = tokens.shape
         emb = self.text_embed(tokens)
@@ -272,7 +278,9 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         key_mask = mask.expand(B, T, T) if mask.dim() == 2 else mask
         if key_valid is not None:
             key_mask = key_mask & key_valid[:, None, :]
-        q = self.drop(pos.expand(B, T, -1))
+        if queries is not None:
+            pos, key_mask = pos[:, queries], key_mask[:, queries]
+        q = self.drop(pos.expand(B, pos.shape[1], -1))
         for layer in self.layers:
             q = layer(q, content, key_mask, memory)
         return self.head(self.norm(q))
@@ -314,7 +322,9 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         mask = visibility("ar", T, memory.device)
         probs = []
         for i in range(T):
-            p = self.decode_step(memory, tokens, mask)[:, i].softmax(-1)
+            # query i sees contents 0..i only: decode that one slot over that prefix (not all T slots over all
+            # T contents, T times over)
+            p = self.decode_step(memory, tokens[:, : i + 1], mask[: i + 1, : i + 1], queries=slice(i, i + 1))[:, 0].softmax(-1)
             probs.append(p)
             if i + 1 < T:
                 tokens[:, i + 1] = p.argmax(-1)
