@@ -28,6 +28,28 @@ def test_scenes_deterministic_by_seed():
     assert [s.caption() for s in sc.make_scenes(3, 0, 5)] == [s.caption() for s in sc.make_scenes(3, 0, 5)]
 
 
+def test_scene_draws_are_numpys_choice_draws():
+    """Scene i of a seed is drawn with Generator.choice over the attribute lists (the generator's definition, written
+    out here as the reference): every field equal over many seeds and indices, so a set keeps its scenes."""
+    from dataclasses import replace
+
+    def reference(seed, index):
+        rng = np.random.default_rng([seed, index])
+        objs = [sc.SceneObject(str(rng.choice(sc.SHAPES)), str(rng.choice(list(sc.COLORS))), str(rng.choice(list(sc.SIZES))))
+                for _ in range(2)]
+        a, b = objs
+        if a == b:
+            b = replace(b, color=[c for c in sc.COLORS if c != a.color][int(rng.integers(len(sc.COLORS) - 1))])
+        return sc.Scene(a, b, int(rng.integers(1, 4)), str(rng.choice(sc.RELATIONS)), int(rng.integers(len(sc.TEMPLATES))),
+                        int(rng.integers(2**31)))
+
+    cases = [(seed, i) for seed in (0, 1, 7) for i in range(700)] + [(0, 10_000_000 + i) for i in range(200)]
+    got = [sc.sample_scene(seed, i) for seed, i in cases]
+    assert got == [reference(seed, i) for seed, i in cases]
+    assert any(s.a.shape == s.b.shape and s.a.size == s.b.size for s in got)  # the recoloured-twin branch ran
+    assert all(type(s.a.color) is str and type(s.relation) is str for s in got)
+
+
 def _centroid(img, rgb):
     ys, xs = np.nonzero((np.abs(img.astype(int) - np.array(rgb)).sum(-1) < 30))
     return xs.mean(), ys.mean(), len(xs)
@@ -351,3 +373,33 @@ def test_a_function_word_file_in_another_encoding_is_named(tmp_path):
         read_function_words(str(words))
     words.write_bytes("über\nder\n".encode("utf-8-sig"))
     assert read_function_words(str(words)) == ["über", "der"]
+
+
+def test_one_karpathy_json_for_every_split_is_parsed_once(tmp_path, monkeypatch):
+    """A Karpathy JSON serving train, val and test (COCO's 140 MB file took seconds to parse, three times): parsed once,
+    and each split holds its own images and captions, as written in the file (restval joins train)."""
+    import zoo.data.vlm as V
+
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    root = tmp_path / "imgs"
+    _images(root, names)
+    splits = ["train", "restval", "val", "test", "test"]
+    kj = tmp_path / "dataset_coco.json"
+    kj.write_text(json.dumps({"images": [
+        {"filename": n, "split": s, "sentences": [{"raw": f"{n} caption {j}"} for j in range(k % 3 + 1)]}
+        for k, (n, s) in enumerate(zip(names, splits))]}))
+    parses = []
+    real_loads = json.loads
+    monkeypatch.setattr(V.json, "loads", lambda text, *a, **kw: parses.append(1) or real_loads(text, *a, **kw))
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(kj), val=str(kj), test=str(tmp_path / "." / kj.name),
+                                image_size=16)
+    got = {split: [(p.name, caps) for p, caps in rows] for split, rows in dm.entries().items()}
+    assert got == {
+        "train": [("a.jpg", ["a.jpg caption 0"]), ("b.jpg", ["b.jpg caption 0", "b.jpg caption 1"])],
+        "val": [("c.jpg", ["c.jpg caption 0", "c.jpg caption 1", "c.jpg caption 2"])],
+        "test": [("d.jpg", ["d.jpg caption 0"]), ("e.jpg", ["e.jpg caption 0", "e.jpg caption 1"])],
+    }
+    assert len(parses) == 1
+    # each call on its own still parses (no cache kept across calls)
+    assert read_caption_file(kj, "val") == [("c.jpg", ["c.jpg caption 0", "c.jpg caption 1", "c.jpg caption 2"])]
+    assert len(parses) == 2

@@ -22,6 +22,7 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "
           "purple": (140, 40, 170)}
 SIZES = {"small": 0.09, "large": 0.16}  # radius as a share of the image side
 COUNTS = {1: "a", 2: "two", 3: "three"}
+_COLOR_NAMES, _SIZE_NAMES = tuple(COLORS), tuple(SIZES)
 RELATIONS = ("left", "right", "above", "below")
 _REL_TEXT = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 _FLIP = {"left": "right", "right": "left", "above": "below", "below": "above"}
@@ -83,13 +84,16 @@ def vocabulary() -> list[str]:
 def sample_scene(seed: int, index: int) -> Scene:
     """Scene ``index`` of the set with ``seed``."""
     rng = np.random.default_rng([seed, index])
+    # pool[rng.integers(len(pool))] draws what rng.choice(pool) does (the same integer from the same stream), without
+    # choice's conversion of the pool to an array on every draw (most of the time of a scene)
+    pick = lambda pool: pool[int(rng.integers(len(pool)))]  # noqa: E731
     objs = []
     for _ in range(2):
-        objs.append(SceneObject(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES)))))
+        objs.append(SceneObject(pick(SHAPES), pick(_COLOR_NAMES), pick(_SIZE_NAMES)))
     a, b = objs
     if a == b:  # the two objects must be told apart by the caption
         b = replace(b, color=[c for c in COLORS if c != a.color][int(rng.integers(len(COLORS) - 1))])
-    return Scene(a, b, int(rng.integers(1, 4)), str(rng.choice(RELATIONS)), int(rng.integers(len(TEMPLATES))),
+    return Scene(a, b, int(rng.integers(1, 4)), pick(RELATIONS), int(rng.integers(len(TEMPLATES))),
                  int(rng.integers(2**31)))
 
 

@@ -445,11 +445,14 @@ class SyntheticVLMDataModule(VLMDataModule):
         return words + sorted((set(fw) | set(extra)) - set(words))
 
 
-def read_caption_file(path: PathLike, split: str, image_col: str = "image", caption_col: str = "caption") -> list[tuple[str, list[str]]]:
+def read_caption_file(path: PathLike, split: str, image_col: str = "image", caption_col: str = "caption", *,
+                      parsed: Optional[dict[str, Any]] = None) -> list[tuple[str, list[str]]]:
     """``(relative image path, captions)`` of a Karpathy JSON, an ALBEF-style JSON list or a CSV.
 
     A Karpathy ``dataset_*.json`` holds every split: rows of ``split`` are kept (``train`` also
     takes ``restval``). JSON lists and CSVs are taken whole (one file per split).
+    ``parsed``: a dict that keeps each JSON file's parsed content by path, for calls that read several splits of one
+    file (a Karpathy COCO JSON of 140 MB takes seconds to parse, once per split without it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -476,10 +479,16 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
                                      f"(extra {row[None]!r:.80}); quote captions that hold commas (\"a dog, running\")")
                 grouped.setdefault(row[image_col], []).append(row[caption_col])
         return list(grouped.items())
-    try:
-        data = json.loads(read_utf8(path, "caption file", bom=True))  # a BOM (Notepad's UTF-8) is no JSON error
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    key = os.path.realpath(path)
+    if parsed is not None and key in parsed:
+        data = parsed[key]
+    else:
+        try:
+            data = json.loads(read_utf8(path, "caption file", bom=True))  # a BOM (Notepad's UTF-8) is no JSON error
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+        if parsed is not None:
+            parsed[key] = data
     if isinstance(data, dict) and "images" in data:
         keep = {"train", "restval"} if split == "train" else {split}
         for k, im in enumerate(data["images"]):
@@ -587,9 +596,10 @@ class ImageCaptionDataModule(VLMDataModule):
         if self._entries is None:
             if not self.image_root.is_dir():
                 raise FileNotFoundError(f"image root {self.image_root} is not a folder; set data.image_root")
+            parsed: dict[str, Any] = {}  # one parse of a caption file that serves several splits
             self._entries = {
                 split: resolve_images(
-                    read_caption_file(f, split, self.image_col, self.caption_col), self.image_root,
+                    read_caption_file(f, split, self.image_col, self.caption_col, parsed=parsed), self.image_root,
                     f"{f} ({split})", self.on_missing,
                 )
                 for split, f in self.files.items()
