@@ -193,3 +193,51 @@ def test_nan_scores_never_count_as_right():
                            [nan, 0.7, 0.1]])  # two right items: item 0 (NaN) gives nothing, item 1 (0.7) is first
     rel = torch.tensor([[True, False, False], [False, True, False], [False, False, True], [True, True, False]])
     assert correct_ranks(scores, rel).tolist() == [1, 0, 2, 0]
+
+
+@pytest.mark.parametrize("n_images, caps_per_image, k, batch_size", [(6, 1, 3, 4), (5, 2, 4, 256), (4, 1, 10, 3), (1, 3, 2, 1), (7, 1, 1, 5)])
+@pytest.mark.parametrize("rerank", ["itm", "itc+itm"])
+def test_pairs_in_both_top_ks_are_scored_once_with_the_same_scores(n_images, caps_per_image, k, batch_size, rerank):
+    """retrieval_scores runs ITM once per distinct (image, text) pair of the two directions' top k (most pairs are
+    in both): each direction's matrix equals a plain per-direction loop that scores every top-k pair alone; k past
+    the gallery (every pair in both directions), one image, k = 1, several captions per image, chunks of one."""
+    from zoo.models.vlm import wide_cosines
+
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(n_images * caps_per_image)
+    images = images[:n_images]
+    texts = caps  # caption t belongs to image t // caps_per_image (the owner does not matter to the scores)
+    seen = []
+    itm = m.itm_logits
+
+    def counting(txt, mask, img, ids):
+        seen.append(len(ids))
+        return itm(txt, mask, img, ids)
+
+    m.itm_logits = counting
+    out = retrieval_scores(m, images, texts, k=k, batch_size=batch_size, rerank=rerank)
+    del m.itm_logits
+    with torch.no_grad():
+        ids, mask = m.tokenize(texts)
+        img, txt = m.encode_image(images), m.encode_text(ids, mask)
+        itc = wide_cosines(m.image_feat(img), m.text_feat(txt, mask))
+        pairs = set()
+        for name, sim in (("i2t", itc), ("t2i", itc.T)):
+            top = sim.topk(min(k, sim.shape[1]), dim=1).indices.tolist()
+            for variant, w in ((name, 1.0 / float(m.temperature) if rerank == "itc+itm" else 0.0), (f"{name}_itm_only", 0.0)):
+                if variant.endswith("_itm_only") and rerank == "itm":
+                    continue
+                ref = sim.float().clone()
+                for q, row in enumerate(top):
+                    scores = []
+                    for c in row:
+                        i, t = (q, c) if name == "i2t" else (c, q)
+                        pairs.add((i, t))
+                        lg = itm(txt[t : t + 1], mask[t : t + 1], img[i : i + 1], ids[t : t + 1])[0].float()
+                        scores.append(float(lg[1] - lg[0]) + w * float(sim[q, c]))
+                    shift = max(0.0, float(sim[q].float().max()) - min(scores) + 1.0)
+                    for c, s in zip(row, scores):
+                        ref[q, c] = s + shift
+                torch.testing.assert_close(out[variant], ref, rtol=1e-5, atol=1e-5)
+    assert sum(seen) == len(pairs)  # each distinct pair once
+    assert set(out) == {"itc", "i2t", "t2i"} | ({"i2t_itm_only", "t2i_itm_only"} if rerank == "itc+itm" else set())
