@@ -53,6 +53,28 @@ def test_exif_orientation_is_applied(tmp_path):
         assert np.array_equal(np.asarray(load_image(im)), np.asarray(shown))
 
 
+def test_an_opened_image_with_unreadable_exif_reads_as_its_pixels(tmp_path):
+    """An opened PNG whose eXIf chunk is not TIFF data (no orientation can be read from it) reads as its pixels, as it
+    did before EXIF orientation was applied to PIL images (getexif() raised SyntaxError out of load_image).
+    Reference: the decoded pixels, from a plain RGB convert."""
+    import io
+    import struct
+    import zlib
+
+    pixels = np.random.default_rng(2).integers(0, 256, size=(8, 12, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    png, junk = buf.getvalue(), b"\x01\x02 not a TIFF header"
+    chunk = struct.pack(">I", len(junk)) + b"eXIf" + junk + struct.pack(">I", zlib.crc32(b"eXIf" + junk))
+    at = png.index(b"IDAT") - 4
+    path = tmp_path / "bad_exif.png"
+    path.write_bytes(png[:at] + chunk + png[at:])
+    with Image.open(path) as im:
+        want = np.asarray(im.convert("RGB"))
+        assert np.array_equal(want, pixels)
+        assert np.array_equal(np.asarray(load_image(im)), want)
+
+
 def test_labels_files_with_a_bom(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     (d / "labels.txt").write_text("\ufeffa.png\tabc\nb.png\tde\n", encoding="utf-8")

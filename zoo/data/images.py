@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,11 @@ def load_image(x: Any) -> Image.Image:
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
     if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
-        return _to_rgb(ImageOps.exif_transpose(x) if x.getexif().get(0x0112, 1) != 1 else x)
+        try:
+            turned = x.getexif().get(0x0112, 1) != 1
+        except (SyntaxError, ValueError, struct.error):  # EXIF that is not TIFF data: no orientation to apply
+            turned = False
+        return _to_rgb(ImageOps.exif_transpose(x) if turned else x)
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
         arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
         if arr.ndim == 3 and arr.shape[-1] == 1:
