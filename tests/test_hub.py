@@ -510,3 +510,54 @@ def test_create_model_takes_the_fields_the_data_fixes_from_the_checkpoint(tmp_pa
     assert {k: getattr(again.config, k) for k in data} == {k: getattr(model.config, k) for k in data}
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+
+
+_INFERENCE_WITHOUT_LIGHTNING = r'''
+import sys
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import zoo
+from zoo.data.tokenizers import ByteTokenizer
+
+
+def no_lightning(step):
+    assert "lightning" not in sys.modules, f"{step} imported lightning"
+
+
+no_lightning("import zoo")
+r = zoo.load_pretrained("str-diff-tiny")
+r.read([Image.new("RGB", (128, 32), "white")])
+no_lightning("str: load_pretrained + read")
+fc = zoo.load_pretrained("ts-itransformer-diff-etth1")
+n = fc.config.lookback + 8  # a synthetic hourly frame with the model's columns (no data file needed)
+frame = pd.DataFrame({fc.meta["date_col"]: pd.date_range("2016-07-01", periods=n, freq="h").astype(str),
+                      **{c: np.sin(np.arange(n) / 7 + i) for i, c in enumerate(fc.meta["columns"])}})
+assert len(fc.forecast(frame)) == fc.config.horizon
+no_lightning("ts: load_pretrained + forecast")
+v = zoo.load_pretrained("vlm-fda-tiny")
+v.similarity([Image.new("RGB", (32, 32), "red")], ["a red circle"])
+no_lightning("vlm: load_pretrained + similarity")
+m = zoo.create_model("lm-diff-tiny", vocab_size=ByteTokenizer.vocab_size)
+m.tokenizer = ByteTokenizer()
+m.generate("hello", max_new_tokens=3, seed=0)
+no_lightning("lm: create_model + generate")
+print("ok")
+'''
+
+
+def test_inference_through_the_python_api_does_not_import_lightning():
+    """Reading, forecasting, image-text scoring and generation need none of Lightning, whose import took ~5 s: every
+    shipped kind of model loads and runs in a fresh process that never imports it (zoo.data loads its datamodules on
+    first use; the helpers inference calls live in Lightning-free modules). Each step is checked in turn, so the
+    first one that pulls Lightning in is named."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_LIGHTNING], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

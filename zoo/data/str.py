@@ -27,25 +27,12 @@ from zoo.data.charsets import Charset, NormStats
 from zoo.data.files import say_hidden, walk_files
 from zoo.data.images import load_image
 from zoo.data.samplers import eval_sampler, pin_memory_for
+from zoo.data.str_io import to_tensor  # Lightning-free, for STRModel.read; re-exported here
 from zoo.data import str_synth
 from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, check_shear, font_path, make_sample, usable_fonts
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
               ".pbm", ".pnm", ".tga", ".jp2", ".avif")
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Images in (the reader is shared with the VLM domain: zoo.data.images)
-# ---------------------------------------------------------------------------------------------
-def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
-    """``[3, H, W]`` float in ``[-1, 1]``: bicubic resize to ``size`` (height, width), as PARSeq."""
-    H, W = size
-    if img.size != (W, H):
-        img = img.resize((W, H), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1).contiguous()
 
 
 def encode_targets(charset: Charset, texts: Sequence[str]) -> torch.Tensor:

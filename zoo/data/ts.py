@@ -30,9 +30,7 @@ rows' timestamps, int64 nanoseconds since the epoch).
 from __future__ import annotations
 
 import math
-import re
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,25 +40,33 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.files import refuse_other_separator
 from zoo.data.samplers import eval_sampler, pin_memory_for
+from zoo.data import ts_frames
+from zoo.data.ts_frames import (  # noqa: F401 (Lightning-free, for model.forecast; re-exported here)
+    DATE_FORMAT_HINT,
+    FREQ_CHUNK,
+    _MONTHS,
+    _off_steps,
+    _pandas_freq,
+    _same_day_months,
+    _step,
+    _values_as_header,
+    future_dates,
+    infer_freq,
+    irregular_steps,
+    is_index_like,
+    parse_dates,
+    prepare_frame,
+    read_ts_csv,
+    same_spacing,
+    time_feature_names,
+    time_features,
+    to_offset,
+)
 
 __all__ = [
-    "CSVTSDataModule",
-    "SyntheticTSDataModule",
-    "TSDataModule",
-    "WindowDataset",
-    "compute_borders",
-    "fit_scaler",
-    "future_dates",
-    "infer_freq",
-    "make_synthetic_frame",
-    "prepare_frame",
-    "read_ts_csv",
-    "same_spacing",
-    "time_feature_names",
-    "time_features",
-    "to_offset",
+    "CSVTSDataModule", "SyntheticTSDataModule", "TSDataModule", "WindowDataset", "compute_borders", "fit_scaler",
+    "make_synthetic_frame", *ts_frames.__all__,
 ]
 
 FEATURES = ("M", "S", "MS")
@@ -68,371 +74,6 @@ SPLITS = ("auto", "ett_hour", "ett_minute", "ratio")
 # the ETT protocols' row step: their 12/4/4 "months" of 30 days are counted in rows of this step
 _ETT_STEPS = {"ett_hour": pd.Timedelta(hours=1), "ett_minute": pd.Timedelta(minutes=15)}
 _ETT_MONTH = pd.Timedelta(days=30)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and validating a frame (shared by the datamodules and ``model.forecast``)
-# ---------------------------------------------------------------------------------------------
-def read_ts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"time-series CSV {path} not found (working directory {Path.cwd()}); pass data.path to a CSV "
-            "file with a date column followed by the variables"
-        )
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
-    refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
-    if _values_as_header(df.columns):
-        # the first row was taken for the header: "no date column", whose advice (data.date_col = that timestamp)
-        # then read the file with its first row dropped and the variables named by their first values
-        raise ValueError(
-            f"{path} has no header line: its first line {[str(c) for c in df.columns]} holds values, not column "
-            "names; add a header such as 'date,<variable names>' (pandas: pd.read_csv(path, header=None, "
-            "names=[...]).to_csv(new_path, index=False))"
-        )
-    return df
-
-
-def _values_as_header(columns: Sequence[Any]) -> bool:
-    """Whether a header holds only numbers and timestamps, at least one timestamp (a file written without one)."""
-    def number(name: str) -> bool:
-        try:
-            return math.isfinite(float(name))
-        except ValueError:
-            return False
-
-    def timestamp(name: str) -> bool:  # digits required: 'Jan' or 'now' parse as timestamps but are names
-        if not any(ch.isdigit() for ch in name):
-            return False
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return pd.Timestamp(name) is not pd.NaT
-        except (ValueError, TypeError, OverflowError):
-            return False
-
-    def kind(name: str) -> Optional[str]:
-        return "timestamp" if timestamp(name) else "number" if number(name) else None
-
-    names = [str(c) for c in columns]
-    # pandas renames a repeated header value '0.0' to '0.0.1' (a first row with two equal values)
-    kinds = [kind(n) or kind(re.sub(r"\.[1-9][0-9]*$", "", n)) for n in names]
-    return len(names) >= 2 and all(kinds) and "timestamp" in kinds
-
-
-def is_index_like(column: Any) -> bool:
-    """pandas names a saved row index (``df.to_csv`` without ``index=False``) or the empty column after a
-    trailing comma ``Unnamed: <k>``: no variable."""
-    return str(column).startswith("Unnamed: ")
-
-
-def prepare_frame(
-    df: pd.DataFrame,
-    *,
-    date_col: str = "date",
-    columns: Optional[Sequence[str]] = None,
-    target: Optional[str] = None,
-    interpolate: bool = False,
-    source: str = "the data",
-    date_format: Optional[str] = None,
-    date_advice: str = "set data.date_col to the column holding the timestamps, or add one",
-) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
-    """Validate a raw frame; return its parsed dates and the numeric variables (float64).
-
-    ``columns`` selects the variables (default: every column but the date). Raises ``ValueError``
-    naming the problem for a missing date / target / selected column, unparsable or unordered dates,
-    non-numeric or infinite values and missing values (unless ``interpolate``, which fills gaps
-    linearly in time and extends the edge values outward). Dates: see :func:`parse_dates`. ``date_advice``
-    ends the missing-date-column message (the default's advice is the CLI's; the Python API says its own).
-    """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    if date_col not in df.columns:
-        raise ValueError(
-            f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); {date_advice}"
-        )
-    others = [c for c in df.columns if c != date_col]
-    if columns is None:
-        index_like = [c for c in others if is_index_like(c)]
-        if index_like:
-            warnings.warn(f"{source}: column(s) {index_like} look like a saved row index and are left out; "
-                          "list them in data.columns to use them as variables", stacklevel=2)
-        columns = [c for c in others if c not in index_like]
-    else:
-        columns = list(columns)
-        absent = [c for c in columns if c not in df.columns]
-        if absent:
-            raise ValueError(f"column(s) {absent} not found in {source}; available: {others}")
-    if target is not None and target not in df.columns:
-        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}")
-    if target is not None and target not in columns:
-        raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
-    if not columns:
-        raise ValueError(f"{source} has no variables besides the date column {date_col!r}")
-
-    dates = parse_dates(df[date_col], date_col=date_col, source=source, date_format=date_format)
-    if len(dates) > 1:
-        steps = np.diff(dates.asi8)
-        if (steps <= 0).any():
-            i = int(np.flatnonzero(steps <= 0)[0]) + 1
-            what = "repeats" if steps[i - 1] == 0 else "goes back in time"
-            raise ValueError(
-                f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
-                "sort the rows by date and remove duplicates"
-            )
-
-    values = {}
-    for c in columns:
-        col = df[c]
-        if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
-            num = pd.to_numeric(col, errors="coerce")
-            wrong = num.isna() & col.notna()
-            if wrong.any() or pd.api.types.is_bool_dtype(col):
-                i = int(np.flatnonzero(wrong.to_numpy())[0]) if wrong.any() else 0
-                raise ValueError(
-                    f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line {i + 2}); "
-                    "convert it to numbers or leave it out with data.columns"
-                )
-            col = num
-        values[c] = col.astype("float64")
-    frame = pd.DataFrame(values)
-    frame.index = pd.RangeIndex(len(frame))
-    infinite = np.isinf(frame.to_numpy())
-    if infinite.any():
-        r, c = (int(v[0]) for v in np.nonzero(infinite))
-        if not interpolate:
-            raise ValueError(
-                f"{source} has {int(infinite.sum())} infinite value(s); the first is in column {columns[c]!r} at row {r} "
-                f"({dates[r]}); set data.interpolate=true to treat them as gaps, or clean the file"
-            )
-        frame = frame.mask(infinite)  # gaps, filled below
-
-    missing = frame.isna()
-    if missing.to_numpy().any():
-        empty = [c for c in columns if missing[c].all()]
-        if empty:
-            raise ValueError(f"column(s) {empty} of {source} hold no values at all; remove them with data.columns")
-        if not interpolate:
-            c = next(c for c in columns if missing[c].any())
-            i = int(np.flatnonzero(missing[c].to_numpy())[0])
-            total = int(missing.to_numpy().sum())
-            raise ValueError(
-                f"{source} has {total} missing (NaN) value(s); the first is in column {c!r} at row {i} "
-                f"({dates[i]}); set data.interpolate=true to fill gaps by linear interpolation, or clean the file"
-            )
-        # linear in time, not in rows: a gap next to a missing row is weighted by the real spacing
-        frame.index = dates
-        frame = frame.interpolate(method="time", limit_direction="both")
-        frame.index = pd.RangeIndex(len(frame))
-    return dates, frame
-
-
-# ---------------------------------------------------------------------------------------------
-# Dates: parsing, frequency, time features, future timestamps
-# ---------------------------------------------------------------------------------------------
-DATE_FORMAT_HINT = "set data.date_format (e.g. '%d/%m/%Y %H:%M' for day-first dates; Python strptime codes)"
-
-
-def parse_dates(
-    raw: pd.Series, *, date_col: str = "date", source: str = "the data", date_format: Optional[str] = None
-) -> pd.DatetimeIndex:
-    """The timestamps of a date column.
-
-    With ``date_format`` every value must match it. Without, pandas infers one layout from the
-    first value (month-first when ambiguous); values it cannot read are retried as ISO 8601, so
-    midnight written as a bare date (``2016-07-01`` among ``2016-07-01 01:00:00``) is fine.
-    Timestamps with UTC offsets (which change across daylight saving) are converted to UTC and kept
-    as naive UTC times. Numbers are refused (they are not timestamps without a unit) unless
-    ``date_format`` reads their digits (``%Y%m%d``).
-    """
-    numbers = pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_datetime64_any_dtype(raw)
-    if numbers and date_format is not None:
-        raw = raw.astype(str)  # 20160701 read as a number: date_format (%Y%m%d) reads its digits
-    elif numbers:
-        raise ValueError(
-            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; set "
-            "data.date_format to read their digits (e.g. '%Y' for years such as 1990, '%Y%m%d' for 20160701), convert "
-            "them first (epoch seconds: pd.to_datetime(values, unit='s')) or point data.date_col at the timestamps"
-        )
-
-    def parse(**kw: Any) -> pd.Series:
-        try:
-            return pd.to_datetime(raw, errors="coerce", **kw)
-        except (ValueError, TypeError) as exc:  # mixed UTC offsets across daylight saving, mostly
-            if kw.get("utc"):
-                raise ValueError(f"date column {date_col!r} of {source} cannot be parsed ({exc}); {DATE_FORMAT_HINT}") from exc
-            return parse(**kw, utc=True)
-
-    if date_format is not None:
-        dates = parse(format=date_format)
-    else:
-        dates = parse()
-        if dates.isna().any() and raw[dates.isna()].notna().any():
-            iso = parse(format="ISO8601")
-            if int(iso.isna().sum()) < int(dates.isna().sum()):
-                dates = iso
-    if dates.isna().any():
-        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        layout = f"does not match data.date_format {date_format!r}" if date_format else "is unparsable or empty"
-        raise ValueError(
-            f"date column {date_col!r} of {source} {layout}: value {raw.iloc[i]!r} at row {i} (CSV line {i + 2}); "
-            f"fix the timestamp or remove the row" + ("" if date_format else f", or {DATE_FORMAT_HINT}")
-        )
-    dates = pd.DatetimeIndex(dates)
-    if dates.tz is not None:
-        dates = dates.tz_convert("UTC").tz_localize(None)
-    return dates
-
-
-def irregular_steps(dates: pd.DatetimeIndex) -> tuple[int, Optional[pd.Timedelta]]:
-    """``(number of steps that differ from the most common one, that step)``."""
-    if len(dates) < 3:
-        return 0, None
-    steps = dates.to_series().diff().iloc[1:]
-    step = steps.mode().iloc[0]
-    return int((steps != step).sum()), step
-
-
-def _pandas_freq(dates: pd.DatetimeIndex) -> Optional[str]:
-    """``pd.infer_freq`` as a string (``None`` for irregular dates)."""
-    try:  # pandas >= 3 announces offsets instead of strings; ask for them and take freqstr
-        with pd.option_context("future.infer_freq_returns_offset", True):
-            freq = pd.infer_freq(dates)
-    except (KeyError, pd.errors.OptionError):
-        freq = pd.infer_freq(dates)
-    return getattr(freq, "freqstr", freq)
-
-
-_MONTHS = re.compile(r"^DateOffset\(months=([1-9][0-9]*)\)$")
-
-
-def to_offset(freq: str) -> pd.DateOffset:
-    """The pandas offset of a frequency string: a pandas alias (``'h'``, ``'MS'``...), or
-    ``'DateOffset(months=k)'`` (the same day of the month every ``k`` months, e.g. monthly data dated on the 15th,
-    which no pandas alias names)."""
-    m = _MONTHS.match(freq)
-    return pd.DateOffset(months=int(m.group(1))) if m else pd.tseries.frequencies.to_offset(freq)
-
-
-def _same_day_months(dates: pd.DatetimeIndex) -> Optional[str]:
-    """``'DateOffset(months=k)'`` when every date falls on one day of the month (28th or before) at one time of
-    day and ``k`` months is the most common step; ``None`` otherwise."""
-    if len(dates) < 3 or dates.day.nunique() != 1 or dates[0].day > 28 or (dates - dates.normalize()).nunique() != 1:
-        return None
-    months = np.diff(np.asarray(dates.year) * 12 + np.asarray(dates.month))
-    k = int(pd.Series(months).mode().iloc[0])
-    return f"DateOffset(months={k})" if k >= 1 else None
-
-
-def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
-    """How many consecutive pairs of ``dates`` are not one ``freq`` step apart."""
-    offset = to_offset(freq)
-    with warnings.catch_warnings():  # calendar offsets (B, MS) are applied element by element, which pandas notes
-        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
-        return int(((dates[:-1] + offset) != dates[1:]).sum())
-
-
-FREQ_CHUNK = 8  # dates per stretch when a series with gaps is read stretch by stretch
-
-
-def infer_freq(dates: pd.DatetimeIndex) -> str:
-    """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``, ``'B'``...), or
-    ``'DateOffset(months=k)'`` for dates on one day of the month every ``k`` months (see :func:`to_offset`).
-
-    A series with gaps (missing rows, holidays) is read stretch by stretch: the frequency most of its
-    gap-free stretches have, so calendar steps (month starts, business days) survive a gap; a fixed
-    step (the most common one) when that explains the series better. Either way the gaps are warned about.
-    """
-    if len(dates) < 2:
-        raise ValueError("need at least two timestamps to infer the series frequency")
-    head = dates[: min(len(dates), 1000)]
-    freq = _pandas_freq(head) if len(head) >= 3 else None
-    # the head is regular: rows missing after it are still counted (and warned about) below
-    n_odd = _off_steps(dates[len(head) - 1 :], freq) if freq is not None else 0
-    if freq is None:
-        # the steps as Timedeltas: raw integers would be in the index's unit (pandas 3 parses strings at
-        # microsecond resolution), which pd.Timedelta(int) would read as nanoseconds
-        n_odd, step = irregular_steps(dates)
-        freq = pd.tseries.frequencies.to_offset(step if step is not None else dates[1] - dates[0]).freqstr
-        votes = Counter(f for s in range(0, len(head) - 2, FREQ_CHUNK)
-                        if (f := _pandas_freq(head[s : s + FREQ_CHUNK])) is not None)
-        # calendar steps: the stretches' vote, and one day of the month every k months (no pandas alias for it)
-        calendars = [c for c in (votes.most_common(1)[0][0] if votes else None, _same_day_months(head)) if c]
-        if calendars:
-            calendar = min(calendars, key=lambda c: _off_steps(head, c))
-            if _off_steps(head, calendar) <= _off_steps(head, freq):
-                freq, n_odd = calendar, _off_steps(dates, calendar)
-    if n_odd:
-        warnings.warn(
-            f"{n_odd} of {len(dates) - 1} time steps differ from the series' step {freq} (missing rows, a "
-            f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
-            f"taken as {freq}-spaced",
-            stacklevel=2,
-        )
-    return freq
-
-
-def same_spacing(a: str, b: str) -> bool:
-    """Whether frequency strings ``a`` and ``b`` step alike (``'24h'`` and ``'D'`` do; ``'MS'`` and ``'744h'`` do not)."""
-    off_a, off_b = (to_offset(f) for f in (a, b))
-    if off_a == off_b:
-        return True
-    start = pd.Timestamp("2001-01-31")  # a month end: month-based offsets move by different days from here on
-    return all(x == y for x, y in zip(pd.date_range(start, periods=14, freq=off_a), pd.date_range(start, periods=14, freq=off_b)))
-
-
-def _step(freq: str) -> pd.Timedelta:
-    start = pd.Timestamp("2001-01-01")
-    rng = pd.date_range(start, periods=2, freq=to_offset(freq))
-    return rng[1] - rng[0]
-
-
-def time_feature_names(freq: str) -> list[str]:
-    """The ``timeF`` features of Time-Series-Library for a series of frequency ``freq``."""
-    step = _step(freq)
-    if step < pd.Timedelta(minutes=1):
-        return ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(hours=1):
-        return ["minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=1):
-        return ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=7):
-        return ["day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=28):
-        return ["day_of_month", "week_of_year"]
-    return ["month_of_year"]
-
-
-def time_features(dates: pd.DatetimeIndex, names: Sequence[str]) -> np.ndarray:
-    """``[len(dates), len(names)]`` float32 calendar features, each scaled to ``[-0.5, 0.5]``."""
-    d = pd.DatetimeIndex(dates)
-    table = {
-        "second_of_minute": lambda: d.second / 59.0,
-        "minute_of_hour": lambda: d.minute / 59.0,
-        "hour_of_day": lambda: d.hour / 23.0,
-        "day_of_week": lambda: d.day_of_week / 6.0,
-        "day_of_month": lambda: (d.day - 1) / 30.0,
-        "day_of_year": lambda: (d.day_of_year - 1) / 365.0,
-        "month_of_year": lambda: (d.month - 1) / 11.0,
-        "week_of_year": lambda: (d.isocalendar().week.to_numpy() - 1) / 52.0,
-    }
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ValueError(f"unknown time features {unknown}; known: {sorted(table)}")
-    if not names:
-        return np.zeros((len(d), 0), dtype=np.float32)
-    return np.stack([np.asarray(table[n](), dtype=np.float64) - 0.5 for n in names], axis=1).astype(np.float32)
-
-
-def future_dates(last: pd.Timestamp | str, horizon: int, freq: str) -> pd.DatetimeIndex:
-    """The ``horizon`` timestamps after ``last`` at frequency ``freq`` (from the first one after ``last``, also
-    when ``last`` is off the frequency's calendar: a Saturday in business days)."""
-    offset = to_offset(freq)
-    return pd.date_range(pd.Timestamp(last) + offset, periods=horizon, freq=offset)
 
 
 # ---------------------------------------------------------------------------------------------

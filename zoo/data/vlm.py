@@ -27,10 +27,9 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -38,11 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.data import scenes as sc
 from zoo.data.files import read_utf8, refuse_other_separator
 from zoo.data.samplers import pin_memory_for
-
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TOKENIZER_FILE = "tokenizer.json"
-FUNCTION_WORDS_DIR = Path(__file__).resolve().parent
-PathLike = Union[str, Path]
+from zoo.data.vlm_io import (  # noqa: F401 (Lightning-free, for inference; re-exported here)
+    FUNCTION_WORDS_DIR, SPECIALS, TOKENIZER_FILE, PathLike, VLMTokenizer, _normalizer, function_vocab_words,
+    function_word_ids, image_tensor, read_function_words, split_words, to_tensor,
+)
 
 
 def minilm_folder() -> Path:
@@ -66,198 +64,8 @@ def resolve_text_folder(text_init: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer
-# ---------------------------------------------------------------------------------------------
-def _normalizer():
-    from tokenizers import normalizers
-
-    return normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True, strip_accents=None)
-
-
-def split_words(text: str) -> list[str]:
-    """Lower-cased words and punctuation of ``text``, as the word-level tokenizer splits them."""
-    from tokenizers import pre_tokenizers
-
-    return [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(_normalizer().normalize_str(text))]
-
-
-class VLMTokenizer:
-    """BERT-style tokenizer interface over a ``tokenizers.Tokenizer`` ([CLS] text [SEP], [PAD] = padding)."""
-
-    def __init__(self, backend: Any, max_len: int = 32) -> None:
-        ids = {t: backend.token_to_id(t) for t in SPECIALS[:4]}
-        missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks the special tokens {missing}; VLM tokenizers need {list(SPECIALS[:4])}")
-        if max_len < 3:
-            raise ValueError(f"max_len must be >= 3 ([CLS] word [SEP]), got {max_len}")
-        backend.no_truncation()  # we truncate ourselves, to count it
-        backend.no_padding()
-        self.backend, self.max_len = backend, max_len
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (ids[t] for t in SPECIALS[:4])
-        self.n_truncated = 0
-        self.n_encoded = 0
-
-    @classmethod
-    def word_level(cls, words: Sequence[str], max_len: int = 32) -> "VLMTokenizer":
-        """Word-level vocabulary: the special tokens, then ``words`` (deduplicated, in order)."""
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-        vocab: dict[str, int] = {}
-        for w in list(SPECIALS) + list(words):
-            vocab.setdefault(w, len(vocab))
-        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-        tok.normalizer = _normalizer()
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-        )
-        return cls(tok, max_len)
-
-    @classmethod
-    def from_folder(cls, folder: PathLike, max_len: int = 32) -> "VLMTokenizer":
-        """``tokenizer.json`` of a folder (an export or a Hugging Face model); else its BERT ``vocab.txt``."""
-        from tokenizers import Tokenizer
-
-        folder = Path(folder)
-        if (folder / TOKENIZER_FILE).is_file():
-            return cls(Tokenizer.from_file(str(folder / TOKENIZER_FILE)), max_len)
-        if (folder / "vocab.txt").is_file():
-            from tokenizers.implementations import BertWordPieceTokenizer
-
-            return cls(BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)._tokenizer, max_len)
-        raise FileNotFoundError(f"no {TOKENIZER_FILE} or vocab.txt in {folder}: it holds no tokenizer")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
-
-    def token_to_id(self, token: str) -> Optional[int]:
-        return self.backend.token_to_id(token)
-
-    def word_ids(self, word: str) -> list[int]:
-        """Token ids of one word without [CLS]/[SEP]."""
-        return self.backend.encode(word, add_special_tokens=False).ids
-
-    def encode(self, texts: Sequence[str], device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
-        """``(ids [B, T], mask [B, T] bool)``; ``T`` = the longest caption, at most ``max_len``."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of captions, not one string")
-        encs = self.backend.encode_batch(list(texts))
-        rows, cut = [], 0
-        for e in encs:
-            ids = e.ids
-            if len(ids) > self.max_len:
-                ids = ids[: self.max_len - 1] + [self.sep_id]
-                cut += 1
-            rows.append(ids)
-        self.n_encoded += len(rows)
-        if cut:
-            if not self.n_truncated:  # once per tokenizer; the count goes on (n_truncated, the run summary)
-                warnings.warn(
-                    f"{cut} of {len(rows)} captions are longer than {self.max_len} tokens and were truncated; "
-                    "further truncations are counted (tokenizer.n_truncated, shown in the run summary) without "
-                    "warning again; raise max_text_len to keep captions whole",
-                    stacklevel=2,
-                )
-            self.n_truncated += cut
-        T = max((len(r) for r in rows), default=1)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask = ids != self.pad_id
-        for i, r in enumerate(rows):  # a literal [PAD] inside a caption is still a real position
-            mask[i, : len(r)] = True
-        return (ids.to(device), mask.to(device)) if device is not None else (ids, mask)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.backend.decode(list(int(i) for i in ids))
-
-    def save(self, folder: PathLike) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(folder / TOKENIZER_FILE))
-        return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# Function words
-# ---------------------------------------------------------------------------------------------
-def read_function_words(name_or_path: str = "en") -> list[str]:
-    """Words of ``zoo/data/function_words_<name>.txt`` or of a file path ('#' starts a comment)."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        path = FUNCTION_WORDS_DIR / f"function_words_{name_or_path}.txt"
-    if not path.is_file():
-        shipped = sorted(p.stem.removeprefix("function_words_") for p in FUNCTION_WORDS_DIR.glob("function_words_*.txt"))
-        raise FileNotFoundError(
-            f"function-word list {name_or_path!r} not found: give a file path or one of the shipped names {shipped}"
-        )
-    words = []
-    for line in read_utf8(path, "function-word file", bom=True).splitlines():  # another encoding: named
-        w = line.split("#", 1)[0].strip()
-        if w:
-            words.append(w)
-    if not words:
-        raise ValueError(f"function-word file {path} holds no words")
-    return words
-
-
-def function_vocab_words(name_or_path: str = "en") -> list[str]:
-    """The function words as a word-level vocabulary holds them: normalized as the tokenizer reads captions
-    (lower-cased, accents stripped: "Über" -> "uber"), so each is the token its word in a caption becomes."""
-    out = []
-    for w in read_function_words(name_or_path):
-        pieces = split_words(w)
-        out.append(pieces[0] if len(pieces) == 1 else w.lower())  # several pieces: not one token (warned later)
-    return out
-
-
-def function_word_ids(tok: VLMTokenizer, words: Sequence[str], strict: bool = False) -> tuple[list[int], list[str]]:
-    """Token ids of ``words`` that are single known tokens of ``tok``; returns ``(ids, unknown)``.
-
-    Unknown words (out of vocabulary, or split into several pieces) are warned about with their
-    count, or raise ``ValueError`` when ``strict``.
-    """
-    ids, unknown = [], []
-    for w in words:
-        pieces = tok.word_ids(w)
-        if len(pieces) == 1 and pieces[0] != tok.unk_id:
-            ids.append(pieces[0])
-        else:
-            unknown.append(w)
-    if unknown:
-        msg = (
-            f"{len(unknown)} of {len(words)} function words are not single tokens of the tokenizer in use "
-            f"({unknown[:10]}{' ...' if len(unknown) > 10 else ''}); they are ignored by FDA"
-        )
-        if strict:
-            raise ValueError(msg + ". Fix the function-word file or use the matching tokenizer (strict=True)")
-        warnings.warn(msg, stacklevel=2)
-    if not ids:
-        raise ValueError("no function word maps onto the tokenizer; FDA would have nothing to subtract")
-    return sorted(set(ids)), unknown
-
-
-# ---------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------
-def to_tensor(img: np.ndarray) -> Tensor:
-    """uint8 ``[H, W, 3]`` -> float ``[3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
-
-
-def image_tensor(src: Any, image_size: int) -> Tensor:
-    """A PIL image, image path, encoded bytes or ``HxW[xC]`` array (any PIL mode: :func:`zoo.data.images.load_image`)
-    as RGB ``[3, S, S]`` in [0, 1], bicubic-resized to ``image_size``: the pixels every VLM image goes through,
-    in training (:class:`ImageCaptionDataset`) and in :meth:`VisionLanguageModel.similarity`."""
-    from PIL import Image
-
-    from zoo.data.images import load_image
-
-    return to_tensor(np.asarray(load_image(src).resize((image_size, image_size), Image.BICUBIC)))
-
-
 class SceneDataset(Dataset):
     """Synthetic scenes; train items hold one caption and a one-word hard negative."""
 

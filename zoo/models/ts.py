@@ -234,7 +234,7 @@ class Forecaster(PretrainedMixin, nn.Module):
         import numpy as np
         import pandas as pd
 
-        from zoo.data.ts import (
+        from zoo.data.ts_frames import (
             _off_steps, future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, time_features,
         )
 

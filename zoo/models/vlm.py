@@ -224,7 +224,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
     # -- tokenizer and function words
     def set_tokenizer(self, tokenizer: Any, strict: bool = False) -> None:
         """Attach the tokenizer and mark its function-word ids (``config.function_words``) in ``fw_table``."""
-        from zoo.data.vlm import function_word_ids, read_function_words
+        from zoo.data.vlm_io import function_word_ids, read_function_words
 
         if tokenizer.vocab_size != self.config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
@@ -245,7 +245,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         self.tokenizer.save(folder)
 
     def load_assets(self, folder: Union[str, Path]) -> None:
-        from zoo.data.vlm import VLMTokenizer
+        from zoo.data.vlm_io import VLMTokenizer
 
         tok = VLMTokenizer.from_folder(folder, self.config.max_text_len)
         if tok.vocab_size != self.config.vocab_size:
@@ -377,7 +377,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
                 f"[0, 1], or a PIL image / image path or a list of them; got {type(images).__name__}"
                 + (f" of {sorted({type(x).__name__ for x in items})}" if items else "")
             )
-        from zoo.data.vlm import image_tensor
+        from zoo.data.vlm_io import image_tensor
 
         return torch.stack([image_tensor(x, self.config.image_size) for x in items])
 
