@@ -75,6 +75,20 @@ def test_an_opened_image_with_unreadable_exif_reads_as_its_pixels(tmp_path):
         assert np.array_equal(np.asarray(load_image(im)), want)
 
 
+def test_a_folder_with_two_labels_files_is_named_not_read_from_one(tmp_path):
+    """labels.txt and labels.csv side by side (one written from the other, then edited?): reading one silently could
+    train on stale labels. Both are named; --labels (or one file) picks."""
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    (d / "labels.csv").write_text("path,text\na.png,xyz\n")
+    with pytest.raises(ValueError, match=r"labels\.txt.*labels\.csv"):
+        read_labels(d)
+    with pytest.raises(ValueError, match="labels"):
+        STRDataModule(charset="36", train_dirs=[str(d)], num_workers=0).train_dataloader()
+    assert read_labels(d, d / "labels.csv") == [("a.png", "xyz")]
+    (d / "labels.csv").unlink()
+    assert read_labels(d) == [("a.png", "abc"), ("b.png", "de")]
+
+
 def test_labels_files_with_a_bom(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     (d / "labels.txt").write_text("\ufeffa.png\tabc\nb.png\tde\n", encoding="utf-8")

@@ -165,7 +165,11 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
     (``word_1.png, "Tired"``, a quote inside a label escaped as ``\\"``) in ``folder`` (or ``labels``)."""
     folder = Path(folder)
-    path = Path(labels) if labels else next((folder / n for n in LABEL_FILES if (folder / n).is_file()), None)
+    found = [n for n in LABEL_FILES if (folder / n).is_file()]
+    if not labels and len(found) > 1:  # reading the first could train on the other's labels without a word
+        raise ValueError(f"{folder} holds {len(found)} labels files ({', '.join(found)}): keep one, or name it "
+                         "(`python -m zoo.data.str_real build FOLDER OUT --labels FILE`)")
+    path = Path(labels) if labels else (folder / found[0] if found else None)
     if path is None or not path.is_file():
         raise FileNotFoundError(
             f"no labels file in {folder}: add labels.txt ('path<TAB>text' per line) or labels.csv (columns path,text)"
