@@ -254,6 +254,11 @@ def test_unordered_dates_and_missing_file(tmp_path):
         _dm(tmp_path, df).data_info
     with pytest.raises(FileNotFoundError, match="nothere.csv not found"):
         CSVTSDataModule(str(tmp_path / "nothere.csv")).data_info
+    # a folder (say, the dataset's directory instead of its CSV) is named as a folder, with the CSVs it holds
+    (tmp_path / "ett").mkdir()
+    _frame().to_csv(tmp_path / "ett" / "ETTh1.csv", index=False)
+    with pytest.raises(IsADirectoryError, match=r"ett is a folder, not a CSV file.*ETTh1\.csv"):
+        CSVTSDataModule(str(tmp_path / "ett")).data_info
 
 
 def test_bad_arguments():

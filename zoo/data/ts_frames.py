@@ -21,8 +21,12 @@ from zoo.data.files import refuse_other_separator
 # Reading and validating a frame (shared by the datamodules and ``model.forecast``)
 # ---------------------------------------------------------------------------------------------
 def read_ts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it."""
+    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it, a folder ``IsADirectoryError``."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.csv"))
+        raise IsADirectoryError(f"{path} is a folder, not a CSV file: pass data.path to the CSV itself"
+                                + (f" (this folder holds {', '.join(inside[:5])}{' ...' if len(inside) > 5 else ''})" if inside else ""))
     if not path.is_file():
         raise FileNotFoundError(
             f"time-series CSV {path} not found (working directory {Path.cwd()}); pass data.path to a CSV "
