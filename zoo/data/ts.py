@@ -45,12 +45,7 @@ from zoo.data import ts_frames
 from zoo.data.ts_frames import (  # noqa: F401 (Lightning-free, for model.forecast; re-exported here)
     DATE_FORMAT_HINT,
     FREQ_CHUNK,
-    _MONTHS,
-    _off_steps,
-    _pandas_freq,
-    _same_day_months,
     _step,
-    _values_as_header,
     future_dates,
     infer_freq,
     irregular_steps,

@@ -38,7 +38,7 @@ from zoo.data import scenes as sc
 from zoo.data.files import read_utf8, refuse_other_separator
 from zoo.data.samplers import pin_memory_for
 from zoo.data.vlm_io import (  # noqa: F401 (Lightning-free, for inference; re-exported here)
-    FUNCTION_WORDS_DIR, SPECIALS, TOKENIZER_FILE, PathLike, VLMTokenizer, _normalizer, function_vocab_words,
+    FUNCTION_WORDS_DIR, SPECIALS, TOKENIZER_FILE, PathLike, VLMTokenizer, function_vocab_words,
     function_word_ids, image_tensor, read_function_words, split_words, to_tensor,
 )
 
