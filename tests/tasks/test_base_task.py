@@ -330,3 +330,30 @@ def test_lr_find_suggestion_is_the_learning_rate_the_fit_uses():
     assert suggestion is not None and suggestion != pytest.approx(1e-2)
     trainer = _fit(task, 1)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(suggestion)
+
+
+def test_every_task_is_callable_on_its_model_inputs():
+    """Lightning's convention: task(x) runs the model (STR and VLM tasks raised NotImplementedError; LM and TS had a
+    forward). Reference: the wrapped model called directly, in eval mode."""
+    from zoo.data.str import STRDataModule
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.str import RecognitionTask
+    from zoo.tasks.vlm import VLMTask
+
+    torch.manual_seed(0)
+    dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 8, "val": 2, "test": 0}, batch_size=4)
+    task = RecognitionTask(arch="str-diff-tiny", data_info=dm.data_info,
+                           model_args=dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2)).eval()
+    images = torch.randn(2, 3, 32, 128)
+    with torch.no_grad():
+        assert torch.equal(task(images), task.model(images))
+    vdm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=32, batch_size=4)
+    vtask = VLMTask(arch="vlm-fda-tiny", data_info=vdm.data_info,
+                    model_args=dict(image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, text_dim=32,
+                                    text_layers=1, text_heads=2, text_mlp=48, fusion_layers=2, fusion_heads=4,
+                                    fusion_mlp=48, embed_dim=16, max_text_len=24)).eval()
+    ids, mask = vtask.model.tokenize(["a red circle", "two small blue squares"])
+    imgs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got, want = vtask(imgs, ids, mask), vtask.model(imgs, ids, mask)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)

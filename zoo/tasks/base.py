@@ -107,6 +107,10 @@ class ZooTask(L.LightningModule):
             scheduler=scheduler, min_lr_ratio=min_lr_ratio,
         )
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's forward (``task(x)`` as Lightning users call it, and what ``to_onnx`` traces)."""
+        return self.model(*args, **kwargs)
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: Optional[bool] = None, **kwargs: Any) -> Any:
