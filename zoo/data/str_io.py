@@ -7,12 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.data.images import load_image
 
-
-# ---------------------------------------------------------------------------------------------
-# Images in (the reader is shared with the VLM domain: zoo.data.images)
-# ---------------------------------------------------------------------------------------------
 def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
     """``[3, H, W]`` float in ``[-1, 1]``: bicubic resize to ``size`` (height, width), as PARSeq."""
     H, W = size
@@ -22,4 +17,4 @@ def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tens
     return torch.from_numpy((arr - 0.5) / 0.5).permute(2, 0, 1).contiguous()
 
 
-__all__ = ["load_image", "to_tensor"]
+__all__ = ["to_tensor"]

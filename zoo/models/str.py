@@ -369,7 +369,8 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
     def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
         """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
         float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises."""
-        from zoo.data.str_io import load_image, to_tensor
+        from zoo.data.images import load_image
+        from zoo.data.str_io import to_tensor
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

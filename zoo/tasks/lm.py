@@ -185,9 +185,6 @@ class LanguageModelTask(ZooTask):
             if self.model.tokenizer is None:  # a checkpoint without a tokenizer keeps the datamodule's
                 self.model.tokenizer = tok
 
-    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self.model(input_ids, **kwargs)
-
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         labels = batch["labels"]

@@ -249,9 +249,6 @@ class ForecastTask(ZooTask):
         return cfg
 
     # -- steps
-    def forward(self, x: Tensor, x_mark: Optional[Tensor] = None) -> Tensor:
-        return self.model(x, x_mark)
-
     def _data_to_model_scale(self) -> Optional[tuple[Tensor, Tensor, Optional[list[int]]]]:
         """Per-variate ``(a, b, order)`` with ``model-scaled = a * data-scaled[..., order] + b``, or None when
         they agree; ``order`` (None: the same) takes the data's columns to the model's.
