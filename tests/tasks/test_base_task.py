@@ -249,6 +249,12 @@ def test_ts_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
     _assert_same_weights(whole, resumed)
 
 
+# tiny STR / VLM architectures for the tests below (str-diff-tiny / vlm-fda-tiny at toy widths)
+_STR_TINY = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2)
+_VLM_TINY = dict(image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, text_dim=32, text_layers=1,
+                 text_heads=2, text_mlp=48, fusion_layers=2, fusion_heads=4, fusion_mlp=48, embed_dim=16, max_text_len=24)
+
+
 def test_str_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path):
     """Scene text: dropout and the training permutations (torch.randperm) draw from the global RNG too."""
     from zoo.data.str import STRDataModule
@@ -257,8 +263,7 @@ def test_str_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path)
     def make():
         dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 8, "val": 2, "test": 0}, batch_size=4)
         task = RecognitionTask(arch="str-diff-tiny", data_info=dm.data_info, warmup_steps=1,
-                               model_args=dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2,
-                                               dropout=0.2))
+                               model_args={**_STR_TINY, "dropout": 0.2})
         return task, dm
 
     _assert_same_weights(*_resume_matches_uninterrupted(make, tmp_path))
@@ -271,9 +276,7 @@ def test_vlm_fit_resumed_at_an_epoch_end_matches_the_uninterrupted_fit(tmp_path)
     def make():
         dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=32, batch_size=4)
         task = VLMTask(arch="vlm-fda-tiny", data_info=dm.data_info, warmup_steps=1,
-                       model_args=dict(image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, text_dim=32,
-                                       text_layers=1, text_heads=2, text_mlp=48, fusion_layers=2, fusion_heads=4,
-                                       fusion_mlp=48, embed_dim=16, max_text_len=24, dropout=0.2))
+                       model_args={**_VLM_TINY, "dropout": 0.2})
         return task, dm
 
     _assert_same_weights(*_resume_matches_uninterrupted(make, tmp_path))
@@ -343,15 +346,13 @@ def test_every_task_is_callable_on_its_model_inputs():
     torch.manual_seed(0)
     dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 8, "val": 2, "test": 0}, batch_size=4)
     task = RecognitionTask(arch="str-diff-tiny", data_info=dm.data_info,
-                           model_args=dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_heads=2)).eval()
+                           model_args=_STR_TINY).eval()
     images = torch.randn(2, 3, 32, 128)
     with torch.no_grad():
         assert torch.equal(task(images), task.model(images))
     vdm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=32, batch_size=4)
     vtask = VLMTask(arch="vlm-fda-tiny", data_info=vdm.data_info,
-                    model_args=dict(image_size=32, patch_size=8, vit_dim=32, vit_depth=1, vit_heads=2, text_dim=32,
-                                    text_layers=1, text_heads=2, text_mlp=48, fusion_layers=2, fusion_heads=4,
-                                    fusion_mlp=48, embed_dim=16, max_text_len=24)).eval()
+                    model_args=_VLM_TINY).eval()
     ids, mask = vtask.model.tokenize(["a red circle", "two small blue squares"])
     imgs = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
