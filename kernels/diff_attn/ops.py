@@ -361,7 +361,8 @@ def supports(q: Tensor, k: Tensor, v: Tensor, lam, *, causal: bool, key_mask: Op
         return False, f"lambda of shape {tuple(lam.shape)} does not broadcast to [B, H, Tq, 1] = {(B, H, tq, 1)}"
     if key_mask is not None:
         if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, tk):
-            return False, f"key_mask must be bool [B, Tk] = {(B, tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}"
+            return False, (f"key_mask must be bool [B, Tk] = {(B, tk)}, got {key_mask.dtype} {tuple(key_mask.shape)} "
+                           "(per-query masks [B, Tq, Tk] run on the PyTorch backends)")
         if key_mask.device != q.device:
             return False, f"key_mask is on {key_mask.device} but q on {q.device}"
     # Device policy last, so that shape and dtype problems are reported wherever the call runs.

@@ -1,5 +1,5 @@
-"""Recognizer: masks against naive definitions, the folded masked attention against a hand-written
-masked softmax, mask semantics end to end, registry forward/backward, parameter parity, charset transfer."""
+"""Recognizer: masks against naive definitions, the per-query masked attention against a hand-written
+masked softmax and against one query per sequence, mask semantics end to end, registry forward/backward, parameter parity, charset transfer."""
 
 from __future__ import annotations
 
@@ -39,18 +39,16 @@ def test_visibility_masks_match_definitions():
     assert torch.equal(visibility(torch.arange(T), T), ar)
 
 
-def test_folded_self_attention_equals_masked_softmax():
-    """The decoder layer's per-query masking (queries folded into the batch) against an explicit
-    [T, T]-masked softmax computed from the vanilla layer's own projection weights."""
+def test_per_query_self_attention_equals_masked_softmax():
+    """The decoder's self-attention under a per-query [B, T, T] mask against an explicit [T, T]-masked softmax
+    computed from the vanilla layer's own projection weights."""
     m = tiny(self_attn_type="vanilla")
-    layer = m.layers[0]
-    attn = layer.self_attn
+    attn = m.layers[0].self_attn
     B, T, D = 2, 7, 32
     torch.manual_seed(1)
     q, c = torch.randn(B, T, D), torch.randn(B, T, D)
     mask = visibility(torch.randperm(T), T)
-    km = mask.expand(B, T, T).reshape(B * T, T)
-    got = attn(q.reshape(B * T, 1, D), c.unsqueeze(1).expand(B, T, T, D).reshape(B * T, T, D), key_mask=km).view(B, T, D)
+    got = attn(q, c, key_mask=mask.expand(B, T, T))
     H, hd = attn.n_heads, attn.head_dim
     Q = attn.q_proj(q).view(B, T, H, hd).transpose(1, 2)
     K = attn.k_proj(c).view(B, T, H, hd).transpose(1, 2)
@@ -58,6 +56,33 @@ def test_folded_self_attention_equals_masked_softmax():
     s = (Q @ K.transpose(-1, -2)) / math.sqrt(hd)
     s = s.masked_fill(~mask, float("-inf"))
     ref = attn.o_proj((s.softmax(-1) @ V).transpose(1, 2).reshape(B, T, H * hd))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _types_but_dint():
+    from zoo.nn import list_attention_types
+
+    return [k for k in list_attention_types() if k != "dint"]
+
+
+@pytest.mark.parametrize("kind", _types_but_dint())
+def test_decoder_layer_equals_one_query_per_sequence(kind):
+    """Reference: every query attends alone (queries folded into the batch, one [T] key mask each, the layer's
+    earlier form); the layer under the [B, T, T] mask (a permutation, with padded content) must give the same."""
+    heads = {"dec_heads": 6, "dec_dim": 48, "dec_self_heads": 6} if kind == "gda" else {}
+    m = tiny(self_attn_type=kind, **heads)
+    layer = m.layers[0]
+    B, T, D = 3, m.num_slots, m.config.dec_dim
+    torch.manual_seed(2)
+    q, c, mem = torch.randn(B, T, D), torch.randn(B, T, D), torch.randn(B, 11, m.config.enc_dim)
+    km = visibility(torch.randperm(T), T).expand(B, T, T).clone()
+    km[1, :, 3:] = False  # content after the end of the text
+    got = layer(q, c, km, mem)
+    qf = layer.norm_q(q).reshape(B * T, 1, D)
+    cf = layer.norm_c(c).unsqueeze(1).expand(B, T, T, D).reshape(B * T, T, D)
+    ref = q + layer.self_attn(qf, cf, key_mask=km.reshape(B * T, T)).view(B, T, D)
+    ref = ref + layer.cross_attn(layer.norm_x(ref), mem)
+    ref = ref + layer.mlp(layer.norm_m(ref))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -112,6 +112,32 @@ def test_matches_naive_math(attn_type, direction, heads):
     assert (got - mod.attn(x, ctx)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("attn_type", ["vanilla", "diff"])
+@pytest.mark.parametrize("direction", ["both", "keys", "reference"])
+def test_a_per_query_key_mask_hides_keys_from_its_query_only(attn_type, direction):
+    """key_mask [B, Tq, Tk] (as the core ops take it): at g = 0 the "both" / "keys" forms equal the core layer under
+    that mask; at any g, image tokens hidden from a query do not move its row, and every query keeps its own row."""
+    mod = make(attn_type, direction=direction)
+    x, fw, ctx, _ = inputs()
+    km = torch.rand(B, TQ, TK) > 0.4
+    km[..., 0] = True
+    if direction != "reference":
+        with torch.no_grad():
+            mod.g.zero_()
+        torch.testing.assert_close(mod(x, ctx, fw=fw, key_mask=km), mod.attn(x, ctx, key_mask=km), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        mod.g.fill_(0.8)
+    b, i = 1, 2
+    km[b, i, 1:] = False
+    km[b, i - 1, 1:] = True  # the hidden tokens stay visible to another query
+    base = mod(x, ctx, fw=fw, key_mask=km)
+    moved = ctx.clone()
+    moved[b, 1:] += 5.0
+    out = mod(x, moved, fw=fw, key_mask=km)
+    torch.testing.assert_close(out[b, i], base[b, i], rtol=0, atol=1e-6)
+    assert (out[b, i - 1] - base[b, i - 1]).abs().max() > 1e-3
+
+
 def test_reference_direction_is_not_plain_at_g_zero():
     """The reference code's min over both directions touches every head even at g = 0 (documented)."""
     mod = make("vanilla", direction="reference")

@@ -19,8 +19,9 @@ character ``j - 1``):
 
 Choices the papers leave open or that we simplify, the simplest one taken: the content stream is
 not updated across layers (so no layer can leak a character into its own query); the per-query mask
-is applied by folding queries into the batch, since :func:`zoo.nn.build_attention` takes a key mask
-per sequence only; autoregressive decoding re-runs the decoder once per step (no cache).
+is the attention ops' ``key_mask [B, Tq, T]`` (on the PyTorch backends; ``dint``, whose mean over
+queries would mix visibilities, is refused); autoregressive decoding re-runs the decoder once per
+step over the visible prefix (no cache).
 """
 
 from __future__ import annotations
@@ -154,14 +155,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, q: Tensor, content: Tensor, key_mask: Tensor, memory: Tensor) -> Tensor:
         """``q`` [B, Tq, D], ``content`` [B, T, D], ``key_mask`` bool [B, Tq, T], ``memory`` [B, N, E]."""
-        B, Tq, D = q.shape
-        T = content.shape[1]
-        c = self.norm_c(content)
-        # One query per folded sequence, so each query gets its own key mask.
-        qf = self.norm_q(q).reshape(B * Tq, 1, D)
-        cf = c.unsqueeze(1).expand(B, Tq, T, D).reshape(B * Tq, T, D)
-        sa = self.self_attn(qf, cf, key_mask=key_mask.reshape(B * Tq, T)).view(B, Tq, D)
-        q = q + self.drop(sa)
+        # each query under its own visibility row: the attention ops take the per-query mask [B, Tq, T]
+        q = q + self.drop(self.self_attn(self.norm_q(q), self.norm_c(content), key_mask=key_mask))
         q = q + self.drop(self.cross_attn(self.norm_x(q), memory))
         return q + self.mlp(self.norm_m(q))
 

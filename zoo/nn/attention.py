@@ -255,7 +255,8 @@ class AttentionBase(nn.Module):
         """Attend from ``x`` ([B, Tq, dim]) to itself or to ``context`` ([B, Tk, kv_dim]).
 
         ``key_mask`` (bool [B, Tk], True = real token) masks padded keys; with ``cache`` it covers
-        the cached keys too. ``cache`` appends this call's keys/values (self-attention only).
+        the cached keys too. Without a cache it may also be a per-query visibility [B, Tq, Tk] (True = query
+        ``i`` sees key ``j``), on every type but ``dint``, whose mean over queries would mix visibilities. ``cache`` appends this call's keys/values (self-attention only).
         ``query_mask`` (bool [B, Tq], True = real query) names padded queries, for the types whose
         output mixes queries (``dint``'s mean over queries; in self-attention it defaults to the
         queries' part of ``key_mask``); row-wise types ignore it.

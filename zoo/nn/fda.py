@@ -72,9 +72,9 @@ def fda_combine(
     """FDA-corrected attention probabilities from scores ``s`` (caption) and ``s_f`` (function words).
 
     ``s``, ``s_f``: ``[B, H, Tq, Tk]`` scaled scores; ``head_mask`` bool ``[H]`` (FDA heads);
-    ``key_mask`` bool ``[B, Tk]``, ``query_mask`` bool ``[B, Tq]`` (True = real token).
+    ``key_mask`` bool ``[B, Tk]`` or per query ``[B, Tq, Tk]``, ``query_mask`` bool ``[B, Tq]`` (True = real token).
     """
-    kmask = key_mask[:, None, None, :] if key_mask is not None else None
+    kmask = None if key_mask is None else (key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None, :])
     qmask = query_mask[:, None, :, None] if query_mask is not None else None
     both = kmask if qmask is None else (qmask if kmask is None else kmask & qmask)
     a_k = _masked_softmax(s, kmask, -1)

@@ -13,8 +13,10 @@ Conventions (all backends):
   :func:`diff_attention` its map 1 uses that group's ``k1`` and its map 2 that group's ``k2``.
 * ``causal=True`` aligns the mask bottom-right: query ``i`` sits at absolute position
   ``Tk - Tq + i``, so a query block appended to a KV cache sees the whole cache.
-* ``key_mask``: bool ``[batch, Tk]``, ``True`` where the key is a real token. A query with no
-  visible key at all (e.g. a padded query under a causal mask) returns zeros.
+* ``key_mask``: bool ``[batch, Tk]``, ``True`` where the key is a real token, or a per-query
+  visibility ``[batch, Tq, Tk]`` (query ``i`` sees key ``j`` where ``True``; e.g. PARSeq's
+  permutation masks; the PyTorch backends only). A query with no visible key at all (e.g. a padded
+  query under a causal mask) returns zeros.
 * ``lam`` is a tensor broadcastable to ``[batch, H, Tq, 1]`` (a scalar, ``[H, 1, 1]``, or per
   token ``[batch, H, Tq, 1]``) and stays differentiable.
 
@@ -70,10 +72,12 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -
         raise ValueError(f"q and k head dims differ: {D} vs {k.shape[3]}")
     if H % k.shape[1] != 0:
         raise ValueError(f"query heads ({H}) must be a multiple of KV heads ({k.shape[1]})")
-    if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, k.shape[2])):
+    if key_mask is not None and (
+        key_mask.dtype != torch.bool or tuple(key_mask.shape) not in ((B, k.shape[2]), (B, q.shape[2], k.shape[2]))
+    ):
         raise ValueError(
-            f"key_mask must be a bool tensor of shape [batch, Tk] = {(B, k.shape[2])}, "
-            f"got {key_mask.dtype} {tuple(key_mask.shape)}"
+            f"key_mask must be a bool tensor of shape [batch, Tk] = {(B, k.shape[2])} or, per query, "
+            f"[batch, Tq, Tk] = {(B, q.shape[2], k.shape[2])}; got {key_mask.dtype} {tuple(key_mask.shape)}"
         )
 
 
@@ -87,7 +91,7 @@ def visibility_mask(
         kpos = torch.arange(tk, device=device)[None, :]
         mask = (kpos <= qpos)[None, None]
     if key_mask is not None:
-        km = key_mask[:, None, None, :]
+        km = key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None, :]
         mask = km if mask is None else (mask & km)
     return mask
 
@@ -262,6 +266,11 @@ def diff_attention(
         small_decode(q1.shape[0], q1.shape[2], k1.shape[2], grad),
         on_cpu=q1.device.type == "cpu",
     )
+    if name == "triton" and key_mask is not None and key_mask.dim() == 3:
+        # the fused kernel masks keys per row of the batch, not per query: a per-query mask (PARSeq's permutation
+        # masks) runs on SDPA, also where the model is forced to `triton`, as its single-map layers do
+        log.debug("per-query key_mask %s: diff_attention runs on sdpa", tuple(key_mask.shape))
+        name = "sdpa"
     if name == "triton":
         impl = _triton_impl()
         if impl is None:

@@ -105,6 +105,12 @@ def dint_attention(
     (cached) queries. Returns the output and the updated prefix.
     """
     check_maps(q1, q2, k1, k2, v, key_mask)
+    if key_mask is not None and key_mask.dim() == 3:
+        raise ValueError(
+            "dint_attention takes key_mask [batch, Tk] only: its integral term averages attention rows over the "
+            f"queries, which under a per-query mask {tuple(key_mask.shape)} would carry keys hidden from a query "
+            "into its output; call it once per query group that shares one visibility"
+        )
     lam = check_lambda(lam, q1)
     kw = dict(causal=causal, key_mask=key_mask, dropout_p=dropout_p, training=training, backend=backend)
     dt = torch.promote_types(q1.dtype, torch.float32)  # at least fp32: float64 inputs stay float64
