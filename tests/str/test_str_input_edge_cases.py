@@ -75,6 +75,73 @@ def test_an_opened_image_with_unreadable_exif_reads_as_its_pixels(tmp_path):
         assert np.array_equal(np.asarray(load_image(im)), want)
 
 
+def _png_with_exif_chunk(pixels: np.ndarray, payload: bytes) -> bytes:
+    """A PNG of ``pixels`` with an eXIf chunk holding ``payload`` (a correct CRC: only the EXIF inside is bad)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    png = buf.getvalue()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+@pytest.mark.parametrize("payload", [b"\x01\x02 not a TIFF header", b"II*\x00"], ids=["not-tiff", "short-tiff"])
+def test_a_file_or_bytes_with_unreadable_exif_reads_as_the_opened_image_does(tmp_path, payload):
+    """A path or bytes of a PNG whose eXIf chunk cannot be parsed (SyntaxError "not a TIFF file", or struct.error from a
+    header cut short) was refused as a corrupt image, while the same file opened with PIL first read as its pixels.
+    All three read the pixels as they are. Reference: the pixels the PNG was written from."""
+    pixels = np.random.default_rng(3).integers(0, 256, size=(8, 12, 3), dtype=np.uint8)
+    data = _png_with_exif_chunk(pixels, payload)
+    path = tmp_path / "bad_exif.png"
+    path.write_bytes(data)
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), pixels)  # Pillow decodes the pixels fine
+        from_pil = np.asarray(load_image(im))
+    assert np.array_equal(from_pil, pixels)
+    assert np.array_equal(np.asarray(load_image(path)), pixels)
+    assert np.array_equal(np.asarray(load_image(str(path))), pixels)
+    assert np.array_equal(np.asarray(load_image(data)), pixels)
+    assert np.array_equal(np.asarray(load_image(bytearray(data))), pixels)
+    # pixel data cut short, or not an image at all, is still refused (a readable or unreadable eXIf alike)
+    cut = data[: data.index(b"IDAT") + 12]
+    for bad in (cut, b"not an image"):
+        (tmp_path / "bad.png").write_bytes(bad)
+        with pytest.raises(ValueError, match="corrupt or not an image"):
+            load_image(tmp_path / "bad.png")
+        with pytest.raises(ValueError, match="corrupt or not an image"):
+            load_image(bad)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_alike_to_a_path_bytes_and_an_opened_image(tmp_path, fmt, orientation):
+    """Every EXIF orientation on a non-square image reads as Pillow's own ImageOps.exif_transpose shows it, whether
+    the image is given as a path, as bytes or opened with PIL."""
+    import io
+
+    from PIL import ImageOps
+
+    picture = Image.fromarray(np.random.default_rng(4).integers(0, 256, size=(20, 60, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    picture.save(buf, fmt, exif=exif)
+    data = buf.getvalue()
+    path = tmp_path / f"o{orientation}.{fmt.lower()}"
+    path.write_bytes(data)
+    with Image.open(path) as im:
+        want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert want.shape == ((60, 20, 3) if orientation >= 5 else (20, 60, 3))
+    with Image.open(path) as im:
+        from_pil = np.asarray(load_image(im))
+    for got in (np.asarray(load_image(path)), np.asarray(load_image(data)), from_pil):
+        assert np.array_equal(got, want)
+
+
 def test_a_folder_with_two_labels_files_is_named_not_read_from_one(tmp_path):
     """labels.txt and labels.csv side by side (one written from the other, then edited?): reading one silently could
     train on stale labels. Both are named; --labels (or one file) picks."""

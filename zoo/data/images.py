@@ -24,22 +24,18 @@ def load_image(x: Any) -> Image.Image:
         try:
             with Image.open(path) as im:
                 im.load()
-                return _to_rgb(ImageOps.exif_transpose(im))
+                return _to_rgb(_upright(im))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
     if isinstance(x, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(x)) as im:
                 im.load()
-                return _to_rgb(ImageOps.exif_transpose(im))
+                return _to_rgb(_upright(im))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
     if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
-        try:
-            turned = x.getexif().get(0x0112, 1) != 1
-        except (SyntaxError, ValueError, struct.error):  # EXIF that is not TIFF data: no orientation to apply
-            turned = False
-        return _to_rgb(ImageOps.exif_transpose(x) if turned else x)
+        return _to_rgb(_upright(x))
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
         arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
         if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -54,6 +50,17 @@ def load_image(x: Any) -> Image.Image:
             arr = (arr * 255).round().astype(np.uint8)
         return _to_rgb(Image.fromarray(arr))
     raise TypeError(f"cannot read an image from {type(x).__name__}; pass a PIL image, numpy array, path or bytes")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` as a photo viewer shows it: turned per its EXIF orientation tag. EXIF that cannot be parsed (not TIFF
+    data, a header cut short) has no orientation to apply: the pixels are read as they are, not refused as a corrupt
+    image (the same for a path, bytes and an opened PIL image)."""
+    try:
+        turned = im.getexif().get(0x0112, 1) != 1
+    except (SyntaxError, ValueError, struct.error):  # EXIF that is not TIFF data: no orientation to apply
+        turned = False
+    return ImageOps.exif_transpose(im) if turned else im
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
