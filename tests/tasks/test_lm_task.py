@@ -729,3 +729,44 @@ def test_a_fit_stopped_mid_window_leaves_no_token_count_to_the_next_fit():
         task, train_dataloaders=DataLoader(items, batch_size=4))
     n = sum(int((it["labels"] != -100).sum()) for it in items)  # the new fit's one window: all 8 items
     assert seen == [n]
+
+
+def test_load_from_checkpoint_merges_model_args_over_the_saved_ones(tmp_path):
+    """Task.load_from_checkpoint(ckpt, model_args={"dropout": 0.1}) changes that key only: Lightning replaced the whole
+    saved dict, so the architecture the checkpoint was trained with (dim, n_layers...) fell back to the arch's defaults
+    and the weights no longer fit. Reference: the hyperparameters and weights stored in the checkpoint file."""
+    import io
+
+    from torch.utils.data import DataLoader
+
+    from zoo.tasks import LanguageModelTask
+
+    saved_args = {"dim": 48, "n_layers": 3, "n_heads": 2, "max_seq_len": 32, "vocab_size": 300, "dropout": 0.0}
+    torch.manual_seed(0)
+    task = LanguageModelTask(model_args=saved_args, warmup_steps=1)
+    items = [{"input_ids": torch.randint(0, 300, (16,)), "labels": torch.randint(0, 300, (16,))} for _ in range(4)]
+    trainer = _quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader(items, batch_size=4))
+    ckpt = tmp_path / "lm.ckpt"
+    trainer.save_checkpoint(ckpt)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert stored["hyper_parameters"]["model_args"] == saved_args
+    default = zoo.create_model("lm-diff-tiny").config
+    assert (default.dim, default.n_layers) != (48, 3)  # the saved architecture is not the arch's default
+
+    for source in (ckpt, str(ckpt), io.BytesIO(ckpt.read_bytes())):
+        loaded = LanguageModelTask.load_from_checkpoint(source, model_args={"dropout": 0.1})
+        config = loaded.model.config
+        for key, value in saved_args.items():
+            assert getattr(config, key) == (0.1 if key == "dropout" else value), key
+        assert loaded.hparams.model_args == {**saved_args, "dropout": 0.1}
+        state = loaded.state_dict()
+        assert set(state) == set(stored["state_dict"])
+        assert all(torch.equal(state[k], stored["state_dict"][k]) for k in state)
+    # with an hparams_file (a run's hparams.yaml), its model_args are the saved ones the given keys are merged over
+    import yaml
+
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text(yaml.safe_dump({"model_args": saved_args}))
+    loaded = LanguageModelTask.load_from_checkpoint(ckpt, hparams_file=hparams, model_args={"dropout": 0.1})
+    assert loaded.hparams.model_args == {**saved_args, "dropout": 0.1} and loaded.model.config.dropout == 0.1

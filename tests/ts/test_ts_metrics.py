@@ -114,6 +114,57 @@ def test_a_second_test_run_into_the_same_folder_keeps_the_first_ones_metrics(tmp
     assert not (tmp_path / "smoke").exists() or not list((tmp_path / "smoke").rglob("test_metrics*.json"))
 
 
+def test_non_finite_test_metrics_are_written_as_null_and_named(tmp_path):
+    """A diverged model (NaN weights) tests to NaN errors: test_metrics.json held the bare token NaN, which is not JSON
+    (JSON.parse, jq and strict parsers reject it). Non-finite values are written as null and a warning names them.
+    Reference: a strict json.loads (any NaN / Infinity constant raises) against the task's in-memory results."""
+    import json
+    import math
+
+    from zoo.tasks.callbacks import write_json_new
+
+    def strict(text: str):
+        def refuse(constant: str):
+            raise ValueError(f"not JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    def as_json(v):  # the in-memory results with every non-finite float as None
+        if isinstance(v, dict):
+            return {k: as_json(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [as_json(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    _csv(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.fill_(float("nan"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"non-finite.*\bmse\b.*mae_orig_per_step") as caught:
+        trainer.test(task, datamodule=dm, verbose=False)
+    res = task.results["test"]
+    assert math.isnan(res["mse"])  # the case: NaN errors in memory
+    got = strict((tmp_path / "run" / "test_metrics.json").read_text())
+    assert got == as_json(res) and got["mse"] is None and got["mse_per_step"] == [None] * 12
+    assert any("test_metrics.json" in str(w.message) for w in caught)
+    # infinities, nested, next to finite values that stay as they are; a finite result warns nothing
+    data = {"a": float("inf"), "b": {"c": [1.5, float("-inf")], "d": 2}, "e": "text"}
+    with pytest.warns(UserWarning, match=r"a, b/c") as caught:
+        path = write_json_new(tmp_path / "w", "m.json", data)
+    assert strict(path.read_text()) == {"a": None, "b": {"c": [1.5, None], "d": 2}, "e": "text"}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = write_json_new(tmp_path / "w", "ok.json", {"x": 0.25, "y": [1.0, 2]})
+    assert strict(path.read_text()) == {"x": 0.25, "y": [1.0, 2]}
+
+
 def test_halving_schedule_follows_the_reference_type1_loop():
     """lradj=type1 as the iTransformer loop applies it: after epoch e (0-based) it sets
     lr * 0.5 ** ((e + 1) - 1), so the first two epochs share the full rate."""

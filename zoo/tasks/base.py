@@ -6,6 +6,7 @@ import dataclasses
 import math
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -114,10 +115,17 @@ class ZooTask(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: Optional[bool] = None, **kwargs: Any) -> Any:
-        """Lightning's ``load_from_checkpoint``; an ``hparams_file`` (a run's ``hparams.yaml``) is read as plain
-        YAML and its values override the checkpoint's, as Lightning documents. (Lightning reads it into an
-        OmegaConf ``DictConfig`` when omegaconf is installed, which the ``LightningCLI`` instantiator that
-        ``zoo fit`` saves in the checkpoint refuses for dict arguments such as ``data_info``.)"""
+        """Lightning's ``load_from_checkpoint``; keyword arguments override the saved hyperparameters, as Lightning
+        documents, except ``model_args``: a dict given here is merged over the saved one, key by key
+        (``model_args={"dropout": 0.0}`` changes the dropout and keeps the architecture the weights were trained
+        with; Lightning would replace the whole dict, and the model built from the rest would not fit the weights).
+
+        An ``hparams_file`` (a run's ``hparams.yaml``) is read as plain YAML and its values override the
+        checkpoint's, as Lightning documents (its ``model_args`` then is the one ``model_args`` is merged over).
+        (Lightning reads it into an OmegaConf ``DictConfig`` when omegaconf is installed, which the
+        ``LightningCLI`` instantiator that ``zoo fit`` saves in the checkpoint refuses for dict arguments such as
+        ``data_info``.)"""
+        file_hparams: dict[str, Any] = {}
         if hparams_file is not None:
             import yaml
 
@@ -128,7 +136,15 @@ class ZooTask(L.LightningModule):
             if not isinstance(hparams, dict):
                 raise ValueError(f"{path} holds a {type(hparams).__name__}, not a mapping of hyperparameters")
             # the instantiator and class path are the checkpoint's business; explicit kwargs win over the file
-            kwargs = {**{k: v for k, v in hparams.items() if not str(k).startswith("_")}, **kwargs}
+            file_hparams = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
+        given = kwargs.get("model_args")
+        if isinstance(given, Mapping):
+            if "model_args" in file_hparams:
+                saved = file_hparams["model_args"]
+            else:
+                saved = _saved_hparams(checkpoint_path, kwargs.get("weights_only")).get("model_args")
+            kwargs["model_args"] = {**dict(saved or {}), **dict(given)}
+        kwargs = {**file_hparams, **kwargs}
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, strict=strict, **kwargs)
 
     # -- optimization
@@ -316,6 +332,26 @@ class ZooTask(L.LightningModule):
     def summary_lines(self) -> list[str]:
         """Extra lines for the end-of-run summary (domain specific)."""
         return []
+
+
+def _saved_hparams(checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    """The hyperparameters saved in a checkpoint (a path, a URL or an open binary file, left where it was), read
+    without copying the weights (a local file is memory-mapped)."""
+    from lightning.fabric.utilities.cloud_io import _load
+
+    if hasattr(checkpoint_path, "read"):
+        start = checkpoint_path.tell()
+        try:
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+        finally:
+            checkpoint_path.seek(start)
+    else:
+        try:
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except Exception:  # noqa: BLE001 -- a URL, a remote file system or a file torch cannot memory-map
+            ckpt = _load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
 def data_info_value(data_info: Optional[dict], key: str, default: Any = None) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
@@ -40,8 +42,11 @@ def write_json_new(folder: Path, name: str, data: Any) -> Path:
     """Write ``data`` as JSON to ``folder / name``, or to ``<stem>_1<suffix>``, ``<stem>_2<suffix>``... when that is
     taken (an earlier run into the same folder: no logger, a fixed logger version, a second ``trainer.test`` in one
     session): nothing is overwritten, and the message says where it went. The text is made before the file is
-    created; a write that fails part-way removes its file."""
-    text = json.dumps(data, indent=2) + "\n"
+    created; a write that fails part-way removes its file. A non-finite float (a NaN metric of a diverged model or of
+    data it is undefined on) is written as ``null``, not as the bare ``NaN`` / ``Infinity`` that is not JSON, and a
+    warning names it."""
+    bad: list[str] = []
+    text = json.dumps(_finite_or_null(data, "", bad), indent=2, allow_nan=False) + "\n"
     folder.mkdir(parents=True, exist_ok=True)
     stem, suffix = Path(name).stem, Path(name).suffix
     k = 0
@@ -54,7 +59,24 @@ def write_json_new(folder: Path, name: str, data: Any) -> Path:
             continue
         if k:
             print(f"{folder / name} exists (an earlier run); this run's are in {path}", flush=True)
+        if bad:
+            counts = {key: bad.count(key) for key in dict.fromkeys(bad)}
+            named = ", ".join(key if n == 1 else f"{key} ({n} values)" for key, n in counts.items())
+            warnings.warn(f"{path}: non-finite (NaN or infinite) values written as null: {named}", stacklevel=2)
         return path
+
+
+def _finite_or_null(data: Any, key: str, bad: list[str]) -> Any:
+    """``data`` with every NaN / infinite float replaced by ``None``; the key path of each goes into ``bad``
+    (``outer/inner``; a list's items under the list's key)."""
+    if isinstance(data, dict):
+        return {k: _finite_or_null(v, f"{key}/{k}" if key else str(k), bad) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(v, key, bad) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        bad.append(key or "(value)")
+        return None
+    return data
 
 
 class ExportOnFitEnd(L.Callback):
