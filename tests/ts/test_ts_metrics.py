@@ -165,6 +165,38 @@ def test_non_finite_test_metrics_are_written_as_null_and_named(tmp_path):
     assert strict(path.read_text()) == {"x": 0.25, "y": [1.0, 2]}
 
 
+def test_non_finite_predictions_are_written_as_null_and_named(tmp_path):
+    """The same diverged model predicts NaN forecasts: predictions.jsonl held bare NaN tokens (not JSON). They are
+    written as null, a warning names the columns once, the dates stay. Reference: a strict json.loads."""
+    import json
+
+    from zoo.tasks.callbacks import PredictionWriter
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    _csv(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.fill_(float("nan"))
+    out = tmp_path / "pred.jsonl"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path / "run", callbacks=[PredictionWriter(str(out), echo=False)])
+    with pytest.warns(UserWarning, match="non-finite.*predictions written as null") as caught:
+        trainer.predict(task, datamodule=dm)
+    named = [str(w.message) for w in caught if "predictions written as null" in str(w.message)]
+    assert len(named) == 1, named
+    rows = [json.loads(line, parse_constant=refuse) for line in out.read_text().splitlines()]
+    assert len(rows) == 12
+    for row in rows:
+        values = {k: v for k, v in row.items() if k != "date"}
+        assert values and all(v is None for v in values.values()), row
+        assert isinstance(row["date"], str)
+
+
 def test_halving_schedule_follows_the_reference_type1_loop():
     """lradj=type1 as the iTransformer loop applies it: after epoch e (0-based) it sets
     lr * 0.5 ** ((e + 1) - 1), so the first two epochs share the full rate."""

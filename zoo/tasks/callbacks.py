@@ -210,6 +210,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # expanduser: `--predict_writer.output=~/p.jsonl` (no shell expands it) made a folder named "~" here
         self.path = Path(self.output).expanduser() if self.output else run_dir(trainer) / "predictions.jsonl"
+        self._warned: set[str] = set()  # keys already named as non-finite in this run
         if trainer.is_global_zero:
             if self.path.exists():
                 raise FileExistsError(f"{self.path} exists; choose another --predict_writer.output")
@@ -256,8 +257,15 @@ class PredictionWriter(BasePredictionWriter):
     def _write(self, rows: list) -> None:
         if not rows:
             return
+        bad: list[str] = []
+        rows = _finite_or_null(rows, "", bad)  # a diverged model's NaN: null, as in test_metrics.json
         with open(self._partial, "a", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(row, default=str) + "\n")
+                f.write(json.dumps(row, default=str, allow_nan=False) + "\n")
                 if self.echo:
-                    print(json.dumps(row, default=str, ensure_ascii=False), flush=True)
+                    print(json.dumps(row, default=str, ensure_ascii=False, allow_nan=False), flush=True)
+        new = [key for key in dict.fromkeys(bad) if key not in self._warned]
+        if new:
+            self._warned.update(new)
+            warnings.warn(f"{self.path}: non-finite (NaN or infinite) predictions written as null: {', '.join(new)}",
+                          stacklevel=2)
