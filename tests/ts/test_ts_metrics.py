@@ -114,20 +114,37 @@ def test_a_second_test_run_into_the_same_folder_keeps_the_first_ones_metrics(tmp
     assert not (tmp_path / "smoke").exists() or not list((tmp_path / "smoke").rglob("test_metrics*.json"))
 
 
+def _strict_json(text: str):
+    """json.loads that refuses the NaN / Infinity constants (as JSON.parse, jq and strict parsers do)."""
+    import json
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _diverged(tmp_path):
+    """A CSV datamodule and a tiny forecaster whose weights are all NaN (a diverged model)."""
+    _csv(tmp_path)
+    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.fill_(float("nan"))
+    return dm, task
+
+
 def test_non_finite_test_metrics_are_written_as_null_and_named(tmp_path):
     """A diverged model (NaN weights) tests to NaN errors: test_metrics.json held the bare token NaN, which is not JSON
     (JSON.parse, jq and strict parsers reject it). Non-finite values are written as null and a warning names them.
     Reference: a strict json.loads (any NaN / Infinity constant raises) against the task's in-memory results."""
-    import json
     import math
 
     from zoo.tasks.callbacks import write_json_new
 
-    def strict(text: str):
-        def refuse(constant: str):
-            raise ValueError(f"not JSON: {constant}")
-
-        return json.loads(text, parse_constant=refuse)
+    strict = _strict_json
 
     def as_json(v):  # the in-memory results with every non-finite float as None
         if isinstance(v, dict):
@@ -136,13 +153,7 @@ def test_non_finite_test_metrics_are_written_as_null_and_named(tmp_path):
             return [as_json(x) for x in v]
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    _csv(tmp_path)
-    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
-    torch.manual_seed(0)
-    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
-    with torch.no_grad():
-        for p in task.model.parameters():
-            p.fill_(float("nan"))
+    dm, task = _diverged(tmp_path)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path / "run")
     with pytest.warns(UserWarning, match=r"non-finite.*\bmse\b.*mae_orig_per_step") as caught:
@@ -168,20 +179,9 @@ def test_non_finite_test_metrics_are_written_as_null_and_named(tmp_path):
 def test_non_finite_predictions_are_written_as_null_and_named(tmp_path):
     """The same diverged model predicts NaN forecasts: predictions.jsonl held bare NaN tokens (not JSON). They are
     written as null, a warning names the columns once, the dates stay. Reference: a strict json.loads."""
-    import json
-
     from zoo.tasks.callbacks import PredictionWriter
 
-    def refuse(constant: str):
-        raise ValueError(f"not JSON: {constant}")
-
-    _csv(tmp_path)
-    dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=24, horizon=12)
-    torch.manual_seed(0)
-    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
-    with torch.no_grad():
-        for p in task.model.parameters():
-            p.fill_(float("nan"))
+    dm, task = _diverged(tmp_path)
     out = tmp_path / "pred.jsonl"
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path / "run", callbacks=[PredictionWriter(str(out), echo=False)])
@@ -189,7 +189,7 @@ def test_non_finite_predictions_are_written_as_null_and_named(tmp_path):
         trainer.predict(task, datamodule=dm)
     named = [str(w.message) for w in caught if "predictions written as null" in str(w.message)]
     assert len(named) == 1, named
-    rows = [json.loads(line, parse_constant=refuse) for line in out.read_text().splitlines()]
+    rows = [_strict_json(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12
     for row in rows:
         values = {k: v for k, v in row.items() if k != "date"}
