@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.nn import KVCache, build_attention, lambda_init_fn
+from zoo.nn import KVCache, build_attention, lambda_init_fn, list_attention_types
 
 TYPES = ["vanilla", "diff", "diff_v2"]
 BACKENDS = ["naive", "sdpa"]
@@ -56,8 +56,8 @@ def visible(batch: int, tq: int, tk: int, causal: bool, key_mask) -> torch.Tenso
             for j in range(tk):
                 if j > tk - tq + i:
                     vis[:, i, j] = False
-    if key_mask is not None:
-        vis &= key_mask[:, None, :]
+    if key_mask is not None:  # [B, Tk], or per query [B, Tq, Tk]
+        vis &= key_mask if key_mask.dim() == 3 else key_mask[:, None, :]
     return vis
 
 
@@ -374,6 +374,41 @@ def test_kv_cache_unit():
     assert cache.pos == 0
     k, _ = cache.update(a, b)
     assert torch.equal(k, a)
+
+
+@pytest.mark.parametrize("attn_type", list_attention_types())
+def test_context_kv_projected_once_gives_the_cross_attention_output(attn_type):
+    """``forward(x, context_kv=project_context(ctx))`` (a recognizer's decoding steps over one image): against the
+    naive reference where there is one, else against ``forward(x, ctx)``; under a per-query mask too, gradients
+    reach the key / value projections through the projected context, and misuse is named."""
+    kw = {"signal_ratio": 2} if attn_type == "gda" else {}
+    layer = make_layer(attn_type, seed=5, kv_dim=24, layer_idx=2, **kw)
+    torch.manual_seed(6)
+    x, ctx = torch.randn(3, 5, DIM), torch.randn(3, 9, 24)
+    key_mask = torch.rand(3, 5, 9) > 0.3
+    key_mask[..., 0] = True
+    if attn_type == "dint":  # its mean over queries takes one key mask per sequence
+        key_mask = key_mask[:, 0]
+    kv = layer.project_context(ctx)
+    with torch.no_grad():
+        got = layer(x, context_kv=kv, key_mask=key_mask)
+        want = layer(x, ctx, key_mask=key_mask)
+        if attn_type in NAIVE:
+            close(got, NAIVE[attn_type](layer, x, context=ctx, key_mask=key_mask), what="naive")
+    close(got, want, what="context")
+    for step in range(2):  # the same projection serves several calls (decoding steps)
+        close(layer(x[:, step:step + 1], context_kv=kv).detach(), layer(x[:, step:step + 1], ctx).detach(), what="step")
+    layer.zero_grad()
+    layer(x, context_kv=layer.project_context(ctx)).sum().backward()
+    g_kv = [p.grad.clone() for p in (layer.k_proj.weight, layer.v_proj.weight)]
+    layer.zero_grad()
+    layer(x, ctx).sum().backward()
+    for got_g, p in zip(g_kv, (layer.k_proj.weight, layer.v_proj.weight)):
+        close(got_g, p.grad, what="grad")
+    with pytest.raises(ValueError, match="either context or context_kv"):
+        layer(x, ctx, context_kv=kv)
+    with pytest.raises(ValueError, match="cache"):
+        layer(x, context_kv=kv, cache=KVCache(8))
 
 
 @pytest.mark.parametrize("attn_type", TYPES)

@@ -86,6 +86,41 @@ def test_decoder_layer_equals_one_query_per_sequence(kind):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", _types_but_dint())
+def test_image_tokens_projected_once_decode_as_projected_per_step(kind):
+    """decode() projects the image tokens once for every step and refinement pass (memory_kv): its probabilities
+    equal autoregressive decoding + refinement that project them at every call, and a training-style call under a
+    permutation mask gives the same logits and parameter gradients either way."""
+    heads = {"dec_heads": 6, "dec_dim": 48, "dec_self_heads": 6} if kind == "gda" else {}
+    m = tiny(attn_type=kind, refine_iters=2, **heads)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mem = m.encode(torch.rand(3, 3, *m.config.img_size))
+        got = m.decode(mem)
+        ref = m._decode_ar(mem)  # no memory_kv: every step projects the image tokens itself
+        for _ in range(2):
+            ref = m.refine(mem, ref)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    T = m.num_slots
+    tokens = torch.randint(1, m.num_classes, (3, T))
+    tokens[:, 0] = m.bos_id
+    mask = visibility(torch.randperm(T), T)
+
+    def grads(use_kv: bool):
+        m.zero_grad()
+        memory = m.encode(torch.rand(3, 3, *m.config.img_size, generator=torch.Generator().manual_seed(4)))
+        kv = m.memory_kv(memory) if use_kv else None
+        out = sum(m.decode_step(memory, tokens, mask, memory_kv=kv) for _ in range(2))  # two masks' calls
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    (a, ga), (b, gb) = grads(True), grads(False)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize("self_attn", ["vanilla", "diff"])
 def test_mask_semantics_end_to_end(self_attn):
     m = tiny(self_attn_type=self_attn, dec_depth=2)

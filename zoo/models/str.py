@@ -153,11 +153,14 @@ class DecoderLayer(nn.Module):
         self.mlp = GeluMlp(d, int(d * cfg.dec_mlp_ratio), dropout=cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, q: Tensor, content: Tensor, key_mask: Tensor, memory: Tensor) -> Tensor:
-        """``q`` [B, Tq, D], ``content`` [B, T, D], ``key_mask`` bool [B, Tq, T], ``memory`` [B, N, E]."""
+    def forward(self, q: Tensor, content: Tensor, key_mask: Tensor, memory: Tensor,
+                memory_kv: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """``q`` [B, Tq, D], ``content`` [B, T, D], ``key_mask`` bool [B, Tq, T], ``memory`` [B, N, E];
+        ``memory_kv``: ``cross_attn.project_context(memory)`` when the caller has it (then ``memory`` is not read)."""
         # each query under its own visibility row: the attention ops take the per-query mask [B, Tq, T]
         q = q + self.drop(self.self_attn(self.norm_q(q), self.norm_c(content), key_mask=key_mask))
-        q = q + self.drop(self.cross_attn(self.norm_x(q), memory))
+        x = self.norm_x(q)
+        q = q + self.drop(self.cross_attn(x, memory) if memory_kv is None else self.cross_attn(x, context_kv=memory_kv))
         return q + self.mlp(self.norm_m(q))
 
 
@@ -254,16 +257,22 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             )
         return self.encoder.forward_features(images)
 
+    def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every decoder layer's cross-attention keys and values of the image tokens ``memory``, for the
+        ``memory_kv`` of :meth:`decode_step`: projected once for all the decoding steps over the same images."""
+        return [layer.cross_attn.project_context(memory) for layer in self.layers]
+
     def decode_step(
         self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None,
-        queries: Optional[slice] = None,
+        queries: Optional[slice] = None, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None,
     ) -> Tensor:
         """Logits ``[B, T, classes]`` for every query slot.
 
         ``tokens`` [B, T]: BOS then the known / predicted characters (content ids); ``mask`` [T, T] or
         [B, T, T] visibility; ``key_valid`` [B, T] marks real content (False after the end of the text).
         ``queries``: only these query slots (``[B, len(slots), classes]``); each slot is computed apart from
-        the others, so its logits are those of the full call.
+        the others, so its logits are those of the full call. ``memory_kv``: :meth:`memory_kv` of ``memory``
+        (the same logits, without projecting the image tokens again).
         """
         B, T = tokens.shape
         emb = self.text_embed(tokens)
@@ -276,8 +285,9 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         if queries is not None:
             pos, key_mask = pos[:, queries], key_mask[:, queries]
         q = self.drop(pos.expand(B, pos.shape[1], -1))
-        for layer in self.layers:
-            q = layer(q, content, key_mask, memory)
+        kv = memory_kv if memory_kv is not None else [None] * len(self.layers)
+        for layer, layer_kv in zip(self.layers, kv):
+            q = layer(q, content, key_mask, memory, layer_kv)
         return self.head(self.norm(q))
 
     def content_tokens(self, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,12 +308,14 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
 
     def decode(self, memory: Tensor) -> Tensor:
         """:meth:`forward` after the encoder: per-slot probabilities from image tokens ``memory``."""
+        kv = self.memory_kv(memory)  # the image tokens projected once for every step and refinement pass
         if self.config.decode == "ar":
-            probs = self._decode_ar(memory)
+            probs = self._decode_ar(memory, kv)
         else:
-            probs = self.decode_step(memory, self._blank(memory.shape[0], memory.device), visibility("nar", self.num_slots, memory.device)).softmax(-1)
+            probs = self.decode_step(memory, self._blank(memory.shape[0], memory.device), visibility("nar", self.num_slots, memory.device),
+                                     memory_kv=kv).softmax(-1)
         for _ in range(self.config.refine_iters):
-            probs = self.refine(memory, probs)
+            probs = self.refine(memory, probs, kv)
         return probs
 
     def _blank(self, B: int, device: torch.device) -> Tensor:
@@ -311,7 +323,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         tokens[:, 0] = self.bos_id
         return tokens
 
-    def _decode_ar(self, memory: Tensor) -> Tensor:
+    def _decode_ar(self, memory: Tensor, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None) -> Tensor:
         B, T = memory.shape[0], self.num_slots
         tokens = self._blank(B, memory.device)
         mask = visibility("ar", T, memory.device)
@@ -319,7 +331,8 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         for i in range(T):
             # query i sees contents 0..i only: decode that one slot over that prefix (not all T slots over all
             # T contents, T times over)
-            p = self.decode_step(memory, tokens[:, : i + 1], mask[: i + 1, : i + 1], queries=slice(i, i + 1))[:, 0].softmax(-1)
+            p = self.decode_step(memory, tokens[:, : i + 1], mask[: i + 1, : i + 1], queries=slice(i, i + 1),
+                                 memory_kv=memory_kv)[:, 0].softmax(-1)
             probs.append(p)
             if i + 1 < T:
                 tokens[:, i + 1] = p.argmax(-1)
@@ -330,12 +343,12 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
                     break
         return torch.stack(probs, 1)
 
-    def refine(self, memory: Tensor, probs: Tensor) -> Tensor:
+    def refine(self, memory: Tensor, probs: Tensor, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None) -> Tensor:
         """One cloze pass: every character re-predicted with all the others (the current guess) visible."""
         B, T, _ = probs.shape
         tokens = torch.cat([torch.full((B, 1), self.bos_id, dtype=torch.long, device=probs.device), probs.argmax(-1)[:, :-1]], 1)
         tokens, valid = self._mask_after_eos(tokens)
-        return self.decode_step(memory, tokens, visibility("cloze", T, probs.device), valid).softmax(-1)
+        return self.decode_step(memory, tokens, visibility("cloze", T, probs.device), valid, memory_kv=memory_kv).softmax(-1)
 
     def cloze_logits(self, images: Tensor, targets: Tensor, memory: Optional[Tensor] = None) -> Tensor:
         """Cloze logits ``[B, T, classes]`` given the (pseudo)labels ``targets`` (-100 = padding); used by CSD.
@@ -480,9 +493,10 @@ class _NARRefine(nn.Module):
         T = m.num_slots
         tokens = torch.full((images.shape[0], T), m.pad_id, dtype=torch.long, device=images.device)
         tokens[:, 0] = m.bos_id
-        probs = m.decode_step(memory, tokens, visibility("nar", T, images.device)).softmax(-1)
+        kv = m.memory_kv(memory)
+        probs = m.decode_step(memory, tokens, visibility("nar", T, images.device), memory_kv=kv).softmax(-1)
         for _ in range(self.refine_iters):
-            probs = m.refine(memory, probs)
+            probs = m.refine(memory, probs, kv)
         return probs
 
 

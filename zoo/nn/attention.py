@@ -226,6 +226,13 @@ class AttentionBase(nn.Module):
         v = self.v_proj(src).view(B, tk, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention ``context`` ([B, Tk, kv_dim]), as ``forward(x, context_kv=...)``
+        takes them: projected once and reused by every call that attends to the same context (the decoding steps
+        of a recognizer over one image). Both are ``[B, Hkv, Tk, ...]`` in the layer's own layout."""
+        _, k, v = self._project(context.new_zeros(context.shape[0], 0, self.dim), context)  # no queries
+        return k, v
+
     @staticmethod
     def _check_cache(x: Tensor, context: Optional[Tensor], key_mask: Optional[Tensor], cache: Optional[KVCache]) -> None:
         """A cached call is self-attention, and its ``key_mask`` covers the cached keys too; checked before the
@@ -251,8 +258,12 @@ class AttentionBase(nn.Module):
         key_mask: Optional[Tensor] = None,
         cache: Optional[KVCache] = None,
         query_mask: Optional[Tensor] = None,
+        context_kv: Optional[tuple[Tensor, Tensor]] = None,
     ) -> Tensor:
         """Attend from ``x`` ([B, Tq, dim]) to itself or to ``context`` ([B, Tk, kv_dim]).
+
+        ``context_kv``: instead of ``context``, its keys and values from :meth:`project_context` (the same
+        output as passing ``context``, without projecting it again).
 
         ``key_mask`` (bool [B, Tk], True = real token) masks padded keys; with ``cache`` it covers
         the cached keys too. Without a cache it may also be a per-query visibility [B, Tq, Tk] (True = query
@@ -261,13 +272,21 @@ class AttentionBase(nn.Module):
         output mixes queries (``dint``'s mean over queries; in self-attention it defaults to the
         queries' part of ``key_mask``); row-wise types ignore it.
         """
-        self._check_cache(x, context, key_mask, cache)
+        if context_kv is not None:
+            if context is not None:
+                raise ValueError("pass either context or context_kv (its project_context output), not both")
+            if cache is not None:
+                raise ValueError("KV caching is for self-attention; pass cache=None with context_kv")
+            q, _, _ = self._project(x, x.new_zeros(x.shape[0], 0, self.kv_dim))  # queries only
+            k, v = context_kv
+        else:
+            self._check_cache(x, context, key_mask, cache)
+            q, k, v = self._project(x, context)
         self._check_query_mask(x, query_mask)
         start = cache.pos if cache is not None else 0
-        q, k, v = self._project(x, context)
         # passed only when given, so an _attend written without it still serves every other call
         extra = {} if query_mask is None else {"query_mask": query_mask}
-        out = self._attend(q, k, v, x, start, context is None, key_mask, cache, **extra)
+        out = self._attend(q, k, v, x, start, context is None and context_kv is None, key_mask, cache, **extra)
         B, H, tq, dv = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, tq, H * dv))  # no -1: B = 0 or tq = 0 has no size to infer
 

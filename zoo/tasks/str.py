@@ -396,12 +396,13 @@ class RecognitionTask(ZooTask):
         if self.teacher is not None:
             targets, soft = self._teacher_targets(images)
         memory = self.model.encode(images)
+        kv = self.model.memory_kv(memory) if len(self.masks) > 1 else None  # projected once for every mask
         tokens, valid = self.model.content_tokens(targets)
         C = self.model.num_classes
         ce = kl = torch.zeros((), device=images.device)
         for mode in self.masks:
             mask, tgt = self._mask(mode, targets)
-            logits = self.model.decode_step(memory, tokens, mask, valid)
+            logits = self.model.decode_step(memory, tokens, mask, valid, memory_kv=kv)
             if tgt is None:  # parseq's perm of empty (pseudo)labels: no target left (a mean would be NaN)
                 ce = ce + logits.sum() * 0.0  # in the graph: every rank's backward reaches the same parameters
                 continue
