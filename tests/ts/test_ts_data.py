@@ -88,6 +88,25 @@ def test_scaler_is_fitted_on_training_rows_only(tmp_path):
     np.testing.assert_allclose(test[3]["x"].numpy(), (values[b1 + 3 : b1 + 23] - values[:350].mean(0)) / values[:350].std(0), rtol=1e-4, atol=1e-4)
 
 
+def test_a_header_with_spaces_after_its_commas_names_the_columns_without_them(tmp_path):
+    """"date, v0, v1" (a space after each comma, values too): the variables are v0 and v1 (data.target: v1), the
+    values those written; a DataFrame whose names carry the spaces gets an error that says so."""
+    from zoo.data.ts_frames import prepare_frame
+
+    values = write_csv(tmp_path / "plain.csv", 300, n_vars=2)
+    lines = (tmp_path / "plain.csv").read_text().splitlines()
+    (tmp_path / "spaced.csv").write_text("date, v0, v1\n" + "\n".join(", ".join(ln.split(",")) for ln in lines[1:]) + "\n")
+    dm = CSVTSDataModule(str(tmp_path / "spaced.csv"), lookback=20, horizon=5, features="S", target="v1")
+    assert dm.data_info["columns"] == ["v1"]
+    train_end = dm.data_info["borders"]["train"][1]
+    np.testing.assert_allclose(dm.data_info["mean"], [values[:train_end, 1].mean()], rtol=1e-9)
+    spaced = pd.read_csv(tmp_path / "spaced.csv")  # plain pandas keeps " v0", " v1"
+    with pytest.raises(ValueError, match=r"differ by spaces: ' v0' for 'v0', ' v1' for 'v1'.*str.strip"):
+        prepare_frame(spaced, columns=["v0", "v1"])
+    with pytest.raises(ValueError, match=r"target column 'v1' not found.*differ by spaces"):
+        prepare_frame(spaced, target="v1")
+
+
 @pytest.mark.parametrize("features,n_in,n_out", [("M", 4, 4), ("S", 1, 1), ("MS", 4, 1)])
 def test_feature_modes_shapes_and_target(tmp_path, features, n_in, n_out):
     values = write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT", "d"])

@@ -33,7 +33,7 @@ def read_ts_csv(path: str | Path) -> pd.DataFrame:
             "file with a date column followed by the variables"
         )
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, skipinitialspace=True)  # "date, v0, v1" (a space after each comma) names v0, v1
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
     refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
@@ -81,6 +81,15 @@ def is_index_like(column: Any) -> bool:
     return str(column).startswith("Unnamed: ")
 
 
+def _spaced(missing: Sequence[Any], available: Sequence[Any]) -> str:
+    """A hint when a missing name is an available one but for surrounding spaces (`` v1`` for ``v1``)."""
+    pairs = [(m, a) for m in missing for a in available if str(a) != str(m) and str(a).strip() == str(m).strip()]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{a!r} for {m!r}" for m, a in pairs)
+    return f" (the names differ by spaces: {shown}; strip them, e.g. df.columns = df.columns.str.strip())"
+
+
 def prepare_frame(
     df: pd.DataFrame,
     *,
@@ -105,6 +114,7 @@ def prepare_frame(
     if date_col not in df.columns:
         raise ValueError(
             f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); {date_advice}"
+            + _spaced([date_col], list(df.columns))
         )
     others = [c for c in df.columns if c != date_col]
     if columns is None:
@@ -117,9 +127,10 @@ def prepare_frame(
         columns = list(columns)
         absent = [c for c in columns if c not in df.columns]
         if absent:
-            raise ValueError(f"column(s) {absent} not found in {source}; available: {others}")
+            raise ValueError(f"column(s) {absent} not found in {source}; available: {others}" + _spaced(absent, others))
     if target is not None and target not in df.columns:
-        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}")
+        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}"
+                         + _spaced([target], others))
     if target is not None and target not in columns:
         raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
     if not columns:
