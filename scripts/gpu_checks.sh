@@ -129,7 +129,7 @@ export BUDGET t0
 step str-train "${STR_LIMIT:-470}" bash -c "str_train $(( ${STR_LIMIT:-470} - 10 ))"
 
 XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 12)
-step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels -m gpu
+step gpu-tests 200 env ZOO_DIFF_ATTN_AUTOTUNE=0 python3 -m pytest -q -p no:cacheprovider tests/kernels tests/str/test_str_models.py -m gpu
 # the whole non-slow suite on a CUDA machine (Lightning picks the GPU where a test does not pin the CPU).
 # One torch thread per xdist worker: with the default (one per core) 12 workers would oversubscribe the 16 cores
 # and likely slow CPU-bound tests down many times over. -v writes each result as it comes into $OUT/log.txt,

@@ -121,6 +121,41 @@ def test_image_tokens_projected_once_decode_as_projected_per_step(kind):
         torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_training_step_on_each_backend_is_the_naive_one(device, backend):
+    """The recognizer's training path (per-query permutation masks, image tokens projected once) on the SDPA
+    backend and forced to the fused kernel (the decoder's per-query masks then run on SDPA, its cross-attention on
+    the kernel on a GPU), in bf16 autocast on CUDA, against the same model in float32 on the naive backend: logits
+    and every parameter gradient within twice bf16's rounding (float32 on the CPU: 1e-4)."""
+    def run(attn_backend, autocast):
+        torch.manual_seed(0)
+        m = SceneTextRecognizer.from_config({**TINY, "dec_depth": 2, "attn_backend": attn_backend}).to(device).train()
+        g = torch.Generator().manual_seed(1)
+        images = torch.rand(4, 3, *m.config.img_size, generator=g).to(device)
+        T = m.num_slots
+        tokens = torch.randint(1, m.num_classes, (4, T), generator=g).to(device)
+        tokens[:, 0] = m.bos_id
+        valid = torch.ones(4, T, dtype=torch.bool, device=device)
+        valid[1, 3:] = False
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            memory = m.encode(images)
+            kv = m.memory_kv(memory)
+            logits = [m.decode_step(memory, tokens, visibility(torch.randperm(T, generator=g), T, device), valid,
+                                    memory_kv=kv) for _ in range(2)]
+        logits = torch.cat(logits).float()
+        logits.square().mean().backward()
+        return logits, torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+
+    ref_logits, ref_grads = run("naive", autocast=False)
+    logits, grads = run(backend, autocast=device == "cuda")
+    tol = 2 * 4 * 2.0 ** -8 if device == "cuda" else 1e-4
+    for name, got, ref in (("logits", logits, ref_logits), ("grads", grads, ref_grads)):
+        err = ((got.double() - ref.double()).norm() / ref.double().norm()).item()
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("self_attn", ["vanilla", "diff"])
 def test_mask_semantics_end_to_end(self_attn):
     m = tiny(self_attn_type=self_attn, dec_depth=2)
