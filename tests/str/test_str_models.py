@@ -518,3 +518,40 @@ def test_shipped_reader_reads_as_the_all_slots_reference():
     assert len({len(r.text) for r in want}) > 1
     for g, w in zip(got, want):
         assert g.confidence == pytest.approx(w.confidence, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("method", ["dex", "difflora", "opamp"])
+def test_an_adapted_recognizer_decodes_its_cross_attention_over_the_image_tokens(method):
+    """apply_adapter wraps the decoder's attention layers in wrappers without project_context / context_kv:
+    decode() raised AttributeError. Reference: a non-autoregressive pass written out by hand, the wrapped
+    cross-attention called on the image tokens themselves, and a masked softmax for the (wrapped) self-attention
+    replaced by calling it per query on its visible prefix."""
+    from zoo.nn.adapters import apply_adapter
+
+    m = tiny(attn_type="vanilla", decode="nar", refine_iters=0)
+    apply_adapter(m, method)
+    torch.manual_seed(5)
+    for p in m.parameters():  # adapters start as the identity: make them count
+        if p.requires_grad:
+            p.data.add_(0.05 * torch.randn_like(p))
+    images = torch.rand(2, 3, *m.config.img_size)
+    with torch.no_grad():
+        got = m(images)
+        memory = m.encode(images)
+        B, T = 2, m.num_slots
+        pos = m.pos_queries[:, :T]
+        emb = m.text_embed(m._blank(B, memory.device))
+        content = torch.cat([emb[:, :1], emb[:, 1:] + pos[:, : T - 1]], dim=1)
+        q = pos.expand(B, T, -1)
+        for layer in m.layers:
+            # nar: every query sees content 0 (BOS) only
+            sa = torch.cat([layer.self_attn(layer.norm_q(q[:, i : i + 1]), layer.norm_c(content[:, :1]))
+                            for i in range(T)], 1)
+            q = q + sa
+            q = q + layer.cross_attn(layer.norm_x(q), memory)
+            q = q + layer.mlp(layer.norm_m(q))
+        ref = m.head(m.norm(q)).softmax(-1)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    m.config.decode = "ar"
+    with torch.no_grad():
+        assert m(images).shape == got.shape

@@ -257,14 +257,17 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             )
         return self.encoder.forward_features(images)
 
-    def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def memory_kv(self, memory: Tensor) -> list[Optional[tuple[Tensor, Tensor]]]:
         """Every decoder layer's cross-attention keys and values of the image tokens ``memory``, for the
-        ``memory_kv`` of :meth:`decode_step`: projected once for all the decoding steps over the same images."""
-        return [layer.cross_attn.project_context(memory) for layer in self.layers]
+        ``memory_kv`` of :meth:`decode_step`: projected once for all the decoding steps over the same images.
+        A cross-attention without ``project_context`` (an adapter's wrapper, :func:`zoo.nn.adapters.apply_adapter`)
+        gets ``None``: that layer attends to ``memory`` itself, as before."""
+        return [layer.cross_attn.project_context(memory) if hasattr(layer.cross_attn, "project_context") else None
+                for layer in self.layers]
 
     def decode_step(
         self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None,
-        queries: Optional[slice] = None, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None,
+        queries: Optional[slice] = None, memory_kv: Optional[list[Optional[tuple[Tensor, Tensor]]]] = None,
     ) -> Tensor:
         """Logits ``[B, T, classes]`` for every query slot.
 
