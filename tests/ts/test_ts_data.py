@@ -107,6 +107,31 @@ def test_a_header_with_spaces_after_its_commas_names_the_columns_without_them(tm
         prepare_frame(spaced, target="v1")
 
 
+def test_names_written_with_their_spaces_still_name_the_columns_of_a_spaced_header(tmp_path):
+    """A header "date, v0, v1" read before skipinitialspace named its variables " v0", " v1": a config with
+    data.target: " v1", and a model trained then (its columns " v0", " v1"), read that file; with the header's
+    spaces dropped they were 'not found' (advising df.columns.str.strip(), which the file's reader had done).
+    Reference: the values written to the file and their training-rows mean computed here."""
+    from zoo.data.ts_frames import prepare_frame, read_ts_csv
+
+    values = write_csv(tmp_path / "plain.csv", 300, n_vars=2)
+    lines = (tmp_path / "plain.csv").read_text().splitlines()
+    (tmp_path / "spaced.csv").write_text("date, v0, v1\n" + "\n".join(", ".join(ln.split(",")) for ln in lines[1:]) + "\n")
+    dm = CSVTSDataModule(str(tmp_path / "spaced.csv"), lookback=20, horizon=5, features="S", target=" v1")
+    assert dm.data_info["columns"] == [" v1"]
+    train_end = dm.data_info["borders"]["train"][1]
+    np.testing.assert_allclose(dm.data_info["mean"], [values[:train_end, 1].mean()], rtol=1e-9)
+    _, frame = prepare_frame(read_ts_csv(tmp_path / "spaced.csv"), columns=[" v0", " v1"])  # a model trained then
+    assert list(frame.columns) == [" v0", " v1"]
+    np.testing.assert_allclose(frame.to_numpy(), values, rtol=1e-12)
+    _, frame = prepare_frame(read_ts_csv(tmp_path / "spaced.csv"), columns=["v0", "v1"])  # as the header reads now
+    np.testing.assert_allclose(frame.to_numpy(), values, rtol=1e-12)
+    plain = pd.read_csv(tmp_path / "plain.csv").rename(columns={"c0": "v0", "c1": "v1"})
+    with pytest.raises(ValueError, match=r"target column ' v1' not found.*differ by spaces: 'v1' for ' v1'; name them "
+                                         r"without the spaces"):
+        prepare_frame(plain, target=" v1")
+
+
 @pytest.mark.parametrize("features,n_in,n_out", [("M", 4, 4), ("S", 1, 1), ("MS", 4, 1)])
 def test_feature_modes_shapes_and_target(tmp_path, features, n_in, n_out):
     values = write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT", "d"])

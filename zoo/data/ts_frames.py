@@ -36,6 +36,12 @@ def read_ts_csv(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, skipinitialspace=True)  # "date, v0, v1" (a space after each comma) names v0, v1
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
+    try:  # the header as written: a config (or a model trained before skipinitialspace) may name " v1"
+        written = list(pd.read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+        written = []
+    if len(written) == len(df.columns):
+        df.attrs[_WRITTEN] = {s: w for s, w in zip(df.columns, written) if isinstance(w, str) and s != w}
     refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
     if _values_as_header(df.columns):
         # the first row was taken for the header: "no date column", whose advice (data.date_col = that timestamp)
@@ -81,12 +87,27 @@ def is_index_like(column: Any) -> bool:
     return str(column).startswith("Unnamed: ")
 
 
+_WRITTEN = "zoo_header_as_written"  # df.attrs of read_ts_csv: {name read: name as written} where spaces were dropped
+
+
+def _as_written(df: pd.DataFrame, asked: Sequence[Any]) -> pd.DataFrame:
+    """``df`` with a column read without its leading spaces named as written where a name asked for is the
+    written one (``data.target: " v1"`` for a header ``date, v0, v1``, as it was read before skipinitialspace)."""
+    written = df.attrs.get(_WRITTEN) or {}
+    if not any(w in asked and w not in df.columns for w in written.values()):
+        return df
+    # the whole header as written then, as before: not " v1" next to "v0"
+    return df.rename(columns={s: w for s, w in written.items() if s in df.columns and w not in df.columns})
+
+
 def _spaced(missing: Sequence[Any], available: Sequence[Any]) -> str:
     """A hint when a missing name is an available one but for surrounding spaces (`` v1`` for ``v1``)."""
     pairs = [(m, a) for m in missing for a in available if str(a) != str(m) and str(a).strip() == str(m).strip()]
     if not pairs:
         return ""
     shown = ", ".join(f"{a!r} for {m!r}" for m, a in pairs)
+    if all(str(m) != str(m).strip() for m, _ in pairs):  # the names asked for carry the spaces, not the data's
+        return f" (the names differ by spaces: {shown}; name them without the spaces)"
     return f" (the names differ by spaces: {shown}; strip them, e.g. df.columns = df.columns.str.strip())"
 
 
@@ -111,6 +132,7 @@ def prepare_frame(
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    df = _as_written(df, [date_col, target, *(columns or [])])
     if date_col not in df.columns:
         raise ValueError(
             f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); {date_advice}"
