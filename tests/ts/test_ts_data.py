@@ -88,14 +88,21 @@ def test_scaler_is_fitted_on_training_rows_only(tmp_path):
     np.testing.assert_allclose(test[3]["x"].numpy(), (values[b1 + 3 : b1 + 23] - values[:350].mean(0)) / values[:350].std(0), rtol=1e-4, atol=1e-4)
 
 
+def _write_spaced_csv(tmp_path):
+    """plain.csv (date, c0, c1) and spaced.csv: the same rows as "date, v0, v1" with a space after every comma;
+    returns the values written."""
+    values = write_csv(tmp_path / "plain.csv", 300, n_vars=2)
+    lines = (tmp_path / "plain.csv").read_text().splitlines()
+    (tmp_path / "spaced.csv").write_text("date, v0, v1\n" + "\n".join(", ".join(ln.split(",")) for ln in lines[1:]) + "\n")
+    return values
+
+
 def test_a_header_with_spaces_after_its_commas_names_the_columns_without_them(tmp_path):
     """"date, v0, v1" (a space after each comma, values too): the variables are v0 and v1 (data.target: v1), the
     values those written; a DataFrame whose names carry the spaces gets an error that says so."""
     from zoo.data.ts_frames import prepare_frame
 
-    values = write_csv(tmp_path / "plain.csv", 300, n_vars=2)
-    lines = (tmp_path / "plain.csv").read_text().splitlines()
-    (tmp_path / "spaced.csv").write_text("date, v0, v1\n" + "\n".join(", ".join(ln.split(",")) for ln in lines[1:]) + "\n")
+    values = _write_spaced_csv(tmp_path)
     dm = CSVTSDataModule(str(tmp_path / "spaced.csv"), lookback=20, horizon=5, features="S", target="v1")
     assert dm.data_info["columns"] == ["v1"]
     train_end = dm.data_info["borders"]["train"][1]
@@ -114,9 +121,7 @@ def test_names_written_with_their_spaces_still_name_the_columns_of_a_spaced_head
     Reference: the values written to the file and their training-rows mean computed here."""
     from zoo.data.ts_frames import prepare_frame, read_ts_csv
 
-    values = write_csv(tmp_path / "plain.csv", 300, n_vars=2)
-    lines = (tmp_path / "plain.csv").read_text().splitlines()
-    (tmp_path / "spaced.csv").write_text("date, v0, v1\n" + "\n".join(", ".join(ln.split(",")) for ln in lines[1:]) + "\n")
+    values = _write_spaced_csv(tmp_path)
     dm = CSVTSDataModule(str(tmp_path / "spaced.csv"), lookback=20, horizon=5, features="S", target=" v1")
     assert dm.data_info["columns"] == [" v1"]
     train_end = dm.data_info["borders"]["train"][1]
