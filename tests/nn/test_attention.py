@@ -407,6 +407,9 @@ def test_context_kv_projected_once_gives_the_cross_attention_output(attn_type):
         close(got_g, p.grad, what="grad")
     with pytest.raises(ValueError, match="either context or context_kv"):
         layer(x, ctx, context_kv=kv)
+    for bad in ({"context_kv": kv}, {"context": ctx}):  # another batch of images than of queries
+        with pytest.raises(ValueError, match="x has batch 2 but the context"):
+            layer(x[:2], **bad)
     with pytest.raises(ValueError, match="cache"):
         layer(x, context_kv=kv, cache=KVCache(8))
 

@@ -272,6 +272,10 @@ class AttentionBase(nn.Module):
         output mixes queries (``dint``'s mean over queries; in self-attention it defaults to the
         queries' part of ``key_mask``); row-wise types ignore it.
         """
+        src = context if context is not None else (context_kv[0] if context_kv is not None else None)
+        if src is not None and src.shape[0] != x.shape[0]:
+            raise ValueError(f"x has batch {x.shape[0]} but the {'context' if context is not None else 'context_kv'} "
+                             f"has batch {src.shape[0]}; they must be the same samples")
         if context_kv is not None:
             if context is not None:
                 raise ValueError("pass either context or context_kv (its project_context output), not both")
