@@ -333,6 +333,12 @@ class ZooTask(L.LightningModule):
         """Extra lines for the end-of-run summary (domain specific)."""
         return []
 
+    def _model_name(self, name: Any) -> str:
+        """``name`` for the summary's model line, with where the weights came from when they came from an export
+        (the registered name only sizes the model then: the export's architecture is built under it)."""
+        source = self.hparams.get("pretrained")
+        return f"{name}" if source is None else f"{name}, weights from {source}"
+
 
 def _saved_hparams(checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
     """The hyperparameters saved in a checkpoint (a path, a URL or an open binary file, left where it was), read

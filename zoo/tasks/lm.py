@@ -344,7 +344,7 @@ class LanguageModelTask(ZooTask):
     def summary_lines(self) -> list[str]:
         c = self.model.config
         return [
-            f"model: {self.arch or 'converted (no registered name)'} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
+            f"model: {self._model_name(self.arch or 'converted (no registered name)')} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
             f"{self.model.num_params() / 1e6:.2f}M parameters"
         ]
 

@@ -531,7 +531,7 @@ class RecognitionTask(ZooTask):
     def summary_lines(self) -> list[str]:
         c = self.model.config
         lines = [
-            f"model: {self.arch} (ViT {c.enc_depth}x{c.enc_dim}, decoder {c.dec_depth}x{c.dec_dim}, {c.attn_type} "
+            f"model: {self._model_name(self.arch)} (ViT {c.enc_depth}x{c.enc_dim}, decoder {c.dec_depth}x{c.dec_dim}, {c.attn_type} "
             f"cross-attention, {c.self_attn_type} self-attention), {self.model.num_params() / 1e6:.3f}M parameters",
             f"charset: {len(c.charset)} characters, max length {c.max_length}; decoding {c.decode} + {c.refine_iters} refinement",
         ]

@@ -460,7 +460,7 @@ class ForecastTask(ZooTask):
     def summary_lines(self) -> list[str]:
         c = self.model.config
         lines = [
-            f"model: {self.arch} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads, "
+            f"model: {self._model_name(self.arch)} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads, "
             f"revin={c.revin}), {self.model.num_params() / 1e6:.3f}M parameters",
             f"lookback {c.lookback} -> horizon {c.horizon}",
         ]

@@ -586,7 +586,7 @@ class VLMTask(ZooTask):
         c = self.model.config
         fda = f"FDA on layers {sorted(c.fda_layer_set)} ({c.fda_direction})" if c.fda_layer_set else "no FDA"
         lines = [
-            f"model: {self.arch} ({c.fusion_attn_type} fusion x{c.fusion_layers}, {fda}), "
+            f"model: {self._model_name(self.arch)} ({c.fusion_attn_type} fusion x{c.fusion_layers}, {fda}), "
             f"{self.model.num_params() / 1e6:.3f}M parameters",
         ]
         if self.data_info:
