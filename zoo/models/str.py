@@ -41,6 +41,7 @@ from zoo.nn.attention import check_lambda_init_for, lambda_init_kwargs, require_
 from zoo.nn.modes import eval_mode
 
 DECODE_MODES = ("ar", "nar")
+MemoryKV = list[Optional[tuple[Tensor, Tensor]]]  # per decoder layer: its cross-attention keys / values, or None
 
 
 @dataclass
@@ -257,7 +258,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             )
         return self.encoder.forward_features(images)
 
-    def memory_kv(self, memory: Tensor) -> list[Optional[tuple[Tensor, Tensor]]]:
+    def memory_kv(self, memory: Tensor) -> MemoryKV:
         """Every decoder layer's cross-attention keys and values of the image tokens ``memory``, for the
         ``memory_kv`` of :meth:`decode_step`: projected once for all the decoding steps over the same images.
         A cross-attention without ``project_context`` (an adapter's wrapper, :func:`zoo.nn.adapters.apply_adapter`)
@@ -267,7 +268,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
 
     def decode_step(
         self, memory: Tensor, tokens: Tensor, mask: Tensor, key_valid: Optional[Tensor] = None,
-        queries: Optional[slice] = None, memory_kv: Optional[list[Optional[tuple[Tensor, Tensor]]]] = None,
+        queries: Optional[slice] = None, memory_kv: Optional[MemoryKV] = None,
     ) -> Tensor:
         """Logits ``[B, T, classes]`` for every query slot.
 
@@ -309,15 +310,19 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         """Per-slot class probabilities ``[B, max_length + 1, classes]`` with the configured decoding."""
         return self.decode(self.encode(images))
 
-    def decode(self, memory: Tensor) -> Tensor:
-        """:meth:`forward` after the encoder: per-slot probabilities from image tokens ``memory``."""
+    def decode(self, memory: Tensor, mode: Optional[str] = None, refine_iters: Optional[int] = None) -> Tensor:
+        """:meth:`forward` after the encoder: per-slot probabilities from image tokens ``memory``, decoded ``ar`` or
+        ``nar`` then refined ``refine_iters`` times (default: the config's ``decode`` / ``refine_iters``)."""
+        mode = self.config.decode if mode is None else mode
+        if mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         kv = self.memory_kv(memory)  # the image tokens projected once for every step and refinement pass
-        if self.config.decode == "ar":
+        if mode == "ar":
             probs = self._decode_ar(memory, kv)
         else:
             probs = self.decode_step(memory, self._blank(memory.shape[0], memory.device), visibility("nar", self.num_slots, memory.device),
                                      memory_kv=kv).softmax(-1)
-        for _ in range(self.config.refine_iters):
+        for _ in range(self.config.refine_iters if refine_iters is None else refine_iters):
             probs = self.refine(memory, probs, kv)
         return probs
 
@@ -326,7 +331,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         tokens[:, 0] = self.bos_id
         return tokens
 
-    def _decode_ar(self, memory: Tensor, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None) -> Tensor:
+    def _decode_ar(self, memory: Tensor, memory_kv: Optional[MemoryKV] = None) -> Tensor:
         B, T = memory.shape[0], self.num_slots
         tokens = self._blank(B, memory.device)
         mask = visibility("ar", T, memory.device)
@@ -346,7 +351,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
                     break
         return torch.stack(probs, 1)
 
-    def refine(self, memory: Tensor, probs: Tensor, memory_kv: Optional[list[tuple[Tensor, Tensor]]] = None) -> Tensor:
+    def refine(self, memory: Tensor, probs: Tensor, memory_kv: Optional[MemoryKV] = None) -> Tensor:
         """One cloze pass: every character re-predicted with all the others (the current guess) visible."""
         B, T, _ = probs.shape
         tokens = torch.cat([torch.full((B, 1), self.bos_id, dtype=torch.long, device=probs.device), probs.argmax(-1)[:, :-1]], 1)
@@ -492,15 +497,7 @@ class _NARRefine(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         m = self.model
-        memory = m.encode(images)
-        T = m.num_slots
-        tokens = torch.full((images.shape[0], T), m.pad_id, dtype=torch.long, device=images.device)
-        tokens[:, 0] = m.bos_id
-        kv = m.memory_kv(memory)
-        probs = m.decode_step(memory, tokens, visibility("nar", T, images.device), memory_kv=kv).softmax(-1)
-        for _ in range(self.refine_iters):
-            probs = m.refine(memory, probs, kv)
-        return probs
+        return m.decode(m.encode(images), mode="nar", refine_iters=self.refine_iters)
 
 
 def export_onnx(
