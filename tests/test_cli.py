@@ -134,6 +134,16 @@ def test_help_names_every_subcommand(capsys):
     assert "python -m zoo export CKPT OUT" in out and "python -m zoo convert" in out and "fit,validate,test,predict" in out
 
 
+@pytest.mark.parametrize("argv", [[], ["exprot", "run.ckpt", "out"]])
+def test_a_missing_or_unknown_subcommand_names_export_and_convert_too(argv, capsys):
+    # Lightning's own error lists fit / validate / test / predict only
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "python -m zoo export CKPT OUT" in err and "python -m zoo convert HF_FOLDER OUT" in err
+
+
 @pytest.mark.parametrize("outcome", ["finished", "failed"])
 def test_main_ends_the_process_group_its_run_started(outcome, tmp_path, monkeypatch):
     # Lightning destroys only NCCL groups at exit; a gloo group (CPU DDP) left alive can abort the finished

@@ -277,6 +277,11 @@ def convert_main(argv: Sequence[str]) -> None:
     print(f"converted {args.src} to {folder}")
 
 
+USAGE = ("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
+         "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
+         "python -m zoo convert HF_FOLDER OUT [--overwrite]                   (a Hugging Face model -> a zoo export)\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["export"]:
@@ -286,9 +291,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         convert_main(args[1:])
         return
     if args[:1] in (["-h"], ["--help"]):  # Lightning's help lists its subcommands; ours come first
-        print("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
-              "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
-              "python -m zoo convert HF_FOLDER OUT [--overwrite]                   (a Hugging Face model -> a zoo export)\n")
+        print(USAGE)
+    elif not args or args[0] not in ("fit", "validate", "test", "predict") and not args[0].startswith("-"):
+        # Lightning's error ("expected subcommand ... fit, validate, test, predict") would hide export / convert
+        print(USAGE, file=sys.stderr)
     finished = False
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # else the caller's group
     try:
