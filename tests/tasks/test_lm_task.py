@@ -770,3 +770,41 @@ def test_load_from_checkpoint_merges_model_args_over_the_saved_ones(tmp_path):
     hparams.write_text(yaml.safe_dump({"model_args": saved_args}))
     loaded = LanguageModelTask.load_from_checkpoint(ckpt, hparams_file=hparams, model_args={"dropout": 0.1})
     assert loaded.hparams.model_args == {**saved_args, "dropout": 0.1} and loaded.model.config.dropout == 0.1
+
+
+def test_retrieval_test_metrics_are_named_by_length_only_when_test_seq_lens_is_set():
+    """README: val and test report `acc` (configs/lm/tiny.yaml's `test/acc`, as its `val/acc`); `test/len<L>/...`
+    names the lengths a config lists in data.test_seq_lens. Without test_seq_lens the single test loader read
+    `test/len32/acc`."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    def keys(**kw):
+        dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=8, val_size=8,
+                                 test_size=8, batch_size=8, **kw)
+        task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
+                                 data_info=dm.data_info)
+        return set().union(*_quiet_trainer().test(task, dm, verbose=False))
+
+    assert keys() == {"test/loss", "test/ppl", "test/acc"}
+    assert keys(test_seq_lens=[16, 64]) == {f"test/len{n}/{m}" for n in (16, 64) for m in ("loss", "ppl", "acc")}
+    with pytest.raises(ValueError, match="test_seq_lens"):  # two loaders under one name: their metrics would merge
+        RetrievalDataModule(seq_len=32, n_pairs=4, test_seq_lens=[32, 32])
+
+
+def test_retrieval_accuracy_is_reported_without_data_info_from_python():
+    """A Lightning user's `trainer.test(LanguageModelTask(...), RetrievalDataModule(...))` (no data_info, which only
+    the CLI links) gets the answers' accuracy too: it was left out, the task not knowing the data were retrieval."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, train_size=8, val_size=8, test_size=8,
+                             batch_size=8)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32})
+    res = _quiet_trainer().test(task, dm, verbose=False)[0]
+    # independent reference: argmax hits over the scored positions of the test split
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        logits = task.model.eval()(batch["input_ids"])
+    mask = batch["labels"] != -100
+    assert res["test/acc"] == pytest.approx(float((logits.argmax(-1)[mask] == batch["labels"][mask]).float().mean()))

@@ -344,14 +344,18 @@ class RetrievalDataModule(L.LightningDataModule):
             check_at_least(f"data.{name}", value, minimum)
         if test_seq_lens is not None and not test_seq_lens:
             raise ValueError("data.test_seq_lens is empty; list the test lengths or leave it unset")
+        if test_seq_lens and len(set(test_seq_lens)) < len(test_seq_lens):
+            raise ValueError(f"data.test_seq_lens {list(test_seq_lens)} repeats a length (its loaders would report "
+                             "under one name, test/len<L>/...); list each length once")
         self.test_specs = [self.spec.with_seq_len(n) for n in test_seq_lens] if test_seq_lens else [self.spec]
-        self.test_seq_lens = [s.seq_len for s in self.test_specs]
+        # the lengths the test metrics are named by (test/len<L>/acc); None without test_seq_lens: test/acc, as val/acc
+        self.test_seq_lens: Optional[list[int]] = [s.seq_len for s in self.test_specs] if test_seq_lens else None
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
         self.tokenizer = None
-        self.max_len = max(seq_len, *self.test_seq_lens)
+        self.max_len = max(s.seq_len for s in (self.spec, *self.test_specs))
 
     @property
     def data_info(self) -> dict:
@@ -378,7 +382,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def test_dataloader(self):
         """One loader, or a list of loaders (one per ``test_seq_lens`` entry, in that order)."""
         loaders = [self._loader(spec, "test", False) for spec in self.test_specs]
-        return loaders if self.hparams.test_seq_lens else loaders[0]
+        return loaders if self.test_seq_lens else loaders[0]
 
     def predict_dataloader(self) -> DataLoader:
         raise ValueError(

@@ -159,6 +159,11 @@ class LanguageModelTask(ZooTask):
             )
 
     def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        info = getattr(dm, "data_info", None) if "kind" not in self.data_info else None
+        if isinstance(info, dict) and "kind" in info:
+            # built in Python without data_info (the CLI links it): retrieval data are scored by accuracy all the same
+            self.data_info["kind"] = info["kind"]
         tok = self._datamodule_tokenizer()
         if tok is None:
             return
