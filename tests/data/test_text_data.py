@@ -253,6 +253,30 @@ def test_byte_order_marks_and_upper_case_suffixes(tmp_path):
     assert read_documents(str(tmp_path / "c.jsonl")) == ["his horse"]
 
 
+def test_documents_start_with_bos_when_the_tokenizer_puts_bos_in_front_of_a_text(monkeypatch):
+    """A Llama-style tokenizer (post-processor "<s> $A") gets BOS in front of every prompt at generation; a model
+    trained on it must have seen documents start that way: each document is encoded as the tokenizers library
+    encodes it with its special tokens (Hugging Face's language-modelling recipe), the documents joined by eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    import zoo.data.text as text_mod
+    from zoo.data.text import encode_corpus
+    from zoo.data.tokenizers import HFTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate("the king a fool his horse".split())}}
+    docs = ["the king\na fool\nthe fool", "his horse"]
+    for template in (None, "<s> $A"):
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        if template:
+            backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 1)])
+        tok = HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=None)
+        monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 8)  # several pieces per document: BOS once, at its start
+        stream = encode_corpus(tok, docs).tolist()
+        assert stream == backend.encode(docs[0]).ids + [2] + backend.encode(docs[1]).ids
+        assert (stream[0] == 1) == bool(template) and stream.count(1) == (2 if template else 0)
+
+
 def test_long_document_with_a_llama_style_tokenizer_gets_no_spurious_spaces(monkeypatch):
     """A converted Llama/Mistral tokenizer prepends "▁" (a space) to every text it encodes; a long document
     encoded in pieces would get a space at every piece boundary. The stream must be the document's own ids."""

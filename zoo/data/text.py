@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .files import read_utf8, say_hidden, walk_files
 from .lm_common import check_at_least, make_loader
-from .tokenizers import TokenizerLike, build_tokenizer
+from .tokenizers import TokenizerLike, build_tokenizer, tokenizer_adds_bos
 
 __all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", "pack_blocks"]
 
@@ -114,7 +114,10 @@ def _pieces_encode_as_whole(tokenizer: TokenizerLike) -> bool:
 
 
 def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
-    """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``.
+    """One int32 token stream: the documents' tokens joined by ``tokenizer.eos_id``; each document starts with
+    ``tokenizer.bos_id`` when the tokenizer puts BOS in front of a text (Llama / Mistral tokenizers, see
+    :func:`zoo.data.tokenizers.tokenizer_adds_bos`), as prompts are fed at generation (Hugging Face's language
+    modelling recipe tokenizes each document with its special tokens).
 
     Long documents are encoded in line-aligned pieces (parallel, same text), unless the tokenizer treats the
     start of every text it encodes specially (converted Llama / Mistral tokenizers prepend "▁", a space, to
@@ -128,11 +131,13 @@ def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
         pieces += chunks
         owner += [i] * len(chunks)
     encoded = tokenizer.encode_batch(pieces)
-    sep = [tokenizer.eos_id]
+    sep, start = [tokenizer.eos_id], ([tokenizer.bos_id] if tokenizer_adds_bos(tokenizer) else [])
     parts = []
     for j, ids in enumerate(encoded):
         if j and owner[j] != owner[j - 1]:
             parts.append(sep)
+        if (not j or owner[j] != owner[j - 1]) and start:
+            parts.append(start)
         parts.append(ids)
     total = sum(len(p) for p in parts)
     return np.fromiter(chain.from_iterable(parts), dtype=np.int32, count=total)

@@ -29,6 +29,7 @@ __all__ = [
     "TokenizerLike",
     "load_tokenizer",
     "build_tokenizer",
+    "tokenizer_adds_bos",
     "CONFIG_NAME",
 ]
 
@@ -344,6 +345,26 @@ class HFTokenizer(_BackendTokenizer):
 
 
 TokenizerLike = Union[ByteTokenizer, BPETokenizer, HFTokenizer]
+
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether prompts for a model with this tokenizer start with BOS.
+
+    An explicit ``tokenizer.add_bos`` wins. A Hugging Face tokenizer (``kind == "hf"``) adds BOS when
+    its ``tokenizer.json`` post-processor puts ``bos_id`` in front of a text (Llama / Mistral
+    templates; GPT-2 and Qwen2 have none). Zoo's byte and BPE tokenizers never do.
+    :func:`zoo.data.text.encode_corpus` starts each training document with BOS exactly when this holds, so
+    prompts and training text agree.
+    """
+    explicit = getattr(tokenizer, "add_bos", None)
+    if explicit is not None:
+        return bool(explicit)
+    backend = getattr(tokenizer, "backend", None)
+    if getattr(tokenizer, "kind", None) != "hf" or backend is None:
+        return False
+    with_specials = backend.encode("a", add_special_tokens=True).ids
+    plain = backend.encode("a", add_special_tokens=False).ids
+    return len(with_specials) > len(plain) and with_specials[0] == tokenizer.bos_id
 
 
 def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:

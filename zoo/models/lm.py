@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.data.tokenizers import TokenizerAssets, check_token_ids
+from zoo.data.tokenizers import TokenizerAssets, check_token_ids, tokenizer_adds_bos
 from zoo.hub import PretrainedMixin, check_positive_int, check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 from zoo.nn.attention import check_attn_args
@@ -403,29 +403,10 @@ def completion_text(tokenizer: Any, prompt: list[int], new: list[int]) -> str:
     return full[len(head) :] if full.startswith(head) else tokenizer.decode(new)
 
 
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """Whether prompts for a model with this tokenizer start with BOS.
-
-    An explicit ``tokenizer.add_bos`` wins. A Hugging Face tokenizer (``kind == "hf"``) adds BOS when
-    its ``tokenizer.json`` post-processor puts ``bos_id`` in front of a text (Llama / Mistral
-    templates; GPT-2 and Qwen2 have none). Zoo's byte and BPE tokenizers never do: their corpora
-    hold no BOS (:func:`zoo.data.text.encode_corpus` joins documents with eos only).
-    """
-    explicit = getattr(tokenizer, "add_bos", None)
-    if explicit is not None:
-        return bool(explicit)
-    backend = getattr(tokenizer, "backend", None)
-    if getattr(tokenizer, "kind", None) != "hf" or backend is None:
-        return False
-    with_specials = backend.encode("a", add_special_tokens=True).ids
-    plain = backend.encode("a", add_special_tokens=False).ids
-    return len(with_specials) > len(plain) and with_specials[0] == tokenizer.bos_id
-
-
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids a text prompt is fed as: as in the training stream (no BOS); "" -> the eos separator.
-
-    Tokenizers that declare BOS (see :func:`tokenizer_adds_bos`) get it prepended instead.
+    """Token ids a text prompt is fed as: as a document starts in the training stream (no BOS; "" -> the eos
+    separator), or after BOS for tokenizers that declare it (see :func:`tokenizer_adds_bos`), whose training
+    documents start with BOS too (:func:`zoo.data.text.encode_corpus`).
     """
     if tokenizer_adds_bos(tokenizer):
         return tokenizer.encode(text, add_bos=True)

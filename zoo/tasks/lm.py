@@ -128,7 +128,7 @@ class LanguageModelTask(ZooTask):
             raise ValueError(
                 f"the data yields sequences of {max_len} tokens but the model's max_seq_len is "
                 f"{self.model.config.max_seq_len}; lower the data's block_size/seq_len or set "
-                "model.model_args.max_seq_len"
+                "model.init_args.model_args.max_seq_len"
             )
         if adapter:
             spec = dict(adapter)
