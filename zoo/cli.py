@@ -23,10 +23,10 @@ from zoo.hub import _same_setting, checkpoint_task_class, load_checkpoint_task, 
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
-# Settings that only steer inference: a value the user gives (config file or command line, null
+# Settings that only steer inference or its outputs: a value the user gives (config file or command line, null
 # included: `--model.init_args.top_k null` turns top-k off) wins over the one stored in a --ckpt_path
 # checkpoint; one the user leaves at its default takes the checkpoint's (LightningCLI's rule).
-INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p")
+INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "plot_columns")
 
 
 def _spec(arch: Optional[str]) -> Any:

@@ -122,6 +122,22 @@ def test_synthetic_fit_then_predict_writes_forecast_files(tmp_path, monkeypatch)
               "--trainer.logger=false", "--predict_writer.echo=false"])
 
 
+def test_plot_columns_given_at_predict_wins_over_the_checkpoints(tmp_path, monkeypatch):
+    # an output setting: `--model.init_args.plot_columns 2` with --ckpt_path drew every column (the checkpoint's 8)
+    import zoo.tasks.ts as ts_task
+
+    monkeypatch.chdir(ROOT)
+    cfg = str(ROOT / "configs" / "ts" / "synthetic.yaml")
+    main(["fit", "--config", cfg, "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+          "--trainer.default_root_dir", str(tmp_path / "fit"), "--export.enabled=false"])
+    ckpt = next((tmp_path / "fit").rglob("*.ckpt"))
+    drawn = []
+    monkeypatch.setattr(ts_task, "plot_forecast", lambda *a, max_columns, **k: drawn.append(max_columns))
+    main(["predict", "--config", cfg, f"--ckpt_path={ckpt}", "--model.init_args.plot_columns=2",
+          "--trainer.logger=false", "--trainer.default_root_dir", str(tmp_path / "pred"), "--predict_writer.echo=false"])
+    assert drawn == [2]
+
+
 @pytest.mark.parametrize("attn,key", [("diff", "itr-diff"), ("vanilla", "itr-vanilla")])
 def test_etth_configs_train_what_the_benchmark_table_trains(attn, key, load_script):
     """configs/ts/etth{1,2}_itransformer_*.yaml at H=96 use the benchmark's architecture, learning rate and

@@ -102,6 +102,21 @@ def test_forecast_bad_input(tmp_path):
         bare.forecast(df)
 
 
+def test_forecast_takes_a_series_and_names_what_it_takes(tmp_path):
+    # a univariate model's natural input is a pandas Series with dates as its index (df.set_index("date")["tgt"]);
+    # it was passed to Path() and failed with "expected str, bytes or os.PathLike object, not Series"
+    df = _write(tmp_path)
+    task, _ = _trained(tmp_path, features="S")
+    fc = task.model.eval()
+    indexed = df.set_index("date")
+    expected = fc.forecast(indexed[["tgt"]])  # the documented DataFrame input, dates as the index
+    pd.testing.assert_frame_equal(fc.forecast(indexed["tgt"]), expected)
+    # an unnamed Series is the model's one variable
+    pd.testing.assert_frame_equal(fc.forecast(indexed["tgt"].rename(None)), expected)
+    with pytest.raises(TypeError, match="DataFrame.*ndarray"):
+        fc.forecast(df[["tgt"]].to_numpy())
+
+
 def test_checkpoint_carries_scaler_assets(tmp_path):
     _write(tmp_path)
     task, trainer = _trained(tmp_path)

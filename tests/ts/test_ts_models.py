@@ -175,6 +175,16 @@ def test_halving_schedule_says_it_takes_no_warmup():
         ForecastTask(arch="ts-itransformer-diff-tiny", scheduler="halving", warmup_steps=100)
 
 
+@pytest.mark.parametrize("bad", [0, -1])
+def test_plot_columns_below_one_is_refused(bad):
+    # "at most this many forecast columns are drawn": -1 drew all but the last column (list[:-1]) and 0 failed in
+    # matplotlib after the forecast, taking forecast.csv with it
+    from zoo.tasks.ts import ForecastTask
+
+    with pytest.raises(ValueError, match=f"plot_columns must be an integer >= 1, got {bad}"):
+        ForecastTask(arch="ts-itransformer-diff-tiny", plot_columns=bad)
+
+
 @pytest.mark.parametrize("kind", ["itr", "patch"])
 def test_attn_args_reach_every_encoder_layer_and_survive_export(kind, tmp_path):
     """attn_args (as the LM's) carry an attention type's own keywords: GDA with 2 signal heads per noise head has

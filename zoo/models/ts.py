@@ -22,6 +22,7 @@ frame into future rows with timestamps on the original scale.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,11 +226,12 @@ class Forecaster(PretrainedMixin, nn.Module):
         """Forecast the ``horizon`` rows after the end of ``data`` on the original scale.
 
         ``data``: a DataFrame (or CSV path) with the model's date column and input columns; its last
-        ``lookback`` rows are the input. The dates may also be the frame's index (a ``DatetimeIndex``, or an
-        index named as the date column, as ``read_csv(index_col=..., parse_dates=True)`` gives); the forecast
-        then has its dates in the index too. ``date_format``: the strptime layout of its dates (default:
-        the training data's ``data.date_format``, else inferred). Returns a DataFrame with the future
-        timestamps (continuing the input's frequency) and one column per forecast variable.
+        ``lookback`` rows are the input (a model of one variable also takes a Series with dates as its index).
+        The dates may also be the frame's index (a ``DatetimeIndex``, or an index named as the date column, as
+        ``read_csv(index_col=..., parse_dates=True)`` gives); the forecast then has its dates in the index too.
+        ``date_format``: the strptime layout of its dates (default: the training data's ``data.date_format``, else
+        inferred). Returns a DataFrame with the future timestamps (continuing the input's frequency) and one
+        column per forecast variable.
         """
         import numpy as np
         import pandas as pd
@@ -244,8 +246,16 @@ class Forecaster(PretrainedMixin, nn.Module):
                 "this model carries no data facts (scaler, columns, frequency); train it with ForecastTask or "
                 "load an export with zoo.load_pretrained"
             )
-        if not isinstance(data, pd.DataFrame):
+        if isinstance(data, pd.Series):  # one variable, dates as its index; unnamed: the model's one variable
+            unnamed = data.name is None and len(meta["columns"]) == 1
+            data = data.to_frame(meta["columns"][0]) if unnamed else data.to_frame()
+        elif isinstance(data, (str, os.PathLike)):
             data = read_ts_csv(data)
+        elif not isinstance(data, pd.DataFrame):
+            raise TypeError(
+                f"forecast takes a pandas DataFrame (a {meta['date_col']!r} column or dates as the index, and the "
+                f"columns {list(meta['columns'])}), a Series of one variable or a CSV path; got {type(data).__name__}"
+            )
         date_col = meta["date_col"]
         dates_in_index = date_col not in data.columns and (
             isinstance(data.index, pd.DatetimeIndex) or data.index.name == date_col)

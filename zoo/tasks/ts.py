@@ -112,6 +112,9 @@ class ForecastTask(ZooTask):
             raise ValueError(f"scheduler must be 'cosine', 'constant' or 'halving', got {scheduler!r}")
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
+        if not isinstance(plot_columns, int) or isinstance(plot_columns, bool) or plot_columns < 1:
+            raise ValueError(f"plot_columns must be an integer >= 1, got {plot_columns!r} (the most forecast columns "
+                             "drawn in forecast.png)")
         if scheduler == "halving" and (warmup_steps or min_lr_ratio):
             warnings.warn("scheduler 'halving' (full rate for two epochs, then halved every epoch) has no warm-up or "
                           "floor: warmup_steps / min_lr_ratio are not used (scheduler: cosine uses them)", stacklevel=2)
