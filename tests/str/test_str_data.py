@@ -421,3 +421,64 @@ def test_one_source_given_as_a_plain_path(tmp_path):
         batch = next(iter(dm.test_dataloader()))
         assert batch["set"] == ["my_lmdb", "my_lmdb"] and batch["texts"] == ["abc", "de"]
         assert len(dm.train_dataloader().dataset) == 2 and len(dm.val_dataloader().dataset) == 2
+
+
+def test_a_truncated_lmdb_is_named_not_a_crash(tmp_path):
+    """A data.mdb cut short (an interrupted copy or download) opened and then killed the interpreter with SIGBUS
+    ("Bus error") at the first read past its end; it is refused at open, naming the file. Run in a subprocess, so
+    the crash fails this test instead of the whole session."""
+    import subprocess
+    import sys
+
+    d = _folder(tmp_path, [(f"{i}.png", "abc") for i in range(30)])
+    build_lmdb(d, tmp_path / "full")
+    data = (tmp_path / "full" / "data.mdb").read_bytes()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "data.mdb").write_bytes(data[: len(data) // 3])
+    code = ("from zoo.data.charsets import Charset\nfrom zoo.data.str_real import LMDBDataset\n"
+            f"ds = LMDBDataset({str(cut)!r}, Charset('36', 8))\nprint([ds[i][1] for i in range(len(ds))])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, (run.returncode, run.stderr[-500:])  # an exception, not a signal (-7: SIGBUS)
+    assert "ValueError" in run.stderr and "truncated" in run.stderr and str(cut) in run.stderr
+    # the whole database still reads
+    assert [t for _, t in LMDBDataset(tmp_path / "full", CS)] == ["abc"] * 30
+
+
+def test_to_tensor_reads_grayscale_rgba_and_16_bit_crops():
+    """to_tensor is the documented preprocessing for encode() and the ONNX model's input; a grayscale (or palette,
+    16-bit) crop crashed in a bare "permute(sparse_coo): number of dimensions..." and an RGBA one came out with 4
+    channels. Each reads as its RGB image does (RGBA on white, 16-bit scaled to 8 bits), as read() reads it."""
+    g = np.arange(32 * 128, dtype=np.uint32).reshape(32, 128) % 251
+    ref = torch.from_numpy(np.repeat(g[..., None], 3, -1).astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+    gray = Image.fromarray(g.astype(np.uint8))  # already 32x128: no resize, the reference is exact
+    torch.testing.assert_close(to_tensor(gray), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(to_tensor(gray.convert("P")), ref, atol=1e-6, rtol=0)  # 251 greys fit the palette
+    torch.testing.assert_close(to_tensor(Image.fromarray((g * 257).astype(np.uint16))), ref, atol=1e-6, rtol=0)
+    rgba = np.zeros((32, 128, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[:16, :, 3] = 200, 255  # top half opaque (200, 0, 0), bottom transparent: white
+    want = torch.full((3, 32, 128), 1.0)
+    want[0, :16], want[1:, :16] = 200 / 127.5 - 1, -1.0
+    torch.testing.assert_close(to_tensor(Image.fromarray(rgba)), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("empty", [np.zeros((0, 10), np.uint8), np.zeros((32, 0, 3), np.uint8), Image.new("RGB", (0, 0)),
+                                   Image.new("L", (7, 0))])
+def test_an_empty_crop_is_refused_not_read(empty):
+    """A crop with no pixels (a detector's degenerate box, img[y0:y1, x0:x1] with x0 == x1) was resized to a blank
+    32x128 crop and read as text ("v" at confidence 0.63 with the shipped model): it has nothing to read."""
+    with pytest.raises(ValueError, match="no pixels"):
+        load_image(empty)
+    with pytest.raises(ValueError, match="no pixels"):
+        to_tensor(empty)
+
+
+def test_a_predict_dir_that_is_an_image_file_is_named_as_such(tmp_path):
+    """data.predict_dir given one image: the error said "predict folder x.png not found" of a file that exists."""
+    from zoo.data.str import ImageFolderDataset
+
+    d = _folder(tmp_path, [("a.png", "abc")])
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        ImageFolderDataset(d / "a.png")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ImageFolderDataset(d / "missing")

@@ -64,6 +64,8 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.width == 0 or im.height == 0:  # resized, it became a blank crop read as text
+        raise ValueError(f"the image has no pixels ({im.width}x{im.height}); an empty crop has nothing to read")
     if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integer or float: Pillow's convert would clip
         im = _to_8bit(im)
     if im.mode == "La":  # premultiplied grey + alpha: Pillow converts it only to LA

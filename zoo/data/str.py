@@ -246,6 +246,9 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, folder: str | Path, img_size: tuple[int, int] = (32, 128)) -> None:
         self.folder = Path(folder).expanduser()
+        if self.folder.is_file():
+            raise NotADirectoryError(f"predict folder {self.folder} is a file, not a folder: give the folder holding the "
+                                     "images (one image: zoo.load_pretrained(...).read(path))")
         if not self.folder.is_dir():
             raise FileNotFoundError(f"predict folder {self.folder} not found")
         hidden: list[Path] = []

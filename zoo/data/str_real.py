@@ -41,9 +41,21 @@ def _open_env(path: Path):
     if not (path / "data.mdb").is_file():
         raise FileNotFoundError(f"{path} is not an LMDB folder (no data.mdb); build one with `python -m zoo.data.str_real build`")
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=32)
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=32)
     except lmdb.Error as exc:
         raise ValueError(f"cannot open LMDB {path} ({exc}); the database is corrupt, rebuild it") from exc
+    try:
+        # a data.mdb cut short (an interrupted copy or download) opens, and the first read past its end kills the
+        # process with SIGBUS: its header (the meta page) says how many pages a complete file holds
+        need, have = (env.info()["last_pgno"] + 1) * env.stat()["psize"], (path / "data.mdb").stat().st_size
+    except lmdb.Error as exc:
+        env.close()
+        raise ValueError(f"cannot read LMDB {path} ({exc}); the database is corrupt, rebuild it") from exc
+    if have < need:
+        env.close()
+        raise ValueError(f"LMDB {path} is truncated: its data.mdb holds {have} bytes of the {need} its header says; "
+                         "the copy or download was cut short: copy it again, or rebuild it")
+    return env
 
 
 # one read-only handle per LMDB folder: python-lmdb refuses to open a path that is open already in the
