@@ -250,7 +250,8 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
                      source: Any = None) -> dict[str, Any]:
     """Clean retrieval and ASR (ITM re-ranked and ITC) under image PGD, the text attack and the co-attack.
 
-    Each image is attacked against its first caption; each caption against its image. The adversarial images and
+    ``captions``: each image's caption list, or one caption string per image. Each image is attacked against its
+    first caption; each caption against its image. The adversarial images and
     captions are crafted on ``source`` when given (a model, or an exported folder / shipped name to load; a transfer,
     i.e. black-box, attack: another model's gradients and scores, e.g. an independently trained model without FDA)
     and on ``model`` itself otherwise (white-box); the ASR is always ``model``'s.
@@ -260,6 +261,7 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
 
         source = load_pretrained(source, map_location=str(model.fw_table.device))
     source = model if source is None else source  # the attacks put it in eval mode themselves
+    captions = [[c] if isinstance(c, str) else list(c) for c in captions]  # one caption string per image too
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]
 

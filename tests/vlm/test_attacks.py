@@ -215,3 +215,13 @@ def json_equal(a, b):
     import json
 
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_the_suite_takes_one_caption_string_per_image():
+    """run_attack_suite(model, images, ["caption", ...]): each string is its image's caption (its first character
+    was the caption attacked and its characters the gallery)."""
+    m = tiny_model(fda=True)
+    images, caps = scene_batch(3)
+    out = run_attack_suite(m, images, caps, AttackConfig(eps=2 / 255, steps=1, max_candidates=4, k=2))
+    assert [clean for clean, _ in out["examples"]["text"]] == caps
+    assert [clean for clean, _ in out["examples"]["image_pgd"]] == caps

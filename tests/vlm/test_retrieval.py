@@ -241,3 +241,21 @@ def test_pairs_in_both_top_ks_are_scored_once_with_the_same_scores(n_images, cap
                 torch.testing.assert_close(out[variant], ref, rtol=1e-5, atol=1e-5)
     assert sum(seen) == len(pairs)  # each distinct pair once
     assert set(out) == {"itc", "i2t", "t2i"} | ({"i2t_itm_only", "t2i_itm_only"} if rerank == "itc+itm" else set())
+
+
+def test_one_caption_string_per_image_is_that_images_caption_not_its_characters():
+    """`evaluate_retrieval(model, images, ["caption 0", "caption 1", ...])` (one caption per image, as CLIP-style
+    evaluations pass them): each string is its image's caption. Each string was read as a caption list, its
+    characters as the captions: R@K of another gallery, silently. Here image i matches text "1i" exactly and each
+    single character's text row points at another image, so only the right reading gives R@1 = 100 both ways."""
+    fi = torch.eye(3)
+    ft = torch.zeros(13, 3)
+    for d in range(10):  # the characters' rows: digit d points at image (d + 1) % 3
+        ft[d, (d + 1) % 3] = 1.0
+    ft[10:13] = torch.eye(3)  # text "1i" is image i's caption
+    model = _FixedFeatures(fi, ft)
+    images = torch.arange(3).float().view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    res = evaluate_retrieval(model, images, ["10", "11", "12"], k=2)
+    for name in ("itc", "itm"):
+        assert res[f"{name}/i2t_r1"] == 100.0 and res[f"{name}/t2i_r1"] == 100.0
+        assert res[f"{name}/t2i_top1"].shape == (3,)  # three caption queries, not six characters

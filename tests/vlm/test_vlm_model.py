@@ -561,3 +561,45 @@ def test_fine_tuning_an_export_on_images_of_another_size_names_the_data_setting(
     info = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, image_size=size + 32).data_info
     with pytest.raises(ValueError, match=rf"reads {size}px images, the data {size + 32}px; set data.image_size to {size}"):
         VLMTask(arch="vlm-fda-tiny", pretrained="vlm-fda-tiny", data_info=info)
+
+
+def test_testing_a_checkpoint_on_images_of_another_size_names_the_data_setting(tmp_path):
+    """`zoo test --ckpt_path <32px run> --data.image_size 48`: refused naming data.image_size and the checkpoint's
+    size (it failed inside Lightning's load with a bare "size mismatch for model.vit.pos_embed")."""
+    import lightning as L
+
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    arch = {k: v for k, v in TINY.items() if k != "image_size"}
+
+    def task_and_data(size):
+        dm = SyntheticVLMDataModule(n_train=4, n_val=4, n_test=4, image_size=size, batch_size=4)
+        return VLMTask(arch="vlm-tiny", data_info=dm.data_info, model_args=arch), dm
+
+    def trainer():
+        return L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+
+    task, dm = task_and_data(32)
+    t = trainer()
+    t.fit(task, datamodule=dm)
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    task48, dm48 = task_and_data(48)
+    with pytest.raises(ValueError, match=r"trained on 32px images.*data.image_size 48.*set data.image_size to 32"):
+        trainer().test(task48, datamodule=dm48, ckpt_path=tmp_path / "run.ckpt")
+    # the size it was trained at still tests
+    task32, dm32 = task_and_data(32)
+    trainer().test(task32, datamodule=dm32, ckpt_path=tmp_path / "run.ckpt")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_max_text_len_with_no_room_for_a_word_is_refused(n):
+    """max_text_len 1 or 2 left no room between [CLS] and [SEP] (the tokenizer's own rule: max_len >= 3): every
+    caption became "[SEP]" or "[CLS] [SEP]", all alike, silently (set_tokenizer set the limit past the check)."""
+    with pytest.raises(ValueError, match=r"max_text_len.*>= 3"):
+        VLMConfig(**{**TINY, "max_text_len": n})
+    m = tiny_model(max_text_len=3)  # the smallest that holds a word: [CLS] word [SEP]
+    ids, _ = m.tokenize(["red circle"])
+    assert m.tokenizer.decode(ids[0]) == "[CLS] red [SEP]"

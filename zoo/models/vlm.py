@@ -88,6 +88,8 @@ class VLMConfig:
         check_positive_ints(self, ("image_size", "patch_size", "vit_dim", "vit_depth", "vit_heads", "vocab_size",
                                    "text_dim", "text_layers", "text_heads", "text_mlp", "max_text_len", "fusion_layers",
                                    "fusion_heads", "fusion_mlp", "embed_dim"))
+        if self.max_text_len < 3:  # the tokenizer's rule: a caption's words sit between [CLS] and [SEP]
+            raise ValueError(f"max_text_len must be >= 3 ([CLS] word [SEP]), got {self.max_text_len}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         if self.fusion_attn_type not in FUSION_ATTN_TYPES:

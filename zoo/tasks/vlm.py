@@ -198,10 +198,12 @@ def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tenso
     return loss, i2t[:, local], same[:, local]
 
 
-def flatten_captions(captions: Sequence[Sequence[str]]) -> tuple[list[str], Tensor]:
-    """All captions in one list and the image index of each."""
+def flatten_captions(captions: Sequence[Sequence[str] | str]) -> tuple[list[str], Tensor]:
+    """All captions in one list and the image index of each; an image's captions are a list, or one string."""
     texts, owner = [], []
     for i, caps in enumerate(captions):
+        if isinstance(caps, str):  # one caption (iterated, its characters were read as the image's captions)
+            caps = [caps]
         texts.extend(caps)
         owner.extend([i] * len(caps))
     return texts, torch.tensor(owner, dtype=torch.long)
@@ -209,7 +211,7 @@ def flatten_captions(captions: Sequence[Sequence[str]]) -> tuple[list[str], Tens
 
 def evaluate_retrieval(model: Any, images: Tensor, captions: Sequence[Sequence[str]], k: int = 16,
                        itm: bool = True, rerank: str = "itc+itm") -> dict[str, Any]:
-    """Retrieval metrics of ``model`` on images ``[N, 3, S, S]`` and their caption lists."""
+    """Retrieval metrics of ``model`` on images ``[N, 3, S, S]`` and their caption lists (or one caption string each)."""
     texts, owner = flatten_captions(captions)
     return retrieval_metrics(retrieval_scores(model, images, texts, k=k, itm=itm, rerank=rerank), owner, texts)
 
@@ -219,6 +221,7 @@ def retrieval_rows(model: Any, images: Tensor, captions: Sequence[Sequence[str]]
     """One row per query, both ways: each image's best ``top`` captions and each caption's best ``top`` images in
     the order evaluation ranks them (ITC, its top ``k`` re-scored), each with its ITC cosine (``itc``), and the
     0-based rank of the query's best right answer (``correct_rank``; 0: the first item is right)."""
+    captions = [[c] if isinstance(c, str) else list(c) for c in captions]  # one caption string per image too
     texts, owner = flatten_captions(captions)
     scores = retrieval_scores(model, images, texts, k=k, rerank=rerank)
     rel = relevance(owner.to(scores["itc"].device), len(images), texts)
@@ -415,6 +418,17 @@ class VLMTask(ZooTask):
         model = create_model(arch, **{**overrides, "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id})
         model.set_tokenizer(tok)
         return model
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the model's image size comes from the data given now (data_fields): another one than the checkpoint's
+        # failed in the weight load with a bare "size mismatch for model.vit.pos_embed"
+        hp = checkpoint.get("hyper_parameters") or {}
+        saved = (hp.get("data_info") or {}).get("image_size", (hp.get("model_args") or {}).get("image_size"))
+        ours = self.model.config.image_size
+        if saved is not None and saved != ours:
+            raise ValueError(f"the checkpoint's model was trained on {saved}px images, the data gives "
+                             f"data.image_size {ours}; set data.image_size to {saved}")
+        super().on_load_checkpoint(checkpoint)
 
     def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
         # the text encoder's weights are the checkpoint's too: no MiniLM load on the way back
