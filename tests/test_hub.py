@@ -30,6 +30,29 @@ def test_export_load_roundtrip(tmp_path):
     assert torch.equal(again.eval()(x), loaded(x))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_weights_get_the_mode_every_other_written_file_gets(tmp_path, umask):
+    # safetensors writes its file 0o600: a shared export's config.json was readable by all, its weights by nobody else
+    import os
+    import stat
+
+    from zoo.nn.adapters import apply_adapter, save_adapter
+
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain.txt").write_text("x")  # what any file the process writes gets
+        export_model(_model(), tmp_path / "exp", arch="lm-diff-tiny")
+        adapted = zoo.create_model("lm-vanilla-tiny", dim=32, n_layers=2, n_heads=2, vocab_size=40)
+        apply_adapter(adapted, "difflora", rank=2)
+        save_adapter(adapted, tmp_path / "ad")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert want == 0o666 & ~umask
+    for f in [*(tmp_path / "exp").iterdir(), *(tmp_path / "ad").iterdir()]:
+        assert stat.S_IMODE(f.stat().st_mode) == want, f.name
+
+
 def test_export_refuses_to_overwrite(tmp_path):
     m = _model()
     export_model(m, tmp_path / "exp")

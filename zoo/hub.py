@@ -528,8 +528,6 @@ def export_model(
     Everything is written to a staging folder first, so a failing ``save_assets`` leaves the old
     export as it was.
     """
-    from safetensors.torch import save_file
-
     import zoo
 
     if getattr(model, "adapter_config", None):
@@ -567,13 +565,25 @@ def export_model(
             "extra": extra or {},
             "assets": assets,  # what an overwrite removes again (see _remove_previous_export)
         }
-        save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_safetensors(state, stage / WEIGHTS_FILE, metadata={"format": "pt"})
         (stage / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         written = [WEIGHTS_FILE, CONFIG_FILE, *assets]
         _remove_previous_export(folder, set(written))
         for name in written:
             os.replace(stage / name, folder / name)
     return folder
+
+
+def save_safetensors(state: dict[str, Any], path: Union[str, Path], metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file``, leaving the file readable as any file the process writes (mode ``0o666``
+    less the umask): recent safetensors releases create it ``0o600``, so only its owner could load an export its
+    ``config.json`` beside it lets everyone read."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 class PretrainedMixin:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from zoo.hub import refuse_occupied, tensor_problems
+from zoo.hub import refuse_occupied, save_safetensors, tensor_problems
 from zoo.models.encoder import EncoderConfig, TextEncoder
 from zoo.models.lm import DiffTransformerLM, LMConfig
 
@@ -213,14 +213,12 @@ def _load_mapped(model: nn.Module, hf_state: dict[str, torch.Tensor], wmap: dict
 
 
 def _save_mapped(model: nn.Module, wmap: dict[str, str], cfg: dict[str, Any], folder: PathLike) -> Path:
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     refuse_occupied(folder, "choose a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     own = model.state_dict()
     state = {k: own[v].detach().contiguous().cpu().clone() for k, v in wmap.items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return folder
 

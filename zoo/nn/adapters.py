@@ -561,7 +561,7 @@ def save_adapter(model: nn.Module, folder: Union[str, Path], overwrite: bool = F
 
     The folder may hold other files (an export's base weights); an adapter already there is replaced only with
     ``overwrite=True``."""
-    from safetensors.torch import save_file
+    from zoo.hub import save_safetensors
 
     cfg = getattr(model, "adapter_config", None)
     if not cfg:
@@ -579,7 +579,7 @@ def save_adapter(model: nn.Module, folder: Union[str, Path], overwrite: bool = F
         cfg = {**cfg, "base": base_fingerprint(view)}
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cfg, indent=2)
-    save_file(adapter_state_dict(model), str(folder / ADAPTER_FILE), metadata={"adapter_config": text})
+    save_safetensors(adapter_state_dict(model), folder / ADAPTER_FILE, metadata={"adapter_config": text})
     (folder / ADAPTER_CONFIG_FILE).write_text(text + "\n")
     return folder
 
