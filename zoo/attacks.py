@@ -66,23 +66,37 @@ class AttackConfig:
             raise ValueError(f"step_size must be > 0 (or None for the default), got {self.step_size}")
 
 
-def pair_score(model: Any, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-    """Score of aligned pairs ``(images[i], caption i)``: ITC cosine / temperature + ITM logit margin."""
-    img = model.encode_image(images)
+def pair_score(model: Any, images: Tensor, ids: Tensor, mask: Tensor, img_tokens: Optional[Tensor] = None) -> Tensor:
+    """Score of aligned pairs ``(images[i], caption i)``: ITC cosine / temperature + ITM logit margin.
+    ``img_tokens``: ``model.encode_image(images)`` when the caller has it (then ``images`` is not read)."""
+    img = model.encode_image(images) if img_tokens is None else img_tokens
     txt = model.encode_text(ids, mask)
     itc = (model.image_feat(img) * model.text_feat(txt, mask)).sum(-1) / model.temperature
     lg = model.itm_logits(txt, mask, img, ids)
     return itc + lg[:, 1] - lg[:, 0]
 
 
-def text_score(model: Any, images: Tensor, texts: Sequence[str], batch_size: int = 128) -> Tensor:
-    """:func:`pair_score` of aligned ``images`` and ``texts`` without gradients."""
-    out = []
+def text_score(model: Any, images: Tensor, texts: Sequence[str], batch_size: int = 128,
+               owner: Optional[Tensor] = None) -> Tensor:
+    """:func:`pair_score` of ``(images[owner[i]], texts[i])`` without gradients (``owner``: default, the images and
+    texts aligned row by row). Each image is encoded once, ``batch_size`` images at a time, however many texts
+    it is scored with (the text attack scores up to ``max_candidates`` captions per image)."""
+    owner = torch.arange(len(texts)) if owner is None else torch.as_tensor(owner, dtype=torch.long).cpu()
+    if owner.shape != (len(texts),) or (len(texts) and not 0 <= int(owner.min()) <= int(owner.max()) < len(images)):
+        raise ValueError(f"text_score: owner must give an image index in [0, {len(images)}) for each of the "
+                         f"{len(texts)} texts")
+    out = torch.empty(len(texts))
     with torch.no_grad():
-        for s in range(0, len(texts), batch_size):
-            ids, mask = model.tokenize(texts[s : s + batch_size])
-            out.append(pair_score(model, images[s : s + batch_size], ids, mask))
-    return torch.cat(out)
+        for a in range(0, len(images), batch_size):
+            rows = ((owner >= a) & (owner < a + batch_size)).nonzero().squeeze(1)
+            if len(rows) == 0:
+                continue
+            tokens = model.encode_image(images[a : a + batch_size])
+            for s in range(0, len(rows), batch_size):
+                sel = rows[s : s + batch_size]
+                ids, mask = model.tokenize([texts[i] for i in sel.tolist()])
+                out[sel] = pair_score(model, None, ids, mask, tokens[(owner[sel] - a).to(tokens.device)]).float().cpu()
+    return out
 
 
 def in_eval_mode(fn):
@@ -214,7 +228,7 @@ def text_attack(
         if not flat:
             break
         owner_t = torch.tensor(owner)
-        scores = text_score(model, images[owner_t], flat, batch_size)
+        scores = text_score(model, images, flat, batch_size, owner=owner_t)
         changed = False
         for i in range(len(words)):
             sel = (owner_t == i).nonzero().squeeze(1)

@@ -14,6 +14,7 @@ from zoo.attacks import (
     run_attack_suite,
     text_attack,
     text_candidates,
+    text_score,
 )
 from vlm_helpers import scene_batch, tiny_model
 
@@ -21,6 +22,25 @@ from vlm_helpers import scene_batch, tiny_model
 def scores(m, images, caps):
     with torch.no_grad():
         return pair_score(m, images, *m.tokenize(caps))
+
+
+def test_text_score_encodes_each_image_once_and_scores_every_text_with_its_own_image():
+    """Captions scored against images by index (the text attack's candidates, up to max_candidates per image): the
+    same scores as the pairs written out row by row (each image copied once per caption), with each image encoded
+    once, however the owners are ordered and wherever the batch boundaries fall."""
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(5)
+    owner = torch.tensor([3, 0, 0, 4, 1, 3, 3, 2, 0, 4, 1])
+    texts = [caps[int(i)] if k % 2 else caps[(int(i) + 1) % 5] for k, i in enumerate(owner)]  # right and wrong pairs
+    want = scores(m, images[owner], texts)  # the naive reference: every pair written out
+    encoded, encode = [], m.encode_image
+    m.encode_image = lambda x: (encoded.append(len(x)), encode(x))[1]
+    got = text_score(m, images, texts, batch_size=2, owner=owner)
+    del m.encode_image
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert sum(encoded) == 5  # each image once (11 captions)
+    with pytest.raises(ValueError, match="owner must give an image index"):
+        text_score(m, images, texts, owner=owner + 1)
 
 
 @pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
