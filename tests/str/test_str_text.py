@@ -78,6 +78,20 @@ def test_non_ascii_letters_under_an_ascii_charset_are_dropped_before_the_case_ch
     assert sum(st.dropped_chars.values()) == sum(not c.isascii() and not unicodedata.combining(c) for c in nfkd)
 
 
+@pytest.mark.parametrize("digits", ["01", "36", "9"])
+def test_a_charset_file_of_a_few_digits_is_refused_not_read_back_as_a_set_name(tmp_path, digits):
+    """A model stores its charset as the characters; "36" read back as the named set of 36 characters (a model
+    of another size, silently) and "01" as an unknown set name (the model could not be built)."""
+    from zoo.data.charsets import resolve_charset
+
+    f = tmp_path / "digits.txt"
+    f.write_text("\n".join(digits) + "\n")
+    with pytest.raises(ValueError, match="three or fewer digits"):
+        resolve_charset(str(f))
+    f.write_text("\n".join("0123456789") + "\n")  # ten digits are no set name: kept
+    assert resolve_charset(str(f)) == "0123456789"
+
+
 def test_unicode_charset_file(tmp_path):
     f = tmp_path / "cs.txt"
     f.write_text("ä\nö\nß\n字\n", encoding="utf-8")

@@ -56,6 +56,12 @@ def load_charset(spec: Union[str, Path]) -> str:
     if len(lines) > 1 and any(len(ln) != 1 for ln in lines):
         bad = [ln for ln in lines if len(ln) != 1][:5]
         raise ValueError(f"charset file {path}: every line must hold exactly one character, got {bad}")
+    if chars.isdigit() and len(chars) <= 3:
+        # stored in a model's config as its characters, "36" would read back as the named set of 36, "01" as an
+        # unknown set name: the model could not be rebuilt as trained
+        raise ValueError(f"charset file {path} holds only the digits {chars!r}, which a model's config reads back as "
+                         f"a charset name ({sorted(CHARSETS)}); a charset of three or fewer digits alone is not "
+                         "supported: add the other characters your labels may hold (e.g. all ten digits)")
     return check_charset(chars, str(path))
 
 
