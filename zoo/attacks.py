@@ -66,6 +66,13 @@ class AttackConfig:
             raise ValueError(f"step_size must be > 0 (or None for the default), got {self.step_size}")
 
 
+def _check_pairs(name: str, images: Tensor, texts: Sequence[str]) -> None:
+    if isinstance(texts, str):  # its characters would count as captions
+        raise ValueError(f"{name} takes a list of captions, one per image, got the string {texts!r}; pass [{texts!r}]")
+    if images.shape[0] != len(texts):
+        raise ValueError(f"{name} pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+
+
 def pair_score(model: Any, images: Tensor, ids: Tensor, mask: Tensor, img_tokens: Optional[Tensor] = None) -> Tensor:
     """Score of aligned pairs ``(images[i], caption i)``: ITC cosine / temperature + ITM logit margin.
     ``img_tokens``: ``model.encode_image(images)`` when the caller has it (then ``images`` is not read)."""
@@ -126,8 +133,7 @@ def pgd_attack(
     batch_size: int = 128,
 ) -> Tensor:
     """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball."""
-    if images.shape[0] != len(texts):
-        raise ValueError(f"pgd_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+    _check_pairs("pgd_attack", images, texts)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"pgd_attack needs steps >= 1, got {steps!r}")
     if not 0 < eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
@@ -212,8 +218,7 @@ def text_attack(
 ) -> list[str]:
     """Greedy word substitution lowering the score of each ``(images[i], texts[i])`` pair: at most ``changes``
     edits, each one word changed or two neighbouring words swapped (module docstring)."""
-    if images.shape[0] != len(texts):
-        raise ValueError(f"text_attack pairs images and texts row by row: {images.shape[0]} vs {len(texts)}")
+    _check_pairs("text_attack", images, texts)
     synonyms = dict(SYNONYMS) if synonyms is None else synonyms
     rng = np.random.default_rng(seed)
     words = [t.split() for t in texts]  # as written: the only change is the edited word

@@ -43,6 +43,14 @@ def test_text_score_encodes_each_image_once_and_scores_every_text_with_its_own_i
         text_score(m, images, texts, owner=owner + 1)
 
 
+@pytest.mark.parametrize("attack", [pgd_attack, text_attack])
+def test_one_caption_string_is_named_not_counted_as_characters(attack):
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(1)
+    with pytest.raises(ValueError, match="list of captions, one per image"):  # was "1 vs 18" (its characters)
+        attack(m, images, caps[0])
+
+
 @pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
 def test_pgd_inside_eps_ball_and_raises_loss(eps):
     m = tiny_model(seed=2)

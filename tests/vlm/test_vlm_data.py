@@ -186,6 +186,17 @@ def test_karpathy_json_and_csv(tmp_path):
     train = dm.splits()["train"]
     assert [train[k]["caption"] for k in range(3)] == ["one", "two", "three"]
     assert train[0]["image_id"] == train[1]["image_id"] != train[2]["image_id"]
+    # a CSV of its own for val and none for test: test and predict read val's images, said when they run
+    val_csv = tmp_path / "val_caps.csv"
+    val_csv.write_text("path,text\ntrain2014/c.jpg,three\n")
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(val_csv), image_col="path",
+                                caption_col="text", batch_size=2, image_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.train_dataloader(), dm.val_dataloader()  # nothing to say while fitting
+    for loader in (dm.test_dataloader, dm.predict_dataloader):
+        with pytest.warns(UserWarning, match=r"data.test is unset: test / predict use data.val \(.*val_caps.csv\)"):
+            assert [c for b in loader() for caps in b["captions"] for c in caps] == ["three"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the Karpathy JSON names its splits: no warning
         ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info

@@ -205,11 +205,19 @@ class VLMDataModule(L.LightningDataModule):
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
+        self._say_test_source()
         return self._loader("test", False)
 
     def predict_dataloader(self) -> DataLoader:
         """The test split: ``predict`` ranks its captions for each of its images and its images for each caption."""
+        self._say_test_source()
         return self._loader("test", False)
+
+    def _say_test_source(self) -> None:
+        """Warn when the test split is another split's data (a subclass says so in ``test_source_note``)."""
+        note = getattr(self, "test_source_note", None)
+        if note:
+            warnings.warn(note, stacklevel=3)
 
 
 class SyntheticVLMDataModule(VLMDataModule):
@@ -397,6 +405,10 @@ class ImageCaptionDataModule(VLMDataModule):
         if on_missing not in ("error", "skip"):
             raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.image_root, self.files = Path(image_root).expanduser(), {"train": train, "val": val or train, "test": test or val or train}
+        # a caption file of its own for val and none for test: test / predict read val's images (a Karpathy JSON
+        # given as train and val has its own test split)
+        self.test_source_note = (f"data.test is unset: test / predict use data.val ({val}); give data.test for a "
+                                 "held-out test set") if test is None and val is not None and val != train else None
         self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
         self._entries: Optional[dict[str, list[tuple[Path, list[str]]]]] = None
 
