@@ -185,6 +185,18 @@ def test_list_models_filters():
         zoo.list_models(["lm-*", 3])
 
 
+def test_list_models_with_an_empty_filter_lists_every_model():
+    """timm.list_models('') and timm.list_models([]) list every model (no filter: timm's default is ''); zoo's
+    returned [] for both, silently, as if nothing were registered."""
+    import timm
+
+    every = zoo.list_models()
+    assert len(every) > 30 and len(timm.list_models("")) == len(timm.list_models()) == len(timm.list_models([]))
+    assert zoo.list_models("") == every and zoo.list_models([]) == every
+    assert zoo.list_models("", family="ts") == zoo.list_models("*", family="ts") == zoo.list_models("ts-*")
+    assert zoo.list_models("", exclude="lm-*") == [n for n in every if not n.startswith("lm-")]
+
+
 def test_every_shipped_model_builds_by_name_with_its_weights():
     # create_model(name, pretrained=name) must give the same model as load_pretrained(name); fields the
     # training data fixed (charset / max length, tokenizer vocabulary) come from the checkpoint
@@ -425,6 +437,23 @@ def test_save_pretrained_expands_a_home_folder_as_from_pretrained_does(tmp_path,
     assert torch.equal(DiffTransformerLM.from_pretrained("~/m")(x), m(x))
     export_model(m, "~/m", overwrite=True)  # the function itself too
     assert not (cwd / "~").exists()
+
+
+def test_export_of_a_torch_compiled_model_is_the_export_of_the_model(tmp_path):
+    """export_model(torch.compile(model)) wrote model_class torch._dynamo...OptimizedModule and `_orig_mod.`-prefixed
+    tensor names: an export that load_pretrained refused ("refusing to import model class"). It unwraps the
+    compiled module as Lightning / Hugging Face do: the same files as exporting the model itself."""
+    m = _model().eval()
+    compiled = torch.compile(m, backend="eager")
+    export_model(m, tmp_path / "plain")
+    export_model(compiled, tmp_path / "compiled")
+    ref = json.loads((tmp_path / "plain" / "config.json").read_text())
+    got = json.loads((tmp_path / "compiled" / "config.json").read_text())
+    assert got["model_class"] == "zoo.models.lm.DiffTransformerLM" and got == ref
+    loaded = load_pretrained(tmp_path / "compiled")
+    assert loaded.state_dict().keys() == m.state_dict().keys()
+    x = torch.randint(0, 40, (2, 5))
+    assert torch.equal(loaded(x), m(x))
 
 
 def _fit_and_save(task, dm, ckpt, **trainer_kw):

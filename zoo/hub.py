@@ -94,8 +94,8 @@ def list_models(
     exclude: Union[str, Sequence[str]] = (),
 ) -> list[str]:
     """Registered model names matching a glob ``pattern`` or any of a list of them (as timm's
-    ``list_models(filter)``), and none of ``exclude`` (timm's ``exclude_filters``); of ``family`` only,
-    with shipped weights only (``pretrained=True``)."""
+    ``list_models(filter)``; ``''`` or ``[]``: every one, as timm), and none of ``exclude`` (timm's
+    ``exclude_filters``); of ``family`` only, with shipped weights only (``pretrained=True``)."""
     _ensure_registered()
 
     def globs(value: Union[str, Sequence[str]], name: str) -> list[str]:
@@ -106,6 +106,7 @@ def list_models(
         return items
 
     include, leave_out = globs(pattern, "pattern"), globs(exclude, "exclude")
+    include = [p for p in include if p] or ["*"]  # no filter ('' or []: timm's default) lists every model, as timm
     return sorted(
         n
         for n, s in _MODELS.items()
@@ -530,6 +531,10 @@ def export_model(
     """
     import zoo
 
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        # torch.compile's wrapper: export the model it compiled (its class name and un-prefixed tensor names), as
+        # Lightning and Hugging Face unwrap it; the wrapper's own class is no zoo model load_pretrained could build
+        model = model._orig_mod
     if getattr(model, "adapter_config", None):
         # an adapted model: the unchanged base as a plain export plus the adapter files (what
         # load_pretrained reads back); the model itself is left as it is
