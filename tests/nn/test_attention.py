@@ -689,3 +689,14 @@ def test_opamp_adapter_of_a_float64_layer_computes_in_float64():
     got = op(x)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_unknown_backend_is_refused_where_the_layer_is_built():
+    # it built (and a model with it exported) and failed only at the first forward
+    import zoo
+
+    with pytest.raises(ValueError, match="unknown attention backend 'bogus'"):
+        build_attention("diff", 16, 2, backend="bogus")
+    with pytest.raises(ValueError, match="unknown attention backend 'bogus'"):
+        zoo.create_model("lm-diff-tiny", attn_backend="bogus")
+    assert build_attention("vanilla", 16, 2, backend="SDPA").backend == "SDPA"  # names are read case-blind, as before

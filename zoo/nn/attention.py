@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from zoo.nn.functional import attention, diff_attention
+from zoo.nn.functional import attention, diff_attention, resolve_backend
 from zoo.nn.norm import RMSNorm
 from zoo.nn.rotary import RotaryEmbedding
 
@@ -200,6 +200,8 @@ class AttentionBase(nn.Module):
             head_dim = dim // n_heads
         self.dim, self.n_heads, self.n_kv_heads, self.head_dim = dim, n_heads, n_kv_heads, head_dim
         self.kv_dim = kv_dim or dim
+        if backend is not None:
+            resolve_backend(backend)  # a misspelt name fails here, where the model is built, not at its first forward
         self.layer_idx, self.causal, self.dropout, self.backend = layer_idx, causal, dropout, backend
         qkv_bias = bool(bias)
         self.q_proj = nn.Linear(dim, self.q_mult * n_heads * head_dim, bias=qkv_bias)
