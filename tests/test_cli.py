@@ -448,3 +448,65 @@ def test_interpolation_of_a_key_left_at_its_default_runs(tmp_path, monkeypatch):
     exported = next(tmp_path.rglob("config.json"))
     seq_len = inspect.signature(RetrievalDataModule).parameters["seq_len"].default
     assert json.loads(exported.read_text())["config"]["max_seq_len"] == seq_len
+
+
+def test_a_logger_save_dir_with_a_tilde_keeps_zoos_files_in_the_run_folder(tmp_path, monkeypatch):
+    """`--trainer.logger.save_dir=~/runs` (no shell expands a tilde after `=`; a YAML value neither): Lightning writes
+    the run (metrics.csv, checkpoints) under $HOME/runs, but its `trainer.log_dir` keeps the `~`. `test --ckpt_path
+    last` found no checkpoint there and tested random weights, and test_metrics.json went to a folder named `~` in the
+    working directory."""
+    from zoo.tasks import LanguageModelTask
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    logger = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=~/runs"]
+    cfg = [a.replace("configs/", str(ROOT / "configs") + "/") for a in LM_TINY]
+    monkeypatch.chdir(work)
+    main(["fit", *cfg, *logger, "--trainer.max_steps=2"])
+    ckpt = next((home / "runs").rglob("*.ckpt"))  # where Lightning put it
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "on_test_start", lambda self: seen.append(self.trainer.ckpt_path))
+    main(["test", *cfg, *logger, "--trainer.limit_test_batches=1", "--ckpt_path=last"])
+    assert seen == [str(ckpt)]
+    run = home / "runs" / "lightning_logs" / "version_1"
+    assert (run / "metrics.csv").is_file() and (run / "test_metrics.json").is_file()
+    assert not (work / "~").exists()
+
+
+def test_ckpt_path_best_is_the_best_checkpoint_of_the_previous_run(tmp_path, monkeypatch):
+    """`test --ckpt_path best` in a new process: the best checkpoint the earlier fit's ModelCheckpoint kept (here by
+    its monitored value, the smallest step: the first save), as `best` means within one Lightning session. Lightning
+    knows no best in a new process and said "`ModelCheckpoint` is not configured to save the best model" although the
+    config's ModelCheckpoint monitors a metric; without any run it names what it looked for."""
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    root = f"--trainer.default_root_dir={tmp_path}"
+    ckpt_cb = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=step",
+               "--trainer.callbacks.mode=min", "--trainer.callbacks.save_last=true"]
+    # the config's own model_args (dim 64) do not fit the checkpoint's (LM_TINY: dim 16): built from the file's
+    test = ["test", "--config", DEFAULTS["lm"], "--data.init_args.test_size=64", "--trainer.limit_test_batches=1",
+            "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", root, *ckpt_cb, "--ckpt_path=best"]
+    with pytest.raises(ValueError, match="--ckpt_path best: no earlier run's checkpoint was found"):
+        main(test)  # no run yet
+    main(["fit", *LM_TINY, root, *ckpt_cb, "--trainer.max_steps=4"])
+    run = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in run.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    seen = []
+    monkeypatch.setattr(LanguageModelTask, "on_test_start", lambda self: seen.append(
+        (self.trainer.ckpt_path, self.model.config.dim)))
+    main(test)
+    assert seen == [(str(run / "epoch=0-step=2.ckpt"), 16)]
+
+
+@pytest.mark.parametrize("sub", ["validate", "test"])
+def test_ckpt_path_last_without_a_checkpoint_is_refused_outside_fit(sub, tmp_path, monkeypatch):
+    """`test --ckpt_path last` where no run left a checkpoint (a mistyped --trainer.default_root_dir): Lightning
+    warned and evaluated the randomly initialized model, writing its metrics (test_metrics.json) as the run's. Outside
+    fit (where `last` before any run means "start afresh", Lightning's rule) it is an error naming where it looked."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="--ckpt_path last: no checkpoint"):
+        main([sub, *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.limit_test_batches=1",
+              "--ckpt_path=last"])
+    assert not list(tmp_path.rglob("*.json"))

@@ -93,12 +93,13 @@ def last_checkpoint(trainer) -> Optional[str]:
         if trainer.logger is None:
             folders.append(Path(trainer.default_root_dir) / "checkpoints")  # the layout without a logger
         else:
+            # a save_dir of `~/runs` stays `~` in these while the logger (fsspec) writes under the home folder
             log_dir = getattr(trainer.logger, "log_dir", None)
-            own = Path(log_dir) / "checkpoints" if log_dir else None
+            own = Path(log_dir).expanduser() / "checkpoints" if log_dir else None
             if own is not None and ckpts([own]):  # a fixed logger version: this run's own folder
                 folders.append(own)
             elif getattr(trainer.logger, "root_dir", None):
-                folders += sorted(Path(trainer.logger.root_dir).glob("version_*/checkpoints"))
+                folders += sorted(Path(trainer.logger.root_dir).expanduser().glob("version_*/checkpoints"))
     found = ckpts(folders)
     if not found:
         return None
@@ -110,6 +111,33 @@ def last_checkpoint(trainer) -> Optional[str]:
     last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")
             and t_newest - p.stat().st_mtime <= SAME_SAVE_S]
     return str(max(last, key=lambda p: p.stat().st_mtime) if last else newest)
+
+
+def best_checkpoint(trainer) -> Optional[str]:
+    """The best checkpoint of the run :func:`last_checkpoint` finds, as that run's ``ModelCheckpoint`` with the
+    trainer's first one's settings (monitor, mode, save interval) recorded it in the run's newest checkpoint; None
+    when there is none, or the file it names is gone.
+
+    ``--ckpt_path best`` in Lightning is the best checkpoint of a ``fit`` in the same session: a new
+    ``validate`` / ``test`` process has none, and Lightning's error says ModelCheckpoint "is not configured to save
+    the best model" although the config's monitors a metric.
+    """
+    cb = trainer.checkpoint_callback
+    newest = last_checkpoint(trainer) if cb is not None else None
+    if newest is None:
+        return None
+    try:
+        ckpt = torch.load(newest, map_location="cpu", weights_only=False, mmap=True)  # a run's own file, as Lightning
+    except Exception:  # noqa: BLE001 -- an unreadable file records nothing; the caller names the problem
+        return None
+    state = (ckpt.get("callbacks") or {}).get(cb.state_key) if isinstance(ckpt, dict) else None
+    best = (state or {}).get("best_model_path")
+    if not best:
+        return None
+    best = Path(best)
+    if not best.is_file():  # the run's folder moved (or a relative path from another working directory): the same
+        best = Path(newest).parent / best.name  # file name beside the checkpoint that names it
+    return str(best) if best.is_file() else None
 
 
 class ZooCLI(LightningCLI):
@@ -196,8 +224,9 @@ class ZooCLI(LightningCLI):
         super().instantiate_classes()
         sub = self.config.get("subcommand")
         # (Lightning < 2.5 reads no hyperparameters from a checkpoint at all: nothing to match there)
-        if sub and self.config.get(f"{sub}.ckpt_path") == "last" and hasattr(self, "_parse_ckpt_path"):
-            found = last_checkpoint(self.trainer)  # needs the trainer (its checkpoint and log folders)
+        alias = self.config.get(f"{sub}.ckpt_path") if sub else None
+        if alias in ("last", "best") and hasattr(self, "_parse_ckpt_path"):
+            found = self._resolve_ckpt_alias(alias)  # needs the trainer (its checkpoint and log folders)
             if found is not None:
                 # Lightning reads a checkpoint's hyperparameters for a file path only: build the model from them as
                 # `--ckpt_path <file>` does, else a run with other model settings fails to load (or differs silently)
@@ -214,10 +243,41 @@ class ZooCLI(LightningCLI):
                 if getattr(cb, "save_last", None):
                     cb.save_last = False
 
+    def _resolve_ckpt_alias(self, alias: str) -> Optional[str]:
+        """The file ``--ckpt_path last`` / ``best`` names. ``last`` without one is None for fit (Lightning's rule: a
+        first run starts afresh) and an error elsewhere, as ``best`` without one is: Lightning only warned and
+        evaluated the randomly initialized model."""
+        if alias == "last":
+            found = last_checkpoint(self.trainer)
+            if found is None and self.config.get("subcommand") != "fit":
+                logger = self.trainer.logger
+                where = (getattr(logger, "root_dir", None) if logger is not None else None) or self.trainer.default_root_dir
+                raise ValueError(
+                    f"--ckpt_path last: no checkpoint found (the runs under {Path(where).expanduser()}, or a "
+                    "ModelCheckpoint's dirpath): pass the checkpoint file (--ckpt_path <file>), or the "
+                    "--trainer.default_root_dir / logger and checkpoint settings the fit ran with"
+                )
+            return found
+        cb = self.trainer.checkpoint_callback
+        if cb is None or getattr(cb, "best_model_path", ""):  # Lightning's own error / a fit of this session
+            return None
+        found = best_checkpoint(self.trainer)
+        if found is None:
+            newest = last_checkpoint(self.trainer)
+            where = (f"the newest checkpoint, {newest}, records no best checkpoint of this ModelCheckpoint (or its file "
+                     "is gone)" if newest else "no earlier run's checkpoint was found (where --ckpt_path last looks)")
+            raise ValueError(
+                f"--ckpt_path best: {where}; best is the checkpoint a ModelCheckpoint(monitor={cb.monitor!r}, "
+                f"mode={cb.mode!r}) kept in the newest earlier run under {self.trainer.default_root_dir}. Pass the "
+                "checkpoint file (--ckpt_path <file>), or the --trainer.default_root_dir / logger and checkpoint "
+                "settings the fit ran with"
+            )
+        return found
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if kwargs.get("ckpt_path") == "last":
-            kwargs["ckpt_path"] = last_checkpoint(self.trainer) or "last"
+        if kwargs.get("ckpt_path") in ("last", "best"):
+            kwargs["ckpt_path"] = self._resolve_ckpt_alias(kwargs["ckpt_path"]) or kwargs["ckpt_path"]
         return kwargs
 
     def add_arguments_to_parser(self, parser) -> None:

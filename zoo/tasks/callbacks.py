@@ -20,8 +20,10 @@ def run_dir(trainer: L.Trainer) -> Path:
     """The run's log folder (``lightning_logs/version_N`` by default).
 
     ``trainer.log_dir`` is a collective under DDP: call this on every rank, never in rank-zero-only code.
+    A logger's ``save_dir`` of ``~/runs`` (a YAML value, or ``--trainer.logger.save_dir=~/runs``: no shell expands it
+    there) stays ``~`` in ``log_dir`` while the logger writes under the home folder: expanded here as it is there.
     """
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    return Path(trainer.log_dir or trainer.default_root_dir).expanduser()
 
 
 def create_new(path: Path, fill: Callable[[IO[str]], Any], newline: Optional[str] = None) -> Path:
