@@ -120,6 +120,35 @@ def test_test_summary_names_the_checkpoint_it_evaluated_not_the_fits_best(tmp_pa
     assert ckpt.best_model_path not in out
 
 
+def test_validate_and_test_of_untrained_weights_say_so_as_predict_does(tmp_path):
+    """`zoo validate` / `zoo test` without --ckpt_path or pretrained evaluate the random init (as Lightning does): said
+    in the same warning predict gives; not for fit's own validation, a fitted task or a checkpoint's weights."""
+
+    class Scored(Task):
+        def test_step(self, batch, batch_idx):
+            self.log("test/loss", self.model(batch).pow(2).mean())
+
+    data = DataLoader([torch.randn(5, 3)], batch_size=None)
+
+    def trainer():
+        return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_steps=1, default_root_dir=tmp_path)
+
+    for verb, run in (("validates", lambda t, m: t.validate(m, data, verbose=False)),
+                      ("tests", lambda t, m: t.test(m, data, verbose=False))):
+        with pytest.warns(UserWarning, match=f"Scored {verb} with randomly initialized weights: pass --ckpt_path"):
+            run(trainer(), Scored())
+    fitted, t = Scored(), trainer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(fitted, data, data)  # its validation loop, then the fitted weights evaluated
+        t.validate(fitted, data, verbose=False)
+        t.test(fitted, data, verbose=False)
+        ckpt = next(tmp_path.rglob("*.ckpt"))
+        trainer().test(Scored(), data, ckpt_path=str(ckpt), verbose=False)
+    assert not [w for w in caught if "randomly initialized" in str(w.message)]
+
+
 def test_float16_true_training_is_refused_by_name():
     """precision "16-true" keeps the weights and AdamW's state in float16, where eps=1e-8 rounds to 0: the first
     step turned every weight NaN, silently. fit now stops before training with a message naming the fix;

@@ -212,14 +212,24 @@ class ZooTask(L.LightningModule):
         """Whether the weights came from a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process."""
         return getattr(self, "_weights_loaded", False) or getattr(self, "_fitted", False)
 
-    def on_predict_start(self) -> None:
+    def _warn_if_untrained(self, verb: str) -> None:
         # weights come from pretrained=, a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process
         trained = self.hparams.get("pretrained") is not None or self._trained_in_this_process()
         if not trained:
             warnings.warn(
-                f"{type(self).__name__} predicts with randomly initialized weights: pass --ckpt_path <.ckpt> or "
-                "--model.init_args.pretrained <export>", stacklevel=2,
+                f"{type(self).__name__} {verb} with randomly initialized weights: pass --ckpt_path <.ckpt> or "
+                "--model.init_args.pretrained <export>", stacklevel=3,
             )
+
+    def on_predict_start(self) -> None:
+        self._warn_if_untrained("predicts")
+
+    def on_validation_start(self) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "validate":  # not fit's validation loop
+            self._warn_if_untrained("validates")
+
+    def on_test_start(self) -> None:
+        self._warn_if_untrained("tests")
 
     def on_fit_start(self) -> None:
         self._fitted = True
