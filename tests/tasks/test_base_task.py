@@ -118,6 +118,11 @@ def test_test_summary_names_the_checkpoint_it_evaluated_not_the_fits_best(tmp_pa
     out = capsys.readouterr().out
     assert f"evaluated checkpoint: {ckpt.last_model_path}" in out
     assert ckpt.best_model_path not in out
+    # the evaluated weights' training progress, as the file records it, not the test trainer's own 0 steps
+    saved = torch.load(ckpt.last_model_path, weights_only=False)
+    assert saved["global_step"] > 0
+    assert f"checkpoint trained for steps: {saved['global_step']}  epochs: {saved['epoch']}  time:" in out
+    assert "steps: 0  epochs: 0" not in out
 
 
 def test_validate_and_test_of_untrained_weights_say_so_as_predict_does(tmp_path):

@@ -263,6 +263,8 @@ class ZooTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._weights_loaded = True
+        # how far the loaded weights were trained (validate / test restore no loop progress: the trainer says 0)
+        self.checkpoint_progress = (checkpoint.get("global_step"), checkpoint.get("epoch"))
         self._resumed_exempt = None
         saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"

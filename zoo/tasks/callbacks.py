@@ -169,10 +169,11 @@ class RunSummary(L.Callback):
             return
         lines = [f"zoo {stage} summary", "-" * 60]
         lines += getattr(pl_module, "summary_lines", lambda: [])()
-        lines.append(
-            f"steps: {trainer.global_step}  epochs: {trainer.current_epoch}  "
-            f"time: {time.time() - self._t0:.1f}s  device: {pl_module.device}"
-        )
+        progress = f"steps: {trainer.global_step}  epochs: {trainer.current_epoch}  "
+        if stage != "fit":  # validate / test run no training loop: the trainer's counts are 0, say the weights'
+            step, epoch = getattr(pl_module, "checkpoint_progress", (None, None)) if trainer.ckpt_path else (None, None)
+            progress = f"checkpoint trained for steps: {step}  epochs: {epoch}  " if step is not None else ""
+        lines.append(f"{progress}time: {time.time() - self._t0:.1f}s  device: {pl_module.device}")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         width = max((len(k) for k in metrics), default=0)
         for k in sorted(metrics):
