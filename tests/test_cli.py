@@ -1,5 +1,6 @@
 """The CLI: every YAML in configs/ parses; each domain's embedded default runs a fast_dev_run step."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -510,3 +511,22 @@ def test_ckpt_path_last_without_a_checkpoint_is_refused_outside_fit(sub, tmp_pat
         main([sub, *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.limit_test_batches=1",
               "--ckpt_path=last"])
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_an_arch_or_attention_type_other_than_the_checkpoints_is_named(tmp_path, monkeypatch):
+    """`test --config tiny.yaml --model.init_args.attn_type vanilla --ckpt_path <diff run>`: the checkpoint's model is
+    built (its weights fix it, Lightning's rule) and the setting given otherwise is named, as model_args' architecture
+    fields are; it was replaced silently (a tiny_vanilla.yaml test of a diff checkpoint tested the diff model)."""
+    monkeypatch.chdir(ROOT)
+    main(["fit", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    plain = ["test", *LM_TINY, f"--trainer.default_root_dir={tmp_path / 't'}", "--trainer.limit_test_batches=1",
+             f"--ckpt_path={ckpt}"]
+    with pytest.warns(UserWarning, match="attn_type 'vanilla' not used, the checkpoint's 'diff' is"):
+        main([*plain, "--model.init_args.attn_type=vanilla"])
+    with pytest.warns(UserWarning, match="arch 'lm-vanilla-tiny' not used, the checkpoint's 'lm-diff-tiny' is"):
+        main([*plain, "--model.init_args.arch=lm-vanilla-tiny"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(plain)  # the config's own arch is the checkpoint's: nothing to say
+    assert not [w for w in caught if "not used, the checkpoint's" in str(w.message)]

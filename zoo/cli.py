@@ -26,7 +26,10 @@ from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 # Settings that only steer inference or its outputs: a value the user gives (config file or command line, null
 # included: `--model.init_args.top_k null` turns top-k off) wins over the one stored in a --ckpt_path
 # checkpoint; one the user leaves at its default takes the checkpoint's (LightningCLI's rule).
-INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "plot_columns")
+INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "plot_columns", "eval_k", "rerank", "predict_top")
+# Settings the checkpoint's weights fix: its values win (LightningCLI's rule), and one given otherwise is named in a
+# warning, as architecture fields of model_args are (a config of another twin was read silently as the checkpoint's)
+ARCH_ARGS = ("arch", "attn_type", "adapter")
 
 
 def _spec(arch: Optional[str]) -> Any:
@@ -160,6 +163,8 @@ class ZooCLI(LightningCLI):
         keys = [f"{sub}.model.init_args.{k}" for k in INFERENCE_ARGS] if sub else []
         given = getattr(self, "_given", None)
         keep = {k: self.config.get(k) for k in keys if given is not None and k in given}
+        fixed = [f"{sub}.model.init_args.{k}" for k in ARCH_ARGS] if sub else []
+        asked = {k: self.config.get(k) for k in fixed if given is not None and k in given}
         # model_args the user gave: its runtime fields (decoding mode, refinement, dropout, backend) win over
         # the checkpoint's; its architecture fields cannot (the weights fix them)
         args_key = f"{sub}.model.init_args.model_args"
@@ -182,6 +187,18 @@ class ZooCLI(LightningCLI):
             )
         for k, v in keep.items():
             self.config[k] = v
+        differ = {}
+        for k, v in asked.items():
+            name, now = k.rsplit(".", 1)[1], self.config.get(k)
+            if name == "attn_type" and now is None:  # unset: the model_args' type, else the arch's
+                arch = self.config.get(f"{sub}.model.init_args.arch")
+                now = dict(self.config.get(args_key) or {}).get("attn_type", arch_default(arch, "attn_type"))
+            if v is not None and not _same_setting(now, v):
+                differ[name] = (v, now)
+        if differ:
+            warnings.warn(f"--ckpt_path {self.config.get(ckpt_key)}: "
+                          + "; ".join(f"{k} {a!r} not used, the checkpoint's {b!r} is" for k, (a, b) in differ.items())
+                          + " (its weights fix the model; use a config of that model to silence this)", stacklevel=2)
         if user_args:
             arch = self.config.get(f"{sub}.model.init_args.arch")
             runtime = runtime_fields(arch)
