@@ -530,3 +530,27 @@ def test_an_arch_or_attention_type_other_than_the_checkpoints_is_named(tmp_path,
         warnings.simplefilter("always")
         main(plain)  # the config's own arch is the checkpoint's: nothing to say
     assert not [w for w in caught if "not used, the checkpoint's" in str(w.message)]
+
+
+@pytest.mark.parametrize("recorded", [r"C:\Users\me\runs\lightning_logs\version_0\checkpoints\epoch=0-step=2.ckpt",
+                                      "/home/me/runs/lightning_logs/version_0/checkpoints/epoch=0-step=2.ckpt"])
+def test_ckpt_path_best_finds_the_file_beside_the_checkpoint_that_names_it_after_a_move(recorded, tmp_path):
+    # a run folder copied from another machine (Windows included: its path has no "/") names its best file by the old
+    # path; the file sits beside last.ckpt
+    import os
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.cli import best_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    cb = ModelCheckpoint(monitor="val/loss", mode="min")
+    torch.save({"state_dict": {}}, ck / "epoch=0-step=2.ckpt")
+    torch.save({"callbacks": {cb.state_key: {"best_model_path": recorded}}}, ck / "last.ckpt")
+    os.utime(ck / "epoch=0-step=2.ckpt", (1, 1))  # last.ckpt is the newest
+    trainer = SimpleNamespace(checkpoint_callback=cb, checkpoint_callbacks=[cb], logger=None,
+                              default_root_dir=str(tmp_path))
+    assert best_checkpoint(trainer) == str(ck / "epoch=0-step=2.ckpt")

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 import warnings
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Optional, Sequence
 
 import torch
@@ -137,9 +137,10 @@ def best_checkpoint(trainer) -> Optional[str]:
     best = (state or {}).get("best_model_path")
     if not best:
         return None
+    name = (PureWindowsPath if "\\" in str(best) else Path)(str(best)).name  # a run written on Windows names C:\...\x.ckpt
     best = Path(best)
     if not best.is_file():  # the run's folder moved (or a relative path from another working directory): the same
-        best = Path(newest).parent / best.name  # file name beside the checkpoint that names it
+        best = Path(newest).parent / name  # file name beside the checkpoint that names it
     return str(best) if best.is_file() else None
 
 
@@ -242,7 +243,7 @@ class ZooCLI(LightningCLI):
         sub = self.config.get("subcommand")
         # (Lightning < 2.5 reads no hyperparameters from a checkpoint at all: nothing to match there)
         alias = self.config.get(f"{sub}.ckpt_path") if sub else None
-        if alias in ("last", "best") and hasattr(self, "_parse_ckpt_path"):
+        if alias in ("last", "best") and hasattr(LightningCLI, "_parse_ckpt_path"):
             found = self._resolve_ckpt_alias(alias)  # needs the trainer (its checkpoint and log folders)
             if found is not None:
                 # Lightning reads a checkpoint's hyperparameters for a file path only: build the model from them as

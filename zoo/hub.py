@@ -586,9 +586,21 @@ def save_safetensors(state: dict[str, Any], path: Union[str, Path], metadata: Op
     from safetensors.torch import save_file
 
     save_file(state, str(path), metadata=metadata)
-    mask = os.umask(0)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask: read from /proc where Linux has it (setting it, the only portable way to read it, would
+    hand any file another thread creates meanwhile mode 0o666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return mask
 
 
 class PretrainedMixin:

@@ -121,7 +121,7 @@ def test_test_summary_names_the_checkpoint_it_evaluated_not_the_fits_best(tmp_pa
     # the evaluated weights' training progress, as the file records it, not the test trainer's own 0 steps
     saved = torch.load(ckpt.last_model_path, weights_only=False)
     assert saved["global_step"] > 0
-    assert f"checkpoint trained for steps: {saved['global_step']}  epochs: {saved['epoch']}  time:" in out
+    assert f"checkpoint saved at step {saved['global_step']} (epoch {saved['epoch']}, 0-based)  time:" in out
     assert "steps: 0  epochs: 0" not in out
 
 

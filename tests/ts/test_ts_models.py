@@ -181,7 +181,7 @@ def test_plot_columns_below_one_is_refused(bad):
     # matplotlib after the forecast, taking forecast.csv with it
     from zoo.tasks.ts import ForecastTask
 
-    with pytest.raises(ValueError, match=f"plot_columns must be an integer >= 1, got {bad}"):
+    with pytest.raises(ValueError, match=rf"plot_columns must be an integer >= 1 \(or None: every column\), got {bad}"):
         ForecastTask(arch="ts-itransformer-diff-tiny", plot_columns=bad)
 
 

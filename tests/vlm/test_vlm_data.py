@@ -197,6 +197,10 @@ def test_karpathy_json_and_csv(tmp_path):
     for loader in (dm.test_dataloader, dm.predict_dataloader):
         with pytest.warns(UserWarning, match=r"data.test is unset: test / predict use data.val \(.*val_caps.csv\)"):
             assert [c for b in loader() for caps in b["captions"] for c in caps] == ["three"]
+    # a Karpathy JSON as val (beside a CSV train, or spelled otherwise than train) has its own test split: no note
+    for kw in (dict(train=str(cp), image_col="path", caption_col="text"), dict(train=str(kj.parent / "." / kj.name))):
+        dm = ImageCaptionDataModule(image_root=str(root), val=str(kj), image_size=16, **kw)
+        assert dm.test_source_note is None and dm.entries()["test"] != dm.entries()["val"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the Karpathy JSON names its splits: no warning
         ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info

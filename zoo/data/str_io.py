@@ -12,8 +12,8 @@ from zoo.data.images import load_image
 
 def to_tensor(img: Image.Image, size: tuple[int, int] = (32, 128)) -> torch.Tensor:
     """``[3, H, W]`` float in ``[-1, 1]``: bicubic resize to ``size`` (height, width), as PARSeq. ``img``: an RGB
-    PIL image, or anything :func:`zoo.data.images.load_image` reads (grayscale, palette, 16-bit, RGBA on white,
-    an array), converted as ``read()`` converts it."""
+    PIL image (used as it is), or anything else :func:`zoo.data.images.load_image` reads (grayscale, palette,
+    16-bit, RGBA on white, an array), converted by it."""
     if not isinstance(img, Image.Image) or img.mode != "RGB" or 0 in img.size:  # load_image names an empty crop
         img = load_image(img)
     H, W = size

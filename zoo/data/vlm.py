@@ -405,10 +405,7 @@ class ImageCaptionDataModule(VLMDataModule):
         if on_missing not in ("error", "skip"):
             raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.image_root, self.files = Path(image_root).expanduser(), {"train": train, "val": val or train, "test": test or val or train}
-        # a caption file of its own for val and none for test: test / predict read val's images (a Karpathy JSON
-        # given as train and val has its own test split)
-        self.test_source_note = (f"data.test is unset: test / predict use data.val ({val}); give data.test for a "
-                                 "held-out test set") if test is None and val is not None and val != train else None
+        self._test_unset = test is None and val is not None
         self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
         self._entries: Optional[dict[str, list[tuple[Path, list[str]]]]] = None
 
@@ -433,6 +430,16 @@ class ImageCaptionDataModule(VLMDataModule):
                         stacklevel=2,
                     )
         return self._entries
+
+    @property
+    def test_source_note(self) -> Optional[str]:
+        """Said by test / predict when ``data.test`` is unset and they read ``data.val``'s captions (a file with no
+        split field; a Karpathy JSON has its own test split, the training images are named in ``entries``)."""
+        e = self.entries()
+        if self._test_unset and e["test"] == e["val"] != e["train"]:
+            return (f"data.test is unset: test / predict use data.val ({self.files['val']}); give data.test for a "
+                    "held-out test set")
+        return None
 
     def build_splits(self) -> dict[str, Dataset]:
         return {k: ImageCaptionDataset(v, self.image_size, k == "train") for k, v in self.entries().items()}

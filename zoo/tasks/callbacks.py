@@ -170,9 +170,11 @@ class RunSummary(L.Callback):
         lines = [f"zoo {stage} summary", "-" * 60]
         lines += getattr(pl_module, "summary_lines", lambda: [])()
         progress = f"steps: {trainer.global_step}  epochs: {trainer.current_epoch}  "
-        if stage != "fit":  # validate / test run no training loop: the trainer's counts are 0, say the weights'
-            step, epoch = getattr(pl_module, "checkpoint_progress", (None, None)) if trainer.ckpt_path else (None, None)
-            progress = f"checkpoint trained for steps: {step}  epochs: {epoch}  " if step is not None else ""
+        step, epoch = getattr(pl_module, "checkpoint_progress", (None, None)) if trainer.ckpt_path else (None, None)
+        if stage != "fit" and step is not None:  # validate / test restore no loop progress: say the weights'
+            progress = f"checkpoint saved at step {step} (epoch {epoch}, 0-based)  "
+        elif stage != "fit" and not trainer.global_step:  # nothing trained here, no checkpoint: no count to give
+            progress = ""
         lines.append(f"{progress}time: {time.time() - self._t0:.1f}s  device: {pl_module.device}")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         width = max((len(k) for k in metrics), default=0)

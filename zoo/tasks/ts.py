@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import warnings
 from pathlib import Path
@@ -83,7 +84,7 @@ class ForecastTask(ZooTask):
         loss: ``mse`` (the benchmarks' loss) or ``mae``.
         restore_best: at the end of ``fit``, put back the weights of the epoch with the lowest
             ``val/loss`` (kept in memory), so the export and a following test use them.
-        plot_columns: at most this many forecast columns are drawn in ``forecast.png``.
+        plot_columns: at most this many forecast columns are drawn in ``forecast.png`` (None: every one).
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: see :class:`ZooTask`.
         scheduler: ``cosine`` / ``constant`` (see :class:`ZooTask`) or ``halving`` (``lradj=type1`` of the
             iTransformer / Time-Series-Library code: full rate for two epochs, then halved every epoch).
@@ -100,7 +101,7 @@ class ForecastTask(ZooTask):
         data_info: Optional[dict[str, Any]] = None,
         loss: str = "mse",
         restore_best: bool = True,
-        plot_columns: int = 8,
+        plot_columns: Optional[int] = 8,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -112,9 +113,11 @@ class ForecastTask(ZooTask):
             raise ValueError(f"scheduler must be 'cosine', 'constant' or 'halving', got {scheduler!r}")
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-        if not isinstance(plot_columns, int) or isinstance(plot_columns, bool) or plot_columns < 1:
-            raise ValueError(f"plot_columns must be an integer >= 1, got {plot_columns!r} (the most forecast columns "
-                             "drawn in forecast.png)")
+        if plot_columns is not None and (
+            not isinstance(plot_columns, numbers.Integral) or isinstance(plot_columns, bool) or plot_columns < 1
+        ):
+            raise ValueError(f"plot_columns must be an integer >= 1 (or None: every column), got {plot_columns!r} (the "
+                             "most forecast columns drawn in forecast.png)")
         if scheduler == "halving" and (warmup_steps or min_lr_ratio):
             warnings.warn("scheduler 'halving' (full rate for two epochs, then halved every epoch) has no warm-up or "
                           "floor: warmup_steps / min_lr_ratio are not used (scheduler: cosine uses them)", stacklevel=2)
