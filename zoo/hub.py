@@ -15,6 +15,7 @@ A zoo model class has a ``family`` string, a ``config_class`` dataclass, a ``con
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import fnmatch
@@ -242,18 +243,39 @@ def _load_adapter_if_any(model: nn.Module, folder: Path) -> None:
 
 
 def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
-    """An exported folder for a path or for the name of a model with shipped weights."""
+    """An exported folder for a path, for the name of a model with shipped weights, or for a run's Lightning ``.ckpt``
+    (the model its task holds, exported once per process to a temporary folder, as ``python -m zoo export`` would:
+    ``pretrained=<run>.ckpt`` fine-tunes from a checkpoint as from its export)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        return _checkpoint_export(path)
     _ensure_registered()
     spec = _MODELS.get(str(name_or_path))
     if spec is not None:
         return _shipped_folder(spec)
     raise FileNotFoundError(
-        f"{str(name_or_path)!r} is neither an exported model folder nor a model name with shipped weights "
-        f"({list_models(pretrained=True)}); export one with zoo.export_model or `python -m zoo export`"
+        f"{str(name_or_path)!r} is neither an exported model folder, a run's checkpoint file nor a model name with "
+        f"shipped weights ({list_models(pretrained=True)}); export one with zoo.export_model or `python -m zoo export`"
     )
+
+
+_CHECKPOINT_EXPORTS: dict[tuple[str, int, int], Path] = {}
+
+
+def _checkpoint_export(path: Path) -> Path:
+    """The export of the model in the Lightning checkpoint ``path``, written once per process (per file version) to
+    a temporary folder removed at exit."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    folder = _CHECKPOINT_EXPORTS.get(key)
+    if folder is None or not folder.is_dir():
+        task = load_checkpoint_task(path)  # names a file that is no zoo checkpoint
+        tmp = Path(tempfile.mkdtemp(prefix="zoo-ckpt-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        folder = _CHECKPOINT_EXPORTS[key] = task.export(tmp / "export")
+    return folder
 
 
 def _shipped_folder(spec: ModelSpec) -> Path:

@@ -62,6 +62,24 @@ def test_fit_exports_loadable_model_with_tokenizer(trained):
     assert text == m.tokenizer.decode(ids[0, 8:].tolist())
 
 
+def test_pretrained_may_be_a_runs_checkpoint(trained):
+    """`pretrained: <run>.ckpt` fine-tunes from the checkpoint's model as from its export (it was refused: "neither an
+    exported model folder nor a model name"); create_model takes it too."""
+    from zoo.tasks import LanguageModelTask
+
+    ckpt = next((trained / "checkpoints").glob("*.ckpt"))
+    ref = zoo.load_pretrained(ckpt)
+    want = torch.load(ckpt, weights_only=False)["state_dict"]  # the checkpoint's own tensors
+    task = LanguageModelTask(pretrained=str(ckpt))
+    got = task.model.state_dict()
+    assert set(got) == {k.removeprefix("model.") for k in want}
+    assert all(torch.equal(got[k.removeprefix("model.")], v) for k, v in want.items())
+    assert task.model.tokenizer is not None and task.model.tokenizer.vocab_size == ref.tokenizer.vocab_size
+    meta = ref.pretrained_meta  # the config.json of the checkpoint's export
+    created = zoo.create_model(meta["arch"], pretrained=ckpt, **meta["config"])
+    assert all(torch.equal(created.state_dict()[k], v) for k, v in got.items())
+
+
 def test_predict_writes_generations(trained, monkeypatch, tmp_path, corpus):
     monkeypatch.chdir(ROOT)
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))
