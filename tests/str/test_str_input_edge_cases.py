@@ -156,6 +156,28 @@ def test_a_folder_with_two_labels_files_is_named_not_read_from_one(tmp_path):
     assert read_labels(d) == [("a.png", "abc"), ("b.png", "de")]
 
 
+def test_hugging_face_imagefolder_metadata_csv_is_a_labels_file(tmp_path):
+    """Hugging Face's imagefolder layout: metadata.csv with a file_name column (and the text); its header row was read
+    as an image named 'file_name'."""
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    (d / "labels.txt").unlink()
+    (d / "metadata.csv").write_text("file_name,text\na.png,abc\nb.png,\"d,e\"\n")
+    assert read_labels(d) == [("a.png", "abc"), ("b.png", "d,e")]
+
+
+def test_read_names_the_list_item_that_failed(tmp_path):
+    import zoo
+
+    reader = zoo.load_pretrained("str-diff-tiny")
+    ok = np.full((32, 100, 3), 255, np.uint8)
+    with pytest.raises(ValueError, match=r"images\[2\]: the image has no pixels"):
+        reader.read([ok, ok, np.zeros((32, 0, 3), np.uint8)], batch_size=2)
+    with pytest.raises(FileNotFoundError, match=r"images\[1\]: .*missing\.png"):
+        reader.read([ok, str(tmp_path / "missing.png")])
+    with pytest.raises(FileNotFoundError, match=r"^image file .*missing\.png not found"):  # one image: as it was
+        reader.read(str(tmp_path / "missing.png"))
+
+
 def test_labels_files_with_a_bom(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
     (d / "labels.txt").write_text("\ufeffa.png\tabc\nb.png\tde\n", encoding="utf-8")

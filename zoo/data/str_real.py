@@ -170,7 +170,9 @@ def _lmdb_folders(files: list[Path]) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # Image folder + labels file
 # ---------------------------------------------------------------------------------------------
-LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt")  # an image folder's labels file, first found
+# an image folder's labels file, first found (metadata.csv: Hugging Face's imagefolder layout, file_name / text columns)
+LABEL_FILES = ("labels.txt", "labels.csv", "gt.txt", "metadata.csv")
+_PATH_COLUMNS, _TEXT_COLUMNS = ("path", "image", "filename", "file_name"), ("text", "label")
 
 
 def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list[tuple[str, str]]:
@@ -184,7 +186,8 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     path = Path(labels) if labels else (folder / found[0] if found else None)
     if path is None or not path.is_file():
         raise FileNotFoundError(
-            f"no labels file in {folder}: add labels.txt ('path<TAB>text' per line) or labels.csv (columns path,text)"
+            f"no labels file in {folder}: add labels.txt ('path<TAB>text' per line) or labels.csv (columns path,text; "
+            "or Hugging Face's metadata.csv, columns file_name,text)"
         )
     pairs: list[tuple[str, str]] = []
     if path.suffix.lower() == ".csv":
@@ -192,7 +195,8 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         reader = csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline=""))
         # (file line, row); blank lines are skipped, as in labels.txt
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-        if rows and [c.strip().lower() for c in rows[0][1][:2]] in (["path", "text"], ["image", "text"], ["filename", "text"], ["path", "label"], ["image", "label"], ["filename", "label"]):
+        head = [c.strip().lower() for c in rows[0][1][:2]] if rows else []
+        if len(head) == 2 and head[0] in _PATH_COLUMNS and head[1] in _TEXT_COLUMNS:
             columns = len(rows[0][1])  # a header may declare further columns
             rows = rows[1:]
         else:  # without one: (path, text) and the further columns every row has; a longer row split a label

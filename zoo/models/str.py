@@ -382,12 +382,26 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         return out
 
     @torch.no_grad()
-    def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
-        """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
-        float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises."""
+    def _crop(self, image: Any, index: Optional[int]) -> Tensor:
+        """One input of :meth:`read` as a normalized tensor; a failure names the list index it came from."""
         from zoo.data.images import load_image
         from zoo.data.str_io import to_tensor
 
+        try:
+            return to_tensor(load_image(image), tuple(self.config.img_size))
+        except (OSError, ValueError, TypeError) as exc:
+            if index is None:
+                raise
+            try:
+                named = type(exc)(f"images[{index}]: {exc}")
+            except Exception:  # noqa: BLE001 -- an exception type that takes other arguments: raised as it is
+                raise exc from None
+            raise named from exc
+
+    def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
+        """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
+        float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises (naming its
+        index in a list)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         single = not isinstance(images, (list, tuple))
@@ -396,7 +410,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
         out: list[Reading] = []
         with eval_mode(self):  # an unreadable image part-way leaves the model in the mode it had
             for s in range(0, len(items), batch_size):
-                batch = torch.stack([to_tensor(load_image(x), tuple(self.config.img_size)) for x in items[s : s + batch_size]])
+                batch = torch.stack([self._crop(x, None if single else s + i) for i, x in enumerate(items[s : s + batch_size])])
                 # in the model's dtype too: a .half() / .double() model reads as a float32 one does
                 out.extend(self.decode_probs(self(batch.to(device=param.device, dtype=param.dtype))))
         return out[0] if single else out
