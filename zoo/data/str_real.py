@@ -6,8 +6,8 @@ count), ``image-%09d`` (encoded image bytes) and ``label-%09d`` (UTF-8 text), 1-
 folder may hold several LMDBs (any depth); each one is a set of its own.
 
 Image folder: ``labels.txt`` (``path<TAB>text`` or ``path text`` per line: the first whitespace
-splits) or ``labels.csv`` (header with ``path`` / ``text`` columns, or two columns). Paths are
-relative to the folder.
+splits), ``labels.csv`` (header with ``path`` / ``text`` columns, or two columns), an ICDAR ``gt.txt`` or Hugging
+Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths are relative to the folder.
 
 Build an LMDB:  ``python -m zoo.data.str_real build IMAGE_FOLDER OUT_LMDB [--labels labels.txt]``.
 """
