@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import lmdb
 import numpy as np
@@ -31,6 +32,26 @@ def _folder(tmp_path, labels: list[tuple[str, str]], name="imgs", csv=False):
     else:
         (d / "labels.txt").write_text("".join(f"{p}\t{t}\n" for p, t in labels))
     return d
+
+
+def test_synthetic_val_and_test_beside_real_training_data_are_said(tmp_path):
+    """data.train_dirs alone: validation and test fall back to synthetic words (documented), so the checkpoint kept by
+    val/accuracy is chosen on rendered words; it ran without a word. Said once per split, and not with their own dirs."""
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    dm = STRDataModule(charset="36", train_dirs=[str(d)], synthetic={"val": 4, "test": 4}, max_length=6,
+                       num_workers=0, batch_size=2)
+    with pytest.warns(UserWarning, match=r"the val split is synthetic words \(data.val_dirs is unset"):
+        dm.val_dataloader()
+    with pytest.warns(UserWarning, match=r"the test split is synthetic words"):
+        dm.test_dataloader()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.val_dataloader()  # built once: said once
+        own = STRDataModule(charset="36", train_dirs=[str(d)], val_dirs=[str(d)], test_dirs=[str(d)], max_length=6,
+                            num_workers=0, batch_size=2)
+        own.val_dataloader(), own.test_dataloader()
+        STRDataModule(charset="36", synthetic={"train": 4, "val": 4, "test": 4}, max_length=6, num_workers=0,
+                      batch_size=2).val_dataloader()  # all synthetic: the default, nothing to say
 
 
 def test_load_image_conversions(tmp_path):

@@ -396,6 +396,11 @@ class STRDataModule(L.LightningDataModule):
                     raise ValueError(f"{split} source {d} (set {name}) has no usable sample: {ds.stats.report(name)}")
                 sets.append(TensorizedDataset(ds, name, self.img_size, aug, offset=sum(map(len, sets))))
         ds = self._synthetic(split)
+        if ds is not None and split != "train" and self.dirs["train"]:
+            # validation picks the checkpoint ModelCheckpoint keeps: on synthetic words, for a model of real crops
+            warnings.warn(f"the {split} split is synthetic words (data.{split}_dirs is unset; data.synthetic.{split}="
+                          f"{self.synthetic[split]}) while training reads data.train_dirs: its metrics measure rendered "
+                          f"words, not your data; give data.{split}_dirs, or set data.synthetic.{split}: 0", stacklevel=2)
         if ds is not None:
             if ds.cache_dir is not None:
                 ds.build_cache(self.synth_cache_workers)  # a no-op after prepare_data

@@ -251,7 +251,7 @@ REBUILT = "_rebuilt_from_checkpoint"  # marks the model_args a checkpoint saved 
 
 
 def _warn_unknown_words(tok: Any, words: Optional[Sequence[str]], folder: Any) -> None:
-    """The export's tokenizer is kept when fine-tuning: name the data's words it reads as [UNK]."""
+    """The export's tokenizer is kept (fine-tuning, test, predict): name the data's words it reads as [UNK]."""
     if not words or not hasattr(tok, "word_ids"):  # a WordPiece export reads every word (in pieces)
         return
     unknown = sorted({w for w in words if tok.word_ids(w) == [tok.unk_id]})
@@ -259,7 +259,7 @@ def _warn_unknown_words(tok: Any, words: Optional[Sequence[str]], folder: Any) -
         shown = unknown[:20] + (["..."] if len(unknown) > 20 else [])
         warnings.warn(
             f"{len(unknown)} of the {len(set(words))} words of the training captions' vocabulary are not in the "
-            f"vocabulary of {folder} and read as [UNK] when fine-tuning (the export's tokenizer is kept): {shown}",
+            f"vocabulary of {folder} and read as [UNK] (the export's tokenizer is kept): {shown}",
             stacklevel=3,
         )
 
