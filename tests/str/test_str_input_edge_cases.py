@@ -8,6 +8,7 @@ import unicodedata
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zoo.data.charsets import Charset, NormStats
@@ -176,6 +177,12 @@ def test_read_names_the_list_item_that_failed(tmp_path):
         reader.read([ok, str(tmp_path / "missing.png")])
     with pytest.raises(FileNotFoundError, match=r"^image file .*missing\.png not found"):  # one image: as it was
         reader.read(str(tmp_path / "missing.png"))
+    # inference only: no autograd graph is recorded while reading (read is a no_grad method)
+    seen, decode = [], reader.decode_probs
+    reader.decode_probs = lambda probs: (seen.append((torch.is_grad_enabled(), probs.requires_grad)), decode(probs))[1]
+    reader.read([ok, ok])
+    del reader.decode_probs
+    assert seen == [(False, False)]
 
 
 def test_labels_files_with_a_bom(tmp_path):

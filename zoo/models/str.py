@@ -381,7 +381,6 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             out.append(Reading(self.charset.decode(i[: self.charset.max_length]), float(conf)))
         return out
 
-    @torch.no_grad()
     def _crop(self, image: Any, index: Optional[int]) -> Tensor:
         """One input of :meth:`read` as a normalized tensor; a failure names the list index it came from."""
         from zoo.data.images import load_image
@@ -398,6 +397,7 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
                 raise exc from None
             raise named from exc
 
+    @torch.no_grad()
     def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
         """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
         float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises (naming its
