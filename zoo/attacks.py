@@ -36,7 +36,7 @@ from torch import Tensor
 
 from zoo.data.scenes import SYNONYMS
 from zoo.nn.modes import eval_mode
-from zoo.tasks.vlm import flatten_captions, retrieval_metrics, retrieval_scores
+from zoo.tasks.vlm import caption_lists, flatten_captions, retrieval_metrics, retrieval_scores
 
 
 @dataclass
@@ -280,7 +280,7 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
 
         source = load_pretrained(source, map_location=str(model.fw_table.device))
     source = model if source is None else source  # the attacks put it in eval mode themselves
-    captions = [[c] if isinstance(c, str) else list(c) for c in captions]  # one caption string per image too
+    captions = caption_lists(captions)
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]
 

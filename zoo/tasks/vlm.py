@@ -198,12 +198,16 @@ def itc_loss(fi: Tensor, ft: Tensor, captions: Sequence[str], temperature: Tenso
     return loss, i2t[:, local], same[:, local]
 
 
+def caption_lists(captions: Sequence[Sequence[str] | str]) -> list[list[str]]:
+    """Each image's captions as a list: a list as given, or one string as that image's one caption (iterated, its
+    characters were read as the image's captions)."""
+    return [[caps] if isinstance(caps, str) else list(caps) for caps in captions]
+
+
 def flatten_captions(captions: Sequence[Sequence[str] | str]) -> tuple[list[str], Tensor]:
     """All captions in one list and the image index of each; an image's captions are a list, or one string."""
     texts, owner = [], []
-    for i, caps in enumerate(captions):
-        if isinstance(caps, str):  # one caption (iterated, its characters were read as the image's captions)
-            caps = [caps]
+    for i, caps in enumerate(caption_lists(captions)):
         texts.extend(caps)
         owner.extend([i] * len(caps))
     return texts, torch.tensor(owner, dtype=torch.long)
@@ -221,7 +225,7 @@ def retrieval_rows(model: Any, images: Tensor, captions: Sequence[Sequence[str]]
     """One row per query, both ways: each image's best ``top`` captions and each caption's best ``top`` images in
     the order evaluation ranks them (ITC, its top ``k`` re-scored), each with its ITC cosine (``itc``), and the
     0-based rank of the query's best right answer (``correct_rank``; 0: the first item is right)."""
-    captions = [[c] if isinstance(c, str) else list(c) for c in captions]  # one caption string per image too
+    captions = caption_lists(captions)
     texts, owner = flatten_captions(captions)
     scores = retrieval_scores(model, images, texts, k=k, rerank=rerank)
     rel = relevance(owner.to(scores["itc"].device), len(images), texts)
@@ -613,5 +617,5 @@ class VLMTask(ZooTask):
         return lines
 
 
-__all__ = ["KS", "RERANK", "VLMTask", "correct_ranks", "evaluate_retrieval", "flatten_captions", "recall_at_k",
+__all__ = ["KS", "RERANK", "VLMTask", "caption_lists", "correct_ranks", "evaluate_retrieval", "flatten_captions", "recall_at_k",
            "relevance", "retrieval_metrics", "retrieval_scores"]
