@@ -396,7 +396,7 @@ def test_generate_refuses_bad_settings_and_prompts_by_name():
         model.generate(prompt, max_new_tokens=1, temperature=float("nan"))
     with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 1, 4\)"):
         model.generate(prompt[None], max_new_tokens=1)
-    with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"a list of 2 id lists.*torch.tensor\(rows\), here \[2, 2\]"):
         model.generate([[1, 2], [3, 4]], max_new_tokens=1)
     with pytest.raises(ValueError, match=r"prompt rows of different lengths \(\[1, 2\] tokens\).*attention_mask"):
         model.generate([[1, 2], [3]], max_new_tokens=1)

@@ -269,6 +269,14 @@ def test_image_folder_csv_and_missing_files(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="labels.txt"):
         read_labels(empty)
+    # a mistyped folder or labels path is named as such, not as a folder without labels
+    with pytest.raises(FileNotFoundError, match=r"image folder .*typo does not exist"):
+        build_lmdb(tmp_path / "typo", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"image folder .*labels.csv is a file"):
+        read_labels(d / "labels.csv")
+    with pytest.raises(FileNotFoundError, match=r"labels file .*lables.txt does not exist"):
+        read_labels(d, d / "lables.txt")
+    assert not (tmp_path / "out").exists()
 
 
 def test_randaugment_keeps_size_and_is_seeded():

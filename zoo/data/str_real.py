@@ -179,6 +179,12 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     """``(relative path, text)`` pairs from ``labels.txt``, ``labels.csv`` or an ICDAR ``gt.txt``
     (``word_1.png, "Tired"``, a quote inside a label escaped as ``\\"``) in ``folder`` (or ``labels``)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} " + ("is a file, not a folder" if folder.exists()
+                                                              else "does not exist"))
+    if labels and not Path(labels).is_file():
+        raise FileNotFoundError(f"labels file {labels} " + ("is a folder, not a file" if Path(labels).exists()
+                                                            else "does not exist"))
     found = [n for n in LABEL_FILES if (folder / n).is_file()]
     if not labels and len(found) > 1:  # reading the first could train on the other's labels without a word
         raise ValueError(f"{folder} holds {len(found)} labels files ({', '.join(found)}): keep one, or name it "

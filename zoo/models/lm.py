@@ -266,6 +266,10 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
             if rows and len({len(r) for r in rows}) > 1:
                 raise ValueError(f"prompt rows of different lengths ({sorted({len(r) for r in rows})} tokens): give a list "
                                  "of texts, or a left-padded [batch, T] tensor with attention_mask")
+            if rows:
+                raise ValueError(f"a list of {len(rows)} id lists is not a prompt: one prompt is a flat list of ids; "
+                                 f"a batch is a [batch, T] tensor (torch.tensor(rows), here [{len(rows)}, "
+                                 f"{len(rows[0])}])")
             ids = torch.tensor([list(prompt)], dtype=torch.long)
         if ids.dim() != 2:
             raise ValueError(
