@@ -392,6 +392,21 @@ def test_forecast_with_dates_as_the_index_keeps_the_index_name_and_timezone(tmp_
     np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)
 
 
+@pytest.mark.parametrize("freq", ["h", "M"])
+def test_forecast_with_periods_as_the_index_answers_in_periods(tmp_path, freq):
+    """A PeriodIndex (df.to_period(), pandas' monthly / quarterly habit) is read as its periods' start times and
+    the forecast's index is periods again (it was refused as a frame without a date column)."""
+    df = _frame(120) if freq == "h" else _frame(120).assign(date=pd.date_range("2000-01-01", periods=120, freq="MS"))
+    model = _tiny_forecaster(tmp_path, df)
+    want_values = model.forecast(df)[["a", "b"]].to_numpy()
+    periods = df.drop(columns=["date"]).set_axis(pd.PeriodIndex(df["date"], freq=freq).rename("date"))
+    out = model.forecast(periods)
+    last = pd.Period(df["date"].iloc[-1], freq=freq)
+    assert isinstance(out.index, pd.PeriodIndex) and out.index.name == "date"
+    assert list(out.index) == [last + k for k in range(1, H + 1)]
+    np.testing.assert_allclose(out[["a", "b"]].to_numpy(), want_values, rtol=1e-6)
+
+
 def test_forecast_on_a_timezone_aware_date_column_answers_in_that_timezone(tmp_path):
     """A date column of timezone-aware timestamps (dtype datetime64[ns, tz]): the forecast's dates are the next
     instants in the same timezone (they came back as naive UTC wall times, 9 hours off Tokyo's clock)."""

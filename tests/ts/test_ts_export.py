@@ -94,8 +94,18 @@ def test_forecast_bad_input(tmp_path):
     assert "data.date_col" not in str(err.value)
     gappy = df.copy()
     gappy.loc[290, "a"] = np.nan
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="missing.*pass interpolate=True") as err:  # its argument, not data.*
         fc.forecast(gappy)
+    assert "data." not in str(err.value)
+    with pytest.raises(ValueError, match="column 'b' of the input is not numeric.*convert it to numbers") as err:
+        fc.forecast(df.assign(b="x"))
+    assert "data." not in str(err.value)
+    with pytest.raises(ValueError, match="unparsable.*pass date_format") as err:
+        fc.forecast(df.assign(date=["2020-01-01"] * (len(df) - 1) + ["soon"]))
+    assert "data." not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="pass a CSV file") as err:
+        fc.forecast(tmp_path / "nothing.csv")
+    assert "data." not in str(err.value)
     assert len(fc.forecast(gappy, interpolate=True)) == H
     bare = zoo.create_model("ts-itransformer-diff-tiny", lookback=LB, horizon=H)
     with pytest.raises(ValueError, match="carries no data facts"):

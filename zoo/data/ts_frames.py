@@ -20,17 +20,24 @@ from zoo.data.files import refuse_other_separator
 # ---------------------------------------------------------------------------------------------
 # Reading and validating a frame (shared by the datamodules and ``model.forecast``)
 # ---------------------------------------------------------------------------------------------
-def read_ts_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it, a folder ``IsADirectoryError``."""
+def _advice(api: bool, cli: str, python: str) -> str:
+    """An error's advice in the caller's terms: the config option (``data.*``) or the Python argument."""
+    return python if api else cli
+
+
+def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
+    """Read a CSV file; a missing file raises ``FileNotFoundError`` naming it, a folder ``IsADirectoryError``.
+    ``api``: the caller is ``model.forecast`` (advice names its arguments, not the ``data.*`` options)."""
     path = Path(path).expanduser()
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.csv"))
-        raise IsADirectoryError(f"{path} is a folder, not a CSV file: pass data.path to the CSV itself"
+        raise IsADirectoryError(f"{path} is a folder, not a CSV file: "
+                                + _advice(api, "pass data.path to the CSV itself", "pass the CSV file itself")
                                 + (f" (this folder holds {', '.join(inside[:5])}{' ...' if len(inside) > 5 else ''})" if inside else ""))
     if not path.is_file():
         raise FileNotFoundError(
-            f"time-series CSV {path} not found (working directory {Path.cwd()}); pass data.path to a CSV "
-            "file with a date column followed by the variables"
+            f"time-series CSV {path} not found (working directory {Path.cwd()}); "
+            + _advice(api, "pass data.path to a CSV", "pass a CSV") + " file with a date column followed by the variables"
         )
     try:
         df = pd.read_csv(path, skipinitialspace=True)  # "date, v0, v1" (a space after each comma) names v0, v1
@@ -121,6 +128,7 @@ def prepare_frame(
     source: str = "the data",
     date_format: Optional[str] = None,
     date_advice: str = "set data.date_col to the column holding the timestamps, or add one",
+    api: bool = False,
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
     """Validate a raw frame; return its parsed dates and the numeric variables (float64).
 
@@ -129,6 +137,8 @@ def prepare_frame(
     non-numeric or infinite values and missing values (unless ``interpolate``, which fills gaps
     linearly in time and extends the edge values outward). Dates: see :func:`parse_dates`. ``date_advice``
     ends the missing-date-column message (the default's advice is the CLI's; the Python API says its own).
+    ``api``: the caller is ``model.forecast``, whose columns are the model's: advice names its arguments
+    (``interpolate=True``, ``date_format=...``), not the ``data.*`` options.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -158,7 +168,7 @@ def prepare_frame(
     if not columns:
         raise ValueError(f"{source} has no variables besides the date column {date_col!r}")
 
-    dates = parse_dates(df[date_col], date_col=date_col, source=source, date_format=date_format)
+    dates = parse_dates(df[date_col], date_col=date_col, source=source, date_format=date_format, api=api)
     if len(dates) > 1:
         steps = np.diff(dates.asi8)
         if (steps <= 0).any():
@@ -179,7 +189,8 @@ def prepare_frame(
                 i = int(np.flatnonzero(wrong.to_numpy())[0]) if wrong.any() else 0
                 raise ValueError(
                     f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line {i + 2}); "
-                    "convert it to numbers or leave it out with data.columns"
+                    + _advice(api, "convert it to numbers or leave it out with data.columns",
+                              "the model reads it as a variable: convert it to numbers")
                 )
             col = num
         values[c] = col.astype("float64")
@@ -191,7 +202,8 @@ def prepare_frame(
         if not interpolate:
             raise ValueError(
                 f"{source} has {int(infinite.sum())} infinite value(s); the first is in column {columns[c]!r} at row {r} "
-                f"({dates[r]}); set data.interpolate=true to treat them as gaps, or clean the file"
+                f"({dates[r]}); " + _advice(api, "set data.interpolate=true", "pass interpolate=True")
+                + " to treat them as gaps, or clean the file"
             )
         frame = frame.mask(infinite)  # gaps, filled below
 
@@ -199,14 +211,16 @@ def prepare_frame(
     if missing.to_numpy().any():
         empty = [c for c in columns if missing[c].all()]
         if empty:
-            raise ValueError(f"column(s) {empty} of {source} hold no values at all; remove them with data.columns")
+            raise ValueError(f"column(s) {empty} of {source} hold no values at all; "
+                             + _advice(api, "remove them with data.columns", "the model reads them as variables"))
         if not interpolate:
             c = next(c for c in columns if missing[c].any())
             i = int(np.flatnonzero(missing[c].to_numpy())[0])
             total = int(missing.to_numpy().sum())
             raise ValueError(
                 f"{source} has {total} missing (NaN) value(s); the first is in column {c!r} at row {i} "
-                f"({dates[i]}); set data.interpolate=true to fill gaps by linear interpolation, or clean the file"
+                f"({dates[i]}); " + _advice(api, "set data.interpolate=true", "pass interpolate=True")
+                + " to fill gaps by linear interpolation, or clean the file"
             )
         # linear in time, not in rows: a gap next to a missing row is weighted by the real spacing
         frame.index = dates
@@ -218,11 +232,17 @@ def prepare_frame(
 # ---------------------------------------------------------------------------------------------
 # Dates: parsing, frequency, time features, future timestamps
 # ---------------------------------------------------------------------------------------------
-DATE_FORMAT_HINT = "set data.date_format (e.g. '%d/%m/%Y %H:%M' for day-first dates; Python strptime codes)"
+def _date_format_hint(api: bool = False) -> str:
+    return (_advice(api, "set data.date_format", "pass date_format")
+            + " (e.g. '%d/%m/%Y %H:%M' for day-first dates; Python strptime codes)")
+
+
+DATE_FORMAT_HINT = _date_format_hint()
 
 
 def parse_dates(
-    raw: pd.Series, *, date_col: str = "date", source: str = "the data", date_format: Optional[str] = None
+    raw: pd.Series, *, date_col: str = "date", source: str = "the data", date_format: Optional[str] = None,
+    api: bool = False,
 ) -> pd.DatetimeIndex:
     """The timestamps of a date column.
 
@@ -238,9 +258,11 @@ def parse_dates(
         raw = raw.astype(str)  # 20160701 read as a number: date_format (%Y%m%d) reads its digits
     elif numbers:
         raise ValueError(
-            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; set "
-            "data.date_format to read their digits (e.g. '%Y' for years such as 1990, '%Y%m%d' for 20160701), convert "
-            "them first (epoch seconds: pd.to_datetime(values, unit='s')) or point data.date_col at the timestamps"
+            f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; "
+            + _advice(api, "set data.date_format", "pass date_format")
+            + " to read their digits (e.g. '%Y' for years such as 1990, '%Y%m%d' for 20160701), convert them first "
+            "(epoch seconds: pd.to_datetime(values, unit='s')) or "
+            + _advice(api, "point data.date_col at the timestamps", f"put the timestamps in {date_col!r}")
         )
 
     def parse(**kw: Any) -> pd.Series:
@@ -248,7 +270,8 @@ def parse_dates(
             return pd.to_datetime(raw, errors="coerce", **kw)
         except (ValueError, TypeError) as exc:  # mixed UTC offsets across daylight saving, mostly
             if kw.get("utc"):
-                raise ValueError(f"date column {date_col!r} of {source} cannot be parsed ({exc}); {DATE_FORMAT_HINT}") from exc
+                raise ValueError(f"date column {date_col!r} of {source} cannot be parsed ({exc}); "
+                                 f"{_date_format_hint(api)}") from exc
             return parse(**kw, utc=True)
 
     if date_format is not None:
@@ -261,10 +284,11 @@ def parse_dates(
                 dates = iso
     if dates.isna().any():
         i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        layout = f"does not match data.date_format {date_format!r}" if date_format else "is unparsable or empty"
+        option = _advice(api, "data.date_format", "date_format")
+        layout = f"does not match {option} {date_format!r}" if date_format else "is unparsable or empty"
         raise ValueError(
             f"date column {date_col!r} of {source} {layout}: value {raw.iloc[i]!r} at row {i} (CSV line {i + 2}); "
-            f"fix the timestamp or remove the row" + ("" if date_format else f", or {DATE_FORMAT_HINT}")
+            f"fix the timestamp or remove the row" + ("" if date_format else f", or {_date_format_hint(api)}")
         )
     dates = pd.DatetimeIndex(dates)
     if dates.tz is not None:
@@ -323,7 +347,7 @@ def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
 FREQ_CHUNK = 8  # dates per stretch when a series with gaps is read stretch by stretch
 
 
-def infer_freq(dates: pd.DatetimeIndex) -> str:
+def infer_freq(dates: pd.DatetimeIndex, api: bool = False) -> str:
     """Pandas frequency string of regular ``dates`` (``'h'``, ``'15min'``, ``'D'``, ``'MS'``, ``'B'``...), or
     ``'DateOffset(months=k)'`` for dates on one day of the month every ``k`` months (see :func:`to_offset`).
 
@@ -353,7 +377,7 @@ def infer_freq(dates: pd.DatetimeIndex) -> str:
     if n_odd:
         warnings.warn(
             f"{n_odd} of {len(dates) - 1} time steps differ from the series' step {freq} (missing rows, a "
-            f"daylight-saving gap, or day-first dates read month-first: {DATE_FORMAT_HINT}); the series is "
+            f"daylight-saving gap, or day-first dates read month-first: {_date_format_hint(api)}); the series is "
             f"taken as {freq}-spaced",
             stacklevel=2,
         )

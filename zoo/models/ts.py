@@ -250,7 +250,7 @@ class Forecaster(PretrainedMixin, nn.Module):
             unnamed = data.name is None and len(meta["columns"]) == 1
             data = data.to_frame(meta["columns"][0]) if unnamed else data.to_frame()
         elif isinstance(data, (str, os.PathLike)):
-            data = read_ts_csv(data)
+            data = read_ts_csv(data, api=True)
         elif not isinstance(data, pd.DataFrame):
             raise TypeError(
                 f"forecast takes a pandas DataFrame (a {meta['date_col']!r} column or dates as the index, and the "
@@ -258,11 +258,14 @@ class Forecaster(PretrainedMixin, nn.Module):
             )
         date_col = meta["date_col"]
         dates_in_index = date_col not in data.columns and (
-            isinstance(data.index, pd.DatetimeIndex) or data.index.name == date_col)
-        index_tz = None
+            isinstance(data.index, (pd.DatetimeIndex, pd.PeriodIndex)) or data.index.name == date_col)
+        index_tz = period = None
         if dates_in_index:  # the pandas habit: timestamps as the index
             # the forecast's index takes the input's name and timezone back (the dates are read in UTC)
             index_name, index_tz = data.index.name, getattr(data.index, "tz", None)
+            if isinstance(data.index, pd.PeriodIndex):  # periods: their start times, and periods again at the end
+                period = data.index.freqstr
+                data = data.set_axis(data.index.to_timestamp(how="start"))
             data = data.rename_axis(date_col).reset_index()
         elif date_col in data.columns:  # a timezone-aware date column gets its timezone back as well
             index_tz = getattr(data[date_col].dtype, "tz", None)
@@ -270,6 +273,7 @@ class Forecaster(PretrainedMixin, nn.Module):
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
             date_advice=f"this model was trained with its timestamps in {meta['date_col']!r}: name the input's timestamp column so",
+            api=True,
         )
         L = self.config.lookback
         if len(frame) < L:
@@ -295,7 +299,7 @@ class Forecaster(PretrainedMixin, nn.Module):
             freq = meta["freq"]
         else:
             try:
-                freq = infer_freq(local)
+                freq = infer_freq(local, api=True)
             except ValueError:
                 freq = meta["freq"]
         if meta.get("freq") and not same_spacing(freq, meta["freq"]):
@@ -308,7 +312,10 @@ class Forecaster(PretrainedMixin, nn.Module):
         out.insert(0, date_col, future_dates(local[-1], self.config.horizon, freq))
         if not dates_in_index:
             return out
-        return out.set_index(date_col).rename_axis(index_name)
+        out = out.set_index(date_col)
+        if period is not None:
+            out.index = out.index.to_period(period)
+        return out.rename_axis(index_name)
 
 
 def read_meta(folder: Union[str, Path]) -> Optional[dict[str, Any]]:
