@@ -168,7 +168,7 @@ def pgd_attack(
                 # the one on the clean pixel's side (x0 is on the grid, so that one is within eps)
                 y = torch.where((y.to(work) - x0).abs() > eps, torch.nextafter(y, x0.to(y.dtype)), y)
             out.append(y.to(images.device))
-    return torch.cat(out)
+    return torch.cat(out) if out else images.detach().clone()  # no images: none attacked, as text_attack gives []
 
 
 def char_edits(word: str, rng: np.random.Generator) -> list[str]:
@@ -281,6 +281,9 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
         source = load_pretrained(source, map_location=str(model.fw_table.device))
     source = model if source is None else source  # the attacks put it in eval mode themselves
     captions = caption_lists(captions)
+    if len(images) == 0 or not captions:  # no query to retrieve: clean R@1 and every ASR would be 0 / 0
+        raise ValueError(f"run_attack_suite needs at least one image and its captions, got {len(images)} images and "
+                         f"{len(captions)} caption lists")
     texts, owner = flatten_captions(captions)
     first = [c[0] for c in captions]
 

@@ -19,12 +19,15 @@ import atexit
 import copy
 import dataclasses
 import fnmatch
+import functools
 import importlib
 import json
 import numbers
 import os
+import re
 import shutil
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -177,12 +180,53 @@ def config_from(config_class: type, config: Any, owner: str) -> Any:
     """``config`` (a ``config_class`` instance or a dict of its fields) as a ``config_class``; an unknown
     field (a misspelt ``create_model`` keyword, a stale export) is a ``ValueError`` naming it and the known ones."""
     if isinstance(config, config_class):
+        check_field_types(config_class, {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, owner)
         return config
     names = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise ValueError(f"unknown {owner} config field(s) {unknown}; known: {sorted(names)}")
+    check_field_types(config_class, config, owner)
     return config_class(**config)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_kinds(config_class: type) -> dict[str, tuple[type, bool]]:
+    """``field -> (bool | int | float, None allowed)`` for the config fields annotated with one of those scalar types
+    (``Optional`` included); fields that also take a string, a list or a mapping are left to the config's own checks."""
+    out: dict[str, tuple[type, bool]] = {}
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # noqa: BLE001 -- a user's config class with annotations that do not resolve: not checked
+        return out
+    for name, hint in hints.items():
+        args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) == 1 and kinds[0] in (bool, int, float):
+            out[name] = (kinds[0], len(kinds) < len(args))
+    return out
+
+
+def check_field_types(config_class: type, values: Any, owner: str) -> None:
+    """A ``ValueError`` naming a bool / int / float field of ``config_class`` given a value of another type: the
+    string ``'false'`` for a bool is true (a ``revin`` / ``fda`` switch left on), and a string for a float fails deep
+    in torch (``'<' not supported between instances of 'str' and 'int'``). Numpy / torch numbers pass (the config's
+    own checks name a numpy integer size); an int is a float."""
+    for name, (kind, optional) in _scalar_kinds(config_class).items():
+        if name not in values or (optional and values[name] is None):
+            continue
+        value = values[name]
+        if kind is bool:
+            ok, want = isinstance(value, bool), "true or false (a bool)"
+        else:
+            ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+            want = "an integer" if kind is int else "a number"
+        if not ok:
+            # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string
+            hint = (f" (a YAML reader took it for a string: write {value.strip().lower().replace('e', '.0e', 1)})"
+                    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()) else "")
+            raise ValueError(f"{owner} config field {name} must be {want}{' or None' if optional else ''}, got "
+                             f"{value!r}{hint}")
 
 
 def create_model(
@@ -208,7 +252,10 @@ def create_model(
         folder = resolve_pretrained(pretrained)
         meta = read_export_config(folder)
         # (from a checkpoint of the same class only: another class fails in check_compatible below)
-        data_fields = getattr(spec.model_cls, "data_fields", ()) if meta["model_class"] == _class_path(spec.model_cls) else ()
+        same_class = meta["model_class"] == _class_path(spec.model_cls)
+        if same_class:
+            refuse_unknown_fields(spec.model_cls, meta, folder)
+        data_fields = getattr(spec.model_cls, "data_fields", ()) if same_class else ()
         config.update({k: v for k, v in meta["config"].items() if k in data_fields and k not in overrides})
     try:
         model = spec.model_cls.from_config(config)
@@ -306,6 +353,23 @@ def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{cfg_path} has format_version {meta['format_version']}; upgrade zoo to read it")
     return meta
+
+
+def refuse_unknown_fields(cls: type, meta: dict[str, Any], folder: Union[str, Path]) -> None:
+    """A ``ValueError`` when an export's config holds fields ``cls``'s config class lacks: written by a newer zoo (or
+    edited), it would be refused as a misspelt keyword (load_pretrained) or built without them (create_model)."""
+    import zoo
+
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None or not dataclasses.is_dataclass(config_class):
+        return
+    unknown = sorted(set(meta["config"]) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise ValueError(
+            f"{Path(folder) / CONFIG_FILE} has config field(s) {unknown} this zoo ({zoo.__version__}) does not know "
+            f"for a {cls.__name__}: the export was written by zoo {meta.get('zoo_version', '(unknown version)')}; if "
+            "that is a newer one, upgrade zoo to load it; if the file was edited, remove the fields"
+        )
 
 
 def export_arch_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -463,6 +527,7 @@ def load_pretrained(
     folder = resolve_pretrained(name_or_path)
     meta = read_export_config(folder)
     cls = _import_class(meta["model_class"])
+    refuse_unknown_fields(cls, meta, folder)
     runtime = getattr(cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
     bad = sorted(set(overrides) - set(runtime))
     if bad:
