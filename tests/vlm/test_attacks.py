@@ -161,6 +161,21 @@ def test_co_attack_and_suite():
         AttackConfig(eps=4)
 
 
+def test_attacks_of_an_empty_batch():
+    """pgd_attack / co_attack of no images failed in torch.cat ('expected a non-empty list of Tensors') where
+    text_attack gives [] and similarity a [0, Nt] matrix: no images attack to no images; the suite, which has no
+    retrieval to score, says so."""
+    m = tiny_model(seed=5)
+    images, _ = scene_batch(1)
+    none = images[:0]
+    adv = pgd_attack(m, none, [], eps=4 / 255, steps=2)
+    assert tuple(adv.shape) == (0, *images.shape[1:]) and adv.dtype == images.dtype
+    adv_i, adv_t = co_attack(m, none, [], AttackConfig(steps=2))
+    assert tuple(adv_i.shape) == (0, *images.shape[1:]) and adv_t == []
+    with pytest.raises(ValueError, match="run_attack_suite needs at least one image"):
+        run_attack_suite(m, none, [], AttackConfig(steps=2))
+
+
 def test_attacks_run_the_model_without_dropout_and_give_back_its_mode():
     """A model in train mode (fresh from fit) with dropout: the attacks' gradients and scores are the deterministic
     model's (dropout made PGD and the greedy text search chase noise), and the model keeps its mode."""

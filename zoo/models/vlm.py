@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -393,6 +393,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
 
         ``score``: ``itc+itm`` (default; ITC cosine / temperature + ITM margin, the retrieval re-ranking
         score of :mod:`zoo.tasks.vlm`), ``itm`` (ITM margin alone, ALBEF) or ``itc`` (cosine).
+        ``batch_size``: images, captions and ITM pairs encoded at a time (image files are read a batch at a time).
         """
         if score not in ("itc+itm", "itm", "itc"):
             raise ValueError(f"score must be 'itc+itm', 'itm' or 'itc', got {score!r}")
@@ -402,26 +403,48 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         with eval_mode(self):  # scores without dropout, as STR's read and TS's forecast (a model fresh from fit trains)
             return self._similarity(images, texts, score, batch_size)
 
+    def _pixel_batches(self, images: Any, batch_size: int) -> Iterator[Tensor]:
+        """:meth:`_pixels` of ``images``, ``batch_size`` images at a time (a list of files is read a batch at a time)."""
+        import numpy as np
+
+        if not isinstance(images, (list, tuple, Tensor, np.ndarray)):
+            yield self._pixels(images)  # one image, or something _pixels names as no images
+            return
+        if not isinstance(images, (list, tuple)):
+            images = self._pixels(images)  # a tensor or array: sliced, not copied
+        if len(images) == 0:
+            yield self._pixels(images)  # no rows, as an empty tensor gives
+            return
+        for s in range(0, len(images), batch_size):
+            yield self._pixels(images[s : s + batch_size] if isinstance(images, Tensor) else list(images[s : s + batch_size]))
+
     def _similarity(self, images: Any, texts: Sequence[str], score: str, batch_size: int) -> Tensor:
+        # images and texts encoded batch_size at a time, each image batch scored against every text: the memory is
+        # that of a batch, not of the whole gallery (the image tokens of every image were kept for the ITM pairs)
         ids, mask = self.tokenize(texts)
-        img = self.encode_image(self._pixels(images).to(self.fw_table.device))
-        txt = self.encode_text(ids, mask)
-        # every score in at least float32, a float64 model's in float64 (the ITM buffer was float32 whatever the
-        # model, and a bfloat16 model gave its ITC scores rounded to bfloat16 but its ITM scores in float32)
-        itc = wide_cosines(self.image_feat(img), self.text_feat(txt, mask))
-        wide = itc.dtype
-        if score == "itc":
-            return itc
-        ni, nt = img.shape[0], txt.shape[0]
-        ii, tt = torch.meshgrid(torch.arange(ni), torch.arange(nt), indexing="ij")
-        ii, tt = ii.reshape(-1), tt.reshape(-1)
-        out = torch.empty(ni * nt, device=img.device, dtype=wide)
-        for s in range(0, ni * nt, batch_size):
-            i, t = ii[s : s + batch_size], tt[s : s + batch_size]
-            lg = self.itm_logits(txt[t], mask[t], img[i], ids[t]).to(wide)
-            out[s : s + batch_size] = lg[:, 1] - lg[:, 0]
-        out = out.view(ni, nt)
-        return out + itc / self.temperature if score == "itc+itm" else out
+        txt = torch.cat([self.encode_text(ids[s : s + batch_size], mask[s : s + batch_size])
+                         for s in range(0, max(len(ids), 1), batch_size)])
+        text_feats = self.text_feat(txt, mask)
+        rows = []
+        for pixels in self._pixel_batches(images, batch_size):
+            img = self.encode_image(pixels.to(self.fw_table.device))
+            # every score in at least float32, a float64 model's in float64 (the ITM buffer was float32 whatever the
+            # model, and a bfloat16 model gave its ITC scores rounded to bfloat16 but its ITM scores in float32)
+            itc = wide_cosines(self.image_feat(img), text_feats)
+            if score == "itc":
+                rows.append(itc)
+                continue
+            ni, nt = img.shape[0], txt.shape[0]
+            ii, tt = torch.meshgrid(torch.arange(ni), torch.arange(nt), indexing="ij")
+            ii, tt = ii.reshape(-1), tt.reshape(-1)
+            out = torch.empty(ni * nt, device=img.device, dtype=itc.dtype)
+            for s in range(0, ni * nt, batch_size):
+                i, t = ii[s : s + batch_size], tt[s : s + batch_size]
+                lg = self.itm_logits(txt[t], mask[t], img[i], ids[t]).to(itc.dtype)
+                out[s : s + batch_size] = lg[:, 1] - lg[:, 0]
+            out = out.view(ni, nt)
+            rows.append(out + itc / self.temperature if score == "itc+itm" else out)
+        return torch.cat(rows)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
