@@ -62,6 +62,20 @@ def test_export_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "exp" / "model.safetensors").read_bytes() == before
 
 
+def test_overwrite_refuses_a_hugging_face_model_folder(tmp_path):
+    """overwrite=True replaces an earlier zoo export; onto a Hugging Face model folder (`python -m zoo export CKPT
+    hf_folder --overwrite`) it replaced the model's config.json and weights, leaving a folder transformers cannot
+    load. Such a folder is refused and stays byte for byte as it was."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    (hf / "model.safetensors").write_bytes(b"weights")
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+    with pytest.raises(FileExistsError, match=r"holds a Hugging Face model \(config.json model_type='llama'\)"):
+        export_model(_model(), hf, overwrite=True)
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
+
+
 def test_architecture_mismatch_names_fields(tmp_path):
     export_model(_model(), tmp_path / "exp")
     with pytest.raises(ValueError, match=r"dim: checkpoint=32 config=64"):

@@ -638,6 +638,7 @@ def export_model(
     folder = Path(folder).expanduser()  # "~/m" as load_pretrained / from_pretrained read it back
     if not overwrite:
         refuse_occupied(folder, "choose a new folder or pass overwrite=True")
+    refuse_hf_model_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tied = _tied_names(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
@@ -719,6 +720,21 @@ class PretrainedMixin:
             raise TypeError(f"{name_or_path} holds a {held}, not a {cls.__name__}; zoo.load_pretrained({str(name_or_path)!r}) "
                             "loads it as what it is")
         return model if model is not None else load_pretrained(folder, **kwargs)
+
+
+def refuse_hf_model_folder(folder: Union[str, Path]) -> None:
+    """A ``FileExistsError`` for a Hugging Face model folder (a ``config.json`` with ``model_type`` that is no zoo
+    export): an overwriting export replaces its same-named files (config.json, weights, tokenizer.json) and leaves
+    that model unloadable; ``overwrite`` replaces earlier zoo exports only."""
+    try:
+        meta = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(meta, dict) and meta.get("format") != FORMAT and "model_type" in meta:
+        raise FileExistsError(
+            f"{folder} holds a Hugging Face model (config.json model_type={meta['model_type']!r}), not an earlier zoo "
+            "export; overwrite replaces earlier exports only: name a new folder"
+        )
 
 
 def _remove_previous_export(folder: Path, new_names: set[str]) -> None:

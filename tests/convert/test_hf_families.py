@@ -261,6 +261,46 @@ def test_converted_export_carries_the_tokenizer_and_feeds_the_adapter_config(tmp
     ])
 
 
+def test_converting_a_folder_without_tokenizer_json_says_so(tmp_path):
+    """A Hugging Face folder fetched with its weights and sentencepiece ``tokenizer.model`` only (no
+    ``tokenizer.json``) converted silently into an export without a tokenizer; the adapter config then
+    stopped with 'an exported model without a tokenizer (trained on token ids, e.g. configs/lm/tiny.yaml's
+    synthetic recall)'. The conversion warns, and the later error names the source folder and the fix."""
+    from zoo.data.tokenizers import load_tokenizer
+
+    _, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    (folder / "tokenizer.model").write_bytes(b"sentencepiece model")  # what such a folder holds instead
+    with pytest.warns(UserWarning, match=r"no tokenizer\.json.*tokenizer\.model.*save_pretrained"):
+        convert_hf(folder, tmp_path / "export")
+    assert not (tmp_path / "export" / "tokenizer.json").exists()
+    with pytest.raises(FileNotFoundError, match=rf"converted from {folder}.*no tokenizer\.json.*save_pretrained") as err:
+        load_tokenizer(tmp_path / "export")
+    assert "synthetic recall" not in str(err.value)
+
+
+def test_convert_overwrite_never_replaces_a_hugging_face_model(tmp_path):
+    """``python -m zoo convert SRC SRC --overwrite`` (an in-place conversion) replaced the source model's config.json,
+    model.safetensors and tokenizer files with the zoo export: the Hugging Face folder no longer loaded with
+    transformers. --overwrite replaces an earlier export only: a Hugging Face model folder as the output, the source
+    or another, is refused and stays as it was (transformers still loads it)."""
+    import shutil
+
+    from zoo.cli import main
+
+    _, folder = _decoder(tmp_path, "LlamaForCausalLM")
+    _word_tokenizer(folder)
+    other = shutil.copytree(folder, tmp_path / "other")
+    main(["convert", str(folder), str(tmp_path / "export")])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for out, match in ((folder, "is the source folder"), (other, "holds a Hugging Face model")):
+        with pytest.raises(SystemExit, match=match):
+            main(["convert", str(folder), str(out), "--overwrite"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for f in (folder, other):
+        transformers.LlamaForCausalLM.from_pretrained(f)
+    main(["convert", str(folder), str(tmp_path / "export"), "--overwrite"])  # an earlier export is replaced
+
+
 def test_real_minilm_tokenizer_matches_transformers(minilm_dir):
     from zoo.data.tokenizers import HFTokenizer
 

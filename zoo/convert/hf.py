@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -505,8 +506,34 @@ def convert_hf(folder: PathLike, out: PathLike, overwrite: bool = False) -> Path
     """
     from zoo.hub import export_model
 
+    _refuse_hf_output(folder, out, overwrite)
     model = from_hf(folder)
+    if getattr(model, "tokenizer", None) is None:
+        # the export is what data.tokenizer and text prompts read: without a tokenizer they fail later, far from here
+        from zoo.data.tokenizers import BPE_NAME
+
+        slow = [n for n in ("tokenizer.model", "vocab.json", "vocab.txt") if (Path(folder) / n).is_file()]
+        warnings.warn(
+            f"{folder} has no {BPE_NAME}" + (f" (its {', '.join(slow)} is not read: only fast tokenizers are)" if slow
+                                             else "")
+            + f": the export carries no tokenizer, so text prompts and data.tokenizer: {out} will not work; write "
+            f"{BPE_NAME} with transformers.AutoTokenizer.from_pretrained(folder).save_pretrained(folder) and convert "
+            "again", stacklevel=2,
+        )
     return export_model(model, out, extra={"converted_from": str(folder)}, overwrite=overwrite)
+
+
+def _refuse_hf_output(folder: PathLike, out: PathLike, overwrite: bool) -> None:
+    """An export replaces same-named files (config.json, model.safetensors, tokenizer.json) of a folder that is not an
+    earlier export: written into the source, or any Hugging Face model folder, it would leave that model unloadable."""
+    src, dest = Path(folder), Path(out)
+    if dest.exists() and src.exists() and dest.resolve() == src.resolve():
+        raise ValueError(f"the output {out} is the source folder {folder}: the export would replace its config.json, "
+                         "weights and tokenizer files; name a new folder")
+    if overwrite:  # before converting (export_model refuses it too)
+        from zoo.hub import refuse_hf_model_folder
+
+        refuse_hf_model_folder(dest)
 
 
 def _check_no_adapters(model: nn.Module, fn: str) -> None:

@@ -374,6 +374,14 @@ def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
     if not config_path.is_file() and (folder / BPE_NAME).is_file():
         return HFTokenizer.from_hf_folder(folder)
     if not config_path.is_file():
+        source = _converted_from(folder)
+        if source is not None:  # a Hugging Face folder converted without its tokenizer.json
+            raise FileNotFoundError(
+                f"{folder} holds a model converted from {source}, which had no {BPE_NAME}: the export has no "
+                f"tokenizer. Write {BPE_NAME} there (transformers.AutoTokenizer.from_pretrained(folder)"
+                ".save_pretrained(folder)) and convert again, or point data.tokenizer at a folder holding the "
+                f"model's {BPE_NAME}"
+            )
         if (folder / "config.json").is_file():  # an export of a model trained on token ids (synthetic retrieval)
             raise FileNotFoundError(
                 f"{folder} is an exported model without a tokenizer (trained on token ids, e.g. configs/lm/tiny.yaml's "
@@ -398,6 +406,17 @@ def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
     if kind is None and (folder / BPE_NAME).is_file():  # a Hugging Face model folder's own tokenizer
         return HFTokenizer.from_hf_folder(folder)
     raise ValueError(f"{config_path}: unknown tokenizer type {kind!r}; expected 'byte', 'bpe' or 'hf'")
+
+
+def _converted_from(folder: Path) -> Optional[str]:
+    """The Hugging Face folder a zoo export was converted from (``python -m zoo convert``), else None."""
+    try:
+        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    extra = meta.get("extra") if isinstance(meta, dict) else None
+    source = extra.get("converted_from") if isinstance(extra, dict) else None
+    return str(source) if source else None
 
 
 def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size: int = 4096) -> TokenizerLike:
