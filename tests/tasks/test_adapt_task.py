@@ -105,3 +105,28 @@ def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_pat
     arch = json.loads((run / "export" / "config.json").read_text())["arch"]
     assert arch == json.loads((src / "config.json").read_text())["arch"] == "lm-vanilla-small"  # the base's name
     assert json.loads((tmp_path / "again" / "config.json").read_text())["arch"] == arch  # not the task's default
+
+
+def test_a_converted_tokenizer_with_tokens_past_the_embedding_is_named(tmp_path):
+    """A Hugging Face tokenizer given a pad token the model's embedding was never resized for (322 tokens, 321 rows)
+    stopped adapt / finetune configs with 'set data.tokenizer to the checkpoint folder' while data.tokenizer was that
+    folder. The error names the added ids and the fix, as transformers' resize_token_embeddings does it."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    from zoo.data.tokenizers import HFTokenizer
+    from zoo.hub import export_model
+    from zoo.models.lm import DiffTransformerLM, LMConfig
+    from zoo.tasks import LanguageModelTask
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 321)}},
+                                         unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens([AddedToken("<pad>", special=True)])  # id 321: no embedding row
+    lm = DiffTransformerLM(LMConfig(vocab_size=321, dim=32, n_layers=1, n_heads=2, max_seq_len=32, attn_type="vanilla"))
+    lm.tokenizer = HFTokenizer(backend, bos_id=1, eos_id=2, pad_id=321)
+    export = export_model(lm, tmp_path / "export")
+    with pytest.raises(ValueError, match=r"own tokenizer has 322 tokens but its embedding only 321 rows: ids 321\.\.321 "
+                                         r".*resize_token_embeddings") as err:
+        LanguageModelTask(pretrained=str(export), data_info={"kind": "text", "vocab_size": 322},
+                          adapter={"method": "dex"})
+    assert "set data.tokenizer" not in str(err.value)

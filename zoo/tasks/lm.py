@@ -102,7 +102,17 @@ class LanguageModelTask(ZooTask):
             self.arch = meta.get("arch")  # None for a converted checkpoint: no registered name describes it
             # fewer tokens than embedding rows is fine for the export's own tokenizer (converted Qwen2 / Llama
             # pad the embedding); setup checks that the data's tokenizer is that one
-            padded = data_vocab is not None and data_vocab < cfg["vocab_size"] and _own_vocab_size(folder) == data_vocab
+            own = _own_vocab_size(folder) if data_vocab is not None and data_vocab != cfg["vocab_size"] else None
+            padded = data_vocab is not None and data_vocab < cfg["vocab_size"] and own == data_vocab
+            if own is not None and own == data_vocab > cfg["vocab_size"]:
+                # tokens added to a Hugging Face tokenizer (a pad token) without resizing the model's embeddings: the
+                # data's tokenizer is the checkpoint's own, so pointing data.tokenizer at it (the usual fix) changes nothing
+                raise ValueError(
+                    f"checkpoint {folder}'s own tokenizer has {own} tokens but its embedding only {cfg['vocab_size']} "
+                    f"rows: ids {cfg['vocab_size']}..{own - 1} were added to the tokenizer without resizing the model. "
+                    "Resize the source model's embeddings (transformers: model.resize_token_embeddings(len(tokenizer)); "
+                    "model.save_pretrained(folder)) and convert it again, or remove the added tokens from its tokenizer.json"
+                )
             if data_vocab is not None and data_vocab != cfg["vocab_size"] and not padded:
                 raise ValueError(
                     f"the data's tokenizer has {data_vocab} tokens but checkpoint {folder} was trained with "
