@@ -226,6 +226,20 @@ def test_every_shipped_model_builds_by_name_with_its_weights():
         assert all(torch.equal(t, ref_state[k]) for k, t in built.state_dict().items()), name
 
 
+def test_every_shipped_export_states_every_config_field():
+    """A field missing from an export's config.json takes the config class's default when loaded (older exports);
+    the shipped weights must not depend on that: a changed default (lambda_init, diff_subln) would change what the
+    shipped models compute without a word. Each shipped config.json names every field of its config class."""
+    from zoo.hub import PRETRAINED_DIR, _import_class
+
+    folders = sorted(p for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+    assert len(folders) == len(zoo.list_models(pretrained=True))
+    for folder in folders:
+        meta = json.loads((folder / "config.json").read_text())
+        fields = {f.name for f in dataclasses.fields(_import_class(meta["model_class"]).config_class)}
+        assert fields - set(meta["config"]) == set(), folder.name
+
+
 def test_data_fields_passed_explicitly_still_must_match():
     with pytest.raises(ValueError, match=r"max_length: checkpoint=6 config=25.*drop the overrides \['max_length'\]"):
         zoo.create_model("str-diff-tiny", pretrained="str-diff-tiny", max_length=25)
