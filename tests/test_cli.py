@@ -554,3 +554,34 @@ def test_ckpt_path_best_finds_the_file_beside_the_checkpoint_that_names_it_after
     trainer = SimpleNamespace(checkpoint_callback=cb, checkpoint_callbacks=[cb], logger=None,
                               default_root_dir=str(tmp_path))
     assert best_checkpoint(trainer) == str(ck / "epoch=0-step=2.ckpt")
+
+
+@pytest.mark.parametrize("domain", ["str", "ts", "vlm"])
+def test_predict_fast_dev_run_writes_no_file(domain, tmp_path, monkeypatch, capsys):
+    """Lightning's fast_dev_run smoke test has no logger, hence no run folder: predict wrote predictions.jsonl and the
+    domain's own file (predictions.csv holding one batch's rows, retrieval.jsonl ranked within one batch,
+    forecast.csv / .png) into the working directory, and the next smoke run was refused over them. A smoke run
+    writes no metrics file and no logs: no predictions file either (its rows are printed)."""
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (100, 32), (255, 255, 255)).save(inputs / f"{i}.png")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # default_root_dir: the working directory
+    extra = {
+        "str": ["--data.init_args.predict_dir", str(inputs), "--data.init_args.eval_batch_size", "2",
+                "--data.init_args.synthetic", '{"train": 8, "val": 4, "test": 4}'],
+        "ts": ["--data.init_args.n_rows", "1500"],
+        "vlm": ["--model.init_args.pretrained=vlm-fda-tiny", "--data.init_args.n_train=16", "--data.init_args.n_val=8",
+                "--data.init_args.n_test=12", "--data.init_args.eval_batch_size=4"],
+    }[domain]
+    for _ in range(2):  # the second smoke run was refused over the first one's files
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # randomly initialized weights (str, ts)
+            main(["predict", "--config", str(ROOT / DEFAULTS[domain]), "--trainer.fast_dev_run=1",
+                  "--trainer.enable_progress_bar=false", *extra])
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == []
+    assert "fast_dev_run" in capsys.readouterr().out  # and it says why there is no file

@@ -26,6 +26,13 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir).expanduser()
 
 
+def smoke_run(trainer: L.Trainer) -> bool:
+    """Whether ``trainer`` runs Lightning's ``fast_dev_run`` smoke test. It has no logger, hence no run folder (zoo's
+    files would land in ``default_root_dir``, the working directory by default, and refuse the next run): Lightning
+    logs nothing for it, and zoo writes no metrics or predictions file (its export goes to a folder of its own)."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
 def create_new(path: Path, fill: Callable[[IO[str]], Any], newline: Optional[str] = None) -> Path:
     """Create ``path`` (UTF-8; an existing file is a ``FileExistsError`` and stays untouched) and write it with
     ``fill(f)``; a write that fails part-way removes the file, so no half-written file is left for a later run to
@@ -187,7 +194,11 @@ class RunSummary(L.Callback):
             best = getattr(cb, "best_model_path", "")
             # validate / test restore the fit's checkpoint callback state: its best is not what they evaluated
             if best and stage == "fit":
-                lines.append(f"best checkpoint: {best} (resume with --ckpt_path)")
+                # without a monitor Lightning's best_model_path is the latest save (its default callback, or a
+                # latest-{step} one beside a metric's): "best" is said only of a checkpoint a metric chose
+                monitor = getattr(cb, "monitor", None)
+                label = f"best checkpoint ({monitor}, {cb.mode})" if monitor else "latest checkpoint"
+                lines.append(f"{label}: {best} (resume with --ckpt_path)")
         if stage != "fit" and trainer.ckpt_path:
             lines.append(f"evaluated checkpoint: {trainer.ckpt_path}")
         # a fast_dev_run has no logger: nothing was written to a run folder
@@ -214,8 +225,15 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # expanduser: `--predict_writer.output=~/p.jsonl` (no shell expands it) made a folder named "~" here
-        self.path = Path(self.output).expanduser() if self.output else run_dir(trainer) / "predictions.jsonl"
+        folder = run_dir(trainer)  # a collective under DDP: every rank
         self._warned: set[str] = set()  # keys already named as non-finite in this run
+        if smoke_run(trainer) and not self.output:  # no run folder: the rows are printed only
+            self.path = None
+            if trainer.is_global_zero:
+                print("fast_dev_run: no predictions.jsonl is written (a smoke run writes no files; "
+                      "--predict_writer.output names a file to write anyway)", flush=True)
+            return
+        self.path = Path(self.output).expanduser() if self.output else folder / "predictions.jsonl"
         if trainer.is_global_zero:
             if self.path.exists():
                 raise FileExistsError(f"{self.path} exists; choose another --predict_writer.output")
@@ -231,7 +249,7 @@ class PredictionWriter(BasePredictionWriter):
         return self.path.with_name(self.path.name + ".partial")
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self._partial.exists():
+        if trainer.is_global_zero and self.path is not None and self._partial.exists():
             self._partial.replace(self.path)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx, dataloader_idx):
@@ -264,13 +282,15 @@ class PredictionWriter(BasePredictionWriter):
             return
         bad: list[str] = []
         rows = _finite_or_null(rows, "", bad)  # a diverged model's NaN: null, as in test_metrics.json
-        with open(self._partial, "a", encoding="utf-8") as f:
+        if self.path is not None:
+            with open(self._partial, "a", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, default=str, allow_nan=False) + "\n")
+        if self.echo:
             for row in rows:
-                f.write(json.dumps(row, default=str, allow_nan=False) + "\n")
-                if self.echo:
-                    print(json.dumps(row, default=str, ensure_ascii=False, allow_nan=False), flush=True)
+                print(json.dumps(row, default=str, ensure_ascii=False, allow_nan=False), flush=True)
         new = [key for key in dict.fromkeys(bad) if key not in self._warned]
         if new:
             self._warned.update(new)
-            warnings.warn(f"{self.path}: non-finite (NaN or infinite) predictions written as null: {', '.join(new)}",
-                          stacklevel=2)
+            warnings.warn(f"{self.path or 'predictions'}: non-finite (NaN or infinite) predictions written as null: "
+                          f"{', '.join(new)}", stacklevel=2)

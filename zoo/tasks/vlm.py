@@ -24,6 +24,7 @@ from torch import Tensor
 from zoo.hub import check_positive_int, create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.models.vlm import wide_cosines
 from zoo.tasks.base import ZooTask, gather_objects
+from zoo.tasks.callbacks import smoke_run
 
 KS = (1, 5, 10)
 RERANK = ("itc+itm", "itm")
@@ -570,7 +571,8 @@ class VLMTask(ZooTask):
     def on_predict_start(self) -> None:
         super().on_predict_start()
         folder = self._run_dir()
-        if folder is not None and (folder / "retrieval.jsonl").exists():  # refused before any work
+        # refused before any work (a fast_dev_run writes no retrieval.jsonl)
+        if folder is not None and not smoke_run(self.trainer) and (folder / "retrieval.jsonl").exists():
             raise FileExistsError(f"{folder / 'retrieval.jsonl'} exists; predict into a new run folder "
                                   "(--trainer.default_root_dir)")
 
@@ -588,6 +590,10 @@ class VLMTask(ZooTask):
             return
         rows = retrieval_rows(self.model, images, captions, names, k=self.eval_k, top=self.predict_top,
                               rerank=self.rerank)
+        if smoke_run(self.trainer):  # no run folder (it would land in the working directory), and one batch's gallery
+            print(f"fast_dev_run: retrieval of {len(images)} images ranked, no retrieval.jsonl written (a smoke run "
+                  "writes no files)", flush=True)
+            return
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "retrieval.jsonl"
         from zoo.tasks.callbacks import create_new
