@@ -125,6 +125,31 @@ def test_test_summary_names_the_checkpoint_it_evaluated_not_the_fits_best(tmp_pa
     assert "steps: 0  epochs: 0" not in out
 
 
+def test_fit_summary_calls_only_a_monitored_checkpoint_best(tmp_path, capsys):
+    """A ModelCheckpoint without a monitor (Lightning's default one, or coco_minilm.yaml's latest-{step} beside the
+    val/r1 one) keeps the latest state, which Lightning still calls best_model_path: the summary printed it as a second
+    "best checkpoint" beside the one the metric chose."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import RunSummary
+
+    class Scored(Task):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.current_epoch))  # epoch 0 is the best
+
+    data = DataLoader([torch.randn(5, 3)], batch_size=None)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_top_k=1)
+    latest = ModelCheckpoint(dirpath=tmp_path, filename="latest-{step}", every_n_train_steps=1, save_top_k=1)
+    L.Trainer(accelerator="cpu", max_epochs=3, callbacks=[best, latest, RunSummary()], logger=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(Scored(), data, data)
+    assert best.best_model_path.endswith("epoch=0-step=1.ckpt") and latest.best_model_path.endswith("latest-step=3.ckpt")
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln for ln in lines if "best checkpoint" in ln] == [
+        f"best checkpoint (val/loss, min): {best.best_model_path} (resume with --ckpt_path)"]
+    assert [ln for ln in lines if latest.best_model_path in ln] == [
+        f"latest checkpoint: {latest.best_model_path} (resume with --ckpt_path)"]
+
+
 def test_validate_and_test_of_untrained_weights_say_so_as_predict_does(tmp_path):
     """`zoo validate` / `zoo test` without --ckpt_path or pretrained evaluate the random init (as Lightning does): said
     in the same warning predict gives; not for fit's own validation, a fitted task or a checkpoint's weights."""
