@@ -274,7 +274,9 @@ class LanguageModelTask(ZooTask):
         out: dict[str, float] = {}
 
         def log(name: str, value: torch.Tensor, **kw: Any) -> None:
-            self.log(name, value, **kw)
+            # sync_dist: the value is already the whole split's (metric states summed across ranks); it only says
+            # so to Lightning, which otherwise warns under DDP that an epoch-level value is one rank's
+            self.log(name, value, sync_dist=True, **kw)
             out[name.split("/", 1)[1]] = float(value)
 
         prefixes = sorted({k.rsplit("|", 1)[0] for k in self._metrics if k.startswith(stage)})

@@ -461,8 +461,10 @@ class RecognitionTask(ZooTask):
             return
         self.results[stage] = res
         comb = res["combined"]
-        self.log(f"{stage}/accuracy", comb["accuracy"], prog_bar=True)
-        self.log(f"{stage}/one_minus_ned", comb["one_minus_ned"])
+        # sync_dist: every rank holds the synced whole-split value (the mean of equal values is the value); without it
+        # Lightning warns under DDP that an epoch-level value is one rank's
+        self.log(f"{stage}/accuracy", comb["accuracy"], prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/one_minus_ned", comb["one_minus_ned"], sync_dist=True)
         if stage == "test" and self._trainer is not None and not self.trainer.sanity_checking:
             print("\n" + format_table(res) + "\n", flush=True)
             from zoo.tasks.callbacks import run_dir, write_json_new

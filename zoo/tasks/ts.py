@@ -318,9 +318,11 @@ class ForecastTask(ZooTask):
         # overwrote the remembered best epoch, which a checkpoint saved afterwards carried into a resumed fit
         if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self._consider_best(float(res[self.loss_name]), int(self.current_epoch))
-        self.log(f"{stage}/loss", res[self.loss_name], prog_bar=stage == "val")
+        # sync_dist: the metric states are summed across ranks, so every rank holds the whole split's value (the
+        # mean of equal values is the value); without it Lightning warns under DDP that it is one rank's
+        self.log(f"{stage}/loss", res[self.loss_name], prog_bar=stage == "val", sync_dist=True)
         for key in ("mse", "mae", "mse_orig", "mae_orig"):
-            self.log(f"{stage}/{key}", res[key], prog_bar=stage == "val" and key == "mae")
+            self.log(f"{stage}/{key}", res[key], prog_bar=stage == "val" and key == "mae", sync_dist=True)
 
     def _consider_best(self, loss: float, epoch: int) -> None:
         """Keep ``epoch`` as the best so far if its validation ``loss`` is lower; a NaN loss (a diverged

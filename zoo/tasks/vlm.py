@@ -538,8 +538,10 @@ class VLMTask(ZooTask):
         # the headline number (mean of both directions, re-ranked) in the results and test_metrics.json too
         scalars["r1"] = (scalars["itm/i2t_r1"] + scalars["itm/t2i_r1"]) / 2
         self.results[stage] = scalars
-        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k != "r1"}, prog_bar=False)
-        self.log(f"{stage}/r1", scalars["r1"], prog_bar=True)
+        # sync_dist: every rank scored the gathered gallery, so the values are equal (their mean is the value); without
+        # it Lightning warns under DDP that an epoch-level value is one rank's
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items() if k != "r1"}, prog_bar=False, sync_dist=True)
+        self.log(f"{stage}/r1", scalars["r1"], prog_bar=True, sync_dist=True)
         return scalars
 
     def on_validation_epoch_start(self) -> None:
