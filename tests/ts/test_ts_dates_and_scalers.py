@@ -434,3 +434,48 @@ def test_daily_forecast_in_a_daylight_saving_timezone_stays_at_local_midnight(tm
         out = model.forecast(x.set_index("date")) if as_index else model.forecast(x)
     got = list(out.index) if as_index else list(out["date"])
     assert got == want and all(t.hour == 0 for t in got)
+
+
+def test_rows_with_a_trailing_comma_the_header_lacks_are_read_as_written(tmp_path):
+    # some exporters end every data row with a separator but not the header: pandas then takes the first field of
+    # each row for an index and shifts every column one to the left (the dates into the index, 'a' into 'date')
+    from zoo.data.ts import read_ts_csv
+
+    df = _frame(12)
+    lines = ["date,a,b"] + [f"{d:%Y-%m-%d %H:%M:%S},{a!r},{b!r}," for d, a, b in df.itertuples(index=False)]
+    (tmp_path / "trailing.csv").write_text("\n".join(lines) + "\n")
+    dates, frame = prepare_frame(read_ts_csv(tmp_path / "trailing.csv"))
+    assert list(dates) == list(df["date"])
+    np.testing.assert_array_equal(frame.to_numpy(), df[["a", "b"]].to_numpy())
+
+
+def test_rows_with_more_values_than_the_header_names_are_an_error_naming_them(tmp_path):
+    # decimal commas in a comma-separated file: "1,5" is two fields; the data is not in the columns the header names
+    from zoo.data.ts import read_ts_csv
+
+    text = "date,a\n" + "".join(f"2021-01-01 {h:02d}:00:00,{h},5\n" for h in range(6))
+    (tmp_path / "decimal_commas.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"decimal_commas\.csv.* 3 values .* 2 columns"):
+        read_ts_csv(tmp_path / "decimal_commas.csv")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_a_csv_in_another_encoding_is_named_as_such(tmp_path, encoding):
+    from zoo.data.ts import read_ts_csv
+
+    (tmp_path / "enc.csv").write_bytes("date,température\n2021-01-01,1.5\n".encode(encoding))
+    with pytest.raises(ValueError, match=r"enc\.csv is not UTF-8.*re-encode"):
+        read_ts_csv(tmp_path / "enc.csv")
+
+
+def test_excel_serial_dates_are_named_with_the_conversion_that_reads_them():
+    """Excel writes dates as serial day numbers when a column is not formatted as dates (43831.5 = 2020-01-01 12:00).
+    The error advised epoch seconds, which read them as 1970-01-01 12:10: it names Excel's serials and their origin.
+    Followed, the dates are the hours of 2020-01-01 (reference: Excel's epoch, 1899-12-30, and pandas' date_range)."""
+    serial = 43831 + np.arange(6) / 24
+    df = pd.DataFrame({"date": serial, "a": np.arange(6.0)})
+    with pytest.raises(ValueError, match=r"Excel serial day numbers.*unit='D', origin='1899-12-30'\)\.dt\.round\('s'\)"):
+        prepare_frame(df)
+    df["date"] = pd.to_datetime(df["date"], unit="D", origin="1899-12-30").dt.round("s")
+    got, _ = prepare_frame(df)
+    assert list(got) == list(pd.date_range("2020-01-01", periods=6, freq="h"))

@@ -41,8 +41,16 @@ def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
         )
     try:
         df = pd.read_csv(path, skipinitialspace=True)  # "date, v0, v1" (a space after each comma) names v0, v1
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+    except UnicodeDecodeError as exc:  # not "must be comma-separated": the separator may well be right
+        raise ValueError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}; Excel's 'Unicode Text' is UTF-16, its "
+            "'CSV' cp1252); re-encode it as UTF-8, e.g. pandas.read_csv(path, encoding=<its encoding>)"
+            ".to_csv(new_path, index=False)"
+        ) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
+    if not isinstance(df.index, pd.RangeIndex):
+        df = _unshift(path, df)
     try:  # the header as written: a config (or a model trained before skipinitialspace) may name " v1"
         written = list(pd.read_csv(path, nrows=0).columns)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
@@ -59,6 +67,26 @@ def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
             "names=[...]).to_csv(new_path, index=False))"
         )
     return df
+
+
+def _unshift(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as its file's rows hold it when they have more fields than the header: pandas took the first field(s)
+    of every row for an index and shifted the values one column to the left of their names (the dates in the index,
+    the first variable's values under 'date'). A last field empty in every row (a separator ending each data row
+    but not the header) is dropped; values there are an error naming the file."""
+    extra, names = df.index.nlevels, list(df.columns)
+    fields = pd.concat([df.index.to_frame(index=False), df.reset_index(drop=True)], axis=1, ignore_index=True)
+    tail = fields.iloc[:, len(names):]
+    if tail.notna().to_numpy().any():
+        row = int(np.flatnonzero(tail.notna().any(axis=1).to_numpy())[0])
+        raise ValueError(
+            f"{path}: line {row + 2} holds {len(names) + extra} values but the header names {len(names)} columns "
+            f"({names}); a value without a column (decimal commas such as 1,5 split a number in two: write "
+            "decimal points or quote the values, or name every column in the header)"
+        )
+    out = fields.iloc[:, : len(names)]
+    out.columns = names
+    return out
 
 
 def _values_as_header(columns: Sequence[Any]) -> bool:
@@ -257,6 +285,15 @@ def parse_dates(
     if numbers and date_format is not None:
         raw = raw.astype(str)  # 20160701 read as a number: date_format (%Y%m%d) reads its digits
     elif numbers:
+        lo, hi = raw.min(), raw.max()
+        if 10000 <= lo and hi < 100000:  # 1927..2173 as days since Excel's epoch; no year, %Y%m%d or epoch seconds
+            raise ValueError(
+                f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps: they look "
+                "like Excel serial day numbers (a date column not formatted as dates; 43831 is 2020-01-01); format "
+                "the column as dates in Excel before saving, or convert them: "
+                f"df[{date_col!r}] = pd.to_datetime(df[{date_col!r}], unit='D', origin='1899-12-30').dt.round('s') "
+                "(rounded: a fraction of a day in binary is off by microseconds)"
+            )
         raise ValueError(
             f"date column {date_col!r} of {source} holds numbers (e.g. {raw.iloc[0]}), not timestamps; "
             + _advice(api, "set data.date_format", "pass date_format")
