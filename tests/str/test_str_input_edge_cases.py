@@ -166,6 +166,38 @@ def test_hugging_face_imagefolder_metadata_csv_is_a_labels_file(tmp_path):
     assert read_labels(d) == [("a.png", "abc"), ("b.png", "d,e")]
 
 
+
+@pytest.mark.parametrize("name", ["metadata.csv", "labels.csv"])
+def test_a_labels_csv_header_names_its_columns_in_any_order(tmp_path, name):
+    """Hugging Face's imagefolder finds file_name wherever it stands (other columns before it, the text first): the
+    header was read as an image named 'text' / 'id' unless the path and text were its first two columns."""
+    d = _folder(tmp_path, [("a.png", "abc"), ("b.png", "de")])
+    (d / "labels.txt").unlink()
+    (d / name).write_text('text,file_name\nabc,a.png\n"d,e",b.png\n')
+    assert read_labels(d) == [("a.png", "abc"), ("b.png", "d,e")]
+    (d / name).write_text("id,source,file_name,text\n7,x,a.png,abc\n8,y,b.png,de\n")
+    assert read_labels(d) == [("a.png", "abc"), ("b.png", "de")]
+
+
+@pytest.mark.parametrize("on_disk, in_labels", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_an_image_named_in_the_other_unicode_form_is_found(tmp_path, on_disk, in_labels):
+    """Images unpacked from a macOS archive keep decomposed names (e + U+0301) while a labels file written elsewhere
+    spells them composed (or the other way round): the same name to a reader, and to macOS, but 'do not exist' here."""
+    from zoo.data.str_real import FolderDataset
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    want = np.zeros((16, 40, 3), np.uint8)
+    want[:, :20] = 255
+    Image.fromarray(want).save(d / unicodedata.normalize(on_disk, "café.png"))
+    (d / "labels.txt").write_text(unicodedata.normalize(in_labels, "café.png\tabc\n"), encoding="utf-8")
+    ds = FolderDataset(d, Charset("36"))
+    img, text = ds[0]
+    assert text == "abc" and np.array_equal(np.asarray(img), want)
+    assert build_lmdb(d, tmp_path / "lmdb") == 1
+    img, text = LMDBDataset(tmp_path / "lmdb", Charset("36"))[0]
+    assert text == "abc" and np.array_equal(np.asarray(img), want)
+
 def test_read_names_the_list_item_that_failed(tmp_path):
     import zoo
 
@@ -326,3 +358,24 @@ def test_a_charset_file_whose_first_character_is_a_tilde(tmp_path, chars):
     for missing in ("~/no_such_charset", "~someone/chars"):
         with pytest.raises(FileNotFoundError, match=f"charset file {missing} not found"):
             STRDataModule(charset=missing)
+
+
+
+
+def test_an_image_over_pillows_pixel_limit_is_named_with_the_limit(tmp_path, monkeypatch):
+    """Pillow refuses an image of more than twice MAX_IMAGE_PIXELS (a decompression bomb, or a large scan) with its own
+    error, which named neither the file nor the LMDB build's image; now a ValueError as other unreadable images."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "big scan.png"
+    Image.new("L", (30, 30), 255).save(path)  # 900 pixels > 2 x 100
+    with pytest.raises(ValueError, match=r"big scan\.png.*900 pixels.*MAX_IMAGE_PIXELS"):
+        load_image(path)
+    with pytest.raises(ValueError, match=r"900 pixels.*MAX_IMAGE_PIXELS"):
+        load_image(path.read_bytes())
+    (tmp_path / "imgs").mkdir()
+    path.rename(tmp_path / "imgs" / "big scan.png")
+    (tmp_path / "imgs" / "labels.txt").write_text("big scan.png\tabc\n")
+    with pytest.raises(ValueError, match=r"cannot add .*big scan\.png"):
+        build_lmdb(tmp_path / "imgs", tmp_path / "out")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the fix the message gives
+    assert load_image(tmp_path / "imgs" / "big scan.png").size == (30, 30)

@@ -25,6 +25,8 @@ def load_image(x: Any) -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 return _to_rgb(_upright(im))
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"cannot read image {path}: {_too_large(exc)}") from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
     if isinstance(x, (bytes, bytearray)):
@@ -32,6 +34,8 @@ def load_image(x: Any) -> Image.Image:
             with Image.open(io.BytesIO(x)) as im:
                 im.load()
                 return _to_rgb(_upright(im))
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"cannot decode image bytes: {_too_large(exc)}") from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
     if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
@@ -50,6 +54,13 @@ def load_image(x: Any) -> Image.Image:
             arr = (arr * 255).round().astype(np.uint8)
         return _to_rgb(Image.fromarray(arr))
     raise TypeError(f"cannot read an image from {type(x).__name__}; pass a PIL image, numpy array, path or bytes")
+
+
+def _too_large(exc: Exception) -> str:
+    """What to do about Pillow's refusal of an image over twice ``Image.MAX_IMAGE_PIXELS`` (its own error named
+    neither the file nor the way past it)."""
+    return (f"{exc} Pillow refuses images of more than twice PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}); "
+            "for a file you trust, raise it (PIL.Image.MAX_IMAGE_PIXELS = None) or downscale the image")
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -6,8 +6,9 @@ count), ``image-%09d`` (encoded image bytes) and ``label-%09d`` (UTF-8 text), 1-
 folder may hold several LMDBs (any depth); each one is a set of its own.
 
 Image folder: ``labels.txt`` (``path<TAB>text`` or ``path text`` per line: the first whitespace
-splits), ``labels.csv`` (header with ``path`` / ``text`` columns, or two columns), an ICDAR ``gt.txt`` or Hugging
-Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths are relative to the folder.
+splits), ``labels.csv`` (a header naming ``path`` / ``text`` columns, in any order among others, or two
+columns), an ICDAR ``gt.txt`` or Hugging Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths are
+relative to the folder; an image named in the other Unicode form (composed / decomposed accents) is found.
 
 Build an LMDB:  ``python -m zoo.data.str_real build IMAGE_FOLDER OUT_LMDB [--labels labels.txt]``.
 """
@@ -20,6 +21,7 @@ import io
 import os
 import re
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -201,21 +203,25 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         reader = csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline=""))
         # (file line, row); blank lines are skipped, as in labels.txt
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-        head = [c.strip().lower() for c in rows[0][1][:2]] if rows else []
-        if len(head) == 2 and head[0] in _PATH_COLUMNS and head[1] in _TEXT_COLUMNS:
+        head = [c.strip().lower() for c in rows[0][1]] if rows else []
+        # a header names the path and text columns, in any order among others (Hugging Face's imagefolder finds
+        # file_name wherever it stands)
+        at = [next((i for i, c in enumerate(head) if c in names), None) for names in (_PATH_COLUMNS, _TEXT_COLUMNS)]
+        if None not in at:
             columns = len(rows[0][1])  # a header may declare further columns
             rows = rows[1:]
         else:  # without one: (path, text) and the further columns every row has; a longer row split a label
             columns = max(2, min((len(row) for _, row in rows), default=2))
+            at = [0, 1]
         for n, row in rows:
-            if len(row) < 2:
-                raise ValueError(f"{path}, line {n}: expected two columns (path, text), got {row}")
+            if len(row) <= max(at):
+                raise ValueError(f"{path}, line {n}: expected {max(2, max(at) + 1)} columns (path, text), got {row}")
             if len(row) > columns:
                 raise ValueError(
                     f"{path}, line {n}: {len(row)} columns where {columns} are expected, got {row}; "
                     'quote a label that holds a comma ("a,b")'
                 )
-            pairs.append((row[0].strip(), row[1]))
+            pairs.append((row[at[0]].strip(), row[at[1]]))
     else:
         icdar = path.name.lower() == "gt.txt"  # ICDAR word recognition: `word_1.png, "Tired"`
         # lines end at CR / LF only (str.splitlines also breaks at U+2028, U+0085, form feed: characters of a label)
@@ -237,11 +243,24 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
     return pairs
 
 
-def _require_images(folder: Path, pairs: list[tuple[str, str]]) -> None:
-    """Raise naming the images that ``folder``'s labels list but that do not exist."""
-    missing = [p for p, _ in pairs if not (folder / p).is_file()]
+def _on_disk(folder: Path, rel: str) -> Optional[str]:
+    """``rel`` as the file under ``folder`` spells it: as written, or in the other Unicode form (a decomposed name
+    from a macOS archive, "e" + U+0301, listed composed by a labels file written elsewhere, or the other way round);
+    ``None`` when neither exists."""
+    if (folder / rel).is_file():
+        return rel
+    other = [q for q in {unicodedata.normalize(f, rel) for f in ("NFC", "NFD")} if q != rel and (folder / q).is_file()]
+    return other[0] if other else None
+
+
+def _require_images(folder: Path, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` with each path as the file spells it (:func:`_on_disk`); raise naming the images that ``folder``'s
+    labels list but that do not exist."""
+    found = [(_on_disk(folder, p), p, t) for p, t in pairs]
+    missing = [p for q, p, _ in found if q is None]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images named in the labels of {folder} do not exist, e.g. {missing[:5]}")
+    return [(q, t) for q, _, t in found]
 
 
 class FolderDataset(Dataset):
@@ -250,8 +269,7 @@ class FolderDataset(Dataset):
     def __init__(self, folder: str | Path, charset: Charset, labels: Optional[str | Path] = None) -> None:
         self.folder, self.charset = Path(folder), charset
         self.stats = NormStats()
-        pairs = read_labels(self.folder, labels)
-        _require_images(self.folder, pairs)
+        pairs = _require_images(self.folder, read_labels(self.folder, labels))
         self.items = [(p, t) for p, raw in pairs if (t := charset.normalize(raw, self.stats)) is not None]
 
     def __len__(self) -> int:
@@ -306,7 +324,7 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     pairs = read_labels(folder, Path(labels).expanduser() if labels else None)
     if not pairs:
         raise ValueError(f"the labels file of {folder} lists no images")
-    _require_images(folder, pairs)  # a stat per file, before anything is created
+    pairs = _require_images(folder, pairs)  # a stat per file, before anything is created
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # the map is address space, not disk: size it for every image and label with room for page overhead
