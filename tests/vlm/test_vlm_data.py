@@ -305,6 +305,22 @@ def test_a_csv_row_without_its_image_field_is_named(tmp_path):
             "sizes"]["train"] == 1
 
 
+def test_rows_of_empty_fields_are_skipped_as_blank_lines(tmp_path):
+    """Excel saves cells that once held values as rows of empty fields (",,"); such a row was read as an image
+    named '' and the datamodule stopped on "images ... are missing (e.g. [''])". It is skipped, as a blank line
+    is (Python's csv module as the reference: the rows with a value are exactly what is kept)."""
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg", "b.jpg"])
+    cp = tmp_path / "caps.csv"
+    rows = [["image", "caption"], ["a.jpg", "a dog"], ["", ""], ["b.jpg", "a cat"], [" ", ""]]
+    with open(cp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    want = [(r[0], [r[1]]) for r in rows[1:] if any(v.strip() for v in r)]
+    assert read_caption_file(cp, "train") == want == [("a.jpg", ["a dog"]), ("b.jpg", ["a cat"])]
+    assert ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp)).data_info[
+        "sizes"]["train"] == 2
+
+
 def test_a_csv_row_longer_than_its_header_is_named(tmp_path):
     """An unquoted comma in a caption ("a dog, running") splits the row into more fields than the header has; the
     caption read back as "a dog" alone (the rest silently dropped). Now the file and line are named."""

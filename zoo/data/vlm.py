@@ -286,6 +286,9 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
                     "(set data.image_col / data.caption_col)"
                 )
             for row in reader:
+                fields = [v for k, v in row.items() if k is not None] + list(row.get(None) or ())
+                if not any(isinstance(v, str) and v.strip() for v in fields):
+                    continue  # a row of empty fields (",,": Excel saves the cells it once held), as a blank line
                 if row[image_col] is None:  # a row shorter than the header (a missing caption is an empty one)
                     raise ValueError(f"{path} line {reader.line_num} has no {image_col!r} field (fewer fields than "
                                      f"the columns {cols}); fix that row")
