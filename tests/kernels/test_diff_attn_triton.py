@@ -364,6 +364,24 @@ def test_functional_triton_backend_uses_the_kernel_under_the_interpreter(monkeyp
 
 
 @needs_kernel
+@pytest.mark.parametrize("B, Tq, Tk", [(0, 5, 5), (2, 0, 5), (2, 5, 0)], ids=["batch0", "tq0", "tk0"])
+def test_functional_triton_backend_serves_empty_calls(B, Tq, Tk):
+    """A layer forced to triton (ZOO_ATTN_BACKEND=triton, attn_backend: triton) on an empty batch or sequence:
+    B = 0 is a batch like any other (tests/nn/test_attention.py), as on auto / sdpa / naive; the kernel declines
+    empty tensors, so the call raised 'backend triton cannot run this call: empty tensors'. With no key at all
+    (Tk = 0) every query returns zeros, the documented rule for a query without a visible key."""
+    from zoo.nn.functional import diff_attention as functional_diff_attention
+
+    inputs = [t.requires_grad_() for t in make_inputs(B, 2, 1, Tq, Tk, 16, 32, "scalar", seed=12)]
+    out = functional_diff_attention(*inputs, causal=True, backend="triton")
+    assert out.shape == (B, 2, Tq, 32) and out.dtype == torch.float32
+    assert out.abs().sum().item() == 0.0
+    grads = torch.autograd.grad(out.sum(), inputs, allow_unused=True)
+    for g, t in zip(grads, inputs):
+        assert g is None or (g.shape == t.shape and g.abs().sum().item() == 0.0)
+
+
+@needs_kernel
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
 @pytest.mark.parametrize("precision", ["tf32", "ieee"])
 def test_fp32_runs_under_the_new_tf32_api(precision):

@@ -271,6 +271,10 @@ def diff_attention(
         # masks) runs on SDPA, also where the model is forced to `triton`, as its single-map layers do
         log.debug("per-query key_mask %s: diff_attention runs on sdpa", tuple(key_mask.shape))
         name = "sdpa"
+    if name == "triton" and min(q1.shape[:3] + k1.shape[2:3]) == 0:
+        # an empty batch or sequence is a call like any other (as on every other backend); the kernel declines
+        # empty tensors, and the PyTorch path gives the empty output (without keys: zero rows, zero gradients)
+        name = "sdpa"
     if name == "triton":
         impl = _triton_impl()
         if impl is None:
