@@ -172,6 +172,34 @@ def test_main_ends_the_process_group_its_run_started(outcome, tmp_path, monkeypa
             dist.destroy_process_group()
 
 
+def test_a_run_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
+    # Lightning stops a run on SIGTERM (Slurm / Kubernetes preemption) by raising SIGTERMException, a SystemExit
+    # without a code: the process exited 0 and `fit && test` or a restart-on-failure policy took it as finished.
+    # A process ended by signal 15 exits 128 + 15 (the shell's convention; Lightning#19916)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import zoo.cli
+
+    class Run:  # stands in for the CLI: the fit loop saw the SIGTERM Lightning's handler recorded
+        def __init__(self, *args, **kwargs):
+            raise SIGTERMException
+
+    monkeypatch.setattr(zoo.cli, "ZooCLI", Run)
+    with pytest.raises(SystemExit) as stopped:
+        zoo.cli.main(["fit"])
+    assert stopped.value.code == 128 + 15
+    assert "SIGTERM" in capsys.readouterr().err
+
+    class Done:  # a run that ends with its own exit status keeps it
+        def __init__(self, *args, **kwargs):
+            raise SystemExit(2)
+
+    monkeypatch.setattr(zoo.cli, "ZooCLI", Done)
+    with pytest.raises(SystemExit) as other:
+        zoo.cli.main(["fit"])
+    assert other.value.code == 2
+
+
 def test_main_keeps_a_process_group_its_caller_started(tmp_path, capsys):
     # a script that set up torch.distributed itself and calls main() keeps its group afterwards
     import torch.distributed as dist
@@ -426,6 +454,52 @@ def test_ckpt_path_last_skips_an_earlier_runs_last_ckpt_in_a_shared_folder(tmp_p
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", enable_progress_bar=False,
                         callbacks=[ModelCheckpoint(dirpath=shared)])
     assert last_checkpoint(trainer) == str(newer)
+
+
+def _cut_checkpoint(path, keep=0.5, age=0):
+    """A checkpoint as torch.save writes it (a zip archive), cut to ``keep`` of its bytes as a process killed while
+    saving or copying it leaves it (keep=1: whole)."""
+    import os
+    import time
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.arange(4096.0)}, "global_step": 7}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    t = time.time() - age
+    os.utime(path, (t, t))
+    return path
+
+
+def test_ckpt_path_last_skips_a_checkpoint_cut_short_and_says_so(tmp_path):
+    """A run killed while saving its newest checkpoint (SIGKILL, the OOM killer) leaves that file cut short; `--ckpt_path
+    last` took it and failed with torch's 'failed finding central directory', naming no file. It resumes from the
+    newest whole checkpoint instead, and a warning names the damaged file."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    from zoo.cli import last_checkpoint
+
+    ckdir = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    whole = _cut_checkpoint(ckdir / "step=10.ckpt", keep=1, age=60)
+    cut = _cut_checkpoint(ckdir / "step=20.ckpt", keep=0.6, age=1)
+    with pytest.raises((RuntimeError, OSError)):  # what torch (and Lightning's resume) make of the cut file
+        torch.load(cut, weights_only=True)
+    assert torch.load(whole, weights_only=True)["global_step"] == 7
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu", enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="step=20.ckpt .cut short") as said:
+        assert last_checkpoint(trainer) == str(whole)
+    assert str(whole) in str(said[0].message)
+
+
+def test_ckpt_path_of_a_checkpoint_cut_short_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cut = _cut_checkpoint(tmp_path / "run" / "epoch=0-step=4.ckpt", keep=0.9)
+    with pytest.raises(ValueError, match=r"epoch=0-step=4\.ckpt is not a whole checkpoint: cut short"):
+        main(["test", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={cut}"])
 
 
 def test_interpolation_of_a_key_left_at_its_default_runs(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 from pathlib import Path, PureWindowsPath
@@ -103,17 +104,53 @@ def last_checkpoint(trainer) -> Optional[str]:
                 folders.append(own)
             elif getattr(trainer.logger, "root_dir", None):
                 folders += sorted(Path(trainer.logger.root_dir).expanduser().glob("version_*/checkpoints"))
+
+    def pick(found: list[Path]) -> Path:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        # within the newest checkpoint's folder, the run's end state (ModelCheckpoint(save_last=True)'s last*.ckpt)
+        # over a best-k checkpoint written at about the same time (one save, mtimes a tick apart), which may be an
+        # earlier epoch; an older last.ckpt (an earlier run's, in a shared dirpath) is not this run's end state
+        t_newest = newest.stat().st_mtime
+        last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")
+                and t_newest - p.stat().st_mtime <= SAME_SAVE_S]
+        return max(last, key=lambda p: p.stat().st_mtime) if last else newest
+
     found = ckpts(folders)
-    if not found:
-        return None
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    # within the newest checkpoint's folder, the run's end state (ModelCheckpoint(save_last=True)'s last*.ckpt)
-    # over a best-k checkpoint written at about the same time (one save, mtimes a tick apart), which may be an
-    # earlier epoch; an older last.ckpt (an earlier run's, in a shared dirpath) is not this run's end state
-    t_newest = newest.stat().st_mtime
-    last = [p for p in found if p.parent == newest.parent and p.name.startswith("last")
-            and t_newest - p.stat().st_mtime <= SAME_SAVE_S]
-    return str(max(last, key=lambda p: p.stat().st_mtime) if last else newest)
+    cut: list[str] = []
+    while found:
+        chosen = pick(found)
+        why = checkpoint_damage(chosen)
+        if why is None:
+            break
+        # a process killed while saving (SIGKILL, OOM) leaves the newest file cut short: the run resumes from the
+        # newest whole one, said, instead of failing on the cut file with torch's error that names no file
+        cut.append(f"{chosen} ({why})")
+        found.remove(chosen)
+    if cut:
+        warnings.warn("--ckpt_path last: skipped " + "; ".join(cut) + (
+            f"; resuming from {chosen}, the newest whole checkpoint" if found else "; no whole checkpoint is left")
+            + " (remove the damaged file to silence this)", stacklevel=2)
+    return str(chosen) if found else None
+
+
+def checkpoint_damage(path: Any) -> Optional[str]:
+    """Why ``path`` is not a whole checkpoint, or None when it looks whole. ``torch.save`` writes a zip archive
+    whose directory comes last, so a file cut short (a process killed while saving or copying it) lacks it. A file
+    that is not a zip archive (an older torch format, or no checkpoint at all) is left to torch to name."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return None
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except zipfile.BadZipFile:
+        return (f"cut short: {Path(path).stat().st_size} bytes without the zip directory torch.save writes at the end, "
+                "as a process killed while saving or copying it leaves the file")
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    return None
 
 
 def best_checkpoint(trainer) -> Optional[str]:
@@ -177,6 +214,11 @@ class ZooCLI(LightningCLI):
             # `--ckpt_path=~/run.ckpt` (no shell expands it) or a YAML value: Lightning's own check reads the path
             # as given, so the checkpoint's hyperparameters were skipped while its weights still loaded
             self.config[ckpt_key] = str(Path(ckpt_path).expanduser())
+        path = self.config.get(ckpt_key) if sub else None
+        why = checkpoint_damage(path) if isinstance(path, str) and Path(path).is_file() else None
+        if why is not None:  # torch's error named no file (and with --ckpt_path last, which file was taken)
+            raise ValueError(f"--ckpt_path {path} is not a whole checkpoint: {why}. Pass another checkpoint of the run "
+                             "(--ckpt_path last skips a damaged file)")
         if not self._parse_python_ckpt_hparams(sub):
             super()._parse_ckpt_path()
         stored = self.config.get(f"{sub}.model.class_path") if sub else None
@@ -386,6 +428,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             auto_configure_optimizers=False,
         )
         finished = True
+    except SystemExit as exc:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exc, SIGTERMException) and not exc.code:
+            # Lightning stops a run on SIGTERM (a preempted job) with SystemExit() and exit status 0, so a scheduler
+            # or `fit && test` read the stopped run as finished (Lightning#19916); 128 + 15 as a killed process has
+            print(f"python -m zoo: stopped by SIGTERM (exit status {128 + signal.SIGTERM}; a fit resumes with "
+                  "--ckpt_path last)", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGTERM) from exc
+        raise
     finally:
         if ours:
             close_process_group(wait_for_peers=finished)

@@ -1,6 +1,7 @@
 """ZooTask (zoo/tasks/base.py): weight-decay groups follow modules' no_weight_decay() (timm's convention)."""
 
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -234,6 +235,67 @@ def test_metric_sums_use_float32_where_the_device_has_no_float64(monkeypatch):
 
 
 # -- exact resume: a fit stopped at an epoch's end and resumed with ckpt_path goes on as the uninterrupted fit
+
+
+class _LRs(L.Callback):
+    """The learning rate each optimizer step is taken at, by global step."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_a_fit_resumed_with_a_longer_max_steps_takes_the_new_schedules_rate_from_its_first_step(tmp_path):
+    """A cosine run of 4 steps resumed with max_steps 8: the schedule is rebuilt for 8 steps, but the first resumed
+    step ran at the rate the 4-step schedule left in the optimizer (its floor). Reference: an 8-step run's rates."""
+
+    class Cosine(Task):
+        def __init__(self) -> None:
+            ZooTask.__init__(self, lr=1e-2, weight_decay=0.1, warmup_steps=1, scheduler="cosine", min_lr_ratio=0.1)
+            self.model = Tiny()
+
+    def fit(steps, ckpt=None):
+        seen = _LRs()
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[seen])
+        trainer.fit(Cosine(), train_dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=ckpt)
+        return trainer, seen.lrs
+
+    _, whole = fit(8)
+    first, _ = fit(4)
+    first.save_checkpoint(tmp_path / "part.ckpt")
+    second, resumed = fit(8, tmp_path / "part.ckpt")
+    assert second.global_step == 8 and sorted(resumed) == [4, 5, 6, 7]
+    assert resumed == pytest.approx({k: whole[k] for k in range(4, 8)}, rel=1e-12)
+
+
+def test_a_fit_resumed_into_a_new_folder_keeps_the_earlier_best_checkpoint(tmp_path):
+    """`python -m zoo fit --ckpt_path last` saves into a new version folder, where Lightning reloads no scores of a
+    ModelCheckpoint(monitor=...): the resumed run's first validation became "best" however it scored. Reference:
+    ModelCheckpoint's rule (min mode, top 1) applied by hand to the scores of both runs."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Scored(Task):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.trainer.global_step == 2) * 10.0 + 1.0 / self.trainer.global_step)
+
+    def fit(folder, steps, ckpt=None):
+        best = ModelCheckpoint(dirpath=folder, monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[best])
+        data = DataLoader([torch.randn(5, 3)], batch_size=None)
+        trainer.fit(Scored(), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt)
+        return best
+
+    fit(tmp_path / "v0", 1)  # val/loss 1.0 at step 1
+    resumed = fit(tmp_path / "v1", 3, tmp_path / "v0" / "last.ckpt")  # 10.5 at step 2, 0.33 at step 3
+    assert Path(resumed.best_model_path).name == "epoch=2-step=3.ckpt" and float(resumed.best_model_score) == pytest.approx(1 / 3)
+    again = fit(tmp_path / "v2", 2, tmp_path / "v0" / "last.ckpt")  # only the worse 10.5 after the resume
+    assert Path(again.best_model_path) == tmp_path / "v0" / "epoch=0-step=1.ckpt"
+    assert float(again.best_model_score) == 1.0 and list(again.best_k_models) == [again.best_model_path]
+    assert (tmp_path / "v0" / "epoch=0-step=1.ckpt").is_file()  # the earlier run's files stay
 
 
 class _StopAfterFirstEpoch(L.Callback):

@@ -231,6 +231,45 @@ class ZooTask(L.LightningModule):
     def on_test_start(self) -> None:
         self._warn_if_untrained("tests")
 
+    def on_train_start(self) -> None:
+        self._restore_best_k()
+        # A resumed fit's optimizer holds the learning rate its checkpoint's schedule set for the next step; a run
+        # resumed with another length (a longer max_steps) rebuilt the schedule for that length, yet took its first
+        # step at the old schedule's rate. Each group's rate at the restored position of the schedule built here
+        # (the same value when the length is unchanged).
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR) and sched.last_epoch > 0:
+                for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base * fn(sched.last_epoch)
+                sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+
+    def _restore_best_k(self) -> None:
+        """Give each monitoring ``ModelCheckpoint`` of a resumed fit the best checkpoints its run kept so far.
+
+        A resumed ``python -m zoo fit`` saves into a new version folder, and Lightning reloads a ModelCheckpoint's
+        scores only when its folder is unchanged: the resumed run's first validation became "best" however it
+        scored, and the fit summary and ``--ckpt_path best`` named it over the earlier, better checkpoint. The
+        earlier files that still exist are ranked as kept (Lightning never deletes a file outside the callback's own
+        folder); a callback that already holds scores (same folder) is left as Lightning restored it."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        saved, self._resumed_callbacks = getattr(self, "_resumed_callbacks", None) or {}, None
+        for cb in self.trainer.checkpoint_callbacks:
+            state = saved.get(cb.state_key) if isinstance(cb, ModelCheckpoint) and cb.monitor else None
+            if not state or cb.best_k_models or state.get("dirpath") == cb.dirpath:
+                continue
+            kept = {path: score for path, score in (state.get("best_k_models") or {}).items()
+                    if Path(path).is_file() and torch.is_tensor(score)}
+            if not kept or cb.save_top_k == 0:
+                continue
+            ranked = sorted(kept, key=lambda path: float(kept[path]), reverse=cb.mode == "max")  # best first
+            if cb.save_top_k > 0:
+                ranked = ranked[: cb.save_top_k]
+            cb.best_k_models = {path: kept[path] for path in ranked}
+            cb.best_model_path, cb.best_model_score = ranked[0], kept[ranked[0]]
+            cb.kth_best_model_path, cb.kth_value = ranked[-1], kept[ranked[-1]]
+
     def on_fit_start(self) -> None:
         self._fitted = True
         # torchmetrics' reset() under validate / test (inference mode) leaves inference tensors as metric
@@ -268,6 +307,7 @@ class ZooTask(L.LightningModule):
         self._resumed_exempt = None
         saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        self._resumed_callbacks = checkpoint.get("callbacks") if fitting else None  # see _restore_best_k
         rng = checkpoint.get("zoo_rng_states")
         if fitting and rng:  # never for load_from_checkpoint (no trainer) or validate / test / predict
             # a resumed fit goes on with the random states saved with the checkpoint (Lightning saves none): the
