@@ -511,3 +511,32 @@ def test_a_predict_dir_that_is_an_image_file_is_named_as_such(tmp_path):
         ImageFolderDataset(d / "a.png")
     with pytest.raises(FileNotFoundError, match="not found"):
         ImageFolderDataset(d / "missing")
+
+
+def test_synthetic_fonts_draw_the_charsets_characters_not_other_glyphs_at_their_code_points():
+    """TeX's fonts hold other glyphs at many code points (cmr10 draws '£' as a Theta and '°' as an 'fl' ligature;
+    cmsy10 draws 'a' as a turnstile; LastResort one box for every letter): a font that has *a* glyph there
+    rendered crops labelled with characters they do not show. Reference: the Adobe Glyph List names, written out."""
+    from matplotlib.ft2font import FT2Font
+
+    from zoo.data.str import SyntheticSTRDataset, check_train_fonts
+    from zoo.data.str_synth import TEST_FONTS, TRAIN_FONTS, font_path
+
+    agl = {"£": {"sterling"}, "°": {"degree"}, ".": {"period"}, "-": {"hyphen"}}
+    digits = "zero one two three four five six seven eight nine".split()
+    agl.update({str(i): {n, n + "oldstyle"} for i, n in enumerate(digits)})  # old-style figures are digits too
+    cs = Charset("0123456789.-£°", 8)
+    for split in ("train", "test"):
+        fonts = SyntheticSTRDataset(2, cs, split).fonts
+        assert fonts
+        for stem in fonts:
+            f = FT2Font(font_path(stem))
+            for c in cs.chars:
+                assert f.get_glyph_name(f.get_char_index(ord(c))) in agl[c], (stem, c)
+    # the named sets keep every default font (their characters are drawn right by all of them)
+    assert SyntheticSTRDataset(2, Charset("36"), "train").fonts == TRAIN_FONTS
+    assert SyntheticSTRDataset(2, Charset("62"), "test").fonts == TEST_FONTS
+    for stem in ("cmsy10", "cmex10", "LastResortHE-Regular"):
+        with pytest.raises(ValueError, match="cannot render"):
+            check_train_fonts([stem], Charset("36").chars)
+    assert check_train_fonts(["cmmi10"], Charset("36").chars) == ("cmmi10",)  # its letters and old-style digits

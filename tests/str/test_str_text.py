@@ -173,3 +173,35 @@ def test_a_charset_file_written_decomposed_reads_as_the_composed_characters(tmp_
     # a combining mark alone on its line stays a character of its own (scripts that need marks as classes)
     (tmp_path / "marks.txt").write_text("a\n\u0301\n", encoding="utf-8")
     assert load_charset(tmp_path / "marks.txt") == "a\u0301"
+
+
+def test_a_label_skipped_as_too_long_loses_no_characters_in_the_counts():
+    """PARSeq rejects a label over max_length before its charset filter drops anything: the report's 'labels lost
+    out-of-charset characters' counts labels the filter changed, not one skipped whole (a set of 10 kept labels
+    said 2 of them had lost characters when none had)."""
+    cs, st = Charset("36", max_length=6), NormStats()
+    labels = ["ab-cd-e", "a-b!", "中中", "abc"]  # too long (7 with its hyphens); loses '-' and '!'; empty; kept
+    kept = [cs.normalize(x, st) for x in labels]
+    # written out: the PARSeq reference decides each label; only a label that passes the length check is filtered
+    ref = [_parseq_label(x, CHARSETS["36"], 6) for x in labels]
+    assert kept == ref == [None, "ab", None, "abc"]
+    assert (st.seen, st.kept, st.too_long, st.empty) == (4, 2, 1, 1)
+    assert st.kept + st.too_long + st.empty == st.seen
+    assert st.labels_with_dropped == 2 and st.dropped_chars == {"-": 1, "!": 1, "中": 2}
+
+
+@pytest.mark.parametrize("label", ["café", "naïve", "Noël", "Café Müller", "tiếng"])
+def test_a_decomposed_accent_outside_a_unicode_charset_is_dropped_as_the_composed_one_is(label):
+    """README: with a non-ASCII charset a label is read in its composed form, so a decomposed label (macOS) reads
+    alike, and a character outside the charset, accented or not, is dropped. 'café' in NFD under a charset without
+    'é' kept its 'e' (only the combining accent went: 'cafe') while the NFC 'café' lost the 'é' ('caf')."""
+    chars = string.digits + string.ascii_lowercase + "äöüß"
+    cs = Charset(chars, max_length=25)
+    # written out: whitespace removed, composed, lower-cased (the set has no upper case), then filtered by the set
+    composed = unicodedata.normalize("NFC", "".join(label.split())).lower()
+    expected = "".join(c for c in composed if c in chars)
+    dropped = [c for c in composed if c not in chars]
+    for form in ("NFC", "NFD"):
+        st = NormStats()
+        assert cs.normalize(unicodedata.normalize(form, label), st) == expected, form
+        assert st.dropped_chars == {c: dropped.count(c) for c in dropped}, form

@@ -171,9 +171,10 @@ class Charset:
         label = "".join(label.split())
         if not self.is_ascii:
             # one form for one text: a decomposed label (macOS file names: e + combining accent, Hangul jamo)
-            # reads composed when the composed form is what the charset holds (a charset of parts keeps them)
+            # reads composed unless the parts are what the charset holds (a charset of parts keeps them): a tie
+            # composes, so "e" + U+0301 under a charset without "é" drops the "é" as the composed label does
             composed = unicodedata.normalize("NFC", label)
-            if sum(c not in self.index for c in composed) < sum(c not in self.index for c in label):
+            if sum(c not in self.index for c in composed) <= sum(c not in self.index for c in label):
                 label = composed
         if self.is_ascii:
             # NFKD then ASCII: accents split off and go silently (é -> e); any other non-ASCII character
@@ -193,16 +194,16 @@ class Charset:
         kept, dropped = self.clean(label)
         if stats is not None:
             stats.seen += 1
-            if dropped:
-                stats.labels_with_dropped += 1
-                stats.dropped_chars.update(dropped)
         # PARSeq measures the length before it drops out-of-charset characters (after whitespace removal
         # and, for an ASCII charset, NFKD to ASCII): "ab-cd-e" is too long for 6 characters under "36"
         length = len(kept) + (sum(c.isascii() for c in dropped) if self.is_ascii else len(dropped))
         if length > self.max_length:
             if stats is not None:
                 stats.too_long += 1
-            return None
+            return None  # rejected whole, before the charset filter: it loses no characters (counted once)
+        if stats is not None and dropped:
+            stats.labels_with_dropped += 1
+            stats.dropped_chars.update(dropped)
         if not kept:
             if stats is not None:
                 stats.empty += 1

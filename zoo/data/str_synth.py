@@ -16,6 +16,7 @@ choices are the simplest ones that cover the issue's list.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -52,13 +53,43 @@ def font_path(stem: str) -> str:
     return str(path)
 
 
+# the Computer Modern fonts draw TeX's typographic quotes at these code points: read as the characters
+_GLYPH_ALIASES = {"'": ("quoteright",), "`": ("quoteleft",)}
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_font():  # DejaVuSans names its glyphs as the Adobe Glyph List does
+    from matplotlib.ft2font import FT2Font
+
+    return FT2Font(font_path("DejaVuSans"))
+
+
+def _draws(f, index: int, c: str) -> bool:
+    """Whether glyph ``index`` of font ``f`` is the character ``c`` by its glyph name (the name DejaVuSans gives
+    ``c``, its ``uniXXXX`` form, or an old-style figure). A glyph or character without a name to compare passes."""
+    cp = ord(c)
+    uni = (f"uni{cp:04X}", f"u{cp:04X}", f"u{cp:05X}")
+    try:
+        name = f.get_glyph_name(index)
+        ref = _reference_font()
+        j = ref.get_char_index(cp)
+        expected = ref.get_glyph_name(j) if j else ""
+    except (RuntimeError, ValueError):
+        return True
+    if not name or not expected or expected in uni or re.fullmatch(r"uni[0-9a-f]{8}", name):
+        return True  # nothing to compare with (matplotlib names an unnamed glyph by its index: uni%08x)
+    return name in (expected, expected + "oldstyle", *uni, *_GLYPH_ALIASES.get(c, ()))
+
+
 @functools.lru_cache(maxsize=None)
 def font_covers(stem: str, chars: str) -> bool:
-    """Whether the font has a glyph for every character of ``chars`` (FreeType char map)."""
+    """Whether the font draws every character of ``chars``: a glyph in its FreeType char map that is that
+    character (TeX's fonts keep other glyphs at many code points: cmr10 has a Theta at '£', cmsy10 symbols at
+    the letters), see :func:`_draws`."""
     from matplotlib.ft2font import FT2Font
 
     f = FT2Font(font_path(stem))
-    return all(f.get_char_index(ord(c)) != 0 for c in chars)
+    return all((i := f.get_char_index(ord(c))) != 0 and _draws(f, i, c) for c in chars)
 
 
 @functools.lru_cache(maxsize=512)
