@@ -154,6 +154,28 @@ def test_tokenizer_folder_spec(tmp_path):
     assert isinstance(dm.tokenizer, ByteTokenizer)
 
 
+def test_tokenizer_spec_takes_a_runs_checkpoint_as_finetune_yaml_passes_it(tmp_path):
+    """configs/lm/finetune.yaml sets data.tokenizer to model.init_args.pretrained, which takes a run's .ckpt (read as
+    its export): the data refused it ('is a file; pass the folder'). Reference: the BPE the run was trained with."""
+    import lightning as L
+
+    from zoo.tasks.lm import LanguageModelTask
+
+    text = "the rain in spain stays mainly in the plain. " * 40
+    dm = TextDataModule(write(tmp_path / "tr.txt", text), tokenizer="bpe", bpe_vocab_size=300, block_size=8)
+    task = LanguageModelTask(arch="lm-diff-tiny", model_args={"dim": 16, "n_layers": 1, "n_heads": 2},
+                             data_info=dm.data_info)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, max_steps=1, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    again = TextDataModule(write(tmp_path / "new.txt", "plain rain " * 20), tokenizer=str(tmp_path / "run.ckpt"),
+                           block_size=8)
+    held_out = "Spain's  rain, 😀 naïve\r\n plains"
+    assert isinstance(again.tokenizer, BPETokenizer) and again.tokenizer.vocab_size == dm.tokenizer.vocab_size
+    assert again.tokenizer.encode(held_out) == dm.tokenizer.encode(held_out)
+
+
 def test_predict_prompts(tmp_path):
     dm = TextDataModule(str(tmp_path / "unused.txt"), prompts=["Once upon", "ROMEO:"])
     dm.setup("predict")  # predict does not read the corpus
@@ -162,6 +184,8 @@ def test_predict_prompts(tmp_path):
     one = TextDataModule(str(tmp_path / "unused.txt"), prompts=["Once upon", "ROMEO:", "a"], batch_size=2)
     assert list(one.predict_dataloader()) == [{"prompt": ["Once upon", "ROMEO:"]}, {"prompt": ["a"]}]
     assert list(TextDataModule("x.txt").predict_dataloader()) == [{"prompt": ["\n"]}]
+    # one string is one prompt (as generate takes it), not one prompt per character
+    assert list(TextDataModule("x.txt", prompts="ROMEO:").predict_dataloader()) == [{"prompt": ["ROMEO:"]}]
 
 
 def test_bad_input_errors(tmp_path):
@@ -191,6 +215,12 @@ def test_bad_input_errors(tmp_path):
     numtext = write(tmp_path / "num.jsonl", '{"text": 5}\n')
     with pytest.raises(ValueError, match=r"num\.jsonl, line 1: 'text' is int"):
         TextDataModule(numtext).setup("fit")
+    # JSON may escape half of a surrogate pair (a scraped emoji cut in two), which no UTF-8 text holds: the
+    # tokenizer failed deep inside with "surrogates not allowed", naming neither the file nor the line
+    cut = write(tmp_path / "cut.jsonl", '{"text": "fine"}\n{"text": "emoji \\ud83d cut"}\n')
+    for tok in ("byte", "bpe"):
+        with pytest.raises(ValueError, match=r"cut\.jsonl, line 2: 'text' holds a lone surrogate \\ud83d at character 6"):
+            TextDataModule(cut, tokenizer=tok, block_size=2).setup("fit")
     with pytest.raises(ValueError, match=r"has suffix '\.csv'"):
         TextDataModule(write(tmp_path / "c.csv", "a,b")).setup("fit")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))

@@ -100,6 +100,13 @@ def test_load_tokenizer_errors(tmp_path):
     (tmp_path / "broken" / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_tokenizer(tmp_path / "broken")
+    # a Hugging Face folder with a slow (sentencepiece) tokenizer only: its own tokenizer_config.json has no zoo
+    # "type"; the error named "unknown tokenizer type None" instead of the missing tokenizer.json
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
+    (tmp_path / "slow" / "tokenizer.model").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json; only fast .*save_pretrained"):
+        load_tokenizer(tmp_path / "slow")
 
 
 def test_build_tokenizer(tmp_path):

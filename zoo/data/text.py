@@ -39,6 +39,7 @@ _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the ba
 # one pre-token where inside the text it is split before its last character ("\r\n", "\n\n", " \n" before a word:
 # "\r", "\n"), so a cut inside or after a longer run would change the tokens.
 _CUT = re.compile(r"(?<=\S)\n(?=\S)")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs \ud83d\ude00 into one character; a half stays
 
 
 def _read_jsonl(path: Path, key: str) -> list[str]:
@@ -60,8 +61,18 @@ def _read_jsonl(path: Path, key: str) -> list[str]:
             raise ValueError(
                 f"{key}: {path.name}, line {lineno}: 'text' is {type(record['text']).__name__}, expected a string"
             )
-        if record["text"]:
-            docs.append(record["text"])
+        text = record["text"]
+        # JSON may escape half of a surrogate pair ("\ud83d": an emoji cut in two), which no UTF-8 text can hold
+        lone = _LONE_SURROGATE.search(text)
+        if lone:
+            escape = lone.group().encode("unicode_escape").decode()
+            raise ValueError(
+                f"{key}: {path.name}, line {lineno}: 'text' holds a lone surrogate {escape} at character "
+                f"{lone.start()} (half of a character cut in two), which is no UTF-8 text; fix or remove the line "
+                "(Python: text.encode('utf-8', 'replace').decode('utf-8') writes '?' for it)"
+            )
+        if text:
+            docs.append(text)
     return docs
 
 
@@ -206,10 +217,11 @@ class TextDataModule(L.LightningDataModule):
             block_size: Tokens per training sequence (the model's context length).
             batch_size: Sequences per batch.
             tokenizer: "byte" (UTF-8 bytes), "bpe" (byte-level BPE trained on ``train_path``) or a
-                folder containing tokenizer_config.json, e.g. an exported model.
+                folder containing tokenizer_config.json, e.g. an exported model (or a run's .ckpt, read as its export).
             bpe_vocab_size: Vocabulary size of the trained BPE (only for tokenizer="bpe").
             num_workers: DataLoader worker processes.
-            prompts: Prompts for ``predict``, decoded ``batch_size`` at a time (left-padded); default ["\\n"].
+            prompts: Prompts for ``predict``, decoded ``batch_size`` at a time (left-padded); default ["\\n"]; one
+                string (from Python) is one prompt.
         """
         super().__init__()
         check_at_least("data.block_size", block_size, 1)
@@ -220,6 +232,8 @@ class TextDataModule(L.LightningDataModule):
                 f"data.val_fraction must be in (0, 1) when data.val_path is unset, got {val_fraction}; "
                 "e.g. 0.1, or give data.val_path"
             )
+        if isinstance(prompts, str):  # one prompt, as generate() takes it (list("ROMEO:") is six prompts)
+            prompts = [prompts]
         if prompts is not None and (not prompts or not all(isinstance(p, str) for p in prompts)):
             raise ValueError(f"data.prompts must be a non-empty list of strings or unset, got {prompts!r}")
         self.save_hyperparameters()

@@ -403,7 +403,7 @@ def load_tokenizer(folder: Union[str, Path]) -> TokenizerLike:
         return BPETokenizer.load(folder)
     if kind == "hf":
         return HFTokenizer.load(folder, config)
-    if kind is None and (folder / BPE_NAME).is_file():  # a Hugging Face model folder's own tokenizer
+    if kind is None and isinstance(config, dict):  # a Hugging Face folder's own config (a missing tokenizer.json: named)
         return HFTokenizer.from_hf_folder(folder)
     raise ValueError(f"{config_path}: unknown tokenizer type {kind!r}; expected 'byte', 'bpe' or 'hf'")
 
@@ -420,7 +420,7 @@ def _converted_from(folder: Path) -> Optional[str]:
 
 
 def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size: int = 4096) -> TokenizerLike:
-    """Tokenizer from a spec: "byte", "bpe" (trained on ``texts``) or a folder to load from."""
+    """Tokenizer from a spec: "byte", "bpe" (trained on ``texts``), a folder to load from or a run's ``.ckpt``."""
     if spec == "byte":
         return ByteTokenizer()
     if spec == "bpe":
@@ -430,8 +430,14 @@ def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_tokenizer(path)
+    if path.is_file() and path.suffix == ".ckpt":
+        # a run's Lightning checkpoint, read as its export (as model.init_args.pretrained reads it, which
+        # configs/lm/finetune.yaml passes on to data.tokenizer)
+        from zoo.hub import resolve_pretrained
+
+        return load_tokenizer(resolve_pretrained(path))
     if path.is_file():
-        raise ValueError(f"tokenizer {spec!r} is a file; pass the folder that contains {CONFIG_NAME}")
+        raise ValueError(f"tokenizer {spec!r} is a file; pass the folder that contains {CONFIG_NAME}, or a run's .ckpt")
     raise ValueError(
         f"unknown tokenizer {spec!r}: use 'byte', 'bpe', or an existing folder containing {CONFIG_NAME} "
         "(e.g. an exported model)"
