@@ -27,7 +27,8 @@ from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 # Settings that only steer inference or its outputs: a value the user gives (config file or command line, null
 # included: `--model.init_args.top_k null` turns top-k off) wins over the one stored in a --ckpt_path
 # checkpoint; one the user leaves at its default takes the checkpoint's (LightningCLI's rule).
-INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "plot_columns", "eval_k", "rerank", "predict_top")
+INFERENCE_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "plot_columns", "eval_k", "rerank", "predict_top",
+                  "eval_charset")
 # Settings the checkpoint's weights fix: its values win (LightningCLI's rule), and one given otherwise is named in a
 # warning, as architecture fields of model_args are (a config of another twin was read silently as the checkpoint's)
 ARCH_ARGS = ("arch", "attn_type", "adapter")
