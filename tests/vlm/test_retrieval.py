@@ -259,3 +259,20 @@ def test_one_caption_string_per_image_is_that_images_caption_not_its_characters(
     for name in ("itc", "itm"):
         assert res[f"{name}/i2t_r1"] == 100.0 and res[f"{name}/t2i_r1"] == 100.0
         assert res[f"{name}/t2i_top1"].shape == (3,)  # three caption queries, not six characters
+
+
+def test_retrieval_of_a_model_in_train_mode_is_scored_without_dropout():
+    """evaluate_retrieval / retrieval_scores on a model fresh from training (train mode, dropout 0.3) scored with
+    dropout on: two calls gave different scores and R@K. Reference: the same model in eval mode (as similarity() and
+    the attacks score); the model's own mode is given back."""
+    m = tiny_model(dropout=0.3).train()
+    images, caps = scene_batch(6)
+    got = retrieval_scores(m, images, caps, k=3)
+    assert all(mod.training for mod in m.modules())
+    m.eval()
+    want = retrieval_scores(m, images, caps, k=3)
+    for key in ("itc", "i2t", "t2i"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+    m.train()
+    assert evaluate_retrieval(m, images, [[c] for c in caps], k=3)["itm/r_mean"] == \
+        evaluate_retrieval(m.eval(), images, [[c] for c in caps], k=3)["itm/r_mean"]

@@ -140,6 +140,49 @@ def test_minilm_wordpiece_function_words_are_single_tokens(minilm_dir):
     assert not unknown and tok.token_to_id("the") in ids and tok.vocab_size == 30522
 
 
+def _cased_wordpiece(words):
+    """A cased BERT WordPiece tokenizer (as bert-base-cased: no lower-casing) over the specials and ``words``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    t = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    t.normalizer = normalizers.BertNormalizer(lowercase=False)
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return VLMTokenizer(t)
+
+
+def test_a_cased_tokenizer_marks_a_capitalized_function_word_too():
+    """COCO captions start with a capital ("A man on the beach"): with a cased tokenizer "A" is another token than
+    "a", and the list's "a" left it a content word (replaced by [PAD] in FDA's function-word caption). Reference:
+    the caption's words by hand; a word written with a capital is still that function word."""
+    tok = _cased_wordpiece(["A", "a", "The", "the", "man", "on", "beach"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most of the list is not in this vocabulary
+        ids, _ = function_word_ids(tok, read_function_words("en"))
+    kept = {tok.backend.id_to_token(i) for i in ids}
+    assert kept == {"A", "a", "The", "the", "on"}
+
+
+def test_a_cased_vocab_txt_folder_is_read_as_transformers_reads_it(tmp_path):
+    """A Hugging Face BERT folder with vocab.txt and no tokenizer.json: its tokenizer_config.json says
+    do_lower_case false (a cased model), and the folder was read lower-cased ("A" -> "a", "Paris" -> par ##is): ids
+    the cased encoder never saw. Reference: transformers' tokenizer of the same folder."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "a", "Paris", "par", "##is", "in", "caf", "##é", "cafe"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}), encoding="utf-8")
+    text = "A café in Paris"
+    want = transformers.BertTokenizer.from_pretrained(str(tmp_path))(text)["input_ids"]
+    assert VLMTokenizer.from_folder(tmp_path).encode([text])[0][0].tolist() == want
+    (tmp_path / "tokenizer_config.json").unlink()  # no config: transformers' default, lower-cased (uncased BERT)
+    want = transformers.BertTokenizer.from_pretrained(str(tmp_path))(text)["input_ids"]
+    assert VLMTokenizer.from_folder(tmp_path).encode([text])[0][0].tolist() == want
+
+
 def _images(root, names):
     root.mkdir(parents=True, exist_ok=True)
     for i, n in enumerate(names):

@@ -46,6 +46,44 @@ def test_function_word_caption():
     torch.testing.assert_close(m.fw_states(ids), ref)
 
 
+def test_function_word_caption_pads_every_piece_of_a_content_word():
+    """A WordPiece tokenizer splits a content word into pieces, whose first one may be a function word's token
+    ("inflatable" -> in ##fl ##atable, "overpass" -> over ##pass): the function-word caption kept that "in" / "over",
+    so FDA subtracted a preposition's map at a content word. Reference: the caption's words by hand, every piece of a
+    content word -> [PAD]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from zoo.data.vlm import VLMTokenizer
+
+    words = ["a", "an", "in", "over", "man", "raft", "##fl", "##atable", "##pass", "dog"]
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    t = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    t.normalizer = normalizers.BertNormalizer(lowercase=True)
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = VLMTokenizer(t)
+    torch.manual_seed(0)
+    m = VisionLanguageModel(VLMConfig(**{**TINY, "vocab_size": tok.vocab_size}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most of the list is not in this vocabulary
+        m.set_tokenizer(tok)
+    ids, _ = m.tokenize(["a man in an inflatable raft over a dog overpass"])
+    assert t.encode("inflatable overpass").tokens[1:-1] == ["in", "##fl", "##atable", "over", "##pass"]
+    v, P = vocab, tok.pad_id
+    want = [tok.cls_id, v["a"], P, v["in"], v["an"], P, P, P, P, v["over"], v["a"], P, P, P, tok.sep_id]
+    t_ = m.text
+    ref = t_.embed_norm(t_.word_embed(torch.tensor([want])) + t_.type_embed.weight[0] + t_.pos_embed(torch.arange(len(want))))
+    torch.testing.assert_close(m.fw_states(ids), ref)
+    # the copy with_fda makes reads pieces the same way
+    plain = VisionLanguageModel(VLMConfig(**{**TINY, "vocab_size": tok.vocab_size, "fda": False}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain.set_tokenizer(tok)
+    t_ = plain.with_fda().text
+    ref = t_.embed_norm(t_.word_embed(torch.tensor([want])) + t_.type_embed.weight[0] + t_.pos_embed(torch.arange(len(want))))
+    torch.testing.assert_close(plain.with_fda().fw_states(ids), ref)
+
+
 def test_forward_gives_clip_style_contrastive_outputs():
     """model(images, ids, mask): the ITC logits every image against every caption, computed here by hand from
     the encoders' pooled outputs and the projections (cosine of the projected vectors over the temperature)."""

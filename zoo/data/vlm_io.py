@@ -77,9 +77,18 @@ class VLMTokenizer:
         if (folder / TOKENIZER_FILE).is_file():
             return cls(Tokenizer.from_file(str(folder / TOKENIZER_FILE)), max_len)
         if (folder / "vocab.txt").is_file():
+            import json
+
             from tokenizers.implementations import BertWordPieceTokenizer
 
-            return cls(BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)._tokenizer, max_len)
+            # the casing transformers' BertTokenizer reads from tokenizer_config.json (a cased model's
+            # do_lower_case false); its defaults without one: lower-cased, accents stripped with the case
+            conf = folder / "tokenizer_config.json"
+            conf = json.loads(read_utf8(conf, "tokenizer config", bom=True)) if conf.is_file() else {}
+            return cls(BertWordPieceTokenizer(
+                str(folder / "vocab.txt"), lowercase=bool(conf.get("do_lower_case", True)),
+                strip_accents=conf.get("strip_accents"), handle_chinese_chars=bool(conf.get("tokenize_chinese_chars", True)),
+            )._tokenizer, max_len)
         raise FileNotFoundError(f"no {TOKENIZER_FILE} or vocab.txt in {folder}: it holds no tokenizer")
 
     @property
@@ -92,6 +101,13 @@ class VLMTokenizer:
     def word_ids(self, word: str) -> list[int]:
         """Token ids of one word without [CLS]/[SEP]."""
         return self.backend.encode(word, add_special_tokens=False).ids
+
+    def continuation_ids(self) -> list[int]:
+        """Ids of the pieces that continue a word (WordPiece's ``##...``; none for a word-level vocabulary)."""
+        prefix = getattr(self.backend.model, "continuing_subword_prefix", None)
+        if not prefix:
+            return []
+        return sorted(i for t, i in self.backend.get_vocab(with_added_tokens=False).items() if t.startswith(prefix))
 
     def encode(self, texts: Sequence[str], device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
         """``(ids [B, T], mask [B, T] bool)``; ``T`` = the longest caption, at most ``max_len``."""
@@ -171,13 +187,15 @@ def function_word_ids(tok: VLMTokenizer, words: Sequence[str], strict: bool = Fa
     """Token ids of ``words`` that are single known tokens of ``tok``; returns ``(ids, unknown)``.
 
     Unknown words (out of vocabulary, or split into several pieces) are warned about with their
-    count, or raise ``ValueError`` when ``strict``.
+    count, or raise ``ValueError`` when ``strict``. A cased tokenizer's capitalized form ("A", "The": a caption's
+    first word) is marked too where it is one token.
     """
     ids, unknown = [], []
     for w in words:
-        pieces = tok.word_ids(w)
-        if len(pieces) == 1 and pieces[0] != tok.unk_id:
-            ids.append(pieces[0])
+        # the word as written and capitalized (the same id for an uncased tokenizer)
+        found = [p[0] for p in (tok.word_ids(w), tok.word_ids(w[:1].upper() + w[1:])) if len(p) == 1 and p[0] != tok.unk_id]
+        if found:
+            ids.extend(found)
         else:
             unknown.append(w)
     if unknown:

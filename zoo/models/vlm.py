@@ -10,7 +10,8 @@
 * FDA (``fda=True``): the cross-attention of the fusion layers in ``fda_layers`` is wrapped in
   :class:`zoo.nn.fda.FDACrossAttention`. Its function-word queries are, as in the reference code,
   the text-embedding output (word + position + type embeddings, LayerNorm) of the caption with every
-  content token replaced by [PAD]; [CLS] and [SEP] are kept (paper leaves them open).
+  content word replaced by [PAD] (every piece of a word WordPiece splits); [CLS] and [SEP] are kept (paper
+  leaves them open).
 * Heads: ITC (``vision_proj`` / ``text_proj`` of pooled tokens, cosine similarity over a learnable
   temperature clamped to [0.001, 0.5] as ALBEF) and ITM (a linear head on the pooled fused text).
   Pooling (``pool``): ALBEF takes the CLS tokens of pretrained encoders; trained from scratch, our
@@ -186,6 +187,8 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("fw_table", torch.zeros(c.vocab_size, dtype=torch.bool))
+        # ids that continue a word (WordPiece ##...): the tokenizer's, so not saved with the weights
+        self.register_buffer("piece_table", torch.zeros(c.vocab_size, dtype=torch.bool), persistent=False)
         for m in (self.fusion, self.vision_proj, self.text_proj, self.itm_head):
             m.apply(TextEncoder._init_weights)
         self.tokenizer = None  # a zoo.data.vlm.VLMTokenizer, set by set_tokenizer / load_assets
@@ -220,7 +223,8 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
             state[k] = v
         load_state_dict_checked(new, state, "the plain model (with_fda)")
         if self.tokenizer is not None:
-            new.tokenizer, new.fw_unknown = self.tokenizer, list(self.fw_unknown)
+            new._attach(self.tokenizer)
+            new.fw_unknown = list(self.fw_unknown)
         return new.train(self.training)  # this model's train / eval mode (dropout), not a fresh module's
 
     # -- tokenizer and function words
@@ -234,12 +238,20 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         if tokenizer.pad_id != self.config.pad_token_id:
             raise ValueError(f"tokenizer [PAD] id {tokenizer.pad_id} != model pad_token_id {self.config.pad_token_id}")
         tokenizer.max_len = self.config.max_text_len
-        self.tokenizer = tokenizer
+        self._attach(tokenizer)
         ids, self.fw_unknown = function_word_ids(tokenizer, read_function_words(self.config.function_words), strict)
         table = torch.zeros_like(self.fw_table)
         table[torch.tensor(ids, dtype=torch.long)] = True
         table[[tokenizer.cls_id, tokenizer.sep_id]] = True
         self.fw_table.copy_(table)
+
+    def _attach(self, tokenizer: Any) -> None:
+        """Keep ``tokenizer`` and mark its word-continuing pieces (``piece_table``)."""
+        self.tokenizer = tokenizer
+        table = torch.zeros_like(self.piece_table)
+        cont = [i for i in tokenizer.continuation_ids() if i < len(table)]
+        table[torch.tensor(cont, dtype=torch.long)] = True
+        self.piece_table.copy_(table)
 
     def save_assets(self, folder: Union[str, Path]) -> None:
         if self.tokenizer is None:
@@ -258,7 +270,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
                 "(model.init_args.pretrained)"
             )
         tok.max_len = self.config.max_text_len
-        self.tokenizer = tok
+        self._attach(tok)
 
     def init_text_from_hf(self, folder: Union[str, Path]) -> None:
         """Copy a Hugging Face BERT encoder (e.g. all-MiniLM-L6-v2) into the text encoder.
@@ -298,8 +310,11 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         return self.text(ids, mask.long())
 
     def fw_states(self, ids: Tensor) -> Tensor:
-        """Embedding-layer output of the function-word caption (content tokens -> [PAD])."""
-        fw_ids = torch.where(self.fw_table[ids], ids, torch.full_like(ids, self.config.pad_token_id))
+        """Embedding-layer output of the function-word caption (content tokens -> [PAD]; a word split into pieces
+        is one content word, even where its first piece is a function word's token: "in" of in ##fl ##atable)."""
+        keep = self.fw_table[ids]
+        keep[:, :-1] &= ~self.piece_table[ids[:, 1:]]
+        fw_ids = torch.where(keep, ids, torch.full_like(ids, self.config.pad_token_id))
         return self.text.embed(fw_ids)
 
     def _pool_text(self, hidden: Tensor, mask: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from zoo.hub import check_positive_int, create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.models.vlm import wide_cosines
+from zoo.nn.modes import eval_mode
 from zoo.tasks.base import ZooTask, gather_objects
 from zoo.tasks.callbacks import smoke_run
 
@@ -74,10 +75,17 @@ def retrieval_scores(
     model: Any, images: Tensor, texts: Sequence[str], k: int = 16, batch_size: int = 256, itm: bool = True,
     rerank: str = "itc+itm",
 ) -> dict[str, Tensor]:
-    """ITC matrix ``itc`` ``[Ni, Nt]`` and re-ranked ``i2t`` ``[Ni, Nt]`` / ``t2i`` ``[Nt, Ni]`` (module docstring)."""
+    """ITC matrix ``itc`` ``[Ni, Nt]`` and re-ranked ``i2t`` ``[Ni, Nt]`` / ``t2i`` ``[Nt, Ni]`` (module docstring).
+    Scored without dropout (a model fresh from ``fit`` trains; its mode is given back), as ``similarity`` scores."""
     if rerank not in RERANK:
         raise ValueError(f"rerank must be one of {RERANK}, got {rerank!r}")
     check_positive_int("batch_size", batch_size, any_integral=True)
+    with eval_mode(model):
+        return _retrieval_scores(model, images, texts, k, batch_size, itm, rerank)
+
+
+def _retrieval_scores(model: Any, images: Tensor, texts: Sequence[str], k: int, batch_size: int, itm: bool,
+                      rerank: str) -> dict[str, Tensor]:
     dev = model.fw_table.device
     ids, mask = model.tokenize(texts)
     img_tokens = torch.cat([model.encode_image(images[s : s + batch_size].to(dev)) for s in range(0, len(images), batch_size)])
