@@ -74,6 +74,17 @@ def test_other_files_split_0_7_0_1_0_2(tmp_path):
     }
 
 
+@pytest.mark.parametrize("split", ["auto", "ett_hour"])
+def test_ratios_on_an_ett_file_are_refused_not_ignored(tmp_path, split):
+    # data.ratios split by fractions (README: split: ratio); an ETTh* file (auto) or split ett_hour took the 12/4/4
+    # months and dropped the ratios asked for without a word
+    write_csv(tmp_path / "ETTh9.csv", 14500, n_vars=2)
+    with pytest.raises(ValueError, match=r"data\.ratios.*data\.split: ratio"):
+        CSVTSDataModule(str(tmp_path / "ETTh9.csv"), lookback=24, horizon=12, split=split, ratios=(0.6, 0.2, 0.2)).data_info
+    dm = CSVTSDataModule(str(tmp_path / "ETTh9.csv"), lookback=24, horizon=12, split="ratio", ratios=(0.6, 0.2, 0.2))
+    assert dm.data_info["borders"]["train"] == [0, int(14500 * 0.6)]
+
+
 def test_scaler_is_fitted_on_training_rows_only(tmp_path):
     values = write_csv(tmp_path / "data.csv", 500)
     values[350:] += 100.0  # a level shift after the training rows must not leak into the scaler
@@ -86,6 +97,23 @@ def test_scaler_is_fitted_on_training_rows_only(tmp_path):
     test = dm.dataset("test")
     b1 = dm.data_info["borders"]["test"][0]
     np.testing.assert_allclose(test[3]["x"].numpy(), (values[b1 + 3 : b1 + 23] - values[:350].mean(0)) / values[:350].std(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("level", [0.1, 1.1, 13.37])
+def test_a_column_constant_over_the_training_rows_is_scaled_by_one(tmp_path, level):
+    # scikit-learn's StandardScaler takes a scale of 1 for a constant feature, also when float rounding leaves its
+    # std at 1e-17 instead of 0 (np.full(n, 0.1).std()): dividing by that scaled 0.1 to 1.0 and 0.2 to 7e15
+    n = 400
+    stuck = np.full(n, level)
+    stuck[300:] = level + 0.1  # a sensor stuck through the training rows (0.7 * 400 = 280), then moving
+    df = pd.DataFrame({"date": pd.date_range("2021-01-01", periods=n, freq="h"), "stuck": stuck,
+                       "y": np.sin(np.arange(n) / 5)})
+    df.to_csv(tmp_path / "stuck.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "stuck.csv"), lookback=16, horizon=8)
+    assert dm.data_info["std"][0] == 1.0
+    np.testing.assert_allclose(dm.data_info["mean"][0], level, rtol=1e-12)
+    x = torch.cat([dm.dataset("train")[0]["x"][:, 0], dm.dataset("test")[-1]["y"][:, 0]]).numpy()
+    np.testing.assert_allclose(x, np.r_[np.zeros(16), np.full(8, 0.1)], atol=1e-6)
 
 
 def _write_spaced_csv(tmp_path):
@@ -189,6 +217,33 @@ def test_time_features_match_calendar(tmp_path):
     dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, time_features=True)
     batch = next(iter(dm.val_dataloader()))
     assert batch["x_mark"].shape == (batch["x"].shape[0], 16, 4)
+
+
+@pytest.mark.parametrize("freq, ref_unit", [("90min", "Minute"), ("36h", "Hour"), ("10D", "Day"), ("h", "Hour"),
+                                            ("15min", "Minute"), ("30s", "Second"), ("D with gaps", "Day")])
+def test_time_features_follow_the_reference_by_the_offsets_unit(tmp_path, freq, ref_unit):
+    # Time-Series-Library's time_features_from_frequency_str picks the features by the offset's class: a 36h series is
+    # Hour (its rows alternate midnight / noon: hour_of_day tells them apart), 90min is Minute (:00 / :30); a daily
+    # series with many gaps (its step read as 24h) is still Day
+    if freq == "D with gaps":
+        d = pd.date_range("2016-07-01", periods=400, freq="D").delete(list(range(3, 400, 7)))[:300]
+    else:
+        d = pd.date_range("2016-07-01", periods=300, freq=freq)
+    ref = {  # utils/timefeatures.py, in its order
+        "Second": [d.second / 59.0, d.minute / 59.0, d.hour / 23.0, d.day_of_week / 6.0, (d.day - 1) / 30.0,
+                   (d.day_of_year - 1) / 365.0],
+        "Minute": [d.minute / 59.0, d.hour / 23.0, d.day_of_week / 6.0, (d.day - 1) / 30.0, (d.day_of_year - 1) / 365.0],
+        "Hour": [d.hour / 23.0, d.day_of_week / 6.0, (d.day - 1) / 30.0, (d.day_of_year - 1) / 365.0],
+        "Day": [d.day_of_week / 6.0, (d.day - 1) / 30.0, (d.day_of_year - 1) / 365.0],
+    }[ref_unit]
+    expected = np.stack([np.asarray(f, dtype=np.float64) - 0.5 for f in ref], axis=1)
+    df = pd.DataFrame({"date": d, "v": np.sin(np.arange(300) / 7.0)})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gaps are warned about
+        dm = CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, time_features=True)
+        item = dm.dataset("train")[5]
+    np.testing.assert_allclose(item["x_mark"].numpy(), expected[5:21], atol=1e-6)
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ SPLITS = ("auto", "ett_hour", "ett_minute", "ratio")
 # the ETT protocols' row step: their 12/4/4 "months" of 30 days are counted in rows of this step
 _ETT_STEPS = {"ett_hour": pd.Timedelta(hours=1), "ett_minute": pd.Timedelta(minutes=15)}
 _ETT_MONTH = pd.Timedelta(days=30)
+_DEFAULT_RATIOS = (0.7, 0.1, 0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,10 +116,15 @@ def compute_borders(
 
 
 def fit_scaler(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population std per column (a zero std becomes 1, as scikit-learn's StandardScaler)."""
+    """Mean and population std per column; a constant column's std becomes 1, as scikit-learn's StandardScaler.
+
+    Constant as scikit-learn tells it (``_is_constant_feature``): a variance within float rounding of zero, since
+    ``np.full(n, 0.1).std()`` is 1.4e-17, not 0 (dividing by it scaled the column to 1.0 and a later 0.2 to 7e15)."""
     mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
+    var = values.var(axis=0)
+    eps, n = np.finfo(np.float64).eps, len(values)
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    std = np.where(constant, 1.0, np.sqrt(var))
     return mean, std
 
 
@@ -243,6 +249,14 @@ class TSDataModule(L.LightningDataModule):
         )
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
+        if split in _ETT_STEPS and self.ratios != _DEFAULT_RATIOS:
+            # the ETT protocols count months; data.ratios would have been dropped without a word
+            chosen = "data.split: auto (the file's name)" if self.split == "auto" else f"data.split: {split}"
+            raise ValueError(
+                f"data.ratios {list(self.ratios)} split by fractions, but {chosen} selects the {split} protocol "
+                f"(12/4/4 months) for {self.source_name}, which takes no ratios; set data.split: ratio to split by "
+                "data.ratios, or leave data.ratios unset for the ETT protocol"
+            )
         need = self.lookback + self.horizon
         if len(frame) < need:  # before the frequency, which a file of 0 or 1 rows has none of
             raise ValueError(

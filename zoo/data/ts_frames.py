@@ -436,9 +436,27 @@ def _step(freq: str) -> pd.Timedelta:
     return rng[1] - rng[0]
 
 
+_TICK_FEATURES = {  # Time-Series-Library's time_features_from_frequency_str, by the offset's class
+    "Second": ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
+    "Minute": ["minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
+    "Hour": ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
+    "Day": ["day_of_week", "day_of_month", "day_of_year"],
+}
+
+
 def time_feature_names(freq: str) -> list[str]:
-    """The ``timeF`` features of Time-Series-Library for a series of frequency ``freq``."""
+    """The ``timeF`` features of Time-Series-Library for a series of frequency ``freq``.
+
+    A fixed step takes the features of the largest unit it is a whole number of, as the reference picks them by
+    the class of pandas' offset for it: ``36h`` is hours (its rows alternate midnight and noon), ``90min`` minutes,
+    ``24h`` (a daily series with gaps) days; calendar steps (business days, weeks, months...) by their length."""
     step = _step(freq)
+    if type(to_offset(freq)).__name__ in ("Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano"):
+        for unit, size in (("Day", pd.Timedelta(days=1)), ("Hour", pd.Timedelta(hours=1)),
+                           ("Minute", pd.Timedelta(minutes=1))):
+            if step >= size and step % size == pd.Timedelta(0):
+                return list(_TICK_FEATURES[unit])
+        return list(_TICK_FEATURES["Second"])
     if step < pd.Timedelta(minutes=1):
         return ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
     if step < pd.Timedelta(hours=1):
