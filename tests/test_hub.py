@@ -660,6 +660,13 @@ def test_fields_of_the_right_type_still_build():
     """ints for float fields (YAML's 0 for 0.0), None for Optional fields and a charset given as a number build."""
     assert zoo.create_model("ts-patchtst-diff-tiny", dropout=0, revin=False, lambda_init=None).config.revin is False
     assert zoo.create_model("str-diff-tiny", charset=36, dropout=0).config.charset == "0123456789abcdefghijklmnopqrstuvwxyz"
+    # a numpy bool reads as a bool but no config.json holds it (json.dumps fails at export): named with the fix
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"revin must be true or false \(a Python bool: bool\(x\)"):
+        zoo.create_model("ts-patchtst-diff-tiny", revin=np.False_)
+    with pytest.raises(TypeError):
+        json.dumps(np.False_)
 
 
 @pytest.mark.parametrize("name", ["str-diff-tiny", "ts-patchtst-diff-tiny", "lm-diff-tiny"])

@@ -210,14 +210,16 @@ def _scalar_kinds(config_class: type) -> dict[str, tuple[type, bool]]:
 def check_field_types(config_class: type, values: Any, owner: str) -> None:
     """A ``ValueError`` naming a bool / int / float field of ``config_class`` given a value of another type: the
     string ``'false'`` for a bool is true (a ``revin`` / ``fda`` switch left on), and a string for a float fails deep
-    in torch (``'<' not supported between instances of 'str' and 'int'``). Numpy / torch numbers pass (the config's
-    own checks name a numpy integer size); an int is a float."""
+    in torch (``'<' not supported between instances of 'str' and 'int'``). Numpy numbers pass here
+    (the config's own checks refuse a numpy integer size, which config.json cannot hold, as a numpy bool is refused
+    here); an int is a float."""
     for name, (kind, optional) in _scalar_kinds(config_class).items():
         if name not in values or (optional and values[name] is None):
             continue
         value = values[name]
         if kind is bool:
-            ok, want = isinstance(value, bool), "true or false (a bool)"
+            # numpy's bool (np.False_ from an array) is refused as numpy integers are: config.json cannot hold it
+            ok, want = isinstance(value, bool), "true or false (a Python bool: bool(x) for a numpy one)"
         else:
             ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
             want = "an integer" if kind is int else "a number"

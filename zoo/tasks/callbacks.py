@@ -286,7 +286,7 @@ class PredictionWriter(BasePredictionWriter):
             with open(self._partial, "a", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, default=str, allow_nan=False) + "\n")
-        if self.echo:
+        if self.echo or self.path is None:  # a smoke run's rows are printed, as the only output it gives
             for row in rows:
                 print(json.dumps(row, default=str, ensure_ascii=False, allow_nan=False), flush=True)
         new = [key for key in dict.fromkeys(bad) if key not in self._warned]
