@@ -479,3 +479,26 @@ def test_every_task_is_callable_on_its_model_inputs():
     with torch.no_grad():
         got, want = vtask(imgs, ids, mask), vtask.model(imgs, ids, mask)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_resume_lightning_would_cut_an_epoch_short_is_warned_about(tmp_path):
+    """Lightning 2.6 resumes a fit that sets both max_steps and a finite max_epochs from an end-of-epoch checkpoint
+    one epoch short (Lightning#19617: 3 epochs of 10 steps with max_steps 1000 stopped at 20 steps). zoo cannot fix
+    Lightning's loop state; it says so when it happens. No warning with max_steps unset (Lightning counts right)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = DataLoader([torch.randn(5, 3) for _ in range(4)], batch_size=None)
+    ck = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    L.Trainer(max_epochs=1, callbacks=[ck], **kw).fit(Task(), data)
+    path = ck.best_model_path
+    assert path.endswith("epoch=0-step=4.ckpt")
+    with pytest.warns(UserWarning, match=r"end of epoch 0 with both max_steps \(1000\) and max_epochs \(3\).*"
+                                         r"--trainer.max_epochs -1"):
+        L.Trainer(max_epochs=3, max_steps=1000, **kw).fit(Task(), data, ckpt_path=path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = L.Trainer(max_epochs=3, **kw)
+        trainer.fit(Task(), data, ckpt_path=path)
+    assert not [w for w in caught if "one epoch too many" in str(w.message)]
+    assert trainer.global_step == 12  # 3 epochs of 4 steps: Lightning's count without max_steps is right

@@ -300,6 +300,21 @@ class ZooTask(L.LightningModule):
                 self.model.save_assets(tmp)
                 checkpoint["zoo_assets"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
+    def _warn_epoch_count(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning (2.6) counts one epoch too many when a fit with both ``max_steps`` and a finite ``max_epochs``
+        resumes from a checkpoint saved at an epoch's end (its epoch progress processed, not yet completed; see
+        Lightning#19617): if ``max_epochs`` is what ends the run, it stops an epoch early without a word."""
+        t = self._trainer
+        total = (((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}).get("total") or {}
+        max_epochs = t.max_epochs if t.max_epochs is not None else -1
+        if t.max_steps != -1 and max_epochs != -1 and total.get("processed", 0) > total.get("completed", 0):
+            warnings.warn(
+                f"resuming from a checkpoint saved at the end of epoch {total.get('processed', 1) - 1} with both "
+                f"max_steps ({t.max_steps}) and max_epochs ({max_epochs}) set: Lightning counts one epoch too many "
+                "there (Lightning#19617), so if max_epochs is what ends this run it stops one epoch early; set "
+                "--trainer.max_epochs -1 to train to max_steps, or one more epoch", stacklevel=2,
+            )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._weights_loaded = True
         # how far the loaded weights were trained (validate / test restore no loop progress: the trainer says 0)
@@ -308,6 +323,8 @@ class ZooTask(L.LightningModule):
         saved = [len(g["params"]) for g in (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])]
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         self._resumed_callbacks = checkpoint.get("callbacks") if fitting else None  # see _restore_best_k
+        if fitting:
+            self._warn_epoch_count(checkpoint)
         rng = checkpoint.get("zoo_rng_states")
         if fitting and rng:  # never for load_from_checkpoint (no trainer) or validate / test / predict
             # a resumed fit goes on with the random states saved with the checkpoint (Lightning saves none): the
