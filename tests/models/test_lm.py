@@ -366,6 +366,21 @@ def test_generation_stops_at_any_eos_id_a_converted_config_lists(tmp_path):
         assert HFTokenizer.from_hf_folder(src).stop_ids == (2, 3)
 
 
+def test_a_prompt_with_half_a_character_is_named():
+    """A lone surrogate ("\ud83d", an emoji cut in two, from JSON) crashed deep in the tokenizer with an unnamed
+    UnicodeEncodeError; Python's own UTF-8 encoder refuses it the same way (the reference). A whole pair is fine."""
+    from zoo.data.tokenizers import ByteTokenizer
+
+    model = tiny(vocab_size=ByteTokenizer().vocab_size)
+    model.tokenizer = ByteTokenizer()
+    with pytest.raises(UnicodeEncodeError):
+        "ab\ud83d".encode("utf-8")
+    for prompt in ("ab\ud83d", ["ok", "ab\ud83d"]):
+        with pytest.raises(ValueError, match=r"lone surrogate \\ud83d at character 2"):
+            model.generate(prompt, max_new_tokens=1)
+    assert isinstance(model.generate("ab\U0001F600", max_new_tokens=1, temperature=0), str)
+
+
 def test_a_list_of_text_prompts_gives_one_completion_each():
     """generate(["a", "longer prompt"]) as HF's pipeline takes a list: prompts of any lengths, one completion each,
     equal to the single calls (prompt i sampled with seed + i); a mixed list is no text batch."""

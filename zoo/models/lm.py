@@ -412,6 +412,10 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     separator), or after BOS for tokenizers that declare it (see :func:`tokenizer_adds_bos`), whose training
     documents start with BOS too (:func:`zoo.data.text.encode_corpus`).
     """
+    lone = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if lone is not None:  # half of a character cut in two (a JSON "\ud83d"): no tokenizer can encode it
+        raise ValueError(f"the prompt holds a lone surrogate {text[lone].encode('unicode_escape').decode()} at "
+                         f"character {lone} (half of a character cut in two), which is no UTF-8 text; fix the prompt")
     if tokenizer_adds_bos(tokenizer):
         return tokenizer.encode(text, add_bos=True)
     ids = tokenizer.encode(text)
