@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .files import read_utf8, say_hidden, walk_files
 from .lm_common import check_at_least, make_loader
-from .tokenizers import TokenizerLike, build_tokenizer, tokenizer_adds_bos
+from .tokenizers import TokenizerLike, build_tokenizer, lone_surrogate, tokenizer_adds_bos
 
 __all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", "pack_blocks"]
 
@@ -39,7 +39,6 @@ _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the ba
 # one pre-token where inside the text it is split before its last character ("\r\n", "\n\n", " \n" before a word:
 # "\r", "\n"), so a cut inside or after a longer run would change the tokens.
 _CUT = re.compile(r"(?<=\S)\n(?=\S)")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs \ud83d\ude00 into one character; a half stays
 
 
 def _read_jsonl(path: Path, key: str) -> list[str]:
@@ -62,14 +61,11 @@ def _read_jsonl(path: Path, key: str) -> list[str]:
                 f"{key}: {path.name}, line {lineno}: 'text' is {type(record['text']).__name__}, expected a string"
             )
         text = record["text"]
-        # JSON may escape half of a surrogate pair ("\ud83d": an emoji cut in two), which no UTF-8 text can hold
-        lone = _LONE_SURROGATE.search(text)
+        lone = lone_surrogate(text)
         if lone:
-            escape = lone.group().encode("unicode_escape").decode()
             raise ValueError(
-                f"{key}: {path.name}, line {lineno}: 'text' holds a lone surrogate {escape} at character "
-                f"{lone.start()} (half of a character cut in two), which is no UTF-8 text; fix or remove the line "
-                "(Python: text.encode('utf-8', 'replace').decode('utf-8') writes '?' for it)"
+                f"{key}: {path.name}, line {lineno}: 'text' holds {lone}, which is no UTF-8 text; fix or remove the "
+                "line (Python: text.encode('utf-8', 'replace').decode('utf-8') writes '?' for it)"
             )
         if text:
             docs.append(text)

@@ -11,6 +11,7 @@ an exported model folder carries the same files, so ``load_tokenizer(model_folde
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -345,6 +346,20 @@ class HFTokenizer(_BackendTokenizer):
 
 
 TokenizerLike = Union[ByteTokenizer, BPETokenizer, HFTokenizer]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> Optional[str]:
+    """``"a lone surrogate \\ud83d at character i (half of a character cut in two)"`` for the first half of a surrogate
+    pair standing alone in ``text`` (JSON may escape one: an emoji cut in two), which no UTF-8 text can hold and every
+    tokenizer fails on deep inside; ``None`` when there is none (``json.loads`` pairs a whole ``\\ud83d\\ude00``)."""
+    m = _SURROGATE.search(text)  # a regex: a corpus's every document is searched
+    if m is None:
+        return None
+    return (f"a lone surrogate {m.group().encode('unicode_escape').decode()} at character {m.start()} (half of a "
+            "character cut in two)")
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:

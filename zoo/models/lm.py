@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.data.tokenizers import TokenizerAssets, check_token_ids, tokenizer_adds_bos
+from zoo.data.tokenizers import TokenizerAssets, check_token_ids, lone_surrogate, tokenizer_adds_bos
 from zoo.hub import PretrainedMixin, check_positive_int, check_positive_ints, config_from
 from zoo.nn import KVCache, RMSNorm, SwiGLU, build_attention, list_attention_types, swiglu_hidden
 from zoo.nn.attention import check_attn_args
@@ -412,10 +412,9 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     separator), or after BOS for tokenizers that declare it (see :func:`tokenizer_adds_bos`), whose training
     documents start with BOS too (:func:`zoo.data.text.encode_corpus`).
     """
-    lone = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
-    if lone is not None:  # half of a character cut in two (a JSON "\ud83d"): no tokenizer can encode it
-        raise ValueError(f"the prompt holds a lone surrogate {text[lone].encode('unicode_escape').decode()} at "
-                         f"character {lone} (half of a character cut in two), which is no UTF-8 text; fix the prompt")
+    lone = lone_surrogate(text)
+    if lone:
+        raise ValueError(f"the prompt holds {lone}, which is no UTF-8 text; fix the prompt")
     if tokenizer_adds_bos(tokenizer):
         return tokenizer.encode(text, add_bos=True)
     ids = tokenizer.encode(text)
