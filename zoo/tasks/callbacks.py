@@ -26,13 +26,6 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir).expanduser()
 
 
-def smoke_run(trainer: L.Trainer) -> bool:
-    """Whether ``trainer`` runs Lightning's ``fast_dev_run`` smoke test. It has no logger, hence no run folder (zoo's
-    files would land in ``default_root_dir``, the working directory by default, and refuse the next run): Lightning
-    logs nothing for it, and zoo writes no metrics or predictions file (its export goes to a folder of its own)."""
-    return bool(getattr(trainer, "fast_dev_run", False))
-
-
 def create_new(path: Path, fill: Callable[[IO[str]], Any], newline: Optional[str] = None) -> Path:
     """Create ``path`` (UTF-8; an existing file is a ``FileExistsError`` and stays untouched) and write it with
     ``fill(f)``; a write that fails part-way removes the file, so no half-written file is left for a later run to
@@ -227,7 +220,7 @@ class PredictionWriter(BasePredictionWriter):
         # expanduser: `--predict_writer.output=~/p.jsonl` (no shell expands it) made a folder named "~" here
         folder = run_dir(trainer)  # a collective under DDP: every rank
         self._warned: set[str] = set()  # keys already named as non-finite in this run
-        if smoke_run(trainer) and not self.output:  # no run folder: the rows are printed only
+        if trainer.fast_dev_run and not self.output:  # no run folder: the rows are printed only
             self.path = None
             if trainer.is_global_zero:
                 print("fast_dev_run: no predictions.jsonl is written (a smoke run writes no files; "

@@ -15,7 +15,6 @@ from zoo.hub import _class_path, create_model, export_arch_config, read_export_c
 from zoo.data.charsets import Charset, resolve_charset
 from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
 from zoo.tasks.base import ZooTask
-from zoo.tasks.callbacks import smoke_run
 
 MASK_MODES = ("ar", "nar", "cloze", "perm")
 RECIPES = ("parseq", "v1")
@@ -527,7 +526,7 @@ class RecognitionTask(ZooTask):
                 "fine-tune first", stacklevel=2,
             )
         folder = self._run_dir()  # a DDP collective: every rank, and every rank raises alike
-        if folder is None or smoke_run(self.trainer):  # a fast_dev_run writes no predictions.csv
+        if folder is None or self.trainer.fast_dev_run:  # a fast_dev_run writes no predictions.csv
             return
         # refused before any image is read (it was refused after the whole run, with predictions.jsonl written)
         path = folder / "predictions.csv"
@@ -557,7 +556,7 @@ class RecognitionTask(ZooTask):
         rows = [parts[r][i] for i in range(max(map(len, parts), default=0)) for r in range(len(parts)) if i < len(parts[r])]
         if not rows:
             return
-        if smoke_run(self.trainer):  # no run folder: predictions.csv would land in the working directory
+        if self.trainer.fast_dev_run:  # no run folder: predictions.csv would land in the working directory
             print(f"fast_dev_run: {len(rows)} predictions read, no predictions.csv written (a smoke run writes no "
                   "files)", flush=True)
             return

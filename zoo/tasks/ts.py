@@ -17,7 +17,6 @@ from torch import Tensor
 from zoo.hub import create_model, export_arch_config, get_spec, read_export_config, resolve_pretrained
 from zoo.models.ts import read_meta
 from zoo.tasks.base import Float64Metric, ZooTask, wide_float
-from zoo.tasks.callbacks import smoke_run
 
 _DATA_FIELDS = ("lookback", "horizon", "n_time_features")  # architecture fields the data decides
 
@@ -434,7 +433,7 @@ class ForecastTask(ZooTask):
         super().on_predict_start()
         # Refuse earlier forecast files before predicting, so a refused run leaves no predictions.jsonl behind.
         folder = self._run_dir()
-        if folder is None or not folder.is_dir() or smoke_run(self.trainer):  # a fast_dev_run writes no forecast files
+        if folder is None or not folder.is_dir() or self.trainer.fast_dev_run:  # a fast_dev_run writes no forecast files
             return
         taken = sorted(p for p in folder.iterdir() if re.fullmatch(r"forecast(_\d+)?\.(csv|png)", p.name))
         if taken:
@@ -449,7 +448,7 @@ class ForecastTask(ZooTask):
         folder = self._run_dir()
         if folder is None or not self._forecasts or not self.trainer.is_global_zero:
             return
-        if smoke_run(self.trainer):  # no run folder: the files would land in the working directory
+        if self.trainer.fast_dev_run:  # no run folder: the files would land in the working directory
             print("fast_dev_run: no forecast.csv / forecast.png written (a smoke run writes no files)", flush=True)
             return
         folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ from zoo.hub import check_positive_int, create_model, export_arch_config, read_e
 from zoo.models.vlm import wide_cosines
 from zoo.nn.modes import eval_mode
 from zoo.tasks.base import ZooTask, gather_objects
-from zoo.tasks.callbacks import smoke_run
 
 KS = (1, 5, 10)
 RERANK = ("itc+itm", "itm")
@@ -582,7 +581,7 @@ class VLMTask(ZooTask):
         super().on_predict_start()
         folder = self._run_dir()
         # refused before any work (a fast_dev_run writes no retrieval.jsonl)
-        if folder is not None and not smoke_run(self.trainer) and (folder / "retrieval.jsonl").exists():
+        if folder is not None and not self.trainer.fast_dev_run and (folder / "retrieval.jsonl").exists():
             raise FileExistsError(f"{folder / 'retrieval.jsonl'} exists; predict into a new run folder "
                                   "(--trainer.default_root_dir)")
 
@@ -600,7 +599,7 @@ class VLMTask(ZooTask):
             return
         rows = retrieval_rows(self.model, images, captions, names, k=self.eval_k, top=self.predict_top,
                               rerank=self.rerank)
-        if smoke_run(self.trainer):  # no run folder (it would land in the working directory), and one batch's gallery
+        if self.trainer.fast_dev_run:  # no run folder (it would land in the working directory), and one batch's gallery
             print(f"fast_dev_run: retrieval of {len(images)} images ranked, no retrieval.jsonl written (a smoke run "
                   "writes no files)", flush=True)
             return
