@@ -436,12 +436,16 @@ def _step(freq: str) -> pd.Timedelta:
     return rng[1] - rng[0]
 
 
-_TICK_FEATURES = {  # Time-Series-Library's time_features_from_frequency_str, by the offset's class
-    "Second": ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
-    "Minute": ["minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
-    "Hour": ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"],
-    "Day": ["day_of_week", "day_of_month", "day_of_year"],
-}
+_SECOND = ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
+# (unit, the timeF features of Time-Series-Library for a series stepped in it), largest unit first
+_UNIT_FEATURES = (
+    (pd.Timedelta(days=28), ["month_of_year"]),
+    (pd.Timedelta(days=7), ["day_of_month", "week_of_year"]),
+    (pd.Timedelta(days=1), _SECOND[3:]),
+    (pd.Timedelta(hours=1), _SECOND[2:]),
+    (pd.Timedelta(minutes=1), _SECOND[1:]),
+)
+_TICKS = ("Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano")  # pandas' fixed-length offsets
 
 
 def time_feature_names(freq: str) -> list[str]:
@@ -451,23 +455,11 @@ def time_feature_names(freq: str) -> list[str]:
     the class of pandas' offset for it: ``36h`` is hours (its rows alternate midnight and noon), ``90min`` minutes,
     ``24h`` (a daily series with gaps) days; calendar steps (business days, weeks, months...) by their length."""
     step = _step(freq)
-    if type(to_offset(freq)).__name__ in ("Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano"):
-        for unit, size in (("Day", pd.Timedelta(days=1)), ("Hour", pd.Timedelta(hours=1)),
-                           ("Minute", pd.Timedelta(minutes=1))):
-            if step >= size and step % size == pd.Timedelta(0):
-                return list(_TICK_FEATURES[unit])
-        return list(_TICK_FEATURES["Second"])
-    if step < pd.Timedelta(minutes=1):
-        return ["second_of_minute", "minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(hours=1):
-        return ["minute_of_hour", "hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=1):
-        return ["hour_of_day", "day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=7):
-        return ["day_of_week", "day_of_month", "day_of_year"]
-    if step < pd.Timedelta(days=28):
-        return ["day_of_month", "week_of_year"]
-    return ["month_of_year"]
+    if type(to_offset(freq)).__name__ in _TICKS:  # a tick offset is at most days: no week or month features
+        units = [(u, names) for u, names in _UNIT_FEATURES if u <= pd.Timedelta(days=1) and step % u == pd.Timedelta(0)]
+    else:
+        units = [(u, names) for u, names in _UNIT_FEATURES if step >= u]
+    return list(units[0][1] if units else _SECOND)
 
 
 def time_features(dates: pd.DatetimeIndex, names: Sequence[str]) -> np.ndarray:
