@@ -7,6 +7,11 @@ Public entry points (re-exported by ``zoo.kernels.diff_attn``):
 * :func:`diff_attention` -- ``softmax(q1 k1^T s) v - lam * softmax(q2 k2^T s) v`` with autograd.
 * :func:`diff_attention_decode` -- split-K (flash-decoding) path for one query token per sequence.
 
+A kernel whose tiles do not fit the GPU (``triton.runtime.errors.OutOfResources``, e.g. fp32 at head
+dims 128 / 256 on a GPU with little shared memory) runs the call on ``fallback`` where the caller
+passes one (``zoo.nn.functional`` under ``auto``: its PyTorch path, one warning per shape), and is
+named with the shape otherwise (a forced ``triton`` backend).
+
 Conventions are those of ``zoo.nn.functional.diff_attention``: layout ``[B, H, T, D]``, GQA by index
 (query head ``h`` reads KV group ``h // (H // Hkv)``, map 1 from ``k1``, map 2 from ``k2``), causal
 mask aligned bottom-right, ``key_mask`` bool ``[B, Tk]`` (True = real key), ``lam`` broadcastable to
@@ -19,13 +24,15 @@ import contextlib
 import functools
 import math
 import os
-from typing import Optional
+import warnings
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from triton.runtime.errors import OutOfResources
 
 from . import triton_kernels as _K
 
@@ -175,12 +182,35 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+# The batch is a launch grid's axis z (axis y of the decode reduction), which CUDA caps at 65535 programs
+# (a launch past it fails with "invalid argument"): larger batches (PatchTST folds channels into the batch,
+# 128 windows x 862 traffic sensors) launch in slices of the batch.
+MAX_GRID_BATCH = 65535
+
+
+def _batch_slices(*tensors, n: int):
+    """``tensors`` (batch-first, or None) cut into batch slices of at most ``MAX_GRID_BATCH`` rows of ``n``,
+    or None when one launch holds the batch."""
+    if n <= MAX_GRID_BATCH:
+        return None
+    return [[None if t is None else t[b0:b0 + MAX_GRID_BATCH] for t in tensors]
+            for b0 in range(0, n, MAX_GRID_BATCH)]
+
+
+def _cat_parts(parts):
+    """The launchers' tuples of batch slices, joined back per position (None stays None)."""
+    return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 
 
 def _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, store_stats):
     """Launch the fused forward. Returns ``(out, o2, lse1, lse2)`` (the last three None unless stats)."""
+    slices = _batch_slices(q1, q2, k1, k2, v, lam_v, key_mask, n=q1.shape[0])
+    if slices is not None:
+        return _cat_parts([_forward(*t[:6], causal, t[6], scale, store_stats) for t in slices])
     B, H, tq, d = q1.shape
     hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
     out = torch.empty(B, H, tq, dv, device=q1.device, dtype=q1.dtype)
@@ -210,6 +240,9 @@ def _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, store_stats):
 
 def _backward(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, causal, key_mask, scale):
     """Launch preprocess, dK/dV and dQ kernels. Returns the five input grads and ``delta2``."""
+    slices = _batch_slices(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, key_mask, n=q1.shape[0])
+    if slices is not None:
+        return _cat_parts([_backward(*t[:11], causal, t[11], scale) for t in slices])
     B, H, tq, d = q1.shape
     hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
     delta1 = torch.empty(B, H, tq, device=q1.device, dtype=torch.float32)
@@ -244,15 +277,46 @@ def _backward(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, causal, key_mas
     return dq1, dq2, dk1, dk2, dvv, delta2
 
 
+# ----------------------------------------------------------------------------------------------
+# kernels that do not fit the GPU
+
+Fallback = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+# (device, dtype, D, DV, causal, key mask) classes a kernel ran out of resources on: later calls of the
+# class go to the fallback at once (no new launch, no second warning)
+_NO_ROOM: set = set()
+
+
+def _room_key(q1: Tensor, v: Tensor, causal: bool, key_mask: Optional[Tensor]) -> tuple:
+    return (str(q1.device), q1.dtype, q1.shape[-1], v.shape[-1], bool(causal), key_mask is not None)
+
+
+def _no_room(exc: OutOfResources, q1: Tensor, k1: Tensor, v: Tensor, causal: bool, key_mask: Optional[Tensor],
+             fallback: Optional[Fallback], where: str) -> None:
+    """An ``OutOfResources`` of a launch: warn and remember the class when there is a ``fallback`` to run,
+    else raise it again, named with the shape and the backends that run it."""
+    what = (f"the fused diff-attention kernel ({where}) does not fit this GPU for q{tuple(q1.shape)} "
+            f"k{tuple(k1.shape)} v{tuple(v.shape)} {str(q1.dtype).replace('torch.', '')} ({exc})")
+    if fallback is None:
+        raise RuntimeError(f"{what}; use attention backend 'auto' (it runs such calls on SDPA) or 'sdpa' "
+                           "(backend=, $ZOO_ATTN_BACKEND or attn_backend), or half precision") from exc
+    _NO_ROOM.add(_room_key(q1, v, causal, key_mask))
+    warnings.warn(f"{what}; running calls of this head dim and dtype on the PyTorch path instead", RuntimeWarning,
+                  stacklevel=3)
+
+
 class DiffAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: fused forward saves ``O``, ``O2`` and both LSEs; backward recomputes."""
+    """Autograd wrapper: fused forward saves ``O``, ``O2`` and both LSEs; backward recomputes.
+
+    ``fallback`` (or None) recomputes the gradients with PyTorch autograd when the backward kernels do
+    not fit the GPU."""
 
     @staticmethod
-    def forward(ctx, q1, q2, k1, k2, v, lam, causal, key_mask, scale):
+    def forward(ctx, q1, q2, k1, k2, v, lam, causal, key_mask, scale, fallback=None):
         lam_v = _lam_view(lam, (q1.shape[0], q1.shape[1], q1.shape[2]))
         out, o2, lse1, lse2 = _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, True)
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, out, o2, lse1, lse2, key_mask)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.fallback = causal, scale, fallback
         return out
 
     @staticmethod
@@ -261,18 +325,32 @@ class DiffAttentionFunction(torch.autograd.Function):
         q1, q2, k1, k2, v, lam, out, o2, lse1, lse2, key_mask = ctx.saved_tensors
         B, H, tq = q1.shape[:3]
         lam_v = _lam_view(lam, (B, H, tq))
-        dq1, dq2, dk1, dk2, dv, delta2 = _backward(
-            _last_dim_contiguous(do), q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2,
-            ctx.causal, key_mask, ctx.scale,
-        )
+        try:
+            dq1, dq2, dk1, dk2, dv, delta2 = _backward(
+                _last_dim_contiguous(do), q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2,
+                ctx.causal, key_mask, ctx.scale,
+            )
+        except OutOfResources as exc:
+            _no_room(exc, q1, k1, v, ctx.causal, key_mask, ctx.fallback, "backward")
+            inputs = [t.detach().requires_grad_(need)
+                      for t, need in zip((q1, q2, k1, k2, v, lam), ctx.needs_input_grad)]
+            with torch.enable_grad():
+                wanted = [t for t in inputs if t.requires_grad]
+                grads = iter(torch.autograd.grad(ctx.fallback(*inputs), wanted, do))
+            return (*(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None)
         dlam = None
         if ctx.needs_input_grad[5]:
             # d out / d lam_i = -O2_i, so dlam_i = -rowsum(dO * O2) = -delta2, summed to lam's shape.
             dlam = (-delta2).unsqueeze(-1).sum_to_size(lam.shape).to(lam.dtype)
-        return dq1, dq2, dk1, dk2, dv, dlam, None, None, None
+        return dq1, dq2, dk1, dk2, dv, dlam, None, None, None, None
 
 
 def _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits: Optional[int]) -> Tensor:
+    # lam broadcasts to [B, H, 1, 1]: only a 4-d lam of batch B has a batch to cut
+    per_row = lam.dim() == 4 and lam.shape[0] > 1
+    slices = _batch_slices(q1, q2, k1, k2, v, lam if per_row else None, key_mask, n=q1.shape[0])
+    if slices is not None:
+        return torch.cat([_decode(*t[:5], t[5] if per_row else lam, t[6], scale, num_splits) for t in slices])
     B, H, _, d = q1.shape
     hkv, tk, dv = k1.shape[1], k1.shape[2], v.shape[3]
     n_rep = H // hkv
@@ -411,37 +489,59 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _launch(run, q1, q2, k1, k2, v, lam, causal, key_mask, fallback: Optional[Fallback]) -> Tensor:
+    """``run()``, or ``fallback`` on the same tensors where a kernel does not fit the GPU (see the
+    module docstring)."""
+    if fallback is not None and _room_key(q1, v, causal, key_mask) in _NO_ROOM:
+        return fallback(q1, q2, k1, k2, v, lam)
+    try:
+        return run()
+    except OutOfResources as exc:
+        _no_room(exc, q1, k1, v, causal, key_mask, fallback, "forward")
+        return fallback(q1, q2, k1, k2, v, lam)
+
+
 def diff_attention(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam, *,
                    causal: bool = False, key_mask: Optional[Tensor] = None,
-                   scale: Optional[float] = None) -> Tensor:
+                   scale: Optional[float] = None, fallback: Optional[Fallback] = None) -> Tensor:
     """Fused ``softmax(q1 k1^T s) v - lam * softmax(q2 k2^T s) v``, differentiable in all tensors.
 
     Returns ``[B, H, Tq, Dv]`` in q1's dtype. A single query token without gradients takes the
-    split-K decode path (:func:`diff_attention_decode`).
+    split-K decode path (:func:`diff_attention_decode`). ``fallback(q1, q2, k1, k2, v, lam)``, the same
+    op in PyTorch, serves a call whose kernels do not fit the GPU (with one warning per shape); without
+    it such a call raises, named with the shape.
     """
     q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale, causal)
     if not _needs_grad(q1, q2, k1, k2, v, lam):
         if q1.shape[2] == 1:  # causal or not, one bottom-right query sees the whole cache
-            return _decode(q1, q2, k1, k2, v, lam, key_mask, scale, None)
-        lam_v = _lam_view(lam, q1.shape[:3])
-        return _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, False)[0]
-    return DiffAttentionFunction.apply(q1, q2, k1, k2, v, lam, bool(causal), key_mask, scale)
+            run = lambda: _decode(q1, q2, k1, k2, v, lam, key_mask, scale, None)  # noqa: E731
+        else:
+            lam_v = _lam_view(lam, q1.shape[:3])
+            run = lambda: _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, False)[0]  # noqa: E731
+    else:
+        run = lambda: DiffAttentionFunction.apply(  # noqa: E731
+            q1, q2, k1, k2, v, lam, bool(causal), key_mask, scale, fallback)
+    return _launch(run, q1, q2, k1, k2, v, lam, causal, key_mask, fallback)
 
 
 def diff_attention_decode(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam, *,
                           key_mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                          num_splits: Optional[int] = None) -> Tensor:
+                          num_splits: Optional[int] = None, fallback: Optional[Fallback] = None) -> Tensor:
     """One query token (``Tq == 1``) against a KV cache, split over the keys (flash-decoding).
 
     Pass 1 computes both maps' partial softmax results per KV split (all query heads of a GQA group
     in one tile); pass 2 merges them by their log-sum-exps and subtracts. ``num_splits`` overrides
     the heuristic (enough programs to fill the GPU, at least 4 key tiles per split). Inference only:
-    when gradients are needed the call goes through the autograd kernel instead.
+    when gradients are needed the call goes through the autograd kernel instead. ``fallback`` as in
+    :func:`diff_attention`.
     """
     if q1.dim() != 4 or q1.shape[2] != 1:
         raise ValueError(f"diff_attention_decode takes one query token per sequence ([B, H, 1, D]), "
                          f"got q1{tuple(q1.shape)}; use diff_attention for longer query blocks")
     q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale)
     if _needs_grad(q1, q2, k1, k2, v, lam):
-        return DiffAttentionFunction.apply(q1, q2, k1, k2, v, lam, False, key_mask, scale)
-    return _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits)
+        run = lambda: DiffAttentionFunction.apply(  # noqa: E731
+            q1, q2, k1, k2, v, lam, False, key_mask, scale, fallback)
+    else:
+        run = lambda: _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits)  # noqa: E731
+    return _launch(run, q1, q2, k1, k2, v, lam, False, key_mask, fallback)

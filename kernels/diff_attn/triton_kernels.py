@@ -12,7 +12,10 @@ Math (per query row ``i``, ``Pk = softmax(qk_i Kk^T * scale)``)::
 Kernel-internal conventions: scores are in the log2 domain (``qk_scale = scale * log2(e)``) and the
 stored log-sum-exps are log2 too. A forward query row with no visible key stores ``LSE = +inf`` so
 that every probability recomputed in the backward is exactly 0 (its output and gradients are 0).
-Head dims are padded to powers of two (``BLOCK_D``/``BLOCK_DV``) with masked loads.
+Head dims are padded to powers of two (``BLOCK_D``/``BLOCK_DV``) with masked loads. Address
+arithmetic is int64: ``tl.arange`` is int32 and so is a stride below 2^31, and their product wraps
+past 2^31 elements (524k tokens at a token stride of 4096) to a wrong address; batch and head indices
+are cast at ``tl.program_id``, query rows (``rows``) and keys (``keys``) where they meet a stride.
 
 Whether the kernels are compiled or interpreted (``TRITON_INTERPRET=1``) is fixed when this module
 is imported (see ``ops.interpreter_state``).
@@ -46,7 +49,7 @@ def _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS: tl.constexpr, CAUSAL
     if BOUNDS and CAUSAL:
         vis = vis & (offs_n[None, :] <= offs_m[:, None] + shift)
     if HAS_KM:
-        km = tl.load(KMp + offs_n * s_kmt, mask=offs_n < TK, other=0)
+        km = tl.load(KMp + offs_n.to(tl.int64) * s_kmt, mask=offs_n < TK, other=0)
         vis = vis & (km[None, :] != 0)
     return vis
 
@@ -70,6 +73,7 @@ def _fwd_tile(acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, of
               HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr):
     """Both maps' online softmax over one key tile; the V tile is loaded once for both."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     if BOUNDS:
@@ -78,8 +82,8 @@ def _fwd_tile(acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, of
     else:
         kt_mask = offs_d[:, None] < D
         v_mask = offs_dv[None, :] < DV
-    k1t = tl.load(K1p + offs_n[None, :] * s_k1t + offs_d[:, None], mask=kt_mask, other=0.0)
-    k2t = tl.load(K2p + offs_n[None, :] * s_k2t + offs_d[:, None], mask=kt_mask, other=0.0)
+    k1t = tl.load(K1p + keys[None, :] * s_k1t + offs_d[:, None], mask=kt_mask, other=0.0)
+    k2t = tl.load(K2p + keys[None, :] * s_k2t + offs_d[:, None], mask=kt_mask, other=0.0)
     s1 = tl.dot(q1, k1t, input_precision=DOT_PREC) * qk_scale
     s2 = tl.dot(q2, k2t, input_precision=DOT_PREC) * qk_scale
     if BOUNDS or HAS_KM:
@@ -88,7 +92,7 @@ def _fwd_tile(acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, of
         s2 = tl.where(vis, s2, float("-inf"))
     p1, a1, m1, l1 = _online_update(s1, m1, l1)
     p2, a2, m2, l2 = _online_update(s2, m2, l2)
-    v = tl.load(Vp + offs_n[:, None] * s_vt + offs_dv[None, :], mask=v_mask, other=0.0)
+    v = tl.load(Vp + keys[:, None] * s_vt + offs_dv[None, :], mask=v_mask, other=0.0)
     acc1 = tl.dot(p1.to(v.dtype), v, acc1 * a1[:, None], input_precision=DOT_PREC)
     acc2 = tl.dot(p2.to(v.dtype), v, acc2 * a2[:, None], input_precision=DOT_PREC)
     return acc1, acc2, l1, l2, m1, m2
@@ -111,10 +115,11 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
     m_ok = offs_m < TQ
     q_mask = m_ok[:, None] & (offs_d[None, :] < D)
-    q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + offs_m[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
-    q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + offs_m[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
+    q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + rows[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
+    q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + rows[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
     K1p = K1 + b * s_k1b + g * s_k1h
     K2p = K2 + b * s_k2b + g * s_k2h
     Vp = V + b * s_vb + g * s_vh
@@ -144,8 +149,8 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
     l2s = tl.where(l2 == 0.0, 1.0, l2)
     o1 = acc1 / l1s[:, None]
     o2 = acc2 / l2s[:, None]
-    lam = tl.load(LAM + b * s_lb + h * s_lh + offs_m * s_lt, mask=m_ok, other=0.0)
-    o_off = b * s_ob + h * s_oh + offs_m[:, None] * s_ot + offs_dv[None, :]
+    lam = tl.load(LAM + b * s_lb + h * s_lh + rows * s_lt, mask=m_ok, other=0.0)
+    o_off = b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_dv[None, :]
     o_mask = m_ok[:, None] & (offs_dv[None, :] < DV)
     tl.store(O + o_off, (o1 - lam[:, None] * o2).to(O.dtype.element_ty), mask=o_mask)
     if STORE_STATS:
@@ -164,15 +169,16 @@ def _bwd_preprocess_kernel(O, O2, DO, LAM, DELTA1, DELTA2,
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = offs_m.to(tl.int64)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < TQ
     mask = m_ok[:, None] & (offs_dv[None, :] < DV)
-    o_off = b * s_ob + h * s_oh + offs_m[:, None] * s_ot + offs_dv[None, :]
+    o_off = b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_dv[None, :]
     o = tl.load(O + o_off, mask=mask, other=0.0).to(tl.float32)
     o2 = tl.load(O2 + o_off, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dot + offs_dv[None, :],
+    do = tl.load(DO + b * s_dob + h * s_doh + rows[:, None] * s_dot + offs_dv[None, :],
                  mask=mask, other=0.0).to(tl.float32)
-    lam = tl.load(LAM + b * s_lb + h * s_lh + offs_m * s_lt, mask=m_ok, other=0.0)
+    lam = tl.load(LAM + b * s_lb + h * s_lh + rows * s_lt, mask=m_ok, other=0.0)
     r2 = tl.sum(do * o2, 1)
     row = (b * H + h) * TQ + offs_m
     tl.store(DELTA1 + row, tl.sum(do * o, 1) + lam * r2, mask=m_ok)
@@ -187,20 +193,21 @@ def _bwd_kv_tile(dk1, dk2, dv, k1, k2, v, km_ok, Q1p, Q2p, DOp, LAMp, LSE1p, LSE
                  DOT_PREC: tl.constexpr):
     """dK1, dK2, dV contributions of one query tile (scores kept transposed: [keys, queries])."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < TQ
     q_mask = m_ok[:, None] & (offs_d[None, :] < D)
-    q1 = tl.load(Q1p + offs_m[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
-    q2 = tl.load(Q2p + offs_m[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DOp + offs_m[:, None] * s_dot + offs_dv[None, :],
+    q1 = tl.load(Q1p + rows[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
+    q2 = tl.load(Q2p + rows[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DOp + rows[:, None] * s_dot + offs_dv[None, :],
                  mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     # Padded query rows get LSE = +inf, hence zero probabilities.
     lse1 = tl.load(LSE1p + offs_m, mask=m_ok, other=float("inf"))
     lse2 = tl.load(LSE2p + offs_m, mask=m_ok, other=float("inf"))
     d1 = tl.load(D1p + offs_m, mask=m_ok, other=0.0)
     d2 = tl.load(D2p + offs_m, mask=m_ok, other=0.0)
-    lam = tl.load(LAMp + offs_m * s_lt, mask=m_ok, other=0.0)
+    lam = tl.load(LAMp + rows * s_lt, mask=m_ok, other=0.0)
 
     p1t = tl.exp2(tl.dot(k1, tl.trans(q1), input_precision=DOT_PREC) * qk_scale - lse1[None, :])
     p2t = tl.exp2(tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC) * qk_scale - lse2[None, :])
@@ -238,16 +245,17 @@ def _bwd_dkdv_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2,
     b = tl.program_id(2).to(tl.int64)
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     n_ok = offs_n < TK
     k_mask = n_ok[:, None] & (offs_d[None, :] < D)
     v_mask = n_ok[:, None] & (offs_dv[None, :] < DV)
-    k1 = tl.load(K1 + b * s_k1b + g * s_k1h + offs_n[:, None] * s_k1t + offs_d[None, :], mask=k_mask, other=0.0)
-    k2 = tl.load(K2 + b * s_k2b + g * s_k2h + offs_n[:, None] * s_k2t + offs_d[None, :], mask=k_mask, other=0.0)
-    v = tl.load(V + b * s_vb + g * s_vh + offs_n[:, None] * s_vt + offs_dv[None, :], mask=v_mask, other=0.0)
+    k1 = tl.load(K1 + b * s_k1b + g * s_k1h + keys[:, None] * s_k1t + offs_d[None, :], mask=k_mask, other=0.0)
+    k2 = tl.load(K2 + b * s_k2b + g * s_k2h + keys[:, None] * s_k2t + offs_d[None, :], mask=k_mask, other=0.0)
+    v = tl.load(V + b * s_vb + g * s_vh + keys[:, None] * s_vt + offs_dv[None, :], mask=v_mask, other=0.0)
     if HAS_KM:
-        km_ok = tl.load(KM + b * s_kmb + offs_n * s_kmt, mask=n_ok, other=0) != 0
+        km_ok = tl.load(KM + b * s_kmb + keys * s_kmt, mask=n_ok, other=0) != 0
     else:
         km_ok = n_ok
     dk1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -283,10 +291,10 @@ def _bwd_dkdv_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2,
                 DELTA1 + row0, DELTA2 + row0, start_m, offs_n, shift, TQ, s_q1t, s_q2t, s_dot, s_lt,
                 qk_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, False, HAS_KM, DOT_PREC)
 
-    dk_off = b * s_dkb + g * s_dkh + offs_n[:, None] * s_dkt + offs_d[None, :]
+    dk_off = b * s_dkb + g * s_dkh + keys[:, None] * s_dkt + offs_d[None, :]
     tl.store(DK1 + dk_off, (dk1 * sm_scale).to(DK1.dtype.element_ty), mask=k_mask)
     tl.store(DK2 + dk_off, (dk2 * sm_scale).to(DK2.dtype.element_ty), mask=k_mask)
-    tl.store(DVo + b * s_dvb + g * s_dvh + offs_n[:, None] * s_dvt + offs_dv[None, :],
+    tl.store(DVo + b * s_dvb + g * s_dvh + keys[:, None] * s_dvt + offs_dv[None, :],
              dv.to(DVo.dtype.element_ty), mask=v_mask)
 
 
@@ -298,6 +306,7 @@ def _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp
                 HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr):
     """dQ1, dQ2 contributions of one key tile."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     if BOUNDS:
@@ -306,9 +315,9 @@ def _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp
     else:
         kt_mask = offs_d[:, None] < D
         vt_mask = offs_dv[:, None] < DV
-    k1t = tl.load(K1p + offs_n[None, :] * s_k1t + offs_d[:, None], mask=kt_mask, other=0.0)
-    k2t = tl.load(K2p + offs_n[None, :] * s_k2t + offs_d[:, None], mask=kt_mask, other=0.0)
-    vt = tl.load(Vp + offs_n[None, :] * s_vt + offs_dv[:, None], mask=vt_mask, other=0.0)
+    k1t = tl.load(K1p + keys[None, :] * s_k1t + offs_d[:, None], mask=kt_mask, other=0.0)
+    k2t = tl.load(K2p + keys[None, :] * s_k2t + offs_d[:, None], mask=kt_mask, other=0.0)
+    vt = tl.load(Vp + keys[None, :] * s_vt + offs_dv[:, None], mask=vt_mask, other=0.0)
     p1 = tl.exp2(tl.dot(q1, k1t, input_precision=DOT_PREC) * qk_scale - lse1[:, None])
     p2 = tl.exp2(tl.dot(q2, k2t, input_precision=DOT_PREC) * qk_scale - lse2[:, None])
     if BOUNDS or HAS_KM:
@@ -340,18 +349,19 @@ def _bwd_dq_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2, D
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
     m_ok = offs_m < TQ
     q_mask = m_ok[:, None] & (offs_d[None, :] < D)
-    q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + offs_m[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
-    q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + offs_m[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dot + offs_dv[None, :],
+    q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + rows[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
+    q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + rows[:, None] * s_q2t + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + b * s_dob + h * s_doh + rows[:, None] * s_dot + offs_dv[None, :],
                  mask=m_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     row = (b * H + h) * TQ + offs_m
     lse1 = tl.load(LSE1 + row, mask=m_ok, other=float("inf"))
     lse2 = tl.load(LSE2 + row, mask=m_ok, other=float("inf"))
     d1 = tl.load(DELTA1 + row, mask=m_ok, other=0.0)
     d2 = tl.load(DELTA2 + row, mask=m_ok, other=0.0)
-    lam = tl.load(LAM + b * s_lb + h * s_lh + offs_m * s_lt, mask=m_ok, other=0.0)
+    lam = tl.load(LAM + b * s_lb + h * s_lh + rows * s_lt, mask=m_ok, other=0.0)
     K1p = K1 + b * s_k1b + g * s_k1h
     K2p = K2 + b * s_k2b + g * s_k2h
     Vp = V + b * s_vb + g * s_vh
@@ -370,7 +380,7 @@ def _bwd_dq_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2, D
                                start_n, offs_m, shift, TK, s_k1t, s_k2t, s_vt, s_kmt, qk_scale,
                                D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, True, CAUSAL, HAS_KM, DOT_PREC)
 
-    dq_off = b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqt + offs_d[None, :]
+    dq_off = b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + offs_d[None, :]
     tl.store(DQ1 + dq_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=q_mask)
     tl.store(DQ2 + dq_off, (dq2 * sm_scale).to(DQ2.dtype.element_ty), mask=q_mask)
 

@@ -210,6 +210,65 @@ def test_strided_views_as_the_attention_modules_pass_them():
 
 
 @needs_kernel
+def test_offsets_past_2_31_elements_address_the_right_rows():
+    """Row offsets are int64: ``tl.arange`` is int32 and so is a stride below 2^31, and the product
+    ``row * stride`` wrapped past 2^31 elements (from 524k tokens at a [B, T, H, D] token stride of 4096),
+    reading and writing other rows without an error. Here every input is a view with a token stride of
+    1.5 * 2^30 elements, so row 2 sits at 3 * 2^30: the wrapped offset (-2^30) still lands inside the
+    storage (the views start at 2^30), so the old code read another row's values instead of crashing.
+    The storage is 8 GiB of address space, of which the few rows written are touched."""
+    T, D, DV, stride, start = 3, 16, 32, 3 * 2 ** 29, 2 ** 30
+    try:
+        big = torch.empty(start + (T - 1) * stride + 5 * 64, dtype=torch.float16, device=DEVICE)
+    except RuntimeError as exc:  # no room for 8 GiB of (mostly untouched) address space
+        pytest.skip(f"cannot reserve the 8 GiB storage: {exc}")
+    g = torch.Generator().manual_seed(31)
+
+    def view(i, width):  # [1, 1, T, width] at a token stride of `stride` elements
+        x = big.as_strided((1, 1, T, width), (T * stride, T * stride, stride, 1), start + 64 * i)
+        x.copy_(torch.randn(1, 1, T, width, generator=g))
+        return x.requires_grad_()
+
+    inputs = [view(0, D), view(1, D), view(2, D), view(3, D), view(4, DV)]
+    lam = torch.tensor(0.6, device=DEVICE)
+    with torch.no_grad():
+        fwd = diff_attention(*inputs, lam)  # forward without statistics
+        dec = diff_attention_decode(*(t[:, :, -1:] for t in inputs[:2]), *inputs[2:], lam)  # split-K
+    out = diff_attention(*inputs, lam)  # autograd forward
+    dout = torch.randn(out.shape, generator=g).to(out)
+    grads = torch.autograd.grad(out, inputs, dout)
+    f_in = [t.detach().float().requires_grad_() for t in inputs]
+    ref = diff_attention_reference(*f_in, lam)
+    ref_grads = torch.autograd.grad(ref, f_in, dout.float())
+    # fp16 rounding of the inputs' products over 3 keys: ~1e-3; a row read from the wrong place: O(1)
+    errs = {n: rel_err(a, b) for n, a, b in zip(
+        ["fwd", "decode", "out", "dq1", "dq2", "dk1", "dk2", "dv"],
+        (fwd, dec, out, *grads), (ref, ref[:, :, -1:], ref, *ref_grads))}
+    assert max(errs.values()) < 1e-2, errs
+
+
+@needs_kernel
+@pytest.mark.parametrize("tq", [5, 1], ids=["fused", "decode"])
+def test_batches_past_the_cuda_grid_limit_launch_in_slices(monkeypatch, tq):
+    """The batch is a launch grid's axis z (y in the decode reduction), which CUDA caps at 65535 programs: a
+    larger batch (PatchTST folds channels into it: 128 windows x 862 traffic sensors) failed to launch with
+    'invalid argument', under auto too. Launches now take slices of at most MAX_GRID_BATCH rows; the cap is
+    lowered to 2 here for a batch of 5 (per-row lambda and key mask cut with it), and no launch sees more."""
+    batches = []
+    real = ops._on_device
+    monkeypatch.setattr(ops, "_on_device", lambda t: batches.append(t.shape[0]) or real(t))  # once per launch
+    monkeypatch.setattr(ops, "MAX_GRID_BATCH", 2, raising=False)
+    inputs = make_inputs(5, 2, 1, tq, 7, 16, 32, "token", seed=17)
+    km = make_key_mask("left_pad", 5, 7)
+    km[4, 1:3] = False
+    check_fwd_bwd(inputs, causal=True, key_mask=km, rtol=FP32_RTOL)  # autograd forward and backward
+    with torch.no_grad():  # the forward without statistics, or the split-K decode step
+        out = diff_attention(*inputs, causal=True, key_mask=km)
+    assert rel_err(out, diff_attention_reference(*inputs, causal=True, key_mask=km)) < FP32_RTOL
+    assert batches and max(batches) <= 2, batches
+
+
+@needs_kernel
 def test_gqa_pairing_map2_uses_its_groups_k2():
     """Query head h uses KV group h // (H // Hkv), map 1 with k1[g] and map 2 with k2[g]."""
     B, H, Hkv, T, D, DV = 1, 4, 2, 17, 16, 32
@@ -379,6 +438,50 @@ def test_functional_triton_backend_serves_empty_calls(B, Tq, Tk):
     grads = torch.autograd.grad(out.sum(), inputs, allow_unused=True)
     for g, t in zip(grads, inputs):
         assert g is None or (g.shape == t.shape and g.abs().sum().item() == 0.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("launcher", ["_forward", "_backward", "_decode"])
+def test_kernel_out_of_resources_falls_back_under_auto_and_is_named_when_forced(monkeypatch, launcher):
+    """A kernel whose tiles do not fit the GPU's shared memory (fp32 at head dims 128 / 256 on a GPU with ~100 KB)
+    raises triton's OutOfResources at launch, with no shape and no way out: it crashed a model under `auto`. Under
+    `auto` the call (forward, backward or decode step) runs on SDPA with one warning; a forced `triton` names the
+    shape and the backends that run it. The launch failure is simulated (no GPU here); the rest is the real path."""
+    import zoo.nn.functional as zf
+    from triton.runtime.errors import OutOfResources
+
+    def no_room(*args, **kwargs):
+        raise OutOfResources(232448, 101376, "shared memory")
+
+    monkeypatch.setattr(ops, launcher, no_room)
+    monkeypatch.setattr(ops, "_NO_ROOM", set(), raising=False)
+    tq = 1 if launcher == "_decode" else 5
+    grad = launcher != "_decode"
+    inputs = make_inputs(2, 2, 1, tq, 7, 16, 32, "head", seed=13)
+    km = make_key_mask("left_pad", 2, 7)
+    inputs = [t.requires_grad_(grad) for t in inputs]
+    dout = torch.randn(2, 2, tq, 32, generator=torch.Generator().manual_seed(2))
+
+    def run(backend):
+        out = zf.diff_attention(*inputs, causal=True, key_mask=km, backend=backend)
+        return (out, *torch.autograd.grad(out, inputs, dout)) if grad else (out,)
+
+    with pytest.raises(RuntimeError) as exc:
+        run("triton")
+    for needle in ("does not fit this GPU", "q(2, 2, %d, 16) k(2, 1, 7, 16) v(2, 1, 7, 32) float32" % tq,
+                   "shared memory", "'auto'", "'sdpa'"):
+        assert needle in str(exc.value)
+    # auto: as on a CUDA tensor the kernel supports (CPU tensors never reach the kernel under auto)
+    monkeypatch.setattr(zf, "_pick", lambda *args, **kwargs: "triton")
+    with pytest.warns(RuntimeWarning) as record:
+        got = run("auto")
+        again = run("auto")  # the shape is remembered: straight to SDPA, no second warning
+    assert len(record) == 1 and "does not fit this GPU" in str(record[0].message)
+    ref_in = [t.detach().requires_grad_(grad) for t in inputs]
+    ref = diff_attention_reference(*ref_in, causal=True, key_mask=km)
+    want = (ref, *torch.autograd.grad(ref, ref_in, dout)) if grad else (ref,)
+    for a, b, c in zip(got, again, want):
+        assert rel_err(a, c) < FP32_RTOL and rel_err(b, c) < FP32_RTOL
 
 
 @needs_kernel

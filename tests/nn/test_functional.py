@@ -654,11 +654,13 @@ def test_bad_shapes_raise():
         attention(q, q, q, key_mask=torch.ones(1, 3), backend="naive")  # not bool
 
 
-def test_auto_sends_small_decode_steps_to_sdpa():
+def test_auto_sends_small_decode_steps_to_sdpa(monkeypatch):
     """auto on CUDA: the fused kernel except for gradient-free single-token steps over fewer than
     AUTO_DECODE_MIN_KEYS keys (the H100 crossover); forced backends are never overridden."""
     import zoo.nn.functional as zf
 
+    if zf._triton_impl() is not None:  # as a process with the kernels compiled (tests/kernels may set the interpreter)
+        monkeypatch.setattr(zf._triton_impl(), "interpret_requested", lambda: False)
     supported = lambda impl: (True, "")  # noqa: E731
     n = zf.AUTO_DECODE_MIN_KEYS
     assert zf.small_decode(1, 1, n - 1, needs_grad=False)
@@ -671,6 +673,21 @@ def test_auto_sends_small_decode_steps_to_sdpa():
     assert zf._pick("auto", True, supported, small_decode_step=True) == "sdpa"
     assert zf._pick("triton", True, supported, small_decode_step=True) == "triton"
     assert zf._pick("auto", False, supported, small_decode_step=False) == "sdpa"
+
+
+def test_auto_keeps_cuda_tensors_out_of_the_triton_interpreter(monkeypatch):
+    """TRITON_INTERPRET=1 (set for the kernel tests, before triton is imported) makes every kernel launch run in the
+    CPU interpreter, CUDA tensors included (copied to the host and back, orders of magnitude slower than SDPA):
+    auto sent a process's CUDA tensors there. auto uses SDPA then; a forced `triton` still runs the kernel."""
+    impl = zf._triton_impl()
+    if impl is None:
+        pytest.skip("zoo.kernels.diff_attn (triton) is not importable")
+    supported = lambda impl: (True, "")  # noqa: E731  (a call the kernel supports)
+    monkeypatch.setattr(impl, "interpret_requested", lambda: True)
+    assert zf._pick("auto", True, supported) == "sdpa"
+    assert zf._pick("triton", True, supported) == "triton"
+    monkeypatch.setattr(impl, "interpret_requested", lambda: False)
+    assert zf._pick("auto", True, supported) == "triton"
 
 
 @pytest.mark.parametrize("attn_type", ["vanilla", "dint", "diff"])

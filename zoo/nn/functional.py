@@ -24,7 +24,10 @@ Backends: ``naive`` (materialized fp32 softmax, the reference), ``sdpa``
 (``torch.nn.functional.scaled_dot_product_attention``), ``triton`` (the fused kernel in
 ``zoo.kernels``; CUDA, or CPU under ``TRITON_INTERPRET=1``), and ``auto``, which picks Triton when
 the kernel supports the call and SDPA otherwise, except for small single-token decode steps
-(batch x cache < ``AUTO_DECODE_MIN_KEYS``), where two SDPA calls were faster on an H100. The choice comes from the ``backend`` argument,
+(batch x cache < ``AUTO_DECODE_MIN_KEYS``), where two SDPA calls were faster on an H100, and for CUDA tensors
+in a process with ``TRITON_INTERPRET=1`` (the CPU interpreter). Under ``auto`` a call whose kernel does not
+fit the GPU (triton's ``OutOfResources``) runs on SDPA, with one warning per shape; a forced ``triton`` raises
+it, named with the shape. The choice comes from the ``backend`` argument,
 else the ``ZOO_ATTN_BACKEND`` environment variable, else ``auto``.
 """
 
@@ -171,6 +174,11 @@ def _pick(backend: str, on_cuda: bool, supported_by_triton, small_decode_step: b
     if small_decode_step:
         return "sdpa"
     impl = _triton_impl()
+    if impl is not None and impl.interpret_requested():
+        # TRITON_INTERPRET=1 (set for the kernel tests) would run CUDA tensors through the CPU interpreter, orders of
+        # magnitude slower than SDPA; a forced `triton` still does (the user asked for the kernel)
+        log.debug("auto backend: the Triton interpreter is on; CUDA tensors use sdpa")
+        return "sdpa"
     if impl is not None:
         ok, why = supported_by_triton(impl)
         if ok:
@@ -259,8 +267,9 @@ def diff_attention(
     lam = check_lambda(lam, q1)
     p = dropout_p if training else 0.0
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q1, q2, k1, k2, v, lam))
+    requested = resolve_backend(backend)
     name = _pick(
-        resolve_backend(backend),
+        requested,
         q1.is_cuda,
         lambda impl: impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p),
         small_decode(q1.shape[0], q1.shape[2], k1.shape[2], grad),
@@ -282,7 +291,19 @@ def diff_attention(
         ok, why = impl.supports(q1, k1, v, lam, causal=causal, key_mask=key_mask, dropout_p=p)
         if not ok:
             raise ValueError(f"backend 'triton' cannot run this call: {why}")
-        return impl.diff_attention(q1, q2, k1, k2, v, lam, causal=causal, key_mask=key_mask, scale=scale)
+        # under auto, a call whose kernel does not fit the GPU (OutOfResources) runs on SDPA, with a warning; a forced
+        # `triton` raises it, named
+        fallback = None if requested == "triton" else (
+            lambda *t: _two_maps("sdpa", *t, causal=causal, key_mask=key_mask, scale=scale, p=p, training=training))
+        return impl.diff_attention(q1, q2, k1, k2, v, lam, causal=causal, key_mask=key_mask, scale=scale,
+                                   fallback=fallback)
+    return _two_maps(name, q1, q2, k1, k2, v, lam, causal=causal, key_mask=key_mask, scale=scale, p=p,
+                     training=training)
+
+
+def _two_maps(name: str, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam: Tensor, *, causal: bool,
+              key_mask: Optional[Tensor], scale: float, p: float, training: bool) -> Tensor:
+    """:func:`diff_attention` on a PyTorch backend (``naive`` or ``sdpa``)."""
     tq, tk = q1.shape[2], k1.shape[2]
     mask = visibility_mask(tq, tk, causal, key_mask, q1.device)
     if name == "naive":
