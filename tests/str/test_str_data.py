@@ -190,6 +190,21 @@ def test_icdar_gt_txt(tmp_path):
     assert read_labels(d) == [("word_1.png", "a\\b"), ("word_2.png", "C:\\")]
 
 
+def test_icdar_gt_txt_with_spaces_in_image_names(tmp_path):
+    """An image name holding a space (`word 1.png, "Hello"`) was split at the space: path 'word', label
+    '1.png, "Hello"'. The ICDAR forms read as written: a name ending in an image extension or followed by a quoted
+    label, a quoted name, spaces or a tab around the comma; a whitespace-separated line keeps its comma in the label."""
+    d = tmp_path / "icdar"
+    d.mkdir()
+    for name in ("word 1.png", "word 2.jpg", "w3", "word_4.png", "w,5.png", "word_6.png"):
+        _word_image(0).save(d / name, format="PNG")
+    (d / "gt.txt").write_text('word 1.png, "Hello"\nword 2.jpg, World\nw3 , "a, b"\nword_4.png,\t"(412\\")"\n'
+                              '"w,5.png", "x"\nword_6.png a,b\n')
+    assert read_labels(d) == [("word 1.png", "Hello"), ("word 2.jpg", "World"), ("w3", "a, b"),
+                              ("word_4.png", '(412")'), ("w,5.png", "x"), ("word_6.png", "a,b")]
+    assert [t for _, t in open_source(d, CS)[0][1].items] == ["hello", "world", "ab", "412", "x", "ab"]
+
+
 def test_files_that_are_not_utf8_are_named(tmp_path):
     d = _folder(tmp_path, [("a.png", "abc")])
     (d / "labels.txt").write_bytes("a.png\tcaf\xe9\n".encode("latin-1"))
@@ -355,6 +370,33 @@ def test_csv_labels_with_an_unquoted_comma_or_blank_lines(tmp_path):
     (d / "labels.csv").unlink()
     (d / "gt.txt").write_text('a.png, "x,y"\nb.png, x,y\n')  # ICDAR gt.txt quotes its labels
     with pytest.raises(ValueError, match=r"gt.txt, line 2: 3 columns.*quote"):
+        read_labels(d)
+
+
+@pytest.mark.parametrize("name,header,named", [
+    ("labels.csv", "path,label,text", "2 text columns \\('label', 'text'\\)"),
+    ("metadata.csv", "file_name,Text,label", "2 text columns \\('Text', 'label'\\)"),
+    ("labels.csv", "image,path,text", "2 path columns \\('image', 'path'\\)"),
+])
+def test_a_csv_header_naming_two_text_or_path_columns_is_refused(tmp_path, name, header, named):
+    """A header with both `label` and `text` (or two path columns) read the first one silently, which may be a class
+    id or a source tag: ambiguous, so refused naming both columns."""
+    d = _folder(tmp_path, [("a.png", "x")])
+    (d / "labels.txt").unlink()
+    (d / name).write_text(header + "\na.png,a.png,x\n")
+    with pytest.raises(ValueError, match=rf"{name}: the header names {named}; keep one"):
+        read_labels(d)
+
+
+def test_excels_sep_line_in_a_labels_csv(tmp_path):
+    """Excel's first line `sep=,` was read as a labels row and the header below it as another ("images do not
+    exist: ['sep=', 'path']"; columns in another order than path,text were not found by name). It is skipped;
+    another separator it declares is named."""
+    d = _folder(tmp_path, [("a.png", "x"), ("b.png", "y")], csv=True)
+    (d / "labels.csv").write_text("\ufeffsep=,\r\ntext,path\r\nx,a.png\r\ny,b.png\r\n")
+    assert read_labels(d) == [("a.png", "x"), ("b.png", "y")]
+    (d / "labels.csv").write_text("sep=;\npath;text\na.png;x\n")
+    with pytest.raises(ValueError, match=r"labels.csv starts with Excel's 'sep=;' line.*comma-separated"):
         read_labels(d)
 
 

@@ -448,3 +448,54 @@ def test_a_column_named_twice_is_refused(tmp_path):
     write_csv(tmp_path / "d.csv", 300, names=["a", "b", "OT"])
     with pytest.raises(ValueError, match=r"data.columns names \['a'\] more than once"):
         CSVTSDataModule(str(tmp_path / "d.csv"), lookback=16, horizon=8, features="M", columns=["a", "a", "b"])
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_excels_sep_line_is_honoured(tmp_path, crlf):
+    """Excel writes a first line `sep=,` (CSV in some locales; Excel's own hint for reading the file back): it was
+    read as the header, and the error blamed decimal commas. It is skipped, as Excel does; another separator it
+    declares is named with the conversion (reference: the numbers written)."""
+    from zoo.data.ts import prepare_frame, read_ts_csv
+
+    df = _frame(30)
+    text = "sep=,\n" + df.to_csv(index=False)
+    (tmp_path / "x.csv").write_bytes(("\ufeff" + (text.replace("\n", "\r\n") if crlf else text)).encode())
+    dates, frame = prepare_frame(read_ts_csv(tmp_path / "x.csv"))
+    assert list(frame.columns) == ["a", "b"]
+    np.testing.assert_array_equal(frame["a"].to_numpy(), np.arange(30, dtype=float))
+    assert (dates == pd.date_range("2020-01-01", periods=30, freq="h")).all()
+    (tmp_path / "s.csv").write_text("sep=;\n" + df.to_csv(index=False, sep=";"))
+    with pytest.raises(ValueError, match=r"s.csv starts with Excel's 'sep=;' line.*comma-separated.*skiprows=1"):
+        read_ts_csv(tmp_path / "s.csv")
+
+
+def test_a_column_name_written_twice_is_refused(tmp_path):
+    """A header naming a column twice (date,a,a,b): pandas renamed the second 'a.1' and it was trained on (and
+    exported) under a name the file does not hold; a DataFrame with two 'a' columns given to prepare_frame
+    (model.forecast) failed with an unnamed TypeError. Both name the column."""
+    from zoo.data.ts import prepare_frame, read_ts_csv
+
+    df = _frame(30)
+    (tmp_path / "d.csv").write_text(df.to_csv(index=False).replace("date,a,b", "date,a, a"))
+    with pytest.raises(ValueError, match=r"d.csv names column\(s\) \['a'\] more than once"):
+        read_ts_csv(tmp_path / "d.csv")
+    # a header that really names 'a' and 'a.1' is read as written
+    (tmp_path / "ok.csv").write_text(df.to_csv(index=False).replace("date,a,b", "date,a,a.1"))
+    assert list(read_ts_csv(tmp_path / "ok.csv").columns) == ["date", "a", "a.1"]
+    twice = df.set_axis(["date", "a", "a"], axis=1)
+    with pytest.raises(ValueError, match=r"column\(s\) \['a'\] of the data appear more than once"):
+        prepare_frame(twice)
+    _, frame = prepare_frame(df.assign(c=df["a"]).set_axis(["date", "a", "b", "b"], axis=1), columns=["a"])
+    np.testing.assert_array_equal(frame["a"].to_numpy(), np.arange(30, dtype=float))  # a twice-named unused column
+
+
+def test_a_pipe_is_named_not_reported_missing(tmp_path):
+    """A named pipe (or /dev/stdin, <(zcat ...)) exists but was reported "not found"; the file is read more than
+    once (header, then the data), which a pipe cannot give: named as such."""
+    import os
+
+    from zoo.data.ts import read_ts_csv
+
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(ValueError, match=r"pipe.csv is not a regular file .*save it to a file"):
+        read_ts_csv(tmp_path / "pipe.csv")

@@ -468,6 +468,18 @@ def test_a_csv_in_another_encoding_is_named_as_such(tmp_path, encoding):
         read_ts_csv(tmp_path / "enc.csv")
 
 
+@pytest.mark.parametrize("name,magic", [("data.xlsx", b"PK\x03\x04"), ("data.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"),
+                                        ("data.parquet", b"PAR1")])
+def test_a_workbook_or_parquet_file_is_named_not_called_another_encoding(tmp_path, name, magic):
+    """An Excel workbook (or a Parquet file) given as the CSV was reported as "not UTF-8 text ... re-encode it",
+    advice that cannot help: it is named by its format (its first bytes), with the conversion to CSV."""
+    from zoo.data.ts import read_ts_csv
+
+    (tmp_path / name).write_bytes(magic + bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=rf"{name} is an? (Excel workbook|Parquet file), not a CSV.*to_csv"):
+        read_ts_csv(tmp_path / name)
+
+
 def test_excel_serial_dates_are_named_with_the_conversion_that_reads_them():
     """Excel writes dates as serial day numbers when a column is not formatted as dates (43831.5 = 2020-01-01 12:00).
     The error advised epoch seconds, which read them as 1970-01-01 12:10: it names Excel's serials and their origin.

@@ -107,6 +107,11 @@ def test_forecast_bad_input(tmp_path):
         fc.forecast(tmp_path / "nothing.csv")
     assert "data." not in str(err.value)
     assert len(fc.forecast(gappy, interpolate=True)) == H
+    # a name written twice (the date column: an AttributeError on the frame's dtype before, naming nothing)
+    for twice in ("date", "a"):
+        copy = pd.concat([df, df[[twice]]], axis=1)
+        with pytest.raises(ValueError, match=rf"column\(s\) \['{twice}'\] of the input appear more than once"):
+            fc.forecast(copy)
     bare = zoo.create_model("ts-itransformer-diff-tiny", lookback=LB, horizon=H)
     with pytest.raises(ValueError, match="carries no data facts"):
         bare.forecast(df)

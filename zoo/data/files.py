@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 
 def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
@@ -61,6 +62,43 @@ def refuse_other_separator(path: Path, columns: list) -> None:
                 f"{path} separates its columns with {name} (header {header!r}); the file must be comma-separated: "
                 f"convert it, e.g. pandas.read_csv(path, sep={sep}).to_csv(new_path, index=False){note}"
             )
+
+
+def skip_excel_sep(path: Path, row: Sequence[str], decimal: bool = False) -> bool:
+    """Whether ``row`` (a file's first row, split at commas) is Excel's ``sep=,`` line (its hint for reading the
+    file back, written by "CSV" in some locales): no header and no data, to skip. A ``sep=`` line naming another
+    separator is a ``ValueError`` naming it and the conversion (``decimal``: mention decimal commas for ``;``)."""
+    m = re.fullmatch(r"sep=(.)", ",".join(row), flags=re.IGNORECASE | re.DOTALL)
+    if m is None:
+        return False
+    sep = m.group(1)
+    if sep != ",":
+        raise ValueError(
+            f"{path} starts with Excel's {'sep=' + sep!r} line: its columns are separated by {sep!r}; the file must be "
+            f"comma-separated: convert it, e.g. pandas.read_csv(path, sep={sep!r}, skiprows=1"
+            + (", decimal=','" if decimal and sep == ";" else "") + ").to_csv(new_path, index=False)"
+        )
+    return True
+
+
+def refuse_binary(path: Path, what: str) -> None:
+    """A ``ValueError`` naming the format of a spreadsheet workbook or Parquet file given where a CSV is read (its
+    bytes otherwise read as "not UTF-8 text", whose advice, re-encode it, cannot help)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return  # the read proper says why
+    suffix = Path(path).suffix.lower()
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1") or (head.startswith(b"PK\x03\x04") and suffix != ".zip"):
+        kind, reader = ("an Excel workbook" if suffix in (".xls", ".xlsx", ".xlsm") or head[0] == 0xD0
+                        else "a ZIP archive (an .xlsx / .ods workbook?)"), "read_excel"
+    elif head.startswith(b"PAR1"):
+        kind, reader = "a Parquet file", "read_parquet"
+    else:
+        return
+    raise ValueError(f"{path} is {kind}, not a CSV {what}: save it as CSV (Excel: Save As, 'CSV UTF-8'), e.g. "
+                     f"pandas.{reader}(path).to_csv(new_path, index=False)")
 
 
 def say_hidden(hidden: list[Path], root: Path, what: str) -> None:

@@ -6,9 +6,11 @@ count), ``image-%09d`` (encoded image bytes) and ``label-%09d`` (UTF-8 text), 1-
 folder may hold several LMDBs (any depth); each one is a set of its own.
 
 Image folder: ``labels.txt`` (``path<TAB>text`` or ``path text`` per line: the first whitespace
-splits), ``labels.csv`` (a header naming ``path`` / ``text`` columns, in any order among others, or two
-columns), an ICDAR ``gt.txt`` or Hugging Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths are
-relative to the folder; an image named in the other Unicode form (composed / decomposed accents) is found.
+splits), ``labels.csv`` (a header naming one path column, ``path`` / ``image`` / ``filename`` / ``file_name``, and
+one text column, ``text`` / ``label``, in any order among others; two of either are refused as ambiguous; or two
+columns; Excel's ``sep=,`` first line is skipped), an ICDAR ``gt.txt`` (``word_1.png, "Tired"``; a name with spaces
+ends in an image extension or is quoted) or Hugging Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths
+are relative to the folder; an image named in the other Unicode form (composed / decomposed accents) is found.
 
 Build an LMDB:  ``python -m zoo.data.str_real build IMAGE_FOLDER OUT_LMDB [--labels labels.txt]``.
 """
@@ -31,7 +33,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.files import read_utf8, say_hidden, walk_files
+from zoo.data.files import read_utf8, say_hidden, skip_excel_sep, walk_files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +205,20 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         reader = csv.reader(io.StringIO(read_utf8(path, "labels file", bom=True), newline=""))
         # (file line, row); blank lines are skipped, as in labels.txt
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+        if rows and skip_excel_sep(path, rows[0][1]):  # Excel's `sep=,` line, above the header
+            rows = rows[1:]
         head = [c.strip().lower() for c in rows[0][1]] if rows else []
         # a header names the path and text columns, in any order among others (Hugging Face's imagefolder finds
         # file_name wherever it stands)
-        at = [next((i for i, c in enumerate(head) if c in names), None) for names in (_PATH_COLUMNS, _TEXT_COLUMNS)]
+        found = [[i for i, c in enumerate(head) if c in names] for names in (_PATH_COLUMNS, _TEXT_COLUMNS)]
+        at = [f[0] if f else None for f in found]
         if None not in at:
+            for what, f in zip(("path", "text"), found):
+                if len(f) > 1:  # taking the first could train on the wrong column without a word
+                    raise ValueError(
+                        f"{path}: the header names {len(f)} {what} columns ({', '.join(repr(rows[0][1][i]) for i in f)}); "
+                        f"keep one of them under that name and rename the other(s)"
+                    )
             columns = len(rows[0][1])  # a header may declare further columns
             rows = rows[1:]
         else:  # without one: (path, text) and the further columns every row has; a longer row split a label
@@ -223,19 +234,26 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
                 )
             pairs.append((row[at[0]].strip(), row[at[1]]))
     else:
+        from zoo.data.str import IMAGE_EXTS
+
         icdar = path.name.lower() == "gt.txt"  # ICDAR word recognition: `word_1.png, "Tired"`
         # lines end at CR / LF only (str.splitlines also breaks at U+2028, U+0085, form feed: characters of a label)
         for n, line in enumerate(re.split(r"\r\n|\r|\n", read_utf8(path, "labels file", bom=True)), 1):
             if not line.strip():
                 continue
-            if icdar and re.match(r"^[^\s,]+,", line):  # `path, text` (a whitespace-separated gt.txt reads below)
+            # `path, text` (a whitespace-separated gt.txt, `word_1.png a,b`, reads below): a path without spaces, or
+            # one quoted, ending in an image extension or followed by a quoted label (`word 1.png, "Hi"`)
+            m = re.fullmatch(r'\s*("[^"]*"|[^,]*?)\s*,\s*(.*?)\s*', line) if icdar else None
+            if m and m.group(1) and (not re.search(r"\s", m.group(1)) or m.group(1)[0] == '"'
+                                     or os.path.splitext(m.group(1))[1].lower() in IMAGE_EXTS
+                                     or re.fullmatch(r'".*"', m.group(2))):
                 # ICDAR 2013 / 2015 escape quotes (and backslashes) inside a quoted label with a backslash: "(412\")";
                 # an unquoted label keeps its backslashes (a\b, or one at the end of the line, which csv read as \n)
-                quoted = line.split(",", 1)[1].lstrip().startswith('"')
-                row = next(csv.reader([line], skipinitialspace=True, escapechar="\\" if quoted else None))
+                quoted = m.group(2).startswith('"')
+                row = [m.group(1).strip('"'), *next(csv.reader([m.group(2)], escapechar="\\" if quoted else None), [])]
                 if len(row) > 2:
                     raise ValueError(f"{path}, line {n}: {len(row)} columns, got {row}; quote a label that holds a comma (\"a,b\")")
-                pairs.append((row[0].strip(), row[1] if len(row) > 1 else ""))
+                pairs.append((row[0], row[1] if len(row) > 1 else ""))
                 continue
             parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
             # a line with a path and no text is an empty label: kept, normalized and counted as skipped

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from zoo.data.files import refuse_other_separator
+from zoo.data.files import refuse_binary, refuse_other_separator, skip_excel_sep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,13 +34,21 @@ def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
         raise IsADirectoryError(f"{path} is a folder, not a CSV file: "
                                 + _advice(api, "pass data.path to the CSV itself", "pass the CSV file itself")
                                 + (f" (this folder holds {', '.join(inside[:5])}{' ...' if len(inside) > 5 else ''})" if inside else ""))
+    if path.exists() and not path.is_file():  # "not found" named a file that is there
+        raise ValueError(f"{path} is not a regular file (a pipe, /dev/stdin or <(...) process substitution): it is "
+                         "read more than once; save it to a file first (pandas reads .csv.gz / .zip files itself)")
     if not path.is_file():
         raise FileNotFoundError(
             f"time-series CSV {path} not found (working directory {Path.cwd()}); "
             + _advice(api, "pass data.path to a CSV", "pass a CSV") + " file with a date column followed by the variables"
         )
+    refuse_binary(path, "file")
+    first, skip = _first_row(path, 0), 0
+    if skip_excel_sep(path, first, decimal=True):
+        first, skip = _first_row(path, 1), 1
     try:
-        df = pd.read_csv(path, skipinitialspace=True)  # "date, v0, v1" (a space after each comma) names v0, v1
+        # "date, v0, v1" (a space after each comma) names v0, v1
+        df = pd.read_csv(path, skipinitialspace=True, skiprows=skip)
     except UnicodeDecodeError as exc:  # not "must be comma-separated": the separator may well be right
         raise ValueError(
             f"{path} is not UTF-8 text (bad byte at offset {exc.start}; Excel's 'Unicode Text' is UTF-16, its "
@@ -51,12 +59,9 @@ def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
         raise ValueError(f"cannot parse {path} as CSV ({exc}); the file must be comma-separated with a header") from exc
     if not isinstance(df.index, pd.RangeIndex):
         df = _unshift(path, df)
-    try:  # the header as written: a config (or a model trained before skipinitialspace) may name " v1"
-        written = list(pd.read_csv(path, nrows=0).columns)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
-        written = []
-    if len(written) == len(df.columns):
-        df.attrs[_WRITTEN] = {s: w for s, w in zip(df.columns, written) if isinstance(w, str) and s != w}
+    # the header as written (first): a config (or a model trained before skipinitialspace) may name " v1"
+    if len(first) == len(df.columns):
+        df.attrs[_WRITTEN] = {s: w for s, w in zip(df.columns, first) if w and s != w}
     refuse_other_separator(path, list(df.columns))  # not "no date column", advising data.date_col
     if _values_as_header(df.columns):
         # the first row was taken for the header: "no date column", whose advice (data.date_col = that timestamp)
@@ -66,7 +71,22 @@ def read_ts_csv(path: str | Path, api: bool = False) -> pd.DataFrame:
             "names; add a header such as 'date,<variable names>' (pandas: pd.read_csv(path, header=None, "
             "names=[...]).to_csv(new_path, index=False))"
         )
+    # pandas names a second 'a' 'a.1': trained and exported under a name the file does not hold
+    twice = [n for n, k in Counter(w.lstrip(" ") for w in first if w.lstrip(" ")).items() if k > 1]
+    if twice:
+        raise ValueError(f"{path} names column(s) {twice} more than once in its header; give each column its own "
+                         "name (or remove the copies)")
     return df
+
+
+def _first_row(path: Path, skip: int) -> list[str]:
+    """The first row of the file after ``skip`` lines, as written (no renaming of repeated names, spaces kept);
+    ``[]`` when it cannot be read (the full read says why)."""
+    try:
+        row = pd.read_csv(path, header=None, nrows=1, skiprows=skip, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return []
+    return [str(v) for v in row.iloc[0]] if len(row) else []
 
 
 def _unshift(path: Path, df: pd.DataFrame) -> pd.DataFrame:
@@ -171,6 +191,7 @@ def prepare_frame(
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     df = _as_written(df, [date_col, target, *(columns or [])])
+    twice = set(df.columns[df.columns.duplicated()])
     if date_col not in df.columns:
         raise ValueError(
             f"no date column {date_col!r} in {source} (columns: {list(df.columns)}); {date_advice}"
@@ -195,6 +216,9 @@ def prepare_frame(
         raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
     if not columns:
         raise ValueError(f"{source} has no variables besides the date column {date_col!r}")
+    used = [c for c in dict.fromkeys([date_col, *columns]) if c in twice]
+    if used:  # df[c] is then a frame of both columns
+        raise ValueError(f"column(s) {used} of {source} appear more than once; give each column its own name")
 
     dates = parse_dates(df[date_col], date_col=date_col, source=source, date_format=date_format, api=api)
     if len(dates) > 1:

@@ -268,7 +268,8 @@ class Forecaster(PretrainedMixin, nn.Module):
                 data = data.set_axis(data.index.to_timestamp(how="start"))
             data = data.rename_axis(date_col).reset_index()
         elif date_col in data.columns:  # a timezone-aware date column gets its timezone back as well
-            index_tz = getattr(data[date_col].dtype, "tz", None)
+            # (no dtype when the name is written twice: prepare_frame names that)
+            index_tz = getattr(getattr(data[date_col], "dtype", None), "tz", None)
         dates, frame = prepare_frame(
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
