@@ -83,7 +83,8 @@ def test_folder_recursive_sorted_with_separators(tmp_path):
     write(root / "notes.md", "not text corpus")
     val = write(tmp_path / "val.txt", "held out text, long enough")
     dm = TextDataModule(str(root), val_path=val, block_size=4)
-    streams = dm.token_streams()
+    with pytest.warns(UserWarning, match=r"1 file\(s\) under .*corpus not read \(\.md x1\)"):
+        streams = dm.token_streams()
     expected = list(b"first file\n") + [EOS] + list(b"second file\n") + [EOS] + list("third — file".encode())
     assert streams["train"].tolist() == expected
     assert streams["val"].tolist() == list(b"held out text, long enough")
@@ -105,6 +106,27 @@ def test_hidden_text_files_of_a_corpus_folder_are_skipped_and_counted(tmp_path):
         dm = TextDataModule(str(root), val_path=write(tmp_path / "val.txt", "held out text"), block_size=4)
         streams = dm.token_streams()
     assert streams["train"].tolist() == list(b"first file\n")
+
+
+def test_files_of_a_corpus_folder_that_are_not_txt_are_counted_not_skipped_silently(tmp_path):
+    """A folder corpus reads its .txt files (README): shards named .jsonl, a .md or files without a suffix were left
+    out without a word (a corpus of 'part-00000' files trained on nothing but the one .txt beside them). The warning
+    counts them by suffix; a folder with no .txt at all is refused naming what it holds."""
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "first file\n")
+    write(root / "b.jsonl", '{"text": "a document"}\n')
+    write(root / "sub" / "c.jsonl", '{"text": "another"}\n')
+    write(root / "README.md", "# notes")
+    write(root / "part-00000", "more text")
+    with pytest.warns(UserWarning, match=r"data\.train_path: 4 file\(s\) under .*corpus not read "
+                                         r"\(\.jsonl x2, \.md x1, no suffix x1\): a corpus folder reads its \.txt"):
+        dm = TextDataModule(str(root), val_path=write(tmp_path / "val.txt", "held out text"), block_size=4)
+        streams = dm.token_streams()
+    assert streams["train"].tolist() == list(b"first file\n")
+    (root / "a.txt").unlink()
+    with pytest.raises(ValueError, match=r"holds no \.txt files \(searched recursively\) \(only 4 other file\(s\): "
+                                         r"\.jsonl x2, \.md x1, no suffix x1\)"):
+        TextDataModule(str(root)).setup("fit")
 
 
 def test_jsonl_and_test_path(tmp_path):

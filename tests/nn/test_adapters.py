@@ -168,6 +168,31 @@ def test_difflora_formula_and_merge():
     torch.testing.assert_close(base.q_proj.weight, w0, atol=1e-6, rtol=0)
 
 
+def test_difflora_merge_in_bf16_rounds_once_and_unmerge_gives_the_base_back():
+    """bf16 weights: merging rounded the LoRA product, then its scaled value, then the sum (about a quarter of q_proj's
+    entries one bf16 step off the fp32 merge cast to bf16), and unmerging subtracted the delta again, moving about a
+    third of the base's q/k entries (the export after an unmerge no longer held the base). The reference is the merge
+    in float32 rounded to bf16 once; unmerge must give the original bf16 weights back bit for bit."""
+    torch.manual_seed(0)
+    base = build_attention("vanilla", dim=256, n_heads=4, n_kv_heads=2)
+    layer = A.DiffLoRAAttention(base, rank=8, alpha=16.0)
+    with torch.no_grad():
+        for lo in (layer.adapter.q_lora, layer.adapter.k_lora):
+            lo.b.normal_(0.0, 0.05)
+    layer = layer.to(torch.bfloat16)
+    model = torch.nn.Sequential(layer)
+    before = {n: getattr(layer.base, n).weight.detach().clone() for n in ("q_proj", "k_proj")}
+    A.merge_adapters(model)
+    for name, lo in (("q_proj", layer.adapter.q_lora), ("k_proj", layer.adapter.k_lora)):
+        want = (before[name].float() + lo.scale * (lo.b.detach().float() @ lo.a.detach().float())).to(torch.bfloat16)
+        got = getattr(layer.base, name).weight
+        assert not torch.equal(got, before[name])
+        assert torch.equal(got, want), f"{name}: {(got != want).sum()} of {got.numel()} entries off the fp32 merge"
+    A.unmerge_adapters(model)
+    for name, w in before.items():
+        assert torch.equal(getattr(layer.base, name).weight, w), name
+
+
 def test_opamp_formula():
     base = plain_attn()
     layer = A.OpAmpAttention(base, rank=2, alpha=2.0, cmrr=5.0, common_gain=0.8)

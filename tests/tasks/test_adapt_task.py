@@ -130,3 +130,48 @@ def test_a_converted_tokenizer_with_tokens_past_the_embedding_is_named(tmp_path)
         LanguageModelTask(pretrained=str(export), data_info={"kind": "text", "vocab_size": 322},
                           adapter={"method": "dex"})
     assert "set data.tokenizer" not in str(err.value)
+
+
+def test_an_adapted_export_of_a_converted_model_keeps_where_it_came_from(tmp_path, monkeypatch):
+    """``python -m zoo convert`` records the Hugging Face folder in the export (``extra.converted_from``), which the
+    tokenizer error of a folder converted without tokenizer.json names. An adapted export holds that same base
+    unchanged but dropped the record (the run's own export and ``python -m zoo export CKPT``): its tokenizer error
+    then blamed 'a model trained on token ids (synthetic recall)'."""
+    import json
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from zoo.convert import convert_hf
+    from zoo.data.tokenizers import load_tokenizer
+    from zoo.tasks import LanguageModelTask
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, max_position_embeddings=64)
+    hf = tmp_path / "hf"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(hf)
+    with pytest.warns(UserWarning, match="no tokenizer.json"):
+        convert_hf(hf, tmp_path / "bare")
+    LanguageModelTask(pretrained=str(tmp_path / "bare"), adapter={"method": "dex"}).export(tmp_path / "bare_dex")
+    with pytest.raises(FileNotFoundError, match=f"converted from {hf}.*no tokenizer.json"):
+        load_tokenizer(tmp_path / "bare_dex")
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 40)}},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(hf / "tokenizer.json"))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    convert_hf(hf, tmp_path / "base")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(" ".join(f"w{(7 * i + j) % 37 + 3}" for j in range(40)) for i in range(40)))
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={tmp_path / 'base'}",
+          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+          "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1",
+          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    main(["export", str(next((run / "checkpoints").glob("*.ckpt"))), str(tmp_path / "again")])
+    for out in (run / "export", tmp_path / "again"):
+        extra = json.loads((out / "config.json").read_text())["extra"]
+        assert extra == {"converted_from": str(hf), "adapter": "difflora"}, out

@@ -637,6 +637,48 @@ def test_gradient_accumulation_weighs_every_token_of_the_window_alike(n_items):
             torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-7, msg=k)
 
 
+def test_callbacks_and_clipping_see_the_windows_final_gradients():
+    """Under accumulation the task rescales the window's gradients by its token count. Lightning calls callbacks'
+    on_before_optimizer_step (a gradient-norm logger) before the module's hook, where the rescale was: they saw
+    gradients off by the ratio of the unit to the scored tokens (4x here). The callback now sees the gradient of the
+    window's mean token loss, and gradient clipping clips that one (a naive one-batch reference, clipped by hand)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=16, n_pairs=2, n_keys=8, n_values=8, train_size=8, val_size=8, batch_size=4)
+    dm.setup("fit")
+    items = [dm.train_dataloader().dataset[i] for i in range(8)]
+    torch.manual_seed(0)
+    args = dict(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16}, data_info=dm.data_info)
+    task = LanguageModelTask(lr=0.0, weight_decay=0.0, warmup_steps=0, scheduler="constant", **args)
+    ref = LanguageModelTask(**args)
+    ref.load_state_dict(task.state_dict())
+    seen = {}
+
+    class Grab(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen["before"] = {k: p.grad.clone() for k, p in pl_module.named_parameters() if p.grad is not None}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["after"] = {k: p.grad.clone() for k, p in pl_module.named_parameters() if p.grad is not None}
+
+    clip = 0.5
+    _quiet_trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0, gradient_clip_val=clip,
+                   callbacks=[Grab()]).fit(task, train_dataloaders=DataLoader(items, batch_size=4, shuffle=False))
+    ids = torch.stack([it["input_ids"] for it in items])
+    labels = torch.stack([it["labels"] for it in items])
+    F.cross_entropy(ref.model(ids).flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
+    want = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in want.values()])))
+    assert norm > clip  # the clip acts
+    for k, g in want.items():
+        torch.testing.assert_close(seen["before"][k], g, rtol=1e-4, atol=1e-7, msg=k)
+        torch.testing.assert_close(seen["after"][k], g * (clip / (norm + 1e-6)), rtol=1e-4, atol=1e-7, msg=k)
+
+
 def test_test_writes_its_metrics_to_the_run_folder(corpus, tmp_path):
     """`zoo test` on a language model wrote no test_metrics.json, which the other domains write into the run folder
     (README: a second test there writes test_metrics_1.json). Reference: cross-entropy over the same test batches."""
@@ -739,9 +781,10 @@ def test_a_fit_stopped_mid_window_leaves_no_token_count_to_the_next_fit():
     assert torch.is_tensor(task._window_tokens) and int(task._window_tokens) > 0  # the interrupted window's count
     seen = []
 
-    class Grab(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            seen.append(int(pl_module._window_tokens) if torch.is_tensor(pl_module._window_tokens) else 0)
+    class Grab(L.Callback):  # the count after the window's last backward, before the step divides by it
+        def on_after_backward(self, trainer, pl_module):
+            if trainer.fit_loop.epoch_loop.batch_progress.current.ready % 2 == 0:
+                seen.append(int(pl_module._window_tokens) if torch.is_tensor(pl_module._window_tokens) else 0)
 
     _quiet_trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0, callbacks=[Grab()]).fit(
         task, train_dataloaders=DataLoader(items, batch_size=4))

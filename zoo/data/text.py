@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
@@ -72,6 +74,12 @@ def _read_jsonl(path: Path, key: str) -> list[str]:
     return docs
 
 
+def _suffixes(files: list[Path]) -> str:
+    """``".md x2, no suffix x1"``: the suffixes of ``files``, most common first."""
+    counts = Counter(f.suffix.lower() or "no suffix" for f in files)
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     """Documents of a .txt file, a folder of .txt files or a .jsonl file; ``key`` names the setting in errors."""
     p = Path(path).expanduser()
@@ -79,10 +87,19 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
         raise FileNotFoundError(f"{key}: {path} does not exist; {_FIX}")
     if p.is_dir():
         hidden: list[Path] = []
-        files = [f for f in walk_files(p, hidden) if f.suffix.lower() == ".txt"]
+        visible = walk_files(p, hidden)
+        files = [f for f in visible if f.suffix.lower() == ".txt"]
         say_hidden([f for f in hidden if f.suffix.lower() == ".txt"], p, "text")
+        others = [f for f in visible if f.suffix.lower() != ".txt"]
         if not files:
-            raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively); {_FIX}")
+            held = f" (only {len(others)} other file(s): {_suffixes(others)})" if others else ""
+            raise ValueError(f"{key}: folder {path} holds no .txt files (searched recursively){held}; {_FIX}")
+        if others:
+            warnings.warn(
+                f"{key}: {len(others)} file(s) under {path} not read ({_suffixes(others)}): a corpus folder reads its "
+                ".txt files only (a .jsonl corpus is read when the path names the file itself); rename text files to "
+                ".txt to include them", stacklevel=2,
+            )
         docs = [text for text in (read_utf8(f, key, bom=True) for f in files) if text]
         where = f"every .txt file under {path}"
     elif p.suffix.lower() == ".txt":

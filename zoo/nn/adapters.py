@@ -171,8 +171,9 @@ class LoRA(nn.Module):
         return (x @ self.a.T.to(x.dtype)) @ self.b.T.to(x.dtype) * self.scale
 
     def delta(self) -> Tensor:
-        """The dense weight update ``scale * B A`` (``[out, in]``)."""
-        return (self.b @ self.a) * self.scale
+        """The dense weight update ``scale * B A`` (``[out, in]``), in float32 whatever the factors' dtype (bf16
+        factors would round their product, then the scaled product, before the merge rounds the sum)."""
+        return (self.b.float() @ self.a.float()) * self.scale
 
 
 def _need_vanilla(base: AttentionBase, method: str) -> None:
@@ -213,23 +214,41 @@ class DiffLoRAAttention(AdaptedAttention):
         super().__init__(base)
         self.adapter = DiffLoRAAdapter(base, rank, alpha, rank if neg_rank is None else neg_rank, lambda_init)
         self.merged = False
+        self._premerge: dict[int, tuple[Tensor, int]] = {}  # half-precision q/k weights before a merge
 
     def merge(self) -> None:
-        """Fold the positive-term LoRA into ``q_proj``/``k_proj`` (inference speed, same outputs)."""
+        """Fold the positive-term LoRA into ``q_proj``/``k_proj`` (inference speed, same outputs).
+
+        The sum is taken in float32 and rounded once to the weights' dtype (bf16 weights: the fp32 merge cast to
+        bf16). Half-precision weights keep their pre-merge values (one copy of ``q_proj``/``k_proj``), which
+        :meth:`unmerge` puts back exactly: subtracting the delta again would move about a third of a bf16 base's
+        entries by one rounding step, and the export after an unmerge would not hold the base it started from."""
         if not self.merged:
             self._sync()
+            self._premerge = {}
             with torch.no_grad():
-                self.base.q_proj.weight += self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
-                self.base.k_proj.weight += self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
+                for w, lora in self._merge_pairs():
+                    original = w.detach().clone() if torch.finfo(w.dtype).bits < 32 else None
+                    w.copy_(w.float() + lora.delta())
+                    if original is not None:
+                        self._premerge[id(w)] = (original, w._version)
             self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
             self._sync()
             with torch.no_grad():
-                self.base.q_proj.weight -= self.adapter.q_lora.delta().to(self.base.q_proj.weight.dtype)
-                self.base.k_proj.weight -= self.adapter.k_lora.delta().to(self.base.k_proj.weight.dtype)
+                for w, lora in self._merge_pairs():
+                    original, version = self._premerge.get(id(w), (None, None))
+                    if original is not None and w._version == version:  # untouched since the merge: put it back
+                        w.copy_(original)
+                    else:  # changed since (trained, loaded into): take the delta out of what it is now
+                        w.copy_(w.float() - lora.delta())
+            self._premerge = {}
             self.merged = False
+
+    def _merge_pairs(self) -> list[tuple[Tensor, LoRA]]:
+        return [(self.base.q_proj.weight, self.adapter.q_lora), (self.base.k_proj.weight, self.adapter.k_lora)]
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, key_mask: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None, query_mask: Optional[Tensor] = None) -> Tensor:

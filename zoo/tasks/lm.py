@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from zoo.hub import _class_path, create_model, read_export_config, resolve_pretrained
+from zoo.hub import _class_path, create_model, export_model, read_export_config, resolve_pretrained
 from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k, check_top_p
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
@@ -88,6 +88,8 @@ class LanguageModelTask(ZooTask):
         if attn_type is not None:
             overrides["attn_type"] = attn_type
         data_vocab = self.data_info.get("vocab_size")
+        # the Hugging Face folder a converted base came from: an adapted export (the same base) keeps saying so
+        self._converted_from: Optional[str] = None
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
             meta = read_export_config(folder)
@@ -99,6 +101,8 @@ class LanguageModelTask(ZooTask):
                     "converted Llama / Mistral / Qwen2)"
                 )
             cfg = meta["config"]
+            extra = meta.get("extra")
+            self._converted_from = extra.get("converted_from") if isinstance(extra, dict) else None
             self.arch = meta.get("arch")  # None for a converted checkpoint: no registered name describes it
             # fewer tokens than embedding rows is fine for the export's own tokenizer (converted Qwen2 / Llama
             # pad the embedding); setup checks that the data's tokenizer is that one
@@ -147,7 +151,7 @@ class LanguageModelTask(ZooTask):
             apply_adapter(self.model, spec.pop("method"), layers=spec.pop("layers", None), **spec)
         self._metrics = torch.nn.ModuleDict()
         self._byte_table: Optional[tuple[Any, torch.Tensor]] = None  # (tokenizer, UTF-8 bytes per id): bits per byte
-        # token-weighted gradient accumulation (training_step / on_before_optimizer_step)
+        # token-weighted gradient accumulation (training_step / optimizer_step)
         self._loss_unit: Optional[float] = None
         self._window_tokens: Any = 0
 
@@ -191,6 +195,7 @@ class LanguageModelTask(ZooTask):
         ``setup`` only saw the datamodule's own tokenizer (or a ``pretrained`` one); the checkpoint's
         tokenizer arrives here and gets the same check.
         """
+        self._converted_from = checkpoint.get("zoo_converted_from", self._converted_from)
         tok = self._datamodule_tokenizer()
         if tok is not None:
             self.model.tokenizer = None  # setup attached the datamodule's; only the checkpoint's counts now
@@ -199,6 +204,19 @@ class LanguageModelTask(ZooTask):
             self._check_tokenizer(tok)
             if self.model.tokenizer is None:  # a checkpoint without a tokenizer keeps the datamodule's
                 self.model.tokenizer = tok
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._converted_from:  # the checkpoint's hparams drop `pretrained`: the provenance travels on its own
+            checkpoint["zoo_converted_from"] = self._converted_from
+
+    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Export the model; an adapted one over a converted base keeps the base's ``converted_from`` (the
+        export's ``model.safetensors`` is that base, unchanged)."""
+        extra = None
+        if self._converted_from and getattr(self.model, "adapter_config", None):
+            extra = {"converted_from": self._converted_from}
+        return export_model(self.model, folder, arch=self.arch, extra=extra, overwrite=overwrite)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
@@ -220,7 +238,7 @@ class LanguageModelTask(ZooTask):
             # Every scored token of an optimizer step weighs alike (Hugging Face's rule since transformers 4.46):
             # Lightning averages the accumulated batches' (and the processes') mean losses, which over-weighs the
             # tokens of a smaller batch and divides an epoch's last, incomplete window by accumulate_grad_batches.
-            # Backward the sum over a fixed unit here; on_before_optimizer_step divides by the step's token count.
+            # Backward the sum over a fixed unit here; optimizer_step divides by the step's token count.
             if self._loss_unit is None:
                 self._loss_unit = float(batch["labels"].numel())
             self._window_tokens = self._window_tokens + n.detach()
@@ -231,7 +249,19 @@ class LanguageModelTask(ZooTask):
         super().on_fit_start()
         self._window_tokens = 0  # a fit stopped mid-window (an interrupt) must not scale the next fit's first step
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        # The window's rescale runs inside the closure, right after its last backward: Lightning calls the callbacks'
+        # on_before_optimizer_step (gradient-norm loggers), then this module's, then clips, all after the closure, so
+        # each of them sees the final gradients (the module hook ran after the callbacks and was lost to an override
+        # that did not call super()).
+        def closure() -> Any:
+            result = optimizer_closure()
+            self._rescale_window(optimizer)
+            return result
+
+        super().optimizer_step(epoch, batch_idx, optimizer, closure if optimizer_closure is not None else None)
+
+    def _rescale_window(self, optimizer: Any) -> None:
         if self._loss_unit is None or not torch.is_tensor(self._window_tokens):
             return
         # the window's tokens over every process (the same factor on each: DDP averaged the gradients already)
