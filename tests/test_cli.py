@@ -127,6 +127,31 @@ def test_fit_summary_names_the_export_folder(tmp_path, monkeypatch, capsys):
     assert f"zoo.load_pretrained({str(exported[0])!r})" in out
 
 
+def test_enable_checkpointing_false_drops_the_configs_model_checkpoint(tmp_path, monkeypatch, capsys):
+    """`--trainer.enable_checkpointing false` on a config listing a ModelCheckpoint (the TS, STR and VLM configs) failed
+    with Lightning's MisconfigurationException before any step: the run trains (here resuming an earlier run with
+    --ckpt_path last, which builds the trainer twice), saves no checkpoint, says once that the config's callback is
+    left out, and its summary names the export but no checkpoint."""
+    monkeypatch.chdir(ROOT)
+    ts = ["fit", "--config", DEFAULTS["ts"], "--data.init_args.n_rows=400", "--data.init_args.lookback=24",
+          "--data.init_args.horizon=12", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"]
+    main([*ts, "--trainer.max_steps=2", "--export.enabled=false"])
+    before = sorted(tmp_path.rglob("*.ckpt"))
+    assert before
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="enable_checkpointing is false: the config's 1 ModelCheckpoint") as seen:
+        main([*ts, "--trainer.max_steps=3", "--trainer.enable_checkpointing=false", "--ckpt_path=last"])
+    assert len([w for w in seen if "enable_checkpointing is false" in str(w.message)]) == 1
+    assert sorted(tmp_path.rglob("*.ckpt")) == before
+    out = capsys.readouterr().out
+    export = tmp_path / "lightning_logs" / "version_1" / "export"
+    assert (export / "model.safetensors").is_file() and f"exported model: {export}" in out
+    summary = out.split("zoo fit summary", 1)[1].splitlines()
+    assert [ln for ln in summary if ln.startswith("steps: 3 ")]  # resumed at step 2
+    assert not [ln for ln in summary if ln.startswith(("best checkpoint", "latest checkpoint"))]
+
+
 def test_help_names_every_subcommand(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -30,6 +30,21 @@ def test_export_load_roundtrip(tmp_path):
     assert torch.equal(again.eval()(x), loaded(x))
 
 
+def test_an_export_of_bfloat16_weights_loads_as_float32(tmp_path):
+    """A bf16-true run exports bf16 tensors; load_pretrained / create_model build the model in float32 and read them
+    into it (timm's and transformers 4's default; transformers 5 loads the saved dtype unless dtype= is given):
+    exactly the saved values, the precision the run trained in."""
+    from safetensors.torch import load_file
+
+    m = _model().to(torch.bfloat16)
+    export_model(m, tmp_path / "exp", arch="lm-diff-tiny")
+    assert {t.dtype for t in load_file(str(tmp_path / "exp" / "model.safetensors")).values()} == {torch.bfloat16}
+    for loaded in (load_pretrained(tmp_path / "exp"), zoo.create_model(
+            "lm-diff-tiny", pretrained=tmp_path / "exp", dim=32, n_layers=2, n_heads=2, vocab_size=40)):
+        assert {t.dtype for t in loaded.state_dict().values() if t.is_floating_point()} == {torch.float32}
+        assert torch.equal(loaded.embed.weight, m.embed.weight.float())
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_exported_weights_get_the_mode_every_other_written_file_gets(tmp_path, umask):
     # safetensors writes its file 0o600: a shared export's config.json was readable by all, its weights by nobody else

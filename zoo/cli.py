@@ -296,6 +296,25 @@ class ZooCLI(LightningCLI):
                 self._set_seed()  # the random state `--ckpt_path <file>` builds with
                 super().instantiate_classes()
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        # `--trainer.enable_checkpointing false` over a config that lists a ModelCheckpoint (the TS, STR and VLM
+        # configs do): Lightning refuses the pair, and the command line cannot take one callback out of the config's
+        # list. The switch is the later, narrower choice: the config's checkpoint callbacks are dropped, said once.
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        listed = config.get("callbacks")
+        if config.get("enable_checkpointing") is False and isinstance(listed, (list, ModelCheckpoint)):
+            listed = listed if isinstance(listed, list) else [listed]
+            dropped = [cb for cb in listed if isinstance(cb, ModelCheckpoint)]
+            if dropped:
+                config["callbacks"] = [cb for cb in listed if not isinstance(cb, ModelCheckpoint)]
+            if dropped and not getattr(self, "_said_no_checkpoints", False):  # once (`last` / `best` build twice)
+                self._said_no_checkpoints = True
+                warnings.warn(f"trainer.enable_checkpointing is false: the config's {len(dropped)} ModelCheckpoint "
+                              "callback(s) are left out and no checkpoint is saved (set it true to keep them)",
+                              stacklevel=2)
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_fit(self) -> None:
         # a fast_dev_run saves no checkpoint (Lightning's rule), but Lightning 2.6's ModelCheckpoint.on_train_end
         # writes save_last's last.ckpt without that check: the configs' save_last left <root>/checkpoints/last.ckpt

@@ -522,6 +522,9 @@ def load_pretrained(
     A folder that also holds ``adapter.safetensors`` (written by an adapted run, see
     ``zoo.nn.adapters``) gets its adapter applied; ``adapter=False`` returns the plain base.
     ``overrides`` may change runtime fields only (dropout, attention backend, ...).
+
+    The model is float32 whatever dtype the weights were saved in (a ``bf16-true`` run exports bfloat16 ones), as
+    timm and transformers 4 load; ``.to(torch.bfloat16)`` serves it in bfloat16.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():

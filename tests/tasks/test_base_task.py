@@ -151,6 +151,48 @@ def test_fit_summary_calls_only_a_monitored_checkpoint_best(tmp_path, capsys):
         f"latest checkpoint: {latest.best_model_path} (resume with --ckpt_path)"]
 
 
+@pytest.mark.parametrize("stop, epochs", [({"max_steps": 3}, "0 + 3/7 batches"), ({"max_steps": 10}, "1 + 3/7 batches"),
+                                          ({"max_steps": 7}, "1"), ({"max_epochs": 2}, "2")])
+def test_fit_summary_counts_the_epoch_a_run_stopped_inside_as_partial(stop, epochs, tmp_path, capsys):
+    """A fit stopped by max_steps 3 batches into its first epoch (its checkpoint is epoch=0-step=3.ckpt) said
+    "epochs: 1" (Lightning's current_epoch): whole epochs of 7 batches, and the last one's batches where it stopped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import RunSummary
+
+    data = DataLoader([torch.randn(5, 3)] * 7, batch_size=None)
+    ckpt = ModelCheckpoint(dirpath=tmp_path)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[ckpt, RunSummary()], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, **stop)
+    trainer.fit(Task(), data)
+    steps = stop.get("max_steps") or 7 * stop["max_epochs"]
+    assert f"steps: {steps}  epochs: {epochs}  time:" in capsys.readouterr().out
+    whole = int(epochs.split()[0])
+    # the checkpoint names the epoch the last step was in (0-based): the whole ones before it
+    assert Path(ckpt.best_model_path).name == f"epoch={whole if '+' in epochs else whole - 1}-step={steps}.ckpt"
+
+
+def test_fit_summary_of_a_resumed_fit_counts_the_checkpoints_epochs(tmp_path, capsys):
+    """Resumed from a checkpoint saved 3 batches into epoch 1 (step 10 of 7-batch epochs): to max_steps 12, and at
+    max_steps 10 itself (Lightning runs no loop then: the counts are the checkpoint's, saved inside its batch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import RunSummary
+
+    data = DataLoader([torch.randn(5, 3)] * 7, batch_size=None)
+
+    def fit(steps, ckpt=None, callbacks=()):
+        L.Trainer(accelerator="cpu", callbacks=[*callbacks, RunSummary()], logger=False, max_steps=steps,
+                  enable_checkpointing=bool(callbacks), enable_progress_bar=False, enable_model_summary=False,
+                  limit_val_batches=0).fit(Task(), data, ckpt_path=ckpt)
+        return capsys.readouterr().out
+
+    fit(10, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10)])
+    ckpt = tmp_path / "epoch=1-step=10.ckpt"
+    assert "steps: 12  epochs: 1 + 5/7 batches  time:" in fit(12, ckpt)
+    assert "steps: 10  epochs: 1 + 3/7 batches  time:" in fit(10, ckpt)
+
+
 def test_validate_and_test_of_untrained_weights_say_so_as_predict_does(tmp_path):
     """`zoo validate` / `zoo test` without --ckpt_path or pretrained evaluate the random init (as Lightning does): said
     in the same warning predict gives; not for fit's own validation, a fitted task or a checkpoint's weights."""

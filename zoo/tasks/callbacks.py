@@ -128,6 +128,21 @@ class ExportOnFitEnd(L.Callback):
             self.exported = pl_module.export(folder, overwrite=self._smoke(trainer))
 
 
+def fit_epochs(trainer: L.Trainer) -> str:
+    """The epochs a fit went through: the count of whole ones, and the batches of the last one where the run stopped
+    part-way into it (``max_steps``, an early stop at a mid-epoch validation). Lightning's ``current_epoch`` counts
+    the epoch a run stopped inside as done: a run stopped 3 batches into its first epoch (which saved
+    ``epoch=0-step=3.ckpt``) said ``epochs: 1``. A fit resumed at its ``max_steps`` runs no loop: the counts are the
+    checkpoint's, saved inside its last batch (that batch ready, not completed; its epoch started, not completed)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    total = trainer.num_training_batches
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if not isinstance(total, int) or not 0 < batches <= total:  # an endless loader (no length), no batch run
+        return str(trainer.current_epoch)
+    begun = max(epochs.started, epochs.completed)  # the epochs begun, the last one included
+    return f"{begun - 1} + {batches}/{total} batches" if batches < total else str(begun)
+
+
 class RunSummary(L.Callback):
     """Prints a readable summary when fit / validate / test ends.
 
@@ -169,7 +184,7 @@ class RunSummary(L.Callback):
             return
         lines = [f"zoo {stage} summary", "-" * 60]
         lines += getattr(pl_module, "summary_lines", lambda: [])()
-        progress = f"steps: {trainer.global_step}  epochs: {trainer.current_epoch}  "
+        progress = f"steps: {trainer.global_step}  epochs: {fit_epochs(trainer)}  "
         step, epoch = getattr(pl_module, "checkpoint_progress", (None, None)) if trainer.ckpt_path else (None, None)
         if stage != "fit" and step is not None:  # validate / test restore no loop progress: say the weights'
             progress = f"checkpoint saved at step {step} (epoch {epoch}, 0-based)  "
