@@ -80,6 +80,14 @@ def test_adapter_without_method_is_explained(base_export):
         LanguageModelTask(pretrained=str(base_export[0]), adapter={"rank": 4})
 
 
+def _fit_difflora(base, corpus, root, steps: int) -> None:
+    """A tiny `configs/lm/adapt_difflora.yaml` fit of ``base`` on ``corpus`` under ``root`` (a checkpoint at the end)."""
+    main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={base}",
+          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
+          f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=1", f"--trainer.val_check_interval={steps}",
+          f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"])
+
+
 def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_path, monkeypatch):
     """The .ckpt holds the base, the adapter and the adapter's record of its base: exporting it after the
     base folder is gone gives the same files as the run's own export."""
@@ -89,10 +97,7 @@ def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_pat
     src, corpus = base_export
     base = shutil.copytree(src, tmp_path / "base")
     monkeypatch.chdir(ROOT)
-    main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={base}",
-          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
-          "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
-          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    _fit_difflora(base, corpus, tmp_path, steps=2)
     run = tmp_path / "lightning_logs" / "version_0"
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
     shutil.rmtree(base)
@@ -166,10 +171,7 @@ def test_an_adapted_export_of_a_converted_model_keeps_where_it_came_from(tmp_pat
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(" ".join(f"w{(7 * i + j) % 37 + 3}" for j in range(40)) for i in range(40)))
     monkeypatch.chdir(ROOT)
-    main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={tmp_path / 'base'}",
-          f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
-          "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1",
-          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    _fit_difflora(tmp_path / 'base', corpus, tmp_path, steps=1)
     run = tmp_path / "lightning_logs" / "version_0"
     main(["export", str(next((run / "checkpoints").glob("*.ckpt"))), str(tmp_path / "again")])
     for out in (run / "export", tmp_path / "again"):
