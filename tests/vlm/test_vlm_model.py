@@ -84,6 +84,48 @@ def test_function_word_caption_pads_every_piece_of_a_content_word():
     torch.testing.assert_close(plain.with_fda().fw_states(ids), ref)
 
 
+def test_an_old_exports_function_word_table_gets_the_capitalized_words(tmp_path):
+    """An export (or checkpoint) written before a cased tokenizer's capitalized function words were marked ("A",
+    "The": a COCO caption's first word) saved a table without them, and loading kept it: FDA read "A man on the beach"
+    with "A" as a content word where a model built today marks it. Reference: the words by hand."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from zoo.data.vlm import VLMTokenizer
+    from zoo.tasks.vlm import VLMTask
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "A", "a", "The", "the", "man",
+                                         "on", "beach"])}
+    t = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    t.normalizer = normalizers.BertNormalizer(lowercase=False)  # cased, as bert-base-cased
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    m = VisionLanguageModel(VLMConfig(**{**TINY, "vocab_size": len(vocab)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most of the list is not in this vocabulary
+        m.set_tokenizer(VLMTokenizer(t))
+    want = {vocab[w] for w in ("[CLS]", "[SEP]", "A", "a", "The", "the", "on")}
+    marked = lambda table: set(table.nonzero().flatten().tolist())  # noqa: E731
+    assert marked(m.fw_table) == want
+    zoo.export_model(m, tmp_path / "new")
+    with torch.no_grad():
+        m.fw_table[[vocab["A"], vocab["The"]]] = False  # the table the earlier rule saved
+    old = m.fw_table.clone()
+    folder = zoo.export_model(m, tmp_path / "old")
+    with pytest.warns(UserWarning, match=r"lacks the capitalized forms of 2 function words .*\['A', 'The'\]"):
+        assert marked(zoo.load_pretrained(folder).fw_table) == want
+    with pytest.warns(UserWarning, match="capitalized forms"):  # fine-tuning from it
+        task = VLMTask(arch="vlm-fda-tiny", pretrained=str(folder), data_info={"kind": "vlm", "image_size": TINY["image_size"]})
+    assert marked(task.model.fw_table) == want
+    # a checkpoint's table (test / predict --ckpt_path, load_from_checkpoint) is completed before Lightning loads it
+    ckpt = {"state_dict": {"model.fw_table": old.clone()}, "zoo_assets": {"tokenizer.json": (folder / "tokenizer.json").read_bytes()}}
+    with pytest.warns(UserWarning, match="of the checkpoint lacks"):
+        task.on_load_checkpoint(ckpt)
+    assert marked(ckpt["state_dict"]["model.fw_table"]) == want
+    with warnings.catch_warnings():  # a table written today loads as saved, without a word
+        warnings.simplefilter("error")
+        assert marked(zoo.load_pretrained(tmp_path / "new").fw_table) == want
+
+
 def test_forward_gives_clip_style_contrastive_outputs():
     """model(images, ids, mask): the ITC logits every image against every caption, computed here by hand from
     the encoders' pooled outputs and the projections (cosine of the projected vectors over the temperature)."""
@@ -323,6 +365,37 @@ def test_fine_tuning_a_word_level_export_on_new_words_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         VLMTask(arch="vlm-tiny", pretrained=str(folder), data_info={**info, "vocab": ["red", "circle"]})
+
+
+def test_fine_tuning_an_export_names_a_data_tokenizer_it_does_not_use(tmp_path):
+    """data.tokenizer names a Hugging Face folder (coco_minilm.yaml's minilm) while model.pretrained is an export with
+    another vocabulary (the shipped word-level vlm-fda-tiny): the export's tokenizer is kept (its embeddings are for
+    its ids), so the data's tokenizer was ignored without a word and most caption words read as [UNK]. Reference:
+    the two tokenizers on one caption; an export of that folder's own tokenizer is fine-tuned without a word."""
+    from zoo.data.vlm import VLMTokenizer
+    from zoo.tasks.vlm import VLMTask
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "of", "on",
+                                               "surf", "##board", "wave", "man"]) + "\n", encoding="utf-8")
+    word_export = zoo.export_model(tiny_model(fda=False), tmp_path / "word")
+    info = {"kind": "vlm", "image_size": TINY["image_size"], "tokenizer": str(bert), "vocab": None}
+    with pytest.warns(UserWarning, match=r"data.tokenizer=.*bert.* is not used: the model keeps the tokenizer of"):
+        task = VLMTask(arch="vlm-tiny", pretrained=str(word_export), data_info=info)
+    cap = ["a man on a surfboard"]
+    assert VLMTokenizer.from_folder(bert).encode(cap)[0].tolist() == [[2, 5, 12, 8, 5, 9, 10, 3]]
+    assert task.model.tokenizer.encode(cap)[0][0].tolist().count(task.model.tokenizer.unk_id) == 2  # man, surfboard
+    tok = VLMTokenizer.from_folder(bert)
+    m = VisionLanguageModel(VLMConfig(**{**TINY, "vocab_size": tok.vocab_size, "fda": False}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most function words are not in this vocabulary
+        m.set_tokenizer(tok)
+    bert_export = zoo.export_model(m, tmp_path / "bert_export")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        VLMTask(arch="vlm-tiny", pretrained=str(bert_export), data_info=info)
+    assert not [w for w in seen if "data.tokenizer" in str(w.message)]
 
 
 def test_a_users_vocab_size_is_still_the_datas():

@@ -28,6 +28,7 @@ are function words) in its weights.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -271,6 +272,37 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
             )
         tok.max_len = self.config.max_text_len
         self._attach(tok)
+        self.mark_capitalized_function_words(self.fw_table, str(folder))
+
+    def mark_capitalized_function_words(self, table: Tensor, source: str) -> None:
+        """Mark in ``table`` (in place: this model's ``fw_table``, or a checkpoint's) the capitalized form of each marked
+        word where the tokenizer reads it as one token, as :func:`~zoo.data.vlm_io.function_word_ids` marks them ("The"
+        beside "the": a caption's first word). An export or checkpoint written before that rule (2026-11-28) holds a
+        cased tokenizer's table without them, and FDA read "A" / "The" as content words; an uncased tokenizer reads
+        the capitalized form as the same token, so its table is unchanged."""
+        tok = self.tokenizer
+        if tok is None:
+            return
+        added: dict[int, str] = {}
+        for i in table.nonzero().flatten().tolist():
+            word = tok.backend.id_to_token(i)
+            cap = word[:1].upper() + word[1:] if word else word
+            if cap == word:
+                continue
+            found = tok.word_ids(cap)
+            if len(found) == 1 and found[0] != tok.unk_id and 0 <= found[0] < len(table) and not table[found[0]]:
+                added[found[0]] = cap
+        if added:
+            with torch.no_grad():
+                table[torch.tensor(sorted(added), dtype=torch.long)] = True
+            shown = sorted(added.values())
+            warnings.warn(
+                f"the function-word table (FDA) of {source} lacks the capitalized forms of {len(added)} function words "
+                f"its cased tokenizer reads as other tokens ({shown[:10]}{' ...' if len(shown) > 10 else ''}): it was "
+                "written before they were marked (2026-11-28); they are marked now, as a model built today marks them "
+                "(export the model again to store the completed table)",
+                stacklevel=3,
+            )
 
     def init_text_from_hf(self, folder: Union[str, Path]) -> None:
         """Copy a Hugging Face BERT encoder (e.g. all-MiniLM-L6-v2) into the text encoder.

@@ -276,6 +276,23 @@ def _warn_unknown_words(tok: Any, words: Optional[Sequence[str]], folder: Any) -
         )
 
 
+def _warn_unused_data_tokenizer(tok: Any, data_tok: Optional[str], folder: Any) -> None:
+    """The export's tokenizer is kept (its embeddings are for its ids): a data.tokenizer folder (``minilm`` or a path)
+    with another vocabulary is not used, and is named (the data's words may read as [UNK] in the export's)."""
+    if tok is None or data_tok in (None, "word"):
+        return
+    from zoo.data.vlm import VLMTokenizer, resolve_text_folder
+
+    other = VLMTokenizer.from_folder(resolve_text_folder(data_tok))
+    if other.backend.get_vocab(with_added_tokens=True) != tok.backend.get_vocab(with_added_tokens=True):
+        warnings.warn(
+            f"data.tokenizer={data_tok!r} is not used: the model keeps the tokenizer of {folder} ({tok.vocab_size} "
+            f"tokens; its embeddings are for those ids, {data_tok} has {other.vocab_size}); to train with "
+            f"{data_tok}'s tokenizer, start from model.init_args.text_init: {data_tok} instead of pretrained",
+            stacklevel=3,
+        )
+
+
 class VLMTask(ZooTask):
     """Train / evaluate an image-text model from the registry (``zoo.list_models("vlm-*")``).
 
@@ -396,6 +413,7 @@ class VLMTask(ZooTask):
                 if model.tokenizer is not None:
                     model.set_tokenizer(model.tokenizer)
             _warn_unknown_words(model.tokenizer, info.get("vocab"), folder)
+            _warn_unused_data_tokenizer(model.tokenizer, info.get("tokenizer"), folder)
             return model
         if rebuilt:
             # the architecture a checkpoint of a fine-tuned export saved (see _rebuild_hparams): its tokenizer
@@ -440,7 +458,11 @@ class VLMTask(ZooTask):
         if saved is not None and saved != ours:
             raise ValueError(f"the checkpoint's model was trained on {saved}px images, the data gives "
                              f"data.image_size {ours}; set data.image_size to {saved}")
-        super().on_load_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # (the checkpoint's tokenizer back: zoo_assets)
+        # the checkpoint's function-word table replaces the model's after this hook: completed as an export's is
+        table = (checkpoint.get("state_dict") or {}).get("model.fw_table")
+        if isinstance(table, Tensor):
+            self.model.mark_capitalized_function_words(table, "the checkpoint")
 
     def _rebuild_hparams(self, hp: dict[str, Any]) -> dict[str, Any]:
         # the text encoder's weights are the checkpoint's too: no MiniLM load on the way back
