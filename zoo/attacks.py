@@ -25,6 +25,7 @@ attacked images or texts as gallery / queries, text-to-image likewise).
 from __future__ import annotations
 
 import functools
+import numbers
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,9 @@ def pgd_attack(
 ) -> Tensor:
     """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball."""
     _check_pairs("pgd_attack", images, texts)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"pgd_attack needs steps >= 1, got {steps!r}")
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral) or steps < 1:  # np.int64 counts
+        raise ValueError(f"pgd_attack needs an integer steps >= 1, got {steps!r}")
+    steps = int(steps)
     if not 0 < eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
         raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {eps}")
     if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)

@@ -214,6 +214,19 @@ def test_attack_and_eval_candidate_counts_must_be_positive():
             pgd_attack(None, torch.zeros(1, 3, 4, 4), ["a"], eps=eps, steps=1)
 
 
+def test_pgd_takes_a_numpy_integer_step_count():
+    """steps from numpy (np.arange, a sweep's array) is an integer: it was refused as "needs steps >= 1, got 3";
+    a float or a bool count is still named."""
+    m = tiny_model(seed=2)
+    images, caps = scene_batch(2)
+    want = pgd_attack(m, images, caps, eps=2 / 255, steps=3, seed=5)
+    got = pgd_attack(m, images, caps, eps=2 / 255, steps=np.int64(3), seed=5)
+    assert torch.equal(got, want)
+    for bad in (2.0, True):
+        with pytest.raises(ValueError, match="steps >= 1"):
+            pgd_attack(m, images, caps, eps=2 / 255, steps=bad)
+
+
 @pytest.mark.parametrize("random_start", [True, False])
 def test_pgd_refuses_integer_images_by_name(random_start):
     """uint8 pixels (0..255) are not the [0, 1] floats the attack steps in (encode_image refuses them by name): the
