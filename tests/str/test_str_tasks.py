@@ -52,6 +52,34 @@ def test_csd_teacher_targets_and_kl(exported):
     assert "teacher" not in dict(task.named_modules())
 
 
+def test_csd_kl_selects_no_slots_by_a_boolean_mask(monkeypatch):
+    """The KL term masks the padding slots in place: selecting the valid slots with a boolean mask made tensors of
+    data-dependent size, two device syncs per mask of every CSD step on a GPU. The value is the formula by hand
+    (KL(teacher || student) at temperature tau, times tau^2, averaged over the valid slots)."""
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    torch.manual_seed(0)
+    logits, soft = torch.randn(3, 7, 37) * 3, torch.randn(3, 7, 37) * 3
+    targets = torch.tensor([[5, 6, 0] + [-100] * 4, [0] + [-100] * 6, [1, 2, 3, 4, 5, 6, 0]])
+    tau = 2.0
+    ref, n = 0.0, 0
+    for b in range(3):
+        for t in range(7):
+            if targets[b, t] != -100:
+                q = (soft[b, t].double() / tau).softmax(-1)
+                p = (logits[b, t].double() / tau).softmax(-1)
+                ref, n = ref + float((q * (q.log() - p.log())).sum()), n + 1
+    real = torch.Tensor.__getitem__
+
+    def getitem(self, idx):
+        if torch.is_tensor(idx) and idx.dtype == torch.bool:
+            raise AssertionError("a boolean mask index (a device sync on a GPU) in the KL term")
+        return real(self, idx)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    got = task._kl(logits, soft, targets)
+    assert abs(float(got) - ref / n * tau**2) < 1e-5
+
+
 def test_teacher_must_share_charset(exported):
     task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info={**INFO, "charset": "abc"}, teacher=str(exported))
     # fit reads the teacher before its first step; the message says how the two differ
@@ -387,6 +415,41 @@ def test_v1_recipe_permutes_every_slot_and_keeps_eos_targets():
     assert not all(eos_sees_all)  # the EOS slot is not kept last
     with pytest.raises(ValueError, match="recipe must be one of"):
         RecognitionTask(arch="str-diff-tiny", model_args=TINY, recipe="PARSeq")
+
+
+@pytest.mark.parametrize("recipe", ["parseq", "v1"])
+def test_perm_mask_of_a_training_step_reads_no_device_value(recipe, monkeypatch):
+    """The perm ordering draws ``torch.randperm`` on the host: its length (the batch's longest label) is read from the
+    host batch before Lightning moves it, and the mask built on the host, so a GPU step does not stall on the device
+    (``int(targets...max())`` and the permutation's blocking copy did, every training step). The mask is the naive
+    one of the same draw: BOS always visible, content ``j`` to query ``q`` when slot ``j - 1`` comes earlier."""
+    from zoo.data.str import Collate
+
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, recipe=recipe)
+    texts = ["ab", "abcd", "7"]
+    batch = Collate(task.model.charset)([(torch.randn(3, 32, 128), t, "synth", i) for i, t in enumerate(texts)])
+    batch = task.on_before_batch_transfer(batch, 0)  # the host batch, as Lightning hands it before the transfer
+    T = task.model.num_slots
+    n = max(len(t) for t in texts) if recipe == "parseq" else T  # the slots the draw permutes
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a training step read a tensor value on the host")
+
+    torch.manual_seed(0)
+    with monkeypatch.context() as m:
+        for name in ("__bool__", "__int__", "__index__", "__float__", "item", "tolist"):
+            m.setattr(torch.Tensor, name, host_read)
+        mask, _ = task._mask("perm", batch["targets"], batch.get("longest_label"))
+    torch.manual_seed(0)
+    order = torch.randperm(n).tolist() + list(range(n, T))
+    rank = {slot: r for r, slot in enumerate(order)}
+    naive = [[j == 0 or rank[j - 1] < rank[q] for j in range(T)] for q in range(T)]
+    assert mask.tolist() == naive
+    with monkeypatch.context() as m:  # the whole step: the four masks, the loss
+        for name in ("__bool__", "__int__", "__index__", "__float__", "item", "tolist"):
+            m.setattr(torch.Tensor, name, host_read)
+        loss = task.training_step(batch, 0)
+    assert torch.isfinite(loss)
 
 
 def test_weight_decay_leaves_out_the_embeddings_parseq_and_timm_list():

@@ -374,6 +374,44 @@ def test_bits_per_byte_divides_by_the_bytes_of_the_scored_tokens(corpus, tmp_pat
     assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
 
 
+def test_scored_bytes_are_summed_without_a_boolean_mask_index(corpus, monkeypatch):
+    """The bytes of a step's scored tokens (for bits per byte) are summed in place, labels masked: selecting them
+    with a boolean mask made a tensor of data-dependent size, which on a GPU waits for the device every validation and
+    test step. The value is the scored tokens' UTF-8 bytes, counted by hand."""
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = TextDataModule(str(corpus), block_size=16, batch_size=8, tokenizer="bpe", bpe_vocab_size=300)
+    torch.manual_seed(0)
+    task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
+                             data_info=dm.data_info)
+    real_getitem, real_step = torch.Tensor.__getitem__, task.test_step
+
+    def getitem(self, idx):
+        if torch.is_tensor(idx) and idx.dtype == torch.bool:
+            raise AssertionError("a boolean mask index (a device sync on a GPU) in a test step")
+        return real_getitem(self, idx)
+
+    def guarded(*args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "__getitem__", getitem)
+            return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(task, "test_step", guarded)
+    res = _quiet_trainer(limit_test_batches=2).test(task, dm, verbose=False)[0]
+    tok = dm.tokenizer
+    specials = {tok.pad_id, tok.bos_id, tok.eos_id}
+    nll, nbytes = 0.0, 0
+    task.model.eval()
+    with torch.no_grad():
+        for _, batch in zip(range(2), dm.test_dataloader()):
+            logits = task.model(batch["input_ids"]).float()
+            nll += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
+            nbytes += sum(len(tok.decode([t]).encode("utf-8")) for t in batch["labels"].flatten().tolist()
+                          if t not in specials)
+    assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
+
+
 def test_tokenizer_check_sees_the_whole_vocabulary(corpus):
     """Two BPE tokenizers that encode the check's sample alike but map two other tokens to swapped ids
     are different tokenizers (the model's rows would be read for the wrong tokens)."""

@@ -61,7 +61,33 @@ def test_task_test_metrics_cover_every_window(tmp_path, features):
     task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
+    # the scaler std of the errors and the forecast columns' index are put on the device once, not made on the host
+    # and copied every step (a blocking host-to-device copy waits for the device: a GPU sync per evaluation step)
+    made, real_tensor, real_getitem, real_step = [], torch.tensor, torch.Tensor.__getitem__, task.test_step
+
+    def tensor(*args, **kwargs):
+        made.append("tensor")
+        return real_tensor(*args, **kwargs)
+
+    def getitem(self, idx):
+        if any(isinstance(i, list) for i in (idx if isinstance(idx, tuple) else (idx,))):
+            made.append("list index")  # indexing by a list makes an index tensor on the host
+        return real_getitem(self, idx)
+
+    def counted(*args, **kwargs):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch, "tensor", tensor)
+            m.setattr(torch.Tensor, "__getitem__", getitem)
+            return real_step(*args, **kwargs)
+
+    task.test_step = counted
     trainer.test(task, datamodule=dm, verbose=False)
+    steps = -(-len(dm.dataset("test")) // 7)
+    assert steps > 3 and len(made) <= 2, made
+    # what the test made under inference mode serves a training step's backward too (a fit validates first)
+    dm.setup("fit")
+    task.trainer = None  # the step on its own (no loop to log into)
+    task.training_step(next(iter(dm.train_dataloader())), 0).backward()
     res = task.results["test"]
     # Reference: every test window through the model by hand, errors in numpy on the original scale.
     info = dm.data_info

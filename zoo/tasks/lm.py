@@ -282,7 +282,10 @@ class LanguageModelTask(ZooTask):
             return None
         if self._byte_table is None or self._byte_table[0] is not tok or self._byte_table[1].device != labels.device:
             self._byte_table = (tok, torch.as_tensor(tok.token_byte_lengths(), dtype=torch.long).to(labels.device))
-        return self._byte_table[1][labels[labels != IGNORE]].sum()
+        # masked in place, not selected with labels[labels != IGNORE]: a boolean index has a data-dependent size, a
+        # device sync every evaluation step on a GPU
+        scored = labels != IGNORE
+        return torch.where(scored, self._byte_table[1][labels.masked_fill(~scored, 0)], 0).sum()
 
     def _accumulate(self, prefix: str, batch: dict[str, torch.Tensor]) -> None:
         nll, n, correct = self._loss(batch)

@@ -397,20 +397,34 @@ class RecognitionTask(ZooTask):
     def no_weight_decay_names(self) -> set[str]:
         return super().no_weight_decay_names() if self.recipe == "parseq" else set()
 
-    def _mask(self, mode: str, targets: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """The visibility mask of ``mode`` and the targets it is trained on (None: no target left)."""
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        # the perm ordering's length (the longest label's slots, EOS included) read from the host batch: read from
+        # the moved targets in training_step it was a device sync every GPU step (a CSD teacher's pseudolabels are
+        # made on the device: those are read there)
+        targets = batch.get("targets") if isinstance(batch, dict) else None
+        if (self.training and "perm" in self.masks and self.recipe == "parseq" and self.hparams.get("teacher") is None
+                and torch.is_tensor(targets) and targets.device.type == "cpu" and targets.dim() == 2):
+            batch = {**batch, "longest_label": int((targets != -100).sum(-1).max())}
+        return batch
+
+    def _mask(self, mode: str, targets: Tensor, longest: Optional[int] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """The visibility mask of ``mode`` and the targets it is trained on (None: no target left). ``longest``: the
+        batch's longest label in slots (EOS included), read on the host (None: read from ``targets``)."""
         T = targets.shape[1]
         if mode != "perm":
             return visibility(mode, T, self.device), targets
+        # the permutation is drawn on the host (torch's global RNG, as before): its mask is built there and copied
+        # without waiting for the device (a blocking copy is a device sync)
         if self.recipe == "v1":
-            return visibility(torch.randperm(T), T, self.device), targets
+            return visibility(torch.randperm(T), T).to(self.device, non_blocking=True), targets
         # PARSeq: permute the character positions of the batch's longest label; its EOS slot comes last, the
         # slots after it (padding in every row) keep their order
-        n = int((targets != -100).sum(-1).max()) - 1
+        n = (int((targets != -100).sum(-1).max()) if longest is None else int(longest)) - 1
         order = torch.cat([torch.randperm(n), torch.arange(n, T)])
         # with EOS targets dropped, a batch of empty (pseudo)labels (n == 0) has no target left
         kept = targets.masked_fill(targets == self.model.charset.EOS, -100) if n > 0 else None
-        return visibility(order, T, self.device), kept
+        return visibility(order, T).to(self.device, non_blocking=True), kept
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, targets = batch["images"], batch["targets"]
@@ -422,8 +436,9 @@ class RecognitionTask(ZooTask):
         tokens, valid = self.model.content_tokens(targets)
         C = self.model.num_classes
         ce = kl = torch.zeros((), device=images.device)
+        longest = batch.get("longest_label") if soft is None else None  # the host's count, for these targets only
         for mode in self.masks:
-            mask, tgt = self._mask(mode, targets)
+            mask, tgt = self._mask(mode, targets, longest)
             logits = self.model.decode_step(memory, tokens, mask, valid, memory_kv=kv)
             if tgt is None:  # parseq's perm of empty (pseudo)labels: no target left (a mean would be NaN)
                 ce = ce + logits.sum() * 0.0  # in the graph: every rank's backward reaches the same parameters
@@ -458,9 +473,11 @@ class RecognitionTask(ZooTask):
     def _kl(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
         tau = self.hparams.csd_temperature
         valid = targets != -100
-        log_p = F.log_softmax(logits[valid] / tau, -1)
-        q = F.softmax(teacher_logits[valid] / tau, -1)
-        return F.kl_div(log_p, q, reduction="batchmean") * tau * tau
+        # per slot, padding masked in place and the sum over the valid slots' count (batchmean over them): selected
+        # with logits[valid], the slots made tensors of data-dependent size, a device sync twice per mask on a GPU
+        log_p, q = F.log_softmax(logits / tau, -1), F.softmax(teacher_logits / tau, -1)
+        per_slot = F.kl_div(log_p, q, reduction="none").sum(-1)
+        return torch.where(valid, per_slot, 0).sum() / valid.sum() * tau * tau
 
     # -- evaluation
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:

@@ -143,6 +143,7 @@ class ForecastTask(ZooTask):
         self.best_val: Optional[tuple[float, int]] = None  # (val loss, epoch)
         self._best_state: Optional[dict[str, Tensor]] = None
         self._forecasts: list[tuple[Any, Any]] = []
+        self._device_copies: dict[str, tuple[tuple, Tensor]] = {}  # see _on_device
 
     def _take_data_info(self, info: dict[str, Any]) -> None:
         """The facts of the data the batches come from: its forecast columns and their scaler std."""
@@ -294,8 +295,19 @@ class ForecastTask(ZooTask):
             if order is not None and out.shape[-1] == len(a):  # the model's column order back to the data's
                 out = out[..., sorted(range(len(order)), key=order.__getitem__)]
         if self.out_index is not None and len(self.out_index) != out.shape[-1]:
-            out = out[..., self.out_index]
+            out = out.index_select(-1, self._on_device("out_index", self.out_index, torch.long, out.device))
         return out
+
+    def _on_device(self, name: str, values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``values`` as a ``dtype`` tensor on ``device``, made once and kept (``name`` keys it): made on the host and
+        copied every step, it was a blocking host-to-device copy, which waits for the device (a GPU sync a step)."""
+        key = (tuple(values), dtype, device)
+        if name not in self._device_copies or self._device_copies[name][0] != key:
+            # made on the CPU in this dtype, then moved (MPS has no float64: wide_float chose the dtype); a normal
+            # tensor even when first made under validation's inference mode (a training step's backward saves it)
+            with torch.inference_mode(False):
+                self._device_copies[name] = (key, torch.tensor(list(values), dtype=dtype).to(device))
+        return self._device_copies[name][1]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         pred = self._predict(batch)
@@ -305,8 +317,9 @@ class ForecastTask(ZooTask):
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         pred = self._predict(batch)
-        # made on the CPU in the device's widest float, then moved (MPS has no float64)
-        std = None if self.out_std is None else torch.tensor(self.out_std, dtype=wide_float(pred.device)).to(pred.device)
+        # in the device's widest float (MPS has no float64)
+        std = None if self.out_std is None else self._on_device("out_std", self.out_std, wide_float(pred.device),
+                                                                pred.device)
         self.metrics[stage].update(pred, batch["y"], std)
 
     def _report(self, stage: str) -> None:
