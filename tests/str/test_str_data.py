@@ -100,13 +100,49 @@ def test_lmdb_roundtrip_and_counted_skips(tmp_path):
         assert txn.get(b"label-000000000") is None  # 1-based
     env.close()
     ds = LMDBDataset(out, CS)
-    assert [t for _, t in ds.index] == ["hello", "world", "ok"]
+    assert [ds.label(k) for k in range(len(ds))] == ["hello", "world", "ok"]
     st = ds.stats
     assert (st.seen, st.kept, st.empty, st.too_long, st.labels_with_dropped) == (5, 3, 1, 1, 1)
     img, text = ds[0]
     assert text == "hello" and np.array_equal(np.asarray(img), np.asarray(_word_image(0)))
     with pytest.raises(FileExistsError):
         build_lmdb(d, out)
+
+
+def test_lmdb_index_is_arrays_not_python_objects_and_keeps_every_sample(tmp_path):
+    """MJSynth + SynthText hold 15M samples: a list of (key, label) tuples took ~150 bytes a sample in the main process
+    and was copied again by every DataLoader worker that read it (reference counts write to the objects' pages). The
+    kept samples are arrays now; keys, labels, order and counts are those of a plain per-key read of the database."""
+    from collections import Counter
+
+    from zoo.data.charsets import NormStats
+
+    words = ["abc", "ab-c", "", "waytoolongword", "Hello", "d e", "x!", "abc"]
+    env = lmdb.open(str(tmp_path / "lm"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(1, 401):
+            txn.put(b"image-%09d" % i, b"x")
+            txn.put(b"label-%09d" % i, (words[i % 8] if i % 5 else f"w{i}").encode())
+        txn.put(b"num-samples", b"400")
+    env.close()
+    # the naive reader: every key in order, normalized one by one
+    stats, want = NormStats(), []
+    env = lmdb.open(str(tmp_path / "lm"), readonly=True, lock=False)
+    with env.begin() as txn:
+        for i in range(1, 401):
+            t = CS.normalize(txn.get(b"label-%09d" % i).decode(), stats)
+            if t is not None:
+                want.append((i, t))
+    env.close()
+    ds = LMDBDataset(tmp_path / "lm", CS)
+    assert list(zip(ds.keys.tolist(), [ds.label(k) for k in range(len(ds))])) == want and len(ds) == len(want)
+    assert ds.stats == stats and stats.dropped_chars == Counter({"-": 40, "!": 40})
+    assert ds.label(-1) == want[-1][1]
+    with pytest.raises(IndexError):
+        ds.label(len(ds))
+    # no per-sample Python objects: nothing a worker's reads would copy
+    held = {k: v for k, v in vars(ds).items() if isinstance(v, (list, tuple, dict, set)) and len(v) > 10}
+    assert not held and isinstance(ds.keys, np.ndarray)
 
 
 def test_one_lmdb_read_by_several_datasets_and_workers(tmp_path):
@@ -128,7 +164,8 @@ def test_one_lmdb_read_by_several_datasets_and_workers(tmp_path):
     shutil.rmtree(tmp_path / "lm")
     d2 = _folder(tmp_path, [("x.png", "xyz"), ("y.png", "uvw"), ("z.png", "rst")], name="imgs2")
     build_lmdb(d2, tmp_path / "lm")
-    assert [t for _, t in LMDBDataset(tmp_path / "lm", CS).index] == ["xyz", "uvw", "rst"]
+    ds = LMDBDataset(tmp_path / "lm", CS)
+    assert [ds.label(k) for k in range(len(ds))] == ["xyz", "uvw", "rst"]
 
 
 def test_linked_lmdbs_and_image_folders_are_found(tmp_path):

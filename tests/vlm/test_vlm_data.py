@@ -477,3 +477,31 @@ def test_one_karpathy_json_for_every_split_is_parsed_once(tmp_path, monkeypatch)
     # each call on its own still parses (no cache kept across calls)
     assert read_caption_file(kj, "val") == [("c.jpg", ["c.jpg caption 0", "c.jpg caption 1", "c.jpg caption 2"])]
     assert len(parses) == 2
+
+
+def test_caption_dataset_holds_no_python_object_per_caption_and_keeps_every_item(tmp_path):
+    """COCO's 566k training captions were a list of (image, caption) tuples beside Path objects and caption lists:
+    ~190 MB more in every DataLoader worker that read them (reference counts write to the objects' pages; a CSV of
+    3M captions, ~1 GB a worker). Now one blob and numpy offsets; the items are those of the entries, in order."""
+    from pathlib import Path
+
+    from zoo.data.vlm import ImageCaptionDataset
+
+    entries = [(tmp_path / f"img_{i}.jpg", [f"caption {i}.{j}" for j in range(i % 4 + 1)]) for i in range(30)]
+    entries[3] = (tmp_path / "café" / "ü.png", ["a lone \ud83d half", "日本の犬"])
+    entries[7] = (Path("/x/bad\udcffname.jpg"), ["x"])  # a file name with an undecodable byte (surrogateescape)
+    train = ImageCaptionDataset(entries, 8, train=True)
+    val = ImageCaptionDataset(entries, 8, train=False)
+    for ds in (train, val):
+        ds._image = lambda p: p
+        held = {k: v for k, v in vars(ds).items() if isinstance(v, (list, tuple, dict, set)) and len(v) > 10}
+        assert not held
+    want_train = [(p, c) for p, caps in entries for c in caps]
+    assert len(train) == len(want_train)
+    got = [train[k] for k in range(len(train))]
+    assert [(it["image"], it["caption"], it["image_id"]) for it in got] == [(p, c, str(p)) for p, c in want_train]
+    assert [(it["image"], it["captions"], it["index"], it["name"]) for it in (val[k] for k in range(len(val)))] == [
+        (p, caps, k, str(p)) for k, (p, caps) in enumerate(entries)]
+    assert train[-1]["caption"] == want_train[-1][1] and val.entries == entries
+    with pytest.raises(IndexError):
+        train[len(train)]

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import os
 import re
 import sys
 import unicodedata
 import warnings
+from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -97,7 +100,10 @@ def _shared_env(path: Path):
 class LMDBDataset(Dataset):
     """One PARSeq-layout LMDB; labels are normalized up front (skips counted in ``stats``).
 
-    Images are decoded lazily; an undecodable image raises naming the key.
+    The kept samples are held in numpy arrays (their keys, and their normalized labels as one UTF-8 blob with
+    end offsets), not a Python list: a DataLoader worker touching a list's tuples and strings copies them
+    (reference counts write to their pages), which for MJSynth + SynthText (15M samples, ~2 GB of tuples) cost
+    that again in every worker. Images are decoded lazily; an undecodable image raises naming the key.
     """
 
     def __init__(self, path: str | Path, charset: Charset) -> None:
@@ -106,6 +112,10 @@ class LMDBDataset(Dataset):
         self.path, self.charset = Path(path), charset
         self.stats = NormStats()
         env = _shared_env(self.path)
+        keys, ends, blob = array("q"), array("q"), bytearray()
+        # a label read before gives the same text and counts: MJSynth's 9M crops spell ~90k words
+        seen: dict[bytes, Optional[bytes]] = {}  # raw label -> normalized (UTF-8), None when skipped
+        again: dict[bytes, int] = {}  # how often a remembered label was read again (counted in stats below)
         try:
             with env.begin() as txn:
                 raw = txn.get(b"num-samples")
@@ -120,7 +130,6 @@ class LMDBDataset(Dataset):
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {raw[:20]!r}, not an integer; the database is corrupt") from exc
                 if n < 0:
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {n}; the database is corrupt")
-                self.index: list[tuple[int, str]] = []
                 for i in range(1, n + 1):
                     label = txn.get(b"label-%09d" % i)
                     if label is None:
@@ -128,19 +137,52 @@ class LMDBDataset(Dataset):
                             f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}; wrong layout "
                             "(keys must be 1-based, zero-padded to 9 digits) or truncated database"
                         )
-                    text = self.charset.normalize(label.decode("utf-8", errors="replace"), self.stats)
+                    text = seen.get(label, _UNSEEN)
+                    if text is _UNSEEN:
+                        text = self.charset.normalize(label.decode("utf-8", errors="replace"), self.stats)
+                        text = None if text is None else text.encode("utf-8")
+                        if len(seen) < _LABEL_MEMO:
+                            seen[label] = text
+                    else:
+                        again[label] = again.get(label, 0) + 1
                     if text is not None:
-                        self.index.append((i, text))
+                        keys.append(i)
+                        blob += text
+                        ends.append(len(blob))
         except lmdb.Error as exc:
             raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
+        for label, times in again.items():  # each read counts, as if normalized again
+            one = NormStats()
+            self.charset.normalize(label.decode("utf-8", errors="replace"), one)
+            for f in dataclasses.fields(one):
+                v = getattr(one, f.name)
+                if isinstance(v, Counter):
+                    getattr(self.stats, f.name).update({c: m * times for c, m in v.items()})
+                else:
+                    setattr(self.stats, f.name, getattr(self.stats, f.name) + v * times)
+        self.keys = np.frombuffer(keys, dtype=np.int64).copy()  # image-%09d key of each kept sample
+        self._ends = np.frombuffer(ends, dtype=np.int64).copy()
+        self._labels = bytes(blob)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.keys)
+
+    def label(self, k: int) -> str:
+        """The normalized label of sample ``k`` (no image read)."""
+        k = self._position(k)
+        return self._labels[self._ends[k - 1] if k else 0 : self._ends[k]].decode("utf-8")
+
+    def _position(self, k: int) -> int:
+        n = len(self.keys)
+        if not -n <= k < n:
+            raise IndexError(f"sample {k} out of range for {n} samples of LMDB {self.path}")
+        return int(k) % n
 
     def __getitem__(self, k: int) -> tuple[Image.Image, str]:
         from zoo.data.str import load_image
 
-        i, text = self.index[k]
+        text = self.label(k)
+        i = int(self.keys[self._position(k)])
         with _shared_env(self.path).begin() as txn:  # per process (DataLoader workers), shared by datasets
             data = txn.get(b"image-%09d" % i)
         if data is None:
@@ -149,6 +191,10 @@ class LMDBDataset(Dataset):
             return load_image(bytes(data)), text
         except ValueError as exc:
             raise ValueError(f"LMDB {self.path}, image-{i:09d}: {exc}") from exc
+
+
+_LABEL_MEMO = 1 << 18  # distinct raw labels whose normalization an LMDB scan remembers
+_UNSEEN = object()
 
 
 def find_lmdbs(root: str | Path) -> list[Path]:

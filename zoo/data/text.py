@@ -19,9 +19,8 @@ import json
 import re
 import warnings
 from collections import Counter
-from itertools import chain
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -30,12 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .files import read_utf8, say_hidden, walk_files
 from .lm_common import check_at_least, make_loader
-from .tokenizers import TokenizerLike, build_tokenizer, lone_surrogate, tokenizer_adds_bos
+from .tokenizers import ByteTokenizer, TokenizerLike, build_tokenizer, lone_surrogate, tokenizer_adds_bos
 
 __all__ = ["TextDataModule", "BlockDataset", "read_documents", "encode_corpus", "pack_blocks"]
 
 _FIX = "point it at a .txt file, a folder of .txt files or a .jsonl file with a 'text' field"
 _CHUNK_CHARS = 1 << 16  # documents are encoded in line-aligned chunks so the batch API can parallelize
+_BATCH_CHARS = 1 << 22  # characters encoded per batch call (its per-token objects are freed after each)
 # A piece ends after a newline that is a whole whitespace run (a non-space character before and after it): byte-level
 # BPE pre-tokenizes whitespace runs ("\n   " before an indented line is one pre-token), and a run that ends a text is
 # one pre-token where inside the text it is split before its last character ("\r\n", "\n\n", " \n" before a word:
@@ -115,16 +115,20 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     return docs
 
 
-def _line_chunks(doc: str) -> list[str]:
+def _iter_line_chunks(doc: str) -> Iterator[str]:
     """Split ``doc`` after newlines (that no whitespace follows) into pieces of about ``_CHUNK_CHARS``
-    characters (lossless)."""
-    chunks, start = [], 0
+    characters (lossless), one at a time."""
+    start = 0
     while start < len(doc):
         cut = _CUT.search(doc, start + _CHUNK_CHARS)
         end = len(doc) if cut is None else cut.end()
-        chunks.append(doc[start:end])
+        yield doc[start:end]
         start = end
-    return chunks
+
+
+def _line_chunks(doc: str) -> list[str]:
+    """The pieces of :func:`_iter_line_chunks` as a list."""
+    return list(_iter_line_chunks(doc))
 
 
 def _pieces_encode_as_whole(tokenizer: TokenizerLike) -> bool:
@@ -145,26 +149,51 @@ def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
 
     Long documents are encoded in line-aligned pieces (parallel, same text), unless the tokenizer treats the
     start of every text it encodes specially (converted Llama / Mistral tokenizers prepend "▁", a space, to
-    each one): those get each document whole.
+    each one): those get each document whole. Pieces are encoded about ``_BATCH_CHARS`` characters at a time
+    and each batch's tokens become an int32 array at once: the tokenizer's per-token objects (Python ints, Rust
+    encodings: tens of bytes a token) never exist for the whole corpus, only for one batch.
     """
-    pieces: list[str] = []
-    owner: list[int] = []  # document index of each piece
     whole = not _pieces_encode_as_whole(tokenizer)
+    raw_bytes = type(tokenizer) is ByteTokenizer  # its tokens are the UTF-8 bytes: read them without Python ints
+    sep = np.array([tokenizer.eos_id], dtype=np.int32)
+    start = np.array([tokenizer.bos_id] if tokenizer_adds_bos(tokenizer) else [], dtype=np.int32)
+    streams: list[np.ndarray] = []
+    batch: list[str] = []
+    owner: list[int] = []  # document index of each piece of the batch
+    last = -1  # document of the last piece encoded
+
+    def flush() -> None:
+        nonlocal last
+        if raw_bytes:
+            encoded = [np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in batch]
+        else:
+            encoded = tokenizer.encode_batch(batch)
+        parts = []
+        for i, ids in zip(owner, encoded):
+            if i != last:
+                if last >= 0:
+                    parts.append(sep)
+                parts.append(start)
+                last = i
+            parts.append(np.asarray(ids, dtype=np.int32))
+        streams.append(np.concatenate(parts))
+        batch.clear()
+        owner.clear()
+
+    size = 0
     for i, doc in enumerate(docs):
-        chunks = [doc] if whole else _line_chunks(doc)
-        pieces += chunks
-        owner += [i] * len(chunks)
-    encoded = tokenizer.encode_batch(pieces)
-    sep, start = [tokenizer.eos_id], ([tokenizer.bos_id] if tokenizer_adds_bos(tokenizer) else [])
-    parts = []
-    for j, ids in enumerate(encoded):
-        if j and owner[j] != owner[j - 1]:
-            parts.append(sep)
-        if (not j or owner[j] != owner[j - 1]) and start:
-            parts.append(start)
-        parts.append(ids)
-    total = sum(len(p) for p in parts)
-    return np.fromiter(chain.from_iterable(parts), dtype=np.int32, count=total)
+        for piece in ((doc,) if whole else _iter_line_chunks(doc)):
+            batch.append(piece)
+            owner.append(i)
+            size += len(piece)
+            if size >= _BATCH_CHARS:
+                flush()
+                size = 0
+    if batch:
+        flush()
+    if len(streams) == 1:
+        return streams[0]
+    return np.concatenate(streams) if streams else np.zeros(0, dtype=np.int32)
 
 
 def pack_blocks(stream: np.ndarray, block_size: int) -> torch.Tensor:
@@ -278,7 +307,10 @@ class TextDataModule(L.LightningDataModule):
     def tokenizer(self) -> TokenizerLike:
         """The tokenizer; a "bpe" spec trains it on the training documents at first access."""
         if self._tokenizer is None:
-            texts = self._documents() if self.tokenizer_spec == "bpe" else None
+            # trained on the documents' line-aligned pieces (the word counts of the whole documents: pieces end where
+            # a pre-token ends): the trainer given one 10 MB document took 1 GB more memory, and was slower
+            texts = ((piece for doc in self._documents() for piece in _iter_line_chunks(doc))
+                     if self.tokenizer_spec == "bpe" else None)
             self._tokenizer = build_tokenizer(self.tokenizer_spec, texts, self.bpe_vocab_size)
         return self._tokenizer
 
@@ -345,7 +377,10 @@ class TextDataModule(L.LightningDataModule):
         stream = streams[split]
         # once per split: a converted 150k-entry vocabulary decodes every id to count its bytes
         if split not in self._bytes_per_token:
-            self._bytes_per_token[split] = float(self.tokenizer.token_byte_lengths()[stream].sum() / len(stream))
+            lengths = self.tokenizer.token_byte_lengths()
+            # a slice at a time: the lengths of a whole split's tokens are int64, twice its int32 stream
+            total = sum(int(lengths[stream[k : k + _BATCH_CHARS]].sum()) for k in range(0, len(stream), _BATCH_CHARS))
+            self._bytes_per_token[split] = total / len(stream)
         return self._bytes_per_token[split]
 
     @property

@@ -27,9 +27,10 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -83,27 +84,63 @@ class SceneDataset(Dataset):
         return {"image": img, "captions": [s.caption()], "index": i, "name": f"scene-{i}"}
 
 
-class ImageCaptionDataset(Dataset):
-    """``(image path, captions)`` entries; train mode flattens to one item per caption."""
+class _Strings:
+    """Strings held as one UTF-8 blob with end offsets (numpy): no Python object per string, which a DataLoader worker
+    reading it would copy (reference counts write to the objects' pages). Any ``str`` round-trips (surrogatepass:
+    JSON may hold a lone surrogate, a file name an undecodable byte)."""
 
-    def __init__(self, entries: list[tuple[Path, list[str]]], image_size: int, train: bool) -> None:
-        self.entries, self.image_size, self.train = entries, image_size, train
-        self.index = [(i, j) for i, (_, caps) in enumerate(entries) for j in range(len(caps))] if train else None
+    def __init__(self, texts: Iterable[str]) -> None:
+        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+        self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        self._blob = b"".join(encoded)
 
     def __len__(self) -> int:
-        return len(self.index) if self.train else len(self.entries)
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:
+        start = int(self._ends[i - 1]) if i else 0
+        return self._blob[start : int(self._ends[i])].decode("utf-8", "surrogatepass")
+
+
+class ImageCaptionDataset(Dataset):
+    """``(image path, captions)`` entries; train mode flattens to one item per caption.
+
+    Paths and captions are held as :class:`_Strings` and numpy offsets, not the entries' Python objects: COCO's
+    566k training captions took ~190 MB more in every DataLoader worker that read them (a 3M-row caption CSV, ~1 GB)."""
+
+    def __init__(self, entries: list[tuple[Path, list[str]]], image_size: int, train: bool) -> None:
+        self.image_size, self.train = image_size, train
+        self._paths = _Strings(str(p) for p, _ in entries)
+        self._captions = _Strings(c for _, caps in entries for c in caps)  # image by image: train item k is caption k
+        counts = np.array([len(caps) for _, caps in entries], dtype=np.int64)
+        self._first = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])  # image i: [first[i], first[i+1])
+        self._image_of = np.repeat(np.arange(len(entries), dtype=np.int64), counts) if train else None
+
+    @property
+    def entries(self) -> list[tuple[Path, list[str]]]:
+        """The ``(image path, captions)`` entries (rebuilt as Python objects on each access)."""
+        return [(Path(self._paths[i]), self._captions_of(i)) for i in range(len(self._paths))]
+
+    def _captions_of(self, i: int) -> list[str]:
+        return [self._captions[j] for j in range(int(self._first[i]), int(self._first[i + 1]))]
+
+    def __len__(self) -> int:
+        return len(self._captions) if self.train else len(self._paths)
 
     def _image(self, path: Path) -> Tensor:
         return image_tensor(path, self.image_size)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError(f"item {k} out of range for {n} items")
+        k = int(k) % n
         if self.train:
-            i, j = self.index[k]
-            path, caps = self.entries[i]
+            path = Path(self._paths[int(self._image_of[k])])
             # the image's identity: its other captions in a batch are no negatives (ALBEF masks them by id)
-            return {"image": self._image(path), "caption": caps[j], "image_id": str(path)}
-        path, caps = self.entries[k]
-        return {"image": self._image(path), "captions": list(caps), "index": k, "name": str(path)}
+            return {"image": self._image(path), "caption": self._captions[k], "image_id": str(path)}
+        path = Path(self._paths[k])
+        return {"image": self._image(path), "captions": self._captions_of(k), "index": k, "name": str(path)}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
