@@ -544,6 +544,24 @@ def test_an_empty_batch_gives_empty_logits(attn):
         model(torch.tensor([[3, 50]]))
 
 
+def test_the_id_range_check_reads_the_device_once_per_forward(monkeypatch):
+    """Every forward checks its ids against the vocabulary; each read of a tensor value on the host is a device sync
+    on a GPU: min() < 0 and max() >= V read two per forward (every step, every generated token). Both ends are read
+    in one go now; out-of-range ids at either end are still named with the range."""
+    model = tiny("diff")
+    reads = []
+    for name in ("__bool__", "__int__", "__index__", "__float__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, _name=name, **k: reads.append(_name) or _real(self, *a, **k))
+    model(torch.tensor([[3, 49, 0]]))
+    assert len(reads) == 1, reads
+    monkeypatch.undo()
+    for ids, shown in (([[3, 50]], r"\[3, 50\]"), ([[-1, 7]], r"\[-1, 7\]")):
+        with pytest.raises(ValueError, match=rf"token ids must lie in \[0, 50\); got {shown}"):
+            model(torch.tensor(ids))
+
+
 @pytest.mark.parametrize("attn", ["diff", "vanilla"])
 def test_torch_compile_training_forward_is_one_graph_and_matches_eager(attn):
     """torch.compile: the training forward traces as one graph (the token-id range check read tensor values in
