@@ -202,6 +202,24 @@ def _cat_parts(parts):
     return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
 
 
+_I32_MAX = 2 ** 31 - 1
+
+
+def _needs_i64(*tensors) -> bool:
+    """Whether a kernel's row / key offsets of these tensors (or None) pass int32: the span of the dims after
+    batch and head (after the batch for a 2-d key mask), whose indices meet their strides in int32 inside the
+    kernels unless ``I64`` is set (batch and head offsets are int64 always). True only past 2^31 elements of
+    one (batch, head) slice, e.g. 524k tokens at a token stride of 4096: every other call keeps the int32
+    arithmetic."""
+    for t in tensors:
+        if t is None:
+            continue
+        first = 2 if t.dim() >= 3 else 1
+        if sum((n - 1) * abs(st) for n, st in zip(t.shape[first:], t.stride()[first:]) if n > 0) > _I32_MAX:
+            return True
+    return False
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 
@@ -232,6 +250,7 @@ def _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, store_stats):
             H, H // hkv, tq, tk, scale * math.log2(math.e), _bucket(tq), _bucket(tk),
             D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=bool(causal), HAS_KM=has_km,
             STORE_STATS=store_stats, DOT_PREC=_dot_precision(q1.dtype),
+            I64=_needs_i64(q1, q2, k1, k2, v, lam_v, key_mask, out),
         )
     if not store_stats:
         return out, None, None, None
@@ -256,13 +275,14 @@ def _backward(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, causal, key_mas
     dk2 = torch.empty(k2.shape, device=k2.device, dtype=k2.dtype)
     dvv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     qk_scale = scale * math.log2(math.e)
+    i64 = _needs_i64(do, q1, q2, k1, k2, v, lam_v, key_mask, out, o2, dq1, dk1, dvv)
     common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=bool(causal), HAS_KM=has_km,
-                  DOT_PREC=_dot_precision(q1.dtype))
+                  DOT_PREC=_dot_precision(q1.dtype), I64=i64)
     pre_block = _INTERPRET_BLOCK if _K.INTERPRET else 64
     with _on_device(q1):
         _K._bwd_preprocess_kernel[(triton.cdiv(tq, pre_block), H, B)](
             out, o2, do, lam_v, delta1, delta2, *_strides3(out), *_strides3(do), *lam_v.stride(),
-            H, tq, DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_block,
+            H, tq, DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_block, I64=i64,
         )
         inputs = (q1, q2, k1, k2, v, do, lam_v, km, lse1, lse2, delta1, delta2)
         in_strides = (*_strides3(q1), *_strides3(q2), *_strides3(k1), *_strides3(k2), *_strides3(v),
@@ -378,7 +398,7 @@ def _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits: Optional[int]) 
             *_strides3(k1), *_strides3(k2), *_strides3(v), s_kmb, s_kmt,
             H, n_rep, tk, chunk, num_splits, scale * math.log2(math.e),
             D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, HAS_KM=has_km, DOT_PREC=_dot_precision(q1.dtype),
-            BLOCK_R=max(16, triton.next_power_of_2(n_rep)), BLOCK_N=block_n,
+            I64=_needs_i64(k1, k2, v, key_mask), BLOCK_R=max(16, triton.next_power_of_2(n_rep)), BLOCK_N=block_n,
             num_warps=4, num_stages=2,
         )
         _K._decode_reduce_kernel[(H, B)](

@@ -12,10 +12,11 @@ Math (per query row ``i``, ``Pk = softmax(qk_i Kk^T * scale)``)::
 Kernel-internal conventions: scores are in the log2 domain (``qk_scale = scale * log2(e)``) and the
 stored log-sum-exps are log2 too. A forward query row with no visible key stores ``LSE = +inf`` so
 that every probability recomputed in the backward is exactly 0 (its output and gradients are 0).
-Head dims are padded to powers of two (``BLOCK_D``/``BLOCK_DV``) with masked loads. Address
-arithmetic is int64: ``tl.arange`` is int32 and so is a stride below 2^31, and their product wraps
-past 2^31 elements (524k tokens at a token stride of 4096) to a wrong address; batch and head indices
-are cast at ``tl.program_id``, query rows (``rows``) and keys (``keys``) where they meet a stride.
+Head dims are padded to powers of two (``BLOCK_D``/``BLOCK_DV``) with masked loads. Batch and head
+indices are int64 (cast at ``tl.program_id``). Query rows (``rows``) and keys (``keys``) meet their
+strides in int32, whose product wraps past 2^31 elements (524k tokens at a token stride of 4096) to a
+wrong address: a tensor that reaches that far is launched with ``I64=True`` (see ``ops._needs_i64``),
+which casts them to int64; every other call runs the int32 arithmetic the GPU timings were measured on.
 
 Whether the kernels are compiled or interpreted (``TRITON_INTERPRET=1``) is fixed when this module
 is imported (see ``ops.interpreter_state``).
@@ -25,6 +26,15 @@ import triton
 import triton.language as tl
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
+
+
+@triton.jit
+def _addr(idx, I64: tl.constexpr):
+    """``idx`` (query rows or keys) as it meets a stride: int64 for tensors past 2^31 elements."""
+    if I64:
+        return idx.to(tl.int64)
+    else:
+        return idx
 
 
 @triton.jit
@@ -43,13 +53,13 @@ def _kv_range(start_m, TQ, TK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAU
 
 @triton.jit
 def _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_KM: tl.constexpr):
+             HAS_KM: tl.constexpr, I64: tl.constexpr):
     """Visibility ``[M, N]`` (or ``[1, N]``) of keys ``offs_n`` for query rows ``offs_m``."""
     vis = offs_n[None, :] < TK
     if BOUNDS and CAUSAL:
         vis = vis & (offs_n[None, :] <= offs_m[:, None] + shift)
     if HAS_KM:
-        km = tl.load(KMp + offs_n.to(tl.int64) * s_kmt, mask=offs_n < TK, other=0)
+        km = tl.load(KMp + _addr(offs_n, I64) * s_kmt, mask=offs_n < TK, other=0)
         vis = vis & (km[None, :] != 0)
     return vis
 
@@ -70,10 +80,10 @@ def _fwd_tile(acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, of
               s_k1t, s_k2t, s_vt, s_kmt, qk_scale,
               D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_DV: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr):
+              HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, I64: tl.constexpr):
     """Both maps' online softmax over one key tile; the V tile is loaded once for both."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
+    keys = _addr(offs_n, I64)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     if BOUNDS:
@@ -87,7 +97,7 @@ def _fwd_tile(acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, of
     s1 = tl.dot(q1, k1t, input_precision=DOT_PREC) * qk_scale
     s2 = tl.dot(q2, k2t, input_precision=DOT_PREC) * qk_scale
     if BOUNDS or HAS_KM:
-        vis = _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS, CAUSAL, HAS_KM)
+        vis = _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS, CAUSAL, HAS_KM, I64)
         s1 = tl.where(vis, s1, float("-inf"))
         s2 = tl.where(vis, s2, float("-inf"))
     p1, a1, m1, l1 = _online_update(s1, m1, l1)
@@ -106,7 +116,7 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
                 H, N_REP, TQ, TK, qk_scale, TUNE_TQ, TUNE_TK,
                 D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, STORE_STATS: tl.constexpr,
-                DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                DOT_PREC: tl.constexpr, I64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -115,7 +125,7 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
+    rows = _addr(offs_m, I64)
     m_ok = offs_m < TQ
     q_mask = m_ok[:, None] & (offs_d[None, :] < D)
     q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + rows[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
@@ -138,12 +148,12 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
         acc1, acc2, l1, l2, m1, m2 = _fwd_tile(
             acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, offs_m, shift, TK,
             s_k1t, s_k2t, s_vt, s_kmt, qk_scale, D, DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-            False, CAUSAL, HAS_KM, DOT_PREC)
+            False, CAUSAL, HAS_KM, DOT_PREC, I64)
     for start_n in range(full_hi, hi, BLOCK_N):
         acc1, acc2, l1, l2, m1, m2 = _fwd_tile(
             acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, offs_m, shift, TK,
             s_k1t, s_k2t, s_vt, s_kmt, qk_scale, D, DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-            True, CAUSAL, HAS_KM, DOT_PREC)
+            True, CAUSAL, HAS_KM, DOT_PREC, I64)
 
     l1s = tl.where(l1 == 0.0, 1.0, l1)  # l == 0 only for rows without any visible key
     l2s = tl.where(l2 == 0.0, 1.0, l2)
@@ -163,13 +173,13 @@ def _fwd_kernel(Q1, Q2, K1, K2, V, LAM, KM, O, O2, LSE1, LSE2,
 @triton.jit
 def _bwd_preprocess_kernel(O, O2, DO, LAM, DELTA1, DELTA2,
                            s_ob, s_oh, s_ot, s_dob, s_doh, s_dot, s_lb, s_lh, s_lt, H, TQ,
-                           DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+                           DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, I64: tl.constexpr):
     """delta2 = rowsum(dO * O2), delta1 = rowsum(dO * O) + lam * delta2 (= rowsum(dO * O1))."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows = offs_m.to(tl.int64)
+    rows = _addr(offs_m, I64)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < TQ
     mask = m_ok[:, None] & (offs_dv[None, :] < DV)
@@ -190,10 +200,10 @@ def _bwd_kv_tile(dk1, dk2, dv, k1, k2, v, km_ok, Q1p, Q2p, DOp, LAMp, LSE1p, LSE
                  start_m, offs_n, shift, TQ, s_q1t, s_q2t, s_dot, s_lt, qk_scale,
                  D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, CAUSAL_MASK: tl.constexpr, HAS_KM: tl.constexpr,
-                 DOT_PREC: tl.constexpr):
+                 DOT_PREC: tl.constexpr, I64: tl.constexpr):
     """dK1, dK2, dV contributions of one query tile (scores kept transposed: [keys, queries])."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
+    rows = _addr(offs_m, I64)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok = offs_m < TQ
@@ -237,7 +247,7 @@ def _bwd_dkdv_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2,
                      s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
                      H, N_REP, TQ, TK, sm_scale, qk_scale, TUNE_TQ, TUNE_TK,
                      D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr,
+                     CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, I64: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key tile of one KV group; loops over the group's query heads, so no atomics (GQA)."""
     pid_n = tl.program_id(0)
@@ -245,7 +255,7 @@ def _bwd_dkdv_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2,
     b = tl.program_id(2).to(tl.int64)
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
+    keys = _addr(offs_n, I64)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     n_ok = offs_n < TK
@@ -284,12 +294,12 @@ def _bwd_dkdv_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2,
             dk1, dk2, dv = _bwd_kv_tile(
                 dk1, dk2, dv, k1, k2, v, km_ok, Q1p, Q2p, DOp, LAMp, LSE1 + row0, LSE2 + row0,
                 DELTA1 + row0, DELTA2 + row0, start_m, offs_n, shift, TQ, s_q1t, s_q2t, s_dot, s_lt,
-                qk_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, True, HAS_KM, DOT_PREC)
+                qk_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, True, HAS_KM, DOT_PREC, I64)
         for start_m in range(full_lo, TQ, BLOCK_M):
             dk1, dk2, dv = _bwd_kv_tile(
                 dk1, dk2, dv, k1, k2, v, km_ok, Q1p, Q2p, DOp, LAMp, LSE1 + row0, LSE2 + row0,
                 DELTA1 + row0, DELTA2 + row0, start_m, offs_n, shift, TQ, s_q1t, s_q2t, s_dot, s_lt,
-                qk_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, False, HAS_KM, DOT_PREC)
+                qk_scale, D, DV, BLOCK_M, BLOCK_D, BLOCK_DV, False, HAS_KM, DOT_PREC, I64)
 
     dk_off = b * s_dkb + g * s_dkh + keys[:, None] * s_dkt + offs_d[None, :]
     tl.store(DK1 + dk_off, (dk1 * sm_scale).to(DK1.dtype.element_ty), mask=k_mask)
@@ -303,10 +313,10 @@ def _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp
                 shift, TK, s_k1t, s_k2t, s_vt, s_kmt, qk_scale,
                 D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr):
+                HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, I64: tl.constexpr):
     """dQ1, dQ2 contributions of one key tile."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    keys = offs_n.to(tl.int64)  # in address arithmetic (see the module docstring)
+    keys = _addr(offs_n, I64)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     if BOUNDS:
@@ -321,7 +331,7 @@ def _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp
     p1 = tl.exp2(tl.dot(q1, k1t, input_precision=DOT_PREC) * qk_scale - lse1[:, None])
     p2 = tl.exp2(tl.dot(q2, k2t, input_precision=DOT_PREC) * qk_scale - lse2[:, None])
     if BOUNDS or HAS_KM:
-        vis = _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS, CAUSAL, HAS_KM)
+        vis = _visible(offs_m, offs_n, shift, TK, KMp, s_kmt, BOUNDS, CAUSAL, HAS_KM, I64)
         p1 = tl.where(vis, p1, 0.0)
         p2 = tl.where(vis, p2, 0.0)
     dp = tl.dot(do, vt, input_precision=DOT_PREC)
@@ -339,7 +349,7 @@ def _bwd_dq_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2, D
                    s_dob, s_doh, s_dot, s_lb, s_lh, s_lt, s_kmb, s_kmt, s_dqb, s_dqh, s_dqt,
                    H, N_REP, TQ, TK, sm_scale, qk_scale, TUNE_TQ, TUNE_TK,
                    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr,
+                   CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, I64: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -349,7 +359,7 @@ def _bwd_dq_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2, D
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    rows = offs_m.to(tl.int64)  # in address arithmetic (see the module docstring)
+    rows = _addr(offs_m, I64)
     m_ok = offs_m < TQ
     q_mask = m_ok[:, None] & (offs_d[None, :] < D)
     q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + rows[:, None] * s_q1t + offs_d[None, :], mask=q_mask, other=0.0)
@@ -374,11 +384,11 @@ def _bwd_dq_kernel(Q1, Q2, K1, K2, V, DO, LAM, KM, LSE1, LSE2, DELTA1, DELTA2, D
     for start_n in range(0, full_hi, BLOCK_N):
         dq1, dq2 = _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp,
                                start_n, offs_m, shift, TK, s_k1t, s_k2t, s_vt, s_kmt, qk_scale,
-                               D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, False, CAUSAL, HAS_KM, DOT_PREC)
+                               D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, False, CAUSAL, HAS_KM, DOT_PREC, I64)
     for start_n in range(full_hi, hi, BLOCK_N):
         dq1, dq2 = _bwd_q_tile(dq1, dq2, q1, q2, do, lse1, lse2, d1, d2, lam, K1p, K2p, Vp, KMp,
                                start_n, offs_m, shift, TK, s_k1t, s_k2t, s_vt, s_kmt, qk_scale,
-                               D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, True, CAUSAL, HAS_KM, DOT_PREC)
+                               D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, True, CAUSAL, HAS_KM, DOT_PREC, I64)
 
     dq_off = b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + offs_d[None, :]
     tl.store(DQ1 + dq_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=q_mask)
@@ -391,8 +401,8 @@ def _decode_split_kernel(Q1, Q2, K1, K2, V, KM, PO1, PO2, PLSE1, PLSE2,
                          s_k1b, s_k1h, s_k1t, s_k2b, s_k2h, s_k2t, s_vb, s_vh, s_vt, s_kmb, s_kmt,
                          H, N_REP, TK, CHUNK, NUM_SPLITS, qk_scale,
                          D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                         HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
+                         HAS_KM: tl.constexpr, DOT_PREC: tl.constexpr, I64: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """Flash-decoding pass 1: one KV split of one KV group, for all the group's query heads at once
     (GQA heads are the rows of the tile, so each K/V tile is read once per group)."""
     split = tl.program_id(0)
@@ -422,7 +432,7 @@ def _decode_split_kernel(Q1, Q2, K1, K2, V, KM, PO1, PO2, PLSE1, PLSE2,
         acc1, acc2, l1, l2, m1, m2 = _fwd_tile(
             acc1, acc2, l1, l2, m1, m2, q1, q2, K1p, K2p, Vp, KMp, start_n, offs_r, 0, TK,
             s_k1t, s_k2t, s_vt, s_kmt, qk_scale, D, DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-            True, False, HAS_KM, DOT_PREC)
+            True, False, HAS_KM, DOT_PREC, I64)
     l1s = tl.where(l1 == 0.0, 1.0, l1)
     l2s = tl.where(l2 == 0.0, 1.0, l2)
     part = ((b * H + h) * NUM_SPLITS + split)  # [BLOCK_R]

@@ -248,6 +248,21 @@ def test_offsets_past_2_31_elements_address_the_right_rows():
 
 
 @needs_kernel
+def test_only_tensors_past_int32_row_offsets_take_the_int64_kernels():
+    """The int64 row / key arithmetic (I64) is compiled in only where an offset within one (batch, head) slice
+    passes 2^31 - 1: every other call runs the int32 arithmetic the GPU timings were measured on. [B, T, H, D]
+    views (token stride H * D = 4096) reach 2^31 - 1 exactly at T = 524288 (the last element of the last row);
+    batch and head strides do not count (those offsets are int64 in the kernels)."""
+    def qkv_view(T, B=1):  # [B, H, T, D] over a [B, T, H, D] buffer, as the attention modules pass them
+        return torch.empty(B, T, 32, 128, device="meta").transpose(1, 2)
+
+    assert not ops._needs_i64(qkv_view(2048, B=64), qkv_view(524288), None)
+    assert ops._needs_i64(qkv_view(524289))
+    assert ops._needs_i64(None, torch.empty(1, 2 ** 31 + 1, device="meta", dtype=torch.bool))  # a key mask
+    assert not ops._needs_i64(torch.empty(70000, 32768, device="meta", dtype=torch.bool))  # its batch stride
+
+
+@needs_kernel
 @pytest.mark.parametrize("tq", [5, 1], ids=["fused", "decode"])
 def test_batches_past_the_cuda_grid_limit_launch_in_slices(monkeypatch, tq):
     """The batch is a launch grid's axis z (y in the decode reduction), which CUDA caps at 65535 programs: a
