@@ -193,6 +193,46 @@ def test_difflora_merge_in_bf16_rounds_once_and_unmerge_gives_the_base_back():
         assert torch.equal(getattr(layer.base, name).weight, w), name
 
 
+def test_difflora_merge_in_float64_keeps_float64():
+    """A float64 model ('64-true'): the merge is the float64 sum (it went through float32, rounding every q/k weight
+    of the base to float32, ~1e-8 off), and unmerge gives the float64 base back. Reference: the formula in float64."""
+    torch.manual_seed(0)
+    layer = A.DiffLoRAAttention(build_attention("vanilla", dim=64, n_heads=4, n_kv_heads=2), rank=4, alpha=8.0)
+    with torch.no_grad():
+        for lo in (layer.adapter.q_lora, layer.adapter.k_lora):
+            lo.b.normal_(0.0, 0.05)
+    layer = layer.double()
+    model = torch.nn.Sequential(layer)
+    before = {n: getattr(layer.base, n).weight.detach().clone() for n in ("q_proj", "k_proj")}
+    A.merge_adapters(model)
+    for name, lo in (("q_proj", layer.adapter.q_lora), ("k_proj", layer.adapter.k_lora)):
+        want = before[name] + lo.scale * (lo.b.detach() @ lo.a.detach())
+        got = getattr(layer.base, name).weight
+        assert got.dtype == torch.float64 and (got - want).abs().max() < 1e-14, name
+    A.unmerge_adapters(model)
+    for name, w in before.items():
+        assert (getattr(layer.base, name).weight - w).abs().max() < 1e-14, name
+
+
+def test_difflora_merges_half_precision_weights_made_under_inference_mode():
+    """A bf16 model built (or loaded and cast) under torch.inference_mode holds inference tensors, which track no
+    version: merge read one to know later whether the weights changed, and raised "Inference tensors do not track
+    version counter". It merges (the fp32 sum rounded once) and unmerges (subtracting: nothing tells a change)."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        layer = A.DiffLoRAAttention(build_attention("vanilla", dim=64, n_heads=4, n_kv_heads=2), rank=4, alpha=8.0)
+        layer.adapter.q_lora.b.normal_(0.0, 0.05)
+        layer = layer.to(torch.bfloat16)
+        model = torch.nn.Sequential(layer)
+        w0 = layer.base.q_proj.weight.clone()
+        lo = layer.adapter.q_lora
+        want = (w0.float() + lo.scale * (lo.b.float() @ lo.a.float())).to(torch.bfloat16)
+        A.merge_adapters(model)
+        assert torch.equal(layer.base.q_proj.weight, want)
+        A.unmerge_adapters(model)
+        assert (layer.base.q_proj.weight.float() - w0.float()).abs().max() <= 2 ** -7 * w0.float().abs().max()
+
+
 def test_opamp_formula():
     base = plain_attn()
     layer = A.OpAmpAttention(base, rank=2, alpha=2.0, cmrr=5.0, common_gain=0.8)

@@ -171,9 +171,10 @@ class LoRA(nn.Module):
         return (x @ self.a.T.to(x.dtype)) @ self.b.T.to(x.dtype) * self.scale
 
     def delta(self) -> Tensor:
-        """The dense weight update ``scale * B A`` (``[out, in]``), in float32 whatever the factors' dtype (bf16
-        factors would round their product, then the scaled product, before the merge rounds the sum)."""
-        return (self.b.float() @ self.a.float()) * self.scale
+        """The dense weight update ``scale * B A`` (``[out, in]``), in float32 at least (bf16 factors would round their
+        product, then the scaled product, before the merge rounds the sum; float64 factors keep float64)."""
+        wide = torch.promote_types(self.b.dtype, torch.float32)
+        return (self.b.to(wide) @ self.a.to(wide)) * self.scale
 
 
 def _need_vanilla(base: AttentionBase, method: str) -> None:
@@ -219,17 +220,20 @@ class DiffLoRAAttention(AdaptedAttention):
     def merge(self) -> None:
         """Fold the positive-term LoRA into ``q_proj``/``k_proj`` (inference speed, same outputs).
 
-        The sum is taken in float32 and rounded once to the weights' dtype (bf16 weights: the fp32 merge cast to
-        bf16). Half-precision weights keep their pre-merge values (one copy of ``q_proj``/``k_proj``), which
-        :meth:`unmerge` puts back exactly: subtracting the delta again would move about a third of a bf16 base's
-        entries by one rounding step, and the export after an unmerge would not hold the base it started from."""
+        The sum is taken in float32 (float64 weights: float64) and rounded once to the weights' dtype (bf16 weights:
+        the fp32 merge cast to bf16). Half-precision weights keep their pre-merge values (one copy of
+        ``q_proj``/``k_proj``), which :meth:`unmerge` puts back exactly: subtracting the delta again would move about a
+        third of a bf16 base's entries by one rounding step, and the export after an unmerge would not hold the base
+        it started from."""
         if not self.merged:
             self._sync()
             self._premerge = {}
             with torch.no_grad():
                 for w, lora in self._merge_pairs():
-                    original = w.detach().clone() if torch.finfo(w.dtype).bits < 32 else None
-                    w.copy_(w.float() + lora.delta())
+                    # (an inference tensor has no version counter to tell a later change by: unmerge subtracts)
+                    keep = torch.finfo(w.dtype).bits < 32 and not w.is_inference()
+                    original = w.detach().clone() if keep else None
+                    w.copy_(w + lora.delta())  # in the wider of the two dtypes (float32 at least)
                     if original is not None:
                         self._premerge[id(w)] = (original, w._version)
             self.merged = True
@@ -240,10 +244,11 @@ class DiffLoRAAttention(AdaptedAttention):
             with torch.no_grad():
                 for w, lora in self._merge_pairs():
                     original, version = self._premerge.get(id(w), (None, None))
-                    if original is not None and w._version == version:  # untouched since the merge: put it back
+                    # untouched since the merge: put it back (an inference tensor tracks no version)
+                    if original is not None and not w.is_inference() and w._version == version:
                         w.copy_(original)
                     else:  # changed since (trained, loaded into): take the delta out of what it is now
-                        w.copy_(w.float() - lora.delta())
+                        w.copy_(w - lora.delta())
             self._premerge = {}
             self.merged = False
 

@@ -408,6 +408,12 @@ class RecognitionTask(ZooTask):
             batch = {**batch, "longest_label": int((targets != -100).sum(-1).max())}
         return batch
 
+    @property
+    def _async_copy(self) -> bool:
+        # CUDA stages a pageable host tensor before the call returns; MPS may read it after it is freed (silent
+        # garbage: pytorch/pytorch#139550), so elsewhere the copy waits
+        return self.device.type == "cuda"
+
     def _mask(self, mode: str, targets: Tensor, longest: Optional[int] = None) -> tuple[Tensor, Optional[Tensor]]:
         """The visibility mask of ``mode`` and the targets it is trained on (None: no target left). ``longest``: the
         batch's longest label in slots (EOS included), read on the host (None: read from ``targets``)."""
@@ -417,14 +423,14 @@ class RecognitionTask(ZooTask):
         # the permutation is drawn on the host (torch's global RNG, as before): its mask is built there and copied
         # without waiting for the device (a blocking copy is a device sync)
         if self.recipe == "v1":
-            return visibility(torch.randperm(T), T).to(self.device, non_blocking=True), targets
+            return visibility(torch.randperm(T), T).to(self.device, non_blocking=self._async_copy), targets
         # PARSeq: permute the character positions of the batch's longest label; its EOS slot comes last, the
         # slots after it (padding in every row) keep their order
         n = (int((targets != -100).sum(-1).max()) if longest is None else int(longest)) - 1
         order = torch.cat([torch.randperm(n), torch.arange(n, T)])
         # with EOS targets dropped, a batch of empty (pseudo)labels (n == 0) has no target left
         kept = targets.masked_fill(targets == self.model.charset.EOS, -100) if n > 0 else None
-        return visibility(order, T).to(self.device, non_blocking=True), kept
+        return visibility(order, T).to(self.device, non_blocking=self._async_copy), kept
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, targets = batch["images"], batch["targets"]
