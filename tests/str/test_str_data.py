@@ -145,6 +145,35 @@ def test_lmdb_index_is_arrays_not_python_objects_and_keeps_every_sample(tmp_path
     assert not held and isinstance(ds.keys, np.ndarray)
 
 
+def test_image_folder_index_holds_no_python_object_per_sample(tmp_path):
+    """FolderDataset kept a list of (path, label) tuples, which every DataLoader worker reading it copied (~150 B a
+    crop per worker). The same samples in the same order, from numpy-held strings."""
+    from zoo.data.charsets import NormStats
+    from zoo.data.str_real import FolderDataset
+
+    d = _folder(tmp_path, [("a.png", "x"), ("b b.png", "y"), ("c\u00e9.png", "z")])
+    words = ["abc", "ab-c", "", "waytoolongword", "Hello", "d e", "x!", "caf\u00e9", "\u00e9t\u00e9"]
+    names = ["a.png", "b b.png", "c\u00e9.png"]
+    (d / "labels.txt").write_text("".join(f"{names[i % 3]}\t{words[i % 9] if i % 5 else f'w{i}'}\n" for i in range(400)),
+                                  encoding="utf-8")
+    # the naive reader: each line split at its tab, the label normalized
+    stats, want = NormStats(), []
+    for line in (d / "labels.txt").read_text(encoding="utf-8").splitlines():
+        path, raw = line.split("\t")
+        t = CS.normalize(raw, stats)
+        if t is not None:
+            want.append((path, t))
+    ds = FolderDataset(d, CS)
+    assert ds.items == want and len(ds) == len(want) > 300 and ds.stats == stats
+    assert [ds[k][1] for k in (0, 5, -1)] == [want[0][1], want[5][1], want[-1][1]]
+    assert np.asarray(ds[-1][0]).shape == (20, 60, 3)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    # no per-sample Python objects: nothing a worker's reads would copy
+    held = {k: v for k, v in vars(ds).items() if isinstance(v, (list, tuple, dict, set)) and len(v) > 10}
+    assert not held
+
+
 def test_one_lmdb_read_by_several_datasets_and_workers(tmp_path):
     """train == val, a root and one of its LMDBs, fit then test: python-lmdb opens a path once per process,
     so the datasets share the handle, and a DataLoader worker forked after the main process read opens its own."""
@@ -434,6 +463,17 @@ def test_excels_sep_line_in_a_labels_csv(tmp_path):
     assert read_labels(d) == [("a.png", "x"), ("b.png", "y")]
     (d / "labels.csv").write_text("sep=;\npath;text\na.png;x\n")
     with pytest.raises(ValueError, match=r"labels.csv starts with Excel's 'sep=;' line.*comma-separated"):
+        read_labels(d)
+
+
+@pytest.mark.parametrize("text,named", [("path;text\na.png;x\n", "semicolons"), ("a.png;x\nb.png;y\n", "semicolons"),
+                                        ("path\ttext\na.png\tx\n", "tabs")])
+def test_a_labels_csv_with_another_separator_is_named(tmp_path, text, named):
+    # a labels.csv saved with `;` (Excel in locales with decimal commas) without the sep= line was refused as
+    # "line 1: expected 2 columns (path, text), got ['path;text']", which does not say why
+    d = _folder(tmp_path, [("a.png", "x"), ("b.png", "y")], csv=True)
+    (d / "labels.csv").write_text(text)
+    with pytest.raises(ValueError, match=rf"labels.csv separates its columns with {named}.*comma-separated.*read_csv"):
         read_labels(d)
 
 

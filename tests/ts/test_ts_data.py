@@ -499,3 +499,27 @@ def test_a_pipe_is_named_not_reported_missing(tmp_path):
     os.mkfifo(tmp_path / "pipe.csv")
     with pytest.raises(ValueError, match=r"pipe.csv is not a regular file .*save it to a file"):
         read_ts_csv(tmp_path / "pipe.csv")
+
+
+def test_a_predict_file_of_another_spacing_is_said(tmp_path):
+    """data.predict_path read daily rows for a model of hourly data without a word: the forecast took them as hourly
+    history and was stamped hourly after the last day (model.forecast(df) says so for the same input)."""
+    n, t = 300, np.arange(300)
+    pd.DataFrame({"date": pd.date_range("2021-01-01", periods=n, freq="h"), "a": np.sin(t / 5) * 3 + 1,
+                  "OT": np.cos(t / 7)}).to_csv(tmp_path / "h.csv", index=False)
+    # the same variables in another column order, hourly: the last 24 rows scaled by the training rows' scaler
+    later = pd.DataFrame({"date": pd.date_range("2021-03-01", periods=40, freq="h"), "OT": t[:40] * 0.1,
+                          "a": t[:40] * -0.2})
+    later.to_csv(tmp_path / "later.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "h.csv"), lookback=24, horizon=12, predict_path=str(tmp_path / "later.csv"))
+    train = pd.read_csv(tmp_path / "h.csv")[["a", "OT"]].to_numpy()[: int(0.7 * n)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        item = dm.predict_item()
+    want = (later[["a", "OT"]].to_numpy()[-24:] - train.mean(0)) / train.std(0)
+    np.testing.assert_allclose(item["x"].numpy(), want, rtol=1e-5, atol=1e-6)
+    later["date"] = pd.date_range("2021-03-01", periods=40, freq="D")
+    later.to_csv(tmp_path / "later.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "h.csv"), lookback=24, horizon=12, predict_path=str(tmp_path / "later.csv"))
+    with pytest.warns(UserWarning, match=r"later.csv is D-spaced but .*h.csv.* is h-spaced.*resample"):
+        dm.predict_item()

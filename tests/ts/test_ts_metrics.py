@@ -333,7 +333,29 @@ def test_a_loaded_checkpoint_tested_on_another_file_reports_that_files_units(tmp
 
     loaded = ForecastTask.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
     dm_b = CSVTSDataModule(str(tmp_path / "b.csv"), eval_batch_size=7, **kw)
+    # the conversion between the two scalers (and column orders) is put on the device once, not made on the host and
+    # copied every step (a blocking host-to-device copy: a GPU sync per step)
+    made, real_tensor, real_getitem, real_step = [], torch.tensor, torch.Tensor.__getitem__, loaded.test_step
+
+    def tensor(*args, **kwargs):
+        made[-1].append("tensor")
+        return real_tensor(*args, **kwargs)
+
+    def getitem(self, idx):
+        if any(isinstance(i, list) for i in (idx if isinstance(idx, tuple) else (idx,))):
+            made[-1].append("list index")  # indexing by a list makes an index tensor on the host
+        return real_getitem(self, idx)
+
+    def counted(*args, **kwargs):
+        made.append([])
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch, "tensor", tensor)
+            m.setattr(torch.Tensor, "__getitem__", getitem)
+            return real_step(*args, **kwargs)
+
+    loaded.test_step = counted
     L.Trainer(default_root_dir=tmp_path / "test", **trainer_kw).test(loaded, datamodule=dm_b, verbose=False)
+    assert len(made) > 3 and made[1:] == [[]] * (len(made) - 1), made
     res = loaded.results["test"]
 
     info_a, info_b = dm_a.data_info, dm_b.data_info

@@ -505,3 +505,43 @@ def test_caption_dataset_holds_no_python_object_per_caption_and_keeps_every_item
     assert train[-1]["caption"] == want_train[-1][1] and val.entries == entries
     with pytest.raises(IndexError):
         train[len(train)]
+
+
+def test_a_caption_datamodule_keeps_no_entry_lists_once_its_datasets_hold_them(tmp_path):
+    """After the splits were built (their datasets hold paths and captions as numpy blobs), the datamodule still kept
+    the (path, captions) lists of every split: ~240 MB of Python objects for a 100k-image Karpathy JSON. The same
+    vocabulary, entries and test-source note, from the datasets."""
+    from zoo.data.vlm import function_vocab_words, split_words
+
+    names = [f"train2014/{i:02d}.jpg" for i in range(30)]
+    root = tmp_path / "imgs"
+    (root / "train2014").mkdir(parents=True)
+    for n in names:
+        Image.new("RGB", (8, 8)).save(root / n)
+    splits = ["train", "restval"] * 10 + ["val"] * 5 + ["test"] * 5
+    want = {"train": [], "val": [], "test": []}
+    images = []
+    for k, (n, s) in enumerate(zip(names, splits)):
+        caps = [f"A dog number {k % 7} runs, {j}" for j in range(k % 3 + 1)]
+        images.append({"filepath": "train2014", "filename": n.split("/")[1], "split": s,
+                       "sentences": [{"raw": c} for c in caps]})
+        want["train" if s == "restval" else s].append((root / n, caps))
+    kj = tmp_path / "dataset_coco.json"
+    kj.write_text(json.dumps({"images": images}))
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(kj), val=str(kj), test=str(kj), image_size=16)
+    info = dm.data_info
+    words = sorted({w for _, caps in want["train"] for c in caps for w in split_words(c)})
+    fw = function_vocab_words("en")
+    assert info["vocab"] == words + sorted(set(fw) - set(words))
+    assert info["sizes"] == {"train": sum(len(c) for _, c in want["train"]), "val": 5, "test": 5}
+    lists = [k for k, v in vars(dm).items() if isinstance(v, dict)
+             and any(isinstance(e, list) and len(e) > 10 and isinstance(e[0], tuple) for e in v.values())]
+    assert not lists, lists
+    assert dm.entries() == want and dm.test_source_note is None
+    # the note for a test split read from data.val is still said once the entries are dropped
+    val_csv = tmp_path / "val.csv"
+    val_csv.write_text("image,caption\n" + "".join(f"{n},caption {n}\n" for n in names[20:25]))
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(kj), val=str(val_csv), image_size=16)
+    dm.data_info
+    with pytest.warns(UserWarning, match=r"data.test is unset: test / predict use data.val"):
+        dm.test_dataloader()

@@ -5,8 +5,36 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from array import array
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+
+class Strings:
+    """Strings held as one UTF-8 blob with end offsets (numpy): no Python object per string, which a DataLoader worker
+    reading it would copy (reference counts write to the objects' pages). Any ``str`` round-trips (surrogatepass:
+    JSON may hold a lone surrogate, a file name an undecodable byte); indexed as a list is (negative from the end)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        ends, blob = array("q"), bytearray()  # no list of encoded strings beside the blob while it is built
+        for t in texts:
+            blob += t.encode("utf-8", "surrogatepass")
+            ends.append(len(blob))
+        self._ends = np.frombuffer(ends, dtype=np.int64).copy()
+        self._blob = bytes(blob)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:
+        n = len(self._ends)
+        if not -n <= i < n:
+            raise IndexError(f"string {i} out of range for {n} strings")
+        i = int(i) % n
+        start = int(self._ends[i - 1]) if i else 0
+        return self._blob[start : int(self._ends[i])].decode("utf-8", "surrogatepass")
 
 
 def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
@@ -49,17 +77,17 @@ def walk_files(root: Path, hidden: Optional[list[Path]] = None) -> list[Path]:
     return sorted(out)
 
 
-def refuse_other_separator(path: Path, columns: list) -> None:
+def refuse_other_separator(path: Path, columns: Sequence, what: str = "header") -> None:
     """A CSV read as one column whose name holds ``;`` or a tab (``'date;a;b'``) was written with another
     separator: a ``ValueError`` that names it and the conversion, rather than a missing-column error whose advice
-    (set the column's name) does not help."""
+    (set the column's name) does not help. ``what`` names the row ``columns`` is (a headerless file's first line)."""
     if len(columns) != 1:
         return
     header = str(columns[0])
     for ch, name, sep, note in ((";", "semicolons", "';'", " (with decimal=',' for decimal commas)"), ("\t", "tabs", "'\\t'", "")):
         if ch in header:
             raise ValueError(
-                f"{path} separates its columns with {name} (header {header!r}); the file must be comma-separated: "
+                f"{path} separates its columns with {name} ({what} {header!r}); the file must be comma-separated: "
                 f"convert it, e.g. pandas.read_csv(path, sep={sep}).to_csv(new_path, index=False){note}"
             )
 

@@ -36,7 +36,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.data.charsets import Charset, NormStats
-from zoo.data.files import read_utf8, say_hidden, skip_excel_sep, walk_files
+from zoo.data.files import Strings, read_utf8, refuse_other_separator, say_hidden, skip_excel_sep, walk_files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +253,8 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
         if rows and skip_excel_sep(path, rows[0][1]):  # Excel's `sep=,` line, above the header
             rows = rows[1:]
+        if rows and len(rows[0][1]) == 1:  # `path;text`: named, not "expected 2 columns, got ['path;text']"
+            refuse_other_separator(path, rows[0][1], "first line")
         head = [c.strip().lower() for c in rows[0][1]] if rows else []
         # a header names the path and text columns, in any order among others (Hugging Face's imagefolder finds
         # file_name wherever it stands)
@@ -328,22 +330,31 @@ def _require_images(folder: Path, pairs: list[tuple[str, str]]) -> list[tuple[st
 
 
 class FolderDataset(Dataset):
-    """Images of a folder listed in its labels file; missing image files are an error naming them."""
+    """Images of a folder listed in its labels file; missing image files are an error naming them.
+
+    The kept samples' paths and normalized labels are held as :class:`~zoo.data.files.Strings` (UTF-8 blobs), not a
+    list of tuples: a DataLoader worker reading the list copied its objects (~150 B a crop in every worker)."""
 
     def __init__(self, folder: str | Path, charset: Charset, labels: Optional[str | Path] = None) -> None:
         self.folder, self.charset = Path(folder), charset
         self.stats = NormStats()
         pairs = _require_images(self.folder, read_labels(self.folder, labels))
-        self.items = [(p, t) for p, raw in pairs if (t := charset.normalize(raw, self.stats)) is not None]
+        kept = [(p, t) for p, raw in pairs if (t := charset.normalize(raw, self.stats)) is not None]
+        del pairs
+        self._paths, self._labels = Strings(p for p, _ in kept), Strings(t for _, t in kept)
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        """The ``(relative path, normalized label)`` samples (rebuilt as Python objects on each access)."""
+        return [(self._paths[k], self._labels[k]) for k in range(len(self._paths))]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._paths)
 
     def __getitem__(self, k: int) -> tuple[Image.Image, str]:
         from zoo.data.str import load_image
 
-        p, text = self.items[k]
-        return load_image(self.folder / p), text
+        return load_image(self.folder / self._paths[k]), self._labels[k]
 
 
 def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]:

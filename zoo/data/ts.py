@@ -348,6 +348,7 @@ class TSDataModule(L.LightningDataModule):
                 interpolate=self.interpolate, source=source, date_format=self.date_format,
             )
             values = frame.to_numpy(dtype=np.float64)
+            self._say_other_spacing(dates, p["freq"], source)
         if len(values) < self.lookback:
             raise ValueError(
                 f"too few rows in {source} to forecast: {len(values)} rows but lookback is {self.lookback}"
@@ -360,6 +361,24 @@ class TSDataModule(L.LightningDataModule):
         if p["time_feature_names"]:
             item["x_mark"] = torch.from_numpy(time_features(dates[-self.lookback :], p["time_feature_names"]))
         return item
+
+    def _say_other_spacing(self, dates: pd.DatetimeIndex, freq: str, source: str) -> None:
+        """Warn when the predict file is spaced otherwise than the data (as model.forecast(df) does): its rows were
+        read as ``freq`` steps of history and the forecast stamped at ``freq`` after its last date."""
+        if len(dates) < 2 or ts_frames._off_steps(dates, freq) == 0:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the file's own gaps are not what is said here
+                own = infer_freq(dates)
+        except ValueError:
+            return
+        if not same_spacing(own, freq):
+            warnings.warn(
+                f"data.predict_path {source} is {own}-spaced but {self.source_name} (the model's data) is {freq}-spaced: "
+                f"its rows are read as {freq} steps of history and the forecast is of {freq} steps after its last date; "
+                f"resample it to {freq}", stacklevel=3,
+            )
 
     # -- Lightning hooks
     def setup(self, stage: Optional[str] = None) -> None:

@@ -27,7 +27,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import scenes as sc
-from zoo.data.files import read_utf8, refuse_other_separator
+from zoo.data.files import Strings, read_utf8, refuse_other_separator
 from zoo.data.samplers import pin_memory_for
 from zoo.data.vlm_io import (  # noqa: F401 (Lightning-free, for inference; re-exported here)
     FUNCTION_WORDS_DIR, SPECIALS, TOKENIZER_FILE, PathLike, VLMTokenizer, function_vocab_words,
@@ -84,34 +84,16 @@ class SceneDataset(Dataset):
         return {"image": img, "captions": [s.caption()], "index": i, "name": f"scene-{i}"}
 
 
-class _Strings:
-    """Strings held as one UTF-8 blob with end offsets (numpy): no Python object per string, which a DataLoader worker
-    reading it would copy (reference counts write to the objects' pages). Any ``str`` round-trips (surrogatepass:
-    JSON may hold a lone surrogate, a file name an undecodable byte)."""
-
-    def __init__(self, texts: Iterable[str]) -> None:
-        encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-        self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        self._blob = b"".join(encoded)
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, i: int) -> str:
-        start = int(self._ends[i - 1]) if i else 0
-        return self._blob[start : int(self._ends[i])].decode("utf-8", "surrogatepass")
-
-
 class ImageCaptionDataset(Dataset):
     """``(image path, captions)`` entries; train mode flattens to one item per caption.
 
-    Paths and captions are held as :class:`_Strings` and numpy offsets, not the entries' Python objects: COCO's
+    Paths and captions are held as :class:`Strings` and numpy offsets, not the entries' Python objects: COCO's
     566k training captions took ~190 MB more in every DataLoader worker that read them (a 3M-row caption CSV, ~1 GB)."""
 
     def __init__(self, entries: list[tuple[Path, list[str]]], image_size: int, train: bool) -> None:
         self.image_size, self.train = image_size, train
-        self._paths = _Strings(str(p) for p, _ in entries)
-        self._captions = _Strings(c for _, caps in entries for c in caps)  # image by image: train item k is caption k
+        self._paths = Strings(str(p) for p, _ in entries)
+        self._captions = Strings(c for _, caps in entries for c in caps)  # image by image: train item k is caption k
         counts = np.array([len(caps) for _, caps in entries], dtype=np.int64)
         self._first = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])  # image i: [first[i], first[i+1])
         self._image_of = np.repeat(np.arange(len(entries), dtype=np.int64), counts) if train else None
@@ -120,6 +102,10 @@ class ImageCaptionDataset(Dataset):
     def entries(self) -> list[tuple[Path, list[str]]]:
         """The ``(image path, captions)`` entries (rebuilt as Python objects on each access)."""
         return [(Path(self._paths[i]), self._captions_of(i)) for i in range(len(self._paths))]
+
+    def captions(self) -> list[str]:
+        """Every caption, image by image."""
+        return [self._captions[j] for j in range(len(self._captions))]
 
     def _captions_of(self, i: int) -> list[str]:
         return [self._captions[j] for j in range(int(self._first[i]), int(self._first[i + 1]))]
@@ -448,8 +434,15 @@ class ImageCaptionDataModule(VLMDataModule):
         self._test_unset = test is None and val is not None
         self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
         self._entries: Optional[dict[str, list[tuple[Path, list[str]]]]] = None
+        # once build_splits made the datasets, they hold the entries (numpy blobs) and the lists are dropped: COCO's
+        # Python objects took ~300 MB in the main process besides the datasets
+        self._built: Optional[dict[str, ImageCaptionDataset]] = None
+        self._test_is_val: Optional[bool] = None  # see test_source_note, kept when the entries are dropped
 
     def entries(self) -> dict[str, list[tuple[Path, list[str]]]]:
+        """Each split's ``(image path, captions)``; once the splits are built, rebuilt from their datasets."""
+        if self._entries is None and self._built is not None:
+            return {k: ds.entries for k, ds in self._built.items()}
         if self._entries is None:
             if not self.image_root.is_dir():
                 raise FileNotFoundError(f"image root {self.image_root} is not a folder; set data.image_root")
@@ -469,23 +462,28 @@ class ImageCaptionDataModule(VLMDataModule):
                         f"the training images; give data.{split} for a held-out measure",
                         stacklevel=2,
                     )
+            e = self._entries
+            self._test_is_val = self._test_unset and e["test"] == e["val"] != e["train"]
         return self._entries
 
     @property
     def test_source_note(self) -> Optional[str]:
         """Said by test / predict when ``data.test`` is unset and they read ``data.val``'s captions (a file with no
         split field; a Karpathy JSON has its own test split, the training images are named in ``entries``)."""
-        e = self.entries()
-        if self._test_unset and e["test"] == e["val"] != e["train"]:
+        if self._test_is_val is None:
+            self.entries()
+        if self._test_is_val:
             return (f"data.test is unset: test / predict use data.val ({self.files['val']}); give data.test for a "
                     "held-out test set")
         return None
 
     def build_splits(self) -> dict[str, Dataset]:
-        return {k: ImageCaptionDataset(v, self.image_size, k == "train") for k, v in self.entries().items()}
+        self._built = {k: ImageCaptionDataset(v, self.image_size, k == "train") for k, v in self.entries().items()}
+        self._entries = None  # the datasets hold them
+        return dict(self._built)
 
     def train_captions(self) -> list[str]:
-        return [c for _, caps in self.entries()["train"] for c in caps]
+        return self.splits()["train"].captions()
 
 
 __all__ = [

@@ -256,7 +256,7 @@ class ForecastTask(ZooTask):
         return cfg
 
     # -- steps
-    def _data_to_model_scale(self) -> Optional[tuple[Tensor, Tensor, Optional[list[int]]]]:
+    def _data_to_model_scale(self) -> Optional[tuple[list[float], list[float], Optional[list[int]]]]:
         """Per-variate ``(a, b, order)`` with ``model-scaled = a * data-scaled[..., order] + b``, or None when
         they agree; ``order`` (None: the same) takes the data's columns to the model's.
 
@@ -269,20 +269,22 @@ class ForecastTask(ZooTask):
             return None
         _refuse_other_variables(meta, info, "the model")
         order = [list(info["columns"]).index(c) for c in meta["columns"]]
-        md, sd = (torch.tensor([info[k][i] for i in order], dtype=torch.float64) for k in ("mean", "std"))
-        mm, sm = torch.tensor(meta["mean"], dtype=torch.float64), torch.tensor(meta["std"], dtype=torch.float64)
-        return sd / sm, (md - mm) / sm, (None if order == sorted(order) else order)
+        # in Python floats (float64), made into device tensors once by _on_device (not on the host every step)
+        md, sd = ([float(info[k][i]) for i in order] for k in ("mean", "std"))
+        mm, sm = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+        return ([s / m for s, m in zip(sd, sm)], [(d - m) / s for d, m, s in zip(md, mm, sm)],
+                None if order == sorted(order) else order)
 
-    def _model_input(self, x: Tensor) -> tuple[Tensor, Optional[tuple[Tensor, Tensor, Optional[list[int]]]]]:
+    def _model_input(self, x: Tensor) -> tuple[Tensor, Optional[tuple[list[float], list[float], Optional[list[int]]]]]:
         """``x`` (data-scaled, the data's column order) in the model's scale and order, and the ``(a, b, order)``
         used (None: the scalers agree)."""
         conv = self._data_to_model_scale()
         if conv is None:
             return x, None
-        a, b = (t.to(x.dtype).to(x.device) for t in conv[:2])  # cast on the CPU: MPS cannot hold the float64 first
-        if conv[2] is not None:
-            x = x[..., conv[2]]
-        return x * a + b, (a, b, conv[2])
+        a, b, order = conv
+        if order is not None:
+            x = x.index_select(-1, self._on_device("to_model_order", order, torch.long, x.device))
+        return x * self._on_device("to_model_a", a, x.dtype, x.device) + self._on_device("to_model_b", b, x.dtype, x.device), conv
 
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
         """The forecast in the data's scale (the batches' own), whatever scaler the model was trained with."""
@@ -290,10 +292,13 @@ class ForecastTask(ZooTask):
         out = self.model(x, batch.get("x_mark"))
         if conv is not None:  # back: data-scaled = (model-scaled - b) / a, on the channels the model returns
             a, b, order = conv
-            keep = slice(None) if out.shape[-1] == len(a) else list(self.out_index or [])
-            out = (out - b[keep].to(out.dtype)) / a[keep].to(out.dtype)
+            keep = range(len(a)) if out.shape[-1] == len(a) else list(self.out_index or [])
+            b_out, a_out = ([v[i] for i in keep] for v in (b, a))
+            out = ((out - self._on_device("from_model_b", b_out, out.dtype, out.device))
+                   / self._on_device("from_model_a", a_out, out.dtype, out.device))
             if order is not None and out.shape[-1] == len(a):  # the model's column order back to the data's
-                out = out[..., sorted(range(len(order)), key=order.__getitem__)]
+                back = sorted(range(len(order)), key=order.__getitem__)
+                out = out.index_select(-1, self._on_device("from_model_order", back, torch.long, out.device))
         if self.out_index is not None and len(self.out_index) != out.shape[-1]:
             out = out.index_select(-1, self._on_device("out_index", self.out_index, torch.long, out.device))
         return out
