@@ -302,6 +302,61 @@ def test_ckpt_path_last_restores_the_checkpoints_hyperparameters_as_a_file_path_
     assert len(seen) == 2 and seen[0][:2] == (16, 1) and seen[1] == seen[0]
 
 
+def test_ckpt_path_last_saves_the_hyperparameters_the_model_was_built_with(tmp_path, monkeypatch):
+    """`fit --ckpt_path last` builds the model twice (the alias needs the trainer's folders): the second time from the
+    checkpoint's hyperparameters, yet Lightning saved the first build's (its config dump is kept once made). The
+    resumed run's checkpoints and hparams.yaml held the config's model_args (dim 64 x 2 layers) for weights of
+    dim 16 x 1 layer: load_from_checkpoint of them failed with a size mismatch. They hold the model's, as
+    `--ckpt_path <file>` saves them."""
+    import yaml
+
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    root = f"--trainer.default_root_dir={tmp_path}"
+    main(["fit", *LM_TINY, root, "--trainer.max_steps=2"])
+    # resumed with the plain config: the checkpoint's model_args build the model (Lightning's rule)
+    main(["fit", "--config", DEFAULTS["lm"], *LM_TINY[3:], root, "--trainer.max_steps=4", "--ckpt_path=last"])
+    run = tmp_path / "lightning_logs" / "version_1"
+    resumed = next((run / "checkpoints").glob("*.ckpt"))
+    assert LanguageModelTask.load_from_checkpoint(resumed).model.config.dim == 16
+    saved = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert saved["model_args"]["dim"] == 16 and saved["model_args"]["n_layers"] == 1
+
+
+def test_ckpt_path_last_of_a_fine_tune_does_not_read_the_pretrained_folder(tmp_path, monkeypatch):
+    """A fine-tune's checkpoint holds every weight: `test --ckpt_path <file>` runs after the `pretrained` export is
+    gone (README). `--ckpt_path last` first built the model from the config, which read that export: it stopped with
+    'gone/export is neither an exported model folder...' and, with the folder there, loaded it for nothing."""
+    import shutil
+
+    monkeypatch.chdir(ROOT)
+    lm = [a for a in LM_TINY if not a.startswith("--export")]
+    main(["fit", *lm, f"--trainer.default_root_dir={tmp_path / 'base'}", "--trainer.max_steps=1"])
+    export = tmp_path / "base" / "lightning_logs" / "version_0" / "export"
+    ft = [*LM_TINY, f"--model.init_args.pretrained={export}", f"--trainer.default_root_dir={tmp_path / 'ft'}"]
+    main(["fit", *ft, "--trainer.max_steps=2"])
+    import lightning as L
+    import torch
+
+    import zoo
+    from zoo.tasks import LanguageModelTask
+
+    # a first `fit --ckpt_path last` (no checkpoint in its folders yet) still starts from the export's weights
+    start = []
+    monkeypatch.setattr(L.Callback, "on_train_start", lambda self, trainer, module: start.append(
+        module.model.embed.weight.detach().clone()), raising=False)
+    main(["fit", *ft[:-1], f"--trainer.default_root_dir={tmp_path / 'ft2'}", "--trainer.max_steps=1",
+          "--ckpt_path=last"])
+    assert start and torch.equal(start[0], zoo.load_pretrained(export).embed.weight)
+    shutil.rmtree(export)
+    seen = []
+
+    monkeypatch.setattr(LanguageModelTask, "test_step", lambda self, batch, i: seen.append(self.model.config.dim))
+    main(["test", *ft, "--trainer.limit_test_batches=1", "--ckpt_path=last"])
+    assert seen and seen[0] == 16
+
+
 def test_ckpt_path_names_the_architecture_model_args_it_does_not_use(tmp_path, monkeypatch):
     """With --ckpt_path the checkpoint's architecture wins (Lightning's rule: its weights fix it), so model_args that
     differ from it were dropped silently; now a warning names them. Runtime fields still apply; model_args equal to the

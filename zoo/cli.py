@@ -282,18 +282,38 @@ class ZooCLI(LightningCLI):
         return True
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
         sub = self.config.get("subcommand")
         # (Lightning < 2.5 reads no hyperparameters from a checkpoint at all: nothing to match there)
         alias = self.config.get(f"{sub}.ckpt_path") if sub else None
-        if alias in ("last", "best") and hasattr(LightningCLI, "_parse_ckpt_path"):
+        aliased = alias in ("last", "best") and hasattr(LightningCLI, "_parse_ckpt_path")
+        key = f"{sub}.model.init_args.pretrained"
+        deferred = self.config.get(key) if aliased else None
+        if deferred is not None:
+            # the first build only gives the trainer its folders to look in; a checkpoint found there rebuilds the model
+            # from its own hyperparameters, so that build does not read the export a fine-tune started from (its
+            # checkpoint holds every weight and loads after that folder is gone, as `--ckpt_path <file>` does)
+            self.config[key] = None
+            try:
+                super().instantiate_classes()
+            except Exception:  # noqa: BLE001 -- a model that only builds from its export: built as the config says
+                self.config[key], deferred = deferred, None
+                super().instantiate_classes()
+        else:
+            super().instantiate_classes()
+        if aliased:
             found = self._resolve_ckpt_alias(alias)  # needs the trainer (its checkpoint and log folders)
             if found is not None:
                 # Lightning reads a checkpoint's hyperparameters for a file path only: build the model from them as
                 # `--ckpt_path <file>` does, else a run with other model settings fails to load (or differs silently)
                 self.config[f"{sub}.ckpt_path"] = found
                 self._parse_ckpt_path()
-                self._set_seed()  # the random state `--ckpt_path <file>` builds with
+            elif deferred is not None:  # no checkpoint (a first `fit --ckpt_path last`): the export's weights after all
+                self.config[key] = deferred
+            if found is not None or deferred is not None:
+                self._set_seed()  # the random state `--ckpt_path <file>` (or no ckpt_path) builds with
+                # Lightning gives the model its saved hyperparameters from its config dump, made once (first build):
+                # kept, the resumed run's checkpoints and hparams.yaml named the config's settings, not the model's
+                self.__dict__.pop("config_dump", None)
                 super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:

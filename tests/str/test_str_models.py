@@ -301,6 +301,15 @@ def test_transfer_charset_keeps_known_rows():
         transfer_charset(src, tiny(charset="ab", dec_dim=64, dec_heads=2))
 
 
+def test_transfer_charset_refuses_a_model_without_some_of_the_sources_weights():
+    """A diff source moved into a vanilla recognizer of the same sizes: every tensor of the vanilla model has a
+    counterpart of its shape, but the diff layers' lambdas and sub-layer norms have none; they were dropped without
+    a word and the model trained on as another architecture."""
+    src = tiny(charset="abc", attn_type="diff")
+    with pytest.raises(ValueError, match=r"architectures differ.*lambda_q1: \(\d+,\) vs missing"):
+        transfer_charset(src, tiny(charset="abcd", attn_type="vanilla"))
+
+
 def test_sincos_position_init_formula():
     from zoo.models.str import sincos_2d
 

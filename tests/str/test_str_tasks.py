@@ -188,6 +188,18 @@ def test_predicting_a_charset_transfer_without_training_it_warns(exported, tmp_p
 
 
 @pytest.mark.parametrize("charset", [INFO["charset"], "abcXYZ"])
+@pytest.mark.parametrize("args", [{"attn_type": "vanilla"}, {"model_args": {"dec_heads": 1}}])
+def test_finetune_with_another_architecture_is_named_on_a_new_charset_too(exported, charset, args):
+    """pretrained=<diff export> with attn_type vanilla (or another head count, same shapes) is refused by name on the
+    export's charset; on a new charset the weight transfer built the override's model and copied the tensors that
+    fit into it: a vanilla decoder (the diff layers' lambdas dropped) trained on without a word."""
+    info = {**INFO, "charset": charset}
+    field = next(iter(args.get("model_args", args)))
+    with pytest.raises(ValueError, match=rf"does not match the configured architecture \({field}: checkpoint="):
+        RecognitionTask(arch="str-diff-tiny", data_info=info, pretrained=str(exported), **args)
+
+
+@pytest.mark.parametrize("charset", [INFO["charset"], "abcXYZ"])
 def test_finetune_on_crops_of_another_size_is_named_at_build(exported, charset):
     """A pretrained export fine-tuned on data of another crop size was built at the export's size and refused at
     setup with advice to use pretrained=<export> (which the task was given); its new-charset route failed in the

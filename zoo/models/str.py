@@ -468,6 +468,8 @@ def transfer_charset(src: SceneTextRecognizer, dst: SceneTextRecognizer) -> dict
         for k in other
         if k not in src_state or src_state[k].shape != dst_state[k].shape
     ]
+    # the source's tensors the destination has no place for (a diff source's lambdas in a vanilla model)
+    problems += [f"{k}: {tuple(v.shape)} vs missing" for k, v in src_state.items() if k not in dst_state]
     if problems:
         raise ValueError(
             f"cannot transfer weights between these recognizers (architectures differ beyond the charset): {problems[:6]}; "

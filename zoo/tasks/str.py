@@ -381,7 +381,10 @@ class RecognitionTask(ZooTask):
                              f"{list(from_data['img_size'])}; set data.img_size to match")
         if "charset" not in from_data or from_data["charset"] == cfg["charset"]:
             return create_model(arch, pretrained=folder, adapter=False, **{**arch_cfg, **overrides})
-        src = create_model(arch, pretrained=folder, adapter=False, **arch_cfg)
+        # the overrides other than the data's fields are checked against the export as on its own charset (an
+        # attn_type or head count of another architecture is named, not built and filled with the tensors that fit)
+        same = {k: v for k, v in overrides.items() if k not in SceneTextRecognizer.data_fields}
+        src = create_model(arch, pretrained=folder, adapter=False, **{**arch_cfg, **same})
         dst = create_model(arch, **{**arch_cfg, **from_data, **overrides})
         self.transfer_report = transfer_charset(src, dst)
         r = self.transfer_report
