@@ -700,3 +700,27 @@ def test_an_export_with_a_config_field_this_zoo_does_not_know_is_named_as_such(t
         load_pretrained(tmp_path / "exp")
     with pytest.raises(ValueError, match=match):
         zoo.create_model(name, pretrained=tmp_path / "exp", **kw)
+
+
+@pytest.mark.parametrize("task_path, config_arch, shipped", [
+    ("zoo.tasks.str.RecognitionTask", "str-vanilla-small", "str-diff-tiny"),
+    ("zoo.tasks.ts.ForecastTask", "ts-itransformer-vanilla-tiny", "ts-itransformer-diff-etth1"),
+    ("zoo.tasks.vlm.VLMTask", "vlm-tiny", "vlm-fda-tiny"),
+])
+def test_a_fine_tune_exports_under_its_exports_name_not_the_configs(tmp_path, task_path, config_arch, shipped):
+    """pretrained=<export> builds the export's architecture under the config's `arch` (which only sizes it): a
+    str-diff-tiny fine-tuned by a str-vanilla-small config exported as "arch": "str-vanilla-small" (a diff tiny
+    model), and create_model(that name, pretrained=the new export) was refused as another architecture. The
+    export's own name is kept, as the LM task does."""
+    import importlib
+    import warnings
+
+    module, _, name = task_path.rpartition(".")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data-less task's notes
+        task = getattr(importlib.import_module(module), name)(arch=config_arch, pretrained=shipped)
+    out = task.export(tmp_path / "ft")
+    assert json.loads((out / "config.json").read_text())["arch"] == shipped
+    again = zoo.create_model(shipped, pretrained=out)  # the name it carries builds it
+    for k, v in zoo.load_pretrained(shipped).state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)

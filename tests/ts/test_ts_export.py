@@ -201,9 +201,11 @@ def test_finetuned_checkpoint_loads_without_the_export_it_started_from(tmp_path)
     dm = CSVTSDataModule(str(tmp_path / "series.csv"), lookback=LB, horizon=H, time_features=True, batch_size=16)
     ft = ForecastTask(arch="ts-itransformer-diff-small", pretrained=str(base), data_info=dm.data_info,
                       model_args={"dropout": 0.2})
-    # the run summary names where the weights came from, next to the export's sizes (the arch name only registers)
+    # the run summary names where the weights came from, under the export's own name (the config's arch name only
+    # registers), next to the export's sizes
     line = ft.summary_lines()[0]
-    assert line.startswith(f"model: ts-itransformer-diff-small, weights from {base} ("), line
+    assert line.startswith(f"model: {task.arch}, weights from {base} ("), line
+    assert task.arch == "ts-itransformer-diff-tiny"
     assert f"layers x {task.model.config.dim}," in line
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,

@@ -373,6 +373,9 @@ class RecognitionTask(ZooTask):
                              "(SceneTextRecognizer); give a str-* export folder or shipped name")
         cfg = meta["config"]
         arch_cfg = export_arch_config(arch, cfg)
+        # the model is the export's architecture (built under `arch`'s name): its exports and checkpoints say the
+        # export's name, as the LM task's do (a str-vanilla-small fine-tuned by a str-diff-tiny config said the latter)
+        self.arch = meta.get("arch") or arch
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
             raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
         if "img_size" in from_data and _same(from_data["img_size"]) != _same(cfg.get("img_size")):

@@ -225,7 +225,9 @@ class ForecastTask(ZooTask):
         if pretrained is None:
             return create_model(arch, **{**from_data, **overrides})
         folder = resolve_pretrained(pretrained)
-        cfg = read_export_config(folder)["config"]
+        meta = read_export_config(folder)
+        cfg = meta["config"]
+        self.arch = meta.get("arch") or arch  # the export's architecture, named as it (see RecognitionTask)
         wrong = [f"{k}: checkpoint={cfg.get(k)} data={v}" for k, v in from_data.items() if cfg.get(k, 0) != v]
         if wrong:
             advice = "set data.lookback / data.horizon / data.time_features to match the checkpoint"

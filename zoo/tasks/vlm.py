@@ -387,8 +387,10 @@ class VLMTask(ZooTask):
             overrides["function_words"] = fw_data
         if pretrained is not None:
             folder = resolve_pretrained(pretrained)
-            saved = read_export_config(folder)["config"]
+            meta = read_export_config(folder)
+            saved = meta["config"]
             arch_fields = export_arch_config(arch, saved)
+            self.arch = meta.get("arch") or arch  # the export's architecture, named as it (see RecognitionTask)
             if "image_size" in info and saved.get("image_size") is not None and info["image_size"] != saved["image_size"]:
                 # named here: the compatibility check's advice ("drop the overrides") is for model_args
                 raise ValueError(f"checkpoint {folder} reads {saved['image_size']}px images, the data "
