@@ -535,7 +535,8 @@ def test_a_resume_lightning_would_cut_an_epoch_short_is_warned_about(tmp_path):
     L.Trainer(max_epochs=1, callbacks=[ck], **kw).fit(Task(), data)
     path = ck.best_model_path
     assert path.endswith("epoch=0-step=4.ckpt")
-    with pytest.warns(UserWarning, match=r"end of epoch 0 with both max_steps \(1000\) and max_epochs \(3\).*"
+    with pytest.warns(UserWarning, match=r"checkpoint of epoch 0 \(saved at its end, or inside it where max_steps stopped "
+                                         r"that run\) with both max_steps \(1000\) and max_epochs \(3\).*"
                                          r"--trainer.max_epochs -1"):
         L.Trainer(max_epochs=3, max_steps=1000, **kw).fit(Task(), data, ckpt_path=path)
     with warnings.catch_warnings(record=True) as caught:

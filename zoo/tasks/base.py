@@ -309,7 +309,8 @@ class ZooTask(L.LightningModule):
         max_epochs = t.max_epochs if t.max_epochs is not None else -1
         if t.max_steps != -1 and max_epochs != -1 and total.get("processed", 0) > total.get("completed", 0):
             warnings.warn(
-                f"resuming from a checkpoint saved at the end of epoch {total.get('processed', 1) - 1} with both "
+                f"resuming from a checkpoint of epoch {total.get('processed', 1) - 1} (saved at its end, or inside it "
+                f"where max_steps stopped that run) with both "
                 f"max_steps ({t.max_steps}) and max_epochs ({max_epochs}) set: Lightning counts one epoch too many "
                 "there (Lightning#19617), so if max_epochs is what ends this run it stops one epoch early; set "
                 "--trainer.max_epochs -1 to train to max_steps, or one more epoch", stacklevel=2,
