@@ -107,7 +107,10 @@ def test_synthetic_datamodule_info_and_batches():
 
 def test_tokenizer_truncates_with_counted_warning():
     tok = VLMTokenizer.word_level(["a", "red", "circle"], max_len=5)
-    with pytest.warns(UserWarning, match=r"1 of 2 captions are longer than 5 tokens.*counted"):
+    # the advice is one a fine-tune can follow too (an export's max_text_len is refused as an architecture change)
+    with pytest.warns(UserWarning, match=r"1 of 2 captions are longer than 5 tokens.*counted.*larger "
+                                         r"model_args.max_text_len \(an export's is fixed: fine-tuning one keeps it\) or "
+                                         r"shorten the captions"):
         ids, mask = tok.encode(["a red circle a red circle", "a circle"])
     assert ids.shape == (2, 5) and ids[0, -1] == tok.sep_id and ids[0, 0] == tok.cls_id
     assert mask[1].tolist() == [True, True, True, True, False]

@@ -127,7 +127,8 @@ class VLMTokenizer:
                 warnings.warn(
                     f"{cut} of {len(rows)} captions are longer than {self.max_len} tokens and were truncated; "
                     "further truncations are counted (tokenizer.n_truncated, shown in the run summary) without "
-                    "warning again; raise max_text_len to keep captions whole",
+                    "warning again; to keep captions whole, train with a larger model_args.max_text_len (an "
+                    "export's is fixed: fine-tuning one keeps it) or shorten the captions",
                     stacklevel=2,
                 )
             self.n_truncated += cut
