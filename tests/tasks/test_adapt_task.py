@@ -177,3 +177,16 @@ def test_an_adapted_export_of_a_converted_model_keeps_where_it_came_from(tmp_pat
     for out in (run / "export", tmp_path / "again"):
         extra = json.loads((out / "config.json").read_text())["extra"]
         assert extra == {"converted_from": str(hf), "adapter": "difflora"}, out
+
+
+@pytest.mark.parametrize("method", ["dex", "difflora"])
+def test_the_summary_names_the_adapter_and_what_it_trains(method, base_export):
+    """An adapted run's summary said only the whole model's size (the frozen base included): it names the adapter,
+    its layers and the trainable parameter count (the parameters that require grad, counted here)."""
+    from zoo.tasks import LanguageModelTask
+
+    task = LanguageModelTask(pretrained=str(base_export[0]), adapter={"method": method})
+    trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    assert 0 < trainable < task.model.num_params()
+    line = task.summary_lines()[0]
+    assert line.endswith(f"; {method} adapter on 2 layers, {trainable / 1e6:.4f}M trainable"), line

@@ -393,10 +393,13 @@ class LanguageModelTask(ZooTask):
 
     def summary_lines(self) -> list[str]:
         c = self.model.config
-        return [
-            f"model: {self._model_name(self.arch or 'converted (no registered name)')} ({c.attn_type} attention, {c.n_layers} layers x {c.dim}, {c.n_heads} heads), "
-            f"{self.model.num_params() / 1e6:.2f}M parameters"
-        ]
+        line = (f"model: {self._model_name(self.arch or 'converted (no registered name)')} ({c.attn_type} attention, "
+                f"{c.n_layers} layers x {c.dim}, {c.n_heads} heads), {self.model.num_params() / 1e6:.2f}M parameters")
+        adapter = getattr(self.model, "adapter_config", None)
+        if adapter:  # what the run trains: the adapter over a frozen base
+            trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            line += f"; {adapter['method']} adapter on {len(adapter['layers'])} layers, {trained / 1e6:.4f}M trainable"
+        return [line]
 
 
 def _own_vocab_size(folder: Path) -> Optional[int]:
