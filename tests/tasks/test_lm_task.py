@@ -359,20 +359,26 @@ def test_bits_per_byte_divides_by_the_bytes_of_the_scored_tokens(corpus, tmp_pat
     task = LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 16},
                              data_info=dm.data_info)
     res = _quiet_trainer(limit_test_batches=3).test(task, dm, verbose=False)[0]
-    # reference: the same 3 batches by hand; each scored token's bytes from its decoded text
+    nll, nbytes = _naive_nll_and_bytes(task, dm, 3)
+    assert abs(nbytes / (3 * 8 * 16) - dm.bytes_per_token("test")) > 0.5  # the scored part really differs
+    assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
+
+
+
+def _naive_nll_and_bytes(task, dm, n_batches: int) -> tuple[float, int]:
+    """The first ``n_batches`` test batches by hand: the summed NLL and the scored tokens' UTF-8 bytes, each token's
+    from its decoded text."""
     tok = dm.tokenizer
     specials = {tok.pad_id, tok.bos_id, tok.eos_id}
     nll, nbytes = 0.0, 0
     task.model.eval()
     with torch.no_grad():
-        for _, batch in zip(range(3), dm.test_dataloader()):
+        for _, batch in zip(range(n_batches), dm.test_dataloader()):
             logits = task.model(batch["input_ids"]).float()
             nll += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
             nbytes += sum(len(tok.decode([t]).encode("utf-8")) for t in batch["labels"].flatten().tolist()
                           if t not in specials)
-    assert abs(nbytes / (3 * 8 * 16) - dm.bytes_per_token("test")) > 0.5  # the scored part really differs
-    assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
-
+    return nll, nbytes
 
 def test_scored_bytes_are_summed_without_a_boolean_mask_index(corpus, monkeypatch):
     """The bytes of a step's scored tokens (for bits per byte) are summed in place, labels masked: selecting them
@@ -399,16 +405,7 @@ def test_scored_bytes_are_summed_without_a_boolean_mask_index(corpus, monkeypatc
 
     monkeypatch.setattr(task, "test_step", guarded)
     res = _quiet_trainer(limit_test_batches=2).test(task, dm, verbose=False)[0]
-    tok = dm.tokenizer
-    specials = {tok.pad_id, tok.bos_id, tok.eos_id}
-    nll, nbytes = 0.0, 0
-    task.model.eval()
-    with torch.no_grad():
-        for _, batch in zip(range(2), dm.test_dataloader()):
-            logits = task.model(batch["input_ids"]).float()
-            nll += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum").item()
-            nbytes += sum(len(tok.decode([t]).encode("utf-8")) for t in batch["labels"].flatten().tolist()
-                          if t not in specials)
+    nll, nbytes = _naive_nll_and_bytes(task, dm, 2)
     assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
 
 
