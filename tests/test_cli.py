@@ -357,6 +357,28 @@ def test_ckpt_path_last_of_a_fine_tune_does_not_read_the_pretrained_folder(tmp_p
     assert seen and seen[0] == 16
 
 
+def test_first_fit_ckpt_path_last_of_a_model_only_its_export_builds_saves_the_pretrained_it_was_built_with(
+        tmp_path, monkeypatch):
+    """configs/lm/adapt_difflora.yaml's task builds only from its (vanilla) export: without `pretrained` the
+    config's lm-diff-tiny gets a difflora adapter, which refuses diff attention. A first `fit --ckpt_path last` built
+    it without `pretrained` (failed), then as configured; Lightning's config dump, made in the failed build, was kept:
+    the run saved `pretrained: null` (hparams.yaml, the checkpoint), and its checkpoint could not be loaded."""
+    import yaml
+
+    from zoo.tasks import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    main(["fit", "--config", "configs/lm/tiny_vanilla.yaml", *[a for a in LM_TINY[2:] if not a.startswith("--export")],
+          f"--trainer.default_root_dir={tmp_path / 'base'}", "--trainer.max_steps=1"])
+    export = tmp_path / "base" / "lightning_logs" / "version_0" / "export"
+    main(["fit", *LM_TINY, f"--model.init_args.pretrained={export}", "--model.init_args.adapter={method: difflora}",
+          f"--trainer.default_root_dir={tmp_path / 'ft'}", "--trainer.max_steps=2", "--ckpt_path=last"])
+    run = tmp_path / "ft" / "lightning_logs" / "version_0"
+    assert yaml.safe_load((run / "hparams.yaml").read_text())["pretrained"] == str(export)
+    loaded = LanguageModelTask.load_from_checkpoint(next((run / "checkpoints").glob("*.ckpt")))
+    assert loaded.model.config.attn_type == "vanilla" and loaded.model.adapter_config["method"] == "difflora"
+
+
 def test_ckpt_path_names_the_architecture_model_args_it_does_not_use(tmp_path, monkeypatch):
     """With --ckpt_path the checkpoint's architecture wins (Lightning's rule: its weights fix it), so model_args that
     differ from it were dropped silently; now a warning names them. Runtime fields still apply; model_args equal to the
@@ -743,3 +765,23 @@ def test_predict_fast_dev_run_writes_no_file(domain, tmp_path, monkeypatch, caps
         # VLM's predict rows are its retrieval, ranked at the end (said above)
         assert domain == "vlm" or [ln for ln in out.splitlines() if ln.startswith("{")], out[-2000:]
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == []
+
+
+def test_testing_a_fine_tune_with_its_own_config_names_no_arch(tmp_path, monkeypatch):
+    """A fine-tune of an export under a config whose arch only sizes the build (pretrained given): its checkpoint
+    carries the export's name, and `test --ckpt_path last` with that same config warned "arch '<config's>' not used,
+    the checkpoint's '<export's>' is" on correct use. A config without `pretrained` is still told
+    (test_an_arch_or_attention_type_other_than_the_checkpoints_is_named)."""
+    monkeypatch.chdir(ROOT)
+    args = ["--config", "configs/ts/synthetic.yaml", "--model.init_args.pretrained=ts-itransformer-diff-etth1",
+            "--data.init_args.n_rows=1200", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false", "--export.enabled=false",
+            f"--trainer.default_root_dir={tmp_path}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["fit", *args])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", *args, "--ckpt_path=last"])
+    said = [str(w.message) for w in caught if "not used, the checkpoint's" in str(w.message)]
+    assert not said, said

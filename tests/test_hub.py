@@ -724,3 +724,39 @@ def test_a_fine_tune_exports_under_its_exports_name_not_the_configs(tmp_path, ta
     again = zoo.create_model(shipped, pretrained=out)  # the name it carries builds it
     for k, v in zoo.load_pretrained(shipped).state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("task_path, config_arch, shipped", [
+    ("zoo.tasks.str.RecognitionTask", "str-vanilla-small", "str-diff-tiny"),
+    ("zoo.tasks.ts.ForecastTask", "ts-itransformer-vanilla-tiny", "ts-itransformer-diff-etth1"),
+    ("zoo.tasks.vlm.VLMTask", "vlm-tiny", "vlm-fda-tiny"),
+])
+def test_a_fine_tune_of_an_export_named_as_an_unregistered_model_saves_its_checkpoint(tmp_path, task_path, config_arch,
+                                                                                      shipped):
+    """An export whose `arch` is registered where it was made (zoo.register_model in the user's script), not here,
+    fine-tunes under the config's `arch`; the task took the export's name, and the checkpoint's hyperparameters were
+    rebuilt under it: the first checkpoint save of the fit stopped with "unknown model". The checkpoint rebuilds the
+    model under the config's (registered) name, loads with every weight, and keeps the export's name."""
+    import importlib
+    import shutil
+    import warnings
+
+    import lightning as L
+
+    src = tmp_path / "exp"
+    shutil.copytree(zoo.hub.resolve_pretrained(shipped), src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "arch": "my-own-arch"}))
+    module, _, name = task_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data-less task's notes
+        task = cls(arch=config_arch, pretrained=str(src))
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.strategy.connect(task)
+        trainer.save_checkpoint(tmp_path / "ft.ckpt")
+        back = cls.load_from_checkpoint(tmp_path / "ft.ckpt")
+    assert back.arch == "my-own-arch"
+    want = zoo.load_pretrained(shipped).state_dict()
+    for k, v in back.model.state_dict().items():
+        torch.testing.assert_close(v, want[k])

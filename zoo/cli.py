@@ -232,8 +232,12 @@ class ZooCLI(LightningCLI):
         for k, v in keep.items():
             self.config[k] = v
         differ = {}
+        # a config that fine-tunes an export: its arch only sized that build (the checkpoint carries the export's name)
+        from_export = given is not None and given.get(f"{sub}.model.init_args.pretrained") is not None
         for k, v in asked.items():
             name, now = k.rsplit(".", 1)[1], self.config.get(k)
+            if name == "arch" and from_export:
+                continue
             if name == "attn_type" and now is None:  # unset: the model_args' type, else the arch's
                 arch = self.config.get(f"{sub}.model.init_args.arch")
                 now = dict(self.config.get(args_key) or {}).get("attn_type", arch_default(arch, "attn_type"))
@@ -297,6 +301,8 @@ class ZooCLI(LightningCLI):
                 super().instantiate_classes()
             except Exception:  # noqa: BLE001 -- a model that only builds from its export: built as the config says
                 self.config[key], deferred = deferred, None
+                # the failed build made Lightning's config dump (without `pretrained`), which the model saves
+                self.__dict__.pop("config_dump", None)
                 super().instantiate_classes()
         else:
             super().instantiate_classes()

@@ -364,7 +364,6 @@ def test_bits_per_byte_divides_by_the_bytes_of_the_scored_tokens(corpus, tmp_pat
     assert res["test/bpb"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-5)
 
 
-
 def _naive_nll_and_bytes(task, dm, n_batches: int) -> tuple[float, int]:
     """The first ``n_batches`` test batches by hand: the summed NLL and the scored tokens' UTF-8 bytes, each token's
     from its decoded text."""
@@ -379,6 +378,7 @@ def _naive_nll_and_bytes(task, dm, n_batches: int) -> tuple[float, int]:
             nbytes += sum(len(tok.decode([t]).encode("utf-8")) for t in batch["labels"].flatten().tolist()
                           if t not in specials)
     return nll, nbytes
+
 
 def test_scored_bytes_are_summed_without_a_boolean_mask_index(corpus, monkeypatch):
     """The bytes of a step's scored tokens (for bits per byte) are summed in place, labels masked: selecting them

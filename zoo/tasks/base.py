@@ -370,9 +370,11 @@ class ZooTask(L.LightningModule):
         """``pretrained`` / ``model_args`` that rebuild this model's architecture without the folder it
         started from: the checkpoint holds every weight and asset, so it loads after that folder is moved
         or deleted (and resuming ``fit`` from it does not read the folder again)."""
-        from zoo.hub import DEFAULT_RUNTIME_FIELDS, export_arch_config
+        from zoo.hub import DEFAULT_RUNTIME_FIELDS, export_arch_config, list_models
 
         arch = getattr(self, "arch", None) or hp.get("arch")  # the export's name when it had one
+        if arch not in list_models():  # registered where the export was made, not here: the config's name built it
+            arch = hp.get("arch")  # (the checkpoint's zoo_arch keeps the export's)
         fields = export_arch_config(arch, dataclasses.asdict(self.model.config))
         info = hp.get("data_info") or {}
         fields = {k: v for k, v in fields.items() if not (k in self.data_fields and k in info)}
