@@ -117,13 +117,14 @@ class NormStats:
     labels_with_dropped: int = 0
     dropped_chars: Counter = field(default_factory=Counter)
 
-    def merge(self, other: "NormStats") -> None:
-        self.seen += other.seen
-        self.kept += other.kept
-        self.empty += other.empty
-        self.too_long += other.too_long
-        self.labels_with_dropped += other.labels_with_dropped
-        self.dropped_chars.update(other.dropped_chars)
+    def merge(self, other: "NormStats", times: int = 1) -> None:
+        """Add ``other``'s counts, ``times`` over (the same label read that often)."""
+        self.seen += other.seen * times
+        self.kept += other.kept * times
+        self.empty += other.empty * times
+        self.too_long += other.too_long * times
+        self.labels_with_dropped += other.labels_with_dropped * times
+        self.dropped_chars.update({c: m * times for c, m in other.dropped_chars.items()})
 
     def as_dict(self) -> dict:
         return {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import os
 import re
@@ -27,7 +26,6 @@ import sys
 import unicodedata
 import warnings
 from array import array
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -100,10 +98,10 @@ def _shared_env(path: Path):
 class LMDBDataset(Dataset):
     """One PARSeq-layout LMDB; labels are normalized up front (skips counted in ``stats``).
 
-    The kept samples are held in numpy arrays (their keys, and their normalized labels as one UTF-8 blob with
-    end offsets), not a Python list: a DataLoader worker touching a list's tuples and strings copies them
-    (reference counts write to their pages), which for MJSynth + SynthText (15M samples, ~2 GB of tuples) cost
-    that again in every worker. Images are decoded lazily; an undecodable image raises naming the key.
+    The kept samples are held in numpy arrays (their keys, and their normalized labels as
+    :class:`~zoo.data.files.Strings`), not a Python list: a DataLoader worker touching a list's tuples and
+    strings copies them (reference counts write to their pages), which for MJSynth + SynthText (15M samples,
+    ~2 GB of tuples) cost that again in every worker. Images are decoded lazily; an undecodable image raises naming the key.
     """
 
     def __init__(self, path: str | Path, charset: Charset) -> None:
@@ -112,10 +110,31 @@ class LMDBDataset(Dataset):
         self.path, self.charset = Path(path), charset
         self.stats = NormStats()
         env = _shared_env(self.path)
-        keys, ends, blob = array("q"), array("q"), bytearray()
+        keys = array("q")  # image-%09d key of each kept sample
         # a label read before gives the same text and counts: MJSynth's 9M crops spell ~90k words
-        seen: dict[bytes, Optional[bytes]] = {}  # raw label -> normalized (UTF-8), None when skipped
+        seen: dict[bytes, Optional[str]] = {}  # raw label -> normalized, None when skipped
         again: dict[bytes, int] = {}  # how often a remembered label was read again (counted in stats below)
+
+        def kept(txn: Any, n: int):
+            """The normalized labels of the kept samples, in key order (their keys appended to ``keys``)."""
+            for i in range(1, n + 1):
+                label = txn.get(b"label-%09d" % i)
+                if label is None:
+                    raise ValueError(
+                        f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}; wrong layout "
+                        "(keys must be 1-based, zero-padded to 9 digits) or truncated database"
+                    )
+                text = seen.get(label, _UNSEEN)
+                if text is _UNSEEN:
+                    text = self.charset.normalize(label.decode("utf-8", errors="replace"), self.stats)
+                    if len(seen) < _LABEL_MEMO:
+                        seen[label] = text
+                else:
+                    again[label] = again.get(label, 0) + 1
+                if text is not None:
+                    keys.append(i)
+                    yield text
+
         try:
             with env.begin() as txn:
                 raw = txn.get(b"num-samples")
@@ -130,47 +149,21 @@ class LMDBDataset(Dataset):
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {raw[:20]!r}, not an integer; the database is corrupt") from exc
                 if n < 0:
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {n}; the database is corrupt")
-                for i in range(1, n + 1):
-                    label = txn.get(b"label-%09d" % i)
-                    if label is None:
-                        raise ValueError(
-                            f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}; wrong layout "
-                            "(keys must be 1-based, zero-padded to 9 digits) or truncated database"
-                        )
-                    text = seen.get(label, _UNSEEN)
-                    if text is _UNSEEN:
-                        text = self.charset.normalize(label.decode("utf-8", errors="replace"), self.stats)
-                        text = None if text is None else text.encode("utf-8")
-                        if len(seen) < _LABEL_MEMO:
-                            seen[label] = text
-                    else:
-                        again[label] = again.get(label, 0) + 1
-                    if text is not None:
-                        keys.append(i)
-                        blob += text
-                        ends.append(len(blob))
+                self._labels = Strings(kept(txn, n))
         except lmdb.Error as exc:
             raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
         for label, times in again.items():  # each read counts, as if normalized again
             one = NormStats()
             self.charset.normalize(label.decode("utf-8", errors="replace"), one)
-            for f in dataclasses.fields(one):
-                v = getattr(one, f.name)
-                if isinstance(v, Counter):
-                    getattr(self.stats, f.name).update({c: m * times for c, m in v.items()})
-                else:
-                    setattr(self.stats, f.name, getattr(self.stats, f.name) + v * times)
-        self.keys = np.frombuffer(keys, dtype=np.int64).copy()  # image-%09d key of each kept sample
-        self._ends = np.frombuffer(ends, dtype=np.int64).copy()
-        self._labels = bytes(blob)
+            self.stats.merge(one, times)
+        self.keys = np.frombuffer(keys, dtype=np.int64).copy()
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def label(self, k: int) -> str:
         """The normalized label of sample ``k`` (no image read)."""
-        k = self._position(k)
-        return self._labels[self._ends[k - 1] if k else 0 : self._ends[k]].decode("utf-8")
+        return self._labels[self._position(k)]
 
     def _position(self, k: int) -> int:
         n = len(self.keys)
@@ -181,8 +174,8 @@ class LMDBDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[Image.Image, str]:
         from zoo.data.str import load_image
 
-        text = self.label(k)
-        i = int(self.keys[self._position(k)])
+        k = self._position(k)
+        text, i = self._labels[k], int(self.keys[k])
         with _shared_env(self.path).begin() as txn:  # per process (DataLoader workers), shared by datasets
             data = txn.get(b"image-%09d" % i)
         if data is None:
