@@ -389,7 +389,7 @@ def test_long_document_with_indented_lines_is_encoded_as_the_whole_document(monk
     doc = "\n".join(("    " if i % 3 else "") + f"the king {i}" for i in range(60)) + "\n\n  \n\tend\n"
     tok = BPETokenizer.train([doc], 300)
     monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 100)
-    pieces = text_mod._line_chunks(doc)
+    pieces = list(text_mod._line_chunks(doc))
     assert len(pieces) > 1 and "".join(pieces) == doc  # still split, losslessly
     assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.encode(doc) + [2] + tok.encode("his horse")
 
@@ -405,7 +405,7 @@ def test_long_crlf_document_with_blank_lines_is_encoded_as_the_whole_document(mo
     doc = "".join(f"KING {i}:\r\nsaid so. \nand more\nor less\n\n\nQUEEN:\r\nno\r\n\r\n" for i in range(40))
     tok = BPETokenizer.train([doc], 300)
     monkeypatch.setattr(text_mod, "_CHUNK_CHARS", 50)
-    pieces = text_mod._line_chunks(doc)
+    pieces = list(text_mod._line_chunks(doc))
     assert len(pieces) > 1 and "".join(pieces) == doc  # still split, losslessly
     assert encode_corpus(tok, [doc, "his horse"]).tolist() == tok.backend.encode(doc).ids + [2] + tok.encode("his horse")
 

@@ -115,7 +115,7 @@ def read_documents(path: str, key: str = "data.train_path") -> list[str]:
     return docs
 
 
-def _iter_line_chunks(doc: str) -> Iterator[str]:
+def _line_chunks(doc: str) -> Iterator[str]:
     """Split ``doc`` after newlines (that no whitespace follows) into pieces of about ``_CHUNK_CHARS``
     characters (lossless), one at a time."""
     start = 0
@@ -124,11 +124,6 @@ def _iter_line_chunks(doc: str) -> Iterator[str]:
         end = len(doc) if cut is None else cut.end()
         yield doc[start:end]
         start = end
-
-
-def _line_chunks(doc: str) -> list[str]:
-    """The pieces of :func:`_iter_line_chunks` as a list."""
-    return list(_iter_line_chunks(doc))
 
 
 def _pieces_encode_as_whole(tokenizer: TokenizerLike) -> bool:
@@ -182,7 +177,7 @@ def encode_corpus(tokenizer: TokenizerLike, docs: Sequence[str]) -> np.ndarray:
 
     size = 0
     for i, doc in enumerate(docs):
-        for piece in ((doc,) if whole else _iter_line_chunks(doc)):
+        for piece in ((doc,) if whole else _line_chunks(doc)):
             batch.append(piece)
             owner.append(i)
             size += len(piece)
@@ -309,7 +304,7 @@ class TextDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             # trained on the documents' line-aligned pieces (the word counts of the whole documents: pieces end where
             # a pre-token ends): the trainer given one 10 MB document took 1 GB more memory, and was slower
-            texts = ((piece for doc in self._documents() for piece in _iter_line_chunks(doc))
+            texts = ((piece for doc in self._documents() for piece in _line_chunks(doc))
                      if self.tokenizer_spec == "bpe" else None)
             self._tokenizer = build_tokenizer(self.tokenizer_spec, texts, self.bpe_vocab_size)
         return self._tokenizer

@@ -286,7 +286,8 @@ class ForecastTask(ZooTask):
         a, b, order = conv
         if order is not None:
             x = x.index_select(-1, self._on_device("to_model_order", order, torch.long, x.device))
-        return x * self._on_device("to_model_a", a, x.dtype, x.device) + self._on_device("to_model_b", b, x.dtype, x.device), conv
+        scale = self._on_device("to_model_a", a, x.dtype, x.device)
+        return x * scale + self._on_device("to_model_b", b, x.dtype, x.device), conv
 
     def _predict(self, batch: dict[str, Tensor]) -> Tensor:
         """The forecast in the data's scale (the batches' own), whatever scaler the model was trained with."""
