@@ -399,7 +399,12 @@ class ZooTask(L.LightningModule):
     # -- sharing
     def export(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Export the model (config.json + model.safetensors + assets) for ``zoo.load_pretrained``."""
-        return export_model(self.model, folder, arch=getattr(self, "arch", None), overwrite=overwrite)
+        return export_model(self.model, folder, arch=getattr(self, "arch", None), extra=self.export_extra(),
+                            overwrite=overwrite)
+
+    def export_extra(self) -> Optional[dict[str, Any]]:
+        """What an export records under ``extra`` in its config.json (provenance; None: nothing)."""
+        return None
 
     def summary_lines(self) -> list[str]:
         """Extra lines for the end-of-run summary (domain specific)."""

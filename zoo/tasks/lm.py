@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from zoo.hub import _class_path, create_model, export_model, read_export_config, resolve_pretrained
+from zoo.hub import _class_path, create_model, read_export_config, resolve_pretrained
 from zoo.models.lm import DiffTransformerLM, check_generation, check_top_k, check_top_p
 from zoo.nn.adapters import METHODS as ADAPTER_METHODS
 from zoo.nn.adapters import apply_adapter, step_adapters
@@ -210,13 +210,12 @@ class LanguageModelTask(ZooTask):
         if self._converted_from:  # the checkpoint's hparams drop `pretrained`: the provenance travels on its own
             checkpoint["zoo_converted_from"] = self._converted_from
 
-    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Export the model; an adapted one over a converted base keeps the base's ``converted_from`` (the
-        export's ``model.safetensors`` is that base, unchanged)."""
-        extra = None
+    def export_extra(self) -> Optional[dict[str, Any]]:
+        """An adapted model over a converted base keeps the base's ``converted_from`` (the export's
+        ``model.safetensors`` is that base, unchanged)."""
         if self._converted_from and getattr(self.model, "adapter_config", None):
-            extra = {"converted_from": self._converted_from}
-        return export_model(self.model, folder, arch=self.arch, extra=extra, overwrite=overwrite)
+            return {"converted_from": self._converted_from}
+        return None
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
