@@ -10,8 +10,8 @@ Tq != Tk, bool key-padding masks, lambda broadcastable to [B, H, Tq, 1] (differe
 last-dim-contiguous strides (int64 addressing: offsets past 2^31 elements are fine). A kernel that
 does not fit the GPU runs the call on the caller's ``fallback``, else raises named (see ``ops``).
 Not supported (``supports`` says why, functional falls back to SDPA): attention dropout, larger head
-dims, float64, devices other than CUDA (CPU only under ``TRITON_INTERPRET=1``, set before triton is
-imported), bf16 under the interpreter.
+dims, more than 65535 heads (a CUDA grid axis), float64, devices other than CUDA (CPU only under
+``TRITON_INTERPRET=1``, set before triton is imported), bf16 under the interpreter.
 """
 
 from .ops import DiffAttentionFunction, diff_attention, diff_attention_decode, interpret_requested, supports

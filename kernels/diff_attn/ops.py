@@ -9,8 +9,9 @@ Public entry points (re-exported by ``zoo.kernels.diff_attn``):
 
 A kernel whose tiles do not fit the GPU (``triton.runtime.errors.OutOfResources``, e.g. fp32 at head
 dims 128 / 256 on a GPU with little shared memory) runs the call on ``fallback`` where the caller
-passes one (``zoo.nn.functional`` under ``auto``: its PyTorch path, one warning per shape), and is
-named with the shape otherwise (a forced ``triton`` backend).
+passes one (``zoo.nn.functional`` under ``auto``: its PyTorch path, one warning per shape and kind of
+call: decode step, inference forward, training), and is named with the shape otherwise (a forced
+``triton`` backend).
 
 Conventions are those of ``zoo.nn.functional.diff_attention``: layout ``[B, H, T, D]``, GQA by index
 (query head ``h`` reads KV group ``h // (H // Hkv)``, map 1 from ``k1``, map 2 from ``k2``), causal
@@ -186,6 +187,9 @@ def _on_device(t: Tensor):
 # (a launch past it fails with "invalid argument"): larger batches (PatchTST folds channels into the batch,
 # 128 windows x 862 traffic sensors) launch in slices of the batch.
 MAX_GRID_BATCH = 65535
+# The query heads (KV heads in the backward's dK/dV and the decode split) are axis y of the launch grids, capped at
+# 65535 programs as well: ``supports`` declines more heads (``auto`` runs such a call on SDPA).
+MAX_GRID_HEADS = 65535
 
 
 def _batch_slices(*tensors, n: int):
@@ -302,27 +306,31 @@ def _backward(do, q1, q2, k1, k2, v, lam_v, out, o2, lse1, lse2, causal, key_mas
 
 Fallback = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
-# (device, dtype, D, DV, causal, key mask) classes a kernel ran out of resources on: later calls of the
-# class go to the fallback at once (no new launch, no second warning)
+# (kind, device, dtype, D, DV, causal, key mask) classes a kernel ran out of resources on: later calls of the
+# class go to the fallback at once (no new launch, no second warning). The kind names the kernels a call
+# launches, which need different resources: "decode" (split-K), "forward" (no gradients) or "train" (forward
+# with statistics and the backward kernels), so a failed decode step leaves training on the kernel and back.
 _NO_ROOM: set = set()
+_KINDS = {"decode": "decode-step", "forward": "inference", "train": "training"}
 
 
-def _room_key(q1: Tensor, v: Tensor, causal: bool, key_mask: Optional[Tensor]) -> tuple:
-    return (str(q1.device), q1.dtype, q1.shape[-1], v.shape[-1], bool(causal), key_mask is not None)
+def _room_key(kind: str, q1: Tensor, v: Tensor, causal: bool, key_mask: Optional[Tensor]) -> tuple:
+    causal = bool(causal) and kind != "decode"  # one query sees the whole cache: the decode kernel has no mask
+    return (kind, str(q1.device), q1.dtype, q1.shape[-1], v.shape[-1], causal, key_mask is not None)
 
 
-def _no_room(exc: OutOfResources, q1: Tensor, k1: Tensor, v: Tensor, causal: bool, key_mask: Optional[Tensor],
-             fallback: Optional[Fallback], where: str) -> None:
-    """An ``OutOfResources`` of a launch: warn and remember the class when there is a ``fallback`` to run,
-    else raise it again, named with the shape and the backends that run it."""
+def _no_room(exc: OutOfResources, kind: str, q1: Tensor, k1: Tensor, v: Tensor, causal: bool,
+             key_mask: Optional[Tensor], fallback: Optional[Fallback], where: str) -> None:
+    """An ``OutOfResources`` of a launch of ``kind`` (see ``_NO_ROOM``): warn and remember the class when there
+    is a ``fallback`` to run, else raise it again, named with the shape and the backends that run it."""
     what = (f"the fused diff-attention kernel ({where}) does not fit this GPU for q{tuple(q1.shape)} "
             f"k{tuple(k1.shape)} v{tuple(v.shape)} {str(q1.dtype).replace('torch.', '')} ({exc})")
     if fallback is None:
         raise RuntimeError(f"{what}; use attention backend 'auto' (it runs such calls on SDPA) or 'sdpa' "
                            "(backend=, $ZOO_ATTN_BACKEND or attn_backend), or half precision") from exc
-    _NO_ROOM.add(_room_key(q1, v, causal, key_mask))
-    warnings.warn(f"{what}; running calls of this head dim and dtype on the PyTorch path instead", RuntimeWarning,
-                  stacklevel=3)
+    _NO_ROOM.add(_room_key(kind, q1, v, causal, key_mask))
+    warnings.warn(f"{what}; running {_KINDS[kind]} calls of this head dim and dtype on the PyTorch path instead",
+                  RuntimeWarning, stacklevel=3)
 
 
 class DiffAttentionFunction(torch.autograd.Function):
@@ -351,7 +359,7 @@ class DiffAttentionFunction(torch.autograd.Function):
                 ctx.causal, key_mask, ctx.scale,
             )
         except OutOfResources as exc:
-            _no_room(exc, q1, k1, v, ctx.causal, key_mask, ctx.fallback, "backward")
+            _no_room(exc, "train", q1, k1, v, ctx.causal, key_mask, ctx.fallback, "backward")
             inputs = [t.detach().requires_grad_(need)
                       for t, need in zip((q1, q2, k1, k2, v, lam), ctx.needs_input_grad)]
             with torch.enable_grad():
@@ -439,6 +447,9 @@ def supports(q: Tensor, k: Tensor, v: Tensor, lam, *, causal: bool, key_mask: Op
         return False, f"query heads ({H}) must be a multiple of KV heads ({hkv})"
     if min(B, H, tq, tk, d, dv) == 0:
         return False, "empty tensors"
+    if H > MAX_GRID_HEADS:
+        return False, (f"{H} query heads exceed the {MAX_GRID_HEADS} programs of a CUDA launch grid's axis y, "
+                       "which holds the heads; use backend 'sdpa' or 'auto', or fold heads into the batch")
     if d > MAX_HEAD_DIM:
         return False, f"q/k head dim {d} > {MAX_HEAD_DIM} is not supported by the fused kernel"
     if dv > MAX_V_HEAD_DIM:
@@ -509,15 +520,15 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _launch(run, q1, q2, k1, k2, v, lam, causal, key_mask, fallback: Optional[Fallback]) -> Tensor:
-    """``run()``, or ``fallback`` on the same tensors where a kernel does not fit the GPU (see the
-    module docstring)."""
-    if fallback is not None and _room_key(q1, v, causal, key_mask) in _NO_ROOM:
+def _launch(run, kind: str, q1, q2, k1, k2, v, lam, causal, key_mask, fallback: Optional[Fallback]) -> Tensor:
+    """``run()`` (kernels of ``kind``, see ``_NO_ROOM``), or ``fallback`` on the same tensors where a kernel
+    does not fit the GPU (see the module docstring)."""
+    if fallback is not None and _room_key(kind, q1, v, causal, key_mask) in _NO_ROOM:
         return fallback(q1, q2, k1, k2, v, lam)
     try:
         return run()
     except OutOfResources as exc:
-        _no_room(exc, q1, k1, v, causal, key_mask, fallback, "forward")
+        _no_room(exc, kind, q1, k1, v, causal, key_mask, fallback, "decode" if kind == "decode" else "forward")
         return fallback(q1, q2, k1, k2, v, lam)
 
 
@@ -534,14 +545,17 @@ def diff_attention(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, la
     q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale, causal)
     if not _needs_grad(q1, q2, k1, k2, v, lam):
         if q1.shape[2] == 1:  # causal or not, one bottom-right query sees the whole cache
+            kind = "decode"
             run = lambda: _decode(q1, q2, k1, k2, v, lam, key_mask, scale, None)  # noqa: E731
         else:
             lam_v = _lam_view(lam, q1.shape[:3])
+            kind = "forward"
             run = lambda: _forward(q1, q2, k1, k2, v, lam_v, causal, key_mask, scale, False)[0]  # noqa: E731
     else:
+        kind = "train"
         run = lambda: DiffAttentionFunction.apply(  # noqa: E731
             q1, q2, k1, k2, v, lam, bool(causal), key_mask, scale, fallback)
-    return _launch(run, q1, q2, k1, k2, v, lam, causal, key_mask, fallback)
+    return _launch(run, kind, q1, q2, k1, k2, v, lam, causal, key_mask, fallback)
 
 
 def diff_attention_decode(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor, lam, *,
@@ -560,8 +574,10 @@ def diff_attention_decode(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Ten
                          f"got q1{tuple(q1.shape)}; use diff_attention for longer query blocks")
     q1, q2, k1, k2, v, lam, key_mask, scale = _prepare(q1, q2, k1, k2, v, lam, key_mask, scale)
     if _needs_grad(q1, q2, k1, k2, v, lam):
+        kind = "train"
         run = lambda: DiffAttentionFunction.apply(  # noqa: E731
             q1, q2, k1, k2, v, lam, False, key_mask, scale, fallback)
     else:
+        kind = "decode"
         run = lambda: _decode(q1, q2, k1, k2, v, lam, key_mask, scale, num_splits)  # noqa: E731
-    return _launch(run, q1, q2, k1, k2, v, lam, False, key_mask, fallback)
+    return _launch(run, kind, q1, q2, k1, k2, v, lam, False, key_mask, fallback)

@@ -283,6 +283,67 @@ def test_batches_past_the_cuda_grid_limit_launch_in_slices(monkeypatch, tq):
     assert batches and max(batches) <= 2, batches
 
 
+def test_heads_past_the_cuda_grid_limit_are_declined_by_name(monkeypatch):
+    """The heads are axis y of the launch grids (KV heads in dK/dV and the decode split), which CUDA caps at 65535
+    programs like the batch's axis z, but only the batch was cut into launches: more heads failed to launch with
+    'invalid argument'. supports() declines them by name (``auto`` then runs the call on SDPA) and a forced
+    ``triton`` raises that reason; the cap is lowered to 2 here."""
+    from zoo.nn.functional import diff_attention as functional_diff_attention
+
+    monkeypatch.setattr(ops, "MAX_GRID_HEADS", 2, raising=False)
+    q, k, v = _t(1, 4, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 32)
+    ok, why = supports(q, k, v, _t(), causal=True, key_mask=None, dropout_p=0.0)
+    assert not ok and "4 query heads exceed the 2 programs" in why, why
+    with pytest.raises(ValueError, match="4 query heads exceed"):
+        diff_attention(q, q, k, k, v, 0.5, causal=True)
+    if DEVICE is not None:
+        with pytest.raises(ValueError, match="4 query heads exceed"):
+            functional_diff_attention(q, q, k, k, v, torch.tensor(0.5), causal=True, backend="triton")
+        small = [t[:, :2] for t in (q, q, k, k, v)]
+        assert supports(small[0], small[2], small[4], _t(), causal=True, key_mask=None, dropout_p=0.0) == (True, "")
+
+
+@needs_kernel
+@pytest.mark.parametrize("attn_type", ["diff", "diff_v2", "dint", "gda", "shared_diff", "vanilla"])
+def test_every_attention_type_on_the_triton_backend_matches_the_naive_backend(attn_type):
+    """Each registered layer forced to ``triton`` (attn_backend / $ZOO_ATTN_BACKEND): one KV head, causal self-attention
+    with RoPE and a left-padded row (forward and input gradients), a KV-cache decode in chunks and single steps, and
+    cross-attention with a fully padded context, against the same weights on the ``naive`` backend (the fp32
+    reference that tests/nn/test_attention.py checks against float64 math). dint and vanilla run their single maps on
+    SDPA there."""
+    import copy
+
+    from zoo.nn import KVCache, build_attention, list_attention_types
+
+    assert attn_type in list_attention_types()
+    extra = {"signal_ratio": 2} if attn_type == "gda" else {}
+    torch.manual_seed(30)
+    fused = build_attention(attn_type, 32, 4, n_kv_heads=1, causal=True, rope=True, backend="triton", **extra).eval()
+    naive = copy.deepcopy(fused)
+    naive.backend = "naive"
+    x = torch.randn(2, 8, 32, device=DEVICE)
+    km = torch.ones(2, 8, dtype=torch.bool, device=DEVICE)
+    km[1, :3] = False
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [m(t, key_mask=km) for m, t in zip((fused, naive), xs)]
+    grads = [torch.autograd.grad(o.square().sum(), t)[0] for o, t in zip(outs, xs)]
+    assert rel_err(outs[0], outs[1]) < FP32_RTOL and rel_err(grads[0], grads[1]) < FP32_RTOL
+    with torch.no_grad():
+        cache, parts, t = KVCache(8), [], 0
+        for c in (4, 1, 1, 2):
+            parts.append(fused(x[:, t:t + c], key_mask=km[:, :t + c], cache=cache))
+            t += c
+        assert rel_err(torch.cat(parts, 1), outs[1]) < FP32_RTOL
+        cross = build_attention(attn_type, 32, 4, n_kv_heads=1, kv_dim=24, backend="triton", **extra).eval()
+        cross_naive = copy.deepcopy(cross)
+        cross_naive.backend = "naive"
+        ctx = torch.randn(2, 5, 24, device=DEVICE)
+        cm = torch.ones(2, 5, dtype=torch.bool, device=DEVICE)
+        cm[1] = False
+        got, want = cross(x, ctx, key_mask=cm), cross_naive(x, ctx, key_mask=cm)
+    assert rel_err(got, want) < FP32_RTOL and got[1].abs().max() == 0
+
+
 @needs_kernel
 def test_gqa_pairing_map2_uses_its_groups_k2():
     """Query head h uses KV group h // (H // Hkv), map 1 with k1[g] and map 2 with k2[g]."""
@@ -497,6 +558,60 @@ def test_kernel_out_of_resources_falls_back_under_auto_and_is_named_when_forced(
     want = (ref, *torch.autograd.grad(ref, ref_in, dout)) if grad else (ref,)
     for a, b, c in zip(got, again, want):
         assert rel_err(a, c) < FP32_RTOL and rel_err(b, c) < FP32_RTOL
+
+
+@needs_kernel
+@pytest.mark.parametrize("failing", ["_decode", "_backward"])
+def test_out_of_resources_of_one_kind_of_call_leaves_the_other_kinds_on_the_kernel(monkeypatch, failing):
+    """The memory of kernels that do not fit the GPU was keyed by shape class only: a decode step that ran out of
+    resources (split-K kernels) sent training calls of the same head dims (forward and backward kernels) to SDPA
+    for the rest of the process, and a backward that did not fit sent inference forwards and decode steps there.
+    Each kind of call is remembered on its own; the others keep launching the kernel and stay exact."""
+    import warnings
+
+    import zoo.nn.functional as zf
+    from triton.runtime.errors import OutOfResources
+
+    launched = []
+
+    def spy(name):
+        real = getattr(ops, name)
+
+        def launch(*args, **kwargs):
+            launched.append(name)
+            if name == failing:
+                raise OutOfResources(232448, 101376, "shared memory")
+            return real(*args, **kwargs)
+        return launch
+
+    for name in ("_forward", "_backward", "_decode"):
+        monkeypatch.setattr(ops, name, spy(name))
+    monkeypatch.setattr(ops, "_NO_ROOM", set(), raising=False)
+    monkeypatch.setattr(zf, "_pick", lambda *args, **kwargs: "triton")  # auto, as on a CUDA tensor
+    km = make_key_mask("left_pad", 2, 7)
+
+    def call(tq, grad, seed):
+        inputs = [t.requires_grad_(grad) for t in make_inputs(2, 2, 1, tq, 7, 16, 32, "head", seed=seed)]
+        with torch.set_grad_enabled(grad):
+            out = zf.diff_attention(*inputs, causal=True, key_mask=km, backend="auto")
+            got = (out, *torch.autograd.grad(out.sum(), inputs)) if grad else (out,)
+        ref_in = [t.detach().requires_grad_(grad) for t in inputs]
+        ref = diff_attention_reference(*ref_in, causal=True, key_mask=km)
+        want = (ref, *torch.autograd.grad(ref.sum(), ref_in)) if grad else (ref,)
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < FP32_RTOL
+
+    with pytest.warns(RuntimeWarning, match="does not fit this GPU"):
+        call(1, False, 20) if failing == "_decode" else call(5, True, 20)
+    assert len(ops._NO_ROOM) == 1
+    launched.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call(5, True, 21)  # training
+        call(5, False, 22)  # inference forward
+        call(1, False, 23)  # decode step
+    expected = {"_decode": ["_forward", "_backward", "_forward"], "_backward": ["_forward", "_decode"]}[failing]
+    assert launched == expected, launched
 
 
 @needs_kernel

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from zoo.nn import KVCache, build_attention, lambda_init_fn, list_attention_types
 
-TYPES = ["vanilla", "diff", "diff_v2"]
+TYPES = list_attention_types()  # vanilla, diff, diff_v2 and the variants (dint, gda, shared_diff)
 BACKENDS = ["naive", "sdpa"]
 DIM, HEADS, KV_HEADS = 32, 4, 2  # head_dim 8; diff sub-heads d = 4; GQA n_rep = 2
 
@@ -160,16 +160,74 @@ def naive_diff_v2(layer, x, context=None, key_mask=None, rope=False):
     return lin(torch.cat(heads, -1), layer.o_proj)
 
 
-NAIVE = {"vanilla": naive_vanilla, "diff": naive_diff, "diff_v2": naive_diff_v2}
+def naive_diff_family(layer, x, context=None, key_mask=None, rope=False, query_mask=None):
+    """``shared_diff``, ``gda`` and ``dint`` from their weights, in float64: per output head ``h`` the signal map of
+    query ``h`` and the noise map of its noise query, both over their own key heads, values of KV group ``g(h)``;
+    DINT adds ``lam * G`` with ``G`` the mean of the signal map's rows over the (unpadded, for causal: earlier)
+    queries; then subln and ``(1 - lambda_init)``."""
+    src = x if context is None else context
+    B, tq, _ = x.shape
+    tk = src.shape[1]
+    kind, H, hkv, hd = layer.attn_type, layer.n_heads, layer.n_kv_heads, layer.head_dim
+    d = hd // 2
+    v = lin(src, layer.v_proj).view(B, tk, hkv, hd).transpose(1, 2)
+    heads_of = lambda t, n: t.view(t.shape[0], t.shape[1], n, d).transpose(1, 2)  # noqa: E731
+    if kind == "shared_diff":
+        def lowrank(t, seq):
+            return lin(lin(t, seq[0]), seq[1])
+
+        qb, kb = lin(x, layer.q_proj), lin(src, layer.k_proj)
+        q1, q2 = heads_of(qb + lowrank(x, layer.q_lora1), H), heads_of(qb + lowrank(x, layer.q_lora2), H)
+        k1, k2 = heads_of(kb + lowrank(src, layer.k_lora1), hkv), heads_of(kb + lowrank(src, layer.k_lora2), hkv)
+        q2_of, k2_of = (lambda h: h), (lambda h: h // (H // hkv))
+    elif kind == "gda":
+        r, hn, hnkv = layer.signal_ratio, H // layer.signal_ratio, max(1, hkv // layer.signal_ratio)
+        q, k = heads_of(lin(x, layer.q_proj), H + hn), heads_of(lin(src, layer.k_proj), hkv + hnkv)
+        q1, q2, k1, k2 = q[:, :H], q[:, H:], k[:, :hkv], k[:, hkv:]
+        q2_of, k2_of = (lambda h: h // r), (lambda h: (h // r) // (hn // hnkv))
+    else:  # dint: diff's interleaved [H, 2, d] projections
+        q = lin(x, layer.q_proj).view(B, tq, H, 2, d)
+        k = lin(src, layer.k_proj).view(B, tk, hkv, 2, d)
+        q1, q2 = q[:, :, :, 0].transpose(1, 2), q[:, :, :, 1].transpose(1, 2)
+        k1, k2 = k[:, :, :, 0].transpose(1, 2), k[:, :, :, 1].transpose(1, 2)
+        q2_of, k2_of = (lambda h: h), (lambda h: h // (H // hkv))
+    if rope and context is None:
+        q1, q2, k1, k2 = rope_ref(q1), rope_ref(q2), rope_ref(k1), rope_ref(k2)
+    lam = naive_lambda(layer, layer.lambda_init)
+    vis = visible(B, tq, tk, layer.causal, key_mask)
+    if query_mask is None:
+        query_mask = key_mask[:, -tq:] if (key_mask is not None and context is None) else torch.ones(B, tq, dtype=torch.bool)
+    # mean over queries: row i averages the rows j of the weight matrix W[i, j] (j <= i when causal)
+    w = query_mask[:, None, :].double().expand(B, tq, tq)
+    if layer.causal:
+        w = w * torch.ones(tq, tq, dtype=torch.float64).tril()
+    w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+    weight = layer.subln.weight.double()
+    heads = []
+    for h in range(H):
+        g = h // (H // hkv)
+        a1 = softmax_ref(q1[:, h] @ k1[:, g].mT / math.sqrt(d), vis)
+        a2 = softmax_ref(q2[:, q2_of(h)] @ k2[:, k2_of(h)].mT / math.sqrt(d), vis)
+        a = a1 - lam * a2 + (lam * (w @ a1) if kind == "dint" else 0.0)
+        o = a @ v[:, g]
+        o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+        heads.append(o * (1.0 - layer.lambda_init))
+    return lin(torch.cat(heads, -1), layer.o_proj)
+
+
+NAIVE = {"vanilla": naive_vanilla, "diff": naive_diff, "diff_v2": naive_diff_v2,
+         "shared_diff": naive_diff_family, "gda": naive_diff_family, "dint": naive_diff_family}
 
 
 def make_layer(attn_type: str, seed: int = 0, **kw):
     """Build a layer and randomize every parameter that starts at a constant (so none is a no-op)."""
     torch.manual_seed(seed)
     kw.setdefault("n_kv_heads", KV_HEADS)
+    if attn_type == "gda":
+        kw.setdefault("signal_ratio", 2)  # HEADS = 4: 2 noise heads
     layer = build_attention(attn_type, kw.pop("dim", DIM), kw.pop("n_heads", HEADS), **kw)
     with torch.no_grad():
-        if attn_type == "diff":
+        if getattr(layer, "subln", None) is not None:
             layer.subln.weight.uniform_(0.5, 1.5)
         if attn_type == "diff_v2":
             layer.lambda_proj.weight.normal_(0.0, 0.3)
@@ -223,6 +281,67 @@ def test_cross_attention_matches_naive_reference(attn_type, backend):
     close(out, NAIVE[attn_type](layer, x, context=ctx, key_mask=key_mask), what="cross")
     # the fully padded context row attends to nothing: the layer outputs o_proj(0) = 0 (no bias)
     assert out[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["self", "cross"])
+def test_one_kv_head_matches_the_reference_in_value_and_gradient(attn_type, backend, mode):
+    """MQA (n_kv_heads = 1) with rows that see no key at all (left padding under the causal mask; a fully padded
+    context): the output and the gradients of the input (and context) against the float64 reference's, all
+    finite. Such rows output o_proj(0) and pass no gradient to their queries."""
+    cross = mode == "cross"
+    layer = make_layer(attn_type, seed=21, n_kv_heads=1, causal=not cross, rope=True, kv_dim=24 if cross else None,
+                       layer_idx=2, backend=backend).train()
+    torch.manual_seed(22)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    ctx = torch.randn(2, 9, 24, dtype=torch.float64) if cross else None
+    key_mask = torch.ones(2, 9 if cross else 7, dtype=torch.bool)
+    if cross:
+        key_mask[0, 4:] = False
+        key_mask[1] = False
+    else:
+        key_mask[1, :3] = False
+    ins = [x] if ctx is None else [x, ctx]
+    got_in = [t.float().requires_grad_() for t in ins]
+    got = layer(*got_in, key_mask=key_mask)
+    ref_in = [t.clone().requires_grad_() for t in ins]
+    ref = NAIVE[attn_type](layer, *ref_in, key_mask=key_mask, rope=True)
+    close(got, ref, what="output")
+    torch.manual_seed(23)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got, got_in, g.float())
+    ref_grads = torch.autograd.grad(ref, ref_in, g)
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.isfinite(a).all()
+        close(a, b, atol=2e-5, rtol=2e-5, what="input gradient")
+    if cross:
+        assert got[1].abs().max() == 0  # o_proj(0), no bias
+        assert got_grads[0][1].abs().max() == 0
+    else:
+        assert got_grads[0][1, :3].abs().max() == 0  # padded queries: no visible key, and out of dint's mean
+
+
+@pytest.mark.parametrize("attn_type", TYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_and_strided_inputs_on_cpu(attn_type, backend, dtype):
+    """A layer cast to fp16 / bf16 (Lightning's "16-true" / "bf16-true") returns that dtype, within a few units of
+    its rounding of the float64 reference of the same (rounded) weights, for a strided input (a transposed view, as
+    from a [T, B, C] pipeline) too."""
+    layer = make_layer(attn_type, seed=24, causal=True, rope=True, layer_idx=1, backend=backend).to(dtype)
+    torch.manual_seed(25)
+    x = torch.randn(2, 9, DIM).to(dtype)
+    key_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_mask[1, :2] = False
+    with torch.no_grad():
+        out = layer(x, key_mask=key_mask)
+        strided = layer(x.transpose(0, 1).contiguous().transpose(0, 1), key_mask=key_mask)
+    ref = NAIVE[attn_type](layer, x.double(), key_mask=key_mask, rope=True)
+    for what, got in (("contiguous", out), ("strided", strided)):
+        assert got.dtype == dtype and torch.isfinite(got).all(), what
+        err = ((got.double() - ref).norm() / ref.norm()).item()
+        assert err < 8 * torch.finfo(dtype).eps, (what, err)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
