@@ -263,6 +263,10 @@ def test_dint_layer_matches_reference_and_cache():
     cache = KVCache(16)
     steps = torch.cat([attn(x[:, :4], cache=cache)] + [attn(x[:, t : t + 1], cache=cache) for t in range(4, 7)], 1)
     torch.testing.assert_close(steps.double(), ref, atol=2e-5, rtol=1e-4)
+    cache = KVCache(16)  # an empty chunk (a chunked prefill's last) leaves the running mean as it was
+    steps = [attn(x[:, a:b], cache=cache) for a, b in ((0, 3), (3, 3), (3, 4), (4, 4), (4, 7))]
+    assert [s.shape[1] for s in steps] == [3, 0, 1, 0, 3]
+    torch.testing.assert_close(torch.cat(steps, 1).double(), ref, atol=2e-5, rtol=1e-4)
 
 
 # -------------------------------------------------------------------------------------------- gda

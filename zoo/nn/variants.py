@@ -122,7 +122,7 @@ def dint_attention(
     if causal:
         s = s_prev + torch.cumsum(o1 * w, dim=2)
         n = n_prev + torch.cumsum(w, dim=2)
-        new_prefix = (s[:, :, -1:], n[:, :, -1:])
+        new_prefix = (s[:, :, -1:], n[:, :, -1:]) if tq else (s_prev, n_prev)  # an empty chunk keeps the state
     else:
         s = s_prev + (o1 * w).sum(dim=2, keepdim=True)
         n = n_prev + w.sum(dim=2, keepdim=True)
