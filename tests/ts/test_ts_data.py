@@ -199,8 +199,10 @@ def test_a_trailing_comma_column_is_no_default_target(tmp_path, features):
         warnings.simplefilter("always")
         info = dm.data_info
     assert info["target"] == "b" and info["out_columns"] == ["b"]
-    # MS reads every variable: the blank column is named as left out
-    assert (features == "MS") == any("Unnamed: 3" in str(w.message) for w in caught)
+    # MS reads every variable: the blank column is named as left out, as what it is (not a saved row index)
+    said = [str(w.message) for w in caught if "Unnamed: 3" in str(w.message)]
+    assert (features == "MS") == bool(said)
+    assert all("empty" in m and "comma" in m and "row index" not in m for m in said)
 
 
 def test_time_features_match_calendar(tmp_path):
@@ -294,9 +296,10 @@ def test_legal_csv_shapes_read_as_written(tmp_path, shape):
     assert (dates == pd.date_range("2020-01-01", periods=30, freq="h")).all()
 
 
-def test_missing_target_column(tmp_path):
-    with pytest.raises(ValueError, match=r"target column 'OT' not found"):
-        _dm(tmp_path, _frame(), features="MS", target="OT").data_info
+@pytest.mark.parametrize("features", ["S", "MS"])
+def test_missing_target_column(tmp_path, features):
+    with pytest.raises(ValueError, match=r"target column 'OT' not found.*set data.target to one of \['a', 'b'\]"):
+        _dm(tmp_path, _frame(), features=features, target="OT").data_info
 
 
 def test_non_numeric_column(tmp_path):
@@ -305,6 +308,21 @@ def test_non_numeric_column(tmp_path):
     df.loc[17, "b"] = "n/a?"
     with pytest.raises(ValueError, match=r"column 'b' .*not numeric.*'n/a\?' at row 17"):
         _dm(tmp_path, df).data_info
+
+
+def test_thousands_separators_are_named_as_the_cause(tmp_path):
+    """'1,000.5' (quoted in the CSV) is not read as a number, and not silently either: the error names the thousands
+    separators and how to remove them; a plain non-number gets no such hint."""
+    df = _frame()
+    df["a"] = [f"{v:,.1f}" for v in df["a"] * 10 + 900]
+    assert '"1,000.0"' in df.to_csv(index=False)
+    with pytest.raises(ValueError, match=r"column 'a' .*not numeric.*'1,000.0' at row 10.*thousands separator") as err:
+        _dm(tmp_path, df).data_info
+    assert "thousands=','" in str(err.value)
+    df["a"] = "n/a?"
+    with pytest.raises(ValueError, match="not numeric") as err:
+        _dm(tmp_path, df).data_info
+    assert "thousands separator" not in str(err.value)
 
 
 def test_nan_gap_raises_or_is_interpolated(tmp_path):

@@ -169,6 +169,25 @@ def test_date_layouts():
     assert list(prepare_frame(days, date_format="%Y%m%d")[0]) == list(pd.date_range("2016-07-01", periods=5, freq="D"))
 
 
+@pytest.mark.parametrize("freq", ["h", "10min"])
+def test_local_times_turned_back_by_daylight_saving_are_named_as_such(freq):
+    """Local wall-clock times without offsets repeat an hour when daylight saving ends (02:00 twice, hourly; 02:50 ->
+    02:00 every 10 minutes): "sort the rows by date and remove duplicates" would interleave or drop that hour. The
+    error names the change and the UTC offsets that read it; rows merely out of order keep the sorting advice."""
+    wall = pd.date_range("2021-10-30 22:00", "2021-10-31 06:00", freq=freq, tz="Europe/Berlin").tz_localize(None)
+    df = pd.DataFrame({"date": wall.strftime("%Y-%m-%d %H:%M"), "a": np.arange(len(wall), dtype=float)})
+    row = int(np.flatnonzero(np.diff(wall.asi8) <= 0)[0]) + 1
+    assert wall[row].strftime("%H:%M") == "02:00" and wall[row - 1] >= wall[row]
+    with pytest.raises(ValueError, match=rf"at row {row} .*daylight saving.*UTC offset") as err:
+        prepare_frame(df)
+    assert "sort the rows" not in str(err.value)
+    swapped = _frame(20).astype({"date": str})
+    swapped.loc[[5, 6], "date"] = swapped.loc[[6, 5], "date"].to_numpy()
+    with pytest.raises(ValueError, match="goes back in time at row 6.*sort the rows by date") as err:
+        prepare_frame(swapped)
+    assert "daylight" not in str(err.value)
+
+
 def test_a_column_of_years_names_the_date_format_that_reads_it():
     """A yearly series dated by a 'year' column of ints (1990, 1991...): the error advised epoch seconds or another
     date column, though data.date_format '%Y' reads the years. It names date_format; followed, the dates are
@@ -286,6 +305,42 @@ def test_a_checkpoint_restored_over_a_file_with_its_columns_reordered(tmp_path):
     errs = np.stack([by_hand(slice(i, i + LB)) - new["a"].to_numpy()[i + LB : i + LB + H] for i in range(t0, t1 - LB - H + 1)])
     assert res["test/mse_orig"] == pytest.approx(np.mean(errs**2), rel=1e-4)
     assert res["test/mae_orig"] == pytest.approx(np.mean(np.abs(errs)), rel=1e-4)
+
+
+def test_many_variables_in_another_order_and_scale_match_a_per_column_rescaling():
+    """Data of many variables in another column order and scale than the model's: each step's input is the
+    data's, column by column, re-scaled to the model's; the forecast comes back the same way. The column mapping is
+    made once, and made again when the data facts change."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    n = 40
+    info = SyntheticTSDataModule(n_rows=200, n_vars=n, lookback=LB, horizon=H).data_info
+    torch.manual_seed(0)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=info).eval()
+    meta = task.model.meta
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        perm = [int(i) for i in rng.permutation(n)]
+        cols = [meta["columns"][i] for i in perm]
+        md = {c: float(v) for c, v in zip(cols, rng.normal(0, 5, n))}
+        sd = {c: float(v) for c, v in zip(cols, rng.uniform(0.5, 3, n))}
+        task._take_data_info({**info, "columns": cols, "out_columns": cols, "out_index": list(range(n)),
+                              "mean": [md[c] for c in cols], "std": [sd[c] for c in cols]})
+        x = torch.randn(3, LB, n, dtype=torch.float64)
+        with torch.no_grad():
+            got = task._predict({"x": x.float()}).double()
+            assert task._data_to_model_scale() is task._data_to_model_scale()
+        ref_in = torch.zeros_like(x)  # by hand, one column at a time, by name
+        for j, c in enumerate(cols):
+            k = meta["columns"].index(c)
+            ref_in[..., k] = (x[..., j] * sd[c] + md[c] - meta["mean"][k]) / meta["std"][k]
+        with torch.no_grad():
+            out = task.model(ref_in.float()).double()
+        ref = torch.zeros_like(out)
+        for j, c in enumerate(cols):
+            k = meta["columns"].index(c)
+            ref[..., j] = (out[..., k] * meta["std"][k] + meta["mean"][k] - md[c]) / sd[c]
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_a_saved_row_index_is_not_a_variable(tmp_path):

@@ -265,3 +265,193 @@ def test_weight_decay_spares_the_position_embedding(arch):
         torch.testing.assert_close(p.detach(), expect, rtol=1e-6, atol=0, msg=n)
     if arch.startswith("ts-patchtst"):
         assert "model.pos" in dict(task.named_parameters())
+
+
+# -- faithfulness to the reference code -------------------------------------------------------------------------
+# Plain-torch re-implementations of the reference forwards, written from thuml/iTransformer (model/iTransformer.py,
+# layers/Transformer_EncDec.py, layers/SelfAttention_Family.py, layers/Embed.py) and thuml/Time-Series-Library
+# (models/PatchTST.py), with the references' module and parameter names; eval mode (every dropout is the identity).
+# The zoo's weights are mapped onto them by name, so a difference in any step of the forward shows as a mismatch.
+
+
+class _RefFullAttention(torch.nn.Module):
+    """AttentionLayer(FullAttention(mask_flag=False)): per-head softmax(q k^T / sqrt(E)) v."""
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.query_projection = torch.nn.Linear(d_model, d_model)
+        self.key_projection = torch.nn.Linear(d_model, d_model)
+        self.value_projection = torch.nn.Linear(d_model, d_model)
+        self.out_projection = torch.nn.Linear(d_model, d_model)
+        self.n_heads = n_heads
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.query_projection(x).view(B, T, self.n_heads, -1)
+        k = self.key_projection(x).view(B, T, self.n_heads, -1)
+        v = self.value_projection(x).view(B, T, self.n_heads, -1)
+        scores = torch.einsum("blhe,bshe->bhls", q, k)
+        a = torch.softmax(scores / q.shape[-1] ** 0.5, dim=-1)
+        return self.out_projection(torch.einsum("bhls,bshd->blhd", a, v).reshape(B, T, -1))
+
+
+class _RefEncoderLayer(torch.nn.Module):
+    """EncoderLayer: post-norm; the FFN is two kernel-1 Conv1d with the activation (gelu, run.py's default)."""
+
+    def __init__(self, d_model, n_heads, d_ff):
+        super().__init__()
+        self.attention = _RefFullAttention(d_model, n_heads)
+        self.conv1 = torch.nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = torch.nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self.norm1 = torch.nn.LayerNorm(d_model)
+        self.norm2 = torch.nn.LayerNorm(d_model)
+
+    def forward(self, x):
+        y = x = self.norm1(x + self.attention(x))
+        y = torch.nn.functional.gelu(self.conv1(y.transpose(-1, 1)))
+        y = self.conv2(y).transpose(-1, 1)
+        return self.norm2(x + y)
+
+
+class _RefEncoder(torch.nn.Module):
+    def __init__(self, d_model, n_heads, d_ff, e_layers, norm_layer):
+        super().__init__()
+        self.attn_layers = torch.nn.ModuleList(_RefEncoderLayer(d_model, n_heads, d_ff) for _ in range(e_layers))
+        self.norm = norm_layer
+
+    def forward(self, x):
+        for layer in self.attn_layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+def _ref_normalize(x_enc):
+    """The Non-stationary Transformer normalization both references apply (use_norm)."""
+    means = x_enc.mean(1, keepdim=True).detach()
+    x_enc = x_enc - means
+    stdev = torch.sqrt(torch.var(x_enc, dim=1, keepdim=True, unbiased=False) + 1e-5)
+    return x_enc / stdev, means, stdev
+
+
+class _RefITransformer(torch.nn.Module):
+    def __init__(self, seq_len, pred_len, d_model, n_heads, d_ff, e_layers, use_norm):
+        super().__init__()
+        self.pred_len, self.use_norm = pred_len, use_norm
+        self.enc_embedding = torch.nn.Module()  # DataEmbedding_inverted
+        self.enc_embedding.value_embedding = torch.nn.Linear(seq_len, d_model)
+        self.encoder = _RefEncoder(d_model, n_heads, d_ff, e_layers, torch.nn.LayerNorm(d_model))
+        self.projector = torch.nn.Linear(d_model, pred_len, bias=True)
+
+    def forward(self, x_enc, x_mark_enc):
+        if self.use_norm:
+            x_enc, means, stdev = _ref_normalize(x_enc)
+        _, _, N = x_enc.shape
+        x = x_enc.permute(0, 2, 1)
+        if x_mark_enc is not None:  # covariates (timestamps) as extra tokens
+            x = torch.cat([x, x_mark_enc.permute(0, 2, 1)], 1)
+        enc_out = self.encoder(self.enc_embedding.value_embedding(x))
+        dec_out = self.projector(enc_out).permute(0, 2, 1)[:, :, :N]
+        if self.use_norm:
+            dec_out = dec_out * stdev[:, 0, :].unsqueeze(1).repeat(1, self.pred_len, 1)
+            dec_out = dec_out + means[:, 0, :].unsqueeze(1).repeat(1, self.pred_len, 1)
+        return dec_out[:, -self.pred_len:, :]
+
+
+class _RefPatchTST(torch.nn.Module):
+    """Time-Series-Library's PatchTST forecast, with the zoo's documented choices substituted (marked below)."""
+
+    def __init__(self, seq_len, pred_len, d_model, n_heads, d_ff, e_layers, patch_len, stride, n_patches):
+        super().__init__()
+        self.pred_len, self.patch_len, self.stride = pred_len, patch_len, stride
+        self.patch_embedding = torch.nn.Module()
+        self.patch_embedding.padding_patch_layer = torch.nn.ReplicationPad1d((0, stride))
+        # zoo: a biased patch projection and a learned position table (the official yuqinie98/PatchTST backbone's
+        # W_P and W_pos); Time-Series-Library: Linear(patch_len, d_model, bias=False) + a fixed sinusoid
+        self.patch_embedding.value_embedding = torch.nn.Linear(patch_len, d_model, bias=True)
+        self.patch_embedding.position_embedding = torch.nn.Parameter(torch.zeros(n_patches, d_model))
+        # zoo: the shared TSEncoder ends in a LayerNorm; Time-Series-Library: Transpose + BatchNorm1d + Transpose
+        self.encoder = _RefEncoder(d_model, n_heads, d_ff, e_layers, torch.nn.LayerNorm(d_model))
+        self.head = torch.nn.Module()  # FlattenHead (its dropout follows the linear; identity in eval)
+        self.head.linear = torch.nn.Linear(d_model * n_patches, pred_len)
+
+    def forward(self, x_enc):
+        x_enc, means, stdev = _ref_normalize(x_enc)
+        x = x_enc.permute(0, 2, 1)
+        n_vars = x.shape[1]
+        x = self.patch_embedding.padding_patch_layer(x)
+        x = x.unfold(dimension=-1, size=self.patch_len, step=self.stride)
+        x = torch.reshape(x, (x.shape[0] * x.shape[1], x.shape[2], x.shape[3]))
+        enc_out = self.encoder(self.patch_embedding.value_embedding(x) + self.patch_embedding.position_embedding)
+        enc_out = torch.reshape(enc_out, (-1, n_vars, enc_out.shape[-2], enc_out.shape[-1])).permute(0, 1, 3, 2)
+        dec_out = self.head.linear(enc_out.flatten(start_dim=-2)).permute(0, 2, 1)  # [bs, d_model * patch_num]
+        dec_out = dec_out * stdev[:, 0, :].unsqueeze(1).repeat(1, self.pred_len, 1)
+        dec_out = dec_out + means[:, 0, :].unsqueeze(1).repeat(1, self.pred_len, 1)
+        return dec_out[:, -self.pred_len:, :]
+
+
+_ENCODER_NAMES = {"attn.q_proj": "attention.query_projection", "attn.k_proj": "attention.key_projection",
+                  "attn.v_proj": "attention.value_projection", "attn.o_proj": "attention.out_projection",
+                  "mlp.fc1": "conv1", "mlp.fc2": "conv2", "norm1": "norm1", "norm2": "norm2"}
+
+
+def _to_reference(zoo_state, top_names):
+    """The zoo's state dict under the reference's names; a zoo tensor with no reference counterpart fails."""
+    out = {}
+    for name, t in zoo_state.items():
+        parts = name.split(".")
+        if parts[0] == "encoder" and parts[1] == "layers":
+            sub = ".".join(parts[3:-1])
+            ref = f"encoder.attn_layers.{parts[2]}.{_ENCODER_NAMES[sub]}.{parts[-1]}"
+            if sub.startswith("mlp.") and parts[-1] == "weight":
+                t = t.unsqueeze(-1)  # Linear [out, in] -> Conv1d kernel 1 [out, in, 1]
+        elif name in top_names:  # a bare parameter (PatchTST's position table)
+            ref = top_names[name]
+        else:
+            ref = top_names[".".join(parts[:-1])] + "." + parts[-1]
+        out[ref] = t
+    return out
+
+
+def _faithfulness_model(kind, **kw):
+    model = build(kind, "vanilla", **kw).double()
+    randomize_norms(model)
+    with torch.no_grad():
+        for b in model.encoder.layers:  # the zoo initialises attention biases to zero
+            for proj in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj, b.attn.o_proj):
+                proj.bias.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("revin", [True, False])
+@pytest.mark.parametrize("n_tf", [0, 3])
+def test_vanilla_itransformer_matches_the_reference_forward(revin, n_tf):
+    model = _faithfulness_model("itr", revin=revin, n_time_features=n_tf)
+    c = model.config
+    ref = _RefITransformer(c.lookback, c.horizon, c.dim, c.n_heads, c.mlp_hidden, c.n_layers, use_norm=revin)
+    names = {"embed": "enc_embedding.value_embedding", "encoder.norm": "encoder.norm", "head": "projector"}
+    ref.double().load_state_dict(_to_reference(model.state_dict(), names), strict=True)
+    ref.eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, L, N, generator=g, dtype=torch.float64) * torch.tensor([1.0, 4.0, 0.3, 9.0]) + 2.0
+    marks = torch.rand(3, L, n_tf, generator=g, dtype=torch.float64) - 0.5 if n_tf else None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, marks), ref(x, marks))
+
+
+def test_vanilla_patchtst_matches_the_reference_forward():
+    model = _faithfulness_model("patch")
+    c = model.config
+    ref = _RefPatchTST(c.lookback, c.horizon, c.dim, c.n_heads, c.mlp_hidden, c.n_layers, c.patch_len, c.stride,
+                       c.n_patches)
+    names = {"patch_embed": "patch_embedding.value_embedding", "pos": "patch_embedding.position_embedding",
+             "encoder.norm": "encoder.norm", "head": "head.linear"}
+    state = _to_reference(model.state_dict(), names)
+    # the zoo flattens the head's input patch-major ([patch_num, d_model]), the reference d_model-major: the same
+    # linear map with its input columns reordered
+    w = state["head.linear.weight"]
+    state["head.linear.weight"] = w.view(c.horizon, c.n_patches, c.dim).transpose(1, 2).reshape(c.horizon, -1)
+    ref.double().load_state_dict(state, strict=True)
+    ref.eval()
+    x = torch.randn(3, L, N, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3.0 - 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))

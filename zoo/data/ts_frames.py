@@ -142,6 +142,8 @@ def is_index_like(column: Any) -> bool:
     return str(column).startswith("Unnamed: ")
 
 
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")  # 1,000.5: a number written with thousands separators
+
 _WRITTEN = "zoo_header_as_written"  # df.attrs of read_ts_csv: {name read: name as written} where spaces were dropped
 
 
@@ -198,20 +200,25 @@ def prepare_frame(
             + _spaced([date_col], list(df.columns))
         )
     others = [c for c in df.columns if c != date_col]
+    # before the columns: features S reads the target alone, a missing one is the target, not a data.columns entry
+    if target is not None and target not in df.columns:
+        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}"
+                         + _spaced([target], others))
     if columns is None:
         index_like = [c for c in others if is_index_like(c)]
-        if index_like:
-            warnings.warn(f"{source}: column(s) {index_like} look like a saved row index and are left out; "
-                          "list them in data.columns to use them as variables", stacklevel=2)
+        blank = [c for c in index_like if df[c].isna().all()]
+        if blank:
+            warnings.warn(f"{source}: column(s) {blank} have no name and no values (a comma ending every line leaves "
+                          "an empty last column) and are left out", stacklevel=2)
+        if len(blank) < len(index_like):
+            warnings.warn(f"{source}: column(s) {[c for c in index_like if c not in blank]} look like a saved row "
+                          "index and are left out; list them in data.columns to use them as variables", stacklevel=2)
         columns = [c for c in others if c not in index_like]
     else:
         columns = list(columns)
         absent = [c for c in columns if c not in df.columns]
         if absent:
             raise ValueError(f"column(s) {absent} not found in {source}; available: {others}" + _spaced(absent, others))
-    if target is not None and target not in df.columns:
-        raise ValueError(f"target column {target!r} not found in {source}; set data.target to one of {others}"
-                         + _spaced([target], others))
     if target is not None and target not in columns:
         raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
     if not columns:
@@ -226,9 +233,14 @@ def prepare_frame(
         if (steps <= 0).any():
             i = int(np.flatnonzero(steps <= 0)[0]) + 1
             what = "repeats" if steps[i - 1] == 0 else "goes back in time"
+            # one step on, less an hour: wall-clock times (no UTC offsets) as daylight saving ends, not disorder
+            turned_back = i >= 2 and dates[i] - dates[i - 1] == dates[i - 1] - dates[i - 2] - pd.Timedelta(hours=1)
             raise ValueError(
                 f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
-                "sort the rows by date and remove duplicates"
+                + ("the clock turned back an hour, as local times do when daylight saving ends: give the dates their "
+                   f"UTC offsets (read as UTC), e.g. df[{date_col!r}] = pd.to_datetime(df[{date_col!r}])"
+                   ".dt.tz_localize('<your timezone>', ambiguous='infer') before saving, or write them in UTC"
+                   if turned_back else "sort the rows by date and remove duplicates")
             )
 
     values = {}
@@ -239,6 +251,13 @@ def prepare_frame(
             wrong = num.isna() & col.notna()
             if wrong.any() or pd.api.types.is_bool_dtype(col):
                 i = int(np.flatnonzero(wrong.to_numpy())[0]) if wrong.any() else 0
+                if _THOUSANDS.fullmatch(str(col.iloc[i]).strip()):
+                    raise ValueError(
+                        f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line "
+                        f"{i + 2}): its values have thousands separators, which are not read as numbers; remove them "
+                        + _advice(api, "from the file, e.g. pd.read_csv(path, thousands=',').to_csv(new_path, "
+                                  "index=False)", f"first, e.g. df[{c!r}] = df[{c!r}].str.replace(',', '').astype(float)")
+                    )
                 raise ValueError(
                     f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line {i + 2}); "
                     + _advice(api, "convert it to numbers or leave it out with data.columns",

@@ -366,7 +366,15 @@ class ITransformer(Forecaster):
 
 
 class PatchTST(Forecaster):
-    """PatchTST: channel-independent patch tokens, (differential) attention across patches."""
+    """PatchTST: channel-independent patch tokens, (differential) attention across patches.
+
+    The forward of Time-Series-Library's PatchTST (post-norm LayerNorm layers, flatten head) with two changes: the
+    patch embedding of the official code (yuqinie98/PatchTST: a biased ``Linear(patch_len, dim)`` and a learned
+    position table, not a bias-free projection and a fixed sinusoid) and a final LayerNorm where Time-Series-Library
+    has a BatchNorm. The official backbone differs further: BatchNorm in every layer, residual attention scores, no
+    final norm. The head flattens the tokens patch-major, the references ``dim``-major (the same linear map, its
+    weight columns reordered).
+    """
 
     config_class = PatchTSTConfig
 

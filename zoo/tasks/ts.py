@@ -144,6 +144,7 @@ class ForecastTask(ZooTask):
         self._best_state: Optional[dict[str, Tensor]] = None
         self._forecasts: list[tuple[Any, Any]] = []
         self._device_copies: dict[str, tuple[tuple, Tensor]] = {}  # see _on_device
+        self._scale_conv: Optional[tuple[tuple, Any]] = None  # see _data_to_model_scale
 
     def _take_data_info(self, info: dict[str, Any]) -> None:
         """The facts of the data the batches come from: its forecast columns and their scaler std."""
@@ -267,10 +268,24 @@ class ForecastTask(ZooTask):
         variables, in any column order) keeps its own; the batches come scaled by the file's, so they are carried over.
         """
         meta, info = self.model.meta, self.data_info
-        if meta is None or info.get("mean") is None or (meta["mean"], meta["std"]) == (info["mean"], info["std"]):
+        if meta is None or info.get("mean") is None:
+            return None
+        # made once per pair of scalers (a step compares them, as _on_device its values): not a search a variable
+        key = tuple(tuple(d[k]) for d in (meta, info) for k in ("columns", "mean", "std"))
+        if self._scale_conv is None or self._scale_conv[0] != key:
+            self._scale_conv = (key, self._scale_conversion(meta, info))
+        return self._scale_conv[1]
+
+    @staticmethod
+    def _scale_conversion(
+        meta: dict[str, Any], info: dict[str, Any]
+    ) -> Optional[tuple[list[float], list[float], Optional[list[int]]]]:
+        """:meth:`_data_to_model_scale` computed from the model's ``meta`` and the data's ``info``."""
+        if (meta["mean"], meta["std"]) == (info["mean"], info["std"]):
             return None
         _refuse_other_variables(meta, info, "the model")
-        order = [list(info["columns"]).index(c) for c in meta["columns"]]
+        position = {c: i for i, c in enumerate(info["columns"])}
+        order = [position[c] for c in meta["columns"]]
         # in Python floats (float64), made into device tensors once by _on_device (not on the host every step)
         md, sd = ([float(info[k][i]) for i in order] for k in ("mean", "std"))
         mm, sm = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
