@@ -301,6 +301,20 @@ def test_several_lmdbs_under_a_root(tmp_path):
     assert batch["targets"][1].tolist() == [CS.index["d"], CS.index["e"], 0] + [-100] * 6
 
 
+def test_a_root_of_image_folders_names_its_sets_folders(tmp_path):
+    """test_dirs: [root] over root/A/labels.txt and root/B/gt.txt (image folders, not LMDBs): the error told the user
+    to add a labels.txt to the root. It names the sub-folders' labels files and how to give them."""
+    (tmp_path / "root").mkdir()
+    _folder(tmp_path / "root", [("a.png", "abc")], name="A")
+    b = tmp_path / "root" / "B"
+    b.mkdir()
+    _word_image(1).save(b / "w.png")
+    (b / "gt.txt").write_text('w.png, "de"\n')
+    with pytest.raises(FileNotFoundError, match=r"no labels file of its own.*A/labels\.txt, B/gt\.txt.*source of its own"):
+        open_source(tmp_path / "root", CS)
+    assert [len(ds) for d in ("A", "B") for _, ds in open_source(tmp_path / "root" / d, CS)] == [1, 1]
+
+
 def _raw_lmdb(path, items: dict) -> None:
     """An LMDB holding exactly ``items`` (str keys -> str values), bypassing the zoo writer."""
     env = lmdb.open(str(path), map_size=1 << 20)
@@ -415,6 +429,21 @@ def test_build_lmdb_checks_every_image_before_writing(tmp_path):
     with pytest.raises(ValueError, match="b.png"):
         build_lmdb(d, out)
     assert not out.exists()  # nothing half-written: a corrected rerun can use the same folder
+    # a folder with several bad crops (a zero-byte file, a JPEG cut short): all named in one run, not one per rerun
+    _word_image(2).save(d / "c.jpg")
+    (d / "c.jpg").write_bytes((d / "c.jpg").read_bytes()[:300])
+    (d / "e.png").write_bytes(b"")
+    _word_image(3).save(d / "f.png")
+    (d / "labels.txt").write_text("a.png\tabc\nb.png\tde\nc.jpg\tfg\ne.png\thi\nf.png\tjk\n")
+    with pytest.raises(ValueError, match=r"cannot add 3 of the 5 images .*b\.png: .*; .*c\.jpg: .*; .*e\.png: the file is "
+                                         r"empty \(0 bytes\); fix or remove them"):
+        build_lmdb(d, out)
+    assert not out.exists()
+    from zoo.data.str_real import main
+
+    with pytest.raises(SystemExit, match=r"^error: cannot add 3 of the 5 images"):  # the builder command: no traceback
+        main(["build", str(d), str(out)])
+    (d / "labels.txt").write_text("a.png\tabc\nb.png\tde\n")
     (d / "b.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"labels of .* do not exist, e.g. \['b.png'\]"):
         build_lmdb(d, out)
@@ -630,6 +659,32 @@ def test_a_predict_dir_that_is_an_image_file_is_named_as_such(tmp_path):
         ImageFolderDataset(d / "a.png")
     with pytest.raises(FileNotFoundError, match="not found"):
         ImageFolderDataset(d / "missing")
+
+
+def test_a_predict_folder_with_a_file_name_that_is_not_utf8_is_refused_before_reading(tmp_path):
+    """A crop named in Latin-1 (b"caf\\xe9.png", from an old zip) is held by Python as a surrogate escape: predict read
+    every image, then crashed writing predictions.csv (UnicodeEncodeError, no CSV). Refused up front, named."""
+    import os
+
+    from zoo.data.str import ImageFolderDataset
+
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    _word_image(0).save(pf / "ok.png")
+    try:
+        with open(os.fsencode(pf) + b"/caf\xe9.png", "wb") as f:
+            f.write((pf / "ok.png").read_bytes())
+    except OSError as exc:  # a file system that holds UTF-8 names only (macOS APFS)
+        pytest.skip(f"this file system refuses a non-UTF-8 file name: {exc}")
+    dm = STRDataModule(charset="36", max_length=6, predict_dir=str(pf), synthetic={"train": 0, "val": 0, "test": 0})
+    with pytest.raises(ValueError, match=r"1 image file name\(s\) under .* not valid UTF-8 .*'caf\\udce9\.png'"):
+        dm.predict_dataloader()
+    from zoo.tasks.str import read_folder
+
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        read_folder("str-diff-tiny", pf, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+    assert [str(p.relative_to(pf)) for p in ImageFolderDataset(pf).paths] == ["caf\udce9.png", "ok.png"]  # readable
 
 
 def test_synthetic_fonts_draw_the_charsets_characters_not_other_glyphs_at_their_code_points():

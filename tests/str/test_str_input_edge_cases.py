@@ -40,6 +40,18 @@ def test_16_bit_and_float_images_keep_their_contrast(tmp_path):
         load_image(nan)
 
 
+def test_a_bfloat16_tensor_reads_as_its_float32_values():
+    """An image tensor from a bf16 pipeline (torch.autocast, a bf16 model's preprocessing) stopped with numpy's "Got
+    unsupported ScalarType BFloat16": numpy has no bfloat16. Values exact in bf16, so the reference is plain math."""
+    vals = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)
+    arr = np.tile(vals, (4, 2))  # 4 x 10, HxW
+    want = np.round(arr * 255).astype(np.uint8)
+    got = np.asarray(load_image(torch.from_numpy(arr).to(torch.bfloat16)))
+    assert got.shape == (4, 10, 3) and np.array_equal(got[..., 0], want) and np.array_equal(got[..., 1], want)
+    rgb = torch.from_numpy(np.stack([arr] * 3, -1)).to(torch.bfloat16)
+    assert np.array_equal(np.asarray(load_image(rgb))[..., 2], want)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     shown = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(20, 60, 3), dtype=np.uint8))
     stored = shown.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways writes

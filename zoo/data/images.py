@@ -41,7 +41,11 @@ def load_image(x: Any) -> Image.Image:
     if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
         return _to_rgb(_upright(x))
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
-        arr = np.asarray(x.cpu() if torch.is_tensor(x) else x)
+        if torch.is_tensor(x):
+            x = x.detach().cpu()
+            if x.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds its values exactly
+                x = x.float()
+        arr = np.asarray(x)
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):

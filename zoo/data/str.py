@@ -272,6 +272,26 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         return to_tensor(load_image(self.paths[i]), self.img_size), str(self.paths[i].relative_to(self.folder))
 
+    def require_utf8_names(self) -> None:
+        """Raise naming the files whose names are not UTF-8 (a Latin-1 name from an old archive, which Python holds
+        as surrogate escapes): a CSV of predictions cannot spell them, so they are refused before any image is read."""
+        names = [str(p.relative_to(self.folder)) for p in self.paths]
+        bad = [n for n in names if not _is_utf8(n)]
+        if bad:
+            raise ValueError(
+                f"{len(bad)} image file name(s) under {self.folder} are not valid UTF-8 ({', '.join(map(ascii, bad[:3]))}"
+                f"{', ...' if len(bad) > 3 else ''}): predictions.csv cannot name them; rename them to UTF-8 names "
+                "(e.g. with convmv), or move them out of the folder"
+            )
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def collate_predict(items: list) -> dict[str, Any]:
     images, paths = zip(*items)
@@ -469,6 +489,7 @@ class STRDataModule(L.LightningDataModule):
         if self.predict_dir is None:
             raise ValueError("set data.predict_dir to a folder of images to read")
         ds = ImageFolderDataset(self.predict_dir, self.img_size)
+        ds.require_utf8_names()
         sampler = eval_sampler(ds, self.trainer, "predict", advice="give data.predict_dir at least one image per "
                                "process, or predict on fewer devices")
         return DataLoader(ds, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers,

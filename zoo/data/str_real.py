@@ -372,6 +372,15 @@ def open_source(path: str | Path, charset: Charset) -> list[tuple[str, Dataset]]
             )
         return [(str(p.relative_to(path)) if p != path else label, LMDBDataset(p, charset)) for p in lmdbs]
     if path.is_dir():
+        nested = [str(p.relative_to(path)) for p in files if p.name in LABEL_FILES and p.parent != path]
+        if nested and not any((path / n).is_file() for n in LABEL_FILES):
+            # a root of image folders (A/labels.txt, B/gt.txt): "add labels.txt to the root" misled
+            shown = ", ".join(nested[:5]) + (", ..." if len(nested) > 5 else "")
+            raise FileNotFoundError(
+                f"{path} has no labels file of its own, but folders under it do ({shown}); only LMDBs are read from "
+                "a root: give each image folder as a source of its own (data.test_dirs: [root/A, root/B]), or build "
+                "each into an LMDB under one root (`python -m zoo.data.str_real build FOLDER ROOT/NAME`)"
+            )
         return [(label, FolderDataset(path, charset))]
     raise ValueError(f"{path} is neither an LMDB folder, a folder of LMDBs, nor an image folder with labels.txt/labels.csv")
 
@@ -380,7 +389,7 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     """Write the images of ``folder`` (listed in its labels file) into a PARSeq-layout LMDB at ``out``.
 
     Labels are stored as given (normalization happens when reading, with the model's charset);
-    unreadable images are an error naming the file. Returns the sample count.
+    unreadable images are an error naming every such file. Returns the sample count.
     """
     import lmdb
 
@@ -398,13 +407,25 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     # the map is address space, not disk: size it for every image and label with room for page overhead
     payload = sum((folder / p).stat().st_size + len(t.encode("utf-8")) for p, t in pairs)
     env = lmdb.open(str(out), map_size=max(map_size, 2 * payload + (64 << 20)))
+    bad: list[tuple[Path, str]] = []  # every unreadable image is named at once: not one per rerun of the build
     try:
-        with env.begin(write=True) as txn:  # one read per image; a bad one aborts the transaction
+        with env.begin(write=True) as txn:  # one read per image; bad ones abort the transaction once all are checked
             for i, (p, text) in enumerate(pairs, 1):
                 data = (folder / p).read_bytes()
-                _check_image(folder / p, data)
-                txn.put(b"image-%09d" % i, data)
-                txn.put(b"label-%09d" % i, text.encode("utf-8"))
+                problem = _image_problem(data)
+                if problem is not None:
+                    bad.append((folder / p, problem))
+                if not bad:
+                    txn.put(b"image-%09d" % i, data)
+                    txn.put(b"label-%09d" % i, text.encode("utf-8"))
+            if len(bad) == 1:
+                raise ValueError(f"cannot add {bad[0][0]} to the LMDB: {bad[0][1]}")
+            if bad:
+                raise ValueError(
+                    f"cannot add {len(bad)} of the {len(pairs)} images to the LMDB (nothing was written): "
+                    + "; ".join(f"{q}: {why}" for q, why in bad[:10]) + ("; ..." if len(bad) > 10 else "")
+                    + "; fix or remove them (and their lines in the labels file), then build again"
+                )
             txn.put(b"num-samples", str(len(pairs)).encode())
     except BaseException:
         env.close()  # nothing half-written stays behind: a corrected rerun can use the same folder
@@ -417,13 +438,17 @@ def build_lmdb(folder: str | Path, out: str | Path, labels: Optional[str | Path]
     return len(pairs)
 
 
-def _check_image(path: Path, data: bytes) -> None:
+def _image_problem(data: bytes) -> Optional[str]:
+    """Why ``data`` cannot be read as an image, or ``None`` when it can."""
     from zoo.data.str import load_image
 
+    if not data:
+        return "the file is empty (0 bytes)"
     try:
         load_image(data)
     except ValueError as exc:
-        raise ValueError(f"cannot add {path} to the LMDB: {exc}") from exc
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +551,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     b.add_argument("out")
     b.add_argument("--labels", default=None, help="labels file (default: FOLDER/labels.txt or labels.csv)")
     args = p.parse_args(argv)
-    n = build_lmdb(args.folder, args.out, args.labels)
+    try:
+        n = build_lmdb(args.folder, args.out, args.labels)
+    except (OSError, ValueError) as exc:  # a bad folder, labels file or image: the message, as `zoo export` gives it
+        raise SystemExit(f"error: {exc}") from exc
     print(f"wrote {n} samples to {args.out}")
 
 

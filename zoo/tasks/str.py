@@ -163,6 +163,8 @@ def read_folder(model: Any, folder: str | Path, out_csv: Optional[str | Path] = 
     if not isinstance(model, SceneTextRecognizer):
         model = _load_recognizer(str(model))
     ds = ImageFolderDataset(folder)
+    if out_csv is not None:
+        ds.require_utf8_names()
     readings = model.read([str(p) for p in ds.paths], batch_size=batch_size)
     rows = [{"image": str(p.relative_to(ds.folder)), "text": r.text, "confidence": round(r.confidence, 6)} for p, r in zip(ds.paths, readings)]
     if out_csv is not None:
