@@ -182,6 +182,33 @@ def test_pytorch_bin_weights(tmp_path, sharded):
     _compare_decoder(hf, from_hf_llama(folder))
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_sharded_safetensors_as_transformers_writes_them(tmp_path, tied):
+    """``save_pretrained(max_shard_size=...)`` writes ``model-0000i-of-0000n.safetensors`` and
+    ``model.safetensors.index.json``: the shards convert to transformers' logits; a shard the index lists and the
+    folder lacks, or a folder without config.json, is an error naming the file."""
+    import shutil
+
+    hf, single = _decoder(tmp_path, "Qwen2ForCausalLM", tie_word_embeddings=tied)
+    folder = tmp_path / "sharded"
+    hf.save_pretrained(folder, max_shard_size="20KB")
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (folder / "model.safetensors.index.json").is_file()
+    assert not (folder / "model.safetensors").exists()
+    ours = from_hf_llama(folder)
+    assert ours.config.tie_embeddings == tied
+    _compare_decoder(hf, ours)
+    shards[1].unlink()
+    with pytest.raises(FileNotFoundError, match=rf"shards listed in .*index\.json are missing: .*{shards[1].name}"):
+        from_hf_llama(folder)
+    bare = shutil.copytree(single, tmp_path / "no_config")
+    (bare / "config.json").unlink()
+    for fn in (from_hf, lambda f: convert_hf(f, tmp_path / "out")):
+        with pytest.raises(FileNotFoundError, match=r"no_config/config\.json not found: give a local Hugging Face"):
+            fn(bare)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("same_head", [True, False])
 def test_tied_checkpoint_that_stores_the_head(tmp_path, same_head):
     """``torch.save(model.state_dict())`` of a tied model keeps ``lm_head.weight``; transformers ties it when it

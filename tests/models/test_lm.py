@@ -661,6 +661,25 @@ def test_left_padded_id_batch_with_attention_mask_decodes_each_row_as_alone():
         model.generate(["a", "bc"], attention_mask=mask, max_new_tokens=2)
 
 
+def test_a_numpy_id_batch_with_its_attention_mask_decodes_as_a_tensor_does():
+    """A tokenizer's ``return_tensors="np"`` output: the [B, T] numpy ids (as the numpy attention_mask already was)
+    generate each row as its unpadded prompt alone; they were read as one prompt of B rows and refused as a
+    [1, B, T] tensor, a shape the caller never gave."""
+    import numpy as np
+
+    model = _sharp(tiny(n_heads=4, vocab_size=259))
+    rows = [[5, 6, 7, 8], [3, 4]]
+    ids = np.array([[5, 6, 7, 8], [0, 0, 3, 4]])
+    mask = np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=5, temperature=0)
+    for r, row in enumerate(rows):
+        assert out[r, 4:].tolist() == _naive_greedy(model, row, 5)[len(row):]
+    one = model.generate(np.array([[5, 6, 7, 8]]), max_new_tokens=5, temperature=0)
+    assert one[0].tolist() == _naive_greedy(model, rows[0], 5)
+    with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 2, 4\)"):
+        model.generate(ids[None], max_new_tokens=1)
+
+
 def test_batched_text_sampling_draws_what_one_call_per_prompt_draws():
     """seed=None: each prompt's generator is seeded from torch's global RNG in list order, so a batched list
     samples what the same prompts sampled one call at a time do after the same torch.manual_seed; batch_size 1

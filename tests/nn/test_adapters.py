@@ -62,6 +62,25 @@ def test_adapted_equals_pretrained_at_start_and_only_adapters_train(method):
     plain.load_state_dict(A.base_state_dict(model))
 
 
+@pytest.mark.parametrize("method, kwargs, layers, per_layer", [
+    # hand counts for DIM 32, H 4 query heads and 2 KV heads of head_dim 8 (q: 32 -> 32, k: 32 -> 16)
+    ("dex", {}, None, 4 * 8 * 8 + 1),  # W_n [d, d] per head, one lambda
+    ("dex", {"heads": [0, 2]}, [1], 2 * 8 * 8 + 1),
+    ("difflora", {"rank": 3}, None, 3 * (32 + 32) + 3 * (32 + 16) + 3 * (32 + 32) + 3 * (32 + 16) + 1),
+    ("difflora", {"rank": 3, "neg_rank": 1}, [0], 3 * (32 + 32) + 3 * (32 + 16) + 1 * (32 + 32) + 1 * (32 + 16) + 1),
+    ("opamp", {"rank": 2}, None, 2 * 2 * (32 + 32) + 2 * 2 * (32 + 16)),  # two LoRAs each on q and k, fixed gains
+])
+def test_trainable_parameters_are_the_adapters_by_hand_count(method, kwargs, layers, per_layer):
+    """What an adapt_*.yaml run trains, counted from the methods' formulas (LoRA rank r on an in -> out map holds
+    r * (in + out)); the base's parameters are all kept and frozen."""
+    model = lm()
+    total = sum(p.numel() for p in model.parameters())
+    A.apply_adapter(model, method, layers=layers, **kwargs)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == per_layer * (2 if layers is None else len(layers))
+    assert sum(p.numel() for p in model.parameters()) == total + trainable
+
+
 @pytest.mark.parametrize("method", A.METHODS)
 def test_adapter_follows_the_base_models_device(method, monkeypatch):
     """Adapting a model that already sits on a device (here PyTorch's meta device, standing in for CUDA)

@@ -215,10 +215,10 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
     ) -> Union[str, list[str], Tensor]:
         """Sample a continuation with the KV cache.
 
-        ``prompt``: text (needs ``self.tokenizer``), a list of texts, a list of ids, or a ``[B, T]`` id tensor
-        (fed as given; rows of different lengths are left-padded, with ``attention_mask`` ``[B, T]`` holding 1 for
-        real tokens and 0 for padding, as Hugging Face's decoder-only ``generate`` takes them; right padding is an
-        error). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
+        ``prompt``: text (needs ``self.tokenizer``), a list of texts, a list of ids, or a ``[B, T]`` id tensor or
+        numpy array (fed as given; rows of different lengths are left-padded, with ``attention_mask`` ``[B, T]``
+        holding 1 for real tokens and 0 for padding, as Hugging Face's decoder-only ``generate`` takes them; right
+        padding is an error). ``temperature=0`` is greedy; ``top_k`` ``None`` or ``0`` samples from the whole
         vocabulary (Hugging Face's convention), a negative ``top_k`` is an error; ``top_p`` (in [0, 1]) samples from
         the most likely tokens whose probability reaches it (nucleus sampling, after top-k, as Hugging Face). Returns text for a
         text prompt, else the ``[B, T + new]`` ids. Stops early when every sequence produced
@@ -259,8 +259,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         if as_text:
             self._need_tokenizer()
             ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], dtype=torch.long)
-        elif torch.is_tensor(prompt):
-            ids = prompt[None] if prompt.dim() == 1 else prompt
+        elif torch.is_tensor(prompt) or hasattr(prompt, "__array__"):  # numpy ids (return_tensors="np") as a tensor
+            ids = torch.as_tensor(prompt)
+            ids = ids[None] if ids.dim() == 1 else ids
         else:
             rows = [r for r in prompt if isinstance(r, (list, tuple))]
             if rows and len({len(r) for r in rows}) > 1:
