@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import numbers
 import string
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -56,8 +57,8 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {self.eps}")
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255; 0: no change), got {self.eps}")
         if self.steps < 1 or self.text_changes < 0 or self.max_candidates < 1:
             raise ValueError("steps and max_candidates must be >= 1, text_changes >= 0")
         if self.k < 1 or self.batch_size < 1:
@@ -133,15 +134,22 @@ def pgd_attack(
     seed: int = 0,
     batch_size: int = 128,
 ) -> Tensor:
-    """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball."""
+    """L-inf PGD on ``images`` ([0, 1]) lowering the score with ``texts`` (row-aligned); result in the eps ball
+    (``|adv - images| <= eps`` exactly for float32 and 16-bit pixels) and in [0, 1]; ``eps`` 0 gives the images
+    back unchanged."""
     _check_pairs("pgd_attack", images, texts)
     if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral) or steps < 1:  # np.int64 counts
         raise ValueError(f"pgd_attack needs an integer steps >= 1, got {steps!r}")
     steps = int(steps)
-    if not 0 < eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
-        raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255), got {eps}")
+    if not 0 <= eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
+        raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255; 0: no change), got {eps}")
     if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
         raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
+    if images.numel() and not (0 <= float(images.min()) and float(images.max()) <= 1):
+        # the iterates are clamped to [0, 1]: normalized (mean / std) pixels would be cut there, far outside the ball
+        raise ValueError(f"pgd_attack takes pixels in [0, 1], got values in [{float(images.min()):.3g}, "
+                         f"{float(images.max()):.3g}]: divide 0..255 pixels by 255, pass images before a mean / std "
+                         "normalization (the model normalizes them), clamp(0, 1) a bicubic resize's overshoot")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
@@ -163,14 +171,22 @@ def pgd_attack(
                 (grad,) = torch.autograd.grad(loss, x)
                 x = x.detach() + alpha * grad.sign()
                 x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
-            x = x.detach()
-            y = x.to(images.dtype)
-            if y.dtype != x.dtype:
-                # rounded back to the images' dtype, a pixel may land on the grid point past the budget: take
-                # the one on the clean pixel's side (x0 is on the grid, so that one is within eps)
-                y = torch.where((y.to(work) - x0).abs() > eps, torch.nextafter(y, x0.to(y.dtype)), y)
-            out.append(y.to(images.device))
+            out.append(_project(x.detach().to(images.dtype), x0, eps).to(images.device))
     return torch.cat(out) if out else images.detach().clone()  # no images: none attacked, as text_attack gives []
+
+
+def _project(y: Tensor, x0: Tensor, eps: float) -> Tensor:
+    """``y`` clamped into ``[x0 - eps, x0 + eps]`` and [0, 1], the bounds computed in float64 and rounded to ``y``'s
+    grid towards ``x0``: ``|result - x0| <= eps`` holds exactly for float32 and 16-bit pixels (``x0 +- eps`` in float32
+    overshot the budget by one step of ``x0``'s grid, many steps of a dark pixel's). MPS has no float64: on the CPU."""
+    dev = torch.device("cpu") if y.device.type == "mps" else y.device
+    x = x0.detach().to(dev).double()
+    bounds = []
+    for bound, inward in (((x - eps).clamp(min=0.0), float("inf")), ((x + eps).clamp(max=1.0), float("-inf"))):
+        b = bound.to(y.dtype)
+        past = b.double() < bound if inward > 0 else b.double() > bound
+        bounds.append(torch.where(past, torch.nextafter(b, torch.full_like(b, inward)), b))
+    return torch.max(torch.min(y.to(dev), bounds[1]), bounds[0]).to(y.device)
 
 
 def char_edits(word: str, rng: np.random.Generator) -> list[str]:
@@ -294,6 +310,14 @@ def run_attack_suite(model: Any, images: Tensor, captions: Sequence[Sequence[str
         return retrieval_metrics(retrieval_scores(model, imgs, txts, k=cfg.k, batch_size=cfg.batch_size), owner, texts)
 
     clean = metrics(images, texts)
+    none_right = [f"{d} ({rank})" for rank in ("itm", "itc", "itm_only") for d in ("i2t", "t2i")
+                  if not bool(clean[f"{rank}/{d}_top1"].any())]
+    if none_right:
+        warnings.warn(
+            f"no query is retrieved correctly before the attack in {', '.join(none_right)} (clean R@1 0): the attack "
+            "success rate there is undefined, reported as nan ('mean' averages the directions that have one)",
+            stacklevel=3,
+        )
     adv: dict[str, tuple[Tensor, list[str]]] = {}
     adv["image_pgd"] = (pgd_attack(source, images, first, cfg.eps, cfg.steps, cfg.step_size, cfg.random_start,
                                    cfg.seed, cfg.batch_size), list(texts))

@@ -276,3 +276,30 @@ def test_retrieval_of_a_model_in_train_mode_is_scored_without_dropout():
     m.train()
     assert evaluate_retrieval(m, images, [[c] for c in caps], k=3)["itm/r_mean"] == \
         evaluate_retrieval(m.eval(), images, [[c] for c in caps], k=3)["itm/r_mean"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recall_at_k_both_ways_matches_a_naive_sort_with_several_captions_per_image(seed):
+    """R@1/5/10 of :func:`evaluate_retrieval` (ITC and re-ranked with k >= every gallery, ITM margin 0) against a
+    plain sort of the similarity matrix: image->text is a hit at K when any of the image's captions is among its K
+    best texts; text->image when the caption's own image is among its K best images."""
+    g = torch.Generator().manual_seed(seed)
+    n_caps = torch.randint(1, 5, (15,), generator=g).tolist()  # 1 to 4 captions per image
+    owner = [i for i, n in enumerate(n_caps) for _ in range(n)]
+    fi = torch.nn.functional.normalize(torch.randn(15, 8, generator=g), dim=1)
+    ft = torch.nn.functional.normalize(torch.randn(len(owner), 8, generator=g), dim=1)
+    m = _FixedFeatures(fi, ft)
+    images = torch.arange(15.0).view(15, 1, 1, 1)
+    captions, t = [], 0
+    for n in n_caps:
+        captions.append([str(j) for j in range(t, t + n)])
+        t += n
+    res = evaluate_retrieval(m, images, captions, k=len(owner))
+    sim = (fi @ ft.T).tolist()
+    for kk in (1, 5, 10):
+        i2t = [any(owner[j] == i for j in sorted(range(len(owner)), key=lambda j: -sim[i][j])[:kk]) for i in range(15)]
+        t2i = [owner[t] in sorted(range(15), key=lambda i: -sim[i][t])[:kk] for t in range(len(owner))]
+        for name in ("itc", "itm"):
+            assert res[f"{name}/i2t_r{kk}"] == pytest.approx(100.0 * sum(i2t) / 15, abs=1e-4)
+            assert res[f"{name}/t2i_r{kk}"] == pytest.approx(100.0 * sum(t2i) / len(owner), abs=1e-4)
+    assert res["itc/i2t_r1"] < 100.0 and res["itc/t2i_r10"] > res["itc/t2i_r1"]  # random features: not trivial

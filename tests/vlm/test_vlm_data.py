@@ -122,6 +122,17 @@ def test_tokenizer_truncates_with_counted_warning():
     assert ids[0].tolist() == [tok.cls_id, 5, 6, tok.unk_id, tok.sep_id]
 
 
+def test_a_caption_that_is_not_text_is_named():
+    """A missing value (pandas reads an empty caption cell as nan) or a number among the captions: named with its
+    position, not the tokenizers library's 'TextEncodeInput must be Union[...]'."""
+    tok = VLMTokenizer.word_level(["a", "red", "circle"])
+    with pytest.raises(TypeError, match=r"caption 1 is nan \(float\).*missing value"):
+        tok.encode(["a red circle", float("nan")])
+    with pytest.raises(TypeError, match=r"caption 2 is None \(NoneType\)"):
+        tok.encode(["a", "red", None])
+    assert tok.encode(("a red", np.str_("circle")))[0].shape == (2, 4)  # a tuple, numpy strings: captions
+
+
 def test_function_words_unknown_tokens():
     words = read_function_words("en")
     assert 80 <= len(words) <= 110 and "the" in words and "circle" not in words
@@ -165,6 +176,21 @@ def test_a_cased_tokenizer_marks_a_capitalized_function_word_too():
         ids, _ = function_word_ids(tok, read_function_words("en"))
     kept = {tok.backend.id_to_token(i) for i in ids}
     assert kept == {"A", "a", "The", "the", "on"}
+
+
+def test_a_user_function_word_list_in_any_case_marks_the_words_of_a_cased_tokenizer(tmp_path):
+    """A user's list written in capitals or title case ("THE", "Of"), with comments, blank lines and duplicates: with a
+    cased tokenizer "THE" was no token (ignored, warned) and "Of" marked only "Of", so the captions' "the" / "of"
+    stayed content words. Reference: the words of the list, lower-cased and capitalized, by hand."""
+    fw = tmp_path / "fw.txt"
+    fw.write_text("# my function words\n\nTHE\nthe  # again\nOf\n  a\nof course\n")
+    words = read_function_words(str(fw))
+    assert words == ["THE", "the", "Of", "a", "of course"]
+    tok = _cased_wordpiece(["A", "a", "The", "the", "of", "Of", "man", "course"])
+    with pytest.warns(UserWarning, match=r"\['of course'\]"):
+        ids, unknown = function_word_ids(tok, words)
+    assert {tok.backend.id_to_token(i) for i in ids} == {"A", "a", "The", "the", "of", "Of"}
+    assert unknown == ["of course"]
 
 
 def test_a_cased_vocab_txt_folder_is_read_as_transformers_reads_it(tmp_path):
@@ -234,7 +260,7 @@ def test_karpathy_json_and_csv(tmp_path):
     assert train[0]["image_id"] == train[1]["image_id"] != train[2]["image_id"]
     # a CSV of its own for val and none for test: test and predict read val's images, said when they run
     val_csv = tmp_path / "val_caps.csv"
-    val_csv.write_text("path,text\ntrain2014/c.jpg,three\n")
+    val_csv.write_text("path,text\nval2014/b.jpg,four\n")  # an image the training file does not list
     dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(val_csv), image_col="path",
                                 caption_col="text", batch_size=2, image_size=16)
     with warnings.catch_warnings():
@@ -242,7 +268,7 @@ def test_karpathy_json_and_csv(tmp_path):
         dm.train_dataloader(), dm.val_dataloader()  # nothing to say while fitting
     for loader in (dm.test_dataloader, dm.predict_dataloader):
         with pytest.warns(UserWarning, match=r"data.test is unset: test / predict use data.val \(.*val_caps.csv\)"):
-            assert [c for b in loader() for caps in b["captions"] for c in caps] == ["three"]
+            assert [c for b in loader() for caps in b["captions"] for c in caps] == ["four"]
     # a Karpathy JSON as val (beside a CSV train, or spelled otherwise than train) has its own test split: no note
     for kw in (dict(train=str(cp), image_col="path", caption_col="text"), dict(train=str(kj.parent / "." / kj.name))):
         dm = ImageCaptionDataModule(image_root=str(root), val=str(kj), image_size=16, **kw)
@@ -548,3 +574,31 @@ def test_a_caption_datamodule_keeps_no_entry_lists_once_its_datasets_hold_them(t
     dm.data_info
     with pytest.warns(UserWarning, match=r"data.test is unset: test / predict use data.val"):
         dm.test_dataloader()
+
+
+def test_val_or_test_images_that_are_training_images_are_named(tmp_path):
+    """Separate caption files per split that list some of the same images (a CSV split by row, not by image; a
+    Karpathy JSON listing an image under two splits): retrieval on those images is inflated, so it is said."""
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    train, val, test = tmp_path / "train.csv", tmp_path / "val.csv", tmp_path / "test.csv"
+    train.write_text('image,caption\na.jpg,"a dog, running"\nb.jpg,a cat\n')
+    val.write_text("image,caption\n./a.jpg,another caption of a\nc.jpg,a cow\n")  # a.jpg written another way
+    test.write_text("image,caption\nd.jpg,a duck\n")
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(train), val=str(val), test=str(test), image_size=16)
+    with pytest.warns(UserWarning, match=r"1 of the 2 images of data.val \(.*val.csv\) are training images too "
+                                         r"\(e.g. \['a.jpg'\]\).*inflated") as rec:
+        dm.data_info
+    assert not any("data.test" in str(w.message) for w in rec)
+    kj = tmp_path / "dataset.json"
+    kj.write_text(json.dumps({"images": [
+        {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "a dog"}]},
+        {"filename": "b.jpg", "split": "val", "sentences": [{"raw": "a cat"}]},
+        {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "a dog again"}]},
+    ]}))
+    with pytest.warns(UserWarning, match=r"1 of the 1 images of data.test .* are training images too"):
+        ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info
+    val.write_text("image,caption\nc.jpg,a cow\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # disjoint splits: nothing to say
+        ImageCaptionDataModule(image_root=str(root), train=str(train), val=str(val), test=str(test)).data_info

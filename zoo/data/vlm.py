@@ -454,12 +454,23 @@ class ImageCaptionDataModule(VLMDataModule):
                 )
                 for split, f in self.files.items()
             }
+            trained = {p for p, _ in self._entries["train"]}
             for split in ("val", "test"):
                 if self.files[split] == self.files["train"] and self._entries[split] == self._entries["train"]:
                     warnings.warn(
                         f"data.{split} gives the training images ({self.files['train']}: unset, or the training file "
                         f"itself, which has no '{split}' split as a Karpathy JSON has): {split} metrics are measured on "
                         f"the training images; give data.{split} for a held-out measure",
+                        stacklevel=2,
+                    )
+                    continue
+                shared = [p for p, _ in self._entries[split] if p in trained]
+                if shared:
+                    warnings.warn(
+                        f"{len(shared)} of the {len(self._entries[split])} images of data.{split} "
+                        f"({self.files[split]}) are training images too (e.g. "
+                        f"{[os.path.relpath(p, self.image_root) for p in shared[:3]]}): {split} retrieval metrics are "
+                        f"inflated by them; give data.{split} images that data.train ({self.files['train']}) does not list",
                         stacklevel=2,
                     )
             e = self._entries

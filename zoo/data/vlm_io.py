@@ -113,7 +113,12 @@ class VLMTokenizer:
         """``(ids [B, T], mask [B, T] bool)``; ``T`` = the longest caption, at most ``max_len``."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of captions, not one string")
-        encs = self.backend.encode_batch(list(texts))
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):  # the tokenizers library names neither the caption nor the problem
+                raise TypeError(f"captions must be strings: caption {i} is {t!r:.40} ({type(t).__name__}); a missing "
+                                "value (pandas reads an empty cell as nan): drop it or give '' for an empty caption")
+        encs = self.backend.encode_batch(texts)
         rows, cut = [], 0
         for e in encs:
             ids = e.ids
@@ -188,13 +193,16 @@ def function_word_ids(tok: VLMTokenizer, words: Sequence[str], strict: bool = Fa
     """Token ids of ``words`` that are single known tokens of ``tok``; returns ``(ids, unknown)``.
 
     Unknown words (out of vocabulary, or split into several pieces) are warned about with their
-    count, or raise ``ValueError`` when ``strict``. A cased tokenizer's capitalized form ("A", "The": a caption's
-    first word) is marked too where it is one token.
+    count, or raise ``ValueError`` when ``strict``. A word of the list stands for itself in any case: its form as
+    written, lower-cased and capitalized are marked where each is one token (a cased tokenizer's "The": a caption's
+    first word; a list's "THE").
     """
     ids, unknown = [], []
     for w in words:
-        # the word as written and capitalized (the same id for an uncased tokenizer)
-        found = [p[0] for p in (tok.word_ids(w), tok.word_ids(w[:1].upper() + w[1:])) if len(p) == 1 and p[0] != tok.unk_id]
+        # the word as written, lower-cased and capitalized (the same id for an uncased tokenizer): a list's "THE" or
+        # "Of" is the word a cased tokenizer reads as "the" / "The" and "of" / "Of"
+        forms = dict.fromkeys((w, w.lower(), w.lower()[:1].upper() + w.lower()[1:], w[:1].upper() + w[1:]))
+        found = [p[0] for p in map(tok.word_ids, forms) if len(p) == 1 and p[0] != tok.unk_id]
         if found:
             ids.extend(found)
         else:
