@@ -477,6 +477,28 @@ def test_ckpt_of_another_domain_is_refused_by_name(tmp_path, monkeypatch):
                   "--trainer.enable_progress_bar=false"])
 
 
+def test_export_of_a_bf16_true_checkpoint_keeps_its_dtype_as_the_fits_own_export_does(tmp_path, monkeypatch):
+    """A `--trainer.precision bf16-true` run trains and saves bfloat16 weights; the fit's export writes them as they
+    are (as Hugging Face's save_pretrained keeps a model's dtype), while `python -m zoo export` of its checkpoint
+    wrote float32 (load_from_checkpoint builds float32): one run, two exports of other dtypes and sizes."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    lm = [a for a in LM_TINY if not a.startswith("--export")]
+    main(["fit", *lm, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.precision=bf16-true"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    main(["export", str(ckpt), str(tmp_path / "again")])
+    saved = {k.removeprefix("model."): v for k, v in torch.load(ckpt, weights_only=False)["state_dict"].items()}
+    exported = load_file(str(tmp_path / "again" / "model.safetensors"))
+    at_fit = load_file(str(run / "export" / "model.safetensors"))
+    assert exported and all(v.dtype == saved[k].dtype == torch.bfloat16 and torch.equal(v, saved[k])
+                            for k, v in exported.items())
+    assert exported.keys() == at_fit.keys()
+    assert all(v.dtype == at_fit[k].dtype and torch.equal(v, at_fit[k]) for k, v in exported.items())
+
+
 def _ckpt(path, age):
     import os
     import time

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Any, Optional, Sequence
 
@@ -182,6 +184,20 @@ def best_checkpoint(trainer) -> Optional[str]:
     return str(best) if best.is_file() else None
 
 
+@contextmanager
+def _quiet_lightning():
+    """Lightning's info messages (devices, seed, tips) left out; its warnings still shown."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class ZooCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -289,38 +305,34 @@ class ZooCLI(LightningCLI):
         sub = self.config.get("subcommand")
         # (Lightning < 2.5 reads no hyperparameters from a checkpoint at all: nothing to match there)
         alias = self.config.get(f"{sub}.ckpt_path") if sub else None
-        aliased = alias in ("last", "best") and hasattr(LightningCLI, "_parse_ckpt_path")
-        key = f"{sub}.model.init_args.pretrained"
-        deferred = self.config.get(key) if aliased else None
-        if deferred is not None:
-            # the first build only gives the trainer its folders to look in; a checkpoint found there rebuilds the model
-            # from its own hyperparameters, so that build does not read the export a fine-tune started from (its
-            # checkpoint holds every weight and loads after that folder is gone, as `--ckpt_path <file>` does)
-            self.config[key] = None
-            try:
-                super().instantiate_classes()
-            except Exception:  # noqa: BLE001 -- a model that only builds from its export: built as the config says
-                self.config[key], deferred = deferred, None
-                # the failed build made Lightning's config dump (without `pretrained`), which the model saves
-                self.__dict__.pop("config_dump", None)
-                super().instantiate_classes()
-        else:
-            super().instantiate_classes()
-        if aliased:
-            found = self._resolve_ckpt_alias(alias)  # needs the trainer (its checkpoint and log folders)
+        if alias in ("last", "best") and hasattr(LightningCLI, "_parse_ckpt_path"):
+            # the alias names a file in the trainer's folders: found before the model and data are built, the model
+            # is built once, from the checkpoint's hyperparameters as `--ckpt_path <file>` builds it (a fine-tune's
+            # checkpoint holds every weight: the export it started from is not read, and may be gone)
+            found = self._resolve_ckpt_alias(alias, self._folders_trainer(sub))
             if found is not None:
-                # Lightning reads a checkpoint's hyperparameters for a file path only: build the model from them as
-                # `--ckpt_path <file>` does, else a run with other model settings fails to load (or differs silently)
                 self.config[f"{sub}.ckpt_path"] = found
                 self._parse_ckpt_path()
-            elif deferred is not None:  # no checkpoint (a first `fit --ckpt_path last`): the export's weights after all
-                self.config[key] = deferred
-            if found is not None or deferred is not None:
-                self._set_seed()  # the random state `--ckpt_path <file>` (or no ckpt_path) builds with
-                # Lightning gives the model its saved hyperparameters from its config dump, made once (first build):
-                # kept, the resumed run's checkpoints and hparams.yaml named the config's settings, not the model's
-                self.__dict__.pop("config_dump", None)
-                super().instantiate_classes()
+                with _quiet_lightning():  # the random state `--ckpt_path <file>` builds with (its seed said once)
+                    self._set_seed()
+        super().instantiate_classes()
+
+    def _folders_trainer(self, sub: str) -> Any:
+        """A trainer of the config without its model and data (neither is built), to find the run's checkpoints in
+        its folders; quiet, since the trainer the run uses says the same."""
+        probe = self.config.clone()
+        probe[f"{sub}.model"] = None
+        probe[f"{sub}.data"] = None
+        real = self.__dict__.get("config_init")
+        try:
+            with _quiet_lightning():
+                self.config_init = self.parser.instantiate_classes(probe)
+                return self.instantiate_trainer()
+        finally:
+            if real is None:
+                self.__dict__.pop("config_init", None)
+            else:
+                self.config_init = real
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         # `--trainer.enable_checkpointing false` over a config that lists a ModelCheckpoint (the TS, STR and VLM
@@ -349,32 +361,33 @@ class ZooCLI(LightningCLI):
                 if getattr(cb, "save_last", None):
                     cb.save_last = False
 
-    def _resolve_ckpt_alias(self, alias: str) -> Optional[str]:
-        """The file ``--ckpt_path last`` / ``best`` names. ``last`` without one is None for fit (Lightning's rule: a
-        first run starts afresh) and an error elsewhere, as ``best`` without one is: Lightning only warned and
-        evaluated the randomly initialized model."""
+    def _resolve_ckpt_alias(self, alias: str, trainer: Any = None) -> Optional[str]:
+        """The file ``--ckpt_path last`` / ``best`` names in ``trainer``'s folders (the run's trainer by default).
+        ``last`` without one is None for fit (Lightning's rule: a first run starts afresh) and an error elsewhere,
+        as ``best`` without one is: Lightning only warned and evaluated the randomly initialized model."""
+        trainer = self.trainer if trainer is None else trainer
         if alias == "last":
-            found = last_checkpoint(self.trainer)
+            found = last_checkpoint(trainer)
             if found is None and self.config.get("subcommand") != "fit":
-                logger = self.trainer.logger
-                where = (getattr(logger, "root_dir", None) if logger is not None else None) or self.trainer.default_root_dir
+                logger = trainer.logger
+                where = (getattr(logger, "root_dir", None) if logger is not None else None) or trainer.default_root_dir
                 raise ValueError(
                     f"--ckpt_path last: no checkpoint found (the runs under {Path(where).expanduser()}, or a "
                     "ModelCheckpoint's dirpath): pass the checkpoint file (--ckpt_path <file>), or the "
                     "--trainer.default_root_dir / logger and checkpoint settings the fit ran with"
                 )
             return found
-        cb = self.trainer.checkpoint_callback
+        cb = trainer.checkpoint_callback
         if cb is None or getattr(cb, "best_model_path", ""):  # Lightning's own error / a fit of this session
             return None
-        found = best_checkpoint(self.trainer)
+        found = best_checkpoint(trainer)
         if found is None:
-            newest = last_checkpoint(self.trainer)
+            newest = last_checkpoint(trainer)
             where = (f"the newest checkpoint, {newest}, records no best checkpoint of this ModelCheckpoint (or its file "
                      "is gone)" if newest else "no earlier run's checkpoint was found (where --ckpt_path last looks)")
             raise ValueError(
                 f"--ckpt_path best: {where}; best is the checkpoint a ModelCheckpoint(monitor={cb.monitor!r}, "
-                f"mode={cb.mode!r}) kept in the newest earlier run under {self.trainer.default_root_dir}. Pass the "
+                f"mode={cb.mode!r}) kept in the newest earlier run under {trainer.default_root_dir}. Pass the "
                 "checkpoint file (--ckpt_path <file>), or the --trainer.default_root_dir / logger and checkpoint "
                 "settings the fit ran with"
             )
@@ -393,6 +406,20 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(ExportOnFitEnd, "export")
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+
+
+def keep_saved_dtypes(task: LightningModule, ckpt_path: Path) -> None:
+    """Casts ``task``'s weights to the dtypes its checkpoint holds them in (a ``bf16-true`` run's bfloat16):
+    ``load_from_checkpoint`` builds float32, while the fit's own export keeps the dtype the model trained in, as
+    Hugging Face's ``save_pretrained`` does (``zoo.load_pretrained`` loads float32 from either)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)  # a run's own file, as Lightning
+    saved = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        return
+    for name, t in [*task.named_parameters(), *task.named_buffers()]:
+        dtype = getattr(saved.get(name), "dtype", None)
+        if dtype is not None and dtype.is_floating_point and t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
 
 
 def export_main(argv: Sequence[str]) -> None:
@@ -417,6 +444,7 @@ def export_main(argv: Sequence[str]) -> None:
         task = load_checkpoint_task(ckpt_path)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    keep_saved_dtypes(task, ckpt_path)
     try:
         folder = task.export(args.out, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:

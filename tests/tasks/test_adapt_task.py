@@ -80,12 +80,12 @@ def test_adapter_without_method_is_explained(base_export):
         LanguageModelTask(pretrained=str(base_export[0]), adapter={"rank": 4})
 
 
-def _fit_difflora(base, corpus, root, steps: int) -> None:
+def _fit_difflora(base, corpus, root, steps: int, *extra: str) -> None:
     """A tiny `configs/lm/adapt_difflora.yaml` fit of ``base`` on ``corpus`` under ``root`` (a checkpoint at the end)."""
     main(["fit", "--config", "configs/lm/adapt_difflora.yaml", f"--model.init_args.pretrained={base}",
           f"--data.init_args.train_path={corpus}", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
           f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=1", f"--trainer.val_check_interval={steps}",
-          f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"])
+          f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra])
 
 
 def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_path, monkeypatch):
@@ -110,6 +110,33 @@ def test_adapted_checkpoint_exports_without_its_base_folder(base_export, tmp_pat
     arch = json.loads((run / "export" / "config.json").read_text())["arch"]
     assert arch == json.loads((src / "config.json").read_text())["arch"] == "lm-vanilla-small"  # the base's name
     assert json.loads((tmp_path / "again" / "config.json").read_text())["arch"] == arch  # not the task's default
+
+
+def test_fit_ckpt_path_last_of_an_adapted_run_resumes_without_its_base_folder(base_export, tmp_path, monkeypatch):
+    """The checkpoint holds the base and the adapter: `fit --ckpt_path last` resumes after the base folder is gone, as
+    `--ckpt_path <file>` does. The model only builds from its export (a difflora adapter refuses the config's diff
+    attention), and the alias was resolved after a model build that read the folder: 'neither an exported model
+    folder...'. (The data's tokenizer, which the config takes from that folder, is given: the base's is `byte`.)"""
+    import shutil
+
+    import lightning as L
+
+    src, corpus = base_export
+    base = shutil.copytree(src, tmp_path / "base")
+    monkeypatch.chdir(ROOT)
+    _fit_difflora(base, corpus, tmp_path, steps=2)
+    ckpt = next((tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    shutil.rmtree(base)
+    seen = []
+    monkeypatch.setattr(L.Callback, "on_train_start", lambda self, trainer, module: seen.append(
+        (trainer.global_step, {k: v.detach().clone() for k, v in module.state_dict().items()})), raising=False)
+    _fit_difflora(base, corpus, tmp_path, 3, "--data.init_args.tokenizer=byte", "--ckpt_path=last")
+    assert seen and seen[0][0] == 2
+    weights = seen[0][1]
+    assert weights.keys() == saved.keys() and any(".adapter." in k for k in saved)
+    assert all(torch.equal(weights[k], saved[k]) for k in saved)
+    assert (tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "epoch=0-step=3.ckpt").is_file()
 
 
 def test_a_converted_tokenizer_with_tokens_past_the_embedding_is_named(tmp_path):
