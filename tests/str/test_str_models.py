@@ -1,5 +1,6 @@
 """Recognizer: masks against naive definitions, the per-query masked attention against a hand-written
-masked softmax and against one query per sequence, mask semantics end to end, registry forward/backward, parameter parity, charset transfer."""
+masked softmax and against one query per sequence, mask semantics end to end, registry forward/backward, parameter parity, charset transfer;
+PARSeq's permutations, masks, encoding, training loss, decoding and confidence written out from baudm/parseq."""
 
 from __future__ import annotations
 
@@ -564,3 +565,272 @@ def test_an_adapted_recognizer_decodes_its_cross_attention_over_the_image_tokens
     m.config.decode = "ar"
     with torch.no_grad():
         assert m(images).shape == got.shape
+
+
+# -- PARSeq (baudm/parseq: strhub/models/parseq/system.py, model.py, modules.py; strhub/data/utils.py) written out
+def _parseq_perms(L: int, gen: torch.Generator, perm_num: int = 6) -> torch.Tensor:
+    """``gen_tgt_perms`` (perm_forward and perm_mirrored on, PARSeq's defaults) for a batch whose longest label has
+    ``L`` characters: ``[n, L + 2]`` over PARSeq's positions (0 = BOS, 1..L the characters, L + 1 = EOS). The pool
+    draw uses a torch generator instead of numpy's."""
+    import itertools
+
+    if L == 1:
+        return torch.arange(3)[None]
+    perms = [torch.arange(L)]
+    max_perms = math.factorial(L) // 2
+    num_gen = min(perm_num // 2, max_perms)
+    if L < 5:
+        selector = [0, 3, 4, 6, 9, 10, 12, 16, 17, 18, 19, 21] if L == 4 else list(range(max_perms))
+        pool = torch.as_tensor(list(itertools.permutations(range(L), L)))[selector][1:]
+        perms = torch.stack(perms)
+        if len(pool):
+            perms = torch.cat([perms, pool[torch.randperm(len(pool), generator=gen)[: num_gen - len(perms)]]])
+    else:
+        perms = torch.stack(perms + [torch.randperm(L, generator=gen) for _ in range(num_gen - 1)])
+    perms = torch.stack([perms, perms.flip(-1)]).transpose(0, 1).reshape(-1, L)
+    perms = torch.cat([perms.new_zeros(len(perms), 1), perms + 1, perms.new_full((len(perms), 1), L + 1)], 1)
+    perms[1, 1:] = L + 1 - torch.arange(L + 1)  # the reverse ordering, its EOS first (null context)
+    return perms
+
+
+def _parseq_attn_masks(perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``generate_attn_masks``: additive (0 / -inf) content and query masks of a PARSeq permutation."""
+    sz = perm.shape[0]
+    mask = torch.zeros(sz, sz)
+    for i in range(sz):
+        mask[perm[i], perm[i + 1 :]] = float("-inf")
+    content_mask = mask[:-1, :-1].clone()
+    mask[torch.eye(sz, dtype=torch.bool)] = float("-inf")
+    return content_mask, mask[1:, :-1]
+
+
+def _parseq_encode(m: SceneTextRecognizer, texts: list[str]) -> torch.Tensor:
+    """``Tokenizer.encode``: ``[BOS] + ids + [EOS]`` padded with PAD (ids: EOS 0, the charset 1.., BOS, PAD)."""
+    itos = ("[E]",) + tuple(m.charset.chars) + ("[B]", "[P]")
+    stoi = {s: i for i, s in enumerate(itos)}
+    rows = [[stoi["[B]"]] + [stoi[c] for c in t] + [stoi["[E]"]] for t in texts]
+    n = max(map(len, rows))
+    return torch.tensor([r + [stoi["[P]"]] * (n - len(r)) for r in rows])
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 4, 5, 7])
+def test_permutation_masks_equal_parseqs_generate_attn_masks(L):
+    """Every ordering PARSeq trains on (forward, the reverse with EOS first, random pairs and their mirrors), as
+    PARSeq builds its query mask, is the recognizer's ``visibility`` of that ordering: PARSeq position ``p`` is
+    the recognizer's slot ``p - 1``. In the zoo's ``max_length + 1`` slots the padding slots come last (the parseq
+    recipe's ordering): the real queries see what PARSeq's do and never a padding slot's content."""
+    perms = _parseq_perms(L, torch.Generator().manual_seed(L))
+    assert len(perms) == {1: 1, 2: 2}.get(L, 6)
+    if L < 5:  # drawn from the pool without replacement (longer labels: torch.randperm, repeats possible)
+        assert len({tuple(p.tolist()) for p in perms}) == len(perms)
+    T, Tz = L + 1, L + 4
+    for k, perm in enumerate(perms):
+        _, query_mask = _parseq_attn_masks(perm)
+        order = perm[1:] - 1
+        got = visibility(order, T)
+        assert torch.equal(got, query_mask == 0), (k, perm.tolist())
+        padded = visibility(torch.cat([order, torch.arange(T, Tz)]), Tz)
+        assert torch.equal(padded[:T, :T], query_mask == 0) and not padded[:T, T + 1 :].any()
+        # content T is the EOS slot's output (EOS or PAD in every row: hidden by the content padding); PARSeq has no
+        # such key. Only the reverse ordering, its EOS first, lets the characters' queries reach it
+        assert padded[:L, T].any() == (k == 1 and L > 1)
+    assert torch.equal(visibility(perms[0][1:] - 1, T), visibility("ar", T))  # the canonical ordering
+    if L > 1:  # the reverse ordering's EOS query reads BOS only, as every query of the nar mask does
+        assert torch.equal(visibility(perms[1][1:] - 1, T)[L], visibility("nar", T)[L])
+
+
+def test_targets_and_content_padding_equal_parseqs_encoding():
+    """The data's targets and the recognizer's content tokens against PARSeq's ``Tokenizer.encode``: ``tgt_out``
+    (PAD as -100) is the targets' first ``L + 1`` slots, ``tgt_in`` the content tokens where PARSeq's
+    ``tgt_padding_mask`` (PAD or EOS) does not hide them, and every slot after is hidden. Class ids match
+    PARSeq's layout (EOS 0, the charset, BOS, PAD), and the head predicts neither BOS nor PAD."""
+    from zoo.data.str import Collate
+
+    m = tiny()
+    texts = ["", "ab", "7z3", "a"]
+    targets = Collate(m.charset)([(torch.zeros(3, 32, 128), t, "s") for t in texts])["targets"]
+    tgt = _parseq_encode(m, texts)
+    pad = m.num_classes + 1
+    assert (m.bos_id, m.pad_id, m.head.out_features) == (m.num_classes, pad, len(m.charset.chars) + 1)
+    assert m.text_embed.num_embeddings == len(m.charset.chars) + 3
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    n = tgt_out.shape[1]
+    assert torch.equal(targets[:, :n], tgt_out.masked_fill(tgt_out == pad, -100))
+    assert (targets[:, n:] == -100).all()
+    tokens, valid = m.content_tokens(targets)
+    hidden = (tgt_in == pad) | (tgt_in == m.charset.EOS)
+    assert torch.equal(valid[:, :n], ~hidden) and not valid[:, n:].any()
+    assert torch.equal(tokens[:, :n][valid[:, :n]], tgt_in[~hidden])
+
+
+def test_training_loss_over_orderings_is_the_mean_of_each_orderings_parseq_loss():
+    """A parseq-recipe training step over the canonical masks and three random orderings against PARSeq's loss
+    written out: each ordering's masks from ``generate_attn_masks`` over the batch's longest label only (``L + 1``
+    slots, no padding slots), PARSeq's padding mask (PAD and EOS content hidden), cross-entropy with PAD ignored
+    and the EOS targets dropped from the random orderings. ``nar`` (BOS only) and ``cloze`` (all but the query's
+    own character) are the zoo's masks, written by hand here. The step's loss is the mean of the orderings'
+    mean losses (PARSeq weights each ordering by its number of targets: README, "Training recipe")."""
+    import torch.nn.functional as F
+
+    from zoo.data.str import Collate
+    from zoo.tasks.str import RecognitionTask
+
+    info = {"kind": "str", "charset": string.digits + string.ascii_lowercase, "max_length": 6, "img_size": [32, 128]}
+    masks = ["ar", "perm", "nar", "perm", "cloze", "perm"]
+    task = RecognitionTask(arch="str-diff-tiny", model_args={k: v for k, v in TINY.items() if k != "max_length"},
+                           data_info=info, masks=masks)
+    task.model.eval()  # no dropout
+    m = task.model
+    texts = ["ab", "a7c9", "", "xyz"]
+    torch.manual_seed(3)
+    batch = Collate(m.charset)([(torch.rand(3, 32, 128), t, "s") for t in texts])
+    torch.manual_seed(11)
+    loss = task.training_step(batch, 0)
+
+    torch.manual_seed(11)  # the step's draws: one torch.randperm of the longest label's characters per ordering
+    tgt = _parseq_encode(m, texts)
+    L = tgt.shape[1] - 2
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    pad, eos = m.pad_id, m.charset.EOS
+    padding = (tgt_in == pad) | (tgt_in == eos)
+    memory = m.encode(batch["images"])
+    T = L + 1
+    terms = []
+    for mode in masks:
+        target = tgt_out
+        if mode in ("ar", "perm"):
+            chars = torch.arange(L) if mode == "ar" else torch.randperm(L)
+            perm = torch.cat([torch.zeros(1, dtype=torch.long), chars + 1, torch.tensor([L + 1])])
+            see = _parseq_attn_masks(perm)[1] == 0
+            if mode == "perm":
+                target = torch.where(tgt_out == eos, pad, tgt_out)
+        elif mode == "nar":
+            see = torch.zeros(T, T, dtype=torch.bool)
+            see[:, 0] = True
+        else:
+            see = torch.ones(T, T, dtype=torch.bool)
+            see[torch.arange(T - 1), torch.arange(1, T)] = False
+        logits = m.decode_step(memory, tgt_in, see, ~padding)
+        terms.append(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad))
+    torch.testing.assert_close(loss, torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+
+
+def _mha_written_out(attn, x, ctx, additive=None, key_padding=None):
+    """``nn.MultiheadAttention``'s math (PARSeq's attentions) with a vanilla layer's projections."""
+    B, tq, _ = x.shape
+    tk, H, hd = ctx.shape[1], attn.n_heads, attn.head_dim
+    q = attn.q_proj(x).view(B, tq, H, hd).transpose(1, 2)
+    k = attn.k_proj(ctx).view(B, tk, H, hd).transpose(1, 2)
+    v = attn.v_proj(ctx).view(B, tk, H, hd).transpose(1, 2)
+    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    if additive is not None:
+        s = s + additive
+    if key_padding is not None:
+        s = s.masked_fill(key_padding[:, None, None, :], float("-inf"))
+    return attn.o_proj((s.softmax(-1) @ v).transpose(1, 2).reshape(B, tq, H * hd))
+
+
+def _parseq_decode(m, tgt, memory, query_mask=None, padding=None, queries=None):
+    """PARSeq's ``decode`` for a one-layer decoder (the last layer updates no content stream). PARSeq's
+    ``TokenEmbedding`` is ``sqrt(d_model) * embedding``: the recognizer's ``text_embed.weight`` is PARSeq's
+    embedding weight times ``sqrt(d_model)`` (the same function, another parametrization). The cross-attention is
+    written out when it is vanilla; a differential one (the zoo's addition) is called as it is."""
+    import torch.nn.functional as F
+
+    (layer,) = m.layers
+    d = m.config.dec_dim
+    emb = math.sqrt(d) * (m.text_embed.weight / math.sqrt(d))[tgt]
+    N, L = tgt.shape
+    content = torch.cat([emb[:, :1], m.pos_queries[:, : L - 1] + emb[:, 1:]], 1)
+    q = m.pos_queries[:, :L].expand(N, -1, -1) if queries is None else queries
+    q = q + _mha_written_out(layer.self_attn, layer.norm_q(q), layer.norm_c(content), query_mask, padding)
+    x = layer.norm_x(q)
+    cross = layer.cross_attn
+    q = q + (_mha_written_out(cross, x, memory) if cross.attn_type == "vanilla" else cross(x, memory))
+    q = q + layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.norm_m(q))))
+    return m.head(m.norm(q))
+
+
+def _parseq_read(m, images, decode_ar, refine_iters):
+    """PARSeq's ``forward`` at test time (AR with its early stop, which leaves fewer slots, or NAR; then cloze
+    refinement) and ``Tokenizer.decode``: texts up to the first EOS, confidence the product of the max
+    probabilities up to and including it. Returns the readings, the per-slot probabilities and the number of slots
+    the AR loop decoded (all of them for NAR or after refinement)."""
+    memory = m.encode(images)
+    bs, num_steps = images.shape[0], m.num_slots
+    eos, bos, pad = m.charset.EOS, m.bos_id, m.pad_id
+    pos_queries = m.pos_queries[:, :num_steps].expand(bs, -1, -1)
+    query_mask = torch.triu(torch.full((num_steps, num_steps), float("-inf")), 1)
+    if decode_ar:
+        tgt_in = torch.full((bs, num_steps), pad, dtype=torch.long)
+        tgt_in[:, 0] = bos
+        logits = []
+        for i in range(num_steps):
+            j = i + 1
+            p_i = _parseq_decode(m, tgt_in[:, :j], memory, query_mask[i:j, :j], queries=pos_queries[:, i:j])
+            logits.append(p_i)
+            if j < num_steps:
+                tgt_in[:, j] = p_i[:, 0].argmax(-1)
+                if (tgt_in == eos).any(dim=-1).all():
+                    break
+        logits = torch.cat(logits, dim=1)
+    else:
+        logits = _parseq_decode(m, torch.full((bs, 1), bos, dtype=torch.long), memory, queries=pos_queries)
+    steps = logits.shape[1]
+    query_mask[torch.triu(torch.ones(num_steps, num_steps, dtype=torch.bool), 2)] = 0
+    for _ in range(refine_iters):
+        tgt_in = torch.cat([torch.full((bs, 1), bos, dtype=torch.long), logits[:, :-1].argmax(-1)], dim=1)
+        padding = (tgt_in == eos).int().cumsum(-1) > 0
+        logits = _parseq_decode(m, tgt_in, memory, query_mask[:, : tgt_in.shape[1]], padding, pos_queries)
+    probs = logits.softmax(-1)
+    readings = []
+    for dist in probs:
+        p, ids = dist.max(-1)
+        ids = ids.tolist()
+        end = ids.index(eos) if eos in ids else len(ids)
+        readings.append(("".join(m.charset.chars[i - 1] for i in ids[:end]), float(p[: end + 1].prod())))
+    return readings, probs, steps
+
+
+@pytest.mark.parametrize("decode,refine", [("ar", 1), ("ar", 0), ("nar", 1), ("nar", 2)])
+@pytest.mark.parametrize("which", ["shipped", "vanilla"])
+def test_reading_equals_parseqs_decoding_written_out(which, decode, refine):
+    """The recognizer's decoding (autoregressive with its early stop, or one pass; cloze refinement), its texts and
+    confidences against PARSeq's forward and tokenizer written out over the same weights: the shipped reader on
+    held-out-font crops (its rows end at different slots, so the early stop and PARSeq's shorter refinement context
+    both happen), and a random vanilla decoder, whose cross-attention is written out too. Slots up to each row's
+    EOS carry the same probabilities. A row without EOS: PARSeq reads every slot (max_length + 1 characters), the
+    recognizer cuts it at max_length and drops that slot from the confidence (documented in ``decode_probs``)."""
+    from zoo.data.str import to_tensor
+    from zoo.data.str_synth import make_sample
+
+    if which == "shipped":
+        m = zoo.load_pretrained("str-diff-tiny").eval()
+        # words of 1-6 characters, and of 1-4: those rows all end before the last slot, so the AR loop stops early
+        batches = [torch.stack([to_tensor(make_sample(0, "test", i, m.charset.chars, max_len=n, strength=0.4)[0])
+                                for i in range(k)]) for n, k in ((6, 10), (4, 8))]
+    else:
+        m = tiny(attn_type="vanilla", dec_heads=4, dec_self_heads=4)
+        with torch.no_grad():
+            m.head.bias[m.charset.EOS] += 2.0  # some rows end early
+        batches = [torch.rand(6, 3, 32, 128, generator=torch.Generator().manual_seed(7))]
+    for images in batches:
+        with torch.no_grad():
+            want, ref_probs, steps = _parseq_read(m, images, decode == "ar", refine)
+            probs = m.decode(m.encode(images), mode=decode, refine_iters=refine)
+        got = m.decode_probs(probs)
+        ended = 0
+        for b, ((text, conf), r) in enumerate(zip(want, got)):
+            if (ref_probs[b].argmax(-1) == m.charset.EOS).any():
+                ended += 1
+                n = len(text) + 1
+                assert r.text == text and r.confidence == pytest.approx(conf, rel=1e-5, abs=1e-7), b
+                torch.testing.assert_close(probs[b, :n], ref_probs[b, :n], rtol=1e-5, atol=1e-6)
+            else:
+                cut = m.charset.max_length
+                assert r.text == text[:cut]
+                assert r.confidence == pytest.approx(float(ref_probs[b, :cut].max(-1).values.prod()), rel=1e-5, abs=1e-7)
+        if which == "shipped":
+            assert ended == len(want) and len({len(t) for t, _ in want}) > 1
+            if decode == "ar" and images is batches[1]:
+                assert steps < m.num_slots  # PARSeq's loop stopped early (and refines over that shorter context)
