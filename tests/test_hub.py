@@ -760,3 +760,169 @@ def test_a_fine_tune_of_an_export_named_as_an_unregistered_model_saves_its_check
     want = zoo.load_pretrained(shipped).state_dict()
     for k, v in back.model.state_dict().items():
         torch.testing.assert_close(v, want[k])
+
+
+def test_export_writes_and_renames_only_inside_its_folder(tmp_path, monkeypatch):
+    """export_model staged its files in a hidden folder beside the target and renamed them in: into a mounted volume
+    (`docker run -v ...:/out`, then export to /out) the rename crossed filesystems ("[Errno 18] Invalid cross-device
+    link"), and into a folder the user may write inside a parent they may not, the staging failed with "Permission
+    denied" on the parent. Every rename stays inside the target folder, and nothing is left beside it."""
+    import os
+    from pathlib import Path
+
+    from zoo.data.tokenizers import ByteTokenizer
+
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst, **kw):
+        renames.append((Path(src), Path(dst)))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    folder = tmp_path / "out"
+    folder.mkdir()  # the mount point: exists, empty
+    m = zoo.create_model("lm-diff-tiny", dim=32, n_layers=2, n_heads=2, vocab_size=259).eval()
+    m.tokenizer = ByteTokenizer()
+    for overwrite in (False, True):
+        renames.clear()
+        export_model(m, folder, overwrite=overwrite)
+        assert {dst.name for _, dst in renames} >= {"config.json", "model.safetensors", "tokenizer_config.json"}
+        assert all(src.is_relative_to(folder) and dst.parent == folder for src, dst in renames), renames
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+    x = torch.randint(0, 259, (1, 6))
+    assert torch.equal(load_pretrained(folder)(x), m(x))
+
+
+def test_export_to_a_file_says_it_is_a_file_with_or_without_overwrite(tmp_path):
+    """A target that is a file: without overwrite the error advised "pass overwrite=True", which then failed with a
+    bare "[Errno 17] File exists". The file is named as one, and left as it was."""
+    target = tmp_path / "model.pt"
+    target.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"model\.pt is a file, not a folder.*name a folder"):
+            export_model(_model(), target, overwrite=overwrite)
+    assert target.read_text() == "mine"
+
+
+def test_a_name_or_path_that_loads_nothing_says_what_is_close_and_what_to_do(tmp_path, monkeypatch):
+    """load_pretrained / create_model(pretrained=...) with a misspelt name, a Hugging Face Hub id, a relative path
+    that does not exist or an empty string all said only "neither an exported model folder ... nor a model name with
+    shipped weights [...]": no close name (create_model(name) suggests them), nothing on the Hub (this zoo reads
+    local folders only: it must not try the network, HF_HUB_OFFLINE set or not) and no folder it looked for."""
+    import re
+    import socket
+    import time
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_pretrained tried the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(FileNotFoundError, match=r"Similar shipped names: \['str-diff-tiny'\]"):
+        load_pretrained("str-diff-tin")
+    with pytest.raises(FileNotFoundError, match=r"Similar shipped names: \['str-diff-tiny'\]"):
+        zoo.create_model("str-diff-tiny", pretrained="str-diff-tin")
+    with pytest.raises(FileNotFoundError, match=r"registered without shipped weights: \['lm-diff-tiny'.*create_model"):
+        load_pretrained("lm-diff-tinyy")
+    for offline in (None, "1"):
+        if offline is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        for hub_id, repo in (("microsoft/Diff-Transformer", "microsoft/Diff-Transformer"), ("user/repo", "user/repo"),
+                             ("hf-hub:user/repo", "user/repo")):
+            start = time.monotonic()
+            with pytest.raises(FileNotFoundError, match=rf"Hugging Face Hub repo id: it is not found locally.*never downloads.*"
+                                                        rf"snapshot_download\('{repo}'.*python -m zoo convert"):
+                load_pretrained(hub_id)
+            assert time.monotonic() - start < 5
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"no file or folder {re.escape(str(tmp_path / 'exports' / 'base'))}"):
+        load_pretrained("exports/base")
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match=r"empty name or path"):
+            load_pretrained(empty)
+        with pytest.raises(ValueError, match=r"empty name or path"):
+            zoo.create_model("str-diff-tiny", pretrained=empty)
+
+
+def test_a_folder_that_is_no_export_says_what_it_holds(tmp_path):
+    """A transformers folder said "Hugging Face folders are imported through zoo.convert" without the command; a run
+    folder given instead of its export (lightning_logs/version_0) said only "not an exported zoo model folder"."""
+    hf = tmp_path / "llama"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    (hf / "model.safetensors").write_bytes(b"weights")
+    for load in (load_pretrained, lambda f: zoo.create_model("lm-diff-tiny", pretrained=f)):
+        with pytest.raises(ValueError, match=rf"not a zoo export.*Hugging Face transformers model \(model_type="
+                                             rf"'llama'\).*python -m zoo convert {hf} OUT"):
+            load(hf)
+    run = tmp_path / "version_0"
+    m = _model().eval()
+    export_model(m, run / "export")
+    (run / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"not an exported zoo model folder.*a run folder: its export is "
+                                                rf"{run / 'export'}"):
+        load_pretrained(run)
+    x = torch.randint(0, 40, (1, 5))
+    assert torch.equal(load_pretrained(run / "export")(x), m(x))
+
+
+def test_list_models_takes_none_as_no_filter_and_names_an_unknown_family():
+    """timm.list_models(None) / exclude_filters=None list every model (no filter); zoo's failed with "'NoneType'
+    object is not iterable". A misspelt family returned [] as if it had no models."""
+    import timm
+
+    assert len(timm.list_models(None)) == len(timm.list_models())
+    every = zoo.list_models()
+    assert zoo.list_models(None) == zoo.list_models(exclude=None) == every
+    assert zoo.list_models(None, family="ts") == [n for n in every if n.startswith("ts-")]
+    with pytest.raises(ValueError, match=r"unknown family 'forecast'; families: \['encoder', 'lm', 'str', 'ts', 'vlm'\]"):
+        zoo.list_models(family="forecast")
+
+
+def test_hugging_face_loading_keywords_say_what_the_zoo_does_instead(tmp_path):
+    """from_pretrained(folder, torch_dtype=..., device_map=..., local_files_only=True), as transformers takes them,
+    said only "can only override runtime fields [...]": each is named with the zoo's way (the dtype by .to(), the
+    device by map_location, and the Hub options are moot: the zoo reads local files only)."""
+    from zoo.models.lm import DiffTransformerLM
+
+    _model().save_pretrained(tmp_path / "exp")
+    for kw, fix in (({"torch_dtype": torch.bfloat16}, r"\.to\(torch\.bfloat16\)"), ({"dtype": "auto"}, r"\.to\("),
+                    ({"device_map": "auto"}, r"map_location="), ({"local_files_only": True}, r"local files only"),
+                    ({"revision": "main", "dropout": 0.1}, r"local files only")):
+        with pytest.raises(ValueError, match=rf"runtime fields .*not \['{next(iter(kw))}'\].*{fix}"):
+            DiffTransformerLM.from_pretrained(tmp_path / "exp", **kw)
+    assert load_pretrained(tmp_path / "exp", dropout=0.1).config.dropout == 0.1
+
+
+@pytest.mark.parametrize("name", ["str-diff-tiny", "ts-itransformer-diff-etth1", "ts-patchtst-diff-etth1",
+                                  "vlm-fda-tiny"])
+def test_every_shipped_model_exported_and_loaded_back_gives_the_same_outputs(tmp_path, name):
+    """export -> load round trip of each domain's shipped model, through a folder with a space and non-ASCII
+    characters, exported twice (the second time over the first): the same readings, forecast and image-text
+    scores on the same input as the model before export (its assets, charset, scaler, tokenizer, included)."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    assert name in zoo.list_models(pretrained=True)
+    ref = load_pretrained(name)
+    folder = tmp_path / "mes modèles" / name
+    ref.save_pretrained(folder)
+    export_model(ref, folder, overwrite=True)
+    got = load_pretrained(folder)
+    assert type(got) is type(ref) and not got.training
+    if name.startswith("str-"):
+        noise = (np.random.default_rng(0).random((32, 100, 3)) * 255).astype("uint8")
+        images = [Image.new("RGB", (128, 32), "white"), Image.fromarray(noise)]
+        assert got.read(images) == ref.read(images)
+    elif name.startswith("ts-"):
+        n = ref.config.lookback + 8
+        frame = pd.DataFrame({ref.meta["date_col"]: pd.date_range("2016-07-01", periods=n, freq="h").astype(str),
+                              **{c: np.sin(np.arange(n) / 7 + i) for i, c in enumerate(ref.meta["columns"])}})
+        pd.testing.assert_frame_equal(got.forecast(frame), ref.forecast(frame), check_exact=True)
+    else:
+        images, texts = [Image.new("RGB", (32, 32), "red")], ["a red circle", "two blue squares"]
+        assert torch.equal(got.similarity(images, texts), ref.similarity(images, texts))

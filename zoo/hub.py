@@ -83,33 +83,42 @@ def _ensure_registered() -> None:
 def get_spec(name: str) -> ModelSpec:
     _ensure_registered()
     if name not in _MODELS:
-        import difflib
-
-        # misspellings (lm-diff-tinyy) and names that share the last part (str-tiny: str-diff-tiny, ...)
-        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.75)
-        close += [m for m in (fnmatch.filter(_MODELS, f"*{name.split('-')[-1]}*") if "-" in name else []) if m not in close]
+        close = _similar_names(name, list(_MODELS))
         hint = f" Similar: {close[:8]}." if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} See zoo.list_models() for all names.")
     return _MODELS[name]
 
 
+def _similar_names(name: str, names: list[str]) -> list[str]:
+    """``names`` close to ``name``: misspellings (lm-diff-tinyy) first, then names that share its last part
+    (str-tiny: str-diff-tiny, ...)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.75)
+    return close + [m for m in (fnmatch.filter(names, f"*{name.split('-')[-1]}*") if "-" in name else [])
+                    if m not in close]
+
+
 def list_models(
-    pattern: Union[str, Sequence[str]] = "*", family: Optional[str] = None, pretrained: bool = False,
-    exclude: Union[str, Sequence[str]] = (),
+    pattern: Union[str, Sequence[str], None] = "*", family: Optional[str] = None, pretrained: bool = False,
+    exclude: Union[str, Sequence[str], None] = (),
 ) -> list[str]:
     """Registered model names matching a glob ``pattern`` or any of a list of them (as timm's
-    ``list_models(filter)``; ``''`` or ``[]``: every one, as timm), and none of ``exclude`` (timm's
+    ``list_models(filter)``; ``''``, ``[]`` or ``None``: every one, as timm), and none of ``exclude`` (timm's
     ``exclude_filters``); of ``family`` only, with shipped weights only (``pretrained=True``)."""
     _ensure_registered()
 
-    def globs(value: Union[str, Sequence[str]], name: str) -> list[str]:
-        items = [value] if isinstance(value, str) else list(value)
+    def globs(value: Union[str, Sequence[str], None], name: str) -> list[str]:
+        items = [] if value is None else [value] if isinstance(value, str) else list(value)
         bad = [p for p in items if not isinstance(p, str)]
         if bad:
             raise TypeError(f"list_models {name} takes glob strings or a list of them, got {bad[0]!r}")
         return items
 
     include, leave_out = globs(pattern, "pattern"), globs(exclude, "exclude")
+    families = sorted({s.family for s in _MODELS.values()})
+    if family is not None and family not in families:
+        raise ValueError(f"list_models: unknown family {family!r}; families: {families}")
     include = [p for p in include if p] or ["*"]  # no filter ('' or []: timm's default) lists every model, as timm
     return sorted(
         n
@@ -295,6 +304,10 @@ def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
     """An exported folder for a path, for the name of a model with shipped weights, or for a run's Lightning ``.ckpt``
     (the model its task holds, exported once per process to a temporary folder, as ``python -m zoo export`` would:
     ``pretrained=<run>.ckpt`` fine-tunes from a checkpoint as from its export)."""
+    if isinstance(name_or_path, str) and not name_or_path.strip():
+        # Path("") is the working directory
+        raise ValueError(f"got an empty name or path ({name_or_path!r}): give an exported model folder, a run's "
+                         f".ckpt or a model name with shipped weights ({list_models(pretrained=True)})")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -304,10 +317,37 @@ def resolve_pretrained(name_or_path: Union[str, Path]) -> Path:
     spec = _MODELS.get(str(name_or_path))
     if spec is not None:
         return _shipped_folder(spec)
-    raise FileNotFoundError(
-        f"{str(name_or_path)!r} is neither an exported model folder, a run's checkpoint file nor a model name with "
-        f"shipped weights ({list_models(pretrained=True)}); export one with zoo.export_model or `python -m zoo export`"
-    )
+    raise FileNotFoundError(_not_found_message(str(name_or_path), path))
+
+
+# a Hugging Face Hub repo id (timm's "hf-hub:" / "hf_hub:" prefix or an "hf://" address allowed)
+_HUB_ID = re.compile(r"(?:hf[-_]hub:|hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)")
+
+
+def _not_found_message(name: str, path: Path) -> str:
+    """Why ``name`` loads nothing: the close shipped or registered names, the folder looked for, and how a Hugging
+    Face Hub model is loaded (downloaded and converted by hand: the zoo reads local files only)."""
+    import difflib
+
+    shipped = list_models(pretrained=True)
+    text = (f"{name!r} is neither an exported model folder, a run's checkpoint file nor a model name with shipped "
+            f"weights ({shipped}); export one with zoo.export_model or `python -m zoo export`.")
+    # a close spelling, else the names that share its last part
+    close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.75) or _similar_names(name, list(_MODELS))[:5]
+    if any(n in shipped for n in close):
+        text += f" Similar shipped names: {[n for n in close if n in shipped]}."
+    if any(n not in shipped for n in close):
+        text += (f" Similar names registered without shipped weights: {[n for n in close if n not in shipped]} "
+                 "(zoo.create_model(name) builds one untrained).")
+    if "/" in name or os.sep in name or name.startswith(("~", ".")):
+        text += f" There is no file or folder {path.absolute()}."
+    hub = _HUB_ID.fullmatch(name)
+    if hub and not name.startswith((".", "/", "~")):
+        text += (f" If it is a Hugging Face Hub repo id: it is not found locally, and the zoo never downloads (it "
+                 f"works offline, HF_HUB_OFFLINE or not); download it (huggingface_hub.snapshot_download("
+                 f"{hub.group(1)!r}, local_dir=DIR)), convert it (`python -m zoo convert DIR OUT`: Llama, Mistral, "
+                 "Qwen2, BERT, RoBERTa) and load the local folder OUT.")
+    return text
 
 
 _CHECKPOINT_EXPORTS: dict[tuple[str, int, int], Path] = {}
@@ -341,11 +381,20 @@ def read_export_config(folder: Union[str, Path]) -> dict[str, Any]:
     folder = Path(folder)
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: {folder} is not an exported zoo model folder")
+        hint = ""
+        if (folder / "export" / CONFIG_FILE).is_file():
+            hint = f"; it looks like a run folder: its export is {folder / 'export'}"
+        raise FileNotFoundError(f"{cfg_path} not found: {folder} is not an exported zoo model folder{hint}")
     try:
         meta = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{cfg_path} is not valid JSON ({exc}); the export is corrupt") from exc
+    if isinstance(meta, dict) and meta.get("format") != FORMAT and "model_type" in meta:
+        raise ValueError(
+            f"{cfg_path} is not a zoo export: {folder} holds a Hugging Face transformers model (model_type="
+            f"{meta['model_type']!r}); convert it with `python -m zoo convert {folder} OUT` (zoo.convert.convert_hf: "
+            "Llama, Mistral, Qwen2, BERT, RoBERTa) and load OUT"
+        )
     if (not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model_class"), str)
             or not isinstance(meta.get("config"), dict)):
         raise ValueError(
@@ -511,6 +560,18 @@ def _load_assets(model: nn.Module, folder: Path, meta: dict[str, Any]) -> None:
         model.load_assets(folder)
 
 
+_LOCAL_ONLY = "the zoo reads local files only, never the Hub: drop it"
+# transformers' from_pretrained keywords, and the zoo's way to do what they do
+_HF_LOADING_HINTS = {
+    "torch_dtype": "the model loads in float32: call .to(torch.bfloat16) (or another dtype) on it",
+    "dtype": "the model loads in float32: call .to(torch.bfloat16) (or another dtype) on it",
+    "device_map": "pass map_location='cuda' (or call .to(device)) for the device",
+    "device": "pass map_location='cuda' (or call .to(device)) for the device",
+    **dict.fromkeys(("local_files_only", "revision", "cache_dir", "token", "force_download", "trust_remote_code",
+                     "use_safetensors"), _LOCAL_ONLY),
+}
+
+
 def load_pretrained(
     name_or_path: Union[str, Path], map_location: str = "cpu", adapter: bool = True, **overrides: Any
 ) -> nn.Module:
@@ -536,7 +597,9 @@ def load_pretrained(
     runtime = getattr(cls, "runtime_fields", DEFAULT_RUNTIME_FIELDS)
     bad = sorted(set(overrides) - set(runtime))
     if bad:
-        raise ValueError(f"load_pretrained can only override runtime fields {sorted(runtime)}, not {bad}")
+        hints = [_HF_LOADING_HINTS[k] for k in bad if k in _HF_LOADING_HINTS]
+        raise ValueError(f"load_pretrained can only override runtime fields {sorted(runtime)}, not {bad}"
+                         + "".join(f"; {h}" for h in dict.fromkeys(hints)))
     model = cls.from_config({**meta["config"], **overrides})
     _load_weights(model, folder)
     _load_assets(model, folder, meta)
@@ -618,8 +681,8 @@ def export_model(
     :func:`zoo.nn.adapters.save_adapter`) are removed first, so no stale tokenizer or adapter is
     loaded with the new model; files the zoo did not write stay. An export from an older zoo that
     did not list its assets is refused when other files would be left beside the new one.
-    Everything is written to a staging folder first, so a failing ``save_assets`` leaves the old
-    export as it was.
+    Everything is written to a staging folder inside ``folder`` first (renamed in: no write beside it, which a
+    mounted volume or a read-only parent would refuse), so a failing ``save_assets`` leaves the old export as it was.
     """
     import zoo
 
@@ -641,13 +704,22 @@ def export_model(
         save_adapter(model, out, overwrite=overwrite)
         return out
     folder = Path(folder).expanduser()  # "~/m" as load_pretrained / from_pretrained read it back
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder; an export is a folder (config.json, weights, "
+                              "assets): name a folder")
     if not overwrite:
         refuse_occupied(folder, "choose a new folder or pass overwrite=True")
     refuse_hf_model_folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tied = _tied_names(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.export-") as tmp:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # staged inside the folder: renames that never cross a filesystem (a mounted volume) or need its parent writable
+        staging = tempfile.TemporaryDirectory(dir=folder, prefix=".export-")
+    except PermissionError as exc:
+        raise PermissionError(f"cannot write the export into {folder} ({exc.strerror}: {exc.filename}); choose a "
+                              "folder you may write to") from exc
+    with staging as tmp:
         stage = Path(tmp)
         if hasattr(model, "save_assets"):
             model.save_assets(stage)
@@ -666,7 +738,7 @@ def export_model(
         save_safetensors(state, stage / WEIGHTS_FILE, metadata={"format": "pt"})
         (stage / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         written = [WEIGHTS_FILE, CONFIG_FILE, *assets]
-        _remove_previous_export(folder, set(written))
+        _remove_previous_export(folder, {*written, stage.name})
         for name in written:
             os.replace(stage / name, folder / name)
     return folder
