@@ -268,3 +268,57 @@ def test_fda_refuses_the_variants_it_would_change(attn_type):
         assert not torch.allclose(fda(x, ctx, fw=torch.randn(2, 5, 48)), attn(x, ctx), atol=1e-4)
     with pytest.raises(ValueError, match="FDA works on 'vanilla' or 'diff' cross-attention"):
         FDACrossAttention(attn)
+
+
+def test_the_models_fusion_with_fda_matches_a_written_out_forward():
+    """The whole ITM path of a model with FDA on fusion layer 1 only, heads 1 and 2, g = 0.7: every layer written out
+    here (post-norm self-attention, cross-attention, MLP; the FDA layer's maps from the naive formula above), its
+    function-word queries the embedding output of the caption with content words as [PAD] ([CLS] / [SEP] kept, the
+    documented choice), the same for every FDA layer; padded queries out of the softmax over queries. Reference
+    against the model's itm_logits: the same function-word caption, layer selection and head selection."""
+    import torch.nn.functional as F
+
+    from vlm_helpers import scene_batch, tiny_model
+
+    m = tiny_model(seed=2, fda_layers=[1], fda_heads=[1, 2]).double()
+    with torch.no_grad():
+        m.fusion[1].cross.g.fill_(0.7)
+    images, caps = scene_batch(3)
+    caps[1] = "a red circle"  # a shorter caption: padded queries
+    ids, mask = m.tokenize(caps)
+    assert not mask[1].all()
+    with torch.no_grad():
+        img, txt = m.encode_image(images.double()), m.encode_text(ids, mask)
+        got = m.itm_logits(txt, mask, img, ids)
+        tok = m.tokenizer
+        # the function words of these three captions (zoo/data/function_words_en.txt), by hand
+        fw_words = {i for w in ("in", "this", "are", "to", "the", "of", "a", "there", "above") for i in tok.word_ids(w)}
+        fw_ids = torch.tensor([[i if (i in fw_words or i in (tok.cls_id, tok.sep_id)) else tok.pad_id for i in row]
+                               for row in ids.tolist()])
+        t = m.text
+        fw = t.embed_norm(t.word_embed(fw_ids) + t.type_embed.weight[0] + t.pos_embed(torch.arange(ids.shape[1])))
+        x = txt
+        n, T = ids.shape
+        for li, layer in enumerate(m.fusion):
+            x = layer.norm1(x + layer.self_attn(x, key_mask=mask))
+            core = layer.cross.attn if layer.fda else layer.cross
+            Hh, hd = core.n_heads, core.head_dim
+            proj = lambda lin, u: u @ lin.weight.T + lin.bias  # noqa: E731
+            q = proj(core.q_proj, x).view(n, T, Hh, hd).transpose(1, 2)
+            k = proj(core.k_proj, img).view(n, -1, Hh, hd).transpose(1, 2)
+            v = proj(core.v_proj, img).view(n, -1, Hh, hd).transpose(1, 2)
+            if li == 1:
+                qf = proj(core.q_proj, fw).view(n, T, Hh, hd).transpose(1, 2)
+                a = naive_maps(q, qf, k, mask, 0.7, {1, 2}, "both")
+            else:
+                a = (q @ k.transpose(-1, -2) / math.sqrt(hd)).softmax(-1)
+            c = proj(core.o_proj, (a @ v).transpose(1, 2).reshape(n, T, Hh * hd))
+            x = layer.norm2(x + c)
+            x = layer.norm3(x + layer.mlp.fc2(F.gelu(layer.mlp.fc1(x))))
+        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        want = m.itm_head(pooled)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the FDA term acts (the test would notice a no-op): at g = 0 the logits move
+    with torch.no_grad():
+        m.fusion[1].cross.g.zero_()
+        assert (m.itm_logits(txt, mask, img, ids) - got).abs().max() > 1e-4

@@ -743,3 +743,108 @@ def test_a_max_text_len_with_no_room_for_a_word_is_refused(n):
     m = tiny_model(max_text_len=3)  # the smallest that holds a word: [CLS] word [SEP]
     ids, _ = m.tokenize(["red circle"])
     assert m.tokenizer.decode(ids[0]) == "[CLS] red [SEP]"
+
+
+def test_training_step_itc_and_itm_hard_negatives_match_the_written_out_losses(monkeypatch):
+    """One training step on a batch of one-caption items where two images appear twice (CSV / COCO data: paths p0,
+    p1 repeated with other captions). Reference, written out from the encoders' features: ITC = symmetric InfoNCE
+    over cos / temp with every pair of one image path a positive (target mass shared); ITM (ALBEF) = one negative
+    text per image and one negative image per text, drawn with probability softmax(cos / temp) over the batch with
+    the positives (same path) zeroed, and the 2-way cross-entropy of the B matched pairs (label 1) and the 2B drawn
+    pairs (label 0), each pair's logits computed on its own."""
+    from zoo.data.vlm import SyntheticVLMDataModule
+    from zoo.tasks.vlm import VLMTask
+
+    dm = SyntheticVLMDataModule(n_train=8, n_val=4, n_test=4, batch_size=4, image_size=32)
+    torch.manual_seed(0)
+    task = VLMTask(arch="vlm-fda-tiny", data_info=dm.data_info, model_args={k: v for k, v in TINY.items() if k != "image_size"})
+    m = task.model.eval()
+    with torch.no_grad():
+        m.temp.fill_(0.2)
+    pics, caps = scene_batch(6)
+    paths = ["p0", "p1", "p0", "p2", "p1", "p3"]
+    img_of = {"p0": 0, "p1": 1, "p2": 2, "p3": 3}
+    batch = {"image": pics[[img_of[p] for p in paths]], "caption": caps, "image_id": paths}
+    B = len(caps)
+    pos = torch.tensor([[a == b for b in paths] for a in paths])
+    draws, logged = [], {}
+    real_multinomial = torch.multinomial
+
+    def multinomial(w, n, *a, **k):
+        out = real_multinomial(w, n, *a, **k)
+        draws.append((w.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    monkeypatch.setattr(task, "log_dict", lambda d, **kw: logged.update({k: v.detach() for k, v in d.items()}))
+    for step in range(8):
+        draws.clear()
+        torch.manual_seed(step)
+        with torch.no_grad():
+            task.training_step(batch, 0)
+        (w_i2t, neg_txt), (w_t2i, neg_img) = draws[0], draws[1]
+        neg_txt, neg_img = neg_txt.squeeze(1), neg_img.squeeze(1)
+        for i in range(B):
+            assert paths[neg_txt[i]] != paths[i] and paths[neg_img[i]] != paths[i], (step, i)
+        with torch.no_grad():
+            ids, mask = m.tokenize(caps)
+            img, txt = m.encode_image(batch["image"]), m.encode_text(ids, mask)
+            fi, ft = m.image_feat(img), m.text_feat(txt, mask)
+            sim = (fi @ ft.T / m.temp).double()
+            # ITC
+            itc = 0.0
+            for i in range(B):
+                P = pos[i].nonzero().flatten().tolist()
+                itc += 0.5 * sum(torch.logsumexp(sim[i], 0) - sim[i, j] for j in P) / len(P)
+                itc += 0.5 * sum(torch.logsumexp(sim[:, i], 0) - sim[j, i] for j in P) / len(P)
+            torch.testing.assert_close(logged["train/itc"].double(), itc / B, rtol=1e-5, atol=1e-6)
+            # sampling weights: softmax over the row, positives zeroed
+            for w, s in ((w_i2t, sim), (w_t2i, sim.T)):
+                want = s.softmax(1).masked_fill(pos, 0.0)
+                torch.testing.assert_close((w / w.sum(1, keepdim=True)).double(), want / want.sum(1, keepdim=True),
+                                           rtol=1e-4, atol=1e-7)
+            # ITM from the drawn pairs, one pair at a time
+            pairs = [(i, i, 1) for i in range(B)] + [(int(neg_img[t]), t, 0) for t in range(B)] \
+                + [(i, int(neg_txt[i]), 0) for i in range(B)]
+            itm = 0.0
+            for i, t, label in pairs:
+                lg = m.itm_logits(txt[t : t + 1], mask[t : t + 1], img[i : i + 1], ids[t : t + 1])[0].double()
+                itm += torch.logsumexp(lg, 0) - lg[label]
+            torch.testing.assert_close(logged["train/itm"].double(), itm / len(pairs), rtol=1e-5, atol=1e-6)
+
+
+def test_fda_over_a_plain_minilm_model_starts_at_its_function_and_its_export_scores_the_same(minilm_dir, tmp_path):
+    """A plain (no-FDA) model whose text encoder is the real all-MiniLM-L6-v2 (WordPiece, 12 fusion heads): with_fda
+    keeps every weight, so at g = 0 it scores every pair as the plain model (README: FDA as a fine-tuning plug-in), at
+    g = 1 (the paper's start) it acts; the FDA model's export loads back with its tokenizer, function-word table,
+    gates and the same scores. Reference: the plain model's own scores; the function words of the captions by hand."""
+    from zoo.data.vlm import VLMTokenizer
+
+    torch.manual_seed(0)
+    plain = VisionLanguageModel(VLMConfig(**{**TINY, **text_config_from_hf(minilm_dir), "fusion_heads": 12,
+                                             "max_text_len": 32, "fda": False}))
+    plain.set_tokenizer(VLMTokenizer.from_folder(minilm_dir))
+    plain.init_text_from_hf(minilm_dir)
+    plain.eval()
+    images, _ = scene_batch(3)
+    caps = ["A dog in an inflatable raft.", "two people on the beach", "the red bus next to a tree"]
+    ids, _ = plain.tokenize(caps[:1])
+    tok = plain.tokenizer
+    words = [tok.backend.id_to_token(i) for i in ids[0].tolist()]
+    assert words == ["[CLS]", "a", "dog", "in", "an", "in", "##fl", "##atable", "raft", ".", "[SEP]"]
+    kept = [w if w in ("[CLS]", "a", "in", "an", "[SEP]") and j != 5 else "[PAD]" for j, w in enumerate(words)]
+    fda0 = plain.with_fda(g_init=0.0)
+    fw_ids = torch.tensor([[tok.backend.token_to_id(w) for w in kept]])
+    torch.testing.assert_close(fda0.fw_states(ids), fda0.text.embed(fw_ids))
+    want = plain.similarity(images, caps)
+    torch.testing.assert_close(fda0.similarity(images, caps), want, rtol=1e-5, atol=1e-5)
+    fda1 = plain.with_fda()
+    assert [layer.cross.g.item() for layer in fda1.fusion] == [1.0, 1.0]
+    got = fda1.similarity(images, caps)
+    assert (got - want).abs().max() > 1e-4
+    back = zoo.load_pretrained(zoo.export_model(fda1, tmp_path / "minilm_fda"))
+    assert back.config.fda and back.tokenizer.vocab_size == 30522
+    assert torch.equal(back.fw_table, fda1.fw_table)
+    for k, v in fda1.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert torch.equal(back.similarity(images, caps), got)
