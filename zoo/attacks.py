@@ -145,11 +145,12 @@ def pgd_attack(
         raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255; 0: no change), got {eps}")
     if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
         raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
-    if images.numel() and not (0 <= float(images.min()) and float(images.max()) <= 1):
+    lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 1.0)
+    if lo < -1e-6 or hi > 1 + 1e-6:  # a float rounding past 0 or 1 is clamped with the iterates, as before
         # the iterates are clamped to [0, 1]: normalized (mean / std) pixels would be cut there, far outside the ball
-        raise ValueError(f"pgd_attack takes pixels in [0, 1], got values in [{float(images.min()):.3g}, "
-                         f"{float(images.max()):.3g}]: divide 0..255 pixels by 255, pass images before a mean / std "
-                         "normalization (the model normalizes them), clamp(0, 1) a bicubic resize's overshoot")
+        raise ValueError(f"pgd_attack takes pixels in [0, 1], got values in [{lo:.9g}, {hi:.9g}]: divide 0..255 "
+                         "pixels by 255, pass images before a mean / std normalization (the model normalizes them), "
+                         "clamp(0, 1) a bicubic resize's overshoot")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []

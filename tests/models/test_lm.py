@@ -676,6 +676,9 @@ def test_a_numpy_id_batch_with_its_attention_mask_decodes_as_a_tensor_does():
         assert out[r, 4:].tolist() == _naive_greedy(model, row, 5)[len(row):]
     one = model.generate(np.array([[5, 6, 7, 8]]), max_new_tokens=5, temperature=0)
     assert one[0].tolist() == _naive_greedy(model, rows[0], 5)
+    for dtype in (np.uint8, np.uint16, np.uint32, np.int32):  # a slice of a nanoGPT-style uint16 token file
+        got = model.generate(np.array(rows[0], dtype=dtype), max_new_tokens=5, temperature=0)
+        assert got[0].tolist() == _naive_greedy(model, rows[0], 5), dtype
     with pytest.raises(ValueError, match=r"\[batch, T\].*got shape \(1, 2, 4\)"):
         model.generate(ids[None], max_new_tokens=1)
 

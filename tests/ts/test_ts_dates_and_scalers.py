@@ -186,6 +186,11 @@ def test_local_times_turned_back_by_daylight_saving_are_named_as_such(freq):
     with pytest.raises(ValueError, match="goes back in time at row 6.*sort the rows by date") as err:
         prepare_frame(swapped)
     assert "daylight" not in str(err.value)
+    hourly = pd.date_range("2021-06-16 06:00", periods=12, freq="h")  # a Wednesday: an hour repeated is a duplicate
+    dup = pd.DataFrame({"date": hourly.insert(6, hourly[5]).strftime("%Y-%m-%d %H:%M"), "a": np.arange(13.0)})
+    with pytest.raises(ValueError, match="repeats at row 6.*sort the rows by date and remove duplicates") as err:
+        prepare_frame(dup)
+    assert "daylight" not in str(err.value)
 
 
 def test_a_column_of_years_names_the_date_format_that_reads_it():
@@ -546,3 +551,17 @@ def test_excel_serial_dates_are_named_with_the_conversion_that_reads_them():
     df["date"] = pd.to_datetime(df["date"], unit="D", origin="1899-12-30").dt.round("s")
     got, _ = prepare_frame(df)
     assert list(got) == list(pd.date_range("2020-01-01", periods=6, freq="h"))
+
+
+def test_predicting_on_test_windows_says_predict_reads_the_predict_loader(tmp_path):
+    """`trainer.predict(task, dataloaders=dm.test_dataloader())` (a Lightning user's script) failed with a bare
+    KeyError 'last_date': predict forecasts past the file's end from predict_dataloader() batches."""
+    df = _frame(400, freq="h")
+    df.to_csv(tmp_path / "s.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio", batch_size=8)
+    dm.setup("test")
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).eval()
+    batch = next(iter(dm.test_dataloader()))
+    with pytest.raises(ValueError, match="predict forecasts past the file's end: it reads the batches of the "
+                                         "datamodule's predict_dataloader"):
+        task.predict_step(batch, 0)

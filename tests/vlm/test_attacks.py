@@ -306,10 +306,18 @@ def test_pgd_refuses_pixels_outside_0_1_by_name():
     up to 2 away from its input with no word."""
     m = tiny_model(seed=2)
     images, caps = scene_batch(2)
-    with pytest.raises(ValueError, match=r"pixels in \[0, 1\], got values in \[-1.69, 1.78\].*before a mean / std normalization"):
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\], got values in \[-1.686\d*, 1.780\d*\].*before a mean / std normalization"):
         pgd_attack(m, (images - 0.5) / 0.25, caps, eps=2 / 255, steps=1)
     with pytest.raises(ValueError, match=r"pixels in \[0, 1\], got values in \[20, 241\]: divide 0..255 pixels by 255"):
         pgd_attack(m, images * 255, caps, eps=2 / 255, steps=1)
+    # a value a float rounding put just past 1 (a resize's arithmetic) is no other range: clamped, as the iterates are
+    nudged = images.clone()
+    nudged[0, 0, 0, 0] = 1.0000001
+    adv = pgd_attack(m, nudged, caps, eps=2 / 255, steps=1)
+    assert (adv.double() - nudged.double()).abs().max() <= 2 / 255 and adv.max() <= 1
+    with pytest.raises(ValueError, match=r"got values in \[.*, 1.0001\d*\]"):  # past the rounding: said in full
+        nudged[0, 0, 0, 0] = 1.0001
+        pgd_attack(m, nudged, caps, eps=2 / 255, steps=1)
 
 
 def test_an_eps_of_zero_changes_no_pixel_and_no_retrieval():

@@ -598,6 +598,9 @@ def test_val_or_test_images_that_are_training_images_are_named(tmp_path):
     ]}))
     with pytest.warns(UserWarning, match=r"1 of the 1 images of data.test .* are training images too"):
         ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info
+    with pytest.warns(UserWarning, match="1 of the 2 images of data.val") as rec:  # data.test unset: val's, said once
+        ImageCaptionDataModule(image_root=str(root), train=str(train), val=str(val), image_size=16).data_info
+    assert not any("data.test" in str(w.message) for w in rec)
     val.write_text("image,caption\nc.jpg,a cow\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # disjoint splits: nothing to say

@@ -142,7 +142,8 @@ def is_index_like(column: Any) -> bool:
     return str(column).startswith("Unnamed: ")
 
 
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")  # 1,000.5: a number written with thousands separators
+# 1,000.5: a number written with thousands separators (not 0,125: a decimal comma)
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")
 
 _WRITTEN = "zoo_header_as_written"  # df.attrs of read_ts_csv: {name read: name as written} where spaces were dropped
 
@@ -234,7 +235,9 @@ def prepare_frame(
             i = int(np.flatnonzero(steps <= 0)[0]) + 1
             what = "repeats" if steps[i - 1] == 0 else "goes back in time"
             # one step on, less an hour: wall-clock times (no UTC offsets) as daylight saving ends, not disorder
-            turned_back = i >= 2 and dates[i] - dates[i - 1] == dates[i - 1] - dates[i - 2] - pd.Timedelta(hours=1)
+            # (on a Sunday's small hours, when clocks turn back: a repeated hourly row elsewhere is a duplicate)
+            turned_back = (i >= 2 and dates[i] - dates[i - 1] == dates[i - 1] - dates[i - 2] - pd.Timedelta(hours=1)
+                           and dates[i].day_of_week == 6 and dates[i].hour < 4)
             raise ValueError(
                 f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
                 + ("the clock turned back an hour, as local times do when daylight saving ends: give the dates their "
@@ -251,7 +254,7 @@ def prepare_frame(
             wrong = num.isna() & col.notna()
             if wrong.any() or pd.api.types.is_bool_dtype(col):
                 i = int(np.flatnonzero(wrong.to_numpy())[0]) if wrong.any() else 0
-                if _THOUSANDS.fullmatch(str(col.iloc[i]).strip()):
+                if wrong.any() and col[wrong].astype(str).str.strip().str.fullmatch(_THOUSANDS.pattern).all():
                     raise ValueError(
                         f"column {c!r} of {source} is not numeric (value {col.iloc[i]!r} at row {i}, CSV line "
                         f"{i + 2}): its values have thousands separators, which are not read as numbers; remove them "

@@ -464,6 +464,8 @@ class ImageCaptionDataModule(VLMDataModule):
                         stacklevel=2,
                     )
                     continue
+                if split == "test" and (self.files["test"], self._entries["test"]) == (self.files["val"], self._entries["val"]):
+                    continue  # data.test unset: the val images, named once
                 shared = [p for p, _ in self._entries[split] if p in trained]
                 if shared:
                     warnings.warn(

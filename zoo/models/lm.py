@@ -262,6 +262,8 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         elif torch.is_tensor(prompt) or hasattr(prompt, "__array__"):  # numpy ids (return_tensors="np") as a tensor
             ids = torch.as_tensor(prompt)
             ids = ids[None] if ids.dim() == 1 else ids
+            if not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+                ids = ids.long()  # numpy's unsigned ids (a uint16 token file's slice), as a list of them reads
         else:
             rows = [r for r in prompt if isinstance(r, (list, tuple))]
             if rows and len({len(r) for r in rows}) > 1:
