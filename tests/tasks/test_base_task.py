@@ -1,5 +1,6 @@
 """ZooTask (zoo/tasks/base.py): weight-decay groups follow modules' no_weight_decay() (timm's convention)."""
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -545,3 +546,95 @@ def test_a_resume_lightning_would_cut_an_epoch_short_is_warned_about(tmp_path):
         trainer.fit(Task(), data, ckpt_path=path)
     assert not [w for w in caught if "one epoch too many" in str(w.message)]
     assert trainer.global_step == 12  # 3 epochs of 4 steps: Lightning's count without max_steps is right
+
+
+class OtherDomainTask(ZooTask):
+    """Another domain's task: other hyperparameters, another model."""
+
+    def __init__(self, horizon: int = 3, scheduler: str = "cosine") -> None:
+        super().__init__(lr=1e-2, warmup_steps=0, scheduler=scheduler)
+        self.save_hyperparameters()
+        self.model = nn.Linear(3, horizon)
+
+    def training_step(self, batch, batch_idx):
+        return self.model(batch).pow(2).mean()
+
+
+def test_a_checkpoint_of_another_task_class_is_refused_by_name(tmp_path, monkeypatch):
+    """A checkpoint given to another domain's task failed in that task's own checks (a forecaster's
+    "scheduler must be 'cosine' or 'constant', got 'halving'", an LM checkpoint loaded by RecognitionTask as "size
+    mismatch for model.pos_queries", a resumed fit as the optimizer groups "of another STR recipe"). The checkpoint
+    names the class that wrote it (zoo_task_class): the message names it, for load_from_checkpoint and ckpt_path."""
+    trainer = _fit(OtherDomainTask(scheduler="constant"), 1)
+    trainer.save_checkpoint(tmp_path / "other.ckpt")
+    _fit(Task(), 1).save_checkpoint(tmp_path / "task.ckpt")
+    named = r"written by .*OtherDomainTask.*not a Task.*OtherDomainTask\.load_from_checkpoint"
+    with pytest.raises(ValueError, match=named):
+        Task.load_from_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=named):
+        _fit(Task(), 2, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=named):
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+            Task(), dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None), ckpt_path=tmp_path / "other.ckpt")
+    # the class itself, a subclass or a base of the writer's class load as before
+    assert isinstance(OtherDomainTask.load_from_checkpoint(tmp_path / "other.ckpt"), OtherDomainTask)
+    assert isinstance(OldTask.load_from_checkpoint(tmp_path / "task.ckpt"), OldTask)
+    # a class defined again under its name (a notebook cell run twice) is the class its earlier instance saved
+    earlier = Task()
+
+    class Again(ZooTask):
+        def __init__(self) -> None:
+            super().__init__(lr=1e-2, weight_decay=0.1, warmup_steps=0, scheduler="constant")
+            self.model = Tiny()
+
+        training_step = Task.training_step
+
+    Again.__module__, Again.__qualname__ = Task.__module__, Task.__qualname__
+    monkeypatch.setattr(sys.modules[Task.__module__], "Task", Again)
+    assert isinstance(Again.load_from_checkpoint(tmp_path / "task.ckpt"), Again)
+    _fit(earlier, 2, tmp_path / "task.ckpt")
+    # ZooTask itself builds no model: it loads the class the checkpoint names (as zoo.load_pretrained(ckpt) does)
+    loaded = ZooTask.load_from_checkpoint(tmp_path / "other.ckpt")
+    assert type(loaded) is OtherDomainTask and loaded.hparams.scheduler == "constant"
+    want = torch.load(tmp_path / "other.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in want.items())
+
+
+def test_weights_loaded_with_load_state_dict_are_not_called_random(tmp_path):
+    """Lightning documents loading weights by hand: task.load_state_dict(torch.load(ckpt)["state_dict"]). The task
+    then validated / tested / predicted with the warning "with randomly initialized weights", about weights that
+    were the checkpoint's. Reference: the checkpoint's tensors, and no such warning."""
+    data = DataLoader([torch.randn(5, 3)], batch_size=None)
+    _fit(Task(), 1).save_checkpoint(tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=True)["state_dict"]
+    task = Task()
+    task.load_state_dict(saved)
+    assert all(torch.equal(task.state_dict()[k], v) for k, v in saved.items())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  default_root_dir=tmp_path).validate(task, data, verbose=False)
+    assert not [w for w in caught if "randomly initialized" in str(w.message)]
+
+
+class PathTask(ZooTask):
+    """A task whose arguments a Python user gives as pathlib.Path objects."""
+
+    def __init__(self, source=None, extra=None) -> None:
+        super().__init__(lr=1e-2, warmup_steps=0, scheduler="constant")
+        self.save_hyperparameters()
+        self.model = Tiny()
+
+    def training_step(self, batch, batch_idx):
+        return self.model(batch).pow(2).mean()
+
+
+def test_path_arguments_are_saved_as_text_so_the_checkpoint_loads_weights_only(tmp_path):
+    """A pathlib.Path argument (RecognitionTask(teacher=Path(...)), a model_args path) was pickled into the
+    checkpoint's hyperparameters, which Lightning's weights-only loading refuses (resume, load_from_checkpoint,
+    export). Reference: torch.load(weights_only=True) of the file, and the strings the paths spell."""
+    task = PathTask(source=tmp_path / "data", extra={"words": [Path("a/b.txt"), 3], "name": "x"})
+    _fit(task, 1).save_checkpoint(tmp_path / "p.ckpt")
+    hp = torch.load(tmp_path / "p.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["source"] == str(tmp_path / "data") and hp["extra"] == {"words": ["a/b.txt", 3], "name": "x"}
+    assert PathTask.load_from_checkpoint(tmp_path / "p.ckpt").hparams.source == str(tmp_path / "data")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -124,7 +125,14 @@ class ZooTask(L.LightningModule):
         checkpoint's, as Lightning documents (its ``model_args`` then is the one ``model_args`` is merged over).
         (Lightning reads it into an OmegaConf ``DictConfig`` when omegaconf is installed, which the
         ``LightningCLI`` instantiator that ``zoo fit`` saves in the checkpoint refuses for dict arguments such as
-        ``data_info``.)"""
+        ``data_info``.)
+
+        A checkpoint another task class wrote (its ``zoo_task_class``: another domain) is refused by name; one
+        loaded with ``ZooTask`` itself, which builds no model, is loaded with the class it names."""
+        writer = _refuse_other_task(cls, _peek_task_class(checkpoint_path, kwargs.get("weights_only")))
+        if cls is ZooTask and writer is not None and writer is not ZooTask:
+            return writer.load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                               strict=strict, **kwargs)
         file_hparams: dict[str, Any] = {}
         if hparams_file is not None:
             import yaml
@@ -208,6 +216,13 @@ class ZooTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; the weights count as trained ones (Lightning's manual load,
+        ``task.load_state_dict(torch.load(ckpt)["state_dict"])``, is no random init to warn about)."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._weights_loaded = True
+        return out
+
     def _trained_in_this_process(self) -> bool:
         """Whether the weights came from a checkpoint (--ckpt_path, load_from_checkpoint) or a fit in this process."""
         return getattr(self, "_weights_loaded", False) or getattr(self, "_fitted", False)
@@ -289,6 +304,8 @@ class ZooTask(L.LightningModule):
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
+        if hp is not None:  # a pathlib.Path argument (Python API) as text: Lightning loads checkpoints weights-only
+            hp.update({k: _plain_paths(v) for k, v in hp.items()})
         if hasattr(self, "arch"):  # the model's registered name (None for a converted checkpoint), which the
             checkpoint["zoo_arch"] = self.arch  # rebuilt hparams' name need not be (see _rebuild_hparams)
         if getattr(self.model, "adapter_config", None):
@@ -317,6 +334,7 @@ class ZooTask(L.LightningModule):
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _refuse_other_task(type(self), checkpoint.get("zoo_task_class"))
         self._weights_loaded = True
         # how far the loaded weights were trained (validate / test restore no loop progress: the trainer says 0)
         self.checkpoint_progress = (checkpoint.get("global_step"), checkpoint.get("epoch"))
@@ -417,9 +435,73 @@ class ZooTask(L.LightningModule):
         return f"{name}" if source is None else f"{name}, weights from {source}"
 
 
+def _plain_paths(value: Any) -> Any:
+    """``value`` with every ``os.PathLike`` in it (also inside dicts, lists and tuples) as its string."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value) is dict:
+        return {k: _plain_paths(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_plain_paths(v) for v in value)
+    return value
+
+
+def _task_class(name: Any) -> Optional[type]:
+    """The ZooTask class a checkpoint's ``zoo_task_class`` (``module.Class``) names, looked up among the modules
+    already imported (a checkpoint's name imports nothing, as Lightning's class check); None when it names none
+    there (a user's subclass whose module this process has not imported)."""
+    import sys
+
+    if not isinstance(name, str) or "." not in name:
+        return None
+    module, _, attr = name.rpartition(".")
+    found = getattr(sys.modules.get(module), attr, None)
+    return found if isinstance(found, type) and issubclass(found, ZooTask) else None
+
+
+def _task_lineage(cls: type) -> set[str]:
+    """``module.Qualname`` of ``cls`` and of its bases that are zoo tasks (ZooTask itself left out): by name, so a
+    class defined again (a notebook cell run twice) is still the class its earlier instances saved."""
+    return {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__ if issubclass(c, ZooTask) and c is not ZooTask}
+
+
+def _refuse_other_task(cls: type, name: Any) -> Optional[type]:
+    """The task class that wrote a checkpoint (its ``zoo_task_class`` entry ``name``), after refusing ``cls`` when
+    the two share no task class (another domain's task, whose hyperparameters and weights ``cls`` cannot take); None
+    when the checkpoint names no importable class."""
+    writer = _task_class(name)
+    if writer is None or cls is ZooTask or (_task_lineage(writer) | {name}) & _task_lineage(cls):
+        return writer
+    raise ValueError(
+        f"the checkpoint was written by {name}, not a {cls.__name__} (nor a subclass of it): load it with "
+        f"{writer.__name__}.load_from_checkpoint (or zoo.load_pretrained(<ckpt>) for its model), or give the "
+        f"{cls.__name__} a checkpoint of its own (ckpt_path / --ckpt_path)"
+    )
+
+
+def _peek_task_class(checkpoint_path: Any, weights_only: Optional[bool] = None) -> Any:
+    """A local checkpoint's (a path or an open binary file) ``zoo_task_class``, read without copying the weights;
+    None for a remote one (read once, by Lightning: ``on_load_checkpoint`` checks it then)."""
+    if not hasattr(checkpoint_path, "read"):
+        try:
+            if not Path(checkpoint_path).is_file():
+                return None
+        except (TypeError, ValueError):
+            return None
+    try:
+        return _saved_entries(checkpoint_path, weights_only)[1]
+    except Exception:  # noqa: BLE001 -- an unreadable file: Lightning's own load names the problem
+        return None
+
+
 def _saved_hparams(checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
     """The hyperparameters saved in a checkpoint (a path, a URL or an open binary file, left where it was), read
     without copying the weights (a local file is memory-mapped)."""
+    return _saved_entries(checkpoint_path, weights_only)[0]
+
+
+def _saved_entries(checkpoint_path: Any, weights_only: Optional[bool] = None) -> tuple[dict[str, Any], Any]:
+    """The hyperparameters and the ``zoo_task_class`` saved in a checkpoint (see :func:`_saved_hparams`)."""
     from lightning.fabric.utilities.cloud_io import _load
 
     if hasattr(checkpoint_path, "read"):
@@ -434,7 +516,8 @@ def _saved_hparams(checkpoint_path: Any, weights_only: Optional[bool] = None) ->
         except Exception:  # noqa: BLE001 -- a URL, a remote file system or a file torch cannot memory-map
             ckpt = _load(checkpoint_path, map_location="cpu", weights_only=weights_only)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    return dict(hparams) if isinstance(hparams, Mapping) else {}
+    task = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
+    return (dict(hparams) if isinstance(hparams, Mapping) else {}), task
 
 
 def data_info_value(data_info: Optional[dict], key: str, default: Any = None) -> Any:
