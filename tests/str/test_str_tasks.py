@@ -568,3 +568,166 @@ def test_csd_teacher_checkpoint_under_the_home_folder(exported, tmp_path, monkey
     student.setup("fit")
     for (k, v), (k2, v2) in zip(teacher.model.state_dict().items(), student.teacher.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+@pytest.mark.parametrize("content,error,what", [
+    (b"", ValueError, r"cannot read .*empty\.ckpt .*is it a Lightning checkpoint"),
+    (b"not a checkpoint\n", ValueError, r"cannot read .*empty\.ckpt .*is it a Lightning checkpoint"),
+    (None, IsADirectoryError, r"empty\.ckpt is a folder, not a checkpoint file"),
+], ids=["empty", "text", "folder"])
+def test_csd_teacher_checkpoint_that_is_no_checkpoint_is_named(tmp_path, content, error, what):
+    """A teacher ``.ckpt`` left empty (a run killed while saving), holding something else, or a folder: an error
+    naming the file and what is wrong with it, as ``pretrained=<.ckpt>`` gives. They failed as a bare ``EOFError``
+    (no message), ``KeyError: 105`` and "checkpoint ... not found" (the folder exists)."""
+    path = tmp_path / "empty.ckpt"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(path))
+    with pytest.raises(error, match=what):
+        task.setup("fit")
+
+
+def test_csd_training_step_loss_is_the_documented_mix_by_hand(monkeypatch):
+    """The CSD loss of a training step, rebuilt by hand from the documented parts, for the shipped teacher on
+    synthetic crops (readings of several lengths): the pseudolabels are the teacher's readings (the ground truth is
+    not read); per mask, the pseudolabel cross-entropy plus ``csd_kl_weight`` times KL(teacher || student) at
+    temperature T, times T^2, each the mean over the slots up to and including EOS (padding excluded; parseq's perm
+    ordering also drops the EOS slots); the mean over the four masks."""
+    from zoo.data.str import STRDataModule, encode_targets
+
+    dm = STRDataModule(charset="36", max_length=6, synthetic={"train": 0, "val": 8, "test": 0}, synth_seed=3,
+                       eval_batch_size=8)
+    dm.setup("fit")
+    images = next(iter(dm.val_dataloader()))["images"]
+    tau, w = 3.0, 0.7
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher="str-diff-tiny",
+                           csd_temperature=tau, csd_kl_weight=w)
+    teacher = zoo.load_pretrained("str-diff-tiny")
+    with torch.no_grad():
+        readings = [r.text for r in teacher.decode_probs(teacher(images))]
+        assert len({len(r) for r in readings}) > 1
+        labels = encode_targets(teacher.charset, readings)
+        soft = teacher.cloze_logits(images, labels)  # the teacher's cloze logits, every other character visible
+    B, T = labels.shape
+    eos, m = teacher.charset.EOS, task.model
+    # content: BOS, then the label's characters; EOS and what follows are no content
+    tokens = torch.full((B, T), m.pad_id)
+    tokens[:, 0] = m.bos_id
+    seen = torch.zeros(B, T, dtype=torch.bool)
+    seen[:, 0] = True
+    for b, text in enumerate(readings):
+        for j, ch in enumerate(text, 1):
+            tokens[b, j], seen[b, j] = teacher.charset.chars.index(ch) + 1, True
+    # the perm ordering: the longest reading's characters shuffled (here: drawn reversed), its EOS slot and the rest after
+    n, drawn = max(map(len, readings)), []
+    monkeypatch.setattr(torch, "randperm", lambda k, **kw: drawn.append(k) or torch.arange(k - 1, -1, -1))
+    rank = {s: r for r, s in enumerate(list(range(n - 1, -1, -1)) + list(range(n, T)))}
+    visible = {"ar": lambda q, c: c <= q, "nar": lambda q, c: False, "cloze": lambda q, c: c != q + 1,
+               "perm": lambda q, c: rank[c - 1] < rank[q]}
+    ground_truth = torch.randint(1, 37, (B, T))
+    loss = task.training_step({"images": images, "targets": ground_truth}, 0)
+    assert drawn == [n]
+    ref = 0.0
+    with torch.no_grad():
+        memory = m.encode(images)
+        for mode, see in visible.items():
+            mask = torch.tensor([[c == 0 or bool(see(q, c)) for c in range(T)] for q in range(T)])
+            logits = m.decode_step(memory, tokens, mask, seen).double()
+            ce = kl = count = 0.0
+            for b in range(B):
+                for s in range(T):
+                    y = int(labels[b, s])
+                    if y == -100 or (mode == "perm" and y == eos):
+                        continue
+                    q, p = (soft[b, s].double() / tau).softmax(-1), (logits[b, s] / tau).softmax(-1)
+                    ce, kl, count = ce - logits[b, s].log_softmax(-1)[y], kl + (q * (q / p).log()).sum(), count + 1
+            ref += (ce / count + w * kl / count * tau**2) / len(visible)
+    assert abs(float(loss.detach()) - float(ref)) < 1e-5 * float(ref)
+
+
+def test_csd_teacher_stays_frozen_in_eval_through_a_fit(tmp_path):
+    """Through a fit with validation every step: the teacher (dropout and drop path on) stays in eval mode after
+    Lightning's ``train()`` of each epoch and after each validation loop, takes no gradient, is in no optimizer, is
+    not changed and is not saved into the student's checkpoint, whose export loads without the teacher."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    source = SceneTextRecognizer.from_config({**TINY, "max_length": 6, "dropout": 0.5, "drop_path": 0.5,
+                                              "attn_type": "vanilla"})
+    teacher_dir = export_model(source, tmp_path / "teacher")
+    task = RecognitionTask(arch="str-diff-tiny", model_args={**TINY, "dropout": 0.1}, data_info=INFO,
+                           teacher=str(teacher_dir), lr=0.1, warmup_steps=0)
+    states = []
+
+    class Probe(L.Callback):
+        def record(self, where, trainer, pl_module):
+            t = pl_module.teacher
+            opt = {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
+            states.append((where, any(x.training for x in t.modules()), any(p.requires_grad for p in t.parameters()),
+                           any(id(p) in opt for p in t.parameters())))
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.record("epoch start", trainer, pl_module)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.record("batch start", trainer, pl_module)
+
+        def on_validation_end(self, trainer, pl_module):
+            self.record("validation end", trainer, pl_module)
+
+    batch = {"images": torch.randn(2, 3, 32, 128), "targets": torch.randint(1, 37, (2, 7))}
+    val = {"images": batch["images"], "texts": ["ab", "c"], "set": ["v", "v"], "index": [0, 1]}
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, val_check_interval=1,
+                        default_root_dir=tmp_path, callbacks=[Probe()])
+    trainer.fit(task, train_dataloaders=DataLoader([batch, batch], batch_size=None),
+                val_dataloaders=DataLoader([val], batch_size=None))
+    assert trainer.global_step == 4 and {w for w, *_ in states} == {"epoch start", "batch start", "validation end"}
+    assert [s for s in states if any(s[1:])] == []
+    for (k, v), (k2, v2) in zip(source.state_dict().items(), task.teacher.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    saved = torch.load(tmp_path / "student.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert sorted(saved) == sorted(f"model.{k}" for k in task.model.state_dict())
+    export = task.export(tmp_path / "export")
+    import shutil
+
+    shutil.rmtree(teacher_dir)
+    student = zoo.load_pretrained(export)
+    with torch.no_grad():
+        torch.testing.assert_close(student(batch["images"]), task.model.eval()(batch["images"]))
+
+
+def test_a_student_given_its_teacher_as_a_path_object_saves_a_loadable_checkpoint(exported, tmp_path):
+    """``teacher=pathlib.Path(...)`` (and a charset file as ``eval_charset``), as the Python API takes them: the
+    hyperparameters held the ``PosixPath``, which Lightning's weights-only loading refuses, so the student's
+    checkpoint could not be resumed, tested, exported or used as a teacher ("Weights only load failed")."""
+    from pathlib import Path
+
+    chars = tmp_path / "chars.txt"
+    chars.write_text(INFO["charset"])
+    student = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=Path(exported),
+                              eval_charset=chars)
+    ckpt = _one_step_checkpoint(student, tmp_path / "student.ckpt", 36)
+    back = RecognitionTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert back.hparams.teacher == str(exported) and back.hparams.eval_charset == str(chars)
+    for (k, v), (k2, v2) in zip(student.model.state_dict().items(), back.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert back.teacher is not None
+    successor = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(ckpt))
+    successor.setup("fit")  # the student as the next round's teacher
+    for (k, v), (k2, v2) in zip(student.model.state_dict().items(), successor.teacher.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+@pytest.mark.parametrize("name", ["nothere", "nothere.ckpt"])
+def test_a_missing_csd_teacher_is_named_as_the_teacher(tmp_path, name):
+    """A missing teacher folder or .ckpt: the error says it is the CSD teacher that is missing (a run may also name a
+    ``pretrained`` folder); it read "'.../nothere' is neither an exported model folder ..." or "checkpoint ... not
+    found", with nothing saying which option held the path."""
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(tmp_path / name))
+    with pytest.raises(FileNotFoundError, match=rf"^CSD teacher .*{name}.*not"):
+        task.setup("fit")

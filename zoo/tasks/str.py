@@ -3,6 +3,7 @@ set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict ove
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -113,13 +114,13 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
     """An exported folder / shipped name, or a Lightning ``.ckpt`` of :class:`RecognitionTask`."""
     if str(source).endswith(".ckpt"):
         path = Path(source).expanduser()  # as an export folder's path is: "teacher: ~/runs/best.ckpt" in a YAML
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
         # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
         try:  # weights_only: the peek unpickles nothing but tensors and plain values
             task_class = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("zoo_task_class")
-        except Exception:  # noqa: BLE001 -- an unreadable file fails in load_from_checkpoint with its own message
-            task_class = None
+        except Exception:  # noqa: BLE001 -- a folder, a missing, empty or foreign file: named as pretrained=<.ckpt> names it
+            from zoo.hub import checkpoint_task_class
+
+            task_class = checkpoint_task_class(path)
         if task_class and task_class.rpartition(".")[2] != RecognitionTask.__name__:
             raise ValueError(f"{path} is a checkpoint of {task_class}, not of a scene-text RecognitionTask; "
                              "give a str-* checkpoint, export folder or shipped name")
@@ -230,6 +231,10 @@ class RecognitionTask(ZooTask):
         min_lr_ratio: float = 0.01,
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
+        # saved as text: a pathlib.Path in the hyperparameters makes the checkpoint unreadable to Lightning's
+        # weights-only loading (resume, test, export, a later CSD round's teacher)
+        pretrained, teacher, eval_charset = (os.fspath(v) if isinstance(v, os.PathLike) else v
+                                             for v in (pretrained, teacher, eval_charset))
         self.save_hyperparameters()
         bad = [m for m in masks if m not in MASK_MODES]
         if bad or not masks:
@@ -266,7 +271,10 @@ class RecognitionTask(ZooTask):
         first use; ``None`` without ``teacher``."""
         if self._teacher is None and self.hparams.get("teacher") is not None:
             source = self.hparams.teacher
-            t = _load_recognizer(source).eval()
+            try:
+                t = _load_recognizer(source).eval()
+            except FileNotFoundError as exc:  # a run may name a pretrained folder too: say which one is missing
+                raise FileNotFoundError(f"CSD teacher (model.init_args.teacher): {exc}") from exc
             if t.charset.chars != self.model.charset.chars or t.num_slots != self.model.num_slots:
                 def show(m: SceneTextRecognizer) -> str:
                     chars = m.charset.chars
