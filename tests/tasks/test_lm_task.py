@@ -560,6 +560,20 @@ def test_predicting_on_synthetic_recall_data_says_what_to_do():
         RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16).predict_dataloader()
 
 
+def test_predicting_on_training_blocks_says_predict_reads_prompts():
+    """`trainer.predict(task, dataloaders=dm.val_dataloader())` failed with a bare KeyError 'prompt'."""
+    from zoo.data import RetrievalDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = RetrievalDataModule(seq_len=32, n_pairs=4, n_keys=16, n_values=16, val_size=4, batch_size=2)
+    dm.setup("validate")
+    task = LanguageModelTask(arch="lm-diff-tiny", data_info=dm.data_info)
+    batch = next(iter(dm.val_dataloader()))
+    with pytest.raises(ValueError, match="predict completes prompts: it reads the batches of the datamodule's "
+                                         "predict_dataloader"):
+        task.predict_step(batch, 0)
+
+
 def test_eval_sampler_follows_the_trainer_and_names_a_split_too_small():
     """Only a trainer on several processes gets the unrepeated sampler (not a process group left from
     elsewhere); a split with fewer items than processes is an error that names it."""

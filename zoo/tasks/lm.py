@@ -185,6 +185,7 @@ class LanguageModelTask(ZooTask):
         if tok.vocab_size > self.model.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {self.model.config.vocab_size}"
+                "; build the task with data_info=dm.data_info (the CLI links it), which sizes the model for it"
             )
         self.model.tokenizer = tok
 
@@ -385,6 +386,11 @@ class LanguageModelTask(ZooTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         hp = self.hparams
+        if not isinstance(batch, dict) or "prompt" not in batch:
+            raise ValueError(
+                "predict completes prompts: it reads the batches of the datamodule's predict_dataloader() (data.prompts), "
+                "not training / validation / test blocks; use trainer.test for those, or model.generate(ids) on them"
+            )
         prompts = list(batch["prompt"])  # one left-padded generation for the batch (data.batch_size prompts)
         texts = self.model.generate(prompts, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
                                     top_k=hp.top_k, top_p=hp.get("top_p"), batch_size=len(prompts))

@@ -443,6 +443,11 @@ class ForecastTask(ZooTask):
         meta = self.model.meta
         if meta is None:
             raise ValueError("the model carries no data facts (scaler, columns); train it or load an export first")
+        if not isinstance(batch, dict) or "last_date" not in batch:
+            raise ValueError(
+                "predict forecasts past the file's end: it reads the batches of the datamodule's predict_dataloader(), "
+                "not training / validation / test windows; use trainer.test for those, or task.model(x, x_mark) on them"
+            )
         x_in, _ = self._model_input(batch["x"])  # the window comes scaled by the data's scaler; the model wants its own
         y = self.model(x_in, batch.get("x_mark")).cpu().double().numpy()  # float64 on the CPU (MPS has none)
         x = x_in.cpu().double().numpy()
