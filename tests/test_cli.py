@@ -497,6 +497,11 @@ def test_export_of_a_bf16_true_checkpoint_keeps_its_dtype_as_the_fits_own_export
                             for k, v in exported.items())
     assert exported.keys() == at_fit.keys()
     assert all(v.dtype == at_fit[k].dtype and torch.equal(v, at_fit[k]) for k, v in exported.items())
+    old = tmp_path / "old_format.ckpt"  # torch's older, non-zip format (which cannot be memory-mapped)
+    torch.save(torch.load(ckpt, weights_only=False), old, _use_new_zipfile_serialization=False)
+    main(["export", str(old), str(tmp_path / "from_old")])
+    assert all(torch.equal(v, exported[k]) and v.dtype == exported[k].dtype
+               for k, v in load_file(str(tmp_path / "from_old" / "model.safetensors")).items())
 
 
 def _ckpt(path, age):

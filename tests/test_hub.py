@@ -793,6 +793,12 @@ def test_export_writes_and_renames_only_inside_its_folder(tmp_path, monkeypatch)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer_config.json"]
     x = torch.randint(0, 259, (1, 6))
     assert torch.equal(load_pretrained(folder)(x), m(x))
+    # a killed export leaves its staging folder inside (no cleanup ran): ours, so neither "not empty" nor kept
+    fresh = tmp_path / "fresh"
+    (fresh / ".export-killed").mkdir(parents=True)
+    (fresh / ".export-killed" / "model.safetensors").write_bytes(b"partial")
+    export_model(m, fresh)
+    assert sorted(p.name for p in fresh.iterdir()) == ["config.json", "model.safetensors", "tokenizer_config.json"]
 
 
 def test_export_to_a_file_says_it_is_a_file_with_or_without_overwrite(tmp_path):

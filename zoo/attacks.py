@@ -146,7 +146,7 @@ def pgd_attack(
     if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
         raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
     lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 1.0)
-    if lo < -1e-6 or hi > 1 + 1e-6:  # a float rounding past 0 or 1 is clamped with the iterates, as before
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # a rounding past 0 or 1 is clamped with the iterates; NaN refused
         # the iterates are clamped to [0, 1]: normalized (mean / std) pixels would be cut there, far outside the ball
         raise ValueError(f"pgd_attack takes pixels in [0, 1], got values in [{lo:.9g}, {hi:.9g}]: divide 0..255 "
                          "pixels by 255, pass images before a mean / std normalization (the model normalizes them), "

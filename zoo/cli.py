@@ -412,7 +412,10 @@ def keep_saved_dtypes(task: LightningModule, ckpt_path: Path) -> None:
     """Casts ``task``'s weights to the dtypes its checkpoint holds them in (a ``bf16-true`` run's bfloat16):
     ``load_from_checkpoint`` builds float32, while the fit's own export keeps the dtype the model trained in, as
     Hugging Face's ``save_pretrained`` does (``zoo.load_pretrained`` loads float32 from either)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)  # a run's own file, as Lightning
+    try:  # a run's own file, as Lightning reads it
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # torch's older (non-zip) format cannot be memory-mapped
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     saved = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(saved, dict):
         return

@@ -658,6 +658,9 @@ def _load_checkpoint_model(path: Path, map_location: str, adapter: bool, overrid
         return load_pretrained(folder, map_location=map_location, adapter=adapter, **overrides)
 
 
+_STAGING = ".export-"  # the prefix of export_model's staging folder inside the export folder
+
+
 def refuse_occupied(folder: Path, hint: str, what: str = "") -> None:
     """``FileExistsError`` when ``folder`` exists as a file or a non-empty folder: nothing is overwritten.
     ``hint`` says what to do instead; ``what`` names the folder's role at the start of the message."""
@@ -707,6 +710,10 @@ def export_model(
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder; an export is a folder (config.json, weights, "
                               "assets): name a folder")
+    if folder.is_dir():  # a killed export's staging folder (its cleanup never ran) is ours, not the user's
+        for stale in folder.glob(f"{_STAGING}*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
     if not overwrite:
         refuse_occupied(folder, "choose a new folder or pass overwrite=True")
     refuse_hf_model_folder(folder)
@@ -715,7 +722,7 @@ def export_model(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # staged inside the folder: renames that never cross a filesystem (a mounted volume) or need its parent writable
-        staging = tempfile.TemporaryDirectory(dir=folder, prefix=".export-")
+        staging = tempfile.TemporaryDirectory(dir=folder, prefix=_STAGING)
     except PermissionError as exc:
         raise PermissionError(f"cannot write the export into {folder} ({exc.strerror}: {exc.filename}); choose a "
                               "folder you may write to") from exc

@@ -638,3 +638,25 @@ def test_path_arguments_are_saved_as_text_so_the_checkpoint_loads_weights_only(t
     hp = torch.load(tmp_path / "p.ckpt", weights_only=True)["hyper_parameters"]
     assert hp["source"] == str(tmp_path / "data") and hp["extra"] == {"words": ["a/b.txt", 3], "name": "x"}
     assert PathTask.load_from_checkpoint(tmp_path / "p.ckpt").hparams.source == str(tmp_path / "data")
+
+
+class PathData(L.LightningDataModule):
+    """A datamodule that saves its arguments (as zoo's text and retrieval datamodules do), given a Path."""
+
+    def __init__(self, train_path=None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def train_dataloader(self):
+        return DataLoader([torch.randn(5, 3)], batch_size=None)
+
+
+def test_a_datamodules_path_arguments_are_saved_as_text_too(tmp_path):
+    """TextDataModule(train_path=Path(...)): Lightning writes the datamodule's hyperparameters into the checkpoint
+    too, where the PosixPath made weights-only loading (resume, load_from_checkpoint) fail."""
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Task(), datamodule=PathData(train_path=tmp_path / "corpus.txt"))
+    trainer.save_checkpoint(tmp_path / "d.ckpt")
+    saved = torch.load(tmp_path / "d.ckpt", weights_only=True)
+    assert saved["datamodule_hyper_parameters"]["train_path"] == str(tmp_path / "corpus.txt")

@@ -318,6 +318,9 @@ def test_pgd_refuses_pixels_outside_0_1_by_name():
     with pytest.raises(ValueError, match=r"got values in \[.*, 1.0001\d*\]"):  # past the rounding: said in full
         nudged[0, 0, 0, 0] = 1.0001
         pgd_attack(m, nudged, caps, eps=2 / 255, steps=1)
+    nudged[0, 0, 0, 0] = float("nan")  # a NaN pixel is no pixel in [0, 1] either
+    with pytest.raises(ValueError, match=r"got values in \[nan, nan\]"):
+        pgd_attack(m, nudged, caps, eps=2 / 255, steps=1)
 
 
 def test_an_eps_of_zero_changes_no_pixel_and_no_retrieval():

@@ -304,8 +304,10 @@ class ZooTask(L.LightningModule):
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
-        if hp is not None:  # a pathlib.Path argument (Python API) as text: Lightning loads checkpoints weights-only
-            hp.update({k: _plain_paths(v) for k, v in hp.items()})
+        # a pathlib.Path argument (Python API) as text: Lightning loads checkpoints weights-only
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):  # the task's and the datamodule's
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint[key].update({k: _plain_paths(v) for k, v in checkpoint[key].items()})
         if hasattr(self, "arch"):  # the model's registered name (None for a converted checkpoint), which the
             checkpoint["zoo_arch"] = self.arch  # rebuilt hparams' name need not be (see _rebuild_hparams)
         if getattr(self.model, "adapter_config", None):

@@ -117,11 +117,18 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
         # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
         try:  # weights_only: the peek unpickles nothing but tensors and plain values
             task_class = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("zoo_task_class")
-        except Exception:  # noqa: BLE001 -- a folder, a missing, empty or foreign file: named as pretrained=<.ckpt> names it
-            from zoo.hub import checkpoint_task_class
+        except Exception as exc:  # noqa: BLE001 -- a folder, a missing, empty or foreign file
+            if not path.is_file():
+                from zoo.hub import checkpoint_task_class
 
-            task_class = checkpoint_task_class(path)
-        if task_class and task_class.rpartition(".")[2] != RecognitionTask.__name__:
+                checkpoint_task_class(path)  # names a missing file or a folder (reads no file: nothing is unpickled)
+            raise ValueError(f"cannot read {path} as a checkpoint ({exc}); give a str-* .ckpt that a fit wrote, an "
+                             "export folder or a shipped name") from exc
+        from zoo.tasks.base import _task_class
+
+        known = _task_class(task_class)  # a user's subclass of RecognitionTask (imported) is one
+        if task_class and (not issubclass(known, RecognitionTask) if known is not None
+                           else task_class.rpartition(".")[2] != RecognitionTask.__name__):
             raise ValueError(f"{path} is a checkpoint of {task_class}, not of a scene-text RecognitionTask; "
                              "give a str-* checkpoint, export folder or shipped name")
         return RecognitionTask.load_from_checkpoint(path, map_location="cpu").model
