@@ -322,3 +322,24 @@ def test_the_models_fusion_with_fda_matches_a_written_out_forward():
     with torch.no_grad():
         m.fusion[1].cross.g.zero_()
         assert (m.itm_logits(txt, mask, img, ids) - got).abs().max() > 1e-4
+
+
+# michaeltian108/FDA, finetune/configs/function_dict.json, "token_id_short" (bert-base-uncased ids; 93 entries, 91
+# distinct): the list its retrieval scripts de-attend
+REFERENCE_SHORT_IDS = [
+    2572, 2003, 2024, 2001, 2020, 2022, 2042, 2108, 2031, 2038, 2018, 2079, 2515, 2106, 2097, 2052, 4618, 2323, 2089,
+    2453, 2442, 2064, 2071, 11276, 8108, 2342, 2109, 2000, 1037, 2019, 1996, 1998, 2021, 2065, 2030, 2138, 2004, 2127,
+    2096, 1997, 2012, 2011, 2005, 2007, 2055, 2114, 2090, 2046, 2083, 2076, 2077, 2044, 2682, 2917, 2000, 2013, 1999,
+    2041, 2006, 2125, 2058, 2104, 2153, 2582, 2059, 2320, 2182, 2045, 2043, 2073, 2339, 2129, 2035, 2151, 2119, 2169,
+    2261, 2062, 2087, 2060, 2070, 2107, 2053, 4496, 2025, 2069, 2219, 2168, 2061, 2084, 2205, 2200, 2064,
+]
+
+
+def test_the_reference_word_list_is_the_reference_codes_token_ids(minilm_dir):
+    """`function_words: en-reference` marks exactly the token ids the FDA reference code lists, under the uncased
+    WordPiece vocabulary it was written for (all-MiniLM-L6-v2 shares bert-base-uncased's)."""
+    from zoo.data.vlm_io import VLMTokenizer, function_word_ids, read_function_words
+
+    tok = VLMTokenizer.from_folder(minilm_dir)
+    ids, unknown = function_word_ids(tok, read_function_words("en-reference"), strict=True)
+    assert not unknown and set(ids) == set(REFERENCE_SHORT_IDS)
