@@ -918,3 +918,22 @@ def test_retrieval_accuracy_is_reported_without_data_info_from_python():
         logits = task.model.eval()(batch["input_ids"])
     mask = batch["labels"] != -100
     assert res["test/acc"] == pytest.approx(float((logits.argmax(-1)[mask] == batch["labels"][mask]).float().mean()))
+
+
+def test_fitting_text_without_its_datamodule_says_the_model_gets_no_tokenizer(corpus):
+    """trainer.fit(task, dm.train_dataloader(), dm.val_dataloader()) (plain loaders, no datamodule): the tokenizer
+    lives on the datamodule, so the model trained and exported without one (no val/bpb, text prompts failing later
+    with "trained on token ids") in silence."""
+    import warnings
+
+    from zoo.data import TextDataModule
+    from zoo.tasks import LanguageModelTask
+
+    dm = TextDataModule(train_path=str(corpus), block_size=32, batch_size=2)
+    task = LanguageModelTask(arch="lm-diff-tiny", data_info=dm.data_info)
+    with pytest.warns(UserWarning, match="training on text without its tokenizer.*datamodule=dm"):
+        task.setup("fit")
+    task.model.tokenizer = dm.tokenizer  # the advice followed: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.setup("fit")

@@ -180,6 +180,13 @@ class LanguageModelTask(ZooTask):
             self.data_info["kind"] = info["kind"]
         tok = self._datamodule_tokenizer()
         if tok is None:
+            if stage == "fit" and self.data_info.get("kind") == "text" and self.model.tokenizer is None:
+                # plain DataLoaders (trainer.fit(task, loader)): the datamodule that holds the tokenizer is not seen
+                warnings.warn(
+                    "training on text without its tokenizer: the model gets none, so val/bpb is not logged and the "
+                    "checkpoint and export hold no tokenizer (text prompts then fail); fit with datamodule=dm, or "
+                    "set task.model.tokenizer = dm.tokenizer first", stacklevel=2,
+                )
             return
         self._check_tokenizer(tok)
         if tok.vocab_size > self.model.config.vocab_size:
