@@ -282,6 +282,19 @@ def test_ckpt_path_with_a_tilde_restores_the_checkpoints_hyperparameters(tmp_pat
     assert seen and seen[0] == (16, 1)
 
 
+def test_a_ckpt_path_that_does_not_exist_is_named_before_the_data_is_built(tmp_path, monkeypatch):
+    """`test --ckpt_path <typo>`: Lightning named the missing file only after the data and the model were built
+    (minutes on a large dataset)."""
+    from zoo.data import RetrievalDataModule
+
+    monkeypatch.chdir(ROOT)
+    built = []
+    monkeypatch.setattr(RetrievalDataModule, "setup", lambda self, stage=None: built.append(stage))
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path .*nope\.ckpt: no such checkpoint file"):
+        main(["test", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'nope.ckpt'}"])
+    assert not built
+
+
 def test_ckpt_path_last_restores_the_checkpoints_hyperparameters_as_a_file_path_does(tmp_path, monkeypatch):
     """`test --ckpt_path last` is the newest checkpoint: the model must be built from its hyperparameters, as
     Lightning does for `--ckpt_path <file>` (the config's own model_args, dim 64 x 2 layers, do not fit a checkpoint

@@ -232,6 +232,11 @@ class ZooCLI(LightningCLI):
             # as given, so the checkpoint's hyperparameters were skipped while its weights still loaded
             self.config[ckpt_key] = str(Path(ckpt_path).expanduser())
         path = self.config.get(ckpt_key) if sub else None
+        if (isinstance(path, str) and "://" not in path and path not in ("last", "best", "hpc", "registry")
+                and not path.startswith("registry:") and not Path(path).exists()):
+            # before the data and the model are built (Lightning names a missing file only once both are)
+            raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file ({Path(path).absolute()}); pass a "
+                                    "run's .ckpt, or last / best to take the newest / best checkpoint of earlier runs")
         why = checkpoint_damage(path) if isinstance(path, str) and Path(path).is_file() else None
         if why is not None:  # torch's error named no file (and with --ckpt_path last, which file was taken)
             raise ValueError(f"--ckpt_path {path} is not a whole checkpoint: {why}. Pass another checkpoint of the run "
