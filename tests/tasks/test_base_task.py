@@ -660,3 +660,27 @@ def test_a_datamodules_path_arguments_are_saved_as_text_too(tmp_path):
     trainer.save_checkpoint(tmp_path / "d.ckpt")
     saved = torch.load(tmp_path / "d.ckpt", weights_only=True)
     assert saved["datamodule_hyper_parameters"]["train_path"] == str(tmp_path / "corpus.txt")
+
+
+def test_the_runs_hparams_yaml_reads_back_with_path_arguments(tmp_path):
+    """A Path given to a task or to the zoo's own datamodule (TextDataModule(train_path=Path(...))) was kept as a
+    Path in ``hparams``, which the logger dumps to hparams.yaml as a ``!!python/object/apply:pathlib.PosixPath``
+    tag: yaml.safe_load (Lightning's own hparams reader too) refused the run's file. Reference: yaml.safe_load
+    and the strings the paths spell."""
+    import yaml
+
+    from zoo.data.text import TextDataModule
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be " * 50)
+    dm = TextDataModule(train_path=corpus, block_size=8, batch_size=2)
+    task = PathTask(source=tmp_path / "data", extra=[Path("a/b.txt")])
+    assert task.hparams.source == str(tmp_path / "data") and dm.hparams.train_path == str(corpus)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=L.pytorch.loggers.CSVLogger(tmp_path / "logs"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, train_dataloaders=DataLoader([torch.randn(5, 3)], batch_size=None))
+    trainer.logger.log_hyperparams({**task.hparams, **dm.hparams})
+    trainer.logger.save()
+    saved = yaml.safe_load(next((tmp_path / "logs").rglob("hparams.yaml")).read_text())
+    assert saved["source"] == str(tmp_path / "data") and saved["extra"] == ["a/b.txt"]
+    assert saved["train_path"] == str(corpus)

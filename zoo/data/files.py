@@ -12,6 +12,34 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 
+def plain_paths(value):
+    """``value`` with every ``os.PathLike`` in it (also inside dicts, lists and tuples) as its string."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value) is dict:
+        return {k: plain_paths(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(plain_paths(v) for v in value)
+    return value
+
+
+class PathsAsText:
+    """Mixin for a LightningModule / LightningDataModule: ``save_hyperparameters`` keeps a ``pathlib.Path`` argument
+    (Python API) as its text, so the run's hparams.yaml reads back with ``yaml.safe_load`` (a Path dumps as a
+    ``!!python/object`` tag) and checkpoints load weights-only. Put it before the Lightning class in the bases."""
+
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        if frame is None:  # Lightning reads the arguments from the caller's frame: the __init__ calling us
+            import inspect
+
+            frame = inspect.currentframe().f_back
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        for name in ("_hparams", "_hparams_initial"):
+            hp = getattr(self, name, None)
+            if hp is not None:
+                hp.update({k: plain_paths(v) for k, v in hp.items()})
+
+
 class Strings:
     """Strings held as one UTF-8 blob with end offsets (numpy): no Python object per string, which a DataLoader worker
     reading it would copy (reference counts write to the objects' pages). Any ``str`` round-trips (surrogatepass:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .files import PathsAsText
 from .lm_common import IGNORE_INDEX, check_at_least, make_loader
 
 __all__ = [
@@ -293,7 +294,7 @@ class RetrievalDataset(Dataset):
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
 
 
-class RetrievalDataModule(L.LightningDataModule):
+class RetrievalDataModule(PathsAsText, L.LightningDataModule):
     """Synthetic key-information retrieval (mqar or multi-needle); see the module docstring for the layout."""
 
     def __init__(

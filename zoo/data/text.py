@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .files import read_utf8, say_hidden, walk_files
+from .files import PathsAsText, read_utf8, say_hidden, walk_files
 from .lm_common import check_at_least, make_loader
 from .tokenizers import ByteTokenizer, TokenizerLike, build_tokenizer, lone_surrogate, tokenizer_adds_bos
 
@@ -222,7 +222,7 @@ class _PromptDataset(Dataset):
         return {"prompt": self.prompts[i]}
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(PathsAsText, L.LightningDataModule):
     """Next-token prediction on a text corpus, packed into blocks of ``block_size`` tokens.
 
     Batches are {"input_ids": LongTensor [B, T], "labels": LongTensor [B, T]} with labels the inputs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from zoo.data.files import PathsAsText, plain_paths
 from zoo.hub import export_model
 
 
@@ -73,7 +73,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(state.cpu(), i)
 
 
-class ZooTask(L.LightningModule):
+class ZooTask(PathsAsText, L.LightningModule):
     """Base LightningModule: holds ``self.model`` (a zoo model) and trains it with AdamW.
 
     Args:
@@ -304,10 +304,11 @@ class ZooTask(L.LightningModule):
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("pretrained") is not None:
             hp.update(self._rebuild_hparams(hp))
-        # a pathlib.Path argument (Python API) as text: Lightning loads checkpoints weights-only
+        # a pathlib.Path (Python API) as text: Lightning loads checkpoints weights-only. save_hyperparameters does it
+        # for the zoo's own classes; this covers a user's datamodule and hparams edited after __init__
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):  # the task's and the datamodule's
             if isinstance(checkpoint.get(key), dict):
-                checkpoint[key].update({k: _plain_paths(v) for k, v in checkpoint[key].items()})
+                checkpoint[key].update({k: plain_paths(v) for k, v in checkpoint[key].items()})
         if hasattr(self, "arch"):  # the model's registered name (None for a converted checkpoint), which the
             checkpoint["zoo_arch"] = self.arch  # rebuilt hparams' name need not be (see _rebuild_hparams)
         if getattr(self.model, "adapter_config", None):
@@ -436,16 +437,6 @@ class ZooTask(L.LightningModule):
         source = self.hparams.get("pretrained")
         return f"{name}" if source is None else f"{name}, weights from {source}"
 
-
-def _plain_paths(value: Any) -> Any:
-    """``value`` with every ``os.PathLike`` in it (also inside dicts, lists and tuples) as its string."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if type(value) is dict:
-        return {k: _plain_paths(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(_plain_paths(v) for v in value)
-    return value
 
 
 def _task_class(name: Any) -> Optional[type]:

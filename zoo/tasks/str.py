@@ -3,7 +3,6 @@ set, Cloze Self-Distillation (CSD), fine-tuning across charsets, and predict ove
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -238,10 +237,6 @@ class RecognitionTask(ZooTask):
         min_lr_ratio: float = 0.01,
     ) -> None:
         super().__init__(lr, weight_decay, betas, warmup_steps, scheduler, min_lr_ratio)
-        # saved as text: a pathlib.Path in the hyperparameters makes the checkpoint unreadable to Lightning's
-        # weights-only loading (resume, test, export, a later CSD round's teacher)
-        pretrained, teacher, eval_charset = (os.fspath(v) if isinstance(v, os.PathLike) else v
-                                             for v in (pretrained, teacher, eval_charset))
         self.save_hyperparameters()
         bad = [m for m in masks if m not in MASK_MODES]
         if bad or not masks:
