@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from zoo.data.scenes import SYNONYMS
+from zoo.models.vlm import check_pixels
 from zoo.nn.modes import eval_mode
 from zoo.tasks.vlm import caption_lists, flatten_captions, retrieval_metrics, retrieval_scores
 
@@ -143,14 +144,9 @@ def pgd_attack(
     steps = int(steps)
     if not 0 <= eps <= 1:  # eps=4 meaning 4/255 was the whole pixel range, silently
         raise ValueError(f"eps is an L-inf budget on [0, 1] pixels (e.g. 4/255; 0: no change), got {eps}")
-    if not images.is_floating_point():  # integer pixels stepped as 0..255 values and failed inside (nextafter)
-        raise ValueError(f"pgd_attack takes images as floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
-    lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 1.0)
-    if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # a rounding past 0 or 1 is clamped with the iterates; NaN refused
-        # the iterates are clamped to [0, 1]: normalized (mean / std) pixels would be cut there, far outside the ball
-        raise ValueError(f"pgd_attack takes pixels in [0, 1], got values in [{lo:.9g}, {hi:.9g}]: divide 0..255 "
-                         "pixels by 255, pass images before a mean / std normalization (the model normalizes them), "
-                         "clamp(0, 1) a bicubic resize's overshoot")
+    # integer pixels stepped as 0..255 values and failed inside (nextafter); the iterates are clamped to [0, 1]:
+    # normalized (mean / std) pixels would be cut there, far outside the ball (a rounding past 0 or 1 is clamped)
+    check_pixels(images, "pgd_attack")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []

@@ -189,6 +189,12 @@ def test_bad_arguments():
         FDACrossAttention(build_attention("diff_v2", DIM, H, kv_dim=KV))
     with pytest.raises(ValueError, match="subset"):
         make("vanilla", heads=[4])
+    for heads in ([], [True], [1.0], [-1]):  # True indexed the mask as a bool mask (IndexError); 1.0 passed as head 1
+        with pytest.raises(ValueError, match=r"must be a non-empty subset of the integers 0..3"):
+            make("vanilla", heads=heads)
+    import numpy as np
+
+    assert make("vanilla", heads=[np.int64(3)]).head_mask.tolist() == [False, False, False, True]
     with pytest.raises(ValueError, match="direction"):
         make("vanilla", direction="rows")
     mod = make("vanilla")

@@ -278,6 +278,39 @@ def test_karpathy_json_and_csv(tmp_path):
         ImageCaptionDataModule(image_root=str(root), train=str(kj), image_size=16).data_info
 
 
+def test_a_karpathy_json_without_a_val_or_test_split_serves_fit_and_test(tmp_path):
+    """A user's Karpathy-style JSON split train / val only (or train only): an unset data.test (data.val) stood for a
+    split the file lacks and setup failed with "no usable image-caption pairs", even for fit. It now stands for the
+    val (train) images, as for a CSV, and says so; a split given explicitly and missing is named with the splits held."""
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg", "b.jpg", "c.jpg"])
+    images = [{"filename": "a.jpg", "split": "train", "sentences": [{"raw": "A dog."}, {"raw": "A pet."}]},
+              {"filename": "b.jpg", "split": "restval", "sentences": [{"raw": "A cow."}]},
+              {"filename": "c.jpg", "split": "val", "sentences": [{"raw": "A cat."}]}]
+    no_test, train_only = tmp_path / "no_test.json", tmp_path / "train_only.json"
+    no_test.write_text(json.dumps({"images": images}))
+    train_only.write_text(json.dumps({"images": images[:2]}))
+    dm = ImageCaptionDataModule(image_root=str(root), train=str(no_test), image_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say while fitting: val is the file's own
+        assert dm.data_info["sizes"] == {"train": 3, "val": 1, "test": 1}
+        dm.train_dataloader(), dm.val_dataloader()
+    for loader in (dm.test_dataloader, dm.predict_dataloader):
+        with pytest.warns(UserWarning, match=r"data.test is unset and .*no_test.json has no 'test' split: test / "
+                                             r"predict use the val images"):
+            assert [c for b in loader() for caps in b["captions"] for c in caps] == ["A cat."]
+    with pytest.warns(UserWarning, match=r"data.val gives the training images \(.*train_only.json"):
+        dm = ImageCaptionDataModule(image_root=str(root), train=str(train_only), image_size=16)
+        assert dm.data_info["sizes"] == {"train": 3, "val": 2, "test": 2}
+    with pytest.raises(ValueError, match=r"no usable image-caption pairs in .*no_test.json \(test\): it has no image of "
+                                         r"the 'test' split \(its images' splits: \['restval', 'train', 'val'\]"):
+        ImageCaptionDataModule(image_root=str(root), train=str(no_test), test=str(no_test)).data_info
+    empty = tmp_path / "empty.csv"
+    empty.write_text("image,caption\n")
+    with pytest.raises(ValueError, match=r"no usable image-caption pairs in .*empty.csv \(train\): it lists no image"):
+        ImageCaptionDataModule(image_root=str(root), train=str(empty)).data_info
+
+
 def test_bad_image_paths(tmp_path):
     root = tmp_path / "imgs"
     _images(root, ["a.jpg"])

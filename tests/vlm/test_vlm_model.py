@@ -156,6 +156,37 @@ def test_fda_layers_and_heads_config():
         VLMConfig(**TINY, fusion_attn_type="diff_v2")
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("fda_layers", [], "fda_layers is empty with fda=True"),
+    ("fda_heads", [], "fda_heads is empty with fda=True"),
+    ("fda_layers", [0.5], "fda_layers must be a list of integer indices"),  # no layer is 0.5: FDA acted nowhere
+    ("fda_layers", [True], "fda_layers must be a list of integer indices"),  # read as layer 1
+    ("fda_heads", [True], "fda_heads must be a list of integer indices"),  # failed as a bool mask (IndexError)
+    ("fda_heads", [4], r"fda_heads \[4\] must index the 4 fusion heads"),
+    ("fda_heads", [-1], r"out of range: \[-1\]"),
+])
+def test_an_fda_selection_that_selects_nothing_or_no_index_is_refused(field, value, match):
+    """FDA switched on over an empty (or meaningless) selection did nothing, silently: refused as an empty selection is
+    elsewhere (fda_heads of the FDA layer, STR masks), by the config, so a with_fda copy of a plain model is too."""
+    with pytest.raises(ValueError, match=match):
+        VLMConfig(**TINY, fda=True, **{field: value})
+    if value == []:
+        with pytest.raises(ValueError, match=match):
+            tiny_model(fda=False).with_fda(**{field.removeprefix("fda_"): value})
+        off = VLMConfig(**TINY, fda=False, **{field: value})  # FDA off: the selection is not used
+        assert off.fda_layer_set == set()
+    # a layer listed twice is that layer; every head may be an FDA head; with_fda takes numpy indices (as ints)
+    m = tiny_model(fda_layers=[1, 1], fda_heads=[0, 1, 2, 3])
+    assert [layer.fda for layer in m.fusion] == [False, True]
+    assert m.fusion[1].cross.head_mask.tolist() == [True] * 4
+    import numpy as np
+
+    m = tiny_model(fda=False).with_fda(layers=np.array([1]), heads=np.arange(2, 4))
+    assert m.config.fda_layers == [1] and type(m.config.fda_layers[0]) is int and m.config.fda_heads == [2, 3]
+    assert [layer.fda for layer in m.fusion] == [False, True]
+    assert m.fusion[1].cross.head_mask.tolist() == [False, False, True, True]
+
+
 def test_similarity_is_pairwise_itm_and_export_roundtrip(tmp_path):
     m = tiny_model(seed=3)
     images, caps = scene_batch(3)
@@ -443,6 +474,36 @@ def test_similarity_takes_pil_images_paths_and_arrays(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*bad.png"):
         m.similarity([tmp_path / "bad.png"], caps)
+
+
+def test_similarity_and_forward_refuse_pixels_outside_0_1_and_other_shapes_by_name():
+    """Tensors and arrays are the model's pixels as they are: 0..255 floats, mean / std-normalized images and NaN
+    gave scores with no word (only uint8 and shapes were refused); the rounding a resize leaves past 1 passes."""
+    import numpy as np
+
+    m = tiny_model(seed=3)
+    images, caps = scene_batch(2)
+    ids, mask = m.tokenize(caps)
+    out_of_range = {"0..255 floats": images * 255, "normalized": (images - 0.5) / 0.25,
+                    "nan": images.clone().fill_(float("nan"))}
+    for name, x in out_of_range.items():
+        for call in (lambda x: m.similarity(x, caps), lambda x: m.similarity(x.numpy(), caps),
+                     lambda x: m(x, ids, mask), lambda x: m.itc_similarity(x, caps), lambda x: m.itm_score(x, caps)):
+            with pytest.raises(ValueError, match=r"pixels in \[0, 1\], got values in .*divide 0..255 pixels by 255"):
+                call(x)
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\], got torch.uint8 \(divide uint8 pixels by 255\)"):
+        m.similarity((images * 255).round().to(torch.uint8).numpy(), caps)
+    shapes = {(2, 1, 32, 32): "grayscale, RGBA or other sizes: pass PIL images", (2, 4, 32, 32): "grayscale, RGBA",
+              (2, 3, 16, 16): "other sizes", (2, 32, 32, 3): "channels last", (3, 32, 32): r"images\[None\]",
+              (32, 32, 3): r"PIL.Image.fromarray"}
+    for shape, hint in shapes.items():
+        with pytest.raises(ValueError, match=r"similarity: images must be \[B, 3, 32, 32\] .*got shape .*" + hint):
+            m.similarity(torch.rand(shape), caps)
+    nudged = images.clone()
+    nudged[0, 0, 0, 0] = 1.0000001  # float rounding past 1: no other range
+    assert torch.isfinite(m.similarity(nudged, caps)).all()
+    torch.testing.assert_close(m.similarity(images.double().numpy(), caps), m.similarity(images, caps))
+    assert m.similarity(np.zeros((0, 3, 32, 32), dtype=np.float32), caps).shape == (0, 2)
 
 
 def test_with_fda_copy_keeps_the_train_eval_mode():

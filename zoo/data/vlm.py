@@ -359,6 +359,14 @@ def read_caption_file(path: PathLike, split: str, image_col: str = "image", capt
     )
 
 
+def _splits_in(data: Any) -> str:
+    """`` (its splits: [...])`` for a parsed Karpathy JSON, to name what the file holds; else nothing."""
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        found = sorted({str(im.get("split")) for im in data["images"] if isinstance(im, dict)})
+        return f" (its images' splits: {found}; 'train' reads 'train' and 'restval')"
+    return ""
+
+
 def resolve_images(
     rows: list[tuple[str, list[str]]], root: Path, source: str, on_missing: str = "error"
 ) -> list[tuple[Path, list[str]]]:
@@ -432,6 +440,8 @@ class ImageCaptionDataModule(VLMDataModule):
             raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.image_root, self.files = Path(image_root).expanduser(), {"train": train, "val": val or train, "test": test or val or train}
         self._test_unset = test is None and val is not None
+        self._val_given, self._test_given = val is not None, test is not None
+        self._no_split: list[str] = []  # splits an unset data.val / data.test stood for and the Karpathy JSON lacks
         self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
         self._entries: Optional[dict[str, list[tuple[Path, list[str]]]]] = None
         # once build_splits made the datasets, they hold the entries (numpy blobs) and the lists are dropped: COCO's
@@ -447,13 +457,25 @@ class ImageCaptionDataModule(VLMDataModule):
             if not self.image_root.is_dir():
                 raise FileNotFoundError(f"image root {self.image_root} is not a folder; set data.image_root")
             parsed: dict[str, Any] = {}  # one parse of a caption file that serves several splits
-            self._entries = {
-                split: resolve_images(
-                    read_caption_file(f, split, self.image_col, self.caption_col, parsed=parsed), self.image_root,
-                    f"{f} ({split})", self.on_missing,
-                )
-                for split, f in self.files.items()
-            }
+            rows = {split: read_caption_file(f, split, self.image_col, self.caption_col, parsed=parsed)
+                    for split, f in self.files.items()}
+            # a Karpathy JSON without a 'val' / 'test' split (a user's own, split train / val only): an unset data.val
+            # or data.test stood for a split the file does not have, and setup failed with "no usable image-caption
+            # pairs" even for fit; such a split is what an unset one is for a CSV: train's images for val (named in
+            # the warning below), val's for test (named by test / predict)
+            self._no_split = []
+            for split, given, other in (("val", self._val_given, "train"), ("test", self._test_given, "val")):
+                if not rows[split] and not given and rows[other]:
+                    rows[split] = rows[other]
+                    self._no_split.append(split)
+            for split, f in self.files.items():
+                if not rows[split]:  # (an empty CSV / JSON list, or a Karpathy JSON without that split)
+                    held = _splits_in(parsed.get(os.path.realpath(Path(f).expanduser())))
+                    what = f"has no image of the {split!r} split{held}" if held else "lists no image"
+                    raise ValueError(f"no usable image-caption pairs in {f} ({split}): it {what}; give data.{split} a "
+                                     f"caption file with the {split} images")
+            self._entries = {split: resolve_images(rows[split], self.image_root, f"{f} ({split})", self.on_missing)
+                             for split, f in self.files.items()}
             trained = {p for p, _ in self._entries["train"]}
             for split in ("val", "test"):
                 if self.files[split] == self.files["train"] and self._entries[split] == self._entries["train"]:
@@ -476,7 +498,7 @@ class ImageCaptionDataModule(VLMDataModule):
                         stacklevel=2,
                     )
             e = self._entries
-            self._test_is_val = self._test_unset and e["test"] == e["val"] != e["train"]
+            self._test_is_val = (self._test_unset or "test" in self._no_split) and e["test"] == e["val"] != e["train"]
         return self._entries
 
     @property
@@ -486,6 +508,9 @@ class ImageCaptionDataModule(VLMDataModule):
         if self._test_is_val is None:
             self.entries()
         if self._test_is_val:
+            if "test" in self._no_split:
+                return (f"data.test is unset and {self.files['test']} has no 'test' split: test / predict use the val "
+                        f"images ({self.files['val']}); give data.test for a held-out test set")
             return (f"data.test is unset: test / predict use data.val ({self.files['val']}); give data.test for a "
                     "held-out test set")
         return None

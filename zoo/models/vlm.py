@@ -28,6 +28,7 @@ are function words) in its weights.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,22 @@ class VLMConfig:
                              "(of even width for diff attention)")
         if self.fda_direction not in DIRECTIONS:
             raise ValueError(f"fda_direction must be one of {DIRECTIONS}, got {self.fda_direction!r}")
-        if self.fda_layers is not None:
-            bad = [i for i in self.fda_layers if not 0 <= i < self.fusion_layers]
+        # an index list that selects nothing (empty, or 0.5 that no layer equals) left FDA switched on doing nothing,
+        # silently; True read as layer 1. Refused as an empty fda_heads is (FDACrossAttention)
+        for name, n in (("fda_layers", self.fusion_layers), ("fda_heads", self.fusion_heads)):
+            sel = getattr(self, name)
+            if sel is None:
+                continue
+            if not isinstance(sel, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in sel):
+                raise ValueError(f"{name} must be a list of integer indices (or None: the default), got {sel!r}")
+            bad = [i for i in sel if not 0 <= i < n]
             if bad:
-                raise ValueError(f"fda_layers {self.fda_layers} must index the {self.fusion_layers} fusion layers")
+                what = "fusion layers" if name == "fda_layers" else "fusion heads of each FDA layer"
+                raise ValueError(f"{name} {list(sel)} must index the {n} {what} (0..{n - 1}); out of range: {bad}")
+            if self.fda and not sel:
+                raise ValueError(f"{name} is empty with fda=True: FDA would act on no "
+                                 f"{'layer' if name == 'fda_layers' else 'head'}; list the indices, leave {name} unset "
+                                 "for the default, or set fda: false")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if not 0.001 <= self.temp_init <= 0.5:
@@ -149,6 +162,34 @@ class FusionLayer(nn.Module):
             c = self.cross(x, image)
         x = self.norm2(x + self.drop(c))
         return self.norm3(x + self.mlp(x))
+
+
+def check_pixels(images: Tensor, who: str, size: Optional[int] = None) -> None:
+    """A ``ValueError`` naming ``who`` unless ``images`` are floats in [0, 1] (the pixels the model normalizes itself)
+    and, with ``size``, shaped ``[B, 3, size, size]``: uint8 pixels, 0..255 floats and mean / std-normalized images gave
+    scores with no word (the ViT read them as they were). A rounding past 0 or 1 (1e-6: a resize's arithmetic)
+    passes; NaN does not (every comparison is False)."""
+    if size is not None and (images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size)):
+        shape = tuple(images.shape)
+        if images.dim() == 3 and images.shape[-1] in (1, 3, 4) and images.shape[0] != 3:
+            hint = "one H x W x C image array: pass PIL.Image.fromarray(array), which is converted and resized"
+        elif images.dim() == 3:
+            hint = "one image: add the batch dimension (images[None]), or pass it as a PIL image"
+        elif images.dim() == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            hint = "channels last: permute(0, 3, 1, 2), or pass PIL images"
+        else:
+            hint = ("grayscale, RGBA or other sizes: pass PIL images or image paths, which are converted to RGB and "
+                    f"resized to {size} as training images are")
+        raise ValueError(f"{who}: images must be [B, 3, {size}, {size}] floats in [0, 1], got shape {shape} ({hint})")
+    if not images.is_floating_point():
+        raise ValueError(f"{who}: images must be floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
+    if torch.compiler.is_compiling():  # reading the values would split a compiled graph (the forward's)
+        return
+    lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 1.0)
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
+        raise ValueError(f"{who} takes pixels in [0, 1], got values in [{lo:.9g}, {hi:.9g}]: divide 0..255 pixels by "
+                         "255, pass images before a mean / std normalization (the model normalizes them), clamp(0, 1) "
+                         "a bicubic resize's overshoot")
 
 
 def wide_cosines(image_feats: Tensor, text_feats: Tensor) -> Tensor:
@@ -209,9 +250,13 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         what this model computes)."""
         if self.config.fda:
             raise ValueError("the model already has FDA (config.fda=True); with_fda starts from a plain model")
-        cfg = dataclasses.replace(self.config, fda=True, fda_layers=None if layers is None else list(layers),
-                                  fda_heads=None if heads is None else list(heads), fda_direction=direction,
-                                  fda_g_init=float(g_init))
+        def ints(sel: Optional[Sequence[int]]) -> Optional[list]:  # numpy indices as the ints config.json holds
+            if sel is None:
+                return None
+            return [int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool) else i for i in sel]
+
+        cfg = dataclasses.replace(self.config, fda=True, fda_layers=ints(layers), fda_heads=ints(heads),
+                                  fda_direction=direction, fda_g_init=float(g_init))
         from zoo.hub import load_state_dict_checked
 
         new = type(self)(cfg).to(device=self.temp.device, dtype=self.temp.dtype)
@@ -385,6 +430,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         ``[Ni, Nt]`` (cosine / temperature), ``logits_per_text`` (its transpose), and the normalized
         ``image_embeds`` ``[Ni, embed_dim]`` and ``text_embeds`` ``[Nt, embed_dim]``. ``images``: pixels in [0, 1]
         ``[Ni, 3, S, S]``; ``ids`` / ``mask``: :meth:`tokenize`'s output. ITM scores: :meth:`similarity`."""
+        check_pixels(images, "the model", self.config.image_size)
         image_embeds = self.image_feat(self.encode_image(images))
         text_embeds = self.text_feat(self.encode_text(ids, mask), mask)
         logits = image_embeds @ text_embeds.T / self.temperature
@@ -394,6 +440,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
     # -- scores
     def itc_similarity(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         """Cosine similarity of every image with every text, ``[Ni, Nt]`` (ITC ranking)."""
+        check_pixels(images, "itc_similarity", self.config.image_size)
         ids, mask = self.tokenize(texts)
         return self.image_feat(self.encode_image(images)) @ self.text_feat(self.encode_text(ids, mask), mask).T
 
@@ -401,6 +448,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         """Matching score of aligned pairs ``(images[i], texts[i])``: logit(match) - logit(no match)."""
         if images.shape[0] != len(texts):
             raise ValueError(f"itm_score pairs images and texts row by row: {images.shape[0]} images, {len(texts)} texts")
+        check_pixels(images, "itm_score", self.config.image_size)
         ids, mask = self.tokenize(texts)
         logits = self.itm_logits(self.encode_text(ids, mask), mask, self.encode_image(images), ids)
         return logits[:, 1] - logits[:, 0]
@@ -474,6 +522,7 @@ class VisionLanguageModel(PretrainedMixin, nn.Module):
         text_feats = self.text_feat(txt, mask)
         rows = []
         for pixels in self._pixel_batches(images, batch_size):
+            check_pixels(pixels, "similarity", self.config.image_size)  # a tensor or array as given; files: [0, 1]
             img = self.encode_image(pixels.to(self.fw_table.device))
             # every score in at least float32, a float64 model's in float64 (the ITM buffer was float32 whatever the
             # model, and a bfloat16 model gave its ITC scores rounded to bfloat16 but its ITM scores in float32)
@@ -529,4 +578,4 @@ register_model(
     text_layers=6, text_heads=12, text_mlp=1536, fusion_heads=12, fusion_mlp=1536, embed_dim=256, max_text_len=40,
 )
 
-__all__ = ["FusionLayer", "VLMConfig", "VisionLanguageModel", "text_config_from_hf"]
+__all__ = ["FusionLayer", "VLMConfig", "VisionLanguageModel", "check_pixels", "text_config_from_hf"]

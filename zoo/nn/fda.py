@@ -35,6 +35,7 @@ differential attention); we keep ``g = 0`` exact.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -126,13 +127,14 @@ class FDACrossAttention(nn.Module):
             raise ValueError(f"FDA direction must be one of {DIRECTIONS}, got {direction!r}")
         H = attn.n_heads
         heads = list(range(H // 2 if H > 1 else 1)) if heads is None else list(heads)
-        bad = [h for h in heads if not 0 <= h < H]
+        # True indexed the mask as a bool mask (IndexError), 1.0 passed as head 1
+        bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= h < H]
         if bad or not heads:
-            raise ValueError(f"FDA heads {list(heads)} must be a non-empty subset of 0..{H - 1}")
+            raise ValueError(f"FDA heads {list(heads)} must be a non-empty subset of the integers 0..{H - 1}")
         self.attn, self.direction = attn, direction
         self.g = nn.Parameter(torch.tensor(float(g_init)))
         mask = torch.zeros(H, dtype=torch.bool)
-        mask[heads] = True
+        mask[[int(h) for h in heads]] = True
         self.register_buffer("head_mask", mask, persistent=False)
 
     @property
