@@ -124,3 +124,18 @@ def test_test_and_predict_with_another_charset_than_the_checkpoints_name_it(tmp_
               "--predict_writer.echo", "false"])
     # the checkpoint's own charset still tests
     main(["test", "--config", cfg, *SMALL, "--ckpt_path", ckpt, "--trainer.default_root_dir", str(tmp_path / "ok")])
+
+
+def test_the_fine_tuning_config_trains_the_shipped_model_with_its_own_dropout():
+    """configs/str/finetune_charset.yaml set no dropout, so the shipped model (trained with dropout 0, as its
+    config.json says and as every other STR config trains) was fine-tuned with the architecture's default 0.1."""
+    import yaml
+
+    from zoo.data.str import STRDataModule
+    from zoo.tasks.str import RecognitionTask
+
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "zoo/pretrained/str-diff-tiny/config.json").read_text())
+    cfg = yaml.safe_load(CONFIGS[[c.name for c in CONFIGS].index("finetune_charset.yaml")].read_text())
+    dm = STRDataModule(**cfg["data"]["init_args"])
+    task = RecognitionTask(**cfg["model"]["init_args"], data_info=dm.data_info)
+    assert task.model.config.dropout == shipped["config"]["dropout"] == 0.0

@@ -345,6 +345,25 @@ def test_wrong_layout_and_corrupt_lmdb(tmp_path):
         LMDBDataset(broken, CS)[0]
 
 
+@pytest.mark.parametrize("keys, n, unread", [
+    (range(0, 4), 3, ["label-000000000"]),  # 0-based keys, num-samples = the last key: the first sample went unread
+    (range(1, 6), 3, ["label-000000004", "label-000000005"]),  # num-samples too small: the tail went unread
+])
+def test_lmdb_samples_outside_num_samples_are_named_not_dropped_silently(tmp_path, keys, n, unread):
+    items = {"num-samples": str(n)}
+    for k in keys:
+        items[f"image-{k:09d}"], items[f"label-{k:09d}"] = "x", f"w{k}"
+    _raw_lmdb(tmp_path / "lm", items)
+    with pytest.warns(UserWarning, match=f"holds {len(unread)} label key.*never reads: {', '.join(unread)}; "):
+        ds = LMDBDataset(tmp_path / "lm", CS)
+    assert [ds.label(i) for i in range(len(ds))] == [f"w{k}" for k in range(1, n + 1)]
+    # 0-based keys with num-samples = their count: the error says so
+    _raw_lmdb(tmp_path / "zero", {"num-samples": "2", "image-000000000": "x", "label-000000000": "a",
+                                  "image-000000001": "x", "label-000000001": "b"})
+    with pytest.raises(ValueError, match=r"no key label-000000002 \(it holds label-000000000: its keys are 0-based\)"):
+        LMDBDataset(tmp_path / "zero", CS)
+
+
 def test_image_folder_csv_and_missing_files(tmp_path, monkeypatch):
     d = _folder(tmp_path, [("a.png", "Ab1"), ("b.png", "c-d")], csv=True)
     assert read_labels(d) == [("a.png", "Ab1"), ("b.png", "c-d")]

@@ -4,6 +4,7 @@ corrupt sample counts."""
 
 from __future__ import annotations
 
+import os
 import unicodedata
 
 import numpy as np
@@ -209,6 +210,33 @@ def test_an_image_named_in_the_other_unicode_form_is_found(tmp_path, on_disk, in
     assert build_lmdb(d, tmp_path / "lmdb") == 1
     img, text = LMDBDataset(tmp_path / "lmdb", Charset("36"))[0]
     assert text == "abc" and np.array_equal(np.asarray(img), want)
+
+
+@pytest.mark.skipif(os.sep != "/", reason="a backslash is the separator there already")
+def test_a_labels_file_written_on_windows_with_backslash_paths_finds_its_images(tmp_path):
+    """A labels file made on Windows (BOM, CRLF, `sub dir\\a 1.png`): its paths named images that 'do not exist'
+    here although the folder holds them under this system's separator; a name that truly holds a backslash stays."""
+    from zoo.data.str_real import FolderDataset
+
+    d = tmp_path / "imgs"
+    (d / "sub dir" / "deeper").mkdir(parents=True)
+    want = [np.full((16, 40, 3), v, np.uint8) for v in (0, 90, 180)]
+    Image.fromarray(want[0]).save(d / "sub dir" / "a 1.png")
+    Image.fromarray(want[1]).save(d / "sub dir" / "deeper" / "b.png")
+    Image.fromarray(want[2]).save(d / "x\\y.png")  # a file whose name holds a backslash: read as written
+    lines = "\ufeffsub dir\\a 1.png\tαβ\r\nsub dir\\deeper\\b.png\tγ\r\nx\\y.png\tδ\r\n"
+    (d / "labels.txt").write_bytes(lines.encode())
+    cs = Charset("αβγδ")
+    ds = FolderDataset(d, cs)
+    assert ds.items == [("sub dir/a 1.png", "αβ"), ("sub dir/deeper/b.png", "γ"), ("x\\y.png", "δ")]
+    assert build_lmdb(d, tmp_path / "lmdb") == 3
+    lm = LMDBDataset(tmp_path / "lmdb", cs)
+    for k, (img, text) in enumerate([lm[0], lm[1], lm[2]]):
+        assert text == ["αβ", "γ", "δ"][k] and np.array_equal(np.asarray(img), want[k])
+    (d / "labels.txt").write_text("sub dir\\missing.png\tα\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"1 images named in the labels of .* do not exist"):
+        FolderDataset(d, cs)
+
 
 def test_read_names_the_list_item_that_failed(tmp_path):
     import zoo

@@ -289,6 +289,9 @@ def test_transfer_charset_keeps_known_rows():
     rep = transfer_charset(src, dst)
     assert rep["reinitialized_chars"] == ["x", "d"] and rep["dropped_chars"] == ["a"] and rep["kept_char_rows"] == 2
     s, d = src.state_dict(), dst.state_dict()
+    # the tensors copied whole, counted by comparing them (the embedding and classifier have new rows: not among them)
+    whole = [k for k in d if k in s and s[k].shape == d[k].shape and torch.equal(s[k], d[k])]
+    assert rep["kept_tensors"] == len(whole) == len(d) - 3
     # class ids: EOS=0, then the charset in order
     for key in ("head.weight", "head.bias", "text_embed.weight"):
         torch.testing.assert_close(d[key][0], s[key][0])  # EOS

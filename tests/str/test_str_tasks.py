@@ -4,6 +4,7 @@ ONNX against onnxruntime, export / load_pretrained / reader API, predict-folder 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,21 @@ def test_finetune_new_charset_reports(exported, capsys):
     src = zoo.load_pretrained(exported)
     torch.testing.assert_close(task.model.head.weight[1], src.head.weight[src.charset.index["a"]])
     torch.testing.assert_close(task.model.encoder.patch_embed.proj.weight, src.encoder.patch_embed.proj.weight)
+
+
+def test_fine_tuning_from_a_checkpoint_names_the_checkpoint_not_a_temporary_folder(exported, tmp_path, capsys):
+    """pretrained=<run>.ckpt is read through a temporary export; the transfer report and the errors named that
+    folder (/tmp/zoo-ckpt-.../export, gone after the run) instead of the checkpoint the user gave."""
+    task = RecognitionTask(arch="str-diff-tiny", data_info=INFO, pretrained=str(exported))
+    ckpt = str(_one_step_checkpoint(task, tmp_path / "run.ckpt", 36))
+    capsys.readouterr()
+    RecognitionTask(arch="str-diff-tiny", data_info={**INFO, "charset": "abcXYZ"}, pretrained=ckpt)
+    assert f"fine-tuning {ckpt} on a new charset" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=f"checkpoint {re.escape(ckpt)} has max_length 6, the data 8"):
+        RecognitionTask(arch="str-diff-tiny", data_info={**INFO, "max_length": 8}, pretrained=ckpt)
+    with pytest.raises(ValueError, match=f"checkpoint {re.escape(ckpt)} reads img_size "
+                                         r"\[32, 128\] crops, the data \[32, 64\]"):
+        RecognitionTask(arch="str-diff-tiny", data_info={**INFO, "img_size": [32, 64]}, pretrained=ckpt)
 
 
 def test_predicting_a_charset_transfer_without_training_it_warns(exported, tmp_path):

@@ -10,7 +10,8 @@ splits), ``labels.csv`` (a header naming one path column, ``path`` / ``image`` /
 one text column, ``text`` / ``label``, in any order among others; two of either are refused as ambiguous; or two
 columns; Excel's ``sep=,`` first line is skipped), an ICDAR ``gt.txt`` (``word_1.png, "Tired"``; a name with spaces
 ends in an image extension or is quoted) or Hugging Face's ``metadata.csv`` (``file_name`` / ``text`` columns). Paths
-are relative to the folder; an image named in the other Unicode form (composed / decomposed accents) is found.
+are relative to the folder; an image named in the other Unicode form (composed / decomposed accents), or with
+Windows' backslashes as separators (``train\\img_1.png``), is found.
 
 Build an LMDB:  ``python -m zoo.data.str_real build IMAGE_FOLDER OUT_LMDB [--labels labels.txt]``.
 """
@@ -120,8 +121,9 @@ class LMDBDataset(Dataset):
             for i in range(1, n + 1):
                 label = txn.get(b"label-%09d" % i)
                 if label is None:
+                    zero = " (it holds label-000000000: its keys are 0-based)" if txn.get(_KEY0) is not None else ""
                     raise ValueError(
-                        f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}; wrong layout "
+                        f"LMDB {self.path} says num-samples={n} but has no key label-{i:09d}{zero}; wrong layout "
                         "(keys must be 1-based, zero-padded to 9 digits) or truncated database"
                     )
                 text = seen.get(label, _UNSEEN)
@@ -150,8 +152,18 @@ class LMDBDataset(Dataset):
                 if n < 0:
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {n}; the database is corrupt")
                 self._labels = Strings(kept(txn, n))
+                unread = _unread_labels(txn, n)
         except lmdb.Error as exc:
             raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
+        if unread:
+            # PARSeq's reader ignores them too, but silently: a 0-based LMDB whose num-samples is its last key lost
+            # its first sample, one whose num-samples is too small lost its tail
+            shown = ", ".join(k.decode(errors="replace") for k in unread[:3]) + (", ..." if len(unread) > 3 else "")
+            warnings.warn(
+                f"LMDB {self.path} holds {len(unread)} label key(s) that the PARSeq layout (keys label-000000001 .. "
+                f"label-{n:09d} for num-samples={n}) never reads: {shown}; those samples are skipped. Rebuild the LMDB "
+                "(`python -m zoo.data.str_real build`) or correct num-samples to read them", stacklevel=2,
+            )
         for label, times in again.items():  # each read counts, as if normalized again
             one = NormStats()
             self.charset.normalize(label.decode("utf-8", errors="replace"), one)
@@ -188,6 +200,20 @@ class LMDBDataset(Dataset):
 
 _LABEL_MEMO = 1 << 18  # distinct raw labels whose normalization an LMDB scan remembers
 _UNSEEN = object()
+_KEY0 = b"label-%09d" % 0
+
+
+def _unread_labels(txn: Any, n: int) -> list[bytes]:
+    """The ``label-%09d`` keys outside ``1..n`` (``label-000000000``, or past ``num-samples``): samples an LMDB holds
+    that its layout does not read."""
+    out = [_KEY0] if txn.get(_KEY0) is not None else []
+    cursor = txn.cursor()
+    if cursor.set_range(b"label-%09d" % (n + 1)):  # nine-digit keys sort as their numbers do
+        for key in cursor.iternext(values=False):
+            if not key.startswith(b"label-"):
+                break
+            out.append(bytes(key))
+    return out
 
 
 def find_lmdbs(root: str | Path) -> list[Path]:
@@ -304,11 +330,14 @@ def read_labels(folder: str | Path, labels: Optional[str | Path] = None) -> list
 
 def _on_disk(folder: Path, rel: str) -> Optional[str]:
     """``rel`` as the file under ``folder`` spells it: as written, or in the other Unicode form (a decomposed name
-    from a macOS archive, "e" + U+0301, listed composed by a labels file written elsewhere, or the other way round);
-    ``None`` when neither exists."""
+    from a macOS archive, "e" + U+0301, listed composed by a labels file written elsewhere, or the other way round),
+    or with Windows' backslashes as this system's separators (``train\\img_1.png`` from a labels file written on
+    Windows, beside its CRLF line ends and BOM); ``None`` when none exists."""
     if (folder / rel).is_file():
         return rel
-    other = [q for q in {unicodedata.normalize(f, rel) for f in ("NFC", "NFD")} if q != rel and (folder / q).is_file()]
+    spellings = [rel] + ([rel.replace("\\", "/")] if "\\" in rel and os.sep == "/" else [])
+    other = [q for r in spellings for q in dict.fromkeys([r] + [unicodedata.normalize(f, r) for f in ("NFC", "NFD")])
+             if q != rel and (folder / q).is_file()]
     return other[0] if other else None
 
 

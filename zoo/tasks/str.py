@@ -378,10 +378,12 @@ class RecognitionTask(ZooTask):
         if pretrained is None:
             return create_model(arch, **{**from_data, **overrides})
         folder = resolve_pretrained(pretrained)
+        # a run's .ckpt is read through a temporary export: messages name the file the user gave, not that folder
+        shown = pretrained if Path(str(pretrained)).expanduser().is_file() else folder
         meta = read_export_config(folder)
         if meta["model_class"] != _class_path(SceneTextRecognizer):
             # another domain's export: named, not reported as a max_length / charset mismatch
-            raise ValueError(f"pretrained {folder} holds a {meta['model_class']}, not a scene-text recognizer "
+            raise ValueError(f"pretrained {shown} holds a {meta['model_class']}, not a scene-text recognizer "
                              "(SceneTextRecognizer); give a str-* export folder or shipped name")
         cfg = meta["config"]
         arch_cfg = export_arch_config(arch, cfg)
@@ -389,10 +391,10 @@ class RecognitionTask(ZooTask):
         # export's name, as the LM task's do (a str-vanilla-small fine-tuned by a str-diff-tiny config said the latter)
         self.arch = meta.get("arch") or arch
         if cfg.get("max_length") != from_data.get("max_length", cfg.get("max_length")):
-            raise ValueError(f"checkpoint {folder} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
+            raise ValueError(f"checkpoint {shown} has max_length {cfg.get('max_length')}, the data {from_data['max_length']}; set data.max_length to match")
         if "img_size" in from_data and _same(from_data["img_size"]) != _same(cfg.get("img_size")):
             # the encoder's position table is sized by the crop: the weights fit no other size
-            raise ValueError(f"checkpoint {folder} reads img_size {list(cfg.get('img_size') or [])} crops, the data "
+            raise ValueError(f"checkpoint {shown} reads img_size {list(cfg.get('img_size') or [])} crops, the data "
                              f"{list(from_data['img_size'])}; set data.img_size to match")
         if "charset" not in from_data or from_data["charset"] == cfg["charset"]:
             return create_model(arch, pretrained=folder, adapter=False, **{**arch_cfg, **overrides})
@@ -404,7 +406,8 @@ class RecognitionTask(ZooTask):
         self.transfer_report = transfer_charset(src, dst)
         r = self.transfer_report
         print(
-            f"fine-tuning {folder} on a new charset: kept {r['kept_tensors']} tensors and {r['kept_char_rows']} character rows; "
+            f"fine-tuning {shown} on a new charset: kept {r['kept_tensors']} tensors whole and the rows of "
+            f"{r['kept_char_rows']} characters in the character embedding and classifier; "
             f"reinitialized {len(r['reinitialized_chars'])} new characters {''.join(r['reinitialized_chars'])!r}; "
             f"dropped {len(r['dropped_chars'])} characters the data's charset lacks {''.join(r['dropped_chars'])!r}",
             flush=True,
