@@ -72,6 +72,17 @@ def test_load_image_conversions(tmp_path):
         load_image(tmp_path / "bad.png")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.png")
+    # an empty file / empty bytes are named as such (Pillow: "cannot identify image file"), and Pillow's repr of
+    # the buffer (<_io.BytesIO object at 0x...>) is not the user's to read
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.png: the file is empty \(0 bytes\)"):
+        load_image(tmp_path / "empty.png")
+    with pytest.raises(ValueError, match=r"image bytes: they are empty \(0 bytes\)"):
+        load_image(b"")
+    with pytest.raises(ValueError, match=r"cannot decode image bytes \(cannot identify image file the bytes\); the "
+                                         r"data is corrupt") as err:
+        load_image(b"not an image")
+    assert "BytesIO" not in str(err.value)
     with pytest.raises(ValueError, match="HxW"):
         load_image(np.zeros((3, 4, 5), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

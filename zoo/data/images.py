@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ def load_image(x: Any) -> Image.Image:
         path = Path(x).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} not found")
+        if path.stat().st_size == 0:  # Pillow says "cannot identify image file": the file has nothing to identify
+            raise ValueError(f"cannot read image {path}: the file is empty (0 bytes); an interrupted copy or download?")
         try:
             with Image.open(path) as im:
                 im.load()
@@ -30,6 +33,8 @@ def load_image(x: Any) -> Image.Image:
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read image {path} ({exc}); the file is corrupt or not an image") from exc
     if isinstance(x, (bytes, bytearray)):
+        if not x:
+            raise ValueError("cannot decode image bytes: they are empty (0 bytes)")
         try:
             with Image.open(io.BytesIO(x)) as im:
                 im.load()
@@ -37,7 +42,9 @@ def load_image(x: Any) -> Image.Image:
         except Image.DecompressionBombError as exc:
             raise ValueError(f"cannot decode image bytes: {_too_large(exc)}") from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot decode image bytes ({exc}); the data is corrupt or not an image") from exc
+            # Pillow names the buffer by its repr (<_io.BytesIO object at 0x7f...>): said as "the bytes"
+            reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the bytes", str(exc))
+            raise ValueError(f"cannot decode image bytes ({reason}); the data is corrupt or not an image") from exc
     if isinstance(x, Image.Image):  # an opened file keeps its EXIF orientation tag: shown as a path would be
         return _to_rgb(_upright(x))
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
