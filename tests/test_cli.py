@@ -825,3 +825,44 @@ def test_testing_a_fine_tune_with_its_own_config_names_no_arch(tmp_path, monkeyp
         main(["test", *args, "--ckpt_path=last"])
     said = [str(w.message) for w in caught if "not used, the checkpoint's" in str(w.message)]
     assert not said, said
+
+
+def test_export_reads_the_checkpoint_once_and_maps_it(tmp_path, monkeypatch):
+    """`python -m zoo export` read the checkpoint four times: its task class, load_from_checkpoint's own peek, the load
+    (all of it into memory: weights and AdamW's two moments, three times the model) and the dtypes again; a multi-GB
+    checkpoint in torch's older format was read whole four times. Now one read, memory-mapped where torch can map it
+    (the optimizer state is never read). Reference: the checkpoint's own tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    lm = [a for a in LM_TINY if not a.startswith("--export")]
+    main(["fit", *lm, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    saved = torch.load(ckpt, weights_only=False)
+    old = tmp_path / "old_format.ckpt"  # torch's older, non-zip format (which cannot be memory-mapped)
+    torch.save(saved, old, _use_new_zipfile_serialization=False)
+    load = torch.load
+    reads = []
+
+    def counted(f, *args, **kwargs):
+        out = load(f, *args, **kwargs)  # a call that raises (a mapping torch refuses) reads no tensor
+        reads.append(kwargs.get("mmap"))
+        return out
+
+    monkeypatch.setattr(torch, "load", counted)
+    for path, mapped in ((ckpt, [True]), (old, [None])):
+        reads.clear()
+        main(["export", str(path), str(tmp_path / path.stem)])
+        assert reads == mapped, path
+        exported = load_file(str(tmp_path / path.stem / "model.safetensors"))
+        assert exported and all(torch.equal(v, saved["state_dict"][f"model.{k}"]) for k, v in exported.items())
+    # a Lightning without the internals the single read uses: its public load, the same export
+    import zoo.hub
+
+    monkeypatch.setattr(zoo.hub, "_lightning_loader", lambda: None)
+    reads.clear()
+    main(["export", str(ckpt), str(tmp_path / "public_load")])
+    assert len(reads) > 1  # the public call reads the file again
+    exported = load_file(str(tmp_path / "public_load" / "model.safetensors"))
+    assert exported and all(torch.equal(v, saved["state_dict"][f"model.{k}"]) for k, v in exported.items())

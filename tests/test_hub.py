@@ -853,6 +853,26 @@ def test_a_name_or_path_that_loads_nothing_says_what_is_close_and_what_to_do(tmp
             zoo.create_model("str-diff-tiny", pretrained=empty)
 
 
+def test_a_name_that_loads_nothing_is_matched_against_the_names_once(monkeypatch):
+    """The not-found message ran difflib over every registered name twice when no spelling was close (its own
+    call, then _similar_names' again before the names sharing the last part). Reference: the message names the
+    first five registered names holding 'small' (fnmatch '*small*'), no spelling of 'our-small' being close."""
+    import difflib
+    import fnmatch
+
+    from zoo.hub import _MODELS
+
+    calls = []
+    close = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or close(*a, **k))
+    with pytest.raises(FileNotFoundError) as err:
+        load_pretrained("our-small")
+    assert calls == ["our-small"]
+    want = fnmatch.filter(list(_MODELS), "*small*")[:5]
+    assert len(want) == 5 and not close("our-small", list(_MODELS), n=5, cutoff=0.75)
+    assert f"Similar names registered without shipped weights: {want} (zoo.create_model(name)" in str(err.value)
+
+
 def test_a_folder_that_is_no_export_says_what_it_holds(tmp_path):
     """A transformers folder said "Hugging Face folders are imported through zoo.convert" without the command; a run
     folder given instead of its export (lightning_logs/version_0) said only "not an exported zoo model folder"."""

@@ -22,7 +22,8 @@ from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from zoo.hub import _same_setting, checkpoint_task_class, load_checkpoint_task, refuse_occupied
+from zoo.hub import (_same_setting, checkpoint_task_class_of, load_checkpoint_task, read_checkpoint,
+                     refuse_occupied)
 from zoo.tasks.callbacks import ExportOnFitEnd, PredictionWriter, RunSummary
 
 
@@ -413,23 +414,6 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
 
 
-def keep_saved_dtypes(task: LightningModule, ckpt_path: Path) -> None:
-    """Casts ``task``'s weights to the dtypes its checkpoint holds them in (a ``bf16-true`` run's bfloat16):
-    ``load_from_checkpoint`` builds float32, while the fit's own export keeps the dtype the model trained in, as
-    Hugging Face's ``save_pretrained`` does (``zoo.load_pretrained`` loads float32 from either)."""
-    try:  # a run's own file, as Lightning reads it
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # torch's older (non-zip) format cannot be memory-mapped
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    saved = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(saved, dict):
-        return
-    for name, t in [*task.named_parameters(), *task.named_buffers()]:
-        dtype = getattr(saved.get(name), "dtype", None)
-        if dtype is not None and dtype.is_floating_point and t.is_floating_point() and t.dtype != dtype:
-            t.data = t.data.to(dtype)
-
-
 def export_main(argv: Sequence[str]) -> None:
     """``python -m zoo export CKPT OUT``: turn a Lightning checkpoint into an exported folder."""
     p = argparse.ArgumentParser(prog="python -m zoo export", description=export_main.__doc__)
@@ -439,8 +423,9 @@ def export_main(argv: Sequence[str]) -> None:
                    help="replace an earlier zoo export in OUT (the files it wrote; other files stay)")
     args = p.parse_args(argv)
     ckpt_path = Path(args.ckpt)
-    try:
-        cls_path = checkpoint_task_class(ckpt_path)
+    try:  # read once, memory-mapped: the load below takes this dictionary
+        ckpt = read_checkpoint(ckpt_path)
+        cls_path = checkpoint_task_class_of(ckpt, ckpt_path)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     if not args.overwrite:  # before the (slow) load: nothing is overwritten
@@ -449,10 +434,11 @@ def export_main(argv: Sequence[str]) -> None:
         except FileExistsError as exc:
             raise SystemExit(f"error: {exc}") from exc
     try:
-        task = load_checkpoint_task(ckpt_path)
+        # the dtypes the checkpoint holds (a bf16-true run's bfloat16), as the fit's own export keeps them
+        task = load_checkpoint_task(ckpt_path, checkpoint=ckpt, keep_dtypes=True)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    keep_saved_dtypes(task, ckpt_path)
+    del ckpt  # its memory-mapped tensors: the task holds copies
     try:
         folder = task.export(args.out, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:

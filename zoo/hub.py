@@ -89,12 +89,15 @@ def get_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
-def _similar_names(name: str, names: list[str]) -> list[str]:
+def _similar_names(name: str, names: list[str], either: bool = False) -> list[str]:
     """``names`` close to ``name``: misspellings (lm-diff-tinyy) first, then names that share its last part
-    (str-tiny: str-diff-tiny, ...)."""
+    (str-tiny: str-diff-tiny, ...); with ``either``, the names that share its last part only when none is a
+    misspelling."""
     import difflib
 
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.75)
+    if either and close:
+        return close
     return close + [m for m in (fnmatch.filter(names, f"*{name.split('-')[-1]}*") if "-" in name else [])
                     if m not in close]
 
@@ -327,13 +330,11 @@ _HUB_ID = re.compile(r"(?:hf[-_]hub:|hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)")
 def _not_found_message(name: str, path: Path) -> str:
     """Why ``name`` loads nothing: the close shipped or registered names, the folder looked for, and how a Hugging
     Face Hub model is loaded (downloaded and converted by hand: the zoo reads local files only)."""
-    import difflib
-
     shipped = list_models(pretrained=True)
     text = (f"{name!r} is neither an exported model folder, a run's checkpoint file nor a model name with shipped "
             f"weights ({shipped}); export one with zoo.export_model or `python -m zoo export`.")
     # a close spelling, else the names that share its last part
-    close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.75) or _similar_names(name, list(_MODELS))[:5]
+    close = _similar_names(name, list(_MODELS), either=True)[:5]
     if any(n in shipped for n in close):
         text += f" Similar shipped names: {[n for n in close if n in shipped]}."
     if any(n not in shipped for n in close):
@@ -609,8 +610,11 @@ def load_pretrained(
     return model.to(map_location).eval()
 
 
-def checkpoint_task_class(path: Union[str, Path]) -> str:
-    """The task class (``module.Class``) that wrote the Lightning checkpoint ``path`` (its ``zoo_task_class``)."""
+def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    """The Lightning checkpoint ``path`` as ``torch.load`` returns it, its tensors memory-mapped (a zip file, as
+    ``torch.save`` writes: a tensor's bytes are read when it is used, so the optimizer state a model load never
+    touches is never read); torch's older (non-zip) format, which cannot be mapped, is read whole. A path that is no
+    checkpoint (a folder, a missing file, an export's own file, a file torch cannot read) is named."""
     import torch
 
     path = Path(path).expanduser()
@@ -621,25 +625,55 @@ def checkpoint_task_class(path: Union[str, Path]) -> str:
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.name in (CONFIG_FILE, WEIGHTS_FILE):
         raise ValueError(f"{path} is one file of an exported model: give its folder, {path.parent}")
-    try:  # mmap: the peek reads no tensor data (a zip checkpoint, as torch.save writes; else a full read)
+    try:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:
+        except RuntimeError:  # torch's older (non-zip) format cannot be memory-mapped
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means a bad file
         raise ValueError(f"cannot read {path} ({exc}); is it a Lightning checkpoint?") from exc
+    return ckpt
+
+
+def checkpoint_task_class_of(ckpt: Any, path: Path) -> str:
+    """The ``zoo_task_class`` of ``ckpt``, the checkpoint :func:`read_checkpoint` read from ``path``."""
     cls_path = ckpt.get("zoo_task_class") if isinstance(ckpt, dict) else None
     if not isinstance(cls_path, str) or not cls_path:
         raise ValueError(f"{path} was not written by a zoo task (no zoo_task_class entry)")
     return cls_path
 
 
-def load_checkpoint_task(path: Union[str, Path], map_location: str = "cpu") -> Any:
-    """The zoo task (LightningModule) of a checkpoint ``python -m zoo fit`` wrote, whatever its domain."""
+def checkpoint_task_class(path: Union[str, Path]) -> str:
+    """The task class (``module.Class``) that wrote the Lightning checkpoint ``path`` (its ``zoo_task_class``)."""
     path = Path(path).expanduser()
-    cls_path = checkpoint_task_class(path)
+    return checkpoint_task_class_of(read_checkpoint(path), path)
+
+
+def _lightning_loader() -> Optional[tuple[Any, Any]]:
+    """Lightning's checkpoint migration and its state loader (internals of ``load_from_checkpoint``, 2.0 to 2.6 at
+    least), or None in a release without them (the public call is used then)."""
+    try:
+        from lightning.pytorch.core.saving import _load_state
+        from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+    except ImportError:
+        return None
+    return _pl_migrate_checkpoint, _load_state
+
+
+def load_checkpoint_task(path: Union[str, Path], map_location: str = "cpu", *, checkpoint: Optional[dict] = None,
+                         keep_dtypes: bool = False) -> Any:
+    """The zoo task (LightningModule) of a checkpoint ``python -m zoo fit`` wrote, whatever its domain.
+
+    The file is read once (``checkpoint``: what :func:`read_checkpoint` returned for it, not read again), memory-mapped:
+    Lightning's ``load_from_checkpoint`` read all of it into memory, the optimizer state (twice the weights under
+    AdamW) included, after the peeks at its task class. ``keep_dtypes``: the weights keep the dtypes the checkpoint
+    holds (a ``bf16-true`` run's bfloat16) where the task builds float32, as the fit's own export and Hugging Face's
+    ``save_pretrained`` keep a model's dtype (``zoo.load_pretrained`` loads float32 from either)."""
     from zoo.tasks.base import ZooTask
 
+    path = Path(path).expanduser()
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
+    cls_path = checkpoint_task_class_of(ckpt, path)
     module, _, name = cls_path.rpartition(".")
     try:  # a zoo task or the user's subclass of one (python -m zoo export took those before load_pretrained did)
         cls = getattr(importlib.import_module(module), name, None) if module else None
@@ -648,7 +682,23 @@ def load_checkpoint_task(path: Union[str, Path], map_location: str = "cpu") -> A
     if not (isinstance(cls, type) and issubclass(cls, ZooTask)):
         raise ValueError(f"{path} names {cls_path!r} as its task, which is no importable zoo task class "
                          "(a zoo.tasks class or a subclass of one)")
-    return cls.load_from_checkpoint(path, map_location=map_location)
+    internals = _lightning_loader()
+    if internals is None:  # reads the file again, whole
+        task = cls.load_from_checkpoint(path, map_location="cpu")
+    else:
+        # what Lightning's load_from_checkpoint does with the dictionary it reads (its public call takes only a path
+        # and reads the file whole, unmapped); no hyperparameters are overridden here
+        migrate, load_state = internals
+        ckpt = migrate(ckpt, checkpoint_path=path)
+        ckpt.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        task = load_state(cls, ckpt)
+    if keep_dtypes:
+        saved = ckpt.get("state_dict")
+        for key, t in [*task.named_parameters(), *task.named_buffers()]:
+            dtype = getattr(saved.get(key), "dtype", None)
+            if dtype is not None and dtype.is_floating_point and t.is_floating_point() and t.dtype != dtype:
+                t.data = t.data.to(dtype)
+    return task.to(map_location)
 
 
 def _load_checkpoint_model(path: Path, map_location: str, adapter: bool, overrides: dict[str, Any]) -> nn.Module:

@@ -401,6 +401,24 @@ def test_left_padded_greedy_generate_matches_transformers(tmp_path, monkeypatch,
     assert blind[0].tolist() == got[0].tolist() and blind[1:].tolist() != got[1:].tolist()
 
 
+def test_generate_fills_max_seq_len_plus_one_as_transformers_does(tmp_path):
+    """The last new token is never fed back, so prompt + max_new_tokens may be max_seq_len + 1: transformers' greedy
+    ``generate`` of a Llama with max_position_embeddings 16 gives 6 + 11 = 17 tokens (its reminder that the call
+    exceeded the model's length comes only at 18, once a fed position passes 16). zoo refused 6 + 11 ("exceeds
+    max_seq_len 16"); it now gives transformers' 11 tokens and refuses 6 + 12, naming the 5 prompt tokens that fit."""
+    hf, folder = _decoder(tmp_path, "LlamaForCausalLM", initializer_range=0.2, max_position_embeddings=16)
+    ours = from_hf_llama(folder)
+    assert ours.config.max_seq_len == 16
+    ids = torch.randint(3, 97, (1, 6))
+    ref, gap = _hf_greedy(hf, ids, torch.ones_like(ids), 11)
+    assert gap > 1e-3 and ref.shape[1] == 17
+    assert ours.generate(ids, max_new_tokens=11, temperature=0, eos_id=-1).tolist() == ref.tolist()
+    with pytest.raises(ValueError, match=r"prompt \(6 tokens\) \+ max_new_tokens \(12\) exceeds max_seq_len 16.*"
+                                         r"at most 5"):
+        ours.generate(ids, max_new_tokens=12, temperature=0, eos_id=-1)
+    assert ours.generate(torch.randint(3, 97, (1, 16)), max_new_tokens=1, temperature=0, eos_id=-1).shape == (1, 17)
+
+
 def test_batched_text_prompts_generate_as_transformers(tmp_path):
     """A list of text prompts, decoded ``batch_size=2`` at a time (zoo sorts them by length: the two shortest, then
     the longest), gives the completions of transformers' tokenizer (left padding) + greedy ``generate`` of all three

@@ -1,6 +1,8 @@
 """Tokenizers: round trips, save/load, and the errors of load_tokenizer/build_tokenizer."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +109,19 @@ def test_load_tokenizer_errors(tmp_path):
     (tmp_path / "slow" / "tokenizer.model").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json; only fast .*save_pretrained"):
         load_tokenizer(tmp_path / "slow")
+
+
+def test_a_tokenizer_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path, monkeypatch):
+    """configs/lm/finetune.yaml and adapt_*.yaml pass `pretrained` on as data.tokenizer: once that folder is removed
+    (README: resuming needs only the checkpoint), its path read "unknown tokenizer 'runs/base/export': use 'byte',
+    'bpe', or an existing folder", as if it were a misspelt kind. Now the folder looked for is named, with the fix."""
+    monkeypatch.chdir(tmp_path)
+    for spec in ("runs/base/export", "./export", "gone.ckpt"):
+        with pytest.raises(FileNotFoundError, match=rf"tokenizer '{re.escape(spec)}': there is no folder or checkpoint "
+                                                    rf"{re.escape(str(Path(spec).absolute()))}; .*its own export"):
+            build_tokenizer(spec)
+    with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'"):  # a name stays a misspelt kind
+        build_tokenizer("wordpiece")
 
 
 def test_build_tokenizer(tmp_path):

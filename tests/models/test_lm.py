@@ -27,6 +27,25 @@ def test_cached_greedy_decoding_matches_full_recompute(attn):
     assert torch.equal(out, ids)
 
 
+def test_generation_fills_the_window_plus_the_token_never_fed_back():
+    """Prompt + max_new_tokens = max_seq_len + 1: every position the model reads is within max_seq_len (the last
+    new token is never fed back), as transformers' generate allows (tests/convert/test_hf_families.py); it was
+    refused as exceeding max_seq_len. Reference: greedy decoding by full recompute over at most 16 positions."""
+    model = tiny(max_seq_len=16)
+    prompt = torch.randint(0, 50, (2, 6))
+    ids = prompt
+    for _ in range(11):
+        nxt = model(ids)[:, -1].argmax(-1, keepdim=True)  # the model refuses more than 16 positions itself
+        ids = torch.cat([ids, nxt], 1)
+    assert ids.shape == (2, 17)
+    assert torch.equal(model.generate(prompt, max_new_tokens=11, temperature=0, eos_id=-1), ids)
+    with pytest.raises(ValueError, match=r"prompt \(6 tokens\) \+ max_new_tokens \(12\) exceeds .*at most 5 prompt"):
+        model.generate(prompt, max_new_tokens=12, temperature=0)
+    assert torch.equal(model.generate(ids[:, :16], max_new_tokens=0), ids[:, :16])  # a full window, nothing new
+    with pytest.raises(ValueError, match=r"prompt \(17 tokens\) \+ max_new_tokens \(0\) exceeds .*at most 16"):
+        model.generate(ids, max_new_tokens=0)
+
+
 def test_generation_runs_one_forward_per_fed_token():
     """max_new_tokens new tokens need the prompt's forward and one per token fed back: the last token is never fed
     back (an extra forward computed logits nobody read: max_new_tokens=1 cost two)."""

@@ -517,20 +517,22 @@ def test_configs_leave_room_for_a_prompt(name, args):
 def test_predict_refuses_max_new_tokens_beyond_the_window(trained, corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))
-    with pytest.raises(ValueError, match=r"max_new_tokens 64 leaves no room .* max_seq_len 64.*--model.init_args.max_new_tokens"):
+    # 64 new tokens still leave room for a 1-token prompt (the last new token is never fed back: max_seq_len + 1)
+    with pytest.raises(ValueError, match=r"max_new_tokens 65 leaves no room .* max_seq_len 64.*--model.init_args.max_new_tokens"):
         main(["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
-              "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=64",
+              "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=65",
               '--data.init_args.prompts=["the"]',
               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
 
 
 def test_predict_checks_every_prompt_before_writing_any(trained, corpus, tmp_path, monkeypatch):
-    """A prompt too long for max_seq_len - max_new_tokens (64 - 40 = 24 byte tokens) is refused before the first
-    generation, naming it; it used to fail part-way, after the earlier prompts were written."""
+    """A prompt too long for max_seq_len + 1 - max_new_tokens (64 + 1 - 40 = 25 byte tokens: the last new token is
+    never fed back) is refused before the first generation, naming it; it used to fail part-way, after the earlier
+    prompts were written."""
     monkeypatch.chdir(ROOT)
     ckpt = next((trained / "checkpoints").glob("*.ckpt"))
     long = "x" * 30  # 30 byte tokens
-    with pytest.raises(ValueError, match=r"1 of 2 prompts do not fit .* prompt 1 \('xxx.*has 30 tokens, at most 24 fit"):
+    with pytest.raises(ValueError, match=r"1 of 2 prompts do not fit .* prompt 1 \('xxx.*has 30 tokens, at most 25 fit"):
         main(["predict", "--config", "configs/lm/shakespeare_char.yaml", f"--data.init_args.train_path={corpus}",
               "--data.init_args.block_size=32", *SMALL, f"--ckpt_path={ckpt}", "--model.init_args.max_new_tokens=40",
               f'--data.init_args.prompts=["the", "{long}"]',

@@ -11,6 +11,7 @@ an exported model folder carries the same files, so ``load_tokenizer(model_folde
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -453,6 +454,14 @@ def build_tokenizer(spec: str, texts: Optional[Iterable[str]] = None, vocab_size
         return load_tokenizer(resolve_pretrained(path))
     if path.is_file():
         raise ValueError(f"tokenizer {spec!r} is a file; pass the folder that contains {CONFIG_NAME}, or a run's .ckpt")
+    if "/" in spec or os.sep in spec or spec.startswith(("~", ".")) or path.suffix == ".ckpt":
+        # a path, not a misspelt kind: most often a fine-tune's or adapter run's `pretrained` folder (the configs
+        # pass it on as data.tokenizer) removed after the run
+        raise FileNotFoundError(
+            f"tokenizer {spec!r}: there is no folder or checkpoint {path.absolute()}; give a folder containing "
+            f"{CONFIG_NAME} (an exported model: once the `pretrained` folder a run started from is gone, its own "
+            "export holds the same tokenizer), a run's .ckpt, or 'byte' / 'bpe'"
+        )
     raise ValueError(
         f"unknown tokenizer {spec!r}: use 'byte', 'bpe', or an existing folder containing {CONFIG_NAME} "
         "(e.g. an exported model)"

@@ -310,11 +310,20 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
             eos_id = getattr(self.tokenizer, "stop_ids", None) or self.tokenizer.eos_id
         return check_stop_ids(eos_id)
 
+    def prompt_room(self, max_new_tokens: int) -> int:
+        """The longest prompt that ``generate`` completes with ``max_new_tokens`` tokens within ``max_seq_len``: the
+        model reads the prompt and every new token but the last, which is never fed back, so prompt +
+        ``max_new_tokens`` may be ``max_seq_len + 1`` (transformers' ``generate`` as well: it warns only once a token
+        fed back would pass ``max_position_embeddings``)."""
+        return self.config.max_seq_len - max(int(max_new_tokens) - 1, 0)
+
     def _check_room(self, prompt_len: int, max_new_tokens: int, which: str = "prompt") -> None:
-        if prompt_len + max_new_tokens > self.config.max_seq_len:
+        room = self.prompt_room(max_new_tokens)
+        if prompt_len > room:
             raise ValueError(
                 f"{which} ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
-                f"{self.config.max_seq_len}"
+                f"{self.config.max_seq_len} (+ 1: the last new token is never fed back): at most {max(room, 0)} prompt "
+                "tokens fit; shorten the prompt or lower max_new_tokens"
             )
 
     def _generator(self, seed: Optional[int], temperature: float) -> Optional[torch.Generator]:
@@ -371,7 +380,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
             attention_mask = None  # no padding: the unmasked (faster) attention path
         mask = attention_mask.to(device) if attention_mask is not None else None
         with eval_mode(self):  # an error part-way (e.g. interrupted) leaves the model in the mode it had
-            caches = self.new_caches(ids.shape[1] + max_new_tokens)
+            caches = self.new_caches(ids.shape[1] + max(max_new_tokens - 1, 0))  # the last token is never fed
             # rows past the tokenizer's last id (converted Qwen2 / Llama pad their embedding) are no token
             n_tok = self.tokenizer.vocab_size if self.tokenizer is not None else self.config.vocab_size
             logits = self(ids, attention_mask=mask, caches=caches, logits_to_keep=1)[:, -1, :n_tok]

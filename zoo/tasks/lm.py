@@ -371,7 +371,8 @@ class LanguageModelTask(ZooTask):
     def on_predict_start(self) -> None:
         super().on_predict_start()
         limit = self.model.config.max_seq_len
-        if self.hparams.max_new_tokens >= limit:
+        room = self.model.prompt_room(self.hparams.max_new_tokens)  # max_seq_len + 1 tokens in all (see prompt_room)
+        if room < 1:
             raise ValueError(
                 f"max_new_tokens {self.hparams.max_new_tokens} leaves no room for a prompt within the model's "
                 f"max_seq_len {limit}; lower it (--model.init_args.max_new_tokens)"
@@ -381,7 +382,6 @@ class LanguageModelTask(ZooTask):
         if prompts and self.model.tokenizer is not None:
             from zoo.models.lm import prompt_ids
 
-            room = limit - self.hparams.max_new_tokens
             long = [(i, n) for i, p in enumerate(prompts) if (n := len(prompt_ids(self.model.tokenizer, p))) > room]
             if long:
                 i, n = long[0]
