@@ -384,6 +384,28 @@ def test_unordered_dates_and_missing_file(tmp_path):
         CSVTSDataModule(str(tmp_path / "ett")).data_info
 
 
+def test_dates_without_their_times_are_named_not_called_duplicates(tmp_path):
+    """A "Date,Time,..." file (the UCI household power layout): every hour repeats its day's date. "Remove duplicates"
+    left one row a day; the error names the time column and the join. A lone duplicate keeps the old advice."""
+    stamps = pd.date_range("2021-03-01", periods=72, freq="h")
+    df = pd.DataFrame({"date": stamps.strftime("%Y-%m-%d"), "Time": stamps.strftime("%H:%M:%S"),
+                       "a": np.arange(72.0)})
+    with pytest.raises(ValueError, match=r"repeats at row 1 .*69 of 71 rows repeat the previous row's date: the dates "
+                                         r"lack their time of day, which column 'Time' holds: join them into one "
+                                         r"timestamp, e.g. df\['date'\] = df\['date'\] \+ ' ' \+ df.pop\('Time'\)"):
+        _dm(tmp_path, df).data_info
+    joined = df.assign(date=df["date"] + " " + df.pop("Time"))  # the advice, followed
+    assert list(pd.to_datetime(joined["date"])) == list(stamps)
+    np.testing.assert_array_equal(_dm(tmp_path, joined).prepared()["dates"], stamps)
+    with pytest.raises(ValueError, match=r"69 of 71 rows repeat the previous row's date: the dates lack their time of day: "
+                                         "write full timestamps"):
+        _dm(tmp_path, df[["date", "a"]]).data_info
+    once = _frame()
+    once = pd.concat([once.iloc[:6], once.iloc[5:]], ignore_index=True)
+    with pytest.raises(ValueError, match=r"repeats at row 6 .*; sort the rows by date and remove duplicates$"):
+        _dm(tmp_path, once).data_info
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="features must be one of"):
         SyntheticTSDataModule(features="X")

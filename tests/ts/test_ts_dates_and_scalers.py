@@ -1,6 +1,7 @@
 """Dates users' CSVs really hold (gaps, day-first, bare midnights, UTC offsets, numbers), infinite
 values, and a checkpoint restored over another file: the model keeps its own scaler."""
 
+import re
 import warnings
 
 import lightning as L
@@ -71,11 +72,19 @@ def test_forecast_timestamps_after_a_gap_are_hourly(tmp_path):
     ("B", [7, 20, 33], 3, None, None),
     # quarter starts with a gap
     ("QS", [10], 1, "2049-10-01", ["2050-01-01", "2050-04-01", "2050-07-01"]),
+    # twice a month (1st and 15th; 15th and month end), which pandas' infer_freq does not name: it was read as 336h,
+    # its forecast on the 29th, 12th, 26th (59 of 119 steps "differ"); with and without a gap
+    ("SMS", [], 0, "2024-12-15", ["2025-01-01", "2025-01-15", "2025-02-01"]),
+    ("SMS", [50], 1, "2024-12-15", ["2025-01-01", "2025-01-15", "2025-02-01"]),
+    ("SME", [7], 1, "2024-12-31", ["2025-01-15", "2025-01-31", "2025-02-15"]),
 ])
 def test_calendar_steps_survive_gaps(freq, drop, n_odd, last, want):
     dates = pd.date_range("2020-01-01" if freq != "B" else "2024-01-01", periods=120, freq=freq).delete(drop)
-    with pytest.warns(UserWarning, match=f"{n_odd} of {len(dates) - 1} time steps differ from the series' step"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got = infer_freq(dates)
+    said = [str(w.message).split(" from the series' step")[0] for w in caught]
+    assert said == [f"{n_odd} of {len(dates) - 1} time steps differ"][:n_odd]
     off = pd.tseries.frequencies.to_offset(got)
     assert off == pd.tseries.frequencies.to_offset(freq)
     if freq == "B":  # from the last date, a Friday (2024-06-14), business days by the calendar
@@ -169,6 +178,24 @@ def test_date_layouts():
     assert list(prepare_frame(days, date_format="%Y%m%d")[0]) == list(pd.date_range("2016-07-01", periods=5, freq="D"))
 
 
+@pytest.mark.parametrize("later", ["%m/%d/%Y", "%d/%m/%Y", "%B %d, %Y"])
+def test_a_column_of_mixed_layouts_is_named_with_the_conversion_that_reads_it(later):
+    """ISO dates, then (from row 20, 2021-01-21) another layout: one data.date_format cannot read both, yet the
+    error advised setting one. It names both values and pandas' format='mixed' conversion, which reads the column."""
+    want = pd.date_range("2021-01-01", periods=40, freq="D")
+    written = [d.strftime("%Y-%m-%d" if i < 20 else later) for i, d in enumerate(want)]
+    df = pd.DataFrame({"date": written, "a": np.arange(40.0)})
+    with pytest.raises(ValueError, match=rf"date column 'date' of the data mixes layouts: value '{re.escape(written[20])}' "
+                                         r"at row 20 \(CSV line 22\) is written otherwise than '2021-01-01' at row 0.*"
+                                         r"format='mixed'"):
+        prepare_frame(df)
+    fixed = pd.to_datetime(df["date"], format="mixed")  # the advice, followed
+    if later == "%d/%m/%Y":  # read month-first, as the message says: day-first rows take their own format
+        assert want[31] == pd.Timestamp("2021-02-01") and fixed[31] == pd.Timestamp("2021-01-02")
+        fixed[20:] = pd.to_datetime(df["date"][20:], format=later)
+    assert list(prepare_frame(df.assign(date=fixed))[0]) == list(want)
+
+
 @pytest.mark.parametrize("freq", ["h", "10min"])
 def test_local_times_turned_back_by_daylight_saving_are_named_as_such(freq):
     """Local wall-clock times without offsets repeat an hour when daylight saving ends (02:00 twice, hourly; 02:50 ->
@@ -211,6 +238,36 @@ def test_infinite_values_are_errors_or_gaps():
         prepare_frame(df)
     _, frame = prepare_frame(df, interpolate=True)
     assert frame["b"].iloc[4] == pytest.approx((df["b"].iloc[3] + df["b"].iloc[5]) / 2)
+
+
+@pytest.mark.parametrize("huge", [1e300, 1e200, 1e308])
+def test_a_huge_value_is_named_not_trained_on_as_infinity(tmp_path, huge):
+    """A finite but huge value (1e300: a placeholder or a typo) passed the infinite-value check; its square overflows
+    float64 (np.var is inf, so the column counted as constant and was scaled by 1) and the float32 windows held
+    -inf everywhere (-4.8e297 in float32): NaN losses, metrics and forecasts, with numpy's overflow warnings alone.
+    It is an error naming the column, row and value, in training, predict_path and forecast(df)."""
+    df = _frame(120)
+    df.loc[10, "b"] = huge
+    with np.errstate(over="ignore"):  # why it is refused: scaled by anything, its column leaves float32
+        assert not np.isfinite(np.float32(df["b"].to_numpy() - df["b"].iloc[:84].mean())).all()
+    value = re.escape(f"{huge:g}")
+    df.to_csv(tmp_path / "huge.csv", index=False)
+    with pytest.raises(ValueError, match=rf"column 'b' of .*huge.csv holds a value too large to scale: {value} at row "
+                                         r"10 \(2021-01-01 10:00:00\).*set data.interpolate=true"):
+        _ = CSVTSDataModule(str(tmp_path / "huge.csv"), lookback=LB, horizon=H, split="ratio").data_info
+    clean = _frame(120)
+    model = _tiny_forecaster(tmp_path, clean)
+    late = clean.copy()
+    late.loc[110, "a"] = huge  # in the input window: row 110 of 120
+    with pytest.raises(ValueError, match=rf"column 'a' of the input holds a value too large to scale: {value} at row "
+                                         r"110 .*pass interpolate=True"):
+        model.forecast(late)
+    late.to_csv(tmp_path / "late.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "s.csv"), lookback=LB, horizon=H, split="ratio",
+                         predict_path=str(tmp_path / "late.csv"))
+    with pytest.raises(ValueError, match=rf"column 'a' of .*late.csv holds a value too large to scale: {value} at row 110"):
+        dm.predict_item()
+    assert np.isfinite(model.forecast(clean).drop(columns="date").to_numpy()).all()
 
 
 def test_interpolation_is_linear_in_time_not_in_rows():
@@ -494,6 +551,31 @@ def test_daily_forecast_in_a_daylight_saving_timezone_stays_at_local_midnight(tm
         out = model.forecast(x.set_index("date")) if as_index else model.forecast(x)
     got = list(out.index) if as_index else list(out["date"])
     assert got == want and all(t.hour == 0 for t in got)
+
+
+def test_a_daily_csv_written_with_utc_offsets_keeps_its_calendar_days(tmp_path):
+    """A timezone-aware daily series saved with df.to_csv is local midnights with offsets ('... 00:00:00+01:00'). Read
+    in UTC they were the previous day's 23:00 / 22:00: calendar features a day early (day_of_week of 2021-01-01, a
+    Friday, read as Thursday), steps of 23 / 25 hours warned as irregular, forecasts stamped at 22:00. They are the
+    days written; an hourly series with offsets stays in UTC (its repeated autumn hour is no disorder there)."""
+    local = pd.date_range("2021-01-01", periods=200, freq="D", tz="Europe/Berlin")  # spans the March change
+    df = _frame(200).assign(date=local)
+    df.to_csv(tmp_path / "berlin.csv", index=False)
+    assert pd.read_csv(tmp_path / "berlin.csv")["date"].iloc[100] == "2021-04-11 00:00:00+02:00"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "time steps differ" warning
+        dm = CSVTSDataModule(str(tmp_path / "berlin.csv"), lookback=LB, horizon=H, time_features=True)
+        dates = dm.prepared()["dates"]
+    days = local.tz_localize(None)
+    assert list(dates) == list(days) and dm.data_info["freq"] == "D"
+    marks = dm.dataset("train")[0]["x_mark"].numpy()
+    np.testing.assert_allclose(marks[:, 0], days[:LB].day_of_week / 6.0 - 0.5, atol=1e-6)  # 2021-01-01 a Friday: 4
+    model = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info).model
+    out = model.forecast(pd.read_csv(tmp_path / "berlin.csv"))
+    assert list(out["date"]) == list(pd.date_range(days[-1] + pd.Timedelta(days=1), periods=H, freq="D"))
+    hourly = pd.date_range("2021-10-30 22:00", periods=8, freq="h", tz="UTC").tz_convert("Europe/Berlin")
+    got, _ = prepare_frame(pd.DataFrame({"date": [str(t) for t in hourly], "a": range(8)}))
+    assert list(got) == list(hourly.tz_convert("UTC").tz_localize(None))  # 02:00 twice locally: UTC keeps them apart
 
 
 def test_rows_with_a_trailing_comma_the_header_lacks_are_read_as_written(tmp_path):

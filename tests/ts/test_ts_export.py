@@ -162,6 +162,11 @@ def test_shipped_model_loads_by_name_offline(name):
     assert out.shape == (96, 8)
     assert out["date"].iloc[0] == pd.Timestamp("2018-01-06 00:00")
     assert np.isfinite(out[ETT_COLUMNS].to_numpy()).all()
+    # a user's own variables: the error says what to do (rename, or fine-tune), not only which columns are missing
+    mine = df.set_axis(["date", "load", "temp", "a", "b", "c", "d", "e"], axis=1)
+    with pytest.raises(ValueError, match=r"not found in the input; available: \['load', .*\]; the model reads the "
+                                         r"variables it was trained on, \['HUFL'.*df.rename.*or fine-tune it"):
+        fc.forecast(mine)
 
 
 def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):
@@ -190,6 +195,18 @@ def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):
                                          r"\(hour_of_day, day_of_week, day_of_month, day_of_year\) came from h-spaced "
                                          r"data, the data's \(day_of_week, day_of_month, day_of_year\) from its D"):
         ForecastTask(arch=name, pretrained=name, data_info=dm.data_info)
+    # hourly data without calendar tokens (data.time_features false): the switch is the fix, not a resampling (it said
+    # "came from h-spaced data, the data's (none) from its h spacing ...: resample the data to the checkpoint's spacing")
+    off = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=96, time_features=False)
+    with pytest.raises(ValueError, match=r"n_time_features: checkpoint=4 data=0\); set data.time_features=true") as err:
+        ForecastTask(arch=name, pretrained=name, data_info=off.data_info)
+    assert "resample" not in str(err.value)
+    # and the other way: PatchTST reads none; an iTransformer export without calendar tokens given data with them
+    base = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=off.data_info).export(tmp_path / "no_tf")
+    on = CSVTSDataModule(str(tmp_path / "other.csv"), lookback=96, horizon=96, time_features=True)
+    with pytest.raises(ValueError, match=r"n_time_features: checkpoint=0 data=4\); set data.time_features=false") as err:
+        ForecastTask(arch="ts-itransformer-diff-tiny", pretrained=str(base), data_info=on.data_info)
+    assert "resample" not in str(err.value)
 
 
 def test_finetuned_checkpoint_loads_without_the_export_it_started_from(tmp_path):

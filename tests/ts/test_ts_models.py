@@ -114,6 +114,17 @@ def test_wrong_lookback_and_bad_config():
         ITransformer.from_config({"dimm": 3})
 
 
+def test_a_lookback_shorter_than_a_patch_names_the_fix():
+    """data.lookback 3 under PatchTST's patch_len 16, stride 8: no patch fits (it said so without a way out). The
+    bound it names is the reference's: the end padding adds `stride` values, so patch_len <= lookback + stride."""
+    with pytest.raises(ValueError, match=r"patch_len \(16\) is longer than the padded lookback \(3 \+ stride 8\): no "
+                                         r"patch fits; set model_args.patch_len \(and stride\) to at most 11, or a "
+                                         r"longer lookback \(data.lookback\)"):
+        PatchTSTConfig(lookback=3, horizon=4)
+    ok = PatchTST(PatchTSTConfig(lookback=3, horizon=4, dim=16, n_heads=2, mlp_hidden=16, patch_len=11, stride=8))
+    assert ok.config.n_patches == 1 and ok(torch.randn(2, 3, 5)).shape == (2, 4, 5)
+
+
 @pytest.mark.parametrize("kind", ["itr", "patch"])
 def test_lambda_init_reaches_every_encoder_layer(kind, tmp_path):
     import math

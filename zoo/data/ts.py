@@ -54,6 +54,7 @@ from zoo.data.ts_frames import (  # noqa: F401 (Lightning-free, for model.foreca
     prepare_frame,
     read_ts_csv,
     same_spacing,
+    scale_values,
     time_feature_names,
     time_features,
     to_offset,
@@ -120,10 +121,11 @@ def fit_scaler(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Constant as scikit-learn tells it (``_is_constant_feature``): a variance within float rounding of zero, since
     ``np.full(n, 0.1).std()`` is 1.4e-17, not 0 (dividing by it scaled the column to 1.0 and a later 0.2 to 7e15)."""
-    mean = values.mean(axis=0)
-    var = values.var(axis=0)
-    eps, n = np.finfo(np.float64).eps, len(values)
-    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge value overflows: scale_values names it
+        mean = values.mean(axis=0)
+        var = values.var(axis=0)
+        eps, n = np.finfo(np.float64).eps, len(values)
+        constant = var <= n * eps * var + (n * mean * eps) ** 2
     std = np.where(constant, 1.0, np.sqrt(var))
     return mean, std
 
@@ -285,7 +287,7 @@ class TSDataModule(L.LightningDataModule):
         values = frame.to_numpy(dtype=np.float64)
         tr0, tr1 = borders["train"]
         mean, std = fit_scaler(values[tr0:tr1])
-        scaled = ((values - mean) / std).astype(np.float32)
+        scaled = scale_values(values, mean, std, columns=columns, dates=dates, source=self.source_name)
         tf_names = time_feature_names(freq) if self.use_time_features else []
         marks = time_features(dates, tf_names) if tf_names else None
         target_index = columns.index(target) if target is not None else None
@@ -353,7 +355,8 @@ class TSDataModule(L.LightningDataModule):
             raise ValueError(
                 f"too few rows in {source} to forecast: {len(values)} rows but lookback is {self.lookback}"
             )
-        x = ((values[-self.lookback :] - p["mean"]) / p["std"]).astype(np.float32)
+        x = scale_values(values[-self.lookback :], p["mean"], p["std"], columns=p["columns"],
+                         dates=dates[-self.lookback :], source=source, first_row=len(values) - self.lookback)
         item: dict[str, Any] = {"x": torch.from_numpy(x), "last_date": str(dates[-1]),
                                 # the window's own timestamps (ns since the epoch): a file with missing rows is
                                 # plotted at its real dates, not at a regular range ending on the last one

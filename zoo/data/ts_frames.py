@@ -219,7 +219,14 @@ def prepare_frame(
         columns = list(columns)
         absent = [c for c in columns if c not in df.columns]
         if absent:
-            raise ValueError(f"column(s) {absent} not found in {source}; available: {others}" + _spaced(absent, others))
+            spaced = _spaced(absent, others)
+            raise ValueError(
+                f"column(s) {absent} not found in {source}; available: {others}" + spaced
+                + ("" if spaced or not api else
+                   f"; the model reads the variables it was trained on, {columns}: name the input's columns so if they "
+                   "hold the same quantities (df.rename(columns={...})), or fine-tune it on these variables "
+                   "(ForecastTask(pretrained=<this model>, data_info=...), --model.init_args.pretrained in the CLI)")
+            )
     if target is not None and target not in columns:
         raise ValueError(f"target column {target!r} is not among the selected columns {columns}")
     if not columns:
@@ -238,13 +245,23 @@ def prepare_frame(
             # (on a Sunday's small hours, when clocks turn back: a repeated hourly row elsewhere is a duplicate)
             turned_back = (i >= 2 and dates[i] - dates[i - 1] == dates[i - 1] - dates[i - 2] - pd.Timedelta(hours=1)
                            and dates[i].day_of_week == 6 and dates[i].hour < 4)
-            raise ValueError(
-                f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
-                + ("the clock turned back an hour, as local times do when daylight saving ends: give the dates their "
-                   f"UTC offsets (read as UTC), e.g. df[{date_col!r}] = pd.to_datetime(df[{date_col!r}])"
-                   ".dt.tz_localize('<your timezone>', ambiguous='infer') before saving, or write them in UTC"
-                   if turned_back else "sort the rows by date and remove duplicates")
-            )
+            advice = "sort the rows by date and remove duplicates"
+            repeats = int((steps == 0).sum())
+            if turned_back:
+                advice = ("the clock turned back an hour, as local times do when daylight saving ends: give the dates "
+                          f"their UTC offsets (read as UTC), e.g. df[{date_col!r}] = pd.to_datetime(df[{date_col!r}])"
+                          ".dt.tz_localize('<your timezone>', ambiguous='infer') before saving, or write them in UTC")
+            elif repeats >= 2 and 2 * repeats >= len(steps):
+                # most rows share the previous row's date: dates without their times (a "Date,Time,..." layout), not
+                # duplicates to remove (which left one row a day)
+                clock = [c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])
+                         and df[c].astype(str).str.strip().str.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?").all()]
+                advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time of "
+                          "day" + (f", which column {clock[0]!r} holds: join them into one timestamp, e.g. "
+                                   f"df[{date_col!r}] = df[{date_col!r}] + ' ' + df.pop({clock[0]!r})" if clock else
+                                   ": write full timestamps (date and time) in the date column"))
+            raise ValueError(f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
+                             + advice)
 
     values = {}
     for c in columns:
@@ -303,6 +320,38 @@ def prepare_frame(
     return dates, frame
 
 
+def scale_values(
+    values: np.ndarray, mean: np.ndarray, std: np.ndarray, *, columns: Sequence[Any], dates: pd.DatetimeIndex,
+    source: str = "the data", first_row: int = 0, api: bool = False,
+) -> np.ndarray:
+    """``(values - mean) / std`` as float32 (the models' inputs); ``dates`` are the rows' own, ``first_row`` the
+    first one's row number in ``source``.
+
+    A value the scaling takes out of float32's range is an error naming its column, row and date: a finite but
+    huge value (1e300, a placeholder or a typo) overflowed the training rows' variance (a "constant" column then,
+    scaled by 1) or float32, and the model trained and forecast on infinities (NaN losses and forecasts)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = ((values - mean) / std).astype(np.float32)
+    bad = ~np.isfinite(scaled)
+    if not bad.any():
+        return scaled
+    c = int(np.flatnonzero(bad.any(axis=0))[0])
+    r = int(np.argmax(np.abs(values[:, c])))  # the culprit: the column's largest value, not its first scaled row
+    with np.errstate(over="ignore", invalid="ignore"):
+        overflowed = std[c] == 1.0 and not np.isfinite(values[:, c].var())
+    raise ValueError(
+        f"column {columns[c]!r} of {source} holds a value too large to scale: {values[r, c]:g} at row "
+        f"{first_row + r} ({dates[r]}); standardized by the training rows' mean {float(mean[c]):.4g} and std "
+        f"{float(std[c]):.4g}" + (" (their variance overflows float64, so the column counts as constant)" if overflowed
+                                   else "")
+        + ", its values leave float32's range (about 3.4e38): the model would "
+        + _advice(api, "train and forecast on", "forecast from") + " infinities; a value this size is usually a "
+        "placeholder or a typo: fix it, or blank it and "
+        + _advice(api, "set data.interpolate=true", "pass interpolate=True")
+        + (" (or rescale the column, e.g. to other units)" if overflowed else "")
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dates: parsing, frequency, time features, future timestamps
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +373,8 @@ def parse_dates(
     first value (month-first when ambiguous); values it cannot read are retried as ISO 8601, so
     midnight written as a bare date (``2016-07-01`` among ``2016-07-01 01:00:00``) is fine.
     Timestamps with UTC offsets (which change across daylight saving) are converted to UTC and kept
-    as naive UTC times. Numbers are refused (they are not timestamps without a unit) unless
+    as naive UTC times, except daily or coarser ones written as text at one time of day, which keep their written
+    (wall-clock) times (see :func:`_wall_clock_days`). Numbers are refused (they are not timestamps without a unit) unless
     ``date_format`` reads their digits (``%Y%m%d``).
     """
     numbers = pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_datetime64_any_dtype(raw)
@@ -369,14 +419,68 @@ def parse_dates(
         i = int(np.flatnonzero(dates.isna().to_numpy())[0])
         option = _advice(api, "data.date_format", "date_format")
         layout = f"does not match {option} {date_format!r}" if date_format else "is unparsable or empty"
+        first = int(np.flatnonzero(dates.notna().to_numpy())[0]) if dates.notna().any() else None
+        if (date_format is None and first is not None and _shape(raw.iloc[i]) != _shape(raw.iloc[first])
+                and _alone_a_date(raw.iloc[i])):
+            # a timestamp in another layout than the first one's (pandas reads a column in one layout): one
+            # data.date_format cannot read both, which the advice to set one sent the user around in circles for
+            raise ValueError(
+                f"date column {date_col!r} of {source} mixes layouts: value {raw.iloc[i]!r} at row {i} (CSV line "
+                f"{i + 2}) is written otherwise than {raw.iloc[first]!r} at row {first}, whose layout the column is "
+                "read in; write every date in one layout, e.g. df[" + repr(date_col) + "] = pd.to_datetime(df["
+                + repr(date_col) + "], format='mixed') (which reads 04/11/2021 month-first: convert day-first rows with "
+                "their own format, e.g. pd.to_datetime(values, format='%d/%m/%Y'))"
+                + ("" if api else " and save the file again")
+            )
         raise ValueError(
             f"date column {date_col!r} of {source} {layout}: value {raw.iloc[i]!r} at row {i} (CSV line {i + 2}); "
             f"fix the timestamp or remove the row" + ("" if date_format else f", or {_date_format_hint(api)}")
         )
     dates = pd.DatetimeIndex(dates)
     if dates.tz is not None:
-        dates = dates.tz_convert("UTC").tz_localize(None)
+        utc = dates.tz_convert("UTC").tz_localize(None)
+        dates = _wall_clock_days(raw, utc, date_format)
+        if dates is None:
+            dates = utc
     return dates
+
+
+def _wall_clock_days(raw: pd.Series, utc: pd.DatetimeIndex, date_format: Optional[str]) -> Optional[pd.DatetimeIndex]:
+    """Daily (or coarser) timestamps written with UTC offsets, as written (their wall-clock times), or None.
+
+    ``df.to_csv`` writes a timezone-aware daily series as local midnights with offsets ('2021-01-01 00:00:00+01:00');
+    read in UTC they were the previous day's 23:00 (22:00 in summer): every calendar feature a day early, the steps
+    23 or 25 hours across daylight-saving changes (warned as irregular), the forecast stamped at 22:00 / 23:00. A
+    sub-daily series stays in UTC, where its hours neither repeat nor go missing; so do written times of day that
+    differ (no one local clock)."""
+    if len(utc) < 2 or pd.api.types.is_datetime64_any_dtype(raw) or (utc[1:] - utc[:-1]).min() < pd.Timedelta(hours=23):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stamps = [pd.to_datetime(v, format=date_format) for v in raw]
+    except (ValueError, TypeError):
+        return None
+    wall = pd.DatetimeIndex([t.tz_localize(None) if t.tzinfo is not None else t for t in stamps], name=utc.name)
+    return wall if (wall - wall.normalize()).nunique() == 1 else None
+
+
+def _shape(value: Any) -> str:
+    """A timestamp's layout: its runs of digits and of letters as 9 and a (``13/01/2021`` and ``10/01/2021`` alike:
+    one layout read month-first, which data.date_format fixes; ``2021-01-01`` and ``04/11/2021`` not)."""
+    return re.sub(r"[A-Za-z]+", "a", re.sub(r"[0-9]+", "9", str(value).strip()))
+
+
+def _alone_a_date(value: Any) -> bool:
+    """Whether pandas reads ``value`` alone as a timestamp (a date in a layout of its own)."""
+    if not isinstance(value, str) or not any(ch.isdigit() for ch in value):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "could not infer format": a single value is read by dateutil
+            return pd.to_datetime(value) is not pd.NaT
+    except (ValueError, TypeError, OverflowError):
+        return False
 
 
 def irregular_steps(dates: pd.DatetimeIndex) -> tuple[int, Optional[pd.Timedelta]]:
@@ -419,6 +523,18 @@ def _same_day_months(dates: pd.DatetimeIndex) -> Optional[str]:
     return f"DateOffset(months={k})" if k >= 1 else None
 
 
+def _semi_month(dates: pd.DatetimeIndex) -> Optional[str]:
+    """``'SMS'`` for dates on the 1st and 15th of the month, ``'SME'`` on the 15th and the month's last day (at
+    midnight); ``None`` otherwise."""
+    if len(dates) < 3 or (dates != dates.normalize()).any():
+        return None
+    if set(dates.day) == {1, 15}:
+        return "SMS"
+    if (dates.is_month_end | (dates.day == 15)).all() and dates.is_month_end.any() and (dates.day == 15).any():
+        return "SME"
+    return None
+
+
 def _off_steps(dates: pd.DatetimeIndex, freq: str) -> int:
     """How many consecutive pairs of ``dates`` are not one ``freq`` step apart."""
     offset = to_offset(freq)
@@ -451,8 +567,10 @@ def infer_freq(dates: pd.DatetimeIndex, api: bool = False) -> str:
         freq = pd.tseries.frequencies.to_offset(step if step is not None else dates[1] - dates[0]).freqstr
         votes = Counter(f for s in range(0, len(head) - 2, FREQ_CHUNK)
                         if (f := _pandas_freq(head[s : s + FREQ_CHUNK])) is not None)
-        # calendar steps: the stretches' vote, and one day of the month every k months (no pandas alias for it)
-        calendars = [c for c in (votes.most_common(1)[0][0] if votes else None, _same_day_months(head)) if c]
+        # calendar steps: the stretches' vote, one day of the month every k months (no pandas alias for it), and
+        # twice a month (pandas' infer_freq knows no semi-month offset: 1st / 15th data was read as 336h-spaced)
+        calendars = [c for c in (votes.most_common(1)[0][0] if votes else None, _same_day_months(head),
+                                 _semi_month(head)) if c]
         if calendars:
             calendar = min(calendars, key=lambda c: _off_steps(head, c))
             if _off_steps(head, calendar) <= _off_steps(head, freq):
@@ -547,6 +665,7 @@ __all__ = [
     "prepare_frame",
     "read_ts_csv",
     "same_spacing",
+    "scale_values",
     "time_feature_names",
     "time_features",
     "to_offset",

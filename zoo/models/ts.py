@@ -111,7 +111,9 @@ class PatchTSTConfig(TSEncoderConfig):
         check_positive_ints(self, ("patch_len", "stride"))
         if self.patch_len > self.lookback + self.stride:
             raise ValueError(
-                f"patch_len ({self.patch_len}) is longer than the padded lookback ({self.lookback} + {self.stride})"
+                f"patch_len ({self.patch_len}) is longer than the padded lookback ({self.lookback} + stride "
+                f"{self.stride}): no patch fits; set model_args.patch_len (and stride) to at most "
+                f"{self.lookback + self.stride}, or a longer lookback (data.lookback)"
             )
 
     @property
@@ -237,7 +239,7 @@ class Forecaster(PretrainedMixin, nn.Module):
         import pandas as pd
 
         from zoo.data.ts_frames import (
-            _off_steps, future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, time_features,
+            _off_steps, future_dates, infer_freq, prepare_frame, read_ts_csv, same_spacing, scale_values, time_features,
         )
 
         meta = self.meta
@@ -280,7 +282,8 @@ class Forecaster(PretrainedMixin, nn.Module):
         if len(frame) < L:
             raise ValueError(f"too few rows to forecast: the input has {len(frame)} rows but the lookback is {L}")
         mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
-        x = (frame.to_numpy(dtype=np.float64)[-L:] - mean) / std
+        x = scale_values(frame.to_numpy(dtype=np.float64)[-L:], mean, std, columns=list(frame.columns),
+                         dates=dates[-L:], source="the input", first_row=len(frame) - L, api=True)
         param = next(self.parameters())
         xt = torch.as_tensor(x, dtype=param.dtype, device=param.device)[None]
         x_mark = None

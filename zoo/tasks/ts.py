@@ -232,7 +232,13 @@ class ForecastTask(ZooTask):
         wrong = [f"{k}: checkpoint={cfg.get(k)} data={v}" for k, v in from_data.items() if cfg.get(k, 0) != v]
         if wrong:
             advice = "set data.lookback / data.horizon / data.time_features to match the checkpoint"
-            if "n_time_features" in from_data and cfg.get("n_time_features", 0) != from_data["n_time_features"]:
+            saved_tf, data_tf = cfg.get("n_time_features", 0), from_data.get("n_time_features", 0)
+            if "n_time_features" in from_data and (saved_tf == 0) != (data_tf == 0):
+                # calendar tokens on one side only: the switch decides, not the spacing (the spacing advice sent a
+                # user of hourly data, data.time_features=false, to resample it to hourly)
+                advice = (f"set data.time_features={'true' if saved_tf else 'false'} (the checkpoint reads "
+                          f"{saved_tf or 'no'} calendar tokens) and data.lookback / data.horizon to match it")
+            elif "n_time_features" in from_data and saved_tf != data_tf:
                 # the calendar features follow the data's spacing: daily data never makes an hourly model's four
                 saved = read_meta(folder) or {}
                 advice = (f"the checkpoint's calendar tokens ({', '.join(saved.get('time_features') or []) or 'none'}) "
