@@ -866,3 +866,21 @@ def test_export_reads_the_checkpoint_once_and_maps_it(tmp_path, monkeypatch):
     assert len(reads) > 1  # the public call reads the file again
     exported = load_file(str(tmp_path / "public_load" / "model.safetensors"))
     assert exported and all(torch.equal(v, saved["state_dict"][f"model.{k}"]) for k, v in exported.items())
+
+
+def test_a_task_or_datamodule_error_reaches_the_user_as_raised(tmp_path, monkeypatch):
+    """An error raised by the task's or the datamodule's __init__ came wrapped by jsonargparse: "Does not validate
+    against any of the Union subtypes", the class's message beside a NoneType alternative's, and the whole Namespace
+    of arguments (a TS task's data_info with its scaler statistics) printed last, where the user reads. Reference:
+    the exception the class raises when built directly."""
+    from zoo.data.retrieval import RetrievalDataModule
+    from zoo.tasks.lm import LanguageModelTask
+
+    monkeypatch.chdir(ROOT)
+    for arg, build in (("--model.init_args.top_k=-1", lambda: LanguageModelTask(top_k=-1)),
+                       ("--data.init_args.batch_size=0", lambda: RetrievalDataModule(batch_size=0))):
+        with pytest.raises(ValueError) as direct:
+            build()
+        with pytest.raises(type(direct.value)) as err:
+            main(["fit", *LM_TINY, arg, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"])
+        assert str(err.value) == str(direct.value) and "Union subtypes" not in str(err.value)

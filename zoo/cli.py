@@ -321,7 +321,10 @@ class ZooCLI(LightningCLI):
                 self._parse_ckpt_path()
                 with _quiet_lightning():  # the random state `--ckpt_path <file>` builds with (its seed said once)
                     self._set_seed()
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:
+            raise _class_error(exc) from None
 
     def _folders_trainer(self, sub: str) -> Any:
         """A trainer of the config without its model and data (neither is built), to find the run's checkpoints in
@@ -468,6 +471,17 @@ def convert_main(argv: Sequence[str]) -> None:
 USAGE = ("python -m zoo {fit,validate,test,predict} --config CONFIG.yaml [...]   (Lightning's CLI; below)\n"
          "python -m zoo export CKPT OUT [--overwrite]                         (a checkpoint -> an exported folder)\n"
          "python -m zoo convert HF_FOLDER OUT [--overwrite]                   (a Hugging Face model -> a zoo export)\n")
+
+
+def _class_error(exc: ValueError) -> BaseException:
+    """The error a task's or datamodule's ``__init__`` raised, out of jsonargparse's wrapping: "Does not validate
+    against any of the Union subtypes", the class's own message among a NoneType alternative's, and the whole
+    Namespace of arguments (``data_info`` with its scaler statistics, a charset) printed last, where the user reads.
+    Any other error as it is."""
+    cause = exc.__cause__
+    if str(exc).startswith("Does not validate against any of the Union subtypes") and isinstance(cause, Exception):
+        return cause
+    return exc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
