@@ -70,6 +70,23 @@ def test_bpe_token_byte_lengths_sum_to_utf8_length(bpe):
         assert lengths[np.array(bpe.encode(text))].sum() == len(text.encode("utf-8"))
 
 
+def test_token_byte_lengths_are_counted_once_per_tokenizer(bpe, monkeypatch):
+    """A fit asked for the lengths per split and for the byte table: a converted 150k vocabulary decoded every id
+    three times. Counted once; each call gets its own copy (a caller's edit does not reach the next). Reference: the
+    UTF-8 length of the text, as above."""
+    from zoo.data.tokenizers import BPETokenizer
+
+    tok = BPETokenizer(bpe.backend)  # a fresh instance: nothing counted yet
+    calls = []
+    count = BPETokenizer._count_token_bytes
+    monkeypatch.setattr(BPETokenizer, "_count_token_bytes", lambda self: calls.append(1) or count(self))
+    first = tok.token_byte_lengths()
+    first[:] = 99
+    again = tok.token_byte_lengths()
+    assert len(calls) == 1 and again[:3].tolist() == [0, 0, 0]
+    assert again[np.array(tok.encode(UNICODE))].sum() == len(UNICODE.encode("utf-8"))
+
+
 def test_bpe_save_load_gives_identical_ids(bpe, tmp_path):
     bpe.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "tokenizer_config.json").read_text()) == {"type": "bpe"}

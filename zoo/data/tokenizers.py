@@ -136,6 +136,14 @@ class _BackendTokenizer:
         _check_range(ids, self.vocab_size)
         return self.backend.decode(ids, skip_special_tokens=True)
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for (special ids 0), for bits per byte: counted once per tokenizer (a
+        converted 150k-entry vocabulary decodes every id; a fit asks for it per split and for the byte table), a
+        copy each call."""
+        if getattr(self, "_byte_lengths", None) is None:
+            self._byte_lengths = self._count_token_bytes()
+        return self._byte_lengths.copy()
+
 
 class BPETokenizer(_BackendTokenizer):
     """Byte-level BPE (a ``tokenizers.Tokenizer``) with "<pad>", "<bos>", "<eos>" at ids 0, 1, 2."""
@@ -193,7 +201,7 @@ class BPETokenizer(_BackendTokenizer):
             )
         return cls(_read_backend(path))
 
-    def token_byte_lengths(self) -> np.ndarray:
+    def _count_token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (0 for special ids); used for bits-per-byte."""
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         # Byte-level tokens are spelled with one alphabet character per byte.
@@ -298,7 +306,7 @@ class HFTokenizer(_BackendTokenizer):
         return cls(_read_backend(path), config.get("bos_id"), config.get("eos_id"), config.get("pad_id"),
                    stop_ids=config.get("stop_ids") or ())
 
-    def token_byte_lengths(self) -> np.ndarray:
+    def _count_token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (specials 0). Byte-level vocabularies (GPT-2, Qwen2, Llama 3: one
         alphabet character per byte) and byte-fallback tokens (``<0xE4>``: one byte) count their bytes exactly,
         also where a token holds only part of a character (decoded alone it would read as U+FFFD, 3 bytes);
