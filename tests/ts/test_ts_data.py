@@ -331,6 +331,10 @@ def test_nan_gap_raises_or_is_interpolated(tmp_path):
     df.loc[40:42, "a"] = np.nan
     with pytest.raises(ValueError, match=r"3 missing \(NaN\).*column 'a' at row 40.*interpolate"):
         _dm(tmp_path, df).data_info
+    df.loc[20, "b"] = np.nan  # the first gap is the first row's, whatever its column (column a was named first)
+    with pytest.raises(ValueError, match=r"4 missing \(NaN\).*column 'b' at row 20.*interpolate"):
+        _dm(tmp_path, df).data_info
+    df.loc[20, "b"] = 0.5
     dm = _dm(tmp_path, df, interpolate=True)
     raw = dm.prepared()["values"]
     np.testing.assert_allclose(raw[39:44, 0], [39, 40, 41, 42, 43])  # linear between rows 39 and 43
@@ -563,4 +567,12 @@ def test_a_predict_file_of_another_spacing_is_said(tmp_path):
     later.to_csv(tmp_path / "later.csv", index=False)
     dm = CSVTSDataModule(str(tmp_path / "h.csv"), lookback=24, horizon=12, predict_path=str(tmp_path / "later.csv"))
     with pytest.warns(UserWarning, match=r"later.csv is D-spaced but .*h.csv.* is h-spaced.*resample"):
+        dm.predict_item()
+    # a gap in the predict file older than its last 24 rows: never read; the error says so
+    later["date"] = pd.date_range("2021-03-01", periods=40, freq="h")
+    later.loc[3, "OT"] = np.nan
+    later.to_csv(tmp_path / "later.csv", index=False)
+    dm = CSVTSDataModule(str(tmp_path / "h.csv"), lookback=24, horizon=12, predict_path=str(tmp_path / "later.csv"))
+    with pytest.raises(ValueError, match=r"later.csv has 1 missing .*row 3 .*data.interpolate=true.*reads only the "
+                                         r"last 24 rows, which have none: give a file of the last rows"):
         dm.predict_item()

@@ -167,6 +167,20 @@ def test_shipped_model_loads_by_name_offline(name):
     with pytest.raises(ValueError, match=r"not found in the input; available: \['load', .*\]; the model reads the "
                                          r"variables it was trained on, \['HUFL'.*df.rename.*or fine-tune it"):
         fc.forecast(mine)
+    # a gap older than the lookback: the forecast never reads it; the error says so (df.tail), and the tail forecasts
+    # as the frame without the gap does. A gap inside the window: no such advice
+    gappy = df.copy()
+    gappy.loc[[5, 7], "OT"] = np.nan
+    gappy.loc[6, "HUFL"] = np.nan
+    with pytest.raises(ValueError, match=r"3 missing \(NaN\) value\(s\); the first is in column 'OT' at row 5 .*"
+                                         r"interpolate=True.*reads only the last 96 rows, which have none: pass "
+                                         r"data.tail\(96\)"):
+        fc.forecast(gappy)
+    pd.testing.assert_frame_equal(fc.forecast(gappy.tail(96)), out)
+    gappy.loc[100, "OT"] = np.nan
+    with pytest.raises(ValueError, match="interpolate=True") as err:
+        fc.forecast(gappy)
+    assert "tail" not in str(err.value)
 
 
 def test_finetune_from_shipped_takes_the_new_scaler(tmp_path):

@@ -347,7 +347,7 @@ class TSDataModule(L.LightningDataModule):
             source = str(self.predict_path)
             dates, frame = prepare_frame(
                 read_ts_csv(self.predict_path), date_col=self.date_col, columns=p["columns"],
-                interpolate=self.interpolate, source=source, date_format=self.date_format,
+                interpolate=self.interpolate, source=source, date_format=self.date_format, reads_last=self.lookback,
             )
             values = frame.to_numpy(dtype=np.float64)
             self._say_other_spacing(dates, p["freq"], source)

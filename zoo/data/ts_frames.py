@@ -180,6 +180,7 @@ def prepare_frame(
     date_format: Optional[str] = None,
     date_advice: str = "set data.date_col to the column holding the timestamps, or add one",
     api: bool = False,
+    reads_last: Optional[int] = None,
 ) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
     """Validate a raw frame; return its parsed dates and the numeric variables (float64).
 
@@ -305,13 +306,19 @@ def prepare_frame(
             raise ValueError(f"column(s) {empty} of {source} hold no values at all; "
                              + _advice(api, "remove them with data.columns", "the model reads them as variables"))
         if not interpolate:
-            c = next(c for c in columns if missing[c].any())
-            i = int(np.flatnonzero(missing[c].to_numpy())[0])
+            rows = np.flatnonzero(missing.to_numpy().any(axis=1))
+            i = int(rows[0])
+            c = next(c for c in columns if missing[c].iat[i])
             total = int(missing.to_numpy().sum())
+            # a forecast reads only the last rows: a gap older than them (a long history's) need not be filled
+            outside = (reads_last is not None and len(frame) >= reads_last
+                       and int(rows[-1]) < len(frame) - reads_last)
             raise ValueError(
                 f"{source} has {total} missing (NaN) value(s); the first is in column {c!r} at row {i} "
                 f"({dates[i]}); " + _advice(api, "set data.interpolate=true", "pass interpolate=True")
                 + " to fill gaps by linear interpolation, or clean the file"
+                + (f"; the forecast reads only the last {reads_last} rows, which have none: "
+                   + _advice(api, "give a file of the last rows", f"pass data.tail({reads_last})") if outside else "")
             )
         # linear in time, not in rows: a gap next to a missing row is weighted by the real spacing
         frame.index = dates

@@ -276,7 +276,7 @@ class Forecaster(PretrainedMixin, nn.Module):
             data, date_col=meta["date_col"], columns=meta["columns"], interpolate=interpolate, source="the input",
             date_format=date_format or meta.get("date_format"),
             date_advice=f"this model was trained with its timestamps in {meta['date_col']!r}: name the input's timestamp column so",
-            api=True,
+            api=True, reads_last=self.config.lookback,
         )
         L = self.config.lookback
         if len(frame) < L:
