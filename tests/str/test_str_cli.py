@@ -139,3 +139,28 @@ def test_the_fine_tuning_config_trains_the_shipped_model_with_its_own_dropout():
     dm = STRDataModule(**cfg["data"]["init_args"])
     task = RecognitionTask(**cfg["model"]["init_args"], data_info=dm.data_info)
     assert task.model.config.dropout == shipped["config"]["dropout"] == 0.0
+
+
+def test_predict_names_every_unreadable_image_of_the_folder_in_one_error(tmp_path):
+    """`zoo predict` over a folder stopped at the first image it could not read and named that one only, so a folder
+    with several bad crops took one run per bad crop (the LMDB builder names all of its bad images at once). The
+    run now reads past them and ends in one error naming each (in batches of their own and another's), with no
+    predictions.csv written."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # 10 files, eval batches of 8: a bad crop among good ones, then a batch of bad ones only
+        Image.fromarray(rng.integers(0, 256, (40, 100, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "03.png").write_bytes(b"not an image")
+    (folder / "08.png").write_bytes(b"")
+    (folder / "09.jpg").write_bytes((folder / "00.png").read_bytes()[:100])  # cut short
+    cfg = str(CONFIGS[[c.name for c in CONFIGS].index("synthetic.yaml")])
+    with pytest.raises(ValueError) as err:
+        main(["predict", "--config", cfg, *SMALL, "--data.init_args.predict_dir", str(folder),
+              "--trainer.default_root_dir", str(tmp_path / "pred"), "--predict_writer.echo", "false"])
+    msg = str(err.value)
+    assert msg.startswith(f"cannot read 3 of the 10 images of {folder} (no predictions.csv was written): ")
+    assert f"{folder / '03.png'} (" in msg and f"{folder / '08.png'}: the file is empty (0 bytes)" in msg
+    assert f"{folder / '09.jpg'} (" in msg and msg.count("cannot read image") == 3
+    assert msg.endswith("fix or remove them, then read again")
+    assert not sorted((tmp_path / "pred").rglob("predictions.csv"))

@@ -263,6 +263,38 @@ def test_reader_inputs_and_errors(exported, tmp_path):
         read_folder(reader, _only_good(tmp_path), tmp_path / "out.csv")
 
 
+def test_read_and_read_folder_name_every_unreadable_image_in_one_error(exported, tmp_path):
+    """reader.read([...]) and read_folder stopped at the first unreadable image and named that one only: a folder of
+    crops with several bad ones took one call per bad crop. Each now checks them all (across batches) and raises
+    once, naming every bad one by its list index and file; one bad image keeps its own error, named by its index."""
+    reader = zoo.load_pretrained(exported)
+    rng = np.random.default_rng(0)
+    d = tmp_path / "crops"
+    d.mkdir()
+    for n in ("a.png", "c.png", "e.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 128, 3), dtype=np.uint8)).save(d / n)
+    (d / "b.png").write_bytes(b"not an image")
+    (d / "d.png").write_bytes(b"")
+    (d / "f.jpg").write_bytes((d / "a.png").read_bytes()[:100])  # cut short
+    paths = [str(d / n) for n in ("a.png", "b.png", "c.png", "d.png", "e.png", "f.jpg")]
+    for call in (lambda: reader.read(paths, batch_size=2), lambda: read_folder(reader, d, tmp_path / "out.csv")):
+        with pytest.raises(ValueError) as err:
+            call()
+        msg = str(err.value)
+        assert msg.startswith("cannot read 3 of the 6 images (no readings are returned): images[1]: cannot read image "
+                              f"{d / 'b.png'} (")
+        assert f"; images[3]: cannot read image {d / 'd.png'}: the file is empty (0 bytes)" in msg
+        assert f"; images[5]: cannot read image {d / 'f.jpg'} (" in msg and msg.count("cannot read image") == 3
+    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(FileNotFoundError, match=r"^images\[2\]: image file /nonexistent/x.png not found$"):
+        reader.read([paths[0], paths[2], "/nonexistent/x.png"])
+    # past ten bad images the rest are named without their reasons
+    many = [np.zeros((4, 4, 2), dtype=np.uint8)] * 12
+    with pytest.raises(ValueError, match=r"cannot read 12 of the 12 images .*images\[9\]: an image array must be .*"
+                                         r"also unreadable: images\[10\], images\[11\]; fix or remove them"):
+        reader.read(many)
+
+
 def _only_good(tmp_path):
     d = tmp_path / "good"
     if not d.exists():
@@ -348,6 +380,42 @@ def test_csd_trains_under_a_true_precision(exported, precision, dtype):
                         enable_model_summary=False, limit_val_batches=0, precision=precision)
     trainer.fit(task, train_dataloaders=DataLoader([batch], batch_size=None))
     assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_csd_logs_how_often_the_teachers_pseudolabel_is_the_label(exported, monkeypatch):
+    """A CSD run logged the loss and the KL term but not the quality of the teacher's pseudolabels, which CSD papers
+    report. train/csd_pseudolabel_accuracy is the percentage of a batch's labelled words the teacher reads exactly:
+    here a teacher made to read "aaaaaa" in every crop, against labels of which two of six are "aaaaaa" (a seventh
+    row has no label and is left out)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.data.str import encode_targets
+
+    task = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(exported))
+    t = task.teacher
+    with torch.no_grad():  # every slot's logits: 'a' by far
+        t.head.bias.fill_(-50.0)
+        t.head.bias[t.charset.encode("a")[0]] = 50.0
+    imgs = torch.randn(7, 3, 32, 128)
+    assert [r.text for r in t.read(list(imgs.permute(0, 2, 3, 1).sigmoid().numpy()))] == ["aaaaaa"] * 7
+    texts = ["aaaaaa", "aaaaa", "aaaaab", "aaaaaa", "", "b"]  # word for word: rows 0 and 3 only
+    labels = torch.cat([encode_targets(t.charset, texts), torch.full((1, 7), -100)])
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader([{"images": imgs, "targets": labels}], batch_size=None))
+    assert trainer.callback_metrics["train/csd_pseudolabel_accuracy"].item() == pytest.approx(100 * 2 / 6)
+    # a batch with no label logs nothing (no number made up), and neither does a run without a teacher
+    logged = {}
+    monkeypatch.setattr(RecognitionTask, "log", lambda self, name, value, **kw: logged.update({name: (float(value), kw)}))
+    task.training_step({"images": imgs[:2], "targets": torch.full((2, 7), -100)}, 0)
+    assert "train/csd_pseudolabel_accuracy" not in logged and "train/kl" in logged
+    task.training_step({"images": imgs[:4], "targets": labels[:4]}, 0)
+    assert logged["train/csd_pseudolabel_accuracy"] == (pytest.approx(50.0), {"batch_size": 4})
+    logged.clear()
+    plain = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    plain.training_step({"images": imgs[:4], "targets": labels[:4]}, 0)
+    assert "train/loss" in logged and "train/csd_pseudolabel_accuracy" not in logged
 
 
 def test_csd_pseudolabels_are_the_teachers_readings_encoded(tmp_path):
@@ -640,6 +708,31 @@ def test_a_csd_teacher_written_by_a_subclass_of_the_task_loads(tmp_path):
     student.setup("fit")
     for (k, v), (k2, v2) in zip(teacher.model.state_dict().items(), student.teacher.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+def test_a_csd_teacher_whose_task_class_this_process_has_not_imported(tmp_path):
+    """A teacher checkpoint written by a user's subclass of RecognitionTask that this process has not imported (a
+    training script's own class: ``__main__.MyRecognitionTask`` there) was refused by its class name ("not of a
+    scene-text RecognitionTask"), though RecognitionTask.load_from_checkpoint reads it; it loads. Another domain's
+    checkpoint of a class not imported here, or one naming no class, is still refused by name: its saved data kind
+    is not 'str'."""
+    teacher = MyRecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO)
+    path = _one_step_checkpoint(teacher, tmp_path / "t.ckpt", 36)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved["zoo_task_class"] = "__main__.MyRecognitionTask"  # the script that wrote it is not this process
+    torch.save(saved, path)
+    student = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(path))
+    student.setup("fit")
+    for (k, v), (k2, v2) in zip(teacher.model.state_dict().items(), student.teacher.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    for task_class, named in (("my_project.MyLanguageModel", "my_project.MyLanguageModel"), (None, "a task of 'lm' data")):
+        other = {**saved, "zoo_task_class": task_class,
+                 "hyper_parameters": {**saved["hyper_parameters"], "data_info": {"kind": "lm"}}}
+        torch.save(other, tmp_path / "other.ckpt")
+        student = RecognitionTask(arch="str-diff-tiny", model_args=TINY, data_info=INFO, teacher=str(tmp_path / "other.ckpt"))
+        with pytest.raises(ValueError, match=rf"other\.ckpt is a checkpoint of {re.escape(named)}, not of a scene-text "
+                                             r"RecognitionTask; give a str-\* checkpoint"):
+            student.setup("fit")
 
 
 def test_csd_training_step_loss_is_the_documented_mix_by_hand(monkeypatch):

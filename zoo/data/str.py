@@ -15,7 +15,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -242,10 +242,18 @@ class TensorizedDataset(Dataset):
         return to_tensor(img, self.img_size), text, self.name, self.offset + i
 
 
+class UnreadableImage(NamedTuple):
+    """The item of an image :class:`ImageFolderDataset` cannot read, in place of its tensor: why."""
+
+    reason: str
+
+
 class ImageFolderDataset(Dataset):
     """Every image file in a folder (sorted, by extension), for prediction: items ``(tensor, path)``.
 
-    An unreadable image raises naming the file, so no prediction is silently missing."""
+    An unreadable image's item is ``(UnreadableImage(reason), path)``, not an exception: predict goes on checking
+    the others and then raises naming every one (see :func:`collate_predict`), so no prediction is silently missing
+    and a folder with several bad crops does not take one run per bad crop."""
 
     def __init__(self, folder: str | Path, img_size: tuple[int, int] = (32, 128)) -> None:
         self.folder = Path(folder).expanduser()
@@ -269,8 +277,12 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        return to_tensor(load_image(self.paths[i]), self.img_size), str(self.paths[i].relative_to(self.folder))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | UnreadableImage, str]:
+        name = str(self.paths[i].relative_to(self.folder))
+        try:
+            return to_tensor(load_image(self.paths[i]), self.img_size), name
+        except (OSError, ValueError) as exc:  # corrupt, empty, removed meanwhile, not readable by this user
+            return UnreadableImage(str(exc)), name
 
     def require_utf8_names(self) -> None:
         """Raise naming the files whose names are not UTF-8 (a Latin-1 name from an old archive, which Python holds
@@ -294,8 +306,13 @@ def _is_utf8(name: str) -> bool:
 
 
 def collate_predict(items: list) -> dict[str, Any]:
-    images, paths = zip(*items)
-    return {"images": torch.stack(images), "paths": list(paths)}
+    """``images`` (``None`` when none of the batch could be read) and their ``paths``; ``unreadable``: ``(path,
+    reason)`` of the batch's images that could not be read (the task names them all when predict ends)."""
+    good = [(x, p) for x, p in items if not isinstance(x, UnreadableImage)]
+    out: dict[str, Any] = {"images": torch.stack([x for x, _ in good]) if good else None, "paths": [p for _, p in good]}
+    if len(good) < len(items):
+        out["unreadable"] = [(p, x.reason) for x, p in items if isinstance(x, UnreadableImage)]
+    return out
 
 
 class Collate:
@@ -496,4 +513,5 @@ class STRDataModule(L.LightningDataModule):
                           collate_fn=collate_predict, pin_memory=pin_memory_for(self.trainer))
 
 
-__all__ = ["Collate", "ImageFolderDataset", "collate_predict", "STRDataModule", "SyntheticSTRDataset", "TensorizedDataset", "encode_targets", "load_image", "to_tensor"]
+__all__ = ["Collate", "ImageFolderDataset", "UnreadableImage", "collate_predict", "STRDataModule", "SyntheticSTRDataset",
+           "TensorizedDataset", "encode_targets", "load_image", "to_tensor"]

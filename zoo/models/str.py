@@ -381,39 +381,69 @@ class SceneTextRecognizer(PretrainedMixin, nn.Module):
             out.append(Reading(self.charset.decode(i[: self.charset.max_length]), float(conf)))
         return out
 
-    def _crop(self, image: Any, index: Optional[int]) -> Tensor:
-        """One input of :meth:`read` as a normalized tensor; a failure names the list index it came from."""
+    def _crop(self, image: Any) -> Tensor:
+        """One input of :meth:`read` as a normalized tensor."""
         from zoo.data.images import load_image
         from zoo.data.str_io import to_tensor
 
-        try:
-            return to_tensor(load_image(image), tuple(self.config.img_size))
-        except (OSError, ValueError, TypeError) as exc:
-            if index is None:
-                raise
-            try:
-                named = type(exc)(f"images[{index}]: {exc}")
-            except Exception:  # noqa: BLE001 -- an exception type that takes other arguments: raised as it is
-                raise exc from None
-            raise named from exc
+        return to_tensor(load_image(image), tuple(self.config.img_size))
 
     @torch.no_grad()
     def read(self, images: Any, batch_size: int = 64) -> list[Reading]:
         """Recognize text in one image or a list: PIL images, numpy arrays (HxW, HxWx3/4, uint8 or
-        float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises (naming its
-        index in a list)."""
+        float in [0, 1]) or file paths. Grayscale / RGBA are converted; an unreadable file raises (in a list: one
+        error naming the index of every unreadable item, after all are checked)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         param = next(self.parameters())
         out: list[Reading] = []
+        bad: list[tuple[int, Exception]] = []
         with eval_mode(self):  # an unreadable image part-way leaves the model in the mode it had
             for s in range(0, len(items), batch_size):
-                batch = torch.stack([self._crop(x, None if single else s + i) for i, x in enumerate(items[s : s + batch_size])])
+                crops = []
+                for i, x in enumerate(items[s : s + batch_size], s):
+                    try:
+                        crops.append(self._crop(x))
+                    except (OSError, ValueError, TypeError) as exc:
+                        if single:
+                            raise
+                        bad.append((i, exc))
+                if bad:  # the call raises: the rest is only checked, so one error names every unreadable item
+                    continue
                 # in the model's dtype too: a .half() / .double() model reads as a float32 one does
-                out.extend(self.decode_probs(self(batch.to(device=param.device, dtype=param.dtype))))
+                out.extend(self.decode_probs(self(torch.stack(crops).to(device=param.device, dtype=param.dtype))))
+        if len(bad) == 1:
+            index, exc = bad[0]
+            try:  # the error as it was, named by its index in the list
+                named = type(exc)(f"images[{index}]: {exc}")
+            except Exception:  # noqa: BLE001 -- an exception type that takes other arguments: raised as it is
+                raise exc from None
+            raise named from exc
+        if bad:
+            raise unreadable_images_error([(f"images[{i}]", str(exc)) for i, exc in bad], len(items), "images",
+                                          "no readings are returned")
         return out[0] if single else out
+
+
+def unreadable_images_error(bad: list[tuple[str, str]], total: int, where: str, outcome: str) -> ValueError:
+    """One error naming every unreadable image of ``bad`` (``(name, reason)`` pairs, in order) out of ``total``
+    read from ``where``, saying ``outcome`` (what was not given back): the reasons of the first ten, then the others'
+    names (a user fixes them all in one go, as the LMDB builder names its bad images; not one per rerun)."""
+    shown, names_cap = 10, 1000
+
+    def entry(name: str, why: str) -> str:
+        return why if name in why else f"{name}: {why}"  # a path's reason names the file already
+
+    text = "; ".join(entry(n, w) for n, w in bad[:shown])
+    rest = [n for n, _ in bad[shown:names_cap]]
+    if rest:
+        text += f"; also unreadable: {', '.join(rest)}"
+    if len(bad) > names_cap:
+        text += f" and {len(bad) - names_cap} more"
+    return ValueError(f"cannot read {len(bad)} of the {total} {where} ({outcome}): {text}; fix or remove them, then "
+                      "read again")
 
 
 # -- registry ---------------------------------------------------------------------------------
@@ -453,7 +483,8 @@ for _size, (_ed, _edep, _eh, _dd, _ddep, _dh) in _SIZES.items():
             **_v2,
         )
 
-__all__ = ["DecoderLayer", "Reading", "STRConfig", "SceneTextRecognizer", "sincos_2d", "visibility"]
+__all__ = ["DecoderLayer", "Reading", "STRConfig", "SceneTextRecognizer", "sincos_2d", "unreadable_images_error",
+           "visibility"]
 
 
 def transfer_charset(src: SceneTextRecognizer, dst: SceneTextRecognizer) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from zoo.hub import _class_path, create_model, export_arch_config, read_export_config, resolve_pretrained
 from zoo.data.charsets import Charset, resolve_charset
-from zoo.models.str import SceneTextRecognizer, transfer_charset, visibility
+from zoo.models.str import SceneTextRecognizer, transfer_charset, unreadable_images_error, visibility
 from zoo.tasks.base import ZooTask
 
 MASK_MODES = ("ar", "nar", "cloze", "perm")
@@ -113,9 +113,10 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
     """An exported folder / shipped name, or a Lightning ``.ckpt`` of :class:`RecognitionTask`."""
     if str(source).endswith(".ckpt"):
         path = Path(source).expanduser()  # as an export folder's path is: "teacher: ~/runs/best.ckpt" in a YAML
-        # another domain's checkpoint: named here (Lightning refuses it as "not an imported subclass")
         try:  # weights_only: the peek unpickles nothing but tensors and plain values
-            task_class = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("zoo_task_class")
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            task_class = saved.get("zoo_task_class")
+            kind = ((saved.get("hyper_parameters") or {}).get("data_info") or {}).get("kind")
         except Exception as exc:  # noqa: BLE001 -- a folder, a missing, empty or foreign file
             if not path.is_file():
                 from zoo.hub import checkpoint_task_class
@@ -123,12 +124,19 @@ def _load_recognizer(source: str) -> SceneTextRecognizer:
                 checkpoint_task_class(path)  # names a missing file or a folder (reads no file: nothing is unpickled)
             raise ValueError(f"cannot read {path} as a checkpoint ({exc}); give a str-* .ckpt that a fit wrote, an "
                              "export folder or a shipped name") from exc
-        from zoo.tasks.base import _task_class
+        from zoo.tasks.base import _refuse_other_task
 
-        known = _task_class(task_class)  # a user's subclass of RecognitionTask (imported) is one
-        if task_class and (not issubclass(known, RecognitionTask) if known is not None
-                           else task_class.rpartition(".")[2] != RecognitionTask.__name__):
-            raise ValueError(f"{path} is a checkpoint of {task_class}, not of a scene-text RecognitionTask; "
+        # another domain's checkpoint, named here with the file and the fix a teacher / read_folder source takes
+        # (load_from_checkpoint's refusal, the same test, names neither and speaks of --ckpt_path). A class this
+        # process has not imported (a user's subclass saved from a script's __main__), or none named, cannot be
+        # tested: the saved data kind tells (a RecognitionTask's data_info is 'str'; by its name, a subclass was refused)
+        try:
+            foreign = _refuse_other_task(RecognitionTask, task_class) is None and kind not in (None, "str")
+        except ValueError:
+            foreign = True
+        if foreign:
+            writer = task_class or f"a task of {kind!r} data"
+            raise ValueError(f"{path} is a checkpoint of {writer}, not of a scene-text RecognitionTask; "
                              "give a str-* checkpoint, export folder or shipped name")
         return RecognitionTask.load_from_checkpoint(path, map_location="cpu").model
     import zoo
@@ -202,7 +210,8 @@ class RecognitionTask(ZooTask):
         label_smoothing: cross-entropy label smoothing.
         teacher: CSD teacher (exported folder, shipped name or ``.ckpt``). With it, training targets
             are the teacher's pseudolabels and a KL term pulls every mask's prediction towards the
-            teacher's cloze distribution.
+            teacher's cloze distribution; each step logs ``train/csd_pseudolabel_accuracy``, the percentage of the
+            batch's labelled words whose pseudolabel is the label.
         csd_temperature: softmax temperature of the KL term (scaled by ``T^2``).
         csd_kl_weight: weight of the KL term; the pseudolabel cross-entropy has weight 1.
         eval_charset: score validation and test as PARSeq scores the case-insensitive benchmarks with a model of
@@ -266,6 +275,8 @@ class RecognitionTask(ZooTask):
         # the last evaluation's per-sample readings: {stage: {(set, index): (correct, 1-NED)}}
         self.readings: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
         self._predictions: list[dict[str, Any]] = []
+        self._unreadable: list[tuple[str, str]] = []
+        self._predict_seen = 0
 
     @property
     def teacher(self) -> Optional[SceneTextRecognizer]:
@@ -457,7 +468,9 @@ class RecognitionTask(ZooTask):
         images, targets = batch["images"], batch["targets"]
         soft = None
         if self.teacher is not None:
+            labels = targets
             targets, soft = self._teacher_targets(images)
+            self._log_pseudolabel_accuracy(targets, labels)
         memory = self.model.encode(images)
         kv = self.model.memory_kv(memory) if len(self.masks) > 1 else None  # projected once for every mask
         tokens, valid = self.model.content_tokens(targets)
@@ -496,6 +509,17 @@ class RecognitionTask(ZooTask):
         # keep up to and including the first EOS; the rest is padding
         targets = ids.masked_fill(ended - (ids == t.charset.EOS).long() > 0, -100)
         return targets, t.cloze_logits(images, targets, memory=memory)
+
+    def _log_pseudolabel_accuracy(self, pseudolabels: Tensor, labels: Tensor) -> None:
+        """``train/csd_pseudolabel_accuracy``: the percentage of the batch's labelled words whose teacher pseudolabel is
+        the label, word for word (as ``val/accuracy`` scores readings; CSD papers report pseudolabel quality). Rows
+        without a label (every slot ``-100``) are left out; a batch with none logs nothing."""
+        labelled = (labels != -100).any(-1)
+        n = int(labelled.sum())  # a device sync: one a step, beside the teacher's (its 'ar' decoding checks every slot)
+        if n == 0:
+            return
+        agree = ((pseudolabels == labels).all(-1) & labelled).sum()
+        self.log("train/csd_pseudolabel_accuracy", 100.0 * agree / n, batch_size=n)
 
     def _kl(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
         tau = self.hparams.csd_temperature
@@ -553,6 +577,11 @@ class RecognitionTask(ZooTask):
 
     # -- predict: one row per image (the CLI writes predictions.jsonl; predict_folder writes CSV)
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        unreadable = batch.get("unreadable") or []
+        self._unreadable.extend(unreadable)
+        self._predict_seen += len(unreadable) + (0 if batch["images"] is None else len(batch["images"]))
+        if self._unreadable:  # predict ends in an error naming every unreadable image: the rest is only checked
+            return []
         readings = self.model.decode_probs(self.model(batch["images"]))
         keys = batch.get("paths") or batch.get("texts")
         return [{"image": k, "text": r.text, "confidence": round(r.confidence, 6)} for k, r in zip(keys, readings)]
@@ -579,6 +608,7 @@ class RecognitionTask(ZooTask):
 
     def on_predict_epoch_start(self) -> None:
         self._predictions = []
+        self._unreadable, self._predict_seen = [], 0  # (path, reason) of the images that could not be read
 
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if isinstance(outputs, list):
@@ -592,7 +622,13 @@ class RecognitionTask(ZooTask):
         from zoo.tasks.base import gather_objects
 
         path = run_dir(self.trainer) / "predictions.csv"  # DDP collectives: every rank runs both
-        parts = gather_objects(self._predictions)
+        gathered = gather_objects((self._predictions, self._unreadable, self._predict_seen))
+        parts = [g[0] for g in gathered]
+        bad = sorted(b for g in gathered for b in g[1])
+        if bad:  # every rank raises alike; the LMDB builder names all its bad images the same way
+            folder = getattr(self.trainer.datamodule, "predict_dir", None)
+            where = f"images of {folder}" if folder else "images"
+            raise unreadable_images_error(bad, sum(g[2] for g in gathered), where, "no predictions.csv was written")
         if not self.trainer.is_global_zero:
             return
         # Lightning shards prediction with an unrepeated sampler: rank r reads samples r, r + W, ...
