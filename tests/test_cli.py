@@ -884,3 +884,32 @@ def test_a_task_or_datamodule_error_reaches_the_user_as_raised(tmp_path, monkeyp
         with pytest.raises(type(direct.value)) as err:
             main(["fit", *LM_TINY, arg, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"])
         assert str(err.value) == str(direct.value) and "Union subtypes" not in str(err.value)
+
+
+def test_a_single_callbacks_error_is_not_replaced_by_jsonargparses_list_check(tmp_path, monkeypatch):
+    """jsonargparse chains the Union error to its first subtype's error: for one trainer callback given as a mapping
+    (not a list) that is its own "Expected a <class 'list'>. Got value: Namespace(...)", which the CLI raised in place
+    of the whole message, hiding the callback's. Reference: the message EarlyStopping raises when built directly.
+    And an error a task raises `from` another keeps that cause (it was dropped with the wrapping)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    import zoo.tasks.lm
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(Exception) as direct:
+        EarlyStopping(monitor="val/loss", mode="bad")
+    callback = "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/loss, mode: bad}}"
+    with pytest.raises(Exception) as err:
+        main(["fit", *LM_TINY, f"--trainer.callbacks={callback}", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.max_steps=1"])
+    assert str(direct.value) in str(err.value), str(err.value)[:300]
+
+    inner = KeyError("the underlying reason")
+
+    def refuse(top_k):
+        raise ValueError("top_k refused") from inner
+
+    monkeypatch.setattr(zoo.tasks.lm, "check_top_k", refuse)
+    with pytest.raises(ValueError, match="^top_k refused$") as err:
+        main(["fit", *LM_TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"])
+    assert err.value.__cause__ is inner

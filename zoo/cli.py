@@ -324,7 +324,10 @@ class ZooCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as exc:
-            raise _class_error(exc) from None
+            err = _class_error(exc)
+            if err is exc:
+                raise
+            raise err from err.__cause__  # the class's own cause kept; jsonargparse's wrapping not shown
 
     def _folders_trainer(self, sub: str) -> Any:
         """A trainer of the config without its model and data (neither is built), to find the run's checkpoints in
@@ -477,10 +480,15 @@ def _class_error(exc: ValueError) -> BaseException:
     """The error a task's or datamodule's ``__init__`` raised, out of jsonargparse's wrapping: "Does not validate
     against any of the Union subtypes", the class's own message among a NoneType alternative's, and the whole
     Namespace of arguments (``data_info`` with its scaler statistics, a charset) printed last, where the user reads.
-    Any other error as it is."""
+    Any other error as it is, also one whose chained cause jsonargparse raised itself: it chains the first subtype's
+    error, which for a single trainer callback is "Expected a <class 'list'>", not the callback's own message."""
     cause = exc.__cause__
     if str(exc).startswith("Does not validate against any of the Union subtypes") and isinstance(cause, Exception):
-        return cause
+        tb = cause.__traceback__
+        while tb is not None and tb.tb_next is not None:  # where it was raised: the class's code, or a type check
+            tb = tb.tb_next
+        if tb is not None and "jsonargparse" not in Path(tb.tb_frame.f_code.co_filename).parts:
+            return cause
     return exc
 
 

@@ -578,6 +578,18 @@ def test_a_daily_csv_written_with_utc_offsets_keeps_its_calendar_days(tmp_path):
     assert list(got) == list(hourly.tz_convert("UTC").tz_localize(None))  # 02:00 twice locally: UTC keeps them apart
 
 
+def test_a_day_first_daily_csv_with_utc_offsets_keeps_its_days_in_order():
+    """Day-first local midnights with offsets ('13/01/2021 00:00:00+01:00'): the column is read day-first (its first
+    value says so), but the wall-clock days were each parsed again alone, month-first: 01/02/2021 became January 2,
+    and the valid file was refused as "not increasing ... sort the rows". Reference: pandas' own local calendar days."""
+    local = pd.date_range("2021-01-13", periods=90, freq="D", tz="Europe/Berlin")  # a month change and the March one
+    text = [t.strftime("%d/%m/%Y %H:%M:%S") + t.strftime("%z")[:3] + ":" + t.strftime("%z")[3:] for t in local]
+    assert text[19] == "01/02/2021 00:00:00+01:00" and text[-1].endswith("+02:00")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas' "parsing dates in %d/%m/%Y format when dayfirst=False"
+        dates, _ = prepare_frame(pd.DataFrame({"date": text, "a": np.arange(90.0)}))
+    assert list(dates) == list(local.tz_localize(None))
+
 def test_rows_with_a_trailing_comma_the_header_lacks_are_read_as_written(tmp_path):
     # some exporters end every data row with a separator but not the header: pandas then takes the first field of
     # each row for an index and shifts every column one to the left (the dates into the index, 'a' into 'date')
