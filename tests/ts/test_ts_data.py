@@ -404,6 +404,17 @@ def test_dates_without_their_times_are_named_not_called_duplicates(tmp_path):
     with pytest.raises(ValueError, match=r"69 of 71 rows repeat the previous row's date: the dates lack their time of day: "
                                          "write full timestamps"):
         _dm(tmp_path, df[["date", "a"]]).data_info
+    # long format, one row per date and store: a pivot is the fix (not full timestamps); followed, the file reads
+    days = pd.date_range("2021-03-01", periods=80, freq="D").strftime("%Y-%m-%d")
+    long = pd.DataFrame({"date": np.repeat(days, 3), "store": ["north", "south", "west"] * 80,
+                         "sales": np.arange(240.0)})
+    with pytest.raises(ValueError, match=r"160 of 239 rows repeat the previous row's date: the table is in long format, "
+                                         r"one row per date and 'store'; make one column per series, e.g. "
+                                         r"df.pivot\(index='date', columns='store', values=\['sales'\]\).reset_index\(\)"):
+        _dm(tmp_path, long).data_info
+    wide = long.pivot(index="date", columns="store", values=["sales"]).reset_index()
+    wide.columns = ["date", "north", "south", "west"]  # pandas' two header rows, as one
+    np.testing.assert_array_equal(_dm(tmp_path, wide).prepared()["values"][:, 1], np.arange(1.0, 240, 3))
     once = _frame()
     once = pd.concat([once.iloc[:6], once.iloc[5:]], ignore_index=True)
     with pytest.raises(ValueError, match=r"repeats at row 6 .*; sort the rows by date and remove duplicates$"):

@@ -288,6 +288,16 @@ def test_restore_best_covers_a_resumed_fit(tmp_path):
     for k, v in resumed.model.state_dict().items():
         if v.is_floating_point():
             assert torch.all(v == 0.5), k
+    # the best state read from a checkpoint is the task's own copy: loaded memory-mapped (python -m zoo export,
+    # zoo.load_pretrained(ckpt)), it kept the file mapped for the task's life (SIGBUS once the file is rewritten)
+    from zoo.hub import load_checkpoint_task, read_checkpoint
+
+    mapped = read_checkpoint(tmp_path / "mid.ckpt")
+    loaded = load_checkpoint_task(tmp_path / "mid.ckpt", checkpoint=mapped)
+    saved = mapped["zoo_best_val"]["state"]
+    assert loaded._best_state.keys() == saved.keys()
+    for k, v in loaded._best_state.items():
+        assert torch.equal(v, saved[k]) and v.untyped_storage().data_ptr() != saved[k].untyped_storage().data_ptr(), k
 
 
 def test_forecast_restores_the_train_mode_when_the_forward_fails(monkeypatch):

@@ -152,15 +152,15 @@ class LMDBDataset(Dataset):
                 if n < 0:
                     raise ValueError(f"LMDB {self.path}: 'num-samples' is {n}; the database is corrupt")
                 self._labels = Strings(kept(txn, n))
-                unread = _unread_labels(txn, n)
+                count, first = _unread_labels(txn, n)
         except lmdb.Error as exc:
             raise ValueError(f"cannot read LMDB {self.path} ({exc}); the database is corrupt, rebuild it") from exc
-        if unread:
+        if count:
             # PARSeq's reader ignores them too, but silently: a 0-based LMDB whose num-samples is its last key lost
             # its first sample, one whose num-samples is too small lost its tail
-            shown = ", ".join(k.decode(errors="replace") for k in unread[:3]) + (", ..." if len(unread) > 3 else "")
+            shown = ", ".join(k.decode(errors="replace") for k in first) + (", ..." if count > len(first) else "")
             warnings.warn(
-                f"LMDB {self.path} holds {len(unread)} label key(s) that the PARSeq layout (keys label-000000001 .. "
+                f"LMDB {self.path} holds {count} label key(s) that the PARSeq layout (keys label-000000001 .. "
                 f"label-{n:09d} for num-samples={n}) never reads: {shown}; those samples are skipped. Rebuild the LMDB "
                 "(`python -m zoo.data.str_real build`) or correct num-samples to read them", stacklevel=2,
             )
@@ -203,17 +203,22 @@ _UNSEEN = object()
 _KEY0 = b"label-%09d" % 0
 
 
-def _unread_labels(txn: Any, n: int) -> list[bytes]:
-    """The ``label-%09d`` keys outside ``1..n`` (``label-000000000``, or past ``num-samples``): samples an LMDB holds
-    that its layout does not read."""
-    out = [_KEY0] if txn.get(_KEY0) is not None else []
+def _unread_labels(txn: Any, n: int) -> tuple[int, list[bytes]]:
+    """How many ``label-%09d`` keys lie outside ``1..n`` (``label-000000000``, or past ``num-samples``: samples an
+    LMDB holds that its layout does not read), and the first three. Only counted past those (a num-samples that
+    reads a subset of MJSynth's 9M keys walks them without holding them)."""
+    count, first = 0, []
+    if txn.get(_KEY0) is not None:
+        count, first = 1, [_KEY0]
     cursor = txn.cursor()
     if cursor.set_range(b"label-%09d" % (n + 1)):  # nine-digit keys sort as their numbers do
         for key in cursor.iternext(values=False):
             if not key.startswith(b"label-"):
                 break
-            out.append(bytes(key))
-    return out
+            count += 1
+            if len(first) < 3:
+                first.append(bytes(key))
+    return count, first
 
 
 def find_lmdbs(root: str | Path) -> list[Path]:

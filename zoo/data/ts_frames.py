@@ -257,10 +257,24 @@ def prepare_frame(
                 # duplicates to remove (which left one row a day)
                 clock = [c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])
                          and df[c].astype(str).str.strip().str.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?").all()]
-                advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time of "
-                          "day" + (f", which column {clock[0]!r} holds: join them into one timestamp, e.g. "
-                                   f"df[{date_col!r}] = df[{date_col!r}] + ' ' + df.pop({clock[0]!r})" if clock else
-                                   ": write full timestamps (date and time) in the date column"))
+                # or long format, one row per date and series (date, store, sales): a text column that takes several
+                # values within each date names the series, and a pivot gives one column per series
+                keys = [] if clock else [
+                    c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])
+                    and df[c].nunique() >= 2 and (df.groupby(df[date_col].astype(str), sort=False)[c].nunique() > 1).mean() >= 0.5]
+                values = [c for c in df.columns if c != date_col and c not in keys]
+                if clock:
+                    advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time "
+                              f"of day, which column {clock[0]!r} holds: join them into one timestamp, e.g. "
+                              f"df[{date_col!r}] = df[{date_col!r}] + ' ' + df.pop({clock[0]!r})")
+                elif keys:
+                    advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the table is in long format, "
+                              f"one row per date and {keys[0]!r}; make one column per series, e.g. "
+                              f"df.pivot(index={date_col!r}, columns={keys[0]!r}, values={values[:1] or ['<value>']}"
+                              ").reset_index()")
+                else:
+                    advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time "
+                              "of day: write full timestamps (date and time) in the date column")
             raise ValueError(f"date column {date_col!r} of {source} {what} at row {i} ({dates[i - 1]} -> {dates[i]}); "
                              + advice)
 

@@ -185,7 +185,8 @@ def check_pixels(images: Tensor, who: str, size: Optional[int] = None) -> None:
         raise ValueError(f"{who}: images must be floats in [0, 1], got {images.dtype} (divide uint8 pixels by 255)")
     if torch.compiler.is_compiling():  # reading the values would split a compiled graph (the forward's)
         return
-    lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 1.0)
+    # one device-to-host copy (a forward in a user's loop on CUDA waited twice)
+    lo, hi = torch.stack(torch.aminmax(images.detach())).float().tolist() if images.numel() else (0.0, 1.0)
     if not (lo >= -1e-6 and hi <= 1 + 1e-6):
         raise ValueError(f"{who} takes pixels in [0, 1], got values in [{lo:.9g}, {hi:.9g}]: divide 0..255 pixels by "
                          "255, pass images before a mean / std normalization (the model normalizes them), clamp(0, 1) "

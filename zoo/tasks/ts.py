@@ -399,7 +399,10 @@ class ForecastTask(ZooTask):
             self._refuse_other_data(info, arch, self.model.meta, "the checkpoint")
         best = checkpoint.get("zoo_best_val")
         if best is not None:
-            self.best_val, self._best_state = tuple(best["val"]), best["state"]
+            # copies: a checkpoint read memory-mapped (zoo.hub.read_checkpoint) would keep the file mapped for the
+            # task's life, and a file rewritten in place under it crashes the process when the state is read (SIGBUS)
+            self.best_val = tuple(best["val"])
+            self._best_state = {k: v.clone() if torch.is_tensor(v) else v for k, v in best["state"].items()}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
