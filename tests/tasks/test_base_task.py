@@ -518,7 +518,7 @@ def test_every_task_is_callable_on_its_model_inputs():
     vtask = VLMTask(arch="vlm-fda-tiny", data_info=vdm.data_info,
                     model_args=_VLM_TINY).eval()
     ids, mask = vtask.model.tokenize(["a red circle", "two small blue squares"])
-    imgs = torch.randn(2, 3, 32, 32)
+    imgs = torch.rand(2, 3, 32, 32)  # pixels in [0, 1], as the model takes them
     with torch.no_grad():
         got, want = vtask(imgs, ids, mask), vtask.model(imgs, ids, mask)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
