@@ -265,6 +265,28 @@ def test_validate_then_fit(tmp_path):
     assert task.best_val is not None and np.isfinite(task.best_val[0])
 
 
+def test_restore_best_names_the_step_of_an_epoch_that_validates_several_times(tmp_path, capsys):
+    """With val_check_interval an epoch validates more than once; "restored the weights of epoch 0" did not say which
+    validation's. Reference: the val/loss each validation logged, recorded by a callback, and its step."""
+    from zoo.data.ts import SyntheticTSDataModule
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, module):
+            if not trainer.sanity_checking:
+                seen.append((float(trainer.callback_metrics["val/loss"]), trainer.global_step))
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, lr=3e-2, scheduler="constant")
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, limit_val_batches=2, max_epochs=1, limit_train_batches=6,
+              val_check_interval=2, callbacks=[Record()], default_root_dir=tmp_path).fit(task, datamodule=dm)
+    assert len(seen) == 3
+    loss, step = min(seen)
+    assert f"restored the weights of epoch 0, step {step} (val/loss {loss:.4f})" in capsys.readouterr().out
+
+
 def test_restore_best_covers_a_resumed_fit(tmp_path):
     """The best validation epoch before a resume is still the one restore_best puts back after it."""
     from zoo.data.ts import SyntheticTSDataModule

@@ -141,6 +141,7 @@ class ForecastTask(ZooTask):
         self.results: dict[str, dict[str, Any]] = {}
         self.restore_best = restore_best
         self.best_val: Optional[tuple[float, int]] = None  # (val loss, epoch)
+        self._best_step: Optional[int] = None  # the optimizer step of that validation
         self._best_state: Optional[dict[str, Tensor]] = None
         self._forecasts: list[tuple[Any, Any]] = []
         self._device_copies: dict[str, tuple[tuple, Tensor]] = {}  # see _on_device
@@ -370,7 +371,7 @@ class ForecastTask(ZooTask):
         epoch) is never the best and never blocks a later finite one."""
         if math.isnan(loss) or (self.best_val is not None and not loss < self.best_val[0]):
             return
-        self.best_val = (loss, epoch)
+        self.best_val, self._best_step = (loss, epoch), int(self.global_step)
         if self.restore_best:
             self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
@@ -385,7 +386,7 @@ class ForecastTask(ZooTask):
         # the best epoch so far travels with a resumable checkpoint, so restore_best after a resumed fit
         # puts back the best of the whole run, not only of the part after the resume
         if self.best_val is not None:
-            checkpoint["zoo_best_val"] = {"val": self.best_val, "state": self._best_state}
+            checkpoint["zoo_best_val"] = {"val": self.best_val, "state": self._best_state, "step": self._best_step}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -401,7 +402,7 @@ class ForecastTask(ZooTask):
         if best is not None:
             # copies: a checkpoint read memory-mapped (zoo.hub.read_checkpoint) would keep the file mapped for the
             # task's life, and a file rewritten in place under it crashes the process when the state is read (SIGBUS)
-            self.best_val = tuple(best["val"])
+            self.best_val, self._best_step = tuple(best["val"]), best.get("step")  # (no step before 2026-11-29)
             self._best_state = {k: v.clone() if torch.is_tensor(v) else v for k, v in best["state"].items()}
 
     def on_fit_start(self) -> None:
@@ -410,7 +411,7 @@ class ForecastTask(ZooTask):
         if self.trainer.ckpt_path is None:
             # a new fit restores the best epoch of its own (a fit resumed with ckpt_path keeps the checkpoint's, read in
             # on_load_checkpoint before this hook): a second fit on the same task could put back the first one's weights
-            self.best_val, self._best_state = None, None
+            self.best_val, self._best_state, self._best_step = None, None, None
 
     def finish_fit(self) -> None:
         """restore_best: put back the best epoch's weights, once per fit. Runs in on_train_end (before the
@@ -422,7 +423,9 @@ class ForecastTask(ZooTask):
         if self.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
             loss, epoch = self.best_val
-            print(f"restored the weights of epoch {epoch} (val/loss {loss:.4f}) (restore_best=True)", flush=True)
+            # the step too: with val_check_interval, an epoch validates more than once
+            at = f"epoch {epoch}" if self._best_step is None else f"epoch {epoch}, step {self._best_step}"
+            print(f"restored the weights of {at} (val/loss {loss:.4f}) (restore_best=True)", flush=True)
 
     def on_train_end(self) -> None:
         self.finish_fit()
