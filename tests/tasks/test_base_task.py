@@ -152,6 +152,37 @@ def test_fit_summary_calls_only_a_monitored_checkpoint_best(tmp_path, capsys):
         f"latest checkpoint: {latest.best_model_path} (resume with --ckpt_path)"]
 
 
+def test_fit_summary_says_when_the_latest_checkpoint_misses_the_last_steps(tmp_path, capsys):
+    """A run that stops between two saves (max_steps 7, a save every 5 steps): "latest checkpoint: ...step=5.ckpt
+    (resume with --ckpt_path)" read as the run's end, and a resume quietly trained steps 6 and 7 again. Reference:
+    the step the file records and the trainer's step count."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import ExportOnFitEnd, RunSummary
+
+    data = DataLoader([torch.randn(5, 3)] * 10, batch_size=None)
+    every5 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=1)
+    trainer = L.Trainer(accelerator="cpu", max_steps=7, callbacks=[every5, RunSummary()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(Task(), data)
+    saved = torch.load(every5.best_model_path, weights_only=False)["global_step"]
+    assert (saved, trainer.global_step) == (5, 7)
+    assert (f"latest checkpoint: {every5.best_model_path} (step 5 of 7: the last 2 step(s) were saved nowhere; "
+            "--ckpt_path resumes from step 5)") in capsys.readouterr().out
+    # with the fit's export (this toy model has no export format: the callback's record of one stands in), the last
+    # steps are there
+
+    class Exported(ExportOnFitEnd):
+        def on_fit_end(self, trainer, module):
+            self.exported = tmp_path / "export"
+
+    every5 = ModelCheckpoint(dirpath=tmp_path / "b", every_n_train_steps=5, save_top_k=1)
+    L.Trainer(accelerator="cpu", max_steps=7, callbacks=[every5, Exported(), RunSummary()], logger=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+              default_root_dir=tmp_path / "b").fit(Task(), data)
+    assert "(step 5 of 7: the last 2 step(s) are in the export only;" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("stop, epochs", [({"max_steps": 3}, "0 + 3/7 batches"), ({"max_steps": 10}, "1 + 3/7 batches"),
                                           ({"max_steps": 7}, "1"), ({"max_epochs": 2}, "2")])
 def test_fit_summary_counts_the_epoch_a_run_stopped_inside_as_partial(stop, epochs, tmp_path, capsys):

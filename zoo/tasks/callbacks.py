@@ -206,7 +206,16 @@ class RunSummary(L.Callback):
                 # latest-{step} one beside a metric's): "best" is said only of a checkpoint a metric chose
                 monitor = getattr(cb, "monitor", None)
                 label = f"best checkpoint ({monitor}, {cb.mode})" if monitor else "latest checkpoint"
-                lines.append(f"{label}: {best} (resume with --ckpt_path)")
+                saved = getattr(cb, "_last_global_step_saved", None)  # Lightning saves on validation / epoch end
+                if not monitor and isinstance(saved, int) and 0 < saved < trainer.global_step:
+                    # a run that stops between two saves: its last steps are in the export, not in a checkpoint
+                    rest = trainer.global_step - saved
+                    kept = ("are in the export only" if any(isinstance(c, ExportOnFitEnd) and c.exported is not None
+                                                            for c in trainer.callbacks) else "were saved nowhere")
+                    lines.append(f"{label}: {best} (step {saved} of {trainer.global_step}: the last {rest} step(s) "
+                                 f"{kept}; --ckpt_path resumes from step {saved})")
+                else:
+                    lines.append(f"{label}: {best} (resume with --ckpt_path)")
         if stage != "fit" and trainer.ckpt_path:
             lines.append(f"evaluated checkpoint: {trainer.ckpt_path}")
         # a fast_dev_run has no logger: nothing was written to a run folder
