@@ -339,6 +339,30 @@ def test_create_model_takes_timm_style_pretrained_flags():
         zoo.create_model("lm-diff-tiny", pretrained=True)
 
 
+def test_timm_create_model_keywords_are_named_with_the_zoos_way():
+    """timm's ``create_model(name, checkpoint_path=..., drop_rate=..., drop_path_rate=..., num_classes=...)`` (its own
+    keywords: a timm model takes every one) met only "unknown config field(s)" and the list of fields, which says
+    neither that a checkpoint is ``pretrained=`` nor which field is dropout. Each is named with the zoo's way, per
+    model (a scene-text reader has drop_path, an LM has none); as timm's, the created model is in train mode."""
+    import inspect
+
+    import timm
+
+    built = timm.create_model("resnet10t", drop_rate=0.1, drop_path_rate=0.1, num_classes=3)
+    assert built.num_classes == 3 and built.training
+    assert "checkpoint_path" in inspect.signature(timm.create_model).parameters
+    with pytest.raises(ValueError, match=r"timm keyword\(s\) \['checkpoint_path'\].*pass pretrained="):
+        zoo.create_model("lm-diff-tiny", checkpoint_path="model.pth")
+    with pytest.raises(ValueError, match=r"\['drop_path_rate', 'drop_rate'\].*drop_path_rate: DiffTransformerLM has no "
+                                         r"drop_path; drop_rate: the field is dropout"):
+        zoo.create_model("lm-diff-tiny", drop_rate=0.1, drop_path_rate=0.1)
+    with pytest.raises(ValueError, match=r"drop_path_rate: the field is drop_path"):
+        zoo.create_model("str-diff-tiny", drop_path_rate=0.1)
+    with pytest.raises(ValueError, match=r"num_classes: zoo models have no classifier.*charset"):
+        zoo.create_model("str-diff-tiny", pretrained=True, num_classes=10)
+    assert zoo.create_model("str-diff-tiny", drop_path=0.1, pretrained=True).training
+
+
 def test_an_asset_file_missing_from_the_export_is_named(tmp_path):
     """config.json lists the export's asset files: one deleted must not load as a model without a tokenizer."""
     from zoo.data.tokenizers import ByteTokenizer

@@ -256,8 +256,15 @@ def create_model(
     from the checkpoint unless passed in ``overrides`` (as timm takes ``num_classes`` from the
     pretrained config). A ``pretrained`` folder that also holds an adapter (``adapter.safetensors``, written by
     an adapted run) gets it applied, as :func:`load_pretrained` does; ``adapter=False`` returns the plain base.
+
+    As timm's ``create_model``, the model is returned in train mode (:func:`load_pretrained` returns it in eval mode,
+    as transformers' ``from_pretrained``). Unlike timm, which drops the classifier weights of a checkpoint whose
+    ``num_classes`` differs, a data field passed with another value than the checkpoint's is refused (the output
+    layer's rows mean the checkpoint's tokens or characters). timm's own keywords (``checkpoint_path``,
+    ``drop_rate``, ``drop_path_rate``, ``num_classes``) are named with the zoo's way.
     """
     spec = get_spec(name)
+    _refuse_timm_keywords(spec, overrides)
     config = {**spec.config, **overrides}
     meta = folder = None
     if isinstance(pretrained, bool):  # timm's pretrained=True: the weights shipped under this name
@@ -293,6 +300,29 @@ def create_model(
         if adapter:
             _load_adapter_if_any(model, folder)
     return model
+
+
+# timm's create_model keywords, and the zoo's way to do what they do
+_TIMM_CREATE_HINTS = {
+    "checkpoint_path": "pass pretrained=<an exported folder or a run's .ckpt>",
+    "num_classes": "zoo models have no classifier to resize: the output is the data's (an LM's vocab_size, a "
+                   "recognizer's charset), taken from a pretrained checkpoint",
+}
+_TIMM_FIELD_NAMES = {"drop_rate": "dropout", "drop_path_rate": "drop_path"}  # timm's name -> the zoo config field
+
+
+def _refuse_timm_keywords(spec: ModelSpec, overrides: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the zoo's way for a timm ``create_model`` keyword that is no config field of ``spec``'s
+    class (the plain unknown-field error would list the known fields only)."""
+    config_class = getattr(spec.model_cls, "config_class", None)
+    fields = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
+    timm = sorted(k for k in overrides if k in {**_TIMM_CREATE_HINTS, **_TIMM_FIELD_NAMES} and k not in fields)
+    if timm:
+        cls = spec.model_cls.__name__
+        ours = {k: f"the field is {v}" if v in fields else f"{cls} has no {v}" for k, v in _TIMM_FIELD_NAMES.items()}
+        hints = [f"{k}: {_TIMM_CREATE_HINTS.get(k) or ours[k]}" for k in timm]
+        raise ValueError(f"create_model({spec.name!r}) got timm keyword(s) {timm}, which {cls} does not take: "
+                         + "; ".join(hints))
 
 
 def _load_adapter_if_any(model: nn.Module, folder: Path) -> None:
@@ -827,7 +857,27 @@ def _umask() -> int:
 
 class PretrainedMixin:
     """Hugging Face's ``save_pretrained`` / ``from_pretrained`` on a zoo model class: the same folder as
-    :func:`export_model` / :func:`load_pretrained` write and read."""
+    :func:`export_model` / :func:`load_pretrained` write and read; and its ``num_parameters()``, ``device`` and
+    ``dtype`` helpers, as a transformers model has them."""
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted as transformers counts them: each shared tensor once (a tied head is the embedding),
+        with ``only_trainable`` those that require grad, with ``exclude_embeddings`` without the ``nn.Embedding``
+        weights."""
+        embedding = (m.weight for m in self.modules() if isinstance(m, nn.Embedding))
+        embeddings = {id(w) for w in embedding} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in embeddings and (p.requires_grad or not only_trainable))
+
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` of the first parameter (transformers' ``model.device``: ``inputs.to(model.device)``)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> Any:
+        """The ``torch.dtype`` of the first floating-point parameter (transformers' ``model.dtype``)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     def save_pretrained(self, folder: Union[str, Path], *, overwrite: bool = False, arch: Optional[str] = None,
                         extra: Optional[dict[str, Any]] = None) -> Path:

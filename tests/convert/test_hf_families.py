@@ -79,6 +79,28 @@ def test_decoder_families_match_and_round_trip(tmp_path, cls_name, over, bias):
         torch.testing.assert_close(hf2(input_ids=ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cls_name, over", [("LlamaForCausalLM", {}),
+                                             ("Qwen2ForCausalLM", {"tie_word_embeddings": True})])
+def test_parameter_count_device_and_dtype_as_transformers_gives_them(tmp_path, cls_name, over):
+    """A converted model answers transformers' ``num_parameters(only_trainable, exclude_embeddings)``, ``device`` and
+    ``dtype`` as the source model does (zoo models had only their own ``num_params()``: an AttributeError for code
+    written against transformers): the tied head counted once, frozen embeddings left out of the trainable count,
+    the dtype after ``.to(torch.bfloat16)``."""
+    hf, folder = _decoder(tmp_path, cls_name, **over)
+    ours = from_hf_llama(folder)
+    hf.get_input_embeddings().weight.requires_grad_(False)
+    ours.embed.weight.requires_grad_(False)
+    for only_trainable in (False, True):
+        for exclude_embeddings in (False, True):
+            assert ours.num_parameters(only_trainable, exclude_embeddings) == hf.num_parameters(
+                only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+    assert ours.num_parameters() == ours.num_params() != ours.num_parameters(exclude_embeddings=True)
+    assert ours.device == hf.device and ours.dtype == hf.dtype == torch.float32
+    assert ours.to(torch.bfloat16).dtype == hf.to(torch.bfloat16).dtype == torch.bfloat16
+    ids = torch.randint(0, 97, (1, 3)).to(ours.device)  # the transformers idiom
+    assert ours(ids).dtype == torch.bfloat16
+
+
 def test_mistral_sliding_window_caps_the_context(tmp_path, caplog):
     hf, folder = _decoder(tmp_path, "MistralForCausalLM", sliding_window=16)
     with caplog.at_level("WARNING"):

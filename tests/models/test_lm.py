@@ -444,6 +444,46 @@ def test_generate_refuses_bad_settings_and_prompts_by_name():
             LanguageModelTask(model_args={"dim": 16, "n_layers": 1, "n_heads": 2}, **bad)
 
 
+def test_transformers_generate_keywords_name_what_zoo_takes_instead():
+    """transformers' ``generate(input_ids=..., do_sample=False, max_length=..., eos_token_id=..., pad_token_id=...,
+    num_return_sequences=...)``, as a Hugging Face user writes it, met Python's bare "unexpected keyword argument"
+    (``input_ids=``: "missing 1 required positional argument: 'prompt'"; a tokenizer's whole output as the prompt:
+    "too many dimensions 'str'"). Each is named with zoo's way, the message lists the keywords ``generate`` does take
+    (those of its signature), and what the do_sample hint promises holds: temperature=0 is the greedy decoding (the
+    argmax of a full recompute)."""
+    import inspect
+    import re
+
+    model = tiny()
+    ids = torch.randint(0, 50, (2, 4))
+    hints = {"do_sample": r"do_sample=False is temperature=0", "max_length": r"pass max_new_tokens",
+             "eos_token_id": r"pass eos_id", "pad_token_id": r"filled with the first eos_id",
+             "num_return_sequences": r"repeat_interleave\(n, dim=0\)", "input_ids": r"the first argument, prompt"}
+    for kw, hint in hints.items():
+        with pytest.raises(TypeError, match=rf"unexpected keyword argument\(s\) \['{kw}'\].*{hint}"):
+            if kw == "input_ids":
+                model.generate(input_ids=ids, max_new_tokens=2)
+            else:
+                model.generate(ids, max_new_tokens=2, **{kw: 1})
+    with pytest.raises(TypeError) as err:
+        model.generate(ids, repetition_penalty=1.2, top_P=0.9)
+    taken = [n for n, p in inspect.signature(model.generate).parameters.items()
+             if n != "prompt" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    listed = re.search(r"\['repetition_penalty', 'top_P'\]; it takes the prompt and \[(.*?)\]", str(err.value))
+    assert listed and sorted(listed.group(1).replace("'", "").split(", ")) == sorted(taken)
+    with pytest.raises(TypeError, match="needs a prompt"):
+        model.generate(max_new_tokens=2)
+    from transformers import BatchEncoding  # what a transformers tokenizer returns: was "too many dimensions 'str'"
+
+    enc = BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    with pytest.raises(ValueError, match=r"a mapping with keys \['input_ids', 'attention_mask'\].*enc\['input_ids'\]"):
+        model.generate(enc, max_new_tokens=2)
+    full = ids
+    for _ in range(3):
+        full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(model.generate(ids, max_new_tokens=3, temperature=0, eos_id=[]), full)
+
+
 def test_sampling_without_seed_follows_the_global_torch_seed():
     """seed=None draws from torch's global RNG (as Hugging Face's generate), so torch.manual_seed / the
     configs' seed_everything make sampled generations (and `zoo predict`) reproducible."""

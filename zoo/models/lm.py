@@ -10,7 +10,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +175,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         keys; with ``caches`` it covers cached plus new tokens. ``logits_to_keep`` > 0 returns the logits of
         the last that many positions only (Hugging Face's argument; generation needs the last one, and a
         prompt's logits over a large vocabulary would take [B, T, vocab] memory); a 1-D tensor keeps those positions.
+        The logits tensor itself is returned (transformers returns an output object holding it as ``.logits``).
         """
         B, T = input_ids.shape
         start = caches[0].pos if caches else 0
@@ -203,7 +204,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        prompt: Union[str, Sequence[str], Sequence[int], Tensor],
+        prompt: Union[str, Sequence[str], Sequence[int], Tensor, None] = None,
         max_new_tokens: int = 100,
         temperature: float = 1.0,
         top_k: Optional[int] = None,
@@ -212,6 +213,7 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         attention_mask: Optional[Tensor] = None,
         batch_size: int = 16,
         top_p: Optional[float] = None,
+        **unknown: Any,
     ) -> Union[str, list[str], Tensor]:
         """Sample a continuation with the KV cache.
 
@@ -239,7 +241,22 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         torch's global RNG in list order, as one call each would). They are decoded ``batch_size`` at a time,
         left-padded, prompts of similar lengths together (Hugging Face's text-generation pipeline batches the same
         way); ``batch_size=1`` decodes them one by one.
+
+        Where transformers' ``generate`` differs (a converted model's greedy tokens equal its own): zoo samples by
+        default (``temperature`` 1.0, whole vocabulary), where transformers decodes greedily unless ``do_sample=True``
+        (and then keeps the 50 likeliest tokens unless ``top_k`` or the model's ``generation_config`` says otherwise);
+        ``temperature=0`` is greedy here (transformers refuses it for sampling); ``max_new_tokens=0`` gives the
+        prompt back (transformers refuses it); a text prompt gives the completion only (the text-generation
+        pipeline's ``return_full_text=False``); a finished row is filled with the first ``eos_id``, as transformers
+        fills it when no ``pad_token_id`` is set. transformers' own keywords (``do_sample``, ``max_length``,
+        ``eos_token_id``, ``pad_token_id``, ``input_ids``, ``num_return_sequences``, ...) are a ``TypeError`` that
+        names zoo's way to do the same.
         """
+        if unknown:
+            raise TypeError(_unknown_generate_keywords(unknown))
+        if prompt is None:  # a default only so that transformers' input_ids= gets its hint above
+            raise TypeError("generate() needs a prompt: a text, a list of texts, a list of ids or a [batch, T] id "
+                            "tensor")
         check_generation(max_new_tokens, temperature)
         check_top_k(top_k)  # here, not only in the sampling step: max_new_tokens=0 never reaches it
         check_top_p(top_p)
@@ -255,6 +272,9 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
         if isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
             raise ValueError("a list prompt holds text prompts (a list of str) or token ids (ints), not both: "
                              f"got {[type(p).__name__ for p in prompt][:6]}")
+        if isinstance(prompt, Mapping):  # a tokenizer's output (transformers' BatchEncoding), not its ids
+            raise ValueError(f"the prompt is a mapping with keys {list(prompt)[:4]} (a tokenizer's output?); pass its ids "
+                             "and mask: generate(enc['input_ids'], attention_mask=enc['attention_mask'], ...)")
         as_text = isinstance(prompt, str)
         if as_text:
             self._need_tokenizer()
@@ -408,6 +428,34 @@ class DiffTransformerLM(PretrainedMixin, TokenizerAssets, nn.Module):
                     fed = nxt.masked_fill(done[:, None], 0) if stops else nxt
                     logits = self(fed, attention_mask=mask, caches=caches, logits_to_keep=1)[:, -1, :n_tok]
         return torch.cat(out, dim=1)
+
+
+# transformers' generate keywords that zoo's generate lacks, and zoo's way to do what they do
+_HF_GENERATE_HINTS = {
+    "input_ids": "the ids are the first argument, prompt: "
+                 "generate(enc['input_ids'], attention_mask=enc['attention_mask'])",
+    "do_sample": "zoo samples whenever temperature > 0 (the default, 1.0; transformers decodes greedily unless "
+                 "do_sample=True): do_sample=False is temperature=0",
+    "max_length": "pass max_new_tokens (max_length counts the prompt's tokens too)",
+    "eos_token_id": "pass eos_id (a token id or a list of them; [] never stops)",
+    "pad_token_id": "a row that ends early is filled with the first eos_id (transformers' fill without pad_token_id); "
+                    "replace the tokens after a row's first stop id yourself",
+    "num_return_sequences": "repeat the prompt rows (ids.repeat_interleave(n, dim=0), its attention_mask too): a [B, T] "
+                            "batch samples its rows independently",
+    "generation_config": "pass its settings as keywords (max_new_tokens, temperature, top_k, top_p, eos_id)",
+}
+_GENERATE_KEYWORDS = ("max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "seed", "attention_mask",
+                      "batch_size")
+
+
+def _unknown_generate_keywords(unknown: dict[str, Any]) -> str:
+    """The message for keywords ``generate`` does not take: zoo's way for transformers' own, the list for the rest (no
+    repetition penalty, beam search or streaming here)."""
+    names = sorted(unknown)
+    hints = [f"{k}: {_HF_GENERATE_HINTS[k]}" for k in names if k in _HF_GENERATE_HINTS]
+    return (f"generate() got unexpected keyword argument(s) {names}; it takes the prompt and "
+            f"{list(_GENERATE_KEYWORDS)}"
+            + "".join(f"; {h}" for h in hints))
 
 
 def completion_text(tokenizer: Any, prompt: list[int], new: list[int]) -> str:
