@@ -183,6 +183,27 @@ def test_fit_summary_says_when_the_latest_checkpoint_misses_the_last_steps(tmp_p
     assert "(step 5 of 7: the last 2 step(s) are in the export only;" in capsys.readouterr().out
 
 
+def test_fit_summary_does_not_call_steps_unsaved_that_another_checkpoint_holds(tmp_path, capsys):
+    """coco_minilm.yaml's layout: a latest-{step} checkpoint every 5 steps beside a monitored one with save_last. The
+    run's last validation (step 7) saved the monitored checkpoint and last.ckpt, yet the latest-{step} line said "the
+    last 2 step(s) were saved nowhere; --ckpt_path resumes from step 5". Reference: the step last.ckpt records."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.tasks.callbacks import RunSummary
+
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+    every5 = ModelCheckpoint(dirpath=tmp_path, filename="latest-{step}", every_n_train_steps=5, save_top_k=1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, callbacks=[best, every5, RunSummary()], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    trainer.fit(Task(), DataLoader([torch.randn(5, 3)] * 7, batch_size=None),
+                DataLoader([torch.randn(5, 3)], batch_size=None))
+    assert torch.load(best.last_model_path, weights_only=False)["global_step"] == trainer.global_step == 7
+    out = capsys.readouterr().out
+    assert "saved nowhere" not in out and "export only" not in out
+    assert (f"latest checkpoint: {every5.best_model_path} (step 5 of 7; another checkpoint of this run holds step 7: "
+            "--ckpt_path last resumes from the newest)") in out
+
+
 @pytest.mark.parametrize("stop, epochs", [({"max_steps": 3}, "0 + 3/7 batches"), ({"max_steps": 10}, "1 + 3/7 batches"),
                                           ({"max_steps": 7}, "1"), ({"max_epochs": 2}, "2")])
 def test_fit_summary_counts_the_epoch_a_run_stopped_inside_as_partial(stop, epochs, tmp_path, capsys):

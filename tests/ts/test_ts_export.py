@@ -322,6 +322,27 @@ def test_restore_best_covers_a_resumed_fit(tmp_path):
         assert torch.equal(v, saved[k]) and v.untyped_storage().data_ptr() != saved[k].untyped_storage().data_ptr(), k
 
 
+def test_a_checkpoint_of_a_fit_without_restore_best_loads(tmp_path):
+    """restore_best=False keeps the best epoch's loss but no weights: the checkpoint holds zoo_best_val with state
+    None, and loading it (test / predict / export / resume) failed on None.items() once the state was copied.
+    Reference: the val/loss the fit logged."""
+    from zoo.data.ts import SyntheticTSDataModule
+    from zoo.hub import load_checkpoint_task, read_checkpoint
+
+    dm = SyntheticTSDataModule(n_rows=600, n_vars=3, lookback=LB, horizon=H, batch_size=8)
+    task = ForecastTask(arch="ts-itransformer-diff-tiny", data_info=dm.data_info, restore_best=False)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    assert torch.load(tmp_path / "plain.ckpt", weights_only=False)["zoo_best_val"]["state"] is None
+    logged = float(trainer.callback_metrics["val/loss"])
+    for back in (ForecastTask.load_from_checkpoint(tmp_path / "plain.ckpt"),
+                 load_checkpoint_task(tmp_path / "plain.ckpt", checkpoint=read_checkpoint(tmp_path / "plain.ckpt"))):
+        assert back.best_val[0] == pytest.approx(logged) and back._best_state is None
+
+
 def test_forecast_restores_the_train_mode_when_the_forward_fails(monkeypatch):
     """forecast switches to eval mode for the forward; an error there (or an interrupt) gives the mode back."""
     fc = zoo.load_pretrained("ts-patchtst-diff-etth1").train()

@@ -403,7 +403,9 @@ class ForecastTask(ZooTask):
             # copies: a checkpoint read memory-mapped (zoo.hub.read_checkpoint) would keep the file mapped for the
             # task's life, and a file rewritten in place under it crashes the process when the state is read (SIGBUS)
             self.best_val, self._best_step = tuple(best["val"]), best.get("step")  # (no step before 2026-11-29)
-            self._best_state = {k: v.clone() if torch.is_tensor(v) else v for k, v in best["state"].items()}
+            state = best.get("state")  # None: a fit with restore_best=False keeps the best epoch's loss, not its weights
+            self._best_state = None if state is None else {k: v.clone() if torch.is_tensor(v) else v
+                                                           for k, v in state.items()}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
