@@ -408,13 +408,19 @@ def test_dates_without_their_times_are_named_not_called_duplicates(tmp_path):
     days = pd.date_range("2021-03-01", periods=80, freq="D").strftime("%Y-%m-%d")
     long = pd.DataFrame({"date": np.repeat(days, 3), "store": ["north", "south", "west"] * 80,
                          "sales": np.arange(240.0)})
+    long["note"] = "x"  # a constant text column: neither the key nor the values
     with pytest.raises(ValueError, match=r"160 of 239 rows repeat the previous row's date: the table is in long format, "
                                          r"one row per date and 'store'; make one column per series, e.g. "
-                                         r"df.pivot\(index='date', columns='store', values=\['sales'\]\).reset_index\(\)"):
+                                         r"df.pivot\(index='date', columns='store', values='sales'\).reset_index\(\)"):
         _dm(tmp_path, long).data_info
-    wide = long.pivot(index="date", columns="store", values=["sales"]).reset_index()
-    wide.columns = ["date", "north", "south", "west"]  # pandas' two header rows, as one
+    wide = long.pivot(index="date", columns="store", values="sales").reset_index()  # the advice, as printed
+    assert list(wide.columns) == ["date", "north", "south", "west"]  # one header row (a list of values made two)
     np.testing.assert_array_equal(_dm(tmp_path, wide).prepared()["values"][:, 1], np.arange(1.0, 240, 3))
+    # hourly rows without their times beside an on / off status: (date, status) repeats, so no series key (its
+    # pivot fails on duplicate entries): the full-timestamps advice
+    status = df.assign(status=np.where(np.arange(72) % 3, "on", "off"))[["date", "status", "a"]]
+    with pytest.raises(ValueError, match=r"the dates lack their time of day: write full timestamps"):
+        _dm(tmp_path, status).data_info
     once = _frame()
     once = pd.concat([once.iloc[:6], once.iloc[5:]], ignore_index=True)
     with pytest.raises(ValueError, match=r"repeats at row 6 .*; sort the rows by date and remove duplicates$"):

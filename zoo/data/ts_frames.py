@@ -259,10 +259,15 @@ def prepare_frame(
                          and df[c].astype(str).str.strip().str.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?").all()]
                 # or long format, one row per date and series (date, store, sales): a text column that takes several
                 # values within each date names the series, and a pivot gives one column per series
+                # a series key never repeats within a date ((date, key) is unique: a status that takes on / off within
+                # a day is no key, its pivot fails on duplicates) and takes fewer values than there are dates
+                n_dates = df[date_col].nunique()
                 keys = [] if clock else [
                     c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])
-                    and df[c].nunique() >= 2 and (df.groupby(df[date_col].astype(str), sort=False)[c].nunique() > 1).mean() >= 0.5]
-                values = [c for c in df.columns if c != date_col and c not in keys]
+                    and 2 <= df[c].nunique() < n_dates and not df.duplicated([date_col, c]).any()
+                    and (df.groupby(df[date_col].astype(str), sort=False)[c].nunique() > 1).mean() >= 0.5]
+                values = [c for c in df.columns if c != date_col and c not in keys
+                          and pd.api.types.is_numeric_dtype(df[c])]
                 if clock:
                     advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time "
                               f"of day, which column {clock[0]!r} holds: join them into one timestamp, e.g. "
@@ -270,7 +275,7 @@ def prepare_frame(
                 elif keys:
                     advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the table is in long format, "
                               f"one row per date and {keys[0]!r}; make one column per series, e.g. "
-                              f"df.pivot(index={date_col!r}, columns={keys[0]!r}, values={values[:1] or ['<value>']}"
+                              f"df.pivot(index={date_col!r}, columns={keys[0]!r}, values={values[0] if values else '<value>'!r}"
                               ").reset_index()")
                 else:
                     advice = (f"{repeats} of {len(steps)} rows repeat the previous row's date: the dates lack their time "
