@@ -590,6 +590,7 @@ def test_a_day_first_daily_csv_with_utc_offsets_keeps_its_days_in_order():
         dates, _ = prepare_frame(pd.DataFrame({"date": text, "a": np.arange(90.0)}))
     assert list(dates) == list(local.tz_localize(None))
 
+
 def test_rows_with_a_trailing_comma_the_header_lacks_are_read_as_written(tmp_path):
     # some exporters end every data row with a separator but not the header: pandas then takes the first field of
     # each row for an index and shifts every column one to the left (the dates into the index, 'a' into 'date')
