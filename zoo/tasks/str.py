@@ -438,6 +438,10 @@ class RecognitionTask(ZooTask):
         if (self.training and "perm" in self.masks and self.recipe == "parseq" and self.hparams.get("teacher") is None
                 and torch.is_tensor(targets) and targets.device.type == "cpu" and targets.dim() == 2):
             batch = {**batch, "longest_label": int((targets != -100).sum(-1).max())}
+        if (self.training and self.hparams.get("teacher") is not None and torch.is_tensor(targets)
+                and targets.device.type == "cpu" and targets.dim() == 2):
+            # the labelled rows the pseudolabel accuracy is over, counted on the host (no device sync a step)
+            batch = {**batch, "labelled_rows": int((targets != -100).any(-1).sum())}
         return batch
 
     @property
@@ -470,7 +474,7 @@ class RecognitionTask(ZooTask):
         if self.teacher is not None:
             labels = targets
             targets, soft = self._teacher_targets(images)
-            self._log_pseudolabel_accuracy(targets, labels)
+            self._log_pseudolabel_accuracy(targets, labels, batch.get("labelled_rows"))
         memory = self.model.encode(images)
         kv = self.model.memory_kv(memory) if len(self.masks) > 1 else None  # projected once for every mask
         tokens, valid = self.model.content_tokens(targets)
@@ -510,12 +514,13 @@ class RecognitionTask(ZooTask):
         targets = ids.masked_fill(ended - (ids == t.charset.EOS).long() > 0, -100)
         return targets, t.cloze_logits(images, targets, memory=memory)
 
-    def _log_pseudolabel_accuracy(self, pseudolabels: Tensor, labels: Tensor) -> None:
+    def _log_pseudolabel_accuracy(self, pseudolabels: Tensor, labels: Tensor, n: Optional[int] = None) -> None:
         """``train/csd_pseudolabel_accuracy``: the percentage of the batch's labelled words whose teacher pseudolabel is
         the label, word for word (as ``val/accuracy`` scores readings; CSD papers report pseudolabel quality). Rows
-        without a label (every slot ``-100``) are left out; a batch with none logs nothing."""
+        without a label (every slot ``-100``) are left out; a batch with none logs nothing. ``n``: their count, as
+        the host batch gave it (else counted here: a device sync)."""
         labelled = (labels != -100).any(-1)
-        n = int(labelled.sum())  # a device sync: one a step, beside the teacher's (its 'ar' decoding checks every slot)
+        n = int(labelled.sum()) if n is None else n
         if n == 0:
             return
         agree = ((pseudolabels == labels).all(-1) & labelled).sum()
