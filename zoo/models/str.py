@@ -26,6 +26,7 @@ step over the visible prefix (no cache).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,10 @@ class STRConfig:
     attn_backend: Optional[str] = None
     decode: str = "ar"
     refine_iters: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (transformers' ``config.to_dict()``), as ``config.json`` holds them."""
+        return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
         # as the datamodule reads it: a named set, a charset file, or the characters; an unknown set name ("95")

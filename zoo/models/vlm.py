@@ -87,6 +87,10 @@ class VLMConfig:
     # text_init only records where the text weights came from (not an architecture field)
     text_init: Optional[str] = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (transformers' ``config.to_dict()``), as ``config.json`` holds them."""
+        return dataclasses.asdict(self)
+
     def __post_init__(self) -> None:
         check_positive_ints(self, ("image_size", "patch_size", "vit_dim", "vit_depth", "vit_heads", "vocab_size",
                                    "text_dim", "text_layers", "text_heads", "text_mlp", "max_text_len", "fusion_layers",
