@@ -638,3 +638,44 @@ def test_val_or_test_images_that_are_training_images_are_named(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # disjoint splits: nothing to say
         ImageCaptionDataModule(image_root=str(root), train=str(train), val=str(val), test=str(test)).data_info
+
+
+def test_a_word_vocabulary_holds_every_word_of_the_training_captions_as_the_tokenizer_splits_them(tmp_path):
+    """The word-level vocabulary counts the captions' words by their space-separated pieces (one normalization per
+    distinct piece: COCO's captions one by one took ~25 s): what the tokenizer built on it reads from each caption,
+    accents, CJK, punctuation, control characters and combining marks after a space included, must be the words
+    it holds, with data.min_freq applied to how often each occurs across the captions."""
+    from collections import Counter
+
+    root = tmp_path / "imgs"
+    _images(root, ["a.jpg", "b.jpg"])
+    caps = ["A man, riding a bike!", "\u0301école Über naïve école", "東京タワー at night", "tab\there a\x1cb",
+            "don't stop", "a \u0301b c\u0301 \u0301 d", "x\u00a0y  z ", "ΣΑΣ İstanbul ﬁ", "emoji 😀 ok", "'quoted' bike"]
+    cp = tmp_path / "caps.csv"
+    with open(cp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        w.writerows([("a.jpg" if i % 2 else "b.jpg", c) for i, c in enumerate(caps)])
+    for min_freq in (1, 2):
+        dm = ImageCaptionDataModule(image_root=str(root), train=str(cp), val=str(cp), test=str(cp), min_freq=min_freq,
+                                    function_words=str(_word_file(tmp_path)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vocab = dm.data_info["vocab"]
+        full = VLMTokenizer.word_level(sorted({w for c in caps for w in _tokens(c)}))
+        counts = Counter(t for c in caps for t in full.backend.encode(c, add_special_tokens=False).tokens)
+        assert "[UNK]" not in counts  # the reference tokenizer holds every word it reads
+        assert set(vocab) - {"zzfw"} == {w for w, n in counts.items() if n >= min_freq}
+
+
+def _word_file(tmp_path):
+    p = tmp_path / "fw.txt"
+    p.write_text("zzfw\n", encoding="utf-8")
+    return p
+
+
+def _tokens(text):
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(lowercase=True)
+    return [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(norm.normalize_str(text))]

@@ -249,6 +249,7 @@ class TSDataModule(L.LightningDataModule):
             df, date_col=self.date_col, columns=columns, target=target, interpolate=self.interpolate,
             source=self.source_name, date_format=self.date_format,
         )
+        del df  # the raw frame (its dates as text): freed before the scaled copies are made, not after
         columns = list(frame.columns)
         split = resolve_split(self.split, self.source_name)
         if split in _ETT_STEPS and self.ratios != _DEFAULT_RATIOS:

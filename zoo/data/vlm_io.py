@@ -4,8 +4,9 @@ export loading): the tokenizer, function-word lists and the image tensors. :mod:
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +34,25 @@ def split_words(text: str) -> list[str]:
     from tokenizers import pre_tokenizers
 
     return [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(_normalizer().normalize_str(text))]
+
+
+def count_words(texts: Iterable[str]) -> Counter:
+    """How often each word of :func:`split_words` occurs in ``texts``, as the sum of ``split_words`` over them.
+
+    The texts' space-separated pieces are counted first, and each distinct piece is normalized and split once: an
+    ASCII space is kept by BERT's normalizer (which works character by character: control characters dropped,
+    accents stripped, lower-cased, CJK characters spaced) and always splits words, so a text's words are its
+    pieces' words. Normalizing and splitting every caption (tens of microseconds each in the tokenizers library)
+    took ~25 s for COCO's 550k training captions."""
+    from tokenizers import pre_tokenizers
+
+    pieces = Counter(p for t in texts for p in t.split(" "))
+    norm, split = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for piece, n in pieces.items():
+        for w, _ in split.pre_tokenize_str(norm.normalize_str(piece)):
+            counts[w] += n
+    return counts
 
 
 class VLMTokenizer:
@@ -240,6 +260,6 @@ def image_tensor(src: Any, image_size: int) -> Tensor:
 
 
 __all__ = [
-    "VLMTokenizer", "function_vocab_words", "function_word_ids", "image_tensor", "read_function_words",
+    "VLMTokenizer", "count_words", "function_vocab_words", "function_word_ids", "image_tensor", "read_function_words",
     "split_words", "to_tensor",
 ]

@@ -42,12 +42,20 @@ def correct_ranks(scores: Tensor, relevant: Tensor) -> Tensor:
     """
     if not bool(relevant.any(1).all()):
         raise ValueError("every query needs at least one relevant item")
-    s = scores if scores.dtype == torch.float64 else scores.float()
-    # NaN scores (a diverged model) cannot rank a right item first: a NaN item counts against the query, a NaN
-    # right item does not count for it (every comparison with NaN is False: all-NaN scores read as R@1 = 100)
-    nan = s.isnan()
-    best = s.masked_fill(~relevant | nan, float("-inf")).max(1, keepdim=True).values
-    return (((s >= best) | nan) & ~relevant).sum(1)
+    # a block of rows at a time: the whole matrix's temporaries (a masked float copy, four bool masks) were another
+    # ~1 GB beside COCO's 5k x 25k scores
+    step = max(1, (1 << 24) // max(1, scores.shape[1]))
+    out = []
+    for r in range(0, scores.shape[0], step):
+        s = scores[r : r + step]
+        s = s if s.dtype == torch.float64 else s.float()
+        rel = relevant[r : r + step]
+        # NaN scores (a diverged model) cannot rank a right item first: a NaN item counts against the query, a NaN
+        # right item does not count for it (every comparison with NaN is False: all-NaN scores read as R@1 = 100)
+        nan = s.isnan()
+        best = s.masked_fill(~rel | nan, float("-inf")).max(1, keepdim=True).values
+        out.append((((s >= best) | nan) & ~rel).sum(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=scores.device)
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
