@@ -978,7 +978,8 @@ def test_every_shipped_model_exported_and_loaded_back_gives_the_same_outputs(tmp
         assert torch.equal(got.similarity(images, texts), ref.similarity(images, texts))
 
 
-@pytest.mark.parametrize("name", ["str-diff-tiny", "vlm-fda-tiny"])
+@pytest.mark.parametrize("name", ["str-diff-tiny", "vlm-fda-tiny", "ts-itransformer-diff-etth1",
+                                  "ts-patchtst-diff-etth1"])
 def test_every_config_gives_to_dict_as_its_config_json_holds_it(name):
     """transformers' ``model.config.to_dict()``: the LM and encoder configs had it, the STR / VLM / TS ones raised
     AttributeError. Reference: the shipped export's own config.json, and the dataclass rebuilt from the dict."""

@@ -21,6 +21,7 @@ frame into future rows with timestamps on the original scale.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -68,6 +69,10 @@ class TSEncoderConfig:
     lambda_init: Optional[float] = None  # differential types: a fixed lambda_init; None = the depth schedule
     attn_backend: Optional[str] = None
     attn_args: Optional[dict[str, Any]] = None  # extra kwargs of the attention type, e.g. gda's {signal_ratio: 2}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (transformers' ``config.to_dict()``), as ``config.json`` holds them."""
+        return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
         if self.attn_type not in list_attention_types():
