@@ -258,9 +258,9 @@ def prepare_frame(
                 clock = [c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])
                          and df[c].astype(str).str.strip().str.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?").all()]
                 # or long format, one row per date and series (date, store, sales): a text column that takes several
-                # values within each date names the series, and a pivot gives one column per series
-                # a series key never repeats within a date ((date, key) is unique: a status that takes on / off within
-                # a day is no key, its pivot fails on duplicates) and takes fewer values than there are dates
+                # values within each date names the series, and a pivot gives one column per series. Such a key never
+                # repeats within a date ((date, key) is unique: a status that takes on / off within a day is no key,
+                # its pivot fails on duplicates) and takes fewer values than there are dates
                 n_dates = df[date_col].nunique()
                 keys = [] if clock else [
                     c for c in df.columns if c != date_col and not pd.api.types.is_numeric_dtype(df[c])

@@ -440,7 +440,6 @@ class ImageCaptionDataModule(VLMDataModule):
         if on_missing not in ("error", "skip"):
             raise ValueError(f"data.on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.image_root, self.files = Path(image_root).expanduser(), {"train": train, "val": val or train, "test": test or val or train}
-        self._test_unset = test is None and val is not None
         self._val_given, self._test_given = val is not None, test is not None
         self._no_split: list[str] = []  # splits an unset data.val / data.test stood for and the Karpathy JSON lacks
         self.image_col, self.caption_col, self.on_missing = image_col, caption_col, on_missing
@@ -499,7 +498,8 @@ class ImageCaptionDataModule(VLMDataModule):
                         stacklevel=2,
                     )
             e = self._entries
-            self._test_is_val = (self._test_unset or "test" in self._no_split) and e["test"] == e["val"] != e["train"]
+            test_unset = not self._test_given and (self._val_given or "test" in self._no_split)
+            self._test_is_val = test_unset and e["test"] == e["val"] != e["train"]
         return self._entries
 
     @property

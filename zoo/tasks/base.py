@@ -438,7 +438,6 @@ class ZooTask(PathsAsText, L.LightningModule):
         return f"{name}" if source is None else f"{name}, weights from {source}"
 
 
-
 def _task_class(name: Any) -> Optional[type]:
     """The ZooTask class a checkpoint's ``zoo_task_class`` (``module.Class``) names, looked up among the modules
     already imported (a checkpoint's name imports nothing, as Lightning's class check); None when it names none

@@ -207,22 +207,21 @@ class RunSummary(L.Callback):
                 monitor = getattr(cb, "monitor", None)
                 label = f"best checkpoint ({monitor}, {cb.mode})" if monitor else "latest checkpoint"
                 saved = getattr(cb, "_last_global_step_saved", None)  # Lightning saves on validation / epoch end
-                # another checkpoint callback's later save (coco_minilm.yaml's val/r1 one with save_last, beside its
-                # latest-{step} one) holds the steps this one missed: not "saved nowhere"
-                newest = max((s for c in trainer.checkpoint_callbacks
-                              if isinstance(s := getattr(c, "_last_global_step_saved", None), int)), default=0)
-                if not monitor and isinstance(saved, int) and 0 < saved < newest:
-                    lines.append(f"{label}: {best} (step {saved} of {trainer.global_step}; another checkpoint of this "
-                                 f"run holds step {newest}: --ckpt_path last resumes from the newest)")
-                elif not monitor and isinstance(saved, int) and 0 < saved < trainer.global_step:
-                    # a run that stops between two saves: its last steps are in the export, not in a checkpoint
-                    rest = trainer.global_step - saved
-                    kept = ("are in the export only" if any(isinstance(c, ExportOnFitEnd) and c.exported is not None
-                                                            for c in trainer.callbacks) else "were saved nowhere")
-                    lines.append(f"{label}: {best} (step {saved} of {trainer.global_step}: the last {rest} step(s) "
-                                 f"{kept}; --ckpt_path resumes from step {saved})")
-                else:
-                    lines.append(f"{label}: {best} (resume with --ckpt_path)")
+                note = "resume with --ckpt_path"
+                if not monitor and isinstance(saved, int) and 0 < saved < trainer.global_step:
+                    # another checkpoint callback's later save (coco_minilm.yaml's val/r1 one with save_last, beside
+                    # its latest-{step} one) holds the steps this one missed: not "saved nowhere"
+                    newest = max((s for c in trainer.checkpoint_callbacks
+                                  if isinstance(s := getattr(c, "_last_global_step_saved", None), int)), default=0)
+                    if saved < newest:
+                        note = (f"step {saved} of {trainer.global_step}; another checkpoint of this run holds step "
+                                f"{newest}: --ckpt_path last resumes from the newest")
+                    else:  # a run that stops between two saves: its last steps are in the export, not in a checkpoint
+                        kept = ("are in the export only" if any(isinstance(c, ExportOnFitEnd) and c.exported is not None
+                                                                for c in trainer.callbacks) else "were saved nowhere")
+                        note = (f"step {saved} of {trainer.global_step}: the last {trainer.global_step - saved} "
+                                f"step(s) {kept}; --ckpt_path resumes from step {saved}")
+                lines.append(f"{label}: {best} ({note})")
         if stage != "fit" and trainer.ckpt_path:
             lines.append(f"evaluated checkpoint: {trainer.ckpt_path}")
         # a fast_dev_run has no logger: nothing was written to a run folder

@@ -435,13 +435,13 @@ class RecognitionTask(ZooTask):
         # the moved targets in training_step it was a device sync every GPU step (a CSD teacher's pseudolabels are
         # made on the device: those are read there)
         targets = batch.get("targets") if isinstance(batch, dict) else None
-        if (self.training and "perm" in self.masks and self.recipe == "parseq" and self.hparams.get("teacher") is None
-                and torch.is_tensor(targets) and targets.device.type == "cpu" and targets.dim() == 2):
-            batch = {**batch, "longest_label": int((targets != -100).sum(-1).max())}
-        if (self.training and self.hparams.get("teacher") is not None and torch.is_tensor(targets)
-                and targets.device.type == "cpu" and targets.dim() == 2):
+        if not (self.training and torch.is_tensor(targets) and targets.device.type == "cpu" and targets.dim() == 2):
+            return batch
+        if self.hparams.get("teacher") is not None:
             # the labelled rows the pseudolabel accuracy is over, counted on the host (no device sync a step)
             batch = {**batch, "labelled_rows": int((targets != -100).any(-1).sum())}
+        elif "perm" in self.masks and self.recipe == "parseq":
+            batch = {**batch, "longest_label": int((targets != -100).sum(-1).max())}
         return batch
 
     @property
